@@ -1,0 +1,332 @@
+//! Kafka record batches (magic 2), validated and offset-patched in place.
+//!
+//! A record batch is kept exactly as the producer sent it. The broker only rewrites the two
+//! fields that lie outside the CRC: `baseOffset` and `partitionLeaderEpoch`. Records are never
+//! decoded or re-encoded on the produce path (compressed batches stay compressed).
+//!
+//! Layout of the batch header (all big-endian):
+//!
+//! | bytes  | field                   | covered by CRC |
+//! |--------|-------------------------|----------------|
+//! | 0..8   | baseOffset              | no             |
+//! | 8..12  | batchLength             | no             |
+//! | 12..16 | partitionLeaderEpoch    | no             |
+//! | 16     | magic (2)               | no             |
+//! | 17..21 | crc (CRC-32C)           | no             |
+//! | 21..23 | attributes              | yes            |
+//! | 23..27 | lastOffsetDelta         | yes            |
+//! | 27..35 | baseTimestamp           | yes            |
+//! | 35..43 | maxTimestamp            | yes            |
+//! | 43..51 | producerId              | yes            |
+//! | 51..53 | producerEpoch           | yes            |
+//! | 53..57 | baseSequence            | yes            |
+//! | 57..61 | records count           | yes            |
+//! | 61..   | records                 | yes            |
+
+use bytes::{Bytes, BytesMut};
+
+/// Size of the fixed record batch header.
+pub const BATCH_HEADER_LEN: usize = 61;
+/// Bytes before `batchLength` counts: baseOffset + batchLength itself.
+pub const BATCH_LENGTH_PREFIX_LEN: usize = 12;
+const MAGIC_OFFSET: usize = 16;
+const CRC_OFFSET: usize = 17;
+const CRC_START: usize = 21;
+
+/// Why a batch was refused. Each maps to one Kafka error code in the engine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("record set is truncated: {remaining} bytes left, batch needs {needed}")]
+    Truncated { remaining: usize, needed: usize },
+    #[error("batch length {0} is below the minimum header size")]
+    LengthTooSmall(i32),
+    #[error("unsupported record batch magic {0} (only magic 2 is accepted)")]
+    Magic(i8),
+    #[error("CRC-32C mismatch: batch says {expected:#010x}, bytes give {actual:#010x}")]
+    Crc { expected: u32, actual: u32 },
+    #[error("batch of {size_bytes} bytes exceeds the limit of {max_bytes} bytes")]
+    TooLarge { size_bytes: usize, max_bytes: usize },
+    #[error("record count {count} does not match lastOffsetDelta {last_offset_delta}")]
+    CountMismatch { count: i32, last_offset_delta: i32 },
+    #[error("record set holds no batch")]
+    Empty,
+}
+
+/// A read-only view of one batch header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: i64,
+    pub batch_length: i32,
+    pub partition_leader_epoch: i32,
+    pub magic: i8,
+    pub crc: u32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: i32,
+}
+
+impl BatchHeader {
+    /// Parses the fixed header. `bytes` must hold at least [`BATCH_HEADER_LEN`] bytes.
+    pub fn parse(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+        if bytes.len() < BATCH_HEADER_LEN {
+            return Err(BatchError::Truncated { remaining: bytes.len(), needed: BATCH_HEADER_LEN });
+        }
+        Ok(BatchHeader {
+            base_offset: be_i64(bytes, 0),
+            batch_length: be_i32(bytes, 8),
+            partition_leader_epoch: be_i32(bytes, 12),
+            magic: bytes[MAGIC_OFFSET] as i8,
+            crc: be_i32(bytes, CRC_OFFSET) as u32,
+            attributes: be_i16(bytes, 21),
+            last_offset_delta: be_i32(bytes, 23),
+            base_timestamp: be_i64(bytes, 27),
+            max_timestamp: be_i64(bytes, 35),
+            producer_id: be_i64(bytes, 43),
+            producer_epoch: be_i16(bytes, 51),
+            base_sequence: be_i32(bytes, 53),
+            record_count: be_i32(bytes, 57),
+        })
+    }
+
+    /// Total size of the batch on the wire.
+    pub fn size_bytes(&self) -> usize {
+        self.batch_length as usize + BATCH_LENGTH_PREFIX_LEN
+    }
+
+    /// Offset of the last record once the batch sits at `base_offset`.
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset + self.last_offset_delta as i64
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & 0x10 != 0
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & 0x20 != 0
+    }
+}
+
+/// One validated batch, still mutable so that the owner can assign its offset.
+#[derive(Debug)]
+pub struct ValidBatch {
+    pub header: BatchHeader,
+    bytes: BytesMut,
+}
+
+impl ValidBatch {
+    /// Assigns the batch its place in the log: patches `baseOffset` and `partitionLeaderEpoch`
+    /// in place (both lie outside the CRC, so the producer's checksum stays valid) and freezes it.
+    pub fn assign(mut self, base_offset: i64, leader_epoch: i32) -> (BatchHeader, Bytes) {
+        assert!(base_offset >= 0, "offsets are never negative");
+        self.bytes[0..8].copy_from_slice(&base_offset.to_be_bytes());
+        self.bytes[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
+        self.header.base_offset = base_offset;
+        self.header.partition_leader_epoch = leader_epoch;
+        debug_assert_eq!(BatchHeader::parse(&self.bytes).map(|h| h.base_offset), Ok(base_offset));
+        (self.header, self.bytes.freeze())
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+/// Splits a produce record set into batches and validates each: magic 2, length within the
+/// record set, length at most `batch_bytes_max`, CRC-32C, record count consistent with
+/// `lastOffsetDelta`. No bytes are copied: each batch is a disjoint part of `records`.
+pub fn split_and_validate(
+    mut records: BytesMut,
+    batch_bytes_max: usize,
+) -> Result<Vec<ValidBatch>, BatchError> {
+    let mut batches = Vec::new();
+    while !records.is_empty() {
+        let header = BatchHeader::parse(&records)?;
+        if (header.batch_length as usize) < BATCH_HEADER_LEN - BATCH_LENGTH_PREFIX_LEN
+            || header.batch_length < 0
+        {
+            return Err(BatchError::LengthTooSmall(header.batch_length));
+        }
+        let size_bytes = header.size_bytes();
+        if header.magic != 2 {
+            return Err(BatchError::Magic(header.magic));
+        }
+        if size_bytes > records.len() {
+            return Err(BatchError::Truncated { remaining: records.len(), needed: size_bytes });
+        }
+        if size_bytes > batch_bytes_max {
+            return Err(BatchError::TooLarge { size_bytes, max_bytes: batch_bytes_max });
+        }
+        let bytes = records.split_to(size_bytes);
+        let actual = crc32c::crc32c(&bytes[CRC_START..]);
+        if actual != header.crc {
+            return Err(BatchError::Crc { expected: header.crc, actual });
+        }
+        if header.record_count <= 0
+            || header.last_offset_delta < 0
+            || header.record_count as i64 != header.last_offset_delta as i64 + 1
+        {
+            return Err(BatchError::CountMismatch {
+                count: header.record_count,
+                last_offset_delta: header.last_offset_delta,
+            });
+        }
+        batches.push(ValidBatch { header, bytes });
+    }
+    if batches.is_empty() {
+        return Err(BatchError::Empty);
+    }
+    Ok(batches)
+}
+
+fn be_i16(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn be_i32(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn be_i64(b: &[u8], at: usize) -> i64 {
+    i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+        TimestampType,
+    };
+
+    fn record(i: i64, value: Option<&[u8]>) -> Record {
+        Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i,
+            sequence: i as i32,
+            timestamp: 1_700_000_000_000 + i,
+            key: Some(Bytes::from(format!("key-{i}"))),
+            value: value.map(Bytes::copy_from_slice),
+            headers: Default::default(),
+        }
+    }
+
+    fn encode(records: &[Record], compression: Compression) -> BytesMut {
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            records,
+            &RecordEncodeOptions { version: 2, compression },
+        )
+        .expect("encode");
+        buf
+    }
+
+    fn sample(compression: Compression) -> BytesMut {
+        let records: Vec<Record> =
+            (0..10).map(|i| record(i, if i == 3 { None } else { Some(b"hello world") })).collect();
+        encode(&records, compression)
+    }
+
+    #[test]
+    fn valid_batches_of_every_codec_pass_and_patch_in_place() {
+        for compression in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let buf = sample(compression);
+            let ptr = buf.as_ptr();
+            let batches = split_and_validate(buf, 1 << 20).expect("valid");
+            assert_eq!(batches.len(), 1);
+            assert_eq!(batches[0].header.record_count, 10);
+            let (header, bytes) = batches.into_iter().next().unwrap().assign(4242, 7);
+            assert_eq!(bytes.as_ptr(), ptr, "patched in place, not copied");
+            assert_eq!(header.base_offset, 4242);
+            assert_eq!(header.last_offset(), 4251);
+            // The patched batch still decodes, with the new offsets, and its CRC still holds.
+            let mut b = bytes.clone();
+            let set = RecordBatchDecoder::decode(&mut b).expect("decodes");
+            let offsets: Vec<i64> = set.records.iter().map(|r| r.offset).collect();
+            assert_eq!(offsets, (4242..4252).collect::<Vec<_>>());
+            assert_eq!(set.records[3].value, None);
+            assert_eq!(set.records[0].partition_leader_epoch, 7);
+            split_and_validate(BytesMut::from(&bytes[..]), 1 << 20).expect("crc still valid");
+        }
+    }
+
+    #[test]
+    fn several_batches_split_without_copy() {
+        let mut buf = sample(Compression::None);
+        buf.extend_from_slice(&sample(Compression::Lz4));
+        let batches = split_and_validate(buf, 1 << 20).unwrap();
+        assert_eq!(batches.len(), 2);
+    }
+
+    #[test]
+    fn corrupt_crc_is_refused() {
+        let mut buf = sample(Compression::None);
+        let last = buf.len() - 1;
+        buf[last] ^= 0xff;
+        assert!(matches!(split_and_validate(buf, 1 << 20), Err(BatchError::Crc { .. })));
+    }
+
+    #[test]
+    fn wrong_magic_is_refused() {
+        let mut buf = sample(Compression::None);
+        buf[MAGIC_OFFSET] = 1;
+        assert_eq!(split_and_validate(buf, 1 << 20).unwrap_err(), BatchError::Magic(1));
+    }
+
+    #[test]
+    fn truncated_and_short_sets_are_refused() {
+        let buf = sample(Compression::Gzip);
+        let short = BytesMut::from(&buf[..buf.len() - 1]);
+        assert!(matches!(split_and_validate(short, 1 << 20), Err(BatchError::Truncated { .. })));
+        let tiny = BytesMut::from(&buf[..20]);
+        assert!(matches!(split_and_validate(tiny, 1 << 20), Err(BatchError::Truncated { .. })));
+        assert_eq!(split_and_validate(BytesMut::new(), 1 << 20).unwrap_err(), BatchError::Empty);
+        let mut neg = buf.clone();
+        neg[8..12].copy_from_slice(&(-5i32).to_be_bytes());
+        assert!(matches!(split_and_validate(neg, 1 << 20), Err(BatchError::LengthTooSmall(-5))));
+    }
+
+    #[test]
+    fn oversize_batch_is_refused() {
+        let buf = sample(Compression::None);
+        let len = buf.len();
+        assert_eq!(
+            split_and_validate(buf, len - 1).unwrap_err(),
+            BatchError::TooLarge { size_bytes: len, max_bytes: len - 1 }
+        );
+    }
+
+    #[test]
+    fn inconsistent_record_count_is_refused() {
+        let mut buf = sample(Compression::None);
+        buf[57..61].copy_from_slice(&11i32.to_be_bytes());
+        let crc = crc32c::crc32c(&buf[CRC_START..]);
+        buf[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
+        assert!(matches!(
+            split_and_validate(buf, 1 << 20),
+            Err(BatchError::CountMismatch { count: 11, last_offset_delta: 9 })
+        ));
+    }
+}

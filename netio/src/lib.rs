@@ -1,0 +1,15 @@
+//! Kafka wire protocol for Ringtail.
+//!
+//! * [`frame`]: size-prefixed framing with a hard bound on request size.
+//! * [`request`]: header and body decoding on the `kafka-protocol` crate; Produce record sets
+//!   come out as un-copied, mutable parts of the receive buffer; response encoding.
+//! * [`batch`]: record batch (magic 2) validation and in-place offset assignment.
+//!
+//! Architecture invariant: this crate knows the Kafka protocol and nothing of the broker: no
+//! partitions, no storage, no runtime. Everything here is plain functions over bytes.
+
+pub mod batch;
+pub mod frame;
+pub mod request;
+
+pub use kafka_protocol;
