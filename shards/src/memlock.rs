@@ -1,0 +1,90 @@
+//! Locked-memory planning: glommio registers I/O buffers, which count against
+//! `RLIMIT_MEMLOCK` unless the process has `CAP_IPC_LOCK`.
+
+/// Registered buffer memory per shard when the limit does not bind.
+pub const IO_MEMORY_BYTES_DEFAULT: usize = 4 * 1024 * 1024;
+/// Below this per shard, registered buffers are not worth having: refuse to start.
+pub const IO_MEMORY_BYTES_MIN: usize = 256 * 1024;
+/// Locked memory glommio needs per executor besides its I/O buffers (rings, field-measured).
+pub const EXECUTOR_LOCKED_BYTES: usize = 512 * 1024;
+
+/// What bounds locked memory for this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemlockLimit {
+    Unlimited,
+    /// `CAP_IPC_LOCK` is effective: the rlimit does not apply.
+    Capability,
+    Bytes(u64),
+}
+
+impl MemlockLimit {
+    /// Reads the current process's limit and capabilities.
+    pub fn current() -> MemlockLimit {
+        if has_cap_ipc_lock() {
+            return MemlockLimit::Capability;
+        }
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes into the struct we own.
+        let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
+        if rc != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
+            return MemlockLimit::Unlimited;
+        }
+        MemlockLimit::Bytes(limit.rlim_cur)
+    }
+}
+
+/// Picks the registered I/O memory per shard that fits `limit`, or explains what to raise.
+pub fn plan(limit: MemlockLimit, shards: usize) -> Result<usize, String> {
+    let bytes = match limit {
+        MemlockLimit::Unlimited | MemlockLimit::Capability => return Ok(IO_MEMORY_BYTES_DEFAULT),
+        MemlockLimit::Bytes(b) => b as usize,
+    };
+    let per_shard = bytes / shards.max(1);
+    let io_memory = per_shard.saturating_sub(EXECUTOR_LOCKED_BYTES).min(IO_MEMORY_BYTES_DEFAULT);
+    if io_memory >= IO_MEMORY_BYTES_MIN {
+        return Ok(io_memory);
+    }
+    let need_kib = shards * (EXECUTOR_LOCKED_BYTES + IO_MEMORY_BYTES_MIN) / 1024;
+    Err(format!(
+        "locked-memory limit is {} KiB, but {shards} shard(s) need at least {need_kib} KiB: raise it \
+         with `ulimit -l {need_kib}` (systemd: LimitMEMLOCK={need_kib}K; docker: --ulimit memlock={}), \
+         grant CAP_IPC_LOCK, or run fewer shards (--shards)",
+        bytes / 1024,
+        need_kib * 1024,
+    ))
+}
+
+fn has_cap_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unlimited_or_capability_gets_the_default() {
+        assert_eq!(plan(MemlockLimit::Unlimited, 8), Ok(IO_MEMORY_BYTES_DEFAULT));
+        assert_eq!(plan(MemlockLimit::Capability, 8), Ok(IO_MEMORY_BYTES_DEFAULT));
+    }
+
+    #[test]
+    fn a_default_8_mib_limit_fits_two_shards() {
+        let io = plan(MemlockLimit::Bytes(8 << 20), 2).unwrap();
+        assert!(2 * (io + EXECUTOR_LOCKED_BYTES) <= 8 << 20);
+        assert!(io >= IO_MEMORY_BYTES_MIN);
+    }
+
+    #[test]
+    fn a_64_kib_limit_fails_with_what_to_raise() {
+        let err = plan(MemlockLimit::Bytes(64 << 10), 2).unwrap_err();
+        assert!(err.contains("ulimit -l 1536"), "{err}");
+        assert!(err.contains("CAP_IPC_LOCK"), "{err}");
+    }
+}
