@@ -1,1 +1,167 @@
-fn main(){}
+//! `ringtail`: the broker binary.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use ringtail_engine::catalog::Catalog;
+use ringtail_engine::config::{Config, ServeArgs};
+use ringtail_engine::server::serve_connection;
+use ringtail_engine::shard::{Broker, ShardOp, ShardState};
+use ringtail_shards::memlock::{self, MemlockLimit};
+use ringtail_shards::net::TcpListener;
+use ringtail_shards::{Runtime, RuntimeConfig, ShardContext};
+
+#[derive(Parser)]
+#[command(name = "ringtail", version, about = "A Kafka-compatible broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve(ServeArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    if let Err(e) = result {
+        tracing::error!("{e:#}");
+        eprintln!("ringtail: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Arc::new(Config::resolve(args)?);
+    let catalog = Arc::new(Catalog::open(&config.data_dir)?);
+    let cluster_id = cluster_id(&config.data_dir)?;
+    let io_memory_bytes = memlock::plan(MemlockLimit::current(), config.shards)
+        .map_err(|e| anyhow::anyhow!("cannot start {} shard(s): {e}", config.shards))?;
+
+    // Bind once here to learn the port (the listen port may be 0) and fail early; every shard
+    // then binds the same address with SO_REUSEPORT and the kernel spreads connections.
+    let probe = bind_reuseport(config.listen).with_context(|| format!("binding {}", config.listen))?;
+    let bound = probe.local_addr()?;
+    let advertised_port = config.advertised_port.unwrap_or(bound.port()) as i32;
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
+    let runtime_config = RuntimeConfig { shards: config.shards, io_memory_bytes, name: "ringtail".into() };
+    let shard_config = config.clone();
+    let runtime = Runtime::start(&runtime_config, move |ctx: ShardContext<ShardOp>| {
+        let broker = Rc::new(Broker {
+            shard: ctx.id,
+            shards: ctx.count,
+            state: Rc::new(ShardState::new(shard_config.shard_log_bytes_max)),
+            mailboxes: ctx.mailboxes.clone(),
+            catalog: catalog.clone(),
+            config: shard_config.clone(),
+            advertised_host: shard_config.advertised_host.clone(),
+            advertised_port,
+            cluster_id: cluster_id.clone(),
+        });
+        let ready = ready_tx.clone();
+        shard_main(ctx, broker, bound, ready)
+    })?;
+
+    for _ in 0..config.shards {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                runtime.stop_and_join();
+                bail!("a shard could not listen on {bound}: {e}");
+            }
+            Err(_) => bail!("a shard stopped during start-up"),
+        }
+    }
+    drop(probe);
+    tracing::info!(
+        listen = %bound,
+        advertised = %format!("{}:{advertised_port}", config.advertised_host),
+        shards = config.shards,
+        io_memory_kib = io_memory_bytes / 1024,
+        data_dir = %config.data_dir.display(),
+        "ringtail listening on {bound} with {} shard(s)",
+        config.shards
+    );
+
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+    if let Some(signal) = signals.forever().next() {
+        tracing::info!(signal, "shutting down");
+    }
+    runtime.stop_and_join();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shard_main(
+    mut ctx: ShardContext<ShardOp>,
+    broker: Rc<Broker>,
+    addr: SocketAddr,
+    ready: std::sync::mpsc::Sender<Result<usize, String>>,
+) {
+    let listener = match TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            return;
+        }
+    };
+    let state = broker.state.clone();
+    let mut inbox = std::mem::replace(&mut ctx.inbox, futures::channel::mpsc::channel(1).1);
+    let _mailbox = ringtail_shards::spawn(async move {
+        while let Some(op) = inbox.next().await {
+            state.handle(op);
+        }
+    });
+    let _ = ready.send(Ok(ctx.id));
+    let accept = async {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => ringtail_shards::spawn_detached(serve_connection(broker.clone(), stream)),
+                Err(e) => {
+                    tracing::warn!(shard = ctx.id, error = %e, "accept failed");
+                    ringtail_shards::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        }
+    };
+    futures::pin_mut!(accept);
+    let _ = futures::future::select(accept, &mut ctx.stop).await;
+}
+
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<StdListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// The cluster id, made once and kept in the data dir.
+fn cluster_id(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("cluster_id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        return Ok(id.trim().to_string());
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}

@@ -32,6 +32,7 @@ pub const BATCH_LENGTH_PREFIX_LEN: usize = 12;
 const MAGIC_OFFSET: usize = 16;
 const CRC_OFFSET: usize = 17;
 const CRC_START: usize = 21;
+const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
 
 /// Why a batch was refused. Each maps to one Kafka error code in the engine.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -130,6 +131,20 @@ impl ValidBatch {
         self.header.partition_leader_epoch = leader_epoch;
         debug_assert_eq!(BatchHeader::parse(&self.bytes).map(|h| h.base_offset), Ok(base_offset));
         (self.header, self.bytes.freeze())
+    }
+
+    /// Stamps the batch with the broker's append time (topic `message.timestamp.type` =
+    /// LogAppendTime), as Kafka does: timestamp-type attribute bit and `maxTimestamp` are set,
+    /// and the CRC is recomputed over the (unchanged) records in place.
+    pub fn set_log_append_time(&mut self, now_ms: i64) {
+        let attributes = self.header.attributes | ATTRIBUTE_LOG_APPEND_TIME;
+        self.bytes[21..23].copy_from_slice(&attributes.to_be_bytes());
+        self.bytes[35..43].copy_from_slice(&now_ms.to_be_bytes());
+        let crc = crc32c::crc32c(&self.bytes[CRC_START..]);
+        self.bytes[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
+        self.header.attributes = attributes;
+        self.header.max_timestamp = now_ms;
+        self.header.crc = crc;
     }
 
     pub fn len(&self) -> usize {
@@ -270,6 +285,18 @@ mod tests {
             assert_eq!(set.records[0].partition_leader_epoch, 7);
             split_and_validate(BytesMut::from(&bytes[..]), 1 << 20).expect("crc still valid");
         }
+    }
+
+    #[test]
+    fn log_append_time_keeps_a_valid_crc() {
+        let batches = split_and_validate(sample(Compression::Zstd), 1 << 20).unwrap();
+        let mut batch = batches.into_iter().next().unwrap();
+        batch.set_log_append_time(1_800_000_000_000);
+        let (_, bytes) = batch.assign(5, 0);
+        let again = split_and_validate(BytesMut::from(&bytes[..]), 1 << 20).expect("crc valid");
+        assert_eq!(again[0].header.max_timestamp, 1_800_000_000_000);
+        let set = RecordBatchDecoder::decode(&mut bytes.clone()).unwrap();
+        assert!(set.records.iter().all(|r| r.timestamp_type == TimestampType::LogAppend));
     }
 
     #[test]

@@ -1,0 +1,241 @@
+//! CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs.
+
+use std::collections::{BTreeMap, HashSet};
+
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
+use kafka_protocol::messages::{
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use ringtail_netio::request::Header;
+use uuid::Uuid;
+
+use crate::catalog::TopicMeta;
+use crate::errors::catalog_error_code;
+use crate::shard::Broker;
+use crate::topic_config::KNOWN;
+
+fn text(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+pub fn create_topics(broker: &Broker, header: &Header, request: CreateTopicsRequest) -> CreateTopicsResponse {
+    let mut seen = HashSet::new();
+    let duplicates: HashSet<String> =
+        request.topics.iter().filter(|t| !seen.insert(t.name.to_string())).map(|t| t.name.to_string()).collect();
+    let node = broker.config.node_id;
+    let results = request
+        .topics
+        .into_iter()
+        .map(|t| {
+            let name = t.name.to_string();
+            let fail = |code: i16, message: String| {
+                CreatableTopicResult::default()
+                    .with_name(t.name.clone())
+                    .with_error_code(code)
+                    .with_error_message(Some(text(message)))
+                    .with_num_partitions(-1)
+                    .with_replication_factor(-1)
+            };
+            if duplicates.contains(&name) {
+                return fail(ResponseError::InvalidRequest.code(), format!("topic {name:?} appears twice in the request"));
+            }
+            let partitions = if t.assignments.is_empty() {
+                if t.replication_factor != -1 && t.replication_factor < 1 {
+                    return fail(ResponseError::InvalidReplicationFactor.code(), "replication factor must be -1 or >= 1".into());
+                }
+                if t.num_partitions == -1 { broker.config.default_partitions } else { t.num_partitions }
+            } else {
+                let assigned_here = t.assignments.iter().all(|a| a.broker_ids.iter().all(|b| b.0 == node) && !a.broker_ids.is_empty());
+                let dense = t.assignments.iter().enumerate().all(|(i, a)| a.partition_index == i as i32);
+                if t.num_partitions != -1 || !assigned_here || !dense {
+                    return fail(
+                        ResponseError::InvalidReplicaAssignment.code(),
+                        format!("replica assignments must name partitions 0.. densely and only broker {node}"),
+                    );
+                }
+                t.assignments.len() as i32
+            };
+            let mut configs = BTreeMap::new();
+            for c in &t.configs {
+                match &c.value {
+                    Some(v) => {
+                        configs.insert(c.name.to_string(), v.to_string());
+                    }
+                    None => return fail(ResponseError::InvalidConfig.code(), format!("config {} has no value", c.name.as_str())),
+                }
+            }
+            match broker.catalog.create(&name, partitions, configs, request.validate_only) {
+                Ok(topic) => {
+                    if !request.validate_only {
+                        tracing::info!(topic = %name, partitions, id = %topic.id, "created topic");
+                    }
+                    let mut r = CreatableTopicResult::default()
+                        .with_name(t.name.clone())
+                        .with_num_partitions(partitions)
+                        .with_replication_factor(1)
+                        .with_configs(Some(topic_configs(&topic).into_iter().map(|(n, v, is_set)| {
+                            CreatableTopicConfigs::default()
+                                .with_name(text(n))
+                                .with_value(Some(text(v)))
+                                .with_config_source(if is_set { 1 } else { 5 })
+                        }).collect()));
+                    if header.api_version >= 7 {
+                        r = r.with_topic_id(topic.id);
+                    }
+                    r
+                }
+                Err(e) => fail(catalog_error_code(&e), e.to_string()),
+            }
+        })
+        .collect();
+    CreateTopicsResponse::default().with_topics(results)
+}
+
+/// (name, value, set explicitly) for every known config of a topic.
+fn topic_configs(topic: &TopicMeta) -> Vec<(String, String, bool)> {
+    KNOWN
+        .iter()
+        .map(|(name, default, _)| match topic.configs.get(*name) {
+            Some(v) => (name.to_string(), v.clone(), true),
+            None => (name.to_string(), default.to_string(), false),
+        })
+        .collect()
+}
+
+pub async fn delete_topics(broker: &Broker, header: &Header, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    let wanted: Vec<(Option<String>, Uuid)> = if header.api_version >= 6 {
+        request.topics.into_iter().map(|t| (t.name.map(|n| n.to_string()), t.topic_id)).collect()
+    } else {
+        request.topic_names.into_iter().map(|n| (Some(n.to_string()), Uuid::nil())).collect()
+    };
+    let mut responses = Vec::new();
+    for (name, id) in wanted {
+        let snapshot = broker.catalog.snapshot();
+        let found = match &name {
+            Some(n) => snapshot.by_name(n).cloned(),
+            None => snapshot.by_id(&id).cloned(),
+        };
+        let result = DeletableTopicResult::default().with_name(name.clone().map(|n| TopicName(text(n)))).with_topic_id(id);
+        let Some(topic) = found else {
+            let code = if name.is_some() { ResponseError::UnknownTopicOrPartition } else { ResponseError::UnknownTopicId };
+            responses.push(result.with_error_code(code.code()));
+            continue;
+        };
+        match broker.catalog.delete(&topic.name) {
+            Ok(t) => {
+                broker.drop_topic(t.id).await;
+                tracing::info!(topic = %t.name, id = %t.id, "deleted topic");
+                responses.push(result.with_name(Some(TopicName(text(t.name.clone())))).with_topic_id(t.id));
+            }
+            Err(e) => responses.push(result.with_error_code(catalog_error_code(&e)).with_error_message(Some(text(e.to_string())))),
+        }
+    }
+    DeleteTopicsResponse::default().with_responses(responses)
+}
+
+pub fn create_partitions(broker: &Broker, request: CreatePartitionsRequest) -> CreatePartitionsResponse {
+    let node = broker.config.node_id;
+    let results = request
+        .topics
+        .into_iter()
+        .map(|t| {
+            let result = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+            let assigned_here = t
+                .assignments
+                .as_ref()
+                .is_none_or(|a| a.iter().all(|x| !x.broker_ids.is_empty() && x.broker_ids.iter().all(|b| b.0 == node)));
+            if !assigned_here {
+                return result
+                    .with_error_code(ResponseError::InvalidReplicaAssignment.code())
+                    .with_error_message(Some(text(format!("only broker {node} can hold partitions"))));
+            }
+            match broker.catalog.add_partitions(t.name.as_str(), t.count, request.validate_only) {
+                Ok(()) => {
+                    tracing::info!(topic = %t.name.as_str(), partitions = t.count, "added partitions");
+                    result
+                }
+                Err(e) => result.with_error_code(catalog_error_code(&e)).with_error_message(Some(text(e.to_string()))),
+            }
+        })
+        .collect();
+    CreatePartitionsResponse::default().with_results(results)
+}
+
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+const SOURCE_TOPIC: i8 = 1;
+const SOURCE_STATIC_BROKER: i8 = 4;
+const SOURCE_DEFAULT: i8 = 5;
+
+pub fn describe_configs(broker: &Broker, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
+    let snapshot = broker.catalog.snapshot();
+    let results = request
+        .resources
+        .into_iter()
+        .map(|r| {
+            let result = DescribeConfigsResult::default().with_resource_type(r.resource_type).with_resource_name(r.resource_name.clone());
+            let entries: Vec<(String, String, i8, bool)> = match r.resource_type {
+                RESOURCE_TOPIC => match snapshot.by_name(r.resource_name.as_str()) {
+                    Some(t) => topic_configs(t)
+                        .into_iter()
+                        .map(|(n, v, set)| (n, v, if set { SOURCE_TOPIC } else { SOURCE_DEFAULT }, false))
+                        .collect(),
+                    None => {
+                        return result
+                            .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                            .with_error_message(Some(text(format!("topic {:?} does not exist", r.resource_name.as_str()))))
+                    }
+                },
+                RESOURCE_BROKER if r.resource_name.is_empty() || r.resource_name.as_str() == broker.config.node_id.to_string() => {
+                    broker_configs(broker)
+                }
+                RESOURCE_BROKER => {
+                    return result
+                        .with_error_code(ResponseError::InvalidRequest.code())
+                        .with_error_message(Some(text(format!("this is broker {}", broker.config.node_id))))
+                }
+                other => {
+                    return result
+                        .with_error_code(ResponseError::InvalidRequest.code())
+                        .with_error_message(Some(text(format!("resource type {other} is not supported"))))
+                }
+            };
+            let keys: Option<HashSet<String>> = r.configuration_keys.map(|k| k.iter().map(|s| s.to_string()).collect());
+            let configs = entries
+                .into_iter()
+                .filter(|(n, ..)| keys.as_ref().is_none_or(|k| k.contains(n)))
+                .map(|(n, v, source, read_only)| {
+                    DescribeConfigsResourceResult::default()
+                        .with_name(text(n))
+                        .with_value(Some(text(v)))
+                        .with_read_only(read_only)
+                        .with_config_source(source)
+                })
+                .collect();
+            result.with_configs(configs)
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
+}
+
+fn broker_configs(broker: &Broker) -> Vec<(String, String, i8, bool)> {
+    let c = &broker.config;
+    [
+        ("broker.id", c.node_id.to_string()),
+        ("node.id", c.node_id.to_string()),
+        ("auto.create.topics.enable", c.auto_create_topics.to_string()),
+        ("num.partitions", c.default_partitions.to_string()),
+        ("socket.request.max.bytes", c.request_bytes_max.to_string()),
+        ("message.max.bytes", "1048588".to_string()),
+        ("default.replication.factor", "1".to_string()),
+    ]
+    .into_iter()
+    .map(|(n, v)| (n.to_string(), v, SOURCE_STATIC_BROKER, true))
+    .collect()
+}

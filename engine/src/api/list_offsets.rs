@@ -1,0 +1,58 @@
+//! ListOffsets: earliest (-2), latest (-1), max timestamp (-3), earliest local (-4), by time.
+
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+use kafka_protocol::ResponseError;
+
+use crate::shard::{Broker, ErrorOutcome, ListItem, ListOutcome, PartitionKey, ShardOp, LEADER_EPOCH};
+
+pub async fn handle(broker: &Broker, version: i16, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    let snapshot = broker.catalog.snapshot();
+    let mut slots = Vec::new();
+    let mut items = Vec::new();
+    for topic in &request.topics {
+        let meta = snapshot.by_name(&topic.name);
+        for p in &topic.partitions {
+            let slot = match meta {
+                Some(m) if (0..m.partitions).contains(&p.partition_index) => {
+                    if p.current_leader_epoch > LEADER_EPOCH {
+                        Err(ResponseError::UnknownLeaderEpoch.code())
+                    } else {
+                        let key = PartitionKey { topic_id: m.id, partition: p.partition_index };
+                        items.push((broker.owner(m, p.partition_index), ListItem { key, timestamp: p.timestamp }));
+                        Ok(())
+                    }
+                }
+                _ => Err(ResponseError::UnknownTopicOrPartition.code()),
+            };
+            slots.push(slot);
+        }
+    }
+    let mut listed = broker.scatter(items, |s, i| s.list_offsets(i), ShardOp::ListOffsets).await.into_iter();
+    let mut slots = slots.into_iter();
+    let topics = request
+        .topics
+        .iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|p| {
+                    let o = match slots.next().expect("slot per partition") {
+                        Ok(()) => listed.next().expect("outcome per item"),
+                        Err(code) => ListOutcome::error(code),
+                    };
+                    ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(o.error)
+                        .with_offset(o.offset)
+                        .with_timestamp(o.timestamp)
+                        // leader_epoch exists from v4 on; the codec refuses it set below that.
+                        .with_leader_epoch(if o.error == 0 && version >= 4 { LEADER_EPOCH } else { -1 })
+                })
+                .collect();
+            ListOffsetsTopicResponse::default().with_name(topic.name.clone()).with_partitions(partitions)
+        })
+        .collect();
+    ListOffsetsResponse::default().with_topics(topics)
+}

@@ -1,0 +1,111 @@
+//! Metadata and DescribeCluster: this broker leads every partition.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use ringtail_netio::request::Header;
+use uuid::Uuid;
+
+use crate::catalog::{validate_name, CatalogError, TopicMeta};
+use crate::shard::{Broker, LEADER_EPOCH};
+
+pub fn metadata(broker: &Broker, header: &Header, request: MetadataRequest) -> MetadataResponse {
+    let version = header.api_version;
+    let snapshot = broker.catalog.snapshot();
+    let all = match &request.topics {
+        None => true,
+        Some(t) => t.is_empty() && version == 0,
+    };
+    let topics = if all {
+        snapshot.topics().iter().map(|t| topic_entry(broker, t)).collect()
+    } else {
+        let allow_auto = version < 4 || request.allow_auto_topic_creation;
+        request
+            .topics
+            .unwrap_or_default()
+            .into_iter()
+            .map(|req| match req.name {
+                Some(name) => by_name(broker, name.as_str(), allow_auto),
+                None => match snapshot.by_id(&req.topic_id) {
+                    Some(t) => topic_entry(broker, t),
+                    None => error_entry(None, req.topic_id, ResponseError::UnknownTopicId.code()),
+                },
+            })
+            .collect()
+    };
+    MetadataResponse::default()
+        .with_brokers(vec![MetadataResponseBroker::default()
+            .with_node_id(BrokerId(broker.config.node_id))
+            .with_host(StrBytes::from_string(broker.advertised_host.clone()))
+            .with_port(broker.advertised_port)])
+        .with_cluster_id(Some(StrBytes::from_string(broker.cluster_id.clone())))
+        .with_controller_id(BrokerId(broker.config.node_id))
+        .with_topics(topics)
+}
+
+fn by_name(broker: &Broker, name: &str, allow_auto: bool) -> MetadataResponseTopic {
+    if let Some(t) = broker.catalog.snapshot().by_name(name) {
+        return topic_entry(broker, t);
+    }
+    if validate_name(name).is_err() {
+        return error_entry(Some(name), Uuid::nil(), ResponseError::InvalidTopicException.code());
+    }
+    if !(allow_auto && broker.config.auto_create_topics) {
+        return error_entry(Some(name), Uuid::nil(), ResponseError::UnknownTopicOrPartition.code());
+    }
+    match broker.catalog.create(name, broker.config.default_partitions, BTreeMap::new(), false) {
+        Ok(t) => {
+            tracing::info!(topic = name, partitions = t.partitions, "auto-created topic");
+            topic_entry(broker, &t)
+        }
+        // Another connection created it first.
+        Err(CatalogError::Exists(_)) => match broker.catalog.snapshot().by_name(name) {
+            Some(t) => topic_entry(broker, t),
+            None => error_entry(Some(name), Uuid::nil(), ResponseError::LeaderNotAvailable.code()),
+        },
+        Err(e) => {
+            tracing::warn!(topic = name, error = %e, "auto-create failed");
+            error_entry(Some(name), Uuid::nil(), crate::errors::catalog_error_code(&e))
+        }
+    }
+}
+
+fn topic_entry(broker: &Broker, t: &Arc<TopicMeta>) -> MetadataResponseTopic {
+    let node = BrokerId(broker.config.node_id);
+    let partitions = (0..t.partitions)
+        .map(|i| {
+            MetadataResponsePartition::default()
+                .with_partition_index(i)
+                .with_leader_id(node)
+                .with_leader_epoch(LEADER_EPOCH)
+                .with_replica_nodes(vec![node])
+                .with_isr_nodes(vec![node])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_string(t.name.clone()))))
+        .with_topic_id(t.id)
+        .with_partitions(partitions)
+}
+
+fn error_entry(name: Option<&str>, id: Uuid, code: i16) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_error_code(code)
+        .with_name(name.map(|n| TopicName(StrBytes::from_string(n.to_string()))))
+        .with_topic_id(id)
+}
+
+pub fn describe_cluster(broker: &Broker, _request: DescribeClusterRequest) -> DescribeClusterResponse {
+    DescribeClusterResponse::default()
+        .with_cluster_id(StrBytes::from_string(broker.cluster_id.clone()))
+        .with_controller_id(BrokerId(broker.config.node_id))
+        .with_brokers(vec![DescribeClusterBroker::default()
+            .with_broker_id(BrokerId(broker.config.node_id))
+            .with_host(StrBytes::from_string(broker.advertised_host.clone()))
+            .with_port(broker.advertised_port)])
+}

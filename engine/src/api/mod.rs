@@ -1,0 +1,89 @@
+//! Kafka API handlers: one function per API, each from a decoded request to a response.
+//!
+//! [`SUPPORTED`] is the contract with clients (ApiVersions): only versions that are implemented
+//! and tested are advertised. A request for any other version closes the connection, as Kafka
+//! does; ApiVersions itself answers UNSUPPORTED_VERSION at v0 so that the client can retry.
+
+mod admin;
+mod fetch;
+mod list_offsets;
+mod metadata;
+mod produce;
+
+use bytes::Bytes;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, RequestKind};
+use kafka_protocol::protocol::{Encodable, HeaderVersion};
+use kafka_protocol::ResponseError;
+use ringtail_netio::request::{encode_response, Body, Header};
+
+use crate::shard::Broker;
+
+/// (api, min version, max version) advertised in ApiVersions.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 11),
+    (ApiKey::Fetch, 4, 16),
+    (ApiKey::ListOffsets, 1, 8),
+    (ApiKey::Metadata, 0, 13),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeCluster, 0, 2),
+];
+
+pub fn supported(api_key: ApiKey, version: i16) -> bool {
+    SUPPORTED.iter().any(|&(k, min, max)| k == api_key && (min..=max).contains(&version))
+}
+
+/// What the connection does after a request.
+pub enum Reply {
+    Send(Bytes),
+    /// acks=0 produce: nothing goes back.
+    Nothing,
+    /// Close the connection (Kafka's answer to requests it cannot parse or does not support).
+    Close(String),
+}
+
+fn respond<R: Encodable + HeaderVersion>(header: &Header, body: &R) -> Reply {
+    match encode_response(header.correlation_id, header.api_version, body) {
+        Ok(bytes) => Reply::Send(bytes),
+        Err(e) => Reply::Close(format!("could not encode {:?} v{} response: {e}", header.api_key, header.api_version)),
+    }
+}
+
+/// Answers ApiVersions, also for versions newer than ours (KIP-511: v0 body, error 35).
+pub fn api_versions(header: &Header) -> Reply {
+    let keys = SUPPORTED
+        .iter()
+        .map(|&(k, min, max)| ApiVersion::default().with_api_key(k as i16).with_min_version(min).with_max_version(max))
+        .collect();
+    let mut response = ApiVersionsResponse::default().with_api_keys(keys);
+    if supported(ApiKey::ApiVersions, header.api_version) {
+        return respond(header, &response);
+    }
+    response.error_code = ResponseError::UnsupportedVersion.code();
+    let v0 = Header { api_version: 0, ..header.clone() };
+    respond(&v0, &response)
+}
+
+/// Handles one decoded request on the connection's shard.
+pub async fn handle(broker: &Broker, header: &Header, body: Body) -> Reply {
+    let request = match body {
+        Body::Produce(input) => return produce::handle(broker, header, input).await,
+        Body::Other(request) => request,
+    };
+    match request {
+        RequestKind::ApiVersions(_) => api_versions(header),
+        RequestKind::Metadata(r) => respond(header, &metadata::metadata(broker, header, r)),
+        RequestKind::DescribeCluster(r) => respond(header, &metadata::describe_cluster(broker, r)),
+        RequestKind::Fetch(r) => respond(header, &fetch::handle(broker, header, r).await),
+        RequestKind::ListOffsets(r) => respond(header, &list_offsets::handle(broker, header.api_version, r).await),
+        RequestKind::CreateTopics(r) => respond(header, &admin::create_topics(broker, header, r)),
+        RequestKind::DeleteTopics(r) => respond(header, &admin::delete_topics(broker, header, r).await),
+        RequestKind::CreatePartitions(r) => respond(header, &admin::create_partitions(broker, r)),
+        RequestKind::DescribeConfigs(r) => respond(header, &admin::describe_configs(broker, r)),
+        other => Reply::Close(format!("no handler for {:?}", std::mem::discriminant(&other))),
+    }
+}

@@ -1,0 +1,79 @@
+//! Produce: validate batches on the receiving shard, append on the owner, answer per partition.
+
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use ringtail_netio::batch::split_and_validate;
+use ringtail_netio::request::{Header, ProduceInput};
+
+use super::{respond, Reply};
+use crate::errors::batch_error_code;
+use crate::shard::{Broker, ErrorOutcome, PartitionKey, ProduceItem, ProduceOutcome, ShardOp};
+
+pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Reply {
+    if input.copied_bytes > 0 {
+        tracing::debug!(bytes = input.copied_bytes, "produce record sets were copied (shared frame)");
+    }
+    let acks = input.acks;
+    let snapshot = broker.catalog.snapshot();
+    // Per partition: either an immediate outcome (error) or an item for its owner.
+    let mut shape: Vec<(String, Vec<(i32, Result<usize, ProduceOutcome>)>)> = Vec::new();
+    let mut items = Vec::new();
+    for topic in input.topics {
+        let meta = snapshot.by_name(&topic.name).cloned();
+        let mut parts = Vec::new();
+        for p in topic.partitions {
+            let outcome = if !matches!(acks, -1..=1) {
+                Err(ResponseError::InvalidRequiredAcks.code())
+            } else {
+                match (&meta, p.records) {
+                    (Some(m), _) if p.index < 0 || p.index >= m.partitions => Err(ResponseError::UnknownTopicOrPartition.code()),
+                    (None, _) => Err(ResponseError::UnknownTopicOrPartition.code()),
+                    (Some(_), None) => Err(ResponseError::CorruptMessage.code()),
+                    (Some(m), Some(records)) => match split_and_validate(records, m.config.max_message_bytes) {
+                        Ok(batches) => {
+                            let key = PartitionKey { topic_id: m.id, partition: p.index };
+                            items.push((broker.owner(m, p.index), ProduceItem { key, topic: m.clone(), batches }));
+                            Ok(items.len() - 1)
+                        }
+                        Err(e) => {
+                            tracing::debug!(topic = %m.name, partition = p.index, error = %e, "produce batch refused");
+                            Err(batch_error_code(&e))
+                        }
+                    },
+                }
+            };
+            parts.push((p.index, outcome.map_err(ProduceOutcome::error)));
+        }
+        shape.push((topic.name, parts));
+    }
+    let outcomes = broker.scatter(items, |s, i| s.produce(i), ShardOp::Produce).await;
+    if acks == 0 {
+        return Reply::Nothing;
+    }
+    let responses = shape
+        .into_iter()
+        .map(|(name, parts)| {
+            let partitions = parts
+                .into_iter()
+                .map(|(index, slot)| {
+                    let o = match slot {
+                        Ok(i) => outcomes[i],
+                        Err(o) => o,
+                    };
+                    PartitionProduceResponse::default()
+                        .with_index(index)
+                        .with_error_code(o.error)
+                        .with_base_offset(o.base_offset)
+                        .with_log_append_time_ms(o.log_append_time_ms)
+                        .with_log_start_offset(o.log_start_offset)
+                })
+                .collect();
+            TopicProduceResponse::default()
+                .with_name(TopicName(StrBytes::from_string(name)))
+                .with_partition_responses(partitions)
+        })
+        .collect();
+    respond(header, &ProduceResponse::default().with_responses(responses))
+}

@@ -1,0 +1,165 @@
+//! Broker configuration: command-line flags, then `RINGTAIL_*` environment variables, then an
+//! optional TOML file (`--config`), then defaults — in that order of precedence.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// Flags of `ringtail serve`. Every option is optional here so that the file can fill gaps.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "RINGTAIL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to accept Kafka clients on (port 0 picks a free port).
+    #[arg(long, env = "RINGTAIL_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// host:port that clients are told to connect to (default: the listen address).
+    #[arg(long, env = "RINGTAIL_ADVERTISED_LISTENER")]
+    pub advertised_listener: Option<String>,
+    /// Directory for the broker's local state (topic catalog now; the WAL ring later).
+    #[arg(long, env = "RINGTAIL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Number of shards (one pinned thread each); default: one per available core.
+    #[arg(long, env = "RINGTAIL_SHARDS")]
+    pub shards: Option<usize>,
+    /// This broker's node id in Metadata.
+    #[arg(long, env = "RINGTAIL_NODE_ID")]
+    pub node_id: Option<i32>,
+    /// Create unknown topics when a client's Metadata request asks for them.
+    #[arg(long, env = "RINGTAIL_AUTO_CREATE_TOPICS")]
+    pub auto_create_topics: Option<bool>,
+    /// Partitions of an auto-created topic, or of CreateTopics with num_partitions = -1.
+    #[arg(long, env = "RINGTAIL_DEFAULT_PARTITIONS")]
+    pub default_partitions: Option<i32>,
+    /// Largest request frame accepted (socket.request.max.bytes).
+    #[arg(long, env = "RINGTAIL_REQUEST_BYTES_MAX")]
+    pub request_bytes_max: Option<usize>,
+    /// Memory the in-memory partition logs of one shard may hold before produce is refused.
+    #[arg(long, env = "RINGTAIL_SHARD_LOG_BYTES_MAX")]
+    pub shard_log_bytes_max: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    advertised_listener: Option<String>,
+    data_dir: Option<PathBuf>,
+    shards: Option<usize>,
+    node_id: Option<i32>,
+    auto_create_topics: Option<bool>,
+    default_partitions: Option<i32>,
+    request_bytes_max: Option<usize>,
+    shard_log_bytes_max: Option<u64>,
+}
+
+/// The settled configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub advertised_host: String,
+    /// None: advertise the port actually bound.
+    pub advertised_port: Option<u16>,
+    pub data_dir: PathBuf,
+    pub shards: usize,
+    pub node_id: i32,
+    pub auto_create_topics: bool,
+    pub default_partitions: i32,
+    pub request_bytes_max: usize,
+    pub shard_log_bytes_max: u64,
+}
+
+pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
+
+impl Config {
+    pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
+        let file: FileConfig = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let listen = args.listen.or(file.listen).unwrap_or_else(|| "0.0.0.0:9092".parse().unwrap());
+        let advertised = args.advertised_listener.or(file.advertised_listener);
+        let (advertised_host, advertised_port) = match advertised {
+            Some(a) => parse_host_port(&a)?,
+            None if listen.ip().is_unspecified() => ("127.0.0.1".to_string(), None),
+            None => (listen.ip().to_string(), None),
+        };
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let shards = args.shards.or(file.shards).unwrap_or(cores);
+        if shards == 0 || shards > 1024 {
+            bail!("--shards must be between 1 and 1024, got {shards}");
+        }
+        let default_partitions = args.default_partitions.or(file.default_partitions).unwrap_or(1);
+        if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&default_partitions) {
+            bail!("--default-partitions must be between 1 and {PARTITIONS_PER_TOPIC_MAX}");
+        }
+        let request_bytes_max = args
+            .request_bytes_max
+            .or(file.request_bytes_max)
+            .unwrap_or(ringtail_netio::frame::REQUEST_BYTES_MAX_DEFAULT);
+        if !(1024..=1 << 30).contains(&request_bytes_max) {
+            bail!("--request-bytes-max must be between 1 KiB and 1 GiB");
+        }
+        Ok(Config {
+            listen,
+            advertised_host,
+            advertised_port,
+            data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./ringtail-data")),
+            shards,
+            node_id: args.node_id.or(file.node_id).unwrap_or(0),
+            auto_create_topics: args.auto_create_topics.or(file.auto_create_topics).unwrap_or(false),
+            default_partitions,
+            request_bytes_max,
+            shard_log_bytes_max: args.shard_log_bytes_max.or(file.shard_log_bytes_max).unwrap_or(1 << 30),
+        })
+    }
+}
+
+fn parse_host_port(s: &str) -> anyhow::Result<(String, Option<u16>)> {
+    let s = s.strip_prefix("PLAINTEXT://").unwrap_or(s);
+    let Some((host, port)) = s.rsplit_once(':') else {
+        bail!("advertised listener {s:?} is not host:port");
+    };
+    let port: u16 = port.parse().with_context(|| format!("advertised listener port in {s:?}"))?;
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), Some(port)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_and_file_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.toml");
+        std::fs::write(&path, "shards = 3\nnode_id = 7\nlisten = \"127.0.0.1:9999\"\n").unwrap();
+        let args = ServeArgs { config: Some(path), shards: Some(2), ..Default::default() };
+        let c = Config::resolve(args).unwrap();
+        assert_eq!(c.shards, 2);
+        assert_eq!(c.node_id, 7);
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.advertised_host, "127.0.0.1");
+        assert!(!c.auto_create_topics);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.toml");
+        std::fs::write(&path, "shardz = 3\n").unwrap();
+        assert!(Config::resolve(ServeArgs { config: Some(path), ..Default::default() }).is_err());
+        assert!(Config::resolve(ServeArgs { shards: Some(0), ..Default::default() }).is_err());
+        let a = ServeArgs { advertised_listener: Some("nohost".into()), ..Default::default() };
+        assert!(Config::resolve(a).is_err());
+        let a = ServeArgs { advertised_listener: Some("PLAINTEXT://h.example:19092".into()), ..Default::default() };
+        let c = Config::resolve(a).unwrap();
+        assert_eq!((c.advertised_host.as_str(), c.advertised_port), ("h.example", Some(19092)));
+    }
+}

@@ -1,0 +1,14 @@
+//! The Ringtail broker: partitions and their logs, produce/fetch paths, the topic catalog,
+//! Kafka API handlers, and the `ringtail` binary (`src/main.rs`).
+//!
+//! Architecture invariant: a partition's log is only touched on its owner shard
+//! ([`shard::owner_shard`]); other shards reach it with [`shard::ShardOp`] messages.
+
+pub mod api;
+pub mod catalog;
+pub mod config;
+pub mod errors;
+pub mod log;
+pub mod server;
+pub mod shard;
+pub mod topic_config;

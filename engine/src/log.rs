@@ -1,0 +1,228 @@
+//! A partition's log: the seam that the WAL ring and the object tier fill later.
+//!
+//! [`MemLog`] keeps the batches in memory. It is the only implementation today: partition data
+//! does not survive a restart yet (see README).
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use ringtail_netio::batch::{BatchHeader, ValidBatch};
+
+use crate::topic_config::TopicConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// The append time stamped on the batches, or -1 (CreateTime topics).
+    pub log_append_time_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("offset {offset} is outside the log [{log_start}, {log_end}]")]
+pub struct OutOfRange {
+    pub offset: i64,
+    pub log_start: i64,
+    pub log_end: i64,
+}
+
+/// One partition's log. Offsets are dense: a batch of n records takes n offsets.
+pub trait PartitionLog {
+    /// First offset still held.
+    fn log_start_offset(&self) -> i64;
+    /// Offset the next record gets; also the high watermark (no replication).
+    fn log_end_offset(&self) -> i64;
+    /// Bytes held.
+    fn size_bytes(&self) -> u64;
+    /// Assigns offsets to `batches` (in place) and appends them.
+    fn append(&mut self, batches: Vec<ValidBatch>, leader_epoch: i32, now_ms: i64, config: &TopicConfig) -> Appended;
+    /// Whole batches from the one holding `offset`, up to `max_bytes`; the first batch is
+    /// returned even when larger if `first_batch_always` (so consumers always progress).
+    fn read(&self, offset: i64, max_bytes: usize, first_batch_always: bool) -> Result<Vec<Bytes>, OutOfRange>;
+    /// Batches whose max timestamp is at least `timestamp_ms`, first one first (at most `max`).
+    fn batches_from_timestamp(&self, timestamp_ms: i64, max: usize) -> Vec<Bytes>;
+    /// The batch with the largest max timestamp (earliest such), if any.
+    fn batch_with_max_timestamp(&self) -> Option<Bytes>;
+    /// Removes batches beyond retention; returns bytes freed.
+    fn enforce_retention(&mut self, now_ms: i64, config: &TopicConfig) -> u64;
+}
+
+struct Entry {
+    header: BatchHeader,
+    bytes: Bytes,
+}
+
+#[derive(Default)]
+pub struct MemLog {
+    entries: VecDeque<Entry>,
+    log_start: i64,
+    log_end: i64,
+    size_bytes: u64,
+}
+
+impl MemLog {
+    pub fn new() -> MemLog {
+        MemLog::default()
+    }
+
+    fn pop_front(&mut self) -> u64 {
+        let e = self.entries.pop_front().expect("not empty");
+        self.log_start = e.header.last_offset() + 1;
+        self.size_bytes -= e.bytes.len() as u64;
+        e.bytes.len() as u64
+    }
+}
+
+impl PartitionLog for MemLog {
+    fn log_start_offset(&self) -> i64 {
+        self.log_start
+    }
+
+    fn log_end_offset(&self) -> i64 {
+        self.log_end
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    fn append(&mut self, batches: Vec<ValidBatch>, leader_epoch: i32, now_ms: i64, config: &TopicConfig) -> Appended {
+        let base_offset = self.log_end;
+        for mut batch in batches {
+            if config.log_append_time {
+                batch.set_log_append_time(now_ms);
+            }
+            let (header, bytes) = batch.assign(self.log_end, leader_epoch);
+            assert_eq!(header.base_offset, self.log_end, "offsets are assigned densely");
+            self.log_end = header.last_offset() + 1;
+            self.size_bytes += bytes.len() as u64;
+            self.entries.push_back(Entry { header, bytes });
+        }
+        Appended {
+            base_offset,
+            last_offset: self.log_end - 1,
+            log_append_time_ms: if config.log_append_time { now_ms } else { -1 },
+        }
+    }
+
+    fn read(&self, offset: i64, max_bytes: usize, first_batch_always: bool) -> Result<Vec<Bytes>, OutOfRange> {
+        if offset < self.log_start || offset > self.log_end {
+            return Err(OutOfRange { offset, log_start: self.log_start, log_end: self.log_end });
+        }
+        let first = self.entries.partition_point(|e| e.header.last_offset() < offset);
+        let mut out = Vec::new();
+        let mut taken = 0usize;
+        for e in self.entries.range(first..) {
+            let fits = taken + e.bytes.len() <= max_bytes;
+            if !fits && !(out.is_empty() && first_batch_always) {
+                break;
+            }
+            debug_assert!(e.header.last_offset() >= offset, "served batch holds the requested offset or later");
+            taken += e.bytes.len();
+            out.push(e.bytes.clone());
+            if !fits {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn batches_from_timestamp(&self, timestamp_ms: i64, max: usize) -> Vec<Bytes> {
+        self.entries
+            .iter()
+            .skip_while(|e| e.header.max_timestamp < timestamp_ms)
+            .take(max)
+            .map(|e| e.bytes.clone())
+            .collect()
+    }
+
+    fn batch_with_max_timestamp(&self) -> Option<Bytes> {
+        let mut best: Option<&Entry> = None;
+        for e in &self.entries {
+            if best.is_none_or(|b| e.header.max_timestamp > b.header.max_timestamp) {
+                best = Some(e);
+            }
+        }
+        best.map(|e| e.bytes.clone())
+    }
+
+    fn enforce_retention(&mut self, now_ms: i64, config: &TopicConfig) -> u64 {
+        let mut freed = 0;
+        if config.retention_bytes >= 0 {
+            while self.size_bytes > config.retention_bytes as u64 && self.entries.len() > 1 {
+                freed += self.pop_front();
+            }
+        }
+        if config.retention_ms >= 0 {
+            while self.entries.len() > 1
+                && self.entries.front().is_some_and(|e| now_ms - e.header.max_timestamp > config.retention_ms)
+            {
+                freed += self.pop_front();
+            }
+        }
+        freed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use ringtail_netio::batch::split_and_validate;
+
+    fn batch(n: i64, ts: i64) -> Vec<ValidBatch> {
+        let records: Vec<Record> = (0..n)
+            .map(|i| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i,
+                sequence: -1,
+                timestamp: ts,
+                key: None,
+                value: Some(Bytes::from(vec![7u8; 100])),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression: Compression::None }).unwrap();
+        split_and_validate(buf, 1 << 20).unwrap()
+    }
+
+    #[test]
+    fn offsets_are_dense_and_reads_return_whole_batches() {
+        let mut log = MemLog::new();
+        let c = TopicConfig::default();
+        assert_eq!(log.append(batch(3, 10), 0, 0, &c).base_offset, 0);
+        assert_eq!(log.append(batch(2, 20), 0, 0, &c).base_offset, 3);
+        assert_eq!(log.log_end_offset(), 5);
+        assert_eq!(log.read(4, 1 << 20, true).unwrap().len(), 1);
+        assert_eq!(log.read(0, 1 << 20, true).unwrap().len(), 2);
+        assert_eq!(log.read(5, 1 << 20, true).unwrap().len(), 0);
+        assert_eq!(log.read(0, 10, true).unwrap().len(), 1, "first batch even if larger");
+        assert_eq!(log.read(0, 10, false).unwrap().len(), 0);
+        assert!(log.read(6, 100, true).is_err());
+        assert!(log.read(-1, 100, true).is_err());
+        assert_eq!(log.batches_from_timestamp(15, 10).len(), 1);
+    }
+
+    #[test]
+    fn retention_trims_from_the_front() {
+        let mut log = MemLog::new();
+        let c = TopicConfig { retention_bytes: 1, ..TopicConfig::default() };
+        log.append(batch(3, 10), 0, 0, &c);
+        log.append(batch(2, 20), 0, 0, &c);
+        assert!(log.enforce_retention(0, &c) > 0);
+        assert_eq!(log.log_start_offset(), 3);
+        assert!(log.read(0, 100, true).is_err());
+        let c = TopicConfig { retention_ms: 5, ..TopicConfig::default() };
+        log.append(batch(1, 1000), 0, 0, &c);
+        log.enforce_retention(1001, &c);
+        assert_eq!(log.log_start_offset(), 5);
+    }
+}
