@@ -80,26 +80,41 @@ const FORMAT_VERSION: u32 = 1;
 impl Catalog {
     /// An empty catalog that is not persisted (tests).
     pub fn in_memory() -> Catalog {
-        Catalog { snapshot: ArcSwap::from_pointee(Snapshot::default()), write: Mutex::new(()), path: None }
+        Catalog {
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            write: Mutex::new(()),
+            path: None,
+        }
     }
 
     /// Loads `<dir>/catalog.json` if it exists.
     pub fn open(dir: &std::path::Path) -> anyhow::Result<Catalog> {
         use anyhow::Context;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating data dir {}", dir.display()))?;
         let path = dir.join("catalog.json");
         let mut topics = Vec::new();
         if path.exists() {
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            let disk: OnDisk = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-            anyhow::ensure!(disk.format_version == FORMAT_VERSION, "unknown catalog format {}", disk.format_version);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let disk: OnDisk = serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", path.display()))?;
+            anyhow::ensure!(
+                disk.format_version == FORMAT_VERSION,
+                "unknown catalog format {}",
+                disk.format_version
+            );
             for mut t in disk.topics {
                 t.config = TopicConfig::from_map(&t.configs)
                     .map_err(|e| anyhow::anyhow!("topic {} in {}: {e}", t.name, path.display()))?;
                 topics.push(Arc::new(t));
             }
         }
-        let catalog = Catalog { snapshot: ArcSwap::from_pointee(Snapshot::default()), write: Mutex::new(()), path: Some(path) };
+        let catalog = Catalog {
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            write: Mutex::new(()),
+            path: Some(path),
+        };
         catalog.snapshot.store(Arc::new(build(topics)));
         Ok(catalog)
     }
@@ -124,7 +139,13 @@ impl Catalog {
         if current.by_name.contains_key(name) {
             return Err(CatalogError::Exists(name.to_string()));
         }
-        let topic = Arc::new(TopicMeta { name: name.to_string(), id: Uuid::new_v4(), partitions, configs, config });
+        let topic = Arc::new(TopicMeta {
+            name: name.to_string(),
+            id: Uuid::new_v4(),
+            partitions,
+            configs,
+            config,
+        });
         if !validate_only {
             let mut all = current.topics();
             all.push(topic.clone());
@@ -136,17 +157,35 @@ impl Catalog {
     pub fn delete(&self, name: &str) -> Result<Arc<TopicMeta>, CatalogError> {
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.snapshot();
-        let topic = current.by_name.get(name).cloned().ok_or_else(|| CatalogError::Unknown(name.to_string()))?;
-        self.publish(current.topics().into_iter().filter(|t| t.name != name).collect())?;
+        let topic = current
+            .by_name
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CatalogError::Unknown(name.to_string()))?;
+        self.publish(
+            current
+                .topics()
+                .into_iter()
+                .filter(|t| t.name != name)
+                .collect(),
+        )?;
         Ok(topic)
     }
 
     /// Raises a topic's partition count to `count`.
-    pub fn add_partitions(&self, name: &str, count: i32, validate_only: bool) -> Result<(), CatalogError> {
+    pub fn add_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        validate_only: bool,
+    ) -> Result<(), CatalogError> {
         validate_partitions(count)?;
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.snapshot();
-        let topic = current.by_name.get(name).ok_or_else(|| CatalogError::Unknown(name.to_string()))?;
+        let topic = current
+            .by_name
+            .get(name)
+            .ok_or_else(|| CatalogError::Unknown(name.to_string()))?;
         if count <= topic.partitions {
             return Err(CatalogError::InvalidPartitions(format!(
                 "topic {name:?} has {} partitions; the new count {count} must be larger",
@@ -159,16 +198,31 @@ impl Catalog {
         let topics = current
             .topics()
             .into_iter()
-            .map(|t| if t.name == name { Arc::new(TopicMeta { partitions: count, ..(*t).clone() }) } else { t })
+            .map(|t| {
+                if t.name == name {
+                    Arc::new(TopicMeta {
+                        partitions: count,
+                        ..(*t).clone()
+                    })
+                } else {
+                    t
+                }
+            })
             .collect();
         self.publish(topics)
     }
 
     fn publish(&self, topics: Vec<Arc<TopicMeta>>) -> Result<(), CatalogError> {
         if let Some(path) = &self.path {
-            let disk = OnDisk { format_version: FORMAT_VERSION, topics: topics.iter().map(|t| (**t).clone()).collect() };
-            write_atomically(path, &serde_json::to_vec_pretty(&disk).expect("serialisable"))
-                .map_err(|e| CatalogError::Storage(format!("{}: {e}", path.display())))?;
+            let disk = OnDisk {
+                format_version: FORMAT_VERSION,
+                topics: topics.iter().map(|t| (**t).clone()).collect(),
+            };
+            write_atomically(
+                path,
+                &serde_json::to_vec_pretty(&disk).expect("serialisable"),
+            )
+            .map_err(|e| CatalogError::Storage(format!("{}: {e}", path.display())))?;
         }
         self.snapshot.store(Arc::new(build(topics)));
         Ok(())
@@ -209,7 +263,10 @@ pub fn validate_name(name: &str) -> Result<(), CatalogError> {
     if name.len() > 249 {
         return bad("longer than 249 characters");
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
         return bad("only ASCII letters, digits, '.', '_' and '-' are allowed");
     }
     Ok(())
@@ -236,28 +293,53 @@ mod tests {
         let mut cfg = BTreeMap::new();
         cfg.insert("retention.ms".to_string(), "1000".to_string());
         let t = c.create("orders", 3, cfg, false).unwrap();
-        assert_eq!(c.create("orders", 1, BTreeMap::new(), false).unwrap_err(), CatalogError::Exists("orders".into()));
+        assert_eq!(
+            c.create("orders", 1, BTreeMap::new(), false).unwrap_err(),
+            CatalogError::Exists("orders".into())
+        );
         c.create("dry", 1, BTreeMap::new(), true).unwrap();
         assert!(c.snapshot().by_name("dry").is_none());
         c.add_partitions("orders", 5, false).unwrap();
         assert!(c.add_partitions("orders", 4, false).is_err());
         let reopened = Catalog::open(dir.path()).unwrap();
         let again = reopened.snapshot().by_name("orders").cloned().unwrap();
-        assert_eq!((again.id, again.partitions, again.config.retention_ms), (t.id, 5, 1000));
+        assert_eq!(
+            (again.id, again.partitions, again.config.retention_ms),
+            (t.id, 5, 1000)
+        );
         reopened.delete("orders").unwrap();
-        assert!(Catalog::open(dir.path()).unwrap().snapshot().by_name("orders").is_none());
+        assert!(Catalog::open(dir.path())
+            .unwrap()
+            .snapshot()
+            .by_name("orders")
+            .is_none());
     }
 
     #[test]
     fn names_partitions_and_configs_are_validated() {
         let c = Catalog::in_memory();
         for bad in ["", ".", "..", "a b", "x/y", &"a".repeat(250)] {
-            assert!(matches!(c.create(bad, 1, BTreeMap::new(), false), Err(CatalogError::InvalidName(..))), "{bad}");
+            assert!(
+                matches!(
+                    c.create(bad, 1, BTreeMap::new(), false),
+                    Err(CatalogError::InvalidName(..))
+                ),
+                "{bad}"
+            );
         }
-        assert!(matches!(c.create("t", 0, BTreeMap::new(), false), Err(CatalogError::InvalidPartitions(_))));
-        assert!(matches!(c.create("t", 10_001, BTreeMap::new(), false), Err(CatalogError::InvalidPartitions(_))));
+        assert!(matches!(
+            c.create("t", 0, BTreeMap::new(), false),
+            Err(CatalogError::InvalidPartitions(_))
+        ));
+        assert!(matches!(
+            c.create("t", 10_001, BTreeMap::new(), false),
+            Err(CatalogError::InvalidPartitions(_))
+        ));
         let mut cfg = BTreeMap::new();
         cfg.insert("no.such.config".to_string(), "1".to_string());
-        assert!(matches!(c.create("t", 1, cfg, false), Err(CatalogError::InvalidConfig(_))));
+        assert!(matches!(
+            c.create("t", 1, cfg, false),
+            Err(CatalogError::InvalidConfig(_))
+        ));
     }
 }

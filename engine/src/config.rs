@@ -80,23 +80,32 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
             }
             None => FileConfig::default(),
         };
-        let listen = args.listen.or(file.listen).unwrap_or_else(|| "0.0.0.0:9092".parse().unwrap());
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "0.0.0.0:9092".parse().unwrap());
         let advertised = args.advertised_listener.or(file.advertised_listener);
         let (advertised_host, advertised_port) = match advertised {
             Some(a) => parse_host_port(&a)?,
             None if listen.ip().is_unspecified() => ("127.0.0.1".to_string(), None),
             None => (listen.ip().to_string(), None),
         };
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let shards = args.shards.or(file.shards).unwrap_or(cores);
         if shards == 0 || shards > 1024 {
             bail!("--shards must be between 1 and 1024, got {shards}");
         }
-        let default_partitions = args.default_partitions.or(file.default_partitions).unwrap_or(1);
+        let default_partitions = args
+            .default_partitions
+            .or(file.default_partitions)
+            .unwrap_or(1);
         if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&default_partitions) {
             bail!("--default-partitions must be between 1 and {PARTITIONS_PER_TOPIC_MAX}");
         }
@@ -111,13 +120,22 @@ impl Config {
             listen,
             advertised_host,
             advertised_port,
-            data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./ringtail-data")),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./ringtail-data")),
             shards,
             node_id: args.node_id.or(file.node_id).unwrap_or(0),
-            auto_create_topics: args.auto_create_topics.or(file.auto_create_topics).unwrap_or(false),
+            auto_create_topics: args
+                .auto_create_topics
+                .or(file.auto_create_topics)
+                .unwrap_or(false),
             default_partitions,
             request_bytes_max,
-            shard_log_bytes_max: args.shard_log_bytes_max.or(file.shard_log_bytes_max).unwrap_or(1 << 30),
+            shard_log_bytes_max: args
+                .shard_log_bytes_max
+                .or(file.shard_log_bytes_max)
+                .unwrap_or(1 << 30),
         })
     }
 }
@@ -127,8 +145,15 @@ fn parse_host_port(s: &str) -> anyhow::Result<(String, Option<u16>)> {
     let Some((host, port)) = s.rsplit_once(':') else {
         bail!("advertised listener {s:?} is not host:port");
     };
-    let port: u16 = port.parse().with_context(|| format!("advertised listener port in {s:?}"))?;
-    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), Some(port)))
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("advertised listener port in {s:?}"))?;
+    Ok((
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        Some(port),
+    ))
 }
 
 #[cfg(test)]
@@ -139,8 +164,16 @@ mod tests {
     fn flags_beat_file_and_file_beats_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.toml");
-        std::fs::write(&path, "shards = 3\nnode_id = 7\nlisten = \"127.0.0.1:9999\"\n").unwrap();
-        let args = ServeArgs { config: Some(path), shards: Some(2), ..Default::default() };
+        std::fs::write(
+            &path,
+            "shards = 3\nnode_id = 7\nlisten = \"127.0.0.1:9999\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            shards: Some(2),
+            ..Default::default()
+        };
         let c = Config::resolve(args).unwrap();
         assert_eq!(c.shards, 2);
         assert_eq!(c.node_id, 7);
@@ -154,12 +187,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.toml");
         std::fs::write(&path, "shardz = 3\n").unwrap();
-        assert!(Config::resolve(ServeArgs { config: Some(path), ..Default::default() }).is_err());
-        assert!(Config::resolve(ServeArgs { shards: Some(0), ..Default::default() }).is_err());
-        let a = ServeArgs { advertised_listener: Some("nohost".into()), ..Default::default() };
+        assert!(Config::resolve(ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .is_err());
+        assert!(Config::resolve(ServeArgs {
+            shards: Some(0),
+            ..Default::default()
+        })
+        .is_err());
+        let a = ServeArgs {
+            advertised_listener: Some("nohost".into()),
+            ..Default::default()
+        };
         assert!(Config::resolve(a).is_err());
-        let a = ServeArgs { advertised_listener: Some("PLAINTEXT://h.example:19092".into()), ..Default::default() };
+        let a = ServeArgs {
+            advertised_listener: Some("PLAINTEXT://h.example:19092".into()),
+            ..Default::default()
+        };
         let c = Config::resolve(a).unwrap();
-        assert_eq!((c.advertised_host.as_str(), c.advertised_port), ("h.example", Some(19092)));
+        assert_eq!(
+            (c.advertised_host.as_str(), c.advertised_port),
+            ("h.example", Some(19092))
+        );
     }
 }

@@ -7,10 +7,13 @@ use crate::catalog::CatalogError;
 
 pub fn batch_error_code(e: &BatchError) -> i16 {
     match e {
-        BatchError::Crc { .. } | BatchError::Truncated { .. } | BatchError::LengthTooSmall(_) | BatchError::Empty => {
-            ResponseError::CorruptMessage.code()
+        BatchError::Crc { .. }
+        | BatchError::Truncated { .. }
+        | BatchError::LengthTooSmall(_)
+        | BatchError::Empty => ResponseError::CorruptMessage.code(),
+        BatchError::Magic(_) | BatchError::CountMismatch { .. } => {
+            ResponseError::InvalidRecord.code()
         }
-        BatchError::Magic(_) | BatchError::CountMismatch { .. } => ResponseError::InvalidRecord.code(),
         BatchError::TooLarge { .. } => ResponseError::MessageTooLarge.code(),
     }
 }
@@ -32,12 +35,33 @@ mod tests {
 
     #[test]
     fn codes_match_kafka() {
-        assert_eq!(batch_error_code(&BatchError::Crc { expected: 1, actual: 2 }), 2);
+        assert_eq!(
+            batch_error_code(&BatchError::Crc {
+                expected: 1,
+                actual: 2
+            }),
+            2
+        );
         assert_eq!(batch_error_code(&BatchError::Magic(1)), 87);
-        assert_eq!(batch_error_code(&BatchError::TooLarge { size_bytes: 2, max_bytes: 1 }), 10);
+        assert_eq!(
+            batch_error_code(&BatchError::TooLarge {
+                size_bytes: 2,
+                max_bytes: 1
+            }),
+            10
+        );
         assert_eq!(catalog_error_code(&CatalogError::Exists("t".into())), 36);
-        assert_eq!(catalog_error_code(&CatalogError::InvalidName("t".into(), "x")), 17);
-        assert_eq!(catalog_error_code(&CatalogError::InvalidConfig("x".into())), 40);
-        assert_eq!(catalog_error_code(&CatalogError::InvalidPartitions("x".into())), 37);
+        assert_eq!(
+            catalog_error_code(&CatalogError::InvalidName("t".into(), "x")),
+            17
+        );
+        assert_eq!(
+            catalog_error_code(&CatalogError::InvalidConfig("x".into())),
+            40
+        );
+        assert_eq!(
+            catalog_error_code(&CatalogError::InvalidPartitions("x".into())),
+            37
+        );
     }
 }

@@ -35,10 +35,21 @@ pub trait PartitionLog {
     /// Bytes held.
     fn size_bytes(&self) -> u64;
     /// Assigns offsets to `batches` (in place) and appends them.
-    fn append(&mut self, batches: Vec<ValidBatch>, leader_epoch: i32, now_ms: i64, config: &TopicConfig) -> Appended;
+    fn append(
+        &mut self,
+        batches: Vec<ValidBatch>,
+        leader_epoch: i32,
+        now_ms: i64,
+        config: &TopicConfig,
+    ) -> Appended;
     /// Whole batches from the one holding `offset`, up to `max_bytes`; the first batch is
     /// returned even when larger if `first_batch_always` (so consumers always progress).
-    fn read(&self, offset: i64, max_bytes: usize, first_batch_always: bool) -> Result<Vec<Bytes>, OutOfRange>;
+    fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        first_batch_always: bool,
+    ) -> Result<Vec<Bytes>, OutOfRange>;
     /// Batches whose max timestamp is at least `timestamp_ms`, first one first (at most `max`).
     fn batches_from_timestamp(&self, timestamp_ms: i64, max: usize) -> Vec<Bytes>;
     /// The batch with the largest max timestamp (earliest such), if any.
@@ -86,14 +97,23 @@ impl PartitionLog for MemLog {
         self.size_bytes
     }
 
-    fn append(&mut self, batches: Vec<ValidBatch>, leader_epoch: i32, now_ms: i64, config: &TopicConfig) -> Appended {
+    fn append(
+        &mut self,
+        batches: Vec<ValidBatch>,
+        leader_epoch: i32,
+        now_ms: i64,
+        config: &TopicConfig,
+    ) -> Appended {
         let base_offset = self.log_end;
         for mut batch in batches {
             if config.log_append_time {
                 batch.set_log_append_time(now_ms);
             }
             let (header, bytes) = batch.assign(self.log_end, leader_epoch);
-            assert_eq!(header.base_offset, self.log_end, "offsets are assigned densely");
+            assert_eq!(
+                header.base_offset, self.log_end,
+                "offsets are assigned densely"
+            );
             self.log_end = header.last_offset() + 1;
             self.size_bytes += bytes.len() as u64;
             self.entries.push_back(Entry { header, bytes });
@@ -105,11 +125,22 @@ impl PartitionLog for MemLog {
         }
     }
 
-    fn read(&self, offset: i64, max_bytes: usize, first_batch_always: bool) -> Result<Vec<Bytes>, OutOfRange> {
+    fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        first_batch_always: bool,
+    ) -> Result<Vec<Bytes>, OutOfRange> {
         if offset < self.log_start || offset > self.log_end {
-            return Err(OutOfRange { offset, log_start: self.log_start, log_end: self.log_end });
+            return Err(OutOfRange {
+                offset,
+                log_start: self.log_start,
+                log_end: self.log_end,
+            });
         }
-        let first = self.entries.partition_point(|e| e.header.last_offset() < offset);
+        let first = self
+            .entries
+            .partition_point(|e| e.header.last_offset() < offset);
         let mut out = Vec::new();
         let mut taken = 0usize;
         for e in self.entries.range(first..) {
@@ -117,7 +148,10 @@ impl PartitionLog for MemLog {
             if !fits && !(out.is_empty() && first_batch_always) {
                 break;
             }
-            debug_assert!(e.header.last_offset() >= offset, "served batch holds the requested offset or later");
+            debug_assert!(
+                e.header.last_offset() >= offset,
+                "served batch holds the requested offset or later"
+            );
             taken += e.bytes.len();
             out.push(e.bytes.clone());
             if !fits {
@@ -155,7 +189,10 @@ impl PartitionLog for MemLog {
         }
         if config.retention_ms >= 0 {
             while self.entries.len() > 1
-                && self.entries.front().is_some_and(|e| now_ms - e.header.max_timestamp > config.retention_ms)
+                && self
+                    .entries
+                    .front()
+                    .is_some_and(|e| now_ms - e.header.max_timestamp > config.retention_ms)
             {
                 freed += self.pop_front();
             }
@@ -168,7 +205,9 @@ impl PartitionLog for MemLog {
 mod tests {
     use super::*;
     use bytes::BytesMut;
-    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
     use ringtail_netio::batch::split_and_validate;
 
     fn batch(n: i64, ts: i64) -> Vec<ValidBatch> {
@@ -182,7 +221,8 @@ mod tests {
                 producer_epoch: -1,
                 timestamp_type: TimestampType::Creation,
                 offset: i,
-                sequence: -1,
+                // kafka-protocol's encoder starts a new batch when offset - sequence changes.
+                sequence: i as i32,
                 timestamp: ts,
                 key: None,
                 value: Some(Bytes::from(vec![7u8; 100])),
@@ -190,7 +230,15 @@ mod tests {
             })
             .collect();
         let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression: Compression::None }).unwrap();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
         split_and_validate(buf, 1 << 20).unwrap()
     }
 
@@ -204,7 +252,11 @@ mod tests {
         assert_eq!(log.read(4, 1 << 20, true).unwrap().len(), 1);
         assert_eq!(log.read(0, 1 << 20, true).unwrap().len(), 2);
         assert_eq!(log.read(5, 1 << 20, true).unwrap().len(), 0);
-        assert_eq!(log.read(0, 10, true).unwrap().len(), 1, "first batch even if larger");
+        assert_eq!(
+            log.read(0, 10, true).unwrap().len(),
+            1,
+            "first batch even if larger"
+        );
         assert_eq!(log.read(0, 10, false).unwrap().len(), 0);
         assert!(log.read(6, 100, true).is_err());
         assert!(log.read(-1, 100, true).is_err());
@@ -214,13 +266,19 @@ mod tests {
     #[test]
     fn retention_trims_from_the_front() {
         let mut log = MemLog::new();
-        let c = TopicConfig { retention_bytes: 1, ..TopicConfig::default() };
+        let c = TopicConfig {
+            retention_bytes: 1,
+            ..TopicConfig::default()
+        };
         log.append(batch(3, 10), 0, 0, &c);
         log.append(batch(2, 20), 0, 0, &c);
         assert!(log.enforce_retention(0, &c) > 0);
         assert_eq!(log.log_start_offset(), 3);
         assert!(log.read(0, 100, true).is_err());
-        let c = TopicConfig { retention_ms: 5, ..TopicConfig::default() };
+        let c = TopicConfig {
+            retention_ms: 5,
+            ..TopicConfig::default()
+        };
         log.append(batch(1, 1000), 0, 0, &c);
         log.enforce_retention(1001, &c);
         assert_eq!(log.log_start_offset(), 5);

@@ -37,6 +37,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
@@ -57,12 +58,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     // Bind once here to learn the port (the listen port may be 0) and fail early; every shard
     // then binds the same address with SO_REUSEPORT and the kernel spreads connections.
-    let probe = bind_reuseport(config.listen).with_context(|| format!("binding {}", config.listen))?;
+    let probe =
+        bind_reuseport(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let bound = probe.local_addr()?;
     let advertised_port = config.advertised_port.unwrap_or(bound.port()) as i32;
 
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
-    let runtime_config = RuntimeConfig { shards: config.shards, io_memory_bytes, name: "ringtail".into() };
+    let runtime_config = RuntimeConfig {
+        shards: config.shards,
+        io_memory_bytes,
+        name: "ringtail".into(),
+    };
     let shard_config = config.clone();
     let runtime = Runtime::start(&runtime_config, move |ctx: ShardContext<ShardOp>| {
         let broker = Rc::new(Broker {
@@ -101,7 +107,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.shards
     );
 
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
     if let Some(signal) = signals.forever().next() {
         tracing::info!(signal, "shutting down");
     }
@@ -134,7 +143,9 @@ async fn shard_main(
     let accept = async {
         loop {
             match listener.accept().await {
-                Ok(stream) => ringtail_shards::spawn_detached(serve_connection(broker.clone(), stream)),
+                Ok(stream) => {
+                    ringtail_shards::spawn_detached(serve_connection(broker.clone(), stream))
+                }
                 Err(e) => {
                     tracing::warn!(shard = ctx.id, error = %e, "accept failed");
                     ringtail_shards::sleep(std::time::Duration::from_millis(10)).await;
@@ -147,7 +158,11 @@ async fn shard_main(
 }
 
 fn bind_reuseport(addr: SocketAddr) -> std::io::Result<StdListener> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;

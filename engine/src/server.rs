@@ -16,7 +16,10 @@ use crate::shard::Broker;
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 pub async fn serve_connection(broker: Rc<Broker>, stream: TcpStream) {
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let _ = stream.set_nodelay(true);
     let mut stream = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
     loop {
@@ -31,10 +34,12 @@ pub async fn serve_connection(broker: Rc<Broker>, stream: TcpStream) {
         let reply = match decode_header(&frame) {
             Err(e) => Reply::Close(e.to_string()),
             Ok((header, _)) if header.api_key == ApiKey::ApiVersions => api::api_versions(&header),
-            Ok((header, _)) if !api::supported(header.api_key, header.api_version) => Reply::Close(format!(
-                "unsupported {:?} version {} (see ApiVersions)",
-                header.api_key, header.api_version
-            )),
+            Ok((header, _)) if !api::supported(header.api_key, header.api_version) => {
+                Reply::Close(format!(
+                    "unsupported {:?} version {} (see ApiVersions)",
+                    header.api_key, header.api_version
+                ))
+            }
             Ok((header, header_len)) => match decode_body(&header, frame, header_len) {
                 Ok(body) => api::handle(&broker, &header, body).await,
                 Err(e) => Reply::Close(e.to_string()),

@@ -100,17 +100,31 @@ pub trait ErrorOutcome {
 
 impl ErrorOutcome for ProduceOutcome {
     fn error(code: i16) -> Self {
-        ProduceOutcome { error: code, base_offset: -1, log_append_time_ms: -1, log_start_offset: -1 }
+        ProduceOutcome {
+            error: code,
+            base_offset: -1,
+            log_append_time_ms: -1,
+            log_start_offset: -1,
+        }
     }
 }
 impl ErrorOutcome for FetchOutcome {
     fn error(code: i16) -> Self {
-        FetchOutcome { error: code, high_watermark: -1, log_start_offset: -1, batches: Vec::new() }
+        FetchOutcome {
+            error: code,
+            high_watermark: -1,
+            log_start_offset: -1,
+            batches: Vec::new(),
+        }
     }
 }
 impl ErrorOutcome for ListOutcome {
     fn error(code: i16) -> Self {
-        ListOutcome { error: code, offset: -1, timestamp: -1 }
+        ListOutcome {
+            error: code,
+            offset: -1,
+            timestamp: -1,
+        }
     }
 }
 
@@ -130,7 +144,11 @@ pub struct ShardState {
 
 impl ShardState {
     pub fn new(log_bytes_max: u64) -> ShardState {
-        ShardState { partitions: RefCell::new(HashMap::new()), log_bytes: Cell::new(0), log_bytes_max }
+        ShardState {
+            partitions: RefCell::new(HashMap::new()),
+            log_bytes: Cell::new(0),
+            log_bytes_max,
+        }
     }
 
     pub fn handle(&self, op: ShardOp) {
@@ -145,7 +163,10 @@ impl ShardState {
 
     fn with_partition<T>(&self, key: PartitionKey, f: impl FnOnce(&mut Partition) -> T) -> T {
         let mut parts = self.partitions.borrow_mut();
-        let p = parts.entry(key).or_insert_with(|| Partition { log: Box::new(MemLog::new()), waiters: Vec::new() });
+        let p = parts.entry(key).or_insert_with(|| Partition {
+            log: Box::new(MemLog::new()),
+            waiters: Vec::new(),
+        });
         f(p)
     }
 
@@ -189,8 +210,16 @@ impl ShardState {
             .map(|item| {
                 self.with_partition(item.key, |p| {
                     let (hw, start) = (p.log.log_end_offset(), p.log.log_start_offset());
-                    match p.log.read(item.offset, item.max_bytes, item.first_batch_always) {
-                        Ok(batches) => FetchOutcome { error: 0, high_watermark: hw, log_start_offset: start, batches },
+                    match p
+                        .log
+                        .read(item.offset, item.max_bytes, item.first_batch_always)
+                    {
+                        Ok(batches) => FetchOutcome {
+                            error: 0,
+                            high_watermark: hw,
+                            log_start_offset: start,
+                            batches,
+                        },
                         Err(_) => FetchOutcome {
                             error: ResponseError::OffsetOutOfRange.code(),
                             high_watermark: hw,
@@ -206,7 +235,9 @@ impl ShardState {
     pub fn list_offsets(&self, items: Vec<ListItem>) -> Vec<ListOutcome> {
         items
             .into_iter()
-            .map(|item| self.with_partition(item.key, |p| list_offset(p.log.as_ref(), item.timestamp)))
+            .map(|item| {
+                self.with_partition(item.key, |p| list_offset(p.log.as_ref(), item.timestamp))
+            })
             .collect()
     }
 
@@ -218,7 +249,8 @@ impl ShardState {
                     return true;
                 }
                 // Drop waiters whose fetch already ended, so idle consumers cost bounded memory.
-                p.waiters.retain(|w| w.borrow().as_ref().is_some_and(|tx| !tx.is_canceled()));
+                p.waiters
+                    .retain(|w| w.borrow().as_ref().is_some_and(|tx| !tx.is_canceled()));
                 p.waiters.push(waiter.clone());
                 false
             });
@@ -246,7 +278,11 @@ impl ShardState {
 }
 
 fn list_offset(log: &dyn PartitionLog, timestamp: i64) -> ListOutcome {
-    let ok = |offset, timestamp| ListOutcome { error: 0, offset, timestamp };
+    let ok = |offset, timestamp| ListOutcome {
+        error: 0,
+        offset,
+        timestamp,
+    };
     match timestamp {
         -1 => ok(log.log_end_offset(), -1),
         -2 | -4 => ok(log.log_start_offset(), -1),
@@ -268,16 +304,32 @@ fn first_record_at_or_after(batch: &Bytes, target: i64, want_max: bool) -> ListO
     let header = BatchHeader::parse(batch).expect("stored batches were validated");
     if header.attributes & 0x08 != 0 {
         // LogAppendTime: every record carries the batch's max timestamp.
-        return ListOutcome { error: 0, offset: header.base_offset, timestamp: header.max_timestamp };
+        return ListOutcome {
+            error: 0,
+            offset: header.base_offset,
+            timestamp: header.max_timestamp,
+        };
     }
-    let target = if want_max { header.max_timestamp } else { target };
+    let target = if want_max {
+        header.max_timestamp
+    } else {
+        target
+    };
     match RecordBatchDecoder::decode(&mut batch.clone()) {
         Ok(set) => set
             .records
             .iter()
             .find(|r| r.timestamp >= target && r.timestamp_type == TimestampType::Creation)
-            .map(|r| ListOutcome { error: 0, offset: r.offset, timestamp: r.timestamp })
-            .unwrap_or(ListOutcome { error: 0, offset: header.base_offset, timestamp: header.max_timestamp }),
+            .map(|r| ListOutcome {
+                error: 0,
+                offset: r.offset,
+                timestamp: r.timestamp,
+            })
+            .unwrap_or(ListOutcome {
+                error: 0,
+                offset: header.base_offset,
+                timestamp: header.max_timestamp,
+            }),
         Err(e) => {
             tracing::error!(error = %e, base_offset = header.base_offset, "stored batch does not decode");
             ListOutcome::error(ResponseError::CorruptMessage.code())
@@ -286,7 +338,10 @@ fn first_record_at_or_after(batch: &Bytes, target: i64, want_max: bool) -> ListO
 }
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// What a connection's handlers see on their shard.
@@ -316,7 +371,8 @@ impl Broker {
         op: impl Fn(Vec<I>, oneshot::Sender<Vec<O>>) -> ShardOp,
     ) -> Vec<O> {
         let n = items.len();
-        let mut by_shard: Vec<(Vec<usize>, Vec<I>)> = (0..self.shards).map(|_| (Vec::new(), Vec::new())).collect();
+        let mut by_shard: Vec<(Vec<usize>, Vec<I>)> =
+            (0..self.shards).map(|_| (Vec::new(), Vec::new())).collect();
         for (i, (shard, item)) in items.into_iter().enumerate() {
             by_shard[shard].0.push(i);
             by_shard[shard].1.push(item);
@@ -356,13 +412,16 @@ impl Broker {
                 }
             }
         }
-        out.into_iter().map(|o| o.expect("every item answered")).collect()
+        out.into_iter()
+            .map(|o| o.expect("every item answered"))
+            .collect()
     }
 
     /// Resolves once any of the partitions has data beyond its offset (or never, if none does).
     pub async fn watch(&self, items: Vec<(usize, (PartitionKey, i64))>) {
         let mut receivers = Vec::new();
-        let mut by_shard: Vec<Vec<(PartitionKey, i64)>> = (0..self.shards).map(|_| Vec::new()).collect();
+        let mut by_shard: Vec<Vec<(PartitionKey, i64)>> =
+            (0..self.shards).map(|_| Vec::new()).collect();
         for (shard, item) in items {
             by_shard[shard].push(item);
         }
@@ -373,7 +432,12 @@ impl Broker {
             let (tx, rx) = oneshot::channel();
             if shard == self.shard {
                 self.state.watch(items, tx);
-            } else if self.mailboxes.send(shard, ShardOp::Watch(items, tx)).await.is_err() {
+            } else if self
+                .mailboxes
+                .send(shard, ShardOp::Watch(items, tx))
+                .await
+                .is_err()
+            {
                 continue;
             }
             receivers.push(rx);
@@ -391,7 +455,10 @@ impl Broker {
             if shard == self.shard {
                 self.state.drop_topic(topic_id);
             } else {
-                let _ = self.mailboxes.send(shard, ShardOp::DropTopic(topic_id)).await;
+                let _ = self
+                    .mailboxes
+                    .send(shard, ShardOp::DropTopic(topic_id))
+                    .await;
             }
         }
     }
@@ -405,7 +472,12 @@ mod tests {
     fn placement_is_deterministic_and_spreads_partitions() {
         let shards = 4;
         let owners: Vec<usize> = (0..8).map(|p| owner_shard("orders", p, shards)).collect();
-        assert_eq!(owners, (0..8).map(|p| owner_shard("orders", p, shards)).collect::<Vec<_>>());
+        assert_eq!(
+            owners,
+            (0..8)
+                .map(|p| owner_shard("orders", p, shards))
+                .collect::<Vec<_>>()
+        );
         for s in 0..shards {
             assert_eq!(owners.iter().filter(|&&o| o == s).count(), 2);
         }

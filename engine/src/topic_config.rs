@@ -46,12 +46,28 @@ pub const KNOWN: &[(&str, &str, Support)] = &[
     ("retention.ms", "604800000", Support::Honoured),
     ("delete.retention.ms", "86400000", Support::AcceptedNoEffect),
     ("file.delete.delay.ms", "60000", Support::AcceptedNoEffect),
-    ("flush.messages", "9223372036854775807", Support::AcceptedNoEffect),
+    (
+        "flush.messages",
+        "9223372036854775807",
+        Support::AcceptedNoEffect,
+    ),
     ("flush.ms", "9223372036854775807", Support::AcceptedNoEffect),
     ("index.interval.bytes", "4096", Support::AcceptedNoEffect),
-    ("message.timestamp.after.max.ms", "9223372036854775807", Support::AcceptedNoEffect),
-    ("message.timestamp.before.max.ms", "9223372036854775807", Support::AcceptedNoEffect),
-    ("min.cleanable.dirty.ratio", "0.5", Support::AcceptedNoEffect),
+    (
+        "message.timestamp.after.max.ms",
+        "9223372036854775807",
+        Support::AcceptedNoEffect,
+    ),
+    (
+        "message.timestamp.before.max.ms",
+        "9223372036854775807",
+        Support::AcceptedNoEffect,
+    ),
+    (
+        "min.cleanable.dirty.ratio",
+        "0.5",
+        Support::AcceptedNoEffect,
+    ),
     ("min.compaction.lag.ms", "0", Support::AcceptedNoEffect),
     ("min.insync.replicas", "1", Support::AcceptedNoEffect),
     ("preallocate", "false", Support::AcceptedNoEffect),
@@ -59,7 +75,11 @@ pub const KNOWN: &[(&str, &str, Support)] = &[
     ("segment.index.bytes", "10485760", Support::AcceptedNoEffect),
     ("segment.jitter.ms", "0", Support::AcceptedNoEffect),
     ("segment.ms", "604800000", Support::AcceptedNoEffect),
-    ("unclean.leader.election.enable", "false", Support::AcceptedNoEffect),
+    (
+        "unclean.leader.election.enable",
+        "false",
+        Support::AcceptedNoEffect,
+    ),
 ];
 
 impl TopicConfig {
@@ -108,7 +128,10 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

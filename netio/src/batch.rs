@@ -75,7 +75,10 @@ impl BatchHeader {
     /// Parses the fixed header. `bytes` must hold at least [`BATCH_HEADER_LEN`] bytes.
     pub fn parse(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
         if bytes.len() < BATCH_HEADER_LEN {
-            return Err(BatchError::Truncated { remaining: bytes.len(), needed: BATCH_HEADER_LEN });
+            return Err(BatchError::Truncated {
+                remaining: bytes.len(),
+                needed: BATCH_HEADER_LEN,
+            });
         }
         Ok(BatchHeader {
             base_offset: be_i64(bytes, 0),
@@ -129,7 +132,10 @@ impl ValidBatch {
         self.bytes[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
         self.header.base_offset = base_offset;
         self.header.partition_leader_epoch = leader_epoch;
-        debug_assert_eq!(BatchHeader::parse(&self.bytes).map(|h| h.base_offset), Ok(base_offset));
+        debug_assert_eq!(
+            BatchHeader::parse(&self.bytes).map(|h| h.base_offset),
+            Ok(base_offset)
+        );
         (self.header, self.bytes.freeze())
     }
 
@@ -176,15 +182,24 @@ pub fn split_and_validate(
             return Err(BatchError::Magic(header.magic));
         }
         if size_bytes > records.len() {
-            return Err(BatchError::Truncated { remaining: records.len(), needed: size_bytes });
+            return Err(BatchError::Truncated {
+                remaining: records.len(),
+                needed: size_bytes,
+            });
         }
         if size_bytes > batch_bytes_max {
-            return Err(BatchError::TooLarge { size_bytes, max_bytes: batch_bytes_max });
+            return Err(BatchError::TooLarge {
+                size_bytes,
+                max_bytes: batch_bytes_max,
+            });
         }
         let bytes = records.split_to(size_bytes);
         let actual = crc32c::crc32c(&bytes[CRC_START..]);
         if actual != header.crc {
-            return Err(BatchError::Crc { expected: header.crc, actual });
+            return Err(BatchError::Crc {
+                expected: header.crc,
+                actual,
+            });
         }
         if header.record_count <= 0
             || header.last_offset_delta < 0
@@ -246,15 +261,19 @@ mod tests {
         RecordBatchEncoder::encode(
             &mut buf,
             records,
-            &RecordEncodeOptions { version: 2, compression },
+            &RecordEncodeOptions {
+                version: 2,
+                compression,
+            },
         )
         .expect("encode");
         buf
     }
 
     fn sample(compression: Compression) -> BytesMut {
-        let records: Vec<Record> =
-            (0..10).map(|i| record(i, if i == 3 { None } else { Some(b"hello world") })).collect();
+        let records: Vec<Record> = (0..10)
+            .map(|i| record(i, if i == 3 { None } else { Some(b"hello world") }))
+            .collect();
         encode(&records, compression)
     }
 
@@ -296,7 +315,10 @@ mod tests {
         let again = split_and_validate(BytesMut::from(&bytes[..]), 1 << 20).expect("crc valid");
         assert_eq!(again[0].header.max_timestamp, 1_800_000_000_000);
         let set = RecordBatchDecoder::decode(&mut bytes.clone()).unwrap();
-        assert!(set.records.iter().all(|r| r.timestamp_type == TimestampType::LogAppend));
+        assert!(set
+            .records
+            .iter()
+            .all(|r| r.timestamp_type == TimestampType::LogAppend));
     }
 
     #[test]
@@ -312,27 +334,45 @@ mod tests {
         let mut buf = sample(Compression::None);
         let last = buf.len() - 1;
         buf[last] ^= 0xff;
-        assert!(matches!(split_and_validate(buf, 1 << 20), Err(BatchError::Crc { .. })));
+        assert!(matches!(
+            split_and_validate(buf, 1 << 20),
+            Err(BatchError::Crc { .. })
+        ));
     }
 
     #[test]
     fn wrong_magic_is_refused() {
         let mut buf = sample(Compression::None);
         buf[MAGIC_OFFSET] = 1;
-        assert_eq!(split_and_validate(buf, 1 << 20).unwrap_err(), BatchError::Magic(1));
+        assert_eq!(
+            split_and_validate(buf, 1 << 20).unwrap_err(),
+            BatchError::Magic(1)
+        );
     }
 
     #[test]
     fn truncated_and_short_sets_are_refused() {
         let buf = sample(Compression::Gzip);
         let short = BytesMut::from(&buf[..buf.len() - 1]);
-        assert!(matches!(split_and_validate(short, 1 << 20), Err(BatchError::Truncated { .. })));
+        assert!(matches!(
+            split_and_validate(short, 1 << 20),
+            Err(BatchError::Truncated { .. })
+        ));
         let tiny = BytesMut::from(&buf[..20]);
-        assert!(matches!(split_and_validate(tiny, 1 << 20), Err(BatchError::Truncated { .. })));
-        assert_eq!(split_and_validate(BytesMut::new(), 1 << 20).unwrap_err(), BatchError::Empty);
+        assert!(matches!(
+            split_and_validate(tiny, 1 << 20),
+            Err(BatchError::Truncated { .. })
+        ));
+        assert_eq!(
+            split_and_validate(BytesMut::new(), 1 << 20).unwrap_err(),
+            BatchError::Empty
+        );
         let mut neg = buf.clone();
         neg[8..12].copy_from_slice(&(-5i32).to_be_bytes());
-        assert!(matches!(split_and_validate(neg, 1 << 20), Err(BatchError::LengthTooSmall(-5))));
+        assert!(matches!(
+            split_and_validate(neg, 1 << 20),
+            Err(BatchError::LengthTooSmall(-5))
+        ));
     }
 
     #[test]
@@ -341,7 +381,10 @@ mod tests {
         let len = buf.len();
         assert_eq!(
             split_and_validate(buf, len - 1).unwrap_err(),
-            BatchError::TooLarge { size_bytes: len, max_bytes: len - 1 }
+            BatchError::TooLarge {
+                size_bytes: len,
+                max_bytes: len - 1
+            }
         );
     }
 
@@ -353,7 +396,10 @@ mod tests {
         buf[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
         assert!(matches!(
             split_and_validate(buf, 1 << 20),
-            Err(BatchError::CountMismatch { count: 11, last_offset_delta: 9 })
+            Err(BatchError::CountMismatch {
+                count: 11,
+                last_offset_delta: 9
+            })
         ));
     }
 }

@@ -31,7 +31,11 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     while filled < 4 {
         let n = reader.read(&mut size[filled..]).await?;
         if n == 0 {
-            return if filled == 0 { Ok(None) } else { Err(FrameError::Truncated) };
+            return if filled == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated)
+            };
         }
         filled += n;
     }
@@ -40,13 +44,19 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         return Err(FrameError::Invalid(size_bytes));
     }
     if size_bytes as usize > request_bytes_max {
-        return Err(FrameError::TooLarge { size_bytes: size_bytes as i64, max_bytes: request_bytes_max });
+        return Err(FrameError::TooLarge {
+            size_bytes: size_bytes as i64,
+            max_bytes: request_bytes_max,
+        });
     }
     let mut frame = BytesMut::zeroed(size_bytes as usize);
-    reader.read_exact(&mut frame).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
-        _ => FrameError::Io(e),
-    })?;
+    reader
+        .read_exact(&mut frame)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+            _ => FrameError::Io(e),
+        })?;
     Ok(Some(frame))
 }
 
@@ -66,21 +76,39 @@ mod tests {
         let mut input = framed(b"12345678");
         input.extend(framed(b"abcdefghij"));
         let mut r = &input[..];
-        assert_eq!(&block_on(read_frame(&mut r, 100)).unwrap().unwrap()[..], b"12345678");
-        assert_eq!(&block_on(read_frame(&mut r, 100)).unwrap().unwrap()[..], b"abcdefghij");
+        assert_eq!(
+            &block_on(read_frame(&mut r, 100)).unwrap().unwrap()[..],
+            b"12345678"
+        );
+        assert_eq!(
+            &block_on(read_frame(&mut r, 100)).unwrap().unwrap()[..],
+            b"abcdefghij"
+        );
         assert!(block_on(read_frame(&mut r, 100)).unwrap().is_none());
     }
 
     #[test]
     fn refuses_bad_sizes_and_truncation() {
         let mut r = &framed(&[0u8; 200])[..];
-        assert!(matches!(block_on(read_frame(&mut r, 100)), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            block_on(read_frame(&mut r, 100)),
+            Err(FrameError::TooLarge { .. })
+        ));
         let mut r = &(-1i32).to_be_bytes()[..];
-        assert!(matches!(block_on(read_frame(&mut r, 100)), Err(FrameError::Invalid(-1))));
+        assert!(matches!(
+            block_on(read_frame(&mut r, 100)),
+            Err(FrameError::Invalid(-1))
+        ));
         let input = framed(b"12345678");
         let mut r = &input[..7];
-        assert!(matches!(block_on(read_frame(&mut r, 100)), Err(FrameError::Truncated)));
+        assert!(matches!(
+            block_on(read_frame(&mut r, 100)),
+            Err(FrameError::Truncated)
+        ));
         let mut r = &input[..2];
-        assert!(matches!(block_on(read_frame(&mut r, 100)), Err(FrameError::Truncated)));
+        assert!(matches!(
+            block_on(read_frame(&mut r, 100)),
+            Err(FrameError::Truncated)
+        ));
     }
 }

@@ -4,7 +4,9 @@
 //! parts of the receive buffer (no copy), so that the partition owner can patch offsets in place.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader, RequestKind, ResponseHeader};
+use kafka_protocol::messages::{
+    ApiKey, ProduceRequest, RequestHeader, RequestKind, ResponseHeader,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion};
 use uuid::Uuid;
 
@@ -13,7 +15,12 @@ pub enum DecodeError {
     #[error("unknown api key {api_key} (correlation id {correlation_id})")]
     UnknownApiKey { api_key: i16, correlation_id: i32 },
     #[error("malformed {api_key:?} v{api_version} request: {reason}")]
-    Malformed { api_key: ApiKey, api_version: i16, correlation_id: i32, reason: String },
+    Malformed {
+        api_key: ApiKey,
+        api_version: i16,
+        correlation_id: i32,
+        reason: String,
+    },
 }
 
 /// The parts of a request header the broker keeps, owned (no reference into the frame).
@@ -70,10 +77,14 @@ pub fn peek_header(frame: &[u8]) -> Option<(i16, i16, i32)> {
 /// Decodes the request header. The caller checks the version against what it advertises
 /// before calling [`decode_body`].
 pub fn decode_header(frame: &Bytes) -> Result<(Header, usize), DecodeError> {
-    let (key, version, correlation_id) = peek_header(frame)
-        .ok_or(DecodeError::UnknownApiKey { api_key: -1, correlation_id: -1 })?;
-    let api_key = ApiKey::try_from(key)
-        .map_err(|_| DecodeError::UnknownApiKey { api_key: key, correlation_id })?;
+    let (key, version, correlation_id) = peek_header(frame).ok_or(DecodeError::UnknownApiKey {
+        api_key: -1,
+        correlation_id: -1,
+    })?;
+    let api_key = ApiKey::try_from(key).map_err(|_| DecodeError::UnknownApiKey {
+        api_key: key,
+        correlation_id,
+    })?;
     let malformed = |reason: String| DecodeError::Malformed {
         api_key,
         api_version: version,
@@ -85,10 +96,19 @@ pub fn decode_header(frame: &Bytes) -> Result<(Header, usize), DecodeError> {
     let range = api_key.valid_versions();
     let header_version = api_key.request_header_version(version.clamp(range.min, range.max));
     let mut buf = frame.clone();
-    let header = RequestHeader::decode(&mut buf, header_version).map_err(|e| malformed(e.to_string()))?;
+    let header =
+        RequestHeader::decode(&mut buf, header_version).map_err(|e| malformed(e.to_string()))?;
     let header_len = frame.len() - buf.len();
     let client_id = header.client_id.as_ref().map(|s| s.to_string());
-    Ok((Header { api_key, api_version: version, correlation_id, client_id }, header_len))
+    Ok((
+        Header {
+            api_key,
+            api_version: version,
+            correlation_id,
+            client_id,
+        },
+        header_len,
+    ))
 }
 
 /// Decodes the body that follows a header of `header_len` bytes.
@@ -149,7 +169,13 @@ fn decode_produce(frame: Bytes, header_len: usize, version: i16) -> Result<Produ
             })
             .collect();
     }
-    Ok(ProduceInput { transactional_id, acks, timeout_ms, topics, copied_bytes })
+    Ok(ProduceInput {
+        transactional_id,
+        acks,
+        timeout_ms,
+        topics,
+        copied_bytes,
+    })
 }
 
 /// Splits `frame` into the given ascending, disjoint ranges. Zero-copy when the frame is no
@@ -175,8 +201,10 @@ fn carve(frame: Bytes, ranges: &[(usize, usize)]) -> (Vec<BytesMut>, usize) {
 }
 
 fn copy_ranges(frame: &[u8], ranges: &[(usize, usize)]) -> (Vec<BytesMut>, usize) {
-    let pieces: Vec<BytesMut> =
-        ranges.iter().map(|&(start, len)| BytesMut::from(&frame[start..start + len])).collect();
+    let pieces: Vec<BytesMut> = ranges
+        .iter()
+        .map(|&(start, len)| BytesMut::from(&frame[start..start + len]))
+        .collect();
     (pieces, ranges.iter().map(|r| r.1).sum())
 }
 
@@ -188,11 +216,15 @@ pub fn encode_response<R: Encodable + HeaderVersion>(
 ) -> Result<Bytes, String> {
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     let header_version = R::header_version(version);
-    let size = header.compute_size(header_version).map_err(|e| e.to_string())?
+    let size = header
+        .compute_size(header_version)
+        .map_err(|e| e.to_string())?
         + body.compute_size(version).map_err(|e| e.to_string())?;
     let mut buf = BytesMut::with_capacity(4 + size);
     buf.put_i32(size as i32);
-    header.encode(&mut buf, header_version).map_err(|e| e.to_string())?;
+    header
+        .encode(&mut buf, header_version)
+        .map_err(|e| e.to_string())?;
     body.encode(&mut buf, version).map_err(|e| e.to_string())?;
     debug_assert_eq!(buf.len(), 4 + size);
     Ok(buf.freeze())
@@ -212,7 +244,9 @@ mod tests {
             .with_correlation_id(77)
             .with_client_id(Some(StrBytes::from_static_str("test")));
         let mut buf = BytesMut::new();
-        header.encode(&mut buf, key.request_header_version(version)).unwrap();
+        header
+            .encode(&mut buf, key.request_header_version(version))
+            .unwrap();
         body.encode(&mut buf, version).unwrap();
         buf
     }
@@ -220,21 +254,33 @@ mod tests {
     #[test]
     fn produce_record_sets_are_carved_without_copy() {
         for version in [3i16, 9, 11] {
-            let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(1000).with_topic_data(vec![
-                TopicProduceData::default()
+            let request = ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(1000)
+                .with_topic_data(vec![TopicProduceData::default()
                     .with_name(TopicName(StrBytes::from_static_str("t")))
                     .with_partition_data(vec![
-                        PartitionProduceData::default().with_index(0).with_records(Some(Bytes::from_static(b"first"))),
-                        PartitionProduceData::default().with_index(1).with_records(None),
-                        PartitionProduceData::default().with_index(2).with_records(Some(Bytes::from_static(b"second!"))),
-                    ]),
-            ]);
+                        PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(Bytes::from_static(b"first"))),
+                        PartitionProduceData::default()
+                            .with_index(1)
+                            .with_records(None),
+                        PartitionProduceData::default()
+                            .with_index(2)
+                            .with_records(Some(Bytes::from_static(b"second!"))),
+                    ])]);
             let frame = frame_of(ApiKey::Produce, version, &request).freeze();
-            let (lo, hi) = (frame.as_ptr() as usize, frame.as_ptr() as usize + frame.len());
+            let (lo, hi) = (
+                frame.as_ptr() as usize,
+                frame.as_ptr() as usize + frame.len(),
+            );
             let (header, header_len) = decode_header(&frame).unwrap();
             assert_eq!(header.correlation_id, 77);
             assert_eq!(header.client_id.as_deref(), Some("test"));
-            let Body::Produce(p) = decode_body(&header, frame, header_len).unwrap() else { panic!() };
+            let Body::Produce(p) = decode_body(&header, frame, header_len).unwrap() else {
+                panic!()
+            };
             assert_eq!(p.copied_bytes, 0);
             assert_eq!(p.acks, -1);
             let parts = &p.topics[0].partitions;
@@ -242,7 +288,10 @@ mod tests {
             assert!(parts[1].records.is_none());
             assert_eq!(&parts[2].records.as_ref().unwrap()[..], b"second!");
             let ptr = parts[2].records.as_ref().unwrap().as_ptr() as usize;
-            assert!(ptr > lo && ptr < hi, "record set points into the receive buffer");
+            assert!(
+                ptr > lo && ptr < hi,
+                "record set points into the receive buffer"
+            );
         }
     }
 
@@ -254,15 +303,25 @@ mod tests {
         frame.put_i32(5);
         assert!(matches!(
             decode_header(&frame.freeze()),
-            Err(DecodeError::UnknownApiKey { api_key: 9999, correlation_id: 5 })
+            Err(DecodeError::UnknownApiKey {
+                api_key: 9999,
+                correlation_id: 5
+            })
         ));
         // A Metadata v1 request that claims an absurd topic count must fail cleanly.
-        let mut frame = frame_of(ApiKey::Metadata, 1, &MetadataRequest::default().with_topics(Some(vec![])));
+        let mut frame = frame_of(
+            ApiKey::Metadata,
+            1,
+            &MetadataRequest::default().with_topics(Some(vec![])),
+        );
         let n = frame.len();
         frame[n - 4..].copy_from_slice(&i32::MAX.to_be_bytes());
         let frame = frame.freeze();
         let (header, len) = decode_header(&frame).unwrap();
-        assert!(matches!(decode_body(&header, frame, len), Err(DecodeError::Malformed { .. })));
+        assert!(matches!(
+            decode_body(&header, frame, len),
+            Err(DecodeError::Malformed { .. })
+        ));
         // Random garbage after a valid header prefix.
         for seed in 0u32..200 {
             let mut garbage = BytesMut::new();

@@ -65,7 +65,9 @@ pub struct Mailboxes<M> {
 
 impl<M> Clone for Mailboxes<M> {
     fn clone(&self) -> Self {
-        Mailboxes { senders: self.senders.clone() }
+        Mailboxes {
+            senders: self.senders.clone(),
+        }
     }
 }
 
@@ -77,7 +79,10 @@ impl<M: Send + 'static> Mailboxes<M> {
     /// Queues `message` for `shard`, waiting while its mailbox is full (backpressure).
     pub async fn send(&self, shard: usize, message: M) -> Result<(), ShardError> {
         let mut sender = self.senders[shard].clone();
-        sender.send(message).await.map_err(|_| ShardError::Gone(shard))
+        sender
+            .send(message)
+            .await
+            .map_err(|_| ShardError::Gone(shard))
     }
 }
 
@@ -117,14 +122,24 @@ impl Runtime {
     {
         assert!(config.shards > 0, "at least one shard");
         let cores = core_affinity::get_core_ids().unwrap_or_default();
-        let (senders, receivers): (Vec<_>, Vec<_>) =
-            (0..config.shards).map(|_| mpsc::channel(MAILBOX_MESSAGES_MAX)).unzip();
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..config.shards)
+            .map(|_| mpsc::channel(MAILBOX_MESSAGES_MAX))
+            .unzip();
         let mailboxes = Mailboxes { senders };
-        let mut runtime = Runtime { threads: Vec::new(), stops: Vec::new() };
+        let mut runtime = Runtime {
+            threads: Vec::new(),
+            stops: Vec::new(),
+        };
         for (id, inbox) in receivers.into_iter().enumerate() {
             let (stop_tx, stop) = oneshot::channel();
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
-            let ctx = ShardContext { id, count: config.shards, inbox, mailboxes: mailboxes.clone(), stop };
+            let ctx = ShardContext {
+                id,
+                count: config.shards,
+                inbox,
+                mailboxes: mailboxes.clone(),
+                stop,
+            };
             let main = shard_main.clone();
             let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
                 .name(&format!("{}-shard-{id}", config.name))
@@ -132,12 +147,19 @@ impl Runtime {
                 .spawn(move || async move {
                     if let Some(core) = core {
                         if !core_affinity::set_for_current(core) {
-                            tracing::warn!(shard = id, core = core.id, "could not pin shard to its core");
+                            tracing::warn!(
+                                shard = id,
+                                core = core.id,
+                                "could not pin shard to its core"
+                            );
                         }
                     }
                     main(ctx).await
                 })
-                .map_err(|e| ShardError::Start { shard: id, reason: e.to_string() })?;
+                .map_err(|e| ShardError::Start {
+                    shard: id,
+                    reason: e.to_string(),
+                })?;
             runtime.stops.push(stop_tx);
             runtime.threads.push(std::thread::spawn(move || {
                 if let Err(e) = handle.join() {
@@ -170,27 +192,34 @@ mod tests {
     #[test]
     fn shards_exchange_messages_and_stop() {
         let delivered = Arc::new(AtomicUsize::new(0));
-        let config = RuntimeConfig { shards: 3, io_memory_bytes: 512 * 1024, name: "test".into() };
+        let config = RuntimeConfig {
+            shards: 3,
+            io_memory_bytes: 512 * 1024,
+            name: "test".into(),
+        };
         let counter = delivered.clone();
-        let runtime = Runtime::start(&config, move |mut ctx: ShardContext<(usize, oneshot::Sender<usize>)>| {
-            let counter = counter.clone();
-            async move {
-                let me = ctx.id;
-                let server = spawn(async move {
-                    while let Some((from, reply)) = ctx.inbox.next().await {
-                        let _ = reply.send(from * 100 + me);
+        let runtime = Runtime::start(
+            &config,
+            move |mut ctx: ShardContext<(usize, oneshot::Sender<usize>)>| {
+                let counter = counter.clone();
+                async move {
+                    let me = ctx.id;
+                    let server = spawn(async move {
+                        while let Some((from, reply)) = ctx.inbox.next().await {
+                            let _ = reply.send(from * 100 + me);
+                        }
+                    });
+                    for to in 0..ctx.count {
+                        let (tx, rx) = oneshot::channel();
+                        ctx.mailboxes.send(to, (me, tx)).await.unwrap();
+                        assert_eq!(rx.await.unwrap(), me * 100 + to);
+                        counter.fetch_add(1, Ordering::SeqCst);
                     }
-                });
-                for to in 0..ctx.count {
-                    let (tx, rx) = oneshot::channel();
-                    ctx.mailboxes.send(to, (me, tx)).await.unwrap();
-                    assert_eq!(rx.await.unwrap(), me * 100 + to);
-                    counter.fetch_add(1, Ordering::SeqCst);
+                    let _ = ctx.stop.await;
+                    drop(server);
                 }
-                let _ = ctx.stop.await;
-                drop(server);
-            }
-        })
+            },
+        )
         .unwrap();
         for _ in 0..500 {
             if delivered.load(Ordering::SeqCst) == 9 {

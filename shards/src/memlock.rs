@@ -23,7 +23,10 @@ impl MemlockLimit {
         if has_cap_ipc_lock() {
             return MemlockLimit::Capability;
         }
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         // SAFETY: getrlimit writes into the struct we own.
         let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
         if rc != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
@@ -40,7 +43,9 @@ pub fn plan(limit: MemlockLimit, shards: usize) -> Result<usize, String> {
         MemlockLimit::Bytes(b) => b as usize,
     };
     let per_shard = bytes / shards.max(1);
-    let io_memory = per_shard.saturating_sub(EXECUTOR_LOCKED_BYTES).min(IO_MEMORY_BYTES_DEFAULT);
+    let io_memory = per_shard
+        .saturating_sub(EXECUTOR_LOCKED_BYTES)
+        .min(IO_MEMORY_BYTES_DEFAULT);
     if io_memory >= IO_MEMORY_BYTES_MIN {
         return Ok(io_memory);
     }
@@ -56,7 +61,9 @@ pub fn plan(limit: MemlockLimit, shards: usize) -> Result<usize, String> {
 
 fn has_cap_ipc_lock() -> bool {
     const CAP_IPC_LOCK: u32 = 14;
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
     status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -70,8 +77,14 @@ mod tests {
 
     #[test]
     fn unlimited_or_capability_gets_the_default() {
-        assert_eq!(plan(MemlockLimit::Unlimited, 8), Ok(IO_MEMORY_BYTES_DEFAULT));
-        assert_eq!(plan(MemlockLimit::Capability, 8), Ok(IO_MEMORY_BYTES_DEFAULT));
+        assert_eq!(
+            plan(MemlockLimit::Unlimited, 8),
+            Ok(IO_MEMORY_BYTES_DEFAULT)
+        );
+        assert_eq!(
+            plan(MemlockLimit::Capability, 8),
+            Ok(IO_MEMORY_BYTES_DEFAULT)
+        );
     }
 
     #[test]

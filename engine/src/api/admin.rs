@@ -3,12 +3,17 @@
 use std::collections::{BTreeMap, HashSet};
 
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
-use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
 use kafka_protocol::messages::{
     CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse, TopicName,
+    DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -24,10 +29,18 @@ fn text(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
 
-pub fn create_topics(broker: &Broker, header: &Header, request: CreateTopicsRequest) -> CreateTopicsResponse {
+pub fn create_topics(
+    broker: &Broker,
+    header: &Header,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
     let mut seen = HashSet::new();
-    let duplicates: HashSet<String> =
-        request.topics.iter().filter(|t| !seen.insert(t.name.to_string())).map(|t| t.name.to_string()).collect();
+    let duplicates: HashSet<String> = request
+        .topics
+        .iter()
+        .filter(|t| !seen.insert(t.name.to_string()))
+        .map(|t| t.name.to_string())
+        .collect();
     let node = broker.config.node_id;
     let results = request
         .topics
@@ -108,11 +121,23 @@ fn topic_configs(topic: &TopicMeta) -> Vec<(String, String, bool)> {
         .collect()
 }
 
-pub async fn delete_topics(broker: &Broker, header: &Header, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
+pub async fn delete_topics(
+    broker: &Broker,
+    header: &Header,
+    request: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
     let wanted: Vec<(Option<String>, Uuid)> = if header.api_version >= 6 {
-        request.topics.into_iter().map(|t| (t.name.map(|n| n.to_string()), t.topic_id)).collect()
+        request
+            .topics
+            .into_iter()
+            .map(|t| (t.name.map(|n| n.to_string()), t.topic_id))
+            .collect()
     } else {
-        request.topic_names.into_iter().map(|n| (Some(n.to_string()), Uuid::nil())).collect()
+        request
+            .topic_names
+            .into_iter()
+            .map(|n| (Some(n.to_string()), Uuid::nil()))
+            .collect()
     };
     let mut responses = Vec::new();
     for (name, id) in wanted {
@@ -121,9 +146,15 @@ pub async fn delete_topics(broker: &Broker, header: &Header, request: DeleteTopi
             Some(n) => snapshot.by_name(n).cloned(),
             None => snapshot.by_id(&id).cloned(),
         };
-        let result = DeletableTopicResult::default().with_name(name.clone().map(|n| TopicName(text(n)))).with_topic_id(id);
+        let result = DeletableTopicResult::default()
+            .with_name(name.clone().map(|n| TopicName(text(n))))
+            .with_topic_id(id);
         let Some(topic) = found else {
-            let code = if name.is_some() { ResponseError::UnknownTopicOrPartition } else { ResponseError::UnknownTopicId };
+            let code = if name.is_some() {
+                ResponseError::UnknownTopicOrPartition
+            } else {
+                ResponseError::UnknownTopicId
+            };
             responses.push(result.with_error_code(code.code()));
             continue;
         };
@@ -131,15 +162,26 @@ pub async fn delete_topics(broker: &Broker, header: &Header, request: DeleteTopi
             Ok(t) => {
                 broker.drop_topic(t.id).await;
                 tracing::info!(topic = %t.name, id = %t.id, "deleted topic");
-                responses.push(result.with_name(Some(TopicName(text(t.name.clone())))).with_topic_id(t.id));
+                responses.push(
+                    result
+                        .with_name(Some(TopicName(text(t.name.clone()))))
+                        .with_topic_id(t.id),
+                );
             }
-            Err(e) => responses.push(result.with_error_code(catalog_error_code(&e)).with_error_message(Some(text(e.to_string())))),
+            Err(e) => responses.push(
+                result
+                    .with_error_code(catalog_error_code(&e))
+                    .with_error_message(Some(text(e.to_string()))),
+            ),
         }
     }
     DeleteTopicsResponse::default().with_responses(responses)
 }
 
-pub fn create_partitions(broker: &Broker, request: CreatePartitionsRequest) -> CreatePartitionsResponse {
+pub fn create_partitions(
+    broker: &Broker,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
     let node = broker.config.node_id;
     let results = request
         .topics
@@ -173,40 +215,60 @@ const SOURCE_TOPIC: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
-pub fn describe_configs(broker: &Broker, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
+pub fn describe_configs(
+    broker: &Broker,
+    request: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
     let snapshot = broker.catalog.snapshot();
     let results = request
         .resources
         .into_iter()
         .map(|r| {
-            let result = DescribeConfigsResult::default().with_resource_type(r.resource_type).with_resource_name(r.resource_name.clone());
+            let result = DescribeConfigsResult::default()
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name.clone());
             let entries: Vec<(String, String, i8, bool)> = match r.resource_type {
                 RESOURCE_TOPIC => match snapshot.by_name(r.resource_name.as_str()) {
                     Some(t) => topic_configs(t)
                         .into_iter()
-                        .map(|(n, v, set)| (n, v, if set { SOURCE_TOPIC } else { SOURCE_DEFAULT }, false))
+                        .map(|(n, v, set)| {
+                            (n, v, if set { SOURCE_TOPIC } else { SOURCE_DEFAULT }, false)
+                        })
                         .collect(),
                     None => {
                         return result
                             .with_error_code(ResponseError::UnknownTopicOrPartition.code())
-                            .with_error_message(Some(text(format!("topic {:?} does not exist", r.resource_name.as_str()))))
+                            .with_error_message(Some(text(format!(
+                                "topic {:?} does not exist",
+                                r.resource_name.as_str()
+                            ))))
                     }
                 },
-                RESOURCE_BROKER if r.resource_name.is_empty() || r.resource_name.as_str() == broker.config.node_id.to_string() => {
+                RESOURCE_BROKER
+                    if r.resource_name.is_empty()
+                        || r.resource_name.as_str() == broker.config.node_id.to_string() =>
+                {
                     broker_configs(broker)
                 }
                 RESOURCE_BROKER => {
                     return result
                         .with_error_code(ResponseError::InvalidRequest.code())
-                        .with_error_message(Some(text(format!("this is broker {}", broker.config.node_id))))
+                        .with_error_message(Some(text(format!(
+                            "this is broker {}",
+                            broker.config.node_id
+                        ))))
                 }
                 other => {
                     return result
                         .with_error_code(ResponseError::InvalidRequest.code())
-                        .with_error_message(Some(text(format!("resource type {other} is not supported"))))
+                        .with_error_message(Some(text(format!(
+                            "resource type {other} is not supported"
+                        ))))
                 }
             };
-            let keys: Option<HashSet<String>> = r.configuration_keys.map(|k| k.iter().map(|s| s.to_string()).collect());
+            let keys: Option<HashSet<String>> = r
+                .configuration_keys
+                .map(|k| k.iter().map(|s| s.to_string()).collect());
             let configs = entries
                 .into_iter()
                 .filter(|(n, ..)| keys.as_ref().is_none_or(|k| k.contains(n)))
@@ -229,7 +291,10 @@ fn broker_configs(broker: &Broker) -> Vec<(String, String, i8, bool)> {
     [
         ("broker.id", c.node_id.to_string()),
         ("node.id", c.node_id.to_string()),
-        ("auto.create.topics.enable", c.auto_create_topics.to_string()),
+        (
+            "auto.create.topics.enable",
+            c.auto_create_topics.to_string(),
+        ),
         ("num.partitions", c.default_partitions.to_string()),
         ("socket.request.max.bytes", c.request_bytes_max.to_string()),
         ("message.max.bytes", "1048588".to_string()),

@@ -9,7 +9,9 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use kafka_protocol::ResponseError;
 use ringtail_netio::request::Header;
 
-use crate::shard::{Broker, ErrorOutcome, FetchItem, FetchOutcome, PartitionKey, ShardOp, LEADER_EPOCH};
+use crate::shard::{
+    Broker, ErrorOutcome, FetchItem, FetchOutcome, PartitionKey, ShardOp, LEADER_EPOCH,
+};
 
 /// Longest a fetch may wait for data, whatever the client asks.
 const FETCH_WAIT_MS_MAX: i32 = 300_000;
@@ -24,7 +26,8 @@ struct Target {
 pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> FetchResponse {
     let by_id = header.api_version >= 13;
     if request.session_id != 0 {
-        return FetchResponse::default().with_error_code(ResponseError::FetchSessionIdNotFound.code());
+        return FetchResponse::default()
+            .with_error_code(ResponseError::FetchSessionIdNotFound.code());
     }
     let snapshot = broker.catalog.snapshot();
     let response_bytes_max = request.max_bytes.max(0) as usize;
@@ -35,7 +38,11 @@ pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> 
     // Resolve every requested partition once: a target on its owner, or an error.
     let mut slots: Vec<Result<Target, i16>> = Vec::new();
     for topic in &request.topics {
-        let meta = if by_id { snapshot.by_id(&topic.topic_id) } else { snapshot.by_name(&topic.topic) };
+        let meta = if by_id {
+            snapshot.by_id(&topic.topic_id)
+        } else {
+            snapshot.by_name(&topic.topic)
+        };
         for p in &topic.partitions {
             let slot = match meta {
                 None if by_id => Err(ResponseError::UnknownTopicId.code()),
@@ -43,10 +50,15 @@ pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> 
                 Some(m) if p.partition < 0 || p.partition >= m.partitions => {
                     Err(ResponseError::UnknownTopicOrPartition.code())
                 }
-                Some(_) if p.current_leader_epoch > LEADER_EPOCH => Err(ResponseError::UnknownLeaderEpoch.code()),
+                Some(_) if p.current_leader_epoch > LEADER_EPOCH => {
+                    Err(ResponseError::UnknownLeaderEpoch.code())
+                }
                 Some(m) => Ok(Target {
                     shard: broker.owner(m, p.partition),
-                    key: PartitionKey { topic_id: m.id, partition: p.partition },
+                    key: PartitionKey {
+                        topic_id: m.id,
+                        partition: p.partition,
+                    },
                     offset: p.fetch_offset,
                     max_bytes: (p.partition_max_bytes.max(0) as usize).min(response_bytes_max),
                 }),
@@ -59,9 +71,22 @@ pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> 
         let items = slots
             .iter()
             .flatten()
-            .map(|t| (t.shard, FetchItem { key: t.key, offset: t.offset, max_bytes: t.max_bytes, first_batch_always: true }))
+            .map(|t| {
+                (
+                    t.shard,
+                    FetchItem {
+                        key: t.key,
+                        offset: t.offset,
+                        max_bytes: t.max_bytes,
+                        first_batch_always: true,
+                    },
+                )
+            })
             .collect();
-        let mut fetched = broker.scatter(items, |s, i| s.fetch(i), ShardOp::Fetch).await.into_iter();
+        let mut fetched = broker
+            .scatter(items, |s, i| s.fetch(i), ShardOp::Fetch)
+            .await
+            .into_iter();
         let mut outcomes: Vec<FetchOutcome> = slots
             .iter()
             .map(|s| match s {
@@ -75,7 +100,11 @@ pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> 
         if total >= min_bytes || failed || now >= deadline || slots.iter().all(|s| s.is_err()) {
             break outcomes;
         }
-        let watch = slots.iter().flatten().map(|t| (t.shard, (t.key, t.offset))).collect();
+        let watch = slots
+            .iter()
+            .flatten()
+            .map(|t| (t.shard, (t.key, t.offset)))
+            .collect();
         let woke = futures::future::select(
             Box::pin(broker.watch(watch)),
             Box::pin(ringtail_shards::sleep(deadline - now)),
@@ -150,14 +179,26 @@ mod tests {
     use super::*;
 
     fn outcome(sizes: &[usize]) -> FetchOutcome {
-        FetchOutcome { error: 0, high_watermark: 0, log_start_offset: 0, batches: sizes.iter().map(|&n| Bytes::from(vec![0; n])).collect() }
+        FetchOutcome {
+            error: 0,
+            high_watermark: 0,
+            log_start_offset: 0,
+            batches: sizes.iter().map(|&n| Bytes::from(vec![0; n])).collect(),
+        }
     }
 
     #[test]
     fn response_limit_keeps_whole_batches_and_the_first_oversize_one() {
         let mut o = vec![outcome(&[100, 100]), outcome(&[50])];
+        assert_eq!(limit_response_bytes(&mut o, 150), 150);
+        assert_eq!((o[0].batches.len(), o[1].batches.len()), (1, 1));
+        let mut o = vec![outcome(&[100]), outcome(&[60])];
         assert_eq!(limit_response_bytes(&mut o, 150), 100);
-        assert_eq!((o[0].batches.len(), o[1].batches.len()), (1, 0));
+        assert_eq!(
+            o[1].batches.len(),
+            0,
+            "only the response's first batch may exceed the limit"
+        );
         let mut o = vec![outcome(&[]), outcome(&[500, 10])];
         assert_eq!(limit_response_bytes(&mut o, 100), 500);
         assert_eq!(o[1].batches.len(), 1);

@@ -1,12 +1,20 @@
 //! ListOffsets: earliest (-2), latest (-1), max timestamp (-3), earliest local (-4), by time.
 
-use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 
-use crate::shard::{Broker, ErrorOutcome, ListItem, ListOutcome, PartitionKey, ShardOp, LEADER_EPOCH};
+use crate::shard::{
+    Broker, ErrorOutcome, ListItem, ListOutcome, PartitionKey, ShardOp, LEADER_EPOCH,
+};
 
-pub async fn handle(broker: &Broker, version: i16, request: ListOffsetsRequest) -> ListOffsetsResponse {
+pub async fn handle(
+    broker: &Broker,
+    version: i16,
+    request: ListOffsetsRequest,
+) -> ListOffsetsResponse {
     let snapshot = broker.catalog.snapshot();
     let mut slots = Vec::new();
     let mut items = Vec::new();
@@ -18,8 +26,18 @@ pub async fn handle(broker: &Broker, version: i16, request: ListOffsetsRequest) 
                     if p.current_leader_epoch > LEADER_EPOCH {
                         Err(ResponseError::UnknownLeaderEpoch.code())
                     } else {
-                        let key = PartitionKey { topic_id: m.id, partition: p.partition_index };
-                        items.push((broker.owner(m, p.partition_index), ListItem { key, timestamp: p.timestamp }));
+                        tracing::debug!(topic = %m.name, partition = p.partition_index, timestamp = p.timestamp, "list offsets");
+                        let key = PartitionKey {
+                            topic_id: m.id,
+                            partition: p.partition_index,
+                        };
+                        items.push((
+                            broker.owner(m, p.partition_index),
+                            ListItem {
+                                key,
+                                timestamp: p.timestamp,
+                            },
+                        ));
                         Ok(())
                     }
                 }
@@ -28,7 +46,10 @@ pub async fn handle(broker: &Broker, version: i16, request: ListOffsetsRequest) 
             slots.push(slot);
         }
     }
-    let mut listed = broker.scatter(items, |s, i| s.list_offsets(i), ShardOp::ListOffsets).await.into_iter();
+    let mut listed = broker
+        .scatter(items, |s, i| s.list_offsets(i), ShardOp::ListOffsets)
+        .await
+        .into_iter();
     let mut slots = slots.into_iter();
     let topics = request
         .topics
@@ -48,10 +69,16 @@ pub async fn handle(broker: &Broker, version: i16, request: ListOffsetsRequest) 
                         .with_offset(o.offset)
                         .with_timestamp(o.timestamp)
                         // leader_epoch exists from v4 on; the codec refuses it set below that.
-                        .with_leader_epoch(if o.error == 0 && version >= 4 { LEADER_EPOCH } else { -1 })
+                        .with_leader_epoch(if o.error == 0 && version >= 4 {
+                            LEADER_EPOCH
+                        } else {
+                            -1
+                        })
                 })
                 .collect();
-            ListOffsetsTopicResponse::default().with_name(topic.name.clone()).with_partitions(partitions)
+            ListOffsetsTopicResponse::default()
+                .with_name(topic.name.clone())
+                .with_partitions(partitions)
         })
         .collect();
     ListOffsetsResponse::default().with_topics(topics)

@@ -4,8 +4,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
-use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse,
+    TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use ringtail_netio::request::Header;
@@ -22,7 +27,11 @@ pub fn metadata(broker: &Broker, header: &Header, request: MetadataRequest) -> M
         Some(t) => t.is_empty() && version == 0,
     };
     let topics = if all {
-        snapshot.topics().iter().map(|t| topic_entry(broker, t)).collect()
+        snapshot
+            .topics()
+            .iter()
+            .map(|t| topic_entry(broker, t))
+            .collect()
     } else {
         let allow_auto = version < 4 || request.allow_auto_topic_creation;
         request
@@ -53,24 +62,49 @@ fn by_name(broker: &Broker, name: &str, allow_auto: bool) -> MetadataResponseTop
         return topic_entry(broker, t);
     }
     if validate_name(name).is_err() {
-        return error_entry(Some(name), Uuid::nil(), ResponseError::InvalidTopicException.code());
+        return error_entry(
+            Some(name),
+            Uuid::nil(),
+            ResponseError::InvalidTopicException.code(),
+        );
     }
     if !(allow_auto && broker.config.auto_create_topics) {
-        return error_entry(Some(name), Uuid::nil(), ResponseError::UnknownTopicOrPartition.code());
+        return error_entry(
+            Some(name),
+            Uuid::nil(),
+            ResponseError::UnknownTopicOrPartition.code(),
+        );
     }
-    match broker.catalog.create(name, broker.config.default_partitions, BTreeMap::new(), false) {
+    match broker.catalog.create(
+        name,
+        broker.config.default_partitions,
+        BTreeMap::new(),
+        false,
+    ) {
         Ok(t) => {
-            tracing::info!(topic = name, partitions = t.partitions, "auto-created topic");
+            tracing::info!(
+                topic = name,
+                partitions = t.partitions,
+                "auto-created topic"
+            );
             topic_entry(broker, &t)
         }
         // Another connection created it first.
         Err(CatalogError::Exists(_)) => match broker.catalog.snapshot().by_name(name) {
             Some(t) => topic_entry(broker, t),
-            None => error_entry(Some(name), Uuid::nil(), ResponseError::LeaderNotAvailable.code()),
+            None => error_entry(
+                Some(name),
+                Uuid::nil(),
+                ResponseError::LeaderNotAvailable.code(),
+            ),
         },
         Err(e) => {
             tracing::warn!(topic = name, error = %e, "auto-create failed");
-            error_entry(Some(name), Uuid::nil(), crate::errors::catalog_error_code(&e))
+            error_entry(
+                Some(name),
+                Uuid::nil(),
+                crate::errors::catalog_error_code(&e),
+            )
         }
     }
 }
@@ -100,7 +134,10 @@ fn error_entry(name: Option<&str>, id: Uuid, code: i16) -> MetadataResponseTopic
         .with_topic_id(id)
 }
 
-pub fn describe_cluster(broker: &Broker, _request: DescribeClusterRequest) -> DescribeClusterResponse {
+pub fn describe_cluster(
+    broker: &Broker,
+    _request: DescribeClusterRequest,
+) -> DescribeClusterResponse {
     DescribeClusterResponse::default()
         .with_cluster_id(StrBytes::from_string(broker.cluster_id.clone()))
         .with_controller_id(BrokerId(broker.config.node_id))

@@ -34,7 +34,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
 ];
 
 pub fn supported(api_key: ApiKey, version: i16) -> bool {
-    SUPPORTED.iter().any(|&(k, min, max)| k == api_key && (min..=max).contains(&version))
+    SUPPORTED
+        .iter()
+        .any(|&(k, min, max)| k == api_key && (min..=max).contains(&version))
 }
 
 /// What the connection does after a request.
@@ -49,7 +51,10 @@ pub enum Reply {
 fn respond<R: Encodable + HeaderVersion>(header: &Header, body: &R) -> Reply {
     match encode_response(header.correlation_id, header.api_version, body) {
         Ok(bytes) => Reply::Send(bytes),
-        Err(e) => Reply::Close(format!("could not encode {:?} v{} response: {e}", header.api_key, header.api_version)),
+        Err(e) => Reply::Close(format!(
+            "could not encode {:?} v{} response: {e}",
+            header.api_key, header.api_version
+        )),
     }
 }
 
@@ -57,14 +62,22 @@ fn respond<R: Encodable + HeaderVersion>(header: &Header, body: &R) -> Reply {
 pub fn api_versions(header: &Header) -> Reply {
     let keys = SUPPORTED
         .iter()
-        .map(|&(k, min, max)| ApiVersion::default().with_api_key(k as i16).with_min_version(min).with_max_version(max))
+        .map(|&(k, min, max)| {
+            ApiVersion::default()
+                .with_api_key(k as i16)
+                .with_min_version(min)
+                .with_max_version(max)
+        })
         .collect();
     let mut response = ApiVersionsResponse::default().with_api_keys(keys);
     if supported(ApiKey::ApiVersions, header.api_version) {
         return respond(header, &response);
     }
     response.error_code = ResponseError::UnsupportedVersion.code();
-    let v0 = Header { api_version: 0, ..header.clone() };
+    let v0 = Header {
+        api_version: 0,
+        ..header.clone()
+    };
     respond(&v0, &response)
 }
 
@@ -79,11 +92,19 @@ pub async fn handle(broker: &Broker, header: &Header, body: Body) -> Reply {
         RequestKind::Metadata(r) => respond(header, &metadata::metadata(broker, header, r)),
         RequestKind::DescribeCluster(r) => respond(header, &metadata::describe_cluster(broker, r)),
         RequestKind::Fetch(r) => respond(header, &fetch::handle(broker, header, r).await),
-        RequestKind::ListOffsets(r) => respond(header, &list_offsets::handle(broker, header.api_version, r).await),
+        RequestKind::ListOffsets(r) => respond(
+            header,
+            &list_offsets::handle(broker, header.api_version, r).await,
+        ),
         RequestKind::CreateTopics(r) => respond(header, &admin::create_topics(broker, header, r)),
-        RequestKind::DeleteTopics(r) => respond(header, &admin::delete_topics(broker, header, r).await),
+        RequestKind::DeleteTopics(r) => {
+            respond(header, &admin::delete_topics(broker, header, r).await)
+        }
         RequestKind::CreatePartitions(r) => respond(header, &admin::create_partitions(broker, r)),
         RequestKind::DescribeConfigs(r) => respond(header, &admin::describe_configs(broker, r)),
-        other => Reply::Close(format!("no handler for {:?}", std::mem::discriminant(&other))),
+        other => Reply::Close(format!(
+            "no handler for {:?}",
+            std::mem::discriminant(&other)
+        )),
     }
 }

@@ -13,7 +13,10 @@ use crate::shard::{Broker, ErrorOutcome, PartitionKey, ProduceItem, ProduceOutco
 
 pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Reply {
     if input.copied_bytes > 0 {
-        tracing::debug!(bytes = input.copied_bytes, "produce record sets were copied (shared frame)");
+        tracing::debug!(
+            bytes = input.copied_bytes,
+            "produce record sets were copied (shared frame)"
+        );
     }
     let acks = input.acks;
     let snapshot = broker.catalog.snapshot();
@@ -28,27 +31,43 @@ pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Re
                 Err(ResponseError::InvalidRequiredAcks.code())
             } else {
                 match (&meta, p.records) {
-                    (Some(m), _) if p.index < 0 || p.index >= m.partitions => Err(ResponseError::UnknownTopicOrPartition.code()),
+                    (Some(m), _) if p.index < 0 || p.index >= m.partitions => {
+                        Err(ResponseError::UnknownTopicOrPartition.code())
+                    }
                     (None, _) => Err(ResponseError::UnknownTopicOrPartition.code()),
                     (Some(_), None) => Err(ResponseError::CorruptMessage.code()),
-                    (Some(m), Some(records)) => match split_and_validate(records, m.config.max_message_bytes) {
-                        Ok(batches) => {
-                            let key = PartitionKey { topic_id: m.id, partition: p.index };
-                            items.push((broker.owner(m, p.index), ProduceItem { key, topic: m.clone(), batches }));
-                            Ok(items.len() - 1)
+                    (Some(m), Some(records)) => {
+                        match split_and_validate(records, m.config.max_message_bytes) {
+                            Ok(batches) => {
+                                let key = PartitionKey {
+                                    topic_id: m.id,
+                                    partition: p.index,
+                                };
+                                items.push((
+                                    broker.owner(m, p.index),
+                                    ProduceItem {
+                                        key,
+                                        topic: m.clone(),
+                                        batches,
+                                    },
+                                ));
+                                Ok(items.len() - 1)
+                            }
+                            Err(e) => {
+                                tracing::debug!(topic = %m.name, partition = p.index, error = %e, "produce batch refused");
+                                Err(batch_error_code(&e))
+                            }
                         }
-                        Err(e) => {
-                            tracing::debug!(topic = %m.name, partition = p.index, error = %e, "produce batch refused");
-                            Err(batch_error_code(&e))
-                        }
-                    },
+                    }
                 }
             };
             parts.push((p.index, outcome.map_err(ProduceOutcome::error)));
         }
         shape.push((topic.name, parts));
     }
-    let outcomes = broker.scatter(items, |s, i| s.produce(i), ShardOp::Produce).await;
+    let outcomes = broker
+        .scatter(items, |s, i| s.produce(i), ShardOp::Produce)
+        .await;
     if acks == 0 {
         return Reply::Nothing;
     }
@@ -75,5 +94,8 @@ pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Re
                 .with_partition_responses(partitions)
         })
         .collect();
-    respond(header, &ProduceResponse::default().with_responses(responses))
+    respond(
+        header,
+        &ProduceResponse::default().with_responses(responses),
+    )
 }

@@ -1,0 +1,466 @@
+//! librdkafka (through the `rdkafka` crate) against the real `ringtail` binary.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::TestBroker;
+use rdkafka::admin::{
+    AdminClient, AdminOptions, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
+};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn admin(b: &TestBroker) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .create()
+        .expect("admin client")
+}
+
+fn producer(b: &TestBroker, codec: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .set("compression.codec", codec)
+        .set("message.max.bytes", "3000000")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("producer")
+}
+
+fn consumer(b: &TestBroker) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .set("group.id", "unused-no-group-apis-yet")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .expect("consumer")
+}
+
+async fn create_topic(b: &TestBroker, name: &str, partitions: i32, configs: &[(&str, &str)]) {
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        topic = topic.set(k, v);
+    }
+    let results = admin(b)
+        .create_topics(&[topic], &AdminOptions::new())
+        .await
+        .expect("create_topics");
+    assert_eq!(results.len(), 1);
+    results[0].as_ref().expect("topic created");
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Rec {
+    offset: i64,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+    timestamp: i64,
+}
+
+fn payload(seed: usize, len: usize) -> Vec<u8> {
+    let mut x = (seed as u64)
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|i| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // Half compressible, half noise.
+            if i % 2 == 0 {
+                (x >> 56) as u8
+            } else {
+                b'a'
+            }
+        })
+        .collect()
+}
+
+/// Produces with every codec, keys, headers, null values and a 1 MiB message; consumes it all
+/// back byte-exact and in order with contiguous offsets; checks ListOffsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_and_consume_every_codec_byte_exact() {
+    // Three shards on two cores: most partitions are owned by a shard other than the one
+    // holding the connection, so requests go through cross-shard messages.
+    let b = TestBroker::start(&["--shards", "3"]);
+    let topic = "roundtrip";
+    let partitions = 4;
+    create_topic(&b, topic, partitions, &[("max.message.bytes", "2097152")]).await;
+
+    let mut expected: BTreeMap<i32, Vec<Rec>> = BTreeMap::new();
+    // Recent timestamps: older ones would fall to the 7-day retention.ms default at once.
+    let base_ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 3_600_000;
+    let mut n = 0usize;
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        let p = producer(&b, codec);
+        let mut sends = Vec::new();
+        for j in 0..40usize {
+            n += 1;
+            let partition = (j % partitions as usize) as i32;
+            let key = format!("{codec}-{j}").into_bytes();
+            let value = if j % 7 == 3 {
+                None
+            } else {
+                Some(payload(n, 10 + (j * 37) % 3000))
+            };
+            let headers = vec![
+                ("codec".to_string(), Some(codec.as_bytes().to_vec())),
+                ("null".to_string(), None),
+            ];
+            let ts = base_ts + n as i64;
+            sends.push((
+                partition,
+                Rec {
+                    offset: -1,
+                    key: Some(key),
+                    value,
+                    headers,
+                    timestamp: ts,
+                },
+            ));
+        }
+        // One 1 MiB message (a single record of exactly 1 MiB).
+        n += 1;
+        sends.push((
+            0,
+            Rec {
+                offset: -1,
+                key: None,
+                value: Some(payload(n, 1 << 20)),
+                headers: vec![],
+                timestamp: base_ts + n as i64,
+            },
+        ));
+        let futures: Vec<_> = sends
+            .iter()
+            .map(|(partition, r)| {
+                let mut headers = OwnedHeaders::new();
+                for (k, v) in &r.headers {
+                    headers = headers.insert(Header {
+                        key: k,
+                        value: v.as_deref(),
+                    });
+                }
+                let mut record = FutureRecord::<Vec<u8>, Vec<u8>>::to(topic)
+                    .partition(*partition)
+                    .headers(headers)
+                    .timestamp(r.timestamp);
+                if let Some(k) = &r.key {
+                    record = record.key(k);
+                }
+                if let Some(v) = &r.value {
+                    record = record.payload(v);
+                }
+                p.send_result(record).map_err(|(e, _)| e).expect("enqueue")
+            })
+            .collect();
+        for ((partition, mut r), f) in sends.into_iter().zip(futures) {
+            let delivery = f
+                .await
+                .expect("delivery future")
+                .unwrap_or_else(|(e, _)| panic!("{codec} delivery failed: {e}"));
+            assert_eq!(delivery.partition, partition);
+            r.offset = delivery.offset;
+            expected.entry(partition).or_default().push(r);
+        }
+    }
+    // Offsets per partition are dense from 0, in send order.
+    for (partition, recs) in &mut expected {
+        recs.sort_by_key(|r| r.offset);
+        let offsets: Vec<i64> = recs.iter().map(|r| r.offset).collect();
+        assert_eq!(
+            offsets,
+            (0..recs.len() as i64).collect::<Vec<_>>(),
+            "partition {partition}"
+        );
+    }
+
+    let c = consumer(&b);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let total: usize = expected.values().map(|v| v.len()).sum();
+    let mut got: BTreeMap<i32, Vec<Rec>> = BTreeMap::new();
+    let deadline = Instant::now() + TIMEOUT;
+    while got.values().map(|v| v.len()).sum::<usize>() < total {
+        assert!(
+            Instant::now() < deadline,
+            "timed out consuming: got {:?} of {:?}",
+            got.iter().map(|(p, v)| (*p, v.len())).collect::<Vec<_>>(),
+            expected
+                .iter()
+                .map(|(p, v)| (*p, v.len()))
+                .collect::<Vec<_>>()
+        );
+        let Some(m) = c.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.expect("consume");
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(|v| v.to_vec())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        got.entry(m.partition()).or_default().push(Rec {
+            offset: m.offset(),
+            key: m.key().map(|k| k.to_vec()),
+            value: m.payload().map(|v| v.to_vec()),
+            headers,
+            timestamp: m.timestamp().to_millis().unwrap(),
+        });
+    }
+    assert_eq!(got, expected, "consumed records equal produced records");
+
+    for (partition, recs) in &expected {
+        let (low, high) = c.fetch_watermarks(topic, *partition, TIMEOUT).unwrap();
+        assert_eq!((low, high), (0, recs.len() as i64));
+        // ListOffsets by timestamp: the record carrying a timestamp is found by it.
+        let probe = &recs[recs.len() / 2];
+        let mut q = TopicPartitionList::new();
+        q.add_partition_offset(topic, *partition, Offset::Offset(probe.timestamp))
+            .unwrap();
+        let found = c.offsets_for_times(q, TIMEOUT).unwrap();
+        let offset = found.find_partition(topic, *partition).unwrap().offset();
+        assert_eq!(
+            offset,
+            Offset::Offset(probe.offset),
+            "offset for timestamp {}",
+            probe.timestamp
+        );
+    }
+    let mut q = TopicPartitionList::new();
+    q.add_partition_offset(topic, 1, Offset::Offset(base_ts + 1_800_000))
+        .unwrap();
+    let found = c.offsets_for_times(q, TIMEOUT).unwrap();
+    assert_eq!(
+        found.find_partition(topic, 1).unwrap().offset(),
+        Offset::End,
+        "no record that late"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_apis_create_describe_extend_delete() {
+    let b = TestBroker::start(&[]);
+    let a = admin(&b);
+    create_topic(&b, "admin-t", 2, &[("retention.ms", "3600000")]).await;
+
+    // Creating it again fails with TOPIC_ALREADY_EXISTS; bad names and configs are refused.
+    let again = a
+        .create_topics(
+            &[NewTopic::new("admin-t", 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again[0].as_ref().unwrap_err().1,
+        RDKafkaErrorCode::TopicAlreadyExists
+    );
+    let bad = a
+        .create_topics(
+            &[
+                NewTopic::new("bad name", 1, TopicReplication::Fixed(1)),
+                NewTopic::new("bad-config", 1, TopicReplication::Fixed(1))
+                    .set("cleanup.policy", "compact"),
+            ],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        bad[0].as_ref().unwrap_err().1,
+        RDKafkaErrorCode::InvalidTopic
+    );
+    assert_eq!(
+        bad[1].as_ref().unwrap_err().1,
+        RDKafkaErrorCode::InvalidConfig
+    );
+
+    let configs = a
+        .describe_configs(&[ResourceSpecifier::Topic("admin-t")], &AdminOptions::new())
+        .await
+        .unwrap();
+    let resource = configs[0].as_ref().expect("describe topic");
+    assert_eq!(
+        resource.get("retention.ms").unwrap().value.as_deref(),
+        Some("3600000")
+    );
+    assert!(!resource.get("retention.ms").unwrap().is_default);
+    assert_eq!(
+        resource.get("max.message.bytes").unwrap().value.as_deref(),
+        Some("1048588")
+    );
+    assert!(resource.get("max.message.bytes").unwrap().is_default);
+    let missing = a
+        .describe_configs(&[ResourceSpecifier::Topic("nope")], &AdminOptions::new())
+        .await
+        .unwrap();
+    // rdkafka-rs drops per-resource error codes; the broker returns no entries (and
+    // UNKNOWN_TOPIC_OR_PARTITION, checked with kafka-python).
+    assert!(missing[0].as_ref().map_or(true, |r| r.entries.is_empty()));
+
+    let grown = a
+        .create_partitions(&[NewPartitions::new("admin-t", 5)], &AdminOptions::new())
+        .await
+        .unwrap();
+    grown[0].as_ref().expect("create partitions");
+    let shrink = a
+        .create_partitions(&[NewPartitions::new("admin-t", 3)], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        shrink[0].as_ref().unwrap_err().1,
+        RDKafkaErrorCode::InvalidPartitions
+    );
+    let c = consumer(&b);
+    let md = c.fetch_metadata(Some("admin-t"), TIMEOUT).unwrap();
+    assert_eq!(md.topics()[0].partitions().len(), 5);
+    assert_eq!(md.brokers().len(), 1);
+    assert_eq!(md.brokers()[0].port() as u16, b.addr.port());
+
+    // The new partitions take writes.
+    let p = producer(&b, "none");
+    let d = p
+        .send(
+            FutureRecord::<(), [u8]>::to("admin-t")
+                .partition(4)
+                .payload(b"x"),
+            TIMEOUT,
+        )
+        .await
+        .expect("produce to new partition");
+    assert_eq!((d.partition, d.offset), (4, 0));
+
+    let deleted = a
+        .delete_topics(&["admin-t"], &AdminOptions::new())
+        .await
+        .unwrap();
+    deleted[0].as_ref().expect("delete");
+    let md = c.fetch_metadata(Some("admin-t"), TIMEOUT).unwrap();
+    assert_eq!(
+        md.topics()[0].error(),
+        Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+    );
+    let gone = a
+        .delete_topics(&["admin-t"], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        gone[0].as_ref().unwrap_err().1,
+        RDKafkaErrorCode::UnknownTopicOrPartition
+    );
+
+    // Re-created under the same name, the topic starts empty (a new topic id).
+    create_topic(&b, "admin-t", 1, &[]).await;
+    let (low, high) = c.fetch_watermarks("admin-t", 0, TIMEOUT).unwrap();
+    assert_eq!((low, high), (0, 0));
+}
+
+/// A consumer waiting at the tail is woken by a produce (long-poll), and acks=0 works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_consumer_wakes_on_produce_and_acks_zero_lands() {
+    let b = TestBroker::start(&[]);
+    create_topic(&b, "tail", 1, &[]).await;
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .set("group.id", "unused")
+        .set("fetch.wait.max.ms", "5000")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("tail", 0, Offset::End).unwrap();
+    c.assign(&tpl).unwrap();
+    // Let the consumer reach the tail and park in a long-poll fetch.
+    assert!(c.poll(Duration::from_millis(1500)).is_none());
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .set("acks", "0")
+        .create()
+        .unwrap();
+    p.send(
+        FutureRecord::<(), [u8]>::to("tail").payload(b"wake up"),
+        TIMEOUT,
+    )
+    .await
+    .expect("acks=0 send");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        assert!(Instant::now() < deadline, "tail consumer never woke");
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            assert_eq!(m.payload(), Some(&b"wake up"[..]));
+            assert_eq!(m.offset(), 0);
+            break;
+        }
+    }
+}
+
+/// Producing to a topic that does not exist fails with UNKNOWN_TOPIC_OR_PARTITION (auto-create
+/// is off by default); with auto-create on, the topic appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_topics_and_auto_create() {
+    let b = TestBroker::start(&[]);
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .set("message.timeout.ms", "3000")
+        .create()
+        .unwrap();
+    let err = p
+        .send(
+            FutureRecord::<(), [u8]>::to("missing").payload(b"x"),
+            TIMEOUT,
+        )
+        .await
+        .unwrap_err()
+        .0;
+    assert!(
+        matches!(
+            err,
+            KafkaError::MessageProduction(
+                RDKafkaErrorCode::UnknownTopicOrPartition
+                    | RDKafkaErrorCode::UnknownTopic
+                    | RDKafkaErrorCode::MessageTimedOut
+            )
+        ),
+        "{err:?}"
+    );
+    drop(b);
+
+    let b = TestBroker::start(&["--auto-create-topics", "true", "--default-partitions", "3"]);
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .create()
+        .unwrap();
+    let d = p
+        .send(FutureRecord::<(), [u8]>::to("auto").payload(b"x"), TIMEOUT)
+        .await
+        .expect("auto-created");
+    assert_eq!(d.offset, 0);
+    let md = consumer(&b).fetch_metadata(Some("auto"), TIMEOUT).unwrap();
+    assert_eq!(md.topics()[0].partitions().len(), 3);
+    assert!(b.log_contains("auto-created topic"));
+}
