@@ -1,0 +1,113 @@
+"""kafka-python (pure-Python protocol implementation) against a running Ringtail broker.
+
+Usage: kafka_python_roundtrip.py HOST:PORT
+Exits 0 and prints OK when every check passes; raises otherwise.
+"""
+import random
+import sys
+import time
+
+import kafka
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
+from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
+
+bootstrap = sys.argv[1]
+topic = "py-roundtrip"
+partitions = 3
+
+admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+admin.create_topics([NewTopic(topic, partitions, 1, topic_configs={"max.message.bytes": "2097152"})])
+try:
+    admin.create_topics([NewTopic(topic, 1, 1)])
+    raise AssertionError("second create must fail")
+except TopicAlreadyExistsError:
+    pass
+assert topic in admin.list_topics(), admin.list_topics()
+
+rng = random.Random(7)
+now_ms = int(time.time() * 1000)
+expected = {p: [] for p in range(partitions)}
+for codec in [None, "gzip", "snappy", "lz4", "zstd"]:
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        compression_type=codec,
+        max_request_size=3_000_000,
+        linger_ms=5,
+        acks="all",
+        # InitProducerId (idempotence) arrives with the consumer-groups issue; kafka-python 3
+        # turns it on by default.
+        enable_idempotence=False,
+    )
+    futures = []
+    for j in range(30):
+        p = j % partitions
+        key = f"{codec}-{j}".encode()
+        value = None if j % 9 == 4 else bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 2000)))
+        headers = [("codec", str(codec).encode()), ("j", str(j).encode())]
+        ts = now_ms + len(futures)
+        futures.append((p, key, value, headers, producer.send(topic, key=key, value=value, headers=headers, partition=p, timestamp_ms=ts)))
+    big = bytes(rng.getrandbits(8) for _ in range(1 << 20))
+    futures.append((1, None, big, [], producer.send(topic, value=big, partition=1)))
+    producer.flush()
+    for p, key, value, headers, f in futures:
+        md = f.get(timeout=30)
+        assert md.partition == p
+        expected[p].append((md.offset, key, value, headers))
+    producer.close()
+
+for p, recs in expected.items():
+    recs.sort()
+    assert [r[0] for r in recs] == list(range(len(recs))), f"partition {p} offsets not dense: {[r[0] for r in recs]}"
+
+consumer = KafkaConsumer(
+    bootstrap_servers=bootstrap,
+    group_id=None,
+    enable_auto_commit=False,
+    auto_offset_reset="earliest",
+    max_partition_fetch_bytes=3_000_000,
+    fetch_max_bytes=50_000_000,
+    consumer_timeout_ms=30000,
+)
+tps = [TopicPartition(topic, p) for p in range(partitions)]
+consumer.assign(tps)
+consumer.seek_to_beginning(*tps)
+got = {p: [] for p in range(partitions)}
+total = sum(len(v) for v in expected.values())
+deadline = time.time() + 60
+while sum(len(v) for v in got.values()) < total:
+    assert time.time() < deadline, f"timed out: {[len(v) for v in got.values()]}"
+    for tp, msgs in consumer.poll(timeout_ms=500).items():
+        for m in msgs:
+            got[tp.partition].append((m.offset, m.key, m.value, list(m.headers)))
+for p in range(partitions):
+    assert len(got[p]) == len(expected[p]), (p, len(got[p]), len(expected[p]))
+    for g, e in zip(got[p], expected[p]):
+        assert g == e, f"partition {p} offset {e[0]} differs"
+
+# ListOffsets: earliest, latest, by timestamp.
+begin = consumer.beginning_offsets(tps)
+end = consumer.end_offsets(tps)
+for tp in tps:
+    assert begin[tp] == 0 and end[tp] == len(expected[tp.partition]), (tp, begin[tp], end[tp])
+found = consumer.offsets_for_times({TopicPartition(topic, 0): now_ms})
+assert found[TopicPartition(topic, 0)].offset == 0, found
+consumer.close()
+
+# Configs and partitions through the admin client.
+res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+text = str(res)
+assert "2097152" in text, text
+admin.create_partitions({topic: NewPartitions(total_count=5)})
+meta = admin.describe_topics([topic])
+assert len(meta[0]["partitions"]) == 5, meta
+admin.delete_topics([topic])
+time.sleep(0.2)
+assert topic not in admin.list_topics()
+try:
+    admin.delete_topics([topic])
+    raise AssertionError("deleting a missing topic must fail")
+except UnknownTopicOrPartitionError:
+    pass
+admin.close()
+print("OK kafka-python", kafka.__version__)
