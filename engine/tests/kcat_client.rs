@@ -21,7 +21,11 @@ fn kcat(args: &[&str], stdin: Option<&str>) -> String {
     drop(input);
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "kcat {args:?} failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kcat {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 
@@ -30,7 +34,8 @@ fn kcat_lists_produces_and_consumes() {
     let version = Command::new("kcat").arg("-V").output().expect("kcat -V");
     let version = String::from_utf8_lossy(&version.stdout).to_string();
     eprintln!("{version}");
-    let broker = common::TestBroker::start(&["--auto-create-topics", "true", "--default-partitions", "2"]);
+    let broker =
+        common::TestBroker::start(&["--auto-create-topics", "true", "--default-partitions", "2"]);
     let b = broker.bootstrap();
 
     let listing = kcat(&["-b", &b, "-L"], None);
@@ -40,20 +45,60 @@ fn kcat_lists_produces_and_consumes() {
     // Produce keyed records with headers through each codec; auto-create makes the topic.
     let mut lines = Vec::new();
     for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
-        let input: String = (0..20).map(|i| format!("{codec}-k{i}:{codec}-value-{i}\n")).collect();
-        kcat(&["-b", &b, "-P", "-t", "kc", "-K:", "-p", "1", "-z", codec, "-H", "h=v"], Some(&input));
+        let input: String = (0..20)
+            .map(|i| format!("{codec}-k{i}:{codec}-value-{i}\n"))
+            .collect();
+        kcat(
+            &[
+                "-b", &b, "-P", "-t", "kc", "-K:", "-p", "1", "-z", codec, "-H", "h=v",
+            ],
+            Some(&input),
+        );
         lines.extend((0..20).map(|i| format!("{codec}-k{i}|{codec}-value-{i}|h=v")));
     }
     let listing = kcat(&["-b", &b, "-L", "-t", "kc"], None);
-    assert!(listing.contains("topic \"kc\" with 2 partitions"), "{listing}");
+    assert!(
+        listing.contains("topic \"kc\" with 2 partitions"),
+        "{listing}"
+    );
 
-    let consumed = kcat(&["-b", &b, "-C", "-t", "kc", "-p", "1", "-o", "beginning", "-e", "-f", "%o|%k|%s|%h\n"], None);
+    let consumed = kcat(
+        &[
+            "-b",
+            &b,
+            "-C",
+            "-t",
+            "kc",
+            "-p",
+            "1",
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            "%o|%k|%s|%h\n",
+        ],
+        None,
+    );
     let got: Vec<&str> = consumed.lines().collect();
     assert_eq!(got.len(), lines.len(), "{consumed}");
     for (i, (g, want)) in got.iter().zip(&lines).enumerate() {
         assert_eq!(*g, format!("{i}|{want}"));
     }
     // An empty partition: kcat reaches its end and exits.
-    let empty = kcat(&["-b", &b, "-C", "-t", "kc", "-p", "0", "-o", "beginning", "-e"], None);
+    let empty = kcat(
+        &[
+            "-b",
+            &b,
+            "-C",
+            "-t",
+            "kc",
+            "-p",
+            "0",
+            "-o",
+            "beginning",
+            "-e",
+        ],
+        None,
+    );
     assert_eq!(empty, "");
 }

@@ -1,0 +1,326 @@
+//! Malformed, hostile and invalid requests over a raw socket: each gets the Kafka error code or
+//! a closed connection, the broker keeps running, and a real client still works afterwards.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+
+struct Raw {
+    s: TcpStream,
+    correlation: i32,
+}
+
+impl Raw {
+    fn connect(b: &common::TestBroker) -> Raw {
+        let s = TcpStream::connect(b.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Raw { s, correlation: 0 }
+    }
+
+    fn send_frame(&mut self, payload: &[u8]) {
+        let mut f = (payload.len() as i32).to_be_bytes().to_vec();
+        f.extend_from_slice(payload);
+        self.s.write_all(&f).unwrap();
+    }
+
+    /// The next response frame, or None if the broker closed the connection.
+    fn read_frame(&mut self) -> Option<Bytes> {
+        let mut size = [0u8; 4];
+        if self.s.read_exact(&mut size).is_err() {
+            return None;
+        }
+        let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+        self.s.read_exact(&mut body).ok()?;
+        Some(Bytes::from(body))
+    }
+
+    fn assert_closed(&mut self) {
+        let mut b = [0u8; 1];
+        match self.s.read(&mut b) {
+            Ok(0) | Err(_) => {}
+            Ok(_) => panic!("connection should be closed"),
+        }
+    }
+
+    fn encode<R: Encodable + HeaderVersion>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        req: &R,
+    ) -> BytesMut {
+        self.correlation += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation)
+            .with_client_id(Some(StrBytes::from_static_str("raw-test")));
+        let mut buf = BytesMut::new();
+        header.encode(&mut buf, R::header_version(version)).unwrap();
+        req.encode(&mut buf, version).unwrap();
+        buf
+    }
+
+    fn call<Q: Encodable + HeaderVersion, P: Decodable + HeaderVersion>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        req: &Q,
+    ) -> P {
+        let buf = self.encode(key, version, req);
+        self.send_frame(&buf);
+        let mut resp = self.read_frame().expect("response");
+        let header = ResponseHeader::decode(&mut resp, P::header_version(version)).unwrap();
+        assert_eq!(header.correlation_id, self.correlation);
+        P::decode(&mut resp, version).unwrap()
+    }
+}
+
+fn batch(values: &[&[u8]]) -> Bytes {
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: i as i32,
+            // Now: an old timestamp would fall to the 7-day retention.ms default.
+            timestamp: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64,
+            key: None,
+            value: Some(Bytes::copy_from_slice(v)),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+fn produce(raw: &mut Raw, topic: &str, partition: i32, records: Bytes, acks: i16) -> (i16, i64) {
+    let req = ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(records))])]);
+    let resp: ProduceResponse = raw.call(ApiKey::Produce, 9, &req);
+    let p = &resp.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+fn fetch(raw: &mut Raw, topic: &str, offset: i64) -> (i16, i64) {
+    let req = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20)])]);
+    let resp: FetchResponse = raw.call(ApiKey::Fetch, 11, &req);
+    let p = &resp.responses[0].partitions[0];
+    (p.error_code, p.high_watermark)
+}
+
+#[test]
+fn hostile_and_invalid_requests_get_errors_and_the_broker_keeps_serving() {
+    let mut broker = common::TestBroker::start(&["--request-bytes-max", "4194304"]);
+
+    // Set up a topic with a small max.message.bytes.
+    let mut raw = Raw::connect(&broker);
+    let create = CreateTopicsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("bad")))
+            .with_num_partitions(1)
+            .with_replication_factor(1)
+            .with_configs(vec![CreatableTopicConfig::default()
+                .with_name(StrBytes::from_static_str("max.message.bytes"))
+                .with_value(Some(StrBytes::from_static_str("2000")))])]);
+    let created: CreateTopicsResponse = raw.call(ApiKey::CreateTopics, 7, &create);
+    assert_eq!(created.topics[0].error_code, 0);
+
+    // ApiVersions newer than ours: UNSUPPORTED_VERSION in a v0 body listing what we support.
+    // key 18, version 99, correlation id 1000, null client id, no tagged fields, junk body.
+    raw.send_frame(&[0, 18, 0, 99, 0, 0, 0x03, 0xe8, 0xff, 0xff, 0, 7, 7, 7]);
+    let mut resp = raw.read_frame().expect("ApiVersions answers");
+    assert_eq!(
+        resp.get_i32(),
+        1000,
+        "response header v0: correlation id only"
+    );
+    let v0 = ApiVersionsResponse::decode(&mut resp, 0).unwrap();
+    assert_eq!(v0.error_code, 35);
+    assert!(v0
+        .api_keys
+        .iter()
+        .any(|k| k.api_key == ApiKey::Produce as i16));
+    // ...and the same connection keeps working.
+    let v3: ApiVersionsResponse = raw.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    assert_eq!(v3.error_code, 0);
+
+    // Produce errors, each on a still-open connection.
+    let good = batch(&[b"a", b"b"]);
+    assert_eq!(produce(&mut raw, "bad", 0, good.clone(), -1), (0, 0));
+    let mut corrupt = BytesMut::from(&good[..]);
+    let n = corrupt.len();
+    corrupt[n - 1] ^= 0x55;
+    assert_eq!(
+        produce(&mut raw, "bad", 0, corrupt.freeze(), -1).0,
+        2,
+        "CORRUPT_MESSAGE"
+    );
+    let mut magic = BytesMut::from(&good[..]);
+    magic[16] = 1;
+    assert_eq!(
+        produce(&mut raw, "bad", 0, magic.freeze(), -1).0,
+        87,
+        "INVALID_RECORD"
+    );
+    assert_eq!(
+        produce(&mut raw, "bad", 0, good.slice(..30), -1).0,
+        2,
+        "truncated batch: CORRUPT_MESSAGE"
+    );
+    assert_eq!(
+        produce(&mut raw, "missing", 0, good.clone(), -1).0,
+        3,
+        "UNKNOWN_TOPIC_OR_PARTITION"
+    );
+    assert_eq!(
+        produce(&mut raw, "bad", 7, good.clone(), -1).0,
+        3,
+        "partition out of range"
+    );
+    assert_eq!(
+        produce(&mut raw, "bad", 0, batch(&[&[0u8; 3000]]), -1).0,
+        10,
+        "MESSAGE_TOO_LARGE"
+    );
+    assert_eq!(
+        produce(&mut raw, "bad", 0, good.clone(), 2).0,
+        21,
+        "INVALID_REQUIRED_ACKS"
+    );
+    assert_eq!(
+        produce(&mut raw, "bad", 0, good.clone(), 1),
+        (0, 2),
+        "nothing was appended by the failures"
+    );
+
+    // Fetch out of range.
+    assert_eq!(fetch(&mut raw, "bad", 4), (0, 4));
+    assert_eq!(fetch(&mut raw, "bad", 5).0, 1, "OFFSET_OUT_OF_RANGE");
+    assert_eq!(fetch(&mut raw, "bad", -7).0, 1, "OFFSET_OUT_OF_RANGE");
+    assert_eq!(fetch(&mut raw, "missing", 0).0, 3);
+
+    // Connection-level garbage: each closes its connection.
+    let mut c = Raw::connect(&broker);
+    c.send_frame(&[0x27, 0x0f, 0, 0, 0, 0, 0, 1]); // api key 9999
+    c.assert_closed();
+
+    let mut c = Raw::connect(&broker);
+    c.send_frame(&[0, 0, 0, 99, 0, 0, 0, 1, 0xff, 0xff, 0]); // Produce v99
+    c.assert_closed();
+
+    let mut c = Raw::connect(&broker);
+    c.s.write_all(&(200 * 1024 * 1024i32).to_be_bytes())
+        .unwrap(); // beyond --request-bytes-max
+    c.assert_closed();
+
+    let mut c = Raw::connect(&broker);
+    c.s.write_all(&(-5i32).to_be_bytes()).unwrap();
+    c.assert_closed();
+
+    let mut c = Raw::connect(&broker);
+    c.s.write_all(&100i32.to_be_bytes()).unwrap();
+    c.s.write_all(&[0, 3, 0, 1, 0, 0]).unwrap(); // truncated: 6 of 100 bytes, then EOF
+    c.s.shutdown(Shutdown::Write).unwrap();
+    c.assert_closed();
+
+    // A Metadata request that claims 2^31-1 topics (this once made the codec reserve ~150 GB).
+    let mut c = Raw::connect(&broker);
+    let mut frame = c.encode(
+        ApiKey::Metadata,
+        1,
+        &MetadataRequest::default().with_topics(Some(vec![])),
+    );
+    let n = frame.len();
+    frame[n - 4..].copy_from_slice(&i32::MAX.to_be_bytes());
+    c.send_frame(&frame);
+    c.assert_closed();
+
+    // Random garbage bodies for every advertised API.
+    let mut x: u32 = 12345;
+    for key in [0i16, 1, 2, 3, 18, 19, 20, 32, 37, 60] {
+        for version in [0i16, 1, 4, 9, 12] {
+            let mut c = Raw::connect(&broker);
+            let mut frame = BytesMut::new();
+            frame.put_i16(key);
+            frame.put_i16(version);
+            frame.put_i32(1);
+            for _ in 0..64 {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                frame.put_u8(x as u8);
+            }
+            c.send_frame(&frame);
+            let _ = c.read_frame(); // an answer or a close: either way, no crash
+        }
+    }
+
+    broker.assert_alive();
+    // The earlier connection and the data are intact.
+    assert_eq!(fetch(&mut raw, "bad", 0), (0, 4));
+    assert_eq!(produce(&mut raw, "bad", 0, batch(&[b"after"]), -1), (0, 4));
+    // A real client still works.
+    let out = std::process::Command::new("kcat")
+        .args([
+            "-b",
+            &broker.bootstrap(),
+            "-C",
+            "-t",
+            "bad",
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            "%s\n",
+        ])
+        .output()
+        .expect("kcat");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a\nb\na\nb\nafter\n");
+    assert_eq!(broker.terminate(), Some(0), "clean exit on SIGTERM");
+}
