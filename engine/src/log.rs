@@ -145,7 +145,7 @@ impl PartitionLog for MemLog {
         let mut taken = 0usize;
         for e in self.entries.range(first..) {
             let fits = taken + e.bytes.len() <= max_bytes;
-            if !fits && !(out.is_empty() && first_batch_always) {
+            if !(fits || out.is_empty() && first_batch_always) {
                 break;
             }
             debug_assert!(

@@ -388,6 +388,8 @@ async fn tail_consumer_wakes_on_produce_and_acks_zero_lands() {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", b.bootstrap())
         .set("group.id", "unused")
+        // No commits: group APIs (and so a coordinator) arrive with the consumer-groups issue.
+        .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "5000")
         .create()
         .unwrap();

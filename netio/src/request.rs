@@ -36,7 +36,7 @@ pub struct Header {
 #[derive(Debug)]
 pub enum Body {
     Produce(ProduceInput),
-    Other(RequestKind),
+    Other(Box<RequestKind>),
 }
 
 /// A Produce request whose record sets are still raw, mutable, un-copied bytes.
@@ -126,7 +126,7 @@ pub fn decode_body(header: &Header, frame: Bytes, header_len: usize) -> Result<B
     }
     let mut body = frame.slice(header_len..);
     RequestKind::decode(header.api_key, &mut body, header.api_version)
-        .map(Body::Other)
+        .map(|r| Body::Other(Box::new(r)))
         .map_err(|e| malformed(e.to_string()))
 }
 

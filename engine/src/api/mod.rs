@@ -87,7 +87,7 @@ pub async fn handle(broker: &Broker, header: &Header, body: Body) -> Reply {
         Body::Produce(input) => return produce::handle(broker, header, input).await,
         Body::Other(request) => request,
     };
-    match request {
+    match *request {
         RequestKind::ApiVersions(_) => api_versions(header),
         RequestKind::Metadata(r) => respond(header, &metadata::metadata(broker, header, r)),
         RequestKind::DescribeCluster(r) => respond(header, &metadata::describe_cluster(broker, r)),

@@ -11,6 +11,8 @@ use super::{respond, Reply};
 use crate::errors::batch_error_code;
 use crate::shard::{Broker, ErrorOutcome, PartitionKey, ProduceItem, ProduceOutcome, ShardOp};
 
+type Slot = Result<usize, ProduceOutcome>;
+
 pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Reply {
     if input.copied_bytes > 0 {
         tracing::debug!(
@@ -20,8 +22,8 @@ pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Re
     }
     let acks = input.acks;
     let snapshot = broker.catalog.snapshot();
-    // Per partition: either an immediate outcome (error) or an item for its owner.
-    let mut shape: Vec<(String, Vec<(i32, Result<usize, ProduceOutcome>)>)> = Vec::new();
+    // Per partition: the index of its item for the owner, or an immediate (error) outcome.
+    let mut shape: Vec<(String, Vec<(i32, Slot)>)> = Vec::new();
     let mut items = Vec::new();
     for topic in input.topics {
         let meta = snapshot.by_name(&topic.name).cloned();

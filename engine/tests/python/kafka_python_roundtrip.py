@@ -24,6 +24,9 @@ try:
 except TopicAlreadyExistsError:
     pass
 assert topic in admin.list_topics(), admin.list_topics()
+cluster = admin.describe_cluster()  # DescribeCluster (key 60)
+assert cluster["cluster_id"] and cluster["controller_id"] == 0, cluster
+assert [(b["broker_id"], b["port"]) for b in cluster["brokers"]] == [(0, int(bootstrap.rsplit(":", 1)[1]))], cluster
 
 rng = random.Random(7)
 now_ms = int(time.time() * 1000)
