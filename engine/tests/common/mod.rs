@@ -22,7 +22,24 @@ impl TestBroker {
     }
 
     pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> TestBroker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringtail"))
+        Self::start_wrapped(&[], data_dir, extra)
+    }
+
+    /// Starts the broker under `wrapper` (a command prefix such as `prlimit ...`).
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        data_dir: tempfile::TempDir,
+        extra: &[&str],
+    ) -> TestBroker {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_ringtail"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_ringtail")),
+        };
+        let mut child = command
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir.path())
