@@ -321,6 +321,79 @@ mod tests {
             .all(|r| r.timestamp_type == TimestampType::LogAppend));
     }
 
+    const LIBRDKAFKA: [(&str, &[u8]); 5] = [
+        (
+            "none",
+            include_bytes!("../tests/fixtures/librdkafka-2.0-none.bin"),
+        ),
+        (
+            "gzip",
+            include_bytes!("../tests/fixtures/librdkafka-2.0-gzip.bin"),
+        ),
+        (
+            "snappy",
+            include_bytes!("../tests/fixtures/librdkafka-2.0-snappy.bin"),
+        ),
+        (
+            "lz4",
+            include_bytes!("../tests/fixtures/librdkafka-2.0-lz4.bin"),
+        ),
+        (
+            "zstd",
+            include_bytes!("../tests/fixtures/librdkafka-2.0-zstd.bin"),
+        ),
+    ];
+
+    #[test]
+    fn librdkafka_batches_validate_patch_and_decode() {
+        for (codec, fixture) in LIBRDKAFKA {
+            let batches = split_and_validate(BytesMut::from(fixture), 1 << 20)
+                .unwrap_or_else(|e| panic!("{codec}: {e}"));
+            assert_eq!(batches.len(), 1, "{codec}");
+            assert_eq!(
+                batches[0].header.partition_leader_epoch, -1,
+                "{codec}: as the producer sent it"
+            );
+            assert_eq!(batches[0].header.record_count, 5, "{codec}");
+            let (_, bytes) = batches.into_iter().next().unwrap().assign(1_000_000, 3);
+            assert_eq!(
+                &bytes[21..],
+                &fixture[21..],
+                "{codec}: CRC-covered bytes untouched"
+            );
+            let set = RecordBatchDecoder::decode(&mut bytes.clone())
+                .unwrap_or_else(|e| panic!("{codec}: {e}"));
+            for (i, r) in set.records.iter().enumerate() {
+                assert_eq!(r.offset, 1_000_000 + i as i64, "{codec}");
+                assert_eq!(
+                    r.key.as_deref(),
+                    Some(format!("key{i}").as_bytes()),
+                    "{codec}"
+                );
+                let value = format!("value-{i}-{}", "x".repeat(i * 10));
+                assert_eq!(r.value.as_deref(), Some(value.as_bytes()), "{codec}");
+                let headers: Vec<(&str, Option<&[u8]>)> = r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_deref()))
+                    .collect();
+                assert_eq!(headers, vec![("h", Some(&b"v"[..]))], "{codec}");
+            }
+        }
+    }
+
+    #[test]
+    fn any_flipped_bit_in_a_librdkafka_batch_is_caught() {
+        for (codec, fixture) in LIBRDKAFKA {
+            for at in (CRC_OFFSET..fixture.len()).step_by(7) {
+                let mut b = BytesMut::from(fixture);
+                b[at] ^= 0x10;
+                let r = split_and_validate(b, 1 << 20);
+                assert!(r.is_err(), "{codec}: flip at byte {at} accepted");
+            }
+        }
+    }
+
     #[test]
     fn several_batches_split_without_copy() {
         let mut buf = sample(Compression::None);
