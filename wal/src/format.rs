@@ -88,12 +88,12 @@ impl Superblock {
         let bs = self.block_size as u64;
         bs >= 512
             && bs.is_power_of_two()
-            && self.region_bytes % bs == 0
+            && self.region_bytes.is_multiple_of(bs)
             && self.region_bytes >= self.data_start() + 2 * bs
             && self.trim_pos >= self.data_start()
             && self.trim_pos < self.region_bytes
-            && self.trim_pos % bs == 0
-            && self.chunk_bytes_max as u64 % bs == 0
+            && self.trim_pos.is_multiple_of(bs)
+            && (self.chunk_bytes_max as u64).is_multiple_of(bs)
             && self.chunk_bytes_max as u64 >= bs
             && (self.chunk_bytes_max as u64) <= self.region_bytes - self.data_start()
     }

@@ -65,7 +65,7 @@ fn chunk_at<'a>(
     let len = header.chunk_len as u64;
     if header.first_seq != seq
         || len == 0
-        || len % bs != 0
+        || !len.is_multiple_of(bs)
         || len > sb.chunk_bytes_max as u64
         || pos + len > sb.region_bytes
     {
