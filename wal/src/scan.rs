@@ -31,6 +31,9 @@ pub enum ScanError {
     },
 }
 
+/// A recovered entry: its header and its payload (a slice of the region).
+pub type Entry<'a> = (EntryHeader, &'a [u8]);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkRef {
     pub pos: u64,
@@ -44,7 +47,7 @@ pub struct Recovered<'a> {
     pub superblock: Superblock,
     pub chunks: Vec<ChunkRef>,
     /// Entries in log order, with their payloads (slices of the region).
-    pub entries: Vec<(EntryHeader, &'a [u8])>,
+    pub entries: Vec<Entry<'a>>,
     /// Where the next chunk goes.
     pub head: u64,
     pub next_seq: u64,
@@ -56,7 +59,7 @@ fn chunk_at<'a>(
     sb: &Superblock,
     pos: u64,
     seq: u64,
-) -> Option<(ChunkRef, Vec<(EntryHeader, &'a [u8])>)> {
+) -> Option<(ChunkRef, Vec<Entry<'a>>)> {
     let bs = sb.block_size as u64;
     if pos < sb.data_start() || pos + bs > sb.region_bytes {
         return None;
