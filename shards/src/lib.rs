@@ -24,6 +24,11 @@ pub mod net {
     pub use glommio::net::{TcpListener, TcpStream};
 }
 
+/// Direct-I/O files of the shard runtime (O_DIRECT through io_uring).
+pub mod fs {
+    pub use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
+}
+
 /// A task running on the current shard; dropping it cancels the task.
 pub type Task<T> = glommio::Task<T>;
 
@@ -48,6 +53,23 @@ pub async fn sleep(duration: Duration) {
 /// Lets other tasks of this shard run.
 pub async fn yield_now() {
     glommio::yield_if_needed().await
+}
+
+/// Runs `future` to completion on a fresh, unpinned executor thread (tools, benchmarks, tests).
+pub fn block_on<T, F, Fut>(io_memory_bytes: usize, make: F) -> Result<T, ShardError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+{
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(io_memory_bytes)
+        .spawn(make)
+        .and_then(|h| h.join())
+        .map_err(|e| ShardError::Start {
+            shard: 0,
+            reason: e.to_string(),
+        })
 }
 
 #[derive(Debug, thiserror::Error)]

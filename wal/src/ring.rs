@@ -1,0 +1,575 @@
+//! The ring on disk: creation, recovery from a file, and the group-committing writer.
+//!
+//! One writer task per ring. Appends made while a write is in flight queue up and go out
+//! together in the next write: one aligned O_DIRECT write of one chunk, then the durability
+//! barrier. Only one write is ever in flight (recovery relies on it: only the last chunk can be
+//! torn). When a chunk is durable the caller's `on_durable` sees its entries in ring order, then
+//! the appenders' tickets resolve.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use ringtail_shards::fs::{DmaFile, OpenOptions};
+
+use crate::format::{
+    chunk_len, encode_chunk, superblock_block, EntryHeader, EntryMeta, Superblock,
+    CHUNK_HEADER_LEN, ENTRY_HEADER_LEN,
+};
+use crate::scan::{scan, ChunkRef, ScanError};
+
+/// Block size of every write: valid for 512-byte and 4 KiB logical-block devices.
+pub const BLOCK_SIZE: u32 = 4096;
+
+/// The durability barrier after each write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// write, then fdatasync.
+    Fdatasync,
+    /// The file is opened with O_DSYNC: each write returns once durable.
+    ODsync,
+}
+
+#[derive(Debug, Clone)]
+pub struct WalConfig {
+    pub path: PathBuf,
+    /// Whole file: two superblock blocks plus the ring.
+    pub region_bytes: u64,
+    /// Largest single write (chunk).
+    pub chunk_bytes_max: u32,
+    /// Extra wait for more appends before writing a small chunk (0: write at once).
+    pub max_delay: Duration,
+    pub sync: SyncMode,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WalError {
+    #[error("WAL ring is full ({used_bytes} of {ring_bytes} bytes hold data that is not safe elsewhere yet)")]
+    Full { used_bytes: u64, ring_bytes: u64 },
+    #[error("entry of {0} bytes does not fit in one WAL write (--wal-max-write-bytes)")]
+    TooLarge(usize),
+    #[error("WAL write failed, the ring is read-only until restart: {0}")]
+    Failed(String),
+    #[error("WAL {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("WAL {path}: {source}")]
+    Scan { path: String, source: ScanError },
+}
+
+fn open_error(path: &Path, reason: impl ToString) -> WalError {
+    WalError::Open {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Creates the ring file, written out in full (so that later writes land in allocated,
+/// already-written blocks), or checks that an existing one has the configured size.
+/// Blocking: for start-up, before the shard serves.
+pub fn create_or_check(config: &WalConfig) -> Result<(), WalError> {
+    let path = &config.path;
+    let bs = BLOCK_SIZE as u64;
+    if !config.region_bytes.is_multiple_of(bs)
+        || config.region_bytes < 2 * bs + 4 * config.chunk_bytes_max as u64
+    {
+        return Err(open_error(path, format!(
+            "size {} must be a multiple of {bs} and hold two superblock blocks plus four maximum writes ({} bytes each)",
+            config.region_bytes, config.chunk_bytes_max
+        )));
+    }
+    if !(config.chunk_bytes_max as u64).is_multiple_of(bs) || (config.chunk_bytes_max as u64) < bs {
+        return Err(open_error(
+            path,
+            format!(
+                "max write bytes {} must be a positive multiple of {bs}",
+                config.chunk_bytes_max
+            ),
+        ));
+    }
+    if let Ok(meta) = std::fs::metadata(path) {
+        let is_device = std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type());
+        if !is_device && meta.len() != config.region_bytes {
+            return Err(open_error(path, format!(
+                "the ring is {} bytes but {} are configured; a ring never changes size (move it away to start afresh)",
+                meta.len(),
+                config.region_bytes
+            )));
+        }
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| open_error(path, e))?;
+    }
+    let tmp = path.with_extension("creating");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| open_error(&tmp, e))?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = config.region_bytes;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        f.write_all(&zeros[..n]).map_err(|e| open_error(&tmp, e))?;
+        left -= n as u64;
+    }
+    let sb = Superblock {
+        generation: 1,
+        block_size: BLOCK_SIZE,
+        region_bytes: config.region_bytes,
+        trim_pos: 2 * bs,
+        trim_seq: 1,
+        chunk_bytes_max: config.chunk_bytes_max,
+    };
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&superblock_block(&sb), sb.slot() * bs)
+        .map_err(|e| open_error(&tmp, e))?;
+    f.sync_all().map_err(|e| open_error(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| open_error(path, e))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| open_error(path, e))?;
+    }
+    tracing::info!(path = %path.display(), bytes = config.region_bytes, "created WAL ring");
+    Ok(())
+}
+
+/// What recovery found in a ring file, owned.
+#[derive(Debug)]
+pub struct Recovery {
+    pub superblock: Superblock,
+    pub chunks: Vec<ChunkRef>,
+    pub entries: Vec<(EntryHeader, Bytes)>,
+    pub head: u64,
+    pub next_seq: u64,
+}
+
+/// Maps the ring read-only (start-up only, never on a serving shard) and scans it.
+pub fn recover(path: &Path) -> Result<Recovery, WalError> {
+    let file = std::fs::File::open(path).map_err(|e| open_error(path, e))?;
+    // SAFETY: the file is not written by anyone while start-up recovery reads it.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| open_error(path, e))?;
+    let r = scan(&map).map_err(|source| WalError::Scan {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(Recovery {
+        superblock: r.superblock,
+        chunks: r.chunks,
+        entries: r
+            .entries
+            .into_iter()
+            .map(|(h, p)| (h, Bytes::copy_from_slice(p)))
+            .collect(),
+        head: r.head,
+        next_seq: r.next_seq,
+    })
+}
+
+struct Pending<T> {
+    meta: EntryMeta,
+    payload: Bytes,
+    tag: T,
+    done: oneshot::Sender<Result<(), WalError>>,
+}
+
+struct LiveChunk<T> {
+    pos: u64,
+    first_seq: u64,
+    tags: Vec<T>,
+}
+
+struct State<T> {
+    pending: VecDeque<Pending<T>>,
+    /// Bytes the pending entries will take (headers included, padding not).
+    pending_bytes: u64,
+    /// Bytes of the write in flight.
+    inflight_bytes: u64,
+    chunks: VecDeque<LiveChunk<T>>,
+    head: u64,
+    next_seq: u64,
+    /// Bytes from the in-memory trim point to the head, wrap gaps included.
+    used_bytes: u64,
+    /// Bytes trimmed in memory whose trim is not in the durable superblock yet: not reusable.
+    trimmed_not_durable: u64,
+    superblock: Superblock,
+    failed: Option<String>,
+    writer_waker: Option<Waker>,
+}
+
+/// Counters of one ring (a metrics probe).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WalStats {
+    pub writes: u64,
+    pub entries: u64,
+    pub bytes_written: u64,
+    pub superblock_writes: u64,
+}
+
+/// A ring open for appends on the current shard. `T` is the caller's tag per entry.
+pub struct Wal<T> {
+    state: Rc<RefCell<State<T>>>,
+    stats: Rc<Cell<WalStats>>,
+    ring_bytes: u64,
+    chunk_bytes_max: u64,
+    _writer: ringtail_shards::Task<()>,
+}
+
+type OnDurable<T> = Box<dyn Fn(&[T])>;
+
+impl<T: Clone + 'static> Wal<T> {
+    /// Opens the ring after [`recover`]; `live` pairs each recovered chunk with its entries'
+    /// tags (the caller decides what recovered data is). Spawns the writer on this shard.
+    pub async fn open(
+        config: &WalConfig,
+        recovery: &Recovery,
+        live: Vec<(ChunkRef, Vec<T>)>,
+        on_durable: impl Fn(&[T]) + 'static,
+    ) -> Result<Wal<T>, WalError> {
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        if config.sync == SyncMode::ODsync {
+            options.custom_flags(libc::O_DSYNC);
+        }
+        let file = options
+            .dma_open(&config.path)
+            .await
+            .map_err(|e| open_error(&config.path, e))?;
+        let sb = recovery.superblock;
+        let ring_bytes = sb.region_bytes - sb.data_start();
+        let chunks: VecDeque<LiveChunk<T>> = live
+            .into_iter()
+            .map(|(c, tags)| LiveChunk {
+                pos: c.pos,
+                first_seq: c.first_seq,
+                tags,
+            })
+            .collect();
+        let trim_pos = chunks.front().map(|c| c.pos).unwrap_or(recovery.head);
+        let used_bytes = if chunks.is_empty() {
+            0
+        } else {
+            distance(trim_pos, recovery.head, ring_bytes)
+        };
+        let state = Rc::new(RefCell::new(State {
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            inflight_bytes: 0,
+            chunks,
+            head: recovery.head,
+            next_seq: recovery.next_seq,
+            used_bytes,
+            trimmed_not_durable: 0,
+            superblock: Superblock {
+                chunk_bytes_max: config.chunk_bytes_max,
+                ..sb
+            },
+            failed: None,
+            writer_waker: None,
+        }));
+        let stats = Rc::new(Cell::new(WalStats::default()));
+        let writer = Writer {
+            file: Rc::new(file),
+            state: state.clone(),
+            stats: stats.clone(),
+            sync: config.sync,
+            chunk_bytes_max: config.chunk_bytes_max as u64,
+            max_delay: config.max_delay,
+            ring_bytes,
+            on_durable: Box::new(on_durable),
+        };
+        let task = ringtail_shards::spawn(writer.run());
+        Ok(Wal {
+            state,
+            stats,
+            ring_bytes,
+            chunk_bytes_max: config.chunk_bytes_max as u64,
+            _writer: task,
+        })
+    }
+
+    /// Queues an entry for the next write. The receiver resolves once it is durable (and
+    /// `on_durable` has seen it), or with the write's error.
+    pub fn append(
+        &self,
+        meta: EntryMeta,
+        payload: Bytes,
+        tag: T,
+    ) -> Result<oneshot::Receiver<Result<(), WalError>>, WalError> {
+        let mut s = self.state.borrow_mut();
+        if let Some(reason) = &s.failed {
+            return Err(WalError::Failed(reason.clone()));
+        }
+        let entry_bytes = (ENTRY_HEADER_LEN + payload.len()) as u64;
+        if entry_bytes + CHUNK_HEADER_LEN as u64 > self.chunk_bytes_max {
+            return Err(WalError::TooLarge(payload.len()));
+        }
+        // Keep two maximum writes in reserve: a wrap wastes less than one write at the ring's
+        // end, and a chunk's header and padding add less than another.
+        let committed = s.used_bytes + s.inflight_bytes + s.pending_bytes + entry_bytes;
+        if committed + 2 * self.chunk_bytes_max > self.ring_bytes {
+            return Err(WalError::Full {
+                used_bytes: s.used_bytes,
+                ring_bytes: self.ring_bytes,
+            });
+        }
+        let (done, rx) = oneshot::channel();
+        s.pending.push_back(Pending {
+            meta,
+            payload,
+            tag,
+            done,
+        });
+        s.pending_bytes += entry_bytes;
+        if let Some(w) = s.writer_waker.take() {
+            w.wake();
+        }
+        Ok(rx)
+    }
+
+    /// Drops the oldest chunks while every entry in them is `dead` (safe elsewhere, or no longer
+    /// needed). Their space becomes reusable once the trim is in the durable superblock.
+    pub fn trim(&self, dead: impl Fn(&T) -> bool) {
+        let mut s = self.state.borrow_mut();
+        while s.chunks.front().is_some_and(|c| c.tags.iter().all(&dead)) {
+            let c = s.chunks.pop_front().expect("front exists");
+            let next = s.chunks.front().map(|n| n.pos).unwrap_or(s.head);
+            let freed = if s.chunks.is_empty() {
+                s.used_bytes
+            } else {
+                distance(c.pos, next, self.ring_bytes)
+            };
+            s.used_bytes -= freed;
+            s.trimmed_not_durable += freed;
+        }
+    }
+
+    /// Bytes of the ring holding data that has not been trimmed.
+    pub fn used_bytes(&self) -> u64 {
+        self.state.borrow().used_bytes
+    }
+
+    pub fn ring_bytes(&self) -> u64 {
+        self.ring_bytes
+    }
+
+    pub fn stats(&self) -> WalStats {
+        self.stats.get()
+    }
+}
+
+/// Forward distance from `from` to `to` in the ring (positions inside the data region).
+fn distance(from: u64, to: u64, ring_bytes: u64) -> u64 {
+    if to >= from {
+        to - from
+    } else {
+        ring_bytes - (from - to)
+    }
+}
+
+struct Writer<T> {
+    file: Rc<DmaFile>,
+    state: Rc<RefCell<State<T>>>,
+    stats: Rc<Cell<WalStats>>,
+    sync: SyncMode,
+    chunk_bytes_max: u64,
+    max_delay: Duration,
+    ring_bytes: u64,
+    on_durable: OnDurable<T>,
+}
+
+impl<T: Clone + 'static> Writer<T> {
+    async fn run(self) {
+        loop {
+            self.wait_for_pending().await;
+            if !self.max_delay.is_zero()
+                && self.state.borrow().pending_bytes < self.chunk_bytes_max / 2
+            {
+                ringtail_shards::sleep(self.max_delay).await;
+            }
+            let group = self.take_group();
+            if let Err((group, e)) = self.write_group(group).await {
+                self.fail(group, e);
+                return;
+            }
+        }
+    }
+
+    async fn wait_for_pending(&self) {
+        futures::future::poll_fn(|cx| {
+            let mut s = self.state.borrow_mut();
+            if s.pending.is_empty() {
+                s.writer_waker = Some(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
+    }
+
+    /// Takes the pending entries that fit in one write.
+    fn take_group(&self) -> Vec<Pending<T>> {
+        let mut s = self.state.borrow_mut();
+        let mut group = Vec::new();
+        let mut bytes = CHUNK_HEADER_LEN as u64;
+        while let Some(p) = s.pending.front() {
+            let entry = (ENTRY_HEADER_LEN + p.payload.len()) as u64;
+            if !group.is_empty() && bytes + entry > self.chunk_bytes_max {
+                break;
+            }
+            bytes += entry;
+            group.push(s.pending.pop_front().expect("front exists"));
+        }
+        let taken: u64 = group
+            .iter()
+            .map(|p| (ENTRY_HEADER_LEN + p.payload.len()) as u64)
+            .sum();
+        s.pending_bytes -= taken;
+        s.inflight_bytes = taken;
+        group
+    }
+
+    async fn write_group(&self, group: Vec<Pending<T>>) -> Result<(), (Vec<Pending<T>>, String)> {
+        match self.write_chunk(&group).await {
+            Ok(()) => {
+                for p in group {
+                    let _ = p.done.send(Ok(()));
+                }
+                Ok(())
+            }
+            Err(e) => Err((group, e)),
+        }
+    }
+
+    async fn write_chunk(&self, group: &[Pending<T>]) -> Result<(), String> {
+        let bs = BLOCK_SIZE as u64;
+        let len = chunk_len(group.iter().map(|p| p.payload.len()), BLOCK_SIZE as usize) as u64;
+        assert!(
+            len <= self.chunk_bytes_max,
+            "groups are bounded by the max write size"
+        );
+        let (pos, seq, gap) = {
+            let s = self.state.borrow();
+            let end = s.superblock.region_bytes;
+            if s.head + len > end {
+                (s.superblock.data_start(), s.next_seq, end - s.head)
+            } else {
+                (s.head, s.next_seq, 0)
+            }
+        };
+        // Space: never write over data the durable superblock still points to.
+        let needs_superblock = {
+            let s = self.state.borrow();
+            s.used_bytes + s.trimmed_not_durable + gap + len > self.ring_bytes
+        };
+        if needs_superblock {
+            self.write_superblock().await?;
+        }
+        {
+            let s = self.state.borrow();
+            assert!(
+                s.used_bytes + gap + len <= self.ring_bytes,
+                "append admission keeps a write's worth of room"
+            );
+        }
+        let mut buf = self.file.alloc_dma_buffer(len as usize);
+        encode_chunk(
+            buf.as_bytes_mut(),
+            seq,
+            group.iter().map(|p| (p.meta, &p.payload[..])),
+        );
+        debug_assert_eq!(pos % bs, 0, "writes are block-aligned");
+        let written = self
+            .file
+            .write_at(buf, pos)
+            .await
+            .map_err(|e| format!("write of {len} bytes at {pos}: {e}"))?;
+        if written as u64 != len {
+            return Err(format!("short write: {written} of {len} bytes at {pos}"));
+        }
+        if self.sync == SyncMode::Fdatasync {
+            self.file
+                .fdatasync()
+                .await
+                .map_err(|e| format!("fdatasync: {e}"))?;
+        }
+        let tags: Vec<T> = group.iter().map(|p| p.tag.clone()).collect();
+        {
+            let mut s = self.state.borrow_mut();
+            s.used_bytes += gap + len;
+            s.head = pos + len;
+            if s.head + bs > s.superblock.region_bytes {
+                s.used_bytes += s.superblock.region_bytes - s.head;
+                s.head = s.superblock.data_start();
+            }
+            s.next_seq += group.len() as u64;
+            s.inflight_bytes = 0;
+            s.chunks.push_back(LiveChunk {
+                pos,
+                first_seq: seq,
+                tags: tags.clone(),
+            });
+        }
+        let mut st = self.stats.get();
+        st.writes += 1;
+        st.entries += group.len() as u64;
+        st.bytes_written += len;
+        self.stats.set(st);
+        (self.on_durable)(&tags);
+        Ok(())
+    }
+
+    async fn write_superblock(&self) -> Result<(), String> {
+        let sb = {
+            let s = self.state.borrow();
+            let (trim_pos, trim_seq) = match s.chunks.front() {
+                Some(c) => (c.pos, c.first_seq),
+                None => (s.head, s.next_seq),
+            };
+            Superblock {
+                generation: s.superblock.generation + 1,
+                trim_pos,
+                trim_seq,
+                ..s.superblock
+            }
+        };
+        let block = superblock_block(&sb);
+        let mut buf = self.file.alloc_dma_buffer(block.len());
+        buf.as_bytes_mut().copy_from_slice(&block);
+        let at = sb.slot() * BLOCK_SIZE as u64;
+        self.file
+            .write_at(buf, at)
+            .await
+            .map_err(|e| format!("superblock write: {e}"))?;
+        self.file
+            .fdatasync()
+            .await
+            .map_err(|e| format!("superblock fdatasync: {e}"))?;
+        let mut s = self.state.borrow_mut();
+        s.superblock = sb;
+        s.trimmed_not_durable = 0;
+        let mut st = self.stats.get();
+        st.superblock_writes += 1;
+        self.stats.set(st);
+        Ok(())
+    }
+
+    /// A failed write leaves the ring's tail uncertain: fail everything queued and refuse more.
+    fn fail(&self, group: Vec<Pending<T>>, reason: String) {
+        tracing::error!(%reason, "WAL write failed; this shard refuses produce until restart");
+        let pending: Vec<Pending<T>> = {
+            let mut s = self.state.borrow_mut();
+            s.failed = Some(reason.clone());
+            s.pending_bytes = 0;
+            s.inflight_bytes = 0;
+            s.pending.drain(..).collect()
+        };
+        for p in group.into_iter().chain(pending) {
+            let _ = p.done.send(Err(WalError::Failed(reason.clone())));
+        }
+    }
+}
