@@ -37,9 +37,21 @@ pub struct ServeArgs {
     /// Largest request frame accepted (socket.request.max.bytes).
     #[arg(long, env = "RINGTAIL_REQUEST_BYTES_MAX")]
     pub request_bytes_max: Option<usize>,
-    /// Memory the in-memory partition logs of one shard may hold before produce is refused.
-    #[arg(long, env = "RINGTAIL_SHARD_LOG_BYTES_MAX")]
-    pub shard_log_bytes_max: Option<u64>,
+    /// Directory of the WAL rings, one file per shard (default: <data-dir>/wal).
+    #[arg(long, env = "RINGTAIL_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
+    /// Size of each shard's WAL ring, written out in full at creation; it never changes.
+    #[arg(long, env = "RINGTAIL_WAL_SIZE_PER_SHARD")]
+    pub wal_size_per_shard: Option<u64>,
+    /// Largest single WAL write (group commit bound); also bounds one record batch.
+    #[arg(long, env = "RINGTAIL_WAL_MAX_WRITE_BYTES")]
+    pub wal_max_write_bytes: Option<u32>,
+    /// Extra wait for more appends before a small WAL write (0: never wait).
+    #[arg(long, env = "RINGTAIL_WAL_MAX_DELAY_US")]
+    pub wal_max_delay_us: Option<u64>,
+    /// Durability barrier after each WAL write: `fdatasync` or `dsync` (O_DSYNC).
+    #[arg(long, env = "RINGTAIL_WAL_SYNC")]
+    pub wal_sync: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -53,7 +65,11 @@ struct FileConfig {
     auto_create_topics: Option<bool>,
     default_partitions: Option<i32>,
     request_bytes_max: Option<usize>,
-    shard_log_bytes_max: Option<u64>,
+    wal_dir: Option<PathBuf>,
+    wal_size_per_shard: Option<u64>,
+    wal_max_write_bytes: Option<u32>,
+    wal_max_delay_us: Option<u64>,
+    wal_sync: Option<String>,
 }
 
 /// The settled configuration.
@@ -69,7 +85,11 @@ pub struct Config {
     pub auto_create_topics: bool,
     pub default_partitions: i32,
     pub request_bytes_max: usize,
-    pub shard_log_bytes_max: u64,
+    pub wal_dir: PathBuf,
+    pub wal_size_per_shard: u64,
+    pub wal_max_write_bytes: u32,
+    pub wal_max_delay: std::time::Duration,
+    pub wal_sync: ringtail_wal::SyncMode,
 }
 
 pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
@@ -116,14 +136,46 @@ impl Config {
         if !(1024..=1 << 30).contains(&request_bytes_max) {
             bail!("--request-bytes-max must be between 1 KiB and 1 GiB");
         }
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./ringtail-data"));
+        let wal_sync = match args.wal_sync.or(file.wal_sync).as_deref() {
+            None | Some("fdatasync") => ringtail_wal::SyncMode::Fdatasync,
+            Some("dsync") => ringtail_wal::SyncMode::ODsync,
+            Some(other) => bail!("--wal-sync must be fdatasync or dsync, got {other:?}"),
+        };
+        let wal_max_write_bytes = args
+            .wal_max_write_bytes
+            .or(file.wal_max_write_bytes)
+            .unwrap_or(8 << 20);
+        let wal_size_per_shard = args
+            .wal_size_per_shard
+            .or(file.wal_size_per_shard)
+            .unwrap_or(1 << 30);
+        if !wal_max_write_bytes.is_multiple_of(4096) || wal_max_write_bytes < 64 << 10 {
+            bail!("--wal-max-write-bytes must be a multiple of 4096 and at least 64 KiB");
+        }
+        if !wal_size_per_shard.is_multiple_of(4096)
+            || wal_size_per_shard < 8192 + 4 * wal_max_write_bytes as u64
+        {
+            bail!("--wal-size-per-shard must be a multiple of 4096 and hold at least four maximum writes (--wal-max-write-bytes)");
+        }
         Ok(Config {
+            wal_dir: args
+                .wal_dir
+                .or(file.wal_dir)
+                .unwrap_or_else(|| data_dir.join("wal")),
+            wal_size_per_shard,
+            wal_max_write_bytes,
+            wal_max_delay: std::time::Duration::from_micros(
+                args.wal_max_delay_us.or(file.wal_max_delay_us).unwrap_or(0),
+            ),
+            wal_sync,
             listen,
             advertised_host,
             advertised_port,
-            data_dir: args
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("./ringtail-data")),
+            data_dir,
             shards,
             node_id: args.node_id.or(file.node_id).unwrap_or(0),
             auto_create_topics: args
@@ -132,10 +184,6 @@ impl Config {
                 .unwrap_or(false),
             default_partitions,
             request_bytes_max,
-            shard_log_bytes_max: args
-                .shard_log_bytes_max
-                .or(file.shard_log_bytes_max)
-                .unwrap_or(1 << 30),
         })
     }
 }

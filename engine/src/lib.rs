@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod config;
 pub mod errors;
 pub mod log;
+pub mod partitions;
 pub mod server;
 pub mod shard;
 pub mod topic_config;

@@ -1,22 +1,15 @@
-//! A partition's log: the seam that the WAL ring and the object tier fill later.
+//! A partition's log of durable batches: the seam that the hot-tail cache and the object tier
+//! fill later.
 //!
-//! [`MemLog`] keeps the batches in memory. It is the only implementation today: partition data
-//! does not survive a restart yet (see README).
+//! [`MemLog`] keeps every batch that is in the shard's WAL ring in memory. A batch enters it only
+//! once the WAL write holding it is durable, so its end is the high watermark.
 
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use ringtail_netio::batch::{BatchHeader, ValidBatch};
+use ringtail_netio::batch::BatchHeader;
 
 use crate::topic_config::TopicConfig;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Appended {
-    pub base_offset: i64,
-    pub last_offset: i64,
-    /// The append time stamped on the batches, or -1 (CreateTime topics).
-    pub log_append_time_ms: i64,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("offset {offset} is outside the log [{log_start}, {log_end}]")]
@@ -34,14 +27,9 @@ pub trait PartitionLog {
     fn log_end_offset(&self) -> i64;
     /// Bytes held.
     fn size_bytes(&self) -> u64;
-    /// Assigns offsets to `batches` (in place) and appends them.
-    fn append(
-        &mut self,
-        batches: Vec<ValidBatch>,
-        leader_epoch: i32,
-        now_ms: i64,
-        config: &TopicConfig,
-    ) -> Appended;
+    /// Appends a durable batch whose offsets were assigned: it must start at the log end (or, in
+    /// an empty log, anywhere: the log then starts there).
+    fn append(&mut self, header: BatchHeader, bytes: Bytes);
     /// Whole batches from the one holding `offset`, up to `max_bytes`; the first batch is
     /// returned even when larger if `first_batch_always` (so consumers always progress).
     fn read(
@@ -76,6 +64,11 @@ impl MemLog {
         MemLog::default()
     }
 
+    /// True until the first batch arrives.
+    pub fn is_empty_log(&self) -> bool {
+        self.entries.is_empty() && self.log_start == self.log_end
+    }
+
     fn pop_front(&mut self) -> u64 {
         let e = self.entries.pop_front().expect("not empty");
         self.log_start = e.header.last_offset() + 1;
@@ -97,32 +90,19 @@ impl PartitionLog for MemLog {
         self.size_bytes
     }
 
-    fn append(
-        &mut self,
-        batches: Vec<ValidBatch>,
-        leader_epoch: i32,
-        now_ms: i64,
-        config: &TopicConfig,
-    ) -> Appended {
-        let base_offset = self.log_end;
-        for mut batch in batches {
-            if config.log_append_time {
-                batch.set_log_append_time(now_ms);
-            }
-            let (header, bytes) = batch.assign(self.log_end, leader_epoch);
-            assert_eq!(
-                header.base_offset, self.log_end,
-                "offsets are assigned densely"
-            );
-            self.log_end = header.last_offset() + 1;
-            self.size_bytes += bytes.len() as u64;
-            self.entries.push_back(Entry { header, bytes });
+    fn append(&mut self, header: BatchHeader, bytes: Bytes) {
+        if self.entries.is_empty() && self.log_start == self.log_end {
+            self.log_start = header.base_offset;
+            self.log_end = header.base_offset;
         }
-        Appended {
-            base_offset,
-            last_offset: self.log_end - 1,
-            log_append_time_ms: if config.log_append_time { now_ms } else { -1 },
-        }
+        assert_eq!(
+            header.base_offset, self.log_end,
+            "batches are appended densely, in offset order"
+        );
+        assert!(header.last_offset() >= header.base_offset);
+        self.log_end = header.last_offset() + 1;
+        self.size_bytes += bytes.len() as u64;
+        self.entries.push_back(Entry { header, bytes });
     }
 
     fn read(
@@ -208,7 +188,17 @@ mod tests {
     use kafka_protocol::records::{
         Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };
-    use ringtail_netio::batch::split_and_validate;
+    use ringtail_netio::batch::{split_and_validate, ValidBatch};
+
+    /// Appends like the produce path: assign the next offsets, then append the durable batch.
+    fn append(log: &mut MemLog, batches: Vec<ValidBatch>) -> i64 {
+        let base = log.log_end_offset();
+        for b in batches {
+            let (header, bytes) = b.assign(log.log_end_offset(), 0);
+            log.append(header, bytes);
+        }
+        base
+    }
 
     fn batch(n: i64, ts: i64) -> Vec<ValidBatch> {
         let records: Vec<Record> = (0..n)
@@ -245,9 +235,8 @@ mod tests {
     #[test]
     fn offsets_are_dense_and_reads_return_whole_batches() {
         let mut log = MemLog::new();
-        let c = TopicConfig::default();
-        assert_eq!(log.append(batch(3, 10), 0, 0, &c).base_offset, 0);
-        assert_eq!(log.append(batch(2, 20), 0, 0, &c).base_offset, 3);
+        assert_eq!(append(&mut log, batch(3, 10)), 0);
+        assert_eq!(append(&mut log, batch(2, 20)), 3);
         assert_eq!(log.log_end_offset(), 5);
         assert_eq!(log.read(4, 1 << 20, true).unwrap().len(), 1);
         assert_eq!(log.read(0, 1 << 20, true).unwrap().len(), 2);
@@ -264,14 +253,33 @@ mod tests {
     }
 
     #[test]
+    fn a_recovered_log_starts_where_its_first_batch_does() {
+        let mut log = MemLog::new();
+        let (header, bytes) = batch(4, 10).into_iter().next().unwrap().assign(100, 0);
+        log.append(header, bytes);
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (100, 104));
+        assert!(log.read(99, 100, true).is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "densely")]
+    fn a_gap_is_refused() {
+        let mut log = MemLog::new();
+        let (h, b) = batch(1, 10).into_iter().next().unwrap().assign(0, 0);
+        log.append(h, b);
+        let (h, b) = batch(1, 10).into_iter().next().unwrap().assign(5, 0);
+        log.append(h, b);
+    }
+
+    #[test]
     fn retention_trims_from_the_front() {
         let mut log = MemLog::new();
         let c = TopicConfig {
             retention_bytes: 1,
             ..TopicConfig::default()
         };
-        log.append(batch(3, 10), 0, 0, &c);
-        log.append(batch(2, 20), 0, 0, &c);
+        append(&mut log, batch(3, 10));
+        append(&mut log, batch(2, 20));
         assert!(log.enforce_retention(0, &c) > 0);
         assert_eq!(log.log_start_offset(), 3);
         assert!(log.read(0, 100, true).is_err());
@@ -279,7 +287,7 @@ mod tests {
             retention_ms: 5,
             ..TopicConfig::default()
         };
-        log.append(batch(1, 1000), 0, 0, &c);
+        append(&mut log, batch(1, 1000));
         log.enforce_retention(1001, &c);
         assert_eq!(log.log_start_offset(), 5);
     }

@@ -10,11 +10,13 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use ringtail_engine::catalog::Catalog;
 use ringtail_engine::config::{Config, ServeArgs};
+use ringtail_engine::partitions::ShardState;
 use ringtail_engine::server::serve_connection;
-use ringtail_engine::shard::{Broker, ShardOp, ShardState};
+use ringtail_engine::shard::{Broker, ShardOp};
 use ringtail_shards::memlock::{self, MemlockLimit};
 use ringtail_shards::net::TcpListener;
 use ringtail_shards::{Runtime, RuntimeConfig, ShardContext};
+use ringtail_wal::WalConfig;
 
 #[derive(Parser)]
 #[command(name = "ringtail", version, about = "A Kafka-compatible broker")]
@@ -70,20 +72,34 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         name: "ringtail".into(),
     };
     let shard_config = config.clone();
+    check_wal_shards(&config)?;
     let runtime = Runtime::start(&runtime_config, move |ctx: ShardContext<ShardOp>| {
-        let broker = Rc::new(Broker {
-            shard: ctx.id,
-            shards: ctx.count,
-            state: Rc::new(ShardState::new(shard_config.shard_log_bytes_max)),
-            mailboxes: ctx.mailboxes.clone(),
-            catalog: catalog.clone(),
-            config: shard_config.clone(),
-            advertised_host: shard_config.advertised_host.clone(),
-            advertised_port,
-            cluster_id: cluster_id.clone(),
-        });
         let ready = ready_tx.clone();
-        shard_main(ctx, broker, bound, ready)
+        let catalog = catalog.clone();
+        let config = shard_config.clone();
+        let cluster_id = cluster_id.clone();
+        async move {
+            let wal = wal_config(&config, ctx.id);
+            let state = match ShardState::open(&wal, &catalog.snapshot()).await {
+                Ok(state) => state,
+                Err(e) => {
+                    let _ = ready.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let broker = Rc::new(Broker {
+                shard: ctx.id,
+                shards: ctx.count,
+                state,
+                mailboxes: ctx.mailboxes.clone(),
+                catalog,
+                advertised_host: config.advertised_host.clone(),
+                config,
+                advertised_port,
+                cluster_id,
+            });
+            shard_main(ctx, broker, bound, ready).await
+        }
     })?;
 
     for _ in 0..config.shards {
@@ -91,7 +107,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 runtime.stop_and_join();
-                bail!("a shard could not listen on {bound}: {e}");
+                bail!("a shard could not start: {e}");
             }
             Err(_) => bail!("a shard stopped during start-up"),
         }
@@ -128,7 +144,7 @@ async fn shard_main(
     let listener = match TcpListener::bind(addr) {
         Ok(l) => l,
         Err(e) => {
-            let _ = ready.send(Err(e.to_string()));
+            let _ = ready.send(Err(format!("listening on {addr}: {e}")));
             return;
         }
     };
@@ -155,6 +171,47 @@ async fn shard_main(
     };
     futures::pin_mut!(accept);
     let _ = futures::future::select(accept, &mut ctx.stop).await;
+}
+
+fn wal_config(config: &Config, shard: usize) -> WalConfig {
+    WalConfig {
+        path: config.wal_dir.join(format!("shard-{shard}.wal")),
+        region_bytes: config.wal_size_per_shard,
+        chunk_bytes_max: config.wal_max_write_bytes,
+        max_delay: config.wal_max_delay,
+        sync: config.wal_sync,
+    }
+}
+
+/// Each shard's partitions are in that shard's ring: a different shard count would put them
+/// on other shards. Refuse rather than hide data.
+fn check_wal_shards(config: &Config) -> anyhow::Result<()> {
+    let Ok(dir) = std::fs::read_dir(&config.wal_dir) else {
+        return Ok(());
+    };
+    let rings: Vec<usize> = dir
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_prefix("shard-")?
+                .strip_suffix(".wal")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    if !rings.is_empty()
+        && (rings.len() != config.shards || rings.iter().any(|&r| r >= config.shards))
+    {
+        bail!(
+            "{} holds WAL rings of {} shard(s), but --shards is {}: start with --shards {} \
+             (changing the shard count needs the object-storage tier)",
+            config.wal_dir.display(),
+            rings.len(),
+            config.shards,
+            rings.len()
+        );
+    }
+    Ok(())
 }
 
 fn bind_reuseport(addr: SocketAddr) -> std::io::Result<StdListener> {

@@ -5,22 +5,20 @@
 //! [`ShardOp`] in its mailbox and gets its answer back on a oneshot channel; a request for a
 //! local partition calls [`ShardState`] directly. [`Broker::scatter`] does both, in order.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::channel::oneshot;
-use kafka_protocol::records::{RecordBatchDecoder, TimestampType};
 use kafka_protocol::ResponseError;
-use ringtail_netio::batch::{BatchHeader, ValidBatch};
+use ringtail_netio::batch::ValidBatch;
 use ringtail_shards::Mailboxes;
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, TopicMeta};
 use crate::config::Config;
-use crate::log::{MemLog, PartitionLog};
+use crate::partitions::ShardState;
 
 /// The leader epoch of every partition until fencing (failover) exists.
 pub const LEADER_EPOCH: i32 = 0;
@@ -128,222 +126,6 @@ impl ErrorOutcome for ListOutcome {
     }
 }
 
-type Waiter = Rc<RefCell<Option<oneshot::Sender<()>>>>;
-
-struct Partition {
-    log: Box<dyn PartitionLog>,
-    waiters: Vec<Waiter>,
-}
-
-/// The partitions this shard owns.
-pub struct ShardState {
-    partitions: RefCell<HashMap<PartitionKey, Partition>>,
-    log_bytes: Cell<u64>,
-    log_bytes_max: u64,
-}
-
-impl ShardState {
-    pub fn new(log_bytes_max: u64) -> ShardState {
-        ShardState {
-            partitions: RefCell::new(HashMap::new()),
-            log_bytes: Cell::new(0),
-            log_bytes_max,
-        }
-    }
-
-    pub fn handle(&self, op: ShardOp) {
-        match op {
-            ShardOp::Produce(items, reply) => drop(reply.send(self.produce(items))),
-            ShardOp::Fetch(items, reply) => drop(reply.send(self.fetch(items))),
-            ShardOp::ListOffsets(items, reply) => drop(reply.send(self.list_offsets(items))),
-            ShardOp::Watch(items, reply) => self.watch(items, reply),
-            ShardOp::DropTopic(id) => self.drop_topic(id),
-        }
-    }
-
-    fn with_partition<T>(&self, key: PartitionKey, f: impl FnOnce(&mut Partition) -> T) -> T {
-        let mut parts = self.partitions.borrow_mut();
-        let p = parts.entry(key).or_insert_with(|| Partition {
-            log: Box::new(MemLog::new()),
-            waiters: Vec::new(),
-        });
-        f(p)
-    }
-
-    pub fn produce(&self, items: Vec<ProduceItem>) -> Vec<ProduceOutcome> {
-        let now_ms = now_ms();
-        items
-            .into_iter()
-            .map(|item| {
-                let incoming: u64 = item.batches.iter().map(|b| b.len() as u64).sum();
-                if self.log_bytes.get() + incoming > self.log_bytes_max {
-                    tracing::warn!(
-                        topic = %item.topic.name, partition = item.key.partition,
-                        held_bytes = self.log_bytes.get(), max_bytes = self.log_bytes_max,
-                        "shard log memory full: produce refused (raise --shard-log-bytes-max or lower retention)"
-                    );
-                    return ProduceOutcome::error(ResponseError::KafkaStorageError.code());
-                }
-                self.with_partition(item.key, |p| {
-                    let appended = p.log.append(item.batches, LEADER_EPOCH, now_ms, &item.topic.config);
-                    let freed = p.log.enforce_retention(now_ms, &item.topic.config);
-                    self.log_bytes.set(self.log_bytes.get() + incoming - freed);
-                    for w in p.waiters.drain(..) {
-                        if let Some(tx) = w.borrow_mut().take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    ProduceOutcome {
-                        error: 0,
-                        base_offset: appended.base_offset,
-                        log_append_time_ms: appended.log_append_time_ms,
-                        log_start_offset: p.log.log_start_offset(),
-                    }
-                })
-            })
-            .collect()
-    }
-
-    pub fn fetch(&self, items: Vec<FetchItem>) -> Vec<FetchOutcome> {
-        items
-            .into_iter()
-            .map(|item| {
-                self.with_partition(item.key, |p| {
-                    let (hw, start) = (p.log.log_end_offset(), p.log.log_start_offset());
-                    match p
-                        .log
-                        .read(item.offset, item.max_bytes, item.first_batch_always)
-                    {
-                        Ok(batches) => FetchOutcome {
-                            error: 0,
-                            high_watermark: hw,
-                            log_start_offset: start,
-                            batches,
-                        },
-                        Err(_) => FetchOutcome {
-                            error: ResponseError::OffsetOutOfRange.code(),
-                            high_watermark: hw,
-                            log_start_offset: start,
-                            batches: Vec::new(),
-                        },
-                    }
-                })
-            })
-            .collect()
-    }
-
-    pub fn list_offsets(&self, items: Vec<ListItem>) -> Vec<ListOutcome> {
-        items
-            .into_iter()
-            .map(|item| {
-                self.with_partition(item.key, |p| list_offset(p.log.as_ref(), item.timestamp))
-            })
-            .collect()
-    }
-
-    pub fn watch(&self, items: Vec<(PartitionKey, i64)>, reply: oneshot::Sender<()>) {
-        let waiter: Waiter = Rc::new(RefCell::new(Some(reply)));
-        for (key, offset) in items {
-            let ready = self.with_partition(key, |p| {
-                if p.log.log_end_offset() > offset || p.log.log_start_offset() > offset {
-                    return true;
-                }
-                // Drop waiters whose fetch already ended, so idle consumers cost bounded memory.
-                p.waiters
-                    .retain(|w| w.borrow().as_ref().is_some_and(|tx| !tx.is_canceled()));
-                p.waiters.push(waiter.clone());
-                false
-            });
-            if ready {
-                if let Some(tx) = waiter.borrow_mut().take() {
-                    let _ = tx.send(());
-                }
-                return;
-            }
-        }
-    }
-
-    pub fn drop_topic(&self, topic_id: Uuid) {
-        let mut parts = self.partitions.borrow_mut();
-        let mut freed = 0;
-        parts.retain(|k, p| {
-            let keep = k.topic_id != topic_id;
-            if !keep {
-                freed += p.log.size_bytes();
-            }
-            keep
-        });
-        self.log_bytes.set(self.log_bytes.get() - freed);
-    }
-}
-
-fn list_offset(log: &dyn PartitionLog, timestamp: i64) -> ListOutcome {
-    let ok = |offset, timestamp| ListOutcome {
-        error: 0,
-        offset,
-        timestamp,
-    };
-    match timestamp {
-        -1 => ok(log.log_end_offset(), -1),
-        -2 | -4 => ok(log.log_start_offset(), -1),
-        -3 => match log.batch_with_max_timestamp() {
-            Some(batch) => first_record_at_or_after(&batch, i64::MIN, true),
-            None => ok(-1, -1),
-        },
-        t if t >= 0 => match log.batches_from_timestamp(t, 1).into_iter().next() {
-            Some(batch) => first_record_at_or_after(&batch, t, false),
-            None => ok(-1, -1),
-        },
-        _ => ListOutcome::error(ResponseError::InvalidRequest.code()),
-    }
-}
-
-/// Decodes one batch (this is the cold ListOffsets path, never produce or fetch) to find the
-/// first record with a timestamp >= `target`, or the first one with the batch's max timestamp.
-fn first_record_at_or_after(batch: &Bytes, target: i64, want_max: bool) -> ListOutcome {
-    let header = BatchHeader::parse(batch).expect("stored batches were validated");
-    if header.attributes & 0x08 != 0 {
-        // LogAppendTime: every record carries the batch's max timestamp.
-        return ListOutcome {
-            error: 0,
-            offset: header.base_offset,
-            timestamp: header.max_timestamp,
-        };
-    }
-    let target = if want_max {
-        header.max_timestamp
-    } else {
-        target
-    };
-    match RecordBatchDecoder::decode(&mut batch.clone()) {
-        Ok(set) => set
-            .records
-            .iter()
-            .find(|r| r.timestamp >= target && r.timestamp_type == TimestampType::Creation)
-            .map(|r| ListOutcome {
-                error: 0,
-                offset: r.offset,
-                timestamp: r.timestamp,
-            })
-            .unwrap_or(ListOutcome {
-                error: 0,
-                offset: header.base_offset,
-                timestamp: header.max_timestamp,
-            }),
-        Err(e) => {
-            tracing::error!(error = %e, base_offset = header.base_offset, "stored batch does not decode");
-            ListOutcome::error(ResponseError::CorruptMessage.code())
-        }
-    }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// What a connection's handlers see on their shard.
 pub struct Broker {
     pub shard: usize,
@@ -364,10 +146,10 @@ impl Broker {
 
     /// Runs `items` on their owner shards (locally or by message) and returns the outcomes in
     /// the order of `items`.
-    pub async fn scatter<I, O: ErrorOutcome>(
+    pub async fn scatter<I, O: ErrorOutcome, F: Future<Output = Vec<O>>>(
         &self,
         items: Vec<(usize, I)>,
-        local: impl Fn(&ShardState, Vec<I>) -> Vec<O>,
+        local: impl Fn(&Rc<ShardState>, Vec<I>) -> F,
         op: impl Fn(Vec<I>, oneshot::Sender<Vec<O>>) -> ShardOp,
     ) -> Vec<O> {
         let n = items.len();
@@ -378,19 +160,24 @@ impl Broker {
             by_shard[shard].1.push(item);
         }
         let mut pending = Vec::new();
+        let mut local_done = None;
         let mut out: Vec<Option<O>> = (0..n).map(|_| None).collect();
         for (shard, (positions, items)) in by_shard.into_iter().enumerate() {
             if items.is_empty() {
                 continue;
             }
             if shard == self.shard {
-                for (pos, o) in positions.into_iter().zip(local(&self.state, items)) {
-                    out[pos] = Some(o);
-                }
+                // Starts now (offsets are assigned in arrival order); finishes below.
+                local_done = Some((positions, local(&self.state, items)));
             } else {
                 let (tx, rx) = oneshot::channel();
                 let sent = self.mailboxes.send(shard, op(items, tx)).await;
                 pending.push((positions, sent.ok().map(|_| rx)));
+            }
+        }
+        if let Some((positions, done)) = local_done {
+            for (pos, o) in positions.into_iter().zip(done.await) {
+                out[pos] = Some(o);
             }
         }
         for (positions, rx) in pending {
@@ -462,6 +249,13 @@ impl Broker {
             }
         }
     }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

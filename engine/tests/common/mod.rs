@@ -39,8 +39,17 @@ impl TestBroker {
             }
             None => Command::new(env!("CARGO_BIN_EXE_ringtail")),
         };
+        command.arg("serve");
+        // Small rings keep the many brokers of a parallel test run quick to create.
+        if !extra.contains(&"--wal-size-per-shard") {
+            command.args([
+                "--wal-size-per-shard",
+                "33554432",
+                "--wal-max-write-bytes",
+                "4194304",
+            ]);
+        }
         let mut child = command
-            .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir.path())
             .args(extra)

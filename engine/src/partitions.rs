@@ -1,0 +1,497 @@
+//! The partitions one shard owns: their logs, their long-poll waiters, and the shard's WAL ring.
+//!
+//! Produce assigns offsets at once (in the order requests reach the owner), appends the batches
+//! to the WAL and waits. When the WAL write holding them is durable, `on_durable` appends them to
+//! the partition logs — in ring order, so offsets stay dense — wakes long-polling fetches, and
+//! only then do the producers get their answers. The high watermark is the durable log end.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use kafka_protocol::records::{RecordBatchDecoder, TimestampType};
+use kafka_protocol::ResponseError;
+use ringtail_netio::batch::BatchHeader;
+use ringtail_wal::format::EntryMeta;
+use ringtail_wal::{Recovery, Wal, WalConfig, WalError};
+use uuid::Uuid;
+
+use crate::catalog::{Snapshot, TopicMeta};
+use crate::log::{MemLog, PartitionLog};
+use crate::shard::{
+    now_ms, ErrorOutcome, FetchItem, FetchOutcome, ListItem, ListOutcome, PartitionKey,
+    ProduceItem, ProduceOutcome, ShardOp, LEADER_EPOCH,
+};
+
+type Waiter = Rc<RefCell<Option<oneshot::Sender<()>>>>;
+
+/// What the WAL keeps with each entry, and hands back once it is durable.
+#[derive(Clone)]
+pub struct WalTag {
+    key: PartitionKey,
+    header: BatchHeader,
+    bytes: Bytes,
+}
+
+struct Partition {
+    log: MemLog,
+    /// Offset the next produced record gets; ahead of the log end while writes are in flight.
+    next_offset: i64,
+    topic: Arc<TopicMeta>,
+    waiters: Vec<Waiter>,
+}
+
+/// The partitions this shard owns, and its WAL.
+pub struct ShardState {
+    partitions: RefCell<HashMap<PartitionKey, Partition>>,
+    wal: RefCell<Option<Wal<WalTag>>>,
+    /// Long-polls on partitions that hold no data yet: woken by the shard's next durable write.
+    unborn_waiters: RefCell<Vec<Waiter>>,
+    last_full_warning: Cell<Option<Instant>>,
+}
+
+impl ShardState {
+    /// Recovers the shard's ring (creating it on first start) and rebuilds every partition's
+    /// log from it. Runs on the shard before it serves.
+    pub async fn open(config: &WalConfig, snapshot: &Snapshot) -> Result<Rc<ShardState>, WalError> {
+        ringtail_wal::create_or_check(config)?;
+        let recovery = ringtail_wal::recover(&config.path)?;
+        let state = Rc::new(ShardState {
+            partitions: RefCell::new(HashMap::new()),
+            wal: RefCell::new(None),
+            unborn_waiters: RefCell::new(Vec::new()),
+            last_full_warning: Cell::new(None),
+        });
+        let live = state
+            .rebuild(&recovery, snapshot)
+            .map_err(|reason| WalError::Open {
+                path: config.path.display().to_string(),
+                reason,
+            })?;
+        let weak: Weak<ShardState> = Rc::downgrade(&state);
+        let wal = Wal::open(config, &recovery, live, move |tags: &[WalTag]| {
+            if let Some(state) = weak.upgrade() {
+                state.on_durable(tags);
+            }
+        })
+        .await?;
+        let partitions = state.partitions.borrow().len();
+        tracing::info!(
+            path = %config.path.display(),
+            entries = recovery.entries.len(),
+            partitions,
+            used_bytes = wal.used_bytes(),
+            "recovered WAL ring"
+        );
+        *state.wal.borrow_mut() = Some(wal);
+        state.trim_wal();
+        Ok(state)
+    }
+
+    /// Appends recovered batches to their partitions; returns each live chunk's tags.
+    fn rebuild(
+        &self,
+        r: &Recovery,
+        snapshot: &Snapshot,
+    ) -> Result<Vec<(ringtail_wal::scan::ChunkRef, Vec<WalTag>)>, String> {
+        let mut entries = r.entries.iter();
+        let mut live = Vec::with_capacity(r.chunks.len());
+        let mut parts = self.partitions.borrow_mut();
+        let now = now_ms();
+        for chunk in &r.chunks {
+            let mut tags = Vec::with_capacity(chunk.entry_count as usize);
+            for (h, payload) in entries.by_ref().take(chunk.entry_count as usize) {
+                let key = PartitionKey {
+                    topic_id: Uuid::from_bytes(h.meta.stream_id),
+                    partition: h.meta.stream_index,
+                };
+                let header =
+                    BatchHeader::parse(payload).map_err(|e| format!("entry {}: {e}", h.seq))?;
+                if header.base_offset != h.meta.base_offset
+                    || header.record_count != h.meta.record_count
+                {
+                    return Err(format!("entry {} disagrees with the batch it holds", h.seq));
+                }
+                let topic = snapshot
+                    .by_id(&key.topic_id)
+                    .filter(|t| key.partition < t.partitions)
+                    .cloned();
+                if let Some(topic) = topic {
+                    let p = parts.entry(key).or_insert_with(|| Partition::new(topic));
+                    if !p.log.is_empty_log() && header.base_offset != p.log.log_end_offset() {
+                        return Err(format!(
+                            "partition {}/{}: recovered batch at offset {} does not follow the log end {}",
+                            p.topic.name,
+                            key.partition,
+                            header.base_offset,
+                            p.log.log_end_offset()
+                        ));
+                    }
+                    p.log.append(header, payload.clone());
+                    p.next_offset = p.log.log_end_offset();
+                }
+                tags.push(WalTag {
+                    key,
+                    header,
+                    bytes: payload.clone(),
+                });
+            }
+            live.push((*chunk, tags));
+        }
+        for p in parts.values_mut() {
+            p.log.enforce_retention(now, &p.topic.config);
+        }
+        Ok(live)
+    }
+
+    pub fn handle(self: &Rc<Self>, op: ShardOp) {
+        match op {
+            ShardOp::Produce(items, reply) => {
+                let done = self.produce(items);
+                ringtail_shards::spawn_detached(async move {
+                    let _ = reply.send(done.await);
+                });
+            }
+            ShardOp::Fetch(items, reply) => drop(reply.send(self.fetch(items))),
+            ShardOp::ListOffsets(items, reply) => drop(reply.send(self.list_offsets(items))),
+            ShardOp::Watch(items, reply) => self.watch(items, reply),
+            ShardOp::DropTopic(id) => self.drop_topic(id),
+        }
+    }
+
+    /// Assigns offsets and queues the batches in the WAL now; the returned future resolves when
+    /// they are durable (and visible).
+    pub fn produce(
+        self: &Rc<Self>,
+        items: Vec<ProduceItem>,
+    ) -> impl Future<Output = Vec<ProduceOutcome>> + 'static {
+        let started: Vec<Result<Started, ProduceOutcome>> = items
+            .into_iter()
+            .map(|item| self.start_produce(item))
+            .collect();
+        let state = self.clone();
+        async move {
+            let mut out = Vec::with_capacity(started.len());
+            for s in started {
+                out.push(match s {
+                    Err(outcome) => outcome,
+                    Ok(s) => state.finish_produce(s).await,
+                });
+            }
+            out
+        }
+    }
+
+    fn start_produce(&self, item: ProduceItem) -> Result<Started, ProduceOutcome> {
+        let wal_ref = self.wal.borrow();
+        let wal = wal_ref
+            .as_ref()
+            .expect("the WAL is open before the shard serves");
+        let mut parts = self.partitions.borrow_mut();
+        let p = parts
+            .entry(item.key)
+            .or_insert_with(|| Partition::new(item.topic.clone()));
+        let now = now_ms();
+        let log_append_time = item.topic.config.log_append_time;
+        let base_offset = p.next_offset;
+        let mut tickets = Vec::with_capacity(item.batches.len());
+        for mut batch in item.batches {
+            if log_append_time {
+                batch.set_log_append_time(now);
+            }
+            let (header, bytes) = batch.assign(p.next_offset, LEADER_EPOCH);
+            let meta = EntryMeta {
+                stream_id: *item.key.topic_id.as_bytes(),
+                stream_index: item.key.partition,
+                base_offset: header.base_offset,
+                record_count: header.record_count,
+                leader_epoch: LEADER_EPOCH,
+            };
+            match wal.append(
+                meta,
+                bytes.clone(),
+                WalTag {
+                    key: item.key,
+                    header,
+                    bytes,
+                },
+            ) {
+                Ok(ticket) => {
+                    p.next_offset = header.last_offset() + 1;
+                    tickets.push(ticket);
+                }
+                // Batches already queued for this partition still land; the producer sees an
+                // error and retries the request (idempotence off: possibly a duplicate, as with
+                // Kafka). Nothing is overwritten and no offset is skipped.
+                Err(e) => return Err(self.append_error(&item.topic, item.key.partition, e)),
+            }
+        }
+        Ok(Started {
+            tickets,
+            base_offset,
+            log_append_time_ms: if log_append_time { now } else { -1 },
+            key: item.key,
+        })
+    }
+
+    fn append_error(&self, topic: &TopicMeta, partition: i32, e: WalError) -> ProduceOutcome {
+        let code = match e {
+            WalError::TooLarge(_) => ResponseError::MessageTooLarge.code(),
+            _ => ResponseError::KafkaStorageError.code(),
+        };
+        let quiet = self
+            .last_full_warning
+            .get()
+            .is_some_and(|t| t.elapsed().as_secs() < 5);
+        if !quiet {
+            tracing::warn!(topic = %topic.name, partition, error = %e, "produce refused (retriable)");
+            self.last_full_warning.set(Some(Instant::now()));
+        }
+        ProduceOutcome::error(code)
+    }
+
+    async fn finish_produce(&self, s: Started) -> ProduceOutcome {
+        for t in s.tickets {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "produce failed in the WAL");
+                    return ProduceOutcome::error(ResponseError::KafkaStorageError.code());
+                }
+                Err(_) => return ProduceOutcome::error(ResponseError::KafkaStorageError.code()),
+            }
+        }
+        let log_start_offset = self
+            .partitions
+            .borrow()
+            .get(&s.key)
+            .map(|p| p.log.log_start_offset())
+            .unwrap_or(-1);
+        ProduceOutcome {
+            error: 0,
+            base_offset: s.base_offset,
+            log_append_time_ms: s.log_append_time_ms,
+            log_start_offset,
+        }
+    }
+
+    /// Durable batches become visible, in ring order.
+    fn on_durable(&self, tags: &[WalTag]) {
+        let now = now_ms();
+        {
+            let mut parts = self.partitions.borrow_mut();
+            for tag in tags {
+                // A topic deleted while its batch was in flight: nothing to append to.
+                let Some(p) = parts.get_mut(&tag.key) else {
+                    continue;
+                };
+                p.log.append(tag.header, tag.bytes.clone());
+                p.log.enforce_retention(now, &p.topic.config);
+                wake(p.waiters.drain(..));
+            }
+        }
+        wake(self.unborn_waiters.borrow_mut().drain(..));
+        self.trim_wal();
+    }
+
+    /// Frees WAL chunks whose every batch is gone from its partition (retention, deletion).
+    fn trim_wal(&self) {
+        let parts = self.partitions.borrow();
+        if let Some(wal) = self.wal.borrow().as_ref() {
+            wal.trim(|t| {
+                parts
+                    .get(&t.key)
+                    .is_none_or(|p| t.header.last_offset() < p.log.log_start_offset())
+            });
+        }
+    }
+
+    fn with_partition<T>(
+        &self,
+        key: PartitionKey,
+        f: impl FnOnce(&mut Partition) -> T,
+    ) -> Option<T> {
+        self.partitions.borrow_mut().get_mut(&key).map(f)
+    }
+
+    pub fn fetch(&self, items: Vec<FetchItem>) -> Vec<FetchOutcome> {
+        items
+            .into_iter()
+            .map(|item| {
+                self.with_partition(item.key, |p| {
+                    let (hw, start) = (p.log.log_end_offset(), p.log.log_start_offset());
+                    match p
+                        .log
+                        .read(item.offset, item.max_bytes, item.first_batch_always)
+                    {
+                        Ok(batches) => FetchOutcome {
+                            error: 0,
+                            high_watermark: hw,
+                            log_start_offset: start,
+                            batches,
+                        },
+                        Err(_) => FetchOutcome {
+                            error: ResponseError::OffsetOutOfRange.code(),
+                            high_watermark: hw,
+                            log_start_offset: start,
+                            batches: Vec::new(),
+                        },
+                    }
+                })
+                .unwrap_or_else(|| empty_partition_fetch(item.offset))
+            })
+            .collect()
+    }
+
+    pub fn list_offsets(&self, items: Vec<ListItem>) -> Vec<ListOutcome> {
+        items
+            .into_iter()
+            .map(|item| {
+                self.with_partition(item.key, |p| list_offset(&p.log, item.timestamp))
+                    .unwrap_or_else(|| list_offset(&MemLog::new(), item.timestamp))
+            })
+            .collect()
+    }
+
+    pub fn watch(&self, items: Vec<(PartitionKey, i64)>, reply: oneshot::Sender<()>) {
+        let waiter: Waiter = Rc::new(RefCell::new(Some(reply)));
+        let mut parts = self.partitions.borrow_mut();
+        for (key, offset) in items {
+            // A partition not produced to yet waits among the unborn (below).
+            let Some(p) = parts.get_mut(&key) else {
+                continue;
+            };
+            if p.log.log_end_offset() > offset || p.log.log_start_offset() > offset {
+                if let Some(tx) = waiter.borrow_mut().take() {
+                    let _ = tx.send(());
+                }
+                return;
+            }
+            // Drop waiters whose fetch already ended, so idle consumers cost bounded memory.
+            p.waiters
+                .retain(|w| w.borrow().as_ref().is_some_and(|tx| !tx.is_canceled()));
+            p.waiters.push(waiter.clone());
+        }
+        drop(parts);
+        if waiter.borrow().is_some() {
+            let mut unborn = self.unborn_waiters.borrow_mut();
+            unborn.retain(|w| w.borrow().as_ref().is_some_and(|tx| !tx.is_canceled()));
+            unborn.push(waiter);
+        }
+    }
+
+    pub fn drop_topic(&self, topic_id: Uuid) {
+        self.partitions
+            .borrow_mut()
+            .retain(|k, _| k.topic_id != topic_id);
+        self.trim_wal();
+    }
+}
+
+fn wake(waiters: impl Iterator<Item = Waiter>) {
+    for w in waiters {
+        if let Some(tx) = w.borrow_mut().take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+struct Started {
+    tickets: Vec<oneshot::Receiver<Result<(), WalError>>>,
+    base_offset: i64,
+    log_append_time_ms: i64,
+    key: PartitionKey,
+}
+
+impl Partition {
+    fn new(topic: Arc<TopicMeta>) -> Partition {
+        Partition {
+            log: MemLog::new(),
+            next_offset: 0,
+            topic,
+            waiters: Vec::new(),
+        }
+    }
+}
+
+fn empty_partition_fetch(offset: i64) -> FetchOutcome {
+    if offset == 0 {
+        FetchOutcome {
+            error: 0,
+            high_watermark: 0,
+            log_start_offset: 0,
+            batches: Vec::new(),
+        }
+    } else {
+        FetchOutcome {
+            error: ResponseError::OffsetOutOfRange.code(),
+            high_watermark: 0,
+            log_start_offset: 0,
+            batches: Vec::new(),
+        }
+    }
+}
+fn list_offset(log: &dyn PartitionLog, timestamp: i64) -> ListOutcome {
+    let ok = |offset, timestamp| ListOutcome {
+        error: 0,
+        offset,
+        timestamp,
+    };
+    match timestamp {
+        -1 => ok(log.log_end_offset(), -1),
+        -2 | -4 => ok(log.log_start_offset(), -1),
+        -3 => match log.batch_with_max_timestamp() {
+            Some(batch) => first_record_at_or_after(&batch, i64::MIN, true),
+            None => ok(-1, -1),
+        },
+        t if t >= 0 => match log.batches_from_timestamp(t, 1).into_iter().next() {
+            Some(batch) => first_record_at_or_after(&batch, t, false),
+            None => ok(-1, -1),
+        },
+        _ => ListOutcome::error(ResponseError::InvalidRequest.code()),
+    }
+}
+
+/// Decodes one batch (this is the cold ListOffsets path, never produce or fetch) to find the
+/// first record with a timestamp >= `target`, or the first one with the batch's max timestamp.
+fn first_record_at_or_after(batch: &Bytes, target: i64, want_max: bool) -> ListOutcome {
+    let header = BatchHeader::parse(batch).expect("stored batches were validated");
+    if header.attributes & 0x08 != 0 {
+        // LogAppendTime: every record carries the batch's max timestamp.
+        return ListOutcome {
+            error: 0,
+            offset: header.base_offset,
+            timestamp: header.max_timestamp,
+        };
+    }
+    let target = if want_max {
+        header.max_timestamp
+    } else {
+        target
+    };
+    match RecordBatchDecoder::decode(&mut batch.clone()) {
+        Ok(set) => set
+            .records
+            .iter()
+            .find(|r| r.timestamp >= target && r.timestamp_type == TimestampType::Creation)
+            .map(|r| ListOutcome {
+                error: 0,
+                offset: r.offset,
+                timestamp: r.timestamp,
+            })
+            .unwrap_or(ListOutcome {
+                error: 0,
+                offset: header.base_offset,
+                timestamp: header.max_timestamp,
+            }),
+        Err(e) => {
+            tracing::error!(error = %e, base_offset = header.base_offset, "stored batch does not decode");
+            ListOutcome::error(ResponseError::CorruptMessage.code())
+        }
+    }
+}
