@@ -47,9 +47,10 @@ fn too_small_a_limit_fails_with_what_to_raise_and_8_mib_serves() {
     // A common default limit (8 MiB) runs two shards with registered buffers that fit.
     let wrapper = limited("8388608");
     let wrapper: Vec<&str> = wrapper.iter().map(|s| s.as_str()).collect();
+    let dir = tempfile::tempdir().unwrap();
     let broker = common::TestBroker::start_wrapped(
         &wrapper,
-        tempfile::tempdir().unwrap(),
+        dir.path(),
         &["--shards", "2", "--auto-create-topics", "true"],
     );
     assert!(

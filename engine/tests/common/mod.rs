@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 pub struct TestBroker {
     child: Option<Child>,
     pub addr: SocketAddr,
-    pub data_dir: tempfile::TempDir,
+    /// The data directory; removed on drop unless the test passed its own path.
+    pub data_dir: std::path::PathBuf,
+    _owned_dir: Option<tempfile::TempDir>,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -22,13 +24,21 @@ impl TestBroker {
     }
 
     pub fn start_in(data_dir: tempfile::TempDir, extra: &[&str]) -> TestBroker {
+        let path = data_dir.path().to_path_buf();
+        let mut b = Self::start_wrapped(&[], &path, extra);
+        b._owned_dir = Some(data_dir);
+        b
+    }
+
+    /// Starts on a data directory the test keeps (to restart on it).
+    pub fn start_at(data_dir: &std::path::Path, extra: &[&str]) -> TestBroker {
         Self::start_wrapped(&[], data_dir, extra)
     }
 
     /// Starts the broker under `wrapper` (a command prefix such as `prlimit ...`).
     pub fn start_wrapped(
         wrapper: &[&str],
-        data_dir: tempfile::TempDir,
+        data_dir: &std::path::Path,
         extra: &[&str],
     ) -> TestBroker {
         let mut command = match wrapper.split_first() {
@@ -51,7 +61,7 @@ impl TestBroker {
         }
         let mut child = command
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir.path())
+            .arg(data_dir)
             .args(extra)
             .env(
                 "RUST_LOG",
@@ -94,7 +104,8 @@ impl TestBroker {
         TestBroker {
             child: Some(child),
             addr,
-            data_dir,
+            data_dir: data_dir.to_path_buf(),
+            _owned_dir: None,
             log,
         }
     }
@@ -126,6 +137,13 @@ impl TestBroker {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Asserts the broker process is still running.
