@@ -132,7 +132,7 @@ async fn acknowledged_records_survive_repeated_kill_9() {
                 inflight.push((payload, f));
             }
             i += 1;
-            if i % 20 == 0 {
+            if i.is_multiple_of(20) {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
