@@ -49,7 +49,7 @@ pub struct ServeArgs {
     /// Extra wait for more appends before a small WAL write (0: never wait).
     #[arg(long, env = "RINGTAIL_WAL_MAX_DELAY_US")]
     pub wal_max_delay_us: Option<u64>,
-    /// Durability barrier after each WAL write: `fdatasync` or `dsync` (O_DSYNC).
+    /// Durability barrier of each WAL write: `dsync` (O_DSYNC, default) or `fdatasync`.
     #[arg(long, env = "RINGTAIL_WAL_SYNC")]
     pub wal_sync: Option<String>,
 }
@@ -141,8 +141,9 @@ impl Config {
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("./ringtail-data"));
         let wal_sync = match args.wal_sync.or(file.wal_sync).as_deref() {
-            None | Some("fdatasync") => ringtail_wal::SyncMode::Fdatasync,
-            Some("dsync") => ringtail_wal::SyncMode::ODsync,
+            // O_DSYNC measured faster than write + fdatasync (docs/benchmarks.md).
+            None | Some("dsync") => ringtail_wal::SyncMode::ODsync,
+            Some("fdatasync") => ringtail_wal::SyncMode::Fdatasync,
             Some(other) => bail!("--wal-sync must be fdatasync or dsync, got {other:?}"),
         };
         let wal_max_write_bytes = args
