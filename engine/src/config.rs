@@ -149,7 +149,7 @@ impl Config {
         let wal_max_write_bytes = args
             .wal_max_write_bytes
             .or(file.wal_max_write_bytes)
-            .unwrap_or(8 << 20);
+            .unwrap_or(2 << 20);
         let wal_size_per_shard = args
             .wal_size_per_shard
             .or(file.wal_size_per_shard)

@@ -55,8 +55,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(Config::resolve(args)?);
     let catalog = Arc::new(Catalog::open(&config.data_dir)?);
     let cluster_id = cluster_id(&config.data_dir)?;
-    let io_memory_bytes = memlock::plan(MemlockLimit::current(), config.shards)
-        .map_err(|e| anyhow::anyhow!("cannot start {} shard(s): {e}", config.shards))?;
+    // Registered memory for a few WAL writes, so that their buffers need no page faults.
+    let io_memory_wanted = 4 * config.wal_max_write_bytes as usize;
+    let io_memory_bytes =
+        memlock::plan(MemlockLimit::current(), config.shards, io_memory_wanted)
+            .map_err(|e| anyhow::anyhow!("cannot start {} shard(s): {e}", config.shards))?;
 
     // Bind once here to learn the port (the listen port may be 0) and fail early; every shard
     // then binds the same address with SO_REUSEPORT and the kernel spreads connections.

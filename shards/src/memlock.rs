@@ -1,8 +1,6 @@
 //! Locked-memory planning: glommio registers I/O buffers, which count against
 //! `RLIMIT_MEMLOCK` unless the process has `CAP_IPC_LOCK`.
 
-/// Registered buffer memory per shard when the limit does not bind.
-pub const IO_MEMORY_BYTES_DEFAULT: usize = 4 * 1024 * 1024;
 /// Below this per shard, registered buffers are not worth having: refuse to start.
 pub const IO_MEMORY_BYTES_MIN: usize = 256 * 1024;
 /// Locked memory glommio needs per executor besides its I/O buffers. Measured just above
@@ -45,14 +43,17 @@ impl MemlockLimit {
 }
 
 /// Picks the registered I/O memory per shard that fits `limit`, or explains what to raise.
-pub fn plan(limit: MemlockLimit, shards: usize) -> Result<usize, String> {
+///
+/// `wanted_bytes` is what each shard would like (the engine asks for a few WAL writes' worth, so
+/// that WAL buffers come from registered, pre-faulted memory); less is given where the limit binds.
+pub fn plan(limit: MemlockLimit, shards: usize, wanted_bytes: usize) -> Result<usize, String> {
     let bytes = match limit {
-        MemlockLimit::Unlimited | MemlockLimit::Capability => return Ok(IO_MEMORY_BYTES_DEFAULT),
+        MemlockLimit::Unlimited | MemlockLimit::Capability => return Ok(wanted_bytes),
         MemlockLimit::Bytes(b) => b as usize,
     };
     let per_shard = bytes / shards.max(1);
-    let io_memory = (per_shard.saturating_sub(EXECUTOR_LOCKED_BYTES) / BUFFER_SHARE_DIVISOR)
-        .min(IO_MEMORY_BYTES_DEFAULT);
+    let io_memory =
+        (per_shard.saturating_sub(EXECUTOR_LOCKED_BYTES) / BUFFER_SHARE_DIVISOR).min(wanted_bytes);
     if io_memory >= IO_MEMORY_BYTES_MIN {
         return Ok(io_memory);
     }
@@ -83,28 +84,24 @@ fn has_cap_ipc_lock() -> bool {
 mod tests {
     use super::*;
 
+    const WANTED: usize = 8 << 20;
+
     #[test]
     fn unlimited_or_capability_gets_the_default() {
-        assert_eq!(
-            plan(MemlockLimit::Unlimited, 8),
-            Ok(IO_MEMORY_BYTES_DEFAULT)
-        );
-        assert_eq!(
-            plan(MemlockLimit::Capability, 8),
-            Ok(IO_MEMORY_BYTES_DEFAULT)
-        );
+        assert_eq!(plan(MemlockLimit::Unlimited, 8, WANTED), Ok(WANTED));
+        assert_eq!(plan(MemlockLimit::Capability, 8, WANTED), Ok(WANTED));
     }
 
     #[test]
     fn a_default_8_mib_limit_fits_two_shards() {
-        let io = plan(MemlockLimit::Bytes(8 << 20), 2).unwrap();
+        let io = plan(MemlockLimit::Bytes(8 << 20), 2, WANTED).unwrap();
         assert!(2 * (RINGS_REGISTERING * io + EXECUTOR_LOCKED_BYTES) <= 8 << 20);
         assert!(io >= IO_MEMORY_BYTES_MIN);
     }
 
     #[test]
     fn a_64_kib_limit_fails_with_what_to_raise() {
-        let err = plan(MemlockLimit::Bytes(64 << 10), 2).unwrap_err();
+        let err = plan(MemlockLimit::Bytes(64 << 10), 2, WANTED).unwrap_err();
         assert!(err.contains("ulimit -l 4096"), "{err}");
         assert!(err.contains("CAP_IPC_LOCK"), "{err}");
     }

@@ -173,24 +173,37 @@ pub fn chunk_len(payload_lens: impl Iterator<Item = usize>, block_size: usize) -
 
 /// Encodes one chunk into `out` (which must be exactly `chunk_len(..)` bytes, e.g. an aligned
 /// DMA buffer). Entries are numbered `first_seq..`.
+/// An entry's header with its CRC (over the header and the payload). Computed when the entry is
+/// appended, by the appender, so that the write path only copies bytes.
+pub fn entry_header(meta: EntryMeta, seq: u64, payload: &[u8]) -> [u8; ENTRY_HEADER_LEN] {
+    let mut header = [0u8; ENTRY_HEADER_LEN];
+    let h = EntryHeader {
+        meta,
+        seq,
+        payload_len: payload.len() as u32,
+    };
+    encode_entry_header(&h, &mut header);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&header), payload);
+    header[56..60].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// Encodes one chunk into `out` (exactly `chunk_len(..)` bytes, e.g. an aligned DMA buffer)
+/// from entries whose headers [`entry_header`] made, numbered `first_seq..`.
 pub fn encode_chunk<'a>(
     out: &mut [u8],
     first_seq: u64,
-    entries: impl ExactSizeIterator<Item = (EntryMeta, &'a [u8])>,
+    entries: impl ExactSizeIterator<Item = (&'a [u8; ENTRY_HEADER_LEN], &'a [u8])>,
 ) {
     let count = entries.len() as u32;
     let mut at = CHUNK_HEADER_LEN;
-    for (i, (meta, payload)) in entries.enumerate() {
-        let h = EntryHeader {
-            meta,
-            seq: first_seq + i as u64,
-            payload_len: payload.len() as u32,
-        };
-        let header = &mut out[at..at + ENTRY_HEADER_LEN];
-        encode_entry_header(&h, header);
-        let mut crc = crc32c::crc32c(header);
-        crc = crc32c::crc32c_append(crc, payload);
-        header[56..60].copy_from_slice(&crc.to_le_bytes());
+    for (i, (header, payload)) in entries.enumerate() {
+        debug_assert_eq!(
+            le_u64(header, 12),
+            first_seq + i as u64,
+            "entries are numbered densely"
+        );
+        out[at..at + ENTRY_HEADER_LEN].copy_from_slice(header);
         at += ENTRY_HEADER_LEN;
         out[at..at + payload.len()].copy_from_slice(payload);
         at += payload.len();
@@ -327,13 +340,15 @@ mod tests {
         let len = chunk_len(payloads.iter().map(|p| p.len()), 4096);
         assert_eq!(len % 4096, 0);
         let mut buf = vec![0xAAu8; len];
+        let headers: Vec<_> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| entry_header(meta(i as i64), 42 + i as u64, p))
+            .collect();
         encode_chunk(
             &mut buf,
             42,
-            payloads
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (meta(i as i64), &p[..])),
+            headers.iter().zip(payloads.iter().map(|p| &p[..])),
         );
         let ch = ChunkHeader::decode(&buf).unwrap();
         assert_eq!(

@@ -19,7 +19,7 @@ use futures::channel::oneshot;
 use ringtail_shards::fs::{DmaFile, OpenOptions};
 
 use crate::format::{
-    chunk_len, encode_chunk, superblock_block, EntryHeader, EntryMeta, Superblock,
+    chunk_len, encode_chunk, entry_header, superblock_block, EntryHeader, EntryMeta, Superblock,
     CHUNK_HEADER_LEN, ENTRY_HEADER_LEN,
 };
 use crate::scan::{scan, ChunkRef, ScanError};
@@ -170,7 +170,8 @@ pub fn recover(path: &Path) -> Result<Recovery, WalError> {
 }
 
 struct Pending<T> {
-    meta: EntryMeta,
+    /// Entry header with sequence number and CRC, computed by the appender.
+    header: [u8; ENTRY_HEADER_LEN],
     payload: Bytes,
     tag: T,
     done: oneshot::Sender<Result<(), WalError>>,
@@ -190,7 +191,10 @@ struct State<T> {
     inflight_bytes: u64,
     chunks: VecDeque<LiveChunk<T>>,
     head: u64,
+    /// Sequence number of the next entry to be written.
     next_seq: u64,
+    /// Sequence number the next append gets (ahead of `next_seq` by what is queued or in flight).
+    next_append_seq: u64,
     /// Bytes from the in-memory trim point to the head, wrap gaps included.
     used_bytes: u64,
     /// Bytes trimmed in memory whose trim is not in the durable superblock yet: not reusable.
@@ -261,6 +265,7 @@ impl<T: Clone + 'static> Wal<T> {
             chunks,
             head: recovery.head,
             next_seq: recovery.next_seq,
+            next_append_seq: recovery.next_seq,
             used_bytes,
             trimmed_not_durable: 0,
             superblock: Superblock {
@@ -317,8 +322,12 @@ impl<T: Clone + 'static> Wal<T> {
             });
         }
         let (done, rx) = oneshot::channel();
+        let seq = s.next_append_seq;
+        s.next_append_seq += 1;
+        // The CRC is computed here, by the appender, while an earlier write is in flight.
+        let header = entry_header(meta, seq, &payload);
         s.pending.push_back(Pending {
-            meta,
+            header,
             payload,
             tag,
             done,
@@ -480,7 +489,7 @@ impl<T: Clone + 'static> Writer<T> {
         encode_chunk(
             buf.as_bytes_mut(),
             seq,
-            group.iter().map(|p| (p.meta, &p.payload[..])),
+            group.iter().map(|p| (&p.header, &p.payload[..])),
         );
         debug_assert_eq!(pos % bs, 0, "writes are block-aligned");
         let written = self
@@ -507,6 +516,7 @@ impl<T: Clone + 'static> Writer<T> {
                 s.head = s.superblock.data_start();
             }
             s.next_seq += group.len() as u64;
+            debug_assert!(s.next_seq <= s.next_append_seq);
             s.inflight_bytes = 0;
             s.chunks.push_back(LiveChunk {
                 pos,

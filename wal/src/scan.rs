@@ -179,7 +179,7 @@ fn check_nothing_later(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::format::{chunk_len, encode_chunk, EntryMeta, Superblock};
+    use crate::format::{chunk_len, encode_chunk, entry_header, EntryMeta, Superblock};
 
     pub const BS: usize = 4096;
 
@@ -232,10 +232,16 @@ pub(crate) mod tests {
                     leader_epoch: 0,
                 })
                 .collect();
+            let headers: Vec<_> = metas
+                .iter()
+                .zip(payloads)
+                .enumerate()
+                .map(|(i, (m, p))| entry_header(*m, self.seq + i as u64, p))
+                .collect();
             encode_chunk(
                 &mut self.region[pos..pos + len],
                 self.seq,
-                metas.iter().copied().zip(payloads.iter().map(|p| &p[..])),
+                headers.iter().zip(payloads.iter().map(|p| &p[..])),
             );
             self.seq += payloads.len() as u64;
             self.head += len as u64;
