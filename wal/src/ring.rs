@@ -286,6 +286,14 @@ impl<T: Clone + 'static> Wal<T> {
             ring_bytes,
             on_durable: Box::new(on_durable),
         };
+        if config.chunk_bytes_max != sb.chunk_bytes_max {
+            // Recovery bounds chunks by the superblock's max: record a new max before any write
+            // could exceed the old one.
+            writer
+                .write_superblock()
+                .await
+                .map_err(|e| open_error(&config.path, e))?;
+        }
         let task = ringtail_shards::spawn(writer.run());
         Ok(Wal {
             state,

@@ -171,3 +171,35 @@ fn size_changes_and_oversize_entries_are_refused() {
     })
     .unwrap();
 }
+
+#[test]
+fn raising_the_max_write_size_keeps_larger_writes_recoverable() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = config(dir.path(), 4 << 20, 64 << 10, SyncMode::Fdatasync);
+    create_or_check(&small).unwrap();
+    let big = WalConfig {
+        chunk_bytes_max: 512 << 10,
+        ..small.clone()
+    };
+    let cfg = big.clone();
+    ringtail_shards::block_on(1 << 20, move || async move {
+        let recovery = recover(&cfg.path).unwrap();
+        let wal: Wal<u64> = Wal::open(&cfg, &recovery, Vec::new(), |_: &[u64]| {})
+            .await
+            .unwrap();
+        let payload = Bytes::from(vec![3u8; 300 << 10]); // larger than the old 64 KiB max
+        wal.append(meta(0), payload, 0)
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+    })
+    .unwrap();
+    let recovery = recover(&big.path).unwrap();
+    assert_eq!(
+        recovery.entries.len(),
+        1,
+        "the 300 KiB write is found after restart"
+    );
+    assert_eq!(recovery.superblock.chunk_bytes_max, 512 << 10);
+}
