@@ -1,5 +1,5 @@
 //! kafka-python (its own pure-Python protocol implementation) against the real binary.
-//! Needs the packages in `tests/requirements.txt`; `.ci/run` and `scripts/test.sh` install them.
+//! Needs the packages in `scripts/test-requirements.txt`; `.ci/run` and `scripts/test.sh` install them.
 
 mod common;
 

@@ -199,7 +199,7 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// The Python interpreter with the test requirements (`tests/requirements.txt`) installed:
+/// The Python interpreter with the test requirements (`scripts/test-requirements.txt`) installed:
 /// `$RINGTAIL_TEST_PYTHON`, else the repository's `.venv`, else `python3`.
 pub fn python() -> String {
     if let Ok(p) = std::env::var("RINGTAIL_TEST_PYTHON") {

@@ -1,0 +1,166 @@
+//! Fault injection: wraps a store and makes it slow, throttled, failing or down, at will.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+use crate::{Condition, ObjectMeta, ObjectStore, Part, StoreError, StoreResult};
+
+/// What to inject. Rates are per million requests.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// 503 SlowDown.
+    pub throttle_ppm: u32,
+    /// 500 InternalError.
+    pub error_ppm: u32,
+    /// Added to every request.
+    pub latency: Duration,
+}
+
+pub struct Faulty<S> {
+    inner: S,
+    faults: std::sync::Mutex<Faults>,
+    down: AtomicBool,
+    rng: AtomicU64,
+    injected: AtomicU64,
+    timer: Arc<tokio::runtime::Runtime>,
+}
+
+impl<S: ObjectStore> Faulty<S> {
+    pub fn new(inner: S, faults: Faults, seed: u64) -> Faulty<S> {
+        let timer = crate::runtime("ringtail-faults", 1).expect("runtime");
+        Faulty {
+            inner,
+            faults: std::sync::Mutex::new(faults),
+            down: AtomicBool::new(false),
+            rng: AtomicU64::new(seed | 1),
+            injected: AtomicU64::new(0),
+            timer: Arc::new(timer),
+        }
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        *self.faults.lock().unwrap() = faults;
+    }
+
+    /// While down, every request fails as a connection error would.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Faults injected so far.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::Relaxed)
+    }
+
+    fn roll(&self) -> u32 {
+        // xorshift; a lost update between threads only changes which request fails.
+        let mut x = self.rng.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.store(x, Ordering::Relaxed);
+        (x % 1_000_000) as u32
+    }
+
+    /// Decides the fault first: a faulted request never reaches the inner store.
+    fn wrap<T: Send + 'static>(
+        &self,
+        op: &str,
+        real: impl FnOnce() -> BoxFuture<'static, StoreResult<T>>,
+    ) -> BoxFuture<'static, StoreResult<T>> {
+        let f = self.faults.lock().unwrap().clone();
+        let fault = if self.down.load(Ordering::SeqCst) {
+            Some(StoreError::Transient(format!(
+                "{op}: injected outage (connection refused)"
+            )))
+        } else {
+            let r = self.roll();
+            if r < f.throttle_ppm {
+                Some(StoreError::Throttled(format!(
+                    "{op}: injected 503 SlowDown"
+                )))
+            } else if r < f.throttle_ppm + f.error_ppm {
+                Some(StoreError::Transient(format!(
+                    "{op}: injected 500 InternalError"
+                )))
+            } else {
+                None
+            }
+        };
+        if fault.is_some() {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+        }
+        let timer = self.timer.clone();
+        let latency = f.latency;
+        let real = if fault.is_none() { Some(real()) } else { None };
+        Box::pin(async move {
+            if !latency.is_zero() {
+                let _ = timer
+                    .spawn(async move { tokio::time::sleep(latency).await })
+                    .await;
+            }
+            match (fault, real) {
+                (Some(e), _) => Err(e),
+                (None, Some(real)) => real.await,
+                (None, None) => unreachable!("a request is either faulted or sent"),
+            }
+        })
+    }
+}
+
+impl<S: ObjectStore> ObjectStore for Faulty<S> {
+    fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        condition: Condition,
+    ) -> BoxFuture<'static, StoreResult<String>> {
+        self.wrap("put", || self.inner.put(key, body, condition))
+    }
+    fn get(&self, key: &str, range: Option<Range<u64>>) -> BoxFuture<'static, StoreResult<Bytes>> {
+        self.wrap("get", || self.inner.get(key, range))
+    }
+    fn head(&self, key: &str) -> BoxFuture<'static, StoreResult<ObjectMeta>> {
+        self.wrap("head", || self.inner.head(key))
+    }
+    fn list(&self, prefix: &str) -> BoxFuture<'static, StoreResult<Vec<ObjectMeta>>> {
+        self.wrap("list", || self.inner.list(prefix))
+    }
+    fn delete(&self, key: &str) -> BoxFuture<'static, StoreResult<()>> {
+        self.wrap("delete", || self.inner.delete(key))
+    }
+    fn create_multipart(&self, key: &str) -> BoxFuture<'static, StoreResult<String>> {
+        self.wrap("create_multipart", || self.inner.create_multipart(key))
+    }
+    fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> BoxFuture<'static, StoreResult<Part>> {
+        self.wrap("upload_part", || {
+            self.inner.upload_part(key, upload_id, number, body)
+        })
+    }
+    fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<Part>,
+    ) -> BoxFuture<'static, StoreResult<String>> {
+        self.wrap("complete_multipart", || {
+            self.inner.complete_multipart(key, upload_id, parts)
+        })
+    }
+    fn abort_multipart(&self, key: &str, upload_id: &str) -> BoxFuture<'static, StoreResult<()>> {
+        self.wrap("abort_multipart", || {
+            self.inner.abort_multipart(key, upload_id)
+        })
+    }
+}

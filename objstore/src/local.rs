@@ -1,0 +1,351 @@
+//! The local-directory backend: objects are files under a root directory.
+//!
+//! Writes go to a temporary file, are fsync'ed and renamed into place (readers never see a
+//! partial object). Create-only puts use `link(2)`, which fails if the name exists, so they are
+//! atomic even across processes; `IfMatch` puts are serialised within this process. ETags are the
+//! hex CRC-32C and length of the content. Multipart parts are files in `.multipart/<id>/`.
+
+use std::io::Write;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+use crate::{
+    on_runtime, runtime, Condition, ObjectMeta, ObjectStore, Part, StoreError, StoreResult,
+};
+
+pub struct LocalDir {
+    inner: Arc<Inner>,
+    rt: tokio::runtime::Runtime,
+}
+
+struct Inner {
+    root: PathBuf,
+    write_lock: Mutex<()>,
+    tmp_counter: AtomicU64,
+}
+
+impl LocalDir {
+    pub fn open(root: &Path) -> StoreResult<LocalDir> {
+        std::fs::create_dir_all(root.join(".multipart")).map_err(|e| io_error(root, e))?;
+        Ok(LocalDir {
+            inner: Arc::new(Inner {
+                root: root.to_path_buf(),
+                write_lock: Mutex::new(()),
+                tmp_counter: AtomicU64::new(0),
+            }),
+            rt: runtime("ringtail-objstore-local", 1)
+                .map_err(|e| StoreError::Fatal(e.to_string()))?,
+        })
+    }
+
+    fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> StoreResult<T> + Send + 'static,
+    ) -> BoxFuture<'static, StoreResult<T>> {
+        let inner = self.inner.clone();
+        let handle = self.rt.handle().clone();
+        on_runtime(self.rt.handle(), async move {
+            handle
+                .spawn_blocking(move || f(&inner))
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Fatal(e.to_string())))
+        })
+    }
+}
+
+impl Drop for LocalDir {
+    fn drop(&mut self) {
+        // Never block whoever drops the store (possibly an async task).
+        let rt = std::mem::replace(
+            &mut self.rt,
+            runtime("ringtail-objstore-drop", 1).expect("runtime"),
+        );
+        rt.shutdown_background();
+    }
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> StoreError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => StoreError::NotFound(path.display().to_string()),
+        _ => StoreError::Transient(format!("{}: {e}", path.display())),
+    }
+}
+
+fn etag(bytes: &[u8]) -> String {
+    format!("{:08x}-{:x}", crc32c::crc32c(bytes), bytes.len())
+}
+
+fn valid_key(key: &str) -> StoreResult<()> {
+    let bad = key.is_empty()
+        || key.starts_with('/')
+        || key.starts_with(".multipart")
+        || key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
+    if bad {
+        return Err(StoreError::Fatal(format!("invalid object key {key:?}")));
+    }
+    Ok(())
+}
+
+impl Inner {
+    fn path(&self, key: &str) -> StoreResult<PathBuf> {
+        valid_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    /// Writes `bytes` to a synced temporary file next to `path`.
+    fn write_tmp(&self, path: &Path, bytes: &[u8]) -> StoreResult<PathBuf> {
+        let dir = path.parent().expect("keys have a parent");
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
+        let mut f = std::fs::File::create(&tmp).map_err(|e| io_error(&tmp, e))?;
+        f.write_all(bytes)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| io_error(&tmp, e))?;
+        Ok(tmp)
+    }
+
+    fn put(&self, key: &str, bytes: &[u8], condition: &Condition) -> StoreResult<String> {
+        let path = self.path(key)?;
+        let tmp = self.write_tmp(&path, bytes)?;
+        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let result = match condition {
+            Condition::IfNoneMatch => match std::fs::hard_link(&tmp, &path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    Err(StoreError::PreconditionFailed(key.to_string()))
+                }
+                Err(e) => Err(io_error(&path, e)),
+            },
+            Condition::IfMatch(expected) => match std::fs::read(&path) {
+                Ok(current) if &etag(&current) == expected => {
+                    std::fs::rename(&tmp, &path).map_err(|e| io_error(&path, e))
+                }
+                Ok(_) => Err(StoreError::PreconditionFailed(key.to_string())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(StoreError::PreconditionFailed(key.to_string()))
+                }
+                Err(e) => Err(io_error(&path, e)),
+            },
+            Condition::None => std::fs::rename(&tmp, &path).map_err(|e| io_error(&path, e)),
+        };
+        let _ = std::fs::remove_file(&tmp);
+        result?;
+        sync_dir(path.parent().expect("parent"))?;
+        Ok(etag(bytes))
+    }
+
+    fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.path(key)?;
+        let mut f =
+            std::fs::File::open(&path).map_err(|_| StoreError::NotFound(key.to_string()))?;
+        let size = f.metadata().map_err(|e| io_error(&path, e))?.len();
+        let Some(r) = range else {
+            let mut v = Vec::with_capacity(size as usize);
+            f.read_to_end(&mut v).map_err(|e| io_error(&path, e))?;
+            return Ok(Bytes::from(v));
+        };
+        if r.start > r.end || r.start >= size {
+            return Err(StoreError::Fatal(format!(
+                "range {r:?} outside {key:?} of {size} bytes"
+            )));
+        }
+        let end = r.end.min(size);
+        let mut v = vec![0u8; (end - r.start) as usize];
+        f.seek(SeekFrom::Start(r.start))
+            .and_then(|_| f.read_exact(&mut v))
+            .map_err(|e| io_error(&path, e))?;
+        Ok(Bytes::from(v))
+    }
+
+    fn meta(&self, key: &str) -> StoreResult<ObjectMeta> {
+        let bytes = self.get(key, None)?;
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: bytes.len() as u64,
+            etag: etag(&bytes),
+        })
+    }
+
+    fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error(&dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| io_error(&dir, e))?;
+                let name = entry.file_name().to_string_lossy().to_string();
+                if name.starts_with(".tmp-") || name == ".multipart" {
+                    continue;
+                }
+                let path = entry.path();
+                if entry.file_type().map_err(|e| io_error(&path, e))?.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let key = path
+                    .strip_prefix(&self.root)
+                    .expect("under root")
+                    .to_string_lossy()
+                    .to_string();
+                if key.starts_with(prefix) {
+                    out.push(self.meta(&key)?);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn upload_dir(&self, upload_id: &str) -> StoreResult<PathBuf> {
+        if upload_id.is_empty()
+            || !upload_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(StoreError::Fatal(format!(
+                "invalid upload id {upload_id:?}"
+            )));
+        }
+        Ok(self.root.join(".multipart").join(upload_id))
+    }
+}
+
+fn sync_dir(dir: &Path) -> StoreResult<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, e))
+}
+
+impl ObjectStore for LocalDir {
+    fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        condition: Condition,
+    ) -> BoxFuture<'static, StoreResult<String>> {
+        let key = key.to_string();
+        self.blocking(move |s| s.put(&key, &body, &condition))
+    }
+
+    fn get(&self, key: &str, range: Option<Range<u64>>) -> BoxFuture<'static, StoreResult<Bytes>> {
+        let key = key.to_string();
+        self.blocking(move |s| s.get(&key, range))
+    }
+
+    fn head(&self, key: &str) -> BoxFuture<'static, StoreResult<ObjectMeta>> {
+        let key = key.to_string();
+        self.blocking(move |s| s.meta(&key))
+    }
+
+    fn list(&self, prefix: &str) -> BoxFuture<'static, StoreResult<Vec<ObjectMeta>>> {
+        let prefix = prefix.to_string();
+        self.blocking(move |s| s.list(&prefix))
+    }
+
+    fn delete(&self, key: &str) -> BoxFuture<'static, StoreResult<()>> {
+        let key = key.to_string();
+        self.blocking(move |s| {
+            let path = s.path(&key)?;
+            match std::fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_error(&path, e)),
+            }
+        })
+    }
+
+    fn create_multipart(&self, key: &str) -> BoxFuture<'static, StoreResult<String>> {
+        let key = key.to_string();
+        self.blocking(move |s| {
+            s.path(&key)?;
+            let id = format!(
+                "{}-{}",
+                std::process::id(),
+                s.tmp_counter.fetch_add(1, Ordering::Relaxed)
+            );
+            let dir = s.upload_dir(&id)?;
+            std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+            Ok(id)
+        })
+    }
+
+    fn upload_part(
+        &self,
+        _key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> BoxFuture<'static, StoreResult<Part>> {
+        let upload_id = upload_id.to_string();
+        self.blocking(move |s| {
+            let dir = s.upload_dir(&upload_id)?;
+            if !dir.exists() {
+                return Err(StoreError::NotFound(format!("upload {upload_id}")));
+            }
+            if !(1..=10_000).contains(&number) {
+                return Err(StoreError::Fatal(format!(
+                    "part number {number} outside 1..=10000"
+                )));
+            }
+            let path = dir.join(format!("{number:05}"));
+            let tmp = s.write_tmp(&path, &body)?;
+            std::fs::rename(&tmp, &path).map_err(|e| io_error(&path, e))?;
+            Ok(Part {
+                number,
+                etag: etag(&body),
+            })
+        })
+    }
+
+    fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<Part>,
+    ) -> BoxFuture<'static, StoreResult<String>> {
+        let (key, upload_id) = (key.to_string(), upload_id.to_string());
+        self.blocking(move |s| {
+            let dir = s.upload_dir(&upload_id)?;
+            let mut whole = Vec::new();
+            for (i, part) in parts.iter().enumerate() {
+                if i > 0 && part.number <= parts[i - 1].number {
+                    return Err(StoreError::Fatal("parts must be in ascending order".into()));
+                }
+                let path = dir.join(format!("{:05}", part.number));
+                let bytes = std::fs::read(&path).map_err(|e| io_error(&path, e))?;
+                if etag(&bytes) != part.etag {
+                    return Err(StoreError::Fatal(format!(
+                        "part {} does not match its etag",
+                        part.number
+                    )));
+                }
+                whole.extend_from_slice(&bytes);
+            }
+            let tag = s.put(&key, &whole, &Condition::None)?;
+            let _ = std::fs::remove_dir_all(&dir);
+            Ok(tag)
+        })
+    }
+
+    fn abort_multipart(&self, _key: &str, upload_id: &str) -> BoxFuture<'static, StoreResult<()>> {
+        let upload_id = upload_id.to_string();
+        self.blocking(move |s| {
+            let dir = s.upload_dir(&upload_id)?;
+            let _ = std::fs::remove_dir_all(&dir);
+            Ok(())
+        })
+    }
+}
