@@ -66,9 +66,12 @@ pub fn object_key(shard: u32, epoch: u64, first_wal_seq: u64) -> String {
 }
 
 /// Collects durable batches of many partitions into one object.
+/// A partition in an object: (topic id, partition index).
+type StreamKey = ([u8; 16], i32);
+
 #[derive(Default)]
 pub struct ObjectBuilder {
-    partitions: BTreeMap<([u8; 16], i32), Vec<(BatchHeader, Bytes)>>,
+    partitions: BTreeMap<StreamKey, Vec<(BatchHeader, Bytes)>>,
     bytes: u64,
     first_wal_seq: Option<u64>,
     last_wal_seq: u64,
@@ -249,22 +252,20 @@ mod tests {
     fn an_object_groups_partitions_and_its_index_finds_them() {
         let (a, b) = ([1u8; 16], [2u8; 16]);
         let mut builder = ObjectBuilder::default();
-        let mut seq = 10;
         let mut expected: BTreeMap<([u8; 16], i32), Vec<u8>> = BTreeMap::new();
-        for (topic, partition, base, n) in [
+        for (seq, (topic, partition, base, n)) in (10u64..).zip([
             (b, 0, 0, 3),
             (a, 1, 100, 2),
             (b, 0, 3, 5),
             (a, 1, 102, 1),
             (a, 0, 7, 4),
-        ] {
+        ]) {
             let (h, bytes) = batch(base, n, 1_000 + base);
             expected
                 .entry((topic, partition))
                 .or_default()
                 .extend_from_slice(&bytes);
             builder.add(seq, topic, partition, h, bytes);
-            seq += 1;
         }
         let data = builder.data_bytes();
         let (pieces, index) = builder.finish(3, 7);
