@@ -18,6 +18,7 @@ use futures::future::BoxFuture;
 pub mod faulty;
 pub mod local;
 pub mod s3;
+pub mod testing;
 
 /// A write precondition.
 #[derive(Debug, Clone, PartialEq, Eq)]

