@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod config;
 pub mod errors;
 pub mod log;
+pub mod manifest;
 pub mod object_format;
 pub mod partitions;
 pub mod server;

@@ -1,0 +1,210 @@
+//! A shard's manifest in object storage: the objects it has committed, i.e. the data that is
+//! safe elsewhere. Committing is the fence.
+//!
+//! * Every version names the ownership epoch of the writer that committed it.
+//! * A commit is a conditional put: `If-None-Match: *` for the first version, `If-Match:
+//!   <etag it read>` after. A writer whose read is stale — because a newer owner committed since —
+//!   fails with [`CommitError::Fenced`] and must stop: it can never overwrite a newer version.
+//! * Taking a shard over ([`ManifestStore::take_over`]) commits the current contents again under
+//!   a higher epoch, which fences the previous owner's next commit.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ringtail_objstore::{Condition, ObjectStore, StoreError};
+
+use crate::object_format::Span;
+
+pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+/// Bounds what a corrupt or hostile manifest can make us allocate.
+pub const MANIFEST_BYTES_MAX: usize = 256 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ObjectRef {
+    pub key: String,
+    pub size: u64,
+    pub spans: Vec<Span>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ShardManifest {
+    pub format_version: u32,
+    pub shard: u32,
+    /// Epoch of the owner that committed this version.
+    pub epoch: u64,
+    /// Bumped by every commit, so no two versions have the same bytes: content-derived ETags
+    /// (the local-directory store's) can then not repeat (no ABA).
+    pub generation: u64,
+    pub objects: Vec<ObjectRef>,
+}
+
+impl ShardManifest {
+    pub fn empty(shard: u32, epoch: u64) -> ShardManifest {
+        ShardManifest {
+            format_version: MANIFEST_FORMAT_VERSION,
+            shard,
+            epoch,
+            generation: 0,
+            objects: Vec::new(),
+        }
+    }
+
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(
+            rkyv::to_bytes::<rkyv::rancor::Error>(self)
+                .expect("a manifest always serialises")
+                .into_vec(),
+        )
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ShardManifest, String> {
+        if bytes.len() > MANIFEST_BYTES_MAX {
+            return Err(format!(
+                "manifest of {} bytes exceeds {MANIFEST_BYTES_MAX}",
+                bytes.len()
+            ));
+        }
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        let m = rkyv::from_bytes::<ShardManifest, rkyv::rancor::Error>(&aligned)
+            .map_err(|e| e.to_string())?;
+        if m.format_version != MANIFEST_FORMAT_VERSION {
+            return Err(format!(
+                "manifest format {} is not supported",
+                m.format_version
+            ));
+        }
+        Ok(m)
+    }
+}
+
+/// A manifest version as read or committed, with the ETag that the next commit must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub manifest: ShardManifest,
+    pub etag: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommitError {
+    #[error("shard {shard}: fenced — another owner (epoch {newer_epoch:?}) committed the manifest since epoch {epoch} read it")]
+    Fenced {
+        shard: u32,
+        epoch: u64,
+        newer_epoch: Option<u64>,
+    },
+    #[error("shard {shard} manifest is damaged: {reason}")]
+    Corrupt { shard: u32, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct ManifestStore {
+    store: Arc<dyn ObjectStore>,
+    shard: u32,
+}
+
+impl ManifestStore {
+    pub fn new(store: Arc<dyn ObjectStore>, shard: u32) -> ManifestStore {
+        ManifestStore { store, shard }
+    }
+
+    pub fn key(&self) -> String {
+        format!("shards/{:04}/manifest", self.shard)
+    }
+
+    /// The current version, if any.
+    pub async fn load(&self) -> Result<Option<Committed>, CommitError> {
+        let key = self.key();
+        let bytes = match self.store.get(&key, None).await {
+            Ok(b) => b,
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        // The ETag of exactly these bytes: read it after the body; if a commit slipped in between,
+        // our next conditional commit fails, which is safe.
+        let etag = self.store.head(&key).await?.etag;
+        let manifest = ShardManifest::decode(&bytes).map_err(|reason| CommitError::Corrupt {
+            shard: self.shard,
+            reason,
+        })?;
+        Ok(Some(Committed { manifest, etag }))
+    }
+
+    /// Commits `next` over `current` (what this writer last read or committed). Fails with
+    /// [`CommitError::Fenced`] if anyone committed in between.
+    pub async fn commit(
+        &self,
+        current: Option<&Committed>,
+        mut next: ShardManifest,
+    ) -> Result<Committed, CommitError> {
+        assert_eq!(next.shard, self.shard, "a manifest belongs to its shard");
+        let condition = match current {
+            None => Condition::IfNoneMatch,
+            Some(c) => {
+                assert!(next.epoch >= c.manifest.epoch, "epochs never go back");
+                next.generation = c.manifest.generation + 1;
+                Condition::IfMatch(c.etag.clone())
+            }
+        };
+        match self.store.put(&self.key(), next.encode(), condition).await {
+            Ok(etag) => Ok(Committed {
+                manifest: next,
+                etag,
+            }),
+            Err(StoreError::PreconditionFailed(_)) => {
+                let newer_epoch = self.load().await.ok().flatten().map(|c| c.manifest.epoch);
+                Err(CommitError::Fenced {
+                    shard: self.shard,
+                    epoch: next.epoch,
+                    newer_epoch,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Becomes the shard's owner under an epoch above any committed one, fencing the previous
+    /// owner. Returns the committed version to continue from.
+    pub async fn take_over(&self) -> Result<Committed, CommitError> {
+        let current = self.load().await?;
+        let epoch = current.as_ref().map(|c| c.manifest.epoch + 1).unwrap_or(1);
+        let next = match &current {
+            Some(c) => ShardManifest {
+                epoch,
+                ..c.manifest.clone()
+            },
+            None => ShardManifest::empty(self.shard, epoch),
+        };
+        self.commit(current.as_ref(), next).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_round_trip_and_damage_is_an_error() {
+        let m = ShardManifest {
+            objects: vec![ObjectRef {
+                key: "shards/0001/objects/x.rto".into(),
+                size: 99,
+                spans: vec![Span {
+                    topic_id: [4; 16],
+                    partition: 2,
+                    base_offset: 10,
+                    last_offset: 20,
+                    byte_start: 0,
+                    byte_len: 99,
+                    max_timestamp: 5,
+                }],
+            }],
+            ..ShardManifest::empty(1, 3)
+        };
+        let bytes = m.encode();
+        assert_eq!(ShardManifest::decode(&bytes).unwrap(), m);
+        assert!(ShardManifest::decode(&bytes[..bytes.len() / 2]).is_err());
+        assert!(ShardManifest::decode(b"garbage").is_err());
+    }
+}
