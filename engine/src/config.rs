@@ -52,6 +52,24 @@ pub struct ServeArgs {
     /// Durability barrier of each WAL write: `dsync` (O_DSYNC, default) or `fdatasync`.
     #[arg(long, env = "RINGTAIL_WAL_SYNC")]
     pub wal_sync: Option<String>,
+    /// Object storage: `file:///PATH` or `s3://BUCKET/PREFIX`. Unset: no object tier yet (the
+    /// WAL ring is the only copy).
+    #[arg(long, env = "RINGTAIL_OBJECT_STORE")]
+    pub object_store: Option<String>,
+    /// S3 endpoint URL (S3-compatible stores); credentials come from AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY.
+    #[arg(long, env = "RINGTAIL_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "RINGTAIL_S3_REGION")]
+    pub s3_region: Option<String>,
+    #[arg(long, env = "RINGTAIL_S3_PATH_STYLE")]
+    pub s3_path_style: Option<bool>,
+    /// An object is sealed and uploaded once it holds this many bytes...
+    #[arg(long, env = "RINGTAIL_OBJECT_BYTES_TARGET")]
+    pub object_bytes_target: Option<u64>,
+    /// ...or once its oldest batch is this old.
+    #[arg(long, env = "RINGTAIL_OBJECT_AGE_MAX_MS")]
+    pub object_age_max_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,6 +88,12 @@ struct FileConfig {
     wal_max_write_bytes: Option<u32>,
     wal_max_delay_us: Option<u64>,
     wal_sync: Option<String>,
+    object_store: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    s3_path_style: Option<bool>,
+    object_bytes_target: Option<u64>,
+    object_age_max_ms: Option<u64>,
 }
 
 /// The settled configuration.
@@ -90,6 +114,50 @@ pub struct Config {
     pub wal_max_write_bytes: u32,
     pub wal_max_delay: std::time::Duration,
     pub wal_sync: ringtail_wal::SyncMode,
+    pub object_store: Option<ObjectStoreUrl>,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: String,
+    pub s3_path_style: bool,
+    pub object_bytes_target: u64,
+    pub object_age_max: std::time::Duration,
+}
+
+/// Where objects go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectStoreUrl {
+    Dir(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+impl std::str::FromStr for ObjectStoreUrl {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<ObjectStoreUrl> {
+        if let Some(path) = s.strip_prefix("file://") {
+            anyhow::ensure!(
+                path.starts_with('/'),
+                "file:// object store needs an absolute path, got {s:?}"
+            );
+            return Ok(ObjectStoreUrl::Dir(PathBuf::from(path)));
+        }
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            anyhow::ensure!(
+                !bucket.is_empty(),
+                "s3:// object store needs a bucket, got {s:?}"
+            );
+            let prefix = prefix.trim_matches('/');
+            let prefix = if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            };
+            return Ok(ObjectStoreUrl::S3 {
+                bucket: bucket.to_string(),
+                prefix,
+            });
+        }
+        bail!("object store {s:?} must be file:///PATH or s3://BUCKET/PREFIX")
+    }
 }
 
 pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
@@ -173,6 +241,27 @@ impl Config {
                 args.wal_max_delay_us.or(file.wal_max_delay_us).unwrap_or(0),
             ),
             wal_sync,
+            object_store: args
+                .object_store
+                .or(file.object_store)
+                .map(|s| s.parse())
+                .transpose()?,
+            s3_endpoint: args.s3_endpoint.or(file.s3_endpoint),
+            s3_region: args
+                .s3_region
+                .or(file.s3_region)
+                .unwrap_or_else(|| "us-east-1".into()),
+            s3_path_style: args.s3_path_style.or(file.s3_path_style).unwrap_or(false),
+            object_bytes_target: args
+                .object_bytes_target
+                .or(file.object_bytes_target)
+                .unwrap_or(8 << 20)
+                .max(1),
+            object_age_max: std::time::Duration::from_millis(
+                args.object_age_max_ms
+                    .or(file.object_age_max_ms)
+                    .unwrap_or(1000),
+            ),
             listen,
             advertised_host,
             advertised_port,
@@ -229,6 +318,31 @@ mod tests {
         assert_eq!(c.listen.port(), 9999);
         assert_eq!(c.advertised_host, "127.0.0.1");
         assert!(!c.auto_create_topics);
+    }
+
+    #[test]
+    fn object_store_urls() {
+        assert_eq!(
+            "file:///srv/objects".parse::<ObjectStoreUrl>().unwrap(),
+            ObjectStoreUrl::Dir("/srv/objects".into())
+        );
+        assert_eq!(
+            "s3://bucket/a/b/".parse::<ObjectStoreUrl>().unwrap(),
+            ObjectStoreUrl::S3 {
+                bucket: "bucket".into(),
+                prefix: "a/b/".into()
+            }
+        );
+        assert_eq!(
+            "s3://bucket".parse::<ObjectStoreUrl>().unwrap(),
+            ObjectStoreUrl::S3 {
+                bucket: "bucket".into(),
+                prefix: String::new()
+            }
+        );
+        for bad in ["file://relative", "s3://", "http://x", "/plain/path"] {
+            assert!(bad.parse::<ObjectStoreUrl>().is_err(), "{bad}");
+        }
     }
 
     #[test]

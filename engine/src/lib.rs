@@ -14,4 +14,5 @@ pub mod object_format;
 pub mod partitions;
 pub mod server;
 pub mod shard;
+pub mod tier;
 pub mod topic_config;

@@ -69,6 +69,26 @@ impl MemLog {
         self.entries.is_empty() && self.log_start == self.log_end
     }
 
+    /// An empty log continues at `offset` (its older batches are elsewhere).
+    pub fn reset_to(&mut self, offset: i64) {
+        assert!(self.entries.is_empty(), "only an empty log moves");
+        self.log_start = offset;
+        self.log_end = offset;
+    }
+
+    /// Drops the batches that end below `offset` (they are safe elsewhere); the log end stays.
+    pub fn evict_below(&mut self, offset: i64) -> u64 {
+        let mut freed = 0;
+        while self
+            .entries
+            .front()
+            .is_some_and(|e| e.header.last_offset() < offset)
+        {
+            freed += self.pop_front();
+        }
+        freed
+    }
+
     fn pop_front(&mut self) -> u64 {
         let e = self.entries.pop_front().expect("not empty");
         self.log_start = e.header.last_offset() + 1;

@@ -9,10 +9,14 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use ringtail_engine::catalog::Catalog;
-use ringtail_engine::config::{Config, ServeArgs};
+use ringtail_engine::config::{Config, ObjectStoreUrl, ServeArgs};
 use ringtail_engine::partitions::ShardState;
 use ringtail_engine::server::serve_connection;
 use ringtail_engine::shard::{Broker, ShardOp};
+use ringtail_engine::tier::Tier;
+use ringtail_objstore::local::LocalDir;
+use ringtail_objstore::s3::{S3Config, S3Store};
+use ringtail_objstore::ObjectStore;
 use ringtail_shards::memlock::{self, MemlockLimit};
 use ringtail_shards::net::TcpListener;
 use ringtail_shards::{Runtime, RuntimeConfig, ShardContext};
@@ -76,14 +80,35 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let shard_config = config.clone();
     check_wal_shards(&config)?;
+    let store = object_store(&config)?;
     let runtime = Runtime::start(&runtime_config, move |ctx: ShardContext<ShardOp>| {
         let ready = ready_tx.clone();
         let catalog = catalog.clone();
         let config = shard_config.clone();
         let cluster_id = cluster_id.clone();
+        let store = store.clone();
         async move {
             let wal = wal_config(&config, ctx.id);
-            let state = match ShardState::open(&wal, &catalog.snapshot()).await {
+            let tier = match &store {
+                None => None,
+                Some(store) => {
+                    match Tier::open(
+                        store.clone(),
+                        ctx.id as u32,
+                        config.object_bytes_target,
+                        config.object_age_max,
+                    )
+                    .await
+                    {
+                        Ok(t) => Some(t),
+                        Err(e) => {
+                            let _ = ready.send(Err(format!("object store: {e}")));
+                            return;
+                        }
+                    }
+                }
+            };
+            let state = match ShardState::open(&wal, &catalog.snapshot(), tier).await {
                 Ok(state) => state,
                 Err(e) => {
                     let _ = ready.send(Err(e.to_string()));
@@ -174,6 +199,40 @@ async fn shard_main(
     };
     futures::pin_mut!(accept);
     let _ = futures::future::select(accept, &mut ctx.stop).await;
+}
+
+/// The object store, if one is configured.
+fn object_store(config: &Config) -> anyhow::Result<Option<Arc<dyn ObjectStore>>> {
+    let Some(url) = &config.object_store else {
+        return Ok(None);
+    };
+    let store: Arc<dyn ObjectStore> = match url {
+        ObjectStoreUrl::Dir(path) => Arc::new(
+            LocalDir::open(path)
+                .map_err(|e| anyhow::anyhow!("object store {}: {e}", path.display()))?,
+        ),
+        ObjectStoreUrl::S3 { bucket, prefix } => {
+            // Explicit credentials only: the default chain would probe a cloud metadata address.
+            let key = std::env::var("AWS_ACCESS_KEY_ID")
+                .context("s3:// object store needs AWS_ACCESS_KEY_ID")?;
+            let secret = std::env::var("AWS_SECRET_ACCESS_KEY")
+                .context("s3:// object store needs AWS_SECRET_ACCESS_KEY")?;
+            Arc::new(
+                S3Store::new(&S3Config {
+                    endpoint: config.s3_endpoint.clone(),
+                    region: config.s3_region.clone(),
+                    bucket: bucket.clone(),
+                    prefix: prefix.clone(),
+                    access_key_id: key,
+                    secret_access_key: secret,
+                    path_style: config.s3_path_style,
+                })
+                .map_err(|e| anyhow::anyhow!("object store s3://{bucket}/{prefix}: {e}"))?,
+            )
+        }
+    };
+    tracing::info!(store = ?url, "object tier on");
+    Ok(Some(store))
 }
 
 fn wal_config(config: &Config, shard: usize) -> WalConfig {

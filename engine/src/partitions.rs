@@ -6,11 +6,11 @@
 //! only then do the producers get their answers. The high watermark is the durable log end.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::channel::oneshot;
@@ -23,10 +23,13 @@ use uuid::Uuid;
 
 use crate::catalog::{Snapshot, TopicMeta};
 use crate::log::{MemLog, PartitionLog};
+use crate::manifest::ObjectRef;
+use crate::object_format::Span;
 use crate::shard::{
     now_ms, ErrorOutcome, FetchItem, FetchOutcome, ListItem, ListOutcome, PartitionKey,
     ProduceItem, ProduceOutcome, ShardOp, LEADER_EPOCH,
 };
+use crate::tier::Tier;
 
 type Waiter = Rc<RefCell<Option<oneshot::Sender<()>>>>;
 
@@ -39,11 +42,27 @@ pub struct WalTag {
 }
 
 struct Partition {
+    /// The batches in the WAL ring (not yet uploaded, or not yet evicted).
     log: MemLog,
     /// Offset the next produced record gets; ahead of the log end while writes are in flight.
     next_offset: i64,
     topic: Arc<TopicMeta>,
     waiters: Vec<Waiter>,
+    /// Committed objects holding older batches: span base offset -> (object key, span).
+    cold: BTreeMap<i64, (Arc<str>, Span)>,
+    /// Offsets below this are in committed objects (0 without an object tier).
+    uploaded_end: i64,
+}
+
+impl Partition {
+    fn log_start(&self) -> i64 {
+        let hot = self.log.log_start_offset();
+        self.cold.keys().next().map_or(hot, |&cold| cold.min(hot))
+    }
+
+    fn log_end(&self) -> i64 {
+        self.log.log_end_offset().max(self.uploaded_end)
+    }
 }
 
 /// The partitions this shard owns, and its WAL.
@@ -53,12 +72,17 @@ pub struct ShardState {
     /// Long-polls on partitions that hold no data yet: woken by the shard's next durable write.
     unborn_waiters: RefCell<Vec<Waiter>>,
     last_full_warning: Cell<Option<Instant>>,
+    tier: Option<Rc<Tier>>,
 }
 
 impl ShardState {
     /// Recovers the shard's ring (creating it on first start) and rebuilds every partition's
     /// log from it. Runs on the shard before it serves.
-    pub async fn open(config: &WalConfig, snapshot: &Snapshot) -> Result<Rc<ShardState>, WalError> {
+    pub async fn open(
+        config: &WalConfig,
+        snapshot: &Snapshot,
+        tier: Option<Tier>,
+    ) -> Result<Rc<ShardState>, WalError> {
         ringtail_wal::create_or_check(config)?;
         let recovery = ringtail_wal::recover(&config.path)?;
         let state = Rc::new(ShardState {
@@ -66,7 +90,11 @@ impl ShardState {
             wal: RefCell::new(None),
             unborn_waiters: RefCell::new(Vec::new()),
             last_full_warning: Cell::new(None),
+            tier: tier.map(Rc::new),
         });
+        if let Some(tier) = &state.tier {
+            state.load_cold(tier.committed_objects(), snapshot);
+        }
         let live = state
             .rebuild(&recovery, snapshot)
             .map_err(|reason| WalError::Open {
@@ -89,8 +117,72 @@ impl ShardState {
             "recovered WAL ring"
         );
         *state.wal.borrow_mut() = Some(wal);
+        state.settle_recovered();
         state.trim_wal();
+        if let Some(tier) = &state.tier {
+            let tick =
+                (tier.age_max / 2).clamp(Duration::from_millis(5), Duration::from_millis(100));
+            ringtail_shards::spawn_detached(upload_loop(Rc::downgrade(&state), tick));
+        }
         Ok(state)
+    }
+
+    /// Partitions learn which committed objects hold their older batches.
+    fn load_cold(&self, objects: Vec<ObjectRef>, snapshot: &Snapshot) {
+        let mut parts = self.partitions.borrow_mut();
+        for object in objects {
+            let key: Arc<str> = object.key.as_str().into();
+            for span in object.spans {
+                let pk = PartitionKey {
+                    topic_id: Uuid::from_bytes(span.topic_id),
+                    partition: span.partition,
+                };
+                let Some(topic) = snapshot
+                    .by_id(&pk.topic_id)
+                    .filter(|t| pk.partition < t.partitions)
+                    .cloned()
+                else {
+                    continue;
+                };
+                let p = parts.entry(pk).or_insert_with(|| Partition::new(topic));
+                p.uploaded_end = p.uploaded_end.max(span.last_offset + 1);
+                p.cold.insert(span.base_offset, (key.clone(), span));
+            }
+        }
+    }
+
+    /// After recovery: logs with only uploaded data continue at the uploaded end, recovered
+    /// batches already uploaded leave memory, and the rest queues for upload.
+    fn settle_recovered(&self) {
+        let mut parts = self.partitions.borrow_mut();
+        for p in parts.values_mut() {
+            if p.log.is_empty_log() && p.uploaded_end > 0 {
+                p.log.reset_to(p.uploaded_end);
+            }
+            p.log.evict_below(p.uploaded_end);
+            p.next_offset = p.log_end();
+        }
+    }
+
+    /// An object is committed: its partitions read those offsets from it from now on, memory
+    /// lets them go, and the WAL may trim behind them.
+    fn on_uploaded(&self, key: Arc<str>, spans: Vec<Span>) {
+        {
+            let mut parts = self.partitions.borrow_mut();
+            for span in spans {
+                let pk = PartitionKey {
+                    topic_id: Uuid::from_bytes(span.topic_id),
+                    partition: span.partition,
+                };
+                let Some(p) = parts.get_mut(&pk) else {
+                    continue;
+                };
+                p.uploaded_end = p.uploaded_end.max(span.last_offset + 1);
+                p.log.evict_below(p.uploaded_end);
+                p.cold.insert(span.base_offset, (key.clone(), span));
+            }
+        }
+        self.trim_wal();
     }
 
     /// Appends recovered batches to their partitions; returns each live chunk's tags.
@@ -123,17 +215,28 @@ impl ShardState {
                     .cloned();
                 if let Some(topic) = topic {
                     let p = parts.entry(key).or_insert_with(|| Partition::new(topic));
-                    if !p.log.is_empty_log() && header.base_offset != p.log.log_end_offset() {
-                        return Err(format!(
-                            "partition {}/{}: recovered batch at offset {} does not follow the log end {}",
-                            p.topic.name,
-                            key.partition,
-                            header.base_offset,
-                            p.log.log_end_offset()
-                        ));
+                    // Batches already in committed objects stay there; the rest is the hot log
+                    // and still has to be uploaded.
+                    if header.last_offset() >= p.uploaded_end {
+                        if !p.log.is_empty_log() && header.base_offset != p.log.log_end_offset() {
+                            return Err(format!(
+                                "partition {}/{}: recovered batch at offset {} does not follow the log end {}",
+                                p.topic.name,
+                                key.partition,
+                                header.base_offset,
+                                p.log.log_end_offset()
+                            ));
+                        }
+                        p.log.append(header, payload.clone());
+                        if let Some(tier) = &self.tier {
+                            tier.add(
+                                *key.topic_id.as_bytes(),
+                                key.partition,
+                                header,
+                                payload.clone(),
+                            );
+                        }
                     }
-                    p.log.append(header, payload.clone());
-                    p.next_offset = p.log.log_end_offset();
                 }
                 tags.push(WalTag {
                     key,
@@ -157,7 +260,12 @@ impl ShardState {
                     let _ = reply.send(done.await);
                 });
             }
-            ShardOp::Fetch(items, reply) => drop(reply.send(self.fetch(items))),
+            ShardOp::Fetch(items, reply) => {
+                let done = self.fetch(items);
+                ringtail_shards::spawn_detached(async move {
+                    let _ = reply.send(done.await);
+                });
+            }
             ShardOp::ListOffsets(items, reply) => drop(reply.send(self.list_offsets(items))),
             ShardOp::Watch(items, reply) => self.watch(items, reply),
             ShardOp::DropTopic(id) => self.drop_topic(id),
@@ -270,7 +378,7 @@ impl ShardState {
             .partitions
             .borrow()
             .get(&s.key)
-            .map(|p| p.log.log_start_offset())
+            .map(|p| p.log_start())
             .unwrap_or(-1);
         ProduceOutcome {
             error: 0,
@@ -291,6 +399,14 @@ impl ShardState {
                     continue;
                 };
                 p.log.append(tag.header, tag.bytes.clone());
+                if let Some(tier) = &self.tier {
+                    tier.add(
+                        *tag.key.topic_id.as_bytes(),
+                        tag.key.partition,
+                        tag.header,
+                        tag.bytes.clone(),
+                    );
+                }
                 p.log.enforce_retention(now, &p.topic.config);
                 wake(p.waiters.drain(..));
             }
@@ -304,9 +420,9 @@ impl ShardState {
         let parts = self.partitions.borrow();
         if let Some(wal) = self.wal.borrow().as_ref() {
             wal.trim(|t| {
-                parts
-                    .get(&t.key)
-                    .is_none_or(|p| t.header.last_offset() < p.log.log_start_offset())
+                parts.get(&t.key).is_none_or(|p| {
+                    t.header.last_offset() < p.log.log_start_offset().max(p.uploaded_end)
+                })
             });
         }
     }
@@ -319,41 +435,53 @@ impl ShardState {
         self.partitions.borrow_mut().get_mut(&key).map(f)
     }
 
-    pub fn fetch(&self, items: Vec<FetchItem>) -> Vec<FetchOutcome> {
-        items
+    /// Hot reads answer at once; reads below the in-memory log go to the committed objects.
+    pub fn fetch(
+        &self,
+        items: Vec<FetchItem>,
+    ) -> impl Future<Output = Vec<FetchOutcome>> + 'static {
+        let plans: Vec<FetchPlan> = items
             .into_iter()
             .map(|item| {
-                self.with_partition(item.key, |p| {
-                    let (hw, start) = (p.log.log_end_offset(), p.log.log_start_offset());
-                    match p
-                        .log
-                        .read(item.offset, item.max_bytes, item.first_batch_always)
-                    {
-                        Ok(batches) => FetchOutcome {
-                            error: 0,
-                            high_watermark: hw,
-                            log_start_offset: start,
-                            batches,
-                        },
-                        Err(_) => FetchOutcome {
-                            error: ResponseError::OffsetOutOfRange.code(),
-                            high_watermark: hw,
-                            log_start_offset: start,
-                            batches: Vec::new(),
-                        },
-                    }
-                })
-                .unwrap_or_else(|| empty_partition_fetch(item.offset))
+                self.with_partition(item.key, |p| plan_fetch(p, &item))
+                    .unwrap_or_else(|| FetchPlan::Ready(empty_partition_fetch(item.offset)))
             })
-            .collect()
+            .collect();
+        let store = self.tier.as_ref().map(|t| t.store.clone());
+        async move {
+            let mut out = Vec::with_capacity(plans.len());
+            for plan in plans {
+                out.push(match plan {
+                    FetchPlan::Ready(o) => o,
+                    FetchPlan::Cold(c) => match &store {
+                        Some(store) => c.read(store.as_ref()).await,
+                        None => FetchOutcome::error(ResponseError::UnknownServerError.code()),
+                    },
+                });
+            }
+            out
+        }
     }
 
     pub fn list_offsets(&self, items: Vec<ListItem>) -> Vec<ListOutcome> {
         items
             .into_iter()
             .map(|item| {
-                self.with_partition(item.key, |p| list_offset(&p.log, item.timestamp))
-                    .unwrap_or_else(|| list_offset(&MemLog::new(), item.timestamp))
+                self.with_partition(item.key, |p| match item.timestamp {
+                    -1 => ListOutcome {
+                        error: 0,
+                        offset: p.log_end(),
+                        timestamp: -1,
+                    },
+                    -2 | -4 => ListOutcome {
+                        error: 0,
+                        offset: p.log_start(),
+                        timestamp: -1,
+                    },
+                    // Timestamps are looked up in the in-memory log only (cold objects: todo).
+                    t => list_offset(&p.log, t),
+                })
+                .unwrap_or_else(|| list_offset(&MemLog::new(), item.timestamp))
             })
             .collect()
     }
@@ -366,7 +494,7 @@ impl ShardState {
             let Some(p) = parts.get_mut(&key) else {
                 continue;
             };
-            if p.log.log_end_offset() > offset || p.log.log_start_offset() > offset {
+            if p.log_end() > offset || p.log_start() > offset {
                 if let Some(tx) = waiter.borrow_mut().take() {
                     let _ = tx.send(());
                 }
@@ -415,6 +543,136 @@ impl Partition {
             next_offset: 0,
             topic,
             waiters: Vec::new(),
+            cold: BTreeMap::new(),
+            uploaded_end: 0,
+        }
+    }
+}
+
+enum FetchPlan {
+    Ready(FetchOutcome),
+    Cold(ColdRead),
+}
+
+/// A read of one partition's span in one committed object.
+struct ColdRead {
+    key: Arc<str>,
+    span: Span,
+    offset: i64,
+    max_bytes: usize,
+    first_batch_always: bool,
+    high_watermark: i64,
+    log_start_offset: i64,
+}
+
+fn plan_fetch(p: &Partition, item: &FetchItem) -> FetchPlan {
+    let (start, end) = (p.log_start(), p.log_end());
+    let out_of_range = FetchOutcome {
+        error: ResponseError::OffsetOutOfRange.code(),
+        high_watermark: end,
+        log_start_offset: start,
+        batches: Vec::new(),
+    };
+    if item.offset < start || item.offset > end {
+        return FetchPlan::Ready(out_of_range);
+    }
+    if item.offset >= p.log.log_start_offset() {
+        return FetchPlan::Ready(
+            match p
+                .log
+                .read(item.offset, item.max_bytes, item.first_batch_always)
+            {
+                Ok(batches) => FetchOutcome {
+                    error: 0,
+                    high_watermark: end,
+                    log_start_offset: start,
+                    batches,
+                },
+                Err(_) => out_of_range,
+            },
+        );
+    }
+    match p.cold.range(..=item.offset).next_back() {
+        Some((_, (key, span))) if item.offset <= span.last_offset => FetchPlan::Cold(ColdRead {
+            key: key.clone(),
+            span: span.clone(),
+            offset: item.offset,
+            max_bytes: item.max_bytes,
+            first_batch_always: item.first_batch_always,
+            high_watermark: end,
+            log_start_offset: start,
+        }),
+        _ => FetchPlan::Ready(out_of_range),
+    }
+}
+
+impl ColdRead {
+    async fn read(self, store: &dyn ringtail_objstore::ObjectStore) -> FetchOutcome {
+        let range = self.span.byte_start..self.span.byte_start + self.span.byte_len;
+        let bytes = match store.get(&self.key, Some(range)).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(key = %self.key, error = %e, "cold read failed");
+                return FetchOutcome::error(ResponseError::KafkaStorageError.code());
+            }
+        };
+        let mut batches = Vec::new();
+        let mut taken = 0usize;
+        let mut at = 0usize;
+        while at < bytes.len() {
+            let Ok(h) = BatchHeader::parse(&bytes[at..]) else {
+                break;
+            };
+            let size = h.size_bytes();
+            if at + size > bytes.len() {
+                tracing::error!(key = %self.key, at, "object span ends inside a batch");
+                break;
+            }
+            if h.last_offset() >= self.offset {
+                let fits = taken + size <= self.max_bytes;
+                if !(fits || batches.is_empty() && self.first_batch_always) {
+                    break;
+                }
+                taken += size;
+                batches.push(bytes.slice(at..at + size));
+                if !fits {
+                    break;
+                }
+            }
+            at += size;
+        }
+        FetchOutcome {
+            error: 0,
+            high_watermark: self.high_watermark,
+            log_start_offset: self.log_start_offset,
+            batches,
+        }
+    }
+}
+
+/// Seals and uploads objects while the shard lives.
+async fn upload_loop(weak: Weak<ShardState>, tick: Duration) {
+    loop {
+        ringtail_shards::sleep(tick).await;
+        let Some(state) = weak.upgrade() else { return };
+        let Some(tier) = state.tier.clone() else {
+            return;
+        };
+        if tier.is_fenced() {
+            return;
+        }
+        let Some(sealed) = tier.seal_if_due() else {
+            continue;
+        };
+        drop(state);
+        let key: Arc<str> = sealed.key.as_str().into();
+        match tier.upload(sealed).await {
+            Ok(spans) => {
+                if let Some(state) = weak.upgrade() {
+                    state.on_uploaded(key, spans);
+                }
+            }
+            Err(_) => return,
         }
     }
 }

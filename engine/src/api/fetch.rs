@@ -84,11 +84,7 @@ pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> 
             })
             .collect();
         let mut fetched = broker
-            .scatter(
-                items,
-                |s, i| futures::future::ready(s.fetch(i)),
-                ShardOp::Fetch,
-            )
+            .scatter(items, |s, i| s.fetch(i), ShardOp::Fetch)
             .await
             .into_iter();
         let mut outcomes: Vec<FetchOutcome> = slots

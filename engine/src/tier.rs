@@ -1,0 +1,227 @@
+//! The shard's object tier: batches that are durable in the WAL are packed into objects,
+//! uploaded, and committed to the shard's manifest; only then may the WAL trim behind them.
+
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use ringtail_objstore::{Condition, ObjectStore, Part, StoreError};
+
+use crate::manifest::{CommitError, Committed, ManifestStore, ObjectRef};
+use crate::object_format::{object_key, ObjectBuilder, ObjectIndex, Span};
+
+/// Multipart part size for objects larger than one part.
+pub const PART_BYTES: usize = 8 << 20;
+/// Backoff bounds for retrying a failed upload or commit.
+const RETRY_DELAY_MIN: Duration = Duration::from_millis(50);
+const RETRY_DELAY_MAX: Duration = Duration::from_secs(5);
+
+pub struct Tier {
+    pub store: Arc<dyn ObjectStore>,
+    manifests: ManifestStore,
+    committed: RefCell<Committed>,
+    shard: u32,
+    builder: RefCell<ObjectBuilder>,
+    next_seq: Cell<u64>,
+    oldest: Cell<Option<Instant>>,
+    pub bytes_target: u64,
+    pub age_max: Duration,
+    fenced: Cell<bool>,
+}
+
+/// An object ready to upload.
+pub struct Sealed {
+    pub key: String,
+    pub pieces: Vec<Bytes>,
+    pub index: ObjectIndex,
+}
+
+impl Tier {
+    /// Takes the shard over (fencing any previous owner) and returns the tier and the committed
+    /// manifest to rebuild from.
+    pub async fn open(
+        store: Arc<dyn ObjectStore>,
+        shard: u32,
+        bytes_target: u64,
+        age_max: Duration,
+    ) -> Result<Tier, CommitError> {
+        let manifests = ManifestStore::new(store.clone(), shard);
+        let committed = manifests.take_over().await?;
+        tracing::info!(
+            shard,
+            epoch = committed.manifest.epoch,
+            objects = committed.manifest.objects.len(),
+            "took over the shard's manifest"
+        );
+        Ok(Tier {
+            store,
+            manifests,
+            committed: RefCell::new(committed),
+            shard,
+            builder: RefCell::new(ObjectBuilder::default()),
+            next_seq: Cell::new(1),
+            oldest: Cell::new(None),
+            bytes_target,
+            age_max,
+            fenced: Cell::new(false),
+        })
+    }
+
+    pub fn committed_objects(&self) -> Vec<ObjectRef> {
+        self.committed.borrow().manifest.objects.clone()
+    }
+
+    /// Queues a durable batch for the next object.
+    pub fn add(
+        &self,
+        topic_id: [u8; 16],
+        partition: i32,
+        header: ringtail_netio::batch::BatchHeader,
+        bytes: Bytes,
+    ) {
+        let seq = self.next_seq.get();
+        self.next_seq.set(seq + 1);
+        self.builder
+            .borrow_mut()
+            .add(seq, topic_id, partition, header, bytes);
+        if self.oldest.get().is_none() {
+            self.oldest.set(Some(Instant::now()));
+        }
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.get()
+    }
+
+    /// The pending object, if it is big or old enough.
+    pub fn seal_if_due(&self) -> Option<Sealed> {
+        let due = {
+            let b = self.builder.borrow();
+            !b.is_empty()
+                && (b.data_bytes() >= self.bytes_target
+                    || self
+                        .oldest
+                        .get()
+                        .is_some_and(|t| t.elapsed() >= self.age_max))
+        };
+        if !due || self.fenced.get() {
+            return None;
+        }
+        let builder = std::mem::take(&mut *self.builder.borrow_mut());
+        self.oldest.set(None);
+        let (epoch, generation) = {
+            let c = self.committed.borrow();
+            (c.manifest.epoch, c.manifest.generation)
+        };
+        let key = object_key(self.shard, epoch, generation + 1);
+        let (pieces, index) = builder.finish(self.shard, epoch);
+        Some(Sealed { key, pieces, index })
+    }
+
+    /// Uploads and commits an object, retrying store errors with backoff until it succeeds;
+    /// returns its spans, or an error only if this shard has been fenced.
+    pub async fn upload(&self, sealed: Sealed) -> Result<Vec<Span>, CommitError> {
+        let size: u64 = sealed.pieces.iter().map(|p| p.len() as u64).sum();
+        let t = Instant::now();
+        retry(&format!("upload {}", sealed.key), || {
+            put_object(
+                self.store.clone(),
+                sealed.key.clone(),
+                sealed.pieces.clone(),
+            )
+        })
+        .await;
+        let upload_ms = t.elapsed().as_millis();
+        let object = ObjectRef {
+            key: sealed.key.clone(),
+            size,
+            spans: sealed.index.spans.clone(),
+        };
+        let mut delay = RETRY_DELAY_MIN;
+        loop {
+            let current = self.committed.borrow().clone();
+            let mut next = current.manifest.clone();
+            next.objects.push(object.clone());
+            match self.manifests.commit(Some(&current), next).await {
+                Ok(c) => {
+                    *self.committed.borrow_mut() = c;
+                    break;
+                }
+                Err(e @ CommitError::Fenced { .. }) | Err(e @ CommitError::Corrupt { .. }) => {
+                    tracing::error!(error = %e, "object tier stops: this shard no longer owns its manifest");
+                    self.fenced.set(true);
+                    return Err(e);
+                }
+                Err(CommitError::Store(e)) => {
+                    tracing::warn!(error = %e, key = %sealed.key, "manifest commit failed; retrying");
+                    ringtail_shards::sleep(jitter(delay)).await;
+                    delay = (delay * 2).min(RETRY_DELAY_MAX);
+                }
+            }
+        }
+        tracing::debug!(key = %sealed.key, bytes = size, spans = object.spans.len(), upload_ms, "committed object");
+        Ok(object.spans)
+    }
+}
+
+async fn retry<T>(
+    what: &str,
+    mut op: impl FnMut() -> futures::future::BoxFuture<'static, Result<T, StoreError>>,
+) -> T {
+    let mut delay = RETRY_DELAY_MIN;
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} failed; retrying in {delay:?}");
+                ringtail_shards::sleep(jitter(delay)).await;
+                delay = (delay * 2).min(RETRY_DELAY_MAX);
+            }
+        }
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    d + d.mul_f64((nanos % 1000) as f64 / 2000.0)
+}
+
+/// One PUT for a small object; multipart (8 MiB parts) for a large one, aborted on failure.
+fn put_object(
+    store: Arc<dyn ObjectStore>,
+    key: String,
+    pieces: Vec<Bytes>,
+) -> futures::future::BoxFuture<'static, Result<(), StoreError>> {
+    Box::pin(async move {
+        let total: usize = pieces.iter().map(|p| p.len()).sum();
+        let mut whole = BytesMut::with_capacity(total);
+        for p in &pieces {
+            whole.extend_from_slice(p);
+        }
+        let whole = whole.freeze();
+        if total <= PART_BYTES {
+            return store.put(&key, whole, Condition::None).await.map(|_| ());
+        }
+        let id = store.create_multipart(&key).await?;
+        let mut parts: Vec<Part> = Vec::new();
+        for (i, at) in (0..total).step_by(PART_BYTES).enumerate() {
+            let chunk = whole.slice(at..(at + PART_BYTES).min(total));
+            match store.upload_part(&key, &id, i as i32 + 1, chunk).await {
+                Ok(p) => parts.push(p),
+                Err(e) => {
+                    let _ = store.abort_multipart(&key, &id).await;
+                    return Err(e);
+                }
+            }
+        }
+        if let Err(e) = store.complete_multipart(&key, &id, parts).await {
+            let _ = store.abort_multipart(&key, &id).await;
+            return Err(e);
+        }
+        Ok(())
+    })
+}
