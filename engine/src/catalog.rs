@@ -119,6 +119,41 @@ impl Catalog {
         Ok(catalog)
     }
 
+    /// The catalog as stored: JSON of every topic.
+    pub fn to_json(&self) -> Vec<u8> {
+        let disk = OnDisk {
+            format_version: FORMAT_VERSION,
+            topics: self
+                .snapshot()
+                .topics()
+                .iter()
+                .map(|t| (**t).clone())
+                .collect(),
+        };
+        serde_json::to_vec_pretty(&disk).expect("serialisable")
+    }
+
+    /// Seeds an empty data dir with a catalog copied from elsewhere (the object store), after
+    /// checking that it parses. An existing local catalog is left alone.
+    pub fn seed(dir: &std::path::Path, json: &[u8]) -> anyhow::Result<bool> {
+        use anyhow::Context;
+        let path = dir.join("catalog.json");
+        if path.exists() {
+            return Ok(false);
+        }
+        let disk: OnDisk =
+            serde_json::from_slice(json).context("parsing the object store's catalog")?;
+        anyhow::ensure!(
+            disk.format_version == FORMAT_VERSION,
+            "unknown catalog format {}",
+            disk.format_version
+        );
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating data dir {}", dir.display()))?;
+        write_atomically(&path, json).with_context(|| format!("writing {}", path.display()))?;
+        Ok(true)
+    }
+
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
     }

@@ -10,13 +10,14 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use ringtail_engine::catalog::Catalog;
 use ringtail_engine::config::{Config, ObjectStoreUrl, ServeArgs};
+use ringtail_engine::mirror::CatalogMirror;
 use ringtail_engine::partitions::ShardState;
 use ringtail_engine::server::serve_connection;
 use ringtail_engine::shard::{Broker, ShardOp};
 use ringtail_engine::tier::Tier;
 use ringtail_objstore::local::LocalDir;
 use ringtail_objstore::s3::{S3Config, S3Store};
-use ringtail_objstore::ObjectStore;
+use ringtail_objstore::{Condition, ObjectStore, StoreError};
 use ringtail_shards::memlock::{self, MemlockLimit};
 use ringtail_shards::net::TcpListener;
 use ringtail_shards::{Runtime, RuntimeConfig, ShardContext};
@@ -57,8 +58,13 @@ fn main() {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(Config::resolve(args)?);
+    let store = object_store(&config)?;
+    if let Some(store) = &store {
+        restore_from_object_store(&config, store)?;
+    }
     let catalog = Arc::new(Catalog::open(&config.data_dir)?);
-    let cluster_id = cluster_id(&config.data_dir)?;
+    let cluster_id = cluster_id(&config.data_dir, store.as_deref())?;
+    let mirror = store.clone().map(|s| Arc::new(CatalogMirror::new(s)));
     // Registered memory for a few WAL writes, so that their buffers need no page faults.
     let io_memory_wanted = 4 * config.wal_max_write_bytes as usize;
     let io_memory_bytes =
@@ -80,13 +86,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let shard_config = config.clone();
     check_wal_shards(&config)?;
-    let store = object_store(&config)?;
     let runtime = Runtime::start(&runtime_config, move |ctx: ShardContext<ShardOp>| {
         let ready = ready_tx.clone();
         let catalog = catalog.clone();
         let config = shard_config.clone();
         let cluster_id = cluster_id.clone();
         let store = store.clone();
+        let mirror = mirror.clone();
         async move {
             let wal = wal_config(&config, ctx.id);
             let tier = match &store {
@@ -125,6 +131,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 config,
                 advertised_port,
                 cluster_id,
+                mirror,
             });
             shard_main(ctx, broker, bound, ready).await
         }
@@ -183,6 +190,11 @@ async fn shard_main(
             state.handle(op);
         }
     });
+    if ctx.id == 0 {
+        // Heal a catalog copy that a failed push left stale.
+        let b = broker.clone();
+        ringtail_shards::spawn_detached(async move { b.catalog_changed().await });
+    }
     let _ = ready.send(Ok(ctx.id));
     let accept = async {
         loop {
@@ -199,6 +211,7 @@ async fn shard_main(
     };
     futures::pin_mut!(accept);
     let _ = futures::future::select(accept, &mut ctx.stop).await;
+    broker.state.flush_to_objects(SHUTDOWN_FLUSH_MAX).await;
 }
 
 /// The object store, if one is configured.
@@ -276,6 +289,9 @@ fn check_wal_shards(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long a clean shutdown waits for the last objects to be uploaded.
+const SHUTDOWN_FLUSH_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn bind_reuseport(addr: SocketAddr) -> std::io::Result<StdListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -289,13 +305,68 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<StdListener> {
     Ok(socket.into())
 }
 
-/// The cluster id, made once and kept in the data dir.
-fn cluster_id(dir: &Path) -> anyhow::Result<String> {
+/// The cluster id, made once and kept in the data dir and, with an object tier, in the bucket
+/// (the first broker to create it wins; the others read it).
+fn cluster_id(dir: &Path, store: Option<&dyn ObjectStore>) -> anyhow::Result<String> {
     let path = dir.join("cluster_id");
     if let Ok(id) = std::fs::read_to_string(&path) {
         return Ok(id.trim().to_string());
     }
-    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut id = uuid::Uuid::new_v4().simple().to_string();
+    if let Some(store) = store {
+        use futures::executor::block_on;
+        match block_on(store.put(
+            "cluster_id",
+            bytes::Bytes::from(id.clone()),
+            Condition::IfNoneMatch,
+        )) {
+            Ok(_) => {}
+            Err(StoreError::PreconditionFailed(_)) => {
+                let stored = block_on(store.get("cluster_id", None))
+                    .map_err(|e| anyhow::anyhow!("reading the cluster id: {e}"))?;
+                id = String::from_utf8_lossy(&stored).trim().to_string();
+            }
+            Err(e) => bail!("storing the cluster id in the object store: {e}"),
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
     Ok(id)
+}
+
+/// An empty data dir starts from the bucket: the topic catalog comes from there. Refuses a shard
+/// count that would hide committed data.
+fn restore_from_object_store(config: &Config, store: &Arc<dyn ObjectStore>) -> anyhow::Result<()> {
+    use futures::executor::block_on;
+    let manifests = block_on(store.list("shards/"))
+        .map_err(|e| anyhow::anyhow!("listing the object store: {e}"))?;
+    let shards: std::collections::BTreeSet<usize> = manifests
+        .iter()
+        .filter_map(|m| {
+            m.key
+                .strip_prefix("shards/")?
+                .strip_suffix("/manifest")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    if let Some(&highest) = shards.iter().next_back() {
+        if highest >= config.shards {
+            bail!(
+                "the object store holds manifests of {} shard(s) but --shards is {}: start with --shards {}",
+                highest + 1,
+                config.shards,
+                highest + 1
+            );
+        }
+    }
+    let mirror = CatalogMirror::new(store.clone());
+    if let Some(json) = block_on(mirror.fetch())
+        .map_err(|e| anyhow::anyhow!("reading the catalog from the object store: {e}"))?
+    {
+        if Catalog::seed(&config.data_dir, &json)? {
+            tracing::info!("restored the topic catalog from the object store");
+        }
+    }
+    Ok(())
 }

@@ -127,6 +127,22 @@ impl ShardState {
         Ok(state)
     }
 
+    /// Clean shutdown: uploads and commits everything durable, waiting at most `limit`.
+    pub async fn flush_to_objects(&self, limit: Duration) {
+        let Some(tier) = &self.tier else { return };
+        tier.start_flush();
+        let deadline = Instant::now() + limit;
+        while !tier.is_idle() && !tier.is_fenced() {
+            if Instant::now() > deadline {
+                tracing::warn!(
+                    "shutdown: gave up waiting for the last upload; the WAL still holds the data"
+                );
+                return;
+            }
+            ringtail_shards::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Partitions learn which committed objects hold their older batches.
     fn load_cold(&self, objects: Vec<ObjectRef>, snapshot: &Snapshot) {
         let mut parts = self.partitions.borrow_mut();

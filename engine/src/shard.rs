@@ -137,9 +137,21 @@ pub struct Broker {
     pub advertised_host: String,
     pub advertised_port: i32,
     pub cluster_id: String,
+    /// The catalog's copy in object storage, when there is an object tier.
+    pub mirror: Option<Arc<crate::mirror::CatalogMirror>>,
 }
 
 impl Broker {
+    /// After a catalog change: copy the catalog to object storage. A failure is logged; the
+    /// next change, or the next start, pushes again.
+    pub async fn catalog_changed(&self) {
+        if let Some(mirror) = &self.mirror {
+            if let Err(e) = mirror.push(&self.catalog).await {
+                tracing::error!(error = %e, "could not copy the topic catalog to object storage");
+            }
+        }
+    }
+
     pub fn owner(&self, topic: &TopicMeta, partition: i32) -> usize {
         owner_shard(&topic.name, partition, self.shards)
     }

@@ -28,6 +28,10 @@ pub struct Tier {
     pub bytes_target: u64,
     pub age_max: Duration,
     fenced: Cell<bool>,
+    /// Seal whatever is pending, however small (clean shutdown).
+    flushing: Cell<bool>,
+    /// An object is being uploaded or committed.
+    pub busy: Cell<bool>,
 }
 
 /// An object ready to upload.
@@ -65,6 +69,8 @@ impl Tier {
             bytes_target,
             age_max,
             fenced: Cell::new(false),
+            flushing: Cell::new(false),
+            busy: Cell::new(false),
         })
     }
 
@@ -94,12 +100,23 @@ impl Tier {
         self.fenced.get()
     }
 
+    /// From now on every pending batch is sealed at once (clean shutdown).
+    pub fn start_flush(&self) {
+        self.flushing.set(true);
+    }
+
+    /// Nothing pending and nothing in flight.
+    pub fn is_idle(&self) -> bool {
+        self.builder.borrow().is_empty() && !self.busy.get()
+    }
+
     /// The pending object, if it is big or old enough.
     pub fn seal_if_due(&self) -> Option<Sealed> {
         let due = {
             let b = self.builder.borrow();
             !b.is_empty()
                 && (b.data_bytes() >= self.bytes_target
+                    || self.flushing.get()
                     || self
                         .oldest
                         .get()

@@ -29,7 +29,7 @@ fn text(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
 
-pub fn create_topics(
+pub async fn create_topics(
     broker: &Broker,
     header: &Header,
     request: CreateTopicsRequest,
@@ -107,6 +107,10 @@ pub fn create_topics(
             }
         })
         .collect();
+    let results: Vec<CreatableTopicResult> = results;
+    if !request.validate_only && results.iter().any(|r| r.error_code == 0) {
+        broker.catalog_changed().await;
+    }
     CreateTopicsResponse::default().with_topics(results)
 }
 
@@ -175,10 +179,13 @@ pub async fn delete_topics(
             ),
         }
     }
+    if responses.iter().any(|r| r.error_code == 0) {
+        broker.catalog_changed().await;
+    }
     DeleteTopicsResponse::default().with_responses(responses)
 }
 
-pub fn create_partitions(
+pub async fn create_partitions(
     broker: &Broker,
     request: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
@@ -206,6 +213,10 @@ pub fn create_partitions(
             }
         })
         .collect();
+    let results: Vec<CreatePartitionsTopicResult> = results;
+    if !request.validate_only && results.iter().any(|r| r.error_code == 0) {
+        broker.catalog_changed().await;
+    }
     CreatePartitionsResponse::default().with_results(results)
 }
 

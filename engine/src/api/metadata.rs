@@ -19,7 +19,11 @@ use uuid::Uuid;
 use crate::catalog::{validate_name, CatalogError, TopicMeta};
 use crate::shard::{Broker, LEADER_EPOCH};
 
-pub fn metadata(broker: &Broker, header: &Header, request: MetadataRequest) -> MetadataResponse {
+pub async fn metadata(
+    broker: &Broker,
+    header: &Header,
+    request: MetadataRequest,
+) -> MetadataResponse {
     let version = header.api_version;
     let snapshot = broker.catalog.snapshot();
     let all = match &request.topics {
@@ -47,6 +51,10 @@ pub fn metadata(broker: &Broker, header: &Header, request: MetadataRequest) -> M
             })
             .collect()
     };
+    if !Arc::ptr_eq(&snapshot, &broker.catalog.snapshot()) {
+        // A topic was auto-created (by this request or another).
+        broker.catalog_changed().await;
+    }
     MetadataResponse::default()
         .with_brokers(vec![MetadataResponseBroker::default()
             .with_node_id(BrokerId(broker.config.node_id))

@@ -89,18 +89,22 @@ pub async fn handle(broker: &Broker, header: &Header, body: Body) -> Reply {
     };
     match *request {
         RequestKind::ApiVersions(_) => api_versions(header),
-        RequestKind::Metadata(r) => respond(header, &metadata::metadata(broker, header, r)),
+        RequestKind::Metadata(r) => respond(header, &metadata::metadata(broker, header, r).await),
         RequestKind::DescribeCluster(r) => respond(header, &metadata::describe_cluster(broker, r)),
         RequestKind::Fetch(r) => respond(header, &fetch::handle(broker, header, r).await),
         RequestKind::ListOffsets(r) => respond(
             header,
             &list_offsets::handle(broker, header.api_version, r).await,
         ),
-        RequestKind::CreateTopics(r) => respond(header, &admin::create_topics(broker, header, r)),
+        RequestKind::CreateTopics(r) => {
+            respond(header, &admin::create_topics(broker, header, r).await)
+        }
         RequestKind::DeleteTopics(r) => {
             respond(header, &admin::delete_topics(broker, header, r).await)
         }
-        RequestKind::CreatePartitions(r) => respond(header, &admin::create_partitions(broker, r)),
+        RequestKind::CreatePartitions(r) => {
+            respond(header, &admin::create_partitions(broker, r).await)
+        }
         RequestKind::DescribeConfigs(r) => respond(header, &admin::describe_configs(broker, r)),
         other => Reply::Close(format!(
             "no handler for {:?}",
