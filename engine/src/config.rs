@@ -70,6 +70,9 @@ pub struct ServeArgs {
     /// ...or once its oldest batch is this old.
     #[arg(long, env = "RINGTAIL_OBJECT_AGE_MAX_MS")]
     pub object_age_max_ms: Option<u64>,
+    /// Test only: inject object-store faults, e.g. `throttle=0.2,error=0.05,latency-ms=5`.
+    #[arg(long, hide = true)]
+    pub object_store_faults: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -120,6 +123,7 @@ pub struct Config {
     pub s3_path_style: bool,
     pub object_bytes_target: u64,
     pub object_age_max: std::time::Duration,
+    pub object_store_faults: Option<ringtail_objstore::faulty::Faults>,
 }
 
 /// Where objects go.
@@ -257,6 +261,12 @@ impl Config {
                 .or(file.object_bytes_target)
                 .unwrap_or(8 << 20)
                 .max(1),
+            object_store_faults: args
+                .object_store_faults
+                .as_deref()
+                .map(ringtail_objstore::faulty::Faults::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--object-store-faults: {e}"))?,
             object_age_max: std::time::Duration::from_millis(
                 args.object_age_max_ms
                     .or(file.object_age_max_ms)

@@ -15,6 +15,7 @@ use ringtail_engine::partitions::ShardState;
 use ringtail_engine::server::serve_connection;
 use ringtail_engine::shard::{Broker, ShardOp};
 use ringtail_engine::tier::Tier;
+use ringtail_objstore::faulty::Faulty;
 use ringtail_objstore::local::LocalDir;
 use ringtail_objstore::s3::{S3Config, S3Store};
 use ringtail_objstore::{Condition, ObjectStore, StoreError};
@@ -245,6 +246,10 @@ fn object_store(config: &Config) -> anyhow::Result<Option<Arc<dyn ObjectStore>>>
         }
     };
     tracing::info!(store = ?url, "object tier on");
+    if let Some(faults) = &config.object_store_faults {
+        tracing::warn!(?faults, "injecting object-store faults (test setting)");
+        return Ok(Some(Arc::new(Faulty::new(store, faults.clone(), 0x5eed))));
+    }
     Ok(Some(store))
 }
 
@@ -314,16 +319,19 @@ fn cluster_id(dir: &Path, store: Option<&dyn ObjectStore>) -> anyhow::Result<Str
     }
     let mut id = uuid::Uuid::new_v4().simple().to_string();
     if let Some(store) = store {
-        use futures::executor::block_on;
-        match block_on(store.put(
-            "cluster_id",
-            bytes::Bytes::from(id.clone()),
-            Condition::IfNoneMatch,
-        )) {
+        let put = || {
+            store.put(
+                "cluster_id",
+                bytes::Bytes::from(id.clone()),
+                Condition::IfNoneMatch,
+            )
+        };
+        match retry_blocking("storing the cluster id", put) {
             Ok(_) => {}
             Err(StoreError::PreconditionFailed(_)) => {
-                let stored = block_on(store.get("cluster_id", None))
-                    .map_err(|e| anyhow::anyhow!("reading the cluster id: {e}"))?;
+                let stored =
+                    retry_blocking("reading the cluster id", || store.get("cluster_id", None))
+                        .map_err(|e| anyhow::anyhow!("reading the cluster id: {e}"))?;
                 id = String::from_utf8_lossy(&stored).trim().to_string();
             }
             Err(e) => bail!("storing the cluster id in the object store: {e}"),
@@ -334,11 +342,29 @@ fn cluster_id(dir: &Path, store: Option<&dyn ObjectStore>) -> anyhow::Result<Str
     Ok(id)
 }
 
+/// Runs a store request at start-up (no shard runs yet), retrying retryable errors for a while.
+fn retry_blocking<'a, T>(
+    what: &str,
+    mut op: impl FnMut() -> futures::future::BoxFuture<'a, Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let deadline = std::time::Instant::now() + ringtail_engine::tier::STARTUP_RETRY_MAX;
+    let mut delay = std::time::Duration::from_millis(50);
+    loop {
+        match futures::executor::block_on(op()) {
+            Err(e) if e.is_retryable() && std::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "{what} failed; retrying");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// An empty data dir starts from the bucket: the topic catalog comes from there. Refuses a shard
 /// count that would hide committed data.
 fn restore_from_object_store(config: &Config, store: &Arc<dyn ObjectStore>) -> anyhow::Result<()> {
-    use futures::executor::block_on;
-    let manifests = block_on(store.list("shards/"))
+    let manifests = retry_blocking("listing the object store", || store.list("shards/"))
         .map_err(|e| anyhow::anyhow!("listing the object store: {e}"))?;
     let shards: std::collections::BTreeSet<usize> = manifests
         .iter()
@@ -361,8 +387,9 @@ fn restore_from_object_store(config: &Config, store: &Arc<dyn ObjectStore>) -> a
         }
     }
     let mirror = CatalogMirror::new(store.clone());
-    if let Some(json) = block_on(mirror.fetch())
-        .map_err(|e| anyhow::anyhow!("reading the catalog from the object store: {e}"))?
+    let fetched = retry_blocking("reading the catalog", || Box::pin(mirror.fetch()));
+    if let Some(json) =
+        fetched.map_err(|e| anyhow::anyhow!("reading the catalog from the object store: {e}"))?
     {
         if Catalog::seed(&config.data_dir, &json)? {
             tracing::info!("restored the topic catalog from the object store");

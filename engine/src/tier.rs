@@ -16,6 +16,8 @@ pub const PART_BYTES: usize = 8 << 20;
 /// Backoff bounds for retrying a failed upload or commit.
 const RETRY_DELAY_MIN: Duration = Duration::from_millis(50);
 const RETRY_DELAY_MAX: Duration = Duration::from_secs(5);
+/// How long start-up keeps retrying a store that answers with retryable errors.
+pub const STARTUP_RETRY_MAX: Duration = Duration::from_secs(60);
 
 pub struct Tier {
     pub store: Arc<dyn ObjectStore>,
@@ -51,7 +53,20 @@ impl Tier {
         age_max: Duration,
     ) -> Result<Tier, CommitError> {
         let manifests = ManifestStore::new(store.clone(), shard);
-        let committed = manifests.take_over().await?;
+        // Start-up rides out a flaky store for a while rather than failing at the first 503.
+        let deadline = Instant::now() + STARTUP_RETRY_MAX;
+        let mut delay = RETRY_DELAY_MIN;
+        let committed = loop {
+            match manifests.take_over().await {
+                Ok(c) => break c,
+                Err(CommitError::Store(e)) if e.is_retryable() && Instant::now() < deadline => {
+                    tracing::warn!(shard, error = %e, "taking over the manifest failed; retrying");
+                    ringtail_shards::sleep(jitter(delay)).await;
+                    delay = (delay * 2).min(RETRY_DELAY_MAX);
+                }
+                Err(e) => return Err(e),
+            }
+        };
         tracing::info!(
             shard,
             epoch = committed.manifest.epoch,

@@ -30,6 +30,39 @@ pub struct Faulty<S> {
     timer: Arc<tokio::runtime::Runtime>,
 }
 
+impl Faults {
+    /// Parses `throttle=0.2,error=0.05,latency-ms=10` (rates are fractions of requests).
+    pub fn parse(spec: &str) -> Result<Faults, String> {
+        let mut f = Faults::default();
+        for item in spec.split(',').filter(|s| !s.is_empty()) {
+            let (k, v) = item
+                .split_once('=')
+                .ok_or_else(|| format!("fault {item:?} is not key=value"))?;
+            let rate = || {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|r| (0.0..=1.0).contains(r))
+                    .map(|r| (r * 1e6) as u32)
+            };
+            match k {
+                "throttle" => {
+                    f.throttle_ppm =
+                        rate().ok_or_else(|| format!("throttle={v} is not a fraction"))?
+                }
+                "error" => {
+                    f.error_ppm = rate().ok_or_else(|| format!("error={v} is not a fraction"))?
+                }
+                "latency-ms" => {
+                    f.latency =
+                        Duration::from_millis(v.parse().map_err(|_| format!("latency-ms={v}"))?)
+                }
+                _ => return Err(format!("unknown fault {k:?} (throttle, error, latency-ms)")),
+            }
+        }
+        Ok(f)
+    }
+}
+
 impl<S: ObjectStore> Faulty<S> {
     pub fn new(inner: S, faults: Faults, seed: u64) -> Faulty<S> {
         let timer = crate::runtime("ringtail-faults", 1).expect("runtime");

@@ -121,3 +121,50 @@ pub(crate) fn runtime(name: &str, threads: usize) -> std::io::Result<tokio::runt
         .enable_all()
         .build()
 }
+
+/// A shared store is a store.
+impl<T: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<T> {
+    fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        condition: Condition,
+    ) -> BoxFuture<'static, StoreResult<String>> {
+        (**self).put(key, body, condition)
+    }
+    fn get(&self, key: &str, range: Option<Range<u64>>) -> BoxFuture<'static, StoreResult<Bytes>> {
+        (**self).get(key, range)
+    }
+    fn head(&self, key: &str) -> BoxFuture<'static, StoreResult<ObjectMeta>> {
+        (**self).head(key)
+    }
+    fn list(&self, prefix: &str) -> BoxFuture<'static, StoreResult<Vec<ObjectMeta>>> {
+        (**self).list(prefix)
+    }
+    fn delete(&self, key: &str) -> BoxFuture<'static, StoreResult<()>> {
+        (**self).delete(key)
+    }
+    fn create_multipart(&self, key: &str) -> BoxFuture<'static, StoreResult<String>> {
+        (**self).create_multipart(key)
+    }
+    fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> BoxFuture<'static, StoreResult<Part>> {
+        (**self).upload_part(key, upload_id, number, body)
+    }
+    fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<Part>,
+    ) -> BoxFuture<'static, StoreResult<String>> {
+        (**self).complete_multipart(key, upload_id, parts)
+    }
+    fn abort_multipart(&self, key: &str, upload_id: &str) -> BoxFuture<'static, StoreResult<()>> {
+        (**self).abort_multipart(key, upload_id)
+    }
+}

