@@ -666,11 +666,79 @@ impl ColdRead {
     }
 }
 
+/// How often a shard applies retention to its committed objects.
+const OBJECT_RETENTION_INTERVAL: Duration = Duration::from_secs(1);
+
+impl ShardState {
+    /// Spans to drop: those of deleted partitions, and the oldest ones beyond `retention.ms` or
+    /// `retention.bytes` (counting the in-memory log too).
+    fn expired_spans(
+        &self,
+    ) -> (
+        std::collections::HashSet<(PartitionKey, i64)>,
+        std::collections::HashSet<PartitionKey>,
+    ) {
+        let now = now_ms();
+        let parts = self.partitions.borrow();
+        let mut expired = std::collections::HashSet::new();
+        for (key, p) in parts.iter() {
+            let cfg = &p.topic.config;
+            let mut total: i64 = p.cold.values().map(|(_, s)| s.byte_len as i64).sum::<i64>()
+                + p.log.size_bytes() as i64;
+            for (&base, (_, span)) in &p.cold {
+                let old = cfg.retention_ms >= 0 && now - span.max_timestamp > cfg.retention_ms;
+                let over = cfg.retention_bytes >= 0 && total > cfg.retention_bytes;
+                if !(old || over) {
+                    break;
+                }
+                total -= span.byte_len as i64;
+                expired.insert((*key, base));
+            }
+        }
+        (expired, parts.keys().copied().collect())
+    }
+
+    /// Applies retention to the objects: the manifest forgets expired spans, objects nobody
+    /// references are deleted, and the partitions' log start moves up.
+    async fn enforce_object_retention(self: &Rc<Self>, tier: &Tier) {
+        let (expired, live) = self.expired_spans();
+        let drop = |s: &Span| {
+            let key = PartitionKey {
+                topic_id: Uuid::from_bytes(s.topic_id),
+                partition: s.partition,
+            };
+            !live.contains(&key) || expired.contains(&(key, s.base_offset))
+        };
+        let Ok(dropped) = tier.drop_spans(drop).await else {
+            return;
+        };
+        let mut parts = self.partitions.borrow_mut();
+        for span in dropped {
+            let key = PartitionKey {
+                topic_id: Uuid::from_bytes(span.topic_id),
+                partition: span.partition,
+            };
+            if let Some(p) = parts.get_mut(&key) {
+                p.cold.remove(&span.base_offset);
+            }
+        }
+    }
+}
+
 /// Seals and uploads objects while the shard lives.
 async fn upload_loop(weak: Weak<ShardState>, tick: Duration) {
+    let mut last_retention = Instant::now();
     loop {
         ringtail_shards::sleep(tick).await;
         let Some(state) = weak.upgrade() else { return };
+        if last_retention.elapsed() >= OBJECT_RETENTION_INTERVAL {
+            last_retention = Instant::now();
+            if let Some(tier) = state.tier.clone() {
+                tier.busy.set(true);
+                state.enforce_object_retention(&tier).await;
+                tier.busy.set(false);
+            }
+        }
         let Some(tier) = state.tier.clone() else {
             return;
         };
@@ -682,7 +750,10 @@ async fn upload_loop(weak: Weak<ShardState>, tick: Duration) {
         };
         drop(state);
         let key: Arc<str> = sealed.key.as_str().into();
-        match tier.upload(sealed).await {
+        tier.busy.set(true);
+        let uploaded = tier.upload(sealed).await;
+        tier.busy.set(false);
+        match uploaded {
             Ok(spans) => {
                 if let Some(state) = weak.upgrade() {
                     state.on_uploaded(key, spans);

@@ -197,6 +197,64 @@ impl Tier {
     }
 }
 
+impl Tier {
+    /// Removes the spans `drop` selects from the manifest (retention, deleted topics), then
+    /// deletes the objects left without any span. Returns the dropped spans.
+    pub async fn drop_spans(&self, drop: impl Fn(&Span) -> bool) -> Result<Vec<Span>, CommitError> {
+        let mut delay = RETRY_DELAY_MIN;
+        loop {
+            let current = self.committed.borrow().clone();
+            let mut dropped = Vec::new();
+            let mut unreferenced = Vec::new();
+            let mut next = current.manifest.clone();
+            next.objects = current
+                .manifest
+                .objects
+                .iter()
+                .filter_map(|o| {
+                    let (gone, kept): (Vec<Span>, Vec<Span>) =
+                        o.spans.iter().cloned().partition(|s| drop(s));
+                    dropped.extend(gone);
+                    if kept.is_empty() {
+                        unreferenced.push(o.key.clone());
+                        None
+                    } else {
+                        Some(ObjectRef {
+                            spans: kept,
+                            ..o.clone()
+                        })
+                    }
+                })
+                .collect();
+            if dropped.is_empty() {
+                return Ok(dropped);
+            }
+            match self.manifests.commit(Some(&current), next).await {
+                Ok(c) => {
+                    *self.committed.borrow_mut() = c;
+                    // Only now that no committed manifest references them.
+                    for key in unreferenced {
+                        if let Err(e) = self.store.delete(&key).await {
+                            tracing::warn!(%key, error = %e, "could not delete an unreferenced object (it stays as garbage)");
+                        }
+                    }
+                    return Ok(dropped);
+                }
+                Err(e @ CommitError::Fenced { .. }) | Err(e @ CommitError::Corrupt { .. }) => {
+                    tracing::error!(error = %e, "object tier stops: this shard no longer owns its manifest");
+                    self.fenced.set(true);
+                    return Err(e);
+                }
+                Err(CommitError::Store(e)) => {
+                    tracing::warn!(error = %e, "manifest commit (retention) failed; retrying");
+                    ringtail_shards::sleep(jitter(delay)).await;
+                    delay = (delay * 2).min(RETRY_DELAY_MAX);
+                }
+            }
+        }
+    }
+}
+
 async fn retry<T>(
     what: &str,
     mut op: impl FnMut() -> futures::future::BoxFuture<'static, Result<T, StoreError>>,

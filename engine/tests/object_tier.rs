@@ -280,3 +280,98 @@ async fn s3_outage_mid_run_loses_nothing() {
     let b = start(data.path(), &args);
     assert_eq!(consume_all(&b), acked, "and all of it made it to S3");
 }
+
+fn rto_bytes(dir: &std::path::Path) -> (usize, u64) {
+    let files: Vec<String> = walk(dir)
+        .into_iter()
+        .filter(|p| p.ends_with(".rto"))
+        .collect();
+    let bytes = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    (files.len(), bytes)
+}
+
+/// retention.bytes applies to the whole log: expired spans leave the manifest, objects nobody
+/// references are deleted, the log start moves; deleting the topic deletes its objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_and_deletion_remove_objects() {
+    let data = tempfile::tempdir().unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let b = start(
+        data.path(),
+        &tier_args(&format!("file://{}", objects.path().display())),
+    );
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .create()
+        .unwrap();
+    let topic = NewTopic::new("tiered", PARTITIONS, TopicReplication::Fixed(1))
+        .set("retention.bytes", "200000");
+    admin
+        .create_topics(&[topic], &AdminOptions::new())
+        .await
+        .unwrap()[0]
+        .as_ref()
+        .expect("created");
+    produce(&b, 0, 300).await;
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .set("group.id", "w")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let lows: Vec<i64> = (0..PARTITIONS)
+            .map(|p| c.fetch_watermarks("tiered", p, TIMEOUT).unwrap().0)
+            .collect();
+        let (_, bytes) = rto_bytes(objects.path());
+        if lows.iter().all(|&l| l > 0) && bytes < 1_500_000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retention did not act: lows {lows:?}, {bytes} object bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // What is left reads back, from the new log start.
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("tiered", 0, Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let (low, high) = c.fetch_watermarks("tiered", 0, TIMEOUT).unwrap();
+    let mut first = None;
+    let mut n = 0;
+    let deadline = Instant::now() + TIMEOUT;
+    while n < high - low {
+        assert!(
+            Instant::now() < deadline,
+            "timed out reading the retained tail"
+        );
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            first.get_or_insert(m.offset());
+            n += 1;
+        }
+    }
+    assert_eq!(first, Some(low));
+
+    admin
+        .delete_topics(&["tiered"], &AdminOptions::new())
+        .await
+        .unwrap()[0]
+        .as_ref()
+        .expect("deleted");
+    let deadline = Instant::now() + TIMEOUT;
+    while rto_bytes(objects.path()).0 > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the deleted topic's objects were not deleted: {:?}",
+            rto_bytes(objects.path())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
