@@ -52,6 +52,8 @@ struct Partition {
     cold: BTreeMap<i64, (Arc<str>, Span)>,
     /// Offsets below this are in committed objects (0 without an object tier).
     uploaded_end: i64,
+    /// Produces of `durability=object` topics waiting for an offset to be in a committed object.
+    upload_waiters: Vec<(i64, oneshot::Sender<()>)>,
 }
 
 impl Partition {
@@ -196,6 +198,10 @@ impl ShardState {
                 p.uploaded_end = p.uploaded_end.max(span.last_offset + 1);
                 p.log.evict_below(p.uploaded_end);
                 p.cold.insert(span.base_offset, (key.clone(), span));
+                let end = p.uploaded_end;
+                for (_, tx) in p.upload_waiters.extract_if(.., |(last, _)| *last < end) {
+                    let _ = tx.send(());
+                }
             }
         }
         self.trim_wal();
@@ -320,6 +326,12 @@ impl ShardState {
         let p = parts
             .entry(item.key)
             .or_insert_with(|| Partition::new(item.topic.clone()));
+        if item.topic.config.durability_object && self.tier.is_none() {
+            tracing::warn!(topic = %item.topic.name, "durability=object needs --object-store");
+            return Err(ProduceOutcome::error(
+                ResponseError::KafkaStorageError.code(),
+            ));
+        }
         let now = now_ms();
         let log_append_time = item.topic.config.log_append_time;
         let base_offset = p.next_offset;
@@ -355,8 +367,17 @@ impl ShardState {
                 Err(e) => return Err(self.append_error(&item.topic, item.key.partition, e)),
             }
         }
+        let uploaded = item.topic.config.durability_object.then(|| {
+            let (tx, rx) = oneshot::channel();
+            p.upload_waiters.push((p.next_offset - 1, tx));
+            if let Some(tier) = &self.tier {
+                tier.request_seal();
+            }
+            rx
+        });
         Ok(Started {
             tickets,
+            uploaded,
             base_offset,
             log_append_time_ms: if log_append_time { now } else { -1 },
             key: item.key,
@@ -388,6 +409,11 @@ impl ShardState {
                     return ProduceOutcome::error(ResponseError::KafkaStorageError.code());
                 }
                 Err(_) => return ProduceOutcome::error(ResponseError::KafkaStorageError.code()),
+            }
+        }
+        if let Some(uploaded) = s.uploaded {
+            if uploaded.await.is_err() {
+                return ProduceOutcome::error(ResponseError::KafkaStorageError.code());
             }
         }
         let log_start_offset = self
@@ -547,6 +573,8 @@ fn wake(waiters: impl Iterator<Item = Waiter>) {
 
 struct Started {
     tickets: Vec<oneshot::Receiver<Result<(), WalError>>>,
+    /// `durability=object`: resolves once the last offset is in a committed object.
+    uploaded: Option<oneshot::Receiver<()>>,
     base_offset: i64,
     log_append_time_ms: i64,
     key: PartitionKey,
@@ -561,6 +589,7 @@ impl Partition {
             waiters: Vec::new(),
             cold: BTreeMap::new(),
             uploaded_end: 0,
+            upload_waiters: Vec::new(),
         }
     }
 }
@@ -759,7 +788,15 @@ async fn upload_loop(weak: Weak<ShardState>, tick: Duration) {
                     state.on_uploaded(key, spans);
                 }
             }
-            Err(_) => return,
+            Err(_) => {
+                // Fenced: nothing more will be committed here; waiting producers get errors.
+                if let Some(state) = weak.upgrade() {
+                    for p in state.partitions.borrow_mut().values_mut() {
+                        p.upload_waiters.clear();
+                    }
+                }
+                return;
+            }
         }
     }
 }

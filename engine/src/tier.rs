@@ -34,6 +34,7 @@ pub struct Tier {
     flushing: Cell<bool>,
     /// An object is being uploaded or committed.
     pub busy: Cell<bool>,
+    urgent: Cell<bool>,
 }
 
 /// An object ready to upload.
@@ -86,6 +87,7 @@ impl Tier {
             fenced: Cell::new(false),
             flushing: Cell::new(false),
             busy: Cell::new(false),
+            urgent: Cell::new(false),
         })
     }
 
@@ -115,6 +117,12 @@ impl Tier {
         self.fenced.get()
     }
 
+    /// Seal the pending object at the next tick, however small (a `durability=object` produce
+    /// is waiting for it).
+    pub fn request_seal(&self) {
+        self.urgent.set(true);
+    }
+
     /// From now on every pending batch is sealed at once (clean shutdown).
     pub fn start_flush(&self) {
         self.flushing.set(true);
@@ -132,6 +140,7 @@ impl Tier {
             !b.is_empty()
                 && (b.data_bytes() >= self.bytes_target
                     || self.flushing.get()
+                    || self.urgent.get()
                     || self
                         .oldest
                         .get()
@@ -142,6 +151,7 @@ impl Tier {
         }
         let builder = std::mem::take(&mut *self.builder.borrow_mut());
         self.oldest.set(None);
+        self.urgent.set(false);
         let (epoch, generation) = {
             let c = self.committed.borrow();
             (c.manifest.epoch, c.manifest.generation)

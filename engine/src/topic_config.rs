@@ -13,6 +13,9 @@ pub struct TopicConfig {
     pub retention_bytes: i64,
     /// true: the broker stamps each batch with its append time (LogAppendTime).
     pub log_append_time: bool,
+    /// `durability=object`: a produce is acknowledged only once its batches are in a committed
+    /// object (no local state at all); `wal` (default): once they are in the WAL ring.
+    pub durability_object: bool,
 }
 
 impl Default for TopicConfig {
@@ -22,6 +25,7 @@ impl Default for TopicConfig {
             retention_ms: 7 * 24 * 3600 * 1000,
             retention_bytes: -1,
             log_append_time: false,
+            durability_object: false,
         }
     }
 }
@@ -39,6 +43,7 @@ pub enum Support {
 /// Every topic config name Ringtail accepts, with its default as Kafka reports it.
 pub const KNOWN: &[(&str, &str, Support)] = &[
     ("cleanup.policy", "delete", Support::Honoured),
+    ("durability", "wal", Support::Honoured),
     ("compression.type", "producer", Support::Honoured),
     ("max.message.bytes", "1048588", Support::Honoured),
     ("message.timestamp.type", "CreateTime", Support::Honoured),
@@ -101,6 +106,13 @@ impl TopicConfig {
                 "max.message.bytes" => c.max_message_bytes = int(0)?.min(i32::MAX as i64) as usize,
                 "retention.ms" => c.retention_ms = int(-1)?,
                 "retention.bytes" => c.retention_bytes = int(-1)?,
+                "durability" => {
+                    c.durability_object = match value.as_str() {
+                        "wal" => false,
+                        "object" => true,
+                        _ => return Err(format!("{name}={value:?} must be wal or object")),
+                    }
+                }
                 "message.timestamp.type" => {
                     c.log_append_time = match value.as_str() {
                         "CreateTime" => false,

@@ -375,3 +375,68 @@ async fn retention_and_deletion_remove_objects() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// durability=object: the acknowledgement comes only once the batch is in a committed object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durability_object_acks_after_the_object_commit() {
+    let data = tempfile::tempdir().unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let mut args = tier_args(&format!("file://{}", objects.path().display()));
+    // A long age: only the waiting producer makes the shard seal early.
+    assert_eq!(args[8], "--object-age-max-ms");
+    args[9] = "60000".into();
+    let b = start(data.path(), &args);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .create()
+        .unwrap();
+    let t = NewTopic::new("safe", 1, TopicReplication::Fixed(1)).set("durability", "object");
+    admin
+        .create_topics(&[t], &AdminOptions::new())
+        .await
+        .unwrap()[0]
+        .as_ref()
+        .expect("created");
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .set("acks", "all")
+        .create()
+        .unwrap();
+    for i in 0..3i64 {
+        let d = p
+            .send(
+                FutureRecord::<(), [u8]>::to("safe").payload(b"in an object"),
+                TIMEOUT,
+            )
+            .await
+            .expect("ack");
+        // At the moment of the ack, the committed manifest covers the record.
+        let bytes = std::fs::read(objects.path().join("shards/0000/manifest")).unwrap();
+        let m = ringtail_engine::manifest::ShardManifest::decode(&bytes).unwrap();
+        let covered =
+            m.objects.iter().flat_map(|o| &o.spans).any(|s| {
+                s.partition == 0 && s.base_offset <= d.offset && d.offset <= s.last_offset
+            });
+        assert!(
+            covered,
+            "record {i} at offset {} acked before its object was committed",
+            d.offset
+        );
+    }
+    drop(b);
+    // Without an object store the topic config is refused.
+    let b = TestBroker::start(&[]);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .create()
+        .unwrap();
+    let t = NewTopic::new("safe", 1, TopicReplication::Fixed(1)).set("durability", "object");
+    let r = admin
+        .create_topics(&[t], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        r[0].as_ref().unwrap_err().1,
+        rdkafka::types::RDKafkaErrorCode::InvalidConfig
+    );
+}

@@ -83,6 +83,9 @@ pub async fn create_topics(
                     None => return fail(ResponseError::InvalidConfig.code(), format!("config {} has no value", c.name.as_str())),
                 }
             }
+            if configs.get("durability").is_some_and(|v| v == "object") && broker.mirror.is_none() {
+                return fail(ResponseError::InvalidConfig.code(), "durability=object needs an object store (--object-store)".into());
+            }
             match broker.catalog.create(&name, partitions, configs, request.validate_only) {
                 Ok(topic) => {
                     if !request.validate_only {
