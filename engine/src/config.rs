@@ -52,8 +52,8 @@ pub struct ServeArgs {
     /// Durability barrier of each WAL write: `dsync` (O_DSYNC, default) or `fdatasync`.
     #[arg(long, env = "RINGTAIL_WAL_SYNC")]
     pub wal_sync: Option<String>,
-    /// Object storage: `file:///PATH` or `s3://BUCKET/PREFIX`. Unset: no object tier yet (the
-    /// WAL ring is the only copy).
+    /// Object storage: `file:///PATH` or `s3://BUCKET/PREFIX` (default: `<data-dir>/objects`);
+    /// `none` keeps data only in the WAL ring.
     #[arg(long, env = "RINGTAIL_OBJECT_STORE")]
     pub object_store: Option<String>,
     /// S3 endpoint URL (S3-compatible stores); credentials come from AWS_ACCESS_KEY_ID and
@@ -117,6 +117,7 @@ pub struct Config {
     pub wal_max_write_bytes: u32,
     pub wal_max_delay: std::time::Duration,
     pub wal_sync: ringtail_wal::SyncMode,
+    /// None: `--object-store none`, the WAL ring is the only copy.
     pub object_store: Option<ObjectStoreUrl>,
     pub s3_endpoint: Option<String>,
     pub s3_region: String,
@@ -245,11 +246,14 @@ impl Config {
                 args.wal_max_delay_us.or(file.wal_max_delay_us).unwrap_or(0),
             ),
             wal_sync,
-            object_store: args
-                .object_store
-                .or(file.object_store)
-                .map(|s| s.parse())
-                .transpose()?,
+            object_store: match args.object_store.or(file.object_store).as_deref() {
+                Some("none") => None,
+                Some(url) => Some(url.parse()?),
+                // The embedded default: a directory next to the WAL.
+                None => Some(ObjectStoreUrl::Dir(
+                    std::path::absolute(&data_dir)?.join("objects"),
+                )),
+            },
             s3_endpoint: args.s3_endpoint.or(file.s3_endpoint),
             s3_region: args
                 .s3_region

@@ -288,7 +288,12 @@ impl ShardState {
                     let _ = reply.send(done.await);
                 });
             }
-            ShardOp::ListOffsets(items, reply) => drop(reply.send(self.list_offsets(items))),
+            ShardOp::ListOffsets(items, reply) => {
+                let done = self.list_offsets(items);
+                ringtail_shards::spawn_detached(async move {
+                    let _ = reply.send(done.await);
+                });
+            }
             ShardOp::Watch(items, reply) => self.watch(items, reply),
             ShardOp::DropTopic(id) => self.drop_topic(id),
         }
@@ -505,27 +510,41 @@ impl ShardState {
         }
     }
 
-    pub fn list_offsets(&self, items: Vec<ListItem>) -> Vec<ListOutcome> {
-        items
+    /// Earliest and latest answer at once; timestamp lookups that land in a committed object
+    /// read that partition's span from it.
+    pub fn list_offsets(
+        &self,
+        items: Vec<ListItem>,
+    ) -> impl Future<Output = Vec<ListOutcome>> + 'static {
+        let plans: Vec<ListPlan> = items
             .into_iter()
             .map(|item| {
-                self.with_partition(item.key, |p| match item.timestamp {
-                    -1 => ListOutcome {
-                        error: 0,
-                        offset: p.log_end(),
-                        timestamp: -1,
-                    },
-                    -2 | -4 => ListOutcome {
-                        error: 0,
-                        offset: p.log_start(),
-                        timestamp: -1,
-                    },
-                    // Timestamps are looked up in the in-memory log only (cold objects: todo).
-                    t => list_offset(&p.log, t),
-                })
-                .unwrap_or_else(|| list_offset(&MemLog::new(), item.timestamp))
+                self.with_partition(item.key, |p| plan_list(p, item.timestamp))
+                    .unwrap_or_else(|| ListPlan::Ready(list_offset(&MemLog::new(), item.timestamp)))
             })
-            .collect()
+            .collect();
+        let store = self.tier.as_ref().map(|t| t.store.clone());
+        async move {
+            let mut out = Vec::with_capacity(plans.len());
+            for plan in plans {
+                out.push(match (plan, &store) {
+                    (ListPlan::Ready(o), _) => o,
+                    (
+                        ListPlan::Cold {
+                            key,
+                            span,
+                            target,
+                            want_max,
+                        },
+                        Some(store),
+                    ) => cold_list_offset(store.as_ref(), &key, &span, target, want_max).await,
+                    (ListPlan::Cold { .. }, None) => {
+                        ListOutcome::error(ResponseError::UnknownServerError.code())
+                    }
+                });
+            }
+            out
+        }
     }
 
     pub fn watch(&self, items: Vec<(PartitionKey, i64)>, reply: oneshot::Sender<()>) {
@@ -591,6 +610,107 @@ impl Partition {
             uploaded_end: 0,
             upload_waiters: Vec::new(),
         }
+    }
+}
+
+enum ListPlan {
+    Ready(ListOutcome),
+    Cold {
+        key: Arc<str>,
+        span: Span,
+        target: i64,
+        want_max: bool,
+    },
+}
+
+fn plan_list(p: &Partition, timestamp: i64) -> ListPlan {
+    let hot_start = p.log.log_start_offset();
+    let cold_before_hot = || p.cold.values().filter(|(_, s)| s.base_offset < hot_start);
+    match timestamp {
+        -1 => ListPlan::Ready(ListOutcome {
+            error: 0,
+            offset: p.log_end(),
+            timestamp: -1,
+        }),
+        -2 | -4 => ListPlan::Ready(ListOutcome {
+            error: 0,
+            offset: p.log_start(),
+            timestamp: -1,
+        }),
+        -3 => {
+            // The span holding the largest timestamp, if it beats the in-memory log's.
+            let hot_max = p
+                .log
+                .batch_with_max_timestamp()
+                .and_then(|b| BatchHeader::parse(&b).ok())
+                .map(|h| h.max_timestamp);
+            let cold = cold_before_hot()
+                .max_by_key(|(_, s)| (s.max_timestamp, std::cmp::Reverse(s.base_offset)));
+            match cold {
+                Some((key, span)) if hot_max.is_none_or(|h| span.max_timestamp > h) => {
+                    ListPlan::Cold {
+                        key: key.clone(),
+                        span: span.clone(),
+                        target: span.max_timestamp,
+                        want_max: true,
+                    }
+                }
+                _ => ListPlan::Ready(list_offset(&p.log, -3)),
+            }
+        }
+        t if t >= 0 => match cold_before_hot().find(|(_, s)| s.max_timestamp >= t) {
+            Some((key, span)) => ListPlan::Cold {
+                key: key.clone(),
+                span: span.clone(),
+                target: t,
+                want_max: false,
+            },
+            None => ListPlan::Ready(list_offset(&p.log, t)),
+        },
+        _ => ListPlan::Ready(list_offset(&p.log, timestamp)),
+    }
+}
+
+/// Reads a span and finds the first record at or after `target` (or with the span's largest
+/// timestamp) in it.
+async fn cold_list_offset(
+    store: &dyn ringtail_objstore::ObjectStore,
+    key: &str,
+    span: &Span,
+    target: i64,
+    want_max: bool,
+) -> ListOutcome {
+    let range = span.byte_start..span.byte_start + span.byte_len;
+    let bytes = match store.get(key, Some(range)).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(%key, error = %e, "cold offset lookup failed");
+            return ListOutcome::error(ResponseError::KafkaStorageError.code());
+        }
+    };
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let Ok(h) = BatchHeader::parse(&bytes[at..]) else {
+            break;
+        };
+        let size = h.size_bytes();
+        if at + size > bytes.len() {
+            break;
+        }
+        let hit = if want_max {
+            h.max_timestamp == target
+        } else {
+            h.max_timestamp >= target
+        };
+        if hit {
+            return first_record_at_or_after(&bytes.slice(at..at + size), target, want_max);
+        }
+        at += size;
+    }
+    ListOutcome {
+        error: 0,
+        offset: -1,
+        timestamp: -1,
     }
 }
 

@@ -47,11 +47,7 @@ pub async fn handle(
         }
     }
     let mut listed = broker
-        .scatter(
-            items,
-            |s, i| futures::future::ready(s.list_offsets(i)),
-            ShardOp::ListOffsets,
-        )
+        .scatter(items, |s, i| s.list_offsets(i), ShardOp::ListOffsets)
         .await
         .into_iter();
     let mut slots = slots.into_iter();
