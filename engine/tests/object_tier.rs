@@ -425,7 +425,7 @@ async fn durability_object_acks_after_the_object_commit() {
     }
     drop(b);
     // Without an object store the topic config is refused.
-    let b = TestBroker::start(&[]);
+    let b = TestBroker::start(&["--object-store", "none"]);
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", b.bootstrap())
         .create()
