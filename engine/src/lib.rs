@@ -15,5 +15,6 @@ pub mod object_format;
 pub mod partitions;
 pub mod server;
 pub mod shard;
+pub mod span_cache;
 pub mod tier;
 pub mod topic_config;

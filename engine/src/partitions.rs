@@ -29,6 +29,7 @@ use crate::shard::{
     now_ms, ErrorOutcome, FetchItem, FetchOutcome, ListItem, ListOutcome, PartitionKey,
     ProduceItem, ProduceOutcome, ShardOp, LEADER_EPOCH,
 };
+use crate::span_cache::SpanCache;
 use crate::tier::Tier;
 
 type Waiter = Rc<RefCell<Option<oneshot::Sender<()>>>>;
@@ -75,6 +76,7 @@ pub struct ShardState {
     unborn_waiters: RefCell<Vec<Waiter>>,
     last_full_warning: Cell<Option<Instant>>,
     tier: Option<Rc<Tier>>,
+    span_cache: Rc<SpanCache>,
 }
 
 impl ShardState {
@@ -93,6 +95,7 @@ impl ShardState {
             unborn_waiters: RefCell::new(Vec::new()),
             last_full_warning: Cell::new(None),
             tier: tier.map(Rc::new),
+            span_cache: Rc::new(SpanCache::default()),
         });
         if let Some(tier) = &state.tier {
             state.load_cold(tier.committed_objects(), snapshot);
@@ -495,13 +498,14 @@ impl ShardState {
             })
             .collect();
         let store = self.tier.as_ref().map(|t| t.store.clone());
+        let cache = self.span_cache.clone();
         async move {
             let mut out = Vec::with_capacity(plans.len());
             for plan in plans {
                 out.push(match plan {
                     FetchPlan::Ready(o) => o,
                     FetchPlan::Cold(c) => match &store {
-                        Some(store) => c.read(store.as_ref()).await,
+                        Some(store) => c.read(store.as_ref(), &cache).await,
                         None => FetchOutcome::error(ResponseError::UnknownServerError.code()),
                     },
                 });
@@ -772,9 +776,12 @@ fn plan_fetch(p: &Partition, item: &FetchItem) -> FetchPlan {
 }
 
 impl ColdRead {
-    async fn read(self, store: &dyn ringtail_objstore::ObjectStore) -> FetchOutcome {
-        let range = self.span.byte_start..self.span.byte_start + self.span.byte_len;
-        let bytes = match store.get(&self.key, Some(range)).await {
+    async fn read(
+        self,
+        store: &dyn ringtail_objstore::ObjectStore,
+        cache: &Rc<SpanCache>,
+    ) -> FetchOutcome {
+        let bytes = match cache.get(store, &self.key, &self.span).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(key = %self.key, error = %e, "cold read failed");

@@ -1,0 +1,147 @@
+//! A shard's cache of partition spans read from committed objects: a consumer replaying a span
+//! fetch by fetch reads it from the store once, and concurrent readers of the same span share
+//! one GET. Bounded by bytes; least recently used spans leave first.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use ringtail_objstore::{ObjectStore, StoreError};
+
+use crate::object_format::Span;
+
+/// Spans held per shard at most, in bytes.
+pub const SPAN_CACHE_BYTES_MAX: usize = 64 << 20;
+
+type Key = (Arc<str>, u64);
+type Pending = Shared<BoxFuture<'static, Result<Bytes, StoreError>>>;
+
+#[derive(Default)]
+pub struct SpanCache {
+    /// Most recently used at the back.
+    entries: RefCell<VecDeque<(Key, Bytes)>>,
+    bytes: Cell<usize>,
+    inflight: RefCell<HashMap<Key, Pending>>,
+    /// Counters: spans served from memory, and GETs issued.
+    pub hits: Cell<u64>,
+    pub gets: Cell<u64>,
+}
+
+impl SpanCache {
+    /// The span's bytes: from memory, from a GET already under way, or from a new ranged GET.
+    pub async fn get(
+        self: &Rc<Self>,
+        store: &dyn ObjectStore,
+        object: &Arc<str>,
+        span: &Span,
+    ) -> Result<Bytes, StoreError> {
+        let key: Key = (object.clone(), span.byte_start);
+        if let Some(bytes) = self.touch(&key) {
+            self.hits.set(self.hits.get() + 1);
+            return Ok(bytes);
+        }
+        let pending = {
+            let mut inflight = self.inflight.borrow_mut();
+            match inflight.get(&key) {
+                Some(p) => p.clone(),
+                None => {
+                    self.gets.set(self.gets.get() + 1);
+                    let p = store
+                        .get(
+                            object,
+                            Some(span.byte_start..span.byte_start + span.byte_len),
+                        )
+                        .shared();
+                    inflight.insert(key.clone(), p.clone());
+                    p
+                }
+            }
+        };
+        let result = pending.await;
+        self.inflight.borrow_mut().remove(&key);
+        if let Ok(bytes) = &result {
+            self.insert(key, bytes.clone());
+        }
+        result
+    }
+
+    fn touch(&self, key: &Key) -> Option<Bytes> {
+        let mut entries = self.entries.borrow_mut();
+        let at = entries.iter().position(|(k, _)| k == key)?;
+        let entry = entries.remove(at).expect("found");
+        let bytes = entry.1.clone();
+        entries.push_back(entry);
+        Some(bytes)
+    }
+
+    fn insert(&self, key: Key, bytes: Bytes) {
+        if bytes.len() > SPAN_CACHE_BYTES_MAX / 4 {
+            return; // one huge span must not flush everything else
+        }
+        let mut entries = self.entries.borrow_mut();
+        if entries.iter().any(|(k, _)| *k == key) {
+            return;
+        }
+        self.bytes.set(self.bytes.get() + bytes.len());
+        entries.push_back((key, bytes));
+        while self.bytes.get() > SPAN_CACHE_BYTES_MAX {
+            let (_, old) = entries.pop_front().expect("over budget means non-empty");
+            self.bytes.set(self.bytes.get() - old.len());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+    use ringtail_objstore::local::LocalDir;
+    use ringtail_objstore::Condition;
+
+    fn span(start: u64, len: u64) -> Span {
+        Span {
+            topic_id: [0; 16],
+            partition: 0,
+            base_offset: 0,
+            last_offset: 0,
+            byte_start: start,
+            byte_len: len,
+            max_timestamp: 0,
+        }
+    }
+
+    #[test]
+    fn repeated_and_concurrent_reads_share_one_get_and_the_budget_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDir::open(dir.path()).unwrap();
+        let body = Bytes::from((0..4096u32).map(|i| i as u8).collect::<Vec<u8>>());
+        block_on(store.put("o", body.clone(), Condition::None)).unwrap();
+        let cache = Rc::new(SpanCache::default());
+        let key: Arc<str> = "o".into();
+        let s = span(100, 50);
+        let (a, b) = block_on(futures::future::join(
+            cache.get(&store, &key, &s),
+            cache.get(&store, &key, &s),
+        ));
+        assert_eq!(a.unwrap(), body.slice(100..150));
+        assert_eq!(b.unwrap(), body.slice(100..150));
+        assert_eq!(cache.gets.get(), 1, "concurrent readers shared one GET");
+        assert_eq!(
+            block_on(cache.get(&store, &key, &s)).unwrap(),
+            body.slice(100..150)
+        );
+        assert_eq!((cache.gets.get(), cache.hits.get()), (1, 1));
+        assert!(matches!(
+            block_on(cache.get(&store, &"missing".into(), &s)),
+            Err(StoreError::NotFound(_))
+        ));
+        // Many distinct spans never exceed the byte budget.
+        for i in 0..2000u64 {
+            cache.insert(("x".into(), i), Bytes::from(vec![0u8; 100_000]));
+            assert!(cache.bytes.get() <= SPAN_CACHE_BYTES_MAX);
+        }
+    }
+}
