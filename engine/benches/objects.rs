@@ -11,12 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use hdrhistogram::Histogram;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::Compression;
 use ringtail_engine::tier::Tier;
 use ringtail_netio::batch::split_and_validate;
 use ringtail_objstore::local::LocalDir;
@@ -86,33 +84,9 @@ impl<S: ObjectStore> ObjectStore for Counting<S> {
 
 /// A 16 KiB batch of 1 KiB records at `base`.
 fn batch(base: i64) -> (ringtail_netio::batch::BatchHeader, Bytes) {
-    let records: Vec<Record> = (0..16)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i,
-            sequence: i as i32,
-            timestamp: 1_800_000_000_000 + base + i,
-            key: None,
-            value: Some(Bytes::from(vec![(base % 251) as u8; 1000])),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
+    let values = (0..16).map(|_| Some(Bytes::from(vec![(base % 251) as u8; 1000])));
+    let buf =
+        ringtail_netio::batch::testing::encode(values, 1_800_000_000_000 + base, Compression::None);
     split_and_validate(buf, 1 << 20)
         .unwrap()
         .into_iter()

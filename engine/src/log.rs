@@ -204,11 +204,8 @@ impl PartitionLog for MemLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BytesMut;
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
-    use ringtail_netio::batch::{split_and_validate, ValidBatch};
+    use kafka_protocol::records::Compression;
+    use ringtail_netio::batch::{split_and_validate, testing, ValidBatch};
 
     /// Appends like the produce path: assign the next offsets, then append the durable batch.
     fn append(log: &mut MemLog, batches: Vec<ValidBatch>) -> i64 {
@@ -221,35 +218,8 @@ mod tests {
     }
 
     fn batch(n: i64, ts: i64) -> Vec<ValidBatch> {
-        let records: Vec<Record> = (0..n)
-            .map(|i| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i,
-                // kafka-protocol's encoder starts a new batch when offset - sequence changes.
-                sequence: i as i32,
-                timestamp: ts,
-                key: None,
-                value: Some(Bytes::from(vec![7u8; 100])),
-                headers: Default::default(),
-            })
-            .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .unwrap();
-        split_and_validate(buf, 1 << 20).unwrap()
+        let values = (0..n).map(|_| Some(Bytes::from(vec![7u8; 100])));
+        split_and_validate(testing::encode(values, ts, Compression::None), 1 << 20).unwrap()
     }
 
     #[test]

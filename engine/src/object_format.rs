@@ -203,39 +203,12 @@ pub fn read_index(object: &[u8]) -> Result<ObjectIndex, ObjectFormatError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
-    use ringtail_netio::batch::split_and_validate;
+    use kafka_protocol::records::Compression;
+    use ringtail_netio::batch::{split_and_validate, testing};
 
     fn batch(base: i64, n: i64, ts: i64) -> (BatchHeader, Bytes) {
-        let records: Vec<Record> = (0..n)
-            .map(|i| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i,
-                sequence: i as i32,
-                timestamp: ts + i,
-                key: None,
-                value: Some(Bytes::from(format!("value-{base}-{i}"))),
-                headers: Default::default(),
-            })
-            .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::Lz4,
-            },
-        )
-        .unwrap();
+        let values = (0..n).map(|i| Some(Bytes::from(format!("value-{base}-{i}"))));
+        let buf = testing::encode(values, ts, Compression::Lz4);
         split_and_validate(buf, 1 << 20)
             .unwrap()
             .into_iter()

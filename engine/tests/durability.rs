@@ -12,9 +12,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -37,32 +35,10 @@ async fn create_topic(b: &TestBroker, name: &str, partitions: i32, configs: &[(&
 
 /// Every record of every partition, in offset order: (offset, payload).
 fn consume_all(b: &TestBroker, topic: &str, partitions: i32) -> BTreeMap<i32, Vec<(i64, Vec<u8>)>> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", b.bootstrap())
-        .set("group.id", "verify")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "50")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    let mut want = 0i64;
-    for p in 0..partitions {
-        let (_, high) = c.fetch_watermarks(topic, p, TIMEOUT).unwrap();
-        want += high;
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    c.assign(&tpl).unwrap();
+    let (all, _) = common::read_all(&b.bootstrap(), topic, partitions);
     let mut out: BTreeMap<i32, Vec<(i64, Vec<u8>)>> = BTreeMap::new();
-    let deadline = Instant::now() + TIMEOUT;
-    while (out.values().map(|v| v.len()).sum::<usize>() as i64) < want {
-        assert!(Instant::now() < deadline, "timed out reading back");
-        if let Some(m) = c.poll(Duration::from_millis(100)) {
-            let m = m.unwrap();
-            out.entry(m.partition())
-                .or_default()
-                .push((m.offset(), m.payload().unwrap_or_default().to_vec()));
-        }
+    for ((p, offset), payload) in all {
+        out.entry(p).or_default().push((offset, payload));
     }
     out
 }

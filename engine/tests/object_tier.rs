@@ -96,40 +96,12 @@ async fn produce(b: &TestBroker, first: usize, n: usize) -> BTreeMap<(i32, i64),
 }
 
 fn consume_all(b: &TestBroker) -> BTreeMap<(i32, i64), Vec<u8>> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", b.bootstrap())
-        .set("group.id", "verify")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "50")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    let mut want = 0i64;
-    for p in 0..PARTITIONS {
-        let (low, high) = c.fetch_watermarks("tiered", p, TIMEOUT).unwrap();
-        assert_eq!(low, 0, "partition {p} starts at 0");
-        want += high;
-        tpl.add_partition_offset("tiered", p, Offset::Beginning)
-            .unwrap();
-    }
-    c.assign(&tpl).unwrap();
-    let mut out = BTreeMap::new();
-    let deadline = Instant::now() + TIMEOUT;
-    while (out.len() as i64) < want {
-        assert!(
-            Instant::now() < deadline,
-            "timed out reading back: {} of {want}",
-            out.len()
-        );
-        if let Some(m) = c.poll(Duration::from_millis(100)) {
-            let m = m.unwrap();
-            out.insert(
-                (m.partition(), m.offset()),
-                m.payload().unwrap_or_default().to_vec(),
-            );
-        }
-    }
-    out
+    let (all, lows) = common::read_all(&b.bootstrap(), "tiered", PARTITIONS);
+    assert!(
+        lows.iter().all(|&l| l == 0),
+        "every partition starts at 0: {lows:?}"
+    );
+    all
 }
 
 async fn tiered_round_trip(store: &str, data: &std::path::Path) {

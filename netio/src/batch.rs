@@ -476,3 +476,51 @@ mod tests {
         ));
     }
 }
+
+/// Test support for this and other crates: record batches as a producer would send them.
+pub mod testing {
+    use bytes::{Bytes, BytesMut};
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    /// One magic-2 batch holding `values` (no keys), offsets from 0, record i stamped
+    /// `first_timestamp_ms + i`.
+    pub fn encode(
+        values: impl IntoIterator<Item = Option<Bytes>>,
+        first_timestamp_ms: i64,
+        compression: Compression,
+    ) -> BytesMut {
+        let records: Vec<Record> = values
+            .into_iter()
+            .enumerate()
+            .map(|(i, value)| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                // The encoder starts a new batch whenever offset - sequence changes.
+                sequence: i as i32,
+                timestamp: first_timestamp_ms + i as i64,
+                key: None,
+                value,
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression,
+            },
+        )
+        .expect("encodes");
+        buf
+    }
+}

@@ -211,3 +211,54 @@ pub fn python() -> String {
     }
     "python3".to_string()
 }
+
+/// Records read back: (partition, offset) -> payload.
+pub type Records = std::collections::BTreeMap<(i32, i64), Vec<u8>>;
+
+/// Every record of `topic`, from each partition's log start to its high watermark, read with
+/// librdkafka: (partition, offset) -> payload, and each partition's log start.
+pub fn read_all(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+) -> (Records, Vec<i64>) {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::{Offset, TopicPartitionList};
+    let timeout = Duration::from_secs(30);
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "verify")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "50")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let (mut want, mut lows) = (0i64, Vec::new());
+    for p in 0..partitions {
+        let (low, high) = c.fetch_watermarks(topic, p, timeout).unwrap();
+        want += high - low;
+        lows.push(low);
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    let deadline = Instant::now() + timeout;
+    while (out.len() as i64) < want {
+        assert!(
+            Instant::now() < deadline,
+            "timed out reading back: {} of {want}",
+            out.len()
+        );
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            out.insert(
+                (m.partition(), m.offset()),
+                m.payload().unwrap_or_default().to_vec(),
+            );
+        }
+    }
+    (out, lows)
+}
