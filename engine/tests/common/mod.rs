@@ -217,11 +217,7 @@ pub type Records = std::collections::BTreeMap<(i32, i64), Vec<u8>>;
 
 /// Every record of `topic`, from each partition's log start to its high watermark, read with
 /// librdkafka: (partition, offset) -> payload, and each partition's log start.
-pub fn read_all(
-    bootstrap: &str,
-    topic: &str,
-    partitions: i32,
-) -> (Records, Vec<i64>) {
+pub fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> (Records, Vec<i64>) {
     use rdkafka::config::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
