@@ -8,30 +8,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::TestBroker;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-async fn create_topic(b: &TestBroker, name: &str, partitions: i32, configs: &[(&str, &str)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", b.bootstrap())
-        .create()
-        .unwrap();
-    let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    for (k, v) in configs {
-        t = t.set(k, v);
-    }
-    admin
-        .create_topics(&[t], &AdminOptions::new())
-        .await
-        .unwrap()[0]
-        .as_ref()
-        .expect("created");
-}
 
 /// Every record of every partition, in offset order: (offset, payload).
 fn consume_all(b: &TestBroker, topic: &str, partitions: i32) -> BTreeMap<i32, Vec<(i64, Vec<u8>)>> {
@@ -59,7 +42,7 @@ async fn acknowledged_records_survive_repeated_kill_9() {
     for round in 0..=kills {
         let b = TestBroker::start_at(dir.path(), &extra);
         if round == 0 {
-            create_topic(&b, topic, partitions, &[]).await;
+            common::create_topic(&b.bootstrap(), topic, partitions, &[]).await;
         }
         // Everything acknowledged so far is there, byte-exact, at its offset; offsets are dense.
         let got = consume_all(&b, topic, partitions);
@@ -174,7 +157,7 @@ async fn torn_tail_recovers_and_middle_corruption_is_refused() {
     // WAL only: with an object tier the torn chunk's records may already be in an object.
     let extra = ["--shards", "1", "--object-store", "none"];
     let b = TestBroker::start_at(dir.path(), &extra);
-    create_topic(&b, "torn", 1, &[]).await;
+    common::create_topic(&b.bootstrap(), "torn", 1, &[]).await;
     for round in 0..4 {
         kcat_produce(&b.bootstrap(), "torn", &format!("r{round}-a\nr{round}-b\n"));
     }
@@ -262,7 +245,7 @@ async fn full_ring_refuses_produce_until_space_is_freed() {
         "none",
     ];
     let b = TestBroker::start_at(dir.path(), &extra);
-    create_topic(&b, "fill", 1, &[]).await;
+    common::create_topic(&b.bootstrap(), "fill", 1, &[]).await;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", b.bootstrap())
         .set("acks", "all")
@@ -293,7 +276,13 @@ async fn full_ring_refuses_produce_until_space_is_freed() {
     assert!(b.log_contains("produce refused"));
 
     // Retention frees space: a topic that keeps little takes far more than the ring over time.
-    create_topic(&b, "rolling", 1, &[("retention.bytes", "20000")]).await;
+    common::create_topic(
+        &b.bootstrap(),
+        "rolling",
+        1,
+        &[("retention.bytes", "20000")],
+    )
+    .await;
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", b.bootstrap())
         .create()

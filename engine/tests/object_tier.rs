@@ -45,26 +45,6 @@ fn start(dir: &std::path::Path, args: &[String]) -> TestBroker {
     TestBroker::start_at(dir, &args)
 }
 
-async fn create_topic(b: &TestBroker) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", b.bootstrap())
-        .create()
-        .unwrap();
-    admin
-        .create_topics(
-            &[NewTopic::new(
-                "tiered",
-                PARTITIONS,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap()[0]
-        .as_ref()
-        .expect("created");
-}
-
 fn value(i: usize) -> Vec<u8> {
     (0..10_000).map(|j| ((i * 7 + j) % 251) as u8).collect()
 }
@@ -107,7 +87,7 @@ fn consume_all(b: &TestBroker) -> BTreeMap<(i32, i64), Vec<u8>> {
 async fn tiered_round_trip(store: &str, data: &std::path::Path) {
     let args = tier_args(store);
     let b = start(data, &args);
-    create_topic(&b).await;
+    common::create_topic(&b.bootstrap(), "tiered", PARTITIONS, &[]).await;
     // 3 MB through a 1 MiB ring: only possible if the ring trims behind committed objects.
     let mut acked = produce(&b, 0, 300).await;
     assert_eq!(
@@ -188,7 +168,7 @@ async fn s3_object_tier_on_seaweedfs() {
     ]);
     let args_ref: Vec<String> = args.clone();
     let b = start(data.path(), &args_ref);
-    create_topic(&b).await;
+    common::create_topic(&b.bootstrap(), "tiered", PARTITIONS, &[]).await;
     let acked = produce(&b, 0, 200).await;
     assert_eq!(consume_all(&b), acked, "read back from S3 objects");
     assert_eq!(b.terminate(), Some(0));
@@ -208,7 +188,7 @@ async fn injected_store_faults_lose_nothing() {
         "throttle=0.15,error=0.05".to_string(),
     ]);
     let b = start(data.path(), &args);
-    create_topic(&b).await;
+    common::create_topic(&b.bootstrap(), "tiered", PARTITIONS, &[]).await;
     let acked = produce(&b, 0, 250).await;
     assert_eq!(consume_all(&b), acked);
     assert!(
@@ -238,7 +218,7 @@ async fn s3_outage_mid_run_loses_nothing() {
         "true".into(),
     ]);
     let b = start(data.path(), &args);
-    create_topic(&b).await;
+    common::create_topic(&b.bootstrap(), "tiered", PARTITIONS, &[]).await;
     let mut acked = produce(&b, 0, 60).await;
     weed.kill();
     // Less than the ring holds: the WAL takes it while the store is down.
@@ -279,14 +259,13 @@ async fn retention_and_deletion_remove_objects() {
         .set("bootstrap.servers", b.bootstrap())
         .create()
         .unwrap();
-    let topic = NewTopic::new("tiered", PARTITIONS, TopicReplication::Fixed(1))
-        .set("retention.bytes", "200000");
-    admin
-        .create_topics(&[topic], &AdminOptions::new())
-        .await
-        .unwrap()[0]
-        .as_ref()
-        .expect("created");
+    common::create_topic(
+        &b.bootstrap(),
+        "tiered",
+        PARTITIONS,
+        &[("retention.bytes", "200000")],
+    )
+    .await;
     produce(&b, 0, 300).await;
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", b.bootstrap())
@@ -358,17 +337,7 @@ async fn durability_object_acks_after_the_object_commit() {
     assert_eq!(args[8], "--object-age-max-ms");
     args[9] = "60000".into();
     let b = start(data.path(), &args);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", b.bootstrap())
-        .create()
-        .unwrap();
-    let t = NewTopic::new("safe", 1, TopicReplication::Fixed(1)).set("durability", "object");
-    admin
-        .create_topics(&[t], &AdminOptions::new())
-        .await
-        .unwrap()[0]
-        .as_ref()
-        .expect("created");
+    common::create_topic(&b.bootstrap(), "safe", 1, &[("durability", "object")]).await;
     let p: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", b.bootstrap())
         .set("acks", "all")

@@ -48,19 +48,6 @@ fn consumer(b: &TestBroker) -> BaseConsumer {
         .expect("consumer")
 }
 
-async fn create_topic(b: &TestBroker, name: &str, partitions: i32, configs: &[(&str, &str)]) {
-    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    for (k, v) in configs {
-        topic = topic.set(k, v);
-    }
-    let results = admin(b)
-        .create_topics(&[topic], &AdminOptions::new())
-        .await
-        .expect("create_topics");
-    assert_eq!(results.len(), 1);
-    results[0].as_ref().expect("topic created");
-}
-
 #[derive(Debug, Clone, PartialEq)]
 struct Rec {
     offset: i64,
@@ -98,7 +85,13 @@ async fn produce_and_consume_every_codec_byte_exact() {
     let b = TestBroker::start(&["--shards", "3"]);
     let topic = "roundtrip";
     let partitions = 4;
-    create_topic(&b, topic, partitions, &[("max.message.bytes", "2097152")]).await;
+    common::create_topic(
+        &b.bootstrap(),
+        topic,
+        partitions,
+        &[("max.message.bytes", "2097152")],
+    )
+    .await;
 
     let mut expected: BTreeMap<i32, Vec<Rec>> = BTreeMap::new();
     // Recent timestamps: older ones would fall to the 7-day retention.ms default at once.
@@ -266,7 +259,7 @@ async fn produce_and_consume_every_codec_byte_exact() {
 async fn admin_apis_create_describe_extend_delete() {
     let b = TestBroker::start(&[]);
     let a = admin(&b);
-    create_topic(&b, "admin-t", 2, &[("retention.ms", "3600000")]).await;
+    common::create_topic(&b.bootstrap(), "admin-t", 2, &[("retention.ms", "3600000")]).await;
 
     // Creating it again fails with TOPIC_ALREADY_EXISTS; bad names and configs are refused.
     let again = a
@@ -375,7 +368,7 @@ async fn admin_apis_create_describe_extend_delete() {
     );
 
     // Re-created under the same name, the topic starts empty (a new topic id).
-    create_topic(&b, "admin-t", 1, &[]).await;
+    common::create_topic(&b.bootstrap(), "admin-t", 1, &[]).await;
     let (low, high) = c.fetch_watermarks("admin-t", 0, TIMEOUT).unwrap();
     assert_eq!((low, high), (0, 0));
 }
@@ -384,7 +377,7 @@ async fn admin_apis_create_describe_extend_delete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_consumer_wakes_on_produce_and_acks_zero_lands() {
     let b = TestBroker::start(&[]);
-    create_topic(&b, "tail", 1, &[]).await;
+    common::create_topic(&b.bootstrap(), "tail", 1, &[]).await;
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", b.bootstrap())
         .set("group.id", "unused")

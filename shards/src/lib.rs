@@ -50,11 +50,6 @@ pub async fn sleep(duration: Duration) {
     glommio::timer::sleep(duration).await
 }
 
-/// Lets other tasks of this shard run.
-pub async fn yield_now() {
-    glommio::yield_if_needed().await
-}
-
 /// Runs `future` to completion on a fresh, unpinned executor thread (tools, benchmarks, tests).
 pub fn block_on<T, F, Fut>(io_memory_bytes: usize, make: F) -> Result<T, ShardError>
 where
@@ -94,10 +89,6 @@ impl<M> Clone for Mailboxes<M> {
 }
 
 impl<M: Send + 'static> Mailboxes<M> {
-    pub fn count(&self) -> usize {
-        self.senders.len()
-    }
-
     /// Queues `message` for `shard`, waiting while its mailbox is full (backpressure).
     pub async fn send(&self, shard: usize, message: M) -> Result<(), ShardError> {
         let mut sender = self.senders[shard].clone();

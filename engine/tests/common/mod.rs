@@ -258,3 +258,24 @@ pub fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> (Records, Vec<
     }
     (out, lows)
 }
+
+/// Creates a topic through librdkafka's admin client and asserts it was created.
+pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32, configs: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        topic = topic.set(k, v);
+    }
+    let results = admin
+        .create_topics(&[topic], &AdminOptions::new())
+        .await
+        .expect("create_topics");
+    assert_eq!(results.len(), 1);
+    results[0].as_ref().expect("topic created");
+}
