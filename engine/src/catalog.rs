@@ -1,7 +1,7 @@
 //! The topic catalog: control plane. Topics, their ids, partition counts and configs.
 //!
 //! Readers (every request) load an immutable snapshot without locking; writers (CreateTopics,
-//! DeleteTopics, CreatePartitions) are serialised, persist the new catalog to
+//! DeleteTopics, CreatePartitions, AlterConfigs) are serialised, persist the new catalog to
 //! `<data-dir>/catalog.json` (write, fsync, rename) and then publish the snapshot.
 //! Partition *data* is never here: it lives on the owning shard.
 
@@ -247,6 +247,37 @@ impl Catalog {
         self.publish(topics)
     }
 
+    /// Replaces a topic's explicitly set configs with `f(current)`; returns the updated topic.
+    pub fn alter_configs(
+        &self,
+        name: &str,
+        f: impl FnOnce(&BTreeMap<String, String>) -> Result<BTreeMap<String, String>, String>,
+        validate_only: bool,
+    ) -> Result<Arc<TopicMeta>, CatalogError> {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.snapshot();
+        let topic = current
+            .by_name
+            .get(name)
+            .ok_or_else(|| CatalogError::Unknown(name.to_string()))?;
+        let configs = f(&topic.configs).map_err(CatalogError::InvalidConfig)?;
+        let config = TopicConfig::from_map(&configs).map_err(CatalogError::InvalidConfig)?;
+        let updated = Arc::new(TopicMeta {
+            configs,
+            config,
+            ..(**topic).clone()
+        });
+        if !validate_only {
+            let topics = current
+                .topics()
+                .into_iter()
+                .map(|t| if t.name == name { updated.clone() } else { t })
+                .collect();
+            self.publish(topics)?;
+        }
+        Ok(updated)
+    }
+
     fn publish(&self, topics: Vec<Arc<TopicMeta>>) -> Result<(), CatalogError> {
         if let Some(path) = &self.path {
             let disk = OnDisk {
@@ -336,11 +367,41 @@ mod tests {
         assert!(c.snapshot().by_name("dry").is_none());
         c.add_partitions("orders", 5, false).unwrap();
         assert!(c.add_partitions("orders", 4, false).is_err());
+        let set_bytes = |_: &BTreeMap<String, String>| {
+            Ok(BTreeMap::from([(
+                "retention.bytes".to_string(),
+                "77".to_string(),
+            )]))
+        };
+        let dry = c.alter_configs("orders", set_bytes, true).unwrap();
+        assert_eq!(dry.config.retention_bytes, 77);
+        assert_eq!(
+            c.snapshot()
+                .by_name("orders")
+                .unwrap()
+                .config
+                .retention_bytes,
+            -1
+        );
+        c.alter_configs("orders", set_bytes, false).unwrap();
+        assert!(matches!(
+            c.alter_configs("orders", |_| Err("no".into()), false),
+            Err(CatalogError::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            c.alter_configs("nope", set_bytes, false),
+            Err(CatalogError::Unknown(_))
+        ));
         let reopened = Catalog::open(dir.path()).unwrap();
         let again = reopened.snapshot().by_name("orders").cloned().unwrap();
         assert_eq!(
-            (again.id, again.partitions, again.config.retention_ms),
-            (t.id, 5, 1000)
+            (
+                again.id,
+                again.partitions,
+                again.config.retention_ms,
+                again.config.retention_bytes
+            ),
+            (t.id, 5, 7 * 24 * 3600 * 1000, 77)
         );
         reopened.delete("orders").unwrap();
         assert!(Catalog::open(dir.path())

@@ -15,7 +15,8 @@ use ringtail_objstore::{Condition, ObjectStore, StoreError};
 
 use crate::object_format::Span;
 
-pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+/// 2: adds `log_starts`.
+pub const MANIFEST_FORMAT_VERSION: u32 = 2;
 /// Bounds what a corrupt or hostile manifest can make us allocate.
 pub const MANIFEST_BYTES_MAX: usize = 256 << 20;
 
@@ -24,6 +25,16 @@ pub struct ObjectRef {
     pub key: String,
     pub size: u64,
     pub spans: Vec<Span>,
+}
+
+/// A partition's log start offset once data below it was deleted (retention, DeleteRecords).
+/// It survives its spans: a partition whose every object is gone still continues at its old log
+/// end, so offsets are never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct LogStart {
+    pub topic_id: [u8; 16],
+    pub partition: i32,
+    pub offset: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -36,6 +47,8 @@ pub struct ShardManifest {
     /// (the local-directory store's) can then not repeat (no ABA).
     pub generation: u64,
     pub objects: Vec<ObjectRef>,
+    /// Only partitions that deleted data; only partitions of live topics.
+    pub log_starts: Vec<LogStart>,
 }
 
 impl ShardManifest {
@@ -46,6 +59,7 @@ impl ShardManifest {
             epoch,
             generation: 0,
             objects: Vec::new(),
+            log_starts: Vec::new(),
         }
     }
 
@@ -199,6 +213,11 @@ mod tests {
                     byte_len: 99,
                     max_timestamp: 5,
                 }],
+            }],
+            log_starts: vec![LogStart {
+                topic_id: [4; 16],
+                partition: 2,
+                offset: 7,
             }],
             ..ShardManifest::empty(1, 3)
         };

@@ -62,7 +62,25 @@ pub enum ObjectFormatError {
 
 /// The object key for a shard's upload.
 pub fn object_key(shard: u32, epoch: u64, first_wal_seq: u64) -> String {
-    format!("shards/{shard:04}/objects/{epoch:010}-{first_wal_seq:020}.rto")
+    format!(
+        "{}{epoch:010}-{first_wal_seq:020}.rto",
+        object_prefix(shard)
+    )
+}
+
+/// Where a shard's objects live.
+pub fn object_prefix(shard: u32) -> String {
+    format!("shards/{shard:04}/objects/")
+}
+
+/// The epoch an object was written under, from its key (None: not an object key of ours).
+pub fn object_epoch(key: &str) -> Option<u64> {
+    let name = key.rsplit('/').next()?.strip_suffix(".rto")?;
+    let (epoch, seq) = name.split_once('-')?;
+    if epoch.len() != 10 || seq.len() != 20 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    epoch.parse().ok()
 }
 
 /// Collects durable batches of many partitions into one object.
@@ -219,6 +237,21 @@ mod tests {
 
     fn join(pieces: &[Bytes]) -> Vec<u8> {
         pieces.iter().flat_map(|p| p.iter().copied()).collect()
+    }
+
+    #[test]
+    fn object_keys_name_their_epoch() {
+        let key = object_key(3, 42, 7);
+        assert!(key.starts_with(&object_prefix(3)));
+        assert_eq!(object_epoch(&key), Some(42));
+        for other in [
+            "shards/0003/manifest",
+            "shards/0003/objects/42-7.rto",
+            "shards/0003/objects/0000000042-0000000000000000000x.rto",
+            "shards/0003/objects/0000000042-00000000000000000007.tmp",
+        ] {
+            assert_eq!(object_epoch(other), None, "{other}");
+        }
     }
 
     #[test]

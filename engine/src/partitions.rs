@@ -6,7 +6,7 @@
 //! only then do the producers get their answers. The high watermark is the durable log end.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -23,14 +23,14 @@ use uuid::Uuid;
 
 use crate::catalog::{Snapshot, TopicMeta};
 use crate::log::{MemLog, PartitionLog};
-use crate::manifest::ObjectRef;
+use crate::manifest::{LogStart, ObjectRef};
 use crate::object_format::Span;
 use crate::shard::{
-    now_ms, ErrorOutcome, FetchItem, FetchOutcome, ListItem, ListOutcome, PartitionKey,
-    ProduceItem, ProduceOutcome, ShardOp, LEADER_EPOCH,
+    now_ms, DeleteItem, DeleteOutcome, ErrorOutcome, FetchItem, FetchOutcome, ListItem,
+    ListOutcome, PartitionKey, ProduceItem, ProduceOutcome, ShardOp, LEADER_EPOCH,
 };
 use crate::span_cache::SpanCache;
-use crate::tier::Tier;
+use crate::tier::{StreamKey, Tier};
 
 type Waiter = Rc<RefCell<Option<oneshot::Sender<()>>>>;
 
@@ -55,12 +55,30 @@ struct Partition {
     uploaded_end: i64,
     /// Produces of `durability=object` topics waiting for an offset to be in a committed object.
     upload_waiters: Vec<(i64, oneshot::Sender<()>)>,
+    /// Records below this were deleted (DeleteRecords, retention); committed to the manifest
+    /// when there is an object tier. It may fall inside a batch, as in Kafka.
+    deleted_below: i64,
+    /// DeleteRecords asked for this, waiting for the manifest commit.
+    delete_requested: i64,
+    /// DeleteRecords calls waiting for `deleted_below` to reach their offset.
+    delete_waiters: Vec<(i64, oneshot::Sender<()>)>,
 }
 
 impl Partition {
     fn log_start(&self) -> i64 {
         let hot = self.log.log_start_offset();
-        self.cold.keys().next().map_or(hot, |&cold| cold.min(hot))
+        let stored = self.cold.keys().next().map_or(hot, |&cold| cold.min(hot));
+        stored.max(self.deleted_below)
+    }
+
+    /// Records below `offset` are gone: memory lets them go and the waiting deletes answer.
+    fn delete_below(&mut self, offset: i64) {
+        self.deleted_below = self.deleted_below.max(offset);
+        self.log.evict_below(self.deleted_below);
+        let below = self.deleted_below;
+        for (_, tx) in self.delete_waiters.extract_if(.., |(o, _)| *o <= below) {
+            let _ = tx.send(());
+        }
     }
 
     fn log_end(&self) -> i64 {
@@ -98,7 +116,11 @@ impl ShardState {
             span_cache: Rc::new(SpanCache::default()),
         });
         if let Some(tier) = &state.tier {
-            state.load_cold(tier.committed_objects(), snapshot);
+            state.load_cold(
+                tier.committed_objects(),
+                tier.committed_log_starts(),
+                snapshot,
+            );
         }
         let live = state
             .rebuild(&recovery, snapshot)
@@ -148,9 +170,27 @@ impl ShardState {
         }
     }
 
-    /// Partitions learn which committed objects hold their older batches.
-    fn load_cold(&self, objects: Vec<ObjectRef>, snapshot: &Snapshot) {
+    /// Partitions learn which committed objects hold their older batches, and where their
+    /// logs start when older data was deleted.
+    fn load_cold(&self, objects: Vec<ObjectRef>, starts: Vec<LogStart>, snapshot: &Snapshot) {
         let mut parts = self.partitions.borrow_mut();
+        for start in starts {
+            let pk = PartitionKey {
+                topic_id: Uuid::from_bytes(start.topic_id),
+                partition: start.partition,
+            };
+            let Some(topic) = snapshot
+                .by_id(&pk.topic_id)
+                .filter(|t| pk.partition < t.partitions)
+                .cloned()
+            else {
+                continue;
+            };
+            let p = parts.entry(pk).or_insert_with(|| Partition::new(topic));
+            p.deleted_below = start.offset;
+            // Everything below is gone for good: the log continues at or after it.
+            p.uploaded_end = p.uploaded_end.max(start.offset);
+        }
         for object in objects {
             let key: Arc<str> = object.key.as_str().into();
             for span in object.spans {
@@ -299,6 +339,13 @@ impl ShardState {
             }
             ShardOp::Watch(items, reply) => self.watch(items, reply),
             ShardOp::DropTopic(id) => self.drop_topic(id),
+            ShardOp::TopicChanged(topic) => self.topic_changed(topic),
+            ShardOp::DeleteRecords(items, reply) => {
+                let done = self.delete_records(items);
+                ringtail_shards::spawn_detached(async move {
+                    let _ = reply.send(done.await);
+                });
+            }
         }
     }
 
@@ -520,18 +567,23 @@ impl ShardState {
         &self,
         items: Vec<ListItem>,
     ) -> impl Future<Output = Vec<ListOutcome>> + 'static {
-        let plans: Vec<ListPlan> = items
+        let plans: Vec<(ListPlan, i64)> = items
             .into_iter()
             .map(|item| {
-                self.with_partition(item.key, |p| plan_list(p, item.timestamp))
-                    .unwrap_or_else(|| ListPlan::Ready(list_offset(&MemLog::new(), item.timestamp)))
+                self.with_partition(item.key, |p| (plan_list(p, item.timestamp), p.log_start()))
+                    .unwrap_or_else(|| {
+                        (
+                            ListPlan::Ready(list_offset(&MemLog::new(), item.timestamp)),
+                            0,
+                        )
+                    })
             })
             .collect();
         let store = self.tier.as_ref().map(|t| t.store.clone());
         async move {
             let mut out = Vec::with_capacity(plans.len());
-            for plan in plans {
-                out.push(match (plan, &store) {
+            for (plan, log_start) in plans {
+                let mut o = match (plan, &store) {
                     (ListPlan::Ready(o), _) => o,
                     (
                         ListPlan::Cold {
@@ -545,7 +597,12 @@ impl ShardState {
                     (ListPlan::Cold { .. }, None) => {
                         ListOutcome::error(ResponseError::UnknownServerError.code())
                     }
-                });
+                };
+                // A record found in the deleted part of a batch that straddles the log start.
+                if o.error == 0 && o.offset >= 0 && o.offset < log_start {
+                    o.offset = log_start;
+                }
+                out.push(o);
             }
             out
         }
@@ -576,6 +633,19 @@ impl ShardState {
             unborn.retain(|w| w.borrow().as_ref().is_some_and(|tx| !tx.is_canceled()));
             unborn.push(waiter);
         }
+    }
+
+    /// New configs apply at once: a lowered retention trims the in-memory log now (objects
+    /// follow at the next retention pass).
+    pub fn topic_changed(&self, topic: Arc<TopicMeta>) {
+        let now = now_ms();
+        for (key, p) in self.partitions.borrow_mut().iter_mut() {
+            if key.topic_id == topic.id {
+                p.topic = topic.clone();
+                p.log.enforce_retention(now, &topic.config);
+            }
+        }
+        self.trim_wal();
     }
 
     pub fn drop_topic(&self, topic_id: Uuid) {
@@ -613,6 +683,9 @@ impl Partition {
             cold: BTreeMap::new(),
             uploaded_end: 0,
             upload_waiters: Vec::new(),
+            deleted_below: 0,
+            delete_requested: 0,
+            delete_waiters: Vec::new(),
         }
     }
 }
@@ -629,7 +702,11 @@ enum ListPlan {
 
 fn plan_list(p: &Partition, timestamp: i64) -> ListPlan {
     let hot_start = p.log.log_start_offset();
-    let cold_before_hot = || p.cold.values().filter(|(_, s)| s.base_offset < hot_start);
+    let cold_before_hot = || {
+        p.cold
+            .values()
+            .filter(|(_, s)| s.base_offset < hot_start && s.last_offset >= p.deleted_below)
+    };
     match timestamp {
         -1 => ListPlan::Ready(ListOutcome {
             error: 0,
@@ -824,59 +901,182 @@ impl ColdRead {
 
 /// How often a shard applies retention to its committed objects.
 const OBJECT_RETENTION_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a shard retries deleting garbage whose delete failed.
+const GARBAGE_RETRY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What one retention pass deletes.
+#[derive(Default)]
+struct Deletion {
+    /// (partition, span base offset) of the spans to drop.
+    spans: HashSet<(PartitionKey, i64)>,
+    /// New log starts: DeleteRecords' offsets, and the ends of the spans retention drops.
+    starts: HashMap<StreamKey, i64>,
+    live: HashSet<PartitionKey>,
+}
 
 impl ShardState {
-    /// Spans to drop: those of deleted partitions, and the oldest ones beyond `retention.ms` or
-    /// `retention.bytes` (counting the in-memory log too).
-    fn expired_spans(
-        &self,
-    ) -> (
-        std::collections::HashSet<(PartitionKey, i64)>,
-        std::collections::HashSet<PartitionKey>,
-    ) {
+    /// Spans to drop: those below a DeleteRecords offset, and the oldest ones beyond
+    /// `retention.ms` or `retention.bytes` (counting the in-memory log too).
+    fn plan_deletion(&self) -> Deletion {
         let now = now_ms();
         let parts = self.partitions.borrow();
-        let mut expired = std::collections::HashSet::new();
+        let mut d = Deletion {
+            live: parts.keys().copied().collect(),
+            ..Deletion::default()
+        };
         for (key, p) in parts.iter() {
             let cfg = &p.topic.config;
+            let below = p.deleted_below.max(p.delete_requested);
+            let mut start = below;
             let mut total: i64 = p.cold.values().map(|(_, s)| s.byte_len as i64).sum::<i64>()
                 + p.log.size_bytes() as i64;
             for (&base, (_, span)) in &p.cold {
+                let deleted = span.last_offset < below;
                 let old = cfg.retention_ms >= 0 && now - span.max_timestamp > cfg.retention_ms;
                 let over = cfg.retention_bytes >= 0 && total > cfg.retention_bytes;
-                if !(old || over) {
+                if !(deleted || old || over) {
                     break;
                 }
                 total -= span.byte_len as i64;
-                expired.insert((*key, base));
+                d.spans.insert((*key, base));
+                start = start.max(span.last_offset + 1);
+            }
+            if start > p.deleted_below {
+                d.starts
+                    .insert((*key.topic_id.as_bytes(), key.partition), start);
             }
         }
-        (expired, parts.keys().copied().collect())
+        d
     }
 
-    /// Applies retention to the objects: the manifest forgets expired spans, objects nobody
-    /// references are deleted, and the partitions' log start moves up.
-    async fn enforce_object_retention(self: &Rc<Self>, tier: &Tier) {
-        let (expired, live) = self.expired_spans();
+    /// Applies retention and DeleteRecords to the objects: one manifest commit forgets the
+    /// dropped spans and records the new log starts, objects nobody references are deleted, and
+    /// only then do the partitions' log starts move up and waiting DeleteRecords answer.
+    async fn enforce_deletion(self: &Rc<Self>, tier: &Tier) {
+        let d = self.plan_deletion();
         let drop = |s: &Span| {
             let key = PartitionKey {
                 topic_id: Uuid::from_bytes(s.topic_id),
                 partition: s.partition,
             };
-            !live.contains(&key) || expired.contains(&(key, s.base_offset))
+            !d.live.contains(&key) || d.spans.contains(&(key, s.base_offset))
         };
-        let Ok(dropped) = tier.drop_spans(drop).await else {
+        let live = |k: &StreamKey| {
+            d.live.contains(&PartitionKey {
+                topic_id: Uuid::from_bytes(k.0),
+                partition: k.1,
+            })
+        };
+        let Ok((dropped, starts)) = tier.delete_data(drop, &d.starts, live).await else {
             return;
         };
-        let mut parts = self.partitions.borrow_mut();
-        for span in dropped {
-            let key = PartitionKey {
-                topic_id: Uuid::from_bytes(span.topic_id),
-                partition: span.partition,
-            };
-            if let Some(p) = parts.get_mut(&key) {
-                p.cold.remove(&span.base_offset);
+        {
+            let mut parts = self.partitions.borrow_mut();
+            for span in dropped {
+                let key = PartitionKey {
+                    topic_id: Uuid::from_bytes(span.topic_id),
+                    partition: span.partition,
+                };
+                if let Some(p) = parts.get_mut(&key) {
+                    p.cold.remove(&span.base_offset);
+                }
             }
+            for ((topic_id, partition), offset) in starts {
+                let key = PartitionKey {
+                    topic_id: Uuid::from_bytes(topic_id),
+                    partition,
+                };
+                if let Some(p) = parts.get_mut(&key) {
+                    p.delete_below(offset);
+                }
+            }
+        }
+        self.trim_wal();
+    }
+
+    /// DeleteRecords: answers once the new log start is committed (at once without an object
+    /// tier, where it holds until restart). `offset` -1 means the high watermark.
+    pub fn delete_records(
+        self: &Rc<Self>,
+        items: Vec<DeleteItem>,
+    ) -> impl Future<Output = Vec<DeleteOutcome>> + 'static {
+        let mut waits = Vec::with_capacity(items.len());
+        {
+            let mut parts = self.partitions.borrow_mut();
+            for item in items {
+                let Some(p) = parts.get_mut(&item.key) else {
+                    // Never produced to: only offset 0 (or -1, the high watermark) is in range.
+                    let ok = item.offset == 0 || item.offset == -1;
+                    waits.push(Err(DeleteOutcome {
+                        error: if ok {
+                            0
+                        } else {
+                            ResponseError::OffsetOutOfRange.code()
+                        },
+                        low_watermark: if ok { 0 } else { -1 },
+                    }));
+                    continue;
+                };
+                let end = p.log_end();
+                let offset = if item.offset == -1 { end } else { item.offset };
+                if offset < 0 || offset > end {
+                    waits.push(Err(DeleteOutcome {
+                        error: ResponseError::OffsetOutOfRange.code(),
+                        low_watermark: -1,
+                    }));
+                    continue;
+                }
+                if offset <= p.log_start() {
+                    waits.push(Err(DeleteOutcome {
+                        error: 0,
+                        low_watermark: p.log_start(),
+                    }));
+                    continue;
+                }
+                match &self.tier {
+                    None => {
+                        p.delete_below(offset);
+                        waits.push(Err(DeleteOutcome {
+                            error: 0,
+                            low_watermark: p.log_start(),
+                        }));
+                    }
+                    Some(tier) => {
+                        let (tx, rx) = oneshot::channel();
+                        p.delete_requested = p.delete_requested.max(offset);
+                        p.delete_waiters.push((offset, tx));
+                        tier.request_deletion();
+                        waits.push(Ok((item.key, rx)));
+                    }
+                }
+            }
+        }
+        if self.tier.is_none() {
+            self.trim_wal();
+        }
+        let weak = Rc::downgrade(self);
+        async move {
+            let mut out = Vec::with_capacity(waits.len());
+            for w in waits {
+                out.push(match w {
+                    Err(done) => done,
+                    Ok((key, rx)) => match rx.await {
+                        Ok(()) => DeleteOutcome {
+                            error: 0,
+                            low_watermark: weak
+                                .upgrade()
+                                .and_then(|s| s.with_partition(key, |p| p.log_start()))
+                                .unwrap_or(-1),
+                        },
+                        // Fenced, or the topic was deleted meanwhile.
+                        Err(_) => DeleteOutcome {
+                            error: ResponseError::KafkaStorageError.code(),
+                            low_watermark: -1,
+                        },
+                    },
+                });
+            }
+            out
         }
     }
 }
@@ -884,14 +1084,23 @@ impl ShardState {
 /// Seals and uploads objects while the shard lives.
 async fn upload_loop(weak: Weak<ShardState>, tick: Duration) {
     let mut last_retention = Instant::now();
+    let mut last_gc: Option<Instant> = None;
     loop {
         ringtail_shards::sleep(tick).await;
         let Some(state) = weak.upgrade() else { return };
-        if last_retention.elapsed() >= OBJECT_RETENTION_INTERVAL {
-            last_retention = Instant::now();
-            if let Some(tier) = state.tier.clone() {
+        if let Some(tier) = state.tier.clone() {
+            if last_retention.elapsed() >= OBJECT_RETENTION_INTERVAL || tier.take_deletion_request()
+            {
+                last_retention = Instant::now();
                 tier.busy.set(true);
-                state.enforce_object_retention(&tier).await;
+                state.enforce_deletion(&tier).await;
+                tier.busy.set(false);
+            }
+            if last_gc.is_none_or(|t| t.elapsed() >= GARBAGE_RETRY_INTERVAL) {
+                let sweep = last_gc.is_none();
+                last_gc = Some(Instant::now());
+                tier.busy.set(true);
+                tier.collect_garbage(sweep).await;
                 tier.busy.set(false);
             }
         }
@@ -916,10 +1125,12 @@ async fn upload_loop(weak: Weak<ShardState>, tick: Duration) {
                 }
             }
             Err(_) => {
-                // Fenced: nothing more will be committed here; waiting producers get errors.
+                // Fenced: nothing more will be committed here; waiting producers (and deletes)
+                // get errors.
                 if let Some(state) = weak.upgrade() {
                     for p in state.partitions.borrow_mut().values_mut() {
                         p.upload_waiters.clear();
+                        p.delete_waiters.clear();
                     }
                 }
                 return;

@@ -81,6 +81,18 @@ pub struct ListOutcome {
     pub timestamp: i64,
 }
 
+pub struct DeleteItem {
+    pub key: PartitionKey,
+    /// Delete the records below this offset (-1: the high watermark).
+    pub offset: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct DeleteOutcome {
+    pub error: i16,
+    pub low_watermark: i64,
+}
+
 /// Work for a partition's owner shard.
 pub enum ShardOp {
     Produce(Vec<ProduceItem>, oneshot::Sender<Vec<ProduceOutcome>>),
@@ -88,7 +100,10 @@ pub enum ShardOp {
     ListOffsets(Vec<ListItem>, oneshot::Sender<Vec<ListOutcome>>),
     /// Answer once any of these partitions has data at or beyond the given offset.
     Watch(Vec<(PartitionKey, i64)>, oneshot::Sender<()>),
+    DeleteRecords(Vec<DeleteItem>, oneshot::Sender<Vec<DeleteOutcome>>),
     DropTopic(Uuid),
+    /// A topic's configs changed: its partitions follow the new ones from now on.
+    TopicChanged(Arc<TopicMeta>),
 }
 
 /// An outcome that carries only an error (owner shard gone).
@@ -122,6 +137,15 @@ impl ErrorOutcome for ListOutcome {
             error: code,
             offset: -1,
             timestamp: -1,
+        }
+    }
+}
+
+impl ErrorOutcome for DeleteOutcome {
+    fn error(code: i16) -> Self {
+        DeleteOutcome {
+            error: code,
+            low_watermark: -1,
         }
     }
 }
@@ -250,14 +274,21 @@ impl Broker {
 
     /// Tells every shard to forget a deleted topic's partitions.
     pub async fn drop_topic(&self, topic_id: Uuid) {
+        self.broadcast(|| ShardOp::DropTopic(topic_id)).await
+    }
+
+    /// Tells every shard that a topic's configs changed.
+    pub async fn topic_changed(&self, topic: Arc<TopicMeta>) {
+        self.broadcast(|| ShardOp::TopicChanged(topic.clone()))
+            .await
+    }
+
+    async fn broadcast(&self, op: impl Fn() -> ShardOp) {
         for shard in 0..self.shards {
             if shard == self.shard {
-                self.state.drop_topic(topic_id);
+                self.state.handle(op());
             } else {
-                let _ = self
-                    .mailboxes
-                    .send(shard, ShardOp::DropTopic(topic_id))
-                    .await;
+                let _ = self.mailboxes.send(shard, op()).await;
             }
         }
     }

@@ -8,8 +8,12 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use ringtail_objstore::{Condition, ObjectStore, Part, StoreError};
 
-use crate::manifest::{CommitError, Committed, ManifestStore, ObjectRef};
-use crate::object_format::{object_key, ObjectBuilder, ObjectIndex, Span};
+use std::collections::HashMap;
+
+use crate::manifest::{CommitError, Committed, LogStart, ManifestStore, ObjectRef};
+use crate::object_format::{
+    object_epoch, object_key, object_prefix, ObjectBuilder, ObjectIndex, Span,
+};
 
 /// Multipart part size for objects larger than one part.
 pub const PART_BYTES: usize = 8 << 20;
@@ -35,6 +39,10 @@ pub struct Tier {
     /// An object is being uploaded or committed.
     pub busy: Cell<bool>,
     urgent: Cell<bool>,
+    /// DeleteRecords is waiting: run the deletion pass at the next tick.
+    deletion: Cell<bool>,
+    /// Unreferenced objects whose delete failed: garbage collection retries them.
+    garbage: RefCell<Vec<String>>,
 }
 
 /// An object ready to upload.
@@ -88,6 +96,8 @@ impl Tier {
             flushing: Cell::new(false),
             busy: Cell::new(false),
             urgent: Cell::new(false),
+            deletion: Cell::new(false),
+            garbage: RefCell::new(Vec::new()),
         })
     }
 
@@ -121,6 +131,15 @@ impl Tier {
     /// is waiting for it).
     pub fn request_seal(&self) {
         self.urgent.set(true);
+    }
+
+    /// Run the deletion pass at the next tick (a DeleteRecords is waiting for it).
+    pub fn request_deletion(&self) {
+        self.deletion.set(true);
+    }
+
+    pub fn take_deletion_request(&self) -> bool {
+        self.deletion.replace(false)
     }
 
     /// From now on every pending batch is sealed at once (clean shutdown).
@@ -208,9 +227,73 @@ impl Tier {
 }
 
 impl Tier {
-    /// Removes the spans `drop` selects from the manifest (retention, deleted topics), then
-    /// deletes the objects left without any span. Returns the dropped spans.
-    pub async fn drop_spans(&self, drop: impl Fn(&Span) -> bool) -> Result<Vec<Span>, CommitError> {
+    /// Deletes objects that no committed manifest references and none ever will. With `sweep`
+    /// (at start) it lists the shard's objects and deletes those written under an older epoch
+    /// that the manifest does not name: uploads of an owner that crashed or was fenced before
+    /// committing, and deletes that failed before a restart. An older epoch's writer can never
+    /// commit again (taking over changed the manifest under it), so these are certain garbage;
+    /// objects of the current epoch are never swept (one may be uploading right now). Always
+    /// retries the deletes that failed since. Returns how many objects it deleted.
+    pub async fn collect_garbage(&self, sweep: bool) -> usize {
+        let mut keys = std::mem::take(&mut *self.garbage.borrow_mut());
+        if sweep {
+            let prefix = object_prefix(self.shard);
+            match self.store.list(&prefix).await {
+                Ok(objects) => {
+                    let (epoch, referenced): (u64, std::collections::HashSet<String>) = {
+                        let c = self.committed.borrow();
+                        (
+                            c.manifest.epoch,
+                            c.manifest.objects.iter().map(|o| o.key.clone()).collect(),
+                        )
+                    };
+                    keys.extend(objects.into_iter().map(|o| o.key).filter(|k| {
+                        !referenced.contains(k) && object_epoch(k).is_some_and(|e| e < epoch)
+                    }));
+                }
+                Err(e) => {
+                    tracing::warn!(shard = self.shard, error = %e, "listing objects for garbage collection failed; the next start retries")
+                }
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        let mut deleted = 0;
+        for key in keys {
+            match self.store.delete(&key).await {
+                Ok(()) | Err(StoreError::NotFound(_)) => deleted += 1,
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "could not delete garbage; retrying later");
+                    self.garbage.borrow_mut().push(key);
+                }
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(shard = self.shard, deleted, "deleted unreferenced objects");
+        }
+        deleted
+    }
+}
+
+/// A partition in a manifest: (topic id, partition index).
+pub type StreamKey = ([u8; 16], i32);
+
+impl Tier {
+    /// The committed log starts (partitions that deleted data).
+    pub fn committed_log_starts(&self) -> Vec<LogStart> {
+        self.committed.borrow().manifest.log_starts.clone()
+    }
+
+    /// Deletes data in one manifest commit: removes the spans `drop` selects (retention,
+    /// DeleteRecords, deleted topics), raises log starts to `starts`, forgets the log starts of
+    /// partitions `live` rejects; then deletes the objects left without any span. Returns the
+    /// dropped spans and the committed log starts.
+    pub async fn delete_data(
+        &self,
+        drop: impl Fn(&Span) -> bool,
+        starts: &HashMap<StreamKey, i64>,
+        live: impl Fn(&StreamKey) -> bool,
+    ) -> Result<(Vec<Span>, HashMap<StreamKey, i64>), CommitError> {
         let mut delay = RETRY_DELAY_MIN;
         loop {
             let current = self.committed.borrow().clone();
@@ -236,19 +319,41 @@ impl Tier {
                     }
                 })
                 .collect();
-            if dropped.is_empty() {
-                return Ok(dropped);
+            let mut merged: HashMap<StreamKey, i64> = current
+                .manifest
+                .log_starts
+                .iter()
+                .map(|l| ((l.topic_id, l.partition), l.offset))
+                .filter(|(k, _)| live(k))
+                .collect();
+            for (k, &offset) in starts {
+                let at = merged.entry(*k).or_insert(offset);
+                *at = (*at).max(offset);
             }
+            let mut log_starts: Vec<LogStart> = merged
+                .iter()
+                .map(|(&(topic_id, partition), &offset)| LogStart {
+                    topic_id,
+                    partition,
+                    offset,
+                })
+                .collect();
+            log_starts.sort_by_key(|l| (l.topic_id, l.partition));
+            if dropped.is_empty() && log_starts == current.manifest.log_starts {
+                return Ok((dropped, merged));
+            }
+            next.log_starts = log_starts;
             match self.manifests.commit(Some(&current), next).await {
                 Ok(c) => {
                     *self.committed.borrow_mut() = c;
                     // Only now that no committed manifest references them.
                     for key in unreferenced {
                         if let Err(e) = self.store.delete(&key).await {
-                            tracing::warn!(%key, error = %e, "could not delete an unreferenced object (it stays as garbage)");
+                            tracing::warn!(%key, error = %e, "could not delete an unreferenced object (garbage collection retries it)");
+                            self.garbage.borrow_mut().push(key);
                         }
                     }
-                    return Ok(dropped);
+                    return Ok((dropped, merged));
                 }
                 Err(e @ CommitError::Fenced { .. }) | Err(e @ CommitError::Corrupt { .. }) => {
                     tracing::error!(error = %e, "object tier stops: this shard no longer owns its manifest");
@@ -256,7 +361,7 @@ impl Tier {
                     return Err(e);
                 }
                 Err(CommitError::Store(e)) => {
-                    tracing::warn!(error = %e, "manifest commit (retention) failed; retrying");
+                    tracing::warn!(error = %e, "manifest commit (deletion) failed; retrying");
                     ringtail_shards::sleep(jitter(delay)).await;
                     delay = (delay * 2).min(RETRY_DELAY_MAX);
                 }

@@ -135,6 +135,103 @@ impl TopicConfig {
     }
 }
 
+/// IncrementalAlterConfigs operations (Kafka's `AlterConfigOp.OpType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlterOp {
+    Set,
+    Delete,
+    Append,
+    Subtract,
+}
+
+impl AlterOp {
+    pub fn from_code(code: i8) -> Option<AlterOp> {
+        Some(match code {
+            0 => AlterOp::Set,
+            1 => AlterOp::Delete,
+            2 => AlterOp::Append,
+            3 => AlterOp::Subtract,
+            _ => return None,
+        })
+    }
+}
+
+/// The configs whose value is a comma-separated list (APPEND and SUBTRACT apply to these only).
+const LIST_CONFIGS: &[&str] = &["cleanup.policy"];
+
+/// Applies IncrementalAlterConfigs operations to a topic's explicitly set configs and returns
+/// the new set, validated. A config named twice, an unknown operation target or a value that
+/// does not validate fails the whole resource (Kafka applies a resource's changes atomically).
+pub fn apply_incremental(
+    current: &BTreeMap<String, String>,
+    ops: &[(String, AlterOp, Option<String>)],
+) -> Result<BTreeMap<String, String>, String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut next = current.clone();
+    for (name, op, value) in ops {
+        if !seen.insert(name) {
+            return Err(format!("config {name:?} appears twice"));
+        }
+        let Some((_, default, _)) = KNOWN.iter().find(|(n, _, _)| n == name) else {
+            return Err(format!("unknown topic config {name:?}"));
+        };
+        let value = || {
+            value
+                .clone()
+                .ok_or_else(|| format!("config {name:?} has no value"))
+        };
+        match op {
+            AlterOp::Set => {
+                next.insert(name.clone(), value()?);
+            }
+            AlterOp::Delete => {
+                next.remove(name);
+            }
+            AlterOp::Append | AlterOp::Subtract => {
+                if !LIST_CONFIGS.contains(&name.as_str()) {
+                    return Err(format!(
+                        "{name:?} is not a list config: APPEND/SUBTRACT do not apply"
+                    ));
+                }
+                let effective = next.get(name).map_or(*default, |v| v.as_str()).to_string();
+                let mut items: Vec<String> = effective
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                for item in value()?.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    if *op == AlterOp::Append {
+                        if !items.iter().any(|i| i == item) {
+                            items.push(item.to_string());
+                        }
+                    } else {
+                        items.retain(|i| i != item);
+                    }
+                }
+                next.insert(name.clone(), items.join(","));
+            }
+        }
+    }
+    TopicConfig::from_map(&next)?;
+    Ok(next)
+}
+
+/// AlterConfigs (the legacy API) replaces the whole set: configs it does not name go back to
+/// their defaults.
+pub fn apply_replace(ops: &[(String, Option<String>)]) -> Result<BTreeMap<String, String>, String> {
+    let mut next = BTreeMap::new();
+    for (name, value) in ops {
+        let value = value
+            .clone()
+            .ok_or_else(|| format!("config {name:?} has no value"))?;
+        if next.insert(name.clone(), value).is_some() {
+            return Err(format!("config {name:?} appears twice"));
+        }
+    }
+    TopicConfig::from_map(&next)?;
+    Ok(next)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +269,73 @@ mod tests {
         ] {
             assert!(TopicConfig::from_map(&map(&[(k, v)])).is_err(), "{k}={v}");
         }
+    }
+
+    fn op(name: &str, op: AlterOp, value: Option<&str>) -> (String, AlterOp, Option<String>) {
+        (name.to_string(), op, value.map(str::to_string))
+    }
+
+    #[test]
+    fn incremental_alter_sets_deletes_and_validates_atomically() {
+        let current = map(&[("retention.ms", "1000"), ("segment.bytes", "5")]);
+        let next = apply_incremental(
+            &current,
+            &[
+                op("retention.bytes", AlterOp::Set, Some("4096")),
+                op("segment.bytes", AlterOp::Delete, None),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            next,
+            map(&[("retention.bytes", "4096"), ("retention.ms", "1000")])
+        );
+        // Deleting a config that is not set is fine (it is already the default).
+        assert_eq!(
+            apply_incremental(&current, &[op("durability", AlterOp::Delete, None)]).unwrap(),
+            current
+        );
+        // Appending what is there is a no-op; anything but "delete" does not validate.
+        assert_eq!(
+            apply_incremental(
+                &map(&[]),
+                &[op("cleanup.policy", AlterOp::Append, Some("delete"))]
+            )
+            .unwrap(),
+            map(&[("cleanup.policy", "delete")])
+        );
+        for bad in [
+            vec![op("cleanup.policy", AlterOp::Append, Some("compact"))],
+            vec![op("cleanup.policy", AlterOp::Subtract, Some("delete"))],
+            vec![op("retention.ms", AlterOp::Append, Some("5"))],
+            vec![op("retention.ms", AlterOp::Set, Some("-7"))],
+            vec![op("retention.ms", AlterOp::Set, None)],
+            vec![op("nope", AlterOp::Delete, None)],
+            vec![
+                op("retention.ms", AlterOp::Set, Some("5")),
+                op("retention.ms", AlterOp::Delete, None),
+            ],
+            // One bad op fails the whole resource, including the good one before it.
+            vec![
+                op("retention.bytes", AlterOp::Set, Some("10")),
+                op("durability", AlterOp::Set, Some("disk")),
+            ],
+        ] {
+            assert!(apply_incremental(&current, &bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(AlterOp::from_code(3), Some(AlterOp::Subtract));
+        assert_eq!(AlterOp::from_code(4), None);
+    }
+
+    #[test]
+    fn legacy_alter_replaces_the_whole_set() {
+        let next = apply_replace(&[("retention.ms".into(), Some("5".into()))]).unwrap();
+        assert_eq!(next, map(&[("retention.ms", "5")]));
+        assert!(apply_replace(&[("retention.ms".into(), None)]).is_err());
+        assert!(apply_replace(&[
+            ("retention.ms".into(), Some("5".into())),
+            ("retention.ms".into(), Some("6".into()))
+        ])
+        .is_err());
     }
 }

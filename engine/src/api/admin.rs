@@ -1,4 +1,5 @@
-//! CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs.
+//! CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs, AlterConfigs,
+//! IncrementalAlterConfigs.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -11,8 +12,10 @@ use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
 use kafka_protocol::messages::{
-    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    alter_configs_response, incremental_alter_configs_response, AlterConfigsRequest,
+    AlterConfigsResponse, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+    CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
+    DescribeConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
     TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
@@ -23,7 +26,7 @@ use uuid::Uuid;
 use crate::catalog::TopicMeta;
 use crate::errors::catalog_error_code;
 use crate::shard::Broker;
-use crate::topic_config::KNOWN;
+use crate::topic_config::{apply_incremental, apply_replace, AlterOp, KNOWN};
 
 fn text(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
@@ -317,4 +320,166 @@ fn broker_configs(broker: &Broker) -> Vec<(String, String, i8, bool)> {
     .into_iter()
     .map(|(n, v)| (n.to_string(), v, SOURCE_STATIC_BROKER, true))
     .collect()
+}
+
+/// A resource's requested change, as one of the two alter APIs states it.
+enum Change {
+    /// AlterConfigs: the whole set; configs not named go back to their defaults.
+    Replace(Vec<(String, Option<String>)>),
+    /// IncrementalAlterConfigs: (name, operation code, value).
+    Incremental(Vec<(String, i8, Option<String>)>),
+}
+
+/// (resource type, resource name, error code, error message) per resource.
+type AlterResult = (i8, StrBytes, i16, Option<StrBytes>);
+
+async fn alter_configs_of(
+    broker: &Broker,
+    resources: Vec<(i8, StrBytes, Change)>,
+    validate_only: bool,
+) -> Vec<AlterResult> {
+    let mut seen = HashSet::new();
+    let duplicates: HashSet<(i8, String)> = resources
+        .iter()
+        .map(|(t, n, _)| (*t, n.to_string()))
+        .filter(|k| !seen.insert(k.clone()))
+        .collect();
+    let mut changed = false;
+    let mut out = Vec::with_capacity(resources.len());
+    for (kind, name, change) in resources {
+        let fail = |code: ResponseError, message: String| {
+            (kind, name.clone(), code.code(), Some(text(message)))
+        };
+        if duplicates.contains(&(kind, name.to_string())) {
+            out.push(fail(
+                ResponseError::InvalidRequest,
+                format!("resource {name:?} appears twice in the request"),
+            ));
+            continue;
+        }
+        match kind {
+            RESOURCE_TOPIC => {}
+            RESOURCE_BROKER => {
+                out.push(fail(
+                    ResponseError::InvalidConfig,
+                    "broker configs are static in Ringtail: set them with flags, RINGTAIL_* environment variables or the config file".into(),
+                ));
+                continue;
+            }
+            other => {
+                out.push(fail(
+                    ResponseError::InvalidRequest,
+                    format!("resource type {other} is not supported"),
+                ));
+                continue;
+            }
+        }
+        let has_store = broker.mirror.is_some();
+        let next = |current: &BTreeMap<String, String>| {
+            let next = match &change {
+                Change::Replace(set) => apply_replace(set)?,
+                Change::Incremental(ops) => {
+                    let ops = ops
+                        .iter()
+                        .map(|(n, code, v)| {
+                            AlterOp::from_code(*code)
+                                .map(|op| (n.clone(), op, v.clone()))
+                                .ok_or_else(|| format!("config operation {code} is not one of SET, DELETE, APPEND, SUBTRACT"))
+                        })
+                        .collect::<Result<Vec<_>, String>>()?;
+                    apply_incremental(current, &ops)?
+                }
+            };
+            if !has_store && next.get("durability").is_some_and(|v| v == "object") {
+                return Err("durability=object needs an object store (--object-store)".to_string());
+            }
+            Ok(next)
+        };
+        match broker
+            .catalog
+            .alter_configs(name.as_str(), next, validate_only)
+        {
+            Ok(topic) => {
+                if !validate_only {
+                    tracing::info!(topic = %topic.name, configs = ?topic.configs, "altered topic configs");
+                    broker.topic_changed(topic).await;
+                    changed = true;
+                }
+                out.push((kind, name, 0, None));
+            }
+            Err(e) => out.push((
+                kind,
+                name,
+                catalog_error_code(&e),
+                Some(text(e.to_string())),
+            )),
+        }
+    }
+    if changed {
+        broker.catalog_changed().await;
+    }
+    out
+}
+
+pub async fn alter_configs(broker: &Broker, request: AlterConfigsRequest) -> AlterConfigsResponse {
+    let resources = request
+        .resources
+        .into_iter()
+        .map(|r| {
+            let set = r
+                .configs
+                .into_iter()
+                .map(|c| (c.name.to_string(), c.value.map(|v| v.to_string())))
+                .collect();
+            (r.resource_type, r.resource_name, Change::Replace(set))
+        })
+        .collect();
+    let responses = alter_configs_of(broker, resources, request.validate_only)
+        .await
+        .into_iter()
+        .map(|(kind, name, code, message)| {
+            alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_resource_type(kind)
+                .with_resource_name(name)
+                .with_error_code(code)
+                .with_error_message(message)
+        })
+        .collect();
+    AlterConfigsResponse::default().with_responses(responses)
+}
+
+pub async fn incremental_alter_configs(
+    broker: &Broker,
+    request: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    let resources = request
+        .resources
+        .into_iter()
+        .map(|r| {
+            let ops = r
+                .configs
+                .into_iter()
+                .map(|c| {
+                    (
+                        c.name.to_string(),
+                        c.config_operation,
+                        c.value.map(|v| v.to_string()),
+                    )
+                })
+                .collect();
+            (r.resource_type, r.resource_name, Change::Incremental(ops))
+        })
+        .collect();
+    let responses = alter_configs_of(broker, resources, request.validate_only)
+        .await
+        .into_iter()
+        .map(|(kind, name, code, message)| {
+            incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_resource_type(kind)
+                .with_resource_name(name)
+                .with_error_code(code)
+                .with_error_message(message)
+        })
+        .collect();
+    IncrementalAlterConfigsResponse::default().with_responses(responses)
 }

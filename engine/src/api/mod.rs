@@ -5,6 +5,7 @@
 //! does; ApiVersions itself answers UNSUPPORTED_VERSION at v0 so that the client can retry.
 
 mod admin;
+mod delete_records;
 mod fetch;
 mod list_offsets;
 mod metadata;
@@ -27,8 +28,11 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Metadata, 0, 13),
     (ApiKey::ApiVersions, 0, 4),
     (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeCluster, 0, 2),
 ];
@@ -102,10 +106,15 @@ pub async fn handle(broker: &Broker, header: &Header, body: Body) -> Reply {
         RequestKind::DeleteTopics(r) => {
             respond(header, &admin::delete_topics(broker, header, r).await)
         }
+        RequestKind::DeleteRecords(r) => respond(header, &delete_records::handle(broker, r).await),
         RequestKind::CreatePartitions(r) => {
             respond(header, &admin::create_partitions(broker, r).await)
         }
         RequestKind::DescribeConfigs(r) => respond(header, &admin::describe_configs(broker, r)),
+        RequestKind::AlterConfigs(r) => respond(header, &admin::alter_configs(broker, r).await),
+        RequestKind::IncrementalAlterConfigs(r) => {
+            respond(header, &admin::incremental_alter_configs(broker, r).await)
+        }
         other => Reply::Close(format!(
             "no handler for {:?}",
             std::mem::discriminant(&other)

@@ -1,0 +1,85 @@
+//! DeleteRecords: moves partitions' log start offsets up; the data below goes with the next
+//! deletion pass (memory at once, objects once the manifest commit records the new start).
+
+use std::time::Duration;
+
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
+use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
+use kafka_protocol::ResponseError;
+
+use crate::shard::{Broker, DeleteItem, DeleteOutcome, ErrorOutcome, PartitionKey, ShardOp};
+
+/// Longest a DeleteRecords waits for its commit, whatever the client asks.
+const TIMEOUT_MAX: Duration = Duration::from_secs(300);
+
+pub async fn handle(broker: &Broker, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
+    let snapshot = broker.catalog.snapshot();
+    let mut slots = Vec::new();
+    let mut items = Vec::new();
+    for topic in &request.topics {
+        let meta = snapshot.by_name(&topic.name);
+        for p in &topic.partitions {
+            slots.push(match meta {
+                Some(m) if (0..m.partitions).contains(&p.partition_index) => {
+                    let key = PartitionKey {
+                        topic_id: m.id,
+                        partition: p.partition_index,
+                    };
+                    items.push((
+                        broker.owner(m, p.partition_index),
+                        DeleteItem {
+                            key,
+                            offset: p.offset,
+                        },
+                    ));
+                    Ok(())
+                }
+                _ => Err(ResponseError::UnknownTopicOrPartition.code()),
+            });
+        }
+    }
+    let timeout = Duration::from_millis(request.timeout_ms.max(0) as u64).min(TIMEOUT_MAX);
+    let n = items.len();
+    let deleted = broker.scatter(items, |s, i| s.delete_records(i), ShardOp::DeleteRecords);
+    let outcomes =
+        match futures::future::select(Box::pin(deleted), Box::pin(ringtail_shards::sleep(timeout)))
+            .await
+        {
+            futures::future::Either::Left((o, _)) => o,
+            // The deletion still happens; the client learns it did not finish in time.
+            futures::future::Either::Right(_) => {
+                vec![DeleteOutcome::error(ResponseError::RequestTimedOut.code()); n]
+            }
+        };
+    let mut outcomes = outcomes.into_iter();
+    let mut slots = slots.into_iter();
+    let topics = request
+        .topics
+        .iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|p| {
+                    let o = match slots.next().expect("slot per partition") {
+                        Ok(()) => outcomes.next().expect("outcome per item"),
+                        Err(code) => DeleteOutcome::error(code),
+                    };
+                    if o.error == 0 {
+                        tracing::info!(topic = %topic.name.as_str(), partition = p.partition_index, low_watermark = o.low_watermark, "deleted records");
+                    }
+                    DeleteRecordsPartitionResult::default()
+                        .with_partition_index(p.partition_index)
+                        .with_low_watermark(o.low_watermark)
+                        .with_error_code(o.error)
+                })
+                .collect();
+            DeleteRecordsTopicResult::default()
+                .with_name(topic.name.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    DeleteRecordsResponse::default().with_topics(topics)
+}
