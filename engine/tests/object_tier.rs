@@ -502,3 +502,34 @@ async fn delete_records_moves_log_starts_durably() {
     assert_eq!(read, want);
     assert_eq!(b.terminate(), Some(0));
 }
+
+/// Objects no manifest references — an upload whose owner died before committing it — are
+/// deleted at the next start; committed objects and files that are not ours stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphaned_objects_are_collected_at_start() {
+    let data = tempfile::tempdir().unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let args = tier_args(&format!("file://{}", objects.path().display()));
+    let b = start(data.path(), &args);
+    common::create_topic(&b.bootstrap(), "tiered", PARTITIONS, &[]).await;
+    let acked = produce(&b, 0, 60).await;
+    assert_eq!(b.terminate(), Some(0));
+    let dir = objects.path().join("shards/0000/objects");
+    let orphan = dir.join("0000000001-00000000000000999999.rto");
+    let foreign = dir.join("README.txt");
+    std::fs::write(&orphan, b"an upload nobody committed").unwrap();
+    std::fs::write(&foreign, b"not an object key").unwrap();
+    let (committed, _) = rto_bytes(objects.path());
+
+    let b = start(data.path(), &args);
+    let deadline = Instant::now() + TIMEOUT;
+    while orphan.exists() {
+        assert!(Instant::now() < deadline, "the orphan was not collected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(foreign.exists());
+    assert_eq!(rto_bytes(objects.path()).0, committed - 1);
+    assert_eq!(consume_all(&b), acked);
+    assert!(b.log_contains("deleted unreferenced objects"));
+    assert_eq!(b.terminate(), Some(0));
+}

@@ -101,6 +101,44 @@ consumer.close()
 res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
 text = str(res)
 assert "2097152" in text, text
+
+def topic_config(name):
+    res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all")
+    return res["topic"][topic][name]["value"]
+
+
+def alter(configs, incremental):
+    out = admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)], incremental=incremental)
+    return str(out)
+
+
+# IncrementalAlterConfigs: SET, then DELETE back to the default.
+alter({"retention.ms": "3600000"}, incremental=True)
+assert topic_config("retention.ms") == "3600000"
+assert topic_config("max.message.bytes") == "2097152", "incremental keeps the other configs"
+alter({"retention.ms": ("DELETE", None)}, incremental=True)
+assert topic_config("retention.ms") == "604800000"
+# AlterConfigs (legacy): the whole set (kafka-python re-sends the other dynamic configs).
+alter({"retention.bytes": "100000000"}, incremental=False)
+assert topic_config("retention.bytes") == "100000000"
+assert topic_config("max.message.bytes") == "2097152"
+# Bad values and unknown topics are per-resource errors, not failures of the request.
+for incremental in (True, False):
+    bad = admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs={"retention.ms": "-5"})], incremental=incremental)
+    assert "Error 40" in str(bad), bad
+    assert topic_config("retention.bytes") == "100000000", "a refused change leaves the configs alone"
+missing = admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, "no-such-topic", configs={"retention.ms": "5"})], incremental=True, raise_on_unknown=False)
+assert "Error 3]" in str(missing), missing
+
+# DeleteRecords: the log start moves, inside the partition; earlier offsets are gone.
+deleted = admin.delete_records({TopicPartition(topic, 0): 3, TopicPartition(topic, 2): -1})
+assert deleted[TopicPartition(topic, 0)]["low_watermark"] == 3, deleted
+assert deleted[TopicPartition(topic, 2)]["low_watermark"] == len(expected[2]), deleted
+check = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+begin = check.beginning_offsets([TopicPartition(topic, p) for p in range(partitions)])
+assert [begin[TopicPartition(topic, p)] for p in range(partitions)] == [3, 0, len(expected[2])], begin
+check.close()
+
 admin.create_partitions({topic: NewPartitions(total_count=5)})
 meta = admin.describe_topics([topic])
 assert len(meta[0]["partitions"]) == 5, meta
