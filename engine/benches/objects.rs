@@ -7,6 +7,7 @@
 //! `cargo bench -p ringtail-engine --bench objects -- [MB]` — local directory always; SeaweedFS
 //! too when `weed` is installed (scripts/test.sh puts it in .venv).
 
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,9 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use hdrhistogram::Histogram;
 use kafka_protocol::records::Compression;
+use ringtail_engine::object_format::Span;
+use ringtail_engine::partitions::READ_AHEAD_SPANS;
+use ringtail_engine::span_cache::SpanCache;
 use ringtail_engine::tier::Tier;
 use ringtail_netio::batch::split_and_validate;
 use ringtail_objstore::local::LocalDir;
@@ -150,6 +154,33 @@ async fn run(label: &str, store: Arc<Counting<Arc<dyn ObjectStore>>>, total_mb: 
             .len() as u64;
     }
     let replay_secs = t.elapsed().as_secs_f64();
+    // A sequential consumer per partition, through the span cache: without and with read-ahead.
+    let mut by_partition: Vec<Vec<(Arc<str>, Span)>> = vec![Vec::new(); partitions];
+    for (key, s) in &spans_all {
+        by_partition[s.partition as usize].push((key.as_str().into(), s.clone()));
+    }
+    let sequential = |ahead: usize| {
+        let cache = Rc::new(SpanCache::default());
+        let store: Arc<dyn ObjectStore> = store.clone();
+        let by_partition = by_partition.clone();
+        async move {
+            let t = Instant::now();
+            let mut bytes = 0u64;
+            for spans in &by_partition {
+                for (i, (key, span)) in spans.iter().enumerate() {
+                    for (k, s) in spans.iter().skip(i + 1).take(ahead) {
+                        if let Some(read) = cache.prefetch(store.as_ref(), k, s) {
+                            ringtail_shards::spawn_detached(read);
+                        }
+                    }
+                    bytes += cache.get(store.as_ref(), key, span).await.unwrap().len() as u64;
+                }
+            }
+            bytes as f64 / t.elapsed().as_secs_f64() / 1e6
+        }
+    };
+    let plain_mbs = sequential(0).await;
+    let ahead_mbs = sequential(READ_AHEAD_SPANS).await;
     let mut keys: Vec<&String> = spans_all.iter().map(|(k, _)| k).collect();
     keys.dedup();
     let t = Instant::now();
@@ -160,7 +191,7 @@ async fn run(label: &str, store: Arc<Counting<Arc<dyn ObjectStore>>>, total_mb: 
     let raw_get_secs = t.elapsed().as_secs_f64();
     let mb = |b: u64, s: f64| b as f64 / s / 1e6;
     println!(
-        "| {label} | {:.0} | {:.0} | {:.2} | {:.1} | {} / {} | {:.0} | {:.0} | {:.2} |",
+        "| {label} | {:.0} | {:.0} | {:.2} | {:.1} | {} / {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
         mb(uploaded, up_secs),
         mb(n * object_bytes, raw_up_secs),
         mb(uploaded, up_secs) / mb(n * object_bytes, raw_up_secs),
@@ -168,8 +199,10 @@ async fn run(label: &str, store: Arc<Counting<Arc<dyn ObjectStore>>>, total_mb: 
         commit_ms.value_at_quantile(0.5),
         commit_ms.value_at_quantile(0.99),
         mb(replayed, replay_secs),
+        plain_mbs,
+        ahead_mbs,
         mb(raw_got, raw_get_secs),
-        mb(replayed, replay_secs) / mb(raw_got, raw_get_secs),
+        ahead_mbs / mb(raw_got, raw_get_secs),
     );
 }
 
@@ -180,8 +213,8 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(256);
     println!("Object tier bench: {total_mb} MB of 16 KiB batches over 8 partitions, 8 MiB objects");
-    println!("| store | upload MB/s | raw PUT MB/s | ratio | PUTs per GiB | commit ms p50 / p99 | cold replay MB/s | raw GET MB/s | ratio |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| store | upload MB/s | raw PUT MB/s | ratio | PUTs per GiB | commit ms p50 / p99 | cold replay MB/s (span by span) | sequential consumer, no read-ahead | sequential consumer, read-ahead 4 | raw GET MB/s | read-ahead / raw GET |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let dir = tempfile::tempdir().unwrap();
     let local: Arc<dyn ObjectStore> = Arc::new(LocalDir::open(dir.path()).unwrap());
     let local = Arc::new(Counting {

@@ -552,7 +552,14 @@ impl ShardState {
                 out.push(match plan {
                     FetchPlan::Ready(o) => o,
                     FetchPlan::Cold(c) => match &store {
-                        Some(store) => c.read(store.as_ref(), &cache).await,
+                        Some(store) => {
+                            for (key, span) in &c.ahead {
+                                if let Some(read) = cache.prefetch(store.as_ref(), key, span) {
+                                    ringtail_shards::spawn_detached(read);
+                                }
+                            }
+                            c.read(store.as_ref(), &cache).await
+                        }
                         None => FetchOutcome::error(ResponseError::UnknownServerError.code()),
                     },
                 });
@@ -800,10 +807,19 @@ enum FetchPlan {
     Cold(ColdRead),
 }
 
+/// Spans read ahead of a consumer replaying from objects, so that GETs overlap with the
+/// consumer's fetches (measured in `benches/objects.rs`: 4 beat 2 by 1.2x on SeaweedFS), and
+/// at most this many bytes of them beyond the first, so cold consumers do not crowd each other
+/// out of the span cache.
+pub const READ_AHEAD_SPANS: usize = 4;
+pub const READ_AHEAD_BYTES: u64 = 8 << 20;
+
 /// A read of one partition's span in one committed object.
 struct ColdRead {
     key: Arc<str>,
     span: Span,
+    /// The partition's next spans, to read ahead.
+    ahead: Vec<(Arc<str>, Span)>,
     offset: i64,
     max_bytes: usize,
     first_batch_always: bool,
@@ -842,6 +858,18 @@ fn plan_fetch(p: &Partition, item: &FetchItem) -> FetchPlan {
         Some((_, (key, span))) if item.offset <= span.last_offset => FetchPlan::Cold(ColdRead {
             key: key.clone(),
             span: span.clone(),
+            ahead: p
+                .cold
+                .range(span.base_offset + 1..)
+                .map(|(_, s)| s)
+                .take_while(|(_, s)| s.base_offset < p.log.log_start_offset())
+                .take(READ_AHEAD_SPANS)
+                .scan(0u64, |bytes, (key, s)| {
+                    let first = *bytes == 0;
+                    *bytes += s.byte_len;
+                    (first || *bytes <= READ_AHEAD_BYTES).then(|| (key.clone(), s.clone()))
+                })
+                .collect(),
             offset: item.offset,
             max_bytes: item.max_bytes,
             first_batch_always: item.first_batch_always,

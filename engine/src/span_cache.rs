@@ -25,9 +25,10 @@ pub struct SpanCache {
     entries: RefCell<VecDeque<(Key, Bytes)>>,
     bytes: Cell<usize>,
     inflight: RefCell<HashMap<Key, Pending>>,
-    /// Counters: spans served from memory, and GETs issued.
+    /// Counters: spans served from memory, GETs issued, read-aheads started.
     pub hits: Cell<u64>,
     pub gets: Cell<u64>,
+    pub prefetches: Cell<u64>,
 }
 
 impl SpanCache {
@@ -43,29 +44,61 @@ impl SpanCache {
             self.hits.set(self.hits.get() + 1);
             return Ok(bytes);
         }
-        let pending = {
-            let mut inflight = self.inflight.borrow_mut();
-            match inflight.get(&key) {
-                Some(p) => p.clone(),
-                None => {
-                    self.gets.set(self.gets.get() + 1);
-                    let p = store
-                        .get(
-                            object,
-                            Some(span.byte_start..span.byte_start + span.byte_len),
-                        )
-                        .shared();
-                    inflight.insert(key.clone(), p.clone());
-                    p
-                }
+        let pending = self.pending(store, &key, span);
+        self.finish(key, pending).await
+    }
+
+    /// Read-ahead: starts the GET of a span a sequential consumer will want next, unless it is
+    /// cached or under way. The GET is registered at once (a fetch arriving meanwhile shares
+    /// it); the returned future completes it into the cache and is meant to be spawned.
+    pub fn prefetch(
+        self: &Rc<Self>,
+        store: &dyn ObjectStore,
+        object: &Arc<str>,
+        span: &Span,
+    ) -> Option<impl std::future::Future<Output = ()> + 'static> {
+        let key: Key = (object.clone(), span.byte_start);
+        if self.contains(&key) || self.inflight.borrow().contains_key(&key) {
+            return None;
+        }
+        self.prefetches.set(self.prefetches.get() + 1);
+        let pending = self.pending(store, &key, span);
+        let cache = self.clone();
+        Some(async move {
+            if let Err(e) = cache.finish(key.clone(), pending).await {
+                tracing::debug!(object = %key.0, error = %e, "read-ahead failed (a fetch will retry)");
             }
-        };
+        })
+    }
+
+    /// The GET under way for `key`, or a new one.
+    fn pending(&self, store: &dyn ObjectStore, key: &Key, span: &Span) -> Pending {
+        let mut inflight = self.inflight.borrow_mut();
+        if let Some(p) = inflight.get(key) {
+            return p.clone();
+        }
+        self.gets.set(self.gets.get() + 1);
+        let p = store
+            .get(
+                &key.0,
+                Some(span.byte_start..span.byte_start + span.byte_len),
+            )
+            .shared();
+        inflight.insert(key.clone(), p.clone());
+        p
+    }
+
+    async fn finish(&self, key: Key, pending: Pending) -> Result<Bytes, StoreError> {
         let result = pending.await;
         self.inflight.borrow_mut().remove(&key);
         if let Ok(bytes) = &result {
             self.insert(key, bytes.clone());
         }
         result
+    }
+
+    fn contains(&self, key: &Key) -> bool {
+        self.entries.borrow().iter().any(|(k, _)| k == key)
     }
 
     fn touch(&self, key: &Key) -> Option<Bytes> {
@@ -138,6 +171,24 @@ mod tests {
             block_on(cache.get(&store, &"missing".into(), &s)),
             Err(StoreError::NotFound(_))
         ));
+        // Read-ahead registers its GET at once: a fetch arriving before it completes shares it,
+        // and a span cached or under way is not fetched again.
+        let next = span(200, 50);
+        let ahead = cache.prefetch(&store, &key, &next).expect("not cached yet");
+        assert!(
+            cache.prefetch(&store, &key, &next).is_none(),
+            "already under way"
+        );
+        let gets = cache.gets.get();
+        let (read, ()) = block_on(futures::future::join(cache.get(&store, &key, &next), ahead));
+        assert_eq!(read.unwrap(), body.slice(200..250));
+        assert_eq!(
+            cache.gets.get(),
+            gets,
+            "the fetch shared the read-ahead's GET"
+        );
+        assert!(cache.prefetch(&store, &key, &next).is_none(), "cached now");
+        assert_eq!(cache.prefetches.get(), 1);
         // Many distinct spans never exceed the byte budget.
         for i in 0..2000u64 {
             cache.insert(("x".into(), i), Bytes::from(vec![0u8; 100_000]));
