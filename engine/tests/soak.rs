@@ -174,12 +174,18 @@ async fn hundreds_of_mib_through_small_rings_and_an_s3_outage_replay_cold() {
         let payload = m.payload().unwrap();
         bytes += payload.len() as u64;
         match acked.get(&(p, o)) {
-            Some(&i) => assert!(payload == value(i).as_slice(), "{p}/{o} differs from record {i}"),
+            Some(&i) => assert!(
+                payload == value(i).as_slice(),
+                "{p}/{o} differs from record {i}"
+            ),
             // Without idempotence a retried batch may land twice (as with Kafka); it must
             // still be one of ours, whole.
             None => {
                 let i = u64::from_le_bytes(payload[..8].try_into().unwrap());
-                assert!(payload == value(i).as_slice(), "{p}/{o} is not a record we sent");
+                assert!(
+                    payload == value(i).as_slice(),
+                    "{p}/{o} is not a record we sent"
+                );
                 extra += 1;
             }
         }
