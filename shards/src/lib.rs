@@ -19,10 +19,7 @@ use futures::SinkExt;
 
 pub mod memlock;
 
-/// Network types of the shard runtime.
-pub mod net {
-    pub use glommio::net::{TcpListener, TcpStream};
-}
+pub mod net;
 
 /// Direct-I/O files of the shard runtime (O_DIRECT through io_uring).
 pub mod fs {
