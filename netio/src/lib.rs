@@ -4,11 +4,13 @@
 //! * [`request`]: header and body decoding on the `kafka-protocol` crate; Produce record sets
 //!   come out as un-copied, mutable parts of the receive buffer; response encoding.
 //! * [`batch`]: record batch (magic 2) validation and in-place offset assignment.
+//! * [`fetch`]: Fetch responses as segments for a vectored write, record batches uncopied.
 //!
 //! Architecture invariant: this crate knows the Kafka protocol and nothing of the broker: no
 //! partitions, no storage, no runtime. Everything here is plain functions over bytes.
 
 pub mod batch;
+pub mod fetch;
 pub mod frame;
 pub mod request;
 
