@@ -70,6 +70,13 @@ pub struct ServeArgs {
     /// ...or once its oldest batch is this old.
     #[arg(long, env = "RINGTAIL_OBJECT_AGE_MAX_MS")]
     pub object_age_max_ms: Option<u64>,
+    /// Bytes of already uploaded batches each shard keeps in memory for tail and near-tail
+    /// consumers (default: 1/16 of physical memory, split over the shards).
+    #[arg(long, env = "RINGTAIL_HOT_CACHE_BYTES_PER_SHARD")]
+    pub hot_cache_bytes_per_shard: Option<u64>,
+    /// Address of the Prometheus metrics endpoint (`/metrics`, `/health`); `none` turns it off.
+    #[arg(long, env = "RINGTAIL_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Test only: inject object-store faults, e.g. `throttle=0.2,error=0.05,latency-ms=5`.
     #[arg(long, hide = true)]
     pub object_store_faults: Option<String>,
@@ -97,6 +104,8 @@ struct FileConfig {
     s3_path_style: Option<bool>,
     object_bytes_target: Option<u64>,
     object_age_max_ms: Option<u64>,
+    hot_cache_bytes_per_shard: Option<u64>,
+    metrics_listen: Option<String>,
 }
 
 /// The settled configuration.
@@ -125,6 +134,9 @@ pub struct Config {
     pub object_bytes_target: u64,
     pub object_age_max: std::time::Duration,
     pub object_store_faults: Option<ringtail_objstore::faulty::Faults>,
+    pub hot_cache_bytes_per_shard: u64,
+    /// None: no metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Where objects go.
@@ -276,6 +288,18 @@ impl Config {
                     .or(file.object_age_max_ms)
                     .unwrap_or(1000),
             ),
+            metrics_listen: match args.metrics_listen.or(file.metrics_listen).as_deref() {
+                Some("none") => None,
+                Some(addr) => Some(
+                    addr.parse()
+                        .with_context(|| format!("--metrics-listen {addr:?} is not ip:port"))?,
+                ),
+                None => Some("127.0.0.1:9644".parse().unwrap()),
+            },
+            hot_cache_bytes_per_shard: args
+                .hot_cache_bytes_per_shard
+                .or(file.hot_cache_bytes_per_shard)
+                .unwrap_or_else(|| physical_memory_bytes() / 16 / shards as u64),
             listen,
             advertised_host,
             advertised_port,
@@ -290,6 +314,18 @@ impl Config {
             request_bytes_max,
         })
     }
+}
+
+/// Physical memory from /proc/meminfo (1 GiB if it cannot be read).
+fn physical_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(1 << 30)
 }
 
 fn parse_host_port(s: &str) -> anyhow::Result<(String, Option<u16>)> {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod errors;
 pub mod log;
 pub mod manifest;
+pub mod metrics;
 pub mod mirror;
 pub mod object_format;
 pub mod partitions;

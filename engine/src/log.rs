@@ -89,6 +89,17 @@ impl MemLog {
         freed
     }
 
+    /// Bytes of the batches that end at or after `offset`.
+    pub fn bytes_from(&self, offset: i64) -> u64 {
+        let first = self
+            .entries
+            .partition_point(|e| e.header.last_offset() < offset);
+        self.entries
+            .range(first..)
+            .map(|e| e.bytes.len() as u64)
+            .sum()
+    }
+
     fn pop_front(&mut self) -> u64 {
         let e = self.entries.pop_front().expect("not empty");
         self.log_start = e.header.last_offset() + 1;

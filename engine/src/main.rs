@@ -11,7 +11,7 @@ use futures::StreamExt;
 use ringtail_engine::catalog::Catalog;
 use ringtail_engine::config::{Config, ObjectStoreUrl, ServeArgs};
 use ringtail_engine::mirror::CatalogMirror;
-use ringtail_engine::partitions::ShardState;
+use ringtail_engine::partitions::{ShardState, ShardStats};
 use ringtail_engine::server::serve_connection;
 use ringtail_engine::shard::{Broker, ShardOp};
 use ringtail_engine::tier::Tier;
@@ -79,7 +79,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let bound = probe.local_addr()?;
     let advertised_port = config.advertised_port.unwrap_or(bound.port()) as i32;
 
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Arc<ShardStats>, String>>();
     let runtime_config = RuntimeConfig {
         shards: config.shards,
         io_memory_bytes,
@@ -115,7 +115,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     }
                 }
             };
-            let state = match ShardState::open(&wal, &catalog.snapshot(), tier).await {
+            let state = match ShardState::open(
+                &wal,
+                &catalog.snapshot(),
+                tier,
+                config.hot_cache_bytes_per_shard,
+                ctx.id,
+            )
+            .await
+            {
                 Ok(state) => state,
                 Err(e) => {
                     let _ = ready.send(Err(e.to_string()));
@@ -138,9 +146,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     })?;
 
+    let mut stats = vec![None; config.shards];
     for _ in 0..config.shards {
         match ready_rx.recv() {
-            Ok(Ok(_)) => {}
+            Ok(Ok(s)) => {
+                let shard = s.shard;
+                stats[shard] = Some(s);
+            }
             Ok(Err(e)) => {
                 runtime.stop_and_join();
                 bail!("a shard could not start: {e}");
@@ -149,6 +161,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     drop(probe);
+    if let Some(addr) = config.metrics_listen {
+        let stats = stats.into_iter().flatten().collect();
+        match ringtail_engine::metrics::serve(addr, stats) {
+            Ok(bound) => tracing::info!("metrics on http://{bound}/metrics"),
+            Err(e) => {
+                runtime.stop_and_join();
+                return Err(e.context("set --metrics-listen to a free address, or to none"));
+            }
+        }
+    }
     tracing::info!(
         listen = %bound,
         advertised = %format!("{}:{advertised_port}", config.advertised_host),
@@ -175,7 +197,7 @@ async fn shard_main(
     mut ctx: ShardContext<ShardOp>,
     broker: Rc<Broker>,
     addr: SocketAddr,
-    ready: std::sync::mpsc::Sender<Result<usize, String>>,
+    ready: std::sync::mpsc::Sender<Result<Arc<ShardStats>, String>>,
 ) {
     let listener = match TcpListener::bind(addr) {
         Ok(l) => l,
@@ -196,7 +218,7 @@ async fn shard_main(
         let b = broker.clone();
         ringtail_shards::spawn_detached(async move { b.catalog_changed().await });
     }
-    let _ = ready.send(Ok(ctx.id));
+    let _ = ready.send(Ok(broker.state.stats.clone()));
     let accept = async {
         loop {
             match listener.accept().await {

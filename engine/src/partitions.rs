@@ -6,9 +6,10 @@
 //! only then do the producers get their answers. The high watermark is the durable log end.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -95,6 +96,35 @@ pub struct ShardState {
     last_full_warning: Cell<Option<Instant>>,
     tier: Option<Rc<Tier>>,
     span_cache: Rc<SpanCache>,
+    /// Uploaded batches still in memory (the hot-tail cache), oldest first:
+    /// (partition, last offset of the span, bytes).
+    hot_uploaded: RefCell<VecDeque<(PartitionKey, i64, u64)>>,
+    hot_uploaded_bytes: Cell<u64>,
+    hot_cache_bytes: u64,
+    pub stats: Arc<ShardStats>,
+}
+
+/// A shard's counters: written only by the shard (relaxed atomics, no lock), read by anyone.
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    pub shard: usize,
+    /// Fetch reads answered from memory (the hot tail), and their record bytes.
+    pub fetch_memory_reads: AtomicU64,
+    pub fetch_memory_bytes: AtomicU64,
+    /// Fetch reads answered from committed objects (span cache or GET), and their bytes.
+    pub fetch_object_reads: AtomicU64,
+    pub fetch_object_bytes: AtomicU64,
+    /// Record bytes sent in fetch responses on this shard's connections, and how many of them
+    /// were copied in user space to build the response.
+    pub fetch_sent_record_bytes: AtomicU64,
+    pub fetch_copied_record_bytes: AtomicU64,
+    /// Uploaded batches kept in memory now, and bytes evicted from there so far.
+    pub hot_cache_bytes: AtomicU64,
+    pub hot_cache_evicted_bytes: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
 }
 
 impl ShardState {
@@ -104,6 +134,8 @@ impl ShardState {
         config: &WalConfig,
         snapshot: &Snapshot,
         tier: Option<Tier>,
+        hot_cache_bytes: u64,
+        shard: usize,
     ) -> Result<Rc<ShardState>, WalError> {
         ringtail_wal::create_or_check(config)?;
         let recovery = ringtail_wal::recover(&config.path)?;
@@ -114,6 +146,13 @@ impl ShardState {
             last_full_warning: Cell::new(None),
             tier: tier.map(Rc::new),
             span_cache: Rc::new(SpanCache::default()),
+            hot_uploaded: RefCell::new(VecDeque::new()),
+            hot_uploaded_bytes: Cell::new(0),
+            hot_cache_bytes,
+            stats: Arc::new(ShardStats {
+                shard,
+                ..ShardStats::default()
+            }),
         });
         if let Some(tier) = &state.tier {
             state.load_cold(
@@ -225,11 +264,13 @@ impl ShardState {
         }
     }
 
-    /// An object is committed: its partitions read those offsets from it from now on, memory
-    /// lets them go, and the WAL may trim behind them.
+    /// An object is committed: its batches stay in memory while the hot-tail cache has room
+    /// (oldest uploaded leave first), cold reads can find them in the object, and the WAL may
+    /// trim behind them.
     fn on_uploaded(&self, key: Arc<str>, spans: Vec<Span>) {
         {
             let mut parts = self.partitions.borrow_mut();
+            let mut hot = self.hot_uploaded.borrow_mut();
             for span in spans {
                 let pk = PartitionKey {
                     topic_id: Uuid::from_bytes(span.topic_id),
@@ -239,13 +280,32 @@ impl ShardState {
                     continue;
                 };
                 p.uploaded_end = p.uploaded_end.max(span.last_offset + 1);
-                p.log.evict_below(p.uploaded_end);
+                hot.push_back((pk, span.last_offset, span.byte_len));
+                self.hot_uploaded_bytes
+                    .set(self.hot_uploaded_bytes.get() + span.byte_len);
                 p.cold.insert(span.base_offset, (key.clone(), span));
                 let end = p.uploaded_end;
                 for (_, tx) in p.upload_waiters.extract_if(.., |(last, _)| *last < end) {
                     let _ = tx.send(());
                 }
             }
+            // Bounded work: one step per span leaving the cache.
+            while self.hot_uploaded_bytes.get() > self.hot_cache_bytes {
+                let Some((pk, last, bytes)) = hot.pop_front() else {
+                    break;
+                };
+                self.hot_uploaded_bytes
+                    .set(self.hot_uploaded_bytes.get() - bytes);
+                if let Some(p) = parts.get_mut(&pk) {
+                    add(
+                        &self.stats.hot_cache_evicted_bytes,
+                        p.log.evict_below(last + 1),
+                    );
+                }
+            }
+            self.stats
+                .hot_cache_bytes
+                .store(self.hot_uploaded_bytes.get(), Ordering::Relaxed);
         }
         self.trim_wal();
     }
@@ -546,10 +606,12 @@ impl ShardState {
             .collect();
         let store = self.tier.as_ref().map(|t| t.store.clone());
         let cache = self.span_cache.clone();
+        let stats = self.stats.clone();
         async move {
             let mut out = Vec::with_capacity(plans.len());
             for plan in plans {
-                out.push(match plan {
+                let cold = matches!(plan, FetchPlan::Cold(_));
+                let o = match plan {
                     FetchPlan::Ready(o) => o,
                     FetchPlan::Cold(c) => match &store {
                         Some(store) => {
@@ -562,7 +624,18 @@ impl ShardState {
                         }
                         None => FetchOutcome::error(ResponseError::UnknownServerError.code()),
                     },
-                });
+                };
+                let bytes: u64 = o.batches.iter().map(|b| b.len() as u64).sum();
+                if bytes > 0 {
+                    let (reads, total) = if cold {
+                        (&stats.fetch_object_reads, &stats.fetch_object_bytes)
+                    } else {
+                        (&stats.fetch_memory_reads, &stats.fetch_memory_bytes)
+                    };
+                    add(reads, 1);
+                    add(total, bytes);
+                }
+                out.push(o);
             }
             out
         }
@@ -956,8 +1029,9 @@ impl ShardState {
             let cfg = &p.topic.config;
             let below = p.deleted_below.max(p.delete_requested);
             let mut start = below;
+            // Objects, plus what memory holds that is not in them yet.
             let mut total: i64 = p.cold.values().map(|(_, s)| s.byte_len as i64).sum::<i64>()
-                + p.log.size_bytes() as i64;
+                + p.log.bytes_from(p.uploaded_end) as i64;
             for (&base, (_, span)) in &p.cold {
                 let deleted = span.last_offset < below;
                 let old = cfg.retention_ms >= 0 && now - span.max_timestamp > cfg.retention_ms;

@@ -53,6 +53,13 @@ pub async fn serve_connection(broker: Rc<Broker>, stream: TcpStream) {
                     break;
                 }
             }
+            Reply::SendSegments(segments) => {
+                let out = stream.get_mut();
+                if let Err(e) = ringtail_shards::net::write_all_vectored(out, &segments).await {
+                    tracing::debug!(%peer, error = %e, "write failed");
+                    break;
+                }
+            }
             Reply::Nothing => {}
             Reply::Close(reason) => {
                 tracing::warn!(%peer, %reason, "closing connection");

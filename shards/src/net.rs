@@ -32,7 +32,11 @@ pub async fn write_all_vectored<B: AsRef<[u8]>>(
             .iter()
             .enumerate()
             .map(|(i, b)| {
-                let b = if i == 0 { &b.as_ref()[skip..] } else { b.as_ref() };
+                let b = if i == 0 {
+                    &b.as_ref()[skip..]
+                } else {
+                    b.as_ref()
+                };
                 libc::iovec {
                     iov_base: b.as_ptr() as *mut libc::c_void,
                     iov_len: b.len(),

@@ -3,10 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::messages::FetchRequest;
 use kafka_protocol::ResponseError;
+use ringtail_netio::fetch::{FetchPartition, FetchResponseParts, FetchTopic};
 use ringtail_netio::request::Header;
 
 use crate::shard::{
@@ -23,11 +22,15 @@ struct Target {
     max_bytes: usize,
 }
 
-pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> FetchResponse {
+/// The response keeps each partition's batches as the stored buffers; the connection sends
+/// them with one vectored write.
+pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> FetchResponseParts {
     let by_id = header.api_version >= 13;
     if request.session_id != 0 {
-        return FetchResponse::default()
-            .with_error_code(ResponseError::FetchSessionIdNotFound.code());
+        return FetchResponseParts {
+            error_code: ResponseError::FetchSessionIdNotFound.code(),
+            ..FetchResponseParts::default()
+        };
     }
     let snapshot = broker.catalog.snapshot();
     let response_bytes_max = request.max_bytes.max(0) as usize;
@@ -113,31 +116,33 @@ pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> 
     };
 
     let mut outcomes = outcomes.into_iter();
-    let responses = request
+    let topics = request
         .topics
         .iter()
-        .map(|topic| {
-            let partitions = topic
+        .map(|topic| FetchTopic {
+            name: topic.topic.clone(),
+            topic_id: topic.topic_id,
+            partitions: topic
                 .partitions
                 .iter()
                 .map(|p| {
                     let o = outcomes.next().expect("one outcome per partition");
-                    PartitionData::default()
-                        .with_partition_index(p.partition)
-                        .with_error_code(o.error)
-                        .with_high_watermark(o.high_watermark)
-                        .with_last_stable_offset(o.high_watermark)
-                        .with_log_start_offset(o.log_start_offset)
-                        .with_records(Some(concat(&o.batches)))
+                    FetchPartition {
+                        partition_index: p.partition,
+                        error_code: o.error,
+                        high_watermark: o.high_watermark,
+                        last_stable_offset: o.high_watermark,
+                        log_start_offset: o.log_start_offset,
+                        batches: o.batches,
+                    }
                 })
-                .collect();
-            FetchableTopicResponse::default()
-                .with_topic(topic.topic.clone())
-                .with_topic_id(topic.topic_id)
-                .with_partitions(partitions)
+                .collect(),
         })
         .collect();
-    FetchResponse::default().with_responses(responses)
+    FetchResponseParts {
+        topics,
+        ..FetchResponseParts::default()
+    }
 }
 
 /// Keeps whole batches, in request order, within `max_bytes`; the first batch of the response
@@ -158,25 +163,10 @@ fn limit_response_bytes(outcomes: &mut [FetchOutcome], max_bytes: usize) -> usiz
     total
 }
 
-/// Joins the batches into one record set. This copies: the zero-copy vectored send is the
-/// hot-tail cache issue's work.
-fn concat(batches: &[Bytes]) -> Bytes {
-    match batches {
-        [] => Bytes::new(),
-        [one] => one.clone(),
-        many => {
-            let mut buf = BytesMut::with_capacity(many.iter().map(|b| b.len()).sum());
-            for b in many {
-                buf.extend_from_slice(b);
-            }
-            buf.freeze()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn outcome(sizes: &[usize]) -> FetchOutcome {
         FetchOutcome {

@@ -46,6 +46,8 @@ pub fn supported(api_key: ApiKey, version: i16) -> bool {
 /// What the connection does after a request.
 pub enum Reply {
     Send(Bytes),
+    /// A response as segments for one vectored write (Fetch: the stored batches, uncopied).
+    SendSegments(Vec<Bytes>),
     /// acks=0 produce: nothing goes back.
     Nothing,
     /// Close the connection (Kafka's answer to requests it cannot parse or does not support).
@@ -85,6 +87,35 @@ pub fn api_versions(header: &Header) -> Reply {
     respond(&v0, &response)
 }
 
+/// Counts the record bytes a fetch response sends, and those it had to copy: a batch that is not
+/// one of the response's segments (same buffer) was copied.
+fn count_fetch_copies(
+    broker: &Broker,
+    parts: &ringtail_netio::fetch::FetchResponseParts,
+    segments: &[Bytes],
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let sent: std::collections::HashSet<(usize, usize)> = segments
+        .iter()
+        .map(|s| (s.as_ptr() as usize, s.len()))
+        .collect();
+    let (mut total, mut copied) = (0u64, 0u64);
+    for b in parts
+        .topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .flat_map(|p| &p.batches)
+    {
+        total += b.len() as u64;
+        if !b.is_empty() && !sent.contains(&(b.as_ptr() as usize, b.len())) {
+            copied += b.len() as u64;
+        }
+    }
+    let stats = &broker.state.stats;
+    stats.fetch_sent_record_bytes.fetch_add(total, Relaxed);
+    stats.fetch_copied_record_bytes.fetch_add(copied, Relaxed);
+}
+
 /// Handles one decoded request on the connection's shard.
 pub async fn handle(broker: &Broker, header: &Header, body: Body) -> Reply {
     let request = match body {
@@ -95,7 +126,20 @@ pub async fn handle(broker: &Broker, header: &Header, body: Body) -> Reply {
         RequestKind::ApiVersions(_) => api_versions(header),
         RequestKind::Metadata(r) => respond(header, &metadata::metadata(broker, header, r).await),
         RequestKind::DescribeCluster(r) => respond(header, &metadata::describe_cluster(broker, r)),
-        RequestKind::Fetch(r) => respond(header, &fetch::handle(broker, header, r).await),
+        RequestKind::Fetch(r) => {
+            let parts = fetch::handle(broker, header, r).await;
+            match ringtail_netio::fetch::encode_fetch_response(
+                header.correlation_id,
+                header.api_version,
+                &parts,
+            ) {
+                Ok(segments) => {
+                    count_fetch_copies(broker, &parts, &segments);
+                    Reply::SendSegments(segments)
+                }
+                Err(e) => Reply::Close(format!("could not encode the fetch response: {e}")),
+            }
+        }
         RequestKind::ListOffsets(r) => respond(
             header,
             &list_offsets::handle(broker, header.api_version, r).await,

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 pub struct TestBroker {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The metrics endpoint (an ephemeral port unless the test chose otherwise).
+    metrics: Arc<Mutex<Option<SocketAddr>>>,
     /// The data directory; removed on drop unless the test passed its own path.
     pub data_dir: std::path::PathBuf,
     _owned_dir: Option<tempfile::TempDir>,
@@ -59,6 +61,9 @@ impl TestBroker {
                 "4194304",
             ]);
         }
+        if !extra.contains(&"--metrics-listen") {
+            command.args(["--metrics-listen", "127.0.0.1:0"]);
+        }
         let mut child = command
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
@@ -76,9 +81,15 @@ impl TestBroker {
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
+        let metrics = Arc::new(Mutex::new(None));
+        let metrics_sink = metrics.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let line = strip_ansi(&line);
+                if let Some(rest) = line.split("metrics on http://").nth(1) {
+                    let addr = rest.split('/').next().unwrap_or_default();
+                    *metrics_sink.lock().unwrap() = addr.parse().ok();
+                }
                 if let Some(rest) = line.split("ringtail listening on ").nth(1) {
                     let addr = rest
                         .split_whitespace()
@@ -104,10 +115,52 @@ impl TestBroker {
         TestBroker {
             child: Some(child),
             addr,
+            metrics,
             data_dir: data_dir.to_path_buf(),
             _owned_dir: None,
             log,
         }
+    }
+
+    /// Scrapes `/metrics` and sums each series over the shards: name{labels without shard} ->
+    /// value.
+    pub fn metrics(&self) -> std::collections::BTreeMap<String, u64> {
+        use std::io::{Read, Write};
+        let addr = self
+            .metrics
+            .lock()
+            .unwrap()
+            .expect("metrics endpoint address");
+        let mut s = std::net::TcpStream::connect(addr).expect("connect to metrics");
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{head}"
+        );
+        let mut out = std::collections::BTreeMap::new();
+        for line in body
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let (name, labels) = series.split_once('{').unwrap();
+            let labels: Vec<&str> = labels
+                .trim_end_matches('}')
+                .split(',')
+                .filter(|l| !l.starts_with("shard="))
+                .collect();
+            let key = if labels.is_empty() {
+                name.to_string()
+            } else {
+                format!("{name}{{{}}}", labels.join(","))
+            };
+            *out.entry(key).or_insert(0) += value.parse::<u64>().unwrap();
+        }
+        out
     }
 
     pub fn bootstrap(&self) -> String {
