@@ -3,87 +3,17 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
-use std::time::Duration;
+use std::io::Write;
+use std::net::Shutdown;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use common::raw::Raw;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::records::Compression;
-
-struct Raw {
-    s: TcpStream,
-    correlation: i32,
-}
-
-impl Raw {
-    fn connect(b: &common::TestBroker) -> Raw {
-        let s = TcpStream::connect(b.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        Raw { s, correlation: 0 }
-    }
-
-    fn send_frame(&mut self, payload: &[u8]) {
-        let mut f = (payload.len() as i32).to_be_bytes().to_vec();
-        f.extend_from_slice(payload);
-        self.s.write_all(&f).unwrap();
-    }
-
-    /// The next response frame, or None if the broker closed the connection.
-    fn read_frame(&mut self) -> Option<Bytes> {
-        let mut size = [0u8; 4];
-        if self.s.read_exact(&mut size).is_err() {
-            return None;
-        }
-        let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
-        self.s.read_exact(&mut body).ok()?;
-        Some(Bytes::from(body))
-    }
-
-    fn assert_closed(&mut self) {
-        let mut b = [0u8; 1];
-        match self.s.read(&mut b) {
-            Ok(0) | Err(_) => {}
-            Ok(_) => panic!("connection should be closed"),
-        }
-    }
-
-    fn encode<R: Encodable + HeaderVersion>(
-        &mut self,
-        key: ApiKey,
-        version: i16,
-        req: &R,
-    ) -> BytesMut {
-        self.correlation += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation)
-            .with_client_id(Some(StrBytes::from_static_str("raw-test")));
-        let mut buf = BytesMut::new();
-        header.encode(&mut buf, R::header_version(version)).unwrap();
-        req.encode(&mut buf, version).unwrap();
-        buf
-    }
-
-    fn call<Q: Encodable + HeaderVersion, P: Decodable + HeaderVersion>(
-        &mut self,
-        key: ApiKey,
-        version: i16,
-        req: &Q,
-    ) -> P {
-        let buf = self.encode(key, version, req);
-        self.send_frame(&buf);
-        let mut resp = self.read_frame().expect("response");
-        let header = ResponseHeader::decode(&mut resp, P::header_version(version)).unwrap();
-        assert_eq!(header.correlation_id, self.correlation);
-        P::decode(&mut resp, version).unwrap()
-    }
-}
 
 fn batch(values: &[&[u8]]) -> Bytes {
     // Now: an old timestamp would fall to the 7-day retention.ms default.

@@ -122,3 +122,103 @@ async fn without_cache_room_reads_come_from_objects_without_copies() {
         "{m:?}"
     );
 }
+
+/// CPU seconds (user + system) the process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// 200 consumers long-polling an empty partition cost the broker (almost) no CPU: they wait on
+/// the partition, not on a timer. One produce wakes them all, and each gets the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_long_polls_cost_no_cpu_and_one_produce_wakes_them_all() {
+    use common::raw::Raw;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{
+        ApiKey, FetchRequest, FetchResponse, ResponseHeader, TopicName,
+    };
+    use kafka_protocol::protocol::{Decodable, HeaderVersion, StrBytes};
+
+    const CONSUMERS: usize = 200;
+    let b = TestBroker::start(&["--shards", "2"]);
+    common::create_topic(&b.bootstrap(), "idle", 1, &[]).await;
+    let request = FetchRequest::default()
+        .with_max_wait_ms(60_000)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str("idle")))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    let mut consumers: Vec<Raw> = (0..CONSUMERS)
+        .map(|_| {
+            let mut raw = Raw::connect(&b);
+            let frame = raw.encode(ApiKey::Fetch, 11, &request);
+            raw.send_frame(&frame);
+            raw
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_seconds(b.pid());
+    let idle = Duration::from_secs(3);
+    std::thread::sleep(idle);
+    let busy = (cpu_seconds(b.pid()) - before) / idle.as_secs_f64();
+    println!(
+        "{CONSUMERS} parked long-polls: broker CPU {:.1}% of one core",
+        busy * 100.0
+    );
+    assert!(
+        busy < 0.10,
+        "idle long-polls cost {:.0}% of a core",
+        busy * 100.0
+    );
+
+    // One record wakes every one of them.
+    let started = Instant::now();
+    let readers: Vec<_> = consumers
+        .drain(..)
+        .map(|mut raw| {
+            std::thread::spawn(move || {
+                let mut frame = raw.read_frame().expect("fetch answered");
+                let at = started.elapsed();
+                ResponseHeader::decode(&mut frame, FetchResponse::header_version(11)).unwrap();
+                let resp = FetchResponse::decode(&mut frame, 11).unwrap();
+                let p = &resp.responses[0].partitions[0];
+                assert_eq!((p.error_code, p.high_watermark), (0, 1));
+                assert!(p.records.as_ref().is_some_and(|r| !r.is_empty()));
+                at
+            })
+        })
+        .collect();
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .create()
+        .unwrap();
+    let sent = Instant::now();
+    p.send(
+        FutureRecord::<(), [u8]>::to("idle")
+            .partition(0)
+            .payload(b"wake"),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    let acked = sent.elapsed();
+    let mut woke: Vec<Duration> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    woke.sort();
+    let since_send = |d: Duration| d.saturating_sub(sent - started);
+    println!(
+        "wake after produce: ack {:?}; consumers p50 {:?}, max {:?} (debug build)",
+        acked,
+        since_send(woke[CONSUMERS / 2]),
+        since_send(woke[CONSUMERS - 1])
+    );
+}
