@@ -59,7 +59,7 @@ fn hostile_and_invalid_requests_get_errors_and_the_broker_keeps_serving() {
     let mut broker = common::TestBroker::start(&["--request-bytes-max", "4194304"]);
 
     // Set up a topic with a small max.message.bytes.
-    let mut raw = Raw::connect(&broker);
+    let mut raw = Raw::connect(broker.addr);
     let create = CreateTopicsRequest::default()
         .with_timeout_ms(5000)
         .with_topics(vec![CreatableTopic::default()
@@ -147,31 +147,31 @@ fn hostile_and_invalid_requests_get_errors_and_the_broker_keeps_serving() {
     assert_eq!(fetch(&mut raw, "missing", 0).0, 3);
 
     // Connection-level garbage: each closes its connection.
-    let mut c = Raw::connect(&broker);
+    let mut c = Raw::connect(broker.addr);
     c.send_frame(&[0x27, 0x0f, 0, 0, 0, 0, 0, 1]); // api key 9999
     c.assert_closed();
 
-    let mut c = Raw::connect(&broker);
+    let mut c = Raw::connect(broker.addr);
     c.send_frame(&[0, 0, 0, 99, 0, 0, 0, 1, 0xff, 0xff, 0]); // Produce v99
     c.assert_closed();
 
-    let mut c = Raw::connect(&broker);
+    let mut c = Raw::connect(broker.addr);
     c.s.write_all(&(200 * 1024 * 1024i32).to_be_bytes())
         .unwrap(); // beyond --request-bytes-max
     c.assert_closed();
 
-    let mut c = Raw::connect(&broker);
+    let mut c = Raw::connect(broker.addr);
     c.s.write_all(&(-5i32).to_be_bytes()).unwrap();
     c.assert_closed();
 
-    let mut c = Raw::connect(&broker);
+    let mut c = Raw::connect(broker.addr);
     c.s.write_all(&100i32.to_be_bytes()).unwrap();
     c.s.write_all(&[0, 3, 0, 1, 0, 0]).unwrap(); // truncated: 6 of 100 bytes, then EOF
     c.s.shutdown(Shutdown::Write).unwrap();
     c.assert_closed();
 
     // A Metadata request that claims 2^31-1 topics (this once made the codec reserve ~150 GB).
-    let mut c = Raw::connect(&broker);
+    let mut c = Raw::connect(broker.addr);
     let mut frame = c.encode(
         ApiKey::Metadata,
         1,
@@ -186,7 +186,7 @@ fn hostile_and_invalid_requests_get_errors_and_the_broker_keeps_serving() {
     let mut x: u32 = 12345;
     for key in [0i16, 1, 2, 3, 18, 19, 20, 32, 37, 60] {
         for version in [0i16, 1, 4, 9, 12] {
-            let mut c = Raw::connect(&broker);
+            let mut c = Raw::connect(broker.addr);
             let mut frame = BytesMut::new();
             frame.put_i16(key);
             frame.put_i16(version);

@@ -160,7 +160,7 @@ async fn idle_long_polls_cost_no_cpu_and_one_produce_wakes_them_all() {
                 .with_partition_max_bytes(1 << 20)])]);
     let mut consumers: Vec<Raw> = (0..CONSUMERS)
         .map(|_| {
-            let mut raw = Raw::connect(&b);
+            let mut raw = Raw::connect(b.addr);
             let frame = raw.encode(ApiKey::Fetch, 11, &request);
             raw.send_frame(&frame);
             raw

@@ -15,8 +15,8 @@ pub struct Raw {
 }
 
 impl Raw {
-    pub fn connect(b: &super::TestBroker) -> Raw {
-        let s = TcpStream::connect(b.addr).unwrap();
+    pub fn connect(addr: std::net::SocketAddr) -> Raw {
+        let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         Raw { s, correlation: 0 }
     }
