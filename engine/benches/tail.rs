@@ -22,8 +22,7 @@ use hdrhistogram::Histogram;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, ResponseHeader,
-    TopicName,
+    ApiKey, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, HeaderVersion, StrBytes};
 use kafka_protocol::records::Compression;
@@ -63,17 +62,21 @@ fn fetch_request(partition: i32, offset: i64, wait_ms: i32) -> FetchRequest {
         .with_max_wait_ms(wait_ms)
         .with_min_bytes(1)
         .with_max_bytes(FETCH_BYTES)
-        .with_topics(vec![FetchTopic::default().with_topic(topic()).with_partitions(
-            vec![FetchPartition::default()
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic())
+            .with_partitions(vec![FetchPartition::default()
                 .with_partition(partition)
                 .with_fetch_offset(offset)
-                .with_partition_max_bytes(FETCH_BYTES)],
-        )])
+                .with_partition_max_bytes(FETCH_BYTES)])])
 }
 
 /// Fetches one response; returns (next offset, the record set).
 fn fetch(raw: &mut Raw, partition: i32, offset: i64, wait_ms: i32) -> (i64, Bytes) {
-    let frame = raw.encode(ApiKey::Fetch, 11, &fetch_request(partition, offset, wait_ms));
+    let frame = raw.encode(
+        ApiKey::Fetch,
+        11,
+        &fetch_request(partition, offset, wait_ms),
+    );
     raw.send_frame(&frame);
     let mut resp = raw.read_frame().expect("fetch response");
     ResponseHeader::decode(&mut resp, FetchResponse::header_version(11)).unwrap();
@@ -195,7 +198,12 @@ fn throughput(record_bytes: usize, consumers: usize, mib_per_consumer: usize) {
         &cache.to_string(),
     ]);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(common::create_topic(&b.bootstrap(), "tail", consumers as i32, &[]));
+    rt.block_on(common::create_topic(
+        &b.bootstrap(),
+        "tail",
+        consumers as i32,
+        &[],
+    ));
     // Under the default max.message.bytes (1 MiB).
     let per_batch = ((512 << 10) / record_bytes).max(1);
     let value = Bytes::from(vec![42u8; record_bytes]);
@@ -214,7 +222,7 @@ fn throughput(record_bytes: usize, consumers: usize, mib_per_consumer: usize) {
     }
     let end = (batches * per_batch) as i64;
     std::thread::sleep(Duration::from_secs(2)); // the last uploads settle
-    // Alternate broker and baseline runs (A/B/A/B...) so that a noisy machine shows as spread.
+                                                // Alternate broker and baseline runs (A/B/A/B...) so that a noisy machine shows as spread.
     let mut runs: Vec<(f64, f64)> = (0..REPEATS)
         .map(|_| {
             let broker = tail_consume(&b, consumers, end);
@@ -222,7 +230,10 @@ fn throughput(record_bytes: usize, consumers: usize, mib_per_consumer: usize) {
         })
         .collect();
     let m = b.metrics();
-    assert_eq!(m["ringtail_fetch_bytes_total{source=\"object\"}"], 0, "all from memory");
+    assert_eq!(
+        m["ringtail_fetch_bytes_total{source=\"object\"}"], 0,
+        "all from memory"
+    );
     assert_eq!(m["ringtail_fetch_copied_record_bytes_total"], 0);
     let ratios: Vec<f64> = runs.iter().map(|(b, r)| b / r).collect();
     runs.sort_by(|a, b| (a.0 / a.1).total_cmp(&(b.0 / b.1)));

@@ -8,6 +8,7 @@ pub mod api;
 pub mod catalog;
 pub mod config;
 pub mod errors;
+pub mod group;
 pub mod log;
 pub mod manifest;
 pub mod metrics;

@@ -26,7 +26,9 @@ async fn produce(b: &TestBroker, n: usize) -> BTreeMap<(i32, i64), Vec<u8>> {
         let v: Vec<u8> = (0..10_000).map(|j| ((i * 7 + j) % 251) as u8).collect();
         let d = p
             .send(
-                FutureRecord::<(), Vec<u8>>::to("hot").partition((i % 2) as i32).payload(&v),
+                FutureRecord::<(), Vec<u8>>::to("hot")
+                    .partition((i % 2) as i32)
+                    .payload(&v),
                 TIMEOUT,
             )
             .await
@@ -87,7 +89,10 @@ async fn run(hot_cache_bytes: &str) -> std::collections::BTreeMap<String, u64> {
     wait_uploaded(objects.path());
     let (read, lows) = common::read_all(&b.bootstrap(), "hot", 2);
     assert_eq!(lows, vec![0, 0]);
-    assert!(read == acked, "librdkafka reads back exactly what it produced");
+    assert!(
+        read == acked,
+        "librdkafka reads back exactly what it produced"
+    );
     let m = b.metrics();
     let sent = m["ringtail_fetch_sent_record_bytes_total"];
     assert!(
