@@ -74,6 +74,10 @@ pub struct ServeArgs {
     /// consumers (default: 1/16 of physical memory, split over the shards).
     #[arg(long, env = "RINGTAIL_HOT_CACHE_BYTES_PER_SHARD")]
     pub hot_cache_bytes_per_shard: Option<u64>,
+    /// How long a new consumer group waits for more members before its first rebalance
+    /// completes (Kafka's group.initial.rebalance.delay.ms).
+    #[arg(long, env = "RINGTAIL_GROUP_INITIAL_REBALANCE_DELAY_MS")]
+    pub group_initial_rebalance_delay_ms: Option<u64>,
     /// Address of the Prometheus metrics endpoint (`/metrics`, `/health`); `none` turns it off.
     #[arg(long, env = "RINGTAIL_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -106,6 +110,7 @@ struct FileConfig {
     object_age_max_ms: Option<u64>,
     hot_cache_bytes_per_shard: Option<u64>,
     metrics_listen: Option<String>,
+    group_initial_rebalance_delay_ms: Option<u64>,
 }
 
 /// The settled configuration.
@@ -137,6 +142,7 @@ pub struct Config {
     pub hot_cache_bytes_per_shard: u64,
     /// None: no metrics endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    pub group_initial_rebalance_delay_ms: u64,
 }
 
 /// Where objects go.
@@ -296,6 +302,10 @@ impl Config {
                 ),
                 None => Some("127.0.0.1:9644".parse().unwrap()),
             },
+            group_initial_rebalance_delay_ms: args
+                .group_initial_rebalance_delay_ms
+                .or(file.group_initial_rebalance_delay_ms)
+                .unwrap_or(3000),
             hot_cache_bytes_per_shard: args
                 .hot_cache_bytes_per_shard
                 .or(file.hot_cache_bytes_per_shard)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
-use ringtail_engine::catalog::Catalog;
+use ringtail_engine::catalog::{Catalog, TopicMeta};
 use ringtail_engine::config::{Config, ObjectStoreUrl, ServeArgs};
 use ringtail_engine::mirror::CatalogMirror;
 use ringtail_engine::partitions::{ShardState, ShardStats};
@@ -64,6 +64,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         restore_from_object_store(&config, store)?;
     }
     let catalog = Arc::new(Catalog::open(&config.data_dir)?);
+    offsets_topic(&catalog, config.shards)?;
     let cluster_id = cluster_id(&config.data_dir, store.as_deref())?;
     let mirror = store.clone().map(|s| Arc::new(CatalogMirror::new(s)));
     // Registered memory for a few WAL writes, so that their buffers need no page faults.
@@ -121,6 +122,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 tier,
                 config.hot_cache_bytes_per_shard,
                 ctx.id,
+                config.group_initial_rebalance_delay_ms,
             )
             .await
             {
@@ -213,6 +215,31 @@ async fn shard_main(
             state.handle(op);
         }
     });
+    // Group coordination: replay the committed offsets this shard keeps, and run the groups'
+    // clocks (session timeouts, rebalance deadlines).
+    if let Some(offsets) = broker
+        .catalog
+        .snapshot()
+        .by_name(ringtail_engine::coordinator::OFFSETS_TOPIC)
+        .cloned()
+    {
+        let mine: Vec<i32> = (0..offsets.partitions)
+            .filter(|&p| broker.owner(&offsets, p) == ctx.id)
+            .collect();
+        ringtail_shards::spawn_detached(ringtail_engine::coordinator::load_offsets(
+            broker.state.clone(),
+            offsets,
+            mine,
+        ));
+    }
+    let clock = Rc::downgrade(&broker.state);
+    ringtail_shards::spawn_detached(async move {
+        while let Some(state) = clock.upgrade() {
+            state.coordinator.tick();
+            drop(state);
+            ringtail_shards::sleep(GROUP_TICK).await;
+        }
+    });
     if ctx.id == 0 {
         // Heal a catalog copy that a failed push left stale.
         let b = broker.clone();
@@ -235,6 +262,29 @@ async fn shard_main(
     futures::pin_mut!(accept);
     let _ = futures::future::select(accept, &mut ctx.stop).await;
     broker.state.flush_to_objects(SHUTDOWN_FLUSH_MAX).await;
+}
+
+/// How often groups check session timeouts and rebalance deadlines.
+const GROUP_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The committed-offsets topic: one partition per shard, created at first start, kept forever.
+fn offsets_topic(catalog: &Catalog, shards: usize) -> anyhow::Result<Arc<TopicMeta>> {
+    use ringtail_engine::coordinator::OFFSETS_TOPIC;
+    if let Some(t) = catalog.snapshot().by_name(OFFSETS_TOPIC) {
+        return Ok(t.clone());
+    }
+    let configs = [("retention.ms", "-1"), ("retention.bytes", "-1")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let t = catalog
+        .create(OFFSETS_TOPIC, shards as i32, configs, false)
+        .map_err(|e| anyhow::anyhow!("creating {OFFSETS_TOPIC}: {e}"))?;
+    tracing::info!(
+        partitions = t.partitions,
+        "created the committed-offsets topic"
+    );
+    Ok(t)
 }
 
 /// The object store, if one is configured.

@@ -23,6 +23,7 @@ use ringtail_wal::{Recovery, Wal, WalConfig, WalError};
 use uuid::Uuid;
 
 use crate::catalog::{Snapshot, TopicMeta};
+use crate::coordinator::Coordinator;
 use crate::log::{MemLog, PartitionLog};
 use crate::manifest::{LogStart, ObjectRef};
 use crate::object_format::Span;
@@ -102,6 +103,8 @@ pub struct ShardState {
     hot_uploaded_bytes: Cell<u64>,
     hot_cache_bytes: u64,
     pub stats: Arc<ShardStats>,
+    /// The consumer groups this shard coordinates.
+    pub coordinator: Coordinator,
 }
 
 /// A shard's counters: written only by the shard (relaxed atomics, no lock), read by anyone.
@@ -136,6 +139,7 @@ impl ShardState {
         tier: Option<Tier>,
         hot_cache_bytes: u64,
         shard: usize,
+        group_initial_delay_ms: u64,
     ) -> Result<Rc<ShardState>, WalError> {
         ringtail_wal::create_or_check(config)?;
         let recovery = ringtail_wal::recover(&config.path)?;
@@ -153,6 +157,7 @@ impl ShardState {
                 shard,
                 ..ShardStats::default()
             }),
+            coordinator: Coordinator::new(group_initial_delay_ms),
         });
         if let Some(tier) = &state.tier {
             state.load_cold(
@@ -400,6 +405,7 @@ impl ShardState {
             ShardOp::Watch(items, reply) => self.watch(items, reply),
             ShardOp::DropTopic(id) => self.drop_topic(id),
             ShardOp::TopicChanged(topic) => self.topic_changed(topic),
+            ShardOp::Run(f) => f(self),
             ShardOp::DeleteRecords(items, reply) => {
                 let done = self.delete_records(items);
                 ringtail_shards::spawn_detached(async move {

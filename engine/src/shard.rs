@@ -104,6 +104,8 @@ pub enum ShardOp {
     DropTopic(Uuid),
     /// A topic's configs changed: its partitions follow the new ones from now on.
     TopicChanged(Arc<TopicMeta>),
+    /// Run this on the shard (group coordination: the group lives on one shard).
+    Run(Box<dyn FnOnce(&Rc<ShardState>) + Send>),
 }
 
 /// An outcome that carries only an error (owner shard gone).
@@ -270,6 +272,27 @@ impl Broker {
         }
         // A dropped sender (topic deleted) also wakes the fetch, which then re-reads.
         let _ = futures::future::select_all(receivers).await;
+    }
+
+    /// Runs `f` on `shard` (here, or there by message) and returns its result; None if that
+    /// shard is gone.
+    pub async fn on_shard<T: Send + 'static>(
+        &self,
+        shard: usize,
+        f: impl FnOnce(Rc<ShardState>) -> futures::future::LocalBoxFuture<'static, T> + Send + 'static,
+    ) -> Option<T> {
+        if shard == self.shard {
+            return Some(f(self.state.clone()).await);
+        }
+        let (tx, rx) = oneshot::channel();
+        let op = ShardOp::Run(Box::new(move |state: &Rc<ShardState>| {
+            let done = f(state.clone());
+            ringtail_shards::spawn_detached(async move {
+                let _ = tx.send(done.await);
+            });
+        }));
+        self.mailboxes.send(shard, op).await.ok()?;
+        rx.await.ok()
     }
 
     /// Tells every shard to forget a deleted topic's partitions.

@@ -477,6 +477,48 @@ mod tests {
     }
 }
 
+/// One uncompressed magic-2 batch of (key, value) records, offsets from 0, all stamped
+/// `timestamp_ms`: how the broker writes its own records (committed offsets).
+pub fn encode_records(
+    records: impl IntoIterator<Item = (Option<Bytes>, Option<Bytes>)>,
+    timestamp_ms: i64,
+) -> BytesMut {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let records: Vec<Record> = records
+        .into_iter()
+        .enumerate()
+        .map(|(i, (key, value))| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // The encoder starts a new batch whenever offset - sequence changes.
+            sequence: i as i32,
+            timestamp: timestamp_ms,
+            key,
+            value,
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("an uncompressed batch always encodes");
+    buf
+}
+
 /// Test support for this and other crates: record batches as a producer would send them.
 pub mod testing {
     use bytes::{Bytes, BytesMut};

@@ -159,6 +159,19 @@ pub async fn delete_topics(
         let result = DeletableTopicResult::default()
             .with_name(name.clone().map(|n| TopicName(text(n))))
             .with_topic_id(id);
+        if found
+            .as_ref()
+            .is_some_and(|t| t.name == crate::coordinator::OFFSETS_TOPIC)
+        {
+            responses.push(
+                result
+                    .with_error_code(ResponseError::InvalidTopicException.code())
+                    .with_error_message(Some(text(
+                        "the committed-offsets topic cannot be deleted",
+                    ))),
+            );
+            continue;
+        }
         let Some(topic) = found else {
             let code = if name.is_some() {
                 ResponseError::UnknownTopicOrPartition

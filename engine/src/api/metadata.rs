@@ -132,6 +132,7 @@ fn topic_entry(broker: &Broker, t: &Arc<TopicMeta>) -> MetadataResponseTopic {
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(t.name.clone()))))
         .with_topic_id(t.id)
+        .with_is_internal(t.name == crate::coordinator::OFFSETS_TOPIC)
         .with_partitions(partitions)
 }
 

@@ -7,6 +7,7 @@
 mod admin;
 mod delete_records;
 mod fetch;
+mod groups;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -35,6 +36,16 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeCluster, 0, 2),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DeleteGroups, 0, 2),
 ];
 
 pub fn supported(api_key: ApiKey, version: i16) -> bool {
@@ -155,6 +166,26 @@ pub async fn handle(broker: &Broker, header: &Header, body: Body) -> Reply {
             respond(header, &admin::create_partitions(broker, r).await)
         }
         RequestKind::DescribeConfigs(r) => respond(header, &admin::describe_configs(broker, r)),
+        RequestKind::FindCoordinator(r) => {
+            respond(header, &groups::find_coordinator(broker, header, r))
+        }
+        RequestKind::JoinGroup(r) => respond(header, &groups::join_group(broker, header, r).await),
+        RequestKind::SyncGroup(r) => respond(header, &groups::sync_group(broker, header, r).await),
+        RequestKind::Heartbeat(r) => respond(header, &groups::heartbeat(broker, r).await),
+        RequestKind::LeaveGroup(r) => {
+            respond(header, &groups::leave_group(broker, header, r).await)
+        }
+        RequestKind::OffsetCommit(r) => respond(header, &groups::offset_commit(broker, r).await),
+        RequestKind::OffsetFetch(r) => {
+            respond(header, &groups::offset_fetch(broker, header, r).await)
+        }
+        RequestKind::DescribeGroups(r) => {
+            respond(header, &groups::describe_groups(broker, header, r).await)
+        }
+        RequestKind::ListGroups(r) => {
+            respond(header, &groups::list_groups(broker, header, r).await)
+        }
+        RequestKind::DeleteGroups(r) => respond(header, &groups::delete_groups(broker, r).await),
         RequestKind::AlterConfigs(r) => respond(header, &admin::alter_configs(broker, r).await),
         RequestKind::IncrementalAlterConfigs(r) => {
             respond(header, &admin::incremental_alter_configs(broker, r).await)

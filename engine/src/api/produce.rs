@@ -37,6 +37,10 @@ pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Re
                         Err(ResponseError::UnknownTopicOrPartition.code())
                     }
                     (None, _) => Err(ResponseError::UnknownTopicOrPartition.code()),
+                    // Only the coordinator writes committed offsets.
+                    (Some(m), _) if m.name == crate::coordinator::OFFSETS_TOPIC => {
+                        Err(ResponseError::InvalidTopicException.code())
+                    }
                     (Some(_), None) => Err(ResponseError::CorruptMessage.code()),
                     (Some(m), Some(records)) => {
                         match split_and_validate(records, m.config.max_message_bytes) {

@@ -1,0 +1,549 @@
+//! Group coordination on a shard: the groups whose offsets partition this shard owns, their
+//! membership state machines ([`Group`]), the requests waiting on them, and their committed
+//! offsets.
+//!
+//! Committed offsets are records in the internal topic `__consumer_offsets` (one partition per
+//! shard), written through the shard's ordinary produce path — WAL, then objects — so they are
+//! exactly as durable as user data. An OffsetCommit is answered once its record is durable; a
+//! shard replays its offsets partitions at start and answers COORDINATOR_LOAD_IN_PROGRESS
+//! until it has. Membership is not persisted: after a restart members rejoin (Kafka's clients
+//! do so on UNKNOWN_MEMBER_ID).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::TopicMeta;
+use crate::group::{Answer, Completed, Group, JoinRequest, JoinResult, State, SyncResult};
+use crate::partitions::ShardState;
+use crate::shard::{now_ms, FetchItem, PartitionKey, ProduceItem};
+
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+pub const NON_EMPTY_GROUP: i16 = 68;
+pub const GROUP_ID_NOT_FOUND: i16 = 69;
+pub const INVALID_GROUP_ID: i16 = 24;
+
+/// The offsets partition a group's records go to; the shard owning it coordinates the group.
+pub fn offsets_partition(group: &str, partitions: i32) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in group.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (h % partitions.max(1) as u32) as i32
+}
+
+/// A committed offset as stored: the record key...
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct OffsetKey {
+    g: String,
+    t: String,
+    p: i32,
+}
+
+/// ...and value (no value: the offset was deleted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed {
+    #[serde(rename = "o")]
+    pub offset: i64,
+    #[serde(rename = "e")]
+    pub leader_epoch: i32,
+    #[serde(rename = "m")]
+    pub metadata: Option<String>,
+    #[serde(rename = "ts")]
+    pub commit_ms: i64,
+}
+
+/// One offset change: (topic, partition, new value or deletion).
+pub type OffsetChange = (String, i32, Option<Committed>);
+
+/// The record of one offset change.
+fn encode_change(group: &str, (topic, partition, value): &OffsetChange) -> (Bytes, Option<Bytes>) {
+    let key = OffsetKey {
+        g: group.to_string(),
+        t: topic.clone(),
+        p: *partition,
+    };
+    (
+        Bytes::from(serde_json::to_vec(&key).expect("serialisable")),
+        value
+            .as_ref()
+            .map(|v| Bytes::from(serde_json::to_vec(v).expect("serialisable"))),
+    )
+}
+
+fn decode_change(key: &[u8], value: Option<&[u8]>) -> Option<(String, OffsetChange)> {
+    let k: OffsetKey = serde_json::from_slice(key).ok()?;
+    let v = match value {
+        Some(v) => Some(serde_json::from_slice::<Committed>(v).ok()?),
+        None => None,
+    };
+    Some((k.g, (k.t, k.p, v)))
+}
+
+struct Entry {
+    group: Group,
+    joins: HashMap<String, oneshot::Sender<JoinResult>>,
+    syncs: HashMap<String, oneshot::Sender<SyncResult>>,
+    offsets: BTreeMap<(String, i32), Committed>,
+}
+
+impl Entry {
+    fn deliver(&mut self, completed: Vec<Completed>) {
+        for c in completed {
+            match c {
+                Completed::Join(id, r) => {
+                    if let Some(tx) = self.joins.remove(&id) {
+                        let _ = tx.send(r);
+                    }
+                }
+                Completed::Sync(id, r) => {
+                    if let Some(tx) = self.syncs.remove(&id) {
+                        let _ = tx.send(r);
+                    }
+                }
+            }
+        }
+        // Requests of members that are gone end (their handlers answer UNKNOWN_MEMBER_ID).
+        let group = &self.group;
+        self.joins.retain(|id, _| group.member(id).is_some());
+        self.syncs.retain(|id, _| group.member(id).is_some());
+    }
+}
+
+/// What DescribeGroups shows of a group.
+pub struct GroupView {
+    pub state: &'static str,
+    pub protocol_type: String,
+    pub protocol: String,
+    /// (member id, instance id, client id, client host, metadata, assignment)
+    pub members: Vec<(String, Option<String>, String, String, Bytes, Bytes)>,
+}
+
+pub struct Coordinator {
+    groups: RefCell<HashMap<String, Entry>>,
+    /// The shard's offsets partitions have been replayed.
+    pub loaded: Cell<bool>,
+    initial_delay_ms: u64,
+}
+
+impl Coordinator {
+    pub fn new(initial_delay_ms: u64) -> Coordinator {
+        Coordinator {
+            groups: RefCell::new(HashMap::new()),
+            loaded: Cell::new(false),
+            initial_delay_ms,
+        }
+    }
+
+    fn with_group<T>(&self, id: &str, f: impl FnOnce(&mut Entry) -> T) -> T {
+        let mut groups = self.groups.borrow_mut();
+        let entry = groups.entry(id.to_string()).or_insert_with(|| Entry {
+            group: Group::new(id, self.initial_delay_ms),
+            joins: HashMap::new(),
+            syncs: HashMap::new(),
+            offsets: BTreeMap::new(),
+        });
+        f(entry)
+    }
+
+    pub async fn join(&self, group: &str, req: JoinRequest) -> JoinResult {
+        let member = req.member_id.clone();
+        let waiting = self.with_group(group, |e| {
+            let (answer, completed) = e.group.join(now_ms() as u64, req);
+            let r = match answer {
+                Answer::Now(r) => Ok(r),
+                Answer::Later => {
+                    // The member id may have been assigned by this join (static members).
+                    let id = if member.is_empty() {
+                        e.group
+                            .members
+                            .values()
+                            .last()
+                            .map(|m| m.id.clone())
+                            .unwrap_or_default()
+                    } else {
+                        member.clone()
+                    };
+                    let (tx, rx) = oneshot::channel();
+                    e.joins.insert(id, tx);
+                    Err(rx)
+                }
+            };
+            e.deliver(completed);
+            r
+        });
+        match waiting {
+            Ok(r) => r,
+            Err(rx) => rx.await.unwrap_or_else(|_| JoinResult {
+                error: crate::group::UNKNOWN_MEMBER_ID,
+                generation: -1,
+                protocol_type: None,
+                protocol: None,
+                leader: String::new(),
+                member_id: member,
+                members: Vec::new(),
+            }),
+        }
+    }
+
+    pub async fn sync(
+        &self,
+        group: &str,
+        member: &str,
+        generation: i32,
+        assignments: Vec<(String, Bytes)>,
+    ) -> SyncResult {
+        let waiting = self.with_group(group, |e| {
+            let (answer, completed) =
+                e.group
+                    .sync(now_ms() as u64, member, generation, assignments);
+            let r = match answer {
+                Answer::Now(r) => Ok(r),
+                Answer::Later => {
+                    let (tx, rx) = oneshot::channel();
+                    e.syncs.insert(member.to_string(), tx);
+                    Err(rx)
+                }
+            };
+            e.deliver(completed);
+            r
+        });
+        match waiting {
+            Ok(r) => r,
+            Err(rx) => rx.await.unwrap_or(SyncResult {
+                error: crate::group::REBALANCE_IN_PROGRESS,
+                protocol_type: None,
+                protocol: None,
+                assignment: Bytes::new(),
+            }),
+        }
+    }
+
+    pub fn heartbeat(&self, group: &str, member: &str, generation: i32) -> i16 {
+        self.with_group(group, |e| {
+            e.group.heartbeat(now_ms() as u64, member, generation)
+        })
+    }
+
+    pub fn leave(&self, group: &str, members: &[String]) -> Vec<i16> {
+        self.with_group(group, |e| {
+            let (codes, completed) = e.group.leave(now_ms() as u64, members);
+            e.deliver(completed);
+            codes
+        })
+    }
+
+    /// Session expiry and rebalance deadlines of every group.
+    pub fn tick(&self) {
+        let now = now_ms() as u64;
+        let mut groups = self.groups.borrow_mut();
+        for e in groups.values_mut() {
+            if !e.group.members.is_empty() {
+                let completed = e.group.tick(now);
+                e.deliver(completed);
+            }
+        }
+        // Forget groups with neither members nor offsets.
+        groups.retain(|_, e| !e.group.members.is_empty() || !e.offsets.is_empty());
+    }
+
+    pub fn check_commit(&self, group: &str, member: &str, generation: i32) -> i16 {
+        self.with_group(group, |e| e.group.check_commit(member, generation))
+    }
+
+    /// Applies durable offset changes (after a commit, or while replaying the log).
+    pub fn apply(&self, group: &str, changes: Vec<OffsetChange>) {
+        self.with_group(group, |e| {
+            for (topic, partition, value) in changes {
+                match value {
+                    Some(v) => e.offsets.insert((topic, partition), v),
+                    None => e.offsets.remove(&(topic, partition)),
+                };
+            }
+        })
+    }
+
+    /// Committed offsets: of the given (topic, partitions), or all of the group's.
+    pub fn offsets(
+        &self,
+        group: &str,
+        wanted: Option<Vec<(String, Vec<i32>)>>,
+    ) -> Vec<(String, i32, Option<Committed>)> {
+        let groups = self.groups.borrow();
+        let offsets = groups.get(group).map(|e| &e.offsets);
+        match wanted {
+            Some(wanted) => wanted
+                .into_iter()
+                .flat_map(|(t, ps)| ps.into_iter().map(move |p| (t.clone(), p)))
+                .map(|(t, p)| {
+                    let c = offsets.and_then(|o| o.get(&(t.clone(), p)).cloned());
+                    (t, p, c)
+                })
+                .collect(),
+            None => offsets
+                .into_iter()
+                .flatten()
+                .map(|((t, p), c)| (t.clone(), *p, Some(c.clone())))
+                .collect(),
+        }
+    }
+
+    pub fn describe(&self, group: &str) -> Option<GroupView> {
+        let groups = self.groups.borrow();
+        let g = &groups.get(group)?.group;
+        let protocol = g.protocol.clone().unwrap_or_default();
+        Some(GroupView {
+            state: if g.members.is_empty() {
+                "Empty"
+            } else {
+                g.state.name()
+            },
+            protocol_type: g.protocol_type.clone().unwrap_or_default(),
+            members: g
+                .members
+                .values()
+                .map(|m| {
+                    let meta = m
+                        .protocols
+                        .iter()
+                        .find(|(p, _)| *p == protocol)
+                        .map(|(_, b)| b.clone())
+                        .unwrap_or_default();
+                    (
+                        m.id.clone(),
+                        m.instance_id.clone(),
+                        m.client_id.clone(),
+                        m.client_host.clone(),
+                        meta,
+                        m.assignment.clone(),
+                    )
+                })
+                .collect(),
+            protocol,
+        })
+    }
+
+    /// (group, protocol type, state) of every group this shard knows.
+    pub fn list(&self) -> Vec<(String, String, &'static str)> {
+        self.groups
+            .borrow()
+            .iter()
+            .map(|(id, e)| {
+                let state = if e.group.members.is_empty() {
+                    State::Empty
+                } else {
+                    e.group.state
+                };
+                (
+                    id.clone(),
+                    e.group.protocol_type.clone().unwrap_or_default(),
+                    state.name(),
+                )
+            })
+            .collect()
+    }
+
+    /// LeaveGroup v3+ may name a static member by instance id alone.
+    pub fn resolve_member(&self, group: &str, member_id: &str, instance: Option<&str>) -> String {
+        if !member_id.is_empty() {
+            return member_id.to_string();
+        }
+        let groups = self.groups.borrow();
+        groups
+            .get(group)
+            .and_then(|e| {
+                e.group
+                    .members
+                    .values()
+                    .find(|m| m.instance_id.is_some() && m.instance_id.as_deref() == instance)
+            })
+            .map(|m| m.id.clone())
+            .unwrap_or_default()
+    }
+
+    /// A deleted group is gone (its offsets were tombstoned first).
+    pub fn forget(&self, group: &str) {
+        self.groups.borrow_mut().remove(group);
+    }
+
+    /// A group may be deleted only while it has no members: the offsets it holds.
+    pub fn deletable(&self, group: &str) -> Result<Vec<(String, i32)>, i16> {
+        let groups = self.groups.borrow();
+        let Some(e) = groups.get(group) else {
+            return Err(GROUP_ID_NOT_FOUND);
+        };
+        if !e.group.members.is_empty() {
+            return Err(NON_EMPTY_GROUP);
+        }
+        Ok(e.offsets.keys().cloned().collect())
+    }
+}
+
+/// Writes offset changes of `group` to its offsets partition and applies them once durable.
+/// Returns 0 or the error every partition of the commit gets.
+pub async fn write_offsets(
+    state: &Rc<ShardState>,
+    offsets_topic: &Arc<TopicMeta>,
+    group: &str,
+    changes: Vec<OffsetChange>,
+) -> i16 {
+    if changes.is_empty() {
+        return 0;
+    }
+    let records: Vec<(Option<Bytes>, Option<Bytes>)> = changes
+        .iter()
+        .map(|c| {
+            let (k, v) = encode_change(group, c);
+            (Some(k), v)
+        })
+        .collect();
+    let bytes = ringtail_netio::batch::encode_records(records, now_ms());
+    let batches = match ringtail_netio::batch::split_and_validate(bytes, usize::MAX) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "offset commit batch does not validate");
+            return COORDINATOR_NOT_AVAILABLE;
+        }
+    };
+    let partition = offsets_partition(group, offsets_topic.partitions);
+    let item = ProduceItem {
+        key: PartitionKey {
+            topic_id: offsets_topic.id,
+            partition,
+        },
+        topic: offsets_topic.clone(),
+        batches,
+    };
+    let outcome = state.produce(vec![item]).await;
+    match outcome.first() {
+        Some(o) if o.error == 0 => {
+            state.coordinator.apply(group, changes);
+            0
+        }
+        Some(o) => {
+            tracing::warn!(group, error = o.error, "offset commit not durable");
+            COORDINATOR_NOT_AVAILABLE
+        }
+        None => COORDINATOR_NOT_AVAILABLE,
+    }
+}
+
+/// Replays the offsets partitions this shard owns (start-up), then marks the coordinator
+/// loaded.
+pub async fn load_offsets(
+    state: Rc<ShardState>,
+    offsets_topic: Arc<TopicMeta>,
+    partitions: Vec<i32>,
+) {
+    let mut records = 0usize;
+    for partition in partitions {
+        let key = PartitionKey {
+            topic_id: offsets_topic.id,
+            partition,
+        };
+        let mut offset = 0i64;
+        loop {
+            let out = state
+                .fetch(vec![FetchItem {
+                    key,
+                    offset,
+                    max_bytes: 8 << 20,
+                    first_batch_always: true,
+                }])
+                .await;
+            let o = &out[0];
+            if o.error == kafka_protocol::ResponseError::OffsetOutOfRange.code()
+                && offset < o.log_start_offset
+            {
+                offset = o.log_start_offset;
+                continue;
+            }
+            if o.error != 0 {
+                tracing::error!(
+                    partition,
+                    offset,
+                    error = o.error,
+                    "reading committed offsets failed; retrying"
+                );
+                ringtail_shards::sleep(std::time::Duration::from_millis(500)).await;
+                continue;
+            }
+            if o.batches.is_empty() {
+                break;
+            }
+            for batch in &o.batches {
+                let mut b = batch.clone();
+                let set = match kafka_protocol::records::RecordBatchDecoder::decode(&mut b) {
+                    Ok(set) => set,
+                    Err(e) => {
+                        tracing::error!(partition, error = %e, "a committed-offsets batch does not decode; skipped");
+                        continue;
+                    }
+                };
+                for r in set.records {
+                    offset = offset.max(r.offset + 1);
+                    let Some(key) = r.key else { continue };
+                    match decode_change(&key, r.value.as_deref()) {
+                        Some((group, change)) => {
+                            state.coordinator.apply(&group, vec![change]);
+                            records += 1;
+                        }
+                        None => tracing::warn!(
+                            partition,
+                            offset = r.offset,
+                            "unreadable committed-offset record; skipped"
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!(records, "committed offsets loaded");
+    state.coordinator.loaded.set(true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_records_round_trip_and_garbage_is_refused() {
+        let change: OffsetChange = (
+            "orders".into(),
+            3,
+            Some(Committed {
+                offset: 42,
+                leader_epoch: 0,
+                metadata: Some("m".into()),
+                commit_ms: 5,
+            }),
+        );
+        let (k, v) = encode_change("g1", &change);
+        assert_eq!(decode_change(&k, v.as_deref()), Some(("g1".into(), change)));
+        let gone: OffsetChange = ("orders".into(), 3, None);
+        let (k, v) = encode_change("g1", &gone);
+        assert_eq!(decode_change(&k, v.as_deref()), Some(("g1".into(), gone)));
+        assert_eq!(decode_change(b"nope", None), None);
+        assert_eq!(decode_change(&k, Some(b"{")), None);
+    }
+
+    #[test]
+    fn groups_spread_over_offsets_partitions_deterministically() {
+        let p = offsets_partition("group-a", 4);
+        assert_eq!(p, offsets_partition("group-a", 4));
+        assert!((0..4).contains(&p));
+        let used: std::collections::HashSet<i32> = (0..100)
+            .map(|i| offsets_partition(&format!("g{i}"), 4))
+            .collect();
+        assert_eq!(used.len(), 4);
+    }
+}
