@@ -614,8 +614,11 @@ impl Group {
         if generation != self.generation {
             return ILLEGAL_GENERATION;
         }
+        // As in Kafka: a member may still commit for its generation while the group prepares
+        // a rebalance (that is when it hands its partitions back); not while the new generation
+        // waits for its assignment.
         match self.state {
-            State::PreparingRebalance | State::CompletingRebalance => REBALANCE_IN_PROGRESS,
+            State::CompletingRebalance => REBALANCE_IN_PROGRESS,
             _ => NONE,
         }
     }

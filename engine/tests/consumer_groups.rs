@@ -1,0 +1,370 @@
+//! Consumer groups with real clients: two librdkafka consumers and a kafka-python consumer
+//! share a topic's partitions; members leave, are killed, and the group hands their partitions
+//! over from the committed offsets; committed offsets survive kill -9 of the broker.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::TestBroker;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const PARTITIONS: i32 = 6;
+
+fn member(b: &TestBroker, group: &str, name: &str) -> BaseConsumer {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .set("group.id", group)
+        .set("client.id", name)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .unwrap();
+    c.subscribe(&["grp"]).unwrap();
+    c
+}
+
+async fn produce(b: &TestBroker, per_partition: usize, tag: &str) {
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .set("linger.ms", "2")
+        .create()
+        .unwrap();
+    for i in 0..per_partition {
+        for part in 0..PARTITIONS {
+            let v = format!("{tag}-{part}-{i}");
+            p.send(
+                FutureRecord::<(), String>::to("grp")
+                    .partition(part)
+                    .payload(&v),
+                TIMEOUT,
+            )
+            .await
+            .unwrap();
+        }
+    }
+}
+
+/// Everything the members delivered: (partition, offset) -> deliveries (member, committed).
+/// At-least-once as Kafka defines it: a record may come again only if no delivery of it was
+/// covered by a successful commit.
+#[derive(Default)]
+struct Ledger {
+    deliveries: BTreeMap<(i32, i64), Vec<(&'static str, bool)>>,
+    /// Deliveries not yet covered by a commit, per member.
+    pending: BTreeMap<&'static str, Vec<(i32, i64)>>,
+}
+
+impl Ledger {
+    fn record(&mut self, who: &'static str, partition: i32, offset: i64) {
+        self.deliveries
+            .entry((partition, offset))
+            .or_default()
+            .push((who, false));
+        self.pending
+            .entry(who)
+            .or_default()
+            .push((partition, offset));
+    }
+
+    /// The member's commit after its deliveries succeeded (or not).
+    fn commit(&mut self, who: &'static str, ok: bool) {
+        for key in self.pending.remove(who).unwrap_or_default() {
+            if ok {
+                if let Some(d) = self.deliveries.get_mut(&key).and_then(|v| v.last_mut()) {
+                    d.1 = true;
+                }
+            }
+        }
+    }
+
+    fn distinct(&self) -> usize {
+        self.deliveries.len()
+    }
+
+    /// No record delivered again after a delivery of it was committed.
+    fn assert_once(&self) {
+        let again: Vec<_> = self
+            .deliveries
+            .iter()
+            .filter(|(_, d)| d[..d.len() - 1].iter().any(|(_, committed)| *committed))
+            .collect();
+        assert!(
+            again.is_empty(),
+            "delivered again after a commit: {again:?}"
+        );
+    }
+
+    fn redelivered(&self) -> usize {
+        self.deliveries.values().filter(|d| d.len() > 1).count()
+    }
+}
+
+/// Polls a librdkafka member once; delivered records go to the ledger and are committed.
+fn poll(c: &BaseConsumer, who: &'static str, ledger: &mut Ledger) {
+    let mut got = false;
+    while let Some(m) = c.poll(Duration::from_millis(20)) {
+        let m = m.unwrap();
+        ledger.record(who, m.partition(), m.offset());
+        got = true;
+    }
+    if got {
+        // A commit refused around a rebalance leaves the records uncommitted: another member
+        // (or this one) may get them again, as with Kafka.
+        let ok = c.commit_consumer_state(CommitMode::Sync).is_ok();
+        ledger.commit(who, ok);
+    }
+}
+
+fn assignment(c: &BaseConsumer) -> BTreeSet<i32> {
+    c.assignment()
+        .unwrap()
+        .elements()
+        .iter()
+        .map(|e| e.partition())
+        .collect()
+}
+
+/// The kafka-python member's events, read from its stdout.
+struct PyMember {
+    child: std::process::Child,
+    events: mpsc::Receiver<serde_json::Value>,
+    assigned: BTreeSet<i32>,
+}
+
+impl PyMember {
+    fn start(b: &TestBroker, group: &str) -> PyMember {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/group_member.py");
+        let mut child = Command::new(common::python())
+            .args([script, &b.bootstrap(), group, "grp"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python (scripts/test.sh installs the test requirements)");
+        let out = child.stdout.take().unwrap();
+        let (tx, events) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        PyMember {
+            child,
+            events,
+            assigned: BTreeSet::new(),
+        }
+    }
+
+    fn drain(&mut self, ledger: &mut Ledger) {
+        while let Ok(e) = self.events.try_recv() {
+            if let Some(a) = e.get("assigned") {
+                self.assigned = a
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.as_i64().unwrap() as i32)
+                    .collect();
+            }
+            if let Some(r) = e.get("record") {
+                ledger.record(
+                    "kafka-python",
+                    r[0].as_i64().unwrap() as i32,
+                    r[1].as_i64().unwrap(),
+                );
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PyMember {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn committed(c: &BaseConsumer) -> Vec<i64> {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition("grp", p);
+    }
+    c.committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap()
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_clients_share_partitions_and_hand_them_over() {
+    let b = TestBroker::start(&[
+        "--shards",
+        "2",
+        "--group-initial-rebalance-delay-ms",
+        "1000",
+    ]);
+    common::create_topic(&b.bootstrap(), "grp", PARTITIONS, &[]).await;
+    let mut ledger = Ledger::default();
+    let mut py = PyMember::start(&b, "g1");
+    let c1 = member(&b, "g1", "rdkafka-1");
+    let c2 = member(&b, "g1", "rdkafka-2");
+
+    // 1. Three members, each partition owned by exactly one of them.
+    let deadline = Instant::now() + TIMEOUT;
+    let mut stable_since: Option<Instant> = None;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the group never settled: {:?} {:?} {:?}",
+            assignment(&c1),
+            assignment(&c2),
+            py.assigned
+        );
+        poll(&c1, "rdkafka-1", &mut ledger);
+        poll(&c2, "rdkafka-2", &mut ledger);
+        py.drain(&mut ledger);
+        let (a1, a2, a3) = (assignment(&c1), assignment(&c2), py.assigned.clone());
+        let all: BTreeSet<i32> = a1.iter().chain(&a2).chain(&a3).copied().collect();
+        let split = !a1.is_empty()
+            && !a2.is_empty()
+            && !a3.is_empty()
+            && a1.len() + a2.len() + a3.len() == PARTITIONS as usize
+            && all.len() == PARTITIONS as usize;
+        match (split, stable_since) {
+            (false, _) => stable_since = None,
+            (true, None) => stable_since = Some(Instant::now()),
+            (true, Some(t)) if t.elapsed() > Duration::from_secs(2) => break,
+            _ => {}
+        }
+    }
+
+    // 2. Every record reaches exactly one member.
+    produce(&b, 60, "a").await;
+    let deadline = Instant::now() + TIMEOUT;
+    while ledger.distinct() < 360 {
+        assert!(
+            Instant::now() < deadline,
+            "consumed {} of 360",
+            ledger.distinct()
+        );
+        poll(&c1, "rdkafka-1", &mut ledger);
+        poll(&c2, "rdkafka-2", &mut ledger);
+        py.drain(&mut ledger);
+    }
+    ledger.assert_once();
+    let who: BTreeSet<&str> = ledger
+        .deliveries
+        .values()
+        .flatten()
+        .map(|(w, _)| *w)
+        .collect();
+    assert_eq!(who.len(), 3, "all three members consumed: {who:?}");
+    let deadline = Instant::now() + TIMEOUT;
+    while committed(&c1) != vec![60; PARTITIONS as usize] {
+        assert!(Instant::now() < deadline, "commits: {:?}", committed(&c1));
+        poll(&c1, "rdkafka-1", &mut ledger);
+        poll(&c2, "rdkafka-2", &mut ledger);
+        py.drain(&mut ledger);
+    }
+
+    // 3. The kafka-python member is killed: after its session times out, the others take its
+    //    partitions from its committed offsets — nothing again, nothing skipped.
+    py.kill();
+    produce(&b, 10, "b").await;
+    let deadline = Instant::now() + TIMEOUT;
+    while ledger.distinct() < 420 {
+        assert!(
+            Instant::now() < deadline,
+            "consumed {} of 420",
+            ledger.distinct()
+        );
+        poll(&c1, "rdkafka-1", &mut ledger);
+        poll(&c2, "rdkafka-2", &mut ledger);
+    }
+    ledger.assert_once();
+    let both: BTreeSet<i32> = assignment(&c1).union(&assignment(&c2)).copied().collect();
+    assert_eq!(both.len(), PARTITIONS as usize);
+
+    // 4. A librdkafka member leaves cleanly; the last one owns everything.
+    drop(c2);
+    produce(&b, 10, "c").await;
+    let deadline = Instant::now() + TIMEOUT;
+    while ledger.distinct() < 480 {
+        assert!(
+            Instant::now() < deadline,
+            "consumed {} of 480",
+            ledger.distinct()
+        );
+        poll(&c1, "rdkafka-1", &mut ledger);
+    }
+    ledger.assert_once();
+    assert_eq!(assignment(&c1).len(), PARTITIONS as usize);
+    println!(
+        "{} records, {} delivered again (consumed but uncommitted when a rebalance came)",
+        ledger.distinct(),
+        ledger.redelivered()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_survive_kill9_and_the_group_resumes() {
+    let data = tempfile::tempdir().unwrap();
+    let args = ["--shards", "2", "--group-initial-rebalance-delay-ms", "0"];
+    let b = TestBroker::start_at(data.path(), &args);
+    common::create_topic(&b.bootstrap(), "grp", PARTITIONS, &[]).await;
+    produce(&b, 20, "a").await;
+    let mut ledger = Ledger::default();
+    {
+        let c = member(&b, "g2", "first");
+        let deadline = Instant::now() + TIMEOUT;
+        while ledger.distinct() < 120 {
+            assert!(Instant::now() < deadline, "consumed {}", ledger.distinct());
+            poll(&c, "first", &mut ledger);
+        }
+        let deadline = Instant::now() + TIMEOUT;
+        while committed(&c) != vec![20; PARTITIONS as usize] {
+            assert!(Instant::now() < deadline, "commits: {:?}", committed(&c));
+            poll(&c, "first", &mut ledger);
+        }
+    }
+    b.kill9();
+
+    let b = TestBroker::start_at(data.path(), &args);
+    assert!(b.log_contains("committed offsets loaded"));
+    produce(&b, 5, "b").await;
+    let c = member(&b, "g2", "second");
+    let deadline = Instant::now() + TIMEOUT;
+    while ledger.distinct() < 150 {
+        assert!(Instant::now() < deadline, "consumed {}", ledger.distinct());
+        poll(&c, "second", &mut ledger);
+    }
+    // Only the new records: the group resumed at its committed offsets.
+    ledger.assert_once();
+    assert!(ledger
+        .deliveries
+        .iter()
+        .filter(|(_, w)| w[0].0 == "second")
+        .all(|((_, o), _)| *o >= 20));
+    assert_eq!(committed(&c), vec![25; PARTITIONS as usize]);
+}
