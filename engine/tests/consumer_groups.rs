@@ -368,3 +368,153 @@ async fn committed_offsets_survive_kill9_and_the_group_resumes() {
         .all(|((_, o), _)| *o >= 20));
     assert_eq!(committed(&c), vec![25; PARTITIONS as usize]);
 }
+
+/// Group requests that do not fit the group's state get Kafka's error codes and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_or_unknown_members_get_errors_and_change_nothing() {
+    use common::raw::Raw;
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+
+    let b = TestBroker::start(&["--shards", "2", "--group-initial-rebalance-delay-ms", "0"]);
+    common::create_topic(&b.bootstrap(), "grp", PARTITIONS, &[]).await;
+    let mut raw = Raw::connect(b.addr);
+    let group = |s: &str| GroupId(StrBytes::from_string(s.to_string()));
+    let join = |member: &str| {
+        JoinGroupRequest::default()
+            .with_group_id(group("raw"))
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(10_000)
+            .with_member_id(StrBytes::from_string(member.to_string()))
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(StrBytes::from_static_str("range"))
+                .with_metadata(bytes::Bytes::from_static(b"m"))])
+    };
+    let commit = |member: &str, generation: i32, offset: i64| {
+        OffsetCommitRequest::default()
+            .with_group_id(group("raw"))
+            .with_generation_id_or_member_epoch(generation)
+            .with_member_id(StrBytes::from_string(member.to_string()))
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("grp")))
+                .with_partitions(vec![OffsetCommitRequestPartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(offset)])])
+    };
+    let commit_code = |r: OffsetCommitResponse| r.topics[0].partitions[0].error_code;
+
+    // An empty group id, and a member id the group never handed out.
+    let r: JoinGroupResponse = raw.call(ApiKey::JoinGroup, 5, &join("").with_group_id(group("")));
+    assert_eq!(r.error_code, 24, "INVALID_GROUP_ID");
+    let r: JoinGroupResponse = raw.call(ApiKey::JoinGroup, 5, &join("made-up"));
+    assert_eq!(r.error_code, 25, "UNKNOWN_MEMBER_ID");
+    // The v4+ dance: MEMBER_ID_REQUIRED, then join with that id: generation 1, we lead.
+    let r: JoinGroupResponse = raw.call(ApiKey::JoinGroup, 5, &join(""));
+    assert_eq!(r.error_code, 79, "MEMBER_ID_REQUIRED");
+    let me = r.member_id.to_string();
+    let r: JoinGroupResponse = raw.call(ApiKey::JoinGroup, 5, &join(&me));
+    assert_eq!((r.error_code, r.generation_id), (0, 1));
+    assert_eq!(r.leader.as_str(), me);
+    // Commits: from a stranger, from a stale generation, then a real one.
+    let c: OffsetCommitResponse = raw.call(ApiKey::OffsetCommit, 7, &commit("stranger", 1, 5));
+    assert_eq!(commit_code(c), 25, "UNKNOWN_MEMBER_ID");
+    let c: OffsetCommitResponse = raw.call(ApiKey::OffsetCommit, 7, &commit(&me, 0, 5));
+    assert_eq!(commit_code(c), 22, "ILLEGAL_GENERATION");
+    let c: OffsetCommitResponse = raw.call(ApiKey::OffsetCommit, 7, &commit(&me, 1, 5));
+    assert_eq!(
+        commit_code(c),
+        27,
+        "REBALANCE_IN_PROGRESS until the assignment is synced"
+    );
+    let s: SyncGroupResponse = raw.call(
+        ApiKey::SyncGroup,
+        3,
+        &SyncGroupRequest::default()
+            .with_group_id(group("raw"))
+            .with_generation_id(7)
+            .with_member_id(StrBytes::from_string(me.clone())),
+    );
+    assert_eq!(s.error_code, 22, "ILLEGAL_GENERATION");
+    let s: SyncGroupResponse = raw.call(
+        ApiKey::SyncGroup,
+        3,
+        &SyncGroupRequest::default()
+            .with_group_id(group("raw"))
+            .with_generation_id(1)
+            .with_member_id(StrBytes::from_string(me.clone())),
+    );
+    assert_eq!(s.error_code, 0);
+    let c: OffsetCommitResponse = raw.call(ApiKey::OffsetCommit, 7, &commit(&me, 1, 5));
+    assert_eq!(commit_code(c), 0);
+    let h: HeartbeatResponse = raw.call(
+        ApiKey::Heartbeat,
+        3,
+        &HeartbeatRequest::default()
+            .with_group_id(group("raw"))
+            .with_generation_id(1)
+            .with_member_id(StrBytes::from_static_str("stranger")),
+    );
+    assert_eq!(h.error_code, 25);
+    // Unknown topics are refused per partition; nothing else changed: the offset is still 5.
+    let mut bad = commit(&me, 1, 9);
+    bad.topics[0].name = TopicName(StrBytes::from_static_str("no-such-topic"));
+    let c: OffsetCommitResponse = raw.call(ApiKey::OffsetCommit, 7, &bad);
+    assert_eq!(commit_code(c), 3, "UNKNOWN_TOPIC_OR_PARTITION");
+    let f: OffsetFetchResponse = raw.call(
+        ApiKey::OffsetFetch,
+        5,
+        &OffsetFetchRequest::default()
+            .with_group_id(group("raw"))
+            .with_topics(None),
+    );
+    assert_eq!(f.error_code, 0);
+    assert_eq!(f.topics.len(), 1);
+    assert_eq!(f.topics[0].partitions[0].committed_offset, 5);
+    // A group nobody knows has no offsets; deleting a group with members is refused.
+    let f: OffsetFetchResponse = raw.call(
+        ApiKey::OffsetFetch,
+        5,
+        &OffsetFetchRequest::default()
+            .with_group_id(group("nobody"))
+            .with_topics(None),
+    );
+    assert!(f.topics.is_empty());
+    let d: DeleteGroupsResponse = raw.call(
+        ApiKey::DeleteGroups,
+        2,
+        &DeleteGroupsRequest::default().with_groups_names(vec![group("raw"), group("nobody")]),
+    );
+    assert_eq!(
+        d.results.iter().map(|r| r.error_code).collect::<Vec<_>>(),
+        vec![68, 69],
+        "NON_EMPTY_GROUP, GROUP_ID_NOT_FOUND"
+    );
+    // Leave, then the group (and its offsets) can be deleted.
+    let l: LeaveGroupResponse = raw.call(
+        ApiKey::LeaveGroup,
+        2,
+        &LeaveGroupRequest::default()
+            .with_group_id(group("raw"))
+            .with_member_id(StrBytes::from_string(me.clone())),
+    );
+    assert_eq!(l.error_code, 0);
+    let d: DeleteGroupsResponse = raw.call(
+        ApiKey::DeleteGroups,
+        2,
+        &DeleteGroupsRequest::default().with_groups_names(vec![group("raw")]),
+    );
+    assert_eq!(d.results[0].error_code, 0);
+    let f: OffsetFetchResponse = raw.call(
+        ApiKey::OffsetFetch,
+        5,
+        &OffsetFetchRequest::default()
+            .with_group_id(group("raw"))
+            .with_topics(None),
+    );
+    assert!(f.topics.is_empty(), "deleted with its offsets");
+}
