@@ -139,6 +139,34 @@ begin = check.beginning_offsets([TopicPartition(topic, p) for p in range(partiti
 assert [begin[TopicPartition(topic, p)] for p in range(partitions)] == [3, 0, len(expected[2])], begin
 check.close()
 
+# A consumer group: subscribe, consume, commit; the admin client lists, describes, reads the
+# committed offsets and deletes the group.
+member = KafkaConsumer(
+    topic,
+    bootstrap_servers=bootstrap,
+    group_id="py-group",
+    enable_auto_commit=False,
+    auto_offset_reset="earliest",
+    max_partition_fetch_bytes=3_000_000,
+)
+got_in_group = 0
+deadline = time.time() + 60
+# DeleteRecords above: partition 0 starts at 3, partition 2 is empty.
+while got_in_group < total - 3 - len(expected[2]):
+    assert time.time() < deadline, f"group member consumed {got_in_group}"
+    got_in_group += sum(len(v) for v in member.poll(timeout_ms=500).values())
+member.commit()
+member.close()
+groups = admin.list_groups()
+assert any("py-group" in str(g) for g in groups), groups
+described = admin.describe_groups(["py-group"])
+assert "Empty" in str(described), described
+offsets = admin.list_group_offsets({"py-group": None})
+text = str(offsets)
+assert str(len(expected[1])) in text, offsets
+admin.delete_groups(["py-group"])
+assert not any("py-group" in str(g) for g in admin.list_groups()), admin.list_groups()
+
 admin.create_partitions({topic: NewPartitions(total_count=5)})
 meta = admin.describe_topics([topic])
 assert len(meta[0]["partitions"]) == 5, meta
