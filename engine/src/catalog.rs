@@ -67,12 +67,17 @@ pub struct Catalog {
     snapshot: ArcSwap<Snapshot>,
     write: Mutex<()>,
     path: Option<PathBuf>,
+    /// Persisted with the topics; changed only under `write`.
+    next_producer_id: std::sync::atomic::AtomicI64,
 }
 
 #[derive(Serialize, Deserialize)]
 struct OnDisk {
     format_version: u32,
     topics: Vec<TopicMeta>,
+    /// Producer ids below this were handed out (InitProducerId); never reused.
+    #[serde(default)]
+    next_producer_id: i64,
 }
 
 const FORMAT_VERSION: u32 = 1;
@@ -84,6 +89,7 @@ impl Catalog {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             write: Mutex::new(()),
             path: None,
+            next_producer_id: Default::default(),
         }
     }
 
@@ -94,6 +100,7 @@ impl Catalog {
             .with_context(|| format!("creating data dir {}", dir.display()))?;
         let path = dir.join("catalog.json");
         let mut topics = Vec::new();
+        let mut next_producer_id = 0;
         if path.exists() {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -104,6 +111,7 @@ impl Catalog {
                 "unknown catalog format {}",
                 disk.format_version
             );
+            next_producer_id = disk.next_producer_id;
             for mut t in disk.topics {
                 t.config = TopicConfig::from_map(&t.configs)
                     .map_err(|e| anyhow::anyhow!("topic {} in {}: {e}", t.name, path.display()))?;
@@ -114,6 +122,7 @@ impl Catalog {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             write: Mutex::new(()),
             path: Some(path),
+            next_producer_id: next_producer_id.into(),
         };
         catalog.snapshot.store(Arc::new(build(topics)));
         Ok(catalog)
@@ -123,6 +132,9 @@ impl Catalog {
     pub fn to_json(&self) -> Vec<u8> {
         let disk = OnDisk {
             format_version: FORMAT_VERSION,
+            next_producer_id: self
+                .next_producer_id
+                .load(std::sync::atomic::Ordering::SeqCst),
             topics: self
                 .snapshot()
                 .topics()
@@ -278,11 +290,36 @@ impl Catalog {
         Ok(updated)
     }
 
+    /// A producer id never handed out before, on this broker or (through the catalog's copy in
+    /// object storage) any broker restored from it. Persisted before it is returned.
+    pub fn allocate_producer_id(&self) -> Result<i64, CatalogError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let id = self.next_producer_id.load(SeqCst);
+        self.next_producer_id.store(id + 1, SeqCst);
+        if let Err(e) = self.publish(self.snapshot().topics()) {
+            self.next_producer_id.store(id, SeqCst);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// Whether `id` was handed out by [`Catalog::allocate_producer_id`].
+    pub fn is_allocated_producer_id(&self, id: i64) -> bool {
+        (0..self
+            .next_producer_id
+            .load(std::sync::atomic::Ordering::SeqCst))
+            .contains(&id)
+    }
+
     fn publish(&self, topics: Vec<Arc<TopicMeta>>) -> Result<(), CatalogError> {
         if let Some(path) = &self.path {
             let disk = OnDisk {
                 format_version: FORMAT_VERSION,
                 topics: topics.iter().map(|t| (**t).clone()).collect(),
+                next_producer_id: self
+                    .next_producer_id
+                    .load(std::sync::atomic::Ordering::SeqCst),
             };
             write_atomically(
                 path,
@@ -392,7 +429,15 @@ mod tests {
             c.alter_configs("nope", set_bytes, false),
             Err(CatalogError::Unknown(_))
         ));
+        assert_eq!(c.allocate_producer_id().unwrap(), 0);
+        assert_eq!(c.allocate_producer_id().unwrap(), 1);
         let reopened = Catalog::open(dir.path()).unwrap();
+        assert_eq!(
+            reopened.allocate_producer_id().unwrap(),
+            2,
+            "ids survive a restart"
+        );
+        assert!(reopened.is_allocated_producer_id(1) && !reopened.is_allocated_producer_id(3));
         let again = reopened.snapshot().by_name("orders").cloned().unwrap();
         assert_eq!(
             (

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod object_format;
 pub mod partitions;
+pub mod producers;
 pub mod server;
 pub mod shard;
 pub mod span_cache;

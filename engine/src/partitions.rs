@@ -27,6 +27,7 @@ use crate::coordinator::Coordinator;
 use crate::log::{MemLog, PartitionLog};
 use crate::manifest::{LogStart, ObjectRef};
 use crate::object_format::Span;
+use crate::producers::{Check, Producers};
 use crate::shard::{
     now_ms, DeleteItem, DeleteOutcome, ErrorOutcome, FetchItem, FetchOutcome, ListItem,
     ListOutcome, PartitionKey, ProduceItem, ProduceOutcome, ShardOp, LEADER_EPOCH,
@@ -64,6 +65,8 @@ struct Partition {
     delete_requested: i64,
     /// DeleteRecords calls waiting for `deleted_below` to reach their offset.
     delete_waiters: Vec<(i64, oneshot::Sender<()>)>,
+    /// Idempotent producers' recent batches (dedupe, ordering, fencing).
+    producers: Producers,
 }
 
 impl Partition {
@@ -77,6 +80,7 @@ impl Partition {
     fn delete_below(&mut self, offset: i64) {
         self.deleted_below = self.deleted_below.max(offset);
         self.log.evict_below(self.deleted_below);
+        self.producers.trim(self.deleted_below);
         let below = self.deleted_below;
         for (_, tx) in self.delete_waiters.extract_if(.., |(o, _)| *o <= below) {
             let _ = tx.send(());
@@ -358,6 +362,13 @@ impl ShardState {
                             ));
                         }
                         p.log.append(header, payload.clone());
+                        p.producers.record(
+                            header.producer_id,
+                            header.producer_epoch,
+                            header.base_sequence,
+                            header.record_count,
+                            header.base_offset,
+                        );
                         if let Some(tier) = &self.tier {
                             tier.add(
                                 *key.topic_id.as_bytes(),
@@ -455,9 +466,30 @@ impl ShardState {
         }
         let now = now_ms();
         let log_append_time = item.topic.config.log_append_time;
-        let base_offset = p.next_offset;
+        let mut base_offset = None;
+        // The last offset the answer waits for (a duplicate's original may still be in flight).
+        let mut last_offset = p.next_offset - 1;
         let mut tickets = Vec::with_capacity(item.batches.len());
         for mut batch in item.batches {
+            let h = batch.header;
+            match p.producers.check(
+                h.producer_id,
+                h.producer_epoch,
+                h.base_sequence,
+                h.record_count,
+            ) {
+                Check::Write => {}
+                Check::Duplicate(original) => {
+                    tracing::info!(topic = %item.topic.name, partition = item.key.partition, producer = h.producer_id, sequence = h.base_sequence, original, "duplicate batch answered with its original offset");
+                    base_offset.get_or_insert(original);
+                    last_offset = last_offset.max(original + h.last_offset_delta as i64);
+                    continue;
+                }
+                Check::Refuse(code) => {
+                    tracing::debug!(topic = %item.topic.name, partition = item.key.partition, producer = h.producer_id, epoch = h.producer_epoch, sequence = h.base_sequence, code, "idempotent batch refused");
+                    return Err(ProduceOutcome::error(code));
+                }
+            }
             if log_append_time {
                 batch.set_log_append_time(now);
             }
@@ -480,6 +512,15 @@ impl ShardState {
             ) {
                 Ok(ticket) => {
                     p.next_offset = header.last_offset() + 1;
+                    base_offset.get_or_insert(header.base_offset);
+                    last_offset = header.last_offset();
+                    p.producers.record(
+                        header.producer_id,
+                        header.producer_epoch,
+                        header.base_sequence,
+                        header.record_count,
+                        header.base_offset,
+                    );
                     tickets.push(ticket);
                 }
                 // Batches already queued for this partition still land; the producer sees an
@@ -499,7 +540,8 @@ impl ShardState {
         Ok(Started {
             tickets,
             uploaded,
-            base_offset,
+            base_offset: base_offset.unwrap_or(p.next_offset),
+            last_offset,
             log_append_time_ms: if log_append_time { now } else { -1 },
             key: item.key,
         })
@@ -536,6 +578,20 @@ impl ShardState {
             if uploaded.await.is_err() {
                 return ProduceOutcome::error(ResponseError::KafkaStorageError.code());
             }
+        }
+        // A duplicate whose original is still being written waits for it.
+        loop {
+            let durable = self
+                .partitions
+                .borrow()
+                .get(&s.key)
+                .is_none_or(|p| p.log.log_end_offset().max(p.uploaded_end) > s.last_offset);
+            if durable {
+                break;
+            }
+            let (tx, rx) = oneshot::channel();
+            self.watch(vec![(s.key, s.last_offset)], tx);
+            let _ = rx.await;
         }
         let log_start_offset = self
             .partitions
@@ -755,6 +811,8 @@ struct Started {
     /// `durability=object`: resolves once the last offset is in a committed object.
     uploaded: Option<oneshot::Receiver<()>>,
     base_offset: i64,
+    /// Answer only once the log is durable through here (covers duplicates' originals).
+    last_offset: i64,
     log_append_time_ms: i64,
     key: PartitionKey,
 }
@@ -772,6 +830,7 @@ impl Partition {
             deleted_below: 0,
             delete_requested: 0,
             delete_waiters: Vec::new(),
+            producers: Producers::default(),
         }
     }
 }

@@ -8,6 +8,7 @@ mod admin;
 mod delete_records;
 mod fetch;
 mod groups;
+mod init_producer_id;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -46,6 +47,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 pub fn supported(api_key: ApiKey, version: i16) -> bool {
@@ -184,6 +186,9 @@ pub async fn handle(broker: &Broker, header: &Header, body: Body) -> Reply {
         }
         RequestKind::ListGroups(r) => {
             respond(header, &groups::list_groups(broker, header, r).await)
+        }
+        RequestKind::InitProducerId(r) => {
+            respond(header, &init_producer_id::handle(broker, r).await)
         }
         RequestKind::DeleteGroups(r) => respond(header, &groups::delete_groups(broker, r).await),
         RequestKind::AlterConfigs(r) => respond(header, &admin::alter_configs(broker, r).await),

@@ -1,0 +1,49 @@
+//! InitProducerId: producer ids for idempotent producers, unique across restarts (persisted in
+//! the catalog, and so in its copy in object storage, before they are handed out). A producer
+//! that asks again with its id and epoch (v3+, KIP-360) gets the next epoch, which fences its
+//! older self. Transactions are not supported.
+
+use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
+use kafka_protocol::ResponseError;
+
+use crate::shard::Broker;
+
+pub async fn handle(broker: &Broker, request: InitProducerIdRequest) -> InitProducerIdResponse {
+    let fail = |code: i16| {
+        InitProducerIdResponse::default()
+            .with_error_code(code)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1)
+    };
+    if request.transactional_id.is_some() {
+        tracing::warn!(
+            "InitProducerId for a transactional producer: transactions are not supported"
+        );
+        return fail(ResponseError::TransactionalIdAuthorizationFailed.code());
+    }
+    let (id, epoch) = (request.producer_id.0, request.producer_epoch);
+    if id >= 0 && epoch >= 0 {
+        if !broker.catalog.is_allocated_producer_id(id) {
+            return fail(ResponseError::InvalidProducerIdMapping.code());
+        }
+        if epoch < i16::MAX - 1 {
+            return InitProducerIdResponse::default()
+                .with_producer_id(ProducerId(id))
+                .with_producer_epoch(epoch + 1);
+        }
+        // Epochs exhausted: a new id (below).
+    }
+    match broker.catalog.allocate_producer_id() {
+        Ok(id) => {
+            broker.catalog_changed().await;
+            tracing::debug!(producer_id = id, "allocated a producer id");
+            InitProducerIdResponse::default()
+                .with_producer_id(ProducerId(id))
+                .with_producer_epoch(0)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not persist a producer id");
+            fail(ResponseError::CoordinatorNotAvailable.code())
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Idempotent producers on one partition: per producer id, its epoch and its last five batches'
+//! sequence ranges and offsets, so a retried batch is answered with its original offset instead
+//! of being written twice, a gap is refused, and a stale epoch is fenced. Pure: the owner shard
+//! checks each batch before it assigns offsets ([`Producers::check`]) and records it after
+//! ([`Producers::record`]).
+//!
+//! Kafka's rules, as the clients expect them: sequences count records, per (producer, partition),
+//! from 0, wrapping at i32::MAX; a new epoch starts again at 0; a producer the partition does not
+//! know may start at any sequence (its state may have expired, or been written before a restart
+//! that kept only the log).
+
+use std::collections::{HashMap, VecDeque};
+
+pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+
+/// Batches remembered per producer (Kafka's max.in.flight.requests.per.connection bound).
+pub const RECENT_BATCHES: usize = 5;
+
+/// One written batch of a producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub first_seq: i32,
+    pub last_seq: i32,
+    pub base_offset: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProducerEntry {
+    pub epoch: i16,
+    pub recent: VecDeque<Written>,
+}
+
+/// What to do with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Not idempotent, or the next batch in order: write it.
+    Write,
+    /// Written before: answer with this base offset, write nothing.
+    Duplicate(i64),
+    /// Refuse with this error code.
+    Refuse(i16),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Producers {
+    pub by_id: HashMap<i64, ProducerEntry>,
+}
+
+/// The sequence of the last record of a batch (sequences wrap at i32::MAX).
+pub fn last_sequence(first_seq: i32, record_count: i32) -> i32 {
+    let last = first_seq as i64 + record_count as i64 - 1;
+    if last > i32::MAX as i64 {
+        (last - i32::MAX as i64 - 1) as i32
+    } else {
+        last as i32
+    }
+}
+
+fn next_sequence(seq: i32) -> i32 {
+    if seq == i32::MAX {
+        0
+    } else {
+        seq + 1
+    }
+}
+
+impl Producers {
+    /// Checks a batch of `producer_id` (-1: not idempotent).
+    pub fn check(&self, producer_id: i64, epoch: i16, first_seq: i32, record_count: i32) -> Check {
+        if producer_id < 0 {
+            return Check::Write;
+        }
+        let Some(entry) = self.by_id.get(&producer_id) else {
+            return Check::Write;
+        };
+        if epoch < entry.epoch {
+            return Check::Refuse(INVALID_PRODUCER_EPOCH);
+        }
+        if epoch > entry.epoch {
+            return if first_seq == 0 {
+                Check::Write
+            } else {
+                Check::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+            };
+        }
+        let last_seq = last_sequence(first_seq, record_count);
+        if let Some(w) = entry
+            .recent
+            .iter()
+            .find(|w| w.first_seq == first_seq && w.last_seq == last_seq)
+        {
+            return Check::Duplicate(w.base_offset);
+        }
+        match entry.recent.back() {
+            Some(last) if first_seq != next_sequence(last.last_seq) => {
+                Check::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+            }
+            _ => Check::Write,
+        }
+    }
+
+    /// Records a batch that is being written at `base_offset`.
+    pub fn record(
+        &mut self,
+        producer_id: i64,
+        epoch: i16,
+        first_seq: i32,
+        record_count: i32,
+        base_offset: i64,
+    ) {
+        if producer_id < 0 {
+            return;
+        }
+        let entry = self.by_id.entry(producer_id).or_default();
+        if epoch != entry.epoch {
+            entry.epoch = epoch;
+            entry.recent.clear();
+        }
+        entry.recent.push_back(Written {
+            first_seq,
+            last_seq: last_sequence(first_seq, record_count),
+            base_offset,
+        });
+        while entry.recent.len() > RECENT_BATCHES {
+            entry.recent.pop_front();
+        }
+    }
+
+    /// Forgets batches below `log_start` (deleted data can no longer be a duplicate's
+    /// original); producers left with nothing are forgotten.
+    pub fn trim(&mut self, log_start: i64) {
+        for e in self.by_id.values_mut() {
+            e.recent.retain(|w| w.base_offset >= log_start);
+        }
+        self.by_id.retain(|_, e| !e.recent.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_order_duplicates_gaps_and_epochs() {
+        let mut p = Producers::default();
+        assert_eq!(p.check(-1, 0, 0, 10), Check::Write, "not idempotent");
+        assert_eq!(p.check(7, 0, 0, 10), Check::Write);
+        p.record(7, 0, 0, 10, 100);
+        assert_eq!(p.check(7, 0, 10, 5), Check::Write);
+        p.record(7, 0, 10, 5, 110);
+        // A retry of either batch gets its offset back.
+        assert_eq!(p.check(7, 0, 0, 10), Check::Duplicate(100));
+        assert_eq!(p.check(7, 0, 10, 5), Check::Duplicate(110));
+        // A gap, or an overlap that is not a retry, is refused.
+        assert_eq!(
+            p.check(7, 0, 16, 1),
+            Check::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+        assert_eq!(
+            p.check(7, 0, 12, 3),
+            Check::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+        // Epochs: an older one is fenced; a newer one starts at 0.
+        assert_eq!(p.check(7, -1, 15, 1), Check::Refuse(INVALID_PRODUCER_EPOCH));
+        assert_eq!(
+            p.check(7, 1, 15, 1),
+            Check::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+        assert_eq!(p.check(7, 1, 0, 1), Check::Write);
+        p.record(7, 1, 0, 1, 115);
+        assert_eq!(p.check(7, 0, 15, 1), Check::Refuse(INVALID_PRODUCER_EPOCH));
+        // Another producer is independent, and may start anywhere.
+        assert_eq!(p.check(8, 3, 500, 2), Check::Write);
+    }
+
+    #[test]
+    fn only_the_last_five_batches_are_remembered_and_sequences_wrap() {
+        let mut p = Producers::default();
+        for i in 0..7 {
+            p.record(1, 0, i * 2, 2, 10 * i as i64);
+        }
+        assert_eq!(p.by_id[&1].recent.len(), RECENT_BATCHES);
+        assert_eq!(p.check(1, 0, 12, 2), Check::Duplicate(60));
+        // Too old to tell: refused as out of order rather than written twice.
+        assert_eq!(
+            p.check(1, 0, 0, 2),
+            Check::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+        assert_eq!(last_sequence(i32::MAX - 1, 3), 0);
+        let mut w = Producers::default();
+        w.record(2, 0, i32::MAX - 1, 3, 0);
+        assert_eq!(
+            w.check(2, 0, 1, 1),
+            Check::Write,
+            "continues after the wrap"
+        );
+        p.trim(45);
+        assert_eq!(p.by_id[&1].recent.len(), 2);
+        p.trim(1000);
+        assert!(p.by_id.is_empty());
+    }
+}
