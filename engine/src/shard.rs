@@ -93,6 +93,9 @@ pub struct DeleteOutcome {
     pub low_watermark: i64,
 }
 
+/// Work to run on a particular shard.
+pub type OnShard = Box<dyn FnOnce(&Rc<ShardState>) + Send>;
+
 /// Work for a partition's owner shard.
 pub enum ShardOp {
     Produce(Vec<ProduceItem>, oneshot::Sender<Vec<ProduceOutcome>>),
@@ -105,7 +108,7 @@ pub enum ShardOp {
     /// A topic's configs changed: its partitions follow the new ones from now on.
     TopicChanged(Arc<TopicMeta>),
     /// Run this on the shard (group coordination: the group lives on one shard).
-    Run(Box<dyn FnOnce(&Rc<ShardState>) + Send>),
+    Run(OnShard),
 }
 
 /// An outcome that carries only an error (owner shard gone).

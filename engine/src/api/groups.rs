@@ -299,11 +299,14 @@ pub async fn leave_group(
     }
 }
 
+/// A committed partition: its index and Ok (to write) or the error it gets.
+type PartitionSlot = (i32, Result<(), i16>);
+
 pub async fn offset_commit(broker: &Broker, request: OffsetCommitRequest) -> OffsetCommitResponse {
     let group = request.group_id.to_string();
     let snapshot = broker.catalog.snapshot();
     // Per partition: Ok(change to write) or Err(code).
-    let mut shape: Vec<(TopicName, Vec<(i32, Result<(), i16>)>)> = Vec::new();
+    let mut shape: Vec<(TopicName, Vec<PartitionSlot>)> = Vec::new();
     let mut changes: Vec<OffsetChange> = Vec::new();
     let now = now_ms();
     for t in &request.topics {
@@ -385,10 +388,11 @@ async fn fetch_group_offsets(
     .await
 }
 
+/// A topic's partitions and their committed offsets.
+type TopicOffsets = (String, Vec<(i32, Option<Committed>)>);
+
 /// The partitions' rows grouped by topic, in first-seen order.
-fn by_topic(
-    rows: Vec<(String, i32, Option<Committed>)>,
-) -> Vec<(String, Vec<(i32, Option<Committed>)>)> {
+fn by_topic(rows: Vec<(String, i32, Option<Committed>)>) -> Vec<TopicOffsets> {
     let mut order: Vec<String> = Vec::new();
     let mut map: BTreeMap<String, Vec<(i32, Option<Committed>)>> = BTreeMap::new();
     for (t, p, c) in rows {
