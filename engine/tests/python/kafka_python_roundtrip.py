@@ -38,9 +38,7 @@ for codec in [None, "gzip", "snappy", "lz4", "zstd"]:
         max_request_size=3_000_000,
         linger_ms=5,
         acks="all",
-        # InitProducerId (idempotence) arrives with the consumer-groups issue; kafka-python 3
-        # turns it on by default.
-        enable_idempotence=False,
+        # kafka-python 3's default: idempotent (InitProducerId, sequence numbers).
     )
     futures = []
     for j in range(30):
