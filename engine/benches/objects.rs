@@ -121,7 +121,7 @@ async fn run(label: &str, store: Arc<Counting<Arc<dyn ObjectStore>>>, total_mb: 
         if let Some(sealed) = tier.seal_if_due() {
             let key = sealed.key.clone();
             let t = Instant::now();
-            let spans = tier.upload(sealed).await.unwrap();
+            let spans = tier.upload(sealed, Vec::new()).await.unwrap();
             commit_ms
                 .record(t.elapsed().as_millis().max(1) as u64)
                 .unwrap();

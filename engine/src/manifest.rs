@@ -15,8 +15,8 @@ use ringtail_objstore::{Condition, ObjectStore, StoreError};
 
 use crate::object_format::Span;
 
-/// 2: adds `log_starts`.
-pub const MANIFEST_FORMAT_VERSION: u32 = 2;
+/// 2: adds `log_starts`. 3: adds `producers`.
+pub const MANIFEST_FORMAT_VERSION: u32 = 3;
 /// Bounds what a corrupt or hostile manifest can make us allocate.
 pub const MANIFEST_BYTES_MAX: usize = 256 << 20;
 
@@ -37,6 +37,18 @@ pub struct LogStart {
     pub offset: i64,
 }
 
+/// An idempotent producer's recent batches on one partition, so that a retry reaching a
+/// restarted broker is still recognised after its batch left the WAL.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ProducerSnapshot {
+    pub topic_id: [u8; 16],
+    pub partition: i32,
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// (first sequence, last sequence, base offset), oldest first.
+    pub recent: Vec<(i32, i32, i64)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ShardManifest {
     pub format_version: u32,
@@ -49,6 +61,8 @@ pub struct ShardManifest {
     pub objects: Vec<ObjectRef>,
     /// Only partitions that deleted data; only partitions of live topics.
     pub log_starts: Vec<LogStart>,
+    /// Idempotent producers' state as of this commit (a superset of what its objects hold).
+    pub producers: Vec<ProducerSnapshot>,
 }
 
 impl ShardManifest {
@@ -60,6 +74,7 @@ impl ShardManifest {
             generation: 0,
             objects: Vec::new(),
             log_starts: Vec::new(),
+            producers: Vec::new(),
         }
     }
 
@@ -218,6 +233,13 @@ mod tests {
                 topic_id: [4; 16],
                 partition: 2,
                 offset: 7,
+            }],
+            producers: vec![ProducerSnapshot {
+                topic_id: [4; 16],
+                partition: 2,
+                producer_id: 9,
+                epoch: 1,
+                recent: vec![(0, 4, 10), (5, 9, 15)],
             }],
             ..ShardManifest::empty(1, 3)
         };

@@ -25,9 +25,9 @@ use uuid::Uuid;
 use crate::catalog::{Snapshot, TopicMeta};
 use crate::coordinator::Coordinator;
 use crate::log::{MemLog, PartitionLog};
-use crate::manifest::{LogStart, ObjectRef};
+use crate::manifest::{LogStart, ObjectRef, ProducerSnapshot};
 use crate::object_format::Span;
-use crate::producers::{Check, Producers};
+use crate::producers::{Check, Producers, Written};
 use crate::shard::{
     now_ms, DeleteItem, DeleteOutcome, ErrorOutcome, FetchItem, FetchOutcome, ListItem,
     ListOutcome, PartitionKey, ProduceItem, ProduceOutcome, ShardOp, LEADER_EPOCH,
@@ -169,6 +169,7 @@ impl ShardState {
                 tier.committed_log_starts(),
                 snapshot,
             );
+            state.load_producers(tier.committed_producers(), snapshot);
         }
         let live = state
             .rebuild(&recovery, snapshot)
@@ -258,6 +259,58 @@ impl ShardState {
                 p.cold.insert(span.base_offset, (key.clone(), span));
             }
         }
+    }
+
+    /// Idempotent producers as of the last manifest commit (the WAL replay adds what followed).
+    fn load_producers(&self, producers: Vec<ProducerSnapshot>, snapshot: &Snapshot) {
+        let mut parts = self.partitions.borrow_mut();
+        for s in producers {
+            let pk = PartitionKey {
+                topic_id: Uuid::from_bytes(s.topic_id),
+                partition: s.partition,
+            };
+            let Some(topic) = snapshot
+                .by_id(&pk.topic_id)
+                .filter(|t| pk.partition < t.partitions)
+                .cloned()
+            else {
+                continue;
+            };
+            let p = parts.entry(pk).or_insert_with(|| Partition::new(topic));
+            let entry = p.producers.by_id.entry(s.producer_id).or_default();
+            entry.epoch = s.epoch;
+            entry.recent = s
+                .recent
+                .into_iter()
+                .map(|(first_seq, last_seq, base_offset)| Written {
+                    first_seq,
+                    last_seq,
+                    base_offset,
+                })
+                .collect();
+        }
+    }
+
+    /// Every partition's idempotent producers, for the next manifest commit.
+    fn producer_snapshot(&self) -> Vec<ProducerSnapshot> {
+        let parts = self.partitions.borrow();
+        let mut out = Vec::new();
+        for (key, p) in parts.iter() {
+            for (&producer_id, e) in &p.producers.by_id {
+                out.push(ProducerSnapshot {
+                    topic_id: *key.topic_id.as_bytes(),
+                    partition: key.partition,
+                    producer_id,
+                    epoch: e.epoch,
+                    recent: e
+                        .recent
+                        .iter()
+                        .map(|w| (w.first_seq, w.last_seq, w.base_offset))
+                        .collect(),
+                });
+            }
+        }
+        out
     }
 
     /// After recovery: logs with only uploaded data continue at the uploaded end, recovered
@@ -1283,7 +1336,11 @@ async fn upload_loop(weak: Weak<ShardState>, tick: Duration) {
         drop(state);
         let key: Arc<str> = sealed.key.as_str().into();
         tier.busy.set(true);
-        let uploaded = tier.upload(sealed).await;
+        let producers = weak
+            .upgrade()
+            .map(|s| s.producer_snapshot())
+            .unwrap_or_default();
+        let uploaded = tier.upload(sealed, producers).await;
         tier.busy.set(false);
         match uploaded {
             Ok(spans) => {

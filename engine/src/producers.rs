@@ -117,11 +117,16 @@ impl Producers {
             entry.epoch = epoch;
             entry.recent.clear();
         }
-        entry.recent.push_back(Written {
+        let written = Written {
             first_seq,
             last_seq: last_sequence(first_seq, record_count),
             base_offset,
-        });
+        };
+        // Replaying the WAL over a restored snapshot meets batches it already knows.
+        if entry.recent.contains(&written) {
+            return;
+        }
+        entry.recent.push_back(written);
         while entry.recent.len() > RECENT_BATCHES {
             entry.recent.pop_front();
         }
@@ -172,6 +177,10 @@ mod tests {
         assert_eq!(p.check(7, 0, 15, 1), Check::Refuse(INVALID_PRODUCER_EPOCH));
         // Another producer is independent, and may start anywhere.
         assert_eq!(p.check(8, 3, 500, 2), Check::Write);
+        // Recording a batch twice (snapshot, then WAL replay) keeps one entry.
+        let before = p.clone();
+        p.record(7, 1, 0, 1, 115);
+        assert_eq!(p, before);
     }
 
     #[test]

@@ -10,7 +10,9 @@ use ringtail_objstore::{Condition, ObjectStore, Part, StoreError};
 
 use std::collections::HashMap;
 
-use crate::manifest::{CommitError, Committed, LogStart, ManifestStore, ObjectRef};
+use crate::manifest::{
+    CommitError, Committed, LogStart, ManifestStore, ObjectRef, ProducerSnapshot,
+};
 use crate::object_format::{
     object_epoch, object_key, object_prefix, ObjectBuilder, ObjectIndex, Span,
 };
@@ -182,7 +184,11 @@ impl Tier {
 
     /// Uploads and commits an object, retrying store errors with backoff until it succeeds;
     /// returns its spans, or an error only if this shard has been fenced.
-    pub async fn upload(&self, sealed: Sealed) -> Result<Vec<Span>, CommitError> {
+    pub async fn upload(
+        &self,
+        sealed: Sealed,
+        producers: Vec<ProducerSnapshot>,
+    ) -> Result<Vec<Span>, CommitError> {
         let size: u64 = sealed.pieces.iter().map(|p| p.len() as u64).sum();
         let t = Instant::now();
         retry(&format!("upload {}", sealed.key), || {
@@ -204,6 +210,7 @@ impl Tier {
             let current = self.committed.borrow().clone();
             let mut next = current.manifest.clone();
             next.objects.push(object.clone());
+            next.producers = producers.clone();
             match self.manifests.commit(Some(&current), next).await {
                 Ok(c) => {
                     *self.committed.borrow_mut() = c;
@@ -282,6 +289,11 @@ impl Tier {
     /// The committed log starts (partitions that deleted data).
     pub fn committed_log_starts(&self) -> Vec<LogStart> {
         self.committed.borrow().manifest.log_starts.clone()
+    }
+
+    /// The idempotent producers' state as last committed.
+    pub fn committed_producers(&self) -> Vec<ProducerSnapshot> {
+        self.committed.borrow().manifest.producers.clone()
     }
 
     /// Deletes data in one manifest commit: removes the spans `drop` selects (retention,

@@ -145,3 +145,149 @@ async fn retried_batches_land_exactly_once_through_connection_cuts() {
         "retries of written batches reached the broker"
     );
 }
+
+/// One idempotent batch of `n` records from `producer_id`/`epoch` starting at `sequence`.
+fn idempotent_batch(producer_id: i64, epoch: i16, sequence: i32, n: i32) -> bytes::Bytes {
+    use kafka_protocol::records::*;
+    let records: Vec<Record> = (0..n)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id,
+            producer_epoch: epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: sequence + i,
+            // Now: an old timestamp would fall to the 7-day retention.ms default.
+            timestamp: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64,
+            key: None,
+            value: Some(bytes::Bytes::from(format!("{sequence}+{i}"))),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+/// The producer state survives kill -9 after its batches were uploaded and left the WAL: a
+/// retry reaching the restarted broker is still answered with the original offset; a gap and a
+/// stale epoch are still refused.
+#[test]
+fn producer_state_survives_a_restart_through_the_manifest() {
+    use common::raw::Raw;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+
+    let data = tempfile::tempdir().unwrap();
+    let args = ["--shards", "1", "--object-age-max-ms", "20"];
+    let b = TestBroker::start_at(data.path(), &args);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(common::create_topic(&b.bootstrap(), "idem", 1, &[]));
+    let produce = |raw: &mut Raw, batch: bytes::Bytes| -> (i16, i64) {
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("idem")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(batch))])]);
+        let r: ProduceResponse = raw.call(ApiKey::Produce, 9, &req);
+        let p = &r.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset)
+    };
+    let mut raw = Raw::connect(b.addr);
+    let init: InitProducerIdResponse = raw.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    assert_eq!(init.error_code, 0);
+    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+    assert_eq!(
+        produce(&mut raw, idempotent_batch(pid, epoch, 0, 3)),
+        (0, 0)
+    );
+    assert_eq!(
+        produce(&mut raw, idempotent_batch(pid, epoch, 3, 2)),
+        (0, 3)
+    );
+    // Uploaded and committed (the manifest now holds the producer's state).
+    let objects = data.path().join("objects/shards/0000/objects");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(&objects).map_or(0, |d| d.count()) == 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing uploaded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    b.kill9();
+
+    let b = TestBroker::start_at(data.path(), &args);
+    let mut raw = Raw::connect(b.addr);
+    assert_eq!(
+        produce(&mut raw, idempotent_batch(pid, epoch, 3, 2)),
+        (0, 3),
+        "a retry after the restart gets its original offset"
+    );
+    assert_eq!(
+        produce(&mut raw, idempotent_batch(pid, epoch, 9, 1)).0,
+        45,
+        "OUT_OF_ORDER_SEQUENCE_NUMBER"
+    );
+    assert_eq!(
+        produce(&mut raw, idempotent_batch(pid, epoch, 5, 1)),
+        (0, 5)
+    );
+    // A bumped epoch (KIP-360) fences the old one.
+    let bumped: InitProducerIdResponse = raw.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_producer_id(ProducerId(pid))
+            .with_producer_epoch(epoch),
+    );
+    assert_eq!(
+        (bumped.producer_id.0, bumped.producer_epoch),
+        (pid, epoch + 1)
+    );
+    assert_eq!(
+        produce(&mut raw, idempotent_batch(pid, epoch + 1, 0, 1)),
+        (0, 6)
+    );
+    assert_eq!(
+        produce(&mut raw, idempotent_batch(pid, epoch, 6, 1)).0,
+        47,
+        "INVALID_PRODUCER_EPOCH"
+    );
+    // A fresh id is never one handed out before the restart.
+    let fresh: InitProducerIdResponse = raw.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    assert!(fresh.producer_id.0 > pid);
+    let (read, _) = common::read_all(&b.bootstrap(), "idem", 1);
+    assert_eq!(read.len(), 7, "offsets 0..7, nothing twice");
+}
