@@ -30,6 +30,7 @@ pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 pub const NON_EMPTY_GROUP: i16 = 68;
 pub const GROUP_ID_NOT_FOUND: i16 = 69;
 pub const INVALID_GROUP_ID: i16 = 24;
+pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
 
 /// The offsets partition a group's records go to; the shard owning it coordinates the group.
 pub fn offsets_partition(group: &str, partitions: i32) -> i32 {
@@ -373,6 +374,25 @@ impl Coordinator {
     /// A deleted group is gone (its offsets were tombstoned first).
     pub fn forget(&self, group: &str) {
         self.groups.borrow_mut().remove(group);
+    }
+
+    /// OffsetDelete: per topic, whether its offsets may go (not while a member subscribes to
+    /// it); the group's error if it does not exist.
+    pub fn offsets_deletable(&self, group: &str, topics: &[String]) -> Result<Vec<i16>, i16> {
+        let groups = self.groups.borrow();
+        let Some(e) = groups.get(group) else {
+            return Err(GROUP_ID_NOT_FOUND);
+        };
+        Ok(topics
+            .iter()
+            .map(|t| {
+                if !e.group.members.is_empty() && e.group.subscribed_to(t) {
+                    GROUP_SUBSCRIBED_TO_TOPIC
+                } else {
+                    0
+                }
+            })
+            .collect())
     }
 
     /// A group may be deleted only while it has no members: the offsets it holds.

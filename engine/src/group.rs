@@ -624,6 +624,42 @@ impl Group {
     }
 }
 
+/// The topics a consumer-protocol subscription names (ConsumerProtocolSubscription: version
+/// i16, topics [string], ...). None if the bytes are not one.
+pub fn consumer_subscription(metadata: &[u8]) -> Option<Vec<String>> {
+    let mut at = 2usize; // version
+    let read_i32 = |at: &mut usize| -> Option<i32> {
+        let b = metadata.get(*at..*at + 4)?;
+        *at += 4;
+        Some(i32::from_be_bytes(b.try_into().ok()?))
+    };
+    let count = read_i32(&mut at)?;
+    if count < 0 || count as usize > metadata.len() {
+        return None;
+    }
+    let mut topics = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let len = i16::from_be_bytes(metadata.get(at..at + 2)?.try_into().ok()?);
+        at += 2;
+        let name = metadata.get(at..at + len.max(0) as usize)?;
+        at += len.max(0) as usize;
+        topics.push(String::from_utf8(name.to_vec()).ok()?);
+    }
+    Some(topics)
+}
+
+impl Group {
+    /// Whether a member's subscription names `topic` (consumer protocol groups only).
+    pub fn subscribed_to(&self, topic: &str) -> bool {
+        self.protocol_type.as_deref() == Some("consumer")
+            && self.members.values().any(|m| {
+                m.protocols.iter().any(|(_, meta)| {
+                    consumer_subscription(meta).is_some_and(|ts| ts.iter().any(|t| t == topic))
+                })
+            })
+    }
+}
+
 fn fail_with_id(error: i16, member_id: String) -> (Answer<JoinResult>, Vec<Completed>) {
     (
         Answer::Now(JoinResult::error(error, &member_id)),
@@ -823,6 +859,26 @@ mod tests {
         );
         let generation = g.generation;
         assert!(generation >= 2, "generations only grow");
+    }
+
+    #[test]
+    fn consumer_subscriptions_parse_and_garbage_does_not() {
+        // version 1, topics ["orders", "b"], then user data we ignore.
+        let mut m = vec![0, 1, 0, 0, 0, 2, 0, 6];
+        m.extend_from_slice(b"orders");
+        m.extend_from_slice(&[0, 1, b'b', 0, 0, 0, 0]);
+        assert_eq!(
+            consumer_subscription(&m),
+            Some(vec!["orders".to_string(), "b".into()])
+        );
+        assert_eq!(consumer_subscription(&m[..9]), None);
+        assert_eq!(consumer_subscription(&[0, 0, 0x7f, 0xff, 0xff, 0xff]), None);
+        let mut g = Group::new("g", 0);
+        let mut r = join("", &["range"]);
+        r.instance_id = Some("i".into());
+        r.protocols = vec![("range".into(), Bytes::from(m))];
+        g.join(0, r);
+        assert!(g.subscribed_to("orders") && !g.subscribed_to("other"));
     }
 
     #[test]

@@ -475,6 +475,32 @@ async fn stale_or_unknown_members_get_errors_and_change_nothing() {
     assert_eq!(f.error_code, 0);
     assert_eq!(f.topics.len(), 1);
     assert_eq!(f.topics[0].partitions[0].committed_offset, 5);
+    // OffsetDelete: the raw member subscribes to nothing the consumer protocol can read, so its
+    // offsets for "grp" may go; for a group nobody knows, GROUP_ID_NOT_FOUND.
+    let delete_offsets = |g: &str| {
+        use kafka_protocol::messages::offset_delete_request::*;
+        OffsetDeleteRequest::default()
+            .with_group_id(group(g))
+            .with_topics(vec![OffsetDeleteRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("grp")))
+                .with_partitions(vec![
+                    OffsetDeleteRequestPartition::default().with_partition_index(0)
+                ])])
+    };
+    let d: OffsetDeleteResponse = raw.call(ApiKey::OffsetDelete, 0, &delete_offsets("raw"));
+    assert_eq!((d.error_code, d.topics[0].partitions[0].error_code), (0, 0));
+    let d: OffsetDeleteResponse = raw.call(ApiKey::OffsetDelete, 0, &delete_offsets("nobody"));
+    assert_eq!(d.error_code, 69, "GROUP_ID_NOT_FOUND");
+    let f: OffsetFetchResponse = raw.call(
+        ApiKey::OffsetFetch,
+        5,
+        &OffsetFetchRequest::default()
+            .with_group_id(group("raw"))
+            .with_topics(None),
+    );
+    assert!(f.topics.is_empty(), "the offset is gone");
+    let c: OffsetCommitResponse = raw.call(ApiKey::OffsetCommit, 7, &commit(&me, 1, 5));
+    assert_eq!(commit_code(c), 0);
     // A group nobody knows has no offsets; deleting a group with members is refused.
     let f: OffsetFetchResponse = raw.call(
         ApiKey::OffsetFetch,

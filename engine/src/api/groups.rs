@@ -612,3 +612,64 @@ pub async fn delete_groups(broker: &Broker, request: DeleteGroupsRequest) -> Del
     }
     DeleteGroupsResponse::default().with_results(results)
 }
+
+pub async fn offset_delete(broker: &Broker, request: OffsetDeleteRequest) -> OffsetDeleteResponse {
+    use kafka_protocol::messages::offset_delete_response::{
+        OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+    };
+    let group = request.group_id.to_string();
+    let topics: Vec<(String, Vec<i32>)> = request
+        .topics
+        .iter()
+        .map(|t| {
+            (
+                t.name.to_string(),
+                t.partitions.iter().map(|p| p.partition_index).collect(),
+            )
+        })
+        .collect();
+    let wanted = topics.clone();
+    let g = group.clone();
+    let result = on_coordinator(broker, &group, move |state, offsets| {
+        Box::pin(async move {
+            let names: Vec<String> = wanted.iter().map(|(t, _)| t.clone()).collect();
+            let codes = state.coordinator.offsets_deletable(&g, &names)?;
+            let tombstones: Vec<OffsetChange> = wanted
+                .iter()
+                .zip(&codes)
+                .filter(|(_, code)| **code == 0)
+                .flat_map(|((t, ps), _)| ps.iter().map(move |p| (t.clone(), *p, None)))
+                .collect();
+            match write_offsets(&state, &offsets, &g, tombstones).await {
+                0 => Ok(codes),
+                e => Err(e),
+            }
+        })
+    })
+    .await;
+    let codes = match result {
+        Ok(Ok(codes)) => codes,
+        Ok(Err(code)) | Err(code) => {
+            return OffsetDeleteResponse::default().with_error_code(code);
+        }
+    };
+    OffsetDeleteResponse::default().with_topics(
+        topics
+            .into_iter()
+            .zip(codes)
+            .map(|((t, ps), code)| {
+                OffsetDeleteResponseTopic::default()
+                    .with_name(TopicName(text(t)))
+                    .with_partitions(
+                        ps.into_iter()
+                            .map(|p| {
+                                OffsetDeleteResponsePartition::default()
+                                    .with_partition_index(p)
+                                    .with_error_code(code)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
+}

@@ -48,6 +48,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 pub fn supported(api_key: ApiKey, version: i16) -> bool {
@@ -187,6 +188,7 @@ pub async fn handle(broker: &Broker, header: &Header, body: Body) -> Reply {
         RequestKind::ListGroups(r) => {
             respond(header, &groups::list_groups(broker, header, r).await)
         }
+        RequestKind::OffsetDelete(r) => respond(header, &groups::offset_delete(broker, r).await),
         RequestKind::InitProducerId(r) => {
             respond(header, &init_producer_id::handle(broker, r).await)
         }
