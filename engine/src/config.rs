@@ -78,6 +78,10 @@ pub struct ServeArgs {
     /// completes (Kafka's group.initial.rebalance.delay.ms).
     #[arg(long, env = "RINGTAIL_GROUP_INITIAL_REBALANCE_DELAY_MS")]
     pub group_initial_rebalance_delay_ms: Option<u64>,
+    /// Compact a `__consumer_offsets` partition once it holds this many records beyond the
+    /// live offsets.
+    #[arg(long, env = "RINGTAIL_OFFSETS_COMPACT_RECORDS")]
+    pub offsets_compact_records: Option<u64>,
     /// Address of the Prometheus metrics endpoint (`/metrics`, `/health`); `none` turns it off.
     #[arg(long, env = "RINGTAIL_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -111,6 +115,7 @@ struct FileConfig {
     hot_cache_bytes_per_shard: Option<u64>,
     metrics_listen: Option<String>,
     group_initial_rebalance_delay_ms: Option<u64>,
+    offsets_compact_records: Option<u64>,
 }
 
 /// The settled configuration.
@@ -143,6 +148,7 @@ pub struct Config {
     /// None: no metrics endpoint.
     pub metrics_listen: Option<SocketAddr>,
     pub group_initial_rebalance_delay_ms: u64,
+    pub offsets_compact_records: u64,
 }
 
 /// Where objects go.
@@ -302,6 +308,10 @@ impl Config {
                 ),
                 None => Some("127.0.0.1:9644".parse().unwrap()),
             },
+            offsets_compact_records: args
+                .offsets_compact_records
+                .or(file.offsets_compact_records)
+                .unwrap_or(100_000),
             group_initial_rebalance_delay_ms: args
                 .group_initial_rebalance_delay_ms
                 .or(file.group_initial_rebalance_delay_ms)

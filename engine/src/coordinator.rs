@@ -134,15 +134,65 @@ pub struct Coordinator {
     /// The shard's offsets partitions have been replayed.
     pub loaded: Cell<bool>,
     initial_delay_ms: u64,
+    /// Records written to (or replayed from) each offsets partition since its last compaction.
+    records_since_compaction: RefCell<HashMap<i32, u64>>,
+    /// Compact a partition once it has this many records beyond its live offsets.
+    compact_after_records: u64,
+    /// A compaction is running: new commits wait (so the snapshot is the latest state).
+    compacting: Cell<bool>,
+    commits_in_flight: Cell<usize>,
 }
 
 impl Coordinator {
-    pub fn new(initial_delay_ms: u64) -> Coordinator {
+    pub fn new(initial_delay_ms: u64, compact_after_records: u64) -> Coordinator {
         Coordinator {
             groups: RefCell::new(HashMap::new()),
             loaded: Cell::new(false),
             initial_delay_ms,
+            records_since_compaction: RefCell::new(HashMap::new()),
+            compact_after_records: compact_after_records.max(1),
+            compacting: Cell::new(false),
+            commits_in_flight: Cell::new(0),
         }
+    }
+
+    fn count_records(&self, partition: i32, n: u64) {
+        *self
+            .records_since_compaction
+            .borrow_mut()
+            .entry(partition)
+            .or_default() += n;
+    }
+
+    /// An offsets partition whose log has grown past the threshold, if any.
+    fn due_for_compaction(&self) -> Option<i32> {
+        let live = self.live_offsets_count() as u64;
+        self.records_since_compaction
+            .borrow()
+            .iter()
+            .find(|(_, n)| **n > self.compact_after_records + live)
+            .map(|(p, _)| *p)
+    }
+
+    fn live_offsets_count(&self) -> usize {
+        self.groups.borrow().values().map(|e| e.offsets.len()).sum()
+    }
+
+    /// Every live offset of the groups on `partition` (of `partitions`).
+    fn snapshot(&self, partition: i32, partitions: i32) -> Vec<(String, Vec<OffsetChange>)> {
+        self.groups
+            .borrow()
+            .iter()
+            .filter(|(g, e)| !e.offsets.is_empty() && offsets_partition(g, partitions) == partition)
+            .map(|(g, e)| {
+                let changes = e
+                    .offsets
+                    .iter()
+                    .map(|((t, p), c)| (t.clone(), *p, Some(c.clone())))
+                    .collect();
+                (g.clone(), changes)
+            })
+            .collect()
     }
 
     fn with_group<T>(&self, id: &str, f: impl FnOnce(&mut Entry) -> T) -> T {
@@ -435,6 +485,29 @@ pub async fn write_offsets(
         }
     };
     let partition = offsets_partition(group, offsets_topic.partitions);
+    let coordinator = &state.coordinator;
+    while coordinator.compacting.get() {
+        ringtail_shards::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    coordinator.count_records(partition, changes.len() as u64);
+    coordinator
+        .commits_in_flight
+        .set(coordinator.commits_in_flight.get() + 1);
+    let done = produce_changes(state, offsets_topic, partition, group, changes, batches).await;
+    coordinator
+        .commits_in_flight
+        .set(coordinator.commits_in_flight.get() - 1);
+    done
+}
+
+async fn produce_changes(
+    state: &Rc<ShardState>,
+    offsets_topic: &Arc<TopicMeta>,
+    partition: i32,
+    group: &str,
+    changes: Vec<OffsetChange>,
+    batches: Vec<ringtail_netio::batch::ValidBatch>,
+) -> i16 {
     let item = ProduceItem {
         key: PartitionKey {
             topic_id: offsets_topic.id,
@@ -455,6 +528,77 @@ pub async fn write_offsets(
         }
         None => COORDINATOR_NOT_AVAILABLE,
     }
+}
+
+/// Compacts an offsets partition that grew past its threshold: rewrites every live offset of
+/// its groups (commits wait meanwhile, so this is the latest state), then deletes the records
+/// before the rewrite (DeleteRecords: memory, WAL and objects let them go). Replay after a
+/// restart reads the rewrite and what followed; the last record of each key still wins.
+pub async fn compact_if_due(state: &Rc<ShardState>, offsets_topic: &Arc<TopicMeta>) {
+    let coordinator = &state.coordinator;
+    if !coordinator.loaded.get() || coordinator.compacting.get() {
+        return;
+    }
+    let Some(partition) = coordinator.due_for_compaction() else {
+        return;
+    };
+    coordinator.compacting.set(true);
+    while coordinator.commits_in_flight.get() > 0 {
+        ringtail_shards::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let key = PartitionKey {
+        topic_id: offsets_topic.id,
+        partition,
+    };
+    let end = state
+        .list_offsets(vec![crate::shard::ListItem { key, timestamp: -1 }])
+        .await[0]
+        .offset;
+    let mut ok = true;
+    let mut rewritten = 0usize;
+    for (group, changes) in coordinator.snapshot(partition, offsets_topic.partitions) {
+        rewritten += changes.len();
+        let records: Vec<(Option<Bytes>, Option<Bytes>)> = changes
+            .iter()
+            .map(|c| {
+                let (k, v) = encode_change(&group, c);
+                (Some(k), v)
+            })
+            .collect();
+        let bytes = ringtail_netio::batch::encode_records(records, now_ms());
+        let Ok(batches) = ringtail_netio::batch::split_and_validate(bytes, usize::MAX) else {
+            ok = false;
+            break;
+        };
+        if produce_changes(state, offsets_topic, partition, &group, changes, batches).await != 0 {
+            ok = false;
+            break;
+        }
+    }
+    if ok && end > 0 {
+        let deleted = state
+            .delete_records(vec![crate::shard::DeleteItem { key, offset: end }])
+            .await;
+        ok = deleted[0].error == 0;
+    }
+    if ok {
+        coordinator
+            .records_since_compaction
+            .borrow_mut()
+            .insert(partition, rewritten as u64);
+        tracing::info!(
+            partition,
+            below = end,
+            live = rewritten,
+            "compacted committed offsets"
+        );
+    } else {
+        tracing::warn!(
+            partition,
+            "compacting committed offsets failed; retrying later"
+        );
+    }
+    coordinator.compacting.set(false);
 }
 
 /// Replays the offsets partitions this shard owns (start-up), then marks the coordinator
@@ -515,6 +659,7 @@ pub async fn load_offsets(
                     match decode_change(&key, r.value.as_deref()) {
                         Some((group, change)) => {
                             state.coordinator.apply(&group, vec![change]);
+                            state.coordinator.count_records(partition, 1);
                             records += 1;
                         }
                         None => tracing::warn!(

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use ringtail_engine::catalog::{Catalog, TopicMeta};
 use ringtail_engine::config::{Config, ObjectStoreUrl, ServeArgs};
+use ringtail_engine::coordinator::Coordinator;
 use ringtail_engine::mirror::CatalogMirror;
 use ringtail_engine::partitions::{ShardState, ShardStats};
 use ringtail_engine::server::serve_connection;
@@ -122,7 +123,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 tier,
                 config.hot_cache_bytes_per_shard,
                 ctx.id,
-                config.group_initial_rebalance_delay_ms,
+                Coordinator::new(
+                    config.group_initial_rebalance_delay_ms,
+                    config.offsets_compact_records,
+                ),
             )
             .await
             {
@@ -217,25 +221,25 @@ async fn shard_main(
     });
     // Group coordination: replay the committed offsets this shard keeps, and run the groups'
     // clocks (session timeouts, rebalance deadlines).
-    if let Some(offsets) = broker
+    let offsets = broker
         .catalog
         .snapshot()
         .by_name(ringtail_engine::coordinator::OFFSETS_TOPIC)
         .cloned()
-    {
-        let mine: Vec<i32> = (0..offsets.partitions)
-            .filter(|&p| broker.owner(&offsets, p) == ctx.id)
-            .collect();
-        ringtail_shards::spawn_detached(ringtail_engine::coordinator::load_offsets(
-            broker.state.clone(),
-            offsets,
-            mine,
-        ));
-    }
+        .expect("created at start");
+    let mine: Vec<i32> = (0..offsets.partitions)
+        .filter(|&p| broker.owner(&offsets, p) == ctx.id)
+        .collect();
+    ringtail_shards::spawn_detached(ringtail_engine::coordinator::load_offsets(
+        broker.state.clone(),
+        offsets.clone(),
+        mine,
+    ));
     let clock = Rc::downgrade(&broker.state);
     ringtail_shards::spawn_detached(async move {
         while let Some(state) = clock.upgrade() {
             state.coordinator.tick();
+            ringtail_engine::coordinator::compact_if_due(&state, &offsets).await;
             drop(state);
             ringtail_shards::sleep(GROUP_TICK).await;
         }

@@ -143,7 +143,7 @@ impl ShardState {
         tier: Option<Tier>,
         hot_cache_bytes: u64,
         shard: usize,
-        group_initial_delay_ms: u64,
+        coordinator: Coordinator,
     ) -> Result<Rc<ShardState>, WalError> {
         ringtail_wal::create_or_check(config)?;
         let recovery = ringtail_wal::recover(&config.path)?;
@@ -161,7 +161,7 @@ impl ShardState {
                 shard,
                 ..ShardStats::default()
             }),
-            coordinator: Coordinator::new(group_initial_delay_ms),
+            coordinator,
         });
         if let Some(tier) = &state.tier {
             state.load_cold(

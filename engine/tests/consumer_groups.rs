@@ -544,3 +544,94 @@ async fn stale_or_unknown_members_get_errors_and_change_nothing() {
     );
     assert!(f.topics.is_empty(), "deleted with its offsets");
 }
+
+/// The offsets log is compacted: after many commits its old records are deleted (the log start
+/// moves), the live offsets are rewritten, and they read back the same, also after kill -9.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_offsets_log_is_compacted_and_still_replays() {
+    use common::raw::Raw;
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+
+    let data = tempfile::tempdir().unwrap();
+    let args = [
+        "--shards",
+        "1",
+        "--offsets-compact-records",
+        "20",
+        "--object-age-max-ms",
+        "50",
+    ];
+    let b = TestBroker::start_at(data.path(), &args);
+    common::create_topic(&b.bootstrap(), "grp", PARTITIONS, &[]).await;
+    let mut raw = Raw::connect(b.addr);
+    for round in 1..=30i64 {
+        // Simple commits: no membership (generation -1), as tools and `assign()` users do.
+        let req = OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("cg")))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("grp")))
+                .with_partitions(
+                    (0..PARTITIONS)
+                        .map(|p| {
+                            OffsetCommitRequestPartition::default()
+                                .with_partition_index(p)
+                                .with_committed_offset(round * 10 + p as i64)
+                        })
+                        .collect(),
+                )]);
+        let r: OffsetCommitResponse = raw.call(ApiKey::OffsetCommit, 7, &req);
+        assert!(r.topics[0].partitions.iter().all(|p| p.error_code == 0));
+    }
+    let offsets = |b: &TestBroker| -> Vec<i64> {
+        let mut raw = Raw::connect(b.addr);
+        let f = loop {
+            let f: OffsetFetchResponse = raw.call(
+                ApiKey::OffsetFetch,
+                5,
+                &OffsetFetchRequest::default()
+                    .with_group_id(GroupId(StrBytes::from_static_str("cg")))
+                    .with_topics(None),
+            );
+            // COORDINATOR_LOAD_IN_PROGRESS right after a start: clients retry.
+            if f.error_code != 14 {
+                break f;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(f.error_code, 0);
+        let mut o: Vec<(i32, i64)> = f.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.partition_index, p.committed_offset))
+            .collect();
+        o.sort();
+        o.into_iter().map(|(_, o)| o).collect()
+    };
+    let want: Vec<i64> = (0..PARTITIONS as i64).map(|p| 300 + p).collect();
+    assert_eq!(offsets(&b), want);
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (low, high) = c
+            .fetch_watermarks("__consumer_offsets", 0, Duration::from_secs(10))
+            .unwrap();
+        if low > 0 && high - low < 180 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never compacted: {low}..{high}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(b.log_contains("compacted committed offsets"));
+    drop(c);
+    b.kill9();
+    let b = TestBroker::start_at(data.path(), &args);
+    assert_eq!(offsets(&b), want, "replayed from the compacted log");
+}
