@@ -21,7 +21,12 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 const PARTITIONS: i32 = 6;
 
 fn member(b: &TestBroker, group: &str, name: &str) -> BaseConsumer {
+    member_with(b, group, name, "range,roundrobin")
+}
+
+fn member_with(b: &TestBroker, group: &str, name: &str, assignors: &str) -> BaseConsumer {
     let c: BaseConsumer = ClientConfig::new()
+        .set("partition.assignment.strategy", assignors)
         .set("bootstrap.servers", b.bootstrap())
         .set("group.id", group)
         .set("client.id", name)
@@ -634,4 +639,59 @@ async fn the_offsets_log_is_compacted_and_still_replays() {
     b.kill9();
     let b = TestBroker::start_at(data.path(), &args);
     assert_eq!(offsets(&b), want, "replayed from the compacted log");
+}
+
+/// librdkafka's cooperative-sticky assignor (incremental rebalances over the classic protocol):
+/// members split the partitions, one leaves, the other takes them over; nothing is delivered
+/// again after a commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooperative_sticky_members_rebalance_incrementally() {
+    let b = TestBroker::start(&["--shards", "2", "--group-initial-rebalance-delay-ms", "500"]);
+    common::create_topic(&b.bootstrap(), "grp", PARTITIONS, &[]).await;
+    let mut ledger = Ledger::default();
+    let c1 = member_with(&b, "coop", "rdkafka-1", "cooperative-sticky");
+    let c2 = member_with(&b, "coop", "rdkafka-2", "cooperative-sticky");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "never split: {:?} {:?}",
+            assignment(&c1),
+            assignment(&c2)
+        );
+        poll(&c1, "rdkafka-1", &mut ledger);
+        poll(&c2, "rdkafka-2", &mut ledger);
+        let (a1, a2) = (assignment(&c1), assignment(&c2));
+        if !a1.is_empty()
+            && !a2.is_empty()
+            && a1.len() + a2.len() == PARTITIONS as usize
+            && a1.is_disjoint(&a2)
+        {
+            break;
+        }
+    }
+    produce(&b, 20, "a").await;
+    let deadline = Instant::now() + TIMEOUT;
+    while ledger.distinct() < 120 {
+        assert!(
+            Instant::now() < deadline,
+            "consumed {} of 120",
+            ledger.distinct()
+        );
+        poll(&c1, "rdkafka-1", &mut ledger);
+        poll(&c2, "rdkafka-2", &mut ledger);
+    }
+    drop(c2);
+    produce(&b, 5, "b").await;
+    let deadline = Instant::now() + TIMEOUT;
+    while ledger.distinct() < 150 {
+        assert!(
+            Instant::now() < deadline,
+            "consumed {} of 150",
+            ledger.distinct()
+        );
+        poll(&c1, "rdkafka-1", &mut ledger);
+    }
+    ledger.assert_once();
+    assert_eq!(assignment(&c1).len(), PARTITIONS as usize);
 }
