@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::catalog::{Snapshot, TopicMeta};
 use crate::coordinator::Coordinator;
 use crate::log::{MemLog, PartitionLog};
-use crate::manifest::{LogStart, ObjectRef, ProducerSnapshot};
+use crate::manifest::ProducerSnapshot;
 use crate::object_format::Span;
 use crate::producers::{Check, Producers, Written};
 use crate::shard::{
@@ -164,12 +164,7 @@ impl ShardState {
             coordinator,
         });
         if let Some(tier) = &state.tier {
-            state.load_cold(
-                tier.committed_objects(),
-                tier.committed_log_starts(),
-                snapshot,
-            );
-            state.load_producers(tier.committed_producers(), snapshot);
+            state.load_committed(tier, snapshot);
         }
         let live = state
             .rebuild(&recovery, snapshot)
@@ -219,75 +214,42 @@ impl ShardState {
         }
     }
 
-    /// Partitions learn which committed objects hold their older batches, and where their
-    /// logs start when older data was deleted.
-    fn load_cold(&self, objects: Vec<ObjectRef>, starts: Vec<LogStart>, snapshot: &Snapshot) {
+    /// Partitions learn which committed objects hold their older batches, where their logs
+    /// start when older data was deleted, and their idempotent producers as of the last commit
+    /// (the WAL replay adds what followed).
+    fn load_committed(&self, tier: &Tier, snapshot: &Snapshot) {
         let mut parts = self.partitions.borrow_mut();
-        for start in starts {
-            let pk = PartitionKey {
-                topic_id: Uuid::from_bytes(start.topic_id),
-                partition: start.partition,
-            };
-            let Some(topic) = snapshot
-                .by_id(&pk.topic_id)
-                .filter(|t| pk.partition < t.partitions)
-                .cloned()
-            else {
-                continue;
-            };
-            let p = parts.entry(pk).or_insert_with(|| Partition::new(topic));
-            p.deleted_below = start.offset;
-            // Everything below is gone for good: the log continues at or after it.
-            p.uploaded_end = p.uploaded_end.max(start.offset);
-        }
-        for object in objects {
-            let key: Arc<str> = object.key.as_str().into();
-            for span in object.spans {
-                let pk = PartitionKey {
-                    topic_id: Uuid::from_bytes(span.topic_id),
-                    partition: span.partition,
-                };
-                let Some(topic) = snapshot
-                    .by_id(&pk.topic_id)
-                    .filter(|t| pk.partition < t.partitions)
-                    .cloned()
-                else {
-                    continue;
-                };
-                let p = parts.entry(pk).or_insert_with(|| Partition::new(topic));
-                p.uploaded_end = p.uploaded_end.max(span.last_offset + 1);
-                p.cold.insert(span.base_offset, (key.clone(), span));
+        let parts = &mut *parts;
+        for start in tier.committed_log_starts() {
+            if let Some(p) = named_partition(parts, snapshot, start.topic_id, start.partition) {
+                p.deleted_below = start.offset;
+                // Everything below is gone for good: the log continues at or after it.
+                p.uploaded_end = p.uploaded_end.max(start.offset);
             }
         }
-    }
-
-    /// Idempotent producers as of the last manifest commit (the WAL replay adds what followed).
-    fn load_producers(&self, producers: Vec<ProducerSnapshot>, snapshot: &Snapshot) {
-        let mut parts = self.partitions.borrow_mut();
-        for s in producers {
-            let pk = PartitionKey {
-                topic_id: Uuid::from_bytes(s.topic_id),
-                partition: s.partition,
-            };
-            let Some(topic) = snapshot
-                .by_id(&pk.topic_id)
-                .filter(|t| pk.partition < t.partitions)
-                .cloned()
-            else {
-                continue;
-            };
-            let p = parts.entry(pk).or_insert_with(|| Partition::new(topic));
-            let entry = p.producers.by_id.entry(s.producer_id).or_default();
-            entry.epoch = s.epoch;
-            entry.recent = s
-                .recent
-                .into_iter()
-                .map(|(first_seq, last_seq, base_offset)| Written {
-                    first_seq,
-                    last_seq,
-                    base_offset,
-                })
-                .collect();
+        for object in tier.committed_objects() {
+            let key: Arc<str> = object.key.as_str().into();
+            for span in object.spans {
+                if let Some(p) = named_partition(parts, snapshot, span.topic_id, span.partition) {
+                    p.uploaded_end = p.uploaded_end.max(span.last_offset + 1);
+                    p.cold.insert(span.base_offset, (key.clone(), span));
+                }
+            }
+        }
+        for s in tier.committed_producers() {
+            if let Some(p) = named_partition(parts, snapshot, s.topic_id, s.partition) {
+                let entry = p.producers.by_id.entry(s.producer_id).or_default();
+                entry.epoch = s.epoch;
+                entry.recent = s
+                    .recent
+                    .into_iter()
+                    .map(|(first_seq, last_seq, base_offset)| Written {
+                        first_seq,
+                        last_seq,
+                        base_offset,
+                    })
+                    .collect();
+            }
         }
     }
 
@@ -849,6 +811,25 @@ impl ShardState {
             .retain(|k, _| k.topic_id != topic_id);
         self.trim_wal();
     }
+}
+
+/// The partition of a live topic that a manifest entry names, created if new; None for
+/// entries of deleted topics or partitions (the next deletion pass drops them).
+fn named_partition<'a>(
+    parts: &'a mut HashMap<PartitionKey, Partition>,
+    snapshot: &Snapshot,
+    topic_id: [u8; 16],
+    index: i32,
+) -> Option<&'a mut Partition> {
+    let pk = PartitionKey {
+        topic_id: Uuid::from_bytes(topic_id),
+        partition: index,
+    };
+    let topic = snapshot
+        .by_id(&pk.topic_id)
+        .filter(|t| index < t.partitions)
+        .cloned()?;
+    Some(parts.entry(pk).or_insert_with(|| Partition::new(topic)))
 }
 
 fn wake(waiters: impl Iterator<Item = Waiter>) {
