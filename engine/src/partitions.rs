@@ -485,6 +485,7 @@ impl ShardState {
         // The last offset the answer waits for (a duplicate's original may still be in flight).
         let mut last_offset = p.next_offset - 1;
         let mut tickets = Vec::with_capacity(item.batches.len());
+        let mut duplicates = Vec::new();
         for mut batch in item.batches {
             let h = batch.header;
             match p.producers.check(
@@ -495,6 +496,7 @@ impl ShardState {
             ) {
                 Check::Write => {}
                 Check::Duplicate(original) => {
+                    duplicates.push((h.producer_id, original));
                     tracing::info!(topic = %item.topic.name, partition = item.key.partition, producer = h.producer_id, sequence = h.base_sequence, original, "duplicate batch answered with its original offset");
                     base_offset.get_or_insert(original);
                     last_offset = last_offset.max(original + h.last_offset_delta as i64);
@@ -529,14 +531,14 @@ impl ShardState {
                     p.next_offset = header.last_offset() + 1;
                     base_offset.get_or_insert(header.base_offset);
                     last_offset = header.last_offset();
-                    p.producers.record(
+                    p.producers.start(
                         header.producer_id,
                         header.producer_epoch,
                         header.base_sequence,
                         header.record_count,
                         header.base_offset,
                     );
-                    tickets.push(ticket);
+                    tickets.push((ticket, header.producer_id, header.base_offset));
                 }
                 // Batches already queued for this partition still land; the producer sees an
                 // error and retries the request (idempotence off: possibly a duplicate, as with
@@ -554,6 +556,7 @@ impl ShardState {
         });
         Ok(Started {
             tickets,
+            duplicate_of: duplicates,
             uploaded,
             base_offset: base_offset.unwrap_or(p.next_offset),
             last_offset,
@@ -579,28 +582,52 @@ impl ShardState {
     }
 
     async fn finish_produce(&self, s: Started) -> ProduceOutcome {
-        for t in s.tickets {
-            match t.await {
-                Ok(Ok(())) => {}
+        let mut failed = false;
+        for (t, producer_id, base_offset) in s.tickets {
+            let ok = match t.await {
+                Ok(Ok(())) => true,
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "produce failed in the WAL");
-                    return ProduceOutcome::error(ResponseError::KafkaStorageError.code());
+                    false
                 }
-                Err(_) => return ProduceOutcome::error(ResponseError::KafkaStorageError.code()),
+                Err(_) => false,
+            };
+            if !ok {
+                // Its retry must be written anew, not answered as a duplicate.
+                if let Some(p) = self.partitions.borrow_mut().get_mut(&s.key) {
+                    p.producers.abandon(producer_id, base_offset);
+                }
+                failed = true;
             }
+        }
+        if failed {
+            return ProduceOutcome::error(ResponseError::KafkaStorageError.code());
         }
         if let Some(uploaded) = s.uploaded {
             if uploaded.await.is_err() {
                 return ProduceOutcome::error(ResponseError::KafkaStorageError.code());
             }
         }
-        // A duplicate whose original is still being written waits for it.
+        // A duplicate whose original is still being written waits for it; if the original's
+        // write failed, so does the duplicate (the producer retries it, and it is written anew).
         loop {
-            let durable = self
-                .partitions
-                .borrow()
-                .get(&s.key)
-                .is_none_or(|p| p.log.log_end_offset().max(p.uploaded_end) > s.last_offset);
+            let (durable, abandoned) = match self.partitions.borrow().get(&s.key) {
+                None => (true, false),
+                Some(p) => (
+                    p.log.log_end_offset().max(p.uploaded_end) > s.last_offset,
+                    s.duplicate_of.iter().any(|&(pid, base)| {
+                        !p.producers.is_in_flight(pid, base)
+                            && !p
+                                .producers
+                                .by_id
+                                .get(&pid)
+                                .is_some_and(|e| e.recent.iter().any(|w| w.base_offset == base))
+                    }),
+                ),
+            };
+            if abandoned && !durable {
+                return ProduceOutcome::error(ResponseError::KafkaStorageError.code());
+            }
             if durable {
                 break;
             }
@@ -633,6 +660,13 @@ impl ShardState {
                     continue;
                 };
                 p.log.append(tag.header, tag.bytes.clone());
+                p.producers.record(
+                    tag.header.producer_id,
+                    tag.header.producer_epoch,
+                    tag.header.base_sequence,
+                    tag.header.record_count,
+                    tag.header.base_offset,
+                );
                 if let Some(tier) = &self.tier {
                     tier.add(
                         *tag.key.topic_id.as_bytes(),
@@ -841,7 +875,10 @@ fn wake(waiters: impl Iterator<Item = Waiter>) {
 }
 
 struct Started {
-    tickets: Vec<oneshot::Receiver<Result<(), WalError>>>,
+    /// Each batch's WAL ticket, with its producer id and base offset.
+    tickets: Vec<(oneshot::Receiver<Result<(), WalError>>, i64, i64)>,
+    /// A duplicate answered with the original: (producer id, original base offset).
+    duplicate_of: Vec<(i64, i64)>,
     /// `durability=object`: resolves once the last offset is in a committed object.
     uploaded: Option<oneshot::Receiver<()>>,
     base_offset: i64,

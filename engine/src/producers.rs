@@ -28,7 +28,24 @@ pub struct Written {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProducerEntry {
     pub epoch: i16,
+    /// Durable batches, oldest first (what a manifest snapshot holds).
     pub recent: VecDeque<Written>,
+    /// Batches accepted but not durable yet, in write order: a retry of one waits for it; if
+    /// its write fails it is forgotten and the retry is written anew.
+    pub in_flight: VecDeque<Written>,
+}
+
+impl ProducerEntry {
+    fn latest(&self) -> Option<&Written> {
+        self.in_flight.back().or(self.recent.back())
+    }
+
+    fn find(&self, first_seq: i32, last_seq: i32) -> Option<&Written> {
+        self.recent
+            .iter()
+            .chain(&self.in_flight)
+            .find(|w| w.first_seq == first_seq && w.last_seq == last_seq)
+    }
 }
 
 /// What to do with a batch.
@@ -85,14 +102,10 @@ impl Producers {
             };
         }
         let last_seq = last_sequence(first_seq, record_count);
-        if let Some(w) = entry
-            .recent
-            .iter()
-            .find(|w| w.first_seq == first_seq && w.last_seq == last_seq)
-        {
+        if let Some(w) = entry.find(first_seq, last_seq) {
             return Check::Duplicate(w.base_offset);
         }
-        match entry.recent.back() {
+        match entry.latest() {
             Some(last) if first_seq != next_sequence(last.last_seq) => {
                 Check::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
             }
@@ -100,7 +113,33 @@ impl Producers {
         }
     }
 
-    /// Records a batch that is being written at `base_offset`.
+    /// Records a batch accepted for writing at `base_offset` (not durable yet).
+    pub fn start(
+        &mut self,
+        producer_id: i64,
+        epoch: i16,
+        first_seq: i32,
+        record_count: i32,
+        base_offset: i64,
+    ) {
+        if producer_id < 0 {
+            return;
+        }
+        let entry = self.by_id.entry(producer_id).or_default();
+        if epoch != entry.epoch {
+            entry.epoch = epoch;
+            entry.recent.clear();
+            entry.in_flight.clear();
+        }
+        entry.in_flight.push_back(Written {
+            first_seq,
+            last_seq: last_sequence(first_seq, record_count),
+            base_offset,
+        });
+    }
+
+    /// A batch is durable (written, or replayed from the WAL at start): it joins the batches a
+    /// retry is checked against and a snapshot holds.
     pub fn record(
         &mut self,
         producer_id: i64,
@@ -116,12 +155,14 @@ impl Producers {
         if epoch != entry.epoch {
             entry.epoch = epoch;
             entry.recent.clear();
+            entry.in_flight.clear();
         }
         let written = Written {
             first_seq,
             last_seq: last_sequence(first_seq, record_count),
             base_offset,
         };
+        entry.in_flight.retain(|w| *w != written);
         // Replaying the WAL over a restored snapshot meets batches it already knows.
         if entry.recent.contains(&written) {
             return;
@@ -132,13 +173,28 @@ impl Producers {
         }
     }
 
+    /// A batch's write failed: forget it, so that its retry is written anew.
+    pub fn abandon(&mut self, producer_id: i64, base_offset: i64) {
+        if let Some(e) = self.by_id.get_mut(&producer_id) {
+            e.in_flight.retain(|w| w.base_offset != base_offset);
+        }
+    }
+
+    /// Whether the batch at `base_offset` of this producer is still being written.
+    pub fn is_in_flight(&self, producer_id: i64, base_offset: i64) -> bool {
+        self.by_id
+            .get(&producer_id)
+            .is_some_and(|e| e.in_flight.iter().any(|w| w.base_offset == base_offset))
+    }
+
     /// Forgets batches below `log_start` (deleted data can no longer be a duplicate's
     /// original); producers left with nothing are forgotten.
     pub fn trim(&mut self, log_start: i64) {
         for e in self.by_id.values_mut() {
             e.recent.retain(|w| w.base_offset >= log_start);
         }
-        self.by_id.retain(|_, e| !e.recent.is_empty());
+        self.by_id
+            .retain(|_, e| !e.recent.is_empty() || !e.in_flight.is_empty());
     }
 }
 
@@ -181,6 +237,33 @@ mod tests {
         let before = p.clone();
         p.record(7, 1, 0, 1, 115);
         assert_eq!(p, before);
+    }
+
+    #[test]
+    fn in_flight_batches_count_for_order_and_retries_but_not_for_snapshots() {
+        let mut p = Producers::default();
+        p.start(3, 0, 0, 2, 10);
+        assert_eq!(
+            p.check(3, 0, 0, 2),
+            Check::Duplicate(10),
+            "a retry of an in-flight batch"
+        );
+        assert_eq!(
+            p.check(3, 0, 2, 1),
+            Check::Write,
+            "continues after the in-flight batch"
+        );
+        assert!(p.by_id[&3].recent.is_empty(), "nothing durable yet");
+        assert!(p.is_in_flight(3, 10));
+        // Its write fails: forgotten, and the retry is written anew.
+        p.abandon(3, 10);
+        assert!(!p.is_in_flight(3, 10));
+        assert_eq!(p.check(3, 0, 0, 2), Check::Write);
+        p.start(3, 0, 0, 2, 12);
+        p.record(3, 0, 0, 2, 12);
+        assert_eq!(p.by_id[&3].recent.len(), 1);
+        assert!(p.by_id[&3].in_flight.is_empty());
+        assert_eq!(p.check(3, 0, 0, 2), Check::Duplicate(12));
     }
 
     #[test]
