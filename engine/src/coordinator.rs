@@ -13,6 +13,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::channel::oneshot;
@@ -24,6 +25,9 @@ use crate::partitions::ShardState;
 use crate::shard::{now_ms, FetchItem, PartitionKey, ProduceItem};
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// How long a failed compaction waits before the next attempt.
+const COMPACTION_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
 pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
@@ -141,6 +145,8 @@ pub struct Coordinator {
     /// A compaction is running: new commits wait (so the snapshot is the latest state).
     compacting: Cell<bool>,
     commits_in_flight: Cell<usize>,
+    /// After a failed compaction, not before then.
+    compaction_retry_at: Cell<Option<Instant>>,
 }
 
 impl Coordinator {
@@ -153,6 +159,7 @@ impl Coordinator {
             compact_after_records: compact_after_records.max(1),
             compacting: Cell::new(false),
             commits_in_flight: Cell::new(0),
+            compaction_retry_at: Cell::new(None),
         }
     }
 
@@ -298,13 +305,13 @@ impl Coordinator {
         let now = now_ms() as u64;
         let mut groups = self.groups.borrow_mut();
         for e in groups.values_mut() {
-            if !e.group.members.is_empty() {
+            if !e.group.is_idle() {
                 let completed = e.group.tick(now);
                 e.deliver(completed);
             }
         }
         // Forget groups with neither members nor offsets.
-        groups.retain(|_, e| !e.group.members.is_empty() || !e.offsets.is_empty());
+        groups.retain(|_, e| !e.group.is_idle() || !e.offsets.is_empty());
     }
 
     pub fn check_commit(&self, group: &str, member: &str, generation: i32) -> i16 {
@@ -421,9 +428,18 @@ impl Coordinator {
             .unwrap_or_default()
     }
 
-    /// A deleted group is gone (its offsets were tombstoned first).
-    pub fn forget(&self, group: &str) {
-        self.groups.borrow_mut().remove(group);
+    /// A deleted group is gone once its offsets' tombstones are durable — unless a member
+    /// joined meanwhile (then only the tombstoned offsets go).
+    pub fn forget(&self, group: &str, tombstoned: &[(String, i32)]) {
+        let mut groups = self.groups.borrow_mut();
+        if let Some(e) = groups.get_mut(group) {
+            for key in tombstoned {
+                e.offsets.remove(key);
+            }
+            if e.group.members.is_empty() && e.offsets.is_empty() {
+                groups.remove(group);
+            }
+        }
     }
 
     /// OffsetDelete: per topic, whether its offsets may go (not while a member subscribes to
@@ -458,26 +474,71 @@ impl Coordinator {
     }
 }
 
+/// Records of one batch stay under this many bytes, well below the smallest WAL write.
+const OFFSET_BATCH_BYTES: usize = 32 << 10;
+
+type RecordKv = (Option<Bytes>, Option<Bytes>);
+
+/// The records of `changes`, as batches small enough for any WAL write.
+fn offset_batches(
+    group: &str,
+    changes: &[OffsetChange],
+) -> Result<Vec<ringtail_netio::batch::ValidBatch>, String> {
+    let mut batches = Vec::new();
+    let mut chunk: Vec<RecordKv> = Vec::new();
+    let mut bytes = 0usize;
+    let flush = |chunk: &mut Vec<RecordKv>,
+                 batches: &mut Vec<ringtail_netio::batch::ValidBatch>|
+     -> Result<(), String> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let encoded = ringtail_netio::batch::encode_records(std::mem::take(chunk), now_ms());
+        batches.extend(
+            ringtail_netio::batch::split_and_validate(encoded, usize::MAX)
+                .map_err(|e| e.to_string())?,
+        );
+        Ok(())
+    };
+    for c in changes {
+        let (k, v) = encode_change(group, c);
+        let size = k.len() + v.as_ref().map_or(0, |v| v.len()) + 32;
+        if bytes + size > OFFSET_BATCH_BYTES {
+            flush(&mut chunk, &mut batches)?;
+            bytes = 0;
+        }
+        bytes += size;
+        chunk.push((Some(k), v));
+    }
+    flush(&mut chunk, &mut batches)?;
+    Ok(batches)
+}
+
 /// Writes offset changes of `group` to its offsets partition and applies them once durable.
+/// `member` (member id, generation) is checked against the group right before the write, with
+/// no wait in between, so that a member that lost its generation meanwhile cannot commit.
 /// Returns 0 or the error every partition of the commit gets.
 pub async fn write_offsets(
     state: &Rc<ShardState>,
     offsets_topic: &Arc<TopicMeta>,
     group: &str,
+    member: Option<(&str, i32)>,
     changes: Vec<OffsetChange>,
 ) -> i16 {
+    let coordinator = &state.coordinator;
+    while coordinator.compacting.get() {
+        ringtail_shards::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    if let Some((member, generation)) = member {
+        let check = coordinator.check_commit(group, member, generation);
+        if check != 0 {
+            return check;
+        }
+    }
     if changes.is_empty() {
         return 0;
     }
-    let records: Vec<(Option<Bytes>, Option<Bytes>)> = changes
-        .iter()
-        .map(|c| {
-            let (k, v) = encode_change(group, c);
-            (Some(k), v)
-        })
-        .collect();
-    let bytes = ringtail_netio::batch::encode_records(records, now_ms());
-    let batches = match ringtail_netio::batch::split_and_validate(bytes, usize::MAX) {
+    let batches = match offset_batches(group, &changes) {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "offset commit batch does not validate");
@@ -485,10 +546,6 @@ pub async fn write_offsets(
         }
     };
     let partition = offsets_partition(group, offsets_topic.partitions);
-    let coordinator = &state.coordinator;
-    while coordinator.compacting.get() {
-        ringtail_shards::sleep(std::time::Duration::from_millis(2)).await;
-    }
     coordinator.count_records(partition, changes.len() as u64);
     coordinator
         .commits_in_flight
@@ -536,7 +593,13 @@ async fn produce_changes(
 /// restart reads the rewrite and what followed; the last record of each key still wins.
 pub async fn compact_if_due(state: &Rc<ShardState>, offsets_topic: &Arc<TopicMeta>) {
     let coordinator = &state.coordinator;
-    if !coordinator.loaded.get() || coordinator.compacting.get() {
+    if !coordinator.loaded.get()
+        || coordinator.compacting.get()
+        || coordinator
+            .compaction_retry_at
+            .get()
+            .is_some_and(|t| Instant::now() < t)
+    {
         return;
     }
     let Some(partition) = coordinator.due_for_compaction() else {
@@ -558,15 +621,7 @@ pub async fn compact_if_due(state: &Rc<ShardState>, offsets_topic: &Arc<TopicMet
     let mut rewritten = 0usize;
     for (group, changes) in coordinator.snapshot(partition, offsets_topic.partitions) {
         rewritten += changes.len();
-        let records: Vec<(Option<Bytes>, Option<Bytes>)> = changes
-            .iter()
-            .map(|c| {
-                let (k, v) = encode_change(&group, c);
-                (Some(k), v)
-            })
-            .collect();
-        let bytes = ringtail_netio::batch::encode_records(records, now_ms());
-        let Ok(batches) = ringtail_netio::batch::split_and_validate(bytes, usize::MAX) else {
+        let Ok(batches) = offset_batches(&group, &changes) else {
             ok = false;
             break;
         };
@@ -575,6 +630,8 @@ pub async fn compact_if_due(state: &Rc<ShardState>, offsets_topic: &Arc<TopicMet
             break;
         }
     }
+    // The rewrite is durable: later commits land after it, whatever the deletion below does.
+    coordinator.compacting.set(false);
     if ok && end > 0 {
         let deleted = state
             .delete_records(vec![crate::shard::DeleteItem { key, offset: end }])
@@ -595,8 +652,11 @@ pub async fn compact_if_due(state: &Rc<ShardState>, offsets_topic: &Arc<TopicMet
     } else {
         tracing::warn!(
             partition,
-            "compacting committed offsets failed; retrying later"
+            "compacting committed offsets failed; retrying in a minute"
         );
+        coordinator
+            .compaction_retry_at
+            .set(Some(Instant::now() + COMPACTION_RETRY));
     }
     coordinator.compacting.set(false);
 }
@@ -650,6 +710,9 @@ pub async fn load_offsets(
                     Ok(set) => set,
                     Err(e) => {
                         tracing::error!(partition, error = %e, "a committed-offsets batch does not decode; skipped");
+                        if let Ok(h) = ringtail_netio::batch::BatchHeader::parse(batch) {
+                            offset = offset.max(h.last_offset() + 1);
+                        }
                         continue;
                     }
                 };

@@ -173,6 +173,11 @@ impl Group {
         }
     }
 
+    /// No members and no member ids handed out: nothing for the clock to do.
+    pub fn is_idle(&self) -> bool {
+        self.members.is_empty() && self.pending_ids.is_empty()
+    }
+
     fn order_of(&self, member_id: &str) -> Option<u64> {
         self.members
             .iter()

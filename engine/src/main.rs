@@ -239,7 +239,11 @@ async fn shard_main(
     ringtail_shards::spawn_detached(async move {
         while let Some(state) = clock.upgrade() {
             state.coordinator.tick();
-            ringtail_engine::coordinator::compact_if_due(&state, &offsets).await;
+            // In a task of its own: the clock keeps ticking while a compaction waits on storage.
+            let (s, o) = (state.clone(), offsets.clone());
+            ringtail_shards::spawn_detached(async move {
+                ringtail_engine::coordinator::compact_if_due(&s, &o).await
+            });
             drop(state);
             ringtail_shards::sleep(GROUP_TICK).await;
         }

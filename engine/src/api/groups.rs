@@ -345,11 +345,7 @@ pub async fn offset_commit(broker: &Broker, request: OffsetCommitRequest) -> Off
     let g = group.clone();
     let code = on_coordinator(broker, &group, move |state, offsets| {
         Box::pin(async move {
-            let check = state.coordinator.check_commit(&g, &member, generation);
-            if check != 0 {
-                return check;
-            }
-            write_offsets(&state, &offsets, &g, changes).await
+            write_offsets(&state, &offsets, &g, Some((&member, generation)), changes).await
         })
     })
     .await
@@ -592,10 +588,10 @@ pub async fn delete_groups(broker: &Broker, request: DeleteGroupsRequest) -> Del
                 match state.coordinator.deletable(&g) {
                     Err(code) => code,
                     Ok(held) => {
-                        let tombstones = held.into_iter().map(|(t, p)| (t, p, None)).collect();
-                        let code = write_offsets(&state, &offsets, &g, tombstones).await;
+                        let tombstones = held.iter().map(|(t, p)| (t.clone(), *p, None)).collect();
+                        let code = write_offsets(&state, &offsets, &g, None, tombstones).await;
                         if code == 0 {
-                            state.coordinator.forget(&g);
+                            state.coordinator.forget(&g, &held);
                         }
                         code
                     }
@@ -640,7 +636,7 @@ pub async fn offset_delete(broker: &Broker, request: OffsetDeleteRequest) -> Off
                 .filter(|(_, code)| **code == 0)
                 .flat_map(|((t, ps), _)| ps.iter().map(move |p| (t.clone(), *p, None)))
                 .collect();
-            match write_offsets(&state, &offsets, &g, tombstones).await {
+            match write_offsets(&state, &offsets, &g, None, tombstones).await {
                 0 => Ok(codes),
                 e => Err(e),
             }
