@@ -277,8 +277,9 @@ impl Coordinator {
         });
         match waiting {
             Ok(r) => r,
+            // A dropped sender: the member was removed while it waited.
             Err(rx) => rx.await.unwrap_or(SyncResult {
-                error: crate::group::REBALANCE_IN_PROGRESS,
+                error: crate::group::UNKNOWN_MEMBER_ID,
                 protocol_type: None,
                 protocol: None,
                 assignment: Bytes::new(),

@@ -603,10 +603,10 @@ impl Group {
         out
     }
 
-    /// Whether an OffsetCommit from this member and generation may be applied: (-1, "") is a
-    /// commit from outside any group membership, allowed while the group has no members.
+    /// Whether an OffsetCommit from this member and generation may be applied: generation -1 is
+    /// a commit from outside any group membership, allowed while the group has no members.
     pub fn check_commit(&self, member_id: &str, generation: i32) -> i16 {
-        if generation < 0 && member_id.is_empty() {
+        if generation < 0 {
             return if self.members.is_empty() {
                 NONE
             } else {

@@ -173,12 +173,14 @@ pub struct Broker {
 impl Broker {
     /// After a catalog change: copy the catalog to object storage. A failure is logged; the
     /// next change, or the next start, pushes again.
-    pub async fn catalog_changed(&self) {
+    pub async fn catalog_changed(&self) -> bool {
         if let Some(mirror) = &self.mirror {
             if let Err(e) = mirror.push(&self.catalog).await {
                 tracing::error!(error = %e, "could not copy the topic catalog to object storage");
+                return false;
             }
         }
+        true
     }
 
     pub fn owner(&self, topic: &TopicMeta, partition: i32) -> usize {

@@ -413,6 +413,32 @@ async fn stale_or_unknown_members_get_errors_and_change_nothing() {
     };
     let commit_code = |r: OffsetCommitResponse| r.topics[0].partitions[0].error_code;
 
+    // The committed-offsets topic is the coordinator's: clients cannot write, delete records,
+    // add partitions or change configs there.
+    let offsets_topic = || TopicName(StrBytes::from_static_str("__consumer_offsets"));
+    let dr: DeleteRecordsResponse = raw.call(
+        ApiKey::DeleteRecords,
+        2,
+        &DeleteRecordsRequest::default().with_topics(vec![
+            kafka_protocol::messages::delete_records_request::DeleteRecordsTopic::default()
+                .with_name(offsets_topic())
+                .with_partitions(vec![
+                    kafka_protocol::messages::delete_records_request::DeleteRecordsPartition::default()
+                        .with_offset(-1),
+                ]),
+        ]),
+    );
+    assert_eq!(dr.topics[0].partitions[0].error_code, 17);
+    let cp: CreatePartitionsResponse = raw.call(
+        ApiKey::CreatePartitions,
+        1,
+        &CreatePartitionsRequest::default().with_topics(vec![
+            kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic::default()
+                .with_name(offsets_topic())
+                .with_count(10),
+        ]),
+    );
+    assert_eq!(cp.results[0].error_code, 17);
     // An empty group id, and a member id the group never handed out.
     let r: JoinGroupResponse = raw.call(ApiKey::JoinGroup, 5, &join("").with_group_id(group("")));
     assert_eq!(r.error_code, 24, "INVALID_GROUP_ID");

@@ -223,6 +223,12 @@ pub async fn create_partitions(
                     .with_error_code(ResponseError::InvalidReplicaAssignment.code())
                     .with_error_message(Some(text(format!("only broker {node} can hold partitions"))));
             }
+            if t.name.as_str() == crate::coordinator::OFFSETS_TOPIC {
+                // Groups map to its partitions by count: more partitions would move them.
+                return result
+                    .with_error_code(ResponseError::InvalidTopicException.code())
+                    .with_error_message(Some(text("the committed-offsets topic has one partition per shard")));
+            }
             match broker.catalog.add_partitions(t.name.as_str(), t.count, request.validate_only) {
                 Ok(()) => {
                     tracing::info!(topic = %t.name.as_str(), partitions = t.count, "added partitions");
@@ -371,6 +377,13 @@ async fn alter_configs_of(
             continue;
         }
         match kind {
+            RESOURCE_TOPIC if name.as_str() == crate::coordinator::OFFSETS_TOPIC => {
+                out.push(fail(
+                    ResponseError::InvalidTopicException,
+                    "the committed-offsets topic's configs are fixed".into(),
+                ));
+                continue;
+            }
             RESOURCE_TOPIC => {}
             RESOURCE_BROKER => {
                 out.push(fail(

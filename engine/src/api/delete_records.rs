@@ -22,6 +22,10 @@ pub async fn handle(broker: &Broker, request: DeleteRecordsRequest) -> DeleteRec
         let meta = snapshot.by_name(&topic.name);
         for p in &topic.partitions {
             slots.push(match meta {
+                // Only the coordinator deletes committed offsets (compaction).
+                Some(m) if m.name == crate::coordinator::OFFSETS_TOPIC => {
+                    Err(ResponseError::InvalidTopicException.code())
+                }
                 Some(m) if (0..m.partitions).contains(&p.partition_index) => {
                     let key = PartitionKey {
                         topic_id: m.id,
