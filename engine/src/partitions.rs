@@ -874,9 +874,12 @@ fn wake(waiters: impl Iterator<Item = Waiter>) {
     }
 }
 
+/// Resolves once a WAL append is durable (or failed).
+type WalTicket = oneshot::Receiver<Result<(), WalError>>;
+
 struct Started {
     /// Each batch's WAL ticket, with its producer id and base offset.
-    tickets: Vec<(oneshot::Receiver<Result<(), WalError>>, i64, i64)>,
+    tickets: Vec<(WalTicket, i64, i64)>,
     /// A duplicate answered with the original: (producer id, original base offset).
     duplicate_of: Vec<(i64, i64)>,
     /// `durability=object`: resolves once the last offset is in a committed object.
