@@ -287,6 +287,14 @@ impl Coordinator {
         }
     }
 
+    /// See [`Group::is_fenced`].
+    pub fn fenced(&self, group: &str, member: &str, instance: Option<&str>) -> bool {
+        self.groups
+            .borrow()
+            .get(group)
+            .is_some_and(|e| e.group.is_fenced(member, instance))
+    }
+
     pub fn heartbeat(&self, group: &str, member: &str, generation: i32) -> i16 {
         self.with_group(group, |e| {
             e.group.heartbeat(now_ms() as u64, member, generation)

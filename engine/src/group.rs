@@ -22,6 +22,7 @@ pub const UNKNOWN_MEMBER_ID: i16 = 25;
 pub const INVALID_SESSION_TIMEOUT: i16 = 26;
 pub const REBALANCE_IN_PROGRESS: i16 = 27;
 pub const MEMBER_ID_REQUIRED: i16 = 79;
+pub const FENCED_INSTANCE_ID: i16 = 82;
 
 /// Session timeouts a member may ask for (Kafka's group.min/max.session.timeout.ms).
 pub const SESSION_TIMEOUT_MS: std::ops::RangeInclusive<i32> = 6_000..=1_800_000;
@@ -173,6 +174,18 @@ impl Group {
         }
     }
 
+    /// A static member whose instance id now belongs to another member id is a zombie (an old
+    /// incarnation): Kafka answers it FENCED_INSTANCE_ID, which stops it rather than letting it
+    /// rejoin and evict its successor.
+    pub fn is_fenced(&self, member_id: &str, instance_id: Option<&str>) -> bool {
+        let Some(instance) = instance_id else {
+            return false;
+        };
+        self.members
+            .values()
+            .any(|m| m.instance_id.as_deref() == Some(instance) && m.id != member_id)
+    }
+
     /// No members and no member ids handed out: nothing for the clock to do.
     pub fn is_idle(&self) -> bool {
         self.members.is_empty() && self.pending_ids.is_empty()
@@ -216,6 +229,9 @@ impl Group {
                     .any(|(p, _)| self.supported_by_all_but(p, &req.member_id)))
         {
             return fail(INCONSISTENT_GROUP_PROTOCOL);
+        }
+        if !req.member_id.is_empty() && self.is_fenced(&req.member_id, req.instance_id.as_deref()) {
+            return fail(FENCED_INSTANCE_ID);
         }
         let known = self.order_of(&req.member_id);
         if known.is_none()
@@ -905,5 +921,16 @@ mod tests {
         assert_ne!(first.member_id, second.member_id);
         assert_eq!(g.members.len(), 1);
         assert!(g.member(&first.member_id).is_none());
+        // The old incarnation comes back with its old id: fenced, and nothing changes.
+        assert!(g.is_fenced(&first.member_id, Some("host-1")));
+        assert!(!g.is_fenced(&second.member_id, Some("host-1")));
+        assert!(!g.is_fenced(&first.member_id, None));
+        let mut zombie = join(&first.member_id, &["range"]);
+        zombie.instance_id = Some("host-1".into());
+        let (Answer::Now(z), _) = g.join(2, zombie) else {
+            panic!()
+        };
+        assert_eq!(z.error, FENCED_INSTANCE_ID);
+        assert!(g.member(&second.member_id).is_some());
     }
 }

@@ -667,6 +667,10 @@ impl ShardState {
                     tag.header.record_count,
                     tag.header.base_offset,
                 );
+                // Amortised: a partition with many producers looks for idle ones now and then.
+                if p.producers.by_id.len() > 64 && tag.header.base_offset % 64 == 0 {
+                    p.producers.expire(now);
+                }
                 if let Some(tier) = &self.tier {
                     tier.add(
                         *tag.key.topic_id.as_bytes(),
@@ -1221,6 +1225,9 @@ impl ShardState {
                 if let Some(p) = parts.get_mut(&key) {
                     p.cold.remove(&span.base_offset);
                 }
+            }
+            for p in parts.values_mut() {
+                p.producers.expire(now_ms());
             }
             for ((topic_id, partition), offset) in starts {
                 let key = PartitionKey {

@@ -11,11 +11,22 @@
 
 use std::collections::{HashMap, VecDeque};
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 pub const INVALID_PRODUCER_EPOCH: i16 = 47;
 
 /// Batches remembered per producer (Kafka's max.in.flight.requests.per.connection bound).
 pub const RECENT_BATCHES: usize = 5;
+
+/// A producer idle this long is forgotten (Kafka's producer.id.expiration.ms default): its next
+/// batch is accepted as from an unknown producer.
+pub const PRODUCER_EXPIRY_MS: i64 = 24 * 3600 * 1000;
 
 /// One written batch of a producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +44,8 @@ pub struct ProducerEntry {
     /// Batches accepted but not durable yet, in write order: a retry of one waits for it; if
     /// its write fails it is forgotten and the retry is written anew.
     pub in_flight: VecDeque<Written>,
+    /// When it last wrote (ms since the epoch; 0: restored, counts as now).
+    pub last_ms: i64,
 }
 
 impl ProducerEntry {
@@ -131,6 +144,7 @@ impl Producers {
             entry.recent.clear();
             entry.in_flight.clear();
         }
+        entry.last_ms = now_ms();
         entry.in_flight.push_back(Written {
             first_seq,
             last_seq: last_sequence(first_seq, record_count),
@@ -185,6 +199,16 @@ impl Producers {
         self.by_id
             .get(&producer_id)
             .is_some_and(|e| e.in_flight.iter().any(|w| w.base_offset == base_offset))
+    }
+
+    /// Forgets producers idle for longer than [`PRODUCER_EXPIRY_MS`] (nothing in flight).
+    pub fn expire(&mut self, now_ms: i64) {
+        self.by_id.retain(|_, e| {
+            if e.last_ms == 0 {
+                e.last_ms = now_ms;
+            }
+            !e.in_flight.is_empty() || now_ms - e.last_ms < PRODUCER_EXPIRY_MS
+        });
     }
 
     /// Forgets batches below `log_start` (deleted data can no longer be a duplicate's
@@ -291,5 +315,15 @@ mod tests {
         assert_eq!(p.by_id[&1].recent.len(), 2);
         p.trim(1000);
         assert!(p.by_id.is_empty());
+        // Idle producers expire; restored ones (no time yet) start their clock.
+        let mut e = Producers::default();
+        e.record(4, 0, 0, 1, 0);
+        e.by_id.get_mut(&4).unwrap().last_ms = 0;
+        e.expire(1_000);
+        assert_eq!(e.by_id[&4].last_ms, 1_000);
+        e.expire(1_000 + PRODUCER_EXPIRY_MS - 1);
+        assert!(e.by_id.contains_key(&4));
+        e.expire(1_000 + PRODUCER_EXPIRY_MS);
+        assert!(e.by_id.is_empty());
     }
 }

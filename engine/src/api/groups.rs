@@ -31,7 +31,7 @@ use crate::coordinator::{
     offsets_partition, write_offsets, Committed, OffsetChange, COORDINATOR_LOAD_IN_PROGRESS,
     COORDINATOR_NOT_AVAILABLE, INVALID_GROUP_ID, OFFSETS_TOPIC,
 };
-use crate::group::{JoinRequest, JoinResult, SyncResult};
+use crate::group::{JoinRequest, JoinResult, SyncResult, FENCED_INSTANCE_ID};
 use crate::shard::{now_ms, Broker};
 
 /// Longest committed-offset metadata string (Kafka's offset.metadata.max.bytes).
@@ -202,6 +202,7 @@ pub async fn sync_group(
 ) -> SyncGroupResponse {
     let group = request.group_id.to_string();
     let member = request.member_id.to_string();
+    let instance = request.group_instance_id.as_ref().map(|s| s.to_string());
     let generation = request.generation_id;
     let assignments: Vec<(String, Bytes)> = request
         .assignments
@@ -211,6 +212,14 @@ pub async fn sync_group(
     let g = group.clone();
     let r = on_coordinator(broker, &group, move |state, _| {
         Box::pin(async move {
+            if state.coordinator.fenced(&g, &member, instance.as_deref()) {
+                return SyncResult {
+                    error: FENCED_INSTANCE_ID,
+                    protocol_type: None,
+                    protocol: None,
+                    assignment: Bytes::new(),
+                };
+            }
             state
                 .coordinator
                 .sync(&g, &member, generation, assignments)
@@ -235,10 +244,16 @@ pub async fn sync_group(
 pub async fn heartbeat(broker: &Broker, request: HeartbeatRequest) -> HeartbeatResponse {
     let group = request.group_id.to_string();
     let member = request.member_id.to_string();
+    let instance = request.group_instance_id.as_ref().map(|s| s.to_string());
     let generation = request.generation_id;
     let g = group.clone();
     let code = on_coordinator(broker, &group, move |state, _| {
-        Box::pin(async move { state.coordinator.heartbeat(&g, &member, generation) })
+        Box::pin(async move {
+            if state.coordinator.fenced(&g, &member, instance.as_deref()) {
+                return FENCED_INSTANCE_ID;
+            }
+            state.coordinator.heartbeat(&g, &member, generation)
+        })
     })
     .await
     .unwrap_or_else(|c| c);
@@ -341,10 +356,14 @@ pub async fn offset_commit(broker: &Broker, request: OffsetCommitRequest) -> Off
         shape.push((t.name.clone(), parts));
     }
     let member = request.member_id.to_string();
+    let instance = request.group_instance_id.as_ref().map(|s| s.to_string());
     let generation = request.generation_id_or_member_epoch;
     let g = group.clone();
     let code = on_coordinator(broker, &group, move |state, offsets| {
         Box::pin(async move {
+            if state.coordinator.fenced(&g, &member, instance.as_deref()) {
+                return FENCED_INSTANCE_ID;
+            }
             write_offsets(&state, &offsets, &g, Some((&member, generation)), changes).await
         })
     })
