@@ -46,6 +46,8 @@ struct Shared {
     errors: AtomicU64,
     /// Measuring (after the warm-up).
     measuring: AtomicBool,
+    /// Consumers that hold their partitions (producing starts once all do).
+    consumers_ready: AtomicU64,
     stop_producing: AtomicBool,
 }
 
@@ -81,14 +83,31 @@ pub async fn run(workload: &Workload, opts: &RunOptions) -> anyhow::Result<RunRe
     let cpu_before = opts.broker_pid.and_then(process_cpu_seconds);
 
     // Consumers first, so that they are in place when the first message arrives.
+    // A fresh group per run: no committed offsets from an earlier run to resume from.
+    let group = format!(
+        "ringtail-perf-{}-{}",
+        workload.name,
+        uuid::Uuid::new_v4().simple()
+    );
     let consumers: Vec<_> = (0..workload.consumers)
         .map(|i| {
-            let c = consumer(workload, &opts.bootstrap, i)?;
+            let c = consumer(workload, &opts.bootstrap, &group, i)?;
             let shared = shared.clone();
             Ok(std::thread::spawn(move || consume(c, shared)))
         })
         .collect::<anyhow::Result<_>>()?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Consumers start at the end of the log: wait until every one holds its partitions (a
+    // group may take a while to form), or messages sent meanwhile would be missed.
+    let deadline = Instant::now() + CONNECT_TIMEOUT * 3;
+    while shared.consumers_ready.load(Ordering::Relaxed) < workload.consumers as u64 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "consumers did not get their partitions within {:?}",
+            CONNECT_TIMEOUT * 3
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     let start = Instant::now();
     let series = Arc::new(Mutex::new(Vec::new()));
@@ -234,11 +253,15 @@ fn producer(w: &Workload, bootstrap: &str) -> anyhow::Result<FutureProducer> {
         .create()?)
 }
 
-fn consumer(w: &Workload, bootstrap: &str, index: usize) -> anyhow::Result<BaseConsumer> {
-    let group = format!("ringtail-perf-{}", w.name);
+fn consumer(
+    w: &Workload,
+    bootstrap: &str,
+    group: &str,
+    index: usize,
+) -> anyhow::Result<BaseConsumer> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", &group)
+        .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "latest")
         .set("fetch.wait.max.ms", "100")
@@ -342,8 +365,14 @@ async fn produce(
 fn consume(c: BaseConsumer, shared: Arc<Shared>) {
     let mut hist = histogram();
     let mut idle_since: Option<Instant> = None;
+    let mut ready = false;
     loop {
-        match c.poll(Duration::from_millis(100)) {
+        let polled = c.poll(Duration::from_millis(100));
+        if !ready && c.assignment().is_ok_and(|a| a.count() > 0) {
+            ready = true;
+            shared.consumers_ready.fetch_add(1, Ordering::Relaxed);
+        }
+        match polled {
             Some(Ok(m)) => {
                 idle_since = None;
                 let payload = m.payload().unwrap_or_default();
