@@ -20,7 +20,7 @@ use futures::channel::oneshot;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::TopicMeta;
-use crate::group::{Answer, Completed, Group, JoinRequest, JoinResult, State, SyncResult};
+use crate::group::{Answer, Completed, Group, JoinRequest, JoinResult, SyncResult};
 use crate::partitions::ShardState;
 use crate::shard::{now_ms, FetchItem, PartitionKey, ProduceItem};
 
@@ -369,22 +369,13 @@ impl Coordinator {
         let g = &groups.get(group)?.group;
         let protocol = g.protocol.clone().unwrap_or_default();
         Some(GroupView {
-            state: if g.members.is_empty() {
-                "Empty"
-            } else {
-                g.state.name()
-            },
+            state: g.reported_state().name(),
             protocol_type: g.protocol_type.clone().unwrap_or_default(),
             members: g
                 .members
                 .values()
                 .map(|m| {
-                    let meta = m
-                        .protocols
-                        .iter()
-                        .find(|(p, _)| *p == protocol)
-                        .map(|(_, b)| b.clone())
-                        .unwrap_or_default();
+                    let meta = m.metadata_for(&protocol);
                     (
                         m.id.clone(),
                         m.instance_id.clone(),
@@ -405,15 +396,10 @@ impl Coordinator {
             .borrow()
             .iter()
             .map(|(id, e)| {
-                let state = if e.group.members.is_empty() {
-                    State::Empty
-                } else {
-                    e.group.state
-                };
                 (
                     id.clone(),
                     e.group.protocol_type.clone().unwrap_or_default(),
-                    state.name(),
+                    e.group.reported_state().name(),
                 )
             })
             .collect()

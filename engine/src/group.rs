@@ -136,6 +136,17 @@ pub struct Member {
     awaiting_sync: bool,
 }
 
+impl Member {
+    /// The member's metadata for `protocol` (empty if it does not speak it).
+    pub fn metadata_for(&self, protocol: &str) -> Bytes {
+        self.protocols
+            .iter()
+            .find(|(p, _)| p == protocol)
+            .map(|(_, b)| b.clone())
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Group {
     pub id: String,
@@ -184,6 +195,15 @@ impl Group {
         self.members
             .values()
             .any(|m| m.instance_id.as_deref() == Some(instance) && m.id != member_id)
+    }
+
+    /// The state DescribeGroups and ListGroups report: a group without members is Empty.
+    pub fn reported_state(&self) -> State {
+        if self.members.is_empty() {
+            State::Empty
+        } else {
+            self.state
+        }
     }
 
     /// No members and no member ids handed out: nothing for the clock to do.
@@ -405,13 +425,11 @@ impl Group {
             .members
             .values()
             .map(|m| {
-                let meta = m
-                    .protocols
-                    .iter()
-                    .find(|(p, _)| *p == protocol)
-                    .map(|(_, b)| b.clone())
-                    .unwrap_or_default();
-                (m.id.clone(), m.instance_id.clone(), meta)
+                (
+                    m.id.clone(),
+                    m.instance_id.clone(),
+                    m.metadata_for(&protocol),
+                )
             })
             .collect();
         let mut out = Vec::new();

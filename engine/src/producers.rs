@@ -126,6 +126,17 @@ impl Producers {
         }
     }
 
+    /// The producer's entry at `epoch`: a new epoch starts with no batches.
+    fn entry_at(&mut self, producer_id: i64, epoch: i16) -> &mut ProducerEntry {
+        let entry = self.by_id.entry(producer_id).or_default();
+        if epoch != entry.epoch {
+            entry.epoch = epoch;
+            entry.recent.clear();
+            entry.in_flight.clear();
+        }
+        entry
+    }
+
     /// Records a batch accepted for writing at `base_offset` (not durable yet).
     pub fn start(
         &mut self,
@@ -138,12 +149,7 @@ impl Producers {
         if producer_id < 0 {
             return;
         }
-        let entry = self.by_id.entry(producer_id).or_default();
-        if epoch != entry.epoch {
-            entry.epoch = epoch;
-            entry.recent.clear();
-            entry.in_flight.clear();
-        }
+        let entry = self.entry_at(producer_id, epoch);
         entry.last_ms = now_ms();
         entry.in_flight.push_back(Written {
             first_seq,
@@ -165,12 +171,7 @@ impl Producers {
         if producer_id < 0 {
             return;
         }
-        let entry = self.by_id.entry(producer_id).or_default();
-        if epoch != entry.epoch {
-            entry.epoch = epoch;
-            entry.recent.clear();
-            entry.in_flight.clear();
-        }
+        let entry = self.entry_at(producer_id, epoch);
         let written = Written {
             first_seq,
             last_seq: last_sequence(first_seq, record_count),

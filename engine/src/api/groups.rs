@@ -37,6 +37,13 @@ use crate::shard::{now_ms, Broker};
 /// Longest committed-offset metadata string (Kafka's offset.metadata.max.bytes).
 const OFFSET_METADATA_BYTES_MAX: usize = 4096;
 const COORDINATOR_KEY_GROUP: i8 = 0;
+/// OffsetFetch's answer for a partition without a commit.
+const NOT_COMMITTED: Committed = Committed {
+    offset: -1,
+    leader_epoch: -1,
+    metadata: None,
+    commit_ms: -1,
+};
 
 fn text(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
@@ -452,12 +459,7 @@ pub async fn offset_fetch(
                                         parts
                                             .into_iter()
                                             .map(|(p, c)| {
-                                                let c = c.unwrap_or(Committed {
-                                                    offset: -1,
-                                                    leader_epoch: -1,
-                                                    metadata: None,
-                                                    commit_ms: -1,
-                                                });
+                                                let c = c.unwrap_or(NOT_COMMITTED);
                                                 OffsetFetchResponsePartitions::default()
                                                     .with_partition_index(p)
                                                     .with_committed_offset(c.offset)
@@ -493,12 +495,7 @@ pub async fn offset_fetch(
                             parts
                                 .into_iter()
                                 .map(|(p, c)| {
-                                    let c = c.unwrap_or(Committed {
-                                        offset: -1,
-                                        leader_epoch: -1,
-                                        metadata: None,
-                                        commit_ms: -1,
-                                    });
+                                    let c = c.unwrap_or(NOT_COMMITTED);
                                     OffsetFetchResponsePartition::default()
                                         .with_partition_index(p)
                                         .with_committed_offset(c.offset)

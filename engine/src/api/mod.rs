@@ -109,10 +109,8 @@ fn count_fetch_copies(
     segments: &[Bytes],
 ) {
     use std::sync::atomic::Ordering::Relaxed;
-    let sent: std::collections::HashSet<(usize, usize)> = segments
-        .iter()
-        .map(|s| (s.as_ptr() as usize, s.len()))
-        .collect();
+    // The encoder emits the batches in order among the segments: one forward walk finds them.
+    let mut sent = segments.iter();
     let (mut total, mut copied) = (0u64, 0u64);
     for b in parts
         .topics
@@ -121,7 +119,11 @@ fn count_fetch_copies(
         .flat_map(|p| &p.batches)
     {
         total += b.len() as u64;
-        if !b.is_empty() && !sent.contains(&(b.as_ptr() as usize, b.len())) {
+        if !b.is_empty()
+            && !sent
+                .by_ref()
+                .any(|s| s.as_ptr() == b.as_ptr() && s.len() == b.len())
+        {
             copied += b.len() as u64;
         }
     }
