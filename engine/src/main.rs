@@ -35,11 +35,38 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Benchmark a Kafka-compatible broker: runs `ringtail-perf` (from this binary's directory,
+    /// else PATH) with the same arguments. `ringtail perf --help` lists them.
+    #[command(disable_help_flag = true)]
+    Perf {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Replaces this process with `ringtail-perf ARGS` (returns only on failure).
+fn perf(args: Vec<String>) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("ringtail-perf")))
+        .filter(|p| p.is_file());
+    let program = beside.clone().unwrap_or_else(|| "ringtail-perf".into());
+    let e = std::process::Command::new(&program).args(args).exec();
+    anyhow::anyhow!(
+        "running {}: {e} (build it with `cargo build --release -p ringtail-perf`; it is looked \
+         for next to this binary, then on PATH)",
+        program.display()
+    )
 }
 
 fn main() {
     let cli = Cli::parse();
+    if let Command::Perf { args } = cli.command {
+        eprintln!("ringtail: {:#}", perf(args));
+        std::process::exit(1);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -49,7 +76,8 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
+        Command::Perf { .. } => unreachable!("handled before logging starts"),
     };
     if let Err(e) = result {
         tracing::error!("{e:#}");
@@ -75,9 +103,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot start {} shard(s): {e}", config.shards))?;
 
     // Bind once here to learn the port (the listen port may be 0) and fail early; every shard
-    // then binds the same address with SO_REUSEPORT and the kernel spreads connections.
+    // then binds the same address with SO_REUSEPORT and the kernel spreads connections. The
+    // probe never listens: a client that connects while the shards start is refused (and
+    // retries) rather than queued on a socket nobody accepts from and then reset.
     let probe =
-        bind_reuseport(config.listen).with_context(|| format!("binding {}", config.listen))?;
+        reserve_port(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let bound = probe.local_addr()?;
     let advertised_port = config.advertised_port.unwrap_or(bound.port()) as i32;
 
@@ -377,7 +407,7 @@ fn check_wal_shards(config: &Config) -> anyhow::Result<()> {
 /// How long a clean shutdown waits for the last objects to be uploaded.
 const SHUTDOWN_FLUSH_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
-fn bind_reuseport(addr: SocketAddr) -> std::io::Result<StdListener> {
+fn reserve_port(addr: SocketAddr) -> std::io::Result<StdListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -386,7 +416,6 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<StdListener> {
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
     Ok(socket.into())
 }
 

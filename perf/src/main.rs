@@ -1,11 +1,11 @@
-//! `ringtail-perf run ...` and `ringtail-perf compare ...`.
+//! `ringtail-perf run ...` and `ringtail-perf compare ...` (also `ringtail perf ...`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ringtail_perf::report;
-use ringtail_perf::run::{run, RunOptions};
+use ringtail_perf::run::{run, Driver, RunOptions};
 use ringtail_perf::stats::RunResult;
 use ringtail_perf::workload::Workload;
 
@@ -18,16 +18,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a workload against a broker and write the result as JSON.
+    /// Run a workload against a broker and write the result as JSON; with --alternate, run it
+    /// against two brokers interleaved A/B/A/B and write every result and a report to a
+    /// directory.
     Run {
+        /// HOST:PORT[,HOST:PORT...] of the broker.
         #[arg(long)]
         bootstrap: String,
         /// A workload file, or the name of a built-in one.
         #[arg(long)]
         workload: String,
-        /// Only `librdkafka` so far.
+        /// `librdkafka` (the standard client) or `native` (lean, pipelined).
         #[arg(long, default_value = "librdkafka")]
-        driver: String,
+        driver: Driver,
         /// Seconds (overrides the workload's duration).
         #[arg(long)]
         duration: Option<u64>,
@@ -37,6 +40,25 @@ enum Command {
         /// A name for this run in reports (default: the bootstrap address).
         #[arg(long)]
         label: Option<String>,
+        /// A librdkafka property for every client, KEY=VALUE (repeatable), e.g.
+        /// security.protocol=SASL_PLAINTEXT.
+        #[arg(long = "client-config", value_parser = key_value)]
+        client_config: Vec<(String, String)>,
+        /// Seconds a request may go unanswered before it counts as failed (a stalled broker),
+        /// and the end of a run waits for consumers to catch up.
+        #[arg(long, default_value_t = 30)]
+        stall_timeout: u64,
+        /// The second broker (B) for an interleaved comparison.
+        #[arg(long)]
+        alternate: Option<String>,
+        #[arg(long)]
+        alternate_pid: Option<u32>,
+        #[arg(long)]
+        alternate_label: Option<String>,
+        /// Runs per broker with --alternate.
+        #[arg(long, default_value_t = 2)]
+        repeats: usize,
+        /// RESULT.json, or a directory with --alternate.
         #[arg(long)]
         out: PathBuf,
     },
@@ -48,11 +70,22 @@ enum Command {
     },
 }
 
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))
+}
+
 fn main() {
     if let Err(e) = real_main() {
         eprintln!("ringtail-perf: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn write_json(path: &Path, r: &RunResult) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_vec_pretty(r)?)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 fn real_main() -> anyhow::Result<()> {
@@ -64,32 +97,67 @@ fn real_main() -> anyhow::Result<()> {
             duration,
             broker_pid,
             label,
+            client_config,
+            stall_timeout,
+            alternate,
+            alternate_pid,
+            alternate_label,
+            repeats,
             out,
         } => {
-            anyhow::ensure!(
-                driver == "librdkafka",
-                "driver {driver:?}: only librdkafka exists so far"
-            );
             let w = Workload::load(&workload)?;
-            let opts = RunOptions {
-                label: label.unwrap_or_else(|| bootstrap.clone()),
-                bootstrap,
-                duration: duration.map(Duration::from_secs),
-                broker_pid,
-                progress: true,
-            };
             let rt = tokio::runtime::Runtime::new()?;
-            let result = rt.block_on(run(&w, &opts))?;
-            std::fs::write(&out, serde_json::to_vec_pretty(&result)?)?;
-            println!("{}", report::markdown(std::slice::from_ref(&result)));
-            if result.missing_messages > 0 || result.errors > 0 {
-                anyhow::bail!(
-                    "{} messages missing, {} errors (result kept in {})",
-                    result.missing_messages,
-                    result.errors,
-                    out.display()
-                );
+            let options = |bootstrap: &str, pid, label: Option<String>| RunOptions {
+                label: label.unwrap_or_else(|| bootstrap.to_string()),
+                bootstrap: bootstrap.to_string(),
+                driver,
+                duration: duration.map(Duration::from_secs),
+                broker_pid: pid,
+                progress: true,
+                client_config: client_config.clone(),
+                stall_timeout: Duration::from_secs(stall_timeout.max(1)),
+            };
+            let Some(b) = alternate else {
+                let result = rt.block_on(run(&w, &options(&bootstrap, broker_pid, label)))?;
+                write_json(&out, &result)?;
+                println!("{}", report::markdown(std::slice::from_ref(&result)));
+                if let Some(f) = &result.failure {
+                    anyhow::bail!("{f} (result kept in {})", out.display());
+                }
+                return Ok(());
+            };
+            anyhow::ensure!(repeats >= 1, "--repeats must be at least 1");
+            std::fs::create_dir_all(&out)?;
+            let a = options(&bootstrap, broker_pid, label.or(Some("A".into())));
+            let b = options(&b, alternate_pid, alternate_label.or(Some("B".into())));
+            let mut results = Vec::new();
+            let mut failures = Vec::new();
+            for r in 1..=repeats {
+                for opts in [&a, &b] {
+                    eprintln!("== {} run {r} of {repeats}", opts.label);
+                    let result = match rt.block_on(run(&w, opts)) {
+                        Ok(result) => result,
+                        Err(e) => {
+                            // Keep what was measured so far, with the report.
+                            failures.push(format!("{} run {r}: {e:#}", opts.label));
+                            continue;
+                        }
+                    };
+                    write_json(&out.join(format!("{}-{r}.json", opts.label)), &result)?;
+                    if let Some(f) = &result.failure {
+                        failures.push(format!("{} run {r}: {f}", opts.label));
+                    }
+                    results.push(result);
+                }
             }
+            write_report(&results, &out)?;
+            println!("{}", std::fs::read_to_string(out.join("report.md"))?);
+            anyhow::ensure!(
+                failures.is_empty(),
+                "{} (results kept in {})",
+                failures.join("; "),
+                out.display()
+            );
             Ok(())
         }
         Command::Compare { results, out } => {
@@ -103,39 +171,19 @@ fn real_main() -> anyhow::Result<()> {
                         .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            std::fs::create_dir_all(&out)?;
-            std::fs::write(out.join("report.md"), report::markdown(&runs))?;
-            let bars = |f: fn(&RunResult) -> f64| {
-                runs.iter()
-                    .map(|r| (r.label.clone(), f(r)))
-                    .collect::<Vec<_>>()
-            };
-            std::fs::write(
-                out.join("throughput.svg"),
-                report::bars_svg(
-                    "Publish throughput",
-                    "msg/s",
-                    &bars(|r| r.publish_msgs_per_s),
-                ),
-            )?;
-            std::fs::write(
-                out.join("publish-p99.svg"),
-                report::bars_svg(
-                    "Publish latency p99",
-                    "µs",
-                    &bars(|r| r.publish_latency.p99_us as f64),
-                ),
-            )?;
-            std::fs::write(
-                out.join("e2e-p99.svg"),
-                report::bars_svg(
-                    "End-to-end latency p99",
-                    "µs",
-                    &bars(|r| r.end_to_end_latency.p99_us as f64),
-                ),
-            )?;
+            write_report(&runs, &out)?;
             println!("{}", report::markdown(&runs));
             Ok(())
         }
     }
+}
+
+/// DIR/report.md and the SVG plots for `runs`.
+fn write_report(runs: &[RunResult], out: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("report.md"), report::markdown(runs))?;
+    for (name, svg) in report::plots(runs) {
+        std::fs::write(out.join(name), svg)?;
+    }
+    Ok(())
 }

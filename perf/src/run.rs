@@ -1,54 +1,89 @@
-//! Running a workload against a broker with librdkafka (the `rdkafka` crate): the standard client
-//! behaviour, measured the same way for any Kafka-compatible broker.
+//! Running a workload against a broker: the same orchestration and the same measurements for
+//! both drivers (librdkafka, native).
 //!
 //! Each message carries its due time (nanoseconds since the Unix epoch) and a sequence number in
 //! its first 16 bytes; publish latency is acknowledgement time minus due time, end-to-end
 //! latency is receipt time minus due time (one machine, one clock).
+//!
+//! A run that fails part-way (a broker that stalls or goes away, errors from the broker) still
+//! returns its figures, with `failure` saying what went wrong; only a run that cannot start
+//! (unreachable broker, bad workload) returns an error.
 
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
 use hdrhistogram::Histogram;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::TopicPartitionList;
 
-use crate::stats::{due_offset, histogram, record, Percentiles, RunResult};
+use crate::stats::{histogram, record, Percentiles, RunResult};
 use crate::workload::Workload;
+use crate::{librdkafka, native};
 
-/// How long the end of a run waits for consumers to catch up.
-const DRAIN_MAX: Duration = Duration::from_secs(30);
-/// How long to wait for the broker to answer at all.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long consumers may take to get their partitions.
+const CONSUMERS_READY_MAX: Duration = Duration::from_secs(30);
+/// Error messages a result keeps (the first distinct ones).
+const ERROR_MESSAGES_KEPT: usize = 10;
+/// A progress line warns when nothing was acknowledged for this long.
+const STALL_WARNING: Duration = Duration::from_secs(5);
 
-fn unix_nanos() -> u64 {
+pub fn unix_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
 }
 
-#[derive(Default)]
-struct Shared {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// librdkafka through the `rdkafka` crate: the standard client behaviour.
+    Librdkafka,
+    /// The lean pipelined client in [`native`].
+    Native,
+}
+
+impl Driver {
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Librdkafka => "librdkafka",
+            Driver::Native => "native",
+        }
+    }
+}
+
+impl FromStr for Driver {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Driver> {
+        match s {
+            "librdkafka" => Ok(Driver::Librdkafka),
+            "native" => Ok(Driver::Native),
+            _ => anyhow::bail!("driver {s:?}: use native or librdkafka"),
+        }
+    }
+}
+
+/// What producers and consumers of both drivers report into.
+pub struct Shared {
     publish: Mutex<Option<Histogram<u64>>>,
     end_to_end: Mutex<Option<Histogram<u64>>>,
     produced: AtomicU64,
     produced_bytes: AtomicU64,
     consumed: AtomicU64,
     consumed_bytes: AtomicU64,
-    errors: AtomicU64,
+    pub errors: AtomicU64,
+    /// Batches resent after a retriable error (native driver).
+    pub retries: AtomicU64,
+    error_messages: Mutex<Vec<String>>,
     /// Measuring (after the warm-up).
-    measuring: AtomicBool,
+    pub measuring: AtomicBool,
     /// Consumers that hold their partitions (producing starts once all do).
-    consumers_ready: AtomicU64,
-    stop_producing: AtomicBool,
+    pub consumers_ready: AtomicU64,
+    pub stop_producing: AtomicBool,
+    /// Every producer finished (its last acknowledgement is in): consumers may stop once they
+    /// have caught up.
+    producers_done: AtomicBool,
+    /// How long a request may go unanswered, and the end of a run waits for consumers.
+    pub stall_timeout: Duration,
 }
 
 fn merge(into: &Mutex<Option<Histogram<u64>>>, h: &Histogram<u64>) {
@@ -61,25 +96,145 @@ fn merge(into: &Mutex<Option<Histogram<u64>>>, h: &Histogram<u64>) {
     }
 }
 
+impl Shared {
+    /// `n` messages of `bytes` in all were acknowledged.
+    pub fn acked(&self, n: u64, bytes: u64) {
+        self.produced.fetch_add(n, Ordering::Relaxed);
+        self.produced_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// A consumer received a message with this value.
+    pub fn consumed_message(&self, value: &[u8], hist: &mut Histogram<u64>) {
+        self.consumed.fetch_add(1, Ordering::Relaxed);
+        self.consumed_bytes
+            .fetch_add(value.len() as u64, Ordering::Relaxed);
+        if value.len() >= 8 && self.measuring.load(Ordering::Relaxed) {
+            let due = u64::from_be_bytes(value[..8].try_into().unwrap());
+            record(hist, unix_nanos().saturating_sub(due) / 1000);
+        }
+    }
+
+    /// After a poll that brought nothing: whether a consumer is done (every producer finished
+    /// and everything acknowledged was consumed, or nothing came for the stall timeout).
+    pub fn consumer_done(&self, idle_since: &mut Option<Instant>) -> bool {
+        if !self.producers_done.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.consumed.load(Ordering::Relaxed) >= self.produced.load(Ordering::Relaxed) {
+            return true;
+        }
+        idle_since.get_or_insert_with(Instant::now).elapsed() > self.stall_timeout
+    }
+
+    fn stop(&self) {
+        self.stop_producing.store(true, Ordering::Relaxed);
+        self.producers_done.store(true, Ordering::Relaxed);
+    }
+
+    /// Keeps the first few distinct error messages for the result.
+    pub fn note_error(&self, message: &str) {
+        let mut kept = self.error_messages.lock().unwrap();
+        if kept.len() < ERROR_MESSAGES_KEPT && !kept.iter().any(|m| m == message) {
+            kept.push(message.to_string());
+        }
+    }
+
+    pub fn merge_publish(&self, h: &Histogram<u64>) {
+        merge(&self.publish, h);
+    }
+
+    pub fn merge_end_to_end(&self, h: &Histogram<u64>) {
+        merge(&self.end_to_end, h);
+    }
+}
+
 /// Options of one run besides the workload.
 pub struct RunOptions {
     pub bootstrap: String,
+    pub driver: Driver,
     /// Overrides the workload's duration.
     pub duration: Option<Duration>,
     pub broker_pid: Option<u32>,
     pub label: String,
     /// Print a progress line every second.
     pub progress: bool,
+    /// librdkafka properties for every client (security.protocol, sasl.*, ...).
+    pub client_config: Vec<(String, String)>,
+    /// How long a request may go unanswered before the run counts it failed (librdkafka's
+    /// `message.timeout.ms`), and how long the end of a run waits for consumers to catch up.
+    pub stall_timeout: Duration,
 }
+
+impl RunOptions {
+    pub fn new(bootstrap: &str, driver: Driver) -> RunOptions {
+        RunOptions {
+            bootstrap: bootstrap.to_string(),
+            driver,
+            duration: None,
+            broker_pid: None,
+            label: bootstrap.to_string(),
+            progress: false,
+            client_config: Vec::new(),
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
+        }
+    }
+}
+
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Task = Box<dyn FnOnce() -> anyhow::Result<()> + Send>;
 
 pub async fn run(workload: &Workload, opts: &RunOptions) -> anyhow::Result<RunResult> {
     workload.validate()?;
+    anyhow::ensure!(
+        opts.driver == Driver::Librdkafka || opts.client_config.is_empty(),
+        "the native driver speaks PLAINTEXT without authentication; \
+         use --driver librdkafka for --client-config (TLS, SASL)"
+    );
     let duration = opts
         .duration
         .unwrap_or(Duration::from_secs(workload.duration_s));
     let warmup = Duration::from_secs(workload.warmup_s).min(duration / 2);
-    ensure_topic(workload, &opts.bootstrap).await?;
-    let shared = Arc::new(Shared::default());
+    let ready = match opts.driver {
+        Driver::Librdkafka => {
+            librdkafka::ensure_topic(workload, &opts.bootstrap, &opts.client_config).await
+        }
+        Driver::Native => native::ensure_topic(workload, &opts.bootstrap, opts.stall_timeout).await,
+    };
+    if let Err(e) = ready {
+        let text = format!("{e:#}");
+        let hint = if text.contains("closed") || text.contains("Transport") {
+            " (if the broker requires TLS or SASL: --driver librdkafka with --client-config)"
+        } else {
+            ""
+        };
+        anyhow::bail!("{text}{hint}");
+    }
+    let shared = Arc::new(Shared {
+        publish: Mutex::default(),
+        end_to_end: Mutex::default(),
+        produced: AtomicU64::default(),
+        produced_bytes: AtomicU64::default(),
+        consumed: AtomicU64::default(),
+        consumed_bytes: AtomicU64::default(),
+        errors: AtomicU64::default(),
+        retries: AtomicU64::default(),
+        error_messages: Mutex::default(),
+        measuring: AtomicBool::default(),
+        consumers_ready: AtomicU64::default(),
+        stop_producing: AtomicBool::default(),
+        producers_done: AtomicBool::default(),
+        stall_timeout: opts.stall_timeout,
+    });
+    // However the run ends (an error included), consumers stop: a blocking librdkafka consumer
+    // left polling would keep the runtime from shutting down.
+    struct StopOnDrop(Arc<Shared>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.stop();
+        }
+    }
+    let _stop = StopOnDrop(shared.clone());
     let cpu_before = opts.broker_pid.and_then(process_cpu_seconds);
 
     // Consumers first, so that they are in place when the first message arrives.
@@ -89,36 +244,82 @@ pub async fn run(workload: &Workload, opts: &RunOptions) -> anyhow::Result<RunRe
         workload.name,
         uuid::Uuid::new_v4().simple()
     );
-    let consumers: Vec<_> = (0..workload.consumers)
-        .map(|i| {
-            let c = consumer(workload, &opts.bootstrap, &group, i)?;
-            let shared = shared.clone();
-            Ok(std::thread::spawn(move || consume(c, shared)))
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let mut consumers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>> = Vec::new();
+    for i in 0..workload.consumers {
+        let shared = shared.clone();
+        consumers.push(match opts.driver {
+            Driver::Librdkafka => {
+                let c = librdkafka::consumer(
+                    workload,
+                    &opts.bootstrap,
+                    &opts.client_config,
+                    &group,
+                    i,
+                )?;
+                let task: Task = Box::new(move || {
+                    librdkafka::consume(c, &shared);
+                    Ok(())
+                });
+                tokio::task::spawn_blocking(task)
+            }
+            Driver::Native => tokio::spawn(native::consume(
+                workload.clone(),
+                opts.bootstrap.clone(),
+                group.clone(),
+                i,
+                shared,
+            )),
+        });
+    }
+    let mut failure: Option<String> = None;
     // Consumers start at the end of the log: wait until every one holds its partitions (a
     // group may take a while to form), or messages sent meanwhile would be missed.
-    let deadline = Instant::now() + CONNECT_TIMEOUT * 3;
+    let deadline = Instant::now() + CONSUMERS_READY_MAX;
     while shared.consumers_ready.load(Ordering::Relaxed) < workload.consumers as u64 {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "consumers did not get their partitions within {:?}",
-            CONNECT_TIMEOUT * 3
-        );
+        if let Some(done) = consumers.iter_mut().find(|c| c.is_finished()) {
+            let why = match done.await {
+                Ok(Err(e)) => format!("{e:#}"),
+                _ => "a consumer stopped".to_string(),
+            };
+            shared.stop();
+            anyhow::bail!("consumer failed before the run started: {why}");
+        }
+        if Instant::now() > deadline {
+            shared.stop();
+            anyhow::bail!("consumers did not get their partitions within {CONSUMERS_READY_MAX:?}");
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let start = Instant::now();
-    let series = Arc::new(Mutex::new(Vec::new()));
-    let producers: Vec<_> = (0..workload.producers)
-        .map(|i| {
-            let p = producer(workload, &opts.bootstrap)?;
-            let (w, shared) = (workload.clone(), shared.clone());
-            Ok(tokio::spawn(produce(p, w, i, start, shared)))
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let base_nanos = unix_nanos() - start.elapsed().as_nanos() as u64;
+    let mut producers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>> = Vec::new();
+    for i in 0..workload.producers {
+        let (w, shared) = (workload.clone(), shared.clone());
+        producers.push(match opts.driver {
+            Driver::Librdkafka => {
+                let p = librdkafka::producer(
+                    workload,
+                    &opts.bootstrap,
+                    &opts.client_config,
+                    opts.stall_timeout,
+                )?;
+                tokio::spawn(librdkafka::produce(p, w, i, start, base_nanos, shared))
+            }
+            Driver::Native => tokio::spawn(native::produce(
+                w,
+                opts.bootstrap.clone(),
+                i,
+                start,
+                base_nanos,
+                shared,
+            )),
+        });
+    }
+    let mut series = Vec::new();
     let mut last = 0u64;
+    let mut last_ack = Instant::now();
     let mut measured_since = None;
     while start.elapsed() < duration {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -127,282 +328,122 @@ pub async fn run(workload: &Workload, opts: &RunOptions) -> anyhow::Result<RunRe
             measured_since = Some((Instant::now(), shared.produced.load(Ordering::Relaxed)));
         }
         let now = shared.produced.load(Ordering::Relaxed);
-        series.lock().unwrap().push((now - last) as f64);
+        series.push((now - last) as f64);
+        if now > last {
+            last_ack = Instant::now();
+        }
         last = now;
         if opts.progress {
+            let stalled = if last_ack.elapsed() >= STALL_WARNING {
+                format!(
+                    "; nothing acknowledged for {:.0} s (broker stalled?)",
+                    last_ack.elapsed().as_secs_f64()
+                )
+            } else {
+                String::new()
+            };
             eprintln!(
-                "[{:>4.0}s] produced {now} ({} msg/s), consumed {}, errors {}",
+                "[{:>4.0}s] produced {now} ({} msg/s), consumed {}, errors {}{stalled}",
                 start.elapsed().as_secs_f64(),
-                series.lock().unwrap().last().copied().unwrap_or(0.0),
+                series.last().copied().unwrap_or(0.0),
                 shared.consumed.load(Ordering::Relaxed),
-                shared.errors.load(Ordering::Relaxed)
+                shared.errors.load(Ordering::Relaxed),
             );
+        }
+        if let Some(p) = producers.iter().find(|p| p.is_finished()) {
+            let _ = p;
+            break; // a producer gave up: its error is collected below
         }
     }
     shared.stop_producing.store(true, Ordering::Relaxed);
-    let measured = measured_since.map_or(duration, |(t, _)| t.elapsed());
+    let measured = measured_since.map_or(start.elapsed(), |(t, _)| t.elapsed());
     for p in producers {
-        p.await.context("producer task")?;
+        match p.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failure.get_or_insert(format!("producer: {e:#}"));
+            }
+            Err(e) => {
+                failure.get_or_insert(format!("producer task: {e}"));
+            }
+        }
     }
+    shared.producers_done.store(true, Ordering::Relaxed);
     let produced = shared.produced.load(Ordering::Relaxed);
-    let deadline = Instant::now() + DRAIN_MAX;
-    while shared.consumed.load(Ordering::Relaxed) < produced
-        && workload.consumers > 0
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    shared.measuring.store(false, Ordering::Relaxed);
     // Consumers stop once producing stopped and they caught up (or the drain gave up).
     for c in consumers {
-        let _ = c.join();
+        match c.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failure.get_or_insert(format!("consumer: {e:#}"));
+            }
+            Err(e) => {
+                failure.get_or_insert(format!("consumer task: {e}"));
+            }
+        }
     }
+    shared.measuring.store(false, Ordering::Relaxed);
     let cpu_after = opts.broker_pid.and_then(process_cpu_seconds);
     let secs = measured.as_secs_f64().max(1e-9);
-    let (measured_produced, measured_bytes) = measured_since
-        .map(|(_, at)| {
+    let (measured_produced, measured_bytes) = match measured_since {
+        Some((_, at)) => {
             let n = produced - at;
-            (n, n * workload.message_size as u64)
-        })
-        .unwrap_or((produced, shared.produced_bytes.load(Ordering::Relaxed)));
+            let bytes = shared.produced_bytes.load(Ordering::Relaxed);
+            // Bytes in proportion (message sizes may vary).
+            (n, bytes as f64 * n as f64 / produced.max(1) as f64)
+        }
+        None => (
+            produced,
+            shared.produced_bytes.load(Ordering::Relaxed) as f64,
+        ),
+    };
     let consumed = shared.consumed.load(Ordering::Relaxed);
     let consumed_bytes = shared.consumed_bytes.load(Ordering::Relaxed);
-    let publish = shared
-        .publish
-        .lock()
-        .unwrap()
-        .clone()
-        .unwrap_or_else(histogram);
-    let e2e = shared
-        .end_to_end
-        .lock()
-        .unwrap()
-        .clone()
-        .unwrap_or_else(histogram);
+    let percentiles = |h: &Mutex<Option<Histogram<u64>>>| {
+        Percentiles::of(&h.lock().unwrap().clone().unwrap_or_else(histogram))
+    };
     let run_secs = start.elapsed().as_secs_f64().max(1e-9);
-    let result = RunResult {
+    let missing = if workload.consumers > 0 {
+        produced.saturating_sub(consumed)
+    } else {
+        0
+    };
+    let errors = shared.errors.load(Ordering::Relaxed);
+    let error_messages = shared.error_messages.lock().unwrap().clone();
+    if failure.is_none() && (missing > 0 || errors > 0) {
+        failure = Some(format!(
+            "{missing} messages missing, {errors} errors{}",
+            error_messages
+                .first()
+                .map(|m| format!(" (first: {m})"))
+                .unwrap_or_default()
+        ));
+    }
+    Ok(RunResult {
         label: opts.label.clone(),
         workload: workload.clone(),
-        driver: "librdkafka".into(),
+        driver: opts.driver.name().into(),
         bootstrap: opts.bootstrap.clone(),
         duration_s: secs,
         produced_messages: produced,
         produced_bytes: shared.produced_bytes.load(Ordering::Relaxed),
         consumed_messages: consumed,
         consumed_bytes,
-        missing_messages: if workload.consumers > 0 {
-            produced.saturating_sub(consumed)
-        } else {
-            0
-        },
-        errors: shared.errors.load(Ordering::Relaxed),
-        publish_latency: Percentiles::of(&publish),
-        end_to_end_latency: Percentiles::of(&e2e),
+        missing_messages: missing,
+        errors,
+        retries: shared.retries.load(Ordering::Relaxed),
+        error_messages,
+        failure,
+        publish_latency: percentiles(&shared.publish),
+        end_to_end_latency: percentiles(&shared.end_to_end),
         publish_msgs_per_s: measured_produced as f64 / secs,
-        publish_mb_per_s: measured_bytes as f64 / secs / 1e6,
+        publish_mb_per_s: measured_bytes / secs / 1e6,
         consume_msgs_per_s: consumed as f64 / run_secs,
         consume_mb_per_s: consumed_bytes as f64 / run_secs / 1e6,
-        publish_msgs_per_s_series: series.lock().unwrap().clone(),
+        publish_msgs_per_s_series: series,
         broker_cpu_s: cpu_before.zip(cpu_after).map(|(a, b)| b - a),
         broker_peak_rss_mib: opts.broker_pid.and_then(peak_rss_mib),
-    };
-    Ok(result)
-}
-
-async fn ensure_topic(w: &Workload, bootstrap: &str) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("socket.connection.setup.timeout.ms", "10000")
-        .create()?;
-    let metadata = admin
-        .inner()
-        .fetch_metadata(None, CONNECT_TIMEOUT)
-        .with_context(|| format!("broker {bootstrap} does not answer"))?;
-    if metadata
-        .topics()
-        .iter()
-        .any(|t| t.name() == w.topic && t.error().is_none())
-    {
-        return Ok(());
-    }
-    let created = admin
-        .create_topics(
-            &[NewTopic::new(
-                &w.topic,
-                w.partitions,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new().operation_timeout(Some(CONNECT_TIMEOUT)),
-        )
-        .await?;
-    match &created[0] {
-        Ok(_) => Ok(()),
-        Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => Ok(()),
-        Err((t, e)) => anyhow::bail!("creating topic {t}: {e}"),
-    }
-}
-
-fn producer(w: &Workload, bootstrap: &str) -> anyhow::Result<FutureProducer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("acks", if w.acks == "all" { "-1" } else { &w.acks })
-        .set("compression.codec", &w.compression)
-        .set("linger.ms", w.linger_ms.to_string())
-        .set("batch.size", w.batch_size.to_string())
-        .set("message.timeout.ms", "30000")
-        .create()?)
-}
-
-fn consumer(
-    w: &Workload,
-    bootstrap: &str,
-    group: &str,
-    index: usize,
-) -> anyhow::Result<BaseConsumer> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "latest")
-        .set("fetch.wait.max.ms", "100")
-        .create()?;
-    if w.subscribe {
-        c.subscribe(&[&w.topic])?;
-    } else {
-        // Partitions split round-robin over the consumers, each from the current end.
-        let mut tpl = TopicPartitionList::new();
-        for p in (0..w.partitions).filter(|p| *p as usize % w.consumers == index) {
-            let (_, high) = c.fetch_watermarks(&w.topic, p, CONNECT_TIMEOUT)?;
-            tpl.add_partition_offset(&w.topic, p, rdkafka::Offset::Offset(high))?;
-        }
-        c.assign(&tpl)?;
-    }
-    Ok(c)
-}
-
-async fn produce(
-    p: FutureProducer,
-    w: Workload,
-    index: usize,
-    start: Instant,
-    shared: Arc<Shared>,
-) {
-    let rate = w.rate / w.producers as u64;
-    let filler = vec![0x5au8; w.message_size];
-    let hist = Arc::new(Mutex::new(histogram()));
-    let mut pending = futures::stream::FuturesUnordered::new();
-    let base_nanos = unix_nanos() - start.elapsed().as_nanos() as u64;
-    let mut i = 0u64;
-    use futures::StreamExt;
-    while !shared.stop_producing.load(Ordering::Relaxed) {
-        let due = due_offset(i, rate, start.elapsed());
-        if rate > 0 {
-            if let Some(wait) = due.checked_sub(start.elapsed()) {
-                // Collect acknowledgements while waiting for the next message's turn.
-                let turn = tokio::time::sleep(wait);
-                tokio::pin!(turn);
-                loop {
-                    tokio::select! {
-                        _ = &mut turn => break,
-                        Some(()) = pending.next(), if !pending.is_empty() => {}
-                    }
-                }
-            }
-        }
-        let mut payload = filler.clone();
-        let due_nanos = base_nanos + due.as_nanos() as u64;
-        payload[..8].copy_from_slice(&due_nanos.to_be_bytes());
-        payload[8..16].copy_from_slice(&((index as u64) << 48 | i).to_be_bytes());
-        let message = FutureRecord::<(), Vec<u8>>::to(&w.topic)
-            .partition((i % w.partitions as u64) as i32)
-            .payload(&payload);
-        let delivery = match p.send_result(message) {
-            Ok(d) => d,
-            Err((e, _)) => {
-                // The local queue is full: wait for acknowledgements, then try again.
-                if matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::QueueFull)) {
-                    if pending.next().await.is_none() {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    continue;
-                }
-                shared.errors.fetch_add(1, Ordering::Relaxed);
-                i += 1;
-                continue;
-            }
-        };
-        let shared2 = shared.clone();
-        let hist2 = hist.clone();
-        let size = w.message_size as u64;
-        let measuring = shared.measuring.load(Ordering::Relaxed);
-        pending.push(async move {
-            match delivery.await {
-                Ok(Ok(_)) => {
-                    shared2.produced.fetch_add(1, Ordering::Relaxed);
-                    shared2.produced_bytes.fetch_add(size, Ordering::Relaxed);
-                    if measuring {
-                        let latency = unix_nanos().saturating_sub(due_nanos) / 1000;
-                        record(&mut hist2.lock().unwrap(), latency);
-                    }
-                }
-                _ => {
-                    shared2.errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
-        i += 1;
-        if rate == 0 && pending.len() >= 10_000 {
-            pending.next().await;
-        }
-        if i.is_multiple_of(1000) {
-            tokio::task::yield_now().await;
-        }
-    }
-    while pending.next().await.is_some() {}
-    merge(&shared.publish, &hist.lock().unwrap());
-}
-
-fn consume(c: BaseConsumer, shared: Arc<Shared>) {
-    let mut hist = histogram();
-    let mut idle_since: Option<Instant> = None;
-    let mut ready = false;
-    loop {
-        let polled = c.poll(Duration::from_millis(100));
-        if !ready && c.assignment().is_ok_and(|a| a.count() > 0) {
-            ready = true;
-            shared.consumers_ready.fetch_add(1, Ordering::Relaxed);
-        }
-        match polled {
-            Some(Ok(m)) => {
-                idle_since = None;
-                let payload = m.payload().unwrap_or_default();
-                shared.consumed.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .consumed_bytes
-                    .fetch_add(payload.len() as u64, Ordering::Relaxed);
-                if payload.len() >= 8 && shared.measuring.load(Ordering::Relaxed) {
-                    let due = u64::from_be_bytes(payload[..8].try_into().unwrap());
-                    record(&mut hist, unix_nanos().saturating_sub(due) / 1000);
-                }
-            }
-            Some(Err(_)) => {
-                shared.errors.fetch_add(1, Ordering::Relaxed);
-            }
-            None => {
-                if shared.stop_producing.load(Ordering::Relaxed)
-                    && shared.consumed.load(Ordering::Relaxed)
-                        >= shared.produced.load(Ordering::Relaxed)
-                {
-                    break;
-                }
-                let idle = idle_since.get_or_insert_with(Instant::now);
-                if shared.stop_producing.load(Ordering::Relaxed) && idle.elapsed() > DRAIN_MAX {
-                    break;
-                }
-            }
-        }
-    }
-    merge(&shared.end_to_end, &hist);
+    })
 }
 
 /// CPU seconds a process has used (Linux /proc).

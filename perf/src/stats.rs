@@ -70,6 +70,16 @@ pub struct RunResult {
     /// Produced messages not consumed by the end (0 in a healthy run).
     pub missing_messages: u64,
     pub errors: u64,
+    /// Batches the native driver resent after a retriable error (such as a full WAL); librdkafka
+    /// retries internally and does not report them, so its runs show 0.
+    #[serde(default)]
+    pub retries: u64,
+    /// The first distinct error messages (at most 10).
+    #[serde(default)]
+    pub error_messages: Vec<String>,
+    /// Why the run did not complete cleanly (None for a healthy run).
+    #[serde(default)]
+    pub failure: Option<String>,
     pub publish_latency: Percentiles,
     pub end_to_end_latency: Percentiles,
     pub publish_msgs_per_s: f64,

@@ -9,8 +9,16 @@ pub struct Workload {
     pub name: String,
     pub topic: String,
     pub partitions: i32,
-    /// Bytes per message (at least 16: the send time and sequence travel in the payload).
+    /// Bytes per message value (at least 16: the send time and sequence travel in it).
     pub message_size: usize,
+    /// When set, value sizes are spread evenly from `message_size` to this.
+    #[serde(default)]
+    pub message_size_max: Option<usize>,
+    /// Message keys: `none` (partitions taken round-robin), `round-robin` (keys cycle over
+    /// 10,000 values) or `random`; keyed messages go to murmur2(key) mod partitions, as with
+    /// the Java client.
+    #[serde(default = "default_keys")]
+    pub keys: String,
     pub producers: usize,
     pub consumers: usize,
     /// Messages per second over all producers; 0 means as fast as the broker accepts.
@@ -35,6 +43,9 @@ pub struct Workload {
     pub subscribe: bool,
 }
 
+fn default_keys() -> String {
+    "none".into()
+}
 fn default_acks() -> String {
     "all".into()
 }
@@ -88,6 +99,24 @@ impl Workload {
             self.message_size >= 16,
             "message_size must be at least 16 bytes"
         );
+        if let Some(max) = self.message_size_max {
+            anyhow::ensure!(
+                max >= self.message_size,
+                "message_size_max must be at least message_size"
+            );
+        }
+        anyhow::ensure!(
+            self.max_message_size() <= 64 << 20,
+            "messages larger than 64 MiB are not a benchmark"
+        );
+        anyhow::ensure!(
+            ["none", "round-robin", "random"].contains(&self.keys.as_str()),
+            "keys must be none, round-robin or random"
+        );
+        anyhow::ensure!(
+            self.partitions <= 100_000,
+            "partitions must be at most 100000"
+        );
         anyhow::ensure!(self.producers >= 1, "producers must be at least 1");
         anyhow::ensure!(self.duration_s >= 1, "duration_s must be at least 1");
         anyhow::ensure!(
@@ -99,6 +128,85 @@ impl Workload {
             "compression must be none, gzip, snappy, lz4 or zstd"
         );
         Ok(())
+    }
+}
+
+/// A well-mixed 64-bit hash of `i` (splitmix64): the same message gets the same size and key
+/// in every driver and every run.
+fn mix(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Kafka's murmur2 (the Java client's default partitioner hash).
+pub fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes(c.try_into().unwrap());
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= (tail[2] as u32) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= (tail[1] as u32) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= tail[0] as u32;
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^ (h >> 15)
+}
+
+impl Workload {
+    pub fn max_message_size(&self) -> usize {
+        self.message_size_max.unwrap_or(self.message_size)
+    }
+
+    /// The value size of message `i`.
+    pub fn size_of(&self, i: u64) -> usize {
+        match self.message_size_max {
+            Some(max) if max > self.message_size => {
+                self.message_size + (mix(i) % (max - self.message_size + 1) as u64) as usize
+            }
+            _ => self.message_size,
+        }
+    }
+
+    /// The key of message `i`, if the workload uses keys.
+    pub fn key_of(&self, i: u64) -> Option<Vec<u8>> {
+        match self.keys.as_str() {
+            "round-robin" => Some(format!("key-{}", i % 10_000).into_bytes()),
+            "random" => Some(format!("key-{:016x}", mix(!i)).into_bytes()),
+            _ => None,
+        }
+    }
+
+    /// The partition of message `i`: murmur2 of its key, or round-robin without keys.
+    pub fn partition_of(&self, i: u64) -> usize {
+        match self.key_of(i) {
+            Some(k) => ((murmur2(&k) & 0x7fff_ffff) % self.partitions as u32) as usize,
+            None => (i % self.partitions as u64) as usize,
+        }
+    }
+
+    /// The value of message `i` from producer `producer`: its due time and sequence, then
+    /// filler up to its size.
+    pub fn payload(&self, filler: &[u8], i: u64, producer: usize, due_nanos: u64) -> Vec<u8> {
+        let mut v = filler[..self.size_of(i)].to_vec();
+        v[..8].copy_from_slice(&due_nanos.to_be_bytes());
+        v[8..16].copy_from_slice(&(((producer as u64) << 48) | i).to_be_bytes());
+        v
     }
 }
 
@@ -119,5 +227,47 @@ mod tests {
         assert!(Workload::parse(&format!("{good}bogus=1\n")).is_err());
         assert!(Workload::parse(&format!("{good}acks='some'\n")).is_err());
         assert!(Workload::load("no-such-workload").is_err());
+        assert!(Workload::parse(&format!("{good}keys='sometimes'\n")).is_err());
+        assert!(Workload::parse(&format!("{good}message_size_max=50\n")).is_err());
+    }
+
+    #[test]
+    fn sizes_keys_and_partitions() {
+        let mut w = Workload::parse(
+            "name='x'\ntopic='t'\npartitions=8\nmessage_size=100\nmessage_size_max=200\nproducers=1\nconsumers=1\nduration_s=1\n",
+        )
+        .unwrap();
+        let sizes: Vec<usize> = (0..1000).map(|i| w.size_of(i)).collect();
+        assert!(sizes.iter().all(|s| (100..=200).contains(s)));
+        assert!(sizes.iter().any(|s| *s < 120) && sizes.iter().any(|s| *s > 180));
+        assert_eq!(w.partition_of(9), 1, "no keys: round-robin");
+        assert_eq!(w.key_of(3), None);
+        w.keys = "round-robin".into();
+        assert_eq!(w.key_of(10_003), Some(b"key-3".to_vec()));
+        let hits = (0..800).fold([0; 8], |mut h, i| {
+            h[w.partition_of(i)] += 1;
+            h
+        });
+        assert!(
+            hits.iter().all(|n| *n > 50),
+            "keys spread over partitions: {hits:?}"
+        );
+        let filler = vec![0u8; 200];
+        let v = w.payload(&filler, 5, 2, 77);
+        assert_eq!(v.len(), w.size_of(5));
+        assert_eq!(u64::from_be_bytes(v[..8].try_into().unwrap()), 77);
+        assert_eq!(
+            u64::from_be_bytes(v[8..16].try_into().unwrap()),
+            (2 << 48) | 5
+        );
+    }
+
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        // Values from Kafka's Utils.murmur2 (UtilsTest): "21" -> -973932308, "foobar" -> -790332482,
+        // "a-little-bit-long-string" -> -985981536.
+        assert_eq!(murmur2(b"21") as i32, -973932308);
+        assert_eq!(murmur2(b"foobar") as i32, -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
     }
 }

