@@ -7,18 +7,22 @@ use crate::stats::RunResult;
 /// The markdown report of `runs`, first run as the baseline for the ratios.
 pub fn markdown(runs: &[RunResult]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "| run | workload | driver | publish msg/s | MB/s | publish p50 / p99 / p99.9 / max (µs) | end-to-end p50 / p99 / p99.9 / max (µs) | missing | errors | broker CPU s | peak RSS MiB |");
-    let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "| run | workload | driver | publish msg/s | MB/s | publish p50 / p99 / p99.9 / max (µs) | end-to-end p50 / p99 / p99.9 / max (µs) | missing | errors | broker CPU s | peak RSS MiB | client CPU s |");
+    let _ = writeln!(
+        out,
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for r in runs {
         let p = &r.publish_latency;
         let e = &r.end_to_end_latency;
         let opt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1}"));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {:.1} | {} / {} / {} / {} | {} / {} / {} / {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.1} | {} / {} / {} / {} | {} / {} / {} / {} | {} | {} | {} | {} | {} |",
             r.label, r.workload.name, r.driver, r.publish_msgs_per_s, r.publish_mb_per_s,
             p.p50_us, p.p99_us, p.p999_us, p.max_us, e.p50_us, e.p99_us, e.p999_us, e.max_us,
-            r.missing_messages, r.errors, opt(r.broker_cpu_s), opt(r.broker_peak_rss_mib)
+            r.missing_messages, r.errors, opt(r.broker_cpu_s), opt(r.broker_peak_rss_mib),
+            opt(r.client_cpu_s)
         );
     }
     for r in runs.iter().filter(|r| r.failure.is_some()) {

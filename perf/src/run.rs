@@ -236,6 +236,7 @@ pub async fn run(workload: &Workload, opts: &RunOptions) -> anyhow::Result<RunRe
     }
     let _stop = StopOnDrop(shared.clone());
     let cpu_before = opts.broker_pid.and_then(process_cpu_seconds);
+    let client_cpu_before = process_cpu_seconds(std::process::id());
 
     // Consumers first, so that they are in place when the first message arrives.
     // A fresh group per run: no committed offsets from an earlier run to resume from.
@@ -384,6 +385,7 @@ pub async fn run(workload: &Workload, opts: &RunOptions) -> anyhow::Result<RunRe
     }
     shared.measuring.store(false, Ordering::Relaxed);
     let cpu_after = opts.broker_pid.and_then(process_cpu_seconds);
+    let client_cpu_after = process_cpu_seconds(std::process::id());
     let secs = measured.as_secs_f64().max(1e-9);
     let (measured_produced, measured_bytes) = match measured_since {
         Some((_, at)) => {
@@ -442,6 +444,7 @@ pub async fn run(workload: &Workload, opts: &RunOptions) -> anyhow::Result<RunRe
         consume_mb_per_s: consumed_bytes as f64 / run_secs / 1e6,
         publish_msgs_per_s_series: series,
         broker_cpu_s: cpu_before.zip(cpu_after).map(|(a, b)| b - a),
+        client_cpu_s: client_cpu_before.zip(client_cpu_after).map(|(a, b)| b - a),
         broker_peak_rss_mib: opts.broker_pid.and_then(peak_rss_mib),
     })
 }

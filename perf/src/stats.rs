@@ -90,6 +90,9 @@ pub struct RunResult {
     pub publish_msgs_per_s_series: Vec<f64>,
     pub broker_cpu_s: Option<f64>,
     pub broker_peak_rss_mib: Option<f64>,
+    /// CPU seconds of ringtail-perf itself during the run (the client's cost).
+    #[serde(default)]
+    pub client_cpu_s: Option<f64>,
 }
 
 #[cfg(test)]
