@@ -101,9 +101,16 @@ fn batch(base: i64) -> (ringtail_netio::batch::BatchHeader, Bytes) {
 
 async fn run(label: &str, store: Arc<Counting<Arc<dyn ObjectStore>>>, total_mb: usize) {
     let object_bytes = 8 << 20;
-    let tier = Tier::open(store.clone(), 0, object_bytes, Duration::from_secs(3600))
-        .await
-        .unwrap();
+    let stats = Arc::new(ringtail_engine::metrics::ShardStats::new(0));
+    let tier = Tier::open(
+        store.clone(),
+        0,
+        object_bytes,
+        Duration::from_secs(3600),
+        stats,
+    )
+    .await
+    .unwrap();
     let partitions = 8;
     let (_, sample) = batch(0);
     let batches_total = total_mb * (1 << 20) / sample.len();

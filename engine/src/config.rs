@@ -82,9 +82,21 @@ pub struct ServeArgs {
     /// live offsets.
     #[arg(long, env = "RINGTAIL_OFFSETS_COMPACT_RECORDS")]
     pub offsets_compact_records: Option<u64>,
-    /// Address of the Prometheus metrics endpoint (`/metrics`, `/health`); `none` turns it off.
+    /// Address of the Prometheus metrics endpoint (`/metrics`, `/health`, `/ready`); `none`
+    /// turns it off.
     #[arg(long, env = "RINGTAIL_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// Most partitions (and group offsets) with per-partition series (offsets, lag); 0 turns
+    /// them off [default: 1000].
+    #[arg(long, env = "RINGTAIL_METRICS_PARTITION_LIMIT")]
+    pub metrics_partition_limit: Option<usize>,
+    /// Log requests slower than this (Fetch: beyond its long-poll wait; JoinGroup and
+    /// SyncGroup wait for their group and are not logged); 0 turns the log off [default: 1000].
+    #[arg(long, env = "RINGTAIL_SLOW_REQUEST_MS")]
+    pub slow_request_ms: Option<u64>,
+    /// `text` (default) or `json` (one JSON object per line).
+    #[arg(long, env = "RINGTAIL_LOG_FORMAT")]
+    pub log_format: Option<String>,
     /// Test only: inject object-store faults, e.g. `throttle=0.2,error=0.05,latency-ms=5`.
     #[arg(long, hide = true)]
     pub object_store_faults: Option<String>,
@@ -114,6 +126,9 @@ struct FileConfig {
     object_age_max_ms: Option<u64>,
     hot_cache_bytes_per_shard: Option<u64>,
     metrics_listen: Option<String>,
+    metrics_partition_limit: Option<usize>,
+    slow_request_ms: Option<u64>,
+    log_format: Option<String>,
     group_initial_rebalance_delay_ms: Option<u64>,
     offsets_compact_records: Option<u64>,
 }
@@ -147,6 +162,10 @@ pub struct Config {
     pub hot_cache_bytes_per_shard: u64,
     /// None: no metrics endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    pub metrics_partition_limit: usize,
+    /// None: the slow-request log is off.
+    pub slow_request: Option<std::time::Duration>,
+    pub log_json: bool,
     pub group_initial_rebalance_delay_ms: u64,
     pub offsets_compact_records: u64,
 }
@@ -307,6 +326,23 @@ impl Config {
                         .with_context(|| format!("--metrics-listen {addr:?} is not ip:port"))?,
                 ),
                 None => Some("127.0.0.1:9644".parse().unwrap()),
+            },
+            metrics_partition_limit: args
+                .metrics_partition_limit
+                .or(file.metrics_partition_limit)
+                .unwrap_or(1000),
+            slow_request: match args
+                .slow_request_ms
+                .or(file.slow_request_ms)
+                .unwrap_or(1000)
+            {
+                0 => None,
+                ms => Some(std::time::Duration::from_millis(ms)),
+            },
+            log_json: match args.log_format.or(file.log_format).as_deref() {
+                None | Some("text") => false,
+                Some("json") => true,
+                Some(other) => anyhow::bail!("--log-format {other:?}: use text or json"),
             },
             offsets_compact_records: args
                 .offsets_compact_records

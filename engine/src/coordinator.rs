@@ -339,6 +339,25 @@ impl Coordinator {
         })
     }
 
+    /// Every committed offset of the groups this shard coordinates (for metrics), at most `limit`.
+    pub fn all_committed(&self, limit: usize) -> Vec<crate::metrics::CommittedOffset> {
+        let groups = self.groups.borrow();
+        groups
+            .iter()
+            .flat_map(|(g, e)| {
+                e.offsets
+                    .iter()
+                    .map(move |((t, p), c)| crate::metrics::CommittedOffset {
+                        group: g.clone(),
+                        topic: t.clone(),
+                        partition: *p,
+                        offset: c.offset,
+                    })
+            })
+            .take(limit)
+            .collect()
+    }
+
     /// Committed offsets: of the given (topic, partitions), or all of the group's.
     pub fn offsets(
         &self,

@@ -3,6 +3,7 @@
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -11,8 +12,9 @@ use futures::StreamExt;
 use ringtail_engine::catalog::{Catalog, TopicMeta};
 use ringtail_engine::config::{Config, ObjectStoreUrl, ServeArgs};
 use ringtail_engine::coordinator::Coordinator;
+use ringtail_engine::metrics::{Metered, ShardStats, StoreMetrics};
 use ringtail_engine::mirror::CatalogMirror;
-use ringtail_engine::partitions::{ShardState, ShardStats};
+use ringtail_engine::partitions::ShardState;
 use ringtail_engine::server::serve_connection;
 use ringtail_engine::shard::{Broker, ShardOp};
 use ringtail_engine::tier::Tier;
@@ -36,8 +38,8 @@ struct Cli {
 enum Command {
     /// Run the broker.
     Serve(Box<ServeArgs>),
-    /// Benchmark a Kafka-compatible broker: runs `ringtail-perf` (from this binary's directory,
-    /// else PATH) with the same arguments. `ringtail perf --help` lists them.
+    /// Benchmark a Kafka-compatible broker (the same as `ringtail-perf`; `ringtail perf
+    /// --help` lists the commands).
     #[command(disable_help_flag = true)]
     Perf {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -45,38 +47,17 @@ enum Command {
     },
 }
 
-/// Replaces this process with `ringtail-perf ARGS` (returns only on failure).
-fn perf(args: Vec<String>) -> anyhow::Error {
-    use std::os::unix::process::CommandExt;
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("ringtail-perf")))
-        .filter(|p| p.is_file());
-    let program = beside.clone().unwrap_or_else(|| "ringtail-perf".into());
-    let e = std::process::Command::new(&program).args(args).exec();
-    anyhow::anyhow!(
-        "running {}: {e} (build it with `cargo build --release -p ringtail-perf`; it is looked \
-         for next to this binary, then on PATH)",
-        program.display()
-    )
-}
-
 fn main() {
     let cli = Cli::parse();
     if let Command::Perf { args } = cli.command {
-        eprintln!("ringtail: {:#}", perf(args));
-        std::process::exit(1);
+        let program = std::iter::once("ringtail perf".to_string());
+        ringtail_perf::cli::main(program.chain(args).map(Into::into));
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let result = match cli.command {
-        Command::Serve(args) => serve(*args),
+        Command::Serve(args) => Config::resolve(*args).and_then(|config| {
+            init_logging(config.log_json);
+            serve(config)
+        }),
         Command::Perf { .. } => unreachable!("handled before logging starts"),
     };
     if let Err(e) = result {
@@ -86,9 +67,27 @@ fn main() {
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Arc::new(Config::resolve(args)?);
-    let store = object_store(&config)?;
+/// Logs to stderr: text, or one JSON object per line (`--log-format json`); `RUST_LOG` filters.
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let store_metrics = Arc::new(StoreMetrics::default());
+    let store = object_store(&config)?
+        .map(|s| -> Arc<dyn ObjectStore> { Arc::new(Metered::new(s, store_metrics.clone())) });
     if let Some(store) = &store {
         restore_from_object_store(&config, store)?;
     }
@@ -111,7 +110,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let bound = probe.local_addr()?;
     let advertised_port = config.advertised_port.unwrap_or(bound.port()) as i32;
 
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Arc<ShardStats>, String>>();
+    // The metrics endpoint starts first: /ready says 503 until every shard serves.
+    let stats: Vec<Arc<ShardStats>> = (0..config.shards)
+        .map(|i| Arc::new(ShardStats::new(i)))
+        .collect();
+    let ready_flag = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = config.metrics_listen {
+        let sources = ringtail_engine::metrics::Sources {
+            shards: stats.clone(),
+            store: store.as_ref().map(|_| store_metrics.clone()),
+            partition_limit: config.metrics_partition_limit,
+            ready: ready_flag.clone(),
+        };
+        let bound = ringtail_engine::metrics::serve(addr, sources)
+            .map_err(|e| e.context("set --metrics-listen to a free address, or to none"))?;
+        tracing::info!("metrics on http://{bound}/metrics");
+    }
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let runtime_config = RuntimeConfig {
         shards: config.shards,
         io_memory_bytes,
@@ -119,8 +134,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let shard_config = config.clone();
     check_wal_shards(&config)?;
+    let shard_stats = stats.clone();
     let runtime = Runtime::start(&runtime_config, move |ctx: ShardContext<ShardOp>| {
         let ready = ready_tx.clone();
+        let stats = shard_stats[ctx.id].clone();
         let catalog = catalog.clone();
         let config = shard_config.clone();
         let cluster_id = cluster_id.clone();
@@ -136,6 +153,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                         ctx.id as u32,
                         config.object_bytes_target,
                         config.object_age_max,
+                        stats.clone(),
                     )
                     .await
                     {
@@ -152,7 +170,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 &catalog.snapshot(),
                 tier,
                 config.hot_cache_bytes_per_shard,
-                ctx.id,
+                stats,
                 Coordinator::new(
                     config.group_initial_rebalance_delay_ms,
                     config.offsets_compact_records,
@@ -182,13 +200,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     })?;
 
-    let mut stats = vec![None; config.shards];
     for _ in 0..config.shards {
         match ready_rx.recv() {
-            Ok(Ok(s)) => {
-                let shard = s.shard;
-                stats[shard] = Some(s);
-            }
+            Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 runtime.stop_and_join();
                 bail!("a shard could not start: {e}");
@@ -197,16 +211,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     drop(probe);
-    if let Some(addr) = config.metrics_listen {
-        let stats = stats.into_iter().flatten().collect();
-        match ringtail_engine::metrics::serve(addr, stats) {
-            Ok(bound) => tracing::info!("metrics on http://{bound}/metrics"),
-            Err(e) => {
-                runtime.stop_and_join();
-                return Err(e.context("set --metrics-listen to a free address, or to none"));
-            }
-        }
-    }
+    ready_flag.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         listen = %bound,
         advertised = %format!("{}:{advertised_port}", config.advertised_host),
@@ -224,6 +229,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(signal) = signals.forever().next() {
         tracing::info!(signal, "shutting down");
     }
+    ready_flag.store(false, std::sync::atomic::Ordering::Relaxed);
     runtime.stop_and_join();
     tracing::info!("stopped");
     Ok(())
@@ -233,7 +239,7 @@ async fn shard_main(
     mut ctx: ShardContext<ShardOp>,
     broker: Rc<Broker>,
     addr: SocketAddr,
-    ready: std::sync::mpsc::Sender<Result<Arc<ShardStats>, String>>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let listener = match TcpListener::bind(addr) {
         Ok(l) => l,
@@ -283,7 +289,19 @@ async fn shard_main(
         let b = broker.clone();
         ringtail_shards::spawn_detached(async move { b.catalog_changed().await });
     }
-    let _ = ready.send(Ok(broker.state.stats.clone()));
+    // Offsets for the metrics endpoint, once a second.
+    let limit = broker.config.metrics_partition_limit;
+    if limit > 0 && broker.config.metrics_listen.is_some() {
+        let state = Rc::downgrade(&broker.state);
+        ringtail_shards::spawn_detached(async move {
+            while let Some(s) = state.upgrade() {
+                s.publish_offsets(limit);
+                drop(s);
+                ringtail_shards::sleep(ringtail_engine::metrics::OFFSETS_PUBLISH_INTERVAL).await;
+            }
+        });
+    }
+    let _ = ready.send(Ok(()));
     let accept = async {
         loop {
             match listener.accept().await {

@@ -26,6 +26,7 @@ use crate::catalog::{Snapshot, TopicMeta};
 use crate::coordinator::Coordinator;
 use crate::log::{MemLog, PartitionLog};
 use crate::manifest::ProducerSnapshot;
+use crate::metrics::ShardStats;
 use crate::object_format::Span;
 use crate::producers::{Check, Producers, Written};
 use crate::shard::{
@@ -111,25 +112,6 @@ pub struct ShardState {
     pub coordinator: Coordinator,
 }
 
-/// A shard's counters: written only by the shard (relaxed atomics, no lock), read by anyone.
-#[derive(Debug, Default)]
-pub struct ShardStats {
-    pub shard: usize,
-    /// Fetch reads answered from memory (the hot tail), and their record bytes.
-    pub fetch_memory_reads: AtomicU64,
-    pub fetch_memory_bytes: AtomicU64,
-    /// Fetch reads answered from committed objects (span cache or GET), and their bytes.
-    pub fetch_object_reads: AtomicU64,
-    pub fetch_object_bytes: AtomicU64,
-    /// Record bytes sent in fetch responses on this shard's connections, and how many of them
-    /// were copied in user space to build the response.
-    pub fetch_sent_record_bytes: AtomicU64,
-    pub fetch_copied_record_bytes: AtomicU64,
-    /// Uploaded batches kept in memory now, and bytes evicted from there so far.
-    pub hot_cache_bytes: AtomicU64,
-    pub hot_cache_evicted_bytes: AtomicU64,
-}
-
 fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
@@ -142,7 +124,7 @@ impl ShardState {
         snapshot: &Snapshot,
         tier: Option<Tier>,
         hot_cache_bytes: u64,
-        shard: usize,
+        stats: Arc<ShardStats>,
         coordinator: Coordinator,
     ) -> Result<Rc<ShardState>, WalError> {
         ringtail_wal::create_or_check(config)?;
@@ -157,10 +139,7 @@ impl ShardState {
             hot_uploaded: RefCell::new(VecDeque::new()),
             hot_uploaded_bytes: Cell::new(0),
             hot_cache_bytes,
-            stats: Arc::new(ShardStats {
-                shard,
-                ..ShardStats::default()
-            }),
+            stats,
             coordinator,
         });
         if let Some(tier) = &state.tier {
@@ -187,6 +166,7 @@ impl ShardState {
             used_bytes = wal.used_bytes(),
             "recovered WAL ring"
         );
+        let _ = state.stats.wal.set(wal.metrics());
         *state.wal.borrow_mut() = Some(wal);
         state.settle_recovered();
         state.trim_wal();
@@ -254,6 +234,29 @@ impl ShardState {
     }
 
     /// Every partition's idempotent producers, for the next manifest commit.
+    /// Copies every partition's offsets and the committed offsets of the groups this shard
+    /// coordinates (at most `limit` of each) for the metrics endpoint.
+    pub fn publish_offsets(&self, limit: usize) {
+        let partitions = self
+            .partitions
+            .borrow()
+            .iter()
+            .take(limit)
+            .map(|(key, p)| crate::metrics::PartitionOffsets {
+                topic: p.topic.name.clone(),
+                partition: key.partition,
+                log_start: p.log_start(),
+                log_end: p.next_offset,
+                high_watermark: p.log_end(),
+            })
+            .collect();
+        let committed = self.coordinator.all_committed(limit);
+        *self.stats.offsets.lock().unwrap() = crate::metrics::OffsetsSnapshot {
+            partitions,
+            committed,
+        };
+    }
+
     fn producer_snapshot(&self) -> Vec<ProducerSnapshot> {
         let parts = self.partitions.borrow();
         let mut out = Vec::new();
@@ -528,6 +531,8 @@ impl ShardState {
                 },
             ) {
                 Ok(ticket) => {
+                    add(&self.stats.produce_records, header.record_count as u64);
+                    add(&self.stats.produce_bytes, header.size_bytes() as u64);
                     p.next_offset = header.last_offset() + 1;
                     base_offset.get_or_insert(header.base_offset);
                     last_offset = header.last_offset();

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use crate::manifest::{
     CommitError, Committed, LogStart, ManifestStore, ObjectRef, ProducerSnapshot,
 };
+use crate::metrics::ShardStats;
 use crate::object_format::{
     object_epoch, object_key, object_prefix, ObjectBuilder, ObjectIndex, Span,
 };
@@ -45,6 +46,9 @@ pub struct Tier {
     deletion: Cell<bool>,
     /// Unreferenced objects whose delete failed: garbage collection retries them.
     garbage: RefCell<Vec<String>>,
+    /// Record bytes sealed into the object being uploaded (not committed yet).
+    in_flight_bytes: Cell<u64>,
+    stats: Arc<ShardStats>,
 }
 
 /// An object ready to upload.
@@ -62,6 +66,7 @@ impl Tier {
         shard: u32,
         bytes_target: u64,
         age_max: Duration,
+        stats: Arc<ShardStats>,
     ) -> Result<Tier, CommitError> {
         let manifests = ManifestStore::new(store.clone(), shard);
         // Start-up rides out a flaky store for a while rather than failing at the first 503.
@@ -100,7 +105,17 @@ impl Tier {
             urgent: Cell::new(false),
             deletion: Cell::new(false),
             garbage: RefCell::new(Vec::new()),
+            in_flight_bytes: Cell::new(0),
+            stats,
         })
+    }
+
+    /// Publishes the uploader's backlog: pending plus in-flight record bytes.
+    fn publish_pending(&self) {
+        let pending = self.builder.borrow().data_bytes() + self.in_flight_bytes.get();
+        self.stats
+            .upload_pending_bytes
+            .store(pending, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn committed_objects(&self) -> Vec<ObjectRef> {
@@ -123,6 +138,7 @@ impl Tier {
         if self.oldest.get().is_none() {
             self.oldest.set(Some(Instant::now()));
         }
+        self.publish_pending();
     }
 
     pub fn is_fenced(&self) -> bool {
@@ -171,6 +187,8 @@ impl Tier {
             return None;
         }
         let builder = std::mem::take(&mut *self.builder.borrow_mut());
+        self.in_flight_bytes
+            .set(self.in_flight_bytes.get() + builder.data_bytes());
         self.oldest.set(None);
         self.urgent.set(false);
         let (epoch, generation) = {
@@ -190,6 +208,7 @@ impl Tier {
         producers: Vec<ProducerSnapshot>,
     ) -> Result<Vec<Span>, CommitError> {
         let size: u64 = sealed.pieces.iter().map(|p| p.len() as u64).sum();
+        let data_bytes: u64 = sealed.index.spans.iter().map(|s| s.byte_len).sum();
         let t = Instant::now();
         retry(&format!("upload {}", sealed.key), || {
             put_object(
@@ -228,6 +247,13 @@ impl Tier {
                 }
             }
         }
+        self.stats.object_size.observe(size as f64);
+        self.stats
+            .object_upload_latency
+            .observe_duration(t.elapsed());
+        self.in_flight_bytes
+            .set(self.in_flight_bytes.get().saturating_sub(data_bytes));
+        self.publish_pending();
         tracing::debug!(key = %sealed.key, bytes = size, spans = object.spans.len(), upload_ms, "committed object");
         Ok(object.spans)
     }

@@ -7,9 +7,11 @@
 //!   client on the same codec crate as the broker).
 //! * [`stats`]: histograms and the JSON result.
 //! * [`report`]: side-by-side markdown and SVG.
+//! * [`cli`]: the command line (`ringtail-perf`, and `ringtail perf` in the broker binary).
 //!
 //! Architecture invariant: nothing here knows Ringtail; the client path is a standard client.
 
+pub mod cli;
 pub mod librdkafka;
 pub mod native;
 pub mod report;

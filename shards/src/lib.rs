@@ -18,6 +18,7 @@ use futures::channel::{mpsc, oneshot};
 use futures::SinkExt;
 
 pub mod memlock;
+pub mod stats;
 
 pub mod net;
 

@@ -11,4 +11,6 @@ pub mod format;
 pub mod ring;
 pub mod scan;
 
-pub use ring::{create_or_check, recover, Recovery, SyncMode, Wal, WalConfig, WalError, WalStats};
+pub use ring::{
+    create_or_check, recover, Recovery, SyncMode, Wal, WalConfig, WalError, WalMetrics, WalStats,
+};

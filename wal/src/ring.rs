@@ -6,17 +6,20 @@
 //! torn). When a chunk is durable the caller's `on_durable` sees its entries in ring order, then
 //! the appenders' tickets resolve.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::channel::oneshot;
 use ringtail_shards::fs::{DmaFile, OpenOptions};
+use ringtail_shards::stats::Histogram;
 
 use crate::format::{
     chunk_len, encode_chunk, entry_header, superblock_block, EntryHeader, EntryMeta, Superblock,
@@ -213,10 +216,41 @@ pub struct WalStats {
     pub superblock_writes: u64,
 }
 
+/// A ring's live metrics, written by its shard and readable from any thread.
+pub struct WalMetrics {
+    pub writes: AtomicU64,
+    pub entries: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub superblock_writes: AtomicU64,
+    /// Seconds per chunk write, durability barrier included (O_DSYNC write, or write plus
+    /// fdatasync).
+    pub write_latency: Histogram,
+    /// Bytes per chunk write.
+    pub write_size: Histogram,
+    /// Bytes of the ring holding untrimmed data, and the ring's size.
+    pub used_bytes: AtomicU64,
+    pub ring_bytes: AtomicU64,
+}
+
+impl WalMetrics {
+    fn new(ring_bytes: u64) -> WalMetrics {
+        WalMetrics {
+            writes: AtomicU64::new(0),
+            entries: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            superblock_writes: AtomicU64::new(0),
+            write_latency: Histogram::latency(),
+            write_size: Histogram::sizes(),
+            used_bytes: AtomicU64::new(0),
+            ring_bytes: AtomicU64::new(ring_bytes),
+        }
+    }
+}
+
 /// A ring open for appends on the current shard. `T` is the caller's tag per entry.
 pub struct Wal<T> {
     state: Rc<RefCell<State<T>>>,
-    stats: Rc<Cell<WalStats>>,
+    metrics: Arc<WalMetrics>,
     ring_bytes: u64,
     chunk_bytes_max: u64,
     _writer: ringtail_shards::Task<()>,
@@ -275,11 +309,12 @@ impl<T: Clone + 'static> Wal<T> {
             failed: None,
             writer_waker: None,
         }));
-        let stats = Rc::new(Cell::new(WalStats::default()));
+        let metrics = Arc::new(WalMetrics::new(ring_bytes));
+        metrics.used_bytes.store(used_bytes, Relaxed);
         let writer = Writer {
             file: Rc::new(file),
             state: state.clone(),
-            stats: stats.clone(),
+            metrics: metrics.clone(),
             sync: config.sync,
             chunk_bytes_max: config.chunk_bytes_max as u64,
             max_delay: config.max_delay,
@@ -297,7 +332,7 @@ impl<T: Clone + 'static> Wal<T> {
         let task = ringtail_shards::spawn(writer.run());
         Ok(Wal {
             state,
-            stats,
+            metrics,
             ring_bytes,
             chunk_bytes_max: config.chunk_bytes_max as u64,
             _writer: task,
@@ -362,6 +397,7 @@ impl<T: Clone + 'static> Wal<T> {
             s.used_bytes -= freed;
             s.trimmed_not_durable += freed;
         }
+        self.metrics.used_bytes.store(s.used_bytes, Relaxed);
     }
 
     /// Bytes of the ring holding data that has not been trimmed.
@@ -374,7 +410,18 @@ impl<T: Clone + 'static> Wal<T> {
     }
 
     pub fn stats(&self) -> WalStats {
-        self.stats.get()
+        let m = &self.metrics;
+        WalStats {
+            writes: m.writes.load(Relaxed),
+            entries: m.entries.load(Relaxed),
+            bytes_written: m.bytes_written.load(Relaxed),
+            superblock_writes: m.superblock_writes.load(Relaxed),
+        }
+    }
+
+    /// The ring's live metrics (for a metrics endpoint on another thread).
+    pub fn metrics(&self) -> Arc<WalMetrics> {
+        self.metrics.clone()
     }
 }
 
@@ -390,7 +437,7 @@ fn distance(from: u64, to: u64, ring_bytes: u64) -> u64 {
 struct Writer<T> {
     file: Rc<DmaFile>,
     state: Rc<RefCell<State<T>>>,
-    stats: Rc<Cell<WalStats>>,
+    metrics: Arc<WalMetrics>,
     sync: SyncMode,
     chunk_bytes_max: u64,
     max_delay: Duration,
@@ -500,6 +547,7 @@ impl<T: Clone + 'static> Writer<T> {
             group.iter().map(|p| (&p.header, &p.payload[..])),
         );
         debug_assert_eq!(pos % bs, 0, "writes are block-aligned");
+        let started = Instant::now();
         let written = self
             .file
             .write_at(buf, pos)
@@ -514,6 +562,9 @@ impl<T: Clone + 'static> Writer<T> {
                 .await
                 .map_err(|e| format!("fdatasync: {e}"))?;
         }
+        let m = &self.metrics;
+        m.write_latency.observe_duration(started.elapsed());
+        m.write_size.observe(len as f64);
         let tags: Vec<T> = group.iter().map(|p| p.tag.clone()).collect();
         {
             let mut s = self.state.borrow_mut();
@@ -532,11 +583,10 @@ impl<T: Clone + 'static> Writer<T> {
                 tags: tags.clone(),
             });
         }
-        let mut st = self.stats.get();
-        st.writes += 1;
-        st.entries += group.len() as u64;
-        st.bytes_written += len;
-        self.stats.set(st);
+        m.writes.fetch_add(1, Relaxed);
+        m.entries.fetch_add(group.len() as u64, Relaxed);
+        m.bytes_written.fetch_add(len, Relaxed);
+        m.used_bytes.store(self.state.borrow().used_bytes, Relaxed);
         (self.on_durable)(&tags);
         Ok(())
     }
@@ -570,9 +620,7 @@ impl<T: Clone + 'static> Writer<T> {
         let mut s = self.state.borrow_mut();
         s.superblock = sb;
         s.trimmed_not_durable = 0;
-        let mut st = self.stats.get();
-        st.superblock_writes += 1;
-        self.stats.set(st);
+        self.metrics.superblock_writes.fetch_add(1, Relaxed);
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 
 mod admin;
 mod delete_records;
+mod error_codes;
 mod fetch;
 mod groups;
 mod init_producer_id;
@@ -21,6 +22,7 @@ use kafka_protocol::ResponseError;
 use ringtail_netio::request::{encode_response, Body, Header};
 
 use crate::shard::Broker;
+use error_codes::ErrorCodes;
 
 /// (api, min version, max version) advertised in ApiVersions.
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
@@ -68,7 +70,18 @@ pub enum Reply {
     Close(String),
 }
 
-fn respond<R: Encodable + HeaderVersion>(header: &Header, body: &R) -> Reply {
+/// Counts the answer's error codes, then encodes it.
+fn respond<R: Encodable + HeaderVersion + ErrorCodes>(
+    broker: &Broker,
+    header: &Header,
+    body: &R,
+) -> Reply {
+    let stats = &broker.state.stats;
+    body.each_error(&mut |code| stats.error(header.api_key as i16, code));
+    encode_reply(header, body)
+}
+
+fn encode_reply<R: Encodable + HeaderVersion>(header: &Header, body: &R) -> Reply {
     match encode_response(header.correlation_id, header.api_version, body) {
         Ok(bytes) => Reply::Send(bytes),
         Err(e) => Reply::Close(format!(
@@ -91,14 +104,14 @@ pub fn api_versions(header: &Header) -> Reply {
         .collect();
     let mut response = ApiVersionsResponse::default().with_api_keys(keys);
     if supported(ApiKey::ApiVersions, header.api_version) {
-        return respond(header, &response);
+        return encode_reply(header, &response);
     }
     response.error_code = ResponseError::UnsupportedVersion.code();
     let v0 = Header {
         api_version: 0,
         ..header.clone()
     };
-    respond(&v0, &response)
+    encode_reply(&v0, &response)
 }
 
 /// Counts the record bytes a fetch response sends, and those it had to copy: a batch that is not
@@ -140,10 +153,19 @@ pub async fn handle(broker: &Broker, header: &Header, body: Body) -> Reply {
     };
     match *request {
         RequestKind::ApiVersions(_) => api_versions(header),
-        RequestKind::Metadata(r) => respond(header, &metadata::metadata(broker, header, r).await),
-        RequestKind::DescribeCluster(r) => respond(header, &metadata::describe_cluster(broker, r)),
+        RequestKind::Metadata(r) => {
+            respond(broker, header, &metadata::metadata(broker, header, r).await)
+        }
+        RequestKind::DescribeCluster(r) => {
+            respond(broker, header, &metadata::describe_cluster(broker, r))
+        }
         RequestKind::Fetch(r) => {
             let parts = fetch::handle(broker, header, r).await;
+            let stats = &broker.state.stats;
+            stats.error(header.api_key as i16, parts.error_code);
+            for p in parts.topics.iter().flat_map(|t| &t.partitions) {
+                stats.error(header.api_key as i16, p.error_code);
+            }
             match ringtail_netio::fetch::encode_fetch_response(
                 header.correlation_id,
                 header.api_version,
@@ -157,48 +179,79 @@ pub async fn handle(broker: &Broker, header: &Header, body: Body) -> Reply {
             }
         }
         RequestKind::ListOffsets(r) => respond(
+            broker,
             header,
             &list_offsets::handle(broker, header.api_version, r).await,
         ),
-        RequestKind::CreateTopics(r) => {
-            respond(header, &admin::create_topics(broker, header, r).await)
+        RequestKind::CreateTopics(r) => respond(
+            broker,
+            header,
+            &admin::create_topics(broker, header, r).await,
+        ),
+        RequestKind::DeleteTopics(r) => respond(
+            broker,
+            header,
+            &admin::delete_topics(broker, header, r).await,
+        ),
+        RequestKind::DeleteRecords(r) => {
+            respond(broker, header, &delete_records::handle(broker, r).await)
         }
-        RequestKind::DeleteTopics(r) => {
-            respond(header, &admin::delete_topics(broker, header, r).await)
-        }
-        RequestKind::DeleteRecords(r) => respond(header, &delete_records::handle(broker, r).await),
         RequestKind::CreatePartitions(r) => {
-            respond(header, &admin::create_partitions(broker, r).await)
+            respond(broker, header, &admin::create_partitions(broker, r).await)
         }
-        RequestKind::DescribeConfigs(r) => respond(header, &admin::describe_configs(broker, r)),
+        RequestKind::DescribeConfigs(r) => {
+            respond(broker, header, &admin::describe_configs(broker, r))
+        }
         RequestKind::FindCoordinator(r) => {
-            respond(header, &groups::find_coordinator(broker, header, r))
+            respond(broker, header, &groups::find_coordinator(broker, header, r))
         }
-        RequestKind::JoinGroup(r) => respond(header, &groups::join_group(broker, header, r).await),
-        RequestKind::SyncGroup(r) => respond(header, &groups::sync_group(broker, header, r).await),
-        RequestKind::Heartbeat(r) => respond(header, &groups::heartbeat(broker, r).await),
-        RequestKind::LeaveGroup(r) => {
-            respond(header, &groups::leave_group(broker, header, r).await)
+        RequestKind::JoinGroup(r) => {
+            respond(broker, header, &groups::join_group(broker, header, r).await)
         }
-        RequestKind::OffsetCommit(r) => respond(header, &groups::offset_commit(broker, r).await),
-        RequestKind::OffsetFetch(r) => {
-            respond(header, &groups::offset_fetch(broker, header, r).await)
+        RequestKind::SyncGroup(r) => {
+            respond(broker, header, &groups::sync_group(broker, header, r).await)
         }
-        RequestKind::DescribeGroups(r) => {
-            respond(header, &groups::describe_groups(broker, header, r).await)
+        RequestKind::Heartbeat(r) => respond(broker, header, &groups::heartbeat(broker, r).await),
+        RequestKind::LeaveGroup(r) => respond(
+            broker,
+            header,
+            &groups::leave_group(broker, header, r).await,
+        ),
+        RequestKind::OffsetCommit(r) => {
+            respond(broker, header, &groups::offset_commit(broker, r).await)
         }
-        RequestKind::ListGroups(r) => {
-            respond(header, &groups::list_groups(broker, header, r).await)
+        RequestKind::OffsetFetch(r) => respond(
+            broker,
+            header,
+            &groups::offset_fetch(broker, header, r).await,
+        ),
+        RequestKind::DescribeGroups(r) => respond(
+            broker,
+            header,
+            &groups::describe_groups(broker, header, r).await,
+        ),
+        RequestKind::ListGroups(r) => respond(
+            broker,
+            header,
+            &groups::list_groups(broker, header, r).await,
+        ),
+        RequestKind::OffsetDelete(r) => {
+            respond(broker, header, &groups::offset_delete(broker, r).await)
         }
-        RequestKind::OffsetDelete(r) => respond(header, &groups::offset_delete(broker, r).await),
         RequestKind::InitProducerId(r) => {
-            respond(header, &init_producer_id::handle(broker, r).await)
+            respond(broker, header, &init_producer_id::handle(broker, r).await)
         }
-        RequestKind::DeleteGroups(r) => respond(header, &groups::delete_groups(broker, r).await),
-        RequestKind::AlterConfigs(r) => respond(header, &admin::alter_configs(broker, r).await),
-        RequestKind::IncrementalAlterConfigs(r) => {
-            respond(header, &admin::incremental_alter_configs(broker, r).await)
+        RequestKind::DeleteGroups(r) => {
+            respond(broker, header, &groups::delete_groups(broker, r).await)
         }
+        RequestKind::AlterConfigs(r) => {
+            respond(broker, header, &admin::alter_configs(broker, r).await)
+        }
+        RequestKind::IncrementalAlterConfigs(r) => respond(
+            broker,
+            header,
+            &admin::incremental_alter_configs(broker, r).await,
+        ),
         other => Reply::Close(format!(
             "no handler for {:?}",
             std::mem::discriminant(&other)

@@ -101,6 +101,7 @@ pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Re
         })
         .collect();
     respond(
+        broker,
         header,
         &ProduceResponse::default().with_responses(responses),
     )

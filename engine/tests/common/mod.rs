@@ -125,7 +125,7 @@ impl TestBroker {
     }
 
     /// Scrapes `/metrics` and sums each series over the shards: name{labels without shard} ->
-    /// value.
+    /// value (histogram sums rounded down to whole units).
     pub fn metrics(&self) -> std::collections::BTreeMap<String, u64> {
         use std::io::{Read, Write};
         let addr = self
@@ -153,20 +153,37 @@ impl TestBroker {
             let labels: Vec<&str> = labels
                 .trim_end_matches('}')
                 .split(',')
-                .filter(|l| !l.starts_with("shard="))
+                .filter(|l| !l.starts_with("shard=") && !l.is_empty())
                 .collect();
             let key = if labels.is_empty() {
                 name.to_string()
             } else {
                 format!("{name}{{{}}}", labels.join(","))
             };
-            *out.entry(key).or_insert(0) += value.parse::<u64>().unwrap();
+            *out.entry(key).or_insert(0) += value.parse::<f64>().unwrap() as u64;
         }
         out
     }
 
     pub fn bootstrap(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// GET `path` on the metrics endpoint: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let addr = self.metrics.lock().unwrap().expect("metrics endpoint");
+        let mut s = std::net::TcpStream::connect(addr).expect("connect to metrics");
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (status, body.to_string())
     }
 
     /// How many log lines contain `needle`.
