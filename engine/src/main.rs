@@ -45,6 +45,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Host checks, safe apply/revert of kernel settings, measured experiments (`ringtail tune
+    /// --help`).
+    #[command(disable_help_flag = true)]
+    Tune {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() {
@@ -53,12 +60,18 @@ fn main() {
         let program = std::iter::once("ringtail perf".to_string());
         ringtail_perf::cli::main(program.chain(args).map(Into::into));
     }
+    if let Command::Tune { args } = cli.command {
+        let program = std::iter::once("ringtail tune".to_string());
+        ringtail_tuning::cli::main(program.chain(args).map(Into::into));
+    }
     let result = match cli.command {
         Command::Serve(args) => Config::resolve(*args).and_then(|config| {
             init_logging(config.log_json);
             serve(config)
         }),
-        Command::Perf { .. } => unreachable!("handled before logging starts"),
+        Command::Perf { .. } | Command::Tune { .. } => {
+            unreachable!("handled before logging starts")
+        }
     };
     if let Err(e) = result {
         tracing::error!("{e:#}");
