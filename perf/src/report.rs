@@ -83,13 +83,22 @@ fn by_label(runs: &[RunResult]) -> Vec<(String, Vec<&RunResult>)> {
     groups
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (0 for none): the figure repeated runs are summarised by.
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => 0.0,
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
+}
+
+/// (min, max) of `v`.
+pub fn min_max(v: &[f64]) -> (f64, f64) {
+    (
+        v.iter().copied().fold(f64::INFINITY, f64::min),
+        v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    )
 }
 
 /// Repeated runs (A/B alternation): median and min–max per label, and the ratio of medians
@@ -120,8 +129,7 @@ fn summary(out: &mut String, groups: &[(String, Vec<&RunResult>)]) {
         let _ = write!(out, "| {label} | {} |", g.len());
         for ((_, f), b) in figures.iter().zip(&base) {
             let values: Vec<f64> = g.iter().map(|r| f(r)).collect();
-            let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-            let max = values.iter().copied().fold(0.0, f64::max);
+            let (min, max) = min_max(&values);
             let m = median(values);
             let ratio = if *b > 0.0 {
                 format!("{:.2}", m / b)

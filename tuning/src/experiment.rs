@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use ringtail_perf::report::{median, min_max};
 use ringtail_perf::run::{run, Driver, RunOptions};
 use ringtail_perf::stats::RunResult;
 use ringtail_perf::workload::Workload;
@@ -196,22 +197,6 @@ impl Broker {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-fn range(v: &[f64]) -> (f64, f64) {
-    (
-        v.iter().copied().fold(f64::INFINITY, f64::min),
-        v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-    )
-}
-
 /// The figure an experiment optimises: publish p99 at a fixed rate (lower is better),
 /// throughput when the workload runs as fast as possible (higher is better).
 fn figure(w: &Workload) -> (&'static str, fn(&RunResult) -> f64, bool) {
@@ -230,7 +215,7 @@ pub fn recommend(parameter: &str, w: &Workload, points: &[Point]) -> String {
         .iter()
         .map(|p| {
             let v: Vec<f64> = p.runs.iter().map(f).collect();
-            (median(v.clone()), range(&v))
+            (median(v.clone()), min_max(&v))
         })
         .collect();
     let better = |a: f64, b: f64| if higher_better { a > b } else { a < b };
@@ -276,7 +261,7 @@ pub fn table(parameter: &str, points: &[Point]) -> String {
     for p in points {
         let cell = |f: fn(&RunResult) -> f64| {
             let v: Vec<f64> = p.runs.iter().map(f).collect();
-            let (lo, hi) = range(&v);
+            let (lo, hi) = min_max(&v);
             format!("{:.0} ({lo:.0}–{hi:.0})", median(v))
         };
         out.push_str(&format!(
@@ -313,7 +298,7 @@ pub fn svg(parameter: &str, points: &[Point]) -> String {
         let slot = 320.0 / points.len().max(1) as f64;
         for (i, p) in points.iter().enumerate() {
             let v: Vec<f64> = p.runs.iter().map(f).collect();
-            let (lo, hi) = range(&v);
+            let (lo, hi) = min_max(&v);
             let m = median(v);
             let x = x0 + i as f64 * slot + slot * 0.2;
             let bw = slot * 0.6;

@@ -68,6 +68,32 @@ pub async fn ensure_topic(w: &Workload, bootstrap: &str, timeout: Duration) -> a
     Ok(())
 }
 
+/// The `index`th record of a non-idempotent batch. The encoder starts a new batch wherever
+/// offset − sequence changes; sequence = index − 1 keeps one batch with base sequence −1.
+fn new_record(
+    offset: i64,
+    index: usize,
+    timestamp: i64,
+    key: Option<Bytes>,
+    value: Bytes,
+) -> Record {
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset,
+        sequence: index as i32 - 1,
+        timestamp,
+        key,
+        value: Some(value),
+        headers: Default::default(),
+    }
+}
+
 /// Messages of one partition waiting to be sent.
 #[derive(Default)]
 struct Pending {
@@ -113,23 +139,10 @@ pub async fn produce(
                 let key = w.key_of(i).map(Bytes::from);
                 let part = &mut pending[p];
                 let size = value.len() + key.as_ref().map_or(0, |k| k.len());
-                part.records.push(Record {
-                    transactional: false,
-                    control: false,
-                    delete_horizon: false,
-                    partition_leader_epoch: -1,
-                    producer_id: -1,
-                    producer_epoch: -1,
-                    timestamp_type: TimestampType::Creation,
-                    offset: part.records.len() as i64,
-                    // The encoder starts a new batch wherever offset − sequence changes; this
-                    // keeps one batch with base sequence −1 (no idempotence).
-                    sequence: part.records.len() as i32 - 1,
-                    timestamp: (due_nanos / 1_000_000) as i64,
-                    key,
-                    value: Some(value),
-                    headers: Default::default(),
-                });
+                let index = part.records.len();
+                let timestamp = (due_nanos / 1_000_000) as i64;
+                part.records
+                    .push(new_record(index as i64, index, timestamp, key, value));
                 part.due.push(due_nanos);
                 part.bytes += size;
                 part.since.get_or_insert_with(Instant::now);
@@ -565,21 +578,7 @@ mod tests {
         let records: Vec<Record> = values
             .iter()
             .enumerate()
-            .map(|(i, v)| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: base + i as i64,
-                sequence: i as i32 - 1,
-                timestamp: 0,
-                key: None,
-                value: Some(Bytes::copy_from_slice(v)),
-                headers: Default::default(),
-            })
+            .map(|(i, v)| new_record(base + i as i64, i, 0, None, Bytes::copy_from_slice(v)))
             .collect();
         let mut buf = BytesMut::new();
         RecordBatchEncoder::encode(
