@@ -25,7 +25,9 @@ pub struct ServeArgs {
     /// Number of shards (one pinned thread each); default: one per available core.
     #[arg(long, env = "RINGTAIL_SHARDS")]
     pub shards: Option<usize>,
-    /// This broker's node id in Metadata.
+    /// This broker's node id in Metadata. With an object store the broker holds the lease
+    /// `cluster/brokers/<node id>` while it runs: a second broker with the same id refuses to
+    /// start.
     #[arg(long, env = "RINGTAIL_NODE_ID")]
     pub node_id: Option<i32>,
     /// Create unknown topics when a client's Metadata request asks for them.
@@ -97,6 +99,11 @@ pub struct ServeArgs {
     /// `text` (default) or `json` (one JSON object per line).
     #[arg(long, env = "RINGTAIL_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Node lease duration (`cluster/brokers/<node id>` in the object store, held while the
+    /// broker runs): a node lease not renewed for this long is free to take over
+    /// [default: 1500].
+    #[arg(long, env = "RINGTAIL_LEASE_MS")]
+    pub lease_ms: Option<u64>,
     /// Test only: inject object-store faults, e.g. `throttle=0.2,error=0.05,latency-ms=5`.
     #[arg(long, hide = true)]
     pub object_store_faults: Option<String>,
@@ -129,6 +136,7 @@ struct FileConfig {
     metrics_partition_limit: Option<usize>,
     slow_request_ms: Option<u64>,
     log_format: Option<String>,
+    lease_ms: Option<u64>,
     group_initial_rebalance_delay_ms: Option<u64>,
     offsets_compact_records: Option<u64>,
 }
@@ -166,6 +174,7 @@ pub struct Config {
     /// None: the slow-request log is off.
     pub slow_request: Option<std::time::Duration>,
     pub log_json: bool,
+    pub lease: std::time::Duration,
     pub group_initial_rebalance_delay_ms: u64,
     pub offsets_compact_records: u64,
 }
@@ -338,6 +347,10 @@ impl Config {
             {
                 0 => None,
                 ms => Some(std::time::Duration::from_millis(ms)),
+            },
+            lease: match args.lease_ms.or(file.lease_ms).unwrap_or(1500) {
+                ms if ms < 100 => anyhow::bail!("--lease-ms {ms}: at least 100"),
+                ms => std::time::Duration::from_millis(ms),
             },
             log_json: match args.log_format.or(file.log_format).as_deref() {
                 None | Some("text") => false,

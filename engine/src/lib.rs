@@ -10,6 +10,7 @@ pub mod config;
 pub mod coordinator;
 pub mod errors;
 pub mod group;
+pub mod lease;
 pub mod log;
 pub mod manifest;
 pub mod metrics;

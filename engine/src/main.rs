@@ -12,6 +12,7 @@ use futures::StreamExt;
 use ringtail_engine::catalog::{Catalog, TopicMeta};
 use ringtail_engine::config::{Config, ObjectStoreUrl, ServeArgs};
 use ringtail_engine::coordinator::Coordinator;
+use ringtail_engine::lease::{Lease, LeaseRecord};
 use ringtail_engine::metrics::{Metered, ShardStats, StoreMetrics};
 use ringtail_engine::mirror::CatalogMirror;
 use ringtail_engine::partitions::ShardState;
@@ -101,6 +102,28 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let store_metrics = Arc::new(StoreMetrics::default());
     let store = object_store(&config)?
         .map(|s| -> Arc<dyn ObjectStore> { Arc::new(Metered::new(s, store_metrics.clone())) });
+    // Bind once here to learn the port (the listen port may be 0) and fail early; every shard
+    // then binds the same address with SO_REUSEPORT and the kernel spreads connections. The
+    // probe never listens: a client that connects while the shards start is refused (and
+    // retries) rather than queued on a socket nobody accepts from and then reset.
+    let probe =
+        reserve_port(config.listen).with_context(|| format!("binding {}", config.listen))?;
+    let bound = probe.local_addr()?;
+    // The node lease first: nothing of the bucket is touched while another process holds it.
+    let lease = match &store {
+        Some(store) => Some(take_node_lease(&config, bound.port(), store.as_ref())?),
+        None => None,
+    };
+    let lease_stop = Arc::new(AtomicBool::new(false));
+    let lease_store = store.clone();
+    let keeper = match (lease, &store) {
+        (Some(lease), Some(store)) => Some(lease.keep(store.clone(), lease_stop.clone(), |e| {
+            tracing::error!(error = %e, "stopping: another broker took this node over");
+            eprintln!("ringtail: {e}; stopping");
+            std::process::exit(1);
+        })),
+        _ => None,
+    };
     if let Some(store) = &store {
         restore_from_object_store(&config, store)?;
     }
@@ -114,13 +137,6 @@ fn serve(config: Config) -> anyhow::Result<()> {
         memlock::plan(MemlockLimit::current(), config.shards, io_memory_wanted)
             .map_err(|e| anyhow::anyhow!("cannot start {} shard(s): {e}", config.shards))?;
 
-    // Bind once here to learn the port (the listen port may be 0) and fail early; every shard
-    // then binds the same address with SO_REUSEPORT and the kernel spreads connections. The
-    // probe never listens: a client that connects while the shards start is refused (and
-    // retries) rather than queued on a socket nobody accepts from and then reset.
-    let probe =
-        reserve_port(config.listen).with_context(|| format!("binding {}", config.listen))?;
-    let bound = probe.local_addr()?;
     let advertised_port = config.advertised_port.unwrap_or(bound.port()) as i32;
 
     // The metrics endpoint starts first: /ready says 503 until every shard serves.
@@ -244,6 +260,12 @@ fn serve(config: Config) -> anyhow::Result<()> {
     }
     ready_flag.store(false, std::sync::atomic::Ordering::Relaxed);
     runtime.stop_and_join();
+    if let (Some(keeper), Some(store)) = (keeper, &lease_store) {
+        lease_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(lease) = keeper.join() {
+            futures::executor::block_on(lease.release(store.as_ref()));
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -392,6 +414,40 @@ fn object_store(config: &Config) -> anyhow::Result<Option<Arc<dyn ObjectStore>>>
         return Ok(Some(Arc::new(Faulty::new(store, faults.clone(), 0x5eed))));
     }
     Ok(Some(store))
+}
+
+/// Takes this node's lease in the object store (waiting out a dead holder's lease), and refuses
+/// to start next to a live broker of another node id: several brokers on one bucket would each
+/// take every shard's manifest over (cluster mode is not built yet).
+fn take_node_lease(config: &Config, port: u16, store: &dyn ObjectStore) -> anyhow::Result<Lease> {
+    let record = LeaseRecord {
+        node_id: config.node_id,
+        incarnation: uuid::Uuid::new_v4().to_string(),
+        listener: format!("{}:{port}", config.advertised_host),
+        renewals: 0,
+    };
+    let lease =
+        futures::executor::block_on(ringtail_engine::lease::acquire(store, record, config.lease))?;
+    let others = futures::executor::block_on(ringtail_engine::lease::live_others(
+        store,
+        config.node_id,
+        config.lease,
+    ))?;
+    if let Some(other) = others.first() {
+        futures::executor::block_on(lease.release(store));
+        bail!(
+            "another broker (node id {}, listener {}) is running on this object store; several \
+             brokers on one bucket (cluster mode) are not supported yet",
+            other.node_id,
+            other.listener
+        );
+    }
+    tracing::info!(
+        node_id = config.node_id,
+        lease_ms = config.lease.as_millis() as u64,
+        "holding the node lease"
+    );
+    Ok(lease)
 }
 
 fn wal_config(config: &Config, shard: usize) -> WalConfig {

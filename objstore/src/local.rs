@@ -2,8 +2,9 @@
 //!
 //! Writes go to a temporary file, are fsync'ed and renamed into place (readers never see a
 //! partial object). Create-only puts use `link(2)`, which fails if the name exists, so they are
-//! atomic even across processes; `IfMatch` puts are serialised within this process. ETags are the
-//! hex CRC-32C and length of the content. Multipart parts are files in `.multipart/<id>/`.
+//! atomic even across processes; `IfMatch` puts compare and rename under an exclusive `flock(2)`
+//! on `<root>/.lock` (and a mutex within the process), so they are atomic across processes that
+//! share the directory too. ETags are the hex CRC-32C and length of the content. Multipart parts are files in `.multipart/<id>/`.
 
 use std::io::Write;
 use std::ops::Range;
@@ -84,6 +85,7 @@ fn valid_key(key: &str) -> StoreResult<()> {
     let bad = key.is_empty()
         || key.starts_with('/')
         || key.starts_with(".multipart")
+        || key == ".lock"
         || key
             .split('/')
             .any(|c| c.is_empty() || c == "." || c == "..");
@@ -116,6 +118,10 @@ impl Inner {
         let path = self.path(key)?;
         let tmp = self.write_tmp(&path, bytes)?;
         let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _flock = match condition {
+            Condition::IfMatch(_) => Some(self.lock_across_processes()?),
+            _ => None,
+        };
         let result = match condition {
             Condition::IfNoneMatch => match std::fs::hard_link(&tmp, &path) {
                 Ok(()) => Ok(()),
@@ -140,6 +146,23 @@ impl Inner {
         result?;
         sync_dir(path.parent().expect("parent"))?;
         Ok(etag(bytes))
+    }
+
+    /// An exclusive `flock` on `<root>/.lock`, released when the file is dropped.
+    fn lock_across_processes(&self) -> StoreResult<std::fs::File> {
+        use std::os::fd::AsRawFd;
+        let path = self.root.join(".lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_error(&path, e))?;
+        // SAFETY: flock on a descriptor we own; the lock goes with the file.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io_error(&path, std::io::Error::last_os_error()));
+        }
+        Ok(f)
     }
 
     fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
@@ -187,7 +210,7 @@ impl Inner {
             for entry in entries {
                 let entry = entry.map_err(|e| io_error(&dir, e))?;
                 let name = entry.file_name().to_string_lossy().to_string();
-                if name.starts_with(".tmp-") || name == ".multipart" {
+                if name.starts_with(".tmp-") || name == ".multipart" || name == ".lock" {
                     continue;
                 }
                 let path = entry.path();

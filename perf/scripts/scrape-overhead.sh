@@ -4,6 +4,7 @@
 # standard workloads, native driver. Prints the comparison (median and min–max per setting).
 #
 #   perf/scripts/scrape-overhead.sh [SECONDS per run, default 10] [REPEATS, default 2]
+#   (WORKLOADS="fixed-rate-1000-1kb" to run one)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECONDS_PER_RUN="${1:-10}"
@@ -16,7 +17,11 @@ WORK=$(mktemp -d)
 OUT=target/scrape-overhead
 rm -rf "$OUT"; mkdir -p "$OUT"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; done
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 target/release/ringtail serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" \
@@ -24,13 +29,21 @@ target/release/ringtail serve --listen "127.0.0.1:$PORT" --data-dir "$WORK/data"
 RT=$!; PIDS+=("$RT")
 until curl -sf "http://127.0.0.1:$METRICS/ready" > /dev/null; do sleep 0.1; done
 
-for workload in fixed-rate-1000-1kb 1-topic-8-partitions-1kb; do
+for workload in ${WORKLOADS:-fixed-rate-1000-1kb 1-topic-8-partitions-1kb}; do
   results=()
   for r in $(seq 1 "$REPEATS"); do
     for mode in no-scrape scrape-100ms; do
       SCRAPER=""
       if [ "$mode" = scrape-100ms ]; then
-        ( while true; do curl -sf "http://127.0.0.1:$METRICS/metrics" > /dev/null; sleep 0.1; done ) &
+        # One process, one kept-alive connection, like a Prometheus server (no fork per scrape).
+        python3 - "$METRICS" <<'PY' &
+import http.client, sys, time
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+while True:
+    c.request("GET", "/metrics")
+    c.getresponse().read()
+    time.sleep(0.1)
+PY
         SCRAPER=$!
       fi
       echo "== $workload: $mode (run $r)"
