@@ -273,6 +273,14 @@ fn network_items(host: &Host, shards: usize) -> Vec<Item> {
             |n, w| n == w,
             "busy polling spins a core per waiting socket; Ringtail's shards already poll io_uring, so it only burns CPU (measure with `tune experiment` before changing)",
         ),
+        sysctl(
+            host,
+            "network",
+            "/proc/sys/net/core/busy_poll",
+            0,
+            |n, w| n == w,
+            "the same for poll/epoll waits: the shards wait in io_uring, so socket busy polling adds spinning without shortening their wake-ups",
+        ),
     ];
     for (path, why) in [
         ("/proc/sys/net/ipv4/tcp_rmem", "receive buffer max: a producer's window is bounded by it; 16 MiB keeps a 10 Gb/s link with 10 ms RTT full"),
