@@ -56,13 +56,20 @@ fn assert_sane(r: &RunResult, what: &str) {
 
 /// Both standard workloads, in a group and on a fixed assignment, with `driver`.
 async fn standard_runs(bootstrap: &str, pid: u32, driver: Driver, label: &str) {
-    for (workload, subscribe) in [
-        ("fixed-rate-1000-1kb", true),
-        ("1-topic-8-partitions-1kb", false),
+    for (workload, subscribe, topics) in [
+        ("fixed-rate-1000-1kb", true, 1),
+        ("1-topic-8-partitions-1kb", false, 1),
+        // Several topics, consumed by one group, keyed.
+        ("fixed-rate-1000-1kb", true, 3),
     ] {
         let mut w = Workload::load(workload).unwrap();
         w.warmup_s = 1;
         w.subscribe = subscribe;
+        w.topics = topics;
+        if topics > 1 {
+            w.keys = "random".into();
+            w.partitions = 2;
+        }
         // Distinct topics: the runs of one test never share one.
         w.topic = format!("{}-{}", w.topic, driver.name());
         let opts = RunOptions {
@@ -72,7 +79,7 @@ async fn standard_runs(bootstrap: &str, pid: u32, driver: Driver, label: &str) {
             ..RunOptions::new(bootstrap, driver)
         };
         let r = run(&w, &opts).await.unwrap();
-        let what = format!("{label} {workload} {}", driver.name());
+        let what = format!("{label} {workload} ×{topics} {}", driver.name());
         assert_sane(&r, &what);
         assert_eq!(r.driver, driver.name());
         assert!(
@@ -317,7 +324,7 @@ fn alternate_runs_two_brokers_interleaved_and_reports_the_spread() {
     let w = dir.path().join("w.toml");
     std::fs::write(
         &w,
-        "name='alt'\ntopic='perf-alt'\npartitions=2\nmessage_size=256\nproducers=1\nconsumers=1\nduration_s=2\nrate=500\nsubscribe=false\nkeys='random'\nmessage_size_max=512\n",
+        "name='alt'\ntopic='perf-alt'\ntopics=3\npartitions=2\nmessage_size=256\nproducers=1\nconsumers=1\nduration_s=2\nrate=500\nsubscribe=false\nkeys='random'\nmessage_size_max=512\n",
     )
     .unwrap();
     let out = dir.path().join("alt");

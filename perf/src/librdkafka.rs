@@ -43,35 +43,43 @@ pub async fn ensure_topic(
         // All topics: asking for one by name makes some brokers auto-create it.
         .fetch_metadata(None, CONNECT_TIMEOUT)
         .with_context(|| format!("broker {bootstrap} does not answer"))?;
-    if let Some(t) = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == w.topic && t.error().is_none())
-    {
-        anyhow::ensure!(
-            t.partitions().len() >= w.partitions as usize,
-            "topic {} exists with {} partitions; the workload needs {}",
-            w.topic,
-            t.partitions().len(),
-            w.partitions
-        );
+    let names = w.topic_names();
+    let mut missing = Vec::new();
+    for name in &names {
+        match metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == name.as_str() && t.error().is_none())
+        {
+            Some(t) => anyhow::ensure!(
+                t.partitions().len() >= w.partitions as usize,
+                "topic {name} exists with {} partitions; the workload needs {}",
+                t.partitions().len(),
+                w.partitions
+            ),
+            None => missing.push(NewTopic::new(
+                name.as_str(),
+                w.partitions,
+                TopicReplication::Fixed(-1),
+            )),
+        }
+    }
+    if missing.is_empty() {
         return Ok(());
     }
     let created = admin
         .create_topics(
-            &[NewTopic::new(
-                &w.topic,
-                w.partitions,
-                TopicReplication::Fixed(-1),
-            )],
+            &missing,
             &AdminOptions::new().operation_timeout(Some(CONNECT_TIMEOUT)),
         )
         .await?;
-    match &created[0] {
-        Ok(_) => Ok(()),
-        Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => Ok(()),
-        Err((t, e)) => anyhow::bail!("creating topic {t}: {e}"),
+    for c in created {
+        match c {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => anyhow::bail!("creating topic {t}: {e}"),
+        }
     }
+    Ok(())
 }
 
 pub fn producer(
@@ -104,14 +112,17 @@ pub fn consumer(
         .set("auto.offset.reset", "latest")
         .set("fetch.wait.max.ms", "100");
     let c: BaseConsumer = c.create()?;
+    let names = w.topic_names();
     if w.subscribe {
-        c.subscribe(&[&w.topic])?;
+        let topics: Vec<&str> = names.iter().map(String::as_str).collect();
+        c.subscribe(&topics)?;
     } else {
-        // Partitions split round-robin over the consumers, each from the current end.
+        // Topic-partitions split round-robin over the consumers, each from the current end.
         let mut tpl = TopicPartitionList::new();
-        for p in (0..w.partitions).filter(|p| *p as usize % w.consumers == index) {
-            let (_, high) = c.fetch_watermarks(&w.topic, p, CONNECT_TIMEOUT)?;
-            tpl.add_partition_offset(&w.topic, p, rdkafka::Offset::Offset(high))?;
+        for slot in (0..w.slots()).filter(|s| s % w.consumers == index) {
+            let (t, p) = w.split_slot(slot);
+            let (_, high) = c.fetch_watermarks(&names[t], p, CONNECT_TIMEOUT)?;
+            tpl.add_partition_offset(&names[t], p, rdkafka::Offset::Offset(high))?;
         }
         c.assign(&tpl)?;
     }
@@ -128,6 +139,7 @@ pub async fn produce(
 ) -> anyhow::Result<()> {
     let rate = w.rate / w.producers as u64;
     let filler = vec![0x5au8; w.max_message_size()];
+    let names = w.topic_names();
     let hist = Arc::new(Mutex::new(histogram()));
     let mut pending = futures::stream::FuturesUnordered::new();
     let mut i = 0u64;
@@ -150,10 +162,11 @@ pub async fn produce(
         let due_nanos = base_nanos + due.as_nanos() as u64;
         let payload = w.payload(&filler, i, index, due_nanos);
         let key = w.key_of(i);
-        let mut message = FutureRecord::<Vec<u8>, Vec<u8>>::to(&w.topic).payload(&payload);
+        let (topic, partition) = w.split_slot(w.slot_of(i));
+        let mut message = FutureRecord::<Vec<u8>, Vec<u8>>::to(&names[topic]).payload(&payload);
         message = match &key {
             Some(k) => message.key(k),
-            None => message.partition(w.partition_of(i) as i32),
+            None => message.partition(partition),
         };
         let delivery = match p.send_result(message) {
             Ok(d) => d,

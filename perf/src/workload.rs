@@ -7,7 +7,11 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct Workload {
     pub name: String,
+    /// The topic, or with `topics` > 1 the prefix of `<topic>-0`, `<topic>-1`, ...
     pub topic: String,
+    /// Topics (each with `partitions` partitions); messages go round-robin over all of them.
+    #[serde(default = "default_topics")]
+    pub topics: usize,
     pub partitions: i32,
     /// Bytes per message value (at least 16: the send time and sequence travel in it).
     pub message_size: usize,
@@ -43,6 +47,9 @@ pub struct Workload {
     pub subscribe: bool,
 }
 
+fn default_topics() -> usize {
+    1
+}
 fn default_keys() -> String {
     "none".into()
 }
@@ -114,8 +121,12 @@ impl Workload {
             "keys must be none, round-robin or random"
         );
         anyhow::ensure!(
-            self.partitions <= 100_000,
-            "partitions must be at most 100000"
+            (1..=1000).contains(&self.topics),
+            "topics must be 1 to 1000"
+        );
+        anyhow::ensure!(
+            self.partitions as i64 * self.topics as i64 <= 100_000,
+            "at most 100000 partitions in all"
         );
         anyhow::ensure!(self.producers >= 1, "producers must be at least 1");
         anyhow::ensure!(self.duration_s >= 1, "duration_s must be at least 1");
@@ -192,12 +203,40 @@ impl Workload {
         }
     }
 
-    /// The partition of message `i`: murmur2 of its key, or round-robin without keys.
-    pub fn partition_of(&self, i: u64) -> usize {
-        match self.key_of(i) {
-            Some(k) => ((murmur2(&k) & 0x7fff_ffff) % self.partitions as u32) as usize,
-            None => (i % self.partitions as u64) as usize,
+    /// The topics' names.
+    pub fn topic_names(&self) -> Vec<String> {
+        if self.topics <= 1 {
+            vec![self.topic.clone()]
+        } else {
+            (0..self.topics)
+                .map(|t| format!("{}-{t}", self.topic))
+                .collect()
         }
+    }
+
+    /// Topic-partitions in all (a slot is `topic index × partitions + partition`).
+    pub fn slots(&self) -> usize {
+        self.topics.max(1) * self.partitions as usize
+    }
+
+    /// Where message `i` goes, as a slot: topics round-robin; within a topic murmur2 of the key
+    /// mod partitions (as the Java client), or round-robin without keys.
+    pub fn slot_of(&self, i: u64) -> usize {
+        let topics = self.topics.max(1) as u64;
+        let topic = (i % topics) as usize;
+        let partition = match self.key_of(i) {
+            Some(k) => ((murmur2(&k) & 0x7fff_ffff) % self.partitions as u32) as usize,
+            None => ((i / topics) % self.partitions as u64) as usize,
+        };
+        topic * self.partitions as usize + partition
+    }
+
+    /// (topic index, partition) of a slot.
+    pub fn split_slot(&self, slot: usize) -> (usize, i32) {
+        (
+            slot / self.partitions as usize,
+            (slot % self.partitions as usize) as i32,
+        )
     }
 
     /// The value of message `i` from producer `producer`: its due time and sequence, then
@@ -240,18 +279,32 @@ mod tests {
         let sizes: Vec<usize> = (0..1000).map(|i| w.size_of(i)).collect();
         assert!(sizes.iter().all(|s| (100..=200).contains(s)));
         assert!(sizes.iter().any(|s| *s < 120) && sizes.iter().any(|s| *s > 180));
-        assert_eq!(w.partition_of(9), 1, "no keys: round-robin");
+        assert_eq!(w.slot_of(9), 1, "no keys: round-robin");
         assert_eq!(w.key_of(3), None);
         w.keys = "round-robin".into();
         assert_eq!(w.key_of(10_003), Some(b"key-3".to_vec()));
         let hits = (0..800).fold([0; 8], |mut h, i| {
-            h[w.partition_of(i)] += 1;
+            h[w.slot_of(i)] += 1;
             h
         });
         assert!(
             hits.iter().all(|n| *n > 50),
             "keys spread over partitions: {hits:?}"
         );
+        // Several topics: round-robin over all their partitions.
+        let mut t = w.clone();
+        t.keys = "none".into();
+        t.topics = 3;
+        assert_eq!(t.topic_names(), vec!["t-0", "t-1", "t-2"]);
+        let slots: Vec<usize> = (0..24).map(|i| t.slot_of(i)).collect();
+        let mut sorted = slots.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            (0..24).collect::<Vec<_>>(),
+            "every slot once in 24 messages"
+        );
+        assert_eq!(t.split_slot(17), (2, 1));
         let filler = vec![0u8; 200];
         let v = w.payload(&filler, 5, 2, 77);
         assert_eq!(v.len(), w.size_of(5));

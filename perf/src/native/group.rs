@@ -38,7 +38,9 @@ const PROTOCOL: &str = "roundrobin";
 pub struct Member {
     coordinator: Arc<Conn>,
     group: GroupId,
-    topic: String,
+    /// The subscribed topics, each with `partitions` partitions; a slot is
+    /// `topic index × partitions + partition`.
+    topics: Vec<String>,
     partitions: i32,
     member_id: StrBytes,
     generation: i32,
@@ -56,32 +58,61 @@ fn versioned<T: Encodable>(version: i16, body: &T) -> anyhow::Result<Bytes> {
     Ok(buf.freeze())
 }
 
-/// The partitions of `topic` in a member's assignment.
-pub fn assigned_partitions(mut bytes: Bytes, topic: &str) -> anyhow::Result<Vec<i32>> {
+/// The slots of `topics` (each with `partitions` partitions) in a member's assignment.
+pub fn assigned_slots(
+    mut bytes: Bytes,
+    topics: &[String],
+    partitions: i32,
+) -> anyhow::Result<Vec<usize>> {
     if bytes.len() < 2 {
         return Ok(Vec::new()); // an empty assignment
     }
     let version = bytes.get_i16().clamp(0, 3);
     let a = ConsumerProtocolAssignment::decode(&mut bytes, version)?;
-    Ok(a.assigned_partitions
-        .into_iter()
-        .filter(|t| t.topic.as_str() == topic)
-        .flat_map(|t| t.partitions)
-        .collect())
+    let mut slots = Vec::new();
+    for t in a.assigned_partitions {
+        if let Some(ti) = topics.iter().position(|n| n.as_str() == t.topic.as_str()) {
+            slots.extend(
+                t.partitions
+                    .into_iter()
+                    .filter(|p| (0..partitions).contains(p))
+                    .map(|p| ti * partitions as usize + p as usize),
+            );
+        }
+    }
+    Ok(slots)
 }
 
-/// Round-robin: the members sorted by id, partition p to member p mod n.
-pub fn round_robin(members: &[StrBytes], partitions: i32) -> Vec<(StrBytes, Vec<i32>)> {
+/// Round-robin: the members sorted by id, slot s to member s mod n.
+pub fn round_robin(members: &[StrBytes], slots: usize) -> Vec<(StrBytes, Vec<usize>)> {
     let mut ids: Vec<StrBytes> = members.to_vec();
     ids.sort();
     let n = ids.len().max(1);
     ids.iter()
         .enumerate()
-        .map(|(i, id)| {
-            let mine = (0..partitions).filter(|p| *p as usize % n == i).collect();
-            (id.clone(), mine)
-        })
+        .map(|(i, id)| (id.clone(), (0..slots).filter(|s| s % n == i).collect()))
         .collect()
+}
+
+/// A member's assignment message for `slots`.
+fn assignment(topics: &[String], partitions: i32, slots: &[usize]) -> ConsumerProtocolAssignment {
+    let per_topic = topics
+        .iter()
+        .enumerate()
+        .filter_map(|(ti, name)| {
+            let mine: Vec<i32> = slots
+                .iter()
+                .filter(|s| *s / partitions as usize == ti)
+                .map(|s| (s % partitions as usize) as i32)
+                .collect();
+            (!mine.is_empty()).then(|| {
+                TopicPartition::default()
+                    .with_topic(topic_name(name))
+                    .with_partitions(mine)
+            })
+        })
+        .collect();
+    ConsumerProtocolAssignment::default().with_assigned_partitions(per_topic)
 }
 
 impl Member {
@@ -89,13 +120,13 @@ impl Member {
     pub async fn join(
         cluster: &Cluster,
         group: &str,
-        topic: &str,
+        topics: &[String],
         partitions: i32,
-    ) -> anyhow::Result<(Member, Vec<i32>)> {
+    ) -> anyhow::Result<(Member, Vec<usize>)> {
         let mut m = Member {
             coordinator: find_coordinator(cluster, group).await?,
             group: GroupId(s(group)),
-            topic: topic.to_string(),
+            topics: topics.to_vec(),
             partitions,
             member_id: StrBytes::default(),
             generation: -1,
@@ -105,10 +136,11 @@ impl Member {
     }
 
     /// Joins (again) and returns the new assignment.
-    pub async fn rejoin(&mut self, cluster: &Cluster) -> anyhow::Result<Vec<i32>> {
+    pub async fn rejoin(&mut self, cluster: &Cluster) -> anyhow::Result<Vec<usize>> {
         let subscription = versioned(
             0,
-            &ConsumerProtocolSubscription::default().with_topics(vec![s(&self.topic)]),
+            &ConsumerProtocolSubscription::default()
+                .with_topics(self.topics.iter().map(|t| s(t)).collect()),
         )?;
         for _ in 0..100 {
             let join = JoinGroupRequest::default()
@@ -149,15 +181,11 @@ impl Member {
             let assignments = if joined.leader == joined.member_id {
                 let ids: Vec<StrBytes> =
                     joined.members.iter().map(|m| m.member_id.clone()).collect();
-                round_robin(&ids, self.partitions)
+                let slots = self.topics.len() * self.partitions as usize;
+                round_robin(&ids, slots)
                     .into_iter()
-                    .map(|(id, partitions)| {
-                        let a =
-                            ConsumerProtocolAssignment::default().with_assigned_partitions(vec![
-                                TopicPartition::default()
-                                    .with_topic(topic_name(&self.topic))
-                                    .with_partitions(partitions),
-                            ]);
+                    .map(|(id, mine)| {
+                        let a = assignment(&self.topics, self.partitions, &mine);
                         Ok(SyncGroupRequestAssignment::default()
                             .with_member_id(id)
                             .with_assignment(versioned(0, &a)?))
@@ -181,7 +209,7 @@ impl Member {
                 .call_at(ApiKey::SyncGroup, v, &sync)
                 .await?;
             match synced.error_code {
-                0 => return assigned_partitions(synced.assignment, &self.topic),
+                0 => return assigned_slots(synced.assignment, &self.topics, self.partitions),
                 REBALANCE_IN_PROGRESS | UNKNOWN_MEMBER_ID | ILLEGAL_GENERATION => continue,
                 e => bail!("syncing group {}: error {e}", self.group.as_str()),
             }
@@ -257,19 +285,20 @@ mod tests {
         assert_eq!(a[0], (s("a"), vec![0, 3, 6]));
         assert_eq!(a[1], (s("b"), vec![1, 4, 7]));
         assert_eq!(a[2], (s("c"), vec![2, 5]));
-        let bytes = versioned(
+        // Two topics of 4 partitions: slots 1 and 6 are t0/1 and t1/2.
+        let topics = vec!["t0".to_string(), "t1".to_string()];
+        let bytes = versioned(0, &assignment(&topics, 4, &[1, 6])).unwrap();
+        assert_eq!(assigned_slots(bytes, &topics, 4).unwrap(), vec![1, 6]);
+        let foreign = versioned(
             0,
             &ConsumerProtocolAssignment::default().with_assigned_partitions(vec![
-                TopicPartition::default()
-                    .with_topic(topic_name("t"))
-                    .with_partitions(vec![1, 4]),
                 TopicPartition::default()
                     .with_topic(topic_name("other"))
                     .with_partitions(vec![0]),
             ]),
         )
         .unwrap();
-        assert_eq!(assigned_partitions(bytes, "t").unwrap(), vec![1, 4]);
-        assert!(assigned_partitions(Bytes::new(), "t").unwrap().is_empty());
+        assert!(assigned_slots(foreign, &topics, 4).unwrap().is_empty());
+        assert!(assigned_slots(Bytes::new(), &topics, 4).unwrap().is_empty());
     }
 }

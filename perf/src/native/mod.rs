@@ -64,8 +64,18 @@ fn compression(name: &str) -> Compression {
 
 pub async fn ensure_topic(w: &Workload, bootstrap: &str, timeout: Duration) -> anyhow::Result<()> {
     let cluster = Cluster::connect(bootstrap, timeout).await?;
-    cluster.ensure_topic(&w.topic, w.partitions).await?;
+    slot_leaders(&cluster, w).await?;
     Ok(())
+}
+
+/// Creates the workload's topics unless they exist; the leader of every slot.
+async fn slot_leaders(cluster: &Cluster, w: &Workload) -> anyhow::Result<Vec<i32>> {
+    let mut leaders = Vec::with_capacity(w.slots());
+    for name in w.topic_names() {
+        let l = cluster.ensure_topic(&name, w.partitions).await?;
+        leaders.extend_from_slice(&l[..w.partitions as usize]);
+    }
+    Ok(leaders)
 }
 
 /// The `index`th record of a non-idempotent batch. The encoder starts a new batch wherever
@@ -113,11 +123,11 @@ pub async fn produce(
     shared: Arc<Shared>,
 ) -> anyhow::Result<()> {
     let cluster = Cluster::connect(&bootstrap, shared.stall_timeout).await?;
-    let mut leaders = cluster.ensure_topic(&w.topic, w.partitions).await?;
+    let mut leaders = slot_leaders(&cluster, &w).await?;
     let rate = w.rate / w.producers as u64;
     let linger = Duration::from_millis(w.linger_ms);
     let acks: i16 = if w.acks == "all" { -1 } else { w.acks.parse()? };
-    let mut pending: Vec<Pending> = (0..w.partitions).map(|_| Pending::default()).collect();
+    let mut pending: Vec<Pending> = (0..w.slots()).map(|_| Pending::default()).collect();
     let mut buffered = 0usize;
     let mut in_flight: BTreeMap<i32, Arc<Semaphore>> = BTreeMap::new();
     let hist = Arc::new(Mutex::new(histogram()));
@@ -129,7 +139,7 @@ pub async fn produce(
         if !stopping {
             let now = start.elapsed();
             while buffered < MAX_BUFFERED_BYTES {
-                let p = w.partition_of(i);
+                let p = w.slot_of(i);
                 let due = due_offset(i, rate, now);
                 if (rate > 0 && due > now) || (rate == 0 && pending[p].bytes >= w.batch_size) {
                     break;
@@ -182,10 +192,8 @@ pub async fn produce(
                     }
                     shared.note_error(&format!("{e:#}"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    if let Ok(Some(l)) = cluster.leaders(&w.topic).await {
-                        if l.len() >= leaders.len() {
-                            leaders = l;
-                        }
+                    if let Ok(l) = slot_leaders(&cluster, &w).await {
+                        leaders = l;
                     }
                     continue;
                 }
@@ -194,7 +202,7 @@ pub async fn produce(
             for p in partitions {
                 let part = std::mem::take(&mut pending[p]);
                 buffered -= part.bytes;
-                batches.push((p as i32, part));
+                batches.push((p, part));
             }
             let (w2, shared2, hist2) = (w.clone(), shared.clone(), hist.clone());
             let measuring = shared.measuring.load(Ordering::Relaxed);
@@ -255,7 +263,7 @@ async fn send(
     conn: &conn::Conn,
     w: &Workload,
     acks: i16,
-    batches: Vec<(i32, Pending)>,
+    batches: Vec<(usize, Pending)>,
     measuring: bool,
     shared: &Shared,
     hist: &Mutex<hdrhistogram::Histogram<u64>>,
@@ -277,23 +285,31 @@ async fn send(
         encoded.push((p, part, buf.freeze()));
     }
     let give_up = Instant::now() + shared.stall_timeout;
+    let names = w.topic_names();
     while !encoded.is_empty() {
+        let mut topics: BTreeMap<usize, Vec<PartitionProduceData>> = BTreeMap::new();
+        for (slot, _, records) in &encoded {
+            let (t, p) = w.split_slot(*slot);
+            topics.entry(t).or_default().push(
+                PartitionProduceData::default()
+                    .with_index(p)
+                    .with_records(Some(records.clone())),
+            );
+        }
         let req = ProduceRequest::default()
             .with_acks(acks)
             .with_timeout_ms(30_000)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(cluster::topic_name(&w.topic))
-                .with_partition_data(
-                    encoded
-                        .iter()
-                        .map(|(p, _, records)| {
-                            PartitionProduceData::default()
-                                .with_index(*p)
-                                .with_records(Some(records.clone()))
-                        })
-                        .collect(),
-                )]);
-        let outcome: anyhow::Result<BTreeMap<i32, i16>> = async {
+            .with_topic_data(
+                topics
+                    .into_iter()
+                    .map(|(t, data)| {
+                        TopicProduceData::default()
+                            .with_name(cluster::topic_name(&names[t]))
+                            .with_partition_data(data)
+                    })
+                    .collect(),
+            );
+        let outcome: anyhow::Result<BTreeMap<(String, i32), i16>> = async {
             let v = conn.version(ApiKey::Produce, 3..=9)?;
             if acks == 0 {
                 conn.send_only(ApiKey::Produce, v, &req).await?;
@@ -303,17 +319,21 @@ async fn send(
             Ok(answer
                 .responses
                 .iter()
-                .flat_map(|t| t.partition_responses.iter())
-                .map(|p| (p.index, p.error_code))
+                .flat_map(|t| {
+                    t.partition_responses
+                        .iter()
+                        .map(|p| ((t.name.to_string(), p.index), p.error_code))
+                })
                 .collect())
         }
         .await;
         let now = unix_nanos();
         let mut again = Vec::new();
-        for (p, part, records) in encoded {
+        for (slot, part, records) in encoded {
+            let (t, p) = w.split_slot(slot);
             let error = match &outcome {
                 Ok(codes) => codes
-                    .get(&p)
+                    .get(&(names[t].clone(), p))
                     .copied()
                     .unwrap_or(if acks == 0 { 0 } else { -1 }),
                 Err(_) => -1,
@@ -329,12 +349,12 @@ async fn send(
                 }
             } else if retriable(error) && Instant::now() < give_up {
                 shared.retries.fetch_add(1, Ordering::Relaxed);
-                again.push((p, part, records));
+                again.push((slot, part, records));
             } else {
                 shared.errors.fetch_add(n, Ordering::Relaxed);
                 shared.note_error(&match &outcome {
                     Err(e) => format!("produce: {e:#}"),
-                    Ok(_) => format!("produce to partition {p}: error {error}"),
+                    Ok(_) => format!("produce to {} partition {p}: error {error}", names[t]),
                 });
             }
         }
@@ -354,28 +374,29 @@ pub async fn consume(
     shared: Arc<Shared>,
 ) -> anyhow::Result<()> {
     let cluster = Cluster::connect(&bootstrap, shared.stall_timeout).await?;
-    let mut leaders = cluster.ensure_topic(&w.topic, w.partitions).await?;
+    let mut leaders = slot_leaders(&cluster, &w).await?;
+    let names = w.topic_names();
     let (mut member, mut assigned) = if w.subscribe {
-        let (m, a) = group::Member::join(&cluster, &group, &w.topic, w.partitions).await?;
+        let (m, a) = group::Member::join(&cluster, &group, &names, w.partitions).await?;
         (Some(m), a)
     } else {
-        let mine = (0..w.partitions)
-            .filter(|p| *p as usize % w.consumers == index)
+        let mine = (0..w.slots())
+            .filter(|s| s % w.consumers == index)
             .collect();
         (None, mine)
     };
-    let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
+    // Slot -> next offset to read.
+    let mut positions: BTreeMap<usize, i64> = BTreeMap::new();
     let mut hist = histogram();
     let mut last_heartbeat = Instant::now();
     let mut idle_since = None;
     let mut ready = false;
     loop {
-        for p in &assigned {
-            if !positions.contains_key(p) {
-                positions.insert(
-                    *p,
-                    latest_offset(&cluster, &w.topic, leaders[*p as usize], *p).await?,
-                );
+        for slot in &assigned {
+            if !positions.contains_key(slot) {
+                let (t, p) = w.split_slot(*slot);
+                let at = latest_offset(&cluster, &names[t], leaders[*slot], p).await?;
+                positions.insert(*slot, at);
             }
         }
         positions.retain(|p, _| assigned.contains(p));
@@ -393,19 +414,18 @@ pub async fn consume(
             }
         }
         let mut got = 0;
-        let mut by_leader: BTreeMap<i32, Vec<(i32, i64)>> = BTreeMap::new();
-        for (p, at) in &positions {
+        let mut by_leader: BTreeMap<i32, Vec<(usize, i64)>> = BTreeMap::new();
+        for (slot, at) in &positions {
             by_leader
-                .entry(leaders[*p as usize])
+                .entry(leaders[*slot])
                 .or_default()
-                .push((*p, *at));
+                .push((*slot, *at));
         }
         let fetches = by_leader.into_iter().map(|(leader, parts)| {
-            let cluster = &cluster;
-            let topic = &w.topic;
+            let (cluster, w) = (&cluster, &w);
             async move {
                 let conn = cluster.broker(leader).await?;
-                fetch(&conn, topic, &parts).await
+                fetch(&conn, w, &parts).await
             }
         });
         if positions.is_empty() {
@@ -418,30 +438,32 @@ pub async fn consume(
                     shared.note_error(&format!("fetch: {e:#}"));
                     shared.errors.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    if let Ok(Some(l)) = cluster.leaders(&w.topic).await {
-                        if l.len() >= leaders.len() {
-                            leaders = l;
-                        }
+                    if let Ok(l) = slot_leaders(&cluster, &w).await {
+                        leaders = l;
                     }
                     continue;
                 }
             };
-            for (p, error, records) in answer {
+            for (slot, error, records) in answer {
+                let (t, p) = w.split_slot(slot);
                 match error {
                     0 => {}
                     OFFSET_OUT_OF_RANGE => {
-                        shared.note_error(&format!("fetch partition {p}: offset out of range"));
+                        shared.note_error(&format!(
+                            "fetch {} partition {p}: offset out of range",
+                            names[t]
+                        ));
                         shared.errors.fetch_add(1, Ordering::Relaxed);
-                        positions.remove(&p);
+                        positions.remove(&slot);
                         continue;
                     }
                     e => {
-                        shared.note_error(&format!("fetch partition {p}: error {e}"));
+                        shared.note_error(&format!("fetch {} partition {p}: error {e}", names[t]));
                         shared.errors.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                 }
-                let Some(at) = positions.get_mut(&p) else {
+                let Some(at) = positions.get_mut(&slot) else {
                     continue;
                 };
                 match read_records(records, at, |value| {
@@ -449,7 +471,7 @@ pub async fn consume(
                 }) {
                     Ok(n) => got += n,
                     Err(e) => {
-                        shared.note_error(&format!("partition {p}: {e:#}"));
+                        shared.note_error(&format!("{} partition {p}: {e:#}", names[t]));
                         shared.errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -497,40 +519,55 @@ async fn latest_offset(
     Ok(p.offset)
 }
 
-/// One Fetch request; (partition, error, records) per partition.
+/// One Fetch request for `parts` (slot, offset); (slot, error, records) per partition.
 async fn fetch(
     conn: &conn::Conn,
-    topic: &str,
-    parts: &[(i32, i64)],
-) -> anyhow::Result<Vec<(i32, i16, Option<Bytes>)>> {
+    w: &Workload,
+    parts: &[(usize, i64)],
+) -> anyhow::Result<Vec<(usize, i16, Option<Bytes>)>> {
     let v = conn.version(ApiKey::Fetch, 4..=12)?;
+    let names = w.topic_names();
+    let mut topics: BTreeMap<usize, Vec<FetchPartition>> = BTreeMap::new();
+    for (slot, at) in parts {
+        let (t, p) = w.split_slot(*slot);
+        topics.entry(t).or_default().push(
+            FetchPartition::default()
+                .with_partition(p)
+                .with_fetch_offset(*at)
+                .with_partition_max_bytes(FETCH_PARTITION_MAX_BYTES),
+        );
+    }
     let req = FetchRequest::default()
         .with_replica_id(BrokerId(-1))
         .with_max_wait_ms(FETCH_MAX_WAIT_MS)
         .with_min_bytes(1)
         .with_max_bytes(FETCH_MAX_BYTES)
         .with_session_epoch(if v >= 7 { -1 } else { 0 })
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(cluster::topic_name(topic))
-            .with_partitions(
-                parts
-                    .iter()
-                    .map(|(p, at)| {
-                        FetchPartition::default()
-                            .with_partition(*p)
-                            .with_fetch_offset(*at)
-                            .with_partition_max_bytes(FETCH_PARTITION_MAX_BYTES)
-                    })
-                    .collect(),
-            )]);
+        .with_topics(
+            topics
+                .into_iter()
+                .map(|(t, partitions)| {
+                    FetchTopic::default()
+                        .with_topic(cluster::topic_name(&names[t]))
+                        .with_partitions(partitions)
+                })
+                .collect(),
+        );
     let answer: FetchResponse = conn.call_at(ApiKey::Fetch, v, &req).await?;
     anyhow::ensure!(answer.error_code == 0, "Fetch: error {}", answer.error_code);
-    Ok(answer
-        .responses
-        .into_iter()
-        .flat_map(|t| t.partitions)
-        .map(|p| (p.partition_index, p.error_code, p.records))
-        .collect())
+    let mut out = Vec::new();
+    for t in answer.responses {
+        let Some(ti) = names.iter().position(|n| n.as_str() == t.topic.as_str()) else {
+            continue;
+        };
+        for p in t.partitions {
+            if (0..w.partitions).contains(&p.partition_index) {
+                let slot = ti * w.partitions as usize + p.partition_index as usize;
+                out.push((slot, p.error_code, p.records));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Walks the complete record batches in `records` (a fetch may end with a partial one),
