@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod object_format;
 pub mod partitions;
+pub mod placement;
 pub mod producers;
 pub mod server;
 pub mod shard;
