@@ -6,7 +6,8 @@
 #   perf/scripts/peer-tansu.sh [SECONDS per run, default 20] [REPEATS, default 2]
 #
 # Both drivers (native, librdkafka), both standard workloads, `ringtail-perf run --alternate`.
-# Writes target/peer-tansu/<driver>/<workload>/{*.json,report.md,*.svg} and prints the reports.
+# Writes target/peer-tansu/<driver>/<workload>/{*.json,report.md,*.svg}, prints the reports and
+# collects them in target/peer-tansu/comparison.md for docs/benchmarks.md.
 # Tansu runs with its in-memory storage engine (memory://): it writes nothing durable, while
 # Ringtail acknowledges after its WAL write (O_DSYNC). Read the figures with that in mind.
 set -euo pipefail
@@ -47,6 +48,11 @@ for port in "$RT_PORT" "$TANSU_PORT"; do
   done
 done
 
+{
+  echo "Run of $(date -u +%Y-%m-%d), $SECONDS_PER_RUN s per run, $REPEATS repeats; $(nproc) cores,"
+  echo "$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)."
+  echo
+} > "$OUT/comparison.md"
 for driver in native librdkafka; do
   for workload in 1-topic-8-partitions-1kb fixed-rate-1000-1kb; do
     dir="$OUT/$driver/$workload"
@@ -57,5 +63,7 @@ for driver in native librdkafka; do
       --alternate "127.0.0.1:$TANSU_PORT" --alternate-pid "$TANSU_PID" --alternate-label tansu \
       --out "$dir" > /dev/null || echo "(a run failed or lost messages; results kept in $dir)"
     echo "### $workload, $driver driver"; cat "$dir/report.md"
+    { echo "### $workload, $driver driver"; echo; cat "$dir/report.md"; echo; } >> "$OUT/comparison.md"
   done
 done
+echo "== the comparison, ready for docs/benchmarks.md: $OUT/comparison.md"
