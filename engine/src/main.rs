@@ -160,6 +160,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         shards: config.shards,
         io_memory_bytes,
         name: "ringtail".into(),
+        spin_before_park: config.spin_before_park,
     };
     let shard_config = config.clone();
     check_wal_shards(&config)?;

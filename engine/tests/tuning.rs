@@ -116,9 +116,9 @@ fn a_tiny_experiment_produces_its_table_plot_and_recommendation() {
     let o = tune(&[
         "experiment",
         "--parameter",
-        "wal-sync",
+        "spin-before-park-us",
         "--values",
-        "dsync,fdatasync",
+        "0,100",
         "--repeats",
         "2",
         "--duration",
@@ -133,21 +133,21 @@ fn a_tiny_experiment_produces_its_table_plot_and_recommendation() {
     assert!(o.status.success());
     let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(
-        report.contains("| dsync | 2 |") && report.contains("| fdatasync | 2 |"),
+        report.contains("| 0 | 2 |") && report.contains("| 100 | 2 |"),
         "{report}"
     );
     assert!(
         [
-            "Keep --wal-sync=dsync",
-            "Use --wal-sync=fdatasync",
-            "Consider --wal-sync=fdatasync"
+            "Keep --spin-before-park-us=0",
+            "Use --spin-before-park-us=100",
+            "Consider --spin-before-park-us=100"
         ]
         .iter()
         .any(|r| report.contains(r)),
         "{report}"
     );
     let svg = std::fs::read_to_string(out.path().join("experiment.svg")).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("fdatasync"));
+    assert!(svg.starts_with("<svg") && svg.contains(">100<"));
     let runs = std::fs::read_dir(out.path())
         .unwrap()
         .filter(|e| {

@@ -115,6 +115,10 @@ pub struct RuntimeConfig {
     /// Registered I/O buffer memory per shard (locked memory); see [`memlock::plan`].
     pub io_memory_bytes: usize,
     pub name: String,
+    /// How long an idle shard keeps polling before it parks (sleeps in the kernel). Parking and
+    /// waking cost system calls and, in glommio, a process-wide memory barrier (an IPI to every
+    /// core running the process); spinning costs a busy core. Zero: park at once.
+    pub spin_before_park: std::time::Duration,
 }
 
 /// Running shards: stop them and wait for them with [`Runtime::stop_and_join`].
@@ -152,9 +156,13 @@ impl Runtime {
                 stop,
             };
             let main = shard_main.clone();
-            let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            let mut builder = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
                 .name(&format!("{}-shard-{id}", config.name))
-                .io_memory(config.io_memory_bytes)
+                .io_memory(config.io_memory_bytes);
+            if !config.spin_before_park.is_zero() {
+                builder = builder.spin_before_park(config.spin_before_park);
+            }
+            let handle = builder
                 .spawn(move || async move {
                     if let Some(core) = core {
                         if !core_affinity::set_for_current(core) {
@@ -207,6 +215,7 @@ mod tests {
             shards: 3,
             io_memory_bytes: 512 * 1024,
             name: "test".into(),
+            spin_before_park: std::time::Duration::from_micros(50),
         };
         let counter = delivered.clone();
         let runtime = Runtime::start(
