@@ -256,7 +256,7 @@ pub fn recommend(parameter: &str, w: &Workload, points: &[Point]) -> String {
 /// The table: one row per setting, median (min–max) of throughput, publish and end-to-end p99.
 pub fn table(parameter: &str, points: &[Point]) -> String {
     let mut out = format!(
-        "| --{parameter} | runs | publish msg/s | publish p99 µs | end-to-end p99 µs | errors |\n|---|---:|---:|---:|---:|---:|\n"
+        "| --{parameter} | runs | publish msg/s | publish p99 µs | end-to-end p99 µs | broker CPU s | errors |\n|---|---:|---:|---:|---:|---:|---:|\n"
     );
     for p in points {
         let cell = |f: fn(&RunResult) -> f64| {
@@ -265,12 +265,13 @@ pub fn table(parameter: &str, points: &[Point]) -> String {
             format!("{:.0} ({lo:.0}–{hi:.0})", median(v))
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
             p.value,
             p.runs.len(),
             cell(|r| r.publish_msgs_per_s),
             cell(|r| r.publish_latency.p99_us as f64),
             cell(|r| r.end_to_end_latency.p99_us as f64),
+            cell(|r| r.broker_cpu_s.unwrap_or(0.0)),
             p.runs
                 .iter()
                 .map(|r| r.errors + r.missing_messages)
