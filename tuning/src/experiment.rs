@@ -259,11 +259,13 @@ pub fn table(parameter: &str, points: &[Point]) -> String {
         "| --{parameter} | runs | publish msg/s | publish p99 µs | end-to-end p99 µs | broker CPU s | errors |\n|---|---:|---:|---:|---:|---:|---:|\n"
     );
     for p in points {
-        let cell = |f: fn(&RunResult) -> f64| {
+        // Median (min–max) with `d` decimals.
+        let cell_with = |f: fn(&RunResult) -> f64, d: usize| {
             let v: Vec<f64> = p.runs.iter().map(f).collect();
             let (lo, hi) = min_max(&v);
-            format!("{:.0} ({lo:.0}–{hi:.0})", median(v))
+            format!("{:.d$} ({lo:.d$}–{hi:.d$})", median(v))
         };
+        let cell = |f: fn(&RunResult) -> f64| cell_with(f, 0);
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} |\n",
             p.value,
@@ -271,7 +273,7 @@ pub fn table(parameter: &str, points: &[Point]) -> String {
             cell(|r| r.publish_msgs_per_s),
             cell(|r| r.publish_latency.p99_us as f64),
             cell(|r| r.end_to_end_latency.p99_us as f64),
-            cell(|r| r.broker_cpu_s.unwrap_or(0.0)),
+            cell_with(|r| r.broker_cpu_s.unwrap_or(0.0), 1),
             p.runs
                 .iter()
                 .map(|r| r.errors + r.missing_messages)
