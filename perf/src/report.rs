@@ -211,14 +211,7 @@ pub fn percentiles_svg(
     let mut out = svg_start(w, h, title);
     for d in lo as i32..=hi as i32 {
         let v = 10f64.powi(d);
-        let _ = write!(
-            out,
-            r##"<line x1="{left}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="4" y="{:.1}">{} µs</text>"##,
-            w - 150.0,
-            y(v) + 4.0,
-            human(v),
-            y = y(v)
-        );
+        grid_line(&mut out, left, w - 150.0, y(v), &format!("{} µs", human(v)));
     }
     for (i, n) in names.iter().enumerate() {
         let _ = write!(
@@ -229,16 +222,8 @@ pub fn percentiles_svg(
         );
     }
     for (k, (r, v)) in runs.iter().zip(&values).enumerate() {
-        let colour = COLOURS[k % COLOURS.len()];
-        let points: Vec<String> = (0..4)
-            .map(|i| format!("{:.1},{:.1}", x(i), y(v[i])))
-            .collect();
-        let _ = write!(
-            out,
-            r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
-            points.join(" ")
-        );
-        legend(&mut out, w, k, colour, &r.label);
+        let points = (0..4).map(|i| (x(i), y(v[i])));
+        run_line(&mut out, w, k, &r.label, 2.0, points);
     }
     out.push_str("</svg>\n");
     out
@@ -263,33 +248,45 @@ pub fn series_svg(runs: &[RunResult]) -> String {
     let mut out = svg_start(w, h, "Publish throughput over time (msg/s)");
     for q in 0..=4 {
         let v = max * q as f64 / 4.0;
-        let _ = write!(
-            out,
-            r##"<line x1="{left}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="4" y="{:.1}">{}</text>"##,
-            w - 150.0,
-            y(v) + 4.0,
-            human(v),
-            y = y(v)
-        );
+        grid_line(&mut out, left, w - 150.0, y(v), &human(v));
     }
     let _ = write!(out, r#"<text x="{left}" y="{}">seconds</text>"#, h - 15.0);
     for (k, r) in runs.iter().enumerate() {
-        let colour = COLOURS[k % COLOURS.len()];
-        let points: Vec<String> = r
-            .publish_msgs_per_s_series
-            .iter()
-            .enumerate()
-            .map(|(i, v)| format!("{:.1},{:.1}", x(i), y(*v)))
-            .collect();
-        let _ = write!(
-            out,
-            r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/>"#,
-            points.join(" ")
-        );
-        legend(&mut out, w, k, colour, &r.label);
+        let series = &r.publish_msgs_per_s_series;
+        let points = series.iter().enumerate().map(|(i, v)| (x(i), y(*v)));
+        run_line(&mut out, w, k, &r.label, 1.5, points);
     }
     out.push_str("</svg>\n");
     out
+}
+
+/// A horizontal grid line from `left` to `right` at `y`, labelled at the left edge.
+fn grid_line(out: &mut String, left: f64, right: f64, y: f64, label: &str) {
+    let _ = write!(
+        out,
+        r##"<line x1="{left}" x2="{right}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="4" y="{:.1}">{}</text>"##,
+        y + 4.0,
+        escape(label)
+    );
+}
+
+/// Run `k`'s line through `points`, in its colour, with its legend entry.
+fn run_line(
+    out: &mut String,
+    w: f64,
+    k: usize,
+    label: &str,
+    width: f64,
+    points: impl Iterator<Item = (f64, f64)>,
+) {
+    let colour = COLOURS[k % COLOURS.len()];
+    let points: Vec<String> = points.map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+    let _ = write!(
+        out,
+        r#"<polyline fill="none" stroke="{colour}" stroke-width="{width}" points="{}"/>"#,
+        points.join(" ")
+    );
+    legend(out, w, k, colour, label);
 }
 
 fn svg_start(w: f64, h: f64, title: &str) -> String {
