@@ -16,6 +16,9 @@
 //!   fenced by their own epochs regardless (`manifest.rs`), so this is defence in depth, not the
 //!   safety argument.
 //! * A clean shutdown deletes the lease, so a restart does not wait.
+//!
+//! The functions here wait by sleeping their thread: they run at start-up and on the lease's
+//! own thread (`futures::executor::block_on`), never on a shard.
 
 use std::time::{Duration, Instant};
 
@@ -119,16 +122,6 @@ pub struct Lease {
 /// How long start-up retries a store that fails with retryable errors.
 const STORE_RETRY_MAX: Duration = Duration::from_secs(60);
 
-async fn sleep(d: Duration) {
-    // Runs on the start-up thread and the renewal thread, not on a shard.
-    let (tx, rx) = futures::channel::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        std::thread::sleep(d);
-        let _ = tx.send(());
-    });
-    let _ = rx.await;
-}
-
 /// The lease's ETag and record, or None if there is none.
 async fn read(
     store: &dyn ObjectStore,
@@ -169,7 +162,7 @@ pub async fn acquire(
                 if e.is_retryable() && started.elapsed() < STORE_RETRY_MAX =>
             {
                 tracing::warn!(error = %e, "reading the node lease failed; retrying");
-                sleep(poll).await;
+                std::thread::sleep(poll);
                 continue;
             }
             Err(e) => return Err(e),
@@ -195,7 +188,7 @@ pub async fn acquire(
                     );
                     waited_logged = true;
                 }
-                sleep(poll).await;
+                std::thread::sleep(poll);
                 continue;
             }
         };
@@ -211,7 +204,7 @@ pub async fn acquire(
             Err(StoreError::PreconditionFailed(_)) => observer = Observer::new(duration),
             Err(e) if e.is_retryable() && started.elapsed() < STORE_RETRY_MAX => {
                 tracing::warn!(error = %e, "writing the node lease failed; retrying");
-                sleep(poll).await;
+                std::thread::sleep(poll);
             }
             Err(e) => return Err(e.into()),
         }
@@ -230,7 +223,7 @@ pub async fn live_others(
         match store.list("cluster/brokers/").await {
             Ok(l) => break l,
             Err(e) if e.is_retryable() && started.elapsed() < STORE_RETRY_MAX => {
-                sleep(Duration::from_millis(50)).await
+                std::thread::sleep(Duration::from_millis(50))
             }
             Err(e) => return Err(e.into()),
         }
@@ -270,7 +263,7 @@ pub async fn live_others(
         }
         observers = still;
         if !observers.is_empty() {
-            sleep(poll).await;
+            std::thread::sleep(poll);
         }
     }
     Ok(live)

@@ -111,7 +111,6 @@ error_codes!(InitProducerIdResponse, |r, f| { f(r.error_code) });
 error_codes!(DeleteGroupsResponse, |r, f| {
     r.results.iter().for_each(|g| f(g.error_code))
 });
-error_codes!(ApiVersionsResponse, |r, f| { f(r.error_code) });
 
 #[cfg(test)]
 mod tests {
