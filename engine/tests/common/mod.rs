@@ -127,22 +127,8 @@ impl TestBroker {
     /// Scrapes `/metrics` and sums each series over the shards: name{labels without shard} ->
     /// value (histogram sums rounded down to whole units).
     pub fn metrics(&self) -> std::collections::BTreeMap<String, u64> {
-        use std::io::{Read, Write};
-        let addr = self
-            .metrics
-            .lock()
-            .unwrap()
-            .expect("metrics endpoint address");
-        let mut s = std::net::TcpStream::connect(addr).expect("connect to metrics");
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-        assert!(
-            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-            "{head}"
-        );
+        let (status, body) = self.http_get("/metrics");
+        assert_eq!(status, 200, "{body}");
         let mut out = std::collections::BTreeMap::new();
         for line in body
             .lines()
