@@ -166,6 +166,39 @@ impl Catalog {
         Ok(true)
     }
 
+    /// Takes another broker's catalog (the controller's copy in the bucket) as this one's:
+    /// persisted here, published, and the topics it dropped or changed returned.
+    pub fn adopt(&self, json: &[u8]) -> anyhow::Result<crate::mirror::Adopted> {
+        let disk: OnDisk = serde_json::from_slice(json)?;
+        anyhow::ensure!(
+            disk.format_version == FORMAT_VERSION,
+            "unknown catalog format {}",
+            disk.format_version
+        );
+        let mut topics = Vec::new();
+        for mut t in disk.topics {
+            t.config = TopicConfig::from_map(&t.configs)
+                .map_err(|e| anyhow::anyhow!("topic {}: {e}", t.name))?;
+            topics.push(Arc::new(t));
+        }
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let before = self.snapshot();
+        let mut adopted = crate::mirror::Adopted::default();
+        for old in before.topics() {
+            match topics.iter().find(|t| t.id == old.id) {
+                None => adopted.dropped.push(old.id),
+                Some(t) if t.configs != old.configs || t.partitions != old.partitions => {
+                    adopted.changed.push(t.clone())
+                }
+                Some(_) => {}
+            }
+        }
+        self.next_producer_id
+            .fetch_max(disk.next_producer_id, std::sync::atomic::Ordering::SeqCst);
+        self.publish(topics)?;
+        Ok(adopted)
+    }
+
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
     }
@@ -302,6 +335,12 @@ impl Catalog {
             return Err(e);
         }
         Ok(id)
+    }
+
+    /// Ids below this were handed out by [`Catalog::allocate_producer_id`].
+    pub fn next_producer_id(&self) -> i64 {
+        self.next_producer_id
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether `id` was handed out by [`Catalog::allocate_producer_id`].

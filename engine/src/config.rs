@@ -108,6 +108,11 @@ pub struct ServeArgs {
     /// [default: 1500].
     #[arg(long, env = "RINGTAIL_LEASE_MS")]
     pub lease_ms: Option<u64>,
+    /// Slots of a new bucket (the unit a cluster places on brokers and hands over; fixed once
+    /// the bucket has them) [default: --shards]. Several brokers on one bucket want several
+    /// slots each, e.g. 12 for up to 6 brokers.
+    #[arg(long, env = "RINGTAIL_SLOTS")]
+    pub slots: Option<u32>,
     /// Test only: inject object-store faults, e.g. `throttle=0.2,error=0.05,latency-ms=5`.
     #[arg(long, hide = true)]
     pub object_store_faults: Option<String>,
@@ -142,6 +147,7 @@ struct FileConfig {
     log_format: Option<String>,
     spin_before_park_us: Option<u64>,
     lease_ms: Option<u64>,
+    slots: Option<u32>,
     group_initial_rebalance_delay_ms: Option<u64>,
     offsets_compact_records: Option<u64>,
 }
@@ -181,6 +187,8 @@ pub struct Config {
     pub log_json: bool,
     pub spin_before_park: std::time::Duration,
     pub lease: std::time::Duration,
+    /// None: the bucket's, or the shard count for a new one.
+    pub slots: Option<u32>,
     pub group_initial_rebalance_delay_ms: u64,
     pub offsets_compact_records: u64,
 }
@@ -360,6 +368,12 @@ impl Config {
                     .unwrap_or(0)
                     .min(10_000),
             ),
+            slots: match args.slots.or(file.slots) {
+                Some(n) if n == 0 || n > 4096 => {
+                    anyhow::bail!("--slots {n}: between 1 and 4096")
+                }
+                n => n,
+            },
             lease: match args.lease_ms.or(file.lease_ms).unwrap_or(1500) {
                 ms if ms < 100 => anyhow::bail!("--lease-ms {ms}: at least 100"),
                 ms => std::time::Duration::from_millis(ms),

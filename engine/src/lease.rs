@@ -39,6 +39,12 @@ pub struct LeaseRecord {
     pub listener: String,
     /// Renewals so far (every renewal changes the object, hence its ETag).
     pub renewals: u64,
+    /// Slots open on this broker (cluster mode).
+    #[serde(default)]
+    pub open: Vec<u32>,
+    /// Handing everything over before it stops.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// A lease someone else holds, as watched from here.
@@ -269,6 +275,56 @@ pub async fn live_others(
     Ok(live)
 }
 
+/// Watches the other brokers' leases from round to round (cluster membership).
+pub struct PeerWatch {
+    me: i32,
+    duration: Duration,
+    peers: std::collections::HashMap<String, Observer>,
+}
+
+impl PeerWatch {
+    pub fn new(me: i32, duration: Duration) -> PeerWatch {
+        PeerWatch {
+            me,
+            duration,
+            peers: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Reads every other lease once; returns those not (yet) expired. A lease seen for the
+    /// first time counts as alive: only a whole lease duration of silence makes it dead.
+    pub async fn poll(&mut self, store: &dyn ObjectStore) -> Result<Vec<LeaseRecord>, LeaseError> {
+        let keys: Vec<String> = store
+            .list("cluster/brokers/")
+            .await?
+            .into_iter()
+            .map(|m| m.key)
+            .filter(|k| k != &lease_key(self.me))
+            .collect();
+        self.peers.retain(|k, _| keys.contains(k));
+        let mut live = Vec::new();
+        for key in keys {
+            let current = match read(store, &key).await {
+                Ok(c) => c,
+                Err(LeaseError::Corrupt(k, e)) => {
+                    tracing::warn!(key = k, error = e, "ignoring a lease that does not parse");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let observer = self
+                .peers
+                .entry(key)
+                .or_insert_with(|| Observer::new(self.duration));
+            match observer.observe(current.as_ref().map(|(e, _)| e.as_str()), Instant::now()) {
+                Verdict::Alive | Verdict::Renewed => live.extend(current.map(|(_, r)| r)),
+                Verdict::Absent | Verdict::Expired => {}
+            }
+        }
+        Ok(live)
+    }
+}
+
 impl Lease {
     /// Rewrites the lease under `If-Match`; `Lost` if someone else rewrote it.
     pub async fn renew(&mut self, store: &dyn ObjectStore) -> Result<(), LeaseError> {
@@ -369,6 +425,8 @@ mod tests {
             incarnation: who.into(),
             listener: format!("{who}:9092"),
             renewals: 0,
+            open: Vec::new(),
+            draining: false,
         }
     }
 

@@ -6,10 +6,12 @@
 
 pub mod api;
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 pub mod coordinator;
 pub mod errors;
 pub mod group;
+pub mod host;
 pub mod lease;
 pub mod log;
 pub mod manifest;
@@ -18,6 +20,7 @@ pub mod mirror;
 pub mod object_format;
 pub mod partitions;
 pub mod placement;
+pub mod producer_ids;
 pub mod producers;
 pub mod server;
 pub mod shard;

@@ -10,23 +10,21 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use ringtail_engine::catalog::{Catalog, TopicMeta};
+use ringtail_engine::cluster::{Member, Membership, View};
 use ringtail_engine::config::{Config, ObjectStoreUrl, ServeArgs};
-use ringtail_engine::coordinator::Coordinator;
+use ringtail_engine::host::{SlotEnv, SlotHost};
 use ringtail_engine::lease::{Lease, LeaseRecord};
 use ringtail_engine::metrics::{Metered, ShardStats, StoreMetrics};
 use ringtail_engine::mirror::CatalogMirror;
-use ringtail_engine::partitions::ShardState;
 use ringtail_engine::server::serve_connection;
 use ringtail_engine::shard::{Broker, ShardOp};
-use ringtail_engine::tier::Tier;
 use ringtail_objstore::faulty::Faulty;
 use ringtail_objstore::local::LocalDir;
 use ringtail_objstore::s3::{S3Config, S3Store};
 use ringtail_objstore::{Condition, ObjectStore, StoreError};
 use ringtail_shards::memlock::{self, MemlockLimit};
 use ringtail_shards::net::TcpListener;
-use ringtail_shards::{Runtime, RuntimeConfig, ShardContext};
-use ringtail_wal::WalConfig;
+use ringtail_shards::{Mailboxes, Runtime, RuntimeConfig, ShardContext};
 
 #[derive(Parser)]
 #[command(name = "ringtail", version, about = "A Kafka-compatible broker")]
@@ -109,35 +107,41 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let probe =
         reserve_port(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let bound = probe.local_addr()?;
+    let advertised_port = config.advertised_port.unwrap_or(bound.port()) as i32;
+    let me = Member {
+        node_id: config.node_id,
+        host: config.advertised_host.clone(),
+        port: advertised_port,
+    };
     // The node lease first: nothing of the bucket is touched while another process holds it.
     let lease = match &store {
-        Some(store) => Some(take_node_lease(&config, bound.port(), store.as_ref())?),
+        Some(store) => Some(take_node_lease(&config, &me, store.as_ref())?),
         None => None,
-    };
-    let lease_stop = Arc::new(AtomicBool::new(false));
-    let lease_store = store.clone();
-    let keeper = match (lease, &store) {
-        (Some(lease), Some(store)) => Some(lease.keep(store.clone(), lease_stop.clone(), |e| {
-            tracing::error!(error = %e, "stopping: another broker took this node over");
-            eprintln!("ringtail: {e}; stopping");
-            std::process::exit(1);
-        })),
-        _ => None,
     };
     if let Some(store) = &store {
         restore_from_object_store(&config, store)?;
     }
+    let rings = local_rings(&config);
+    let slots = slot_count(&config, store.as_deref(), &rings)?;
+    if let Some(r) = rings.iter().find(|&&r| r >= slots) {
+        bail!(
+            "{} holds the WAL ring of slot {r}, but there are {slots} slots",
+            config.wal_dir.display()
+        );
+    }
     let catalog = Arc::new(Catalog::open(&config.data_dir)?);
-    offsets_topic(&catalog, config.shards)?;
+    offsets_topic(&catalog, slots)?;
     let cluster_id = cluster_id(&config.data_dir, store.as_deref())?;
     let mirror = store.clone().map(|s| Arc::new(CatalogMirror::new(s)));
+    let producer_ids = store
+        .clone()
+        .map(|s| Arc::new(ringtail_engine::producer_ids::ProducerIds::new(s)));
     // Registered memory for a few WAL writes, so that their buffers need no page faults.
     let io_memory_wanted = 4 * config.wal_max_write_bytes as usize;
     let io_memory_bytes =
         memlock::plan(MemlockLimit::current(), config.shards, io_memory_wanted)
             .map_err(|e| anyhow::anyhow!("cannot start {} shard(s): {e}", config.shards))?;
-
-    let advertised_port = config.advertised_port.unwrap_or(bound.port()) as i32;
+    let membership = Arc::new(Membership::new(View::alone(me.clone(), slots)));
 
     // The metrics endpoint starts first: /ready says 503 until every shard serves.
     let stats: Vec<Arc<ShardStats>> = (0..config.shards)
@@ -155,84 +159,64 @@ fn serve(config: Config) -> anyhow::Result<()> {
             .map_err(|e| e.context("set --metrics-listen to a free address, or to none"))?;
         tracing::info!("metrics on http://{bound}/metrics");
     }
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Mailboxes<ShardOp>, String>>();
     let runtime_config = RuntimeConfig {
         shards: config.shards,
         io_memory_bytes,
         name: "ringtail".into(),
         spin_before_park: config.spin_before_park,
     };
+    // Shards accept connections once the slots placed here at start are open.
+    let accepting = Arc::new(AtomicBool::new(false));
     let shard_config = config.clone();
-    check_wal_shards(&config)?;
     let shard_stats = stats.clone();
+    let shard_membership = membership.clone();
+    let shard_store = store.clone();
+    let shard_accepting = accepting.clone();
+    let follow = mirror.clone().map(|m| (catalog.clone(), m));
     let runtime = Runtime::start(&runtime_config, move |ctx: ShardContext<ShardOp>| {
+        let env = SlotEnv {
+            config: shard_config.clone(),
+            catalog: catalog.clone(),
+            store: shard_store.clone(),
+            stats: shard_stats[ctx.id].clone(),
+            membership: shard_membership.clone(),
+            slots,
+        };
         let ready = ready_tx.clone();
-        let stats = shard_stats[ctx.id].clone();
-        let catalog = catalog.clone();
-        let config = shard_config.clone();
         let cluster_id = cluster_id.clone();
-        let store = store.clone();
         let mirror = mirror.clone();
+        let producer_ids = producer_ids.clone();
+        let accepting = shard_accepting.clone();
+        let (membership, catalog, config) = (
+            shard_membership.clone(),
+            catalog.clone(),
+            shard_config.clone(),
+        );
         async move {
-            let wal = wal_config(&config, ctx.id);
-            let tier = match &store {
-                None => None,
-                Some(store) => {
-                    match Tier::open(
-                        store.clone(),
-                        ctx.id as u32,
-                        config.object_bytes_target,
-                        config.object_age_max,
-                        stats.clone(),
-                    )
-                    .await
-                    {
-                        Ok(t) => Some(t),
-                        Err(e) => {
-                            let _ = ready.send(Err(format!("object store: {e}")));
-                            return;
-                        }
-                    }
-                }
-            };
-            let state = match ShardState::open(
-                &wal,
-                &catalog.snapshot(),
-                tier,
-                config.hot_cache_bytes_per_shard,
-                stats,
-                Coordinator::new(
-                    config.group_initial_rebalance_delay_ms,
-                    config.offsets_compact_records,
-                ),
-            )
-            .await
-            {
-                Ok(state) => state,
-                Err(e) => {
-                    let _ = ready.send(Err(e.to_string()));
-                    return;
-                }
-            };
+            let host = SlotHost::new(ctx.id, env);
             let broker = Rc::new(Broker {
                 shard: ctx.id,
                 shards: ctx.count,
-                state,
+                slots,
+                stats: host.stats().clone(),
+                host,
+                membership,
                 mailboxes: ctx.mailboxes.clone(),
                 catalog,
-                advertised_host: config.advertised_host.clone(),
                 config,
-                advertised_port,
                 cluster_id,
                 mirror,
+                producer_ids,
             });
-            shard_main(ctx, broker, bound, ready).await
+            shard_main(ctx, broker, bound, ready, accepting).await
         }
     })?;
 
+    let mut mailboxes = None;
     for _ in 0..config.shards {
         match ready_rx.recv() {
-            Ok(Ok(())) => {}
+            Ok(Ok(m)) => mailboxes = Some(m),
             Ok(Err(e)) => {
                 runtime.stop_and_join();
                 bail!("a shard could not start: {e}");
@@ -240,12 +224,60 @@ fn serve(config: Config) -> anyhow::Result<()> {
             Err(_) => bail!("a shard stopped during start-up"),
         }
     }
+    let mailboxes = mailboxes.expect("at least one shard");
+    // The slots placed here now open before the first connection is accepted.
+    let cluster_stop = Arc::new(AtomicBool::new(false));
+    let mut runner = match (lease, &store) {
+        (Some(lease), Some(store)) => Some(ringtail_engine::cluster::Runner::new(
+            lease,
+            store.clone(),
+            membership.clone(),
+            mailboxes.clone(),
+            config.shards,
+            slots,
+            me,
+        )),
+        _ => None,
+    };
+    match &mut runner {
+        Some(runner) => {
+            runner.catalog = follow;
+            runner
+                .round()
+                .map_err(|e| anyhow::anyhow!("joining the cluster: {e}"))?;
+        }
+        None => {
+            for slot in 0..slots {
+                membership.request(slot);
+                let shard = slot as usize % config.shards;
+                futures::executor::block_on(mailboxes.send(shard, ShardOp::Open(slot)))?;
+            }
+        }
+    }
+    while membership.is_pending() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    if let Some((slot, e)) = membership.take_failures().into_iter().next() {
+        runtime.stop_and_join();
+        bail!("a shard could not start: slot {slot}: {e}");
+    }
+    let draining = runner.as_ref().map(|r| r.draining.clone());
+    let cluster = runner.map(|r| {
+        r.spawn(cluster_stop.clone(), |e| {
+            tracing::error!(error = %e, "stopping: another broker took this node over");
+            eprintln!("ringtail: {e}; stopping");
+            std::process::exit(1);
+        })
+    });
+    accepting.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(probe);
     ready_flag.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         listen = %bound,
         advertised = %format!("{}:{advertised_port}", config.advertised_host),
         shards = config.shards,
+        slots,
+        slots_here = membership.open_slots().len(),
         io_memory_kib = io_memory_bytes / 1024,
         data_dir = %config.data_dir.display(),
         "ringtail listening on {bound} with {} shard(s)",
@@ -260,10 +292,20 @@ fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(signal, "shutting down");
     }
     ready_flag.store(false, std::sync::atomic::Ordering::Relaxed);
+    if let Some(draining) = &draining {
+        // Hand every slot over (uploading what is durable), then stop.
+        draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + SHUTDOWN_FLUSH_MAX;
+        while (!membership.open_slots().is_empty() || membership.is_pending())
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
     runtime.stop_and_join();
-    if let (Some(keeper), Some(store)) = (keeper, &lease_store) {
-        lease_stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(lease) = keeper.join() {
+    if let (Some(cluster), Some(store)) = (cluster, &store) {
+        cluster_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(lease) = cluster.join() {
             futures::executor::block_on(lease.release(store.as_ref()));
         }
     }
@@ -275,7 +317,8 @@ async fn shard_main(
     mut ctx: ShardContext<ShardOp>,
     broker: Rc<Broker>,
     addr: SocketAddr,
-    ready: std::sync::mpsc::Sender<Result<(), String>>,
+    ready: std::sync::mpsc::Sender<Result<Mailboxes<ShardOp>, String>>,
+    accepting: Arc<AtomicBool>,
 ) {
     let listener = match TcpListener::bind(addr) {
         Ok(l) => l,
@@ -284,40 +327,11 @@ async fn shard_main(
             return;
         }
     };
-    let state = broker.state.clone();
+    let host = broker.host.clone();
     let mut inbox = std::mem::replace(&mut ctx.inbox, futures::channel::mpsc::channel(1).1);
     let _mailbox = ringtail_shards::spawn(async move {
         while let Some(op) = inbox.next().await {
-            state.handle(op);
-        }
-    });
-    // Group coordination: replay the committed offsets this shard keeps, and run the groups'
-    // clocks (session timeouts, rebalance deadlines).
-    let offsets = broker
-        .catalog
-        .snapshot()
-        .by_name(ringtail_engine::coordinator::OFFSETS_TOPIC)
-        .cloned()
-        .expect("created at start");
-    let mine: Vec<i32> = (0..offsets.partitions)
-        .filter(|&p| broker.owner(&offsets, p) == ctx.id)
-        .collect();
-    ringtail_shards::spawn_detached(ringtail_engine::coordinator::load_offsets(
-        broker.state.clone(),
-        offsets.clone(),
-        mine,
-    ));
-    let clock = Rc::downgrade(&broker.state);
-    ringtail_shards::spawn_detached(async move {
-        while let Some(state) = clock.upgrade() {
-            state.coordinator.tick();
-            // In a task of its own: the clock keeps ticking while a compaction waits on storage.
-            let (s, o) = (state.clone(), offsets.clone());
-            ringtail_shards::spawn_detached(async move {
-                ringtail_engine::coordinator::compact_if_due(&s, &o).await
-            });
-            drop(state);
-            ringtail_shards::sleep(GROUP_TICK).await;
+            host.handle(op);
         }
     });
     if ctx.id == 0 {
@@ -325,19 +339,18 @@ async fn shard_main(
         let b = broker.clone();
         ringtail_shards::spawn_detached(async move { b.catalog_changed().await });
     }
-    // Offsets for the metrics endpoint, once a second.
-    let limit = broker.config.metrics_partition_limit;
-    if limit > 0 && broker.config.metrics_listen.is_some() {
-        let state = Rc::downgrade(&broker.state);
-        ringtail_shards::spawn_detached(async move {
-            while let Some(s) = state.upgrade() {
-                s.publish_offsets(limit);
-                drop(s);
-                ringtail_shards::sleep(ringtail_engine::metrics::OFFSETS_PUBLISH_INTERVAL).await;
-            }
-        });
+    let _ = ready.send(Ok(ctx.mailboxes.clone()));
+    let wait = async {
+        while !accepting.load(std::sync::atomic::Ordering::Relaxed) {
+            ringtail_shards::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    futures::pin_mut!(wait);
+    if let futures::future::Either::Right(_) = futures::future::select(wait, &mut ctx.stop).await {
+        // Stopped before serving (start-up failed elsewhere).
+        broker.host.close_all().await;
+        return;
     }
-    let _ = ready.send(Ok(()));
     let accept = async {
         loop {
             match listener.accept().await {
@@ -353,14 +366,11 @@ async fn shard_main(
     };
     futures::pin_mut!(accept);
     let _ = futures::future::select(accept, &mut ctx.stop).await;
-    broker.state.flush_to_objects(SHUTDOWN_FLUSH_MAX).await;
+    broker.host.close_all().await;
 }
 
-/// How often groups check session timeouts and rebalance deadlines.
-const GROUP_TICK: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// The committed-offsets topic: one partition per shard, created at first start, kept forever.
-fn offsets_topic(catalog: &Catalog, shards: usize) -> anyhow::Result<Arc<TopicMeta>> {
+fn offsets_topic(catalog: &Catalog, slots: u32) -> anyhow::Result<Arc<TopicMeta>> {
     use ringtail_engine::coordinator::OFFSETS_TOPIC;
     if let Some(t) = catalog.snapshot().by_name(OFFSETS_TOPIC) {
         return Ok(t.clone());
@@ -370,7 +380,7 @@ fn offsets_topic(catalog: &Catalog, shards: usize) -> anyhow::Result<Arc<TopicMe
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let t = catalog
-        .create(OFFSETS_TOPIC, shards as i32, configs, false)
+        .create(OFFSETS_TOPIC, slots as i32, configs, false)
         .map_err(|e| anyhow::anyhow!("creating {OFFSETS_TOPIC}: {e}"))?;
     tracing::info!(
         partitions = t.partitions,
@@ -417,32 +427,18 @@ fn object_store(config: &Config) -> anyhow::Result<Option<Arc<dyn ObjectStore>>>
     Ok(Some(store))
 }
 
-/// Takes this node's lease in the object store (waiting out a dead holder's lease), and refuses
-/// to start next to a live broker of another node id: several brokers on one bucket would each
-/// take every shard's manifest over (cluster mode is not built yet).
-fn take_node_lease(config: &Config, port: u16, store: &dyn ObjectStore) -> anyhow::Result<Lease> {
+/// Takes this node's lease in the object store (waiting out a dead holder's lease).
+fn take_node_lease(config: &Config, me: &Member, store: &dyn ObjectStore) -> anyhow::Result<Lease> {
     let record = LeaseRecord {
         node_id: config.node_id,
         incarnation: uuid::Uuid::new_v4().to_string(),
-        listener: format!("{}:{port}", config.advertised_host),
+        listener: format!("{}:{}", me.host, me.port),
         renewals: 0,
+        open: Vec::new(),
+        draining: false,
     };
     let lease =
         futures::executor::block_on(ringtail_engine::lease::acquire(store, record, config.lease))?;
-    let others = futures::executor::block_on(ringtail_engine::lease::live_others(
-        store,
-        config.node_id,
-        config.lease,
-    ))?;
-    if let Some(other) = others.first() {
-        futures::executor::block_on(lease.release(store));
-        bail!(
-            "another broker (node id {}, listener {}) is running on this object store; several \
-             brokers on one bucket (cluster mode) are not supported yet",
-            other.node_id,
-            other.listener
-        );
-    }
     tracing::info!(
         node_id = config.node_id,
         lease_ms = config.lease.as_millis() as u64,
@@ -451,24 +447,77 @@ fn take_node_lease(config: &Config, port: u16, store: &dyn ObjectStore) -> anyho
     Ok(lease)
 }
 
-fn wal_config(config: &Config, shard: usize) -> WalConfig {
-    WalConfig {
-        path: config.wal_dir.join(format!("shard-{shard}.wal")),
-        region_bytes: config.wal_size_per_shard,
-        chunk_bytes_max: config.wal_max_write_bytes,
-        max_delay: config.wal_max_delay,
-        sync: config.wal_sync,
+const SLOTS_KEY: &str = "cluster/slots";
+
+/// The bucket's slot count: stored once (create-only) by the first broker; a bucket from before
+/// slots existed keeps its shard manifests as slots. Without an object store: the shard count.
+fn slot_count(
+    config: &Config,
+    store: Option<&dyn ObjectStore>,
+    rings: &[u32],
+) -> anyhow::Result<u32> {
+    let Some(store) = store else {
+        if let Some(n) = config.slots.filter(|&n| n as usize != config.shards) {
+            bail!("--slots {n} needs an object store (without one, slots are the shards)");
+        }
+        check_rings_fit(config, rings, config.shards as u32)?;
+        return Ok(config.shards as u32);
+    };
+    let read = || -> anyhow::Result<Option<u32>> {
+        match retry_blocking("reading the slot count", || store.get(SLOTS_KEY, None)) {
+            Ok(b) => Ok(Some(String::from_utf8_lossy(&b).trim().parse().map_err(
+                |e| anyhow::anyhow!("{SLOTS_KEY} in the object store is not a number: {e}"),
+            )?)),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => bail!("reading {SLOTS_KEY}: {e}"),
+        }
+    };
+    let slots = match read()? {
+        Some(n) => n,
+        None => {
+            let manifests = retry_blocking("listing the object store", || store.list("shards/"))
+                .map_err(|e| anyhow::anyhow!("listing the object store: {e}"))?;
+            let existing = manifests
+                .iter()
+                .filter_map(|m| {
+                    m.key
+                        .strip_prefix("shards/")?
+                        .strip_suffix("/manifest")?
+                        .parse::<u32>()
+                        .ok()
+                })
+                .max()
+                .map(|h| h + 1);
+            let wanted = existing.unwrap_or(config.slots.unwrap_or(config.shards as u32));
+            check_rings_fit(config, rings, wanted)?;
+            let put = || {
+                store.put(
+                    SLOTS_KEY,
+                    bytes::Bytes::from(wanted.to_string()),
+                    Condition::IfNoneMatch,
+                )
+            };
+            match retry_blocking("storing the slot count", put) {
+                Ok(_) => wanted,
+                Err(StoreError::PreconditionFailed(_)) => {
+                    read()?.context("the slot count vanished from the object store")?
+                }
+                Err(e) => bail!("storing {SLOTS_KEY}: {e}"),
+            }
+        }
+    };
+    if let Some(n) = config.slots.filter(|&n| n != slots) {
+        bail!("--slots {n}: the object store already has {slots} slots (drop --slots, or use {slots})");
     }
+    Ok(slots)
 }
 
-/// Each shard's partitions are in that shard's ring: a different shard count would put them
-/// on other shards. Refuse rather than hide data.
-fn check_wal_shards(config: &Config) -> anyhow::Result<()> {
+/// The slots whose WAL rings are in this broker's WAL directory.
+fn local_rings(config: &Config) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir(&config.wal_dir) else {
-        return Ok(());
+        return Vec::new();
     };
-    let rings: Vec<usize> = dir
-        .filter_map(|e| e.ok())
+    dir.filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
             name.strip_prefix("shard-")?
@@ -476,13 +525,16 @@ fn check_wal_shards(config: &Config) -> anyhow::Result<()> {
                 .parse()
                 .ok()
         })
-        .collect();
-    if !rings.is_empty()
-        && (rings.len() != config.shards || rings.iter().any(|&r| r >= config.shards))
-    {
+        .collect()
+}
+
+/// A slot's partitions are in its WAL ring, and a partition's slot depends on the slot count:
+/// WAL rings made under another count would hide their data. Refuse rather than hide it.
+fn check_rings_fit(config: &Config, rings: &[u32], slots: u32) -> anyhow::Result<()> {
+    if !rings.is_empty() && (rings.len() != slots as usize || rings.iter().any(|&r| r >= slots)) {
         bail!(
             "{} holds WAL rings of {} shard(s), but --shards is {}: start with --shards {} \
-             (changing the shard count needs the object-storage tier)",
+             (or move the WAL directory away once its data is in the object store)",
             config.wal_dir.display(),
             rings.len(),
             config.shards,
@@ -558,31 +610,8 @@ fn retry_blocking<'a, T>(
     }
 }
 
-/// An empty data dir starts from the bucket: the topic catalog comes from there. Refuses a shard
-/// count that would hide committed data.
+/// An empty data dir starts from the bucket: the topic catalog comes from there.
 fn restore_from_object_store(config: &Config, store: &Arc<dyn ObjectStore>) -> anyhow::Result<()> {
-    let manifests = retry_blocking("listing the object store", || store.list("shards/"))
-        .map_err(|e| anyhow::anyhow!("listing the object store: {e}"))?;
-    let shards: std::collections::BTreeSet<usize> = manifests
-        .iter()
-        .filter_map(|m| {
-            m.key
-                .strip_prefix("shards/")?
-                .strip_suffix("/manifest")?
-                .parse()
-                .ok()
-        })
-        .collect();
-    if let Some(&highest) = shards.iter().next_back() {
-        if highest >= config.shards {
-            bail!(
-                "the object store holds manifests of {} shard(s) but --shards is {}: start with --shards {}",
-                highest + 1,
-                config.shards,
-                highest + 1
-            );
-        }
-    }
     let mirror = CatalogMirror::new(store.clone());
     let fetched = retry_blocking("reading the catalog", || Box::pin(mirror.fetch()));
     if let Some(json) =

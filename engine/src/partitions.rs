@@ -110,6 +110,8 @@ pub struct ShardState {
     pub stats: Arc<ShardStats>,
     /// The consumer groups this shard coordinates.
     pub coordinator: Coordinator,
+    /// Being handed over: no new writes.
+    closing: Cell<bool>,
 }
 
 fn add(counter: &AtomicU64, n: u64) {
@@ -141,6 +143,7 @@ impl ShardState {
             hot_cache_bytes,
             stats,
             coordinator,
+            closing: Cell::new(false),
         });
         if let Some(tier) = &state.tier {
             state.load_committed(tier, snapshot);
@@ -233,10 +236,26 @@ impl ShardState {
         }
     }
 
-    /// Every partition's idempotent producers, for the next manifest commit.
-    /// Copies every partition's offsets and the committed offsets of the groups this shard
-    /// coordinates (at most `limit` of each) for the metrics endpoint.
-    pub fn publish_offsets(&self, limit: usize) {
+    /// Stops taking writes (the slot is being handed over).
+    pub fn start_closing(&self) {
+        self.closing.set(true);
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.get()
+    }
+
+    /// Whether some partition has writes whose WAL write has not finished.
+    pub fn writes_in_flight(&self) -> bool {
+        self.partitions
+            .borrow()
+            .values()
+            .any(|p| p.next_offset > p.log_end())
+    }
+
+    /// Every partition's offsets and the committed offsets of the groups this slot
+    /// coordinates (at most `limit` of each), for the metrics endpoint.
+    pub fn offsets(&self, limit: usize) -> crate::metrics::OffsetsSnapshot {
         let partitions = self
             .partitions
             .borrow()
@@ -251,12 +270,13 @@ impl ShardState {
             })
             .collect();
         let committed = self.coordinator.all_committed(limit);
-        *self.stats.offsets.lock().unwrap() = crate::metrics::OffsetsSnapshot {
+        crate::metrics::OffsetsSnapshot {
             partitions,
             committed,
-        };
+        }
     }
 
+    /// Every partition's idempotent producers, for the next manifest commit.
     fn producer_snapshot(&self) -> Vec<ProducerSnapshot> {
         let parts = self.partitions.borrow();
         let mut out = Vec::new();
@@ -413,29 +433,30 @@ impl ShardState {
 
     pub fn handle(self: &Rc<Self>, op: ShardOp) {
         match op {
-            ShardOp::Produce(items, reply) => {
+            ShardOp::Produce(_, items, reply) => {
                 let done = self.produce(items);
                 ringtail_shards::spawn_detached(async move {
                     let _ = reply.send(done.await);
                 });
             }
-            ShardOp::Fetch(items, reply) => {
+            ShardOp::Fetch(_, items, reply) => {
                 let done = self.fetch(items);
                 ringtail_shards::spawn_detached(async move {
                     let _ = reply.send(done.await);
                 });
             }
-            ShardOp::ListOffsets(items, reply) => {
+            ShardOp::ListOffsets(_, items, reply) => {
                 let done = self.list_offsets(items);
                 ringtail_shards::spawn_detached(async move {
                     let _ = reply.send(done.await);
                 });
             }
-            ShardOp::Watch(items, reply) => self.watch(items, reply),
+            ShardOp::Watch(_, items, reply) => self.watch(items, reply),
             ShardOp::DropTopic(id) => self.drop_topic(id),
             ShardOp::TopicChanged(topic) => self.topic_changed(topic),
-            ShardOp::Run(f) => f(self),
-            ShardOp::DeleteRecords(items, reply) => {
+            ShardOp::Run(_, f) => f(self),
+            ShardOp::Open(_) | ShardOp::Close(_) => unreachable!("handled by the host"),
+            ShardOp::DeleteRecords(_, items, reply) => {
                 let done = self.delete_records(items);
                 ringtail_shards::spawn_detached(async move {
                     let _ = reply.send(done.await);
@@ -468,6 +489,11 @@ impl ShardState {
     }
 
     fn start_produce(&self, item: ProduceItem) -> Result<Started, ProduceOutcome> {
+        if self.closing.get() {
+            return Err(ProduceOutcome::error(
+                ResponseError::NotLeaderOrFollower.code(),
+            ));
+        }
         let wal_ref = self.wal.borrow();
         let wal = wal_ref
             .as_ref()

@@ -36,7 +36,7 @@ impl Drop for Open {
 }
 
 pub async fn serve_connection(broker: Rc<Broker>, stream: TcpStream) {
-    let _open = Open::new(broker.state.stats.clone());
+    let _open = Open::new(broker.stats.clone());
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -117,7 +117,7 @@ pub async fn serve_connection(broker: Rc<Broker>, stream: TcpStream) {
 /// any wait they asked for (a Fetch's long-poll). JoinGroup and SyncGroup wait for the rest of
 /// their group by design and are never logged.
 fn account(broker: &Broker, header: &Header, peer: &str, elapsed: Duration, allowed: Duration) {
-    let stats = &broker.state.stats;
+    let stats = &broker.stats;
     stats.request(header.api_key as i16, elapsed);
     let Some(threshold) = broker.config.slow_request else {
         return;

@@ -5,6 +5,7 @@
 //! [`ShardOp`] in its mailbox and gets its answer back on a oneshot channel; a request for a
 //! local partition calls [`ShardState`] directly. [`Broker::scatter`] does both, in order.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -17,7 +18,10 @@ use ringtail_shards::Mailboxes;
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, TopicMeta};
+use crate::cluster::{Membership, View};
 use crate::config::Config;
+use crate::host::SlotHost;
+use crate::metrics::ShardStats;
 use crate::partitions::ShardState;
 
 /// The leader epoch of every partition until fencing (failover) exists.
@@ -96,19 +100,41 @@ pub struct DeleteOutcome {
 /// Work to run on a particular shard.
 pub type OnShard = Box<dyn FnOnce(&Rc<ShardState>) + Send>;
 
-/// Work for a partition's owner shard.
+/// Work for a shard: most of it for one slot the shard hosts (the first field).
 pub enum ShardOp {
-    Produce(Vec<ProduceItem>, oneshot::Sender<Vec<ProduceOutcome>>),
-    Fetch(Vec<FetchItem>, oneshot::Sender<Vec<FetchOutcome>>),
-    ListOffsets(Vec<ListItem>, oneshot::Sender<Vec<ListOutcome>>),
+    Produce(u32, Vec<ProduceItem>, oneshot::Sender<Vec<ProduceOutcome>>),
+    Fetch(u32, Vec<FetchItem>, oneshot::Sender<Vec<FetchOutcome>>),
+    ListOffsets(u32, Vec<ListItem>, oneshot::Sender<Vec<ListOutcome>>),
     /// Answer once any of these partitions has data at or beyond the given offset.
-    Watch(Vec<(PartitionKey, i64)>, oneshot::Sender<()>),
-    DeleteRecords(Vec<DeleteItem>, oneshot::Sender<Vec<DeleteOutcome>>),
+    Watch(u32, Vec<(PartitionKey, i64)>, oneshot::Sender<()>),
+    DeleteRecords(u32, Vec<DeleteItem>, oneshot::Sender<Vec<DeleteOutcome>>),
+    /// Run this on the slot (group coordination: the group lives in one slot).
+    Run(u32, OnShard),
+    /// For every slot the shard hosts.
     DropTopic(Uuid),
     /// A topic's configs changed: its partitions follow the new ones from now on.
     TopicChanged(Arc<TopicMeta>),
-    /// Run this on the shard (group coordination: the group lives on one shard).
-    Run(OnShard),
+    /// Take the slot over and serve it / hand it over (cluster membership).
+    Open(u32),
+    Close(u32),
+}
+
+impl ShardOp {
+    /// A copy of a message meant for every slot.
+    pub fn clone_broadcast(&self) -> ShardOp {
+        match self {
+            ShardOp::DropTopic(id) => ShardOp::DropTopic(*id),
+            ShardOp::TopicChanged(t) => ShardOp::TopicChanged(t.clone()),
+            _ => unreachable!("only topic changes are broadcast"),
+        }
+    }
+}
+
+/// Where a partition lives: its slot, and the shard that hosts that slot on any broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Route {
+    pub shard: usize,
+    pub slot: u32,
 }
 
 /// An outcome that carries only an error (owner shard gone).
@@ -159,15 +185,19 @@ impl ErrorOutcome for DeleteOutcome {
 pub struct Broker {
     pub shard: usize,
     pub shards: usize,
-    pub state: Rc<ShardState>,
+    /// The bucket's slot count (the shard count without an object store).
+    pub slots: u32,
+    pub host: Rc<SlotHost>,
+    pub stats: Arc<ShardStats>,
+    pub membership: Arc<Membership>,
     pub mailboxes: Mailboxes<ShardOp>,
     pub catalog: Arc<Catalog>,
     pub config: Arc<Config>,
-    pub advertised_host: String,
-    pub advertised_port: i32,
     pub cluster_id: String,
     /// The catalog's copy in object storage, when there is an object tier.
     pub mirror: Option<Arc<crate::mirror::CatalogMirror>>,
+    /// Producer id blocks in the bucket, when there is an object tier.
+    pub producer_ids: Option<Arc<crate::producer_ids::ProducerIds>>,
 }
 
 impl Broker {
@@ -183,42 +213,59 @@ impl Broker {
         true
     }
 
-    pub fn owner(&self, topic: &TopicMeta, partition: i32) -> usize {
-        owner_shard(&topic.name, partition, self.shards)
+    pub fn owner(&self, topic: &TopicMeta, partition: i32) -> Route {
+        let slot = owner_shard(&topic.name, partition, self.slots as usize) as u32;
+        Route {
+            shard: slot as usize % self.shards,
+            slot,
+        }
     }
 
-    /// Runs `items` on their owner shards (locally or by message) and returns the outcomes in
-    /// the order of `items`.
+    /// The cluster as this broker sees it now.
+    pub fn view(&self) -> Arc<View> {
+        self.membership.view.load_full()
+    }
+
+    /// Runs `items` on their slots (locally or by message) and returns the outcomes in the
+    /// order of `items`. Items for a slot not served here are answered NOT_LEADER_OR_FOLLOWER.
     pub async fn scatter<I, O: ErrorOutcome, F: Future<Output = Vec<O>>>(
         &self,
-        items: Vec<(usize, I)>,
+        items: Vec<(Route, I)>,
         local: impl Fn(&Rc<ShardState>, Vec<I>) -> F,
-        op: impl Fn(Vec<I>, oneshot::Sender<Vec<O>>) -> ShardOp,
+        op: impl Fn(u32, Vec<I>, oneshot::Sender<Vec<O>>) -> ShardOp,
     ) -> Vec<O> {
         let n = items.len();
-        let mut by_shard: Vec<(Vec<usize>, Vec<I>)> =
-            (0..self.shards).map(|_| (Vec::new(), Vec::new())).collect();
-        for (i, (shard, item)) in items.into_iter().enumerate() {
-            by_shard[shard].0.push(i);
-            by_shard[shard].1.push(item);
+        let mut by_route: BTreeMap<Route, (Vec<usize>, Vec<I>)> = BTreeMap::new();
+        for (i, (route, item)) in items.into_iter().enumerate() {
+            let e = by_route.entry(route).or_default();
+            e.0.push(i);
+            e.1.push(item);
         }
         let mut pending = Vec::new();
-        let mut local_done = None;
+        let mut local_done = Vec::new();
         let mut out: Vec<Option<O>> = (0..n).map(|_| None).collect();
-        for (shard, (positions, items)) in by_shard.into_iter().enumerate() {
-            if items.is_empty() {
-                continue;
-            }
-            if shard == self.shard {
-                // Starts now (offsets are assigned in arrival order); finishes below.
-                local_done = Some((positions, local(&self.state, items)));
+        let not_leader = ResponseError::NotLeaderOrFollower.code();
+        for (route, (positions, items)) in by_route {
+            if route.shard == self.shard {
+                match self.host.get(route.slot) {
+                    // Starts now (offsets are assigned in arrival order); finishes below.
+                    Some(state) => local_done.push((positions, local(&state, items))),
+                    None => {
+                        for pos in positions {
+                            out[pos] = Some(O::error(not_leader));
+                        }
+                    }
+                }
             } else {
                 let (tx, rx) = oneshot::channel();
-                let sent = self.mailboxes.send(shard, op(items, tx)).await;
+                let sent = self
+                    .mailboxes
+                    .send(route.shard, op(route.slot, items, tx))
+                    .await;
                 pending.push((positions, sent.ok().map(|_| rx)));
             }
         }
-        if let Some((positions, done)) = local_done {
+        for (positions, done) in local_done {
             for (pos, o) in positions.into_iter().zip(done.await) {
                 out[pos] = Some(o);
             }
@@ -248,23 +295,23 @@ impl Broker {
     }
 
     /// Resolves once any of the partitions has data beyond its offset (or never, if none does).
-    pub async fn watch(&self, items: Vec<(usize, (PartitionKey, i64))>) {
+    pub async fn watch(&self, items: Vec<(Route, (PartitionKey, i64))>) {
         let mut receivers = Vec::new();
-        let mut by_shard: Vec<Vec<(PartitionKey, i64)>> =
-            (0..self.shards).map(|_| Vec::new()).collect();
-        for (shard, item) in items {
-            by_shard[shard].push(item);
+        let mut by_route: BTreeMap<Route, Vec<(PartitionKey, i64)>> = BTreeMap::new();
+        for (route, item) in items {
+            by_route.entry(route).or_default().push(item);
         }
-        for (shard, items) in by_shard.into_iter().enumerate() {
-            if items.is_empty() {
-                continue;
-            }
+        for (route, items) in by_route {
             let (tx, rx) = oneshot::channel();
-            if shard == self.shard {
-                self.state.watch(items, tx);
+            if route.shard == self.shard {
+                match self.host.get(route.slot) {
+                    Some(state) => state.watch(items, tx),
+                    // Not served here: the fetch re-reads at once and answers the error.
+                    None => drop(tx),
+                }
             } else if self
                 .mailboxes
-                .send(shard, ShardOp::Watch(items, tx))
+                .send(route.shard, ShardOp::Watch(route.slot, items, tx))
                 .await
                 .is_err()
             {
@@ -275,28 +322,32 @@ impl Broker {
         if receivers.is_empty() {
             return futures::future::pending().await;
         }
-        // A dropped sender (topic deleted) also wakes the fetch, which then re-reads.
+        // A dropped sender (topic deleted, slot moved) also wakes the fetch, which re-reads.
         let _ = futures::future::select_all(receivers).await;
     }
 
-    /// Runs `f` on `shard` (here, or there by message) and returns its result; None if that
-    /// shard is gone.
-    pub async fn on_shard<T: Send + 'static>(
+    /// Runs `f` on the slot's state (here, or on its shard by message) and returns its result;
+    /// None if the slot is not served here.
+    pub async fn on_slot<T: Send + 'static>(
         &self,
-        shard: usize,
+        route: Route,
         f: impl FnOnce(Rc<ShardState>) -> futures::future::LocalBoxFuture<'static, T> + Send + 'static,
     ) -> Option<T> {
-        if shard == self.shard {
-            return Some(f(self.state.clone()).await);
+        if route.shard == self.shard {
+            let state = self.host.get(route.slot)?;
+            return Some(f(state).await);
         }
         let (tx, rx) = oneshot::channel();
-        let op = ShardOp::Run(Box::new(move |state: &Rc<ShardState>| {
-            let done = f(state.clone());
-            ringtail_shards::spawn_detached(async move {
-                let _ = tx.send(done.await);
-            });
-        }));
-        self.mailboxes.send(shard, op).await.ok()?;
+        let op = ShardOp::Run(
+            route.slot,
+            Box::new(move |state: &Rc<ShardState>| {
+                let done = f(state.clone());
+                ringtail_shards::spawn_detached(async move {
+                    let _ = tx.send(done.await);
+                });
+            }),
+        );
+        self.mailboxes.send(route.shard, op).await.ok()?;
         rx.await.ok()
     }
 
@@ -314,7 +365,7 @@ impl Broker {
     async fn broadcast(&self, op: impl Fn() -> ShardOp) {
         for shard in 0..self.shards {
             if shard == self.shard {
-                self.state.handle(op());
+                self.host.handle(op());
             } else {
                 let _ = self.mailboxes.send(shard, op()).await;
             }

@@ -58,6 +58,9 @@ pub async fn create_topics(
                     .with_num_partitions(-1)
                     .with_replication_factor(-1)
             };
+            if let Err(message) = controller_only(broker) {
+                return fail(ResponseError::NotController.code(), message);
+            }
             if duplicates.contains(&name) {
                 return fail(ResponseError::InvalidRequest.code(), format!("topic {name:?} appears twice in the request"));
             }
@@ -120,6 +123,20 @@ pub async fn create_topics(
     CreateTopicsResponse::default().with_topics(results)
 }
 
+/// Topics change only on the controller (cluster mode); elsewhere NOT_CONTROLLER, and the
+/// client asks the controller Metadata names.
+fn controller_only(broker: &Broker) -> Result<(), String> {
+    let view = broker.view();
+    if view.is_controller() {
+        Ok(())
+    } else {
+        Err(format!(
+            "broker {} is not the controller; broker {} is",
+            view.me, view.controller
+        ))
+    }
+}
+
 /// (name, value, set explicitly) for every known config of a topic.
 fn topic_configs(topic: &TopicMeta) -> Vec<(String, String, bool)> {
     KNOWN
@@ -159,6 +176,14 @@ pub async fn delete_topics(
         let result = DeletableTopicResult::default()
             .with_name(name.clone().map(|n| TopicName(text(n))))
             .with_topic_id(id);
+        if let Err(message) = controller_only(broker) {
+            responses.push(
+                result
+                    .with_error_code(ResponseError::NotController.code())
+                    .with_error_message(Some(text(message))),
+            );
+            continue;
+        }
         if found
             .as_ref()
             .is_some_and(|t| t.name == crate::coordinator::OFFSETS_TOPIC)
@@ -214,6 +239,11 @@ pub async fn create_partitions(
         .into_iter()
         .map(|t| {
             let result = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+            if let Err(message) = controller_only(broker) {
+                return result
+                    .with_error_code(ResponseError::NotController.code())
+                    .with_error_message(Some(text(message)));
+            }
             let assigned_here = t
                 .assignments
                 .as_ref()
@@ -369,6 +399,10 @@ async fn alter_configs_of(
         let fail = |code: ResponseError, message: String| {
             (kind, name.clone(), code.code(), Some(text(message)))
         };
+        if let Err(message) = controller_only(broker) {
+            out.push(fail(ResponseError::NotController, message));
+            continue;
+        }
         if duplicates.contains(&(kind, name.to_string())) {
             out.push(fail(
                 ResponseError::InvalidRequest,

@@ -9,14 +9,14 @@ use ringtail_netio::fetch::{FetchPartition, FetchResponseParts, FetchTopic};
 use ringtail_netio::request::Header;
 
 use crate::shard::{
-    Broker, ErrorOutcome, FetchItem, FetchOutcome, PartitionKey, ShardOp, LEADER_EPOCH,
+    Broker, ErrorOutcome, FetchItem, FetchOutcome, PartitionKey, Route, ShardOp, LEADER_EPOCH,
 };
 
 /// Longest a fetch may wait for data, whatever the client asks.
 const FETCH_WAIT_MS_MAX: i32 = 300_000;
 
 struct Target {
-    shard: usize,
+    route: Route,
     key: PartitionKey,
     offset: i64,
     max_bytes: usize,
@@ -57,7 +57,7 @@ pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> 
                     Err(ResponseError::UnknownLeaderEpoch.code())
                 }
                 Some(m) => Ok(Target {
-                    shard: broker.owner(m, p.partition),
+                    route: broker.owner(m, p.partition),
                     key: PartitionKey {
                         topic_id: m.id,
                         partition: p.partition,
@@ -76,7 +76,7 @@ pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> 
             .flatten()
             .map(|t| {
                 (
-                    t.shard,
+                    t.route,
                     FetchItem {
                         key: t.key,
                         offset: t.offset,
@@ -106,7 +106,7 @@ pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> 
         let watch = slots
             .iter()
             .flatten()
-            .map(|t| (t.shard, (t.key, t.offset)))
+            .map(|t| (t.route, (t.key, t.offset)))
             .collect();
         let woke = futures::future::select(
             Box::pin(broker.watch(watch)),

@@ -32,7 +32,7 @@ use crate::coordinator::{
     COORDINATOR_NOT_AVAILABLE, INVALID_GROUP_ID, OFFSETS_TOPIC,
 };
 use crate::group::{JoinRequest, JoinResult, SyncResult, FENCED_INSTANCE_ID};
-use crate::shard::{now_ms, Broker};
+use crate::shard::{now_ms, Broker, Route};
 
 /// Longest committed-offset metadata string (Kafka's offset.metadata.max.bytes).
 const OFFSET_METADATA_BYTES_MAX: usize = 4096;
@@ -50,7 +50,7 @@ fn text(s: impl Into<String>) -> StrBytes {
 }
 
 /// The offsets topic and the shard coordinating `group`.
-fn route(broker: &Broker, group: &str) -> Option<(Arc<TopicMeta>, usize)> {
+fn route(broker: &Broker, group: &str) -> Option<(Arc<TopicMeta>, Route)> {
     let offsets = broker.catalog.snapshot().by_name(OFFSETS_TOPIC).cloned()?;
     let shard = broker.owner(&offsets, offsets_partition(group, offsets.partitions));
     Some((offsets, shard))
@@ -75,7 +75,7 @@ async fn on_coordinator<T: Send + 'static>(
         return Err(COORDINATOR_NOT_AVAILABLE);
     };
     broker
-        .on_shard(shard, move |state| {
+        .on_slot(shard, move |state| {
             Box::pin(async move {
                 if !state.coordinator.loaded.get() {
                     return Err(COORDINATOR_LOAD_IN_PROGRESS);
@@ -92,17 +92,18 @@ pub fn find_coordinator(
     header: &Header,
     request: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
-    let node = broker.config.node_id;
-    let host = text(broker.advertised_host.clone());
-    let port = broker.advertised_port;
-    let answer = |key_type: i8| -> (i16, Option<StrBytes>) {
-        if key_type == COORDINATOR_KEY_GROUP {
-            (0, None)
-        } else {
-            (
-                COORDINATOR_NOT_AVAILABLE,
-                Some(text("transactions are not supported yet")),
-            )
+    let view = broker.view();
+    // The coordinator of a group is the target owner of its offsets partition's slot.
+    let answer = |key_type: i8, key: &str| -> (i16, Option<StrBytes>, i32, StrBytes, i32) {
+        let none = (-1, text(""), -1);
+        if key_type != COORDINATOR_KEY_GROUP {
+            let msg = Some(text("transactions are not supported yet"));
+            return (COORDINATOR_NOT_AVAILABLE, msg, none.0, none.1, none.2);
+        }
+        let owner = route(broker, key).map_or(-1, |(_, r)| view.owner(r.slot));
+        match view.member(owner) {
+            Some(m) => (0, None, m.node_id, text(m.host.clone()), m.port),
+            None => (COORDINATOR_NOT_AVAILABLE, None, none.0, none.1, none.2),
         }
     };
     if header.api_version >= 4 {
@@ -110,11 +111,11 @@ pub fn find_coordinator(
             .coordinator_keys
             .into_iter()
             .map(|key| {
-                let (error, message) = answer(request.key_type);
+                let (error, message, node, host, port) = answer(request.key_type, key.as_str());
                 CoordinatorEntry::default()
                     .with_key(key)
                     .with_node_id(BrokerId(node))
-                    .with_host(host.clone())
+                    .with_host(host)
                     .with_port(port)
                     .with_error_code(error)
                     .with_error_message(message)
@@ -122,7 +123,7 @@ pub fn find_coordinator(
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
-    let (error, message) = answer(request.key_type);
+    let (error, message, node, host, port) = answer(request.key_type, request.key.as_str());
     FindCoordinatorResponse::default()
         .with_error_code(error)
         .with_error_message(message)
@@ -563,9 +564,13 @@ pub async fn list_groups(
     request: ListGroupsRequest,
 ) -> ListGroupsResponse {
     let mut all = Vec::new();
-    for shard in 0..broker.shards {
+    for slot in 0..broker.slots {
+        let route = Route {
+            shard: slot as usize % broker.shards,
+            slot,
+        };
         let listed = broker
-            .on_shard(shard, |state| {
+            .on_slot(route, |state| {
                 Box::pin(async move { state.coordinator.list() })
             })
             .await

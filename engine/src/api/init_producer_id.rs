@@ -1,5 +1,6 @@
-//! InitProducerId: producer ids for idempotent producers, unique across restarts (persisted in
-//! the catalog, and so in its copy in object storage, before they are handed out). A producer
+//! InitProducerId: producer ids for idempotent producers, unique across restarts and brokers:
+//! with an object store from blocks claimed in the bucket (`producer_ids.rs`), without one from
+//! the catalog's counter (persisted before it is handed out). A producer
 //! that asks again with its id and epoch (v3+, KIP-360) gets the next epoch, which fences its
 //! older self. Transactions are not supported.
 
@@ -23,7 +24,17 @@ pub async fn handle(broker: &Broker, request: InitProducerIdRequest) -> InitProd
     }
     let (id, epoch) = (request.producer_id.0, request.producer_epoch);
     if id >= 0 && epoch >= 0 {
-        if !broker.catalog.is_allocated_producer_id(id) {
+        let known = match &broker.producer_ids {
+            Some(ids) => match ids.is_allocated(id).await {
+                Ok(known) => known || broker.catalog.is_allocated_producer_id(id),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the producer id blocks");
+                    return fail(ResponseError::CoordinatorNotAvailable.code());
+                }
+            },
+            None => broker.catalog.is_allocated_producer_id(id),
+        };
+        if !known {
             return fail(ResponseError::InvalidProducerIdMapping.code());
         }
         if epoch < i16::MAX - 1 {
@@ -32,6 +43,17 @@ pub async fn handle(broker: &Broker, request: InitProducerIdRequest) -> InitProd
                 .with_producer_epoch(epoch + 1);
         }
         // Epochs exhausted: a new id (below).
+    }
+    if let Some(ids) = &broker.producer_ids {
+        return match ids.allocate(broker.catalog.next_producer_id()).await {
+            Ok(id) => InitProducerIdResponse::default()
+                .with_producer_id(ProducerId(id))
+                .with_producer_epoch(0),
+            Err(e) => {
+                tracing::error!(error = %e, "could not claim producer ids");
+                fail(ResponseError::CoordinatorNotAvailable.code())
+            }
+        };
     }
     match broker.catalog.allocate_producer_id() {
         Ok(id) => {

@@ -1,4 +1,5 @@
-//! Metadata and DescribeCluster: this broker leads every partition.
+//! Metadata and DescribeCluster: the live brokers, and each partition's leader is the target
+//! owner of its slot (cluster mode) — this broker when it runs alone.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -55,13 +56,21 @@ pub async fn metadata(
         // A topic was auto-created (by this request or another).
         broker.catalog_changed().await;
     }
+    let view = broker.view();
     MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(BrokerId(broker.config.node_id))
-            .with_host(StrBytes::from_string(broker.advertised_host.clone()))
-            .with_port(broker.advertised_port)])
+        .with_brokers(
+            view.members
+                .iter()
+                .map(|m| {
+                    MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(m.node_id))
+                        .with_host(StrBytes::from_string(m.host.clone()))
+                        .with_port(m.port)
+                })
+                .collect(),
+        )
         .with_cluster_id(Some(StrBytes::from_string(broker.cluster_id.clone())))
-        .with_controller_id(BrokerId(broker.config.node_id))
+        .with_controller_id(BrokerId(view.controller))
         .with_topics(topics)
 }
 
@@ -81,6 +90,15 @@ fn by_name(broker: &Broker, name: &str, allow_auto: bool) -> MetadataResponseTop
             Some(name),
             Uuid::nil(),
             ResponseError::UnknownTopicOrPartition.code(),
+        );
+    }
+    if !broker.view().is_controller() {
+        // Only the controller changes topics; the client asks again and the controller's
+        // catalog reaches this broker within a lease period.
+        return error_entry(
+            Some(name),
+            Uuid::nil(),
+            ResponseError::LeaderNotAvailable.code(),
         );
     }
     match broker.catalog.create(
@@ -118,10 +136,18 @@ fn by_name(broker: &Broker, name: &str, allow_auto: bool) -> MetadataResponseTop
 }
 
 fn topic_entry(broker: &Broker, t: &Arc<TopicMeta>) -> MetadataResponseTopic {
-    let node = BrokerId(broker.config.node_id);
+    let view = broker.view();
     let partitions = (0..t.partitions)
         .map(|i| {
+            let owner = view.owner(broker.owner(t, i).slot);
+            let node = BrokerId(owner);
+            let error = if owner < 0 {
+                ResponseError::LeaderNotAvailable.code()
+            } else {
+                0
+            };
             MetadataResponsePartition::default()
+                .with_error_code(error)
                 .with_partition_index(i)
                 .with_leader_id(node)
                 .with_leader_epoch(LEADER_EPOCH)
@@ -147,11 +173,19 @@ pub fn describe_cluster(
     broker: &Broker,
     _request: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
+    let view = broker.view();
     DescribeClusterResponse::default()
         .with_cluster_id(StrBytes::from_string(broker.cluster_id.clone()))
-        .with_controller_id(BrokerId(broker.config.node_id))
-        .with_brokers(vec![DescribeClusterBroker::default()
-            .with_broker_id(BrokerId(broker.config.node_id))
-            .with_host(StrBytes::from_string(broker.advertised_host.clone()))
-            .with_port(broker.advertised_port)])
+        .with_controller_id(BrokerId(view.controller))
+        .with_brokers(
+            view.members
+                .iter()
+                .map(|m| {
+                    DescribeClusterBroker::default()
+                        .with_broker_id(BrokerId(m.node_id))
+                        .with_host(StrBytes::from_string(m.host.clone()))
+                        .with_port(m.port)
+                })
+                .collect(),
+        )
 }

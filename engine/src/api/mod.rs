@@ -76,7 +76,7 @@ fn respond<R: Encodable + HeaderVersion + ErrorCodes>(
     header: &Header,
     body: &R,
 ) -> Reply {
-    let stats = &broker.state.stats;
+    let stats = &broker.stats;
     body.each_error(&mut |code| stats.error(header.api_key as i16, code));
     encode_reply(header, body)
 }
@@ -140,7 +140,7 @@ fn count_fetch_copies(
             copied += b.len() as u64;
         }
     }
-    let stats = &broker.state.stats;
+    let stats = &broker.stats;
     stats.fetch_sent_record_bytes.fetch_add(total, Relaxed);
     stats.fetch_copied_record_bytes.fetch_add(copied, Relaxed);
 }
@@ -161,7 +161,7 @@ pub async fn handle(broker: &Broker, header: &Header, body: Body) -> Reply {
         }
         RequestKind::Fetch(r) => {
             let parts = fetch::handle(broker, header, r).await;
-            let stats = &broker.state.stats;
+            let stats = &broker.stats;
             stats.error(header.api_key as i16, parts.error_code);
             for p in parts.topics.iter().flat_map(|t| &t.partitions) {
                 stats.error(header.api_key as i16, p.error_code);

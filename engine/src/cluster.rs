@@ -1,0 +1,457 @@
+//! Cluster membership as the broker sees it: who is alive, which slot each live broker should
+//! own (placement), which slots this broker opens or closes (the hand-over protocol), and the
+//! routing view the shards read. See ARCHITECTURE.md, "Cluster mode".
+//!
+//! [`decide`] is pure; [`Runner`] is the thread that renews the lease, reads the other leases
+//! and carries the decisions out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ringtail_objstore::ObjectStore;
+use ringtail_shards::Mailboxes;
+
+use crate::catalog::Catalog;
+use crate::lease::{Lease, LeaseError, LeaseRecord, PeerWatch};
+use crate::mirror::CatalogMirror;
+use crate::shard::ShardOp;
+
+use arc_swap::ArcSwap;
+
+use crate::placement::place;
+
+/// A broker of the cluster as Metadata names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub node_id: i32,
+    pub host: String,
+    pub port: i32,
+}
+
+/// What the shards route by: the target owner of every slot and the live brokers.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub me: i32,
+    /// Target owner node of each slot (`-1`: no live broker).
+    pub owners: Vec<i32>,
+    /// Live brokers, this one included, by node id.
+    pub members: Vec<Member>,
+    pub controller: i32,
+}
+
+impl View {
+    /// A single broker owning every slot (no object store, or before the first membership round).
+    pub fn alone(me: Member, slots: u32) -> View {
+        View {
+            me: me.node_id,
+            owners: vec![me.node_id; slots as usize],
+            controller: me.node_id,
+            members: vec![me],
+        }
+    }
+
+    pub fn owner(&self, slot: u32) -> i32 {
+        self.owners.get(slot as usize).copied().unwrap_or(-1)
+    }
+
+    pub fn member(&self, node: i32) -> Option<&Member> {
+        self.members.iter().find(|m| m.node_id == node)
+    }
+
+    pub fn is_controller(&self) -> bool {
+        self.controller == self.me
+    }
+}
+
+/// Shared between the membership thread and the shards.
+pub struct Membership {
+    pub view: ArcSwap<View>,
+    /// Slots open on this broker (what its lease announces).
+    open: Mutex<BTreeSet<u32>>,
+    /// Slots asked to open or close and not done yet.
+    pending: Mutex<BTreeSet<u32>>,
+    /// Slots that could not open, and why (start-up refuses to serve with one).
+    failures: Mutex<Vec<(u32, String)>>,
+}
+
+impl Membership {
+    pub fn new(view: View) -> Membership {
+        Membership {
+            view: ArcSwap::from_pointee(view),
+            open: Mutex::new(BTreeSet::new()),
+            pending: Mutex::new(BTreeSet::new()),
+            failures: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Marks `slot` as being opened or closed; false if it already is.
+    pub fn request(&self, slot: u32) -> bool {
+        self.pending.lock().unwrap().insert(slot)
+    }
+
+    pub fn is_pending(&self) -> bool {
+        !self.pending.lock().unwrap().is_empty()
+    }
+
+    pub fn opened(&self, slot: u32) {
+        self.open.lock().unwrap().insert(slot);
+        self.pending.lock().unwrap().remove(&slot);
+    }
+
+    pub fn closed(&self, slot: u32) {
+        self.open.lock().unwrap().remove(&slot);
+        self.pending.lock().unwrap().remove(&slot);
+    }
+
+    /// Opening `slot` failed (logged by the shard); the next round tries again.
+    pub fn failed(&self, slot: u32, reason: String) {
+        self.failures.lock().unwrap().push((slot, reason));
+        self.pending.lock().unwrap().remove(&slot);
+    }
+
+    /// The failures since the last call.
+    pub fn take_failures(&self) -> Vec<(u32, String)> {
+        std::mem::take(&mut *self.failures.lock().unwrap())
+    }
+
+    pub fn open_slots(&self) -> BTreeSet<u32> {
+        self.open.lock().unwrap().clone()
+    }
+}
+
+/// Another live broker, as its lease describes it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub member: Member,
+    pub open: BTreeSet<u32>,
+    pub draining: bool,
+}
+
+/// One membership round's outcome.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub owners: Vec<i32>,
+    pub controller: i32,
+    /// Slots targeted here that no live lease lists and that are not open here.
+    pub open: Vec<u32>,
+    /// Slots open here that are targeted elsewhere.
+    pub close: Vec<u32>,
+    /// Slots targeted here but still listed by another live broker (waiting for its hand-over).
+    pub waiting: Vec<u32>,
+}
+
+/// The hand-over protocol's decision for this broker (`me`, draining or not, with `mine` open)
+/// given the live peers.
+pub fn decide(
+    slots: u32,
+    me: i32,
+    draining: bool,
+    mine: &BTreeSet<u32>,
+    peers: &[Peer],
+) -> Decision {
+    let mut candidates: Vec<i32> = peers
+        .iter()
+        .filter(|p| !p.draining)
+        .map(|p| p.member.node_id)
+        .collect();
+    if !draining {
+        candidates.push(me);
+    }
+    let owners = place(slots, &candidates);
+    let owners = if owners.is_empty() {
+        vec![-1; slots as usize]
+    } else {
+        owners
+    };
+    let held_elsewhere: BTreeMap<u32, i32> = peers
+        .iter()
+        .flat_map(|p| p.open.iter().map(move |&s| (s, p.member.node_id)))
+        .collect();
+    let mut d = Decision {
+        controller: peers
+            .iter()
+            .map(|p| p.member.node_id)
+            .chain([me])
+            .min()
+            .expect("at least this broker"),
+        open: Vec::new(),
+        close: Vec::new(),
+        waiting: Vec::new(),
+        owners: Vec::new(),
+    };
+    for (slot, &owner) in owners.iter().enumerate() {
+        let slot = slot as u32;
+        let here = mine.contains(&slot);
+        if owner == me {
+            if held_elsewhere.contains_key(&slot) {
+                d.waiting.push(slot);
+            } else if !here {
+                d.open.push(slot);
+            }
+        } else if here {
+            d.close.push(slot);
+        }
+    }
+    d.owners = owners;
+    d
+}
+
+/// The membership thread's work: renew this broker's lease (announcing its open slots), read
+/// the others, decide, publish the view and ask the shards to open or close slots.
+pub struct Runner {
+    pub lease: Lease,
+    pub store: Arc<dyn ObjectStore>,
+    pub membership: Arc<Membership>,
+    pub mailboxes: Mailboxes<ShardOp>,
+    pub shards: usize,
+    pub slots: u32,
+    pub me: Member,
+    /// Set on SIGTERM: hand every slot over, then stop.
+    pub draining: Arc<AtomicBool>,
+    pub watch: PeerWatch,
+    /// The catalog and its copy in the bucket, which every broker follows.
+    pub catalog: Option<(Arc<Catalog>, Arc<CatalogMirror>)>,
+    last_renewal: Instant,
+}
+
+impl Runner {
+    pub fn new(
+        lease: Lease,
+        store: Arc<dyn ObjectStore>,
+        membership: Arc<Membership>,
+        mailboxes: Mailboxes<ShardOp>,
+        shards: usize,
+        slots: u32,
+        me: Member,
+    ) -> Runner {
+        let watch = PeerWatch::new(me.node_id, lease.duration);
+        Runner {
+            lease,
+            store,
+            membership,
+            mailboxes,
+            shards,
+            slots,
+            me,
+            draining: Arc::new(AtomicBool::new(false)),
+            watch,
+            catalog: None,
+            last_renewal: Instant::now(),
+        }
+    }
+
+    /// One round. Errors of the store are returned (the caller logs and tries again); a lost
+    /// lease is returned as [`LeaseError::Lost`].
+    pub fn round(&mut self) -> Result<Decision, LeaseError> {
+        let open: Vec<u32> = self.membership.open_slots().into_iter().collect();
+        let draining = self.draining.load(Ordering::Relaxed);
+        let changed = open != self.lease.record.open || draining != self.lease.record.draining;
+        if changed || self.last_renewal.elapsed() >= self.lease.duration / 3 {
+            self.lease.record.open = open;
+            self.lease.record.draining = draining;
+            let sent = Instant::now();
+            futures::executor::block_on(self.lease.renew(self.store.as_ref()))?;
+            self.last_renewal = sent;
+        }
+        let records = futures::executor::block_on(self.watch.poll(self.store.as_ref()))?;
+        let peers: Vec<Peer> = records
+            .into_iter()
+            .map(|r| Peer {
+                member: member_of(&r),
+                open: r.open.iter().copied().collect(),
+                draining: r.draining,
+            })
+            .collect();
+        let mine = self.membership.open_slots();
+        let d = decide(self.slots, self.me.node_id, draining, &mine, &peers);
+        let mut members: Vec<Member> = peers.iter().map(|p| p.member.clone()).collect();
+        members.push(self.me.clone());
+        members.sort_by_key(|m| m.node_id);
+        self.membership.view.store(Arc::new(View {
+            me: self.me.node_id,
+            owners: d.owners.clone(),
+            members,
+            controller: d.controller,
+        }));
+        self.follow_catalog();
+        for &slot in &d.open {
+            self.send(slot, ShardOp::Open(slot));
+        }
+        for &slot in &d.close {
+            self.send(slot, ShardOp::Close(slot));
+        }
+        Ok(d)
+    }
+
+    /// Adopts a catalog another broker (the controller) pushed, and tells every shard about the
+    /// topics it dropped or changed.
+    fn follow_catalog(&self) {
+        let Some((catalog, mirror)) = &self.catalog else {
+            return;
+        };
+        match futures::executor::block_on(mirror.follow(catalog)) {
+            Ok(None) => {}
+            Ok(Some(adopted)) => {
+                tracing::info!(
+                    dropped = adopted.dropped.len(),
+                    changed = adopted.changed.len(),
+                    "adopted the controller's topic catalog"
+                );
+                for shard in 0..self.shards {
+                    for &id in &adopted.dropped {
+                        let _ = futures::executor::block_on(
+                            self.mailboxes.send(shard, ShardOp::DropTopic(id)),
+                        );
+                    }
+                    for t in &adopted.changed {
+                        let _ = futures::executor::block_on(
+                            self.mailboxes.send(shard, ShardOp::TopicChanged(t.clone())),
+                        );
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not follow the bucket's topic catalog"),
+        }
+    }
+
+    fn send(&self, slot: u32, op: ShardOp) {
+        if self.membership.request(slot) {
+            let shard = slot as usize % self.shards;
+            if futures::executor::block_on(self.mailboxes.send(shard, op)).is_err() {
+                self.membership.failed(slot, "shard gone".into());
+            }
+        }
+    }
+
+    /// Runs rounds every sixth of the lease duration until `stop`; returns the lease (for its
+    /// release). Calls `lost` (which should end the process) if the lease was taken over.
+    pub fn spawn(
+        mut self,
+        stop: Arc<AtomicBool>,
+        lost: impl FnOnce(LeaseError) + Send + 'static,
+    ) -> std::thread::JoinHandle<Lease> {
+        std::thread::Builder::new()
+            .name("ringtail-cluster".into())
+            .spawn(move || {
+                let tick = self.lease.duration / 6;
+                let mut last_ok = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    match self.round() {
+                        Ok(_) => last_ok = Instant::now(),
+                        Err(e @ LeaseError::Lost(_)) => {
+                            lost(e);
+                            break;
+                        }
+                        Err(e) if last_ok.elapsed() >= self.lease.duration => {
+                            tracing::error!(error = %e, silent_ms = last_ok.elapsed().as_millis() as u64,
+                                "cluster membership failed for a whole lease duration: other brokers may take this node's slots over");
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cluster membership round failed; retrying"),
+                    }
+                    std::thread::sleep(tick);
+                }
+                self.lease
+            })
+            .expect("spawn the cluster thread")
+    }
+}
+
+/// A lease's broker as Metadata names it (listener `host:port`).
+fn member_of(r: &LeaseRecord) -> Member {
+    let (host, port) = r
+        .listener
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.parse().unwrap_or(-1)))
+        .unwrap_or((r.listener.clone(), -1));
+    Member {
+        node_id: r.node_id,
+        host,
+        port,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(node: i32, open: &[u32], draining: bool) -> Peer {
+        Peer {
+            member: Member {
+                node_id: node,
+                host: "h".into(),
+                port: 9000 + node,
+            },
+            open: open.iter().copied().collect(),
+            draining,
+        }
+    }
+
+    #[test]
+    fn a_lone_broker_opens_every_slot() {
+        let d = decide(4, 1, false, &BTreeSet::new(), &[]);
+        assert_eq!(d.owners, vec![1; 4]);
+        assert_eq!(d.open, vec![0, 1, 2, 3]);
+        assert!(d.close.is_empty() && d.waiting.is_empty());
+        assert_eq!(d.controller, 1);
+    }
+
+    #[test]
+    fn a_joining_broker_waits_for_the_hand_over() {
+        // Node 1 holds everything; node 2 joins.
+        let all: BTreeSet<u32> = (0..6).collect();
+        let d2 = decide(
+            6,
+            2,
+            false,
+            &BTreeSet::new(),
+            &[peer(1, &[0, 1, 2, 3, 4, 5], false)],
+        );
+        assert!(d2.open.is_empty(), "nothing opens while node 1 lists it");
+        assert_eq!(d2.waiting.len(), 3);
+        // Node 1 sees node 2 and closes what is now targeted there.
+        let d1 = decide(6, 1, false, &all, &[peer(2, &[], false)]);
+        assert_eq!(d1.close, d2.waiting);
+        assert_eq!(d1.owners, d2.owners, "both compute the same placement");
+        assert_eq!(d1.controller, 1);
+        // Once node 1 announces the smaller set, node 2 opens.
+        let kept: Vec<u32> = (0..6).filter(|s| !d1.close.contains(s)).collect();
+        let d2 = decide(6, 2, false, &BTreeSet::new(), &[peer(1, &kept, false)]);
+        assert_eq!(d2.open, d1.close);
+        assert!(d2.waiting.is_empty());
+    }
+
+    #[test]
+    fn a_dead_brokers_slots_are_opened_by_the_survivors() {
+        // Three brokers, node 3's lease expired: it is not a peer any more.
+        let d1 = decide(6, 1, false, &[0, 1].into(), &[peer(2, &[2, 3], false)]);
+        let d2 = decide(6, 2, false, &[2, 3].into(), &[peer(1, &[0, 1], false)]);
+        let opened: BTreeSet<u32> = d1.open.iter().chain(&d2.open).copied().collect();
+        assert_eq!(opened, [4, 5].into());
+        assert_eq!(d1.owners, d2.owners);
+    }
+
+    #[test]
+    fn a_draining_broker_gives_everything_away_and_is_given_nothing() {
+        let d = decide(4, 1, true, &[0, 1, 2, 3].into(), &[peer(2, &[], false)]);
+        assert_eq!(d.close, vec![0, 1, 2, 3]);
+        assert_eq!(d.owners, vec![2; 4]);
+        let d2 = decide(
+            4,
+            2,
+            false,
+            &BTreeSet::new(),
+            &[peer(1, &[0, 1, 2, 3], true)],
+        );
+        assert_eq!(
+            d2.waiting,
+            vec![0, 1, 2, 3],
+            "waits for the drain to hand over"
+        );
+        // Draining alone: nobody to hand to, every slot closes (the uploads already ran).
+        let d = decide(2, 1, true, &[0, 1].into(), &[]);
+        assert_eq!(d.owners, vec![-1, -1]);
+        assert_eq!(d.close, vec![0, 1]);
+    }
+}

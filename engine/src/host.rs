@@ -1,0 +1,275 @@
+//! The slots one shard hosts (see ARCHITECTURE.md, "Cluster mode"): opening a slot takes its
+//! manifest over and rebuilds its partitions; closing one stops serving it, waits for its writes
+//! in flight, uploads what is durable and lets it go. Messages for a slot this shard does not
+//! host are answered NOT_LEADER_OR_FOLLOWER (or dropped, for waits and group work).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kafka_protocol::ResponseError;
+use ringtail_objstore::ObjectStore;
+use ringtail_wal::WalConfig;
+
+use crate::catalog::Catalog;
+use crate::cluster::Membership;
+use crate::config::Config;
+use crate::coordinator::{Coordinator, OFFSETS_TOPIC};
+use crate::metrics::{OffsetsSnapshot, ShardStats};
+use crate::partitions::ShardState;
+use crate::shard::{owner_shard, ErrorOutcome, ShardOp};
+use crate::tier::Tier;
+
+/// How often groups check session timeouts and rebalance deadlines.
+const GROUP_TICK: Duration = Duration::from_millis(100);
+/// How long closing a slot waits for its last uploads.
+pub const CLOSE_FLUSH_MAX: Duration = Duration::from_secs(30);
+
+/// What opening a slot needs.
+pub struct SlotEnv {
+    pub config: Arc<Config>,
+    pub catalog: Arc<Catalog>,
+    pub store: Option<Arc<dyn ObjectStore>>,
+    pub stats: Arc<ShardStats>,
+    pub membership: Arc<Membership>,
+    pub slots: u32,
+}
+
+pub struct SlotHost {
+    pub shard: usize,
+    slots: RefCell<HashMap<u32, Rc<ShardState>>>,
+    busy: RefCell<HashSet<u32>>,
+    env: SlotEnv,
+}
+
+/// The WAL ring of a slot on this broker.
+pub fn wal_config(config: &Config, slot: u32) -> WalConfig {
+    WalConfig {
+        path: config.wal_dir.join(format!("shard-{slot}.wal")),
+        region_bytes: config.wal_size_per_shard,
+        chunk_bytes_max: config.wal_max_write_bytes,
+        max_delay: config.wal_max_delay,
+        sync: config.wal_sync,
+    }
+}
+
+impl SlotHost {
+    pub fn new(shard: usize, env: SlotEnv) -> Rc<SlotHost> {
+        let host = Rc::new(SlotHost {
+            shard,
+            slots: RefCell::new(HashMap::new()),
+            busy: RefCell::new(HashSet::new()),
+            env,
+        });
+        let limit = host.env.config.metrics_partition_limit;
+        if limit > 0 && host.env.config.metrics_listen.is_some() {
+            let weak = Rc::downgrade(&host);
+            ringtail_shards::spawn_detached(async move {
+                while let Some(host) = weak.upgrade() {
+                    host.publish_offsets(limit);
+                    drop(host);
+                    ringtail_shards::sleep(crate::metrics::OFFSETS_PUBLISH_INTERVAL).await;
+                }
+            });
+        }
+        host
+    }
+
+    pub fn stats(&self) -> &Arc<ShardStats> {
+        &self.env.stats
+    }
+
+    pub fn get(&self, slot: u32) -> Option<Rc<ShardState>> {
+        self.slots.borrow().get(&slot).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Rc<ShardState>> {
+        self.slots.borrow().values().cloned().collect()
+    }
+
+    fn publish_offsets(&self, limit: usize) {
+        let mut all = OffsetsSnapshot::default();
+        for state in self.all() {
+            let s = state.offsets(limit);
+            all.partitions.extend(s.partitions);
+            all.committed.extend(s.committed);
+        }
+        all.partitions.truncate(limit);
+        all.committed.truncate(limit);
+        *self.env.stats.offsets.lock().unwrap() = all;
+    }
+
+    pub fn handle(self: &Rc<Self>, op: ShardOp) {
+        let slot = match &op {
+            ShardOp::Open(slot) => {
+                let (host, slot) = (self.clone(), *slot);
+                ringtail_shards::spawn_detached(async move { host.open(slot).await });
+                return;
+            }
+            ShardOp::Close(slot) => {
+                let (host, slot) = (self.clone(), *slot);
+                ringtail_shards::spawn_detached(async move { host.close(slot).await });
+                return;
+            }
+            ShardOp::DropTopic(_) | ShardOp::TopicChanged(_) => {
+                for state in self.all() {
+                    state.handle(op.clone_broadcast());
+                }
+                return;
+            }
+            ShardOp::Produce(slot, ..)
+            | ShardOp::Fetch(slot, ..)
+            | ShardOp::ListOffsets(slot, ..)
+            | ShardOp::Watch(slot, ..)
+            | ShardOp::DeleteRecords(slot, ..)
+            | ShardOp::Run(slot, ..) => *slot,
+        };
+        match self.get(slot) {
+            Some(state) => state.handle(op),
+            None => not_here(op),
+        }
+    }
+
+    /// Takes slot `slot` over and serves it. Announced in the membership once it serves.
+    pub async fn open(self: &Rc<Self>, slot: u32) {
+        if !self.busy.borrow_mut().insert(slot) {
+            return;
+        }
+        let started = Instant::now();
+        match self.open_state(slot).await {
+            Ok(state) => {
+                self.slots.borrow_mut().insert(slot, state.clone());
+                self.env.membership.opened(slot);
+                self.start_groups(slot, &state);
+                tracing::info!(
+                    slot,
+                    shard = self.shard,
+                    ms = started.elapsed().as_millis() as u64,
+                    "serving slot"
+                );
+            }
+            Err(e) => {
+                tracing::error!(slot, error = %e, "could not open slot");
+                self.env.membership.failed(slot, e);
+            }
+        }
+        self.busy.borrow_mut().remove(&slot);
+    }
+
+    async fn open_state(&self, slot: u32) -> Result<Rc<ShardState>, String> {
+        let env = &self.env;
+        let tier = match &env.store {
+            None => None,
+            Some(store) => Some(
+                Tier::open(
+                    store.clone(),
+                    slot,
+                    env.config.object_bytes_target,
+                    env.config.object_age_max,
+                    env.stats.clone(),
+                )
+                .await
+                .map_err(|e| format!("object store: {e}"))?,
+            ),
+        };
+        ShardState::open(
+            &wal_config(&env.config, slot),
+            &env.catalog.snapshot(),
+            tier,
+            env.config.hot_cache_bytes_per_shard,
+            env.stats.clone(),
+            Coordinator::new(
+                env.config.group_initial_rebalance_delay_ms,
+                env.config.offsets_compact_records,
+            ),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    /// Group coordination of the slot: replay its committed offsets, and run the groups' clocks
+    /// (session timeouts, rebalance deadlines) while the slot is open.
+    fn start_groups(&self, slot: u32, state: &Rc<ShardState>) {
+        let Some(offsets) = self.env.catalog.snapshot().by_name(OFFSETS_TOPIC).cloned() else {
+            return;
+        };
+        let mine: Vec<i32> = (0..offsets.partitions)
+            .filter(|&p| owner_shard(&offsets.name, p, self.env.slots as usize) == slot as usize)
+            .collect();
+        ringtail_shards::spawn_detached(crate::coordinator::load_offsets(
+            state.clone(),
+            offsets.clone(),
+            mine,
+        ));
+        let clock = Rc::downgrade(state);
+        ringtail_shards::spawn_detached(async move {
+            while let Some(state) = clock.upgrade() {
+                if state.is_closing() {
+                    return;
+                }
+                state.coordinator.tick();
+                // In a task of its own: the clock keeps ticking while a compaction waits.
+                let (s, o) = (state.clone(), offsets.clone());
+                ringtail_shards::spawn_detached(async move {
+                    crate::coordinator::compact_if_due(&s, &o).await
+                });
+                drop(state);
+                ringtail_shards::sleep(GROUP_TICK).await;
+            }
+        });
+    }
+
+    /// Stops serving `slot`: new requests are answered NOT_LEADER_OR_FOLLOWER at once; writes
+    /// in flight finish, everything durable is uploaded and committed, then the slot is let go.
+    pub async fn close(self: &Rc<Self>, slot: u32) {
+        if !self.busy.borrow_mut().insert(slot) {
+            return;
+        }
+        let state = self.slots.borrow_mut().remove(&slot);
+        if let Some(state) = state {
+            let started = Instant::now();
+            state.start_closing();
+            let deadline = Instant::now() + CLOSE_FLUSH_MAX;
+            while state.writes_in_flight() && Instant::now() < deadline {
+                ringtail_shards::sleep(Duration::from_millis(2)).await;
+            }
+            state
+                .flush_to_objects(deadline.saturating_duration_since(Instant::now()))
+                .await;
+            tracing::info!(
+                slot,
+                ms = started.elapsed().as_millis() as u64,
+                "handed slot over"
+            );
+        }
+        self.env.membership.closed(slot);
+        self.busy.borrow_mut().remove(&slot);
+    }
+
+    /// Closes every slot (clean shutdown).
+    pub async fn close_all(self: &Rc<Self>) {
+        let slots: Vec<u32> = self.slots.borrow().keys().copied().collect();
+        futures::future::join_all(slots.into_iter().map(|s| self.close(s))).await;
+    }
+}
+
+/// The answer for a message whose slot is not hosted here.
+fn not_here(op: ShardOp) {
+    let code = ResponseError::NotLeaderOrFollower.code();
+    fn all<O: ErrorOutcome>(n: usize, code: i16) -> Vec<O> {
+        (0..n).map(|_| O::error(code)).collect()
+    }
+    match op {
+        ShardOp::Produce(_, items, reply) => drop(reply.send(all(items.len(), code))),
+        ShardOp::Fetch(_, items, reply) => drop(reply.send(all(items.len(), code))),
+        ShardOp::ListOffsets(_, items, reply) => drop(reply.send(all(items.len(), code))),
+        ShardOp::DeleteRecords(_, items, reply) => drop(reply.send(all(items.len(), code))),
+        // Dropped: a waiting fetch wakes and re-reads; group work answers NOT_COORDINATOR.
+        ShardOp::Watch(..) | ShardOp::Run(..) => {}
+        ShardOp::Open(_) | ShardOp::Close(_) | ShardOp::DropTopic(_) | ShardOp::TopicChanged(_) => {
+            unreachable!("handled by the host")
+        }
+    }
+}
