@@ -217,64 +217,6 @@ pub async fn acquire(
     }
 }
 
-/// The leases of other node ids whose holders renew them (each watched for up to one lease
-/// duration; stale ones of dead brokers are ignored).
-pub async fn live_others(
-    store: &dyn ObjectStore,
-    me: i32,
-    duration: Duration,
-) -> Result<Vec<LeaseRecord>, LeaseError> {
-    let started = Instant::now();
-    let listed = loop {
-        match store.list("cluster/brokers/").await {
-            Ok(l) => break l,
-            Err(e) if e.is_retryable() && started.elapsed() < STORE_RETRY_MAX => {
-                std::thread::sleep(Duration::from_millis(50))
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let others: Vec<String> = listed
-        .into_iter()
-        .map(|m| m.key)
-        .filter(|k| k != &lease_key(me))
-        .collect();
-    if others.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut observers: Vec<(String, Observer)> = others
-        .into_iter()
-        .map(|k| (k, Observer::new(duration)))
-        .collect();
-    let mut live = Vec::new();
-    let poll = (duration / 8).max(Duration::from_millis(20));
-    while !observers.is_empty() {
-        let mut still = Vec::new();
-        for (key, mut o) in observers {
-            let current = match read(store, &key).await {
-                Ok(c) => c,
-                Err(LeaseError::Store(e))
-                    if e.is_retryable() && started.elapsed() < STORE_RETRY_MAX =>
-                {
-                    still.push((key, o));
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            match o.observe(current.as_ref().map(|(e, _)| e.as_str()), Instant::now()) {
-                Verdict::Renewed => live.extend(current.map(|(_, r)| r)),
-                Verdict::Alive => still.push((key, o)),
-                Verdict::Absent | Verdict::Expired => {}
-            }
-        }
-        observers = still;
-        if !observers.is_empty() {
-            std::thread::sleep(poll);
-        }
-    }
-    Ok(live)
-}
-
 /// Watches the other brokers' leases from round to round (cluster membership).
 pub struct PeerWatch {
     me: i32,
@@ -361,6 +303,7 @@ impl Lease {
 
     /// Renews every third of the lease duration on a thread of its own until `stop` is set;
     /// calls `lost` (which should end the process) if the lease was taken over.
+    #[cfg(test)]
     pub fn keep(
         mut self,
         store: std::sync::Arc<dyn ObjectStore>,
