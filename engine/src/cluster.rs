@@ -6,7 +6,7 @@
 //! and carries the decisions out.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -74,6 +74,10 @@ pub struct Membership {
     pending: Mutex<BTreeSet<u32>>,
     /// Slots that could not open, and why (start-up refuses to serve with one).
     failures: Mutex<Vec<(u32, String)>>,
+    /// Until when this broker's lease is certainly its own (nanoseconds after `base`; no
+    /// lease: forever). Acknowledgements and reads are given only before it (self-fencing).
+    valid_until: AtomicU64,
+    base: Instant,
 }
 
 impl Membership {
@@ -83,7 +87,23 @@ impl Membership {
             open: Mutex::new(BTreeSet::new()),
             pending: Mutex::new(BTreeSet::new()),
             failures: Mutex::new(Vec::new()),
+            valid_until: AtomicU64::new(u64::MAX),
+            base: Instant::now(),
         }
+    }
+
+    /// The lease was written at `written_at`: nobody can take this broker's slots before
+    /// `written_at + duration`; a tenth of it is kept as margin for clock-rate differences.
+    pub fn lease_written(&self, written_at: Instant, duration: std::time::Duration) {
+        let until = (written_at + duration - duration / 10).saturating_duration_since(self.base);
+        self.valid_until
+            .store(until.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether this broker may still acknowledge writes and serve reads of its slots.
+    pub fn lease_valid(&self) -> bool {
+        let until = self.valid_until.load(Ordering::Relaxed);
+        until == u64::MAX || (self.base.elapsed().as_nanos() as u64) < until
     }
 
     /// Marks `slot` as being opened or closed; false if it already is.
@@ -227,6 +247,7 @@ impl Runner {
         me: Member,
     ) -> Runner {
         let watch = PeerWatch::new(me.node_id, lease.duration);
+        membership.lease_written(lease.written_at, lease.duration);
         Runner {
             lease,
             store,
@@ -245,15 +266,19 @@ impl Runner {
     /// One round. Errors of the store are returned (the caller logs and tries again); a lost
     /// lease is returned as [`LeaseError::Lost`].
     pub fn round(&mut self) -> Result<Decision, LeaseError> {
+        if !self.membership.lease_valid() {
+            self.close_after_lapse();
+        }
         let open: Vec<u32> = self.membership.open_slots().into_iter().collect();
         let draining = self.draining.load(Ordering::Relaxed);
         let changed = open != self.lease.record.open || draining != self.lease.record.draining;
         if changed || self.last_renewal.elapsed() >= self.lease.duration / 3 {
             self.lease.record.open = open;
             self.lease.record.draining = draining;
-            let sent = Instant::now();
             futures::executor::block_on(self.lease.renew(self.store.as_ref()))?;
-            self.last_renewal = sent;
+            self.last_renewal = self.lease.written_at;
+            self.membership
+                .lease_written(self.lease.written_at, self.lease.duration);
         }
         let records = futures::executor::block_on(self.watch.poll(self.store.as_ref()))?;
         let peers: Vec<Peer> = records
@@ -283,6 +308,31 @@ impl Runner {
             self.send(slot, ShardOp::Close(slot));
         }
         Ok(d)
+    }
+
+    /// The lease was not renewed for (almost) a whole duration — this process was paused, or
+    /// cut off from the store — so other brokers may have taken its slots over. Close them all
+    /// before renewing: until then nothing is acknowledged or read (the lease is not valid),
+    /// and the slots reopen through the hand-over protocol, from the bucket's state.
+    fn close_after_lapse(&self) {
+        let open = self.membership.open_slots();
+        if open.is_empty() {
+            return;
+        }
+        tracing::error!(
+            slots = ?open,
+            "this broker's lease lapsed (paused or cut off for a lease duration): closing its \
+             slots before renewing; other brokers may have taken them over"
+        );
+        for &slot in &open {
+            self.send(slot, ShardOp::Close(slot));
+        }
+        let deadline = Instant::now() + crate::host::CLOSE_FLUSH_MAX;
+        while (!self.membership.open_slots().is_empty() || self.membership.is_pending())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// Adopts a catalog another broker (the controller) pushed, and tells every shard about the

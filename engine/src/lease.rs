@@ -123,6 +123,9 @@ pub struct Lease {
     pub record: LeaseRecord,
     etag: String,
     pub duration: Duration,
+    /// When the last successful write of the lease was sent: no other broker can judge it
+    /// expired before this plus `duration` (their silence clock starts after they see it).
+    pub written_at: Instant,
 }
 
 /// How long start-up retries a store that fails with retryable errors.
@@ -198,12 +201,14 @@ pub async fn acquire(
                 continue;
             }
         };
+        let sent = Instant::now();
         match store.put(&key, body.clone().into(), condition).await {
             Ok(etag) => {
                 return Ok(Lease {
                     record,
                     etag,
                     duration,
+                    written_at: sent,
                 })
             }
             // Someone else created, renewed or took it meanwhile: look again.
@@ -273,6 +278,7 @@ impl Lease {
         let mut next = self.record.clone();
         next.renewals += 1;
         let body = serde_json::to_vec(&next).expect("serialisable");
+        let sent = Instant::now();
         match store
             .put(
                 &lease_key(next.node_id),
@@ -284,6 +290,7 @@ impl Lease {
             Ok(etag) => {
                 self.etag = etag;
                 self.record = next;
+                self.written_at = sent;
                 Ok(())
             }
             Err(StoreError::PreconditionFailed(_)) => Err(LeaseError::Lost(next.node_id)),

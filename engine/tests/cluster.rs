@@ -259,3 +259,122 @@ async fn three_brokers_share_the_slots_and_survive_a_kill9() {
         acked.len()
     );
 }
+
+/// A produce to `partition` of `topic` on an open raw connection, sent but not read.
+fn send_produce(raw: &mut common::raw::Raw, topic: &str, partition: i32, value: &str) {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let records = ringtail_netio::batch::testing::encode(
+        [Some(bytes::Bytes::from(value.to_string()))].into_iter(),
+        now,
+        kafka_protocol::records::Compression::None,
+    )
+    .freeze();
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(30_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(records))])]);
+    let buf = raw.encode(ApiKey::Produce, 9, &req);
+    raw.send_frame(&buf);
+}
+
+fn produce_answer(raw: &mut common::raw::Raw) -> i16 {
+    use kafka_protocol::messages::{ProduceResponse, ResponseHeader};
+    use kafka_protocol::protocol::Decodable;
+    let mut frame = raw.read_frame().expect("a produce answer");
+    ResponseHeader::decode(&mut frame, 1).unwrap();
+    let resp = ProduceResponse::decode(&mut frame, 9).unwrap();
+    resp.responses[0].partition_responses[0].error_code
+}
+
+/// SIGSTOP a broker until its slots move, then SIGCONT: a produce it received while paused is
+/// answered NOT_LEADER_OR_FOLLOWER, never acknowledged, and its record never becomes visible;
+/// the broker closes its superseded slots and rejoins through the hand-over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_broker_is_fenced_and_its_late_write_never_appears() {
+    let cluster = Cluster::new();
+    let b1 = cluster.start(1);
+    let b2 = cluster.start(2);
+    let b3 = cluster.start(3);
+    let bootstrap = format!("{},{},{}", b1.bootstrap(), b2.bootstrap(), b3.bootstrap());
+    common::create_topic(&bootstrap, "zombie", PARTITIONS, &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let theirs = loop {
+        let l = leaders(&b1.bootstrap(), "zombie");
+        if l.len() == 3 {
+            break l[&3].clone();
+        }
+        assert!(Instant::now() < deadline, "slots never spread: {l:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    wait_serving(&bootstrap, "zombie").await;
+    let partition = theirs[0];
+
+    let mut raw = common::raw::Raw::connect(b3.addr);
+    // Past the upload age (50 ms here): what node 3 acknowledged is in the bucket.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::signal(b3.pid(), "-STOP");
+    let paused = Instant::now();
+    // The survivors take node 3's slots over and serve them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let l = leaders(&b1.bootstrap(), "zombie");
+        if !l.contains_key(&3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3's slots never moved: {l:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let survivors = format!("{},{}", b1.bootstrap(), b2.bootstrap());
+    wait_serving(&survivors, "zombie").await;
+    println!(
+        "node 3's partitions served elsewhere {:?} after SIGSTOP",
+        paused.elapsed()
+    );
+
+    // A write reaches the paused broker; it wakes up with a lapsed lease.
+    send_produce(&mut raw, "zombie", partition, "zombie-late");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    common::signal(b3.pid(), "-CONT");
+    let code = produce_answer(&mut raw);
+    assert_eq!(code, 6, "NOT_LEADER_OR_FOLLOWER, not an acknowledgement");
+
+    // It closes its slots, renews, and gets its share back through the hand-over.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let l = leaders(&b1.bootstrap(), "zombie");
+        if l.len() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 3 never rejoined: {l:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(b3.log_contains("lease lapsed"));
+    // Its upload of the late write was refused by the manifest epoch.
+    assert!(b3.log_contains("fenced"));
+    wait_serving(&bootstrap, "zombie").await;
+    let (records, _) = common::read_all(&bootstrap, "zombie", PARTITIONS);
+    assert!(
+        records.values().all(|v| v.as_slice() != b"zombie-late"),
+        "the paused broker's unacknowledged write became visible"
+    );
+    assert!(
+        records
+            .values()
+            .filter(|v| v.as_slice() == b"warm-up")
+            .count()
+            >= 3 * PARTITIONS as usize
+    );
+}

@@ -114,6 +114,13 @@ pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> 
         );
         woke.await;
     };
+    let outcomes: Vec<FetchOutcome> = if broker.membership.lease_valid() {
+        outcomes
+    } else {
+        // Self-fencing: what this broker holds may be superseded by another owner's writes.
+        let code = ResponseError::NotLeaderOrFollower.code();
+        outcomes.iter().map(|_| FetchOutcome::error(code)).collect()
+    };
 
     let mut outcomes = outcomes.into_iter();
     let topics = request

@@ -71,9 +71,15 @@ pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Re
         }
         shape.push((topic.name, parts));
     }
-    let outcomes = broker
+    let mut outcomes = broker
         .scatter(items, |s, i| s.produce(i), ShardOp::Produce)
         .await;
+    if !broker.membership.lease_valid() {
+        // Self-fencing: another broker may own these slots by now (ARCHITECTURE.md).
+        for o in outcomes.iter_mut().filter(|o| o.error == 0) {
+            *o = ProduceOutcome::error(ResponseError::NotLeaderOrFollower.code());
+        }
+    }
     if acks == 0 {
         return Reply::Nothing;
     }
