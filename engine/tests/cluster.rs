@@ -270,7 +270,7 @@ fn send_produce(raw: &mut common::raw::Raw, topic: &str, partition: i32, value: 
         .unwrap()
         .as_millis() as i64;
     let records = ringtail_netio::batch::testing::encode(
-        [Some(bytes::Bytes::from(value.to_string()))].into_iter(),
+        [Some(bytes::Bytes::from(value.to_string()))],
         now,
         kafka_protocol::records::Compression::None,
     )
