@@ -105,6 +105,7 @@ async fn run(label: &str, store: Arc<Counting<Arc<dyn ObjectStore>>>, total_mb: 
     let tier = Tier::open(
         store.clone(),
         0,
+        0,
         object_bytes,
         Duration::from_secs(3600),
         stats,

@@ -166,6 +166,7 @@ impl SlotHost {
                 Tier::open(
                     store.clone(),
                     slot,
+                    env.config.node_id,
                     env.config.object_bytes_target,
                     env.config.object_age_max,
                     env.stats.clone(),

@@ -15,8 +15,8 @@ use ringtail_objstore::{Condition, ObjectStore, StoreError};
 
 use crate::object_format::Span;
 
-/// 2: adds `log_starts`. 3: adds `producers`.
-pub const MANIFEST_FORMAT_VERSION: u32 = 3;
+/// 2: adds `log_starts`. 3: adds `producers`. 4: adds each object's writer `node`.
+pub const MANIFEST_FORMAT_VERSION: u32 = 4;
 /// Bounds what a corrupt or hostile manifest can make us allocate.
 pub const MANIFEST_BYTES_MAX: usize = 256 << 20;
 
@@ -25,6 +25,9 @@ pub struct ObjectRef {
     pub key: String,
     pub size: u64,
     pub spans: Vec<Span>,
+    /// The node id of the broker that uploaded it: a broker replaying its WAL into a slot tells
+    /// its own uploads from another owner's writes at the same offsets.
+    pub node: i32,
 }
 
 /// A partition's log start offset once data below it was deleted (retention, DeleteRecords).
@@ -219,6 +222,7 @@ mod tests {
             objects: vec![ObjectRef {
                 key: "shards/0001/objects/x.rto".into(),
                 size: 99,
+                node: 3,
                 spans: vec![Span {
                     topic_id: [4; 16],
                     partition: 2,

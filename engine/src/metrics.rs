@@ -95,6 +95,9 @@ pub struct ShardStats {
     /// Uploaded batches kept in memory now, and bytes evicted from there so far.
     pub hot_cache_bytes: AtomicU64,
     pub hot_cache_evicted_bytes: AtomicU64,
+    /// Records a returning broker found in its WAL at offsets another owner wrote meanwhile
+    /// (acknowledged with durability=wal, not uploaded before a crash or pause): lost.
+    pub wal_superseded_records: AtomicU64,
     /// Records and record-batch bytes appended by produce requests.
     pub produce_records: AtomicU64,
     pub produce_bytes: AtomicU64,
@@ -128,6 +131,7 @@ impl ShardStats {
             fetch_copied_record_bytes: AtomicU64::new(0),
             hot_cache_bytes: AtomicU64::new(0),
             hot_cache_evicted_bytes: AtomicU64::new(0),
+            wal_superseded_records: AtomicU64::new(0),
             produce_records: AtomicU64::new(0),
             produce_bytes: AtomicU64::new(0),
             connections_accepted: AtomicU64::new(0),
@@ -386,6 +390,7 @@ pub fn render(src: &Sources) -> String {
         ("ringtail_fetch_copied_record_bytes_total", "counter", "Of those, bytes copied in user space to build the response (0 when the vectored send carries the stored buffers).", |s| s.fetch_copied_record_bytes.load(Relaxed)),
         ("ringtail_hot_cache_bytes", "gauge", "Uploaded batches kept in memory for tail consumers (the hot-tail cache).", |s| s.hot_cache_bytes.load(Relaxed)),
         ("ringtail_hot_cache_evicted_bytes_total", "counter", "Bytes that left the hot-tail cache (they are read from objects from then on).", |s| s.hot_cache_evicted_bytes.load(Relaxed)),
+        ("ringtail_wal_superseded_records_total", "counter", "Records replayed from this broker's WAL that another owner's writes had superseded (lost; see the warning in the log).", |s| s.wal_superseded_records.load(Relaxed)),
         ("ringtail_connections_accepted_total", "counter", "Client connections accepted.", |s| s.connections_accepted.load(Relaxed)),
         ("ringtail_connections", "gauge", "Client connections open.", |s| s.connections_open.load(Relaxed)),
         ("ringtail_slow_requests_total", "counter", "Requests slower than --slow-request-ms (each is logged).", |s| s.slow_requests.load(Relaxed)),

@@ -44,6 +44,8 @@ pub struct WalTag {
     key: PartitionKey,
     header: BatchHeader,
     bytes: Bytes,
+    /// A recovered batch that another owner's writes superseded: never served, free to trim.
+    superseded: bool,
 }
 
 struct Partition {
@@ -358,6 +360,12 @@ impl ShardState {
     }
 
     /// Appends recovered batches to their partitions; returns each live chunk's tags.
+    ///
+    /// With an object tier, a batch is kept only while it agrees with the bucket: a batch below
+    /// the uploaded end is skipped when an object of this broker's holds its offsets, and
+    /// counted as superseded when another owner's object does; a batch beyond it must continue
+    /// the log. Once one batch of a partition is superseded, the partition's later batches are
+    /// too (they followed it). A discontinuity with no other owner involved is damage: refuse.
     fn rebuild(
         &self,
         r: &Recovery,
@@ -367,6 +375,20 @@ impl ShardState {
         let mut live = Vec::with_capacity(r.chunks.len());
         let mut parts = self.partitions.borrow_mut();
         let now = now_ms();
+        let me = self.tier.as_ref().map(|t| t.node);
+        let writers: HashMap<String, i32> = self
+            .tier
+            .as_ref()
+            .map(|t| {
+                t.committed_objects()
+                    .into_iter()
+                    .map(|o| (o.key, o.node))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let foreign = |key: &Arc<str>| writers.get(&**key).is_some_and(|&n| Some(n) != me);
+        // Partition -> (records superseded, first superseded offset).
+        let mut superseded: HashMap<PartitionKey, (u64, i64)> = HashMap::new();
         for chunk in &r.chunks {
             let mut tags = Vec::with_capacity(chunk.entry_count as usize);
             for (h, payload) in entries.by_ref().take(chunk.entry_count as usize) {
@@ -385,12 +407,34 @@ impl ShardState {
                     .by_id(&key.topic_id)
                     .filter(|t| key.partition < t.partitions)
                     .cloned();
+                let mut is_superseded = false;
                 if let Some(topic) = topic {
                     let p = parts.entry(key).or_insert_with(|| Partition::new(topic));
-                    // Batches already in committed objects stay there; the rest is the hot log
-                    // and still has to be uploaded.
-                    if header.last_offset() >= p.uploaded_end {
-                        if !p.log.is_empty_log() && header.base_offset != p.log.log_end_offset() {
+                    let covering = p
+                        .cold
+                        .range(..=header.base_offset)
+                        .next_back()
+                        .filter(|(_, (_, span))| span.last_offset >= header.base_offset)
+                        .map(|(_, (object, _))| object.clone());
+                    let another_owner = covering.as_ref().is_some_and(&foreign)
+                        || (covering.is_none() && p.cold.values().any(|(o, _)| foreign(o)));
+                    let continues =
+                        p.log.is_empty_log() || header.base_offset == p.log.log_end_offset();
+                    let expected = if p.log.is_empty_log() {
+                        p.uploaded_end
+                    } else {
+                        p.log.log_end_offset()
+                    };
+                    if superseded.contains_key(&key)
+                        || (another_owner && header.base_offset != expected)
+                    {
+                        is_superseded = true;
+                        let s = superseded.entry(key).or_insert((0, header.base_offset));
+                        s.0 += header.record_count as u64;
+                    } else if header.last_offset() >= p.uploaded_end {
+                        // Batches already in committed objects stay there; the rest is the hot
+                        // log and still has to be uploaded.
+                        if !continues {
                             return Err(format!(
                                 "partition {}/{}: recovered batch at offset {} does not follow the log end {}",
                                 p.topic.name,
@@ -421,9 +465,26 @@ impl ShardState {
                     key,
                     header,
                     bytes: payload.clone(),
+                    superseded: is_superseded,
                 });
             }
             live.push((*chunk, tags));
+        }
+        for (key, (records, from)) in &superseded {
+            let topic = parts
+                .get(key)
+                .map(|p| p.topic.name.clone())
+                .unwrap_or_default();
+            tracing::warn!(
+                topic = %topic,
+                partition = key.partition,
+                records,
+                from_offset = from,
+                "records in this broker's WAL were superseded by another owner's writes and are \
+                 dropped: lost if they were acknowledged (durability=wal, not uploaded before \
+                 this broker stopped or paused)"
+            );
+            add(&self.stats.wal_superseded_records, *records);
         }
         for p in parts.values_mut() {
             p.log.enforce_retention(now, &p.topic.config);
@@ -554,6 +615,7 @@ impl ShardState {
                     key: item.key,
                     header,
                     bytes,
+                    superseded: false,
                 },
             ) {
                 Ok(ticket) => {
@@ -723,9 +785,10 @@ impl ShardState {
         let parts = self.partitions.borrow();
         if let Some(wal) = self.wal.borrow().as_ref() {
             wal.trim(|t| {
-                parts.get(&t.key).is_none_or(|p| {
-                    t.header.last_offset() < p.log.log_start_offset().max(p.uploaded_end)
-                })
+                t.superseded
+                    || parts.get(&t.key).is_none_or(|p| {
+                        t.header.last_offset() < p.log.log_start_offset().max(p.uploaded_end)
+                    })
             });
         }
     }

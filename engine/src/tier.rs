@@ -31,6 +31,8 @@ pub struct Tier {
     manifests: ManifestStore,
     committed: RefCell<Committed>,
     shard: u32,
+    /// This broker's node id, stamped on every object it commits.
+    pub node: i32,
     builder: RefCell<ObjectBuilder>,
     next_seq: Cell<u64>,
     oldest: Cell<Option<Instant>>,
@@ -64,6 +66,7 @@ impl Tier {
     pub async fn open(
         store: Arc<dyn ObjectStore>,
         shard: u32,
+        node: i32,
         bytes_target: u64,
         age_max: Duration,
         stats: Arc<ShardStats>,
@@ -94,6 +97,7 @@ impl Tier {
             manifests,
             committed: RefCell::new(committed),
             shard,
+            node,
             builder: RefCell::new(ObjectBuilder::default()),
             next_seq: Cell::new(1),
             oldest: Cell::new(None),
@@ -223,6 +227,7 @@ impl Tier {
             key: sealed.key.clone(),
             size,
             spans: sealed.index.spans.clone(),
+            node: self.node,
         };
         let mut delay = RETRY_DELAY_MIN;
         loop {

@@ -14,6 +14,7 @@ fn object(n: u64) -> ObjectRef {
         key: format!("shards/0000/objects/{n}.rto"),
         size: n,
         spans: Vec::new(),
+        node: 0,
     }
 }
 
