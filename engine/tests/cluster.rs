@@ -30,7 +30,7 @@ impl Cluster {
         let cfg = weed.config("");
         std::env::set_var("AWS_ACCESS_KEY_ID", "test");
         std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
-        let args = vec![
+        let mut args = vec![
             "--object-store".to_string(),
             format!("s3://{}/cluster", cfg.bucket),
             "--s3-endpoint".into(),
@@ -40,6 +40,10 @@ impl Cluster {
             "--shards".into(),
             "1".into(),
         ];
+        // For measurements (docs/benchmarks.md): another lease duration than the default.
+        if let Ok(ms) = std::env::var("RINGTAIL_TEST_LEASE_MS") {
+            args.extend(["--lease-ms".to_string(), ms]);
+        }
         Cluster { _weed: weed, args }
     }
 
@@ -169,6 +173,7 @@ async fn three_brokers_share_the_slots_and_survive_a_kill9() {
         if killed_at.is_none() && started.elapsed() >= Duration::from_secs(3) {
             b3.take().unwrap().kill9();
             killed_at = Some(Instant::now());
+            println!("killed node 3 at {:?}", std::time::SystemTime::now());
         }
         for partition in 0..PARTITIONS {
             let payload = format!("m{seq}");
