@@ -78,6 +78,8 @@ pub struct Membership {
     /// lease: forever). Acknowledgements and reads are given only before it (self-fencing).
     valid_until: AtomicU64,
     base: Instant,
+    /// Membership rounds completed.
+    rounds: AtomicU64,
 }
 
 impl Membership {
@@ -89,7 +91,12 @@ impl Membership {
             failures: Mutex::new(Vec::new()),
             valid_until: AtomicU64::new(u64::MAX),
             base: Instant::now(),
+            rounds: AtomicU64::new(0),
         }
+    }
+
+    pub fn rounds(&self) -> u64 {
+        self.rounds.load(Ordering::Relaxed)
     }
 
     /// The lease was written at `written_at`: nobody can take this broker's slots before
@@ -127,7 +134,11 @@ impl Membership {
 
     /// Opening `slot` failed (logged by the shard); the next round tries again.
     pub fn failed(&self, slot: u32, reason: String) {
-        self.failures.lock().unwrap().push((slot, reason));
+        let mut failures = self.failures.lock().unwrap();
+        // Read at start-up only; later failures are logged by the shard and retried.
+        if failures.len() < 16 {
+            failures.push((slot, reason));
+        }
         self.pending.lock().unwrap().remove(&slot);
     }
 
@@ -307,6 +318,7 @@ impl Runner {
         for &slot in &d.close {
             self.send(slot, ShardOp::Close(slot));
         }
+        self.membership.rounds.fetch_add(1, Ordering::Relaxed);
         Ok(d)
     }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use kafka_protocol::ResponseError;
 use ringtail_objstore::ObjectStore;
-use ringtail_wal::WalConfig;
+use ringtail_wal::{WalConfig, WalError};
 
 use crate::catalog::Catalog;
 use crate::cluster::Membership;
@@ -42,6 +42,22 @@ pub struct SlotHost {
     slots: RefCell<HashMap<u32, Rc<ShardState>>>,
     busy: RefCell<HashSet<u32>>,
     env: SlotEnv,
+}
+
+/// Creates the slot's ring if there is none (written out in full) and recovers it, on a thread
+/// of its own: both read or write the whole ring, which must not stall the shard's other slots.
+pub async fn recover_ring(config: WalConfig) -> Result<ringtail_wal::Recovery, WalError> {
+    let (tx, rx) = futures::channel::oneshot::channel();
+    std::thread::Builder::new()
+        .name("ringtail-recover".into())
+        .spawn(move || {
+            let r = ringtail_wal::create_or_check(&config)
+                .and_then(|()| ringtail_wal::recover(&config.path));
+            let _ = tx.send(r);
+        })
+        .map_err(|e| WalError::Failed(format!("spawning the recovery thread: {e}")))?;
+    rx.await
+        .map_err(|_| WalError::Failed("the recovery thread died".into()))?
 }
 
 /// The WAL ring of a slot on this broker.
@@ -160,10 +176,12 @@ impl SlotHost {
 
     async fn open_state(&self, slot: u32) -> Result<Rc<ShardState>, String> {
         let env = &self.env;
-        let tier = match &env.store {
-            None => None,
-            Some(store) => Some(
-                Tier::open(
+        let wal = wal_config(&env.config, slot);
+        // The manifest take-over and the ring's recovery (or creation) at once.
+        let tier = async {
+            match &env.store {
+                None => Ok(None),
+                Some(store) => Tier::open(
                     store.clone(),
                     slot,
                     env.config.node_id,
@@ -172,11 +190,15 @@ impl SlotHost {
                     env.stats.clone(),
                 )
                 .await
-                .map_err(|e| format!("object store: {e}"))?,
-            ),
+                .map(Some)
+                .map_err(|e| format!("object store: {e}")),
+            }
         };
+        let (tier, recovery) = futures::join!(tier, recover_ring(wal.clone()));
+        let (tier, recovery) = (tier?, recovery.map_err(|e| e.to_string())?);
         ShardState::open(
-            &wal_config(&env.config, slot),
+            &wal,
+            recovery,
             &env.catalog.snapshot(),
             tier,
             env.config.hot_cache_bytes_per_shard,

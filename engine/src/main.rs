@@ -227,40 +227,24 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let mailboxes = mailboxes.expect("at least one shard");
     // The slots placed here now open before the first connection is accepted.
     let cluster_stop = Arc::new(AtomicBool::new(false));
-    let mut runner = match (lease, &store) {
-        (Some(lease), Some(store)) => Some(ringtail_engine::cluster::Runner::new(
-            lease,
-            store.clone(),
-            membership.clone(),
-            mailboxes.clone(),
-            config.shards,
-            slots,
-            me,
-        )),
+    // The membership thread runs from here on (renewing the lease while slots open); the slots
+    // placed here open before the first connection is accepted.
+    let runner = match (lease, &store) {
+        (Some(lease), Some(store)) => {
+            let mut r = ringtail_engine::cluster::Runner::new(
+                lease,
+                store.clone(),
+                membership.clone(),
+                mailboxes.clone(),
+                config.shards,
+                slots,
+                me,
+            );
+            r.catalog = follow;
+            Some(r)
+        }
         _ => None,
     };
-    match &mut runner {
-        Some(runner) => {
-            runner.catalog = follow;
-            runner
-                .round()
-                .map_err(|e| anyhow::anyhow!("joining the cluster: {e}"))?;
-        }
-        None => {
-            for slot in 0..slots {
-                membership.request(slot);
-                let shard = slot as usize % config.shards;
-                futures::executor::block_on(mailboxes.send(shard, ShardOp::Open(slot)))?;
-            }
-        }
-    }
-    while membership.is_pending() {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    if let Some((slot, e)) = membership.take_failures().into_iter().next() {
-        runtime.stop_and_join();
-        bail!("a shard could not start: slot {slot}: {e}");
-    }
     let draining = runner.as_ref().map(|r| r.draining.clone());
     let cluster = runner.map(|r| {
         r.spawn(cluster_stop.clone(), |e| {
@@ -269,6 +253,36 @@ fn serve(config: Config) -> anyhow::Result<()> {
             std::process::exit(1);
         })
     });
+    if cluster.is_none() {
+        for slot in 0..slots {
+            membership.request(slot);
+            let shard = slot as usize % config.shards;
+            futures::executor::block_on(mailboxes.send(shard, ShardOp::Open(slot)))?;
+        }
+    }
+    let deadline = std::time::Instant::now() + ringtail_engine::tier::STARTUP_RETRY_MAX;
+    let failed = loop {
+        if let Some((slot, e)) = membership.take_failures().into_iter().next() {
+            break Some(format!("a shard could not start: slot {slot}: {e}"));
+        }
+        if (cluster.is_none() || membership.rounds() > 0) && !membership.is_pending() {
+            break None;
+        }
+        if std::time::Instant::now() > deadline {
+            break Some("could not join the cluster: the object store does not answer".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    if let Some(e) = failed {
+        cluster_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        runtime.stop_and_join();
+        if let (Some(cluster), Some(store)) = (cluster, &store) {
+            if let Ok(lease) = cluster.join() {
+                futures::executor::block_on(lease.release(store.as_ref()));
+            }
+        }
+        bail!("{e}");
+    }
     accepting.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(probe);
     ready_flag.store(true, std::sync::atomic::Ordering::Relaxed);

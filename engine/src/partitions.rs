@@ -121,18 +121,17 @@ fn add(counter: &AtomicU64, n: u64) {
 }
 
 impl ShardState {
-    /// Recovers the shard's ring (creating it on first start) and rebuilds every partition's
-    /// log from it. Runs on the shard before it serves.
+    /// Rebuilds every partition's log from the slot's recovered ring (see
+    /// [`crate::host::recover_ring`], which runs off the shard) and opens the ring for writes.
     pub async fn open(
         config: &WalConfig,
+        recovery: Recovery,
         snapshot: &Snapshot,
         tier: Option<Tier>,
         hot_cache_bytes: u64,
         stats: Arc<ShardStats>,
         coordinator: Coordinator,
     ) -> Result<Rc<ShardState>, WalError> {
-        ringtail_wal::create_or_check(config)?;
-        let recovery = ringtail_wal::recover(&config.path)?;
         let state = Rc::new(ShardState {
             partitions: RefCell::new(HashMap::new()),
             wal: RefCell::new(None),
