@@ -292,6 +292,13 @@ impl Runner {
                 .lease_written(self.lease.written_at, self.lease.duration);
         }
         let records = futures::executor::block_on(self.watch.poll(self.store.as_ref()))?;
+        if self.watch.drain_requested && !draining {
+            tracing::info!(
+                "drain requested (ringtail admin drain): handing every slot over, then stopping"
+            );
+            // The process's own shutdown path drains (main waits for the hand-over).
+            let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
+        }
         let peers: Vec<Peer> = records
             .into_iter()
             .map(|r| Peer {

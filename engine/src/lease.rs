@@ -29,6 +29,12 @@ pub fn lease_key(node_id: i32) -> String {
     format!("cluster/brokers/{node_id}")
 }
 
+/// Asks node `node_id` to hand its slots over and stop (`ringtail admin drain`); the broker
+/// sees it in its membership round and deletes it when it has stopped.
+pub fn drain_key(node_id: i32) -> String {
+    format!("cluster/brokers/{node_id}.drain")
+}
+
 /// What a lease object holds (JSON): who holds it, for humans and for refusals.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRecord {
@@ -227,6 +233,8 @@ pub struct PeerWatch {
     me: i32,
     duration: Duration,
     peers: std::collections::HashMap<String, Observer>,
+    /// Whether the last poll found a drain request for this broker.
+    pub drain_requested: bool,
 }
 
 impl PeerWatch {
@@ -235,18 +243,23 @@ impl PeerWatch {
             me,
             duration,
             peers: std::collections::HashMap::new(),
+            drain_requested: false,
         }
     }
 
     /// Reads every other lease once; returns those not (yet) expired. A lease seen for the
     /// first time counts as alive: only a whole lease duration of silence makes it dead.
     pub async fn poll(&mut self, store: &dyn ObjectStore) -> Result<Vec<LeaseRecord>, LeaseError> {
-        let keys: Vec<String> = store
+        let listed: Vec<String> = store
             .list("cluster/brokers/")
             .await?
             .into_iter()
             .map(|m| m.key)
-            .filter(|k| k != &lease_key(self.me))
+            .collect();
+        self.drain_requested = listed.contains(&drain_key(self.me));
+        let keys: Vec<String> = listed
+            .into_iter()
+            .filter(|k| k != &lease_key(self.me) && !k.ends_with(".drain"))
             .collect();
         self.peers.retain(|k, _| keys.contains(k));
         let mut live = Vec::new();

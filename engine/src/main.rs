@@ -44,12 +44,32 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Cluster administration on the object store the brokers share.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Host checks, safe apply/revert of kernel settings, measured experiments (`ringtail tune
     /// --help`).
     #[command(disable_help_flag = true)]
     Tune {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Ask broker NODE to hand its slots over to the other brokers and stop; waits until it
+    /// has. Takes the brokers' object-store flags (`--object-store`, `--s3-*`, `--config`).
+    Drain {
+        /// Node id of the broker to drain.
+        node: i32,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_s: u64,
+        #[command(flatten)]
+        store: Box<ServeArgs>,
     },
 }
 
@@ -67,6 +87,17 @@ fn main() {
         Command::Serve(args) => Config::resolve(*args).and_then(|config| {
             init_logging(config.log_json);
             serve(config)
+        }),
+        Command::Admin {
+            command:
+                AdminCommand::Drain {
+                    node,
+                    timeout_s,
+                    store,
+                },
+        } => Config::resolve(*store).and_then(|config| {
+            init_logging(config.log_json);
+            drain(&config, node, std::time::Duration::from_secs(timeout_s))
         }),
         Command::Perf { .. } | Command::Tune { .. } => {
             unreachable!("handled before logging starts")
@@ -119,6 +150,10 @@ fn serve(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     if let Some(store) = &store {
+        // A drain request left from before this start is not for this incarnation.
+        let _ = futures::executor::block_on(
+            store.delete(&ringtail_engine::lease::drain_key(config.node_id)),
+        );
         restore_from_object_store(&config, store)?;
     }
     let rings = local_rings(&config);
@@ -319,6 +354,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
     runtime.stop_and_join();
     if let (Some(cluster), Some(store)) = (cluster, &store) {
         cluster_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = futures::executor::block_on(
+            store.delete(&ringtail_engine::lease::drain_key(config.node_id)),
+        );
         if let Ok(lease) = cluster.join() {
             futures::executor::block_on(lease.release(store.as_ref()));
         }
@@ -439,6 +477,47 @@ fn object_store(config: &Config) -> anyhow::Result<Option<Arc<dyn ObjectStore>>>
         return Ok(Some(Arc::new(Faulty::new(store, faults.clone(), 0x5eed))));
     }
     Ok(Some(store))
+}
+
+/// `ringtail admin drain NODE`: leaves a drain request next to the node's lease and waits for
+/// the lease to go (a drained broker deletes it when it stops).
+fn drain(config: &Config, node: i32, timeout: std::time::Duration) -> anyhow::Result<()> {
+    use ringtail_engine::lease::{drain_key, lease_key};
+    let store = object_store(config)?
+        .context("admin drain needs the brokers' object store (--object-store)")?;
+    let lease = lease_key(node);
+    match retry_blocking("reading the node lease", || store.head(&lease)) {
+        Ok(_) => {}
+        Err(StoreError::NotFound(_)) => bail!("node {node} is not running on this object store"),
+        Err(e) => bail!("reading {lease}: {e}"),
+    }
+    retry_blocking("writing the drain request", || {
+        store.put(
+            &drain_key(node),
+            bytes::Bytes::from(format!("{}", ringtail_engine::shard::now_ms())),
+            Condition::None,
+        )
+    })
+    .map_err(|e| anyhow::anyhow!("writing the drain request: {e}"))?;
+    println!("asked node {node} to drain; waiting for it to hand its slots over and stop");
+    let started = std::time::Instant::now();
+    while started.elapsed() < timeout {
+        match futures::executor::block_on(store.head(&lease)) {
+            Err(StoreError::NotFound(_)) => {
+                println!(
+                    "node {node} drained in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+    bail!(
+        "node {node} still holds its lease after {} s (the drain request stays; it drains when \
+         it next sees it)",
+        timeout.as_secs()
+    )
 }
 
 /// Takes this node's lease in the object store (waiting out a dead holder's lease).

@@ -666,3 +666,54 @@ async fn scale_out_to_four_and_drain_back_to_three_under_load() {
         acked.len()
     );
 }
+
+/// `ringtail admin drain NODE`: the broker hands its slots over (uploading what it holds) and
+/// stops; everything it acknowledged is served by the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_drain_hands_a_brokers_slots_over_and_stops_it() {
+    let cluster = Cluster::new();
+    let b1 = cluster.start(1);
+    let b2 = cluster.start(2);
+    let bootstrap = format!("{},{}", b1.bootstrap(), b2.bootstrap());
+    common::create_topic(&bootstrap, "drain", PARTITIONS, &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leaders(&b1.bootstrap(), "drain").len() != 2 {
+        assert!(Instant::now() < deadline, "slots never spread");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut acked = Vec::new();
+    for partition in 0..PARTITIONS {
+        for o in produce_to(&bootstrap, "drain", partition, 3, &format!("p{partition}")).await {
+            acked.push((partition, o));
+        }
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringtail"))
+        .args(["admin", "drain", "2"])
+        .args(&cluster.args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("node 2 drained"));
+    assert!(b2.log_contains("drain requested"));
+    assert_eq!(b2.terminate(), Some(0), "it had stopped cleanly by itself");
+    let l = leaders(&b1.bootstrap(), "drain");
+    assert_eq!(l.keys().copied().collect::<Vec<_>>(), vec![1], "{l:?}");
+    let (records, _) = common::read_all(&b1.bootstrap(), "drain", PARTITIONS);
+    for (p, o) in acked {
+        assert_eq!(
+            records
+                .get(&(p, o))
+                .map(|v| String::from_utf8_lossy(v).to_string()),
+            Some(format!("p{p}-{o}")),
+        );
+    }
+    // Draining a node that is not running is refused.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringtail"))
+        .args(["admin", "drain", "7"])
+        .args(&cluster.args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node 7 is not running"));
+}
