@@ -283,7 +283,9 @@ impl Runner {
         let open: Vec<u32> = self.membership.open_slots().into_iter().collect();
         let draining = self.draining.load(Ordering::Relaxed);
         let changed = open != self.lease.record.open || draining != self.lease.record.draining;
-        if changed || self.last_renewal.elapsed() >= self.lease.duration / 3 {
+        // Every quarter lease (the rounds' own tick and work add to it): a third would do on
+        // an idle machine.
+        if changed || self.last_renewal.elapsed() >= self.lease.duration / 4 {
             self.lease.record.open = open;
             self.lease.record.draining = draining;
             futures::executor::block_on(self.lease.renew(self.store.as_ref()))?;

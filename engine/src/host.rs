@@ -42,15 +42,28 @@ pub struct SlotHost {
     slots: RefCell<HashMap<u32, Rc<ShardState>>>,
     busy: RefCell<HashSet<u32>>,
     env: SlotEnv,
+    /// A spare ring is being written.
+    making_spare: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Creates the slot's ring if there is none (written out in full) and recovers it, on a thread
-/// of its own: both read or write the whole ring, which must not stall the shard's other slots.
-pub async fn recover_ring(config: WalConfig) -> Result<ringtail_wal::Recovery, WalError> {
+/// Creates the slot's ring if there is none and recovers it, on a thread of its own: both read
+/// or write the whole ring, which must not stall the shard's other slots. A new ring is the
+/// shard's spare when there is one (renamed: a takeover does not wait for a ring to be written
+/// out), else written out in full.
+pub async fn recover_ring(
+    config: WalConfig,
+    spare: Option<std::path::PathBuf>,
+) -> Result<ringtail_wal::Recovery, WalError> {
     let (tx, rx) = futures::channel::oneshot::channel();
     std::thread::Builder::new()
         .name("ringtail-recover".into())
         .spawn(move || {
+            if let Some(spare) = spare.filter(|_| !config.path.exists()) {
+                let fits = std::fs::metadata(&spare).is_ok_and(|m| m.len() == config.region_bytes);
+                if fits && std::fs::rename(&spare, &config.path).is_ok() {
+                    tracing::info!(path = %config.path.display(), "took the spare WAL ring");
+                }
+            }
             let r = ringtail_wal::create_or_check(&config)
                 .and_then(|()| ringtail_wal::recover(&config.path));
             let _ = tx.send(r);
@@ -58,6 +71,14 @@ pub async fn recover_ring(config: WalConfig) -> Result<ringtail_wal::Recovery, W
         .map_err(|e| WalError::Failed(format!("spawning the recovery thread: {e}")))?;
     rx.await
         .map_err(|_| WalError::Failed("the recovery thread died".into()))?
+}
+
+/// A shard's spare ring (cluster mode): an empty ring written out ahead of a takeover.
+fn spare_config(config: &Config, shard: usize) -> WalConfig {
+    WalConfig {
+        path: config.wal_dir.join(format!("spare-{shard}.wal")),
+        ..wal_config(config, 0)
+    }
 }
 
 /// The WAL ring of a slot on this broker.
@@ -78,6 +99,7 @@ impl SlotHost {
             slots: RefCell::new(HashMap::new()),
             busy: RefCell::new(HashSet::new()),
             env,
+            making_spare: Arc::default(),
         });
         let limit = host.env.config.metrics_partition_limit;
         if limit > 0 && host.env.config.metrics_listen.is_some() {
@@ -159,6 +181,7 @@ impl SlotHost {
                 self.slots.borrow_mut().insert(slot, state.clone());
                 self.env.membership.opened(slot);
                 self.start_groups(slot, &state);
+                self.make_spare();
                 tracing::info!(
                     slot,
                     shard = self.shard,
@@ -174,9 +197,35 @@ impl SlotHost {
         self.busy.borrow_mut().remove(&slot);
     }
 
+    /// Writes the shard's spare ring if it has none (cluster mode only: without an object
+    /// store nothing is ever taken over), on a thread of its own.
+    fn make_spare(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.env.store.is_none() || self.making_spare.swap(true, Relaxed) {
+            return;
+        }
+        let config = spare_config(&self.env.config, self.shard);
+        let busy = self.making_spare.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ringtail-spare".into())
+            .spawn(move || {
+                if let Err(e) = ringtail_wal::create_or_check(&config) {
+                    tracing::warn!(error = %e, "could not write a spare WAL ring");
+                }
+                busy.store(false, Relaxed);
+            });
+        if spawned.is_err() {
+            self.making_spare.store(false, Relaxed);
+        }
+    }
+
     async fn open_state(&self, slot: u32) -> Result<Rc<ShardState>, String> {
         let env = &self.env;
         let wal = wal_config(&env.config, slot);
+        let spare = env
+            .store
+            .as_ref()
+            .map(|_| spare_config(&env.config, self.shard).path);
         // The manifest take-over and the ring's recovery (or creation) at once.
         let tier = async {
             match &env.store {
@@ -194,7 +243,7 @@ impl SlotHost {
                 .map_err(|e| format!("object store: {e}")),
             }
         };
-        let (tier, recovery) = futures::join!(tier, recover_ring(wal.clone()));
+        let (tier, recovery) = futures::join!(tier, recover_ring(wal.clone(), spare));
         let (tier, recovery) = (tier?, recovery.map_err(|e| e.to_string())?);
         ShardState::open(
             &wal,

@@ -44,6 +44,10 @@ impl Cluster {
         if let Ok(ms) = std::env::var("RINGTAIL_TEST_LEASE_MS") {
             args.extend(["--lease-ms".to_string(), ms]);
         }
+        // ... or the production ring size instead of the harness's small rings.
+        if let Ok(bytes) = std::env::var("RINGTAIL_TEST_WAL_BYTES") {
+            args.extend(["--wal-size-per-shard".to_string(), bytes]);
+        }
         Cluster { _weed: weed, args }
     }
 
@@ -126,6 +130,16 @@ async fn three_brokers_share_the_slots_and_survive_a_kill9() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     wait_serving(&bootstrap, "drill").await;
+    // Quiet disks before the kill: every broker has written its spare ring (with production
+    // ring sizes that is seconds of writes, which slow the store the leases live in).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ![&b1, &b2, &b3]
+        .iter()
+        .all(|b| b.log_contains("spare-0.wal"))
+    {
+        assert!(Instant::now() < deadline, "spare rings never written");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let moved: Vec<i32> = leaders(&b1.bootstrap(), "drill")
         .remove(&3)
         .unwrap_or_default();
@@ -697,8 +711,19 @@ async fn admin_drain_hands_a_brokers_slots_over_and_stops_it() {
     assert!(out.status.success() && stdout.contains("node 2 drained"));
     assert!(b2.log_contains("drain requested"));
     assert_eq!(b2.terminate(), Some(0), "it had stopped cleanly by itself");
-    let l = leaders(&b1.bootstrap(), "drain");
-    assert_eq!(l.keys().copied().collect::<Vec<_>>(), vec![1], "{l:?}");
+    // Node 1 sees the lease gone at its next round.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let l = leaders(&b1.bootstrap(), "drain");
+        if l.keys().copied().collect::<Vec<_>>() == vec![1] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never led everything: {l:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (records, _) = common::read_all(&b1.bootstrap(), "drain", PARTITIONS);
     for (p, o) in acked {
         assert_eq!(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::TestBroker;
 
-const LEASE_MS: &str = "500";
+const LEASE_MS: &str = "1000";
 
 fn start_expecting_refusal(store: &str) -> String {
     let data = tempfile::tempdir().unwrap();
