@@ -72,6 +72,32 @@ impl Cluster {
     }
 }
 
+/// Idempotent, acks=all, metadata refreshed every 500 ms (it follows moving leaders).
+fn idempotent_producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .create()
+        .unwrap()
+}
+
+/// Every acknowledged payload is in `records` at the partition and offset it was acked at.
+fn assert_acked_present(records: &common::Records, acked: &BTreeMap<String, (i32, i64)>) {
+    for (payload, (p, o)) in acked {
+        assert_eq!(
+            records
+                .get(&(*p, *o))
+                .map(|v| String::from_utf8_lossy(v).to_string()),
+            Some(payload.clone()),
+            "acked at {p}/{o}"
+        );
+    }
+}
+
 /// node id -> partitions it leads, from librdkafka's view of `topic` through `bootstrap`.
 fn leaders(bootstrap: &str, topic: &str) -> BTreeMap<i32, Vec<i32>> {
     let c: BaseConsumer = ClientConfig::new()
@@ -169,15 +195,7 @@ async fn three_brokers_share_the_slots_and_survive_a_kill9() {
     };
 
     // Idempotent producer, acks=all, every partition in turn, while node 3 is killed.
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "60000")
-        .set("topic.metadata.refresh.interval.ms", "500")
-        .create()
-        .unwrap();
+    let producer: FutureProducer = idempotent_producer(&bootstrap);
     let started = Instant::now();
     let mut killed_at: Option<Instant> = None;
     let mut b3 = Some(b3);
@@ -251,15 +269,7 @@ async fn three_brokers_share_the_slots_and_survive_a_kill9() {
         duplicated.iter().all(|(k, _)| k.as_str() == "warm-up"),
         "duplicates: {duplicated:?}"
     );
-    for (payload, (p, o)) in &acked {
-        assert_eq!(
-            records
-                .get(&(*p, *o))
-                .map(|v| String::from_utf8_lossy(v).to_string()),
-            Some(payload.clone()),
-            "acked at {p}/{o}"
-        );
-    }
+    assert_acked_present(&records, &acked);
     let l = leaders(&survivors, "drill");
     assert!(
         l.keys().all(|&n| n == 1 || n == 2),
@@ -588,15 +598,7 @@ async fn scale_out_to_four_and_drain_back_to_three_under_load() {
     brokers(3).await;
     wait_serving(&bootstrap, "scale").await;
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "60000")
-        .set("topic.metadata.refresh.interval.ms", "500")
-        .create()
-        .unwrap();
+    let producer: FutureProducer = idempotent_producer(&bootstrap);
     // Sends to every partition in turn until stopped.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sender = {
@@ -656,15 +658,7 @@ async fn scale_out_to_four_and_drain_back_to_three_under_load() {
     }
     assert!(errors.is_empty(), "failed deliveries: {errors:?}");
     let (records, _) = common::read_all(&bootstrap, "scale", PARTITIONS);
-    for (payload, (p, o)) in &acked {
-        assert_eq!(
-            records
-                .get(&(*p, *o))
-                .map(|v| String::from_utf8_lossy(v).to_string()),
-            Some(payload.clone()),
-            "acked at {p}/{o}"
-        );
-    }
+    assert_acked_present(&records, &acked);
     let mut seen = BTreeSet::new();
     for v in records.values() {
         let v = String::from_utf8_lossy(v).to_string();
