@@ -242,6 +242,8 @@ pub struct Runner {
     /// Set on SIGTERM: hand every slot over, then stop.
     pub draining: Arc<AtomicBool>,
     pub watch: PeerWatch,
+    /// Spare rings were asked for (the first time another broker was seen).
+    spares: bool,
     /// The catalog and its copy in the bucket, which every broker follows.
     pub catalog: Option<(Arc<Catalog>, Arc<CatalogMirror>)>,
     last_renewal: Instant,
@@ -269,6 +271,7 @@ impl Runner {
             me,
             draining: Arc::new(AtomicBool::new(false)),
             watch,
+            spares: false,
             catalog: None,
             last_renewal: Instant::now(),
         }
@@ -321,6 +324,12 @@ impl Runner {
             controller: d.controller,
         }));
         self.follow_catalog();
+        if !peers.is_empty() && !self.spares {
+            self.spares = true;
+            for shard in 0..self.shards {
+                let _ = futures::executor::block_on(self.mailboxes.send(shard, ShardOp::MakeSpare));
+            }
+        }
         for &slot in &d.open {
             self.send(slot, ShardOp::Open(slot));
         }

@@ -151,6 +151,10 @@ impl SlotHost {
                 ringtail_shards::spawn_detached(async move { host.close(slot).await });
                 return;
             }
+            ShardOp::MakeSpare => {
+                self.make_spare();
+                return;
+            }
             ShardOp::DropTopic(_) | ShardOp::TopicChanged(_) => {
                 for state in self.all() {
                     state.handle(op.clone_broadcast());
@@ -181,7 +185,10 @@ impl SlotHost {
                 self.slots.borrow_mut().insert(slot, state.clone());
                 self.env.membership.opened(slot);
                 self.start_groups(slot, &state);
-                self.make_spare();
+                if self.env.membership.view.load().members.len() > 1 {
+                    // A takeover may have used the spare: write the next one.
+                    self.make_spare();
+                }
                 tracing::info!(
                     slot,
                     shard = self.shard,
@@ -197,8 +204,8 @@ impl SlotHost {
         self.busy.borrow_mut().remove(&slot);
     }
 
-    /// Writes the shard's spare ring if it has none (cluster mode only: without an object
-    /// store nothing is ever taken over), on a thread of its own.
+    /// Writes the shard's spare ring if it has none, on a thread of its own. Only once another
+    /// broker shares the bucket: a broker alone never takes a slot over.
     fn make_spare(&self) {
         use std::sync::atomic::Ordering::Relaxed;
         if self.env.store.is_none() || self.making_spare.swap(true, Relaxed) {
@@ -340,7 +347,11 @@ fn not_here(op: ShardOp) {
         ShardOp::DeleteRecords(_, items, reply) => drop(reply.send(all(items.len(), code))),
         // Dropped: a waiting fetch wakes and re-reads; group work answers NOT_COORDINATOR.
         ShardOp::Watch(..) | ShardOp::Run(..) => {}
-        ShardOp::Open(_) | ShardOp::Close(_) | ShardOp::DropTopic(_) | ShardOp::TopicChanged(_) => {
+        ShardOp::Open(_)
+        | ShardOp::Close(_)
+        | ShardOp::MakeSpare
+        | ShardOp::DropTopic(_)
+        | ShardOp::TopicChanged(_) => {
             unreachable!("handled by the host")
         }
     }

@@ -224,9 +224,15 @@ impl ShardState {
             if let Some(p) = named_partition(parts, snapshot, s.topic_id, s.partition) {
                 let entry = p.producers.by_id.entry(s.producer_id).or_default();
                 entry.epoch = s.epoch;
+                // The snapshot also names batches that were only in the committing broker's WAL:
+                // those are in the bucket only below the uploaded end. Beyond it, this broker's
+                // own WAL replay adds them back (a restart); after a takeover they do not exist,
+                // and a producer's retry of one must be written anew, not waited for.
+                let uploaded_end = p.uploaded_end;
                 entry.recent = s
                     .recent
                     .into_iter()
+                    .filter(|&(_, _, base_offset)| base_offset < uploaded_end)
                     .map(|(first_seq, last_seq, base_offset)| Written {
                         first_seq,
                         last_seq,
@@ -515,7 +521,9 @@ impl ShardState {
             ShardOp::DropTopic(id) => self.drop_topic(id),
             ShardOp::TopicChanged(topic) => self.topic_changed(topic),
             ShardOp::Run(_, f) => f(self),
-            ShardOp::Open(_) | ShardOp::Close(_) => unreachable!("handled by the host"),
+            ShardOp::Open(_) | ShardOp::Close(_) | ShardOp::MakeSpare => {
+                unreachable!("handled by the host")
+            }
             ShardOp::DeleteRecords(_, items, reply) => {
                 let done = self.delete_records(items);
                 ringtail_shards::spawn_detached(async move {

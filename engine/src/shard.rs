@@ -117,6 +117,8 @@ pub enum ShardOp {
     /// Take the slot over and serve it / hand it over (cluster membership).
     Open(u32),
     Close(u32),
+    /// Write a spare WAL ring if the shard has none (another broker joined: takeovers may come).
+    MakeSpare,
 }
 
 impl ShardOp {
