@@ -326,9 +326,7 @@ impl Runner {
         self.follow_catalog();
         if !peers.is_empty() && !self.spares {
             self.spares = true;
-            for shard in 0..self.shards {
-                let _ = futures::executor::block_on(self.mailboxes.send(shard, ShardOp::MakeSpare));
-            }
+            self.broadcast(|| ShardOp::MakeSpare);
         }
         for &slot in &d.open {
             self.send(slot, ShardOp::Open(slot));
@@ -379,20 +377,21 @@ impl Runner {
                     changed = adopted.changed.len(),
                     "adopted the controller's topic catalog"
                 );
-                for shard in 0..self.shards {
-                    for &id in &adopted.dropped {
-                        let _ = futures::executor::block_on(
-                            self.mailboxes.send(shard, ShardOp::DropTopic(id)),
-                        );
-                    }
-                    for t in &adopted.changed {
-                        let _ = futures::executor::block_on(
-                            self.mailboxes.send(shard, ShardOp::TopicChanged(t.clone())),
-                        );
-                    }
+                for &id in &adopted.dropped {
+                    self.broadcast(|| ShardOp::DropTopic(id));
+                }
+                for t in &adopted.changed {
+                    self.broadcast(|| ShardOp::TopicChanged(t.clone()));
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not follow the bucket's topic catalog"),
+        }
+    }
+
+    /// Queues a message for every shard (a gone shard is skipped: the process is stopping).
+    fn broadcast(&self, op: impl Fn() -> ShardOp) {
+        for shard in 0..self.shards {
+            let _ = futures::executor::block_on(self.mailboxes.send(shard, op()));
         }
     }
 

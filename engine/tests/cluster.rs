@@ -116,24 +116,34 @@ fn leaders(bootstrap: &str, topic: &str) -> BTreeMap<i32, Vec<i32>> {
     out
 }
 
+/// How long a placement change may take to show in Metadata (a few lease periods).
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// Polls `topic`'s leaders through `bootstrap` until `ok` holds; fails with `what` after
+/// `within`.
+async fn wait_leaders(
+    bootstrap: &str,
+    topic: &str,
+    what: &str,
+    within: Duration,
+    ok: impl Fn(&BTreeMap<i32, Vec<i32>>) -> bool,
+) -> BTreeMap<i32, Vec<i32>> {
+    let deadline = Instant::now() + within;
+    loop {
+        let l = leaders(bootstrap, topic);
+        if ok(&l) {
+            return l;
+        }
+        assert!(Instant::now() < deadline, "{what}: {l:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until every broker serves what Metadata places on it (a produce to each partition
 /// through `bootstrap` succeeds).
 async fn wait_serving(bootstrap: &str, topic: &str) {
-    let p: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("message.timeout.ms", "30000")
-        .create()
-        .unwrap();
-    for partition in 0..PARTITIONS {
-        p.send(
-            FutureRecord::<(), _>::to(topic)
-                .partition(partition)
-                .payload("warm-up"),
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap_or_else(|(e, _)| panic!("partition {partition} not served: {e}"));
-    }
+    let all: Vec<i32> = (0..PARTITIONS).collect();
+    wait_serving_partitions(bootstrap, topic, &all).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,16 +155,15 @@ async fn three_brokers_share_the_slots_and_survive_a_kill9() {
     let bootstrap = format!("{},{},{}", b1.bootstrap(), b2.bootstrap(), b3.bootstrap());
     common::create_topic(&bootstrap, "drill", PARTITIONS, &[("durability", "object")]).await;
     // The hand-over as brokers joined settles within a few lease periods.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let l = leaders(&b1.bootstrap(), "drill");
-        if l.len() == 3 && l.keys().all(|&n| (1..=3).contains(&n)) {
-            println!("placement: {l:?}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "slots never spread: {l:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let l = wait_leaders(
+        &b1.bootstrap(),
+        "drill",
+        "slots never spread",
+        SETTLE,
+        |l| l.len() == 3 && l.keys().all(|&n| (1..=3).contains(&n)),
+    )
+    .await;
+    println!("placement: {l:?}");
     wait_serving(&bootstrap, "drill").await;
     // Quiet disks before the kill: every broker has written its spare ring (with production
     // ring sizes that is seconds of writes, which slow the store the leases live in).
@@ -345,15 +354,15 @@ async fn a_paused_broker_is_fenced_and_its_late_write_never_appears() {
     let b3 = cluster.start(3);
     let bootstrap = format!("{},{},{}", b1.bootstrap(), b2.bootstrap(), b3.bootstrap());
     common::create_topic(&bootstrap, "zombie", PARTITIONS, &[]).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let theirs = loop {
-        let l = leaders(&b1.bootstrap(), "zombie");
-        if l.len() == 3 {
-            break l[&3].clone();
-        }
-        assert!(Instant::now() < deadline, "slots never spread: {l:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let theirs = wait_leaders(
+        &b1.bootstrap(),
+        "zombie",
+        "slots never spread",
+        SETTLE,
+        |l| l.len() == 3,
+    )
+    .await[&3]
+        .clone();
     wait_serving(&bootstrap, "zombie").await;
     let partition = theirs[0];
 
@@ -363,18 +372,14 @@ async fn a_paused_broker_is_fenced_and_its_late_write_never_appears() {
     common::signal(b3.pid(), "-STOP");
     let paused = Instant::now();
     // The survivors take node 3's slots over and serve them.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let l = leaders(&b1.bootstrap(), "zombie");
-        if !l.contains_key(&3) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 3's slots never moved: {l:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_leaders(
+        &b1.bootstrap(),
+        "zombie",
+        "node 3's slots never moved",
+        SETTLE,
+        |l| !l.contains_key(&3),
+    )
+    .await;
     let survivors = format!("{},{}", b1.bootstrap(), b2.bootstrap());
     wait_serving(&survivors, "zombie").await;
     println!(
@@ -390,15 +395,14 @@ async fn a_paused_broker_is_fenced_and_its_late_write_never_appears() {
     assert_eq!(code, 6, "NOT_LEADER_OR_FOLLOWER, not an acknowledgement");
 
     // It closes its slots, renews, and gets its share back through the hand-over.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let l = leaders(&b1.bootstrap(), "zombie");
-        if l.len() == 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "node 3 never rejoined: {l:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_leaders(
+        &b1.bootstrap(),
+        "zombie",
+        "node 3 never rejoined",
+        SETTLE,
+        |l| l.len() == 3,
+    )
+    .await;
     assert!(b3.log_contains("lease lapsed"));
     // Its upload of the late write was refused by the manifest epoch.
     assert!(b3.log_contains("fenced"));
@@ -463,15 +467,11 @@ async fn a_restarted_broker_replays_its_wal_tail_or_reports_it_lost() {
     let b2 = cluster.start_at(2, dir2.path(), &lazy);
     let bootstrap = format!("{},{}", b1.bootstrap(), b2.bootstrap());
     common::create_topic(&bootstrap, "tail", 4, &[]).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let theirs = loop {
-        let l = leaders(&b1.bootstrap(), "tail");
-        if l.len() == 2 && l.get(&2).is_some_and(|p| p.len() == 2) {
-            break l[&2].clone();
-        }
-        assert!(Instant::now() < deadline, "slots never spread: {l:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let theirs = wait_leaders(&b1.bootstrap(), "tail", "slots never spread", SETTLE, |l| {
+        l.len() == 2 && l.get(&2).is_some_and(|p| p.len() == 2)
+    })
+    .await[&2]
+        .clone();
     let (written, kept) = (theirs[0], theirs[1]);
     produce_to(&b2.bootstrap(), "tail", written, 7, "old").await;
     let kept_offsets = produce_to(&b2.bootstrap(), "tail", kept, 5, "kept").await;
@@ -479,11 +479,14 @@ async fn a_restarted_broker_replays_its_wal_tail_or_reports_it_lost() {
     b2.kill9();
 
     // Node 1 takes the slots over (nothing of them is in the bucket) and writes to one.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while leaders(&b1.bootstrap(), "tail").contains_key(&2) {
-        assert!(Instant::now() < deadline, "node 2's slots never moved");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_leaders(
+        &b1.bootstrap(),
+        "tail",
+        "node 2's slots never moved",
+        SETTLE,
+        |l| !l.contains_key(&2),
+    )
+    .await;
     let new = produce_to(&b1.bootstrap(), "tail", written, 3, "new").await;
     assert_eq!(
         new,
@@ -493,18 +496,14 @@ async fn a_restarted_broker_replays_its_wal_tail_or_reports_it_lost() {
 
     // Node 2 comes back on the same WAL and gets its slots back through the hand-over.
     let b2 = cluster.start_at(2, dir2.path(), &lazy);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let l = leaders(&b1.bootstrap(), "tail");
-        if l.get(&2).is_some_and(|p| p.len() == 2) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 2 never got its slots back: {l:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_leaders(
+        &b1.bootstrap(),
+        "tail",
+        "node 2 never got its slots back",
+        SETTLE,
+        |l| l.get(&2).is_some_and(|p| p.len() == 2),
+    )
+    .await;
     let bootstrap = format!("{},{}", b1.bootstrap(), b2.bootstrap());
     wait_serving_partitions(&bootstrap, "tail", &[written, kept]).await;
     let (records, _) = common::read_all(&bootstrap, "tail", 4);
@@ -584,15 +583,10 @@ async fn scale_out_to_four_and_drain_back_to_three_under_load() {
     let brokers = |n: usize| {
         let b = b1.bootstrap();
         async move {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let l = leaders(&b, "scale");
-                if l.len() == n && !l.contains_key(&-1) {
-                    return l;
-                }
-                assert!(Instant::now() < deadline, "never {n} leaders: {l:?}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            wait_leaders(&b, "scale", &format!("never {n} leaders"), SETTLE, |l| {
+                l.len() == n && !l.contains_key(&-1)
+            })
+            .await
         }
     };
     brokers(3).await;
@@ -684,11 +678,14 @@ async fn admin_drain_hands_a_brokers_slots_over_and_stops_it() {
     let b2 = cluster.start(2);
     let bootstrap = format!("{},{}", b1.bootstrap(), b2.bootstrap());
     common::create_topic(&bootstrap, "drain", PARTITIONS, &[]).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while leaders(&b1.bootstrap(), "drain").len() != 2 {
-        assert!(Instant::now() < deadline, "slots never spread");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_leaders(
+        &b1.bootstrap(),
+        "drain",
+        "slots never spread",
+        SETTLE,
+        |l| l.len() == 2,
+    )
+    .await;
     let mut acked = Vec::new();
     for partition in 0..PARTITIONS {
         for o in produce_to(&bootstrap, "drain", partition, 3, &format!("p{partition}")).await {
@@ -706,18 +703,15 @@ async fn admin_drain_hands_a_brokers_slots_over_and_stops_it() {
     assert!(b2.log_contains("drain requested"));
     assert_eq!(b2.terminate(), Some(0), "it had stopped cleanly by itself");
     // Node 1 sees the lease gone at its next round.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let l = leaders(&b1.bootstrap(), "drain");
-        if l.keys().copied().collect::<Vec<_>>() == vec![1] {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 1 never led everything: {l:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let everything = "node 1 never led everything";
+    wait_leaders(
+        &b1.bootstrap(),
+        "drain",
+        everything,
+        Duration::from_secs(10),
+        |l| l.keys().copied().collect::<Vec<_>>() == vec![1],
+    )
+    .await;
     let (records, _) = common::read_all(&b1.bootstrap(), "drain", PARTITIONS);
     for (p, o) in acked {
         assert_eq!(
