@@ -141,12 +141,17 @@ const STORE_RETRY_MAX: Duration = Duration::from_secs(60);
 async fn read(
     store: &dyn ObjectStore,
     key: &str,
+    known: Option<&(String, LeaseRecord)>,
 ) -> Result<Option<(String, LeaseRecord)>, LeaseError> {
     let meta = match store.head(key).await {
         Ok(m) => m,
         Err(StoreError::NotFound(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
+    // The same version as last read: its body is known.
+    if let Some(known) = known.filter(|(etag, _)| *etag == meta.etag) {
+        return Ok(Some(known.clone()));
+    }
     let body = match store.get(key, None).await {
         Ok(b) => b,
         Err(StoreError::NotFound(_)) => return Ok(None),
@@ -171,7 +176,7 @@ pub async fn acquire(
     let started = Instant::now();
     let mut waited_logged = false;
     loop {
-        let current = match read(store, &key).await {
+        let current = match read(store, &key, None).await {
             Ok(c) => c,
             Err(LeaseError::Store(e))
                 if e.is_retryable() && started.elapsed() < STORE_RETRY_MAX =>
@@ -232,7 +237,9 @@ pub async fn acquire(
 pub struct PeerWatch {
     me: i32,
     duration: Duration,
-    peers: std::collections::HashMap<String, Observer>,
+    /// Per lease key: its observer, and the version last read (fetched again only when its
+    /// ETag changes).
+    peers: std::collections::HashMap<String, (Observer, Option<(String, LeaseRecord)>)>,
     /// Whether the last poll found a drain request for this broker.
     pub drain_requested: bool,
 }
@@ -264,7 +271,11 @@ impl PeerWatch {
         self.peers.retain(|k, _| keys.contains(k));
         let mut live = Vec::new();
         for key in keys {
-            let current = match read(store, &key).await {
+            let (observer, known) = self
+                .peers
+                .entry(key.clone())
+                .or_insert_with(|| (Observer::new(self.duration), None));
+            let current = match read(store, &key, known.as_ref()).await {
                 Ok(c) => c,
                 Err(LeaseError::Corrupt(k, e)) => {
                     tracing::warn!(key = k, error = e, "ignoring a lease that does not parse");
@@ -272,10 +283,7 @@ impl PeerWatch {
                 }
                 Err(e) => return Err(e),
             };
-            let observer = self
-                .peers
-                .entry(key)
-                .or_insert_with(|| Observer::new(self.duration));
+            known.clone_from(&current);
             match observer.observe(current.as_ref().map(|(e, _)| e.as_str()), Instant::now()) {
                 Verdict::Alive | Verdict::Renewed => live.extend(current.map(|(_, r)| r)),
                 Verdict::Absent | Verdict::Expired => {}
