@@ -147,6 +147,14 @@ impl Membership {
         std::mem::take(&mut *self.failures.lock().unwrap())
     }
 
+    /// Waits (blocking, at most `limit`) until no slot is open here or opening or closing.
+    pub fn wait_all_closed(&self, limit: std::time::Duration) {
+        let deadline = Instant::now() + limit;
+        while (!self.open_slots().is_empty() || self.is_pending()) && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     pub fn open_slots(&self) -> BTreeSet<u32> {
         self.open.lock().unwrap().clone()
     }
@@ -355,12 +363,8 @@ impl Runner {
         for &slot in &open {
             self.send(slot, ShardOp::Close(slot));
         }
-        let deadline = Instant::now() + crate::host::CLOSE_FLUSH_MAX;
-        while (!self.membership.open_slots().is_empty() || self.membership.is_pending())
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        self.membership
+            .wait_all_closed(crate::host::CLOSE_FLUSH_MAX);
     }
 
     /// Adopts a catalog another broker (the controller) pushed, and tells every shard about the

@@ -344,12 +344,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(draining) = &draining {
         // Hand every slot over (uploading what is durable), then stop.
         draining.store(true, std::sync::atomic::Ordering::Relaxed);
-        let deadline = std::time::Instant::now() + SHUTDOWN_FLUSH_MAX;
-        while (!membership.open_slots().is_empty() || membership.is_pending())
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        membership.wait_all_closed(ringtail_engine::host::CLOSE_FLUSH_MAX);
     }
     runtime.stop_and_join();
     if let (Some(cluster), Some(store)) = (cluster, &store) {
@@ -636,9 +631,6 @@ fn check_rings_fit(config: &Config, rings: &[u32], slots: u32) -> anyhow::Result
     }
     Ok(())
 }
-
-/// How long a clean shutdown waits for the last objects to be uploaded.
-const SHUTDOWN_FLUSH_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn reserve_port(addr: SocketAddr) -> std::io::Result<StdListener> {
     let socket = socket2::Socket::new(
