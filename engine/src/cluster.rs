@@ -107,10 +107,16 @@ impl Membership {
             .store(until.as_nanos() as u64, Ordering::Relaxed);
     }
 
-    /// Whether this broker may still acknowledge writes and serve reads of its slots.
+    /// Whether this broker may still acknowledge writes and serve reads of its slots: while its
+    /// lease is certainly its own — or while it has seen no other broker on its bucket, so that
+    /// a lone broker's WAL absorbs writes through a store outage as it always did (a broker that
+    /// joins meanwhile waits a lease of silence first; what it then overwrites is counted as
+    /// superseded when this one replays its WAL).
     pub fn lease_valid(&self) -> bool {
         let until = self.valid_until.load(Ordering::Relaxed);
-        until == u64::MAX || (self.base.elapsed().as_nanos() as u64) < until
+        until == u64::MAX
+            || (self.base.elapsed().as_nanos() as u64) < until
+            || self.view.load().members.len() <= 1
     }
 
     /// Marks `slot` as being opened or closed; false if it already is.
