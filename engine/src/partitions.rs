@@ -646,7 +646,10 @@ impl ShardState {
                 Err(e) => return Err(self.append_error(&item.topic, item.key.partition, e)),
             }
         }
-        let uploaded = item.topic.config.durability_object.then(|| {
+        // Waits for the upload of everything up to the partition's end, unless that is in the
+        // bucket already (a retry of an uploaded batch): nothing would be uploaded to wake it.
+        let wait_upload = item.topic.config.durability_object && p.next_offset > p.uploaded_end;
+        let uploaded = wait_upload.then(|| {
             let (tx, rx) = oneshot::channel();
             p.upload_waiters.push((p.next_offset - 1, tx));
             if let Some(tier) = &self.tier {

@@ -287,6 +287,28 @@ pub fn python() -> String {
 /// Records read back: (partition, offset) -> payload.
 pub type Records = std::collections::BTreeMap<(i32, i64), Vec<u8>>;
 
+/// A partition's (log start, high watermark). Retries what a client retries (a leader moving:
+/// Metadata may name the new owner a moment before it serves) until `timeout`.
+fn watermarks(
+    c: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> (i64, i64) {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
+    let deadline = Instant::now() + timeout;
+    loop {
+        match c.fetch_watermarks(topic, partition, timeout) {
+            Ok(w) => return w,
+            Err(KafkaError::MetadataFetch(
+                Code::NotLeaderForPartition | Code::LeaderNotAvailable,
+            )) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => panic!("watermarks of {topic}/{partition}: {e}"),
+        }
+    }
+}
+
 /// Every record of `topic`, from each partition's log start to its high watermark, read with
 /// librdkafka: (partition, offset) -> payload, and each partition's log start.
 pub fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> (Records, Vec<i64>) {
@@ -305,7 +327,7 @@ pub fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> (Records, Vec<
     let mut tpl = TopicPartitionList::new();
     let (mut want, mut lows) = (0i64, Vec::new());
     for p in 0..partitions {
-        let (low, high) = c.fetch_watermarks(topic, p, timeout).unwrap();
+        let (low, high) = watermarks(&c, topic, p, timeout);
         want += high - low;
         lows.push(low);
         tpl.add_partition_offset(topic, p, Offset::Beginning)
