@@ -13,7 +13,7 @@ use common::TestBroker;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 const SLOTS: &str = "6";
 const PARTITIONS: i32 = 6;
@@ -615,6 +615,8 @@ async fn scale_out_to_four_and_drain_back_to_three_under_load() {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+            // Dropping a producer purges what is in flight: let it finish first.
+            producer.flush(Duration::from_secs(60)).unwrap();
             pending
         })
     };
