@@ -68,8 +68,11 @@ impl View {
 /// Shared between the membership thread and the shards.
 pub struct Membership {
     pub view: ArcSwap<View>,
-    /// Slots open on this broker (what its lease announces).
+    /// Slots open on this broker.
     open: Mutex<BTreeSet<u32>>,
+    /// Slots claimed to be opened here: announced in the lease with the open ones, before the
+    /// opening starts (see [`Runner::round`]).
+    opening: Mutex<BTreeSet<u32>>,
     /// Slots asked to open or close and not done yet.
     pending: Mutex<BTreeSet<u32>>,
     /// Slots that could not open, and why (start-up refuses to serve with one).
@@ -87,6 +90,7 @@ impl Membership {
         Membership {
             view: ArcSwap::from_pointee(view),
             open: Mutex::new(BTreeSet::new()),
+            opening: Mutex::new(BTreeSet::new()),
             pending: Mutex::new(BTreeSet::new()),
             failures: Mutex::new(Vec::new()),
             valid_until: AtomicU64::new(u64::MAX),
@@ -130,12 +134,31 @@ impl Membership {
 
     pub fn opened(&self, slot: u32) {
         self.open.lock().unwrap().insert(slot);
+        self.opening.lock().unwrap().remove(&slot);
         self.pending.lock().unwrap().remove(&slot);
     }
 
     pub fn closed(&self, slot: u32) {
         self.open.lock().unwrap().remove(&slot);
+        self.opening.lock().unwrap().remove(&slot);
         self.pending.lock().unwrap().remove(&slot);
+    }
+
+    /// Claims `slot` for this broker (it is announced from the next lease write on).
+    fn claim(&self, slot: u32) {
+        self.opening.lock().unwrap().insert(slot);
+    }
+
+    /// Gives up a claim that was not acted on.
+    fn unclaim(&self, slot: u32) {
+        self.opening.lock().unwrap().remove(&slot);
+    }
+
+    /// What the lease announces: the slots open here and those claimed or being opened.
+    pub fn announced(&self) -> BTreeSet<u32> {
+        let mut all = self.open_slots();
+        all.extend(self.opening.lock().unwrap().iter().copied());
+        all
     }
 
     /// Opening `slot` failed (logged by the shard); the next round tries again.
@@ -145,6 +168,7 @@ impl Membership {
         if failures.len() < 16 {
             failures.push((slot, reason));
         }
+        self.opening.lock().unwrap().remove(&slot);
         self.pending.lock().unwrap().remove(&slot);
     }
 
@@ -179,7 +203,7 @@ pub struct Peer {
 pub struct Decision {
     pub owners: Vec<i32>,
     pub controller: i32,
-    /// Slots targeted here that no live lease lists and that are not open here.
+    /// Slots targeted here that no live lease lists and that are not open or claimed here.
     pub open: Vec<u32>,
     /// Slots open here that are targeted elsewhere.
     pub close: Vec<u32>,
@@ -297,20 +321,9 @@ impl Runner {
         if !self.membership.lease_valid() {
             self.close_after_lapse();
         }
-        let open: Vec<u32> = self.membership.open_slots().into_iter().collect();
         let draining = self.draining.load(Ordering::Relaxed);
-        let changed = open != self.lease.record.open || draining != self.lease.record.draining;
-        // Every quarter lease (the rounds' own tick and work add to it): a third would do on
-        // an idle machine.
-        if changed || self.last_renewal.elapsed() >= self.lease.duration / 4 {
-            self.lease.record.open = open;
-            self.lease.record.draining = draining;
-            futures::executor::block_on(self.lease.renew(self.store.as_ref()))?;
-            self.last_renewal = self.lease.written_at;
-            self.membership
-                .lease_written(self.lease.written_at, self.lease.duration);
-        }
-        let records = futures::executor::block_on(self.watch.poll(self.store.as_ref()))?;
+        self.announce(draining)?;
+        let peers = self.peers()?;
         if self.watch.drain_requested && !draining {
             tracing::info!(
                 "drain requested (ringtail admin drain): handing every slot over, then stopping"
@@ -318,16 +331,11 @@ impl Runner {
             // The process's own shutdown path drains (main waits for the hand-over).
             let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
         }
-        let peers: Vec<Peer> = records
-            .into_iter()
-            .map(|r| Peer {
-                member: member_of(&r),
-                open: r.open.iter().copied().collect(),
-                draining: r.draining,
-            })
-            .collect();
-        let mine = self.membership.open_slots();
-        let d = decide(self.slots, self.me.node_id, draining, &mine, &peers);
+        let mine = self.membership.announced();
+        let mut d = decide(self.slots, self.me.node_id, draining, &mine, &peers);
+        if !d.open.is_empty() {
+            d.open = self.confirm_claims(&d.open, draining)?;
+        }
         let mut members: Vec<Member> = peers.iter().map(|p| p.member.clone()).collect();
         members.push(self.me.clone());
         members.sort_by_key(|m| m.node_id);
@@ -350,6 +358,71 @@ impl Runner {
         }
         self.membership.rounds.fetch_add(1, Ordering::Relaxed);
         Ok(d)
+    }
+
+    /// Writes the lease if what it announces changed, or every quarter lease (the rounds' own
+    /// tick and work add to it: a third would do on an idle machine).
+    fn announce(&mut self, draining: bool) -> Result<(), LeaseError> {
+        let open: Vec<u32> = self.membership.announced().into_iter().collect();
+        let changed = open != self.lease.record.open || draining != self.lease.record.draining;
+        if changed || self.last_renewal.elapsed() >= self.lease.duration / 4 {
+            self.lease.record.open = open;
+            self.lease.record.draining = draining;
+            futures::executor::block_on(self.lease.renew(self.store.as_ref()))?;
+            self.last_renewal = self.lease.written_at;
+            self.membership
+                .lease_written(self.lease.written_at, self.lease.duration);
+        }
+        Ok(())
+    }
+
+    /// The other live brokers.
+    fn peers(&mut self) -> Result<Vec<Peer>, LeaseError> {
+        let records = futures::executor::block_on(self.watch.poll(self.store.as_ref()))?;
+        Ok(records
+            .into_iter()
+            .map(|r| Peer {
+                member: member_of(&r),
+                open: r.open.iter().copied().collect(),
+                draining: r.draining,
+            })
+            .collect())
+    }
+
+    /// Claims `slots` before opening them: announces the claim, then reads the other leases
+    /// again and keeps only the slots no other live lease lists. Of two brokers claiming one
+    /// slot at once, at least one sees the other's claim (each reads after its own write), so
+    /// at most one opens it; if both see each other, both give up and the next round decides
+    /// again (by then they see the same brokers and target the same owner).
+    fn confirm_claims(&mut self, slots: &[u32], draining: bool) -> Result<Vec<u32>, LeaseError> {
+        for &slot in slots {
+            self.membership.claim(slot);
+        }
+        let peers = self.announce(draining).and_then(|()| self.peers());
+        let peers = match peers {
+            Ok(p) => p,
+            Err(e) => {
+                for &slot in slots {
+                    self.membership.unclaim(slot);
+                }
+                return Err(e);
+            }
+        };
+        let mut confirmed = Vec::with_capacity(slots.len());
+        for &slot in slots {
+            match peers.iter().find(|p| p.open.contains(&slot)) {
+                None => confirmed.push(slot),
+                Some(p) => {
+                    tracing::info!(
+                        slot,
+                        other = p.member.node_id,
+                        "another broker claimed the slot at the same time: leaving it"
+                    );
+                    self.membership.unclaim(slot);
+                }
+            }
+        }
+        Ok(confirmed)
     }
 
     /// The lease was not renewed for (almost) a whole duration — this process was paused, or

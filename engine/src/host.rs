@@ -182,6 +182,17 @@ impl SlotHost {
         let started = Instant::now();
         match self.open_state(slot).await {
             Ok(state) => {
+                let host = Rc::downgrade(self);
+                state.set_on_fenced(move || {
+                    tracing::error!(
+                        slot,
+                        "another broker took this slot over (its manifest was committed under a \
+                         newer epoch): closing it here"
+                    );
+                    if let Some(host) = host.upgrade() {
+                        ringtail_shards::spawn_detached(async move { host.close(slot).await });
+                    }
+                });
                 self.slots.borrow_mut().insert(slot, state.clone());
                 self.env.membership.opened(slot);
                 self.start_groups(slot, &state);

@@ -114,6 +114,8 @@ pub struct ShardState {
     pub coordinator: Coordinator,
     /// Being handed over: no new writes.
     closing: Cell<bool>,
+    /// Called once if another broker takes the slot's manifest over (see [`Self::fenced`]).
+    on_fenced: RefCell<Option<Box<dyn FnOnce()>>>,
 }
 
 fn add(counter: &AtomicU64, n: u64) {
@@ -145,6 +147,7 @@ impl ShardState {
             stats,
             coordinator,
             closing: Cell::new(false),
+            on_fenced: RefCell::new(None),
         });
         if let Some(tier) = &state.tier {
             state.load_committed(tier, snapshot);
@@ -240,6 +243,25 @@ impl ShardState {
                     })
                     .collect();
             }
+        }
+    }
+
+    /// What to do when another broker takes the slot's manifest over (the host closes it).
+    pub fn set_on_fenced(&self, f: impl FnOnce() + 'static) {
+        *self.on_fenced.borrow_mut() = Some(Box::new(f));
+    }
+
+    /// Another broker committed the slot's manifest: nothing more is committed here. Writes stop
+    /// at once (answered NOT_LEADER_OR_FOLLOWER), writes waiting for an upload get errors, and
+    /// the host lets the slot go.
+    fn fenced(&self) {
+        self.start_closing();
+        for p in self.partitions.borrow_mut().values_mut() {
+            p.upload_waiters.clear();
+            p.delete_waiters.clear();
+        }
+        if let Some(f) = self.on_fenced.borrow_mut().take() {
+            f();
         }
     }
 
@@ -1460,6 +1482,7 @@ async fn upload_loop(weak: Weak<ShardState>, tick: Duration) {
             return;
         };
         if tier.is_fenced() {
+            state.fenced();
             return;
         }
         let Some(sealed) = tier.seal_if_due() else {
@@ -1481,13 +1504,8 @@ async fn upload_loop(weak: Weak<ShardState>, tick: Duration) {
                 }
             }
             Err(_) => {
-                // Fenced: nothing more will be committed here; waiting producers (and deletes)
-                // get errors.
                 if let Some(state) = weak.upgrade() {
-                    for p in state.partitions.borrow_mut().values_mut() {
-                        p.upload_waiters.clear();
-                        p.delete_waiters.clear();
-                    }
+                    state.fenced();
                 }
                 return;
             }
