@@ -26,7 +26,6 @@ struct Cluster {
 impl Cluster {
     fn new() -> Cluster {
         let weed = ringtail_objstore::testing::Seaweed::start();
-        drop(weed.ready_store(""));
         let cfg = weed.config("");
         std::env::set_var("AWS_ACCESS_KEY_ID", "test");
         std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");

@@ -206,7 +206,6 @@ async fn injected_store_faults_lose_nothing() {
 async fn s3_outage_mid_run_loses_nothing() {
     let mut weed = ringtail_objstore::testing::Seaweed::start();
     let cfg = weed.config("");
-    drop(weed.ready_store(""));
     std::env::set_var("AWS_ACCESS_KEY_ID", "test");
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
     let data = tempfile::tempdir().unwrap();

@@ -67,7 +67,6 @@ async fn hundreds_of_mib_through_small_rings_and_an_s3_outage_replay_cold() {
     let records = mib * (1 << 20) / VALUE_BYTES as u64;
     let mut weed = ringtail_objstore::testing::Seaweed::start();
     let cfg = weed.config("");
-    drop(weed.ready_store(""));
     std::env::set_var("AWS_ACCESS_KEY_ID", "test");
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
     let data = tempfile::tempdir().unwrap();

