@@ -430,20 +430,28 @@ impl Runner {
     /// before renewing: until then nothing is acknowledged or read (the lease is not valid),
     /// and the slots reopen through the hand-over protocol, from the bucket's state.
     fn close_after_lapse(&self) {
-        let open = self.membership.open_slots();
-        if open.is_empty() {
+        let announced = self.membership.announced();
+        if announced.is_empty() {
             return;
         }
         tracing::error!(
-            slots = ?open,
+            slots = ?announced,
             "this broker's lease lapsed (paused or cut off for a lease duration): closing its \
              slots before renewing; other brokers may have taken them over"
         );
-        for &slot in &open {
-            self.send(slot, ShardOp::Close(slot));
+        // A slot still opening is closed once it is open (a Close is sent only to a slot with
+        // nothing pending).
+        let deadline = Instant::now() + crate::host::CLOSE_FLUSH_MAX;
+        while Instant::now() < deadline {
+            let open = self.membership.open_slots();
+            if open.is_empty() && !self.membership.is_pending() {
+                break;
+            }
+            for &slot in &open {
+                self.send(slot, ShardOp::Close(slot));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        self.membership
-            .wait_all_closed(crate::host::CLOSE_FLUSH_MAX);
     }
 
     /// Adopts a catalog another broker (the controller) pushed, and tells every shard about the

@@ -403,8 +403,9 @@ async fn a_paused_broker_is_fenced_and_its_late_write_never_appears() {
     )
     .await;
     assert!(b3.log_contains("lease lapsed"));
-    // Its upload of the late write was refused by the manifest epoch.
+    // Its upload of the late write was refused by the manifest epoch, and the slot let go.
     assert!(b3.log_contains("fenced"));
+    assert!(b3.log_contains("another broker took this slot over"));
     wait_serving(&bootstrap, "zombie").await;
     let (records, _) = common::read_all(&bootstrap, "zombie", PARTITIONS);
     assert!(
