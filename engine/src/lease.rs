@@ -295,28 +295,42 @@ impl PeerWatch {
 
 impl Lease {
     /// Rewrites the lease under `If-Match`; `Lost` if someone else rewrote it.
+    ///
+    /// A 412 is not always another holder: a write of ours can land without its answer reaching
+    /// us (the client retries it, or an earlier renewal gave up waiting), and the lease then has
+    /// an ETag we never saw. If the lease holds our incarnation, it is ours: its ETag is taken
+    /// and the write repeated (with what we announce now, not that older body).
     pub async fn renew(&mut self, store: &dyn ObjectStore) -> Result<(), LeaseError> {
+        let key = lease_key(self.record.node_id);
         let mut next = self.record.clone();
-        next.renewals += 1;
-        let body = serde_json::to_vec(&next).expect("serialisable");
-        let sent = Instant::now();
-        match store
-            .put(
-                &lease_key(next.node_id),
-                body.into(),
-                Condition::IfMatch(self.etag.clone()),
-            )
-            .await
-        {
-            Ok(etag) => {
-                self.etag = etag;
-                self.record = next;
-                self.written_at = sent;
-                Ok(())
+        for _ in 0..3 {
+            next.renewals += 1;
+            let body = serde_json::to_vec(&next).expect("serialisable");
+            let sent = Instant::now();
+            match store
+                .put(&key, body.into(), Condition::IfMatch(self.etag.clone()))
+                .await
+            {
+                Ok(etag) => {
+                    self.etag = etag;
+                    self.record = next;
+                    self.written_at = sent;
+                    return Ok(());
+                }
+                Err(StoreError::PreconditionFailed(_)) => match read(store, &key, None).await? {
+                    Some((etag, held)) if held.incarnation == self.record.incarnation => {
+                        tracing::info!(
+                            "the lease holds a write of ours whose answer was lost: writing again"
+                        );
+                        self.etag = etag;
+                        next.renewals = next.renewals.max(held.renewals);
+                    }
+                    _ => return Err(LeaseError::Lost(next.node_id)),
+                },
+                Err(e) => return Err(e.into()),
             }
-            Err(StoreError::PreconditionFailed(_)) => Err(LeaseError::Lost(next.node_id)),
-            Err(e) => Err(e.into()),
         }
+        Err(LeaseError::Lost(next.node_id))
     }
 
     /// Deletes the lease (clean shutdown) unless someone else holds it by now.
@@ -432,6 +446,26 @@ mod tests {
             ));
             a.release(store.as_ref()).await;
             assert!(store.head(&lease_key(1)).await.is_ok());
+            // A write of b's own that landed unanswered (its ETag unknown to b) is not a loss.
+            let mut b = b;
+            let mut landed = b.record.clone();
+            landed.renewals += 1;
+            store
+                .put(
+                    &lease_key(1),
+                    serde_json::to_vec(&landed).unwrap().into(),
+                    Condition::IfMatch(b.etag.clone()),
+                )
+                .await
+                .unwrap();
+            b.record.open = vec![4];
+            b.renew(store.as_ref()).await.unwrap();
+            let (_, held) = read(store.as_ref(), &lease_key(1), None)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!((held.open, held.incarnation.as_str()), (vec![4], "b"));
+            assert!(held.renewals > landed.renewals);
             // A clean release lets the next start go at once.
             b.release(store.as_ref()).await;
             let t = Instant::now();
