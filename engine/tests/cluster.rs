@@ -308,9 +308,6 @@ async fn three_brokers_share_the_slots_and_survive_a_kill9() {
 
 /// A produce to `partition` of `topic` on an open raw connection, sent but not read.
 fn send_produce(raw: &mut common::raw::Raw, topic: &str, partition: i32, value: &str) {
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::messages::{ApiKey, ProduceRequest, TopicName};
-    use kafka_protocol::protocol::StrBytes;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -321,15 +318,8 @@ fn send_produce(raw: &mut common::raw::Raw, topic: &str, partition: i32, value: 
         kafka_protocol::records::Compression::None,
     )
     .freeze();
-    let req = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(30_000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(partition)
-                .with_records(Some(records))])]);
-    let buf = raw.encode(ApiKey::Produce, 9, &req);
+    let req = common::raw::produce_request(topic, partition, records, -1);
+    let buf = raw.encode(kafka_protocol::messages::ApiKey::Produce, 9, &req);
     raw.send_frame(&buf);
 }
 

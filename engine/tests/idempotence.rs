@@ -185,20 +185,7 @@ fn idempotent_batch(producer_id: i64, epoch: i16, sequence: i32, n: i32) -> byte
 
 /// One acks=all Produce of `batch` to partition 0 of `topic`: (error code, base offset).
 fn produce_to(raw: &mut common::raw::Raw, topic: &str, batch: bytes::Bytes) -> (i16, i64) {
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::messages::*;
-    use kafka_protocol::protocol::StrBytes;
-    let req = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(10_000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(batch))])]);
-    let r: ProduceResponse = raw.call(ApiKey::Produce, 9, &req);
-    let p = &r.responses[0].partition_responses[0];
-    (p.error_code, p.base_offset)
+    raw.produce(topic, 0, batch, -1)
 }
 
 /// An idempotent producer (fresh id from InitProducerId): (id, epoch).

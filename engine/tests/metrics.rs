@@ -12,10 +12,8 @@ use common::TestBroker;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, GroupId, OffsetCommitRequest, OffsetCommitResponse, ProduceRequest, ProduceResponse,
-    TopicName,
+    ApiKey, GroupId, OffsetCommitRequest, OffsetCommitResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::Compression;
@@ -30,16 +28,7 @@ fn batch(n: usize) -> Bytes {
 }
 
 fn produce(raw: &mut Raw, topic: &str, records: Bytes) -> i16 {
-    let req = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(30_000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(records))])]);
-    let resp: ProduceResponse = raw.call(ApiKey::Produce, 9, &req);
-    resp.responses[0].partition_responses[0].error_code
+    raw.produce(topic, 0, records, -1).0
 }
 
 /// Scrapes until `ok` holds for the metrics (they are published up to a second late).

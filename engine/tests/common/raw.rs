@@ -77,4 +77,38 @@ impl Raw {
         assert_eq!(header.correlation_id, self.correlation);
         P::decode(&mut resp, version).unwrap()
     }
+
+    /// Produces `records` to one partition (Produce v9) and reads the answer:
+    /// (error code, base offset).
+    pub fn produce(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        records: Bytes,
+        acks: i16,
+    ) -> (i16, i64) {
+        let req = produce_request(topic, partition, records, acks);
+        let r: kafka_protocol::messages::ProduceResponse = self.call(ApiKey::Produce, 9, &req);
+        let p = &r.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset)
+    }
+}
+
+/// A Produce request of `records` to one partition.
+pub fn produce_request(
+    topic: &str,
+    partition: i32,
+    records: Bytes,
+    acks: i16,
+) -> kafka_protocol::messages::ProduceRequest {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ProduceRequest, TopicName};
+    ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(30_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(records))])])
 }
