@@ -188,16 +188,17 @@ fn produce_to(raw: &mut common::raw::Raw, topic: &str, batch: bytes::Bytes) -> (
     raw.produce(topic, 0, batch, -1)
 }
 
-/// An idempotent producer (fresh id from InitProducerId): (id, epoch).
-fn init_producer_id(raw: &mut common::raw::Raw) -> (i64, i16) {
+/// InitProducerId for an idempotent producer: a fresh id for (-1, -1), else the epoch bump of
+/// `id`/`epoch` (KIP-360). Returns (id, epoch).
+fn init_producer_id(raw: &mut common::raw::Raw, id: i64, epoch: i16) -> (i64, i16) {
     use kafka_protocol::messages::*;
     let init: InitProducerIdResponse = raw.call(
         ApiKey::InitProducerId,
         4,
         &InitProducerIdRequest::default()
             .with_transactional_id(None)
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1),
+            .with_producer_id(ProducerId(id))
+            .with_producer_epoch(epoch),
     );
     assert_eq!(init.error_code, 0);
     (init.producer_id.0, init.producer_epoch)
@@ -218,7 +219,7 @@ fn a_retry_of_an_uploaded_batch_is_answered_at_once() {
         &[("durability", "object")],
     ));
     let mut raw = common::raw::Raw::connect(b.addr);
-    let (pid, epoch) = init_producer_id(&mut raw);
+    let (pid, epoch) = init_producer_id(&mut raw, -1, -1);
     // Answered once uploaded.
     assert_eq!(
         produce_to(&mut raw, "obj", idempotent_batch(pid, epoch, 0, 3)),
@@ -245,7 +246,6 @@ fn a_retry_of_an_uploaded_batch_is_answered_at_once() {
 #[test]
 fn producer_state_survives_a_restart_through_the_manifest() {
     use common::raw::Raw;
-    use kafka_protocol::messages::*;
 
     let data = tempfile::tempdir().unwrap();
     let args = ["--shards", "1", "--object-age-max-ms", "20"];
@@ -254,7 +254,7 @@ fn producer_state_survives_a_restart_through_the_manifest() {
     rt.block_on(common::create_topic(&b.bootstrap(), "idem", 1, &[]));
     let produce = |raw: &mut Raw, batch| produce_to(raw, "idem", batch);
     let mut raw = Raw::connect(b.addr);
-    let (pid, epoch) = init_producer_id(&mut raw);
+    let (pid, epoch) = init_producer_id(&mut raw, -1, -1);
     assert_eq!(
         produce(&mut raw, idempotent_batch(pid, epoch, 0, 3)),
         (0, 0)
@@ -290,18 +290,7 @@ fn producer_state_survives_a_restart_through_the_manifest() {
         (0, 5)
     );
     // A bumped epoch (KIP-360) fences the old one.
-    let bumped: InitProducerIdResponse = raw.call(
-        ApiKey::InitProducerId,
-        4,
-        &InitProducerIdRequest::default()
-            .with_transactional_id(None)
-            .with_producer_id(ProducerId(pid))
-            .with_producer_epoch(epoch),
-    );
-    assert_eq!(
-        (bumped.producer_id.0, bumped.producer_epoch),
-        (pid, epoch + 1)
-    );
+    assert_eq!(init_producer_id(&mut raw, pid, epoch), (pid, epoch + 1));
     assert_eq!(
         produce(&mut raw, idempotent_batch(pid, epoch + 1, 0, 1)),
         (0, 6)
@@ -312,15 +301,7 @@ fn producer_state_survives_a_restart_through_the_manifest() {
         "INVALID_PRODUCER_EPOCH"
     );
     // A fresh id is never one handed out before the restart.
-    let fresh: InitProducerIdResponse = raw.call(
-        ApiKey::InitProducerId,
-        4,
-        &InitProducerIdRequest::default()
-            .with_transactional_id(None)
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1),
-    );
-    assert!(fresh.producer_id.0 > pid);
+    assert!(init_producer_id(&mut raw, -1, -1).0 > pid);
     let (read, _) = common::read_all(&b.bootstrap(), "idem", 1);
     assert_eq!(read.len(), 7, "offsets 0..7, nothing twice");
 }
