@@ -323,7 +323,7 @@ impl Runner {
         }
         let draining = self.draining.load(Ordering::Relaxed);
         self.announce(draining)?;
-        let peers = self.peers()?;
+        let peers = self.peers(false)?;
         if self.watch.drain_requested && !draining {
             tracing::info!(
                 "drain requested (ringtail admin drain): handing every slot over, then stopping"
@@ -376,9 +376,9 @@ impl Runner {
         Ok(())
     }
 
-    /// The other live brokers.
-    fn peers(&mut self) -> Result<Vec<Peer>, LeaseError> {
-        let records = futures::executor::block_on(self.watch.poll(self.store.as_ref()))?;
+    /// The other live brokers; `list`: list the leases now (see [`PeerWatch::poll`]).
+    fn peers(&mut self, list: bool) -> Result<Vec<Peer>, LeaseError> {
+        let records = futures::executor::block_on(self.watch.poll(self.store.as_ref(), list))?;
         Ok(records
             .into_iter()
             .map(|r| Peer {
@@ -398,7 +398,8 @@ impl Runner {
         for &slot in slots {
             self.membership.claim(slot);
         }
-        let peers = self.announce(draining).and_then(|()| self.peers());
+        // Listed: a broker that has just joined may be claiming too.
+        let peers = self.announce(draining).and_then(|()| self.peers(true));
         let peers = match peers {
             Ok(p) => p,
             Err(e) => {

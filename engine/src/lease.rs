@@ -240,8 +240,10 @@ pub struct PeerWatch {
     /// Per lease key: its observer, and the version last read (fetched again only when its
     /// ETag changes).
     peers: std::collections::HashMap<String, (Observer, Option<(String, LeaseRecord)>)>,
-    /// Whether the last poll found a drain request for this broker.
+    /// Whether the last listing found a drain request for this broker.
     pub drain_requested: bool,
+    /// When the leases were last listed.
+    listed_at: Option<Instant>,
 }
 
 impl PeerWatch {
@@ -251,24 +253,40 @@ impl PeerWatch {
             duration,
             peers: std::collections::HashMap::new(),
             drain_requested: false,
+            listed_at: None,
         }
     }
 
     /// Reads every other lease once; returns those not (yet) expired. A lease seen for the
     /// first time counts as alive: only a whole lease duration of silence makes it dead.
-    pub async fn poll(&mut self, store: &dyn ObjectStore) -> Result<Vec<LeaseRecord>, LeaseError> {
-        let listed: Vec<String> = store
-            .list("cluster/brokers/")
-            .await?
-            .into_iter()
-            .map(|m| m.key)
-            .collect();
-        self.drain_requested = listed.contains(&drain_key(self.me));
-        let keys: Vec<String> = listed
-            .into_iter()
-            .filter(|k| k != &lease_key(self.me) && !k.ends_with(".drain"))
-            .collect();
-        self.peers.retain(|k, _| keys.contains(k));
+    ///
+    /// Which leases exist is listed when `list` is set and at least once a lease duration;
+    /// between listings the known ones are read (a LIST costs as much as a PUT on S3, a HEAD a
+    /// twelfth). A broker that joins is seen within a lease duration, its drain requests too.
+    pub async fn poll(
+        &mut self,
+        store: &dyn ObjectStore,
+        list: bool,
+    ) -> Result<Vec<LeaseRecord>, LeaseError> {
+        let due = self.listed_at.is_none_or(|t| t.elapsed() >= self.duration);
+        let keys: Vec<String> = if list || due {
+            let listed: Vec<String> = store
+                .list("cluster/brokers/")
+                .await?
+                .into_iter()
+                .map(|m| m.key)
+                .collect();
+            self.listed_at = Some(Instant::now());
+            self.drain_requested = listed.contains(&drain_key(self.me));
+            let keys: Vec<String> = listed
+                .into_iter()
+                .filter(|k| k != &lease_key(self.me) && !k.ends_with(".drain"))
+                .collect();
+            self.peers.retain(|k, _| keys.contains(k));
+            keys
+        } else {
+            self.peers.keys().cloned().collect()
+        };
         let mut live = Vec::new();
         for key in keys {
             let (observer, known) = self
@@ -413,6 +431,45 @@ mod tests {
             open: Vec::new(),
             draining: false,
         }
+    }
+
+    #[test]
+    fn peers_are_listed_when_asked_or_once_a_lease_and_read_in_between() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ringtail_objstore::local::LocalDir::open(dir.path()).unwrap();
+        let d = Duration::from_millis(300);
+        futures::executor::block_on(async {
+            let nodes = |live: Vec<LeaseRecord>| live.iter().map(|r| r.node_id).collect::<Vec<_>>();
+            let mut w = PeerWatch::new(1, d);
+            let two = acquire(&store, record(2, "b"), d).await.unwrap();
+            assert_eq!(
+                nodes(w.poll(&store, false).await.unwrap()),
+                vec![2],
+                "first poll lists"
+            );
+            let _three = acquire(&store, record(3, "c"), d).await.unwrap();
+            assert_eq!(
+                nodes(w.poll(&store, false).await.unwrap()),
+                vec![2],
+                "not listed yet"
+            );
+            let mut live = nodes(w.poll(&store, true).await.unwrap());
+            live.sort();
+            assert_eq!(live, vec![2, 3]);
+            // A released lease is gone at the next read, listed or not.
+            two.release(&store).await;
+            assert_eq!(nodes(w.poll(&store, false).await.unwrap()), vec![3]);
+            // A drain request is seen at the next listing (at the latest a lease later).
+            store
+                .put(&drain_key(1), bytes::Bytes::new(), Condition::None)
+                .await
+                .unwrap();
+            w.poll(&store, false).await.unwrap();
+            assert!(!w.drain_requested);
+            std::thread::sleep(d);
+            w.poll(&store, false).await.unwrap();
+            assert!(w.drain_requested);
+        });
     }
 
     #[test]
