@@ -194,6 +194,9 @@ impl SlotHost {
                     }
                 });
                 self.slots.borrow_mut().insert(slot, state.clone());
+                if let Some(wal) = state.wal_metrics() {
+                    self.env.stats.wal.lock().unwrap().insert(slot, wal);
+                }
                 self.env.membership.opened(slot);
                 self.start_groups(slot, &state);
                 if self.env.membership.view.load().members.len() > 1 {
@@ -333,6 +336,7 @@ impl SlotHost {
                 ms = started.elapsed().as_millis() as u64,
                 "handed slot over"
             );
+            self.env.stats.wal.lock().unwrap().remove(&slot);
         }
         self.env.membership.closed(slot);
         self.busy.borrow_mut().remove(&slot);

@@ -11,7 +11,7 @@
 use std::fmt::Write;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -107,8 +107,8 @@ pub struct ShardStats {
     /// Requests slower than `--slow-request-ms` (each also logged).
     pub slow_requests: AtomicU64,
     apis: Box<[ApiStats]>,
-    /// The shard's WAL ring, once open.
-    pub wal: OnceLock<Arc<WalMetrics>>,
+    /// The WAL rings of the slots open on this shard, by slot.
+    pub wal: Mutex<std::collections::BTreeMap<u32, Arc<WalMetrics>>>,
     /// Objects uploaded by this shard: their sizes, and seconds from sealed to committed in
     /// the manifest (PUT retries and commit included).
     pub object_size: Histogram,
@@ -138,7 +138,7 @@ impl ShardStats {
             connections_open: AtomicU64::new(0),
             slow_requests: AtomicU64::new(0),
             apis: (0..API_SLOTS).map(|_| ApiStats::new()).collect(),
-            wal: OnceLock::new(),
+            wal: Mutex::default(),
             object_size: Histogram::sizes(),
             object_upload_latency: Histogram::latency(),
             upload_pending_bytes: AtomicU64::new(0),
@@ -536,8 +536,12 @@ pub fn render(src: &Sources) -> String {
     for (name, kind, help, f) in wal {
         o.family(name, kind, help);
         for s in &src.shards {
-            if let Some(w) = s.wal.get() {
-                o.value(name, &format!("shard=\"{}\"", s.shard), f(w));
+            for (slot, w) in s.wal.lock().unwrap().iter() {
+                o.value(
+                    name,
+                    &format!("shard=\"{}\",slot=\"{slot}\"", s.shard),
+                    f(w),
+                );
             }
         }
     }
@@ -547,10 +551,10 @@ pub fn render(src: &Sources) -> String {
         "Seconds per WAL chunk write, durability barrier included.",
     );
     for s in &src.shards {
-        if let Some(w) = s.wal.get() {
+        for (slot, w) in s.wal.lock().unwrap().iter() {
             o.histogram(
                 "ringtail_wal_write_duration_seconds",
-                &format!("shard=\"{}\"", s.shard),
+                &format!("shard=\"{}\",slot=\"{slot}\"", s.shard),
                 &w.write_latency.snapshot(),
             );
         }
@@ -561,10 +565,10 @@ pub fn render(src: &Sources) -> String {
         "Bytes per WAL chunk write.",
     );
     for s in &src.shards {
-        if let Some(w) = s.wal.get() {
+        for (slot, w) in s.wal.lock().unwrap().iter() {
             o.histogram(
                 "ringtail_wal_write_size_bytes",
-                &format!("shard=\"{}\"", s.shard),
+                &format!("shard=\"{}\",slot=\"{slot}\"", s.shard),
                 &w.write_size.snapshot(),
             );
         }

@@ -173,7 +173,6 @@ impl ShardState {
             used_bytes = wal.used_bytes(),
             "recovered WAL ring"
         );
-        let _ = state.stats.wal.set(wal.metrics());
         *state.wal.borrow_mut() = Some(wal);
         state.settle_recovered();
         state.trim_wal();
@@ -263,6 +262,11 @@ impl ShardState {
         if let Some(f) = self.on_fenced.borrow_mut().take() {
             f();
         }
+    }
+
+    /// The slot's WAL ring's counters.
+    pub fn wal_metrics(&self) -> Option<Arc<ringtail_wal::WalMetrics>> {
+        self.wal.borrow().as_ref().map(|w| w.metrics())
     }
 
     /// Stops taking writes (the slot is being handed over).

@@ -786,6 +786,18 @@ async fn admin_drain_hands_a_brokers_slots_over_and_stops_it() {
         |l| l.keys().copied().collect::<Vec<_>>() == vec![1],
     )
     .await;
+    // One WAL series per slot open on the (single) shard: node 1 hosts all six now.
+    let rings = |b: &TestBroker| {
+        let (_, body) = b.http_get("/metrics");
+        body.lines()
+            .filter(|l| l.starts_with("ringtail_wal_ring_bytes{shard=\"0\",slot="))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rings(&b1) != 6 {
+        assert!(Instant::now() < deadline, "WAL series: {}", rings(&b1));
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (records, _) = common::read_all(&b1.bootstrap(), "drain", PARTITIONS);
     for (p, o) in acked {
         assert_eq!(

@@ -124,7 +124,8 @@ impl TestBroker {
         }
     }
 
-    /// Scrapes `/metrics` and sums each series over the shards: name{labels without shard} ->
+    /// Scrapes `/metrics` and sums each series over the shards (and slots): name{labels without
+    /// shard and slot} ->
     /// value (histogram sums rounded down to whole units).
     pub fn metrics(&self) -> std::collections::BTreeMap<String, u64> {
         let (status, body) = self.http_get("/metrics");
@@ -139,7 +140,7 @@ impl TestBroker {
             let labels: Vec<&str> = labels
                 .trim_end_matches('}')
                 .split(',')
-                .filter(|l| !l.starts_with("shard=") && !l.is_empty())
+                .filter(|l| !l.starts_with("shard=") && !l.starts_with("slot=") && !l.is_empty())
                 .collect();
             let key = if labels.is_empty() {
                 name.to_string()
