@@ -109,6 +109,7 @@ async fn run(label: &str, store: Arc<Counting<Arc<dyn ObjectStore>>>, total_mb: 
         object_bytes,
         Duration::from_secs(3600),
         stats,
+        &|| true,
     )
     .await
     .unwrap();

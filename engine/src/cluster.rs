@@ -65,16 +65,22 @@ impl View {
     }
 }
 
+/// This broker's slots, changed under one lock (a reader never sees a slot between two sets).
+#[derive(Default)]
+struct Slots {
+    /// Open on this broker.
+    open: BTreeSet<u32>,
+    /// Claimed to be opened here: announced in the lease with the open ones, before the opening
+    /// starts (see [`Runner::confirm_claims`]).
+    opening: BTreeSet<u32>,
+    /// Asked to open or close and not done yet.
+    pending: BTreeSet<u32>,
+}
+
 /// Shared between the membership thread and the shards.
 pub struct Membership {
     pub view: ArcSwap<View>,
-    /// Slots open on this broker.
-    open: Mutex<BTreeSet<u32>>,
-    /// Slots claimed to be opened here: announced in the lease with the open ones, before the
-    /// opening starts (see [`Runner::round`]).
-    opening: Mutex<BTreeSet<u32>>,
-    /// Slots asked to open or close and not done yet.
-    pending: Mutex<BTreeSet<u32>>,
+    slots: Mutex<Slots>,
     /// Slots that could not open, and why (start-up refuses to serve with one).
     failures: Mutex<Vec<(u32, String)>>,
     /// Until when this broker's lease is certainly its own (nanoseconds after `base`; no
@@ -83,24 +89,29 @@ pub struct Membership {
     base: Instant,
     /// Membership rounds completed.
     rounds: AtomicU64,
+    /// Lease lapses seen (each closes every slot).
+    lapses: AtomicU64,
 }
 
 impl Membership {
     pub fn new(view: View) -> Membership {
         Membership {
             view: ArcSwap::from_pointee(view),
-            open: Mutex::new(BTreeSet::new()),
-            opening: Mutex::new(BTreeSet::new()),
-            pending: Mutex::new(BTreeSet::new()),
+            slots: Mutex::default(),
             failures: Mutex::new(Vec::new()),
             valid_until: AtomicU64::new(u64::MAX),
             base: Instant::now(),
             rounds: AtomicU64::new(0),
+            lapses: AtomicU64::new(0),
         }
     }
 
     pub fn rounds(&self) -> u64 {
         self.rounds.load(Ordering::Relaxed)
+    }
+
+    pub fn lapses(&self) -> u64 {
+        self.lapses.load(Ordering::Relaxed)
     }
 
     /// The lease was written at `written_at`: nobody can take this broker's slots before
@@ -125,40 +136,41 @@ impl Membership {
 
     /// Marks `slot` as being opened or closed; false if it already is.
     pub fn request(&self, slot: u32) -> bool {
-        self.pending.lock().unwrap().insert(slot)
+        self.slots.lock().unwrap().pending.insert(slot)
     }
 
     pub fn is_pending(&self) -> bool {
-        !self.pending.lock().unwrap().is_empty()
+        !self.slots.lock().unwrap().pending.is_empty()
     }
 
     pub fn opened(&self, slot: u32) {
-        self.open.lock().unwrap().insert(slot);
-        self.opening.lock().unwrap().remove(&slot);
-        self.pending.lock().unwrap().remove(&slot);
+        let mut s = self.slots.lock().unwrap();
+        s.open.insert(slot);
+        s.opening.remove(&slot);
+        s.pending.remove(&slot);
     }
 
     pub fn closed(&self, slot: u32) {
-        self.open.lock().unwrap().remove(&slot);
-        self.opening.lock().unwrap().remove(&slot);
-        self.pending.lock().unwrap().remove(&slot);
+        let mut s = self.slots.lock().unwrap();
+        s.open.remove(&slot);
+        s.opening.remove(&slot);
+        s.pending.remove(&slot);
     }
 
     /// Claims `slot` for this broker (it is announced from the next lease write on).
     fn claim(&self, slot: u32) {
-        self.opening.lock().unwrap().insert(slot);
+        self.slots.lock().unwrap().opening.insert(slot);
     }
 
-    /// Gives up a claim that was not acted on.
+    /// Gives up a claim that was not acted on (the lease lists it until its next write).
     fn unclaim(&self, slot: u32) {
-        self.opening.lock().unwrap().remove(&slot);
+        self.slots.lock().unwrap().opening.remove(&slot);
     }
 
     /// What the lease announces: the slots open here and those claimed or being opened.
     pub fn announced(&self) -> BTreeSet<u32> {
-        let mut all = self.open_slots();
-        all.extend(self.opening.lock().unwrap().iter().copied());
-        all
+        let s = self.slots.lock().unwrap();
+        s.open.union(&s.opening).copied().collect()
     }
 
     /// Opening `slot` failed (logged by the shard); the next round tries again.
@@ -168,8 +180,9 @@ impl Membership {
         if failures.len() < 16 {
             failures.push((slot, reason));
         }
-        self.opening.lock().unwrap().remove(&slot);
-        self.pending.lock().unwrap().remove(&slot);
+        let mut s = self.slots.lock().unwrap();
+        s.opening.remove(&slot);
+        s.pending.remove(&slot);
     }
 
     /// The failures since the last call.
@@ -186,7 +199,7 @@ impl Membership {
     }
 
     pub fn open_slots(&self) -> BTreeSet<u32> {
-        self.open.lock().unwrap().clone()
+        self.slots.lock().unwrap().open.clone()
     }
 }
 
@@ -323,7 +336,10 @@ impl Runner {
         }
         let draining = self.draining.load(Ordering::Relaxed);
         self.announce(draining)?;
-        let peers = self.peers(false)?;
+        // A broker that sees no other lists every round: it does not self-fence while alone,
+        // so it must notice a newcomer at once.
+        let alone = self.membership.view.load().members.len() <= 1;
+        let peers = self.peers(alone)?;
         if self.watch.drain_requested && !draining {
             tracing::info!(
                 "drain requested (ringtail admin drain): handing every slot over, then stopping"
@@ -334,7 +350,15 @@ impl Runner {
         let mine = self.membership.announced();
         let mut d = decide(self.slots, self.me.node_id, draining, &mine, &peers);
         if !d.open.is_empty() {
-            d.open = self.confirm_claims(&d.open, draining)?;
+            d.open = match self.confirm_claims(&d.open, draining) {
+                Ok(confirmed) => confirmed,
+                Err(e @ LeaseError::Lost(_)) => return Err(e),
+                // Nothing opens this round; closes and the view go on.
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not claim slots; the next round tries again");
+                    Vec::new()
+                }
+            };
         }
         let mut members: Vec<Member> = peers.iter().map(|p| p.member.clone()).collect();
         members.push(self.me.clone());
@@ -431,6 +455,8 @@ impl Runner {
     /// before renewing: until then nothing is acknowledged or read (the lease is not valid),
     /// and the slots reopen through the hand-over protocol, from the bucket's state.
     fn close_after_lapse(&self) {
+        // Opens in progress see it and do not take over (or do not serve).
+        self.membership.lapses.fetch_add(1, Ordering::Relaxed);
         let announced = self.membership.announced();
         if announced.is_empty() {
             return;

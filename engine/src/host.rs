@@ -174,22 +174,43 @@ impl SlotHost {
         }
     }
 
-    /// Takes slot `slot` over and serves it. Announced in the membership once it serves.
+    /// Takes slot `slot` over and serves it (claimed in the lease before; see cluster.rs). A
+    /// slot whose claim went stale meanwhile (this broker's lease lapsed) is not served.
     pub async fn open(self: &Rc<Self>, slot: u32) {
+        if self.slots.borrow().contains_key(&slot) {
+            self.env.membership.opened(slot);
+            return;
+        }
         if !self.busy.borrow_mut().insert(slot) {
             return;
         }
         let started = Instant::now();
-        match self.open_state(slot).await {
+        let membership = self.env.membership.clone();
+        let lapses = membership.lapses();
+        let claim_holds = move || membership.lease_valid() && membership.lapses() == lapses;
+        match self.open_state(slot, &claim_holds).await {
+            Ok(_) if !claim_holds() => {
+                tracing::warn!(
+                    slot,
+                    "this broker's lease lapsed while it opened the slot: not serving it"
+                );
+                self.env.membership.closed(slot);
+            }
             Ok(state) => {
-                let host = Rc::downgrade(self);
+                let (host, me) = (Rc::downgrade(self), Rc::downgrade(&state));
                 state.set_on_fenced(move || {
                     tracing::error!(
                         slot,
                         "another broker took this slot over (its manifest was committed under a \
                          newer epoch): closing it here"
                     );
-                    if let Some(host) = host.upgrade() {
+                    let Some(host) = host.upgrade() else { return };
+                    // Only this opening of the slot (not a later one under the same number).
+                    if host
+                        .get(slot)
+                        .zip(me.upgrade())
+                        .is_some_and(|(s, me)| Rc::ptr_eq(&s, &me))
+                    {
                         ringtail_shards::spawn_detached(async move { host.close(slot).await });
                     }
                 });
@@ -240,7 +261,11 @@ impl SlotHost {
         }
     }
 
-    async fn open_state(&self, slot: u32) -> Result<Rc<ShardState>, String> {
+    async fn open_state(
+        &self,
+        slot: u32,
+        may_take: &dyn Fn() -> bool,
+    ) -> Result<Rc<ShardState>, String> {
         let env = &self.env;
         let wal = wal_config(&env.config, slot);
         let spare = env
@@ -258,6 +283,7 @@ impl SlotHost {
                     env.config.object_bytes_target,
                     env.config.object_age_max,
                     env.stats.clone(),
+                    may_take,
                 )
                 .await
                 .map(Some)

@@ -2,7 +2,8 @@
 //!
 //! A broker with an object store holds the lease `cluster/brokers/<node id>` while it runs: it
 //! creates it (`If-None-Match: *`) or takes it over (`If-Match: <etag>`), and renews it every
-//! third of `--lease-ms` by rewriting it under `If-Match`. Liveness is judged without trusting
+//! quarter of `--lease-ms` (checked on rounds of a sixth: in effect every third) by rewriting it
+//! under `If-Match`. Liveness is judged without trusting
 //! anyone's wall clock: an observer calls a lease expired when its ETag has not changed for a
 //! whole lease duration *on the observer's own monotonic clock* ([`Observer`]).
 //!
@@ -45,7 +46,7 @@ pub struct LeaseRecord {
     pub listener: String,
     /// Renewals so far (every renewal changes the object, hence its ETag).
     pub renewals: u64,
-    /// Slots open on this broker (cluster mode).
+    /// Slots open on this broker or claimed by it (cluster mode; see cluster.rs).
     #[serde(default)]
     pub open: Vec<u32>,
     /// Handing everything over before it stops.
@@ -257,7 +258,7 @@ impl PeerWatch {
         }
     }
 
-    /// Reads every other lease once; returns those not (yet) expired. A lease seen for the
+    /// Reads the other leases (see below for which); returns those not (yet) expired. A lease seen for the
     /// first time counts as alive: only a whole lease duration of silence makes it dead.
     ///
     /// Which leases exist is listed when `list` is set and at least once a lease duration;

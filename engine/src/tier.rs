@@ -62,7 +62,8 @@ pub struct Sealed {
 
 impl Tier {
     /// Takes the shard over (fencing any previous owner) and returns the tier and the committed
-    /// manifest to rebuild from.
+    /// manifest to rebuild from. Each attempt is made only while `may_take()` holds (cluster
+    /// mode: this broker's claim is still good — its lease has not lapsed since).
     pub async fn open(
         store: Arc<dyn ObjectStore>,
         shard: u32,
@@ -70,12 +71,18 @@ impl Tier {
         bytes_target: u64,
         age_max: Duration,
         stats: Arc<ShardStats>,
+        may_take: &dyn Fn() -> bool,
     ) -> Result<Tier, CommitError> {
         let manifests = ManifestStore::new(store.clone(), shard);
         // Start-up rides out a flaky store for a while rather than failing at the first 503.
         let deadline = Instant::now() + STARTUP_RETRY_MAX;
         let mut delay = RETRY_DELAY_MIN;
         let committed = loop {
+            if !may_take() {
+                return Err(CommitError::Store(StoreError::Fatal(
+                    "not taken over: this broker's lease lapsed meanwhile".into(),
+                )));
+            }
             match manifests.take_over().await {
                 Ok(c) => break c,
                 Err(CommitError::Store(e)) if e.is_retryable() && Instant::now() < deadline => {
