@@ -146,21 +146,40 @@ impl ManifestStore {
     }
 
     /// The current version, if any.
+    ///
+    /// The ETag returned is that of exactly these bytes: the same before and after the body was
+    /// read (every commit changes it — the generation makes each version's bytes unique). An
+    /// ETag read only after the body could be a newer commit's, and a conditional commit on it
+    /// would then succeed over a version this writer never saw (dropping its objects).
     pub async fn load(&self) -> Result<Option<Committed>, CommitError> {
         let key = self.key();
-        let bytes = match self.store.get(&key, None).await {
-            Ok(b) => b,
-            Err(StoreError::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        // The ETag of exactly these bytes: read it after the body; if a commit slipped in between,
-        // our next conditional commit fails, which is safe.
-        let etag = self.store.head(&key).await?.etag;
-        let manifest = ShardManifest::decode(&bytes).map_err(|reason| CommitError::Corrupt {
-            shard: self.shard,
-            reason,
-        })?;
-        Ok(Some(Committed { manifest, etag }))
+        for _ in 0..5 {
+            let before = match self.store.head(&key).await {
+                Ok(m) => m.etag,
+                Err(StoreError::NotFound(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let bytes = match self.store.get(&key, None).await {
+                Ok(b) => b,
+                Err(StoreError::NotFound(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            if self.store.head(&key).await?.etag != before {
+                continue;
+            }
+            let manifest =
+                ShardManifest::decode(&bytes).map_err(|reason| CommitError::Corrupt {
+                    shard: self.shard,
+                    reason,
+                })?;
+            return Ok(Some(Committed {
+                manifest,
+                etag: before,
+            }));
+        }
+        Err(CommitError::Store(StoreError::Transient(format!(
+            "{key} changed at every read"
+        ))))
     }
 
     /// Commits `next` over `current` (what this writer last read or committed). Fails with
@@ -197,9 +216,13 @@ impl ManifestStore {
     }
 
     /// Becomes the shard's owner under an epoch above any committed one, fencing the previous
-    /// owner. Returns the committed version to continue from.
-    pub async fn take_over(&self) -> Result<Committed, CommitError> {
+    /// owner, if `may_take()` still holds once the current version is read (just before the
+    /// compare-and-swap). Returns the committed version to continue from.
+    pub async fn take_over(&self, may_take: &dyn Fn() -> bool) -> Result<Committed, CommitError> {
         let current = self.load().await?;
+        if !may_take() {
+            return Err(not_taken());
+        }
         let epoch = current.as_ref().map(|c| c.manifest.epoch + 1).unwrap_or(1);
         let next = match &current {
             Some(c) => ShardManifest {
@@ -210,6 +233,13 @@ impl ManifestStore {
         };
         self.commit(current.as_ref(), next).await
     }
+}
+
+/// A take-over given up because this broker's claim went stale (its lease lapsed).
+pub fn not_taken() -> CommitError {
+    CommitError::Store(StoreError::Fatal(
+        "not taken over: this broker's lease lapsed meanwhile".into(),
+    ))
 }
 
 #[cfg(test)]
@@ -251,5 +281,113 @@ mod tests {
         assert_eq!(ShardManifest::decode(&bytes).unwrap(), m);
         assert!(ShardManifest::decode(&bytes[..bytes.len() / 2]).is_err());
         assert!(ShardManifest::decode(b"garbage").is_err());
+    }
+
+    use futures::future::BoxFuture;
+    use ringtail_objstore::StoreResult;
+
+    /// A store that runs `after_get` once, right after the first GET's body was read.
+    struct CommitAfterGet {
+        inner: Arc<dyn ObjectStore>,
+        after_get: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl ObjectStore for CommitAfterGet {
+        fn put(
+            &self,
+            k: &str,
+            b: bytes::Bytes,
+            c: Condition,
+        ) -> BoxFuture<'static, StoreResult<String>> {
+            self.inner.put(k, b, c)
+        }
+        fn get(
+            &self,
+            k: &str,
+            r: Option<std::ops::Range<u64>>,
+        ) -> BoxFuture<'static, StoreResult<bytes::Bytes>> {
+            let (got, hook) = (self.inner.get(k, r), self.after_get.lock().unwrap().take());
+            Box::pin(async move {
+                let body = got.await;
+                if let Some(hook) = hook {
+                    hook();
+                }
+                body
+            })
+        }
+        fn head(&self, k: &str) -> BoxFuture<'static, StoreResult<ringtail_objstore::ObjectMeta>> {
+            self.inner.head(k)
+        }
+        fn list(
+            &self,
+            p: &str,
+        ) -> BoxFuture<'static, StoreResult<Vec<ringtail_objstore::ObjectMeta>>> {
+            self.inner.list(p)
+        }
+        fn delete(&self, k: &str) -> BoxFuture<'static, StoreResult<()>> {
+            self.inner.delete(k)
+        }
+        fn create_multipart(&self, k: &str) -> BoxFuture<'static, StoreResult<String>> {
+            self.inner.create_multipart(k)
+        }
+        fn upload_part(
+            &self,
+            k: &str,
+            u: &str,
+            n: i32,
+            b: bytes::Bytes,
+        ) -> BoxFuture<'static, StoreResult<ringtail_objstore::Part>> {
+            self.inner.upload_part(k, u, n, b)
+        }
+        fn complete_multipart(
+            &self,
+            k: &str,
+            u: &str,
+            p: Vec<ringtail_objstore::Part>,
+        ) -> BoxFuture<'static, StoreResult<String>> {
+            self.inner.complete_multipart(k, u, p)
+        }
+        fn abort_multipart(&self, k: &str, u: &str) -> BoxFuture<'static, StoreResult<()>> {
+            self.inner.abort_multipart(k, u)
+        }
+    }
+
+    /// The old owner commits an object while a taker reads the manifest: the take-over either
+    /// builds on that commit or fails; it never commits over it unseen (the taker's read used
+    /// to pair the older body with the newer ETag, and its compare-and-swap then dropped the
+    /// object).
+    #[test]
+    fn a_commit_during_the_takers_read_is_never_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let local: Arc<dyn ObjectStore> =
+            Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+        let owner = ManifestStore::new(local.clone(), 0);
+        let first = futures::executor::block_on(owner.take_over(&|| true)).unwrap();
+        let racing: Arc<dyn ObjectStore> = Arc::new(CommitAfterGet {
+            inner: local.clone(),
+            after_get: std::sync::Mutex::new(Some(Box::new(move || {
+                // On a thread of its own: this runs inside the taker's executor.
+                std::thread::spawn(move || {
+                    let mut next = first.manifest.clone();
+                    next.objects.push(ObjectRef {
+                        key: "shards/0000/objects/late.rto".into(),
+                        size: 1,
+                        node: 1,
+                        spans: Vec::new(),
+                    });
+                    futures::executor::block_on(owner.commit(Some(&first), next)).unwrap();
+                })
+                .join()
+                .unwrap();
+            }))),
+        });
+        let taker = ManifestStore::new(racing, 0);
+        let taken = futures::executor::block_on(taker.take_over(&|| true)).unwrap();
+        assert_eq!(taken.manifest.epoch, 2);
+        assert_eq!(
+            taken.manifest.objects.len(),
+            1,
+            "the old owner's commit kept"
+        );
     }
 }

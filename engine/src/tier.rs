@@ -79,11 +79,9 @@ impl Tier {
         let mut delay = RETRY_DELAY_MIN;
         let committed = loop {
             if !may_take() {
-                return Err(CommitError::Store(StoreError::Fatal(
-                    "not taken over: this broker's lease lapsed meanwhile".into(),
-                )));
+                return Err(crate::manifest::not_taken());
             }
-            match manifests.take_over().await {
+            match manifests.take_over(may_take).await {
                 Ok(c) => break c,
                 Err(CommitError::Store(e)) if e.is_retryable() && Instant::now() < deadline => {
                     tracing::warn!(shard, error = %e, "taking over the manifest failed; retrying");

@@ -22,7 +22,7 @@ fn fencing(store: Arc<dyn ObjectStore>) {
     let a = ManifestStore::new(store.clone(), 0);
     let b = ManifestStore::new(store.clone(), 0);
     // A becomes the owner (epoch 1) and commits twice.
-    let mut a_cur = block_on(a.take_over()).unwrap();
+    let mut a_cur = block_on(a.take_over(&|| true)).unwrap();
     assert_eq!((a_cur.manifest.epoch, a_cur.manifest.generation), (1, 0));
     for n in 0..2 {
         let mut next = a_cur.manifest.clone();
@@ -31,7 +31,7 @@ fn fencing(store: Arc<dyn ObjectStore>) {
     }
     assert_eq!(a_cur.manifest.generation, 2);
     // B takes over: epoch 2, same contents.
-    let b_cur = block_on(b.take_over()).unwrap();
+    let b_cur = block_on(b.take_over(&|| true)).unwrap();
     assert_eq!(b_cur.manifest.epoch, 2);
     assert_eq!(b_cur.manifest.objects, a_cur.manifest.objects);
     // A's next commit is refused, whatever it carries.
