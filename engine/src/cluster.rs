@@ -193,9 +193,15 @@ impl Membership {
     /// Waits (blocking, at most `limit`) until no slot is open here or opening or closing.
     pub fn wait_all_closed(&self, limit: std::time::Duration) {
         let deadline = Instant::now() + limit;
-        while (!self.open_slots().is_empty() || self.is_pending()) && Instant::now() < deadline {
+        while self.busy().is_some() && Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+    }
+
+    /// The open slots, if any slot is open or asked to open or close (one consistent reading).
+    fn busy(&self) -> Option<BTreeSet<u32>> {
+        let s = self.slots.lock().unwrap();
+        (!s.open.is_empty() || !s.pending.is_empty()).then(|| s.open.clone())
     }
 
     pub fn open_slots(&self) -> BTreeSet<u32> {
@@ -349,6 +355,8 @@ impl Runner {
         }
         let mine = self.membership.announced();
         let mut d = decide(self.slots, self.me.node_id, draining, &mine, &peers);
+        // A round whose claims failed is not counted (start-up waits for a complete one).
+        let mut complete = true;
         if !d.open.is_empty() {
             d.open = match self.confirm_claims(&d.open, draining) {
                 Ok(confirmed) => confirmed,
@@ -356,6 +364,7 @@ impl Runner {
                 // Nothing opens this round; closes and the view go on.
                 Err(e) => {
                     tracing::warn!(error = %e, "could not claim slots; the next round tries again");
+                    complete = false;
                     Vec::new()
                 }
             };
@@ -380,7 +389,9 @@ impl Runner {
         for &slot in &d.close {
             self.send(slot, ShardOp::Close(slot));
         }
-        self.membership.rounds.fetch_add(1, Ordering::Relaxed);
+        if complete {
+            self.membership.rounds.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(d)
     }
 
@@ -393,6 +404,11 @@ impl Runner {
             self.lease.record.open = open;
             self.lease.record.draining = draining;
             futures::executor::block_on(self.lease.renew(self.store.as_ref()))?;
+            // The lease lapsed before this write was answered: others may have judged it
+            // expired. Every slot closes before the renewal makes acknowledgements valid again.
+            if !self.membership.lease_valid() {
+                self.close_after_lapse();
+            }
             self.last_renewal = self.lease.written_at;
             self.membership
                 .lease_written(self.lease.written_at, self.lease.duration);
@@ -419,18 +435,27 @@ impl Runner {
     /// at most one opens it; if both see each other, both give up and the next round decides
     /// again (by then they see the same brokers and target the same owner).
     fn confirm_claims(&mut self, slots: &[u32], draining: bool) -> Result<Vec<u32>, LeaseError> {
+        if !self.membership.lease_valid() {
+            return Ok(Vec::new());
+        }
+        let lapses = self.membership.lapses();
         for &slot in slots {
             self.membership.claim(slot);
         }
         // Listed: a broker that has just joined may be claiming too.
-        let peers = self.announce(draining).and_then(|()| self.peers(true));
+        let peers = match self.announce(draining).and_then(|()| self.peers(true)) {
+            // A lapse while claiming makes the claims stale: the next round decides anew.
+            Ok(_) if self.membership.lapses() != lapses => Err(None),
+            Ok(p) => Ok(p),
+            Err(e) => Err(Some(e)),
+        };
         let peers = match peers {
             Ok(p) => p,
             Err(e) => {
                 for &slot in slots {
                     self.membership.unclaim(slot);
                 }
-                return Err(e);
+                return e.map_or(Ok(Vec::new()), Err);
             }
         };
         let mut confirmed = Vec::with_capacity(slots.len());
@@ -470,10 +495,9 @@ impl Runner {
         // nothing pending).
         let deadline = Instant::now() + crate::host::CLOSE_FLUSH_MAX;
         while Instant::now() < deadline {
-            let open = self.membership.open_slots();
-            if open.is_empty() && !self.membership.is_pending() {
+            let Some(open) = self.membership.busy() else {
                 break;
-            }
+            };
             for &slot in &open {
                 self.send(slot, ShardOp::Close(slot));
             }

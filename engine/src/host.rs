@@ -195,6 +195,7 @@ impl SlotHost {
                     "this broker's lease lapsed while it opened the slot: not serving it"
                 );
                 self.env.membership.closed(slot);
+                self.make_spare();
             }
             Ok(state) => {
                 let (host, me) = (Rc::downgrade(self), Rc::downgrade(&state));
@@ -230,6 +231,11 @@ impl SlotHost {
                     ms = started.elapsed().as_millis() as u64,
                     "serving slot"
                 );
+            }
+            Err(e) if !claim_holds() => {
+                tracing::warn!(slot, error = %e, "this broker's lease lapsed while it opened the slot: not serving it");
+                self.env.membership.closed(slot);
+                self.make_spare();
             }
             Err(e) => {
                 tracing::error!(slot, error = %e, "could not open slot");
