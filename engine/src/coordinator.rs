@@ -586,6 +586,7 @@ async fn produce_changes(
         },
         topic: offsets_topic.clone(),
         batches,
+        upload_timeout: None,
     };
     let outcome = state.produce(vec![item]).await;
     match outcome.first() {

@@ -687,6 +687,7 @@ impl ShardState {
             tickets,
             duplicate_of: duplicates,
             uploaded,
+            upload_deadline: item.upload_timeout.map(|t| Instant::now() + t),
             base_offset: base_offset.unwrap_or(p.next_offset),
             last_offset,
             log_append_time_ms: if log_append_time { now } else { -1 },
@@ -733,8 +734,29 @@ impl ShardState {
             return ProduceOutcome::error(ResponseError::KafkaStorageError.code());
         }
         if let Some(uploaded) = s.uploaded {
-            if uploaded.await.is_err() {
-                return ProduceOutcome::error(ResponseError::KafkaStorageError.code());
+            let timeout = async {
+                match s.upload_deadline {
+                    Some(at) => {
+                        ringtail_shards::sleep(at.saturating_duration_since(Instant::now())).await
+                    }
+                    None => futures::future::pending().await,
+                }
+            };
+            futures::pin_mut!(timeout);
+            match futures::future::select(uploaded, timeout).await {
+                futures::future::Either::Left((Ok(()), _)) => {}
+                futures::future::Either::Left((Err(_), _)) => {
+                    return ProduceOutcome::error(ResponseError::KafkaStorageError.code());
+                }
+                // Written, not yet in the bucket (the store is slow or down): the producer
+                // retries; an idempotent retry is answered with these offsets once uploaded.
+                futures::future::Either::Right(_) => {
+                    tracing::debug!(
+                        partition = s.key.partition,
+                        "produce timed out waiting for the upload"
+                    );
+                    return ProduceOutcome::error(ResponseError::RequestTimedOut.code());
+                }
             }
         }
         // A duplicate whose original is still being written waits for it; if the original's
@@ -1018,6 +1040,8 @@ struct Started {
     duplicate_of: Vec<(i64, i64)>,
     /// `durability=object`: resolves once the last offset is in a committed object.
     uploaded: Option<oneshot::Receiver<()>>,
+    /// Until when to wait for `uploaded` (see [`ProduceItem::upload_timeout`]).
+    upload_deadline: Option<Instant>,
     base_offset: i64,
     /// Answer only once the log is durable through here (covers duplicates' originals).
     last_offset: i64,

@@ -48,6 +48,10 @@ pub struct ProduceItem {
     pub key: PartitionKey,
     pub topic: Arc<TopicMeta>,
     pub batches: Vec<ValidBatch>,
+    /// How long the answer may wait for the upload (`durability=object`): the request's
+    /// `timeout_ms`; then REQUEST_TIMED_OUT (retriable; the batches stay written). None: as long
+    /// as it takes.
+    pub upload_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -232,6 +232,58 @@ async fn s3_outage_mid_run_loses_nothing() {
     assert_eq!(consume_all(&b), acked, "and all of it made it to S3");
 }
 
+/// durability=object while the store is down: the answer waits for the upload only as long as
+/// the request's `timeout_ms`, then says REQUEST_TIMED_OUT (retriable); the record is written
+/// and lands in the bucket once the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_produce_waiting_on_a_down_store_times_out_and_lands_later() {
+    use kafka_protocol::messages::{ApiKey, ProduceResponse};
+    let mut weed = ringtail_objstore::testing::Seaweed::start();
+    let cfg = weed.config("");
+    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+    let data = tempfile::tempdir().unwrap();
+    let mut args = tier_args(&format!("s3://{}/timeout", cfg.bucket));
+    args.extend([
+        "--s3-endpoint".to_string(),
+        cfg.endpoint.clone().unwrap(),
+        "--s3-path-style".into(),
+        "true".into(),
+    ]);
+    let b = start(data.path(), &args);
+    common::create_topic(&b.bootstrap(), "obj", 1, &[("durability", "object")]).await;
+    let batch = |v: &'static str| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        ringtail_netio::batch::testing::encode(
+            [Some(bytes::Bytes::from(v))],
+            now,
+            kafka_protocol::records::Compression::None,
+        )
+        .freeze()
+    };
+    let mut raw = common::raw::Raw::connect(b.addr);
+    assert_eq!(raw.produce("obj", 0, batch("before"), -1), (0, 0));
+    weed.kill();
+    let t = Instant::now();
+    let req = common::raw::produce_request("obj", 0, batch("during"), -1).with_timeout_ms(1000);
+    let r: ProduceResponse = raw.call(ApiKey::Produce, 9, &req);
+    let waited = t.elapsed();
+    assert_eq!(
+        r.responses[0].partition_responses[0].error_code, 7,
+        "REQUEST_TIMED_OUT"
+    );
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    println!("answered REQUEST_TIMED_OUT after {waited:?} (timeout_ms 1000)");
+    weed.restart();
+    assert_eq!(raw.produce("obj", 0, batch("after"), -1), (0, 2));
+    let (read, _) = common::read_all(&b.bootstrap(), "obj", 1);
+    let values: Vec<&[u8]> = read.values().map(|v| v.as_slice()).collect();
+    assert_eq!(values, [&b"before"[..], b"during", b"after"]);
+}
+
 fn rto_bytes(dir: &std::path::Path) -> (usize, u64) {
     let files: Vec<String> = walk(dir)
         .into_iter()

@@ -21,6 +21,9 @@ pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Re
         );
     }
     let acks = input.acks;
+    // 0 (or less): no bound.
+    let upload_timeout =
+        (input.timeout_ms > 0).then(|| std::time::Duration::from_millis(input.timeout_ms as u64));
     let snapshot = broker.catalog.snapshot();
     // Per partition: the index of its item for the owner, or an immediate (error) outcome.
     let mut shape: Vec<(String, Vec<(i32, Slot)>)> = Vec::new();
@@ -55,6 +58,7 @@ pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Re
                                         key,
                                         topic: m.clone(),
                                         batches,
+                                        upload_timeout,
                                     },
                                 ));
                                 Ok(items.len() - 1)
