@@ -734,23 +734,21 @@ impl ShardState {
             return ProduceOutcome::error(ResponseError::KafkaStorageError.code());
         }
         if let Some(uploaded) = s.uploaded {
-            let timeout = async {
-                match s.upload_deadline {
-                    Some(at) => {
-                        ringtail_shards::sleep(at.saturating_duration_since(Instant::now())).await
-                    }
-                    None => futures::future::pending().await,
+            let uploaded = match s.upload_deadline {
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    ringtail_shards::timeout(left, uploaded).await
                 }
+                None => Some(uploaded.await),
             };
-            futures::pin_mut!(timeout);
-            match futures::future::select(uploaded, timeout).await {
-                futures::future::Either::Left((Ok(()), _)) => {}
-                futures::future::Either::Left((Err(_), _)) => {
+            match uploaded {
+                Some(Ok(())) => {}
+                Some(Err(_)) => {
                     return ProduceOutcome::error(ResponseError::KafkaStorageError.code());
                 }
                 // Written, not yet in the bucket (the store is slow or down): the producer
                 // retries; an idempotent retry is answered with these offsets once uploaded.
-                futures::future::Either::Right(_) => {
+                None => {
                     tracing::debug!(
                         partition = s.key.partition,
                         "produce timed out waiting for the upload"

@@ -48,6 +48,17 @@ pub async fn sleep(duration: Duration) {
     glommio::timer::sleep(duration).await
 }
 
+/// `future`'s output, or None if `duration` passes first (the future is dropped then).
+pub async fn timeout<T>(duration: Duration, future: impl Future<Output = T>) -> Option<T> {
+    futures::pin_mut!(future);
+    let timer = sleep(duration);
+    futures::pin_mut!(timer);
+    match futures::future::select(future, timer).await {
+        futures::future::Either::Left((out, _)) => Some(out),
+        futures::future::Either::Right(_) => None,
+    }
+}
+
 /// Runs `future` to completion on a fresh, unpinned executor thread (tools, benchmarks, tests).
 pub fn block_on<T, F, Fut>(io_memory_bytes: usize, make: F) -> Result<T, ShardError>
 where

@@ -47,16 +47,10 @@ pub async fn handle(broker: &Broker, request: DeleteRecordsRequest) -> DeleteRec
     let timeout = Duration::from_millis(request.timeout_ms.max(0) as u64).min(TIMEOUT_MAX);
     let n = items.len();
     let deleted = broker.scatter(items, |s, i| s.delete_records(i), ShardOp::DeleteRecords);
-    let outcomes =
-        match futures::future::select(Box::pin(deleted), Box::pin(ringtail_shards::sleep(timeout)))
-            .await
-        {
-            futures::future::Either::Left((o, _)) => o,
-            // The deletion still happens; the client learns it did not finish in time.
-            futures::future::Either::Right(_) => {
-                vec![DeleteOutcome::error(ResponseError::RequestTimedOut.code()); n]
-            }
-        };
+    // On time out the deletion still happens; the client learns it did not finish in time.
+    let outcomes = ringtail_shards::timeout(timeout, deleted)
+        .await
+        .unwrap_or_else(|| vec![DeleteOutcome::error(ResponseError::RequestTimedOut.code()); n]);
     let mut outcomes = outcomes.into_iter();
     let mut slots = slots.into_iter();
     let topics = request

@@ -108,11 +108,8 @@ pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> 
             .flatten()
             .map(|t| (t.route, (t.key, t.offset)))
             .collect();
-        let woke = futures::future::select(
-            Box::pin(broker.watch(watch)),
-            Box::pin(ringtail_shards::sleep(deadline - now)),
-        );
-        woke.await;
+        // Woken by new data, or the deadline.
+        let _ = ringtail_shards::timeout(deadline - now, broker.watch(watch)).await;
     };
     let outcomes: Vec<FetchOutcome> = if broker.membership.lease_valid() {
         outcomes
