@@ -443,19 +443,16 @@ impl Runner {
             self.membership.claim(slot);
         }
         // Listed: a broker that has just joined may be claiming too.
-        let peers = match self.announce(draining).and_then(|()| self.peers(true)) {
-            // A lapse while claiming makes the claims stale: the next round decides anew.
-            Ok(_) if self.membership.lapses() != lapses => Err(None),
-            Ok(p) => Ok(p),
-            Err(e) => Err(Some(e)),
-        };
-        let peers = match peers {
-            Ok(p) => p,
-            Err(e) => {
+        let read = self.announce(draining).and_then(|()| self.peers(true));
+        let peers = match read {
+            Ok(peers) if self.membership.lapses() == lapses => peers,
+            // An error, or a lapse while claiming (the claims are stale: the next round
+            // decides anew).
+            other => {
                 for &slot in slots {
                     self.membership.unclaim(slot);
                 }
-                return e.map_or(Ok(Vec::new()), Err);
+                return other.map(|_| Vec::new());
             }
         };
         let mut confirmed = Vec::with_capacity(slots.len());

@@ -221,7 +221,9 @@ impl ManifestStore {
     pub async fn take_over(&self, may_take: &dyn Fn() -> bool) -> Result<Committed, CommitError> {
         let current = self.load().await?;
         if !may_take() {
-            return Err(not_taken());
+            return Err(CommitError::Store(StoreError::Fatal(
+                "not taken over: this broker's lease lapsed meanwhile".into(),
+            )));
         }
         let epoch = current.as_ref().map(|c| c.manifest.epoch + 1).unwrap_or(1);
         let next = match &current {
@@ -233,13 +235,6 @@ impl ManifestStore {
         };
         self.commit(current.as_ref(), next).await
     }
-}
-
-/// A take-over given up because this broker's claim went stale (its lease lapsed).
-pub fn not_taken() -> CommitError {
-    CommitError::Store(StoreError::Fatal(
-        "not taken over: this broker's lease lapsed meanwhile".into(),
-    ))
 }
 
 #[cfg(test)]

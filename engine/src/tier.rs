@@ -62,7 +62,7 @@ pub struct Sealed {
 
 impl Tier {
     /// Takes the shard over (fencing any previous owner) and returns the tier and the committed
-    /// manifest to rebuild from. Each attempt is made only while `may_take()` holds (cluster
+    /// manifest to rebuild from. Each attempt commits only while `may_take()` holds (cluster
     /// mode: this broker's claim is still good — its lease has not lapsed since).
     pub async fn open(
         store: Arc<dyn ObjectStore>,
@@ -78,9 +78,6 @@ impl Tier {
         let deadline = Instant::now() + STARTUP_RETRY_MAX;
         let mut delay = RETRY_DELAY_MIN;
         let committed = loop {
-            if !may_take() {
-                return Err(crate::manifest::not_taken());
-            }
             match manifests.take_over(may_take).await {
                 Ok(c) => break c,
                 Err(CommitError::Store(e)) if e.is_retryable() && Instant::now() < deadline => {
