@@ -12,17 +12,8 @@ use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableT
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, StrBytes};
-use kafka_protocol::records::Compression;
 
-fn batch(values: &[&[u8]]) -> Bytes {
-    // Now: an old timestamp would fall to the 7-day retention.ms default.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let values = values.iter().map(|v| Some(Bytes::copy_from_slice(v)));
-    ringtail_netio::batch::testing::encode(values, now, Compression::None).freeze()
-}
+use common::raw::records as batch;
 
 fn produce(raw: &mut Raw, topic: &str, partition: i32, records: Bytes, acks: i16) -> (i16, i64) {
     raw.produce(topic, partition, records, acks)

@@ -26,19 +26,8 @@ struct Cluster {
 impl Cluster {
     fn new() -> Cluster {
         let weed = ringtail_objstore::testing::Seaweed::start();
-        let cfg = weed.config("");
-        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
-        let mut args = vec![
-            "--object-store".to_string(),
-            format!("s3://{}/cluster", cfg.bucket),
-            "--s3-endpoint".into(),
-            cfg.endpoint.clone().unwrap(),
-            "--s3-path-style".into(),
-            "true".into(),
-            "--shards".into(),
-            "1".into(),
-        ];
+        let mut args = weed.broker_args("cluster");
+        args.extend(["--shards".to_string(), "1".into()]);
         // For measurements (docs/benchmarks.md): another lease duration than the default.
         if let Ok(ms) = std::env::var("RINGTAIL_TEST_LEASE_MS") {
             args.extend(["--lease-ms".to_string(), ms]);
@@ -308,27 +297,14 @@ async fn three_brokers_share_the_slots_and_survive_a_kill9() {
 
 /// A produce to `partition` of `topic` on an open raw connection, sent but not read.
 fn send_produce(raw: &mut common::raw::Raw, topic: &str, partition: i32, value: &str) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let records = ringtail_netio::batch::testing::encode(
-        [Some(bytes::Bytes::from(value.to_string()))],
-        now,
-        kafka_protocol::records::Compression::None,
-    )
-    .freeze();
+    let records = common::raw::records(&[value.as_bytes()]);
     let req = common::raw::produce_request(topic, partition, records, -1);
     let buf = raw.encode(kafka_protocol::messages::ApiKey::Produce, 9, &req);
     raw.send_frame(&buf);
 }
 
 fn produce_answer(raw: &mut common::raw::Raw) -> i16 {
-    use kafka_protocol::messages::{ProduceResponse, ResponseHeader};
-    use kafka_protocol::protocol::Decodable;
-    let mut frame = raw.read_frame().expect("a produce answer");
-    ResponseHeader::decode(&mut frame, 1).unwrap();
-    let resp = ProduceResponse::decode(&mut frame, 9).unwrap();
+    let resp: kafka_protocol::messages::ProduceResponse = raw.answer(9);
     resp.responses[0].partition_responses[0].error_code
 }
 

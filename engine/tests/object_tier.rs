@@ -20,24 +20,31 @@ use rdkafka::{Offset, TopicPartitionList};
 const TIMEOUT: Duration = Duration::from_secs(30);
 const PARTITIONS: i32 = 3;
 
+/// One shard, a small ring, small objects uploaded within 50 ms.
+const TIER_FLAGS: [&str; 10] = [
+    "--shards",
+    "1",
+    "--wal-size-per-shard",
+    "1048576",
+    "--wal-max-write-bytes",
+    "65536",
+    "--object-bytes-target",
+    "65536",
+    "--object-age-max-ms",
+    "50",
+];
+
 fn tier_args(store: &str) -> Vec<String> {
-    [
-        "--shards",
-        "1",
-        "--wal-size-per-shard",
-        "1048576",
-        "--wal-max-write-bytes",
-        "65536",
-        "--object-bytes-target",
-        "65536",
-        "--object-age-max-ms",
-        "50",
-        "--object-store",
-        store,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    let mut args: Vec<String> = TIER_FLAGS.iter().map(|s| s.to_string()).collect();
+    args.extend(["--object-store".to_string(), store.to_string()]);
+    args
+}
+
+/// [`tier_args`] on SeaweedFS's bucket under `prefix`.
+fn s3_tier_args(weed: &ringtail_objstore::testing::Seaweed, prefix: &str) -> Vec<String> {
+    let mut args: Vec<String> = TIER_FLAGS.iter().map(|s| s.to_string()).collect();
+    args.extend(weed.broker_args(prefix));
+    args
 }
 
 fn start(dir: &std::path::Path, args: &[String]) -> TestBroker {
@@ -153,26 +160,14 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_object_tier_on_seaweedfs() {
     let weed = ringtail_objstore::testing::Seaweed::start();
-    let store = weed.ready_store("");
-    let cfg = weed.config("");
-    drop(store);
-    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
     let data = tempfile::tempdir().unwrap();
-    let mut args = tier_args(&format!("s3://{}/ringtail", cfg.bucket));
-    args.extend([
-        "--s3-endpoint".to_string(),
-        cfg.endpoint.clone().unwrap(),
-        "--s3-path-style".into(),
-        "true".into(),
-    ]);
-    let args_ref: Vec<String> = args.clone();
-    let b = start(data.path(), &args_ref);
+    let args = s3_tier_args(&weed, "ringtail");
+    let b = start(data.path(), &args);
     common::create_topic(&b.bootstrap(), "tiered", PARTITIONS, &[]).await;
     let acked = produce(&b, 0, 200).await;
     assert_eq!(consume_all(&b), acked, "read back from S3 objects");
     assert_eq!(b.terminate(), Some(0));
-    let b = start(data.path(), &args_ref);
+    let b = start(data.path(), &args);
     assert_eq!(consume_all(&b), acked, "after restart, from S3");
 }
 
@@ -205,17 +200,8 @@ async fn injected_store_faults_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_outage_mid_run_loses_nothing() {
     let mut weed = ringtail_objstore::testing::Seaweed::start();
-    let cfg = weed.config("");
-    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
     let data = tempfile::tempdir().unwrap();
-    let mut args = tier_args(&format!("s3://{}/outage", cfg.bucket));
-    args.extend([
-        "--s3-endpoint".to_string(),
-        cfg.endpoint.clone().unwrap(),
-        "--s3-path-style".into(),
-        "true".into(),
-    ]);
+    let args = s3_tier_args(&weed, "outage");
     let b = start(data.path(), &args);
     common::create_topic(&b.bootstrap(), "tiered", PARTITIONS, &[]).await;
     let mut acked = produce(&b, 0, 60).await;
@@ -239,31 +225,11 @@ async fn s3_outage_mid_run_loses_nothing() {
 async fn a_produce_waiting_on_a_down_store_times_out_and_lands_later() {
     use kafka_protocol::messages::{ApiKey, ProduceResponse};
     let mut weed = ringtail_objstore::testing::Seaweed::start();
-    let cfg = weed.config("");
-    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
     let data = tempfile::tempdir().unwrap();
-    let mut args = tier_args(&format!("s3://{}/timeout", cfg.bucket));
-    args.extend([
-        "--s3-endpoint".to_string(),
-        cfg.endpoint.clone().unwrap(),
-        "--s3-path-style".into(),
-        "true".into(),
-    ]);
+    let args = s3_tier_args(&weed, "timeout");
     let b = start(data.path(), &args);
     common::create_topic(&b.bootstrap(), "obj", 1, &[("durability", "object")]).await;
-    let batch = |v: &'static str| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64;
-        ringtail_netio::batch::testing::encode(
-            [Some(bytes::Bytes::from(v))],
-            now,
-            kafka_protocol::records::Compression::None,
-        )
-        .freeze()
-    };
+    let batch = |v: &str| common::raw::records(&[v.as_bytes()]);
     let mut raw = common::raw::Raw::connect(b.addr);
     assert_eq!(raw.produce("obj", 0, batch("before"), -1), (0, 0));
     weed.kill();

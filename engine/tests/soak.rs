@@ -36,8 +36,8 @@ fn value(i: u64) -> Vec<u8> {
     out
 }
 
-fn args(cfg: &ringtail_objstore::s3::S3Config) -> Vec<String> {
-    [
+fn args(weed: &ringtail_objstore::testing::Seaweed) -> Vec<String> {
+    let mut args: Vec<String> = [
         "--shards",
         "2",
         "--wal-size-per-shard",
@@ -46,16 +46,12 @@ fn args(cfg: &ringtail_objstore::s3::S3Config) -> Vec<String> {
         "4194304",
         "--object-age-max-ms",
         "500",
-        "--object-store",
-        &format!("s3://{}/soak", cfg.bucket),
-        "--s3-endpoint",
-        cfg.endpoint.as_deref().unwrap(),
-        "--s3-path-style",
-        "true",
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect()
+    .collect();
+    args.extend(weed.broker_args("soak"));
+    args
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,11 +62,8 @@ async fn hundreds_of_mib_through_small_rings_and_an_s3_outage_replay_cold() {
         .unwrap_or(256);
     let records = mib * (1 << 20) / VALUE_BYTES as u64;
     let mut weed = ringtail_objstore::testing::Seaweed::start();
-    let cfg = weed.config("");
-    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
     let data = tempfile::tempdir().unwrap();
-    let args = args(&cfg);
+    let args = args(&weed);
     let args_ref: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     let b = TestBroker::start_at(data.path(), &args_ref);
     common::create_topic(&b.bootstrap(), "soak", PARTITIONS, &[]).await;

@@ -104,6 +104,23 @@ impl Seaweed {
         }
     }
 
+    /// The flags that point `ringtail serve` (or `ringtail admin`) at this server's bucket under
+    /// `prefix`; its static credentials go into this process's environment, which the broker
+    /// inherits.
+    pub fn broker_args(&self, prefix: &str) -> Vec<String> {
+        let cfg = self.config("");
+        std::env::set_var("AWS_ACCESS_KEY_ID", &cfg.access_key_id);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", &cfg.secret_access_key);
+        vec![
+            "--object-store".into(),
+            format!("s3://{}/{prefix}", cfg.bucket),
+            "--s3-endpoint".into(),
+            cfg.endpoint.expect("a local endpoint"),
+            "--s3-path-style".into(),
+            "true".into(),
+        ]
+    }
+
     pub fn store(&self, prefix: &str) -> S3Store {
         S3Store::new(&self.config(prefix)).unwrap()
     }

@@ -72,6 +72,11 @@ impl Raw {
     ) -> P {
         let buf = self.encode(key, version, req);
         self.send_frame(&buf);
+        self.answer(version)
+    }
+
+    /// Reads and decodes the answer to the request sent last.
+    pub fn answer<P: Decodable + HeaderVersion>(&mut self, version: i16) -> P {
         let mut resp = self.read_frame().expect("response");
         let header = ResponseHeader::decode(&mut resp, P::header_version(version)).unwrap();
         assert_eq!(header.correlation_id, self.correlation);
@@ -92,6 +97,18 @@ impl Raw {
         let p = &r.responses[0].partition_responses[0];
         (p.error_code, p.base_offset)
     }
+}
+
+/// One record batch of `values`, timestamped now (an old timestamp would fall to the 7-day
+/// retention.ms default).
+pub fn records(values: &[&[u8]]) -> Bytes {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let values = values.iter().map(|v| Some(Bytes::copy_from_slice(v)));
+    ringtail_netio::batch::testing::encode(values, now, kafka_protocol::records::Compression::None)
+        .freeze()
 }
 
 /// A Produce request of `records` to one partition.
