@@ -1,18 +1,22 @@
 //! The topic catalog: control plane. Topics, their ids, partition counts and configs.
 //!
-//! Readers (every request) load an immutable snapshot without locking; writers (CreateTopics,
-//! DeleteTopics, CreatePartitions, AlterConfigs) are serialised, persist the new catalog to
-//! `<data-dir>/catalog.json` (write, fsync, rename) and then publish the snapshot.
+//! Readers (every request) load an immutable snapshot without locking. Writers (CreateTopics,
+//! DeleteTopics, CreatePartitions, AlterConfigs) are serialised; each change makes the next
+//! *generation*, commits it to the bucket's copy first (compare-and-swap, when there is an
+//! object store), then persists it to `<data-dir>/catalog.json` (write, fsync, rename) and
+//! publishes the snapshot. So a change the bucket refused is never seen, and a broker never
+//! adopts a generation older than its own (see ARCHITECTURE.md, "Catalog").
 //! Partition *data* is never here: it lives on the owning shard.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::mirror::CatalogMirror;
 use crate::topic_config::TopicConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,10 +30,21 @@ pub struct TopicMeta {
     pub config: TopicConfig,
 }
 
+/// The record that a topic was deleted: the only thing that lets a shard delete its data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedTopic {
+    pub id: Uuid,
+    pub name: String,
+    pub deleted_at_ms: i64,
+}
+
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// Grows by one with every change; 0 for a catalog from before generations.
+    pub generation: u64,
     by_name: HashMap<String, Arc<TopicMeta>>,
     by_id: HashMap<Uuid, Arc<TopicMeta>>,
+    deleted: HashMap<Uuid, DeletedTopic>,
 }
 
 impl Snapshot {
@@ -38,6 +53,11 @@ impl Snapshot {
     }
     pub fn by_id(&self, id: &Uuid) -> Option<&Arc<TopicMeta>> {
         self.by_id.get(id)
+    }
+    /// Whether a DeleteTopics removed this topic id. A topic id the catalog does not know and
+    /// that was not deleted is data of a catalog this broker has not seen yet: never deleted.
+    pub fn was_deleted(&self, id: &Uuid) -> bool {
+        self.deleted.contains_key(id)
     }
     /// All topics, sorted by name.
     pub fn topics(&self) -> Vec<Arc<TopicMeta>> {
@@ -61,129 +81,209 @@ pub enum CatalogError {
     InvalidConfig(String),
     #[error("could not persist the catalog: {0}")]
     Storage(String),
+    /// The bucket holds a catalog this broker has not seen: another broker changed topics.
+    #[error("the cluster's topic catalog changed meanwhile (another controller?); try again")]
+    Stale,
 }
 
 pub struct Catalog {
     snapshot: ArcSwap<Snapshot>,
-    write: Mutex<()>,
+    /// Serialises changes, from reading the current generation to installing the next; a change
+    /// waits for the bucket in between, so this is an async lock (held across shard threads).
+    writer: futures::lock::Mutex<()>,
     path: Option<PathBuf>,
-    /// Persisted with the topics; changed only under `write`.
+    /// The bucket's copy, when there is an object store: every change is committed there first.
+    mirror: Option<CatalogMirror>,
+    /// Producer ids below this were handed out; persisted as `producer_ids_reserved`.
     next_producer_id: std::sync::atomic::AtomicI64,
+    /// Ids below this may have been handed out (persisted): allocation writes the catalog once
+    /// per [`PRODUCER_ID_BLOCK`] ids, not per InitProducerId.
+    producer_ids_reserved: std::sync::atomic::AtomicI64,
 }
 
 #[derive(Serialize, Deserialize)]
 struct OnDisk {
     format_version: u32,
+    #[serde(default)]
+    generation: u64,
     topics: Vec<TopicMeta>,
-    /// Producer ids below this were handed out (InitProducerId); never reused.
+    /// Producer ids below this may have been handed out (InitProducerId); never reused.
     #[serde(default)]
     next_producer_id: i64,
+    #[serde(default)]
+    deleted: Vec<DeletedTopic>,
 }
 
 const FORMAT_VERSION: u32 = 1;
+/// Producer ids reserved per catalog write without an object store.
+const PRODUCER_ID_BLOCK: i64 = 1000;
 
-impl Catalog {
-    /// An empty catalog that is not persisted (tests).
-    pub fn in_memory() -> Catalog {
-        Catalog {
-            snapshot: ArcSwap::from_pointee(Snapshot::default()),
-            write: Mutex::new(()),
-            path: None,
-            next_producer_id: Default::default(),
-        }
-    }
+/// What adopting a newer catalog changed.
+#[derive(Debug, Default)]
+pub struct Adopted {
+    /// Topics the new catalog no longer has (deleted, when its deletion record says so).
+    pub dropped: Vec<Uuid>,
+    pub changed: Vec<Arc<TopicMeta>>,
+}
 
-    /// Loads `<dir>/catalog.json` if it exists.
-    pub fn open(dir: &std::path::Path) -> anyhow::Result<Catalog> {
-        use anyhow::Context;
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating data dir {}", dir.display()))?;
-        let path = dir.join("catalog.json");
-        let mut topics = Vec::new();
-        let mut next_producer_id = 0;
-        if path.exists() {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let disk: OnDisk = serde_json::from_str(&text)
-                .with_context(|| format!("parsing {}", path.display()))?;
-            anyhow::ensure!(
-                disk.format_version == FORMAT_VERSION,
-                "unknown catalog format {}",
-                disk.format_version
-            );
-            next_producer_id = disk.next_producer_id;
-            for mut t in disk.topics {
-                t.config = TopicConfig::from_map(&t.configs)
-                    .map_err(|e| anyhow::anyhow!("topic {} in {}: {e}", t.name, path.display()))?;
-                topics.push(Arc::new(t));
-            }
-        }
-        let catalog = Catalog {
-            snapshot: ArcSwap::from_pointee(Snapshot::default()),
-            write: Mutex::new(()),
-            path: Some(path),
-            next_producer_id: next_producer_id.into(),
-        };
-        catalog.snapshot.store(Arc::new(build(topics)));
-        Ok(catalog)
-    }
-
-    /// The catalog as stored: JSON of every topic.
-    pub fn to_json(&self) -> Vec<u8> {
-        let disk = OnDisk {
-            format_version: FORMAT_VERSION,
-            next_producer_id: self
-                .next_producer_id
-                .load(std::sync::atomic::Ordering::SeqCst),
-            topics: self
-                .snapshot()
-                .topics()
-                .iter()
-                .map(|t| (**t).clone())
-                .collect(),
-        };
-        serde_json::to_vec_pretty(&disk).expect("serialisable")
-    }
-
-    /// Seeds an empty data dir with a catalog copied from elsewhere (the object store), after
-    /// checking that it parses. An existing local catalog is left alone.
-    pub fn seed(dir: &std::path::Path, json: &[u8]) -> anyhow::Result<bool> {
-        use anyhow::Context;
-        let path = dir.join("catalog.json");
-        if path.exists() {
-            return Ok(false);
-        }
-        let disk: OnDisk =
-            serde_json::from_slice(json).context("parsing the object store's catalog")?;
-        anyhow::ensure!(
-            disk.format_version == FORMAT_VERSION,
-            "unknown catalog format {}",
-            disk.format_version
-        );
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating data dir {}", dir.display()))?;
-        write_atomically(&path, json).with_context(|| format!("writing {}", path.display()))?;
-        Ok(true)
-    }
-
-    /// Takes another broker's catalog (the controller's copy in the bucket) as this one's:
-    /// persisted here, published, and the topics it dropped or changed returned.
-    pub fn adopt(&self, json: &[u8]) -> anyhow::Result<crate::mirror::Adopted> {
+impl OnDisk {
+    fn parse(json: &[u8]) -> anyhow::Result<OnDisk> {
         let disk: OnDisk = serde_json::from_slice(json)?;
         anyhow::ensure!(
             disk.format_version == FORMAT_VERSION,
             "unknown catalog format {}",
             disk.format_version
         );
-        let mut topics = Vec::new();
-        for mut t in disk.topics {
-            t.config = TopicConfig::from_map(&t.configs)
-                .map_err(|e| anyhow::anyhow!("topic {}: {e}", t.name))?;
-            topics.push(Arc::new(t));
+        Ok(disk)
+    }
+
+    fn topics(&self) -> anyhow::Result<Vec<Arc<TopicMeta>>> {
+        self.topics
+            .iter()
+            .map(|t| {
+                let config = TopicConfig::from_map(&t.configs)
+                    .map_err(|e| anyhow::anyhow!("topic {}: {e}", t.name))?;
+                Ok(Arc::new(TopicMeta {
+                    config,
+                    ..t.clone()
+                }))
+            })
+            .collect()
+    }
+
+    fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("serialisable")
+    }
+}
+
+impl Catalog {
+    /// An empty catalog that is not persisted (tests).
+    pub fn in_memory() -> Catalog {
+        Catalog {
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            writer: futures::lock::Mutex::new(()),
+            path: None,
+            mirror: None,
+            next_producer_id: Default::default(),
+            producer_ids_reserved: Default::default(),
         }
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+    }
+
+    /// Loads `<dir>/catalog.json` if it exists. With `mirror`, call [`Catalog::reconcile`]
+    /// before anything reads it.
+    pub fn open(dir: &std::path::Path, mirror: Option<CatalogMirror>) -> anyhow::Result<Catalog> {
+        use anyhow::Context;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating data dir {}", dir.display()))?;
+        let path = dir.join("catalog.json");
+        let catalog = Catalog {
+            path: Some(path.clone()),
+            mirror,
+            ..Catalog::in_memory()
+        };
+        if path.exists() {
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let disk =
+                OnDisk::parse(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+            catalog
+                .load(&disk)
+                .with_context(|| format!("loading {}", path.display()))?;
+        }
+        Ok(catalog)
+    }
+
+    /// Makes `disk` the published version (nothing persisted).
+    fn load(&self, disk: &OnDisk) -> anyhow::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let topics = disk.topics()?;
+        // A reservation made elsewhere (an older run, another broker): ids below it may be out.
+        let reserved = self
+            .producer_ids_reserved
+            .fetch_max(disk.next_producer_id, SeqCst);
+        if disk.next_producer_id > reserved {
+            self.next_producer_id
+                .fetch_max(disk.next_producer_id, SeqCst);
+        }
+        self.snapshot.store(Arc::new(build(
+            disk.generation,
+            topics,
+            disk.deleted.iter().map(|d| (d.id, d.clone())).collect(),
+        )));
+        Ok(())
+    }
+
+    /// At start, with an object store: the bucket's catalog is the cluster's. A generation at
+    /// least as new as the local one replaces it (a broker that was away catches up before it
+    /// serves); a newer local one (a bucket that lost it, or a broker run without the store)
+    /// is written to the bucket, compare-and-swap on the version read, never over a newer one.
+    pub async fn reconcile(&self) -> anyhow::Result<()> {
+        let Some(mirror) = &self.mirror else {
+            return Ok(());
+        };
+        let _w = self.writer.lock().await;
+        for _ in 0..PUSH_RACES_MAX {
+            let local = self.snapshot();
+            match mirror.read().await? {
+                Some(body) => {
+                    let theirs = OnDisk::parse(&body)
+                        .map_err(|e| anyhow::anyhow!("the bucket's catalog: {e}"))?;
+                    if theirs.generation >= local.generation {
+                        if theirs.generation > local.generation {
+                            tracing::info!(
+                                ours = local.generation,
+                                theirs = theirs.generation,
+                                "took the cluster's topic catalog from the object store"
+                            );
+                        }
+                        self.install(&theirs)?;
+                        return Ok(());
+                    }
+                }
+                None => {}
+            }
+            match mirror
+                .push(self.to_disk(&local, local.generation).to_json().into())
+                .await
+            {
+                Ok(()) => return Ok(()),
+                // Another broker wrote first: read again.
+                Err(ringtail_objstore::StoreError::PreconditionFailed(_)) => continue,
+                Err(e) => {
+                    return Err(anyhow::anyhow!(
+                        "writing the catalog to the object store: {e}"
+                    ))
+                }
+            }
+        }
+        anyhow::bail!("the object store's catalog kept changing while this broker started")
+    }
+
+    /// Adopts the bucket's catalog if it is a newer generation than this one (cluster mode:
+    /// only the controller changes topics, every other broker follows). Never goes back.
+    pub async fn follow(&self) -> anyhow::Result<Option<Adopted>> {
+        let Some(mirror) = &self.mirror else {
+            return Ok(None);
+        };
+        let _w = self.writer.lock().await;
+        let Some(body) = mirror.changed().await? else {
+            return Ok(None);
+        };
+        let theirs =
+            OnDisk::parse(&body).map_err(|e| anyhow::anyhow!("the bucket's catalog: {e}"))?;
         let before = self.snapshot();
-        let mut adopted = crate::mirror::Adopted::default();
+        if theirs.generation <= before.generation {
+            if theirs.generation < before.generation {
+                tracing::warn!(
+                    ours = before.generation,
+                    theirs = theirs.generation,
+                    "the object store holds an older topic catalog than this broker: not adopted"
+                );
+            }
+            return Ok(None);
+        }
+        let topics = theirs.topics()?;
+        let mut adopted = Adopted::default();
         for old in before.topics() {
             match topics.iter().find(|t| t.id == old.id) {
                 None => adopted.dropped.push(old.id),
@@ -193,18 +293,73 @@ impl Catalog {
                 Some(_) => {}
             }
         }
-        self.next_producer_id
-            .fetch_max(disk.next_producer_id, std::sync::atomic::Ordering::SeqCst);
-        self.publish(topics)?;
-        Ok(adopted)
+        self.install(&theirs)?;
+        Ok(Some(adopted))
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
     }
 
+    /// The catalog as stored at `generation`.
+    fn to_disk(&self, s: &Snapshot, generation: u64) -> OnDisk {
+        let mut deleted: Vec<DeletedTopic> = s.deleted.values().cloned().collect();
+        deleted.sort_by_key(|d| (d.deleted_at_ms, d.id));
+        OnDisk {
+            format_version: FORMAT_VERSION,
+            generation,
+            topics: s.topics().iter().map(|t| (**t).clone()).collect(),
+            next_producer_id: self
+                .producer_ids_reserved
+                .load(std::sync::atomic::Ordering::SeqCst),
+            deleted,
+        }
+    }
+
+    /// The catalog as stored: JSON of every topic.
+    pub fn to_json(&self) -> Vec<u8> {
+        let s = self.snapshot();
+        self.to_disk(&s, s.generation).to_json()
+    }
+
+    /// Persists `disk` here and publishes it.
+    fn install(&self, disk: &OnDisk) -> Result<(), CatalogError> {
+        if let Some(path) = &self.path {
+            write_atomically(path, &disk.to_json())
+                .map_err(|e| CatalogError::Storage(format!("{}: {e}", path.display())))?;
+        }
+        self.load(disk)
+            .map_err(|e| CatalogError::Storage(e.to_string()))
+    }
+
+    /// Commits the next generation: `topics` (and a new deletion record) on top of `current`.
+    /// The bucket first (compare-and-swap on the version this broker last saw), then here.
+    /// Call with the writer lock held.
+    async fn commit(
+        &self,
+        current: &Snapshot,
+        topics: Vec<Arc<TopicMeta>>,
+        deleted: Option<DeletedTopic>,
+    ) -> Result<(), CatalogError> {
+        let mut next = build(current.generation + 1, topics, current.deleted.clone());
+        if let Some(d) = deleted {
+            next.deleted.insert(d.id, d);
+        }
+        let disk = self.to_disk(&next, next.generation);
+        if let Some(mirror) = &self.mirror {
+            match mirror.push(disk.to_json().into()).await {
+                Ok(()) => {}
+                Err(ringtail_objstore::StoreError::PreconditionFailed(_)) => {
+                    return Err(CatalogError::Stale)
+                }
+                Err(e) => return Err(CatalogError::Storage(format!("object store: {e}"))),
+            }
+        }
+        self.install(&disk)
+    }
+
     /// Creates a topic (or only validates it). Returns the new topic.
-    pub fn create(
+    pub async fn create(
         &self,
         name: &str,
         partitions: i32,
@@ -214,7 +369,7 @@ impl Catalog {
         validate_name(name)?;
         validate_partitions(partitions)?;
         let config = TopicConfig::from_map(&configs).map_err(CatalogError::InvalidConfig)?;
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _w = self.writer.lock().await;
         let current = self.snapshot();
         if current.by_name.contains_key(name) {
             return Err(CatalogError::Exists(name.to_string()));
@@ -229,38 +384,42 @@ impl Catalog {
         if !validate_only {
             let mut all = current.topics();
             all.push(topic.clone());
-            self.publish(all)?;
+            self.commit(&current, all, None).await?;
         }
         Ok(topic)
     }
 
-    pub fn delete(&self, name: &str) -> Result<Arc<TopicMeta>, CatalogError> {
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+    pub async fn delete(&self, name: &str) -> Result<Arc<TopicMeta>, CatalogError> {
+        let _w = self.writer.lock().await;
         let current = self.snapshot();
         let topic = current
             .by_name
             .get(name)
             .cloned()
             .ok_or_else(|| CatalogError::Unknown(name.to_string()))?;
-        self.publish(
-            current
-                .topics()
-                .into_iter()
-                .filter(|t| t.name != name)
-                .collect(),
-        )?;
+        let rest = current
+            .topics()
+            .into_iter()
+            .filter(|t| t.name != name)
+            .collect();
+        let record = DeletedTopic {
+            id: topic.id,
+            name: topic.name.clone(),
+            deleted_at_ms: now_ms(),
+        };
+        self.commit(&current, rest, Some(record)).await?;
         Ok(topic)
     }
 
     /// Raises a topic's partition count to `count`.
-    pub fn add_partitions(
+    pub async fn add_partitions(
         &self,
         name: &str,
         count: i32,
         validate_only: bool,
     ) -> Result<(), CatalogError> {
         validate_partitions(count)?;
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _w = self.writer.lock().await;
         let current = self.snapshot();
         let topic = current
             .by_name
@@ -289,17 +448,17 @@ impl Catalog {
                 }
             })
             .collect();
-        self.publish(topics)
+        self.commit(&current, topics, None).await
     }
 
     /// Replaces a topic's explicitly set configs with `f(current)`; returns the updated topic.
-    pub fn alter_configs(
+    pub async fn alter_configs(
         &self,
         name: &str,
         f: impl FnOnce(&BTreeMap<String, String>) -> Result<BTreeMap<String, String>, String>,
         validate_only: bool,
     ) -> Result<Arc<TopicMeta>, CatalogError> {
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _w = self.writer.lock().await;
         let current = self.snapshot();
         let topic = current
             .by_name
@@ -318,61 +477,68 @@ impl Catalog {
                 .into_iter()
                 .map(|t| if t.name == name { updated.clone() } else { t })
                 .collect();
-            self.publish(topics)?;
+            self.commit(&current, topics, None).await?;
         }
         Ok(updated)
     }
 
     /// A producer id never handed out before, on this broker or (through the catalog's copy in
-    /// object storage) any broker restored from it. Persisted before it is returned.
-    pub fn allocate_producer_id(&self) -> Result<i64, CatalogError> {
+    /// object storage) any broker restored from it. The catalog is written once per
+    /// [`PRODUCER_ID_BLOCK`] ids (reserving the block), so ids are never reused after a restart.
+    pub async fn allocate_producer_id(&self) -> Result<i64, CatalogError> {
         use std::sync::atomic::Ordering::SeqCst;
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let _w = self.writer.lock().await;
         let id = self.next_producer_id.load(SeqCst);
-        self.next_producer_id.store(id + 1, SeqCst);
-        if let Err(e) = self.publish(self.snapshot().topics()) {
-            self.next_producer_id.store(id, SeqCst);
-            return Err(e);
+        let reserved = self.producer_ids_reserved.load(SeqCst);
+        if id >= reserved {
+            self.producer_ids_reserved
+                .store(id + PRODUCER_ID_BLOCK, SeqCst);
+            let current = self.snapshot();
+            if let Err(e) = self.commit(&current, current.topics(), None).await {
+                self.producer_ids_reserved.store(reserved, SeqCst);
+                return Err(e);
+            }
         }
+        self.next_producer_id.store(id + 1, SeqCst);
         Ok(id)
     }
 
-    /// Ids below this were handed out by [`Catalog::allocate_producer_id`].
+    /// Ids below this may have been handed out by [`Catalog::allocate_producer_id`].
     pub fn next_producer_id(&self) -> i64 {
-        self.next_producer_id
+        self.producer_ids_reserved
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Whether `id` was handed out by [`Catalog::allocate_producer_id`].
+    /// Whether `id` was handed out by [`Catalog::allocate_producer_id`] (or may have been,
+    /// before a restart).
     pub fn is_allocated_producer_id(&self, id: i64) -> bool {
         (0..self
-            .next_producer_id
+            .producer_ids_reserved
             .load(std::sync::atomic::Ordering::SeqCst))
             .contains(&id)
     }
-
-    fn publish(&self, topics: Vec<Arc<TopicMeta>>) -> Result<(), CatalogError> {
-        if let Some(path) = &self.path {
-            let disk = OnDisk {
-                format_version: FORMAT_VERSION,
-                topics: topics.iter().map(|t| (**t).clone()).collect(),
-                next_producer_id: self
-                    .next_producer_id
-                    .load(std::sync::atomic::Ordering::SeqCst),
-            };
-            write_atomically(
-                path,
-                &serde_json::to_vec_pretty(&disk).expect("serialisable"),
-            )
-            .map_err(|e| CatalogError::Storage(format!("{}: {e}", path.display())))?;
-        }
-        self.snapshot.store(Arc::new(build(topics)));
-        Ok(())
-    }
 }
 
-fn build(topics: Vec<Arc<TopicMeta>>) -> Snapshot {
-    let mut s = Snapshot::default();
+/// Attempts at writing the local catalog over a bucket that keeps changing, at start.
+const PUSH_RACES_MAX: u32 = 16;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn build(
+    generation: u64,
+    topics: Vec<Arc<TopicMeta>>,
+    deleted: HashMap<Uuid, DeletedTopic>,
+) -> Snapshot {
+    let mut s = Snapshot {
+        generation,
+        deleted,
+        ..Snapshot::default()
+    };
     for t in topics {
         s.by_id.insert(t.id, t.clone());
         s.by_name.insert(t.name.clone(), t);
@@ -430,26 +596,32 @@ mod tests {
 
     #[test]
     fn create_delete_and_reload() {
+        futures::executor::block_on(create_delete_and_reload_async())
+    }
+
+    async fn create_delete_and_reload_async() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Catalog::open(dir.path()).unwrap();
+        let c = Catalog::open(dir.path(), None).unwrap();
         let mut cfg = BTreeMap::new();
         cfg.insert("retention.ms".to_string(), "1000".to_string());
-        let t = c.create("orders", 3, cfg, false).unwrap();
+        let t = c.create("orders", 3, cfg, false).await.unwrap();
         assert_eq!(
-            c.create("orders", 1, BTreeMap::new(), false).unwrap_err(),
+            c.create("orders", 1, BTreeMap::new(), false)
+                .await
+                .unwrap_err(),
             CatalogError::Exists("orders".into())
         );
-        c.create("dry", 1, BTreeMap::new(), true).unwrap();
+        c.create("dry", 1, BTreeMap::new(), true).await.unwrap();
         assert!(c.snapshot().by_name("dry").is_none());
-        c.add_partitions("orders", 5, false).unwrap();
-        assert!(c.add_partitions("orders", 4, false).is_err());
+        c.add_partitions("orders", 5, false).await.unwrap();
+        assert!(c.add_partitions("orders", 4, false).await.is_err());
         let set_bytes = |_: &BTreeMap<String, String>| {
             Ok(BTreeMap::from([(
                 "retention.bytes".to_string(),
                 "77".to_string(),
             )]))
         };
-        let dry = c.alter_configs("orders", set_bytes, true).unwrap();
+        let dry = c.alter_configs("orders", set_bytes, true).await.unwrap();
         assert_eq!(dry.config.retention_bytes, 77);
         assert_eq!(
             c.snapshot()
@@ -459,24 +631,27 @@ mod tests {
                 .retention_bytes,
             -1
         );
-        c.alter_configs("orders", set_bytes, false).unwrap();
+        c.alter_configs("orders", set_bytes, false).await.unwrap();
         assert!(matches!(
-            c.alter_configs("orders", |_| Err("no".into()), false),
+            c.alter_configs("orders", |_| Err("no".into()), false).await,
             Err(CatalogError::InvalidConfig(_))
         ));
         assert!(matches!(
-            c.alter_configs("nope", set_bytes, false),
+            c.alter_configs("nope", set_bytes, false).await,
             Err(CatalogError::Unknown(_))
         ));
-        assert_eq!(c.allocate_producer_id().unwrap(), 0);
-        assert_eq!(c.allocate_producer_id().unwrap(), 1);
-        let reopened = Catalog::open(dir.path()).unwrap();
+        assert_eq!(c.allocate_producer_id().await.unwrap(), 0);
+        assert_eq!(c.allocate_producer_id().await.unwrap(), 1);
+        let reopened = Catalog::open(dir.path(), None).unwrap();
         assert_eq!(
-            reopened.allocate_producer_id().unwrap(),
-            2,
-            "ids survive a restart"
+            reopened.allocate_producer_id().await.unwrap(),
+            PRODUCER_ID_BLOCK,
+            "ids are reserved a block per write: a restart continues after the block"
         );
-        assert!(reopened.is_allocated_producer_id(1) && !reopened.is_allocated_producer_id(3));
+        assert!(
+            reopened.is_allocated_producer_id(1)
+                && !reopened.is_allocated_producer_id(2 * PRODUCER_ID_BLOCK)
+        );
         let again = reopened.snapshot().by_name("orders").cloned().unwrap();
         assert_eq!(
             (
@@ -487,38 +662,139 @@ mod tests {
             ),
             (t.id, 5, 7 * 24 * 3600 * 1000, 77)
         );
-        reopened.delete("orders").unwrap();
-        assert!(Catalog::open(dir.path())
-            .unwrap()
-            .snapshot()
-            .by_name("orders")
-            .is_none());
+        let generation = reopened.snapshot().generation;
+        reopened.delete("orders").await.unwrap();
+        let after = Catalog::open(dir.path(), None).unwrap().snapshot();
+        assert!(after.by_name("orders").is_none());
+        assert!(after.was_deleted(&t.id), "the deletion is recorded");
+        assert_eq!(after.generation, generation + 1);
+    }
+
+    fn bucket(dir: &std::path::Path) -> Arc<dyn ringtail_objstore::ObjectStore> {
+        Arc::new(ringtail_objstore::local::LocalDir::open(dir).unwrap())
+    }
+
+    async fn broker_catalog(
+        data: &std::path::Path,
+        store: &Arc<dyn ringtail_objstore::ObjectStore>,
+    ) -> Catalog {
+        let c = Catalog::open(data, Some(CatalogMirror::new(store.clone()))).unwrap();
+        c.reconcile().await.unwrap();
+        c
+    }
+
+    /// Issue 17 item 1: a broker restarting with an old catalog takes the bucket's newer one;
+    /// it never writes its own over it, and never adopts an older generation.
+    #[test]
+    fn the_bucket_catalog_only_moves_forward() {
+        futures::executor::block_on(async {
+            let (b, d0, d1) = (
+                tempfile::tempdir().unwrap(),
+                tempfile::tempdir().unwrap(),
+                tempfile::tempdir().unwrap(),
+            );
+            let store = bucket(b.path());
+            let controller = broker_catalog(d0.path(), &store).await;
+            controller
+                .create("a", 1, BTreeMap::new(), false)
+                .await
+                .unwrap();
+            let away = broker_catalog(d1.path(), &store).await;
+            assert!(away.snapshot().by_name("a").is_some());
+            drop(away);
+            // While it is away, the controller creates and deletes.
+            let b_topic = controller
+                .create("b", 1, BTreeMap::new(), false)
+                .await
+                .unwrap();
+            controller
+                .create("c", 1, BTreeMap::new(), false)
+                .await
+                .unwrap();
+            controller.delete("c").await.unwrap();
+            let generation = controller.snapshot().generation;
+
+            // It comes back on its old data directory: the bucket's catalog wins.
+            let back = broker_catalog(d1.path(), &store).await;
+            let s = back.snapshot();
+            assert_eq!(s.generation, generation);
+            assert_eq!(s.by_name("b").map(|t| t.id), Some(b_topic.id));
+            assert!(s.by_name("c").is_none());
+            // The controller sees nothing older in the bucket.
+            assert!(controller.follow().await.unwrap().is_none());
+            assert_eq!(
+                controller.snapshot().by_name("b").map(|t| t.id),
+                Some(b_topic.id)
+            );
+
+            // A broker that missed the newest catalog cannot write: its change is refused
+            // and nothing of it is seen, here or in the bucket.
+            let stale = broker_catalog(d1.path(), &store).await;
+            controller
+                .create("d", 1, BTreeMap::new(), false)
+                .await
+                .unwrap();
+            assert_eq!(
+                stale
+                    .create("e", 1, BTreeMap::new(), false)
+                    .await
+                    .unwrap_err(),
+                CatalogError::Stale
+            );
+            assert!(stale.snapshot().by_name("e").is_none());
+            let adopted = stale.follow().await.unwrap().expect("a newer generation");
+            assert!(adopted.dropped.is_empty());
+            assert!(stale.snapshot().by_name("d").is_some());
+            assert!(controller.follow().await.unwrap().is_none());
+            assert!(controller.snapshot().by_name("e").is_none());
+        })
+    }
+
+    /// A bucket holding an older generation than a broker's (restored from a backup, or
+    /// written by a broker run without the store) gets the newer one, by compare-and-swap.
+    #[test]
+    fn a_newer_local_catalog_is_written_to_the_bucket() {
+        futures::executor::block_on(async {
+            let (b, d0) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let local = Catalog::open(d0.path(), None).unwrap();
+            local.create("x", 2, BTreeMap::new(), false).await.unwrap();
+            drop(local);
+            let store = bucket(b.path());
+            let c = broker_catalog(d0.path(), &store).await;
+            assert!(c.snapshot().by_name("x").is_some());
+            let fresh = tempfile::tempdir().unwrap();
+            let other = broker_catalog(fresh.path(), &store).await;
+            assert_eq!(other.snapshot().by_name("x").map(|t| t.partitions), Some(2));
+        })
     }
 
     #[test]
     fn names_partitions_and_configs_are_validated() {
         let c = Catalog::in_memory();
+        let create = |name: &str, partitions, configs| {
+            futures::executor::block_on(c.create(name, partitions, configs, false))
+        };
         for bad in ["", ".", "..", "a b", "x/y", &"a".repeat(250)] {
             assert!(
                 matches!(
-                    c.create(bad, 1, BTreeMap::new(), false),
+                    create(bad, 1, BTreeMap::new()),
                     Err(CatalogError::InvalidName(..))
                 ),
                 "{bad}"
             );
         }
         assert!(matches!(
-            c.create("t", 0, BTreeMap::new(), false),
+            create("t", 0, BTreeMap::new()),
             Err(CatalogError::InvalidPartitions(_))
         ));
         assert!(matches!(
-            c.create("t", 10_001, BTreeMap::new(), false),
+            create("t", 10_001, BTreeMap::new()),
             Err(CatalogError::InvalidPartitions(_))
         ));
         let mut cfg = BTreeMap::new();
         cfg.insert("no.such.config".to_string(), "1".to_string());
         assert!(matches!(
-            c.create("t", 1, cfg, false),
+            create("t", 1, cfg),
             Err(CatalogError::InvalidConfig(_))
         ));
     }

@@ -15,7 +15,6 @@ use ringtail_shards::Mailboxes;
 
 use crate::catalog::Catalog;
 use crate::lease::{Lease, LeaseError, LeaseRecord, PeerWatch};
-use crate::mirror::CatalogMirror;
 use crate::shard::ShardOp;
 
 use arc_swap::ArcSwap;
@@ -301,8 +300,8 @@ pub struct Runner {
     pub watch: PeerWatch,
     /// Spare rings were asked for (the first time another broker was seen).
     spares: bool,
-    /// The catalog and its copy in the bucket, which every broker follows.
-    pub catalog: Option<(Arc<Catalog>, Arc<CatalogMirror>)>,
+    /// The catalog, which every broker follows from the bucket.
+    pub catalog: Option<Arc<Catalog>>,
     last_renewal: Instant,
 }
 
@@ -353,10 +352,16 @@ impl Runner {
             // The process's own shutdown path drains (main waits for the hand-over).
             let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
         }
+        // A slot opens only on a catalog read this round: one opened on a stale catalog would
+        // not know topics whose data it holds.
+        let catalog_read = self.follow_catalog();
         let mine = self.membership.announced();
         let mut d = decide(self.slots, self.me.node_id, draining, &mine, &peers);
         // A round whose claims failed is not counted (start-up waits for a complete one).
-        let mut complete = true;
+        let mut complete = catalog_read;
+        if !catalog_read {
+            d.open.clear();
+        }
         if !d.open.is_empty() {
             d.open = match self.confirm_claims(&d.open, draining) {
                 Ok(confirmed) => confirmed,
@@ -378,7 +383,6 @@ impl Runner {
             members,
             controller: d.controller,
         }));
-        self.follow_catalog();
         if !peers.is_empty() && !self.spares {
             self.spares = true;
             self.broadcast(|| ShardOp::MakeSpare);
@@ -502,14 +506,14 @@ impl Runner {
         }
     }
 
-    /// Adopts a catalog another broker (the controller) pushed, and tells every shard about the
-    /// topics it dropped or changed.
-    fn follow_catalog(&self) {
-        let Some((catalog, mirror)) = &self.catalog else {
-            return;
+    /// Adopts a newer catalog another broker (the controller) pushed, and tells every shard
+    /// about the topics it dropped or changed. False if the bucket's catalog could not be read.
+    fn follow_catalog(&self) -> bool {
+        let Some(catalog) = &self.catalog else {
+            return true;
         };
-        match futures::executor::block_on(mirror.follow(catalog)) {
-            Ok(None) => {}
+        match futures::executor::block_on(catalog.follow()) {
+            Ok(None) => true,
             Ok(Some(adopted)) => {
                 tracing::info!(
                     dropped = adopted.dropped.len(),
@@ -522,8 +526,12 @@ impl Runner {
                 for t in &adopted.changed {
                     self.broadcast(|| ShardOp::TopicChanged(t.clone()));
                 }
+                true
             }
-            Err(e) => tracing::warn!(error = %e, "could not follow the bucket's topic catalog"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not follow the bucket's topic catalog");
+                false
+            }
         }
     }
 

@@ -26,6 +26,8 @@ pub fn catalog_error_code(e: &CatalogError) -> i16 {
         CatalogError::InvalidPartitions(_) => ResponseError::InvalidPartitions.code(),
         CatalogError::InvalidConfig(_) => ResponseError::InvalidConfig.code(),
         CatalogError::Storage(_) => ResponseError::KafkaStorageError.code(),
+        // Another broker changed the catalog: this one was not (or no longer) the controller.
+        CatalogError::Stale => ResponseError::NotController.code(),
     }
 }
 

@@ -154,7 +154,6 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let _ = futures::executor::block_on(
             store.delete(&ringtail_engine::lease::drain_key(config.node_id)),
         );
-        restore_from_object_store(&config, store)?;
     }
     let rings = local_rings(&config);
     let slots = slot_count(&config, store.as_deref(), &rings)?;
@@ -164,10 +163,14 @@ fn serve(config: Config) -> anyhow::Result<()> {
             config.wal_dir.display()
         );
     }
-    let catalog = Arc::new(Catalog::open(&config.data_dir)?);
+    let catalog = Arc::new(Catalog::open(
+        &config.data_dir,
+        store.clone().map(CatalogMirror::new),
+    )?);
+    futures::executor::block_on(catalog.reconcile())
+        .map_err(|e| e.context("reconciling the topic catalog with the object store's"))?;
     offsets_topic(&catalog, slots)?;
     let cluster_id = cluster_id(&config.data_dir, store.as_deref())?;
-    let mirror = store.clone().map(|s| Arc::new(CatalogMirror::new(s)));
     let producer_ids = store
         .clone()
         .map(|s| Arc::new(ringtail_engine::producer_ids::ProducerIds::new(s)));
@@ -208,7 +211,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let shard_membership = membership.clone();
     let shard_store = store.clone();
     let shard_accepting = accepting.clone();
-    let follow = mirror.clone().map(|m| (catalog.clone(), m));
+    let follow = store.as_ref().map(|_| catalog.clone());
     let runtime = Runtime::start(&runtime_config, move |ctx: ShardContext<ShardOp>| {
         let env = SlotEnv {
             config: shard_config.clone(),
@@ -220,7 +223,6 @@ fn serve(config: Config) -> anyhow::Result<()> {
         };
         let ready = ready_tx.clone();
         let cluster_id = cluster_id.clone();
-        let mirror = mirror.clone();
         let producer_ids = producer_ids.clone();
         let accepting = shard_accepting.clone();
         let (membership, catalog, config) = (
@@ -241,7 +243,6 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 catalog,
                 config,
                 cluster_id,
-                mirror,
                 producer_ids,
             });
             shard_main(ctx, broker, bound, ready, accepting).await
@@ -381,11 +382,6 @@ async fn shard_main(
             host.handle(op);
         }
     });
-    if ctx.id == 0 {
-        // Heal a catalog copy that a failed push left stale.
-        let b = broker.clone();
-        ringtail_shards::spawn_detached(async move { b.catalog_changed().await });
-    }
     let _ = ready.send(Ok(ctx.mailboxes.clone()));
     let wait = async {
         while !accepting.load(std::sync::atomic::Ordering::Relaxed) {
@@ -418,23 +414,41 @@ async fn shard_main(
 
 /// The committed-offsets topic: one partition per shard, created at first start, kept forever.
 fn offsets_topic(catalog: &Catalog, slots: u32) -> anyhow::Result<Arc<TopicMeta>> {
+    use ringtail_engine::catalog::CatalogError;
     use ringtail_engine::coordinator::OFFSETS_TOPIC;
-    if let Some(t) = catalog.snapshot().by_name(OFFSETS_TOPIC) {
-        return Ok(t.clone());
+    // Brokers starting together race to create it: the loser adopts the winner's catalog.
+    for _ in 0..OFFSETS_TOPIC_RACES_MAX {
+        if let Some(t) = catalog.snapshot().by_name(OFFSETS_TOPIC) {
+            return Ok(t.clone());
+        }
+        let configs = [("retention.ms", "-1"), ("retention.bytes", "-1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        match futures::executor::block_on(catalog.create(
+            OFFSETS_TOPIC,
+            slots as i32,
+            configs,
+            false,
+        )) {
+            Ok(t) => {
+                tracing::info!(
+                    partitions = t.partitions,
+                    "created the committed-offsets topic"
+                );
+                return Ok(t);
+            }
+            Err(CatalogError::Stale | CatalogError::Exists(_)) => {
+                futures::executor::block_on(catalog.follow())?;
+            }
+            Err(e) => anyhow::bail!("creating {OFFSETS_TOPIC}: {e}"),
+        }
     }
-    let configs = [("retention.ms", "-1"), ("retention.bytes", "-1")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let t = catalog
-        .create(OFFSETS_TOPIC, slots as i32, configs, false)
-        .map_err(|e| anyhow::anyhow!("creating {OFFSETS_TOPIC}: {e}"))?;
-    tracing::info!(
-        partitions = t.partitions,
-        "created the committed-offsets topic"
-    );
-    Ok(t)
+    anyhow::bail!("creating {OFFSETS_TOPIC}: the object store's catalog kept changing")
 }
+
+/// Attempts at creating the committed-offsets topic while other brokers change the catalog.
+const OFFSETS_TOPIC_RACES_MAX: u32 = 16;
 
 /// The object store, if one is configured.
 fn object_store(config: &Config) -> anyhow::Result<Option<Arc<dyn ObjectStore>>> {
@@ -693,18 +707,4 @@ fn retry_blocking<'a, T>(
             other => return other,
         }
     }
-}
-
-/// An empty data dir starts from the bucket: the topic catalog comes from there.
-fn restore_from_object_store(config: &Config, store: &Arc<dyn ObjectStore>) -> anyhow::Result<()> {
-    let mirror = CatalogMirror::new(store.clone());
-    let fetched = retry_blocking("reading the catalog", || Box::pin(mirror.fetch()));
-    if let Some(json) =
-        fetched.map_err(|e| anyhow::anyhow!("reading the catalog from the object store: {e}"))?
-    {
-        if Catalog::seed(&config.data_dir, &json)? {
-            tracing::info!("restored the topic catalog from the object store");
-        }
-    }
-    Ok(())
 }

@@ -1,5 +1,7 @@
-//! The topic catalog's copy in object storage, so that a broker started with an empty data
-//! directory and the same bucket finds its topics again.
+//! The topic catalog's copy in object storage: the cluster's catalog. A broker started with an
+//! empty data directory and the same bucket finds its topics there; every change is written
+//! here first, by compare-and-swap on the version this broker last saw (see `catalog.rs`).
+//! Knows bytes and ETags only, not what a catalog holds.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,45 +9,36 @@ use std::time::Duration;
 use bytes::Bytes;
 use ringtail_objstore::{Condition, ObjectStore, StoreError};
 
-use crate::catalog::Catalog;
-
 pub const CATALOG_KEY: &str = "catalog.json";
-/// Attempts at pushing one catalog version before giving up (the next change or start retries).
-const PUSH_ATTEMPTS_MAX: u32 = 8;
+/// Attempts at one write or read before giving up (the caller reports the error).
+const ATTEMPTS_MAX: u32 = 8;
 
 pub struct CatalogMirror {
     store: Arc<dyn ObjectStore>,
-    /// Pushes are serialised and each uploads the catalog as it is when it runs, so the last
-    /// push always carries the newest catalog. Holds the ETag of the version this broker last
-    /// pushed or adopted: a push is conditional on it, so a broker that missed a newer catalog
-    /// (a controller that lost its role) cannot overwrite it.
-    lock: futures::lock::Mutex<Option<String>>,
-}
-
-/// What adopting a newer catalog changed.
-#[derive(Debug, Default)]
-pub struct Adopted {
-    pub dropped: Vec<uuid::Uuid>,
-    pub changed: Vec<Arc<crate::catalog::TopicMeta>>,
+    /// The ETag of the version this broker last wrote or read (None: none seen; the next write
+    /// is create-only). A write is conditional on it, so a broker that missed a newer catalog
+    /// cannot overwrite it.
+    known: futures::lock::Mutex<Option<String>>,
 }
 
 impl CatalogMirror {
     pub fn new(store: Arc<dyn ObjectStore>) -> CatalogMirror {
         CatalogMirror {
             store,
-            lock: futures::lock::Mutex::new(None),
+            known: futures::lock::Mutex::new(None),
         }
     }
 
-    pub async fn push(&self, catalog: &Catalog) -> Result<(), StoreError> {
-        let mut known = self.lock.lock().await;
-        let body = Bytes::from(catalog.to_json());
-        let mut delay = Duration::from_millis(50);
-        let mut attempt = 1;
+    /// Writes `body` if the bucket still holds the version last seen here: else
+    /// `PreconditionFailed`. A write that landed although its answer was lost (the client
+    /// retries it into a 412) is recognised by its body and counts as written.
+    pub async fn push(&self, body: Bytes) -> Result<(), StoreError> {
+        let mut known = self.known.lock().await;
         let condition = match known.clone() {
             Some(etag) => Condition::IfMatch(etag),
-            None => Condition::None,
+            None => Condition::IfNoneMatch,
         };
+        let mut attempt = 1;
         loop {
             match self
                 .store
@@ -56,10 +49,19 @@ impl CatalogMirror {
                     *known = Some(etag);
                     return Ok(());
                 }
-                Err(e) if e.is_retryable() && attempt < PUSH_ATTEMPTS_MAX => {
-                    tracing::warn!(error = %e, attempt, "catalog push failed; retrying");
-                    ringtail_shards::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                Err(StoreError::PreconditionFailed(why)) => {
+                    if attempt > 1 {
+                        let etag = self.store.head(CATALOG_KEY).await?.etag;
+                        if self.store.get(CATALOG_KEY, None).await? == body {
+                            *known = Some(etag);
+                            return Ok(());
+                        }
+                    }
+                    return Err(StoreError::PreconditionFailed(why));
+                }
+                Err(e) if e.is_retryable() && attempt < ATTEMPTS_MAX => {
+                    tracing::warn!(error = %e, attempt, "catalog write failed; retrying");
+                    ringtail_shards::pause(backoff(attempt)).await;
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
@@ -67,10 +69,9 @@ impl CatalogMirror {
         }
     }
 
-    /// Adopts the bucket's catalog if it changed since this broker last pushed or adopted it
-    /// (cluster mode: only the controller changes topics, every other broker follows).
-    pub async fn follow(&self, catalog: &Catalog) -> Result<Option<Adopted>, StoreError> {
-        let mut known = self.lock.lock().await;
+    /// The bucket's catalog if it changed since this broker last wrote or read it.
+    pub async fn changed(&self) -> Result<Option<Bytes>, StoreError> {
+        let mut known = self.known.lock().await;
         let etag = match self.store.head(CATALOG_KEY).await {
             Ok(m) => m.etag,
             Err(StoreError::NotFound(_)) => return Ok(None),
@@ -79,20 +80,34 @@ impl CatalogMirror {
         if known.as_deref() == Some(etag.as_str()) {
             return Ok(None);
         }
+        // The ETag read before the body: if a write lands in between, the next write's
+        // compare-and-swap fails and the next read sees the newer version again.
         let body = self.store.get(CATALOG_KEY, None).await?;
-        let adopted = catalog
-            .adopt(&body)
-            .map_err(|e| StoreError::Fatal(format!("the bucket's catalog: {e}")))?;
         *known = Some(etag);
-        Ok(Some(adopted))
+        Ok(Some(body))
     }
 
-    /// The stored catalog, if any.
-    pub async fn fetch(&self) -> Result<Option<Bytes>, StoreError> {
-        match self.store.get(CATALOG_KEY, None).await {
-            Ok(b) => Ok(Some(b)),
-            Err(StoreError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e),
+    /// The bucket's catalog, if any (start-up; retryable errors are retried).
+    pub async fn read(&self) -> Result<Option<Bytes>, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.changed_or_current().await {
+                Err(e) if e.is_retryable() && attempt < ATTEMPTS_MAX => {
+                    tracing::warn!(error = %e, attempt, "reading the catalog failed; retrying");
+                    ringtail_shards::pause(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
         }
     }
+
+    async fn changed_or_current(&self) -> Result<Option<Bytes>, StoreError> {
+        *self.known.lock().await = None;
+        self.changed().await
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    (Duration::from_millis(50) * 2u32.pow(attempt.min(6))).min(Duration::from_secs(2))
 }

@@ -200,25 +200,11 @@ pub struct Broker {
     pub catalog: Arc<Catalog>,
     pub config: Arc<Config>,
     pub cluster_id: String,
-    /// The catalog's copy in object storage, when there is an object tier.
-    pub mirror: Option<Arc<crate::mirror::CatalogMirror>>,
     /// Producer id blocks in the bucket, when there is an object tier.
     pub producer_ids: Option<Arc<crate::producer_ids::ProducerIds>>,
 }
 
 impl Broker {
-    /// After a catalog change: copy the catalog to object storage. A failure is logged; the
-    /// next change, or the next start, pushes again.
-    pub async fn catalog_changed(&self) -> bool {
-        if let Some(mirror) = &self.mirror {
-            if let Err(e) = mirror.push(&self.catalog).await {
-                tracing::error!(error = %e, "could not copy the topic catalog to object storage");
-                return false;
-            }
-        }
-        true
-    }
-
     pub fn owner(&self, topic: &TopicMeta, partition: i32) -> Route {
         let slot = owner_shard(&topic.name, partition, self.slots as usize) as u32;
         Route {

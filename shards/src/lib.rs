@@ -48,6 +48,21 @@ pub async fn sleep(duration: Duration) {
     glommio::timer::sleep(duration).await
 }
 
+thread_local! {
+    /// Set on shard threads (see [`Runtime::start`]).
+    static ON_SHARD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Waits `duration`: on a shard, on its timer wheel; on any other thread (start-up, a control
+/// thread driving a future with `block_on`), by sleeping the thread. For code that runs in both.
+pub async fn pause(duration: Duration) {
+    if ON_SHARD.with(|s| s.get()) {
+        sleep(duration).await
+    } else {
+        std::thread::sleep(duration)
+    }
+}
+
 /// `future`'s output, or None if `duration` passes first (the future is dropped then).
 pub async fn timeout<T>(duration: Duration, future: impl Future<Output = T>) -> Option<T> {
     futures::pin_mut!(future);
@@ -175,6 +190,7 @@ impl Runtime {
             }
             let handle = builder
                 .spawn(move || async move {
+                    ON_SHARD.with(|s| s.set(true));
                     if let Some(core) = core {
                         if !core_affinity::set_for_current(core) {
                             tracing::warn!(

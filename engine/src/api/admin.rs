@@ -44,83 +44,125 @@ pub async fn create_topics(
         .filter(|t| !seen.insert(t.name.to_string()))
         .map(|t| t.name.to_string())
         .collect();
+    let mut results = Vec::with_capacity(request.topics.len());
+    for t in request.topics {
+        results.push(create_topic(broker, header, &duplicates, request.validate_only, t).await);
+    }
+    CreateTopicsResponse::default().with_topics(results)
+}
+
+async fn create_topic(
+    broker: &Broker,
+    header: &Header,
+    duplicates: &HashSet<String>,
+    validate_only: bool,
+    t: kafka_protocol::messages::create_topics_request::CreatableTopic,
+) -> CreatableTopicResult {
     let node = broker.config.node_id;
-    let results = request
-        .topics
-        .into_iter()
-        .map(|t| {
-            let name = t.name.to_string();
-            let fail = |code: i16, message: String| {
-                CreatableTopicResult::default()
-                    .with_name(t.name.clone())
-                    .with_error_code(code)
-                    .with_error_message(Some(text(message)))
-                    .with_num_partitions(-1)
-                    .with_replication_factor(-1)
-            };
-            if let Err(message) = controller_only(broker) {
-                return fail(ResponseError::NotController.code(), message);
+
+    let name = t.name.to_string();
+    let fail = |code: i16, message: String| {
+        CreatableTopicResult::default()
+            .with_name(t.name.clone())
+            .with_error_code(code)
+            .with_error_message(Some(text(message)))
+            .with_num_partitions(-1)
+            .with_replication_factor(-1)
+    };
+    if let Err(message) = controller_only(broker) {
+        return fail(ResponseError::NotController.code(), message);
+    }
+    if duplicates.contains(&name) {
+        return fail(
+            ResponseError::InvalidRequest.code(),
+            format!("topic {name:?} appears twice in the request"),
+        );
+    }
+    let partitions = if t.assignments.is_empty() {
+        if t.replication_factor != -1 && t.replication_factor < 1 {
+            return fail(
+                ResponseError::InvalidReplicationFactor.code(),
+                "replication factor must be -1 or >= 1".into(),
+            );
+        }
+        if t.num_partitions == -1 {
+            broker.config.default_partitions
+        } else {
+            t.num_partitions
+        }
+    } else {
+        let assigned_here = t
+            .assignments
+            .iter()
+            .all(|a| a.broker_ids.iter().all(|b| b.0 == node) && !a.broker_ids.is_empty());
+        let dense = t
+            .assignments
+            .iter()
+            .enumerate()
+            .all(|(i, a)| a.partition_index == i as i32);
+        if t.num_partitions != -1 || !assigned_here || !dense {
+            return fail(
+                ResponseError::InvalidReplicaAssignment.code(),
+                format!(
+                    "replica assignments must name partitions 0.. densely and only broker {node}"
+                ),
+            );
+        }
+        t.assignments.len() as i32
+    };
+    let mut configs = BTreeMap::new();
+    for c in &t.configs {
+        match &c.value {
+            Some(v) => {
+                configs.insert(c.name.to_string(), v.to_string());
             }
-            if duplicates.contains(&name) {
-                return fail(ResponseError::InvalidRequest.code(), format!("topic {name:?} appears twice in the request"));
+            None => {
+                return fail(
+                    ResponseError::InvalidConfig.code(),
+                    format!("config {} has no value", c.name.as_str()),
+                )
             }
-            let partitions = if t.assignments.is_empty() {
-                if t.replication_factor != -1 && t.replication_factor < 1 {
-                    return fail(ResponseError::InvalidReplicationFactor.code(), "replication factor must be -1 or >= 1".into());
-                }
-                if t.num_partitions == -1 { broker.config.default_partitions } else { t.num_partitions }
-            } else {
-                let assigned_here = t.assignments.iter().all(|a| a.broker_ids.iter().all(|b| b.0 == node) && !a.broker_ids.is_empty());
-                let dense = t.assignments.iter().enumerate().all(|(i, a)| a.partition_index == i as i32);
-                if t.num_partitions != -1 || !assigned_here || !dense {
-                    return fail(
-                        ResponseError::InvalidReplicaAssignment.code(),
-                        format!("replica assignments must name partitions 0.. densely and only broker {node}"),
-                    );
-                }
-                t.assignments.len() as i32
-            };
-            let mut configs = BTreeMap::new();
-            for c in &t.configs {
-                match &c.value {
-                    Some(v) => {
-                        configs.insert(c.name.to_string(), v.to_string());
-                    }
-                    None => return fail(ResponseError::InvalidConfig.code(), format!("config {} has no value", c.name.as_str())),
-                }
+        }
+    }
+    if configs.get("durability").is_some_and(|v| v == "object")
+        && broker.config.object_store.is_none()
+    {
+        return fail(
+            ResponseError::InvalidConfig.code(),
+            "durability=object needs an object store (--object-store)".into(),
+        );
+    }
+    match broker
+        .catalog
+        .create(&name, partitions, configs, validate_only)
+        .await
+    {
+        Ok(topic) => {
+            if !validate_only {
+                tracing::info!(topic = %name, partitions, id = %topic.id, "created topic");
             }
-            if configs.get("durability").is_some_and(|v| v == "object") && broker.mirror.is_none() {
-                return fail(ResponseError::InvalidConfig.code(), "durability=object needs an object store (--object-store)".into());
-            }
-            match broker.catalog.create(&name, partitions, configs, request.validate_only) {
-                Ok(topic) => {
-                    if !request.validate_only {
-                        tracing::info!(topic = %name, partitions, id = %topic.id, "created topic");
-                    }
-                    let mut r = CreatableTopicResult::default()
-                        .with_name(t.name.clone())
-                        .with_num_partitions(partitions)
-                        .with_replication_factor(1)
-                        .with_configs(Some(topic_configs(&topic).into_iter().map(|(n, v, is_set)| {
+            let mut r = CreatableTopicResult::default()
+                .with_name(t.name.clone())
+                .with_num_partitions(partitions)
+                .with_replication_factor(1)
+                .with_configs(Some(
+                    topic_configs(&topic)
+                        .into_iter()
+                        .map(|(n, v, is_set)| {
                             CreatableTopicConfigs::default()
                                 .with_name(text(n))
                                 .with_value(Some(text(v)))
                                 .with_config_source(if is_set { 1 } else { 5 })
-                        }).collect()));
-                    if header.api_version >= 7 {
-                        r = r.with_topic_id(topic.id);
-                    }
-                    r
-                }
-                Err(e) => fail(catalog_error_code(&e), e.to_string()),
+                        })
+                        .collect(),
+                ));
+            if header.api_version >= 7 {
+                r = r.with_topic_id(topic.id);
             }
-        })
-        .collect();
-    let results: Vec<CreatableTopicResult> = results;
-    if !request.validate_only && results.iter().any(|r| r.error_code == 0) {
-        broker.catalog_changed().await;
+            r
+        }
+        Err(e) => fail(catalog_error_code(&e), e.to_string()),
     }
-    CreateTopicsResponse::default().with_topics(results)
 }
 
 /// Topics change only on the controller (cluster mode); elsewhere NOT_CONTROLLER, and the
@@ -206,7 +248,7 @@ pub async fn delete_topics(
             responses.push(result.with_error_code(code.code()));
             continue;
         };
-        match broker.catalog.delete(&topic.name) {
+        match broker.catalog.delete(&topic.name).await {
             Ok(t) => {
                 broker.drop_topic(t.id).await;
                 tracing::info!(topic = %t.name, id = %t.id, "deleted topic");
@@ -223,9 +265,6 @@ pub async fn delete_topics(
             ),
         }
     }
-    if responses.iter().any(|r| r.error_code == 0) {
-        broker.catalog_changed().await;
-    }
     DeleteTopicsResponse::default().with_responses(responses)
 }
 
@@ -234,43 +273,47 @@ pub async fn create_partitions(
     request: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
     let node = broker.config.node_id;
-    let results = request
-        .topics
-        .into_iter()
-        .map(|t| {
-            let result = CreatePartitionsTopicResult::default().with_name(t.name.clone());
-            if let Err(message) = controller_only(broker) {
-                return result
-                    .with_error_code(ResponseError::NotController.code())
-                    .with_error_message(Some(text(message)));
-            }
-            let assigned_here = t
-                .assignments
-                .as_ref()
-                .is_none_or(|a| a.iter().all(|x| !x.broker_ids.is_empty() && x.broker_ids.iter().all(|b| b.0 == node)));
-            if !assigned_here {
-                return result
-                    .with_error_code(ResponseError::InvalidReplicaAssignment.code())
-                    .with_error_message(Some(text(format!("only broker {node} can hold partitions"))));
-            }
-            if t.name.as_str() == crate::coordinator::OFFSETS_TOPIC {
-                // Groups map to its partitions by count: more partitions would move them.
-                return result
-                    .with_error_code(ResponseError::InvalidTopicException.code())
-                    .with_error_message(Some(text("the committed-offsets topic has one partition per shard")));
-            }
-            match broker.catalog.add_partitions(t.name.as_str(), t.count, request.validate_only) {
+    let mut results = Vec::with_capacity(request.topics.len());
+    for t in request.topics {
+        let result = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+        let refused = |code: ResponseError, message: String| {
+            result
+                .clone()
+                .with_error_code(code.code())
+                .with_error_message(Some(text(message)))
+        };
+        let assigned_here = t.assignments.as_ref().is_none_or(|a| {
+            a.iter()
+                .all(|x| !x.broker_ids.is_empty() && x.broker_ids.iter().all(|b| b.0 == node))
+        });
+        results.push(if let Err(message) = controller_only(broker) {
+            refused(ResponseError::NotController, message)
+        } else if !assigned_here {
+            refused(
+                ResponseError::InvalidReplicaAssignment,
+                format!("only broker {node} can hold partitions"),
+            )
+        } else if t.name.as_str() == crate::coordinator::OFFSETS_TOPIC {
+            // Groups map to its partitions by count: more partitions would move them.
+            refused(
+                ResponseError::InvalidTopicException,
+                "the committed-offsets topic has one partition per shard".into(),
+            )
+        } else {
+            match broker
+                .catalog
+                .add_partitions(t.name.as_str(), t.count, request.validate_only)
+                .await
+            {
                 Ok(()) => {
                     tracing::info!(topic = %t.name.as_str(), partitions = t.count, "added partitions");
                     result
                 }
-                Err(e) => result.with_error_code(catalog_error_code(&e)).with_error_message(Some(text(e.to_string()))),
+                Err(e) => result
+                    .with_error_code(catalog_error_code(&e))
+                    .with_error_message(Some(text(e.to_string()))),
             }
-        })
-        .collect();
-    let results: Vec<CreatePartitionsTopicResult> = results;
-    if !request.validate_only && results.iter().any(|r| r.error_code == 0) {
-        broker.catalog_changed().await;
+        });
     }
     CreatePartitionsResponse::default().with_results(results)
 }
@@ -393,7 +436,6 @@ async fn alter_configs_of(
         .map(|(t, n, _)| (*t, n.to_string()))
         .filter(|k| !seen.insert(k.clone()))
         .collect();
-    let mut changed = false;
     let mut out = Vec::with_capacity(resources.len());
     for (kind, name, change) in resources {
         let fail = |code: ResponseError, message: String| {
@@ -434,7 +476,7 @@ async fn alter_configs_of(
                 continue;
             }
         }
-        let has_store = broker.mirror.is_some();
+        let has_store = broker.config.object_store.is_some();
         let next = |current: &BTreeMap<String, String>| {
             let next = match &change {
                 Change::Replace(set) => apply_replace(set)?,
@@ -458,12 +500,12 @@ async fn alter_configs_of(
         match broker
             .catalog
             .alter_configs(name.as_str(), next, validate_only)
+            .await
         {
             Ok(topic) => {
                 if !validate_only {
                     tracing::info!(topic = %topic.name, configs = ?topic.configs, "altered topic configs");
                     broker.topic_changed(topic).await;
-                    changed = true;
                 }
                 out.push((kind, name, 0, None));
             }
@@ -474,9 +516,6 @@ async fn alter_configs_of(
                 Some(text(e.to_string())),
             )),
         }
-    }
-    if changed {
-        broker.catalog_changed().await;
     }
     out
 }

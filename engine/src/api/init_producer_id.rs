@@ -55,13 +55,8 @@ pub async fn handle(broker: &Broker, request: InitProducerIdRequest) -> InitProd
             }
         };
     }
-    match broker.catalog.allocate_producer_id() {
+    match broker.catalog.allocate_producer_id().await {
         Ok(id) => {
-            // The id must be in the bucket's copy too, or a broker restored from it could hand
-            // it out again.
-            if !broker.catalog_changed().await {
-                return fail(ResponseError::CoordinatorNotAvailable.code());
-            }
             tracing::debug!(producer_id = id, "allocated a producer id");
             InitProducerIdResponse::default()
                 .with_producer_id(ProducerId(id))

@@ -39,23 +39,18 @@ pub async fn metadata(
             .collect()
     } else {
         let allow_auto = version < 4 || request.allow_auto_topic_creation;
-        request
-            .topics
-            .unwrap_or_default()
-            .into_iter()
-            .map(|req| match req.name {
-                Some(name) => by_name(broker, name.as_str(), allow_auto),
+        let mut entries = Vec::new();
+        for req in request.topics.unwrap_or_default() {
+            entries.push(match req.name {
+                Some(name) => by_name(broker, name.as_str(), allow_auto).await,
                 None => match snapshot.by_id(&req.topic_id) {
                     Some(t) => topic_entry(broker, t),
                     None => error_entry(None, req.topic_id, ResponseError::UnknownTopicId.code()),
                 },
-            })
-            .collect()
+            });
+        }
+        entries
     };
-    if !Arc::ptr_eq(&snapshot, &broker.catalog.snapshot()) {
-        // A topic was auto-created (by this request or another).
-        broker.catalog_changed().await;
-    }
     let view = broker.view();
     MetadataResponse::default()
         .with_brokers(
@@ -74,7 +69,7 @@ pub async fn metadata(
         .with_topics(topics)
 }
 
-fn by_name(broker: &Broker, name: &str, allow_auto: bool) -> MetadataResponseTopic {
+async fn by_name(broker: &Broker, name: &str, allow_auto: bool) -> MetadataResponseTopic {
     if let Some(t) = broker.catalog.snapshot().by_name(name) {
         return topic_entry(broker, t);
     }
@@ -101,12 +96,16 @@ fn by_name(broker: &Broker, name: &str, allow_auto: bool) -> MetadataResponseTop
             ResponseError::LeaderNotAvailable.code(),
         );
     }
-    match broker.catalog.create(
-        name,
-        broker.config.default_partitions,
-        BTreeMap::new(),
-        false,
-    ) {
+    match broker
+        .catalog
+        .create(
+            name,
+            broker.config.default_partitions,
+            BTreeMap::new(),
+            false,
+        )
+        .await
+    {
         Ok(t) => {
             tracing::info!(
                 topic = name,
