@@ -56,8 +56,10 @@ impl Snapshot {
     }
     /// Whether a DeleteTopics removed this topic id. A topic id the catalog does not know and
     /// that was not deleted is data of a catalog this broker has not seen yet: never deleted.
+    /// A catalog from before generations (0) recorded no deletions: there, as before, a topic
+    /// it does not know counts as deleted.
     pub fn was_deleted(&self, id: &Uuid) -> bool {
-        self.deleted.contains_key(id)
+        self.deleted.contains_key(id) || (self.generation == 0 && !self.by_id.contains_key(id))
     }
     /// All topics, sorted by name.
     pub fn topics(&self) -> Vec<Arc<TopicMeta>> {

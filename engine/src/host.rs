@@ -301,7 +301,7 @@ impl SlotHost {
         ShardState::open(
             &wal,
             recovery,
-            &env.catalog.snapshot(),
+            env.catalog.clone(),
             tier,
             env.config.hot_cache_bytes_per_shard,
             env.stats.clone(),

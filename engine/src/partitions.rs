@@ -22,7 +22,7 @@ use ringtail_wal::format::EntryMeta;
 use ringtail_wal::{Recovery, Wal, WalConfig, WalError};
 use uuid::Uuid;
 
-use crate::catalog::{Snapshot, TopicMeta};
+use crate::catalog::{Catalog, Snapshot, TopicMeta};
 use crate::coordinator::Coordinator;
 use crate::log::{MemLog, PartitionLog};
 use crate::manifest::ProducerSnapshot;
@@ -116,6 +116,8 @@ pub struct ShardState {
     closing: Cell<bool>,
     /// Called once if another broker takes the slot's manifest over (see [`Self::fenced`]).
     on_fenced: RefCell<Option<Box<dyn FnOnce()>>>,
+    /// The topics; data is deleted only for those its deletion records name.
+    catalog: Arc<Catalog>,
 }
 
 fn add(counter: &AtomicU64, n: u64) {
@@ -128,7 +130,7 @@ impl ShardState {
     pub async fn open(
         config: &WalConfig,
         recovery: Recovery,
-        snapshot: &Snapshot,
+        catalog: Arc<Catalog>,
         tier: Option<Tier>,
         hot_cache_bytes: u64,
         stats: Arc<ShardStats>,
@@ -148,12 +150,15 @@ impl ShardState {
             coordinator,
             closing: Cell::new(false),
             on_fenced: RefCell::new(None),
+            catalog,
         });
-        if let Some(tier) = &state.tier {
-            state.load_committed(tier, snapshot);
-        }
-        let live = state
-            .rebuild(&recovery, snapshot)
+        let snapshot = state.catalog.snapshot();
+        let opened = match &state.tier {
+            Some(tier) => state.load_committed(tier, &snapshot),
+            None => Ok(()),
+        };
+        let live = opened
+            .and_then(|()| state.rebuild(&recovery, &snapshot))
             .map_err(|reason| WalError::Open {
                 path: config.path.display().to_string(),
                 reason,
@@ -203,11 +208,11 @@ impl ShardState {
     /// Partitions learn which committed objects hold their older batches, where their logs
     /// start when older data was deleted, and their idempotent producers as of the last commit
     /// (the WAL replay adds what followed).
-    fn load_committed(&self, tier: &Tier, snapshot: &Snapshot) {
+    fn load_committed(&self, tier: &Tier, snapshot: &Snapshot) -> Result<(), String> {
         let mut parts = self.partitions.borrow_mut();
         let parts = &mut *parts;
         for start in tier.committed_log_starts() {
-            if let Some(p) = named_partition(parts, snapshot, start.topic_id, start.partition) {
+            if let Some(p) = named_partition(parts, snapshot, start.topic_id, start.partition)? {
                 p.deleted_below = start.offset;
                 // Everything below is gone for good: the log continues at or after it.
                 p.uploaded_end = p.uploaded_end.max(start.offset);
@@ -216,14 +221,14 @@ impl ShardState {
         for object in tier.committed_objects() {
             let key: Arc<str> = object.key.as_str().into();
             for span in object.spans {
-                if let Some(p) = named_partition(parts, snapshot, span.topic_id, span.partition) {
+                if let Some(p) = named_partition(parts, snapshot, span.topic_id, span.partition)? {
                     p.uploaded_end = p.uploaded_end.max(span.last_offset + 1);
                     p.cold.insert(span.base_offset, (key.clone(), span));
                 }
             }
         }
         for s in tier.committed_producers() {
-            if let Some(p) = named_partition(parts, snapshot, s.topic_id, s.partition) {
+            if let Some(p) = named_partition(parts, snapshot, s.topic_id, s.partition)? {
                 let entry = p.producers.by_id.entry(s.producer_id).or_default();
                 entry.epoch = s.epoch;
                 // The snapshot also names batches that were only in the committing broker's WAL:
@@ -243,6 +248,7 @@ impl ShardState {
                     .collect();
             }
         }
+        Ok(())
     }
 
     /// What to do when another broker takes the slot's manifest over (the host closes it).
@@ -434,10 +440,7 @@ impl ShardState {
                 {
                     return Err(format!("entry {} disagrees with the batch it holds", h.seq));
                 }
-                let topic = snapshot
-                    .by_id(&key.topic_id)
-                    .filter(|t| key.partition < t.partitions)
-                    .cloned();
+                let topic = known_topic(snapshot, &key)?;
                 let mut is_superseded = false;
                 if let Some(topic) = topic {
                     let p = parts.entry(key).or_insert_with(|| Partition::new(topic));
@@ -839,12 +842,17 @@ impl ShardState {
     /// Frees WAL chunks whose every batch is gone from its partition (retention, deletion).
     fn trim_wal(&self) {
         let parts = self.partitions.borrow();
+        let snapshot = self.catalog.snapshot();
         if let Some(wal) = self.wal.borrow().as_ref() {
             wal.trim(|t| {
                 t.superseded
-                    || parts.get(&t.key).is_none_or(|p| {
-                        t.header.last_offset() < p.log.log_start_offset().max(p.uploaded_end)
-                    })
+                    || match parts.get(&t.key) {
+                        Some(p) => {
+                            t.header.last_offset() < p.log.log_start_offset().max(p.uploaded_end)
+                        }
+                        // Only a deleted topic's batches go without being uploaded.
+                        None => snapshot.was_deleted(&t.key.topic_id),
+                    }
             });
         }
     }
@@ -1002,22 +1010,36 @@ impl ShardState {
 }
 
 /// The partition of a live topic that a manifest entry names, created if new; None for
-/// entries of deleted topics or partitions (the next deletion pass drops them).
+/// entries of deleted topics (the next deletion pass drops them).
 fn named_partition<'a>(
     parts: &'a mut HashMap<PartitionKey, Partition>,
     snapshot: &Snapshot,
     topic_id: [u8; 16],
     index: i32,
-) -> Option<&'a mut Partition> {
+) -> Result<Option<&'a mut Partition>, String> {
     let pk = PartitionKey {
         topic_id: Uuid::from_bytes(topic_id),
         partition: index,
     };
-    let topic = snapshot
-        .by_id(&pk.topic_id)
-        .filter(|t| index < t.partitions)
-        .cloned()?;
-    Some(parts.entry(pk).or_insert_with(|| Partition::new(topic)))
+    Ok(known_topic(snapshot, &pk)?
+        .map(|topic| parts.entry(pk).or_insert_with(|| Partition::new(topic))))
+}
+
+/// The topic of a partition that the slot's data names: None if the topic was deleted; an
+/// error if the catalog does not know it (or not that many partitions) and has no record of
+/// its deletion: the catalog is older than the data, and the slot must not open on it — its
+/// data would be neither served nor kept (issue 17: data of topics merely missing from a
+/// catalog was deleted).
+fn known_topic(snapshot: &Snapshot, key: &PartitionKey) -> Result<Option<Arc<TopicMeta>>, String> {
+    match snapshot.by_id(&key.topic_id) {
+        Some(t) if key.partition < t.partitions => Ok(Some(t.clone())),
+        None if snapshot.was_deleted(&key.topic_id) => Ok(None),
+        _ => Err(format!(
+            "the slot holds data of topic id {} partition {}, which the topic catalog (generation \
+             {}) neither has nor records as deleted: waiting for a newer catalog",
+            key.topic_id, key.partition, snapshot.generation
+        )),
+    }
 }
 
 fn wake(waiters: impl Iterator<Item = Waiter>) {
@@ -1308,6 +1330,16 @@ struct Deletion {
     /// New log starts: DeleteRecords' offsets, and the ends of the spans retention drops.
     starts: HashMap<StreamKey, i64>,
     live: HashSet<PartitionKey>,
+    /// The catalog as the pass began: data of partitions not live is dropped only when it
+    /// records their topic's deletion.
+    catalog: Arc<Snapshot>,
+}
+
+impl Deletion {
+    /// Whether the pass may forget everything of partition `key`: its topic was deleted.
+    fn forgets(&self, key: &PartitionKey) -> bool {
+        !self.live.contains(key) && self.catalog.was_deleted(&key.topic_id)
+    }
 }
 
 impl ShardState {
@@ -1318,6 +1350,7 @@ impl ShardState {
         let parts = self.partitions.borrow();
         let mut d = Deletion {
             live: parts.keys().copied().collect(),
+            catalog: self.catalog.snapshot(),
             ..Deletion::default()
         };
         for (key, p) in parts.iter() {
@@ -1356,10 +1389,10 @@ impl ShardState {
                 topic_id: Uuid::from_bytes(s.topic_id),
                 partition: s.partition,
             };
-            !d.live.contains(&key) || d.spans.contains(&(key, s.base_offset))
+            d.forgets(&key) || d.spans.contains(&(key, s.base_offset))
         };
         let live = |k: &StreamKey| {
-            d.live.contains(&PartitionKey {
+            !d.forgets(&PartitionKey {
                 topic_id: Uuid::from_bytes(k.0),
                 partition: k.1,
             })

@@ -118,3 +118,82 @@ async fn a_restarting_broker_never_writes_its_old_catalog_over_the_clusters() {
     assert_eq!((records.len(), lows), (5, vec![0]));
     assert!(object_count(bucket.path()) > 0);
 }
+
+/// Issue 17 item 2: a broker whose catalog lacks a topic whose data the bucket holds, with no
+/// record of its deletion (a catalog older than the data), must not delete that data. It
+/// refuses to open the slot, saying why, and serves it once the catalog knows the topic again.
+#[tokio::test(flavor = "multi_thread")]
+async fn data_of_a_topic_missing_from_the_catalog_is_kept() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", bucket.path().display());
+    let flags = [
+        "--object-store",
+        &store,
+        "--object-age-max-ms",
+        "50",
+        "--shards",
+        "1",
+    ];
+    let b = TestBroker::start(&flags);
+    common::create_topic(&b.bootstrap(), "kept", 1, &[]).await;
+    produce(&b.bootstrap(), "kept", 5).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while object_count(bucket.path()) == 0 {
+        assert!(Instant::now() < deadline, "no object uploaded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(b.terminate(), Some(0));
+    let objects = object_count(bucket.path());
+
+    // The bucket's catalog loses the topic, as a newer generation with no deletion record.
+    let path = bucket.path().join("catalog.json");
+    let good = std::fs::read(&path).unwrap();
+    let mut catalog: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    let generation = catalog["generation"].as_u64().unwrap_or(0);
+    catalog["generation"] = (generation + 10).into();
+    catalog["topics"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|t| t["name"] != "kept");
+    std::fs::write(&path, serde_json::to_vec(&catalog).unwrap()).unwrap();
+
+    // A broker on a fresh data directory takes the bucket's catalog.
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringtail"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "none",
+        ])
+        .args(["--wal-size-per-shard", "16777216"])
+        .args(flags)
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = out.id();
+    // Long enough for several deletion passes (one a second) had the slot opened.
+    std::thread::sleep(Duration::from_secs(4));
+    common::signal(pid, "-TERM");
+    let out = out.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("{err}");
+    assert_eq!(object_count(bucket.path()), objects, "objects were deleted");
+    assert!(
+        err.contains("neither has nor records as deleted"),
+        "says why the slot does not open"
+    );
+
+    // The catalog knows the topic again (a newer generation): everything is there.
+    let mut fixed: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    fixed["generation"] = (generation + 11).into();
+    std::fs::write(&path, serde_json::to_vec(&fixed).unwrap()).unwrap();
+    let b = TestBroker::start_in(tempfile::tempdir().unwrap(), &flags);
+    let (records, lows) = common::read_all(&b.bootstrap(), "kept", 1);
+    assert_eq!((records.len(), lows), (5, vec![0]));
+}
