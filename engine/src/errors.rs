@@ -31,6 +31,16 @@ pub fn catalog_error_code(e: &CatalogError) -> i16 {
     }
 }
 
+/// Test only: `RINGTAIL_TEST_PANIC_ON_CREATE=<topic>` makes creating that topic panic on the
+/// shard that handles it (how a test shows what a shard panic does to the process).
+pub fn failpoint_panic_on_create(topic: &str) {
+    static NAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let name = NAME.get_or_init(|| std::env::var("RINGTAIL_TEST_PANIC_ON_CREATE").ok());
+    if name.as_deref() == Some(topic) {
+        panic!("RINGTAIL_TEST_PANIC_ON_CREATE: creating topic {topic:?}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -127,6 +127,7 @@ fn init_logging(json: bool) {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
+    end_process_on_panic();
     let config = Arc::new(config);
     let store_metrics = Arc::new(StoreMetrics::default());
     let store = object_store(&config)?
@@ -445,6 +446,23 @@ fn offsets_topic(catalog: &Catalog, slots: u32) -> anyhow::Result<Arc<TopicMeta>
         }
     }
     anyhow::bail!("creating {OFFSETS_TOPIC}: the object store's catalog kept changing")
+}
+
+/// A panic anywhere ends the process (after the usual message and a log line). A panicking
+/// shard thread used to die alone: the process lived on, the membership thread kept renewing
+/// the lease, and nobody took the shard's slots over. Ending is the clean failure: the WAL holds
+/// what was acknowledged, and other brokers take over once the lease is silent.
+fn end_process_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        let thread = std::thread::current();
+        tracing::error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            "{info}; ending the process so that its partitions fail over"
+        );
+        std::process::abort();
+    }));
 }
 
 /// Attempts at creating the committed-offsets topic while other brokers change the catalog.

@@ -79,3 +79,44 @@ fn one_broker_per_node_id_and_a_dead_ones_node_is_taken_over() {
     assert!(!c.log_contains("waiting to see whether its holder renews it"));
     assert!(c.log_contains("holding the node lease"));
 }
+
+/// Issue 17 item 6: a panic on a shard ends the process (it lived on with a dead shard and a
+/// renewed lease, so nobody took that shard's slots over); a new broker for the node then
+/// takes the node over and serves.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shard_panic_ends_the_process_and_the_node_is_taken_over() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", bucket.path().display());
+    let args = ["--object-store", &store, "--lease-ms", LEASE_MS];
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = TestBroker::start_wrapped(
+        &["env", "RINGTAIL_TEST_PANIC_ON_CREATE=boom"],
+        dir.path(),
+        &args,
+    );
+    common::create_topic(&a.bootstrap(), "fine", 1, &[]).await;
+    // The admin client's request dies with the broker: its answer does not matter.
+    let bootstrap = a.bootstrap();
+    tokio::spawn(async move {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::client::DefaultClientContext;
+        let admin: AdminClient<DefaultClientContext> = rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .unwrap();
+        let topic = NewTopic::new("boom", 1, TopicReplication::Fixed(1));
+        let _ = admin.create_topics(&[topic], &AdminOptions::new()).await;
+    });
+    let status = a.wait_exit(Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the broker must end after a shard panic: {status:?}"
+    );
+    assert!(a.log_contains("ending the process so that its partitions fail over"));
+    drop(a);
+    let fresh = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_at(fresh.path(), &args);
+    assert!(b.log_contains("holding the node lease"));
+    let (records, _) = common::read_all(&b.bootstrap(), "fine", 1);
+    assert!(records.is_empty());
+}

@@ -132,6 +132,7 @@ async fn create_topic(
             "durability=object needs an object store (--object-store)".into(),
         );
     }
+    crate::errors::failpoint_panic_on_create(&name);
     match broker
         .catalog
         .create(&name, partitions, configs, validate_only)

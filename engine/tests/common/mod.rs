@@ -219,6 +219,18 @@ impl TestBroker {
         let _ = child.wait();
     }
 
+    /// Waits up to `limit` for the process to exit by itself: its status, or None if it runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Asserts the broker process is still running.
     pub fn assert_alive(&mut self) {
         let status = self.child.as_mut().unwrap().try_wait().unwrap();
