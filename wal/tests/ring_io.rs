@@ -203,3 +203,79 @@ fn raising_the_max_write_size_keeps_larger_writes_recoverable() {
     );
     assert_eq!(recovery.superblock.chunk_bytes_max, 512 << 10);
 }
+
+/// One entry that fills a whole chunk of `max` bytes.
+fn chunk_sized(i: u64, max: usize) -> Bytes {
+    Bytes::from(vec![i as u8; max - 128])
+}
+
+/// A trim that lands while a superblock write is in flight must stay pending until a later
+/// superblock records it: the space it frees is still what the durable superblock points to.
+/// (The writer used to forget such trims once its superblock write completed, then wrote over
+/// the chunk at the durable trim point; recovery refused the ring as corrupt in the middle.)
+#[test]
+fn trim_during_a_superblock_write_never_frees_what_the_durable_superblock_points_to() {
+    use futures::future::{select, Either};
+    let max = 64usize << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1 << 20, max as u32, SyncMode::Fdatasync);
+    create_or_check(&cfg).unwrap();
+    let cfg2 = cfg.clone();
+    let (last, held_at) = ringtail_shards::block_on(1 << 20, move || async move {
+        let recovery = recover(&cfg2.path).unwrap();
+        let wal: Wal<u64> = Wal::open(&cfg2, &recovery, Vec::new(), |_: &[u64]| {})
+            .await
+            .unwrap();
+        let mut i = 0u64;
+        loop {
+            match wal.append(meta(i), chunk_sized(i, max), i) {
+                Ok(t) => t.await.unwrap().unwrap(),
+                Err(WalError::Full { .. }) => break,
+                Err(e) => panic!("{e}"),
+            }
+            i += 1;
+        }
+        assert_eq!(wal.stats().superblock_writes, 0);
+        // Free the four oldest chunks: the next superblock write records chunk 4 as the trim
+        // point. Append until a write needs it; the hold stops it once it is durable.
+        wal.trim(|&t| t < 4);
+        let (mut reached, release) = wal.hold_next_superblock_write();
+        let held = loop {
+            let ticket = wal.append(meta(i), chunk_sized(i, max), i).unwrap();
+            i += 1;
+            match select(ticket, &mut reached).await {
+                Either::Left((written, _)) => written.unwrap().unwrap(),
+                Either::Right((r, ticket)) => {
+                    r.unwrap();
+                    break ticket;
+                }
+            }
+        };
+        let held_at = i - 1;
+        // The superblock pointing at chunk 4 is on disk but not recorded: trim everything.
+        wal.trim(|&t| t < held_at);
+        release.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        // Write until the ring is full again, without trimming: no write may land on chunk 4
+        // until a new superblock has moved the trim point past it.
+        loop {
+            match wal.append(meta(i), chunk_sized(i, max), i) {
+                Ok(t) => t.await.unwrap().unwrap(),
+                Err(WalError::Full { .. }) => break,
+                Err(e) => panic!("{e}"),
+            }
+            i += 1;
+        }
+        (i - 1, held_at)
+    })
+    .unwrap();
+    // A crash now: recovery reads from the durable superblock's trim point.
+    let recovery = recover(&cfg.path).unwrap();
+    let first = recovery.entries[0].0.meta.base_offset as u64;
+    assert!(first <= held_at, "entries from {first} recovered");
+    assert_eq!(recovery.entries.len() as u64, last - first + 1);
+    for (k, (h, p)) in recovery.entries.iter().enumerate() {
+        let i = first + k as u64;
+        assert_eq!((h.meta, p.clone()), (meta(i), chunk_sized(i, max)));
+    }
+}
