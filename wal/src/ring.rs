@@ -182,6 +182,8 @@ struct Pending<T> {
 
 struct LiveChunk<T> {
     pos: u64,
+    /// Bytes on disk (whole blocks): bounds the superblock's `chunk_bytes_max` while live.
+    len: u64,
     first_seq: u64,
     tags: Vec<T>,
 }
@@ -285,6 +287,7 @@ impl<T: Clone + 'static> Wal<T> {
             .into_iter()
             .map(|(c, tags)| LiveChunk {
                 pos: c.pos,
+                len: c.len,
                 first_seq: c.first_seq,
                 tags,
             })
@@ -321,9 +324,9 @@ impl<T: Clone + 'static> Wal<T> {
             ring_bytes,
             on_durable: Box::new(on_durable),
         };
-        if config.chunk_bytes_max != sb.chunk_bytes_max {
-            // Recovery bounds chunks by the superblock's max: record a new max before any write
-            // could exceed the old one.
+        if writer.superblock_chunk_bytes_max() != sb.chunk_bytes_max {
+            // Recovery bounds chunks by the superblock's max: record a raised max before any
+            // write could exceed the old one (a lowered one is kept up to the largest live chunk).
             writer
                 .write_superblock()
                 .await
@@ -614,6 +617,7 @@ impl<T: Clone + 'static> Writer<T> {
             s.inflight_bytes = 0;
             s.chunks.push_back(LiveChunk {
                 pos,
+                len,
                 first_seq: seq,
                 tags: tags.clone(),
             });
@@ -626,7 +630,23 @@ impl<T: Clone + 'static> Writer<T> {
         Ok(())
     }
 
+    /// The largest chunk recovery must accept: the configured maximum, or a larger chunk
+    /// still live (written before `--wal-max-write-bytes` was lowered) until it is trimmed.
+    /// Recovery stops at the first chunk above the superblock's maximum, so recording only a
+    /// lowered maximum would cut the log there.
+    fn superblock_chunk_bytes_max(&self) -> u32 {
+        let s = self.state.borrow();
+        let largest_live = s.chunks.iter().map(|c| c.len).max().unwrap_or(0);
+        let max = self.chunk_bytes_max.max(largest_live);
+        assert!(
+            max <= self.ring_bytes && max.is_multiple_of(BLOCK_SIZE as u64),
+            "chunks are whole blocks inside the ring"
+        );
+        max as u32
+    }
+
     async fn write_superblock(&self) -> Result<(), String> {
+        let chunk_bytes_max = self.superblock_chunk_bytes_max();
         let sb = {
             let s = self.state.borrow();
             let (trim_pos, trim_seq) = match s.chunks.front() {
@@ -637,7 +657,7 @@ impl<T: Clone + 'static> Writer<T> {
                 generation: s.superblock.generation + 1,
                 trim_pos,
                 trim_seq,
-                chunk_bytes_max: self.chunk_bytes_max as u32,
+                chunk_bytes_max,
                 ..s.superblock
             }
         };

@@ -279,3 +279,110 @@ fn trim_during_a_superblock_write_never_frees_what_the_durable_superblock_points
         assert_eq!((h.meta, p.clone()), (meta(i), chunk_sized(i, max)));
     }
 }
+
+/// Each recovered chunk with its entries' tags (the entry's base offset, as `meta` sets it).
+fn live_tags(recovery: &ringtail_wal::Recovery) -> Vec<(ringtail_wal::scan::ChunkRef, Vec<u64>)> {
+    let mut entries = recovery.entries.iter();
+    recovery
+        .chunks
+        .iter()
+        .map(|c| {
+            let tags = entries
+                .by_ref()
+                .take(c.entry_count as usize)
+                .map(|(h, _)| h.meta.base_offset as u64)
+                .collect();
+            (*c, tags)
+        })
+        .collect()
+}
+
+/// Lowering `--wal-max-write-bytes` while larger chunks are live must not hide them from
+/// recovery: the superblock keeps the largest live chunk size until those chunks are trimmed.
+#[test]
+fn lowering_the_max_write_size_keeps_larger_live_writes_recoverable() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = config(dir.path(), 4 << 20, 512 << 10, SyncMode::Fdatasync);
+    create_or_check(&big).unwrap();
+    let small = WalConfig {
+        chunk_bytes_max: 64 << 10,
+        ..big.clone()
+    };
+    let large = |i: u64| Bytes::from(vec![i as u8; 300 << 10]);
+    let payload_of = move |i: u64| if i < 3 { large(i) } else { payload(i) };
+    let cfg = big.clone();
+    ringtail_shards::block_on(1 << 20, move || async move {
+        let recovery = recover(&cfg.path).unwrap();
+        let wal: Wal<u64> = Wal::open(&cfg, &recovery, Vec::new(), |_: &[u64]| {})
+            .await
+            .unwrap();
+        for i in 0..3 {
+            wal.append(meta(i), large(i), i)
+                .unwrap()
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    })
+    .unwrap();
+    // Restart with a smaller maximum and write small entries after the large ones.
+    let cfg = small.clone();
+    ringtail_shards::block_on(1 << 20, move || async move {
+        let recovery = recover(&cfg.path).unwrap();
+        assert_eq!(recovery.entries.len(), 3);
+        let live = live_tags(&recovery);
+        let wal: Wal<u64> = Wal::open(&cfg, &recovery, live, |_: &[u64]| {})
+            .await
+            .unwrap();
+        for i in 3..8 {
+            wal.append(meta(i), payload(i), i)
+                .unwrap()
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    })
+    .unwrap();
+    let recovery = recover(&small.path).unwrap();
+    assert_eq!(
+        recovery.entries.len(),
+        8,
+        "the three 300 KiB entries and the five after them are found after the second restart"
+    );
+    for (i, (h, p)) in recovery.entries.iter().enumerate() {
+        assert_eq!((h.meta, p.clone()), (meta(i as u64), payload_of(i as u64)));
+    }
+    let largest = recovery.chunks.iter().map(|c| c.len).max().unwrap();
+    assert!(largest > 64 << 10);
+    assert_eq!(recovery.superblock.chunk_bytes_max as u64, largest);
+    // Once the large chunks are trimmed, the next superblock goes back to the configured max.
+    let cfg = small.clone();
+    let (superblocks, i) = ringtail_shards::block_on(1 << 20, move || async move {
+        let recovery = recover(&cfg.path).unwrap();
+        let live = live_tags(&recovery);
+        let wal: Wal<u64> = Wal::open(&cfg, &recovery, live, |_: &[u64]| {})
+            .await
+            .unwrap();
+        wal.trim(|&t| t < 3);
+        let mut i = 8;
+        while wal.stats().superblock_writes == 0 {
+            assert!(i < 1000, "a superblock write within a lap");
+            wal.append(meta(i), chunk_sized(i, 64 << 10), i)
+                .unwrap()
+                .await
+                .unwrap()
+                .unwrap();
+            i += 1;
+        }
+        (wal.stats().superblock_writes, i)
+    })
+    .unwrap();
+    assert_eq!(superblocks, 1);
+    let recovery = recover(&small.path).unwrap();
+    assert_eq!(recovery.superblock.chunk_bytes_max, 64 << 10);
+    assert_eq!(
+        recovery.entries.len() as u64,
+        i - 3,
+        "everything after the trim"
+    );
+}
