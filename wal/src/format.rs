@@ -153,7 +153,7 @@ impl ChunkHeader {
         })
     }
 
-    fn encode_into(&self, out: &mut [u8]) {
+    pub(crate) fn encode_into(&self, out: &mut [u8]) {
         out[..CHUNK_HEADER_LEN].fill(0);
         out[0..4].copy_from_slice(&CHUNK_MAGIC.to_le_bytes());
         out[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());

@@ -182,6 +182,8 @@ struct Pending<T> {
 
 struct LiveChunk<T> {
     pos: u64,
+    /// Bytes on disk (whole blocks): bounds the superblock's `chunk_bytes_max` while live.
+    len: u64,
     first_seq: u64,
     tags: Vec<T>,
 }
@@ -200,11 +202,14 @@ struct State<T> {
     next_append_seq: u64,
     /// Bytes from the in-memory trim point to the head, wrap gaps included.
     used_bytes: u64,
-    /// Bytes trimmed in memory whose trim is not in the durable superblock yet: not reusable.
-    trimmed_not_durable: u64,
+    /// The durable superblock (the newest one written and fdatasync'ed). Bytes trimmed in
+    /// memory are reusable only once a superblock written here no longer points to them.
     superblock: Superblock,
     failed: Option<String>,
     writer_waker: Option<Waker>,
+    /// Fault injection ([`Wal::hold_next_superblock_write`]): tells when the next superblock
+    /// write is durable, then waits for the release before the writer records it.
+    superblock_hold: Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>,
 }
 
 /// Counters of one ring (a metrics probe).
@@ -282,6 +287,7 @@ impl<T: Clone + 'static> Wal<T> {
             .into_iter()
             .map(|(c, tags)| LiveChunk {
                 pos: c.pos,
+                len: c.len,
                 first_seq: c.first_seq,
                 tags,
             })
@@ -301,13 +307,10 @@ impl<T: Clone + 'static> Wal<T> {
             next_seq: recovery.next_seq,
             next_append_seq: recovery.next_seq,
             used_bytes,
-            trimmed_not_durable: 0,
-            superblock: Superblock {
-                chunk_bytes_max: config.chunk_bytes_max,
-                ..sb
-            },
+            superblock: sb,
             failed: None,
             writer_waker: None,
+            superblock_hold: None,
         }));
         let metrics = Arc::new(WalMetrics::new(ring_bytes));
         metrics.used_bytes.store(used_bytes, Relaxed);
@@ -321,9 +324,9 @@ impl<T: Clone + 'static> Wal<T> {
             ring_bytes,
             on_durable: Box::new(on_durable),
         };
-        if config.chunk_bytes_max != sb.chunk_bytes_max {
-            // Recovery bounds chunks by the superblock's max: record a new max before any write
-            // could exceed the old one.
+        if writer.superblock_chunk_bytes_max() != sb.chunk_bytes_max {
+            // Recovery bounds chunks by the superblock's max: record a raised max before any
+            // write could exceed the old one (a lowered one is kept up to the largest live chunk).
             writer
                 .write_superblock()
                 .await
@@ -395,9 +398,19 @@ impl<T: Clone + 'static> Wal<T> {
                 distance(c.pos, next, self.ring_bytes)
             };
             s.used_bytes -= freed;
-            s.trimmed_not_durable += freed;
         }
         self.metrics.used_bytes.store(s.used_bytes, Relaxed);
+    }
+
+    /// Fault injection, for tests that need a deterministic interleaving: the writer's next
+    /// superblock write stops once its block is durable, before the writer records it (so it
+    /// is in flight as far as the rest of the ring is concerned). The first receiver resolves
+    /// when the writer is held there; sending on (or dropping) the second releases it.
+    pub fn hold_next_superblock_write(&self) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+        let (reached_tx, reached_rx) = oneshot::channel();
+        let (release_tx, release_rx) = oneshot::channel();
+        self.state.borrow_mut().superblock_hold = Some((reached_tx, release_rx));
+        (reached_rx, release_tx)
     }
 
     /// Bytes of the ring holding data that has not been trimmed.
@@ -422,6 +435,23 @@ impl<T: Clone + 'static> Wal<T> {
     /// The ring's live metrics (for a metrics endpoint on another thread).
     pub fn metrics(&self) -> Arc<WalMetrics> {
         self.metrics.clone()
+    }
+}
+
+impl<T> State<T> {
+    /// Bytes from the durable superblock's trim point to the head, wrap gaps included: what
+    /// recovery would read after a crash now, so what no write may overwrite. Derived from
+    /// the superblock itself, not from a count of trims, so that a trim made while a
+    /// superblock write is in flight cannot be mistaken for one that write recorded.
+    fn durable_bytes(&self, ring_bytes: u64) -> u64 {
+        if self.superblock.trim_seq == self.next_seq {
+            debug_assert_eq!(self.superblock.trim_pos, self.head, "nothing written since");
+            return 0;
+        }
+        match distance(self.superblock.trim_pos, self.head, ring_bytes) {
+            0 => ring_bytes, // a whole lap written since the trim point
+            d => d,
+        }
     }
 }
 
@@ -528,7 +558,7 @@ impl<T: Clone + 'static> Writer<T> {
         // Space: never write over data the durable superblock still points to.
         let needs_superblock = {
             let s = self.state.borrow();
-            s.used_bytes + s.trimmed_not_durable + gap + len > self.ring_bytes
+            s.durable_bytes(self.ring_bytes) + gap + len > self.ring_bytes
         };
         if needs_superblock {
             self.write_superblock().await?;
@@ -538,6 +568,14 @@ impl<T: Clone + 'static> Writer<T> {
             assert!(
                 s.used_bytes + gap + len <= self.ring_bytes,
                 "append admission keeps a write's worth of room"
+            );
+            let durable = s.durable_bytes(self.ring_bytes);
+            assert!(
+                durable + gap + len <= self.ring_bytes,
+                "never overwrite what the durable superblock points to: {durable} bytes from its \
+                 trim point {} to the head {}, a write of {len} bytes after a {gap}-byte gap",
+                s.superblock.trim_pos,
+                s.head,
             );
         }
         let mut buf = self.file.alloc_dma_buffer(len as usize);
@@ -579,6 +617,7 @@ impl<T: Clone + 'static> Writer<T> {
             s.inflight_bytes = 0;
             s.chunks.push_back(LiveChunk {
                 pos,
+                len,
                 first_seq: seq,
                 tags: tags.clone(),
             });
@@ -591,7 +630,23 @@ impl<T: Clone + 'static> Writer<T> {
         Ok(())
     }
 
+    /// The largest chunk recovery must accept: the configured maximum, or a larger chunk
+    /// still live (written before `--wal-max-write-bytes` was lowered) until it is trimmed.
+    /// Recovery stops at the first chunk above the superblock's maximum, so recording only a
+    /// lowered maximum would cut the log there.
+    fn superblock_chunk_bytes_max(&self) -> u32 {
+        let s = self.state.borrow();
+        let largest_live = s.chunks.iter().map(|c| c.len).max().unwrap_or(0);
+        let max = self.chunk_bytes_max.max(largest_live);
+        assert!(
+            max <= self.ring_bytes && max.is_multiple_of(BLOCK_SIZE as u64),
+            "chunks are whole blocks inside the ring"
+        );
+        max as u32
+    }
+
     async fn write_superblock(&self) -> Result<(), String> {
+        let chunk_bytes_max = self.superblock_chunk_bytes_max();
         let sb = {
             let s = self.state.borrow();
             let (trim_pos, trim_seq) = match s.chunks.front() {
@@ -602,6 +657,7 @@ impl<T: Clone + 'static> Writer<T> {
                 generation: s.superblock.generation + 1,
                 trim_pos,
                 trim_seq,
+                chunk_bytes_max,
                 ..s.superblock
             }
         };
@@ -617,9 +673,15 @@ impl<T: Clone + 'static> Writer<T> {
             .fdatasync()
             .await
             .map_err(|e| format!("superblock fdatasync: {e}"))?;
+        let hold = self.state.borrow_mut().superblock_hold.take();
+        if let Some((reached, release)) = hold {
+            let _ = reached.send(());
+            let _ = release.await;
+        }
         let mut s = self.state.borrow_mut();
+        // Trims made while this write was in flight are not in it: they stay pending (the
+        // durable bytes are measured from this superblock's trim point).
         s.superblock = sb;
-        s.trimmed_not_durable = 0;
         self.metrics.superblock_writes.fetch_add(1, Relaxed);
         Ok(())
     }

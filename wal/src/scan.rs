@@ -66,11 +66,16 @@ fn chunk_at<'a>(
     }
     let header = ChunkHeader::decode(&region[pos as usize..])?;
     let len = header.chunk_len as u64;
+    // Every entry takes at least its header: a count the chunk cannot hold is damage (and
+    // is never trusted with an allocation), and sequences must not overflow.
+    let entries_max = len.saturating_sub(CHUNK_HEADER_LEN as u64) / ENTRY_HEADER_LEN as u64;
     if header.first_seq != seq
         || len == 0
         || !len.is_multiple_of(bs)
         || len > sb.chunk_bytes_max as u64
         || pos + len > sb.region_bytes
+        || header.entry_count as u64 > entries_max
+        || seq.checked_add(header.entry_count as u64).is_none()
     {
         return None;
     }
@@ -175,6 +180,9 @@ fn check_nothing_later(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod proptests;
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -203,3 +203,186 @@ fn raising_the_max_write_size_keeps_larger_writes_recoverable() {
     );
     assert_eq!(recovery.superblock.chunk_bytes_max, 512 << 10);
 }
+
+/// One entry that fills a whole chunk of `max` bytes.
+fn chunk_sized(i: u64, max: usize) -> Bytes {
+    Bytes::from(vec![i as u8; max - 128])
+}
+
+/// A trim that lands while a superblock write is in flight must stay pending until a later
+/// superblock records it: the space it frees is still what the durable superblock points to.
+/// (The writer used to forget such trims once its superblock write completed, then wrote over
+/// the chunk at the durable trim point; recovery refused the ring as corrupt in the middle.)
+#[test]
+fn trim_during_a_superblock_write_never_frees_what_the_durable_superblock_points_to() {
+    use futures::future::{select, Either};
+    let max = 64usize << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1 << 20, max as u32, SyncMode::Fdatasync);
+    create_or_check(&cfg).unwrap();
+    let cfg2 = cfg.clone();
+    let (last, held_at) = ringtail_shards::block_on(1 << 20, move || async move {
+        let recovery = recover(&cfg2.path).unwrap();
+        let wal: Wal<u64> = Wal::open(&cfg2, &recovery, Vec::new(), |_: &[u64]| {})
+            .await
+            .unwrap();
+        let mut i = 0u64;
+        loop {
+            match wal.append(meta(i), chunk_sized(i, max), i) {
+                Ok(t) => t.await.unwrap().unwrap(),
+                Err(WalError::Full { .. }) => break,
+                Err(e) => panic!("{e}"),
+            }
+            i += 1;
+        }
+        assert_eq!(wal.stats().superblock_writes, 0);
+        // Free the four oldest chunks: the next superblock write records chunk 4 as the trim
+        // point. Append until a write needs it; the hold stops it once it is durable.
+        wal.trim(|&t| t < 4);
+        let (mut reached, release) = wal.hold_next_superblock_write();
+        let held = loop {
+            let ticket = wal.append(meta(i), chunk_sized(i, max), i).unwrap();
+            i += 1;
+            match select(ticket, &mut reached).await {
+                Either::Left((written, _)) => written.unwrap().unwrap(),
+                Either::Right((r, ticket)) => {
+                    r.unwrap();
+                    break ticket;
+                }
+            }
+        };
+        let held_at = i - 1;
+        // The superblock pointing at chunk 4 is on disk but not recorded: trim everything.
+        wal.trim(|&t| t < held_at);
+        release.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        // Write until the ring is full again, without trimming: no write may land on chunk 4
+        // until a new superblock has moved the trim point past it.
+        loop {
+            match wal.append(meta(i), chunk_sized(i, max), i) {
+                Ok(t) => t.await.unwrap().unwrap(),
+                Err(WalError::Full { .. }) => break,
+                Err(e) => panic!("{e}"),
+            }
+            i += 1;
+        }
+        (i - 1, held_at)
+    })
+    .unwrap();
+    // A crash now: recovery reads from the durable superblock's trim point.
+    let recovery = recover(&cfg.path).unwrap();
+    let first = recovery.entries[0].0.meta.base_offset as u64;
+    assert!(first <= held_at, "entries from {first} recovered");
+    assert_eq!(recovery.entries.len() as u64, last - first + 1);
+    for (k, (h, p)) in recovery.entries.iter().enumerate() {
+        let i = first + k as u64;
+        assert_eq!((h.meta, p.clone()), (meta(i), chunk_sized(i, max)));
+    }
+}
+
+/// Each recovered chunk with its entries' tags (the entry's base offset, as `meta` sets it).
+fn live_tags(recovery: &ringtail_wal::Recovery) -> Vec<(ringtail_wal::scan::ChunkRef, Vec<u64>)> {
+    let mut entries = recovery.entries.iter();
+    recovery
+        .chunks
+        .iter()
+        .map(|c| {
+            let tags = entries
+                .by_ref()
+                .take(c.entry_count as usize)
+                .map(|(h, _)| h.meta.base_offset as u64)
+                .collect();
+            (*c, tags)
+        })
+        .collect()
+}
+
+/// Lowering `--wal-max-write-bytes` while larger chunks are live must not hide them from
+/// recovery: the superblock keeps the largest live chunk size until those chunks are trimmed.
+#[test]
+fn lowering_the_max_write_size_keeps_larger_live_writes_recoverable() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = config(dir.path(), 4 << 20, 512 << 10, SyncMode::Fdatasync);
+    create_or_check(&big).unwrap();
+    let small = WalConfig {
+        chunk_bytes_max: 64 << 10,
+        ..big.clone()
+    };
+    let large = |i: u64| Bytes::from(vec![i as u8; 300 << 10]);
+    let payload_of = move |i: u64| if i < 3 { large(i) } else { payload(i) };
+    let cfg = big.clone();
+    ringtail_shards::block_on(1 << 20, move || async move {
+        let recovery = recover(&cfg.path).unwrap();
+        let wal: Wal<u64> = Wal::open(&cfg, &recovery, Vec::new(), |_: &[u64]| {})
+            .await
+            .unwrap();
+        for i in 0..3 {
+            wal.append(meta(i), large(i), i)
+                .unwrap()
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    })
+    .unwrap();
+    // Restart with a smaller maximum and write small entries after the large ones.
+    let cfg = small.clone();
+    ringtail_shards::block_on(1 << 20, move || async move {
+        let recovery = recover(&cfg.path).unwrap();
+        assert_eq!(recovery.entries.len(), 3);
+        let live = live_tags(&recovery);
+        let wal: Wal<u64> = Wal::open(&cfg, &recovery, live, |_: &[u64]| {})
+            .await
+            .unwrap();
+        for i in 3..8 {
+            wal.append(meta(i), payload(i), i)
+                .unwrap()
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    })
+    .unwrap();
+    let recovery = recover(&small.path).unwrap();
+    assert_eq!(
+        recovery.entries.len(),
+        8,
+        "the three 300 KiB entries and the five after them are found after the second restart"
+    );
+    for (i, (h, p)) in recovery.entries.iter().enumerate() {
+        assert_eq!((h.meta, p.clone()), (meta(i as u64), payload_of(i as u64)));
+    }
+    let largest = recovery.chunks.iter().map(|c| c.len).max().unwrap();
+    assert!(largest > 64 << 10);
+    assert_eq!(recovery.superblock.chunk_bytes_max as u64, largest);
+    // Once the large chunks are trimmed, the next superblock goes back to the configured max.
+    let cfg = small.clone();
+    let (superblocks, i) = ringtail_shards::block_on(1 << 20, move || async move {
+        let recovery = recover(&cfg.path).unwrap();
+        let live = live_tags(&recovery);
+        let wal: Wal<u64> = Wal::open(&cfg, &recovery, live, |_: &[u64]| {})
+            .await
+            .unwrap();
+        wal.trim(|&t| t < 3);
+        let mut i = 8;
+        while wal.stats().superblock_writes == 0 {
+            assert!(i < 1000, "a superblock write within a lap");
+            wal.append(meta(i), chunk_sized(i, 64 << 10), i)
+                .unwrap()
+                .await
+                .unwrap()
+                .unwrap();
+            i += 1;
+        }
+        (wal.stats().superblock_writes, i)
+    })
+    .unwrap();
+    assert_eq!(superblocks, 1);
+    let recovery = recover(&small.path).unwrap();
+    assert_eq!(recovery.superblock.chunk_bytes_max, 64 << 10);
+    assert_eq!(
+        recovery.entries.len() as u64,
+        i - 3,
+        "everything after the trim"
+    );
+}
