@@ -238,7 +238,7 @@ impl Catalog {
                                 "took the cluster's topic catalog from the object store"
                             );
                         }
-                        self.install(&theirs)?;
+                        self.install(&theirs).await?;
                         return Ok(());
                     }
                 }
@@ -295,7 +295,7 @@ impl Catalog {
                 Some(_) => {}
             }
         }
-        self.install(&theirs)?;
+        self.install(&theirs).await?;
         Ok(Some(adopted))
     }
 
@@ -324,11 +324,17 @@ impl Catalog {
         self.to_disk(&s, s.generation).to_json()
     }
 
-    /// Persists `disk` here and publishes it.
-    fn install(&self, disk: &OnDisk) -> Result<(), CatalogError> {
-        if let Some(path) = &self.path {
-            write_atomically(path, &disk.to_json())
-                .map_err(|e| CatalogError::Storage(format!("{}: {e}", path.display())))?;
+    /// Persists `disk` here (on a thread of its own: the write ends with fsyncs, which must
+    /// not stall the shard that changes topics) and publishes it.
+    async fn install(&self, disk: &OnDisk) -> Result<(), CatalogError> {
+        if let Some(path) = self.path.clone() {
+            let json = disk.to_json();
+            ringtail_shards::off_thread("ringtail-catalog", move || {
+                write_atomically(&path, &json)
+                    .map_err(|e| CatalogError::Storage(format!("{}: {e}", path.display())))
+            })
+            .await
+            .unwrap_or_else(|| Err(CatalogError::Storage("the write thread failed".into())))?;
         }
         self.load(disk)
             .map_err(|e| CatalogError::Storage(e.to_string()))
@@ -357,7 +363,7 @@ impl Catalog {
                 Err(e) => return Err(CatalogError::Storage(format!("object store: {e}"))),
             }
         }
-        self.install(&disk)
+        self.install(&disk).await
     }
 
     /// Creates a topic (or only validates it). Returns the new topic.

@@ -54,23 +54,17 @@ pub async fn recover_ring(
     config: WalConfig,
     spare: Option<std::path::PathBuf>,
 ) -> Result<ringtail_wal::Recovery, WalError> {
-    let (tx, rx) = futures::channel::oneshot::channel();
-    std::thread::Builder::new()
-        .name("ringtail-recover".into())
-        .spawn(move || {
-            if let Some(spare) = spare.filter(|_| !config.path.exists()) {
-                let fits = std::fs::metadata(&spare).is_ok_and(|m| m.len() == config.region_bytes);
-                if fits && std::fs::rename(&spare, &config.path).is_ok() {
-                    tracing::info!(path = %config.path.display(), "took the spare WAL ring");
-                }
+    ringtail_shards::off_thread("ringtail-recover", move || {
+        if let Some(spare) = spare.filter(|_| !config.path.exists()) {
+            let fits = std::fs::metadata(&spare).is_ok_and(|m| m.len() == config.region_bytes);
+            if fits && std::fs::rename(&spare, &config.path).is_ok() {
+                tracing::info!(path = %config.path.display(), "took the spare WAL ring");
             }
-            let r = ringtail_wal::create_or_check(&config)
-                .and_then(|()| ringtail_wal::recover(&config.path));
-            let _ = tx.send(r);
-        })
-        .map_err(|e| WalError::Failed(format!("spawning the recovery thread: {e}")))?;
-    rx.await
-        .map_err(|_| WalError::Failed("the recovery thread died".into()))?
+        }
+        ringtail_wal::create_or_check(&config).and_then(|()| ringtail_wal::recover(&config.path))
+    })
+    .await
+    .unwrap_or_else(|| Err(WalError::Failed("the recovery thread failed to run".into())))
 }
 
 /// A shard's spare ring (cluster mode): an empty ring written out ahead of a takeover.

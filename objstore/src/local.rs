@@ -4,7 +4,11 @@
 //! partial object). Create-only puts use `link(2)`, which fails if the name exists, so they are
 //! atomic even across processes; `IfMatch` puts compare and rename under an exclusive `flock(2)`
 //! on `<root>/.lock` (and a mutex within the process), so they are atomic across processes that
-//! share the directory too. ETags are the hex CRC-32C and length of the content. Multipart parts are files in `.multipart/<id>/`.
+//! share the directory too. ETags are the hex CRC-32C and length of the content, kept with each
+//! file in an extended attribute (`user.ringtail.etag`, set before the file gets its name), so a
+//! HEAD or a LIST does not read the objects (a LIST of a slot's objects at start used to read all of
+//! them); a file without the attribute has its content read. A LIST walks only the prefix's
+//! directory. Multipart parts are files in `.multipart/<id>/`.
 
 use std::io::Write;
 use std::ops::Range;
@@ -81,6 +85,45 @@ fn etag(bytes: &[u8]) -> String {
     format!("{:08x}-{:x}", crc32c::crc32c(bytes), bytes.len())
 }
 
+/// The extended attribute holding a file's ETag.
+const ETAG_XATTR: &std::ffi::CStr = c"user.ringtail.etag";
+
+/// Records `tag` with the open file (best effort: a file system without user attributes makes
+/// readers compute it from the content).
+fn set_etag_xattr(f: &std::fs::File, tag: &str) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a descriptor we own, a NUL-terminated name, a buffer of the length given.
+    unsafe {
+        libc::fsetxattr(
+            f.as_raw_fd(),
+            ETAG_XATTR.as_ptr(),
+            tag.as_ptr().cast(),
+            tag.len(),
+            0,
+        );
+    }
+}
+
+/// The ETag recorded with the file at `path`, if any.
+fn etag_xattr(path: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut buf = [0u8; 64];
+    // SAFETY: NUL-terminated strings and a buffer of the length given.
+    let n = unsafe {
+        libc::getxattr(
+            c_path.as_ptr(),
+            ETAG_XATTR.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n <= 0 {
+        return None;
+    }
+    String::from_utf8(buf[..n as usize].to_vec()).ok()
+}
+
 fn valid_key(key: &str) -> StoreResult<()> {
     let bad = key.is_empty()
         || key.starts_with('/')
@@ -108,9 +151,9 @@ impl Inner {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
         let mut f = std::fs::File::create(&tmp).map_err(|e| io_error(&tmp, e))?;
-        f.write_all(bytes)
-            .and_then(|_| f.sync_all())
-            .map_err(|e| io_error(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| io_error(&tmp, e))?;
+        set_etag_xattr(&f, &etag(bytes));
+        f.sync_all().map_err(|e| io_error(&tmp, e))?;
         Ok(tmp)
     }
 
@@ -190,6 +233,17 @@ impl Inner {
     }
 
     fn meta(&self, key: &str) -> StoreResult<ObjectMeta> {
+        let path = self.path(key)?;
+        let size = std::fs::metadata(&path)
+            .map_err(|_| StoreError::NotFound(key.to_string()))?
+            .len();
+        if let Some(etag) = etag_xattr(&path) {
+            return Ok(ObjectMeta {
+                key: key.to_string(),
+                size,
+                etag,
+            });
+        }
         let bytes = self.get(key, None)?;
         Ok(ObjectMeta {
             key: key.to_string(),
@@ -200,7 +254,15 @@ impl Inner {
 
     fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
         let mut out = Vec::new();
-        let mut stack = vec![self.root.clone()];
+        // Only the directory the prefix names can hold its keys.
+        let dir = match prefix.rsplit_once('/') {
+            Some((dir, _)) => {
+                valid_key(dir)?;
+                self.root.join(dir)
+            }
+            None => self.root.clone(),
+        };
+        let mut stack = vec![dir];
         while let Some(dir) = stack.pop() {
             let entries = match std::fs::read_dir(&dir) {
                 Ok(e) => e,

@@ -125,6 +125,45 @@ fn local_directory_backend() {
     assert!(block_on(store.complete_multipart("x", &id, vec![bad])).is_err());
 }
 
+/// Issue 17 item 14: a LIST (or HEAD) of the local directory reads no object's content: the
+/// ETag comes from the attribute stored with the file (a LIST of a slot's objects at start read
+/// every byte of them). Shown by changing a file behind the store's back: the ETag stays the
+/// one the write returned. A file without the attribute gets its content's ETag.
+#[test]
+fn local_directory_lists_without_reading_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalDir::open(dir.path()).unwrap();
+    let etag =
+        block_on(store.put("shards/0/objects/1", data(1 << 20, 1), Condition::None)).unwrap();
+    block_on(store.put("cluster/brokers/0", data(10, 2), Condition::None)).unwrap();
+    // The same length, other bytes, same file.
+    std::fs::write(dir.path().join("shards/0/objects/1"), data(1 << 20, 9)).unwrap();
+    let listed = block_on(store.list("shards/0/objects/")).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].size, listed[0].etag.clone()),
+        (1 << 20, etag.clone())
+    );
+    assert_eq!(
+        block_on(store.head("shards/0/objects/1")).unwrap().etag,
+        etag
+    );
+    // Written by something else: no attribute, so the content decides.
+    std::fs::write(dir.path().join("shards/0/objects/2"), data(10, 2)).unwrap();
+    let brokers = block_on(store.head("cluster/brokers/0")).unwrap().etag;
+    assert_eq!(
+        block_on(store.head("shards/0/objects/2")).unwrap().etag,
+        brokers
+    );
+    let keys: Vec<String> = block_on(store.list("shards/"))
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    assert_eq!(keys, vec!["shards/0/objects/1", "shards/0/objects/2"]);
+    assert!(block_on(store.list("../")).is_err());
+}
+
 #[test]
 fn fault_injection_throttles_fails_and_goes_down() {
     let dir = tempfile::tempdir().unwrap();

@@ -63,6 +63,23 @@ pub async fn pause(duration: Duration) {
     }
 }
 
+/// Runs blocking `work` (file writes with fsync, a scan of a mapped file) on a thread of its
+/// own and resolves with its result, so that the shard awaiting it never blocks. None if the
+/// thread could not start or died.
+pub async fn off_thread<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let _ = tx.send(work());
+        })
+        .ok()?;
+    rx.await.ok()
+}
+
 /// `future`'s output, or None if `duration` passes first (the future is dropped then).
 pub async fn timeout<T>(duration: Duration, future: impl Future<Output = T>) -> Option<T> {
     futures::pin_mut!(future);
