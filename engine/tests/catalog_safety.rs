@@ -197,3 +197,80 @@ async fn data_of_a_topic_missing_from_the_catalog_is_kept() {
     let (records, lows) = common::read_all(&b.bootstrap(), "kept", 1);
     assert_eq!((records.len(), lows), (5, vec![0]));
 }
+
+/// Creates `name` through whichever broker is controller, retrying while the controller moves
+/// (NOT_CONTROLLER, timeouts); an "already exists" answer to a retry counts as created.
+async fn create_until_done(bootstrap: &str, name: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    // A new client per attempt with a short timeout: a restarted broker listens on another
+    // port, and a client's request to the old address would wait for its whole timeout.
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(5)))
+        .request_timeout(Some(Duration::from_secs(5)));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()
+            .unwrap();
+        let topic = NewTopic::new(name, 1, TopicReplication::Fixed(1));
+        match admin.create_topics(&[topic], &options).await {
+            Ok(r) => match &r[0] {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => return,
+                Err((_, code)) => println!("creating {name}: {code:?}; retrying"),
+            },
+            Err(e) => println!("creating {name}: {e}; retrying"),
+        }
+        assert!(Instant::now() < deadline, "could not create {name}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The controller itself restarts while topics are being created: node 0 (the lowest id, so
+/// the controller whenever it runs) stops; node 1 takes the role and creates topics; node 0
+/// comes back in the middle of it and becomes the controller again. Every topic created is
+/// known to both brokers afterwards, with its records.
+#[tokio::test(flavor = "multi_thread")]
+async fn topics_created_while_the_controller_restarts_are_never_lost() {
+    let bucket = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", bucket.path().display());
+    let (dir0, dir1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let b0 = start(dir0.path(), &store, 0);
+    let b1 = start(dir1.path(), &store, 1);
+    common::create_topic(&b0.bootstrap(), "first", 1, &[]).await;
+    assert_eq!(b0.terminate(), Some(0));
+
+    let bootstrap1 = b1.bootstrap();
+    let created = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = created.clone();
+    let creator = tokio::spawn(async move {
+        for i in 0..20 {
+            create_until_done(&bootstrap1, &format!("t{i}")).await;
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    // Node 0 comes back with five topics created while it was away, the rest to come.
+    while created.load(std::sync::atomic::Ordering::SeqCst) < 5 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let b0 = start(dir0.path(), &store, 0);
+    creator.await.unwrap();
+    produce(&b0.bootstrap(), "t19", 3).await;
+
+    std::thread::sleep(Duration::from_secs(4));
+    for b in [&b0, &b1] {
+        let names = topics(&b.bootstrap());
+        for i in 0..20 {
+            assert!(
+                names.contains(&format!("t{i}")),
+                "broker at {} lost t{i}: {names:?}",
+                b.bootstrap()
+            );
+        }
+        assert!(names.iter().any(|n| n == "first"));
+    }
+    let (records, _) = common::read_all(&b1.bootstrap(), "t19", 1);
+    assert_eq!(records.len(), 3);
+}
