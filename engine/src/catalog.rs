@@ -267,7 +267,11 @@ impl Catalog {
         let Some(mirror) = &self.mirror else {
             return Ok(None);
         };
-        let _w = self.writer.lock().await;
+        // A change in progress here is this broker's own (it is the controller): the next
+        // round follows. The membership thread must never wait for a change's store retries.
+        let Some(_w) = self.writer.try_lock() else {
+            return Ok(None);
+        };
         let Some(body) = mirror.changed().await? else {
             return Ok(None);
         };
