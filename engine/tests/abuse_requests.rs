@@ -145,3 +145,229 @@ fn fetch_below_min_bytes_waits_without_spinning() {
         "answered after {answered:?}, not when min_bytes arrived"
     );
 }
+
+/// Issue #17 item 10: a topic named many times in one request is answered once (Metadata,
+/// DescribeConfigs: Kafka reads the list as a set), or refused with INVALID_REQUEST where Kafka
+/// refuses duplicates (ListOffsets, CreateTopics, DeleteTopics) — never expanded once per
+/// mention (1,000 mentions of a 10k-partition topic made 10M partition entries).
+#[test]
+fn topics_named_many_times_are_answered_once() {
+    use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+    use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    const MENTIONS: usize = 1000;
+    const INVALID_REQUEST: i16 = 42;
+    let mut b = TestBroker::start(&["--shards", "2"]);
+    let mut raw = Raw::connect(b.addr);
+    create(&mut raw, "wide", 200);
+    create(&mut raw, "keep", 1);
+
+    // Metadata by name, 1,000 times: one entry of 200 partitions.
+    let req = MetadataRequest::default().with_topics(Some(
+        (0..MENTIONS)
+            .map(|_| MetadataRequestTopic::default().with_name(Some(name("wide"))))
+            .collect(),
+    ));
+    let frame = raw.encode(ApiKey::Metadata, 12, &req);
+    raw.send_frame(&frame);
+    let answer = raw.read_frame().expect("metadata answered");
+    println!(
+        "Metadata naming a 200-partition topic {MENTIONS} times: {} response bytes",
+        answer.len()
+    );
+    let resp: MetadataResponse = {
+        use kafka_protocol::protocol::{Decodable, HeaderVersion};
+        let mut a = answer.clone();
+        ResponseHeader::decode(&mut a, MetadataResponse::header_version(12)).unwrap();
+        MetadataResponse::decode(&mut a, 12).unwrap()
+    };
+    assert_eq!(resp.topics.len(), 1, "one entry per distinct topic");
+    assert_eq!(resp.topics[0].partitions.len(), 200);
+    let id = resp.topics[0].topic_id;
+    assert!(answer.len() < 64 * 1024, "{} bytes", answer.len());
+
+    // ...and by id, mixed with the name: each distinct topic once.
+    let mut topics: Vec<MetadataRequestTopic> = (0..MENTIONS)
+        .map(|_| {
+            MetadataRequestTopic::default()
+                .with_name(None)
+                .with_topic_id(id)
+        })
+        .collect();
+    topics.push(MetadataRequestTopic::default().with_name(Some(name("keep"))));
+    topics.push(MetadataRequestTopic::default().with_name(Some(name("keep"))));
+    let resp: MetadataResponse = raw.call(
+        ApiKey::Metadata,
+        12,
+        &MetadataRequest::default().with_topics(Some(topics)),
+    );
+    let mut names: Vec<String> = resp
+        .topics
+        .iter()
+        .map(|t| t.name.as_ref().unwrap().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["keep", "wide"]);
+
+    // DescribeConfigs: one result per distinct resource.
+    let req = DescribeConfigsRequest::default().with_resources(
+        (0..MENTIONS)
+            .map(|_| {
+                DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_static_str("wide"))
+            })
+            .collect(),
+    );
+    let resp: DescribeConfigsResponse = raw.call(ApiKey::DescribeConfigs, 4, &req);
+    assert_eq!(resp.results.len(), 1);
+    assert_eq!(resp.results[0].error_code, 0);
+
+    // OffsetFetch: a group and a partition named many times answer once (each answer carries
+    // the commit's metadata, up to 4 KiB).
+    {
+        use kafka_protocol::messages::offset_commit_request::{
+            OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+        };
+        use kafka_protocol::messages::offset_fetch_request::{
+            OffsetFetchRequestGroup, OffsetFetchRequestTopics,
+        };
+        let commit = OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("g")))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(name("wide"))
+                .with_partitions(vec![OffsetCommitRequestPartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(0)
+                    .with_committed_metadata(Some(StrBytes::from_string(
+                        "m".repeat(4000),
+                    )))])]);
+        let resp: OffsetCommitResponse = raw.call(ApiKey::OffsetCommit, 8, &commit);
+        assert_eq!(resp.topics[0].partitions[0].error_code, 0);
+        let group = OffsetFetchRequestGroup::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("g")))
+            .with_topics(Some(vec![OffsetFetchRequestTopics::default()
+                .with_name(name("wide"))
+                .with_partition_indexes(vec![0; MENTIONS])]));
+        let req = OffsetFetchRequest::default().with_groups(vec![group.clone(), group]);
+        let frame = raw.encode(ApiKey::OffsetFetch, 8, &req);
+        raw.send_frame(&frame);
+        let answer = raw.read_frame().expect("offset fetch answered");
+        println!(
+            "OffsetFetch naming a partition {MENTIONS} times in a group named twice: {} response bytes",
+            answer.len()
+        );
+        let resp: OffsetFetchResponse = {
+            use kafka_protocol::protocol::{Decodable, HeaderVersion};
+            let mut a = answer.clone();
+            ResponseHeader::decode(&mut a, OffsetFetchResponse::header_version(8)).unwrap();
+            OffsetFetchResponse::decode(&mut a, 8).unwrap()
+        };
+        assert_eq!(resp.groups.len(), 1);
+        assert_eq!(resp.groups[0].topics[0].partitions.len(), 1);
+        assert!(answer.len() < 8192, "{} bytes", answer.len());
+    }
+
+    // ListOffsets: a partition named twice is INVALID_REQUEST (each mention), the others answer.
+    let partition = |i: i32| {
+        ListOffsetsPartition::default()
+            .with_partition_index(i)
+            .with_timestamp(-1)
+    };
+    let req = ListOffsetsRequest::default().with_topics(vec![
+        ListOffsetsTopic::default()
+            .with_name(name("wide"))
+            .with_partitions(vec![partition(0), partition(1), partition(0)]),
+        ListOffsetsTopic::default()
+            .with_name(name("keep"))
+            .with_partitions(vec![partition(0)]),
+    ]);
+    let resp: ListOffsetsResponse = raw.call(ApiKey::ListOffsets, 7, &req);
+    let codes: Vec<Vec<i16>> = resp
+        .topics
+        .iter()
+        .map(|t| t.partitions.iter().map(|p| p.error_code).collect())
+        .collect();
+    assert_eq!(
+        codes,
+        [vec![INVALID_REQUEST, 0, INVALID_REQUEST], vec![0]],
+        "duplicate partitions"
+    );
+
+    // CreateTopics and DeleteTopics: a topic named twice is INVALID_REQUEST and not acted on.
+    let twice = CreatableTopic::default()
+        .with_name(name("twice"))
+        .with_num_partitions(1)
+        .with_replication_factor(1);
+    let resp: CreateTopicsResponse = raw.call(
+        ApiKey::CreateTopics,
+        7,
+        &CreateTopicsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(vec![twice.clone(), twice]),
+    );
+    assert!(resp.topics.iter().all(|t| t.error_code == INVALID_REQUEST));
+    let delete = |topics: Vec<DeleteTopicState>| {
+        DeleteTopicsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(topics)
+    };
+    let by_name = |n: &str| DeleteTopicState::default().with_name(Some(name(n)));
+    let resp: DeleteTopicsResponse = raw.call(
+        ApiKey::DeleteTopics,
+        6,
+        &delete(vec![by_name("keep"), by_name("keep")]),
+    );
+    assert!(!resp.responses.is_empty());
+    assert!(
+        resp.responses
+            .iter()
+            .all(|t| t.error_code == INVALID_REQUEST),
+        "{resp:?}"
+    );
+    let by_id = DeleteTopicState::default().with_topic_id(id);
+    let resp: DeleteTopicsResponse =
+        raw.call(ApiKey::DeleteTopics, 6, &delete(vec![by_id.clone(), by_id]));
+    assert!(resp
+        .responses
+        .iter()
+        .all(|t| t.error_code == INVALID_REQUEST));
+    let more = CreatePartitionsTopic::default()
+        .with_name(name("keep"))
+        .with_count(3)
+        .with_assignments(None);
+    let resp: CreatePartitionsResponse = raw.call(
+        ApiKey::CreatePartitions,
+        3,
+        &CreatePartitionsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(vec![more.clone(), more]),
+    );
+    assert!(resp.results.iter().all(|t| t.error_code == INVALID_REQUEST));
+    let resp: MetadataResponse = raw.call(
+        ApiKey::Metadata,
+        12,
+        &MetadataRequest::default().with_topics(None),
+    );
+    let keep = resp
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == "keep"))
+        .expect("keep still exists");
+    assert_eq!(keep.partitions.len(), 1, "no partitions added");
+    let mut names: Vec<String> = resp
+        .topics
+        .iter()
+        .map(|t| t.name.as_ref().unwrap().to_string())
+        .collect();
+    names.sort();
+    assert!(
+        names.contains(&"keep".to_string()) && names.contains(&"wide".to_string()),
+        "nothing deleted: {names:?}"
+    );
+    assert!(!names.contains(&"twice".to_string()));
+    b.assert_alive();
+}
