@@ -2,6 +2,7 @@
 
 use kafka_protocol::ResponseError;
 use ringtail_netio::batch::BatchError;
+use ringtail_netio::records::RecordsError;
 
 use crate::catalog::CatalogError;
 
@@ -15,6 +16,14 @@ pub fn batch_error_code(e: &BatchError) -> i16 {
             ResponseError::InvalidRecord.code()
         }
         BatchError::TooLarge { .. } => ResponseError::MessageTooLarge.code(),
+        BatchError::Records(RecordsError::Codec(_) | RecordsError::Corrupt(_)) => {
+            ResponseError::CorruptMessage.code()
+        }
+        BatchError::Records(
+            RecordsError::TooLarge { .. }
+            | RecordsError::Count { .. }
+            | RecordsError::OffsetDelta { .. },
+        ) => ResponseError::InvalidRecord.code(),
     }
 }
 

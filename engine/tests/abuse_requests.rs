@@ -371,3 +371,152 @@ fn topics_named_many_times_are_answered_once() {
     assert!(!names.contains(&"twice".to_string()));
     b.assert_alive();
 }
+
+/// Peak resident memory (VmHWM) of a process, in bytes.
+fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM");
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// A zstd-compressed magic-2 batch of records whose values are `value_bytes[i]` zero bytes,
+/// record i stamped `base_timestamp + i`; the records are streamed through the compressor, so
+/// a batch expanding to gigabytes is built in little memory.
+fn zstd_zero_batch(base_timestamp: i64, value_bytes: &[u64]) -> bytes::Bytes {
+    use std::io::Write;
+    fn varint(out: &mut Vec<u8>, v: i64) {
+        let mut z = ((v << 1) ^ (v >> 63)) as u64;
+        loop {
+            if z < 0x80 {
+                out.push(z as u8);
+                return;
+            }
+            out.push((z as u8 & 0x7f) | 0x80);
+            z >>= 7;
+        }
+    }
+    let mut encoder = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for (i, &n) in value_bytes.iter().enumerate() {
+        // attributes, timestamp delta, offset delta, null key, value length | value | 0 headers
+        let mut head = vec![0u8];
+        varint(&mut head, i as i64);
+        varint(&mut head, i as i64);
+        varint(&mut head, -1);
+        varint(&mut head, n as i64);
+        let length = head.len() as i64 + n as i64 + 1;
+        let mut prefix = Vec::new();
+        varint(&mut prefix, length);
+        encoder.write_all(&prefix).unwrap();
+        encoder.write_all(&head).unwrap();
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(zeros.len() as u64) as usize;
+            encoder.write_all(&zeros[..k]).unwrap();
+            left -= k as u64;
+        }
+        encoder.write_all(&[0]).unwrap();
+    }
+    let compressed = encoder.finish().unwrap();
+    let count = value_bytes.len() as i32;
+    let mut b = Vec::with_capacity(61 + compressed.len());
+    b.extend_from_slice(&0i64.to_be_bytes()); // base offset
+    b.extend_from_slice(&((49 + compressed.len()) as i32).to_be_bytes()); // batch length
+    b.extend_from_slice(&(-1i32).to_be_bytes()); // partition leader epoch
+    b.push(2); // magic
+    b.extend_from_slice(&[0; 4]); // crc, below
+    b.extend_from_slice(&4i16.to_be_bytes()); // attributes: zstd, create time
+    b.extend_from_slice(&(count - 1).to_be_bytes()); // last offset delta
+    b.extend_from_slice(&base_timestamp.to_be_bytes());
+    b.extend_from_slice(&(base_timestamp + count as i64 - 1).to_be_bytes());
+    b.extend_from_slice(&(-1i64).to_be_bytes()); // producer id
+    b.extend_from_slice(&(-1i16).to_be_bytes()); // producer epoch
+    b.extend_from_slice(&(-1i32).to_be_bytes()); // base sequence
+    b.extend_from_slice(&count.to_be_bytes());
+    b.extend_from_slice(&compressed);
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    bytes::Bytes::from(b)
+}
+
+/// Issue #17 item 9: a compression bomb. Produce refuses a zstd batch that expands to 1 GiB
+/// (INVALID_RECORD, as Kafka refuses records that do not check out), after reading at most
+/// the decompression cap through a small buffer; ListOffsets by timestamp walks a large
+/// compressed batch as a stream instead of expanding it whole into memory.
+#[test]
+fn compression_bombs_are_refused_and_large_batches_are_read_as_streams() {
+    const INVALID_RECORD: i16 = 87;
+    let mut b = TestBroker::start(&["--shards", "1", "--request-bytes-max", "8388608"]);
+    let mut raw = Raw::connect(b.addr);
+    let req = CreateTopicsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(name("bomb"))
+            .with_num_partitions(1)
+            .with_replication_factor(1)
+            .with_configs(vec![
+                kafka_protocol::messages::create_topics_request::CreatableTopicConfig::default()
+                    .with_name(StrBytes::from_static_str("max.message.bytes"))
+                    .with_value(Some(StrBytes::from_static_str("8388608"))),
+            ])]);
+    let resp: CreateTopicsResponse = raw.call(ApiKey::CreateTopics, 7, &req);
+    assert_eq!(resp.topics[0].error_code, 0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+
+    // A large but honest batch: 4 records of 24 MiB of zeros (~100 MiB of records, a few kB
+    // compressed) is stored; ListOffsets for the last record's timestamp walks through all.
+    let large = zstd_zero_batch(now, &[24 << 20; 4]);
+    println!("96 MiB batch: {} bytes compressed", large.len());
+    assert_eq!(raw.produce("bomb", 0, large, -1), (0, 0));
+    let before = peak_rss_bytes(b.pid());
+    let list = |raw: &mut Raw, timestamp: i64| {
+        use kafka_protocol::messages::list_offsets_request::{
+            ListOffsetsPartition, ListOffsetsTopic,
+        };
+        let req = ListOffsetsRequest::default().with_topics(vec![ListOffsetsTopic::default()
+            .with_name(name("bomb"))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_timestamp(timestamp)])]);
+        let resp: ListOffsetsResponse = raw.call(ApiKey::ListOffsets, 7, &req);
+        let p = &resp.topics[0].partitions[0];
+        (p.error_code, p.offset, p.timestamp)
+    };
+    let started = Instant::now();
+    assert_eq!(list(&mut raw, now + 3), (0, 3, now + 3));
+    let took = started.elapsed();
+    let after = peak_rss_bytes(b.pid());
+    println!(
+        "ListOffsets by time through a 96 MiB zstd batch: {took:?}, peak RSS {} -> {} MiB",
+        before >> 20,
+        after >> 20
+    );
+    assert!(
+        after - before < 32 << 20,
+        "ListOffsets grew the broker's peak RSS by {} MiB",
+        (after - before) >> 20
+    );
+
+    // The bomb: one record of 1 GiB of zeros, ~30 kB compressed.
+    let bomb = zstd_zero_batch(now + 100, &[1 << 30]);
+    println!("1 GiB bomb: {} bytes compressed", bomb.len());
+    let started = Instant::now();
+    let (code, _) = raw.produce("bomb", 0, bomb, -1);
+    println!(
+        "bomb produce answered {code} after {:?}; broker peak RSS {} MiB",
+        started.elapsed(),
+        peak_rss_bytes(b.pid()) >> 20
+    );
+    assert_eq!(code, INVALID_RECORD, "the bomb is refused");
+    assert!(peak_rss_bytes(b.pid()) - before < 32 << 20);
+    // Nothing was appended; the broker serves on.
+    assert_eq!(raw.produce("bomb", 0, records(&[b"after"]), -1), (0, 4));
+    b.assert_alive();
+}

@@ -2,7 +2,8 @@
 //!
 //! A record batch is kept exactly as the producer sent it. The broker only rewrites the two
 //! fields that lie outside the CRC: `baseOffset` and `partitionLeaderEpoch`. Records are never
-//! decoded or re-encoded on the produce path (compressed batches stay compressed).
+//! re-encoded on the produce path (compressed batches stay compressed); they are only walked
+//! as a stream to validate them (`records.rs`).
 //!
 //! Layout of the batch header (all big-endian):
 //!
@@ -23,7 +24,11 @@
 //! | 57..61 | records count           | yes            |
 //! | 61..   | records                 | yes            |
 
+use std::ops::ControlFlow;
+
 use bytes::{Bytes, BytesMut};
+
+use crate::records::{RecordsError, DECOMPRESSED_BATCH_BYTES_MAX};
 
 /// Size of the fixed record batch header.
 pub const BATCH_HEADER_LEN: usize = 61;
@@ -51,6 +56,8 @@ pub enum BatchError {
     CountMismatch { count: i32, last_offset_delta: i32 },
     #[error("record set holds no batch")]
     Empty,
+    #[error(transparent)]
+    Records(#[from] RecordsError),
 }
 
 /// A read-only view of one batch header.
@@ -164,7 +171,10 @@ impl ValidBatch {
 
 /// Splits a produce record set into batches and validates each: magic 2, length within the
 /// record set, length at most `batch_bytes_max`, CRC-32C, record count consistent with
-/// `lastOffsetDelta`. No bytes are copied: each batch is a disjoint part of `records`.
+/// `lastOffsetDelta`, and the records themselves as Kafka checks them: decompressed as a
+/// stream (at most [`DECOMPRESSED_BATCH_BYTES_MAX`] bytes), well-formed, offset deltas
+/// 0, 1, 2, ..., exactly the header's count. No bytes are copied: each batch is a disjoint
+/// part of `records`.
 pub fn split_and_validate(
     mut records: BytesMut,
     batch_bytes_max: usize,
@@ -210,6 +220,9 @@ pub fn split_and_validate(
                 last_offset_delta: header.last_offset_delta,
             });
         }
+        crate::records::walk(&bytes, DECOMPRESSED_BATCH_BYTES_MAX, |_| {
+            ControlFlow::Continue(())
+        })?;
         batches.push(ValidBatch { header, bytes });
     }
     if batches.is_empty() {
