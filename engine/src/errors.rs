@@ -12,9 +12,10 @@ pub fn batch_error_code(e: &BatchError) -> i16 {
         | BatchError::Truncated { .. }
         | BatchError::LengthTooSmall(_)
         | BatchError::Empty => ResponseError::CorruptMessage.code(),
-        BatchError::Magic(_) | BatchError::CountMismatch { .. } => {
-            ResponseError::InvalidRecord.code()
-        }
+        BatchError::Magic(_)
+        | BatchError::CountMismatch { .. }
+        | BatchError::Control
+        | BatchError::Sequence { .. } => ResponseError::InvalidRecord.code(),
         BatchError::TooLarge { .. } => ResponseError::MessageTooLarge.code(),
         BatchError::Records(RecordsError::Codec(_) | RecordsError::Corrupt(_)) => {
             ResponseError::CorruptMessage.code()

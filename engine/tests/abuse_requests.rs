@@ -520,3 +520,92 @@ fn compression_bombs_are_refused_and_large_batches_are_read_as_streams() {
     assert_eq!(raw.produce("bomb", 0, records(&[b"after"]), -1), (0, 4));
     b.assert_alive();
 }
+
+/// A batch of one record with the given attributes, producer id, epoch and base sequence
+/// (CRC fixed up).
+fn producer_batch(attributes: i16, producer_id: i64, epoch: i16, sequence: i32) -> bytes::Bytes {
+    let mut b = bytes::BytesMut::from(&records(&[b"x"])[..]);
+    b[21..23].copy_from_slice(&attributes.to_be_bytes());
+    b[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    b[51..53].copy_from_slice(&epoch.to_be_bytes());
+    b[53..57].copy_from_slice(&sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b.freeze()
+}
+
+/// Issue #17 item 15: until transactions exist, clients cannot write transactional or control
+/// batches, nor batches under producer ids InitProducerId never handed out; Kafka's codes:
+/// control batch from a client INVALID_RECORD, transactional batch without an authorised
+/// transactional id TRANSACTIONAL_ID_AUTHORIZATION_FAILED, producer id with no sequence
+/// INVALID_RECORD, and a producer id unknown to the cluster UNKNOWN_PRODUCER_ID.
+#[test]
+fn transactional_control_and_unallocated_producer_batches_are_refused() {
+    const INVALID_RECORD: i16 = 87;
+    const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+    const UNKNOWN_PRODUCER_ID: i16 = 59;
+    let mut b = TestBroker::start(&["--shards", "2"]);
+    let mut raw = Raw::connect(b.addr);
+    create(&mut raw, "tx", 1);
+    let init: InitProducerIdResponse = raw.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    assert_eq!(init.error_code, 0);
+    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+
+    let refused = [
+        (
+            "control batch",
+            producer_batch(0x20, -1, -1, -1),
+            INVALID_RECORD,
+        ),
+        (
+            "control batch of a producer",
+            producer_batch(0x20 | 0x10, pid, epoch, 0),
+            INVALID_RECORD,
+        ),
+        (
+            "transactional batch",
+            producer_batch(0x10, pid, epoch, 0),
+            TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+        ),
+        (
+            "producer id never allocated",
+            producer_batch(0, pid + 1_000_000, 0, 0),
+            UNKNOWN_PRODUCER_ID,
+        ),
+        (
+            "producer id without a sequence",
+            producer_batch(0, pid, epoch, -1),
+            INVALID_RECORD,
+        ),
+    ];
+    for (what, batch, code) in refused {
+        assert_eq!(raw.produce("tx", 0, batch, -1).0, code, "{what}");
+    }
+    // A transactional batch in a request with a transactional id: the same answer (no id is
+    // authorised: InitProducerId refuses every transactional id).
+    let mut req = common::raw::produce_request("tx", 0, producer_batch(0x10, pid, epoch, 0), -1);
+    req.transactional_id = Some(TransactionalId(StrBytes::from_static_str("t")));
+    let resp: ProduceResponse = raw.call(ApiKey::Produce, 9, &req);
+    assert_eq!(
+        resp.responses[0].partition_responses[0].error_code,
+        TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    );
+
+    // The producer's own idempotent batch, and a plain one, are written; nothing else was.
+    assert_eq!(
+        raw.produce("tx", 0, producer_batch(0, pid, epoch, 0), -1),
+        (0, 0)
+    );
+    assert_eq!(raw.produce("tx", 0, records(&[b"plain"]), -1), (0, 1));
+    let resp: FetchResponse = raw.call(ApiKey::Fetch, 11, &fetch_request("tx", 0, 1, 0));
+    assert_eq!(fetch_answer(&resp).1, 2, "only the two accepted batches");
+    b.assert_alive();
+}
