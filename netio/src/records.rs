@@ -24,6 +24,8 @@ const STREAM_BUFFER_BYTES: usize = 16 << 10;
 /// The xerial framing Kafka's Java client puts around snappy blocks.
 const XERIAL_MAGIC: &[u8; 8] = b"\x82SNAPPY\x00";
 const XERIAL_HEADER_LEN: usize = 16;
+/// The most a snappy block can expand: a 3-byte copy element yields at most 64 bytes.
+const SNAPPY_EXPANSION_MAX: usize = 22;
 /// zstd frames needing a larger window are refused (2^27 = 128 MiB, the zstd and Kafka default).
 const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 /// A thread's reused zstd context is dropped after a batch that grew it beyond this.
@@ -334,6 +336,14 @@ impl<'a> Snappy<'a> {
 
     fn decompress(&mut self, compressed: &[u8]) -> Result<(), RecordsError> {
         let len = snap::raw::decompress_len(compressed).map_err(corrupt)?;
+        // The buffer is sized by the block's own claim: refuse a claim no snappy block of
+        // this size can honour, before allocating for it.
+        if len > compressed.len().saturating_mul(SNAPPY_EXPANSION_MAX) {
+            return Err(corrupt(format!(
+                "a snappy block of {} bytes claims {len} bytes",
+                compressed.len()
+            )));
+        }
         self.produced += len as u64;
         if self.produced > self.cap {
             return Err(RecordsError::TooLarge {
@@ -494,6 +504,20 @@ mod tests {
                 "{codec:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_snappy_block_claiming_more_than_snappy_can_expand_is_refused_before_allocating() {
+        // Raw snappy: a varint length claiming 100 MiB, then one literal byte.
+        let block = [0x80, 0x80, 0x80, 0x32, 0x00, b'x'];
+        let mut batch = testing::encode(values(1, 1), 1000, Compression::None);
+        batch.truncate(BATCH_HEADER_LEN);
+        batch[21..23].copy_from_slice(&(CODEC_SNAPPY).to_be_bytes());
+        batch.extend_from_slice(&block);
+        assert!(matches!(
+            walk(&batch, 1 << 30, |_| ControlFlow::Continue(())),
+            Err(RecordsError::Corrupt(m)) if m.contains("claims")
+        ));
     }
 
     #[test]
