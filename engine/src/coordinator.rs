@@ -366,10 +366,14 @@ impl Coordinator {
     ) -> Vec<(String, i32, Option<Committed>)> {
         let groups = self.groups.borrow();
         let offsets = groups.get(group).map(|e| &e.offsets);
+        // Each partition once: one named n times would answer its metadata (up to
+        // OFFSET_METADATA_BYTES_MAX) n times.
+        let mut seen = std::collections::HashSet::new();
         match wanted {
             Some(wanted) => wanted
                 .into_iter()
                 .flat_map(|(t, ps)| ps.into_iter().map(move |p| (t.clone(), p)))
+                .filter(|tp| seen.insert(tp.clone()))
                 .map(|(t, p)| {
                     let c = offsets.and_then(|o| o.get(&(t.clone(), p)).cloned());
                     (t, p, c)

@@ -2,6 +2,7 @@
 
 use kafka_protocol::ResponseError;
 use ringtail_netio::batch::BatchError;
+use ringtail_netio::records::RecordsError;
 
 use crate::catalog::CatalogError;
 
@@ -11,10 +12,19 @@ pub fn batch_error_code(e: &BatchError) -> i16 {
         | BatchError::Truncated { .. }
         | BatchError::LengthTooSmall(_)
         | BatchError::Empty => ResponseError::CorruptMessage.code(),
-        BatchError::Magic(_) | BatchError::CountMismatch { .. } => {
-            ResponseError::InvalidRecord.code()
-        }
+        BatchError::Magic(_)
+        | BatchError::CountMismatch { .. }
+        | BatchError::Control
+        | BatchError::Sequence { .. } => ResponseError::InvalidRecord.code(),
         BatchError::TooLarge { .. } => ResponseError::MessageTooLarge.code(),
+        BatchError::Records(RecordsError::Codec(_) | RecordsError::Corrupt(_)) => {
+            ResponseError::CorruptMessage.code()
+        }
+        BatchError::Records(
+            RecordsError::TooLarge { .. }
+            | RecordsError::Count { .. }
+            | RecordsError::OffsetDelta { .. },
+        ) => ResponseError::InvalidRecord.code(),
     }
 }
 

@@ -8,6 +8,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::channel::oneshot;
-use kafka_protocol::records::{RecordBatchDecoder, TimestampType};
 use kafka_protocol::ResponseError;
 use ringtail_netio::batch::BatchHeader;
+use ringtail_netio::records;
 use ringtail_wal::format::EntryMeta;
 use ringtail_wal::{Recovery, Wal, WalConfig, WalError};
 use uuid::Uuid;
@@ -1610,8 +1611,10 @@ fn list_offset(log: &dyn PartitionLog, timestamp: i64) -> ListOutcome {
     }
 }
 
-/// Decodes one batch (this is the cold ListOffsets path, never produce or fetch) to find the
-/// first record with a timestamp >= `target`, or the first one with the batch's max timestamp.
+/// Walks one batch's records as a stream (this is the ListOffsets path, never produce or
+/// fetch; a compressed batch is never expanded whole, and at most
+/// `DECOMPRESSED_BATCH_BYTES_MAX` of it is read) to find the first record with a timestamp
+/// >= `target`, or the first one with the batch's max timestamp.
 fn first_record_at_or_after(batch: &Bytes, target: i64, want_max: bool) -> ListOutcome {
     let header = BatchHeader::parse(batch).expect("stored batches were validated");
     if header.attributes & 0x08 != 0 {
@@ -1627,21 +1630,25 @@ fn first_record_at_or_after(batch: &Bytes, target: i64, want_max: bool) -> ListO
     } else {
         target
     };
-    match RecordBatchDecoder::decode(&mut batch.clone()) {
-        Ok(set) => set
-            .records
-            .iter()
-            .find(|r| r.timestamp >= target && r.timestamp_type == TimestampType::Creation)
-            .map(|r| ListOutcome {
+    let mut found = None;
+    let walked = records::walk(batch, records::DECOMPRESSED_BATCH_BYTES_MAX, |r| {
+        let timestamp = header.base_timestamp.wrapping_add(r.timestamp_delta);
+        if timestamp >= target {
+            found = Some(ListOutcome {
                 error: 0,
-                offset: r.offset,
-                timestamp: r.timestamp,
-            })
-            .unwrap_or(ListOutcome {
-                error: 0,
-                offset: header.base_offset,
-                timestamp: header.max_timestamp,
-            }),
+                offset: header.base_offset + r.offset_delta as i64,
+                timestamp,
+            });
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    match walked {
+        Ok(()) => found.unwrap_or(ListOutcome {
+            error: 0,
+            offset: header.base_offset,
+            timestamp: header.max_timestamp,
+        }),
         Err(e) => {
             tracing::error!(error = %e, base_offset = header.base_offset, "stored batch does not decode");
             ListOutcome::error(ResponseError::CorruptMessage.code())

@@ -88,10 +88,17 @@ impl ProducerIds {
 
     /// Whether some broker handed `id` out (so a producer may bump its epoch).
     pub async fn is_allocated(&self, id: i64) -> Result<bool, StoreError> {
-        if id < self.claimed_end.load(Ordering::Relaxed) {
-            return Ok(true);
+        Ok(id < self.allocated_end(id).await?)
+    }
+
+    /// An id below which every id was handed out by some broker, read from the bucket only
+    /// when `id` is not below the highest end seen yet: one read answers for all ids <= `id`.
+    pub async fn allocated_end(&self, id: i64) -> Result<i64, StoreError> {
+        let seen = self.claimed_end.load(Ordering::Relaxed);
+        if id < seen {
+            return Ok(seen);
         }
         let (next, _) = self.read().await?;
-        Ok(id < next)
+        Ok(next.max(self.claimed_end.load(Ordering::Relaxed)))
     }
 }

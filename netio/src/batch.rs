@@ -2,7 +2,8 @@
 //!
 //! A record batch is kept exactly as the producer sent it. The broker only rewrites the two
 //! fields that lie outside the CRC: `baseOffset` and `partitionLeaderEpoch`. Records are never
-//! decoded or re-encoded on the produce path (compressed batches stay compressed).
+//! re-encoded on the produce path (compressed batches stay compressed); they are only walked
+//! as a stream to validate them (`records.rs`).
 //!
 //! Layout of the batch header (all big-endian):
 //!
@@ -23,7 +24,11 @@
 //! | 57..61 | records count           | yes            |
 //! | 61..   | records                 | yes            |
 
+use std::ops::ControlFlow;
+
 use bytes::{Bytes, BytesMut};
+
+use crate::records::{RecordsError, DECOMPRESSED_BATCH_BYTES_MAX};
 
 /// Size of the fixed record batch header.
 pub const BATCH_HEADER_LEN: usize = 61;
@@ -51,6 +56,15 @@ pub enum BatchError {
     CountMismatch { count: i32, last_offset_delta: i32 },
     #[error("record set holds no batch")]
     Empty,
+    #[error(transparent)]
+    Records(#[from] RecordsError),
+    #[error("clients are not allowed to write control batches")]
+    Control,
+    #[error("invalid sequence number {base_sequence} in a batch with producer id {producer_id}")]
+    Sequence {
+        producer_id: i64,
+        base_sequence: i32,
+    },
 }
 
 /// A read-only view of one batch header.
@@ -164,7 +178,11 @@ impl ValidBatch {
 
 /// Splits a produce record set into batches and validates each: magic 2, length within the
 /// record set, length at most `batch_bytes_max`, CRC-32C, record count consistent with
-/// `lastOffsetDelta`. No bytes are copied: each batch is a disjoint part of `records`.
+/// `lastOffsetDelta`, not a control batch, a sequence when a producer id is set, and the
+/// records themselves as Kafka checks them: decompressed as a stream (at most
+/// [`DECOMPRESSED_BATCH_BYTES_MAX`] bytes), well-formed, offset deltas 0, 1, 2, ..., exactly
+/// the header's count. No bytes are copied: each batch is a disjoint
+/// part of `records`.
 pub fn split_and_validate(
     mut records: BytesMut,
     batch_bytes_max: usize,
@@ -210,6 +228,20 @@ pub fn split_and_validate(
                 last_offset_delta: header.last_offset_delta,
             });
         }
+        // As Kafka's validation of a client's batch: no control batches (only a transaction
+        // coordinator writes them), and an idempotent batch carries a sequence.
+        if header.is_control() {
+            return Err(BatchError::Control);
+        }
+        if header.producer_id >= 0 && header.base_sequence < 0 {
+            return Err(BatchError::Sequence {
+                producer_id: header.producer_id,
+                base_sequence: header.base_sequence,
+            });
+        }
+        crate::records::walk(&bytes, DECOMPRESSED_BATCH_BYTES_MAX, |_| {
+            ControlFlow::Continue(())
+        })?;
         batches.push(ValidBatch { header, bytes });
     }
     if batches.is_empty() {
@@ -459,6 +491,42 @@ mod tests {
                 max_bytes: len - 1
             }
         );
+    }
+
+    /// Sets attributes, producer id and base sequence, and fixes the CRC.
+    fn with_producer(
+        mut buf: BytesMut,
+        attributes: i16,
+        producer_id: i64,
+        sequence: i32,
+    ) -> BytesMut {
+        buf[21..23].copy_from_slice(&attributes.to_be_bytes());
+        buf[43..51].copy_from_slice(&producer_id.to_be_bytes());
+        buf[53..57].copy_from_slice(&sequence.to_be_bytes());
+        let crc = crc32c::crc32c(&buf[CRC_START..]);
+        buf[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
+        buf
+    }
+
+    #[test]
+    fn control_batches_and_idempotent_batches_without_sequence_are_refused() {
+        let buf = with_producer(sample(Compression::None), 0x20, 7, 0);
+        assert_eq!(
+            split_and_validate(buf, 1 << 20).unwrap_err(),
+            BatchError::Control
+        );
+        let buf = with_producer(sample(Compression::None), 0, 7, -1);
+        assert_eq!(
+            split_and_validate(buf, 1 << 20).unwrap_err(),
+            BatchError::Sequence {
+                producer_id: 7,
+                base_sequence: -1
+            }
+        );
+        // Idempotent and transactional batches pass here (the broker decides on them).
+        let buf = with_producer(sample(Compression::Zstd), 0x10 | 4, 7, 0);
+        let batches = split_and_validate(buf, 1 << 20).unwrap();
+        assert!(batches[0].header.is_transactional());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! * [`request`]: header and body decoding on the `kafka-protocol` crate; Produce record sets
 //!   come out as un-copied, mutable parts of the receive buffer; response encoding.
 //! * [`batch`]: record batch (magic 2) validation and in-place offset assignment.
+//! * [`records`]: the records inside a batch, walked as a bounded stream (compressed or not).
 //! * [`fetch`]: Fetch responses as segments for a vectored write, record batches uncopied.
 //!
 //! Architecture invariant: this crate knows the Kafka protocol and nothing of the broker: no
@@ -12,6 +13,7 @@
 pub mod batch;
 pub mod fetch;
 pub mod frame;
+pub mod records;
 pub mod request;
 
 pub use kafka_protocol;

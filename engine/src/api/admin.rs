@@ -37,13 +37,7 @@ pub async fn create_topics(
     header: &Header,
     request: CreateTopicsRequest,
 ) -> CreateTopicsResponse {
-    let mut seen = HashSet::new();
-    let duplicates: HashSet<String> = request
-        .topics
-        .iter()
-        .filter(|t| !seen.insert(t.name.to_string()))
-        .map(|t| t.name.to_string())
-        .collect();
+    let duplicates = repeated(request.topics.iter().map(|t| t.name.to_string()));
     let mut results = Vec::with_capacity(request.topics.len());
     for t in request.topics {
         results.push(create_topic(broker, header, &duplicates, request.validate_only, t).await);
@@ -166,6 +160,20 @@ async fn create_topic(
     }
 }
 
+/// The values that occur more than once.
+fn repeated<T: Eq + std::hash::Hash>(values: impl Iterator<Item = T>) -> HashSet<T> {
+    let mut seen = HashSet::new();
+    let mut twice = HashSet::new();
+    for v in values {
+        if seen.contains(&v) {
+            twice.insert(v);
+        } else {
+            seen.insert(v);
+        }
+    }
+    twice
+}
+
 /// Topics change only on the controller (cluster mode); elsewhere NOT_CONTROLLER, and the
 /// client asks the controller Metadata names.
 fn controller_only(broker: &Broker) -> Result<(), String> {
@@ -209,8 +217,23 @@ pub async fn delete_topics(
             .map(|n| (Some(n.to_string()), Uuid::nil()))
             .collect()
     };
+    // A topic named (or identified) twice is refused, as Kafka does, and not deleted.
+    let duplicate = repeated(wanted.iter().map(|(name, id)| (name.clone(), *id)));
     let mut responses = Vec::new();
     for (name, id) in wanted {
+        if duplicate.contains(&(name.clone(), id)) {
+            let what = if name.is_some() { "name" } else { "id" };
+            responses.push(
+                DeletableTopicResult::default()
+                    .with_name(name.map(|n| TopicName(text(n))))
+                    .with_topic_id(id)
+                    .with_error_code(ResponseError::InvalidRequest.code())
+                    .with_error_message(Some(text(format!(
+                        "duplicate topic {what} in the request"
+                    )))),
+            );
+            continue;
+        }
         let snapshot = broker.catalog.snapshot();
         let found = match &name {
             Some(n) => snapshot.by_name(n).cloned(),
@@ -274,6 +297,7 @@ pub async fn create_partitions(
     request: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
     let node = broker.config.node_id;
+    let duplicate = repeated(request.topics.iter().map(|t| t.name.to_string()));
     let mut results = Vec::with_capacity(request.topics.len());
     for t in request.topics {
         let result = CreatePartitionsTopicResult::default().with_name(t.name.clone());
@@ -289,6 +313,11 @@ pub async fn create_partitions(
         });
         results.push(if let Err(message) = controller_only(broker) {
             refused(ResponseError::NotController, message)
+        } else if duplicate.contains(t.name.as_str()) {
+            refused(
+                ResponseError::InvalidRequest,
+                "duplicate topic in the request".into(),
+            )
         } else if !assigned_here {
             refused(
                 ResponseError::InvalidReplicaAssignment,
@@ -330,9 +359,12 @@ pub fn describe_configs(
     request: DescribeConfigsRequest,
 ) -> DescribeConfigsResponse {
     let snapshot = broker.catalog.snapshot();
+    // Each resource once, however often the request names it (Kafka answers a set).
+    let mut seen = HashSet::new();
     let results = request
         .resources
         .into_iter()
+        .filter(|r| seen.insert((r.resource_type, r.resource_name.clone())))
         .map(|r| {
             let result = DescribeConfigsResult::default()
                 .with_resource_type(r.resource_type)

@@ -103,10 +103,16 @@ pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> 
         if total >= min_bytes || failed || now >= deadline || slots.iter().all(|s| s.is_err()) {
             break outcomes;
         }
+        // Wait for data beyond the log end this round saw, not beyond the fetch offset:
+        // data already there (fewer than min_bytes) would wake the watch at once, and the
+        // loop would spin until the deadline.
         let watch = slots
             .iter()
-            .flatten()
-            .map(|t| (t.route, (t.key, t.offset)))
+            .zip(&outcomes)
+            .filter_map(|(s, o)| {
+                let t = s.as_ref().ok()?;
+                Some((t.route, (t.key, t.offset.max(o.high_watermark))))
+            })
             .collect();
         // Woken by new data, or the deadline.
         let _ = ringtail_shards::timeout(deadline - now, broker.watch(watch)).await;

@@ -440,7 +440,12 @@ pub async fn offset_fetch(
 ) -> OffsetFetchResponse {
     if header.api_version >= 8 {
         let mut groups = Vec::new();
+        // Each group once: a group named n times would answer all its offsets n times.
+        let mut seen = std::collections::HashSet::new();
         for g in request.groups {
+            if !seen.insert(g.group_id.clone()) {
+                continue;
+            }
             let wanted = g.topics.map(|ts| {
                 ts.into_iter()
                     .map(|t| (t.name.to_string(), t.partition_indexes))

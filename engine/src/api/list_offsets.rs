@@ -1,5 +1,7 @@
 //! ListOffsets: earliest (-2), latest (-1), max timestamp (-3), earliest local (-4), by time.
 
+use std::collections::HashSet;
+
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
@@ -16,12 +18,26 @@ pub async fn handle(
     request: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
     let snapshot = broker.catalog.snapshot();
+    // A partition named twice is INVALID_REQUEST at each mention, as in Kafka (a lookup by
+    // time can read an object: one request must not repeat it at will).
+    let mut seen = HashSet::new();
+    let mut duplicate = HashSet::new();
+    for topic in &request.topics {
+        for p in &topic.partitions {
+            if !seen.insert((topic.name.as_str(), p.partition_index)) {
+                duplicate.insert((topic.name.as_str(), p.partition_index));
+            }
+        }
+    }
     let mut slots = Vec::new();
     let mut items = Vec::new();
     for topic in &request.topics {
         let meta = snapshot.by_name(&topic.name);
         for p in &topic.partitions {
             let slot = match meta {
+                _ if duplicate.contains(&(topic.name.as_str(), p.partition_index)) => {
+                    Err(ResponseError::InvalidRequest.code())
+                }
                 Some(m) if (0..m.partitions).contains(&p.partition_index) => {
                     if p.current_leader_epoch > LEADER_EPOCH {
                         Err(ResponseError::UnknownLeaderEpoch.code())

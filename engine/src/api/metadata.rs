@@ -1,7 +1,7 @@
 //! Metadata and DescribeCluster: the live brokers, and each partition's leader is the target
 //! owner of its slot (cluster mode) — this broker when it runs alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
@@ -39,8 +39,19 @@ pub async fn metadata(
             .collect()
     } else {
         let allow_auto = version < 4 || request.allow_auto_topic_creation;
+        // Each topic once, however often the request names it (Kafka reads the list as a
+        // set): 1,000 mentions of a 10k-partition topic would otherwise answer 10M partitions.
+        let mut names = HashSet::new();
+        let mut ids = HashSet::new();
         let mut entries = Vec::new();
         for req in request.topics.unwrap_or_default() {
+            let first = match &req.name {
+                Some(name) => names.insert(name.clone()),
+                None => ids.insert(req.topic_id),
+            };
+            if !first {
+                continue;
+            }
             entries.push(match req.name {
                 Some(name) => by_name(broker, name.as_str(), allow_auto).await,
                 None => match snapshot.by_id(&req.topic_id) {

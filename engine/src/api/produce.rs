@@ -4,12 +4,14 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use ringtail_netio::batch::split_and_validate;
+use ringtail_netio::batch::{split_and_validate, BatchHeader};
 use ringtail_netio::request::{Header, ProduceInput};
 
 use super::{respond, Reply};
 use crate::errors::batch_error_code;
-use crate::shard::{Broker, ErrorOutcome, PartitionKey, ProduceItem, ProduceOutcome, ShardOp};
+use crate::shard::{
+    Broker, ErrorOutcome, PartitionKey, ProduceItem, ProduceOutcome, Route, ShardOp,
+};
 
 type Slot = Result<usize, ProduceOutcome>;
 
@@ -27,7 +29,7 @@ pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Re
     let snapshot = broker.catalog.snapshot();
     // Per partition: the index of its item for the owner, or an immediate (error) outcome.
     let mut shape: Vec<(String, Vec<(i32, Slot)>)> = Vec::new();
-    let mut items = Vec::new();
+    let mut items: Vec<(Route, ProduceItem)> = Vec::new();
     for topic in input.topics {
         let meta = snapshot.by_name(&topic.name).cloned();
         let mut parts = Vec::new();
@@ -75,6 +77,29 @@ pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Re
         }
         shape.push((topic.name, parts));
     }
+    let refused = refuse_producers(broker, &items).await;
+    if refused.iter().any(|r| r.is_some()) {
+        // Keep the items that pass, and point each partition at its new index or its error.
+        let mut kept = Vec::with_capacity(items.len());
+        let mut index = Vec::with_capacity(items.len());
+        for (item, refusal) in items.into_iter().zip(&refused) {
+            index.push(kept.len());
+            if refusal.is_none() {
+                kept.push(item);
+            }
+        }
+        items = kept;
+        for (_, parts) in shape.iter_mut() {
+            for (_, slot) in parts.iter_mut() {
+                if let Ok(i) = *slot {
+                    *slot = match refused[i] {
+                        Some(code) => Err(ProduceOutcome::error(code)),
+                        None => Ok(index[i]),
+                    };
+                }
+            }
+        }
+    }
     let mut outcomes = broker
         .scatter(items, |s, i| s.produce(i), ShardOp::Produce)
         .await;
@@ -115,4 +140,55 @@ pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Re
         header,
         &ProduceResponse::default().with_responses(responses),
     )
+}
+
+/// Per item, the error that refuses it, if any. Transactions do not exist here (yet): a
+/// transactional batch gets TRANSACTIONAL_ID_AUTHORIZATION_FAILED on every partition the
+/// request writes, which Kafka answers when the request's transactional id is missing or not
+/// authorised (and the one InitProducerId answers every transactional id here). An idempotent
+/// batch must carry a producer id that InitProducerId handed out (UNKNOWN_PRODUCER_ID
+/// otherwise): one bucket read at most per request, for its highest id.
+async fn refuse_producers(broker: &Broker, items: &[(Route, ProduceItem)]) -> Vec<Option<i16>> {
+    fn batches(item: &ProduceItem) -> impl Iterator<Item = &BatchHeader> {
+        item.batches.iter().map(|b| &b.header)
+    }
+    if items
+        .iter()
+        .any(|(_, item)| batches(item).any(|h| h.is_transactional()))
+    {
+        let code = ResponseError::TransactionalIdAuthorizationFailed.code();
+        return vec![Some(code); items.len()];
+    }
+    let highest = items
+        .iter()
+        .flat_map(|(_, item)| batches(item))
+        .map(|h| h.producer_id)
+        .max()
+        .unwrap_or(-1);
+    if highest < 0 {
+        return vec![None; items.len()];
+    }
+    let allocated_end = match &broker.producer_ids {
+        None => 0,
+        Some(ids) => match ids.allocated_end(highest).await {
+            Ok(end) => end,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the producer id blocks");
+                let code = ResponseError::KafkaStorageError.code();
+                return items
+                    .iter()
+                    .map(|(_, item)| batches(item).any(|h| h.producer_id >= 0).then_some(code))
+                    .collect();
+            }
+        },
+    };
+    let known = |id: i64| id < allocated_end || broker.catalog.is_allocated_producer_id(id);
+    items
+        .iter()
+        .map(|(_, item)| {
+            batches(item)
+                .any(|h| h.producer_id >= 0 && !known(h.producer_id))
+                .then_some(ResponseError::UnknownProducerId.code())
+        })
+        .collect()
 }
