@@ -4,18 +4,26 @@ Usage: group_one_thread.py HOST:PORT TOPIC MEMBERS
 
 The topic gets 3 partitions and 10 records each. The first consumer joins alone and reads them;
 then MEMBERS - 1 more consumers (default settings: range/roundrobin assignors, 45 s session,
-3 s heartbeat) join the same group, and the script polls every consumer in turn,
-`poll(timeout_ms=100)` each, as a one-thread application with several consumers does. A
-consumer's join or sync may then complete while another consumer is being polled; kafka-python
-3.0 throws such a completed join away and sends the same JoinGroup again, which the broker must
-answer from the current generation (as Kafka does) instead of starting a rebalance.
+3 s heartbeat) join the same group, and the script polls every consumer in turn, as a
+one-thread application with several consumers does. A consumer's join or sync may then
+complete while another consumer is being polled; kafka-python 3.0 throws such a completed join
+away and sends the same JoinGroup again, which the broker must answer from the current
+generation (as Kafka does) instead of starting a rebalance.
+
+The first consumer leads the group throughout. It is polled with a long timeout so that its own
+rejoins always complete while it is polled: kafka-python drops a leader's completed join the
+same way, and a leader's JoinGroup rebalances a stable group (in Kafka too), so a dropped
+leader join would start a rebalance whatever the broker. The others are polled for 500 ms.
 
 Once every partition is held by exactly one consumer and every consumer holds one, 10 more
 records per partition are produced; each must be read by the consumer holding its partition.
 Prints one JSON line per change of the assignments, then "OK ..." and exits 0, or
 "FAIL ..." and exits 1 when the group does not settle within SETTLE_S seconds.
+GROUP_ONE_THREAD_LOG=FILE writes kafka-python's debug log (every request) there.
 """
 import json
+import logging
+import os
 import sys
 import time
 
@@ -26,8 +34,13 @@ bootstrap, topic, members = sys.argv[1], sys.argv[2], int(sys.argv[3])
 PARTITIONS = 3
 PER_PARTITION = 10
 SETTLE_S = 25
-POLL_MS = 100
+POLL_MS = 500
+LEADER_POLL_MS = 3000
 group = "one-thread-" + topic
+if os.environ.get("GROUP_ONE_THREAD_LOG"):
+    # kafka-python's own account of every request, to see which exchange went wrong.
+    logging.basicConfig(level=logging.DEBUG, filename=os.environ["GROUP_ONE_THREAD_LOG"],
+                        format="%(asctime)s %(threadName)s %(name)s %(message)s")
 
 
 def emit(obj):
@@ -72,7 +85,8 @@ reads = []
 
 
 def poll(k, c):
-    for tp, records in c.poll(timeout_ms=POLL_MS).items():
+    timeout_ms = LEADER_POLL_MS if k == 0 else POLL_MS
+    for tp, records in c.poll(timeout_ms=timeout_ms).items():
         for r in records:
             reads.append((k, tp.partition, r.value.decode()))
 
