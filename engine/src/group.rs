@@ -296,6 +296,11 @@ impl Group {
                 }
             }
         }
+        if let Some(order) = known {
+            if let Some(r) = self.rejoin_in_generation(now, order, &req.protocols) {
+                return (Answer::Now(r), Vec::new());
+            }
+        }
         let mut completed = Vec::new();
         if self.state == State::CompletingRebalance {
             completed.extend(self.fail_pending_syncs());
@@ -342,6 +347,72 @@ impl Group {
             }
             None => (Answer::Later, completed),
         }
+    }
+
+    /// A known member rejoining with the protocols it joined with, while its generation is
+    /// settled, gets that generation back instead of starting a rebalance — Kafka's
+    /// `GroupCoordinator` (doCurrentMemberJoinGroup) does the same: in CompletingRebalance (it
+    /// may have missed its join answer; the leader gets the members again, to assign) and, for
+    /// a follower, in Stable (its SyncGroup then returns the assignment it holds). A client
+    /// that sends its JoinGroup again — kafka-python 3.0 does when a join completed while the
+    /// application was not polling that consumer — would otherwise restart the rebalance on
+    /// every completion and never settle. The leader rejoining a Stable group, or a member
+    /// whose subscription changed, rebalances (that is how a leader asks for one when only
+    /// topic metadata changed). None: the join takes the ordinary path.
+    fn rejoin_in_generation(
+        &mut self,
+        now: u64,
+        order: u64,
+        protocols: &[(String, Bytes)],
+    ) -> Option<JoinResult> {
+        let leader = self.leader.clone()?;
+        let member = self.members.get_mut(&order)?;
+        if member.protocols != protocols {
+            return None;
+        }
+        let is_leader = member.id == leader;
+        match self.state {
+            State::CompletingRebalance => {}
+            State::Stable if !is_leader => {}
+            _ => return None,
+        }
+        debug_assert!(
+            !member.awaiting_join,
+            "settled generations have no waiting joins"
+        );
+        member.last_seen_ms = now;
+        let member_id = member.id.clone();
+        let protocol = self
+            .protocol
+            .clone()
+            .expect("a settled generation has a protocol");
+        Some(JoinResult {
+            error: NONE,
+            generation: self.generation,
+            protocol_type: self.protocol_type.clone(),
+            members: if is_leader {
+                self.member_metadata(&protocol)
+            } else {
+                Vec::new()
+            },
+            protocol: Some(protocol),
+            leader,
+            member_id,
+        })
+    }
+
+    /// What the leader's join answer lists: (member id, instance id, metadata for `protocol`).
+    fn member_metadata(&self, protocol: &str) -> Vec<(String, Option<String>, Bytes)> {
+        self.members
+            .values()
+            .map(|m| {
+                (
+                    m.id.clone(),
+                    m.instance_id.clone(),
+                    m.metadata_for(protocol),
+                )
+            })
+            .collect()
     }
 
     fn supported_by_all_but(&self, protocol: &str, member_id: &str) -> bool {
@@ -421,17 +492,7 @@ impl Group {
         self.state = State::CompletingRebalance;
         let protocol = self.protocol.clone().expect("chosen");
         let leader = self.leader.clone().expect("chosen");
-        let everyone: Vec<(String, Option<String>, Bytes)> = self
-            .members
-            .values()
-            .map(|m| {
-                (
-                    m.id.clone(),
-                    m.instance_id.clone(),
-                    m.metadata_for(&protocol),
-                )
-            })
-            .collect();
+        let everyone = self.member_metadata(&protocol);
         let mut out = Vec::new();
         for m in self.members.values_mut() {
             m.awaiting_join = false;
@@ -800,6 +861,133 @@ mod tests {
         assert_eq!(g.check_commit(&a, 1), ILLEGAL_GENERATION);
         assert_eq!(g.check_commit("stranger", 2), UNKNOWN_MEMBER_ID);
         assert_eq!(g.check_commit("", -1), UNKNOWN_MEMBER_ID);
+    }
+
+    /// Two members in a Stable generation 2 (a leads, b follows) holding "pa" and "pb".
+    fn stable_pair(g: &mut Group) -> (String, String) {
+        let (a, _, _) = new_member(g, 0, &["range", "roundrobin"]);
+        g.sync(0, &a, 1, vec![]);
+        let (b, answer, _) = new_member(g, 1, &["range", "roundrobin"]);
+        assert_eq!(answer, Answer::Later);
+        let (Answer::Now(ra), _) = g.join(2, join(&a, &["range", "roundrobin"])) else {
+            panic!()
+        };
+        assert_eq!((ra.generation, ra.leader.as_str()), (2, a.as_str()));
+        let assignments = vec![
+            (a.clone(), Bytes::from("pa")),
+            (b.clone(), Bytes::from("pb")),
+        ];
+        assert_eq!(g.sync(3, &b, 2, vec![]).0, Answer::Later);
+        let (Answer::Now(s), _) = g.sync(3, &a, 2, assignments) else {
+            panic!()
+        };
+        assert_eq!((s.error, g.state), (NONE, State::Stable));
+        (a, b)
+    }
+
+    /// Issue 17: kafka-python 3.0 sends its JoinGroup again when a join completed while the
+    /// application polled another consumer. Each such rejoin restarted the rebalance, whose
+    /// completion came while the other consumer was polled again: the follower never held its
+    /// partitions. As Kafka does, a follower rejoining a Stable group unchanged gets the current
+    /// generation back and syncs to the assignment it holds; nobody else is disturbed.
+    #[test]
+    fn a_follower_rejoining_unchanged_gets_its_generation_back() {
+        let mut g = Group::new("g", 0);
+        let (a, b) = stable_pair(&mut g);
+        let (answer, done) = g.join(10, join(&b, &["range", "roundrobin"]));
+        let Answer::Now(r) = answer else {
+            panic!("a follower's unchanged rejoin waited for a rebalance: {answer:?}")
+        };
+        assert!(done.is_empty());
+        assert_eq!(
+            (
+                r.error,
+                r.generation,
+                r.leader.as_str(),
+                r.member_id.as_str()
+            ),
+            (NONE, 2, a.as_str(), b.as_str())
+        );
+        assert_eq!(r.protocol.as_deref(), Some("range"));
+        assert!(r.members.is_empty(), "only the leader gets the members");
+        assert_eq!(g.state, State::Stable);
+        assert_eq!(
+            g.heartbeat(11, &a, 2),
+            NONE,
+            "the leader is not asked to rejoin"
+        );
+        let (Answer::Now(s), _) = g.sync(12, &b, 2, vec![]) else {
+            panic!()
+        };
+        assert_eq!((s.error, &s.assignment[..]), (NONE, &b"pb"[..]));
+        // The rejoin counts as a sign of life.
+        assert_eq!(g.member(&b).unwrap().last_seen_ms, 12);
+    }
+
+    /// What still rebalances, as in Kafka: the leader rejoining a Stable group (how it asks
+    /// for a rebalance when only topic metadata changed) and a member whose subscription
+    /// changed.
+    #[test]
+    fn the_leader_or_a_changed_member_rejoining_rebalances() {
+        let mut g = Group::new("g", 0);
+        let (a, b) = stable_pair(&mut g);
+        let (answer, _) = g.join(10, join(&a, &["range", "roundrobin"]));
+        assert_eq!(answer, Answer::Later);
+        assert_eq!(g.state, State::PreparingRebalance);
+        assert_eq!(g.heartbeat(11, &b, 2), REBALANCE_IN_PROGRESS);
+
+        let mut g = Group::new("g", 0);
+        let (a, b) = stable_pair(&mut g);
+        let mut changed = join(&b, &["range", "roundrobin"]);
+        changed.protocols[0].1 = Bytes::from("another subscription");
+        assert_eq!(g.join(10, changed).0, Answer::Later);
+        assert_eq!(g.heartbeat(11, &a, 2), REBALANCE_IN_PROGRESS);
+        let (Answer::Now(r), done) = g.join(12, join(&a, &["range", "roundrobin"])) else {
+            panic!()
+        };
+        assert_eq!((r.generation, done.len()), (3, 1));
+    }
+
+    /// A member that missed its join answer and rejoins unchanged while the generation waits
+    /// for the leader's assignment gets the same answer again (the leader with the members)
+    /// and the syncs already waiting stay waiting.
+    #[test]
+    fn rejoining_unchanged_while_the_assignment_is_awaited_repeats_the_answer() {
+        let mut g = Group::new("g", 0);
+        let (a, _, _) = new_member(&mut g, 0, &["range"]);
+        g.sync(0, &a, 1, vec![]);
+        let (b, _, _) = new_member(&mut g, 1, &["range"]);
+        let (Answer::Now(first), _) = g.join(2, join(&a, &["range"])) else {
+            panic!()
+        };
+        assert_eq!(g.state, State::CompletingRebalance);
+        assert_eq!(g.sync(3, &b, 2, vec![]).0, Answer::Later);
+        let (Answer::Now(again), done) = g.join(4, join(&a, &["range"])) else {
+            panic!("the leader's repeated join waited")
+        };
+        assert!(done.is_empty(), "b's sync keeps waiting: {done:?}");
+        assert_eq!(again, first);
+        assert_eq!(again.members.len(), 2);
+        let (Answer::Now(rb), _) = g.join(5, join(&b, &["range"])) else {
+            panic!("the follower's repeated join waited")
+        };
+        assert_eq!((rb.generation, rb.members.len()), (2, 0));
+        assert_eq!(g.state, State::CompletingRebalance);
+        let (Answer::Now(s), done) = g.sync(
+            6,
+            &a,
+            2,
+            vec![
+                (a.clone(), Bytes::from("pa")),
+                (b.clone(), Bytes::from("pb")),
+            ],
+        ) else {
+            panic!()
+        };
+        assert_eq!(s.error, NONE);
+        assert!(
+            matches!(done.as_slice(), [Completed::Sync(id, r)] if *id == b && r.assignment == "pb")
+        );
     }
 
     #[test]
