@@ -118,7 +118,7 @@ async fn tiered_round_trip(store: &str, data: &std::path::Path) {
     assert_eq!(b.terminate(), Some(0));
     std::fs::remove_dir_all(data).unwrap();
     let b = start(data, &args);
-    assert!(b.log_contains("restored the topic catalog from the object store"));
+    assert!(b.log_contains("took the cluster's topic catalog from the object store"));
     assert_eq!(
         consume_all(&b),
         acked,
