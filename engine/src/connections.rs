@@ -66,6 +66,14 @@ impl Admission {
         })
     }
 
+    /// The limit that refused a connection.
+    pub fn limit(&self, refused: Refused) -> usize {
+        match refused {
+            Refused::Total => self.total_max,
+            Refused::PerIp => self.per_ip_max,
+        }
+    }
+
     pub fn open(&self) -> usize {
         self.total.load(Ordering::Relaxed)
     }
@@ -203,6 +211,7 @@ mod tests {
         assert_eq!(a.admit(x).unwrap_err(), Refused::PerIp);
         let y1 = a.admit(y).unwrap();
         assert_eq!(a.admit(z).unwrap_err(), Refused::Total);
+        assert_eq!((a.limit(Refused::Total), a.limit(Refused::PerIp)), (3, 2));
         assert_eq!(a.open(), 3);
         drop(x1);
         assert_eq!(a.open(), 2);

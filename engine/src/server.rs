@@ -92,19 +92,15 @@ pub fn accepted(broker: &Rc<Broker>, admission: &Arc<Admission>, stream: TcpStre
             ringtail_shards::spawn_detached(serve_connection(broker.clone(), stream, permit))
         }
         Err(refused) => {
-            let (counter, limit, flag) = match refused {
-                Refused::Total => (
-                    &broker.stats.connections_refused_total,
-                    broker.config.max_connections,
-                    "--max-connections",
-                ),
+            let (counter, flag) = match refused {
+                Refused::Total => (&broker.stats.connections_refused_total, "--max-connections"),
                 Refused::PerIp => (
                     &broker.stats.connections_refused_per_ip,
-                    broker.config.max_connections_per_ip,
                     "--max-connections-per-ip",
                 ),
             };
             counter.fetch_add(1, Relaxed);
+            let limit = admission.limit(refused);
             if may_log(&broker.stats) {
                 tracing::warn!(peer = %ip, limit, flag, "refusing connection: limit reached");
             }
