@@ -51,12 +51,12 @@ impl Admission {
     /// A place for a connection from `ip`, or why not.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refused> {
         let mut per_ip = self.per_ip.lock().expect("admission lock");
+        if self.total.load(Ordering::Relaxed) >= self.total_max {
+            return Err(Refused::Total);
+        }
         let count = per_ip.get(&ip).copied().unwrap_or(0);
         if count >= self.per_ip_max {
             return Err(Refused::PerIp);
-        }
-        if self.total.load(Ordering::Relaxed) >= self.total_max {
-            return Err(Refused::Total);
         }
         self.total.fetch_add(1, Ordering::Relaxed);
         per_ip.insert(ip, count + 1);

@@ -412,7 +412,10 @@ async fn shard_main(
             match listener.accept().await {
                 Ok(stream) => ringtail_engine::server::accepted(&broker, &admission, stream),
                 Err(e) => {
-                    tracing::warn!(shard = ctx.id, error = %e, "accept failed");
+                    // Out of file descriptors, this repeats every 10 ms: rate limited.
+                    if ringtail_engine::server::may_log(&broker.stats) {
+                        tracing::warn!(shard = ctx.id, error = %e, "accept failed");
+                    }
                     ringtail_shards::sleep(std::time::Duration::from_millis(10)).await;
                 }
             }

@@ -51,7 +51,7 @@ thread_local! {
 
 /// Whether a connection log line may be written now. Beyond the shard's budget the line is
 /// counted instead, and one summary line says how many were left out.
-fn may_log(stats: &Arc<ShardStats>) -> bool {
+pub fn may_log(stats: &Arc<ShardStats>) -> bool {
     match CONNECTION_LOG.with(|l| l.borrow_mut().line(Instant::now())) {
         LogLine::Write { suppressed } => {
             log_suppressed(suppressed);

@@ -262,6 +262,36 @@ fn five_thousand_idle_connections_and_the_limits_refuse_beyond_them() {
 }
 
 #[test]
+fn the_connection_limit_fits_the_open_file_limit() {
+    // 400 files, 256 kept for the broker's own: 144 client connections at most.
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start_wrapped(&["prlimit", "--nofile=400:400"], dir.path(), &[]);
+    assert!(
+        broker.log_contains("raise `ulimit -n`"),
+        "the lowered limit is explained"
+    );
+    let mut conns: Vec<TcpStream> = (0..144)
+        .map(|_| TcpStream::connect(broker.addr).unwrap())
+        .collect();
+    for s in &mut conns {
+        assert!(api_versions(s));
+    }
+    let mut refused = TcpStream::connect(broker.addr).unwrap();
+    assert!(
+        !api_versions(&mut refused),
+        "refused rather than out of files"
+    );
+    assert_eq!(
+        metric(
+            &broker,
+            "ringtail_connections_refused_total{reason=\"max_connections\"}"
+        ),
+        1
+    );
+    assert!(!broker.log_contains("accept failed"));
+}
+
+#[test]
 fn idle_connections_are_closed_after_the_idle_timeout() {
     let broker = TestBroker::start(&["--connections-max-idle-ms", "1000"]);
     let mut quiet = TcpStream::connect(broker.addr).unwrap();
