@@ -185,7 +185,10 @@ fn decode_produce(frame: Bytes, header_len: usize, version: i16) -> Result<Produ
 /// 1/`CARVE_PIN_RATIO_MAX` of its frame is copied out instead: a carved record set pins at most
 /// this many times its own size (a 100-byte batch beside a 100 MiB one that is refused must not
 /// hold 100 MiB).
-pub const CARVE_PIN_RATIO_MAX: usize = 8;
+/// At 16 a request of up to 16 equal record sets is carved whole; copying the record sets of
+/// an 8-partition 1 MiB frame cost 0.43–0.60 ms against 0.12 ms carved (release build, with
+/// fresh allocations).
+pub const CARVE_PIN_RATIO_MAX: usize = 16;
 /// Frames up to this size are carved whole whatever their record sets' sizes: pinning one
 /// costs little.
 pub const CARVE_PIN_FREE_BYTES: usize = 64 * 1024;
@@ -363,8 +366,8 @@ mod tests {
         assert!(!within(s), "the small one is copied out: it pins no frame");
         assert_eq!(p.copied_bytes, small.len());
         assert!(carve_in_place(10, CARVE_PIN_FREE_BYTES));
-        assert!(carve_in_place(1 << 20, 8 << 20));
-        assert!(!carve_in_place((1 << 20) - 1, 8 << 20));
+        assert!(carve_in_place(1 << 20, 16 << 20));
+        assert!(!carve_in_place((1 << 20) - 1, 16 << 20));
     }
 
     #[test]
