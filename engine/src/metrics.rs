@@ -410,7 +410,7 @@ pub fn render(src: &Sources) -> String {
         ("ringtail_wal_superseded_records_total", "counter", "Records replayed from this broker's WAL that another owner's writes had superseded (lost; see the warning in the log).", |s| s.wal_superseded_records.load(Relaxed)),
         ("ringtail_connections_accepted_total", "counter", "Client connections accepted.", |s| s.connections_accepted.load(Relaxed)),
         ("ringtail_connections", "gauge", "Client connections open.", |s| s.connections_open.load(Relaxed)),
-        ("ringtail_log_lines_suppressed_total", "counter", "Connection log lines (closed, refused) left out by the rate limit; a summary line counts them.", |s| s.log_lines_suppressed.load(Relaxed)),
+        ("ringtail_log_lines_suppressed_total", "counter", "Log lines clients cause (connections closed or refused, requests refused) left out by the rate limit; a summary line counts them.", |s| s.log_lines_suppressed.load(Relaxed)),
         ("ringtail_slow_requests_total", "counter", "Requests slower than --slow-request-ms (each is logged).", |s| s.slow_requests.load(Relaxed)),
         ("ringtail_upload_pending_bytes", "gauge", "Record bytes in the WAL not yet in a committed object (the uploader's backlog).", |s| s.upload_pending_bytes.load(Relaxed)),
     ];

@@ -49,8 +49,9 @@ thread_local! {
     static CONNECTION_LOG: RefCell<LogLimiter> = RefCell::new(LogLimiter::new(Instant::now()));
 }
 
-/// Whether a connection log line may be written now. Beyond the shard's budget the line is
-/// counted instead, and one summary line says how many were left out.
+/// Whether a log line a client caused (a connection closed or refused, a request refused) may
+/// be written now. Beyond the shard's budget the line is counted instead, and one summary line
+/// says how many were left out.
 pub fn may_log(stats: &Arc<ShardStats>) -> bool {
     match CONNECTION_LOG.with(|l| l.borrow_mut().line(Instant::now())) {
         LogLine::Write { suppressed } => {
@@ -75,7 +76,8 @@ fn log_suppressed(suppressed: u64) {
         tracing::warn!(
             suppressed,
             window_s = LOG_WINDOW.as_secs(),
-            "similar log lines suppressed (connections closed or refused)"
+            "similar log lines suppressed (caused by clients: connections closed or refused, \
+             requests refused)"
         );
     }
 }

@@ -404,6 +404,29 @@ fn the_broker_caps_a_fetch_max_bytes() {
 }
 
 #[test]
+fn refused_requests_on_one_connection_do_not_flood_the_log() {
+    const FLOOD: usize = 300;
+    let broker = TestBroker::start(&["--shards", "1"]);
+    let mut raw = Raw::connect(broker.addr);
+    let req = InitProducerIdRequest::default()
+        .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("tx"))))
+        .with_transaction_timeout_ms(60_000);
+    let started = Instant::now();
+    for _ in 0..FLOOD {
+        let r: InitProducerIdResponse = raw.call(ApiKey::InitProducerId, 4, &req);
+        assert_eq!(r.error_code, 53, "TRANSACTIONAL_ID_AUTHORIZATION_FAILED");
+    }
+    let windows = started.elapsed().as_secs() / 5 + 1;
+    std::thread::sleep(Duration::from_millis(500)); // the log reader catches up
+    let logged = broker.log_count("transactions are not supported");
+    eprintln!("{FLOOD} transactional InitProducerId: {logged} log lines");
+    assert!(
+        logged as u64 <= 20 * windows,
+        "{logged} lines for {FLOOD} requests"
+    );
+}
+
+#[test]
 fn a_flood_of_malformed_frames_does_not_flood_the_log() {
     const FLOOD: usize = 300;
     let broker = TestBroker::start(&["--shards", "2"]);
