@@ -226,23 +226,20 @@ impl Catalog {
         let _w = self.writer.lock().await;
         for _ in 0..PUSH_RACES_MAX {
             let local = self.snapshot();
-            match mirror.read().await? {
-                Some(body) => {
-                    let theirs = OnDisk::parse(&body)
-                        .map_err(|e| anyhow::anyhow!("the bucket's catalog: {e}"))?;
-                    if theirs.generation >= local.generation {
-                        if theirs.generation > local.generation {
-                            tracing::info!(
-                                ours = local.generation,
-                                theirs = theirs.generation,
-                                "took the cluster's topic catalog from the object store"
-                            );
-                        }
-                        self.install(&theirs).await?;
-                        return Ok(());
+            if let Some(body) = mirror.read().await? {
+                let theirs = OnDisk::parse(&body)
+                    .map_err(|e| anyhow::anyhow!("the bucket's catalog: {e}"))?;
+                if theirs.generation >= local.generation {
+                    if theirs.generation > local.generation {
+                        tracing::info!(
+                            ours = local.generation,
+                            theirs = theirs.generation,
+                            "took the cluster's topic catalog from the object store"
+                        );
                     }
+                    self.install(&theirs).await?;
+                    return Ok(());
                 }
-                None => {}
             }
             match mirror
                 .push(self.to_disk(&local, local.generation).to_json().into())

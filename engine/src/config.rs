@@ -39,6 +39,28 @@ pub struct ServeArgs {
     /// Largest request frame accepted (socket.request.max.bytes).
     #[arg(long, env = "RINGTAIL_REQUEST_BYTES_MAX")]
     pub request_bytes_max: Option<usize>,
+    /// Most client connections the broker holds at once (max.connections); more are closed
+    /// as they arrive [default: 10000, lowered to what the open-file limit allows].
+    #[arg(long, env = "RINGTAIL_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most client connections from one IP address (max.connections.per.ip) [default: 1000].
+    #[arg(long, env = "RINGTAIL_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// A connection that sends no request for this long is closed (connections.max.idle.ms)
+    /// [default: 600000].
+    #[arg(long, env = "RINGTAIL_CONNECTIONS_MAX_IDLE_MS")]
+    pub connections_max_idle_ms: Option<u64>,
+    /// A request frame must arrive whole within this long from its first byte, or the
+    /// connection is closed (a slowloris frame) [default: 30000].
+    #[arg(long, env = "RINGTAIL_REQUEST_READ_TIMEOUT_MS")]
+    pub request_read_timeout_ms: Option<u64>,
+    /// A response must be taken by the client within this long, or the connection is closed
+    /// (a client that stopped reading) [default: 30000].
+    #[arg(long, env = "RINGTAIL_SEND_TIMEOUT_MS")]
+    pub send_timeout_ms: Option<u64>,
+    /// The broker's cap on a Fetch's max_bytes (fetch.max.bytes) [default: 57671680].
+    #[arg(long, env = "RINGTAIL_FETCH_BYTES_MAX")]
+    pub fetch_bytes_max: Option<usize>,
     /// Directory of the WAL rings, one file per shard (default: <data-dir>/wal).
     #[arg(long, env = "RINGTAIL_WAL_DIR")]
     pub wal_dir: Option<PathBuf>,
@@ -129,6 +151,12 @@ struct FileConfig {
     auto_create_topics: Option<bool>,
     default_partitions: Option<i32>,
     request_bytes_max: Option<usize>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    connections_max_idle_ms: Option<u64>,
+    request_read_timeout_ms: Option<u64>,
+    send_timeout_ms: Option<u64>,
+    fetch_bytes_max: Option<usize>,
     wal_dir: Option<PathBuf>,
     wal_size_per_shard: Option<u64>,
     wal_max_write_bytes: Option<u32>,
@@ -165,6 +193,12 @@ pub struct Config {
     pub auto_create_topics: bool,
     pub default_partitions: i32,
     pub request_bytes_max: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub connections_max_idle: std::time::Duration,
+    pub request_read_timeout: std::time::Duration,
+    pub send_timeout: std::time::Duration,
+    pub fetch_bytes_max: usize,
     pub wal_dir: PathBuf,
     pub wal_size_per_shard: u64,
     pub wal_max_write_bytes: u32,
@@ -233,6 +267,35 @@ impl std::str::FromStr for ObjectStoreUrl {
 
 pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
 
+/// Defaults of the connection limits (Kafka's are unbounded; a limit on everything is ours).
+pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
+pub const MAX_CONNECTIONS_PER_IP_DEFAULT: usize = 1_000;
+/// Kafka's connections.max.idle.ms.
+pub const CONNECTIONS_MAX_IDLE_MS_DEFAULT: u64 = 600_000;
+/// A client's own request.timeout.ms (30 s) has given up on a request by then.
+pub const REQUEST_READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+pub const SEND_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Kafka's fetch.max.bytes (55 MiB).
+pub const FETCH_BYTES_MAX_DEFAULT: usize = 55 << 20;
+
+/// A duration flag in milliseconds that must lie in `range`.
+fn millis(
+    flag: &str,
+    value: Option<u64>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> anyhow::Result<std::time::Duration> {
+    let ms = value.unwrap_or(default);
+    if !range.contains(&ms) {
+        bail!(
+            "--{flag} {ms}: between {} and {}",
+            range.start(),
+            range.end()
+        );
+    }
+    Ok(std::time::Duration::from_millis(ms))
+}
+
 impl Config {
     pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
         let file: FileConfig = match &args.config {
@@ -275,6 +338,44 @@ impl Config {
         if !(1024..=1 << 30).contains(&request_bytes_max) {
             bail!("--request-bytes-max must be between 1 KiB and 1 GiB");
         }
+        let max_connections = args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(MAX_CONNECTIONS_DEFAULT);
+        let max_connections_per_ip = args
+            .max_connections_per_ip
+            .or(file.max_connections_per_ip)
+            .unwrap_or(MAX_CONNECTIONS_PER_IP_DEFAULT);
+        if max_connections == 0 || max_connections_per_ip == 0 {
+            bail!("--max-connections and --max-connections-per-ip must be at least 1");
+        }
+        let fetch_bytes_max = args
+            .fetch_bytes_max
+            .or(file.fetch_bytes_max)
+            .unwrap_or(FETCH_BYTES_MAX_DEFAULT);
+        if !(1024..=i32::MAX as usize).contains(&fetch_bytes_max) {
+            bail!("--fetch-bytes-max must be between 1 KiB and 2 GiB");
+        }
+        let connections_max_idle = millis(
+            "connections-max-idle-ms",
+            args.connections_max_idle_ms
+                .or(file.connections_max_idle_ms),
+            CONNECTIONS_MAX_IDLE_MS_DEFAULT,
+            100..=1 << 40,
+        )?;
+        let request_read_timeout = millis(
+            "request-read-timeout-ms",
+            args.request_read_timeout_ms
+                .or(file.request_read_timeout_ms),
+            REQUEST_READ_TIMEOUT_MS_DEFAULT,
+            100..=1 << 40,
+        )?;
+        let send_timeout = millis(
+            "send-timeout-ms",
+            args.send_timeout_ms.or(file.send_timeout_ms),
+            SEND_TIMEOUT_MS_DEFAULT,
+            100..=1 << 40,
+        )?;
         let data_dir = args
             .data_dir
             .or(file.data_dir)
@@ -407,6 +508,12 @@ impl Config {
                 .unwrap_or(false),
             default_partitions,
             request_bytes_max,
+            max_connections,
+            max_connections_per_ip,
+            connections_max_idle,
+            request_read_timeout,
+            send_timeout,
+            fetch_bytes_max,
         })
     }
 }
@@ -519,5 +626,25 @@ mod tests {
             (c.advertised_host.as_str(), c.advertised_port),
             ("h.example", Some(19092))
         );
+        // Connection limits: Kafka's defaults where they are bounded, and no zero limits.
+        assert_eq!(c.max_connections, MAX_CONNECTIONS_DEFAULT);
+        assert_eq!(c.connections_max_idle.as_millis(), 600_000);
+        assert_eq!(c.fetch_bytes_max, 57_671_680);
+        for bad in [
+            ServeArgs {
+                max_connections_per_ip: Some(0),
+                ..Default::default()
+            },
+            ServeArgs {
+                send_timeout_ms: Some(0),
+                ..Default::default()
+            },
+            ServeArgs {
+                fetch_bytes_max: Some(1 << 31),
+                ..Default::default()
+            },
+        ] {
+            assert!(Config::resolve(bad).is_err());
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod api;
 pub mod catalog;
 pub mod cluster;
 pub mod config;
+pub mod connections;
 pub mod coordinator;
 pub mod errors;
 pub mod group;

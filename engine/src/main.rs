@@ -12,11 +12,11 @@ use futures::StreamExt;
 use ringtail_engine::catalog::{Catalog, TopicMeta};
 use ringtail_engine::cluster::{Member, Membership, View};
 use ringtail_engine::config::{Config, ObjectStoreUrl, ServeArgs};
+use ringtail_engine::connections::{self, Admission};
 use ringtail_engine::host::{SlotEnv, SlotHost};
 use ringtail_engine::lease::{Lease, LeaseRecord};
 use ringtail_engine::metrics::{Metered, ShardStats, StoreMetrics};
 use ringtail_engine::mirror::CatalogMirror;
-use ringtail_engine::server::serve_connection;
 use ringtail_engine::shard::{Broker, ShardOp};
 use ringtail_objstore::faulty::Faulty;
 use ringtail_objstore::local::LocalDir;
@@ -181,6 +181,16 @@ fn serve(config: Config) -> anyhow::Result<()> {
         memlock::plan(MemlockLimit::current(), config.shards, io_memory_wanted)
             .map_err(|e| anyhow::anyhow!("cannot start {} shard(s): {e}", config.shards))?;
     let membership = Arc::new(Membership::new(View::alone(me.clone(), slots)));
+    // Each connection is a file descriptor: the limit must fit the open-file limit.
+    let (connections_max, lowered) =
+        connections::connections_max(config.max_connections, connections::raise_nofile());
+    if let Some(why) = lowered {
+        tracing::warn!("{why}");
+    }
+    let admission = Admission::new(
+        connections_max,
+        config.max_connections_per_ip.min(connections_max),
+    );
 
     // The metrics endpoint starts first: /ready says 503 until every shard serves.
     let stats: Vec<Arc<ShardStats>> = (0..config.shards)
@@ -226,6 +236,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let cluster_id = cluster_id.clone();
         let producer_ids = producer_ids.clone();
         let accepting = shard_accepting.clone();
+        let admission = admission.clone();
         let (membership, catalog, config) = (
             shard_membership.clone(),
             catalog.clone(),
@@ -246,7 +257,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 cluster_id,
                 producer_ids,
             });
-            shard_main(ctx, broker, bound, ready, accepting).await
+            shard_main(ctx, broker, bound, ready, accepting, admission).await
         }
     })?;
 
@@ -368,6 +379,7 @@ async fn shard_main(
     addr: SocketAddr,
     ready: std::sync::mpsc::Sender<Result<Mailboxes<ShardOp>, String>>,
     accepting: Arc<AtomicBool>,
+    admission: Arc<Admission>,
 ) {
     let listener = match TcpListener::bind(addr) {
         Ok(l) => l,
@@ -398,11 +410,12 @@ async fn shard_main(
     let accept = async {
         loop {
             match listener.accept().await {
-                Ok(stream) => {
-                    ringtail_shards::spawn_detached(serve_connection(broker.clone(), stream))
-                }
+                Ok(stream) => ringtail_engine::server::accepted(&broker, &admission, stream),
                 Err(e) => {
-                    tracing::warn!(shard = ctx.id, error = %e, "accept failed");
+                    // Out of file descriptors, this repeats every 10 ms: rate limited.
+                    if ringtail_engine::server::may_log(&broker.stats) {
+                        tracing::warn!(shard = ctx.id, error = %e, "accept failed");
+                    }
                     ringtail_shards::sleep(std::time::Duration::from_millis(10)).await;
                 }
             }

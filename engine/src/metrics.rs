@@ -104,6 +104,17 @@ pub struct ShardStats {
     /// Connections accepted by this shard, and those open now.
     pub connections_accepted: AtomicU64,
     pub connections_open: AtomicU64,
+    /// Connections refused at accept: over `--max-connections`, over `--max-connections-per-ip`.
+    pub connections_refused_total: AtomicU64,
+    pub connections_refused_per_ip: AtomicU64,
+    /// Connections the broker closed: idle past `--connections-max-idle-ms`, a request not
+    /// received whole within `--request-read-timeout-ms`, a response not taken within
+    /// `--send-timeout-ms`.
+    pub connections_closed_idle: AtomicU64,
+    pub connections_closed_read_timeout: AtomicU64,
+    pub connections_closed_send_timeout: AtomicU64,
+    /// Connection log lines left out by the per-shard rate limit.
+    pub log_lines_suppressed: AtomicU64,
     /// Requests slower than `--slow-request-ms` (each also logged).
     pub slow_requests: AtomicU64,
     apis: Box<[ApiStats]>,
@@ -136,6 +147,12 @@ impl ShardStats {
             produce_bytes: AtomicU64::new(0),
             connections_accepted: AtomicU64::new(0),
             connections_open: AtomicU64::new(0),
+            connections_refused_total: AtomicU64::new(0),
+            connections_refused_per_ip: AtomicU64::new(0),
+            connections_closed_idle: AtomicU64::new(0),
+            connections_closed_read_timeout: AtomicU64::new(0),
+            connections_closed_send_timeout: AtomicU64::new(0),
+            log_lines_suppressed: AtomicU64::new(0),
             slow_requests: AtomicU64::new(0),
             apis: (0..API_SLOTS).map(|_| ApiStats::new()).collect(),
             wal: Mutex::default(),
@@ -393,6 +410,7 @@ pub fn render(src: &Sources) -> String {
         ("ringtail_wal_superseded_records_total", "counter", "Records replayed from this broker's WAL that another owner's writes had superseded (lost; see the warning in the log).", |s| s.wal_superseded_records.load(Relaxed)),
         ("ringtail_connections_accepted_total", "counter", "Client connections accepted.", |s| s.connections_accepted.load(Relaxed)),
         ("ringtail_connections", "gauge", "Client connections open.", |s| s.connections_open.load(Relaxed)),
+        ("ringtail_log_lines_suppressed_total", "counter", "Log lines clients cause (connections closed or refused, requests refused) left out by the rate limit; a summary line counts them.", |s| s.log_lines_suppressed.load(Relaxed)),
         ("ringtail_slow_requests_total", "counter", "Requests slower than --slow-request-ms (each is logged).", |s| s.slow_requests.load(Relaxed)),
         ("ringtail_upload_pending_bytes", "gauge", "Record bytes in the WAL not yet in a committed object (the uploader's backlog).", |s| s.upload_pending_bytes.load(Relaxed)),
     ];
@@ -400,6 +418,26 @@ pub fn render(src: &Sources) -> String {
         o.family(name, kind, help);
         for s in &src.shards {
             o.value(name, &format!("shard=\"{}\"", s.shard), f(s));
+        }
+    }
+    type Labelled = (&'static str, fn(&ShardStats) -> u64);
+    let labelled: &[(&str, &str, &[Labelled])] = &[
+        ("ringtail_connections_refused_total", "Connections closed as they arrived, by the limit reached: max_connections (--max-connections) or max_connections_per_ip.", &[
+            ("reason=\"max_connections\"", |s| s.connections_refused_total.load(Relaxed)),
+            ("reason=\"max_connections_per_ip\"", |s| s.connections_refused_per_ip.load(Relaxed)),
+        ]),
+        ("ringtail_connections_closed_total", "Connections the broker closed, by reason: idle (--connections-max-idle-ms), request_read_timeout (a request not received whole in time), send_timeout (a response not taken in time).", &[
+            ("reason=\"idle\"", |s| s.connections_closed_idle.load(Relaxed)),
+            ("reason=\"request_read_timeout\"", |s| s.connections_closed_read_timeout.load(Relaxed)),
+            ("reason=\"send_timeout\"", |s| s.connections_closed_send_timeout.load(Relaxed)),
+        ]),
+    ];
+    for (name, help, series) in labelled {
+        o.family(name, "counter", help);
+        for s in &src.shards {
+            for (labels, f) in series.iter() {
+                o.value(name, &format!("shard=\"{}\",{labels}", s.shard), f(s));
+            }
         }
     }
     o.family("ringtail_fetch_reads_total", "counter", "Partition reads that returned records to a fetch, by source: memory (the hot tail: a cache hit) or object (committed objects through the span cache: a miss).");

@@ -1,17 +1,26 @@
 //! Connections: read a frame, decode, handle, write the answer — one request at a time per
 //! connection, as Kafka does, so that a client's pipelined requests keep their order.
+//!
+//! Bounded in time: a connection waits at most `--connections-max-idle-ms` for a request, a
+//! request must arrive whole within `--request-read-timeout-ms` of its first byte, and an
+//! answer must be taken by the client within `--send-timeout-ms`; and in number (see
+//! [`accepted`]). Lines logged about connections are rate limited per shard.
 
+use std::cell::RefCell;
+use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::io::{AsyncWriteExt, BufReader};
+use futures::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use kafka_protocol::messages::{ApiKey, RequestKind};
 use ringtail_netio::frame::read_frame;
 use ringtail_netio::request::{decode_body, decode_header, Body, Header};
 use ringtail_shards::net::TcpStream;
 
 use crate::api::{self, Reply};
+use crate::connections::{Admission, LogLimiter, LogLine, Permit, Refused, LOG_WINDOW};
 use crate::metrics::ShardStats;
 use crate::shard::Broker;
 
@@ -35,8 +44,78 @@ impl Drop for Open {
     }
 }
 
-pub async fn serve_connection(broker: Rc<Broker>, stream: TcpStream) {
+thread_local! {
+    /// The shard's budget of connection log lines.
+    static CONNECTION_LOG: RefCell<LogLimiter> = RefCell::new(LogLimiter::new(Instant::now()));
+}
+
+/// Whether a log line a client caused (a connection closed or refused, a request refused) may
+/// be written now. Beyond the shard's budget the line is counted instead, and one summary line
+/// says how many were left out.
+pub fn may_log(stats: &Arc<ShardStats>) -> bool {
+    match CONNECTION_LOG.with(|l| l.borrow_mut().line(Instant::now())) {
+        LogLine::Write { suppressed } => {
+            log_suppressed(suppressed);
+            true
+        }
+        LogLine::Suppress { first } => {
+            stats.log_lines_suppressed.fetch_add(1, Relaxed);
+            if first {
+                ringtail_shards::spawn_detached(async {
+                    ringtail_shards::sleep(LOG_WINDOW).await;
+                    log_suppressed(CONNECTION_LOG.with(|l| l.borrow_mut().take_suppressed()));
+                });
+            }
+            false
+        }
+    }
+}
+
+fn log_suppressed(suppressed: u64) {
+    if suppressed > 0 {
+        tracing::warn!(
+            suppressed,
+            window_s = LOG_WINDOW.as_secs(),
+            "similar log lines suppressed (caused by clients: connections closed or refused, \
+             requests refused)"
+        );
+    }
+}
+
+/// A connection the shard accepted: served if the broker's limits leave room for it, else
+/// closed at once (Kafka's max.connections and max.connections.per.ip).
+pub fn accepted(broker: &Rc<Broker>, admission: &Arc<Admission>, stream: TcpStream) {
+    let ip = stream
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    match admission.admit(ip) {
+        Ok(permit) => {
+            ringtail_shards::spawn_detached(serve_connection(broker.clone(), stream, permit))
+        }
+        Err(refused) => {
+            let (counter, flag) = match refused {
+                Refused::Total => (&broker.stats.connections_refused_total, "--max-connections"),
+                Refused::PerIp => (
+                    &broker.stats.connections_refused_per_ip,
+                    "--max-connections-per-ip",
+                ),
+            };
+            counter.fetch_add(1, Relaxed);
+            let limit = admission.limit(refused);
+            if may_log(&broker.stats) {
+                tracing::warn!(peer = %ip, limit, flag, "refusing connection: limit reached");
+            }
+            drop(stream);
+        }
+    }
+}
+
+/// Serves one connection until the client closes it, breaks the protocol, or a time limit.
+pub async fn serve_connection(broker: Rc<Broker>, stream: TcpStream, _permit: Permit) {
     let _open = Open::new(broker.stats.clone());
+    let stats = broker.stats.clone();
+    let config = broker.config.clone();
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -44,11 +123,41 @@ pub async fn serve_connection(broker: Rc<Broker>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let mut stream = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
     loop {
-        let frame = match read_frame(&mut stream, broker.config.request_bytes_max).await {
-            Ok(Some(frame)) => frame.freeze(),
-            Ok(None) => break,
-            Err(e) => {
-                tracing::warn!(%peer, error = %e, "closing connection");
+        // Between requests: the next one must begin within the idle timeout.
+        let begun = async { stream.fill_buf().await.map(|b| !b.is_empty()) };
+        match ringtail_shards::timeout(config.connections_max_idle, begun).await {
+            Some(Ok(true)) => {}
+            Some(Ok(false)) => break,
+            Some(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "read failed");
+                break;
+            }
+            None => {
+                stats.connections_closed_idle.fetch_add(1, Relaxed);
+                tracing::debug!(%peer, "closing idle connection");
+                break;
+            }
+        }
+        let read = read_frame(&mut stream, config.request_bytes_max);
+        let frame = match ringtail_shards::timeout(config.request_read_timeout, read).await {
+            Some(Ok(Some(frame))) => frame.freeze(),
+            Some(Ok(None)) => break,
+            Some(Err(e)) => {
+                if may_log(&stats) {
+                    tracing::warn!(%peer, error = %e, "closing connection");
+                }
+                break;
+            }
+            None => {
+                stats.connections_closed_read_timeout.fetch_add(1, Relaxed);
+                if may_log(&stats) {
+                    tracing::warn!(
+                        %peer,
+                        timeout_ms = config.request_read_timeout.as_millis() as u64,
+                        "closing connection: request not received whole in time \
+                         (--request-read-timeout-ms)"
+                    );
+                }
                 break;
             }
         };
@@ -85,24 +194,39 @@ pub async fn serve_connection(broker: Rc<Broker>, stream: TcpStream) {
                 reply
             }
         };
-        match reply {
+        let out = stream.get_mut();
+        let sent = match reply {
             Reply::Send(bytes) => {
-                let out = stream.get_mut();
-                if let Err(e) = out.write_all(&bytes).await {
-                    tracing::debug!(%peer, error = %e, "write failed");
-                    break;
-                }
+                ringtail_shards::timeout(config.send_timeout, out.write_all(&bytes)).await
             }
             Reply::SendSegments(segments) => {
-                let out = stream.get_mut();
-                if let Err(e) = ringtail_shards::net::write_all_vectored(out, &segments).await {
-                    tracing::debug!(%peer, error = %e, "write failed");
-                    break;
-                }
+                let write = ringtail_shards::net::write_all_vectored(out, &segments);
+                ringtail_shards::timeout(config.send_timeout, write).await
             }
-            Reply::Nothing => {}
+            Reply::Nothing => Some(Ok(())),
             Reply::Close(reason) => {
-                tracing::warn!(%peer, %reason, "closing connection");
+                if may_log(&stats) {
+                    tracing::warn!(%peer, %reason, "closing connection");
+                }
+                break;
+            }
+        };
+        match sent {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "write failed");
+                break;
+            }
+            None => {
+                stats.connections_closed_send_timeout.fetch_add(1, Relaxed);
+                if may_log(&stats) {
+                    tracing::warn!(
+                        %peer,
+                        timeout_ms = config.send_timeout.as_millis() as u64,
+                        "closing connection: the client did not take the answer in time \
+                         (--send-timeout-ms)"
+                    );
+                }
                 break;
             }
         }

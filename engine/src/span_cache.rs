@@ -15,6 +15,11 @@ use crate::object_format::Span;
 
 /// Spans held per shard at most, in bytes.
 pub const SPAN_CACHE_BYTES_MAX: usize = 64 << 20;
+/// Read-ahead GETs under way per shard at most, in number and in bytes: many cold consumers
+/// (or one fetch naming many partitions) must not start GETs without bound. Beyond either,
+/// read-ahead waits for the fetches themselves.
+pub const READ_AHEAD_GETS_MAX: usize = 16;
+pub const READ_AHEAD_INFLIGHT_BYTES_MAX: u64 = SPAN_CACHE_BYTES_MAX as u64 / 2;
 
 type Key = (Arc<str>, u64);
 type Pending = Shared<BoxFuture<'static, Result<Bytes, StoreError>>>;
@@ -25,6 +30,8 @@ pub struct SpanCache {
     entries: RefCell<VecDeque<(Key, Bytes)>>,
     bytes: Cell<usize>,
     inflight: RefCell<HashMap<Key, Pending>>,
+    /// Read-ahead GETs under way, and their bytes.
+    ahead_gets: Rc<Cell<(usize, u64)>>,
     /// Counters: spans served from memory, GETs issued, read-aheads started.
     pub hits: Cell<u64>,
     pub gets: Cell<u64>,
@@ -61,10 +68,19 @@ impl SpanCache {
         if self.contains(&key) || self.inflight.borrow().contains_key(&key) {
             return None;
         }
+        let (gets, bytes) = self.ahead_gets.get();
+        // The first is always allowed, whatever its size: read-ahead never stops entirely.
+        if gets >= READ_AHEAD_GETS_MAX
+            || gets > 0 && bytes + span.byte_len > READ_AHEAD_INFLIGHT_BYTES_MAX
+        {
+            return None;
+        }
+        let slot = AheadSlot::take(&self.ahead_gets, span.byte_len);
         self.prefetches.set(self.prefetches.get() + 1);
         let pending = self.pending(store, &key, span);
         let cache = self.clone();
         Some(async move {
+            let _slot = slot;
             if let Err(e) = cache.finish(key.clone(), pending).await {
                 tracing::debug!(object = %key.0, error = %e, "read-ahead failed (a fetch will retry)");
             }
@@ -97,6 +113,11 @@ impl SpanCache {
         result
     }
 
+    /// Read-ahead GETs under way now, and their bytes.
+    pub fn read_ahead_inflight(&self) -> (usize, u64) {
+        self.ahead_gets.get()
+    }
+
     fn contains(&self, key: &Key) -> bool {
         self.entries.borrow().iter().any(|(k, _)| k == key)
     }
@@ -124,6 +145,31 @@ impl SpanCache {
             let (_, old) = entries.pop_front().expect("over budget means non-empty");
             self.bytes.set(self.bytes.get() - old.len());
         }
+    }
+}
+
+/// One read-ahead GET counted under way until dropped (completed or abandoned).
+struct AheadSlot {
+    counts: Rc<Cell<(usize, u64)>>,
+    bytes: u64,
+}
+
+impl AheadSlot {
+    fn take(counts: &Rc<Cell<(usize, u64)>>, bytes: u64) -> AheadSlot {
+        let (n, b) = counts.get();
+        counts.set((n + 1, b + bytes));
+        AheadSlot {
+            counts: counts.clone(),
+            bytes,
+        }
+    }
+}
+
+impl Drop for AheadSlot {
+    fn drop(&mut self) {
+        let (n, b) = self.counts.get();
+        assert!(n > 0 && b >= self.bytes);
+        self.counts.set((n - 1, b - self.bytes));
     }
 }
 
@@ -192,6 +238,33 @@ mod tests {
         );
         assert!(cache.prefetch(&store, &key, &next).is_none(), "cached now");
         assert_eq!(cache.prefetches.get(), 1);
+        // Read-ahead is bounded in GETs under way and in their bytes.
+        let started: Vec<_> = (0..100u64)
+            .filter_map(|i| cache.prefetch(&store, &key, &span(i * 10, 10)))
+            .collect();
+        assert_eq!(started.len(), READ_AHEAD_GETS_MAX);
+        assert_eq!(cache.read_ahead_inflight(), (READ_AHEAD_GETS_MAX, 160));
+        block_on(futures::future::join_all(started));
+        assert_eq!(
+            cache.read_ahead_inflight(),
+            (0, 0),
+            "finished GETs give way"
+        );
+        let big = READ_AHEAD_INFLIGHT_BYTES_MAX / 3 + 1;
+        let big_reads: Vec<_> = (0..10u64)
+            .filter_map(|i| cache.prefetch(&store, &"big".into(), &span(i * big, big)))
+            .collect();
+        assert_eq!(
+            big_reads.len(),
+            2,
+            "at most {READ_AHEAD_INFLIGHT_BYTES_MAX} bytes ahead"
+        );
+        drop(big_reads);
+        assert_eq!(
+            cache.read_ahead_inflight(),
+            (0, 0),
+            "abandoned GETs give way"
+        );
         // Many distinct spans never exceed the byte budget.
         for i in 0..2000u64 {
             cache.insert(("x".into(), i), Bytes::from(vec![0u8; 100_000]));

@@ -21,7 +21,12 @@ pub enum FrameError {
 /// Smallest valid request: api key, api version, correlation id.
 const REQUEST_HEADER_BYTES_MIN: i32 = 8;
 
-/// Reads one frame. `Ok(None)` is a clean end of stream between frames.
+/// The buffer of a frame starts this large (or at the frame's size, if smaller) and doubles as
+/// bytes arrive: memory follows what a client has sent, never what it declared.
+pub const FRAME_BUFFER_FIRST_BYTES: usize = 8 * 1024;
+
+/// Reads one frame. `Ok(None)` is a clean end of stream between frames. The frame's capacity
+/// is its size exactly, so the zero-copy pieces carved out of it pin nothing else.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     request_bytes_max: usize,
@@ -49,15 +54,23 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             max_bytes: request_bytes_max,
         });
     }
-    let mut frame = BytesMut::zeroed(size_bytes as usize);
-    reader
-        .read_exact(&mut frame)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
-            _ => FrameError::Io(e),
-        })?;
-    Ok(Some(frame))
+    let size = size_bytes as usize;
+    let mut frame: Vec<u8> = Vec::new();
+    let mut filled = 0;
+    while filled < size {
+        if filled == frame.len() {
+            let grown = (2 * frame.len()).clamp(FRAME_BUFFER_FIRST_BYTES.min(size), size);
+            frame.reserve_exact(grown - frame.len());
+            frame.resize(grown, 0);
+        }
+        let n = reader.read(&mut frame[filled..]).await?;
+        if n == 0 {
+            return Err(FrameError::Truncated);
+        }
+        filled += n;
+    }
+    debug_assert_eq!(frame.len(), size);
+    Ok(Some(BytesMut::from(bytes::Bytes::from(frame))))
 }
 
 #[cfg(test)]
@@ -85,6 +98,59 @@ mod tests {
             b"abcdefghij"
         );
         assert!(block_on(read_frame(&mut r, 100)).unwrap().is_none());
+    }
+
+    /// Gives `data`, then EOF, and records the largest buffer it was asked to fill.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        largest_read_bytes: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.largest_read_bytes = self.largest_read_bytes.max(buf.len());
+            let n = buf.len().min(self.data.len() - self.at).min(1000);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            std::task::Poll::Ready(Ok(n))
+        }
+    }
+
+    #[test]
+    fn a_declared_size_is_not_allocated_before_its_bytes_arrive() {
+        // 100 MiB declared, 5000 bytes sent, then the client goes away.
+        let mut data = (100i32 << 20).to_be_bytes().to_vec();
+        data.extend(std::iter::repeat_n(7u8, 5000));
+        let mut r = Trickle {
+            data,
+            at: 0,
+            largest_read_bytes: 0,
+        };
+        assert!(matches!(
+            block_on(read_frame(&mut r, 100 << 20)),
+            Err(FrameError::Truncated)
+        ));
+        assert!(
+            r.largest_read_bytes <= 2 * FRAME_BUFFER_FIRST_BYTES,
+            "asked to fill {} bytes after 5000 arrived",
+            r.largest_read_bytes
+        );
+        // A whole frame grows to exactly its size, bytes intact.
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut r = Trickle {
+            data: framed(&payload),
+            at: 0,
+            largest_read_bytes: 0,
+        };
+        let frame = block_on(read_frame(&mut r, 1 << 20)).unwrap().unwrap();
+        assert_eq!(&frame[..], &payload[..]);
+        assert_eq!(frame.capacity(), payload.len());
+        assert!(r.largest_read_bytes < payload.len());
     }
 
     #[test]

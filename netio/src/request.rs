@@ -46,7 +46,8 @@ pub struct ProduceInput {
     pub acks: i16,
     pub timeout_ms: i32,
     pub topics: Vec<ProduceTopic>,
-    /// Bytes copied in user space to carve out the record sets (zero unless the frame was shared).
+    /// Bytes copied in user space to carve out the record sets: zero unless the frame was
+    /// shared or a record set is small beside its frame (see [`CARVE_PIN_RATIO_MAX`]).
     pub copied_bytes: usize,
 }
 
@@ -178,22 +179,52 @@ fn decode_produce(frame: Bytes, header_len: usize, version: i16) -> Result<Produ
     })
 }
 
+/// A record set carved in place keeps its whole request frame alive (up to
+/// socket.request.max.bytes) for as long as the broker holds it, while memory accounting
+/// (hot-tail cache, retention) counts the record set only. So a record set smaller than
+/// 1/`CARVE_PIN_RATIO_MAX` of its frame is copied out instead: a carved record set pins at most
+/// this many times its own size (a 100-byte batch beside a 100 MiB one that is refused must not
+/// hold 100 MiB).
+/// At 16 a request of up to 16 equal record sets is carved whole; copying the record sets of
+/// an 8-partition 1 MiB frame cost 0.43–0.60 ms against 0.12 ms carved (release build, with
+/// fresh allocations).
+pub const CARVE_PIN_RATIO_MAX: usize = 16;
+/// Frames up to this size are carved whole whatever their record sets' sizes: pinning one
+/// costs little.
+pub const CARVE_PIN_FREE_BYTES: usize = 64 * 1024;
+
+/// Whether a record set of `len` bytes is carved in place from a frame of `frame_len` bytes
+/// (else copied out).
+fn carve_in_place(len: usize, frame_len: usize) -> bool {
+    frame_len <= CARVE_PIN_FREE_BYTES || len.saturating_mul(CARVE_PIN_RATIO_MAX) >= frame_len
+}
+
 /// Splits `frame` into the given ascending, disjoint ranges. Zero-copy when the frame is no
-/// longer shared (the normal case); otherwise copies and reports how many bytes it copied.
+/// longer shared (the normal case) for record sets large beside the frame; otherwise copies,
+/// and reports how many bytes it copied.
 fn carve(frame: Bytes, ranges: &[(usize, usize)]) -> (Vec<BytesMut>, usize) {
     let ascending = ranges.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0);
+    let frame_len = frame.len();
     match frame.try_into_mut() {
         Ok(mut whole) if ascending => {
             let mut cursor = 0;
+            let mut copied = 0;
             let pieces = ranges
                 .iter()
                 .map(|&(start, len)| {
                     whole.advance(start - cursor);
                     cursor = start + len;
-                    whole.split_to(len)
+                    if carve_in_place(len, frame_len) {
+                        whole.split_to(len)
+                    } else {
+                        copied += len;
+                        let piece = BytesMut::from(&whole[..len]);
+                        whole.advance(len);
+                        piece
+                    }
                 })
                 .collect();
-            (pieces, 0)
+            (pieces, copied)
         }
         Ok(whole) => copy_ranges(&whole, ranges),
         Err(shared) => copy_ranges(&shared, ranges),
@@ -293,6 +324,50 @@ mod tests {
                 "record set points into the receive buffer"
             );
         }
+    }
+
+    #[test]
+    fn a_small_record_set_does_not_pin_a_large_frame() {
+        let big = Bytes::from(vec![1u8; 1 << 20]);
+        let small = Bytes::from(vec![2u8; 100]);
+        let request = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(1000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(big.clone())),
+                    PartitionProduceData::default()
+                        .with_index(1)
+                        .with_records(Some(small.clone())),
+                ])]);
+        let frame = frame_of(ApiKey::Produce, 9, &request).freeze();
+        let (lo, n) = (frame.as_ptr() as usize, frame.len());
+        let (header, header_len) = decode_header(&frame).unwrap();
+        let Body::Produce(p) = decode_body(&header, frame.clone(), header_len).unwrap() else {
+            panic!()
+        };
+        // Shared (the clone above): everything is copied.
+        assert_eq!(p.copied_bytes, big.len() + small.len());
+        drop(p);
+        let Body::Produce(p) = decode_body(&header, frame, header_len).unwrap() else {
+            panic!()
+        };
+        let parts = &p.topics[0].partitions;
+        let (b, s) = (
+            parts[0].records.as_ref().unwrap(),
+            parts[1].records.as_ref().unwrap(),
+        );
+        assert_eq!((&b[..], &s[..]), (&big[..], &small[..]));
+        let within = |p: &BytesMut| (lo..lo + n).contains(&(p.as_ptr() as usize));
+        assert!(within(b), "the large record set is carved in place");
+        assert!(!within(s), "the small one is copied out: it pins no frame");
+        assert_eq!(p.copied_bytes, small.len());
+        assert!(carve_in_place(10, CARVE_PIN_FREE_BYTES));
+        assert!(carve_in_place(1 << 20, 16 << 20));
+        assert!(!carve_in_place((1 << 20) - 1, 16 << 20));
     }
 
     #[test]

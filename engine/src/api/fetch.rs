@@ -33,7 +33,8 @@ pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> 
         };
     }
     let snapshot = broker.catalog.snapshot();
-    let response_bytes_max = request.max_bytes.max(0) as usize;
+    // The broker's cap (fetch.max.bytes) bounds what a client may ask for.
+    let response_bytes_max = (request.max_bytes.max(0) as usize).min(broker.config.fetch_bytes_max);
     let min_bytes = request.min_bytes.max(0) as usize;
     let wait = Duration::from_millis(request.max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX) as u64);
     let deadline = Instant::now() + wait;

@@ -17,9 +17,12 @@ pub async fn handle(broker: &Broker, request: InitProducerIdRequest) -> InitProd
             .with_producer_epoch(-1)
     };
     if request.transactional_id.is_some() {
-        tracing::warn!(
-            "InitProducerId for a transactional producer: transactions are not supported"
-        );
+        // A client may ask again and again: the shard's budget of client-caused lines.
+        if crate::server::may_log(&broker.stats) {
+            tracing::warn!(
+                "InitProducerId for a transactional producer: transactions are not supported"
+            );
+        }
         return fail(ResponseError::TransactionalIdAuthorizationFailed.code());
     }
     let (id, epoch) = (request.producer_id.0, request.producer_epoch);

@@ -45,13 +45,16 @@ impl TestBroker {
         data_dir: &std::path::Path,
         extra: &[&str],
     ) -> TestBroker {
+        // RINGTAIL_TEST_BIN: a copy of the binary, when several checkouts share one target dir.
+        let binary = std::env::var("RINGTAIL_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_ringtail").to_string());
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
-                c.args(args).arg(env!("CARGO_BIN_EXE_ringtail"));
+                c.args(args).arg(&binary);
                 c
             }
-            None => Command::new(env!("CARGO_BIN_EXE_ringtail")),
+            None => Command::new(&binary),
         };
         command.arg("serve");
         // Small rings keep the many brokers of a parallel test run quick to create.
