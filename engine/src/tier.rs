@@ -247,6 +247,12 @@ impl Tier {
                     self.fenced.set(true);
                     return Err(e);
                 }
+                Err(e @ CommitError::TooLarge { .. }) => {
+                    // Uploads stop here (the WAL keeps the data) until the manifest shrinks
+                    // (retention) — never an unreadable manifest.
+                    tracing::error!(error = %e, key = %sealed.key, "manifest commit refused: uploads are stopped; retrying");
+                    ringtail_shards::sleep(jitter(RETRY_DELAY_MAX)).await;
+                }
                 Err(CommitError::Store(e)) => {
                     tracing::warn!(error = %e, key = %sealed.key, "manifest commit failed; retrying");
                     ringtail_shards::sleep(jitter(delay)).await;
@@ -403,6 +409,11 @@ impl Tier {
                 Err(e @ CommitError::Fenced { .. }) | Err(e @ CommitError::Corrupt { .. }) => {
                     tracing::error!(error = %e, "object tier stops: this shard no longer owns its manifest");
                     self.fenced.set(true);
+                    return Err(e);
+                }
+                Err(e @ CommitError::TooLarge { .. }) => {
+                    // Cannot happen for a deletion, which only shrinks the manifest; never loop.
+                    tracing::error!(error = %e, "manifest commit (deletion) refused");
                     return Err(e);
                 }
                 Err(CommitError::Store(e)) => {
