@@ -396,6 +396,35 @@ impl ShardState {
         self.trim_wal();
     }
 
+    /// A merge committed: cold reads of its offsets go to the merged object (its spans cover
+    /// exactly the spans it replaced, partition by partition).
+    fn on_merged(&self, merged: crate::tier::Merged) {
+        let key: Arc<str> = merged.key.as_str().into();
+        let mut parts = self.partitions.borrow_mut();
+        for span in merged.spans {
+            let pk = PartitionKey {
+                topic_id: Uuid::from_bytes(span.topic_id),
+                partition: span.partition,
+            };
+            let Some(p) = parts.get_mut(&pk) else {
+                continue;
+            };
+            let replaced: Vec<i64> = p
+                .cold
+                .range(span.base_offset..=span.last_offset)
+                .map(|(&base, _)| base)
+                .collect();
+            assert!(
+                replaced.first() == Some(&span.base_offset),
+                "a merged span starts where a replaced one did"
+            );
+            for base in replaced {
+                p.cold.remove(&base);
+            }
+            p.cold.insert(span.base_offset, (key.clone(), span));
+        }
+    }
+
     /// Appends recovered batches to their partitions; returns each live chunk's tags.
     ///
     /// With an object tier, a batch is kept only while it agrees with the bucket: a batch below
@@ -1518,6 +1547,7 @@ impl ShardState {
 async fn upload_loop(weak: Weak<ShardState>, tick: Duration) {
     let mut last_retention = Instant::now();
     let mut last_gc: Option<Instant> = None;
+    let mut last_merge = Instant::now();
     loop {
         ringtail_shards::sleep(tick).await;
         let Some(state) = weak.upgrade() else { return };
@@ -1544,7 +1574,30 @@ async fn upload_loop(weak: Weak<ShardState>, tick: Duration) {
             state.fenced();
             return;
         }
+        tier.delete_retired().await;
         let Some(sealed) = tier.seal_if_due() else {
+            // Nothing to upload: merge small objects, at most one merge per interval.
+            if last_merge.elapsed() >= crate::merge::MERGE_INTERVAL {
+                last_merge = Instant::now();
+                drop(state);
+                tier.busy.set(true);
+                let merged = tier.merge().await;
+                tier.busy.set(false);
+                match merged {
+                    Ok(Some(m)) => {
+                        if let Some(state) = weak.upgrade() {
+                            state.on_merged(m);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(_) => {
+                        if let Some(state) = weak.upgrade() {
+                            state.fenced();
+                        }
+                        return;
+                    }
+                }
+            }
             continue;
         };
         drop(state);

@@ -13,9 +13,11 @@ use std::collections::HashMap;
 use crate::manifest::{
     CommitError, Committed, LogStart, ManifestStore, ObjectRef, ProducerSnapshot,
 };
+use crate::merge;
 use crate::metrics::ShardStats;
 use crate::object_format::{
-    object_epoch, object_key, object_prefix, ObjectBuilder, ObjectIndex, Span,
+    index_trailer, object_epoch, object_key, object_prefix, ObjectBuilder, ObjectIndex, Span,
+    INDEX_FORMAT_VERSION,
 };
 
 /// Multipart part size for objects larger than one part.
@@ -48,6 +50,9 @@ pub struct Tier {
     deletion: Cell<bool>,
     /// Unreferenced objects whose delete failed: garbage collection retries them.
     garbage: RefCell<Vec<String>>,
+    /// Objects a merge replaced, deleted once their time comes (cold reads planned on them
+    /// finish first), oldest first.
+    retired: RefCell<std::collections::VecDeque<(Instant, String)>>,
     /// Record bytes sealed into the object being uploaded (not committed yet).
     in_flight_bytes: Cell<u64>,
     stats: Arc<ShardStats>,
@@ -111,6 +116,7 @@ impl Tier {
             urgent: Cell::new(false),
             deletion: Cell::new(false),
             garbage: RefCell::new(Vec::new()),
+            retired: RefCell::new(std::collections::VecDeque::new()),
             in_flight_bytes: Cell::new(0),
             stats,
         })
@@ -269,6 +275,163 @@ impl Tier {
         self.publish_pending();
         tracing::debug!(key = %sealed.key, bytes = size, spans = object.spans.len(), upload_ms, "committed object");
         Ok(object.spans)
+    }
+}
+
+/// A committed merge: the object that replaced a run of small ones.
+#[derive(Debug)]
+pub struct Merged {
+    pub key: String,
+    pub spans: Vec<Span>,
+    /// How many objects it replaced.
+    pub replaced: usize,
+}
+
+impl Tier {
+    /// Merges the next run of small committed objects ([`merge::plan_merge`]) into one: reads
+    /// their live bytes (one ranged GET each), uploads the merged object under the next
+    /// generation's key, and commits the manifest with the run replaced — one conditional put,
+    /// fenced like every commit. The replaced objects are deleted [`merge::MERGE_RETIRE_DELAY`]
+    /// later. `Ok(None)`: nothing to merge, or the store failed (the next interval tries again);
+    /// an error only when this shard was fenced. Runs on the uploader's task, never alongside an
+    /// upload or a deletion pass.
+    pub async fn merge(&self) -> Result<Option<Merged>, CommitError> {
+        if self.fenced.get() || self.flushing.get() {
+            return Ok(None);
+        }
+        let (run, epoch, generation) = {
+            let c = self.committed.borrow();
+            let Some(r) = merge::plan_merge(&c.manifest.objects) else {
+                return Ok(None);
+            };
+            (
+                c.manifest.objects[r].to_vec(),
+                c.manifest.epoch,
+                c.manifest.generation,
+            )
+        };
+        let layout = merge::layout(&run);
+        let mut bodies = Vec::with_capacity(run.len());
+        for o in &run {
+            let extent = merge::live_extent(o);
+            assert!(o
+                .spans
+                .iter()
+                .all(|s| s.byte_start >= extent.start && s.byte_start + s.byte_len <= extent.end));
+            match self.store.get(&o.key, Some(extent.clone())).await {
+                Ok(body) if body.len() as u64 == extent.end - extent.start => {
+                    bodies.push((extent.start, body))
+                }
+                Ok(body) => {
+                    tracing::warn!(key = %o.key, got = body.len(), wanted = ?extent, "merge: short read; not merged");
+                    return Ok(None);
+                }
+                Err(e) => {
+                    tracing::warn!(key = %o.key, error = %e, "merge: reading an object failed; retrying later");
+                    return Ok(None);
+                }
+            }
+        }
+        let mut pieces = Vec::new();
+        for span_pieces in &layout.pieces {
+            for (i, range) in span_pieces {
+                let (at, body) = &bodies[*i];
+                pieces.push(body.slice((range.start - at) as usize..(range.end - at) as usize));
+            }
+        }
+        let index = ObjectIndex {
+            format_version: INDEX_FORMAT_VERSION,
+            shard: self.shard,
+            epoch,
+            first_wal_seq: 0,
+            last_wal_seq: 0,
+            spans: layout.spans.clone(),
+        };
+        pieces.push(index_trailer(&index));
+        let size: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+        let key = object_key(self.shard, epoch, generation + 1);
+        let t = Instant::now();
+        retry(&format!("upload merged {key}"), || {
+            put_object(self.store.clone(), key.clone(), pieces.clone())
+        })
+        .await;
+        let merged = ObjectRef {
+            key: key.clone(),
+            size,
+            spans: layout.spans,
+            node: run[0].node,
+        };
+        let mut delay = RETRY_DELAY_MIN;
+        loop {
+            let current = self.committed.borrow().clone();
+            let at = current
+                .manifest
+                .objects
+                .iter()
+                .position(|o| o.key == run[0].key);
+            let Some(at) =
+                at.filter(|&at| current.manifest.objects.get(at..at + run.len()) == Some(&run[..]))
+            else {
+                // Only this task commits, so the run cannot have changed; if it did, the
+                // merged object is left unreferenced (the next owner's sweep deletes it).
+                tracing::error!(%key, "merge: the run changed before its commit; not merged");
+                return Ok(None);
+            };
+            let mut next = current.manifest.clone();
+            next.objects.splice(at..at + run.len(), [merged.clone()]);
+            match self.manifests.commit(Some(&current), next).await {
+                Ok(c) => {
+                    *self.committed.borrow_mut() = c;
+                    let due = Instant::now() + merge::MERGE_RETIRE_DELAY;
+                    self.retired
+                        .borrow_mut()
+                        .extend(run.iter().map(|o| (due, o.key.clone())));
+                    tracing::info!(%key, bytes = size, replaced = run.len(), ms = t.elapsed().as_millis() as u64, "merged small objects");
+                    return Ok(Some(Merged {
+                        key,
+                        spans: merged.spans,
+                        replaced: run.len(),
+                    }));
+                }
+                Err(e @ CommitError::Fenced { .. }) | Err(e @ CommitError::Corrupt { .. }) => {
+                    tracing::error!(error = %e, "object tier stops: this shard no longer owns its manifest");
+                    self.fenced.set(true);
+                    return Err(e);
+                }
+                Err(e @ CommitError::TooLarge { .. }) => {
+                    // A merge only shrinks the manifest; never loop on it.
+                    tracing::error!(error = %e, "manifest commit (merge) refused");
+                    return Ok(None);
+                }
+                Err(CommitError::Store(e)) => {
+                    tracing::warn!(error = %e, "manifest commit (merge) failed; retrying");
+                    ringtail_shards::sleep(jitter(delay)).await;
+                    delay = (delay * 2).min(RETRY_DELAY_MAX);
+                }
+            }
+        }
+    }
+
+    /// Deletes the objects merges replaced whose delay has passed (failures go to garbage
+    /// collection).
+    pub async fn delete_retired(&self) {
+        loop {
+            let key = {
+                let mut retired = self.retired.borrow_mut();
+                match retired.front() {
+                    Some((due, _)) if *due <= Instant::now() => retired.pop_front().map(|r| r.1),
+                    _ => None,
+                }
+            };
+            let Some(key) = key else { return };
+            match self.store.delete(&key).await {
+                Ok(()) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "could not delete a merged object; retrying later");
+                    self.garbage.borrow_mut().push(key);
+                }
+            }
+        }
     }
 }
 
