@@ -315,12 +315,14 @@ impl ShardState {
         }
     }
 
-    /// Every partition's idempotent producers, for the next manifest commit.
+    /// Every partition's idempotent producers, for the next manifest commit (bounded:
+    /// [`Producers::snapshot`]).
     fn producer_snapshot(&self) -> Vec<ProducerSnapshot> {
         let parts = self.partitions.borrow();
+        let now = now_ms();
         let mut out = Vec::new();
         for (key, p) in parts.iter() {
-            for (&producer_id, e) in &p.producers.by_id {
+            for (producer_id, e) in p.producers.snapshot(now) {
                 out.push(ProducerSnapshot {
                     topic_id: *key.topic_id.as_bytes(),
                     partition: key.partition,
