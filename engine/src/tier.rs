@@ -510,6 +510,17 @@ impl Tier {
     ) -> Result<(Vec<Span>, HashMap<StreamKey, i64>), CommitError> {
         let mut delay = RETRY_DELAY_MIN;
         loop {
+            // Once a second with nothing due: a scan of the committed manifest, not a copy.
+            let (log_starts, merged, due) = {
+                let c = self.committed.borrow();
+                let (log_starts, merged) = next_log_starts(&c.manifest.log_starts, starts, &live);
+                let due = log_starts != c.manifest.log_starts
+                    || c.manifest.objects.iter().any(|o| o.spans.iter().any(&drop));
+                (log_starts, merged, due)
+            };
+            if !due {
+                return Ok((Vec::new(), merged));
+            }
             let current = self.committed.borrow().clone();
             let mut dropped = Vec::new();
             let mut unreferenced = Vec::new();
@@ -533,29 +544,6 @@ impl Tier {
                     }
                 })
                 .collect();
-            let mut merged: HashMap<StreamKey, i64> = current
-                .manifest
-                .log_starts
-                .iter()
-                .map(|l| ((l.topic_id, l.partition), l.offset))
-                .filter(|(k, _)| live(k))
-                .collect();
-            for (k, &offset) in starts {
-                let at = merged.entry(*k).or_insert(offset);
-                *at = (*at).max(offset);
-            }
-            let mut log_starts: Vec<LogStart> = merged
-                .iter()
-                .map(|(&(topic_id, partition), &offset)| LogStart {
-                    topic_id,
-                    partition,
-                    offset,
-                })
-                .collect();
-            log_starts.sort_by_key(|l| (l.topic_id, l.partition));
-            if dropped.is_empty() && log_starts == current.manifest.log_starts {
-                return Ok((dropped, merged));
-            }
             next.log_starts = log_starts;
             match self.manifests.commit(Some(&current), next).await {
                 Ok(c) => {
@@ -587,6 +575,34 @@ impl Tier {
             }
         }
     }
+}
+
+/// The log starts a deletion commits: the committed ones of partitions `live` keeps, raised to
+/// `starts`; sorted, and as a map.
+fn next_log_starts(
+    committed: &[LogStart],
+    starts: &HashMap<StreamKey, i64>,
+    live: impl Fn(&StreamKey) -> bool,
+) -> (Vec<LogStart>, HashMap<StreamKey, i64>) {
+    let mut merged: HashMap<StreamKey, i64> = committed
+        .iter()
+        .map(|l| ((l.topic_id, l.partition), l.offset))
+        .filter(|(k, _)| live(k))
+        .collect();
+    for (k, &offset) in starts {
+        let at = merged.entry(*k).or_insert(offset);
+        *at = (*at).max(offset);
+    }
+    let mut log_starts: Vec<LogStart> = merged
+        .iter()
+        .map(|(&(topic_id, partition), &offset)| LogStart {
+            topic_id,
+            partition,
+            offset,
+        })
+        .collect();
+    log_starts.sort_by_key(|l| (l.topic_id, l.partition));
+    (log_starts, merged)
 }
 
 async fn retry<T>(
@@ -648,4 +664,114 @@ fn put_object(
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+    use kafka_protocol::records::Compression;
+    use ringtail_netio::batch::{split_and_validate, testing};
+
+    fn batch(base: i64, n: i64) -> (ringtail_netio::batch::BatchHeader, Bytes) {
+        let values = (0..n).map(|i| Some(Bytes::from(format!("value-{base}-{i}"))));
+        let buf = testing::encode(values, 1000 + base, Compression::None);
+        split_and_validate(buf, 1 << 20)
+            .unwrap()
+            .into_iter()
+            .next()
+            .unwrap()
+            .assign(base, 0)
+    }
+
+    /// A tier that committed `objects` one-batch objects on two partitions; returns every
+    /// partition's batch bytes in offset order.
+    fn tier_with_objects(
+        store: Arc<dyn ObjectStore>,
+        objects: i64,
+    ) -> (Tier, HashMap<i32, Vec<u8>>) {
+        let stats = Arc::new(ShardStats::new(0));
+        let tier = block_on(Tier::open(
+            store,
+            0,
+            1,
+            1 << 20,
+            Duration::from_secs(60),
+            stats,
+            &|| true,
+        ))
+        .unwrap();
+        let mut written: HashMap<i32, Vec<u8>> = HashMap::new();
+        for k in 0..objects {
+            for partition in 0..2 {
+                let (header, bytes) = batch(k * 3, 3);
+                written
+                    .entry(partition)
+                    .or_default()
+                    .extend_from_slice(&bytes);
+                tier.add([9; 16], partition, header, bytes);
+            }
+            tier.request_seal();
+            let sealed = tier.seal_if_due().expect("a seal was requested");
+            block_on(tier.upload(sealed, Vec::new())).unwrap();
+        }
+        (tier, written)
+    }
+
+    #[test]
+    fn a_merge_keeps_offsets_and_bytes_in_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+        let (tier, written) = tier_with_objects(store.clone(), 9);
+        let before = tier.committed_objects();
+        assert_eq!(before.len(), 9);
+        let merged = block_on(tier.merge())
+            .unwrap()
+            .expect("9 small objects merge");
+        assert_eq!(merged.replaced, 9);
+        let loaded = block_on(ManifestStore::new(store.clone(), 0).load())
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded.manifest.objects.len(), 1);
+        assert_eq!(loaded.manifest.objects[0].key, merged.key);
+        for span in &merged.spans {
+            assert_eq!((span.base_offset, span.last_offset), (0, 26));
+            let bytes = block_on(store.get(
+                &merged.key,
+                Some(span.byte_start..span.byte_start + span.byte_len),
+            ))
+            .unwrap();
+            assert_eq!(&bytes[..], &written[&span.partition][..]);
+        }
+        // The replaced objects stay readable until their delay has passed.
+        block_on(tier.delete_retired());
+        assert!(block_on(store.head(&before[0].key)).is_ok());
+        assert!(
+            block_on(tier.merge()).unwrap().is_none(),
+            "nothing left to merge"
+        );
+    }
+
+    /// A merge is a manifest commit like any other: an owner fenced by a take-over never lands
+    /// one, and the new owner's manifest keeps every object.
+    #[test]
+    fn a_fenced_owner_never_commits_a_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+        let (tier, _) = tier_with_objects(store.clone(), 9);
+        let taken = block_on(ManifestStore::new(store.clone(), 0).take_over(&|| true)).unwrap();
+        assert_eq!(taken.manifest.objects.len(), 9);
+        let refused = block_on(tier.merge());
+        assert!(
+            matches!(refused, Err(CommitError::Fenced { .. })),
+            "{refused:?}"
+        );
+        assert!(tier.is_fenced());
+        let loaded = block_on(ManifestStore::new(store, 0).load())
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded, taken);
+    }
 }
