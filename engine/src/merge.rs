@@ -320,7 +320,7 @@ mod tests {
                 assert!(
                     bytes <= BOUND_BYTES,
                     "after {} simulated hours the manifest holds {} objects in {bytes} bytes",
-                    now / 3600_000,
+                    now / 3_600_000,
                     m.objects.len()
                 );
             }

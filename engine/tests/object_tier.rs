@@ -589,8 +589,9 @@ async fn small_objects_are_merged_and_read_back() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // About 40 (3 MB in objects sealed at 64 KiB or 50 ms), fewer under load.
     assert!(
-        uploads > 3 * OBJECTS_MAX,
+        uploads > 2 * OBJECTS_MAX,
         "{uploads} uploads: too few to show merging"
     );
     assert!(b.log_contains("merged small objects"));
