@@ -1617,6 +1617,8 @@ async fn upload_loop(weak: Weak<ShardState>, tick: Duration) {
                     state.on_uploaded(key, spans);
                 }
             }
+            // Kept by the tier and retried after the deletion passes meanwhile.
+            Err(crate::manifest::CommitError::TooLarge { .. }) => {}
             Err(_) => {
                 if let Some(state) = weak.upgrade() {
                     state.fenced();

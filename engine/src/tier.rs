@@ -53,6 +53,10 @@ pub struct Tier {
     /// Objects a merge replaced, deleted once their time comes (cold reads planned on them
     /// finish first), oldest first.
     retired: RefCell<std::collections::VecDeque<(Instant, String)>>,
+    /// An uploaded object whose commit the manifest's size limit refused, and when to retry it.
+    /// While it waits nothing else is sealed or merged (a merge would take its key), and
+    /// deletion passes run (they can make room).
+    stalled: RefCell<Option<(Instant, Sealed)>>,
     /// Record bytes sealed into the object being uploaded (not committed yet).
     in_flight_bytes: Cell<u64>,
     stats: Arc<ShardStats>,
@@ -117,6 +121,7 @@ impl Tier {
             deletion: Cell::new(false),
             garbage: RefCell::new(Vec::new()),
             retired: RefCell::new(std::collections::VecDeque::new()),
+            stalled: RefCell::new(None),
             in_flight_bytes: Cell::new(0),
             stats,
         })
@@ -179,11 +184,20 @@ impl Tier {
 
     /// Nothing pending and nothing in flight.
     pub fn is_idle(&self) -> bool {
-        self.builder.borrow().is_empty() && !self.busy.get()
+        self.builder.borrow().is_empty() && !self.busy.get() && self.stalled.borrow().is_none()
     }
 
-    /// The pending object, if it is big or old enough.
+    /// The pending object, if it is big or old enough; first, a stalled one whose retry is due.
     pub fn seal_if_due(&self) -> Option<Sealed> {
+        let stalled_due = match &*self.stalled.borrow() {
+            Some((at, _)) => Some(*at <= Instant::now()),
+            None => None,
+        };
+        match stalled_due {
+            Some(true) => return self.stalled.borrow_mut().take().map(|(_, s)| s),
+            Some(false) => return None,
+            None => {}
+        }
         let due = {
             let b = self.builder.borrow();
             !b.is_empty()
@@ -213,7 +227,9 @@ impl Tier {
     }
 
     /// Uploads and commits an object, retrying store errors with backoff until it succeeds;
-    /// returns its spans, or an error only if this shard has been fenced.
+    /// returns its spans, or an error if this shard has been fenced, or
+    /// [`CommitError::TooLarge`] when the manifest has no room (the object is then kept and
+    /// returned by a later [`Tier::seal_if_due`]).
     pub async fn upload(
         &self,
         sealed: Sealed,
@@ -254,10 +270,11 @@ impl Tier {
                     return Err(e);
                 }
                 Err(e @ CommitError::TooLarge { .. }) => {
-                    // Uploads stop here (the WAL keeps the data) until the manifest shrinks
-                    // (retention) — never an unreadable manifest.
-                    tracing::error!(error = %e, key = %sealed.key, "manifest commit refused: uploads are stopped; retrying");
-                    ringtail_shards::sleep(jitter(RETRY_DELAY_MAX)).await;
+                    // Uploads stop (the WAL keeps the data) until a deletion pass makes room —
+                    // never an unreadable manifest. The object is retried later.
+                    tracing::error!(error = %e, key = %sealed.key, "manifest commit refused: uploads are stopped; retrying in {RETRY_DELAY_MAX:?}");
+                    *self.stalled.borrow_mut() = Some((Instant::now() + RETRY_DELAY_MAX, sealed));
+                    return Err(e);
                 }
                 Err(CommitError::Store(e)) => {
                     tracing::warn!(error = %e, key = %sealed.key, "manifest commit failed; retrying");
@@ -296,7 +313,8 @@ impl Tier {
     /// an error only when this shard was fenced. Runs on the uploader's task, never alongside an
     /// upload or a deletion pass.
     pub async fn merge(&self) -> Result<Option<Merged>, CommitError> {
-        if self.fenced.get() || self.flushing.get() {
+        // A stalled upload holds the next generation's key, which a merge would take.
+        if self.fenced.get() || self.flushing.get() || self.stalled.borrow().is_some() {
             return Ok(None);
         }
         let (run, epoch, generation) = {
@@ -751,6 +769,48 @@ mod tests {
             block_on(tier.merge()).unwrap().is_none(),
             "nothing left to merge"
         );
+    }
+
+    /// A commit refused for the manifest's size stops uploads without losing the object or
+    /// blocking the deletion pass: once a deletion makes room, the same object is committed.
+    #[test]
+    fn an_object_refused_for_the_manifests_size_waits_for_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+        let (mut tier, _) = tier_with_objects(store.clone(), 2);
+        let limit = tier.committed.borrow().manifest.encode().len() + 16;
+        tier.manifests = ManifestStore::with_bytes_max(store.clone(), 0, limit);
+        let (header, bytes) = batch(6, 3);
+        tier.add([9; 16], 0, header, bytes);
+        tier.request_seal();
+        let sealed = tier.seal_if_due().unwrap();
+        let key = sealed.key.clone();
+        let refused = block_on(tier.upload(sealed, Vec::new()));
+        assert!(
+            matches!(refused, Err(CommitError::TooLarge { .. })),
+            "{refused:?}"
+        );
+        assert!(!tier.is_fenced());
+        assert!(!tier.is_idle(), "a shutdown flush waits for it");
+        assert!(tier.seal_if_due().is_none(), "not retried before its time");
+        assert!(
+            block_on(tier.merge()).unwrap().is_none(),
+            "no merge takes its key"
+        );
+        // Retention drops the oldest object: room for one more.
+        let (dropped, _) =
+            block_on(tier.delete_data(|s| s.base_offset == 0, &HashMap::new(), |_| true)).unwrap();
+        assert_eq!(dropped.len(), 2);
+        tier.stalled.borrow_mut().as_mut().unwrap().0 = Instant::now();
+        let again = tier.seal_if_due().expect("the stalled object, due now");
+        assert_eq!(again.key, key);
+        block_on(tier.upload(again, Vec::new())).unwrap();
+        assert!(tier.is_idle());
+        let loaded = block_on(ManifestStore::new(store, 0).load())
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded.manifest.objects.last().unwrap().key, key);
     }
 
     /// A merge is a manifest commit like any other: an owner fenced by a take-over never lands
