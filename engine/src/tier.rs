@@ -189,10 +189,11 @@ impl Tier {
 
     /// The pending object, if it is big or old enough; first, a stalled one whose retry is due.
     pub fn seal_if_due(&self) -> Option<Sealed> {
-        let stalled_due = match &*self.stalled.borrow() {
-            Some((at, _)) => Some(*at <= Instant::now()),
-            None => None,
-        };
+        let stalled_due = self
+            .stalled
+            .borrow()
+            .as_ref()
+            .map(|(at, _)| *at <= Instant::now());
         match stalled_due {
             Some(true) => return self.stalled.borrow_mut().take().map(|(_, s)| s),
             Some(false) => return None,
