@@ -16,6 +16,7 @@ pub mod host;
 pub mod lease;
 pub mod log;
 pub mod manifest;
+pub mod merge;
 pub mod metrics;
 pub mod mirror;
 pub mod object_format;

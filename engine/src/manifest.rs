@@ -90,9 +90,14 @@ impl ShardManifest {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<ShardManifest, String> {
-        if bytes.len() > MANIFEST_BYTES_MAX {
+        Self::decode_bounded(bytes, MANIFEST_BYTES_MAX)
+    }
+
+    /// Decodes a manifest of at most `bytes_max` bytes.
+    pub fn decode_bounded(bytes: &[u8], bytes_max: usize) -> Result<ShardManifest, String> {
+        if bytes.len() > bytes_max {
             return Err(format!(
-                "manifest of {} bytes exceeds {MANIFEST_BYTES_MAX}",
+                "manifest of {} bytes exceeds {bytes_max}",
                 bytes.len()
             ));
         }
@@ -127,6 +132,12 @@ pub enum CommitError {
     },
     #[error("shard {shard} manifest is damaged: {reason}")]
     Corrupt { shard: u32, reason: String },
+    #[error("shard {shard}: a manifest of {bytes} bytes would exceed the {bytes_max}-byte limit a reader accepts; not written")]
+    TooLarge {
+        shard: u32,
+        bytes: usize,
+        bytes_max: usize,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -134,11 +145,27 @@ pub enum CommitError {
 pub struct ManifestStore {
     store: Arc<dyn ObjectStore>,
     shard: u32,
+    /// The largest manifest read or written ([`MANIFEST_BYTES_MAX`]; smaller in tests).
+    bytes_max: usize,
 }
 
 impl ManifestStore {
     pub fn new(store: Arc<dyn ObjectStore>, shard: u32) -> ManifestStore {
-        ManifestStore { store, shard }
+        Self::with_bytes_max(store, shard, MANIFEST_BYTES_MAX)
+    }
+
+    /// A store whose manifests are bounded by `bytes_max` (at most [`MANIFEST_BYTES_MAX`]).
+    pub fn with_bytes_max(
+        store: Arc<dyn ObjectStore>,
+        shard: u32,
+        bytes_max: usize,
+    ) -> ManifestStore {
+        assert!(bytes_max <= MANIFEST_BYTES_MAX);
+        ManifestStore {
+            store,
+            shard,
+            bytes_max,
+        }
     }
 
     pub fn key(&self) -> String {
@@ -168,9 +195,11 @@ impl ManifestStore {
                 continue;
             }
             let manifest =
-                ShardManifest::decode(&bytes).map_err(|reason| CommitError::Corrupt {
-                    shard: self.shard,
-                    reason,
+                ShardManifest::decode_bounded(&bytes, self.bytes_max).map_err(|reason| {
+                    CommitError::Corrupt {
+                        shard: self.shard,
+                        reason,
+                    }
                 })?;
             return Ok(Some(Committed {
                 manifest,
@@ -198,7 +227,15 @@ impl ManifestStore {
                 Condition::IfMatch(c.etag.clone())
             }
         };
-        match self.store.put(&self.key(), next.encode(), condition).await {
+        let bytes = next.encode();
+        if bytes.len() > self.bytes_max {
+            return Err(CommitError::TooLarge {
+                shard: self.shard,
+                bytes: bytes.len(),
+                bytes_max: self.bytes_max,
+            });
+        }
+        match self.store.put(&self.key(), bytes, condition).await {
             Ok(etag) => Ok(Committed {
                 manifest: next,
                 etag,
@@ -276,6 +313,35 @@ mod tests {
         assert_eq!(ShardManifest::decode(&bytes).unwrap(), m);
         assert!(ShardManifest::decode(&bytes[..bytes.len() / 2]).is_err());
         assert!(ShardManifest::decode(b"garbage").is_err());
+    }
+
+    /// A commit that would write a manifest larger than a reader accepts is refused before
+    /// anything is written: the committed version stays readable (it used to be written, and
+    /// every later load — a restart, a take-over — then failed with "exceeds").
+    #[test]
+    fn a_manifest_too_large_to_read_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let local: Arc<dyn ObjectStore> =
+            Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+        let manifests = ManifestStore::with_bytes_max(local, 0, 4096);
+        let first = futures::executor::block_on(manifests.take_over(&|| true)).unwrap();
+        let mut next = first.manifest.clone();
+        next.objects.push(ObjectRef {
+            key: "k".repeat(5000),
+            size: 1,
+            node: 1,
+            spans: Vec::new(),
+        });
+        let refused = futures::executor::block_on(manifests.commit(Some(&first), next));
+        assert!(
+            matches!(refused, Err(CommitError::TooLarge { bytes, .. }) if bytes > 4096),
+            "a manifest of over 5000 bytes was not refused: {:?}",
+            refused.map(|c| c.etag)
+        );
+        let read = futures::executor::block_on(manifests.load())
+            .expect("the committed manifest is still readable")
+            .unwrap();
+        assert_eq!(read, first);
     }
 
     use futures::future::BoxFuture;

@@ -40,7 +40,8 @@ pub struct ObjectIndex {
     pub shard: u32,
     /// The ownership epoch the object was written under.
     pub epoch: u64,
-    /// WAL sequence numbers of the first and last entry it holds.
+    /// WAL sequence numbers of the first and last entry it holds (0 and 0 in an object that
+    /// merged smaller ones).
     pub first_wal_seq: u64,
     pub last_wal_seq: u64,
     pub spans: Vec<Span>,
@@ -169,15 +170,23 @@ impl ObjectBuilder {
             last_wal_seq: self.last_wal_seq,
             spans,
         };
-        let encoded =
-            rkyv::to_bytes::<rkyv::rancor::Error>(&index).expect("an index always serialises");
-        let mut tail = BytesMut::with_capacity(encoded.len() + TRAILER_LEN);
-        tail.extend_from_slice(&encoded);
-        tail.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
-        tail.extend_from_slice(&OBJECT_MAGIC);
-        pieces.push(tail.freeze());
+        pieces.push(index_trailer(&index));
         (pieces, index)
     }
+}
+
+/// An object's last piece: its encoded index, the index length and the magic.
+pub fn index_trailer(index: &ObjectIndex) -> Bytes {
+    let encoded = rkyv::to_bytes::<rkyv::rancor::Error>(index).expect("an index always serialises");
+    assert!(
+        encoded.len() <= INDEX_BYTES_MAX,
+        "an index a reader accepts"
+    );
+    let mut tail = BytesMut::with_capacity(encoded.len() + TRAILER_LEN);
+    tail.extend_from_slice(&encoded);
+    tail.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+    tail.extend_from_slice(&OBJECT_MAGIC);
+    tail.freeze()
 }
 
 /// Reads the index length from an object's last [`TRAILER_LEN`] bytes, checking it against the

@@ -316,12 +316,14 @@ impl ShardState {
         }
     }
 
-    /// Every partition's idempotent producers, for the next manifest commit.
+    /// Every partition's idempotent producers, for the next manifest commit (bounded:
+    /// [`Producers::snapshot`]).
     fn producer_snapshot(&self) -> Vec<ProducerSnapshot> {
         let parts = self.partitions.borrow();
+        let now = now_ms();
         let mut out = Vec::new();
         for (key, p) in parts.iter() {
-            for (&producer_id, e) in &p.producers.by_id {
+            for (producer_id, e) in p.producers.snapshot(now) {
                 out.push(ProducerSnapshot {
                     topic_id: *key.topic_id.as_bytes(),
                     partition: key.partition,
@@ -395,6 +397,35 @@ impl ShardState {
                 .store(self.hot_uploaded_bytes.get(), Ordering::Relaxed);
         }
         self.trim_wal();
+    }
+
+    /// A merge committed: cold reads of its offsets go to the merged object (its spans cover
+    /// exactly the spans it replaced, partition by partition).
+    fn on_merged(&self, merged: crate::tier::Merged) {
+        let key: Arc<str> = merged.key.as_str().into();
+        let mut parts = self.partitions.borrow_mut();
+        for span in merged.spans {
+            let pk = PartitionKey {
+                topic_id: Uuid::from_bytes(span.topic_id),
+                partition: span.partition,
+            };
+            let Some(p) = parts.get_mut(&pk) else {
+                continue;
+            };
+            let replaced: Vec<i64> = p
+                .cold
+                .range(span.base_offset..=span.last_offset)
+                .map(|(&base, _)| base)
+                .collect();
+            assert!(
+                replaced.first() == Some(&span.base_offset),
+                "a merged span starts where a replaced one did"
+            );
+            for base in replaced {
+                p.cold.remove(&base);
+            }
+            p.cold.insert(span.base_offset, (key.clone(), span));
+        }
     }
 
     /// Appends recovered batches to their partitions; returns each live chunk's tags.
@@ -1519,6 +1550,7 @@ impl ShardState {
 async fn upload_loop(weak: Weak<ShardState>, tick: Duration) {
     let mut last_retention = Instant::now();
     let mut last_gc: Option<Instant> = None;
+    let mut last_merge = Instant::now();
     loop {
         ringtail_shards::sleep(tick).await;
         let Some(state) = weak.upgrade() else { return };
@@ -1545,7 +1577,30 @@ async fn upload_loop(weak: Weak<ShardState>, tick: Duration) {
             state.fenced();
             return;
         }
+        tier.delete_retired().await;
         let Some(sealed) = tier.seal_if_due() else {
+            // Nothing to upload: merge small objects, at most one merge per interval.
+            if last_merge.elapsed() >= crate::merge::MERGE_INTERVAL {
+                last_merge = Instant::now();
+                drop(state);
+                tier.busy.set(true);
+                let merged = tier.merge().await;
+                tier.busy.set(false);
+                match merged {
+                    Ok(Some(m)) => {
+                        if let Some(state) = weak.upgrade() {
+                            state.on_merged(m);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(_) => {
+                        if let Some(state) = weak.upgrade() {
+                            state.fenced();
+                        }
+                        return;
+                    }
+                }
+            }
             continue;
         };
         drop(state);
@@ -1563,6 +1618,8 @@ async fn upload_loop(weak: Weak<ShardState>, tick: Duration) {
                     state.on_uploaded(key, spans);
                 }
             }
+            // Kept by the tier and retried after the deletion passes meanwhile.
+            Err(crate::manifest::CommitError::TooLarge { .. }) => {}
             Err(_) => {
                 if let Some(state) = weak.upgrade() {
                     state.fenced();

@@ -13,9 +13,11 @@ use std::collections::HashMap;
 use crate::manifest::{
     CommitError, Committed, LogStart, ManifestStore, ObjectRef, ProducerSnapshot,
 };
+use crate::merge;
 use crate::metrics::ShardStats;
 use crate::object_format::{
-    object_epoch, object_key, object_prefix, ObjectBuilder, ObjectIndex, Span,
+    index_trailer, object_epoch, object_key, object_prefix, ObjectBuilder, ObjectIndex, Span,
+    INDEX_FORMAT_VERSION,
 };
 
 /// Multipart part size for objects larger than one part.
@@ -48,6 +50,13 @@ pub struct Tier {
     deletion: Cell<bool>,
     /// Unreferenced objects whose delete failed: garbage collection retries them.
     garbage: RefCell<Vec<String>>,
+    /// Objects a merge replaced, deleted once their time comes (cold reads planned on them
+    /// finish first), oldest first.
+    retired: RefCell<std::collections::VecDeque<(Instant, String)>>,
+    /// An uploaded object whose commit the manifest's size limit refused, and when to retry it.
+    /// While it waits nothing else is sealed or merged (a merge would take its key), and
+    /// deletion passes run (they can make room).
+    stalled: RefCell<Option<(Instant, Sealed)>>,
     /// Record bytes sealed into the object being uploaded (not committed yet).
     in_flight_bytes: Cell<u64>,
     stats: Arc<ShardStats>,
@@ -111,6 +120,8 @@ impl Tier {
             urgent: Cell::new(false),
             deletion: Cell::new(false),
             garbage: RefCell::new(Vec::new()),
+            retired: RefCell::new(std::collections::VecDeque::new()),
+            stalled: RefCell::new(None),
             in_flight_bytes: Cell::new(0),
             stats,
         })
@@ -173,11 +184,21 @@ impl Tier {
 
     /// Nothing pending and nothing in flight.
     pub fn is_idle(&self) -> bool {
-        self.builder.borrow().is_empty() && !self.busy.get()
+        self.builder.borrow().is_empty() && !self.busy.get() && self.stalled.borrow().is_none()
     }
 
-    /// The pending object, if it is big or old enough.
+    /// The pending object, if it is big or old enough; first, a stalled one whose retry is due.
     pub fn seal_if_due(&self) -> Option<Sealed> {
+        let stalled_due = self
+            .stalled
+            .borrow()
+            .as_ref()
+            .map(|(at, _)| *at <= Instant::now());
+        match stalled_due {
+            Some(true) => return self.stalled.borrow_mut().take().map(|(_, s)| s),
+            Some(false) => return None,
+            None => {}
+        }
         let due = {
             let b = self.builder.borrow();
             !b.is_empty()
@@ -207,7 +228,9 @@ impl Tier {
     }
 
     /// Uploads and commits an object, retrying store errors with backoff until it succeeds;
-    /// returns its spans, or an error only if this shard has been fenced.
+    /// returns its spans, or an error if this shard has been fenced, or
+    /// [`CommitError::TooLarge`] when the manifest has no room (the object is then kept and
+    /// returned by a later [`Tier::seal_if_due`]).
     pub async fn upload(
         &self,
         sealed: Sealed,
@@ -247,6 +270,13 @@ impl Tier {
                     self.fenced.set(true);
                     return Err(e);
                 }
+                Err(e @ CommitError::TooLarge { .. }) => {
+                    // Uploads stop (the WAL keeps the data) until a deletion pass makes room —
+                    // never an unreadable manifest. The object is retried later.
+                    tracing::error!(error = %e, key = %sealed.key, "manifest commit refused: uploads are stopped; retrying in {RETRY_DELAY_MAX:?}");
+                    *self.stalled.borrow_mut() = Some((Instant::now() + RETRY_DELAY_MAX, sealed));
+                    return Err(e);
+                }
                 Err(CommitError::Store(e)) => {
                     tracing::warn!(error = %e, key = %sealed.key, "manifest commit failed; retrying");
                     ringtail_shards::sleep(jitter(delay)).await;
@@ -263,6 +293,164 @@ impl Tier {
         self.publish_pending();
         tracing::debug!(key = %sealed.key, bytes = size, spans = object.spans.len(), upload_ms, "committed object");
         Ok(object.spans)
+    }
+}
+
+/// A committed merge: the object that replaced a run of small ones.
+#[derive(Debug)]
+pub struct Merged {
+    pub key: String,
+    pub spans: Vec<Span>,
+    /// How many objects it replaced.
+    pub replaced: usize,
+}
+
+impl Tier {
+    /// Merges the next run of small committed objects ([`merge::plan_merge`]) into one: reads
+    /// their live bytes (one ranged GET each), uploads the merged object under the next
+    /// generation's key, and commits the manifest with the run replaced — one conditional put,
+    /// fenced like every commit. The replaced objects are deleted [`merge::MERGE_RETIRE_DELAY`]
+    /// later. `Ok(None)`: nothing to merge, or the store failed (the next interval tries again);
+    /// an error only when this shard was fenced. Runs on the uploader's task, never alongside an
+    /// upload or a deletion pass.
+    pub async fn merge(&self) -> Result<Option<Merged>, CommitError> {
+        // A stalled upload holds the next generation's key, which a merge would take.
+        if self.fenced.get() || self.flushing.get() || self.stalled.borrow().is_some() {
+            return Ok(None);
+        }
+        let (run, epoch, generation) = {
+            let c = self.committed.borrow();
+            let Some(r) = merge::plan_merge(&c.manifest.objects) else {
+                return Ok(None);
+            };
+            (
+                c.manifest.objects[r].to_vec(),
+                c.manifest.epoch,
+                c.manifest.generation,
+            )
+        };
+        let layout = merge::layout(&run);
+        let mut bodies = Vec::with_capacity(run.len());
+        for o in &run {
+            let extent = merge::live_extent(o);
+            assert!(o
+                .spans
+                .iter()
+                .all(|s| s.byte_start >= extent.start && s.byte_start + s.byte_len <= extent.end));
+            match self.store.get(&o.key, Some(extent.clone())).await {
+                Ok(body) if body.len() as u64 == extent.end - extent.start => {
+                    bodies.push((extent.start, body))
+                }
+                Ok(body) => {
+                    tracing::warn!(key = %o.key, got = body.len(), wanted = ?extent, "merge: short read; not merged");
+                    return Ok(None);
+                }
+                Err(e) => {
+                    tracing::warn!(key = %o.key, error = %e, "merge: reading an object failed; retrying later");
+                    return Ok(None);
+                }
+            }
+        }
+        let mut pieces = Vec::new();
+        for span_pieces in &layout.pieces {
+            for (i, range) in span_pieces {
+                let (at, body) = &bodies[*i];
+                pieces.push(body.slice((range.start - at) as usize..(range.end - at) as usize));
+            }
+        }
+        let index = ObjectIndex {
+            format_version: INDEX_FORMAT_VERSION,
+            shard: self.shard,
+            epoch,
+            first_wal_seq: 0,
+            last_wal_seq: 0,
+            spans: layout.spans.clone(),
+        };
+        pieces.push(index_trailer(&index));
+        let size: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+        let key = object_key(self.shard, epoch, generation + 1);
+        let t = Instant::now();
+        retry(&format!("upload merged {key}"), || {
+            put_object(self.store.clone(), key.clone(), pieces.clone())
+        })
+        .await;
+        let merged = ObjectRef {
+            key: key.clone(),
+            size,
+            spans: layout.spans,
+            node: run[0].node,
+        };
+        let mut delay = RETRY_DELAY_MIN;
+        loop {
+            let current = self.committed.borrow().clone();
+            let at = current
+                .manifest
+                .objects
+                .iter()
+                .position(|o| o.key == run[0].key);
+            let Some(at) =
+                at.filter(|&at| current.manifest.objects.get(at..at + run.len()) == Some(&run[..]))
+            else {
+                // Only this task commits, so the run cannot have changed; if it did, the
+                // merged object is left unreferenced (the next owner's sweep deletes it).
+                tracing::error!(%key, "merge: the run changed before its commit; not merged");
+                return Ok(None);
+            };
+            let mut next = current.manifest.clone();
+            next.objects.splice(at..at + run.len(), [merged.clone()]);
+            match self.manifests.commit(Some(&current), next).await {
+                Ok(c) => {
+                    *self.committed.borrow_mut() = c;
+                    let due = Instant::now() + merge::MERGE_RETIRE_DELAY;
+                    self.retired
+                        .borrow_mut()
+                        .extend(run.iter().map(|o| (due, o.key.clone())));
+                    tracing::info!(%key, bytes = size, replaced = run.len(), ms = t.elapsed().as_millis() as u64, "merged small objects");
+                    return Ok(Some(Merged {
+                        key,
+                        spans: merged.spans,
+                        replaced: run.len(),
+                    }));
+                }
+                Err(e @ CommitError::Fenced { .. }) | Err(e @ CommitError::Corrupt { .. }) => {
+                    tracing::error!(error = %e, "object tier stops: this shard no longer owns its manifest");
+                    self.fenced.set(true);
+                    return Err(e);
+                }
+                Err(e @ CommitError::TooLarge { .. }) => {
+                    // A merge only shrinks the manifest; never loop on it.
+                    tracing::error!(error = %e, "manifest commit (merge) refused");
+                    return Ok(None);
+                }
+                Err(CommitError::Store(e)) => {
+                    tracing::warn!(error = %e, "manifest commit (merge) failed; retrying");
+                    ringtail_shards::sleep(jitter(delay)).await;
+                    delay = (delay * 2).min(RETRY_DELAY_MAX);
+                }
+            }
+        }
+    }
+
+    /// Deletes the objects merges replaced whose delay has passed (failures go to garbage
+    /// collection).
+    pub async fn delete_retired(&self) {
+        loop {
+            let key = {
+                let mut retired = self.retired.borrow_mut();
+                match retired.front() {
+                    Some((due, _)) if *due <= Instant::now() => retired.pop_front().map(|r| r.1),
+                    _ => None,
+                }
+            };
+            let Some(key) = key else { return };
+            match self.store.delete(&key).await {
+                Ok(()) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "could not delete a merged object; retrying later");
+                    self.garbage.borrow_mut().push(key);
+                }
+            }
+        }
     }
 }
 
@@ -341,6 +529,17 @@ impl Tier {
     ) -> Result<(Vec<Span>, HashMap<StreamKey, i64>), CommitError> {
         let mut delay = RETRY_DELAY_MIN;
         loop {
+            // Once a second with nothing due: a scan of the committed manifest, not a copy.
+            let (log_starts, merged, due) = {
+                let c = self.committed.borrow();
+                let (log_starts, merged) = next_log_starts(&c.manifest.log_starts, starts, &live);
+                let due = log_starts != c.manifest.log_starts
+                    || c.manifest.objects.iter().any(|o| o.spans.iter().any(&drop));
+                (log_starts, merged, due)
+            };
+            if !due {
+                return Ok((Vec::new(), merged));
+            }
             let current = self.committed.borrow().clone();
             let mut dropped = Vec::new();
             let mut unreferenced = Vec::new();
@@ -364,29 +563,6 @@ impl Tier {
                     }
                 })
                 .collect();
-            let mut merged: HashMap<StreamKey, i64> = current
-                .manifest
-                .log_starts
-                .iter()
-                .map(|l| ((l.topic_id, l.partition), l.offset))
-                .filter(|(k, _)| live(k))
-                .collect();
-            for (k, &offset) in starts {
-                let at = merged.entry(*k).or_insert(offset);
-                *at = (*at).max(offset);
-            }
-            let mut log_starts: Vec<LogStart> = merged
-                .iter()
-                .map(|(&(topic_id, partition), &offset)| LogStart {
-                    topic_id,
-                    partition,
-                    offset,
-                })
-                .collect();
-            log_starts.sort_by_key(|l| (l.topic_id, l.partition));
-            if dropped.is_empty() && log_starts == current.manifest.log_starts {
-                return Ok((dropped, merged));
-            }
             next.log_starts = log_starts;
             match self.manifests.commit(Some(&current), next).await {
                 Ok(c) => {
@@ -405,6 +581,11 @@ impl Tier {
                     self.fenced.set(true);
                     return Err(e);
                 }
+                Err(e @ CommitError::TooLarge { .. }) => {
+                    // Cannot happen for a deletion, which only shrinks the manifest; never loop.
+                    tracing::error!(error = %e, "manifest commit (deletion) refused");
+                    return Err(e);
+                }
                 Err(CommitError::Store(e)) => {
                     tracing::warn!(error = %e, "manifest commit (deletion) failed; retrying");
                     ringtail_shards::sleep(jitter(delay)).await;
@@ -413,6 +594,34 @@ impl Tier {
             }
         }
     }
+}
+
+/// The log starts a deletion commits: the committed ones of partitions `live` keeps, raised to
+/// `starts`; sorted, and as a map.
+fn next_log_starts(
+    committed: &[LogStart],
+    starts: &HashMap<StreamKey, i64>,
+    live: impl Fn(&StreamKey) -> bool,
+) -> (Vec<LogStart>, HashMap<StreamKey, i64>) {
+    let mut merged: HashMap<StreamKey, i64> = committed
+        .iter()
+        .map(|l| ((l.topic_id, l.partition), l.offset))
+        .filter(|(k, _)| live(k))
+        .collect();
+    for (k, &offset) in starts {
+        let at = merged.entry(*k).or_insert(offset);
+        *at = (*at).max(offset);
+    }
+    let mut log_starts: Vec<LogStart> = merged
+        .iter()
+        .map(|(&(topic_id, partition), &offset)| LogStart {
+            topic_id,
+            partition,
+            offset,
+        })
+        .collect();
+    log_starts.sort_by_key(|l| (l.topic_id, l.partition));
+    (log_starts, merged)
 }
 
 async fn retry<T>(
@@ -474,4 +683,156 @@ fn put_object(
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+    use kafka_protocol::records::Compression;
+    use ringtail_netio::batch::{split_and_validate, testing};
+
+    fn batch(base: i64, n: i64) -> (ringtail_netio::batch::BatchHeader, Bytes) {
+        let values = (0..n).map(|i| Some(Bytes::from(format!("value-{base}-{i}"))));
+        let buf = testing::encode(values, 1000 + base, Compression::None);
+        split_and_validate(buf, 1 << 20)
+            .unwrap()
+            .into_iter()
+            .next()
+            .unwrap()
+            .assign(base, 0)
+    }
+
+    /// A tier that committed `objects` one-batch objects on two partitions; returns every
+    /// partition's batch bytes in offset order.
+    fn tier_with_objects(
+        store: Arc<dyn ObjectStore>,
+        objects: i64,
+    ) -> (Tier, HashMap<i32, Vec<u8>>) {
+        let stats = Arc::new(ShardStats::new(0));
+        let tier = block_on(Tier::open(
+            store,
+            0,
+            1,
+            1 << 20,
+            Duration::from_secs(60),
+            stats,
+            &|| true,
+        ))
+        .unwrap();
+        let mut written: HashMap<i32, Vec<u8>> = HashMap::new();
+        for k in 0..objects {
+            for partition in 0..2 {
+                let (header, bytes) = batch(k * 3, 3);
+                written
+                    .entry(partition)
+                    .or_default()
+                    .extend_from_slice(&bytes);
+                tier.add([9; 16], partition, header, bytes);
+            }
+            tier.request_seal();
+            let sealed = tier.seal_if_due().expect("a seal was requested");
+            block_on(tier.upload(sealed, Vec::new())).unwrap();
+        }
+        (tier, written)
+    }
+
+    #[test]
+    fn a_merge_keeps_offsets_and_bytes_in_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+        let (tier, written) = tier_with_objects(store.clone(), 9);
+        let before = tier.committed_objects();
+        assert_eq!(before.len(), 9);
+        let merged = block_on(tier.merge())
+            .unwrap()
+            .expect("9 small objects merge");
+        assert_eq!(merged.replaced, 9);
+        let loaded = block_on(ManifestStore::new(store.clone(), 0).load())
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded.manifest.objects.len(), 1);
+        assert_eq!(loaded.manifest.objects[0].key, merged.key);
+        for span in &merged.spans {
+            assert_eq!((span.base_offset, span.last_offset), (0, 26));
+            let bytes = block_on(store.get(
+                &merged.key,
+                Some(span.byte_start..span.byte_start + span.byte_len),
+            ))
+            .unwrap();
+            assert_eq!(&bytes[..], &written[&span.partition][..]);
+        }
+        // The replaced objects stay readable until their delay has passed.
+        block_on(tier.delete_retired());
+        assert!(block_on(store.head(&before[0].key)).is_ok());
+        assert!(
+            block_on(tier.merge()).unwrap().is_none(),
+            "nothing left to merge"
+        );
+    }
+
+    /// A commit refused for the manifest's size stops uploads without losing the object or
+    /// blocking the deletion pass: once a deletion makes room, the same object is committed.
+    #[test]
+    fn an_object_refused_for_the_manifests_size_waits_for_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+        let (mut tier, _) = tier_with_objects(store.clone(), 2);
+        let limit = tier.committed.borrow().manifest.encode().len() + 16;
+        tier.manifests = ManifestStore::with_bytes_max(store.clone(), 0, limit);
+        let (header, bytes) = batch(6, 3);
+        tier.add([9; 16], 0, header, bytes);
+        tier.request_seal();
+        let sealed = tier.seal_if_due().unwrap();
+        let key = sealed.key.clone();
+        let refused = block_on(tier.upload(sealed, Vec::new()));
+        assert!(
+            matches!(refused, Err(CommitError::TooLarge { .. })),
+            "{refused:?}"
+        );
+        assert!(!tier.is_fenced());
+        assert!(!tier.is_idle(), "a shutdown flush waits for it");
+        assert!(tier.seal_if_due().is_none(), "not retried before its time");
+        assert!(
+            block_on(tier.merge()).unwrap().is_none(),
+            "no merge takes its key"
+        );
+        // Retention drops the oldest object: room for one more.
+        let (dropped, _) =
+            block_on(tier.delete_data(|s| s.base_offset == 0, &HashMap::new(), |_| true)).unwrap();
+        assert_eq!(dropped.len(), 2);
+        tier.stalled.borrow_mut().as_mut().unwrap().0 = Instant::now();
+        let again = tier.seal_if_due().expect("the stalled object, due now");
+        assert_eq!(again.key, key);
+        block_on(tier.upload(again, Vec::new())).unwrap();
+        assert!(tier.is_idle());
+        let loaded = block_on(ManifestStore::new(store, 0).load())
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded.manifest.objects.last().unwrap().key, key);
+    }
+
+    /// A merge is a manifest commit like any other: an owner fenced by a take-over never lands
+    /// one, and the new owner's manifest keeps every object.
+    #[test]
+    fn a_fenced_owner_never_commits_a_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+        let (tier, _) = tier_with_objects(store.clone(), 9);
+        let taken = block_on(ManifestStore::new(store.clone(), 0).take_over(&|| true)).unwrap();
+        assert_eq!(taken.manifest.objects.len(), 9);
+        let refused = block_on(tier.merge());
+        assert!(
+            matches!(refused, Err(CommitError::Fenced { .. })),
+            "{refused:?}"
+        );
+        assert!(tier.is_fenced());
+        let loaded = block_on(ManifestStore::new(store, 0).load())
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded, taken);
+    }
 }

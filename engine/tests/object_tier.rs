@@ -550,3 +550,83 @@ async fn orphaned_objects_are_collected_at_start() {
     assert!(b.log_contains("deleted unreferenced objects"));
     assert_eq!(b.terminate(), Some(0));
 }
+
+/// The shard's committed manifest in a local-directory bucket.
+fn manifest_at(objects: &std::path::Path) -> ringtail_engine::manifest::ShardManifest {
+    let bytes = std::fs::read(objects.join("shards/0000/manifest")).unwrap();
+    ringtail_engine::manifest::ShardManifest::decode(&bytes).unwrap()
+}
+
+/// Small objects are merged (issue 17: the manifest kept one entry per upload for good — with
+/// an object a second and 100 partitions it passed its 256 MiB read limit within a day): the
+/// uploads of 300 produces, each sealed alone by the 50 ms age bound, end up in a few objects
+/// that hold the same bytes at the same offsets, read back before and after kill -9 and a
+/// restart, which also deletes the replaced objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_objects_are_merged_and_read_back() {
+    const OBJECTS_MAX: usize = 12;
+    let data = tempfile::tempdir().unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let args = tier_args(&format!("file://{}", objects.path().display()));
+    let b = start(data.path(), &args);
+    common::create_topic(&b.bootstrap(), "tiered", PARTITIONS, &[]).await;
+    let mut acked = produce(&b, 0, 300).await;
+    let uploads = rto_bytes(objects.path()).0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = manifest_at(objects.path());
+        if m.objects.len() <= OBJECTS_MAX {
+            eprintln!(
+                "{uploads} objects on disk after producing, {} in the manifest now",
+                m.objects.len()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the manifest still holds {} objects ({uploads} uploaded), more than {OBJECTS_MAX}",
+            m.objects.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // About 40 (3 MB in objects sealed at 64 KiB or 50 ms), fewer under load.
+    assert!(
+        uploads > 2 * OBJECTS_MAX,
+        "{uploads} uploads: too few to show merging"
+    );
+    assert!(b.log_contains("merged small objects"));
+    // Each object's own index names exactly the spans the manifest holds for it.
+    for o in manifest_at(objects.path()).objects {
+        let bytes = std::fs::read(objects.path().join(&o.key)).unwrap();
+        let index = ringtail_engine::object_format::read_index(&bytes).unwrap();
+        assert_eq!(index.spans, o.spans, "{}", o.key);
+    }
+    assert_eq!(consume_all(&b), acked, "read back from merged objects");
+    b.kill9();
+
+    let b = start(data.path(), &args);
+    assert_eq!(
+        consume_all(&b),
+        acked,
+        "after kill -9 (WAL replay over merged objects)"
+    );
+    acked.extend(produce(&b, 300, 20).await);
+    assert_eq!(b.terminate(), Some(0));
+
+    let b = start(data.path(), &args);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (on_disk, _) = rto_bytes(objects.path());
+        let referenced = manifest_at(objects.path()).objects.len();
+        if on_disk == referenced {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{on_disk} objects on disk, {referenced} referenced: replaced objects were not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(consume_all(&b), acked, "after a restart");
+    assert_eq!(b.terminate(), Some(0));
+}
