@@ -19,6 +19,12 @@ pub struct Faults {
     pub error_ppm: u32,
     /// Added to every request.
     pub latency: Duration,
+    /// While this file exists, every request fails as a connection error would (an outage a
+    /// test starts and ends from outside the process).
+    pub down_while: Option<std::path::PathBuf>,
+    /// While this file exists, every request fails with 403 AccessDenied: a permanent error
+    /// (wrong credentials, a missing bucket) that retrying does not cure.
+    pub forbidden_while: Option<std::path::PathBuf>,
 }
 
 pub struct Faulty<S> {
@@ -31,7 +37,8 @@ pub struct Faulty<S> {
 }
 
 impl Faults {
-    /// Parses `throttle=0.2,error=0.05,latency-ms=10` (rates are fractions of requests).
+    /// Parses `throttle=0.2,error=0.05,latency-ms=10,down-while=PATH,forbidden-while=PATH`
+    /// (rates are fractions of requests).
     pub fn parse(spec: &str) -> Result<Faults, String> {
         let mut f = Faults::default();
         for item in spec.split(',').filter(|s| !s.is_empty()) {
@@ -56,7 +63,13 @@ impl Faults {
                     f.latency =
                         Duration::from_millis(v.parse().map_err(|_| format!("latency-ms={v}"))?)
                 }
-                _ => return Err(format!("unknown fault {k:?} (throttle, error, latency-ms)")),
+                "down-while" => f.down_while = Some(v.into()),
+                "forbidden-while" => f.forbidden_while = Some(v.into()),
+                _ => {
+                    return Err(format!(
+                        "unknown fault {k:?} (throttle, error, latency-ms, down-while, forbidden-while)"
+                    ))
+                }
             }
         }
         Ok(f)
@@ -107,9 +120,14 @@ impl<S: ObjectStore> Faulty<S> {
         real: impl FnOnce() -> BoxFuture<'static, StoreResult<T>>,
     ) -> BoxFuture<'static, StoreResult<T>> {
         let f = self.faults.lock().unwrap().clone();
-        let fault = if self.down.load(Ordering::SeqCst) {
+        let exists = |p: &Option<std::path::PathBuf>| p.as_ref().is_some_and(|p| p.exists());
+        let fault = if self.down.load(Ordering::SeqCst) || exists(&f.down_while) {
             Some(StoreError::Transient(format!(
                 "{op}: injected outage (connection refused)"
+            )))
+        } else if exists(&f.forbidden_while) {
+            Some(StoreError::Fatal(format!(
+                "{op}: injected 403 AccessDenied"
             )))
         } else {
             let r = self.roll();

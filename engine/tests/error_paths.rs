@@ -1,0 +1,90 @@
+//! Error paths of the object tier (issue 17 items 7 and 8): a produce that may not wait, a
+//! store that refuses for good, retention of records not yet uploaded, the offsets log.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestBroker;
+use kafka_protocol::messages::{ApiKey, ProduceResponse};
+
+/// One shard, small objects uploaded within 50 ms, the store wrapped in the fault injector whose
+/// outages the test switches with files.
+fn start_faulty(dir: &std::path::Path, objects: &std::path::Path, faults: &str) -> TestBroker {
+    let store = format!("file://{}", objects.display());
+    TestBroker::start_at(
+        dir,
+        &[
+            "--shards",
+            "1",
+            "--object-store",
+            &store,
+            "--object-age-max-ms",
+            "50",
+            "--object-store-faults",
+            faults,
+        ],
+    )
+}
+
+/// durability=object and `timeout_ms` 0: Kafka answers at once (REQUEST_TIMED_OUT when the
+/// acknowledgement is not there yet), as for acks=all whose replicas lag; the broker waited for
+/// the upload without bound. The record is written all the same and lands once the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durability_object_with_timeout_zero_answers_at_once() {
+    let data = tempfile::tempdir().unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let ctl = tempfile::tempdir().unwrap();
+    let outage = ctl.path().join("store-down");
+    let b = start_faulty(
+        data.path(),
+        objects.path(),
+        &format!("down-while={}", outage.display()),
+    );
+    common::create_topic(&b.bootstrap(), "obj", 1, &[("durability", "object")]).await;
+    let batch = |v: &str| common::raw::records(&[v.as_bytes()]);
+    let mut raw = common::raw::Raw::connect(b.addr);
+    assert_eq!(raw.produce("obj", 0, batch("before"), -1), (0, 0));
+    std::fs::write(&outage, b"").unwrap();
+    raw.s
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let t = Instant::now();
+    let req = common::raw::produce_request("obj", 0, batch("during"), -1).with_timeout_ms(0);
+    let frame = raw.encode(ApiKey::Produce, 9, &req);
+    raw.send_frame(&frame);
+    let answer = raw.read_frame();
+    let waited = t.elapsed();
+    assert!(
+        answer.is_some(),
+        "no answer to a timeout_ms=0 produce within {waited:?} while the store is down"
+    );
+    let r: ProduceResponse = {
+        use kafka_protocol::messages::ResponseHeader;
+        use kafka_protocol::protocol::{Decodable, HeaderVersion};
+        let mut resp = answer.unwrap();
+        ResponseHeader::decode(&mut resp, ProduceResponse::header_version(9)).unwrap();
+        ProduceResponse::decode(&mut resp, 9).unwrap()
+    };
+    assert_eq!(
+        r.responses[0].partition_responses[0].error_code, 7,
+        "REQUEST_TIMED_OUT"
+    );
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    println!("timeout_ms=0 answered REQUEST_TIMED_OUT after {waited:?}");
+    std::fs::remove_file(&outage).unwrap();
+    raw.s
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let req = common::raw::produce_request("obj", 0, batch("after"), -1).with_timeout_ms(-1);
+    let r: ProduceResponse = raw.call(ApiKey::Produce, 9, &req);
+    let p = &r.responses[0].partition_responses[0];
+    assert_eq!(
+        (p.error_code, p.base_offset),
+        (0, 2),
+        "timeout_ms=-1 waits for the upload"
+    );
+    let (read, _) = common::read_all(&b.bootstrap(), "obj", 1);
+    let values: Vec<&[u8]> = read.values().map(|v| v.as_slice()).collect();
+    assert_eq!(values, [&b"before"[..], b"during", b"after"]);
+}
