@@ -73,6 +73,14 @@ struct Partition {
 }
 
 impl Partition {
+    /// Applies retention to the in-memory log. With an object tier (`tiered`) only batches
+    /// already in a committed object may go: memory and the WAL are their only copy until then.
+    fn enforce_retention(&mut self, now_ms: i64, tiered: bool) -> u64 {
+        let keep_from = if tiered { self.uploaded_end } else { i64::MAX };
+        self.log
+            .enforce_retention(now_ms, &self.topic.config, keep_from)
+    }
+
     fn log_start(&self) -> i64 {
         let hot = self.log.log_start_offset();
         let stored = self.cold.keys().next().map_or(hot, |&cold| cold.min(hot));
@@ -521,7 +529,7 @@ impl ShardState {
             add(&self.stats.wal_superseded_records, *records);
         }
         for p in parts.values_mut() {
-            p.log.enforce_retention(now, &p.topic.config);
+            p.enforce_retention(now, self.tier.is_some());
         }
         Ok(live)
     }
@@ -831,7 +839,7 @@ impl ShardState {
                         tag.bytes.clone(),
                     );
                 }
-                p.log.enforce_retention(now, &p.topic.config);
+                p.enforce_retention(now, self.tier.is_some());
                 wake(p.waiters.drain(..));
             }
         }
@@ -995,7 +1003,7 @@ impl ShardState {
         for (key, p) in self.partitions.borrow_mut().iter_mut() {
             if key.topic_id == topic.id {
                 p.topic = topic.clone();
-                p.log.enforce_retention(now, &topic.config);
+                p.enforce_retention(now, self.tier.is_some());
             }
         }
         self.trim_wal();

@@ -88,3 +88,103 @@ async fn durability_object_with_timeout_zero_answers_at_once() {
     let values: Vec<&[u8]> = read.values().map(|v| v.as_slice()).collect();
     assert_eq!(values, [&b"before"[..], b"during", b"after"]);
 }
+
+/// A backfill: records whose producer timestamps are older than retention.ms. Kafka keeps them
+/// in the active segment until it rolls; the broker dropped them from memory (and let the WAL
+/// trim them) as they arrived, before they ever reached a committed object. They must stay
+/// readable until they are uploaded, and then leave the bucket through retention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfilled_records_are_kept_until_uploaded_then_retention_deletes_them() {
+    let data = tempfile::tempdir().unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", objects.path().display());
+    // Uploads wait 3 s: a window to read the batches from memory before they are in an object.
+    let b = TestBroker::start_at(
+        data.path(),
+        &[
+            "--shards",
+            "1",
+            "--object-store",
+            &store,
+            "--object-age-max-ms",
+            "3000",
+        ],
+    );
+    common::create_topic(
+        &b.bootstrap(),
+        "backfill",
+        1,
+        &[("retention.ms", "3600000")],
+    )
+    .await;
+    let two_hours_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 2 * 3_600_000;
+    let mut raw = common::raw::Raw::connect(b.addr);
+    for i in 0..5i64 {
+        let value = bytes::Bytes::from(format!("old-{i}"));
+        let batch = ringtail_netio::batch::testing::encode(
+            [Some(value)],
+            two_hours_ago + i,
+            kafka_protocol::records::Compression::None,
+        )
+        .freeze();
+        assert_eq!(raw.produce("backfill", 0, batch, -1), (0, i));
+    }
+    let uploads = |b: &TestBroker| {
+        b.metrics()
+            .get("ringtail_object_upload_duration_seconds_count")
+            .copied()
+            .unwrap_or(0)
+    };
+    let uploads_before = uploads(&b);
+    let (read, lows) = common::read_all(&b.bootstrap(), "backfill", 1);
+    let values: Vec<String> = read
+        .values()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert_eq!(
+        (lows, values),
+        (
+            vec![0],
+            (0..5).map(|i| format!("old-{i}")).collect::<Vec<_>>()
+        ),
+        "acknowledged backfilled records before their upload"
+    );
+    // Then they are uploaded, and retention deletes them from the bucket: the log starts at 5.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, lows) = common::read_all(&b.bootstrap(), "backfill", 1);
+        let objects = count_objects(objects.path());
+        if lows == [5] && objects == 0 && uploads(&b) > uploads_before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retention did not delete the uploaded backfill: lows {lows:?}, {objects} objects, \
+             {} uploads",
+            uploads(&b)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Data objects (`.rto`) under a local-directory bucket.
+fn count_objects(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                count_objects(&path)
+            } else {
+                usize::from(path.to_string_lossy().ends_with(".rto"))
+            }
+        })
+        .sum()
+}
