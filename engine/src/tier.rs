@@ -25,6 +25,8 @@ const RETRY_DELAY_MIN: Duration = Duration::from_millis(50);
 const RETRY_DELAY_MAX: Duration = Duration::from_secs(5);
 /// How long start-up keeps retrying a store that answers with retryable errors.
 pub const STARTUP_RETRY_MAX: Duration = Duration::from_secs(60);
+/// While uploads fail with a permanent error, it is logged (at error level) at most this often.
+pub const PERMANENT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 pub struct Tier {
     pub store: Arc<dyn ObjectStore>,
@@ -50,6 +52,9 @@ pub struct Tier {
     garbage: RefCell<Vec<String>>,
     /// Record bytes sealed into the object being uploaded (not committed yet).
     in_flight_bytes: Cell<u64>,
+    /// Since when uploads fail with a permanent store error, and when that was last logged.
+    failing_since: Cell<Option<Instant>>,
+    failure_logged: Cell<Option<Instant>>,
     stats: Arc<ShardStats>,
 }
 
@@ -112,6 +117,8 @@ impl Tier {
             deletion: Cell::new(false),
             garbage: RefCell::new(Vec::new()),
             in_flight_bytes: Cell::new(0),
+            failing_since: Cell::new(None),
+            failure_logged: Cell::new(None),
             stats,
         })
     }
@@ -216,14 +223,18 @@ impl Tier {
         let size: u64 = sealed.pieces.iter().map(|p| p.len() as u64).sum();
         let data_bytes: u64 = sealed.index.spans.iter().map(|s| s.byte_len).sum();
         let t = Instant::now();
-        retry(&format!("upload {}", sealed.key), || {
-            put_object(
-                self.store.clone(),
-                sealed.key.clone(),
-                sealed.pieces.clone(),
-            )
-        })
-        .await;
+        let mut delay = RETRY_DELAY_MIN;
+        while let Err(e) = put_object(
+            self.store.clone(),
+            sealed.key.clone(),
+            sealed.pieces.clone(),
+        )
+        .await
+        {
+            self.store_failed(&format!("upload {}", sealed.key), &e, delay);
+            ringtail_shards::sleep(jitter(delay)).await;
+            delay = (delay * 2).min(RETRY_DELAY_MAX);
+        }
         let upload_ms = t.elapsed().as_millis();
         let object = ObjectRef {
             key: sealed.key.clone(),
@@ -240,6 +251,7 @@ impl Tier {
             match self.manifests.commit(Some(&current), next).await {
                 Ok(c) => {
                     *self.committed.borrow_mut() = c;
+                    self.store_recovered();
                     break;
                 }
                 Err(e @ CommitError::Fenced { .. }) | Err(e @ CommitError::Corrupt { .. }) => {
@@ -248,7 +260,7 @@ impl Tier {
                     return Err(e);
                 }
                 Err(CommitError::Store(e)) => {
-                    tracing::warn!(error = %e, key = %sealed.key, "manifest commit failed; retrying");
+                    self.store_failed(&format!("manifest commit of {}", sealed.key), &e, delay);
                     ringtail_shards::sleep(jitter(delay)).await;
                     delay = (delay * 2).min(RETRY_DELAY_MAX);
                 }
@@ -391,6 +403,7 @@ impl Tier {
             match self.manifests.commit(Some(&current), next).await {
                 Ok(c) => {
                     *self.committed.borrow_mut() = c;
+                    self.store_recovered();
                     // Only now that no committed manifest references them.
                     for key in unreferenced {
                         if let Err(e) = self.store.delete(&key).await {
@@ -406,7 +419,7 @@ impl Tier {
                     return Err(e);
                 }
                 Err(CommitError::Store(e)) => {
-                    tracing::warn!(error = %e, "manifest commit (deletion) failed; retrying");
+                    self.store_failed("manifest commit (deletion)", &e, delay);
                     ringtail_shards::sleep(jitter(delay)).await;
                     delay = (delay * 2).min(RETRY_DELAY_MAX);
                 }
@@ -415,20 +428,67 @@ impl Tier {
     }
 }
 
-async fn retry<T>(
-    what: &str,
-    mut op: impl FnMut() -> futures::future::BoxFuture<'static, Result<T, StoreError>>,
-) -> T {
-    let mut delay = RETRY_DELAY_MIN;
-    loop {
-        match op().await {
-            Ok(v) => return v,
-            Err(e) => {
-                tracing::warn!(error = %e, "{what} failed; retrying in {delay:?}");
-                ringtail_shards::sleep(jitter(delay)).await;
-                delay = (delay * 2).min(RETRY_DELAY_MAX);
-            }
+impl Tier {
+    /// A store request of the upload path failed; it is retried after `delay`. A retryable
+    /// error (503, 500, no connection) is a warning. A permanent one (403, NoSuchBucket: an
+    /// operator must act) is counted, logged at error level at most once per
+    /// [`PERMANENT_ERROR_LOG_INTERVAL`], and makes `/ready` answer 503 until a commit succeeds;
+    /// retrying goes on meanwhile (the WAL holds the data), so the fix needs no restart.
+    fn store_failed(&self, what: &str, e: &StoreError, delay: Duration) {
+        if e.is_retryable() {
+            tracing::warn!(slot = self.shard, error = %e, "{what} failed; retrying in {delay:?}");
+            return;
         }
+        self.stats
+            .upload_permanent_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let since = *self.failing_since.get().get_or_insert_with(Instant::now);
+        self.failing_since.set(Some(since));
+        self.stats
+            .upload_failures
+            .lock()
+            .unwrap()
+            .insert(self.shard, format!("{what}: {e}"));
+        let quiet = self
+            .failure_logged
+            .get()
+            .is_some_and(|t| t.elapsed() < PERMANENT_ERROR_LOG_INTERVAL);
+        if quiet {
+            tracing::debug!(slot = self.shard, error = %e, "{what} failed (permanent); retrying in {delay:?}");
+            return;
+        }
+        self.failure_logged.set(Some(Instant::now()));
+        tracing::error!(
+            slot = self.shard,
+            error = %e,
+            failing_for = ?since.elapsed(),
+            "{what} fails with a permanent error: check the bucket and the credentials; \
+             retrying (the WAL holds the data until it is full), /ready answers 503 meanwhile"
+        );
+    }
+
+    /// A manifest commit succeeded: uploads work again (or the slot closes).
+    fn store_recovered(&self) {
+        if let Some(since) = self.failing_since.take() {
+            self.failure_logged.set(None);
+            self.stats
+                .upload_failures
+                .lock()
+                .unwrap()
+                .remove(&self.shard);
+            tracing::info!(slot = self.shard, failed_for = ?since.elapsed(), "uploads resume: the store accepts them again");
+        }
+    }
+}
+
+impl Drop for Tier {
+    /// A closed slot no longer keeps the broker unready.
+    fn drop(&mut self) {
+        self.stats
+            .upload_failures
+            .lock()
+            .unwrap()
+            .remove(&self.shard);
     }
 }
 

@@ -188,3 +188,83 @@ fn count_objects(dir: &std::path::Path) -> usize {
         })
         .sum()
 }
+
+/// Waits until `f` holds, or panics with `what` after `limit`.
+async fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} (waited {limit:?})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The store refuses every request with 403 (a permanent error: credentials revoked, a bucket
+/// policy, a deleted bucket). Uploads retried forever with a warning per attempt and `/ready`
+/// stayed 200. Now: one error line (rate-limited), a counter, and `/ready` 503 with the reason
+/// while it lasts; the WAL keeps taking writes; once the store accepts again the uploads resume,
+/// `/ready` is 200 and everything is in the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_store_error_makes_the_broker_unready_until_uploads_resume() {
+    let data = tempfile::tempdir().unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let ctl = tempfile::tempdir().unwrap();
+    let forbidden = ctl.path().join("forbidden");
+    let b = start_faulty(
+        data.path(),
+        objects.path(),
+        &format!("forbidden-while={}", forbidden.display()),
+    );
+    common::create_topic(&b.bootstrap(), "t", 1, &[]).await;
+    let batch = |v: &str| common::raw::records(&[v.as_bytes()]);
+    let mut raw = common::raw::Raw::connect(b.addr);
+    assert_eq!(raw.produce("t", 0, batch("before"), -1), (0, 0));
+    assert_eq!(b.http_get("/ready").0, 200);
+    std::fs::write(&forbidden, b"").unwrap();
+    // The WAL takes writes while the store refuses.
+    assert_eq!(raw.produce("t", 0, batch("during-1"), -1), (0, 1));
+    assert_eq!(raw.produce("t", 0, batch("during-2"), -1), (0, 2));
+    let failing = || {
+        b.metrics()
+            .get("ringtail_uploads_failing")
+            .copied()
+            .unwrap_or(0)
+    };
+    wait_until(
+        Duration::from_secs(5),
+        "/ready still 200 while uploads fail permanently",
+        || b.http_get("/ready").0 == 503,
+    )
+    .await;
+    let (_, body) = b.http_get("/ready");
+    assert!(body.contains("AccessDenied"), "the reason: {body:?}");
+    assert_eq!(failing(), 1, "ringtail_uploads_failing");
+    let errors = b.metrics()["ringtail_upload_permanent_errors_total"];
+    assert!(errors >= 1, "{errors}");
+    // Several attempts fail within 3 s; the log says so once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let errors = b.metrics()["ringtail_upload_permanent_errors_total"];
+    let lines = b.log_count("fails with a permanent error");
+    assert!(errors >= 2, "attempts {errors}");
+    assert_eq!(lines, 1, "error lines for {errors} failed attempts");
+    assert!(b
+        .log_lines()
+        .iter()
+        .any(|l| l.contains("ERROR") && l.contains("fails with a permanent error")));
+    println!("{errors} failed attempts, {lines} error line");
+    std::fs::remove_file(&forbidden).unwrap();
+    wait_until(
+        Duration::from_secs(15),
+        "/ready not back to 200 after the store recovered",
+        || b.http_get("/ready").0 == 200,
+    )
+    .await;
+    assert_eq!(failing(), 0);
+    assert_eq!(raw.produce("t", 0, batch("after"), -1), (0, 3));
+    assert_eq!(b.terminate(), Some(0));
+    // A new broker on a fresh data directory reads it all from the bucket.
+    let fresh = tempfile::tempdir().unwrap();
+    let b = start_faulty(fresh.path(), objects.path(), "");
+    let (read, _) = common::read_all(&b.bootstrap(), "t", 1);
+    let values: Vec<&[u8]> = read.values().map(|v| v.as_slice()).collect();
+    assert_eq!(values, [&b"before"[..], b"during-1", b"during-2", b"after"]);
+}
