@@ -1527,7 +1527,16 @@ async fn upload_loop(weak: Weak<ShardState>, tick: Duration) {
     let mut last_retention = Instant::now();
     let mut last_gc: Option<Instant> = None;
     loop {
-        ringtail_shards::sleep(tick).await;
+        let requested = weak
+            .upgrade()
+            .and_then(|s| s.tier.as_ref().map(|t| t.seal_requested()));
+        match requested {
+            // A waiting producer wakes the loop at once (the bound is the tick).
+            Some(rx) => {
+                let _ = ringtail_shards::timeout(tick, rx).await;
+            }
+            None => return,
+        }
         let Some(state) = weak.upgrade() else { return };
         if let Some(tier) = state.tier.clone() {
             if last_retention.elapsed() >= OBJECT_RETENTION_INTERVAL || tier.take_deletion_request()

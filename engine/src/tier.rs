@@ -55,6 +55,8 @@ pub struct Tier {
     /// Since when uploads fail with a permanent store error, and when that was last logged.
     failing_since: Cell<Option<Instant>>,
     failure_logged: Cell<Option<Instant>>,
+    /// Wakes the upload loop out of its tick when a producer waits for an upload.
+    wake: RefCell<Option<futures::channel::oneshot::Sender<()>>>,
     stats: Arc<ShardStats>,
 }
 
@@ -119,6 +121,7 @@ impl Tier {
             in_flight_bytes: Cell::new(0),
             failing_since: Cell::new(None),
             failure_logged: Cell::new(None),
+            wake: RefCell::new(None),
             stats,
         })
     }
@@ -152,6 +155,9 @@ impl Tier {
             self.oldest.set(Some(Instant::now()));
         }
         self.publish_pending();
+        if self.urgent.get() {
+            self.request_seal();
+        }
     }
 
     pub fn is_fenced(&self) -> bool {
@@ -162,6 +168,23 @@ impl Tier {
     /// is waiting for it).
     pub fn request_seal(&self) {
         self.urgent.set(true);
+        if let Some(tx) = self.wake.borrow_mut().take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Resolves when a seal is requested and there is something to seal (at once if so
+    /// already): the upload loop waits on it with its tick as the bound, so a waiting producer
+    /// (`durability=object`, an offset commit) does not also wait for the tick.
+    pub fn seal_requested(&self) -> futures::channel::oneshot::Receiver<()> {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        // Only with something to seal: a producer asks before its batch is durable (and added).
+        if self.urgent.get() && !self.builder.borrow().is_empty() {
+            let _ = tx.send(());
+        } else {
+            *self.wake.borrow_mut() = Some(tx);
+        }
+        rx
     }
 
     /// Run the deletion pass at the next tick (a DeleteRecords is waiting for it).

@@ -268,3 +268,65 @@ async fn a_permanent_store_error_makes_the_broker_unready_until_uploads_resume()
     let values: Vec<&[u8]> = read.values().map(|v| v.as_slice()).collect();
     assert_eq!(values, [&b"before"[..], b"during-1", b"during-2", b"after"]);
 }
+
+/// Committed offsets live in `__consumer_offsets`; with an object store it is durability=object,
+/// so an OffsetCommit is answered only once the commit is in the bucket. It was durability=wal:
+/// a machine lost right after the answer (kill -9, then a broker on a fresh data directory and
+/// the same bucket) lost every commit of the upload window. Also reports the commit latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_commit_is_answered_only_once_in_the_bucket() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let data = tempfile::tempdir().unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", objects.path().display());
+    // Uploads by age only after a minute: only a commit that waits for its upload is in time.
+    let args = [
+        "--shards",
+        "1",
+        "--object-store",
+        &store,
+        "--object-age-max-ms",
+        "60000",
+    ];
+    let b = TestBroker::start_at(data.path(), &args);
+    common::create_topic(&b.bootstrap(), "t", 1, &[]).await;
+    let consumer = |b: &TestBroker| -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", b.bootstrap())
+            .set("group.id", "g")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap()
+    };
+    let c = consumer(&b);
+    let commits = 20i64;
+    let t = Instant::now();
+    for offset in 1..=commits {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("t", 0, Offset::Offset(offset))
+            .unwrap();
+        c.commit(&tpl, CommitMode::Sync).expect("commit");
+    }
+    let per_commit = t.elapsed() / commits as u32;
+    println!("OffsetCommit (sync, local-directory store): {per_commit:?} per commit");
+    drop(c);
+    b.kill9();
+    let fresh = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_at(fresh.path(), &args);
+    let c = consumer(&b);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition("t", 0);
+    let committed = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap()
+        .find_partition("t", 0)
+        .unwrap()
+        .offset();
+    assert_eq!(
+        committed,
+        Offset::Offset(commits),
+        "the last acknowledged commit, read back from the bucket"
+    );
+}
