@@ -346,7 +346,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(draining) = &draining {
         // Hand every slot over (uploading what is durable), then stop.
         draining.store(true, std::sync::atomic::Ordering::Relaxed);
-        membership.wait_all_closed(ringtail_engine::host::CLOSE_FLUSH_MAX);
+        membership.wait_all_closed();
     }
     runtime.stop_and_join();
     if let (Some(cluster), Some(store)) = (cluster, &store) {

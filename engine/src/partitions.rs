@@ -198,16 +198,23 @@ impl ShardState {
     }
 
     /// Clean shutdown: uploads and commits everything durable, waiting at most `limit`.
-    pub async fn flush_to_objects(&self, limit: Duration) {
+    /// Uploads and commits everything durable, waiting as long as the store needs (saying so
+    /// every [`crate::host::CLOSE_FLUSH_LOG_INTERVAL`]); returns early only if another owner
+    /// fenced the slot.
+    pub async fn flush_to_objects(&self, slot: u32) {
         let Some(tier) = &self.tier else { return };
         tier.start_flush();
-        let deadline = Instant::now() + limit;
+        let started = Instant::now();
+        let mut logged = Instant::now();
         while !tier.is_idle() && !tier.is_fenced() {
-            if Instant::now() > deadline {
-                tracing::warn!(
-                    "shutdown: gave up waiting for the last upload; the WAL still holds the data"
+            if logged.elapsed() >= crate::host::CLOSE_FLUSH_LOG_INTERVAL {
+                logged = Instant::now();
+                tracing::error!(
+                    slot,
+                    waited_s = started.elapsed().as_secs(),
+                    "slot hand-over waits for the upload of acknowledged records (the store \
+                     fails, see above): the slot stays claimed until they are in the bucket"
                 );
-                return;
             }
             ringtail_shards::sleep(Duration::from_millis(10)).await;
         }

@@ -330,3 +330,67 @@ async fn an_offset_commit_is_answered_only_once_in_the_bucket() {
         "the last acknowledged commit, read back from the bucket"
     );
 }
+
+/// A clean stop hands the slots over after uploading what is durable. With the store down the
+/// hand-over gave up after 30 s (CLOSE_FLUSH_MAX) and let the slot go with acknowledged
+/// durability=wal records not in the bucket: the next owner's writes superseded them. Now the
+/// slot is held (the broker keeps running and keeps trying) until they are uploaded, saying so
+/// loudly; once the store is back it uploads, stops cleanly, and the bucket has every record.
+/// Takes about 40 s: the old limit has to be passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_over_keeps_the_slot_until_acknowledged_records_are_uploaded() {
+    let data = tempfile::tempdir().unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let ctl = tempfile::tempdir().unwrap();
+    let outage = ctl.path().join("store-down");
+    let store = format!("file://{}", objects.path().display());
+    // Only uploads fail: leases and manifests work, so the hand-over runs.
+    let faults = format!("uploads-down-while={}", outage.display());
+    let args = [
+        "--shards",
+        "1",
+        "--object-store",
+        &store,
+        "--object-age-max-ms",
+        "60000",
+        "--object-store-faults",
+        &faults,
+    ];
+    let mut b = TestBroker::start_at(data.path(), &args);
+    common::create_topic(&b.bootstrap(), "t", 1, &[]).await;
+    let mut raw = common::raw::Raw::connect(b.addr);
+    std::fs::write(&outage, b"").unwrap();
+    for i in 0..3i64 {
+        let batch = common::raw::records(&[format!("acked-{i}").as_bytes()]);
+        assert_eq!(
+            raw.produce("t", 0, batch, -1),
+            (0, i),
+            "durability=wal: in the WAL"
+        );
+    }
+    common::signal(b.pid(), "-TERM");
+    // Past the old 30 s limit, the slot is still held and the process runs.
+    std::thread::sleep(Duration::from_secs(33));
+    b.assert_alive();
+    assert!(
+        !b.log_contains("handed slot over"),
+        "the slot was let go with acknowledged records not uploaded"
+    );
+    assert!(
+        b.log_contains("hand-over waits for the upload"),
+        "the wait is logged"
+    );
+    std::fs::remove_file(&outage).unwrap();
+    let status = b.wait_exit(Duration::from_secs(20));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "stops cleanly once uploaded"
+    );
+    let fresh = tempfile::tempdir().unwrap();
+    let args: Vec<&str> = args[..args.len() - 2].to_vec();
+    let b = TestBroker::start_at(fresh.path(), &args);
+    let (read, _) = common::read_all(&b.bootstrap(), "t", 1);
+    let values: Vec<&[u8]> = read.values().map(|v| v.as_slice()).collect();
+    assert_eq!(values, [&b"acked-0"[..], b"acked-1", b"acked-2"]);
+}

@@ -25,6 +25,10 @@ pub struct Faults {
     /// While this file exists, every request fails with 403 AccessDenied: a permanent error
     /// (wrong credentials, a missing bucket) that retrying does not cure.
     pub forbidden_while: Option<std::path::PathBuf>,
+    /// While this file exists, writes of data objects (keys ending `.rto`) fail as a connection
+    /// error would; everything else (leases, manifests, the catalog) works: uploads stall while
+    /// the cluster's bookkeeping goes on.
+    pub uploads_down_while: Option<std::path::PathBuf>,
 }
 
 pub struct Faulty<S> {
@@ -37,8 +41,8 @@ pub struct Faulty<S> {
 }
 
 impl Faults {
-    /// Parses `throttle=0.2,error=0.05,latency-ms=10,down-while=PATH,forbidden-while=PATH`
-    /// (rates are fractions of requests).
+    /// Parses `throttle=0.2,error=0.05,latency-ms=10,down-while=PATH,forbidden-while=PATH,
+    /// uploads-down-while=PATH` (rates are fractions of requests).
     pub fn parse(spec: &str) -> Result<Faults, String> {
         let mut f = Faults::default();
         for item in spec.split(',').filter(|s| !s.is_empty()) {
@@ -65,9 +69,10 @@ impl Faults {
                 }
                 "down-while" => f.down_while = Some(v.into()),
                 "forbidden-while" => f.forbidden_while = Some(v.into()),
+                "uploads-down-while" => f.uploads_down_while = Some(v.into()),
                 _ => {
                     return Err(format!(
-                        "unknown fault {k:?} (throttle, error, latency-ms, down-while, forbidden-while)"
+                        "unknown fault {k:?} (throttle, error, latency-ms, down-while, forbidden-while, uploads-down-while)"
                     ))
                 }
             }
@@ -111,6 +116,29 @@ impl<S: ObjectStore> Faulty<S> {
         x ^= x << 17;
         self.rng.store(x, Ordering::Relaxed);
         (x % 1_000_000) as u32
+    }
+
+    /// A write of a data object while `uploads_down_while` exists fails at once.
+    fn upload<T: Send + 'static>(
+        &self,
+        op: &str,
+        key: &str,
+        real: impl FnOnce() -> BoxFuture<'static, StoreResult<T>>,
+    ) -> BoxFuture<'static, StoreResult<T>> {
+        let down = key.ends_with(".rto")
+            && self
+                .faults
+                .lock()
+                .unwrap()
+                .uploads_down_while
+                .as_ref()
+                .is_some_and(|p| p.exists());
+        if down {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+            let e = StoreError::Transient(format!("{op} {key}: injected upload outage"));
+            return Box::pin(async move { Err(e) });
+        }
+        self.wrap(op, real)
     }
 
     /// Decides the fault first: a faulted request never reaches the inner store.
@@ -171,7 +199,7 @@ impl<S: ObjectStore> ObjectStore for Faulty<S> {
         body: Bytes,
         condition: Condition,
     ) -> BoxFuture<'static, StoreResult<String>> {
-        self.wrap("put", || self.inner.put(key, body, condition))
+        self.upload("put", key, || self.inner.put(key, body, condition))
     }
     fn get(&self, key: &str, range: Option<Range<u64>>) -> BoxFuture<'static, StoreResult<Bytes>> {
         self.wrap("get", || self.inner.get(key, range))
@@ -186,7 +214,7 @@ impl<S: ObjectStore> ObjectStore for Faulty<S> {
         self.wrap("delete", || self.inner.delete(key))
     }
     fn create_multipart(&self, key: &str) -> BoxFuture<'static, StoreResult<String>> {
-        self.wrap("create_multipart", || self.inner.create_multipart(key))
+        self.upload("create_multipart", key, || self.inner.create_multipart(key))
     }
     fn upload_part(
         &self,
@@ -195,7 +223,7 @@ impl<S: ObjectStore> ObjectStore for Faulty<S> {
         number: i32,
         body: Bytes,
     ) -> BoxFuture<'static, StoreResult<Part>> {
-        self.wrap("upload_part", || {
+        self.upload("upload_part", key, || {
             self.inner.upload_part(key, upload_id, number, body)
         })
     }
@@ -205,7 +233,7 @@ impl<S: ObjectStore> ObjectStore for Faulty<S> {
         upload_id: &str,
         parts: Vec<Part>,
     ) -> BoxFuture<'static, StoreResult<String>> {
-        self.wrap("complete_multipart", || {
+        self.upload("complete_multipart", key, || {
             self.inner.complete_multipart(key, upload_id, parts)
         })
     }
