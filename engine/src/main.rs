@@ -358,6 +358,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
             futures::executor::block_on(lease.release(store.as_ref()));
         }
     }
+    if ringtail_engine::errors::WAL_FAILED.load(std::sync::atomic::Ordering::SeqCst) {
+        bail!("stopped after a WAL write failed (see above): the disk needs attention");
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -122,6 +122,9 @@ pub struct ShardStats {
     /// Slots whose uploads fail permanently now, with the last error: `/ready` answers 503
     /// while any is set.
     pub upload_failures: Mutex<std::collections::BTreeMap<u32, String>>,
+    /// Set when a WAL write of this shard failed (the ring's tail is uncertain): the broker
+    /// hands its slots over and stops; `/ready` answers 503 meanwhile.
+    pub wal_failure: Mutex<Option<String>>,
     /// Partition offsets and committed group offsets, copied once a second by the shard.
     pub offsets: Mutex<OffsetsSnapshot>,
 }
@@ -151,6 +154,7 @@ impl ShardStats {
             upload_pending_bytes: AtomicU64::new(0),
             upload_permanent_errors: AtomicU64::new(0),
             upload_failures: Mutex::default(),
+            wal_failure: Mutex::default(),
             offsets: Mutex::new(OffsetsSnapshot::default()),
         }
     }
@@ -405,6 +409,7 @@ pub fn render(src: &Sources) -> String {
         ("ringtail_slow_requests_total", "counter", "Requests slower than --slow-request-ms (each is logged).", |s| s.slow_requests.load(Relaxed)),
         ("ringtail_upload_pending_bytes", "gauge", "Record bytes in the WAL not yet in a committed object (the uploader's backlog).", |s| s.upload_pending_bytes.load(Relaxed)),
         ("ringtail_upload_permanent_errors_total", "counter", "Upload and manifest-commit attempts refused with a permanent store error (403, NoSuchBucket); each is retried.", |s| s.upload_permanent_errors.load(Relaxed)),
+        ("ringtail_wal_failed", "gauge", "1 once a WAL write of this shard failed: the broker hands its slots over and stops (exit code 1).", |s| u64::from(s.wal_failure.lock().unwrap().is_some())),
         ("ringtail_uploads_failing", "gauge", "Slots whose uploads fail with a permanent store error now (/ready answers 503 meanwhile).", |s| s.upload_failures.lock().unwrap().len() as u64),
     ];
     for (name, kind, help, f) in simple {
@@ -759,6 +764,15 @@ pub fn readiness(src: &Sources) -> Result<(), String> {
     if !src.ready.load(Relaxed) {
         return Err("not ready\n".into());
     }
+    for s in &src.shards {
+        if let Some(e) = s.wal_failure.lock().unwrap().as_ref() {
+            return Err(format!(
+                "not ready: a WAL write failed on shard {} ({e}); handing the slots over and \
+                 stopping\n",
+                s.shard
+            ));
+        }
+    }
     let mut failing = String::new();
     for s in &src.shards {
         for (slot, error) in s.upload_failures.lock().unwrap().iter() {
@@ -842,6 +856,10 @@ mod tests {
         assert!(render(&src).contains("ringtail_uploads_failing{shard=\"0\"} 1\n"));
         a.upload_failures.lock().unwrap().clear();
         assert!(readiness(&src).is_ok());
+        *a.wal_failure.lock().unwrap() = Some("write of 4096 bytes at 0: EIO".into());
+        let why = readiness(&src).unwrap_err();
+        assert!(why.contains("WAL write failed on shard 0"), "{why}");
+        assert!(render(&src).contains("ringtail_wal_failed{shard=\"0\"} 1\n"));
     }
 
     #[test]

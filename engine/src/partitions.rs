@@ -122,6 +122,8 @@ pub struct ShardState {
     pub coordinator: Coordinator,
     /// Being handed over: no new writes.
     closing: Cell<bool>,
+    /// A WAL write failed: the ring takes no more writes (see [`Self::wal_failed`]).
+    wal_broken: Cell<bool>,
     /// Called once if another broker takes the slot's manifest over (see [`Self::fenced`]).
     on_fenced: RefCell<Option<Box<dyn FnOnce()>>>,
     /// The topics; data is deleted only for those its deletion records name.
@@ -158,6 +160,7 @@ impl ShardState {
             coordinator,
             closing: Cell::new(false),
             on_fenced: RefCell::new(None),
+            wal_broken: Cell::new(false),
             catalog,
         });
         let snapshot = state.catalog.snapshot();
@@ -267,6 +270,29 @@ impl ShardState {
     }
 
     /// What to do when another broker takes the slot's manifest over (the host closes it).
+    /// A WAL write failed: the ring's tail is uncertain and it takes no more writes. Rather
+    /// than keep the slot owned and read-only, the broker stops: `/ready` and
+    /// `ringtail_wal_failed` say so at once, then SIGTERM runs the usual hand-over (everything
+    /// durable is uploaded first, so nothing acknowledged is lost; producers get retriable
+    /// errors meanwhile) and the process ends with exit code 1.
+    fn wal_failed(&self, reason: &str) {
+        self.wal_broken.set(true);
+        self.stats
+            .wal_failure
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| reason.to_string());
+        if !crate::errors::WAL_FAILED.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                shard = self.stats.shard,
+                %reason,
+                "a WAL write failed: handing every slot over (uploading what is durable), then \
+                 stopping with exit code 1"
+            );
+            let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
+        }
+    }
+
     pub fn set_on_fenced(&self, f: impl FnOnce() + 'static) {
         *self.on_fenced.borrow_mut() = Some(Box::new(f));
     }
@@ -301,10 +327,13 @@ impl ShardState {
 
     /// Whether some partition has writes whose WAL write has not finished.
     pub fn writes_in_flight(&self) -> bool {
-        self.partitions
-            .borrow()
-            .values()
-            .any(|p| p.next_offset > p.log_end())
+        // After a failed write nothing more becomes durable: nothing is worth waiting for.
+        !self.wal_broken.get()
+            && self
+                .partitions
+                .borrow()
+                .values()
+                .any(|p| p.next_offset > p.log_end())
     }
 
     /// Every partition's offsets and the committed offsets of the groups this slot
@@ -736,6 +765,9 @@ impl ShardState {
                 Ok(Ok(())) => true,
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "produce failed in the WAL");
+                    if let WalError::Failed(reason) = &e {
+                        self.wal_failed(reason);
+                    }
                     false
                 }
                 Err(_) => false,

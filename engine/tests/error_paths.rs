@@ -394,3 +394,52 @@ async fn a_hand_over_keeps_the_slot_until_acknowledged_records_are_uploaded() {
     let values: Vec<&[u8]> = read.values().map(|v| v.as_slice()).collect();
     assert_eq!(values, [&b"acked-0"[..], b"acked-1", b"acked-2"]);
 }
+
+/// A WAL write fails (a failing disk; injected with `RINGTAIL_TEST_WAL_FAIL_WHILE`). The slot
+/// stayed owned and read-only: every produce refused until someone restarted the broker. Now the
+/// producer gets a retriable error, the broker hands its slots over after uploading what is
+/// durable and stops with exit code 1; a broker on a fresh data dir and the same bucket serves
+/// every acknowledged record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_wal_write_hands_the_slots_over_and_stops_the_broker() {
+    let data = tempfile::tempdir().unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let ctl = tempfile::tempdir().unwrap();
+    let disk_fails = ctl.path().join("wal-fails");
+    let store = format!("file://{}", objects.path().display());
+    // Uploads by age only after a minute: the acknowledged records are only in the WAL.
+    let args = [
+        "--shards",
+        "1",
+        "--object-store",
+        &store,
+        "--object-age-max-ms",
+        "60000",
+    ];
+    let env = format!("RINGTAIL_TEST_WAL_FAIL_WHILE={}", disk_fails.display());
+    let mut b = TestBroker::start_wrapped(&["env", &env], data.path(), &args);
+    common::create_topic(&b.bootstrap(), "t", 1, &[]).await;
+    let mut raw = common::raw::Raw::connect(b.addr);
+    for i in 0..3i64 {
+        let batch = common::raw::records(&[format!("acked-{i}").as_bytes()]);
+        assert_eq!(raw.produce("t", 0, batch, -1), (0, i));
+    }
+    std::fs::write(&disk_fails, b"").unwrap();
+    let (code, _) = raw.produce("t", 0, common::raw::records(&[b"refused"]), -1);
+    assert!(
+        code == 56 || code == 6,
+        "a retriable error (KAFKA_STORAGE_ERROR or NOT_LEADER_OR_FOLLOWER), got {code}"
+    );
+    let status = b.wait_exit(Duration::from_secs(15));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "the broker stops (exit code 1) after a WAL write failed"
+    );
+    assert!(b.log_contains("a WAL write failed: handing every slot over"));
+    let fresh = tempfile::tempdir().unwrap();
+    let b = TestBroker::start_at(fresh.path(), &args);
+    let (read, _) = common::read_all(&b.bootstrap(), "t", 1);
+    let values: Vec<&[u8]> = read.values().map(|v| v.as_slice()).collect();
+    assert_eq!(values, [&b"acked-0"[..], b"acked-1", b"acked-2"]);
+}
