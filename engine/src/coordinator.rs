@@ -25,6 +25,40 @@ use crate::partitions::ShardState;
 use crate::shard::{now_ms, FetchItem, PartitionKey, ProduceItem};
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// How long an offset commit waits for its record to be durable as the offsets topic demands
+/// (with an object store: uploaded), then answers COORDINATOR_NOT_AVAILABLE (retriable), as
+/// Kafka does after `offsets.commit.timeout.ms` (the same 5 s default).
+pub const OFFSETS_COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The offsets topic's configs: kept forever, and as durable as the cluster allows: with an
+/// object store `durability=object` (a commit is answered once it is in the bucket: no machine
+/// loss loses it), without one the WAL.
+pub fn offsets_topic_configs(object_store: bool) -> BTreeMap<String, String> {
+    let mut c: BTreeMap<String, String> = [("retention.ms", "-1"), ("retention.bytes", "-1")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    if object_store {
+        c.insert("durability".into(), "object".into());
+    }
+    c
+}
+
+/// The configs an existing offsets topic should move to, or None if it has them: a catalog
+/// written before the offsets topic took the strongest durability moves to it; a data directory
+/// started again without its object store goes back to the WAL (durability=object would refuse
+/// every commit).
+pub fn offsets_topic_upgrade(
+    current: &BTreeMap<String, String>,
+    object_store: bool,
+) -> Option<BTreeMap<String, String>> {
+    let mut next = current.clone();
+    next.remove("durability");
+    for (k, v) in offsets_topic_configs(object_store) {
+        next.insert(k, v);
+    }
+    (next != *current).then_some(next)
+}
 
 /// How long a failed compaction waits before the next attempt.
 const COMPACTION_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -583,6 +617,33 @@ async fn produce_changes(
     changes: Vec<OffsetChange>,
     batches: Vec<ringtail_netio::batch::ValidBatch>,
 ) -> i16 {
+    produce_all(
+        state,
+        offsets_topic,
+        partition,
+        vec![(group.to_string(), changes, batches)],
+    )
+    .await
+}
+
+/// Writes the offset changes of several groups in one produce (one upload to wait for with
+/// `durability=object`), and applies them once durable.
+async fn produce_all(
+    state: &Rc<ShardState>,
+    offsets_topic: &Arc<TopicMeta>,
+    partition: i32,
+    groups: Vec<(
+        String,
+        Vec<OffsetChange>,
+        Vec<ringtail_netio::batch::ValidBatch>,
+    )>,
+) -> i16 {
+    let mut batches = Vec::new();
+    let mut applied = Vec::with_capacity(groups.len());
+    for (group, changes, b) in groups {
+        batches.extend(b);
+        applied.push((group, changes));
+    }
     let item = ProduceItem {
         key: PartitionKey {
             topic_id: offsets_topic.id,
@@ -590,16 +651,22 @@ async fn produce_changes(
         },
         topic: offsets_topic.clone(),
         batches,
-        upload_timeout: None,
+        upload_timeout: Some(OFFSETS_COMMIT_TIMEOUT),
     };
     let outcome = state.produce(vec![item]).await;
     match outcome.first() {
         Some(o) if o.error == 0 => {
-            state.coordinator.apply(group, changes);
+            for (group, changes) in applied {
+                state.coordinator.apply(&group, changes);
+            }
             0
         }
         Some(o) => {
-            tracing::warn!(group, error = o.error, "offset commit not durable");
+            tracing::warn!(
+                groups = applied.len(),
+                error = o.error,
+                "offset commit not durable"
+            );
             COORDINATOR_NOT_AVAILABLE
         }
         None => COORDINATOR_NOT_AVAILABLE,
@@ -638,16 +705,18 @@ pub async fn compact_if_due(state: &Rc<ShardState>, offsets_topic: &Arc<TopicMet
         .offset;
     let mut ok = true;
     let mut rewritten = 0usize;
+    // One produce for the whole rewrite: with durability=object, one upload to wait for.
+    let mut groups = Vec::new();
     for (group, changes) in coordinator.snapshot(partition, offsets_topic.partitions) {
         rewritten += changes.len();
         let Ok(batches) = offset_batches(&group, &changes) else {
             ok = false;
             break;
         };
-        if produce_changes(state, offsets_topic, partition, &group, changes, batches).await != 0 {
-            ok = false;
-            break;
-        }
+        groups.push((group, changes, batches));
+    }
+    if ok && !groups.is_empty() {
+        ok = produce_all(state, offsets_topic, partition, groups).await == 0;
     }
     // The rewrite is durable: later commits land after it, whatever the deletion below does.
     coordinator.compacting.set(false);
@@ -761,6 +830,26 @@ pub async fn load_offsets(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_offsets_topic_is_as_durable_as_the_cluster_allows() {
+        let with_store = offsets_topic_configs(true);
+        assert_eq!(with_store["durability"], "object");
+        assert_eq!(with_store["retention.ms"], "-1");
+        assert!(!offsets_topic_configs(false).contains_key("durability"));
+        // Validates as a topic config.
+        assert!(
+            crate::topic_config::TopicConfig::from_map(&with_store)
+                .unwrap()
+                .durability_object
+        );
+        // An offsets topic created before it took durability=object is moved to it, once.
+        let old = offsets_topic_configs(false);
+        assert_eq!(offsets_topic_upgrade(&old, true), Some(with_store.clone()));
+        assert_eq!(offsets_topic_upgrade(&with_store, true), None);
+        assert_eq!(offsets_topic_upgrade(&old, false), None);
+        assert_eq!(offsets_topic_upgrade(&with_store, false), Some(old));
+    }
 
     #[test]
     fn offset_records_round_trip_and_garbage_is_refused() {

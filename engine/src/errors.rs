@@ -51,6 +51,11 @@ pub fn failpoint_panic_on_create(topic: &str) {
     }
 }
 
+/// Set once a WAL write failed anywhere in the process: the broker hands its slots over (what
+/// is durable is uploaded first) and stops with exit code 1, so that a supervisor or another
+/// broker takes over from a disk that is no longer trusted.
+pub static WAL_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 #[cfg(test)]
 mod tests {
     use super::*;

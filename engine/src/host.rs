@@ -24,8 +24,11 @@ use crate::tier::Tier;
 
 /// How often groups check session timeouts and rebalance deadlines.
 const GROUP_TICK: Duration = Duration::from_millis(100);
-/// How long closing a slot waits for its last uploads.
+/// How long a lapsed lease's closing waits for its slots before it renews (cluster.rs). A slot
+/// itself is never let go with acknowledged records not uploaded: closing waits for them.
 pub const CLOSE_FLUSH_MAX: Duration = Duration::from_secs(30);
+/// While a closing slot waits for its last uploads, it says so at this interval.
+pub const CLOSE_FLUSH_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What opening a slot needs.
 pub struct SlotEnv {
@@ -341,7 +344,9 @@ impl SlotHost {
     }
 
     /// Stops serving `slot`: new requests are answered NOT_LEADER_OR_FOLLOWER at once; writes
-    /// in flight finish, everything durable is uploaded and committed, then the slot is let go.
+    /// in flight finish, everything durable is uploaded and committed (however long the store
+    /// takes: letting the slot go earlier would let the next owner supersede acknowledged
+    /// records), then the slot is let go.
     pub async fn close(self: &Rc<Self>, slot: u32) {
         if !self.busy.borrow_mut().insert(slot) {
             return;
@@ -354,9 +359,9 @@ impl SlotHost {
             while state.writes_in_flight() && Instant::now() < deadline {
                 ringtail_shards::sleep(Duration::from_millis(2)).await;
             }
-            state
-                .flush_to_objects(deadline.saturating_duration_since(Instant::now()))
-                .await;
+            // Acknowledged records not in the bucket yet are only in this broker's WAL: the
+            // slot stays claimed until they are uploaded (or another owner fenced it).
+            state.flush_to_objects(slot).await;
             tracing::info!(
                 slot,
                 ms = started.elapsed().as_millis() as u64,

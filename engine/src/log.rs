@@ -42,8 +42,11 @@ pub trait PartitionLog {
     fn batches_from_timestamp(&self, timestamp_ms: i64, max: usize) -> Vec<Bytes>;
     /// The batch with the largest max timestamp (earliest such), if any.
     fn batch_with_max_timestamp(&self) -> Option<Bytes>;
-    /// Removes batches beyond retention; returns bytes freed.
-    fn enforce_retention(&mut self, now_ms: i64, config: &TopicConfig) -> u64;
+    /// Removes batches beyond retention that end below `keep_from`; returns bytes freed. With
+    /// an object tier `keep_from` is the uploaded end: a batch not yet in a committed object is
+    /// kept whatever its timestamps or the log's size (a backfill with old timestamps is
+    /// uploaded before retention deletes it, as Kafka keeps its active segment).
+    fn enforce_retention(&mut self, now_ms: i64, config: &TopicConfig, keep_from: i64) -> u64;
 }
 
 struct Entry {
@@ -191,15 +194,20 @@ impl PartitionLog for MemLog {
         best.map(|e| e.bytes.clone())
     }
 
-    fn enforce_retention(&mut self, now_ms: i64, config: &TopicConfig) -> u64 {
+    fn enforce_retention(&mut self, now_ms: i64, config: &TopicConfig, keep_from: i64) -> u64 {
         let mut freed = 0;
+        let expendable = |e: Option<&Entry>| e.is_some_and(|e| e.header.last_offset() < keep_from);
         if config.retention_bytes >= 0 {
-            while self.size_bytes > config.retention_bytes as u64 && self.entries.len() > 1 {
+            while self.size_bytes > config.retention_bytes as u64
+                && self.entries.len() > 1
+                && expendable(self.entries.front())
+            {
                 freed += self.pop_front();
             }
         }
         if config.retention_ms >= 0 {
             while self.entries.len() > 1
+                && expendable(self.entries.front())
                 && self
                     .entries
                     .front()
@@ -281,7 +289,7 @@ mod tests {
         };
         append(&mut log, batch(3, 10));
         append(&mut log, batch(2, 20));
-        assert!(log.enforce_retention(0, &c) > 0);
+        assert!(log.enforce_retention(0, &c, i64::MAX) > 0);
         assert_eq!(log.log_start_offset(), 3);
         assert!(log.read(0, 100, true).is_err());
         let c = TopicConfig {
@@ -289,7 +297,36 @@ mod tests {
             ..TopicConfig::default()
         };
         append(&mut log, batch(1, 1000));
-        log.enforce_retention(1001, &c);
+        log.enforce_retention(1001, &c, i64::MAX);
         assert_eq!(log.log_start_offset(), 5);
+    }
+
+    #[test]
+    fn retention_keeps_what_is_not_uploaded() {
+        let mut log = MemLog::new();
+        // Three batches of 2 records, timestamped long ago (a backfill): offsets 0..6.
+        for _ in 0..3 {
+            append(&mut log, batch(2, 10));
+        }
+        let by_time = TopicConfig {
+            retention_ms: 5,
+            ..TopicConfig::default()
+        };
+        let by_size = TopicConfig {
+            retention_bytes: 1,
+            ..TopicConfig::default()
+        };
+        // Nothing uploaded: nothing goes, however old or large.
+        assert_eq!(log.enforce_retention(1_000_000, &by_time, 0), 0);
+        assert_eq!(log.enforce_retention(1_000_000, &by_size, 0), 0);
+        assert_eq!(log.log_start_offset(), 0);
+        // The first batch (offsets 0, 1) is in an object: only it goes.
+        assert!(log.enforce_retention(1_000_000, &by_time, 2) > 0);
+        assert_eq!(log.log_start_offset(), 2);
+        // Up to offset 3 uploaded; the rest stays.
+        assert!(log.enforce_retention(1_000_000, &by_size, 4) > 0);
+        assert_eq!(log.log_start_offset(), 4);
+        assert_eq!(log.enforce_retention(1_000_000, &by_time, 5), 0);
+        assert_eq!(log.log_start_offset(), 4);
     }
 }

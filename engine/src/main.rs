@@ -170,7 +170,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     )?);
     futures::executor::block_on(catalog.reconcile())
         .map_err(|e| e.context("reconciling the topic catalog with the object store's"))?;
-    offsets_topic(&catalog, slots)?;
+    offsets_topic(&catalog, slots, store.is_some())?;
     let cluster_id = cluster_id(&config.data_dir, store.as_deref())?;
     let producer_ids = store
         .clone()
@@ -357,7 +357,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(draining) = &draining {
         // Hand every slot over (uploading what is durable), then stop.
         draining.store(true, std::sync::atomic::Ordering::Relaxed);
-        membership.wait_all_closed(ringtail_engine::host::CLOSE_FLUSH_MAX);
+        membership.wait_all_closed();
     }
     runtime.stop_and_join();
     if let (Some(cluster), Some(store)) = (cluster, &store) {
@@ -368,6 +368,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         if let Ok(lease) = cluster.join() {
             futures::executor::block_on(lease.release(store.as_ref()));
         }
+    }
+    if ringtail_engine::errors::WAL_FAILED.load(std::sync::atomic::Ordering::SeqCst) {
+        bail!("stopped after a WAL write failed (see above): the disk needs attention");
     }
     tracing::info!("stopped");
     Ok(())
@@ -427,22 +430,47 @@ async fn shard_main(
 }
 
 /// The committed-offsets topic: one partition per shard, created at first start, kept forever.
-fn offsets_topic(catalog: &Catalog, slots: u32) -> anyhow::Result<Arc<TopicMeta>> {
+/// Creates the committed-offsets topic, or moves an existing one to the strongest durability
+/// the cluster offers (`durability=object` with an object store: a catalog from before that
+/// default is upgraded at start).
+fn offsets_topic(
+    catalog: &Catalog,
+    slots: u32,
+    object_store: bool,
+) -> anyhow::Result<Arc<TopicMeta>> {
     use ringtail_engine::catalog::CatalogError;
-    use ringtail_engine::coordinator::OFFSETS_TOPIC;
+    use ringtail_engine::coordinator::{
+        offsets_topic_configs, offsets_topic_upgrade, OFFSETS_TOPIC,
+    };
     // Brokers starting together race to create it: the loser adopts the winner's catalog.
     for _ in 0..OFFSETS_TOPIC_RACES_MAX {
-        if let Some(t) = catalog.snapshot().by_name(OFFSETS_TOPIC) {
-            return Ok(t.clone());
+        if let Some(t) = catalog.snapshot().by_name(OFFSETS_TOPIC).cloned() {
+            let Some(next) = offsets_topic_upgrade(&t.configs, object_store) else {
+                return Ok(t);
+            };
+            match futures::executor::block_on(catalog.alter_configs(
+                OFFSETS_TOPIC,
+                |_| Ok(next),
+                false,
+            )) {
+                Ok(t) => {
+                    tracing::info!(
+                        configs = ?t.configs,
+                        "the committed-offsets topic takes the strongest durability the cluster offers"
+                    );
+                    return Ok(t);
+                }
+                Err(CatalogError::Stale) => {
+                    futures::executor::block_on(catalog.follow())?;
+                    continue;
+                }
+                Err(e) => anyhow::bail!("upgrading {OFFSETS_TOPIC}'s configs: {e}"),
+            }
         }
-        let configs = [("retention.ms", "-1"), ("retention.bytes", "-1")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
         match futures::executor::block_on(catalog.create(
             OFFSETS_TOPIC,
             slots as i32,
-            configs,
+            offsets_topic_configs(object_store),
             false,
         )) {
             Ok(t) => {

@@ -6,7 +6,8 @@
 //! on a shard and is at most that old.
 //!
 //! `/health` answers 200 while the process runs; `/ready` answers 200 once every shard has
-//! recovered and accepts connections, and 503 before that and once shutdown began.
+//! recovered and accepts connections, and 503 before that, once shutdown began, and while a
+//! slot's uploads fail with a permanent store error (the body says which and why).
 
 use std::fmt::Write;
 use std::ops::Range;
@@ -126,6 +127,15 @@ pub struct ShardStats {
     pub object_upload_latency: Histogram,
     /// Record bytes held in the WAL that are not in a committed object yet.
     pub upload_pending_bytes: AtomicU64,
+    /// Upload and manifest-commit attempts that failed with a permanent store error (403,
+    /// NoSuchBucket: retrying alone does not cure them).
+    pub upload_permanent_errors: AtomicU64,
+    /// Slots whose uploads fail permanently now, with the last error: `/ready` answers 503
+    /// while any is set.
+    pub upload_failures: Mutex<std::collections::BTreeMap<u32, String>>,
+    /// Set when a WAL write of this shard failed (the ring's tail is uncertain): the broker
+    /// hands its slots over and stops; `/ready` answers 503 meanwhile.
+    pub wal_failure: Mutex<Option<String>>,
     /// Partition offsets and committed group offsets, copied once a second by the shard.
     pub offsets: Mutex<OffsetsSnapshot>,
 }
@@ -159,6 +169,9 @@ impl ShardStats {
             object_size: Histogram::sizes(),
             object_upload_latency: Histogram::latency(),
             upload_pending_bytes: AtomicU64::new(0),
+            upload_permanent_errors: AtomicU64::new(0),
+            upload_failures: Mutex::default(),
+            wal_failure: Mutex::default(),
             offsets: Mutex::new(OffsetsSnapshot::default()),
         }
     }
@@ -413,6 +426,9 @@ pub fn render(src: &Sources) -> String {
         ("ringtail_log_lines_suppressed_total", "counter", "Log lines clients cause (connections closed or refused, requests refused) left out by the rate limit; a summary line counts them.", |s| s.log_lines_suppressed.load(Relaxed)),
         ("ringtail_slow_requests_total", "counter", "Requests slower than --slow-request-ms (each is logged).", |s| s.slow_requests.load(Relaxed)),
         ("ringtail_upload_pending_bytes", "gauge", "Record bytes in the WAL not yet in a committed object (the uploader's backlog).", |s| s.upload_pending_bytes.load(Relaxed)),
+        ("ringtail_upload_permanent_errors_total", "counter", "Upload and manifest-commit attempts refused with a permanent store error (403, NoSuchBucket); each is retried.", |s| s.upload_permanent_errors.load(Relaxed)),
+        ("ringtail_wal_failed", "gauge", "1 once a WAL write of this shard failed: the broker hands its slots over and stops (exit code 1).", |s| u64::from(s.wal_failure.lock().unwrap().is_some())),
+        ("ringtail_uploads_failing", "gauge", "Slots whose uploads fail with a permanent store error now (/ready answers 503 meanwhile).", |s| s.upload_failures.lock().unwrap().len() as u64),
     ];
     for (name, kind, help, f) in simple {
         o.family(name, kind, help);
@@ -775,10 +791,39 @@ pub fn render(src: &Sources) -> String {
     o.family(
         "ringtail_ready",
         "gauge",
-        "1 once every shard has recovered and serves, 0 before and during shutdown.",
+        "1 once every shard has recovered and serves, 0 before, during shutdown and while uploads fail permanently (as /ready)."
     );
-    o.value("ringtail_ready", "", u8::from(src.ready.load(Relaxed)));
+    o.value("ringtail_ready", "", u8::from(readiness(src).is_ok()));
     o.0
+}
+
+/// Ready: every shard serves and no slot's uploads fail permanently. Otherwise why not.
+pub fn readiness(src: &Sources) -> Result<(), String> {
+    if !src.ready.load(Relaxed) {
+        return Err("not ready\n".into());
+    }
+    for s in &src.shards {
+        if let Some(e) = s.wal_failure.lock().unwrap().as_ref() {
+            return Err(format!(
+                "not ready: a WAL write failed on shard {} ({e}); handing the slots over and \
+                 stopping\n",
+                s.shard
+            ));
+        }
+    }
+    let mut failing = String::new();
+    for s in &src.shards {
+        for (slot, error) in s.upload_failures.lock().unwrap().iter() {
+            let _ = writeln!(failing, "slot {slot} (shard {}): {error}", s.shard);
+        }
+    }
+    if failing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "not ready: uploads to the object store fail with a permanent error (the WAL holds \
+         the data until it is full; uploads resume once the store accepts them)\n{failing}"
+    ))
 }
 
 /// Serves `/metrics`, `/health` and `/ready` on `addr` from a thread of its own; returns the
@@ -801,12 +846,13 @@ pub fn serve(addr: std::net::SocketAddr, src: Sources) -> anyhow::Result<std::ne
                 tracing::debug!("the metrics thread keeps the default scheduling policy");
             }
             for request in server.incoming_requests() {
-                let ready = src.ready.load(Relaxed);
                 let (status, body, kind) = match request.url() {
                     "/metrics" => (200, render(&src), "text/plain; version=0.0.4"),
                     "/health" => (200, "ok\n".to_string(), "text/plain"),
-                    "/ready" if ready => (200, "ready\n".to_string(), "text/plain"),
-                    "/ready" => (503, "not ready\n".to_string(), "text/plain"),
+                    "/ready" => match readiness(&src) {
+                        Ok(()) => (200, "ready\n".to_string(), "text/plain"),
+                        Err(why) => (503, why, "text/plain"),
+                    },
                     _ => (404, "not found\n".to_string(), "text/plain"),
                 };
                 let header =
@@ -831,6 +877,27 @@ mod tests {
             partition_limit: 10,
             ready: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    #[test]
+    fn a_slot_whose_uploads_fail_permanently_makes_the_broker_unready() {
+        let a = Arc::new(ShardStats::new(0));
+        let src = sources(vec![a.clone()]);
+        assert!(readiness(&src).is_ok());
+        a.upload_failures
+            .lock()
+            .unwrap()
+            .insert(3, "upload x: 403".into());
+        let why = readiness(&src).unwrap_err();
+        assert!(why.contains("slot 3 (shard 0): upload x: 403"), "{why}");
+        assert!(render(&src).contains("ringtail_ready{} 0\n"));
+        assert!(render(&src).contains("ringtail_uploads_failing{shard=\"0\"} 1\n"));
+        a.upload_failures.lock().unwrap().clear();
+        assert!(readiness(&src).is_ok());
+        *a.wal_failure.lock().unwrap() = Some("write of 4096 bytes at 0: EIO".into());
+        let why = readiness(&src).unwrap_err();
+        assert!(why.contains("WAL write failed on shard 0"), "{why}");
+        assert!(render(&src).contains("ringtail_wal_failed{shard=\"0\"} 1\n"));
     }
 
     #[test]

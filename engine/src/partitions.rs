@@ -74,6 +74,14 @@ struct Partition {
 }
 
 impl Partition {
+    /// Applies retention to the in-memory log. With an object tier (`tiered`) only batches
+    /// already in a committed object may go: memory and the WAL are their only copy until then.
+    fn enforce_retention(&mut self, now_ms: i64, tiered: bool) -> u64 {
+        let keep_from = if tiered { self.uploaded_end } else { i64::MAX };
+        self.log
+            .enforce_retention(now_ms, &self.topic.config, keep_from)
+    }
+
     fn log_start(&self) -> i64 {
         let hot = self.log.log_start_offset();
         let stored = self.cold.keys().next().map_or(hot, |&cold| cold.min(hot));
@@ -115,6 +123,8 @@ pub struct ShardState {
     pub coordinator: Coordinator,
     /// Being handed over: no new writes.
     closing: Cell<bool>,
+    /// A WAL write failed: the ring takes no more writes (see [`Self::wal_failed`]).
+    wal_broken: Cell<bool>,
     /// Called once if another broker takes the slot's manifest over (see [`Self::fenced`]).
     on_fenced: RefCell<Option<Box<dyn FnOnce()>>>,
     /// The topics; data is deleted only for those its deletion records name.
@@ -151,6 +161,7 @@ impl ShardState {
             coordinator,
             closing: Cell::new(false),
             on_fenced: RefCell::new(None),
+            wal_broken: Cell::new(false),
             catalog,
         });
         let snapshot = state.catalog.snapshot();
@@ -191,16 +202,23 @@ impl ShardState {
     }
 
     /// Clean shutdown: uploads and commits everything durable, waiting at most `limit`.
-    pub async fn flush_to_objects(&self, limit: Duration) {
+    /// Uploads and commits everything durable, waiting as long as the store needs (saying so
+    /// every [`crate::host::CLOSE_FLUSH_LOG_INTERVAL`]); returns early only if another owner
+    /// fenced the slot.
+    pub async fn flush_to_objects(&self, slot: u32) {
         let Some(tier) = &self.tier else { return };
         tier.start_flush();
-        let deadline = Instant::now() + limit;
+        let started = Instant::now();
+        let mut logged = Instant::now();
         while !tier.is_idle() && !tier.is_fenced() {
-            if Instant::now() > deadline {
-                tracing::warn!(
-                    "shutdown: gave up waiting for the last upload; the WAL still holds the data"
+            if logged.elapsed() >= crate::host::CLOSE_FLUSH_LOG_INTERVAL {
+                logged = Instant::now();
+                tracing::error!(
+                    slot,
+                    waited_s = started.elapsed().as_secs(),
+                    "slot hand-over waits for the upload of acknowledged records (the store \
+                     fails, see above): the slot stays claimed until they are in the bucket"
                 );
-                return;
             }
             ringtail_shards::sleep(Duration::from_millis(10)).await;
         }
@@ -253,6 +271,29 @@ impl ShardState {
     }
 
     /// What to do when another broker takes the slot's manifest over (the host closes it).
+    /// A WAL write failed: the ring's tail is uncertain and it takes no more writes. Rather
+    /// than keep the slot owned and read-only, the broker stops: `/ready` and
+    /// `ringtail_wal_failed` say so at once, then SIGTERM runs the usual hand-over (everything
+    /// durable is uploaded first, so nothing acknowledged is lost; producers get retriable
+    /// errors meanwhile) and the process ends with exit code 1.
+    fn wal_failed(&self, reason: &str) {
+        self.wal_broken.set(true);
+        self.stats
+            .wal_failure
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| reason.to_string());
+        if !crate::errors::WAL_FAILED.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                shard = self.stats.shard,
+                %reason,
+                "a WAL write failed: handing every slot over (uploading what is durable), then \
+                 stopping with exit code 1"
+            );
+            let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
+        }
+    }
+
     pub fn set_on_fenced(&self, f: impl FnOnce() + 'static) {
         *self.on_fenced.borrow_mut() = Some(Box::new(f));
     }
@@ -287,10 +328,13 @@ impl ShardState {
 
     /// Whether some partition has writes whose WAL write has not finished.
     pub fn writes_in_flight(&self) -> bool {
-        self.partitions
-            .borrow()
-            .values()
-            .any(|p| p.next_offset > p.log_end())
+        // After a failed write nothing more becomes durable: nothing is worth waiting for.
+        !self.wal_broken.get()
+            && self
+                .partitions
+                .borrow()
+                .values()
+                .any(|p| p.next_offset > p.log_end())
     }
 
     /// Every partition's offsets and the committed offsets of the groups this slot
@@ -553,7 +597,7 @@ impl ShardState {
             add(&self.stats.wal_superseded_records, *records);
         }
         for p in parts.values_mut() {
-            p.log.enforce_retention(now, &p.topic.config);
+            p.enforce_retention(now, self.tier.is_some());
         }
         Ok(live)
     }
@@ -753,6 +797,9 @@ impl ShardState {
                 Ok(Ok(())) => true,
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "produce failed in the WAL");
+                    if let WalError::Failed(reason) = &e {
+                        self.wal_failed(reason);
+                    }
                     false
                 }
                 Err(_) => false,
@@ -863,7 +910,7 @@ impl ShardState {
                         tag.bytes.clone(),
                     );
                 }
-                p.log.enforce_retention(now, &p.topic.config);
+                p.enforce_retention(now, self.tier.is_some());
                 wake(p.waiters.drain(..));
             }
         }
@@ -1027,7 +1074,7 @@ impl ShardState {
         for (key, p) in self.partitions.borrow_mut().iter_mut() {
             if key.topic_id == topic.id {
                 p.topic = topic.clone();
-                p.log.enforce_retention(now, &topic.config);
+                p.enforce_retention(now, self.tier.is_some());
             }
         }
         self.trim_wal();
@@ -1552,7 +1599,16 @@ async fn upload_loop(weak: Weak<ShardState>, tick: Duration) {
     let mut last_gc: Option<Instant> = None;
     let mut last_merge = Instant::now();
     loop {
-        ringtail_shards::sleep(tick).await;
+        let requested = weak
+            .upgrade()
+            .and_then(|s| s.tier.as_ref().map(|t| t.seal_requested()));
+        match requested {
+            // A waiting producer wakes the loop at once (the bound is the tick).
+            Some(rx) => {
+                let _ = ringtail_shards::timeout(tick, rx).await;
+            }
+            None => return,
+        }
         let Some(state) = weak.upgrade() else { return };
         if let Some(tier) = state.tier.clone() {
             if last_retention.elapsed() >= OBJECT_RETENTION_INTERVAL || tier.take_deletion_request()

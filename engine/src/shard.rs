@@ -49,8 +49,8 @@ pub struct ProduceItem {
     pub topic: Arc<TopicMeta>,
     pub batches: Vec<ValidBatch>,
     /// How long the answer may wait for the upload (`durability=object`): the request's
-    /// `timeout_ms`; then REQUEST_TIMED_OUT (retriable; the batches stay written). None: as long
-    /// as it takes.
+    /// `timeout_ms` (0: not at all; capped, see `api::produce::upload_wait`); then
+    /// REQUEST_TIMED_OUT (retriable; the batches stay written). None: as long as it takes.
     pub upload_timeout: Option<std::time::Duration>,
 }
 

@@ -27,6 +27,8 @@ const RETRY_DELAY_MIN: Duration = Duration::from_millis(50);
 const RETRY_DELAY_MAX: Duration = Duration::from_secs(5);
 /// How long start-up keeps retrying a store that answers with retryable errors.
 pub const STARTUP_RETRY_MAX: Duration = Duration::from_secs(60);
+/// While uploads fail with a permanent error, it is logged (at error level) at most this often.
+pub const PERMANENT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 pub struct Tier {
     pub store: Arc<dyn ObjectStore>,
@@ -59,6 +61,11 @@ pub struct Tier {
     stalled: RefCell<Option<(Instant, Sealed)>>,
     /// Record bytes sealed into the object being uploaded (not committed yet).
     in_flight_bytes: Cell<u64>,
+    /// Since when uploads fail with a permanent store error, and when that was last logged.
+    failing_since: Cell<Option<Instant>>,
+    failure_logged: Cell<Option<Instant>>,
+    /// Wakes the upload loop out of its tick when a producer waits for an upload.
+    wake: RefCell<Option<futures::channel::oneshot::Sender<()>>>,
     stats: Arc<ShardStats>,
 }
 
@@ -123,6 +130,9 @@ impl Tier {
             retired: RefCell::new(std::collections::VecDeque::new()),
             stalled: RefCell::new(None),
             in_flight_bytes: Cell::new(0),
+            failing_since: Cell::new(None),
+            failure_logged: Cell::new(None),
+            wake: RefCell::new(None),
             stats,
         })
     }
@@ -156,6 +166,9 @@ impl Tier {
             self.oldest.set(Some(Instant::now()));
         }
         self.publish_pending();
+        if self.urgent.get() {
+            self.request_seal();
+        }
     }
 
     pub fn is_fenced(&self) -> bool {
@@ -166,6 +179,23 @@ impl Tier {
     /// is waiting for it).
     pub fn request_seal(&self) {
         self.urgent.set(true);
+        if let Some(tx) = self.wake.borrow_mut().take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Resolves when a seal is requested and there is something to seal (at once if so
+    /// already): the upload loop waits on it with its tick as the bound, so a waiting producer
+    /// (`durability=object`, an offset commit) does not also wait for the tick.
+    pub fn seal_requested(&self) -> futures::channel::oneshot::Receiver<()> {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        // Only with something to seal: a producer asks before its batch is durable (and added).
+        if self.urgent.get() && !self.builder.borrow().is_empty() {
+            let _ = tx.send(());
+        } else {
+            *self.wake.borrow_mut() = Some(tx);
+        }
+        rx
     }
 
     /// Run the deletion pass at the next tick (a DeleteRecords is waiting for it).
@@ -239,14 +269,18 @@ impl Tier {
         let size: u64 = sealed.pieces.iter().map(|p| p.len() as u64).sum();
         let data_bytes: u64 = sealed.index.spans.iter().map(|s| s.byte_len).sum();
         let t = Instant::now();
-        retry(&format!("upload {}", sealed.key), || {
-            put_object(
-                self.store.clone(),
-                sealed.key.clone(),
-                sealed.pieces.clone(),
-            )
-        })
-        .await;
+        let mut delay = RETRY_DELAY_MIN;
+        while let Err(e) = put_object(
+            self.store.clone(),
+            sealed.key.clone(),
+            sealed.pieces.clone(),
+        )
+        .await
+        {
+            self.store_failed(&format!("upload {}", sealed.key), &e, delay);
+            ringtail_shards::sleep(jitter(delay)).await;
+            delay = (delay * 2).min(RETRY_DELAY_MAX);
+        }
         let upload_ms = t.elapsed().as_millis();
         let object = ObjectRef {
             key: sealed.key.clone(),
@@ -263,6 +297,7 @@ impl Tier {
             match self.manifests.commit(Some(&current), next).await {
                 Ok(c) => {
                     *self.committed.borrow_mut() = c;
+                    self.store_recovered();
                     break;
                 }
                 Err(e @ CommitError::Fenced { .. }) | Err(e @ CommitError::Corrupt { .. }) => {
@@ -278,7 +313,7 @@ impl Tier {
                     return Err(e);
                 }
                 Err(CommitError::Store(e)) => {
-                    tracing::warn!(error = %e, key = %sealed.key, "manifest commit failed; retrying");
+                    self.store_failed(&format!("manifest commit of {}", sealed.key), &e, delay);
                     ringtail_shards::sleep(jitter(delay)).await;
                     delay = (delay * 2).min(RETRY_DELAY_MAX);
                 }
@@ -567,6 +602,7 @@ impl Tier {
             match self.manifests.commit(Some(&current), next).await {
                 Ok(c) => {
                     *self.committed.borrow_mut() = c;
+                    self.store_recovered();
                     // Only now that no committed manifest references them.
                     for key in unreferenced {
                         if let Err(e) = self.store.delete(&key).await {
@@ -587,7 +623,7 @@ impl Tier {
                     return Err(e);
                 }
                 Err(CommitError::Store(e)) => {
-                    tracing::warn!(error = %e, "manifest commit (deletion) failed; retrying");
+                    self.store_failed("manifest commit (deletion)", &e, delay);
                     ringtail_shards::sleep(jitter(delay)).await;
                     delay = (delay * 2).min(RETRY_DELAY_MAX);
                 }
@@ -638,6 +674,70 @@ async fn retry<T>(
                 delay = (delay * 2).min(RETRY_DELAY_MAX);
             }
         }
+    }
+}
+
+impl Tier {
+    /// A store request of the upload path failed; it is retried after `delay`. A retryable
+    /// error (503, 500, no connection) is a warning. A permanent one (403, NoSuchBucket: an
+    /// operator must act) is counted, logged at error level at most once per
+    /// [`PERMANENT_ERROR_LOG_INTERVAL`], and makes `/ready` answer 503 until a commit succeeds;
+    /// retrying goes on meanwhile (the WAL holds the data), so the fix needs no restart.
+    fn store_failed(&self, what: &str, e: &StoreError, delay: Duration) {
+        if e.is_retryable() {
+            tracing::warn!(slot = self.shard, error = %e, "{what} failed; retrying in {delay:?}");
+            return;
+        }
+        self.stats
+            .upload_permanent_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let since = *self.failing_since.get().get_or_insert_with(Instant::now);
+        self.failing_since.set(Some(since));
+        self.stats
+            .upload_failures
+            .lock()
+            .unwrap()
+            .insert(self.shard, format!("{what}: {e}"));
+        let quiet = self
+            .failure_logged
+            .get()
+            .is_some_and(|t| t.elapsed() < PERMANENT_ERROR_LOG_INTERVAL);
+        if quiet {
+            tracing::debug!(slot = self.shard, error = %e, "{what} failed (permanent); retrying in {delay:?}");
+            return;
+        }
+        self.failure_logged.set(Some(Instant::now()));
+        tracing::error!(
+            slot = self.shard,
+            error = %e,
+            failing_for = ?since.elapsed(),
+            "{what} fails with a permanent error: check the bucket and the credentials; \
+             retrying (the WAL holds the data until it is full), /ready answers 503 meanwhile"
+        );
+    }
+
+    /// A manifest commit succeeded: uploads work again (or the slot closes).
+    fn store_recovered(&self) {
+        if let Some(since) = self.failing_since.take() {
+            self.failure_logged.set(None);
+            self.stats
+                .upload_failures
+                .lock()
+                .unwrap()
+                .remove(&self.shard);
+            tracing::info!(slot = self.shard, failed_for = ?since.elapsed(), "uploads resume: the store accepts them again");
+        }
+    }
+}
+
+impl Drop for Tier {
+    /// A closed slot no longer keeps the broker unready.
+    fn drop(&mut self) {
+        self.stats
+            .upload_failures
+            .lock()
+            .unwrap()
+            .remove(&self.shard);
     }
 }
 

@@ -291,13 +291,23 @@ async fn retention_and_deletion_remove_objects() {
         .create()
         .unwrap();
     let deadline = Instant::now() + TIMEOUT;
+    // Settled: the log starts have not moved for longer than a deletion pass interval (the
+    // last uploads are still followed by passes; a read racing them restarts at the end).
+    let mut settled: Option<(Vec<i64>, Instant)> = None;
     loop {
         let lows: Vec<i64> = (0..PARTITIONS)
             .map(|p| c.fetch_watermarks("tiered", p, TIMEOUT).unwrap().0)
             .collect();
         let (_, bytes) = rto_bytes(objects.path());
         if lows.iter().all(|&l| l > 0) && bytes < 1_500_000 {
-            break;
+            match &settled {
+                Some((before, since)) if *before == lows => {
+                    if since.elapsed() >= Duration::from_millis(1500) {
+                        break;
+                    }
+                }
+                _ => settled = Some((lows.clone(), Instant::now())),
+            }
         }
         assert!(
             Instant::now() < deadline,

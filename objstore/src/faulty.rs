@@ -19,6 +19,16 @@ pub struct Faults {
     pub error_ppm: u32,
     /// Added to every request.
     pub latency: Duration,
+    /// While this file exists, every request fails as a connection error would (an outage a
+    /// test starts and ends from outside the process).
+    pub down_while: Option<std::path::PathBuf>,
+    /// While this file exists, every request fails with 403 AccessDenied: a permanent error
+    /// (wrong credentials, a missing bucket) that retrying does not cure.
+    pub forbidden_while: Option<std::path::PathBuf>,
+    /// While this file exists, writes of data objects (keys ending `.rto`) fail as a connection
+    /// error would; everything else (leases, manifests, the catalog) works: uploads stall while
+    /// the cluster's bookkeeping goes on.
+    pub uploads_down_while: Option<std::path::PathBuf>,
 }
 
 pub struct Faulty<S> {
@@ -31,7 +41,8 @@ pub struct Faulty<S> {
 }
 
 impl Faults {
-    /// Parses `throttle=0.2,error=0.05,latency-ms=10` (rates are fractions of requests).
+    /// Parses `throttle=0.2,error=0.05,latency-ms=10,down-while=PATH,forbidden-while=PATH,
+    /// uploads-down-while=PATH` (rates are fractions of requests).
     pub fn parse(spec: &str) -> Result<Faults, String> {
         let mut f = Faults::default();
         for item in spec.split(',').filter(|s| !s.is_empty()) {
@@ -56,7 +67,14 @@ impl Faults {
                     f.latency =
                         Duration::from_millis(v.parse().map_err(|_| format!("latency-ms={v}"))?)
                 }
-                _ => return Err(format!("unknown fault {k:?} (throttle, error, latency-ms)")),
+                "down-while" => f.down_while = Some(v.into()),
+                "forbidden-while" => f.forbidden_while = Some(v.into()),
+                "uploads-down-while" => f.uploads_down_while = Some(v.into()),
+                _ => {
+                    return Err(format!(
+                        "unknown fault {k:?} (throttle, error, latency-ms, down-while, forbidden-while, uploads-down-while)"
+                    ))
+                }
             }
         }
         Ok(f)
@@ -100,6 +118,29 @@ impl<S: ObjectStore> Faulty<S> {
         (x % 1_000_000) as u32
     }
 
+    /// A write of a data object while `uploads_down_while` exists fails at once.
+    fn upload<T: Send + 'static>(
+        &self,
+        op: &str,
+        key: &str,
+        real: impl FnOnce() -> BoxFuture<'static, StoreResult<T>>,
+    ) -> BoxFuture<'static, StoreResult<T>> {
+        let down = key.ends_with(".rto")
+            && self
+                .faults
+                .lock()
+                .unwrap()
+                .uploads_down_while
+                .as_ref()
+                .is_some_and(|p| p.exists());
+        if down {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+            let e = StoreError::Transient(format!("{op} {key}: injected upload outage"));
+            return Box::pin(async move { Err(e) });
+        }
+        self.wrap(op, real)
+    }
+
     /// Decides the fault first: a faulted request never reaches the inner store.
     fn wrap<T: Send + 'static>(
         &self,
@@ -107,9 +148,14 @@ impl<S: ObjectStore> Faulty<S> {
         real: impl FnOnce() -> BoxFuture<'static, StoreResult<T>>,
     ) -> BoxFuture<'static, StoreResult<T>> {
         let f = self.faults.lock().unwrap().clone();
-        let fault = if self.down.load(Ordering::SeqCst) {
+        let exists = |p: &Option<std::path::PathBuf>| p.as_ref().is_some_and(|p| p.exists());
+        let fault = if self.down.load(Ordering::SeqCst) || exists(&f.down_while) {
             Some(StoreError::Transient(format!(
                 "{op}: injected outage (connection refused)"
+            )))
+        } else if exists(&f.forbidden_while) {
+            Some(StoreError::Fatal(format!(
+                "{op}: injected 403 AccessDenied"
             )))
         } else {
             let r = self.roll();
@@ -153,7 +199,7 @@ impl<S: ObjectStore> ObjectStore for Faulty<S> {
         body: Bytes,
         condition: Condition,
     ) -> BoxFuture<'static, StoreResult<String>> {
-        self.wrap("put", || self.inner.put(key, body, condition))
+        self.upload("put", key, || self.inner.put(key, body, condition))
     }
     fn get(&self, key: &str, range: Option<Range<u64>>) -> BoxFuture<'static, StoreResult<Bytes>> {
         self.wrap("get", || self.inner.get(key, range))
@@ -168,7 +214,7 @@ impl<S: ObjectStore> ObjectStore for Faulty<S> {
         self.wrap("delete", || self.inner.delete(key))
     }
     fn create_multipart(&self, key: &str) -> BoxFuture<'static, StoreResult<String>> {
-        self.wrap("create_multipart", || self.inner.create_multipart(key))
+        self.upload("create_multipart", key, || self.inner.create_multipart(key))
     }
     fn upload_part(
         &self,
@@ -177,7 +223,7 @@ impl<S: ObjectStore> ObjectStore for Faulty<S> {
         number: i32,
         body: Bytes,
     ) -> BoxFuture<'static, StoreResult<Part>> {
-        self.wrap("upload_part", || {
+        self.upload("upload_part", key, || {
             self.inner.upload_part(key, upload_id, number, body)
         })
     }
@@ -187,7 +233,7 @@ impl<S: ObjectStore> ObjectStore for Faulty<S> {
         upload_id: &str,
         parts: Vec<Part>,
     ) -> BoxFuture<'static, StoreResult<String>> {
-        self.wrap("complete_multipart", || {
+        self.upload("complete_multipart", key, || {
             self.inner.complete_multipart(key, upload_id, parts)
         })
     }

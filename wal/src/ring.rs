@@ -540,6 +540,9 @@ impl<T: Clone + 'static> Writer<T> {
     }
 
     async fn write_chunk(&self, group: &[Pending<T>]) -> Result<(), String> {
+        if let Some(reason) = injected_write_failure() {
+            return Err(reason);
+        }
         let bs = BLOCK_SIZE as u64;
         let len = chunk_len(group.iter().map(|p| p.payload.len()), BLOCK_SIZE as usize) as u64;
         assert!(
@@ -688,7 +691,7 @@ impl<T: Clone + 'static> Writer<T> {
 
     /// A failed write leaves the ring's tail uncertain: fail everything queued and refuse more.
     fn fail(&self, group: Vec<Pending<T>>, reason: String) {
-        tracing::error!(%reason, "WAL write failed; this shard refuses produce until restart");
+        tracing::error!(%reason, "WAL write failed; this ring takes no more writes");
         let pending: Vec<Pending<T>> = {
             let mut s = self.state.borrow_mut();
             s.failed = Some(reason.clone());
@@ -700,4 +703,16 @@ impl<T: Clone + 'static> Writer<T> {
             let _ = p.done.send(Err(WalError::Failed(reason.clone())));
         }
     }
+}
+
+/// Test only: while the file named by `RINGTAIL_TEST_WAL_FAIL_WHILE` exists, every WAL write
+/// fails as a failing disk's would (EIO), so tests can drive the write-failure path of a real
+/// broker. Unset (production): one cached environment lookup, no file check.
+fn injected_write_failure() -> Option<String> {
+    static PATH: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let path =
+        PATH.get_or_init(|| std::env::var_os("RINGTAIL_TEST_WAL_FAIL_WHILE").map(PathBuf::from));
+    path.as_ref()
+        .filter(|p| p.exists())
+        .map(|p| format!("injected write failure (EIO) while {} exists", p.display()))
 }

@@ -1,5 +1,7 @@
 //! Produce: validate batches on the receiving shard, append on the owner, answer per partition.
 
+use std::time::Duration;
+
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
@@ -15,6 +17,21 @@ use crate::shard::{
 
 type Slot = Result<usize, ProduceOutcome>;
 
+/// The longest a `durability=object` produce waits for its upload, whatever its `timeout_ms`
+/// asks (a negative one asks for no bound; the answer still comes, REQUEST_TIMED_OUT if the
+/// store has been down that long).
+pub const UPLOAD_WAIT_MAX: Duration = Duration::from_secs(300);
+
+/// How long a produce waits for its upload: `timeout_ms` as Kafka reads it (the longest wait
+/// for the acknowledgement; 0 answers at once), capped at [`UPLOAD_WAIT_MAX`]; a negative
+/// timeout gets the cap.
+pub fn upload_wait(timeout_ms: i32) -> Duration {
+    if timeout_ms < 0 {
+        return UPLOAD_WAIT_MAX;
+    }
+    Duration::from_millis(timeout_ms as u64).min(UPLOAD_WAIT_MAX)
+}
+
 pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Reply {
     if input.copied_bytes > 0 {
         tracing::debug!(
@@ -23,9 +40,7 @@ pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Re
         );
     }
     let acks = input.acks;
-    // 0 (or less): no bound.
-    let upload_timeout =
-        (input.timeout_ms > 0).then(|| std::time::Duration::from_millis(input.timeout_ms as u64));
+    let upload_timeout = Some(upload_wait(input.timeout_ms));
     let snapshot = broker.catalog.snapshot();
     // Per partition: the index of its item for the owner, or an immediate (error) outcome.
     let mut shape: Vec<(String, Vec<(i32, Slot)>)> = Vec::new();
@@ -191,4 +206,18 @@ async fn refuse_producers(broker: &Broker, items: &[(Route, ProduceItem)]) -> Ve
                 .then_some(ResponseError::UnknownProducerId.code())
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_wait_follows_timeout_ms_within_the_cap() {
+        assert_eq!(upload_wait(0), Duration::ZERO);
+        assert_eq!(upload_wait(1500), Duration::from_millis(1500));
+        assert_eq!(upload_wait(-1), UPLOAD_WAIT_MAX);
+        assert_eq!(upload_wait(i32::MIN), UPLOAD_WAIT_MAX);
+        assert_eq!(upload_wait(i32::MAX), UPLOAD_WAIT_MAX);
+    }
 }
