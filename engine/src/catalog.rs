@@ -116,7 +116,10 @@ struct OnDisk {
     deleted: Vec<DeletedTopic>,
 }
 
-const FORMAT_VERSION: u32 = 1;
+/// 2: generations and deletion records. A broker of the version before refuses it (it would
+/// write a catalog without them, unconditionally, at its start); this one reads 1 as generation 0.
+const FORMAT_VERSION: u32 = 2;
+const FORMAT_VERSION_LEGACY: u32 = 1;
 /// Producer ids reserved per catalog write without an object store.
 const PRODUCER_ID_BLOCK: i64 = 1000;
 
@@ -132,7 +135,8 @@ impl OnDisk {
     fn parse(json: &[u8]) -> anyhow::Result<OnDisk> {
         let disk: OnDisk = serde_json::from_slice(json)?;
         anyhow::ensure!(
-            disk.format_version == FORMAT_VERSION,
+            disk.format_version == FORMAT_VERSION
+                || (disk.format_version == FORMAT_VERSION_LEGACY && disk.generation == 0),
             "unknown catalog format {}",
             disk.format_version
         );
@@ -229,6 +233,34 @@ impl Catalog {
             if let Some(body) = mirror.read().await? {
                 let theirs = OnDisk::parse(&body)
                     .map_err(|e| anyhow::anyhow!("the bucket's catalog: {e}"))?;
+                if theirs.generation == 0 && local.generation == 0 {
+                    // Both from before generations, when a broker wrote its own copy first and
+                    // the bucket's after (a push that failed left the bucket behind): neither is
+                    // known to be newer, so the union is the first generation.
+                    let ours: Vec<Arc<TopicMeta>> = local
+                        .topics()
+                        .into_iter()
+                        .filter(|t| !theirs.topics.iter().any(|o| o.id == t.id))
+                        .collect();
+                    if !ours.is_empty() {
+                        let mut union: Vec<Arc<TopicMeta>> = theirs
+                            .topics()?
+                            .into_iter()
+                            .filter(|o| !ours.iter().any(|t| t.name == o.name))
+                            .collect();
+                        tracing::warn!(
+                            topics = ?ours.iter().map(|t| &t.name).collect::<Vec<_>>(),
+                            "the object store's catalog (from before generations) lacks topics this \
+                             broker's has: writing the union as generation 1"
+                        );
+                        union.extend(ours);
+                        let next = build(1, union, HashMap::new());
+                        match self.push_and_install(mirror, &next).await {
+                            Err(CatalogError::Stale) => continue,
+                            other => return other.map_err(|e| anyhow::anyhow!("{e}")),
+                        }
+                    }
+                }
                 if theirs.generation >= local.generation {
                     if theirs.generation > local.generation {
                         tracing::info!(
@@ -327,15 +359,27 @@ impl Catalog {
 
     /// Persists `disk` here (on a thread of its own: the write ends with fsyncs, which must
     /// not stall the shard that changes topics) and publishes it.
+    /// With an object store the bucket's copy is the catalog and this one a cache: a failed
+    /// local write is logged and the version published all the same, so that this broker's
+    /// snapshot never lags the version its next compare-and-swap names (it would build that
+    /// generation again, over the one the others adopted). Without a store a failed write fails.
     async fn install(&self, disk: &OnDisk) -> Result<(), CatalogError> {
         if let Some(path) = self.path.clone() {
             let json = disk.to_json();
-            ringtail_shards::off_thread("ringtail-catalog", move || {
+            let written = ringtail_shards::off_thread("ringtail-catalog", move || {
                 write_atomically(&path, &json)
                     .map_err(|e| CatalogError::Storage(format!("{}: {e}", path.display())))
             })
             .await
-            .unwrap_or_else(|| Err(CatalogError::Storage("the write thread failed".into())))?;
+            .unwrap_or_else(|| Err(CatalogError::Storage("the write thread failed".into())));
+            match written {
+                Err(e) if self.mirror.is_some() => tracing::error!(
+                    error = %e,
+                    generation = disk.generation,
+                    "could not write the topic catalog's local copy; the object store holds it"
+                ),
+                other => other?,
+            }
         }
         self.load(disk)
             .map_err(|e| CatalogError::Storage(e.to_string()))
@@ -354,17 +398,24 @@ impl Catalog {
         if let Some(d) = deleted {
             next.deleted.insert(d.id, d);
         }
-        let disk = self.to_disk(&next, next.generation);
-        if let Some(mirror) = &self.mirror {
-            match mirror.push(disk.to_json().into()).await {
-                Ok(()) => {}
-                Err(ringtail_objstore::StoreError::PreconditionFailed(_)) => {
-                    return Err(CatalogError::Stale)
-                }
-                Err(e) => return Err(CatalogError::Storage(format!("object store: {e}"))),
-            }
+        match &self.mirror {
+            Some(mirror) => self.push_and_install(mirror, &next).await,
+            None => self.install(&self.to_disk(&next, next.generation)).await,
         }
-        self.install(&disk).await
+    }
+
+    /// Writes `next` to the bucket (compare-and-swap on the version last seen), then here.
+    async fn push_and_install(
+        &self,
+        mirror: &CatalogMirror,
+        next: &Snapshot,
+    ) -> Result<(), CatalogError> {
+        let disk = self.to_disk(next, next.generation);
+        match mirror.push(disk.to_json().into()).await {
+            Ok(()) => self.install(&disk).await,
+            Err(ringtail_objstore::StoreError::PreconditionFailed(_)) => Err(CatalogError::Stale),
+            Err(e) => Err(CatalogError::Storage(format!("object store: {e}"))),
+        }
     }
 
     /// Creates a topic (or only validates it). Returns the new topic.
@@ -756,6 +807,75 @@ mod tests {
             assert!(stale.snapshot().by_name("d").is_some());
             assert!(controller.follow().await.unwrap().is_none());
             assert!(controller.snapshot().by_name("e").is_none());
+        })
+    }
+
+    /// Review of issue 17: a change the bucket took while this broker's local write failed is
+    /// published all the same; it was kept unpublished, and the next change rebuilt that
+    /// generation without it and wrote it over the bucket's (topic `x` vanished).
+    #[test]
+    fn a_change_in_the_bucket_is_never_rebuilt_without_it() {
+        futures::executor::block_on(async {
+            let (b, d0) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let store = bucket(b.path());
+            let c = broker_catalog(d0.path(), &store).await;
+            c.create("a", 1, BTreeMap::new(), false).await.unwrap();
+            // The local write fails: its temporary file's name is taken by a directory.
+            let blocker = d0.path().join("catalog.json.tmp");
+            std::fs::create_dir(&blocker).unwrap();
+            let x = c.create("x", 1, BTreeMap::new(), false).await.unwrap();
+            assert!(c.snapshot().by_name("x").is_some());
+            std::fs::remove_dir(&blocker).unwrap();
+            c.create("y", 1, BTreeMap::new(), false).await.unwrap();
+            let fresh = tempfile::tempdir().unwrap();
+            let other = broker_catalog(fresh.path(), &store).await;
+            let s = other.snapshot();
+            assert_eq!(
+                s.by_name("x").map(|t| t.id),
+                Some(x.id),
+                "x survives in the bucket"
+            );
+            assert!(s.by_name("y").is_some() && s.by_name("a").is_some());
+        })
+    }
+
+    /// Catalogs from before generations (format 1) on both sides that differ: the bucket's
+    /// copy may have missed a push, so neither wins alone; the union is generation 1.
+    #[test]
+    fn legacy_catalogs_that_differ_are_united() {
+        futures::executor::block_on(async {
+            let (b, d0) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let legacy = |names: &[(&str, &str)]| {
+                let topics: Vec<String> = names
+                    .iter()
+                    .map(|(n, id)| {
+                        format!(r#"{{"name":"{n}","id":"{id}","partitions":1,"configs":{{}}}}"#)
+                    })
+                    .collect();
+                format!(
+                    r#"{{"format_version":1,"topics":[{}],"next_producer_id":0}}"#,
+                    topics.join(",")
+                )
+            };
+            let a = "00000000-0000-0000-0000-00000000000a";
+            let bb = "00000000-0000-0000-0000-00000000000b";
+            std::fs::write(
+                d0.path().join("catalog.json"),
+                legacy(&[("a", a), ("b", bb)]),
+            )
+            .unwrap();
+            std::fs::write(b.path().join("catalog.json"), legacy(&[("a", a)])).unwrap();
+            let store = bucket(b.path());
+            let c = broker_catalog(d0.path(), &store).await;
+            let s = c.snapshot();
+            assert_eq!(s.generation, 1);
+            assert!(s.by_name("a").is_some() && s.by_name("b").is_some());
+            let fresh = tempfile::tempdir().unwrap();
+            let other = broker_catalog(fresh.path(), &store).await;
+            assert!(
+                other.snapshot().by_name("b").is_some(),
+                "the union is in the bucket"
+            );
         })
     }
 

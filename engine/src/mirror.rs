@@ -50,12 +50,12 @@ impl CatalogMirror {
                     return Ok(());
                 }
                 Err(StoreError::PreconditionFailed(why)) => {
-                    if attempt > 1 {
-                        let etag = self.store.head(CATALOG_KEY).await?.etag;
-                        if self.store.get(CATALOG_KEY, None).await? == body {
-                            *known = Some(etag);
-                            return Ok(());
-                        }
+                    // Also on a first attempt: the store client may have retried the PUT
+                    // itself after its answer was lost.
+                    let etag = self.store.head(CATALOG_KEY).await?.etag;
+                    if self.store.get(CATALOG_KEY, None).await? == body {
+                        *known = Some(etag);
+                        return Ok(());
                     }
                     return Err(StoreError::PreconditionFailed(why));
                 }

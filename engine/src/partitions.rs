@@ -516,7 +516,7 @@ impl ShardState {
                 {
                     return Err(format!("entry {} disagrees with the batch it holds", h.seq));
                 }
-                let topic = known_topic(snapshot, &key)?;
+                let topic = known_topic(snapshot, &key, self.tier.is_none())?;
                 let mut is_superseded = false;
                 if let Some(topic) = topic {
                     let p = parts.entry(key).or_insert_with(|| Partition::new(topic));
@@ -930,7 +930,11 @@ impl ShardState {
                             t.header.last_offset() < p.log.log_start_offset().max(p.uploaded_end)
                         }
                         // Only a deleted topic's batches go without being uploaded.
-                        None => snapshot.was_deleted(&t.key.topic_id),
+                        None => {
+                            snapshot.was_deleted(&t.key.topic_id)
+                                || (self.tier.is_none()
+                                    && snapshot.by_id(&t.key.topic_id).is_none())
+                        }
                     }
             });
         }
@@ -1100,7 +1104,7 @@ fn named_partition<'a>(
         topic_id: Uuid::from_bytes(topic_id),
         partition: index,
     };
-    Ok(known_topic(snapshot, &pk)?
+    Ok(known_topic(snapshot, &pk, false)?
         .map(|topic| parts.entry(pk).or_insert_with(|| Partition::new(topic))))
 }
 
@@ -1108,11 +1112,17 @@ fn named_partition<'a>(
 /// error if the catalog does not know it (or not that many partitions) and has no record of
 /// its deletion: the catalog is older than the data, and the slot must not open on it — its
 /// data would be neither served nor kept (issue 17: data of topics merely missing from a
-/// catalog was deleted).
-fn known_topic(snapshot: &Snapshot, key: &PartitionKey) -> Result<Option<Arc<TopicMeta>>, String> {
+/// catalog was deleted). Without an object store (`local_catalog`) the broker's own catalog is
+/// the only one, no newer one can come, and (as before deletions were recorded) a topic it does
+/// not know was deleted.
+fn known_topic(
+    snapshot: &Snapshot,
+    key: &PartitionKey,
+    local_catalog: bool,
+) -> Result<Option<Arc<TopicMeta>>, String> {
     match snapshot.by_id(&key.topic_id) {
         Some(t) if key.partition < t.partitions => Ok(Some(t.clone())),
-        None if snapshot.was_deleted(&key.topic_id) => Ok(None),
+        None if local_catalog || snapshot.was_deleted(&key.topic_id) => Ok(None),
         _ => Err(format!(
             "the slot holds data of topic id {} partition {}, which the topic catalog (generation \
              {}) neither has nor records as deleted: waiting for a newer catalog",

@@ -274,3 +274,42 @@ async fn topics_created_while_the_controller_restarts_are_never_lost() {
     let (records, _) = common::read_all(&b1.bootstrap(), "t19", 1);
     assert_eq!(records.len(), 3);
 }
+
+/// Review of issue 17: a broker without an object store, upgraded from a catalog without
+/// generations, keeps starting after its first topic change. Its WAL ring still holds batches
+/// of a topic the old version deleted (a chunk they share with live batches is not trimmed);
+/// its own catalog is the only one, so a topic it does not know was deleted. Before, the
+/// restart after the first change failed ("neither has nor records as deleted").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_without_a_store_upgraded_from_a_legacy_catalog_keeps_starting() {
+    let data = tempfile::tempdir().unwrap();
+    let flags = ["--shards", "1", "--object-store", "none"];
+    let b = TestBroker::start_at(data.path(), &flags);
+    common::create_topic(&b.bootstrap(), "keep", 1, &[]).await;
+    common::create_topic(&b.bootstrap(), "gone", 1, &[]).await;
+    produce(&b.bootstrap(), "keep", 3).await;
+    produce(&b.bootstrap(), "gone", 3).await;
+    assert_eq!(b.terminate(), Some(0));
+
+    // The old version's catalog: format 1, no generation, no deletion records, `gone` deleted.
+    let path = data.path().join("catalog.json");
+    let mut catalog: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let object = catalog.as_object_mut().unwrap();
+    object.remove("generation");
+    object.remove("deleted");
+    object.insert("format_version".into(), 1.into());
+    object["topics"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|t| t["name"] != "gone");
+    std::fs::write(&path, serde_json::to_vec(&catalog).unwrap()).unwrap();
+
+    let b = TestBroker::start_at(data.path(), &flags);
+    common::create_topic(&b.bootstrap(), "after", 1, &[]).await;
+    assert_eq!(b.terminate(), Some(0));
+    let b = TestBroker::start_at(data.path(), &flags);
+    let (records, _) = common::read_all(&b.bootstrap(), "keep", 1);
+    assert_eq!(records.len(), 3);
+    assert!(!topics(&b.bootstrap()).iter().any(|n| n == "gone"));
+}
