@@ -144,7 +144,10 @@ async fn local_directory_object_tier() {
         .filter(|p| p.ends_with(".rto"))
         .map(|p| std::fs::metadata(p).unwrap().len())
         .sum();
-    assert!(stored >= 350 * 10_000, "every record went out ({stored} bytes in objects)");
+    assert!(
+        stored >= 350 * 10_000,
+        "every record went out ({stored} bytes in objects)"
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<String> {

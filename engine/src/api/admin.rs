@@ -37,7 +37,7 @@ pub async fn create_topics(
     header: &Header,
     request: CreateTopicsRequest,
 ) -> CreateTopicsResponse {
-    let duplicates = repeated(request.topics.iter().map(|t| t.name.to_string()));
+    let duplicates = super::repeated(request.topics.iter().map(|t| t.name.to_string()));
     let mut results = Vec::with_capacity(request.topics.len());
     for t in request.topics {
         results.push(create_topic(broker, header, &duplicates, request.validate_only, t).await);
@@ -160,20 +160,6 @@ async fn create_topic(
     }
 }
 
-/// The values that occur more than once.
-fn repeated<T: Eq + std::hash::Hash>(values: impl Iterator<Item = T>) -> HashSet<T> {
-    let mut seen = HashSet::new();
-    let mut twice = HashSet::new();
-    for v in values {
-        if seen.contains(&v) {
-            twice.insert(v);
-        } else {
-            seen.insert(v);
-        }
-    }
-    twice
-}
-
 /// Topics change only on the controller (cluster mode); elsewhere NOT_CONTROLLER, and the
 /// client asks the controller Metadata names.
 fn controller_only(broker: &Broker) -> Result<(), String> {
@@ -218,7 +204,7 @@ pub async fn delete_topics(
             .collect()
     };
     // A topic named (or identified) twice is refused, as Kafka does, and not deleted.
-    let duplicate = repeated(wanted.iter().map(|(name, id)| (name.clone(), *id)));
+    let duplicate = super::repeated(wanted.iter().map(|(name, id)| (name.clone(), *id)));
     let mut responses = Vec::new();
     for (name, id) in wanted {
         if duplicate.contains(&(name.clone(), id)) {
@@ -297,7 +283,7 @@ pub async fn create_partitions(
     request: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
     let node = broker.config.node_id;
-    let duplicate = repeated(request.topics.iter().map(|t| t.name.to_string()));
+    let duplicate = super::repeated(request.topics.iter().map(|t| t.name.to_string()));
     let mut results = Vec::with_capacity(request.topics.len());
     for t in request.topics {
         let result = CreatePartitionsTopicResult::default().with_name(t.name.clone());

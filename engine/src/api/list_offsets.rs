@@ -1,7 +1,5 @@
 //! ListOffsets: earliest (-2), latest (-1), max timestamp (-3), earliest local (-4), by time.
 
-use std::collections::HashSet;
-
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
@@ -20,15 +18,12 @@ pub async fn handle(
     let snapshot = broker.catalog.snapshot();
     // A partition named twice is INVALID_REQUEST at each mention, as in Kafka (a lookup by
     // time can read an object: one request must not repeat it at will).
-    let mut seen = HashSet::new();
-    let mut duplicate = HashSet::new();
-    for topic in &request.topics {
-        for p in &topic.partitions {
-            if !seen.insert((topic.name.as_str(), p.partition_index)) {
-                duplicate.insert((topic.name.as_str(), p.partition_index));
-            }
-        }
-    }
+    let duplicate = super::repeated(request.topics.iter().flat_map(|topic| {
+        topic
+            .partitions
+            .iter()
+            .map(|p| (topic.name.as_str(), p.partition_index))
+    }));
     let mut slots = Vec::new();
     let mut items = Vec::new();
     for topic in &request.topics {

@@ -258,3 +258,19 @@ pub async fn handle(broker: &Broker, header: &Header, body: Body) -> Reply {
         )),
     }
 }
+
+/// The values that occur more than once.
+pub(crate) fn repeated<T: Eq + std::hash::Hash>(
+    values: impl Iterator<Item = T>,
+) -> std::collections::HashSet<T> {
+    let mut seen = std::collections::HashSet::new();
+    let mut twice = std::collections::HashSet::new();
+    for v in values {
+        if seen.contains(&v) {
+            twice.insert(v);
+        } else {
+            seen.insert(v);
+        }
+    }
+    twice
+}
