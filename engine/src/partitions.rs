@@ -360,8 +360,8 @@ impl ShardState {
         }
     }
 
-    /// Every partition's idempotent producers, for the next manifest commit (bounded:
-    /// [`Producers::snapshot`]).
+    /// Every partition's idempotent producers, for the next manifest commit (those within the
+    /// expiry window: [`Producers::snapshot`]); a large one is logged and counted.
     fn producer_snapshot(&self) -> Vec<ProducerSnapshot> {
         let parts = self.partitions.borrow();
         let now = now_ms();
@@ -379,6 +379,22 @@ impl ShardState {
                         .map(|w| (w.first_seq, w.last_seq, w.base_offset))
                         .collect(),
                 });
+            }
+        }
+        if out.len() > crate::producers::PRODUCER_SNAPSHOT_WARN_ENTRIES {
+            self.stats
+                .producer_snapshots_large
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Logged at most once a minute per process.
+            static LOGGED_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+            let last = LOGGED_MS.load(std::sync::atomic::Ordering::Relaxed);
+            if now - last >= 60_000 {
+                LOGGED_MS.store(now, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    producers = out.len(),
+                    "large producer snapshot (idempotent producers active within the expiry \
+                     window): every manifest commit carries about 100 bytes each"
+                );
             }
         }
         out
