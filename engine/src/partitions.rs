@@ -1427,6 +1427,14 @@ const OBJECT_RETENTION_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a shard retries deleting garbage whose delete failed.
 const GARBAGE_RETRY_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Whether `retention.bytes` drops a partition's oldest span (`span_bytes` of the `total` it
+/// holds): Kafka's rule for segments, only if what stays still holds at least `retention_bytes`
+/// (a merged span holds up to 32 MiB: dropping it whenever the partition is one byte over
+/// would cut the log far below the limit). Negative: no limit.
+fn drops_for_bytes(total: i64, span_bytes: i64, retention_bytes: i64) -> bool {
+    retention_bytes >= 0 && total - span_bytes >= retention_bytes
+}
+
 /// What one retention pass deletes.
 #[derive(Default)]
 struct Deletion {
@@ -1468,7 +1476,7 @@ impl ShardState {
             for (&base, (_, span)) in &p.cold {
                 let deleted = span.last_offset < below;
                 let old = cfg.retention_ms >= 0 && now - span.max_timestamp > cfg.retention_ms;
-                let over = cfg.retention_bytes >= 0 && total > cfg.retention_bytes;
+                let over = drops_for_bytes(total, span.byte_len as i64, cfg.retention_bytes);
                 if !(deleted || old || over) {
                     break;
                 }
@@ -1792,5 +1800,39 @@ fn first_record_at_or_after(batch: &Bytes, target: i64, want_max: bool) -> ListO
             tracing::error!(error = %e, base_offset = header.base_offset, "stored batch does not decode");
             ListOutcome::error(ResponseError::CorruptMessage.code())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::drops_for_bytes;
+
+    /// How many of `spans` (oldest first) retention.bytes drops, as `plan_deletion` walks them.
+    fn dropped(spans: &[i64], memory: i64, retention_bytes: i64) -> usize {
+        let mut total = spans.iter().sum::<i64>() + memory;
+        let mut n = 0;
+        for &len in spans {
+            if !drops_for_bytes(total, len, retention_bytes) {
+                break;
+            }
+            total -= len;
+            n += 1;
+        }
+        n
+    }
+
+    /// Kafka's rule: the oldest span goes only if what stays is still at least the limit.
+    #[test]
+    fn retention_bytes_keeps_at_least_the_limit() {
+        const MIB: i64 = 1 << 20;
+        // One byte over, the oldest a 32 MiB merged span: it stays (it used to go, leaving
+        // 1 MiB of a 33 MiB limit).
+        assert_eq!(dropped(&[32 * MIB, MIB], 1, 33 * MIB), 0);
+        // Exactly the limit left without it: it goes.
+        assert_eq!(dropped(&[32 * MIB, MIB], 0, MIB), 1);
+        // Small spans go one by one until the next would cut below the limit.
+        assert_eq!(dropped(&[1000; 10], 0, 7500), 2);
+        assert_eq!(dropped(&[1000; 10], 0, 0), 10);
+        assert_eq!(dropped(&[1000; 10], 0, -1), 0, "no limit");
     }
 }
