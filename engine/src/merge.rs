@@ -32,6 +32,12 @@ pub const MERGE_FANIN_MAX: usize = 64;
 pub const MERGE_RETIRE_DELAY: Duration = Duration::from_secs(30);
 /// At most one merge starts per interval (uploads go first).
 pub const MERGE_INTERVAL: Duration = Duration::from_secs(1);
+/// A manifest holding more objects than this is behind on merging: a merge runs after every
+/// upload (rather than only on a tick with nothing to upload, which steady `durability=object`
+/// traffic never leaves) and does not give way to producers waiting for an upload.
+pub const MERGE_BACKLOG_OBJECTS: usize = 2 * MERGE_FANIN_MAX;
+/// While behind, merges are planned at most this often (planning scans the manifest).
+pub const MERGE_BACKLOG_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A partition in an object: (topic id, partition index).
 type StreamKey = ([u8; 16], i32);

@@ -1668,53 +1668,62 @@ async fn upload_loop(weak: Weak<ShardState>, tick: Duration) {
             return;
         }
         tier.delete_retired().await;
-        let Some(sealed) = tier.seal_if_due() else {
-            // Nothing to upload: merge small objects, at most one merge per interval.
-            if last_merge.elapsed() >= crate::merge::MERGE_INTERVAL {
-                last_merge = Instant::now();
-                drop(state);
-                tier.busy.set(true);
-                let merged = tier.merge().await;
-                tier.busy.set(false);
-                match merged {
-                    Ok(Some(m)) => {
-                        if let Some(state) = weak.upgrade() {
-                            state.on_merged(m);
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(_) => {
-                        if let Some(state) = weak.upgrade() {
-                            state.fenced();
-                        }
-                        return;
+        // Seal first, then merge: on a tick with nothing to upload, at most one merge per
+        // interval; when merging is behind, after every upload too (steady durability=object
+        // traffic asks for an upload on every produce, so it never leaves such a tick).
+        let sealed = tier.seal_if_due();
+        let nothing_sealed = sealed.is_none();
+        if let Some(sealed) = sealed {
+            drop(state);
+            let key: Arc<str> = sealed.key.as_str().into();
+            tier.busy.set(true);
+            let producers = weak
+                .upgrade()
+                .map(|s| s.producer_snapshot())
+                .unwrap_or_default();
+            let uploaded = tier.upload(sealed, producers).await;
+            tier.busy.set(false);
+            match uploaded {
+                Ok(spans) => {
+                    if let Some(state) = weak.upgrade() {
+                        state.on_uploaded(key, spans);
                     }
                 }
+                // Kept by the tier and retried after the deletion passes meanwhile.
+                Err(crate::manifest::CommitError::TooLarge { .. }) => {}
+                Err(_) => {
+                    if let Some(state) = weak.upgrade() {
+                        state.fenced();
+                    }
+                    return;
+                }
             }
-            continue;
+        } else {
+            drop(state);
+        }
+        let due = if tier.merge_behind() {
+            last_merge.elapsed() >= crate::merge::MERGE_BACKLOG_INTERVAL
+        } else {
+            nothing_sealed && last_merge.elapsed() >= crate::merge::MERGE_INTERVAL
         };
-        drop(state);
-        let key: Arc<str> = sealed.key.as_str().into();
-        tier.busy.set(true);
-        let producers = weak
-            .upgrade()
-            .map(|s| s.producer_snapshot())
-            .unwrap_or_default();
-        let uploaded = tier.upload(sealed, producers).await;
-        tier.busy.set(false);
-        match uploaded {
-            Ok(spans) => {
-                if let Some(state) = weak.upgrade() {
-                    state.on_uploaded(key, spans);
+        if due {
+            last_merge = Instant::now();
+            tier.busy.set(true);
+            let merged = tier.merge().await;
+            tier.busy.set(false);
+            match merged {
+                Ok(Some(m)) => {
+                    if let Some(state) = weak.upgrade() {
+                        state.on_merged(m);
+                    }
                 }
-            }
-            // Kept by the tier and retried after the deletion passes meanwhile.
-            Err(crate::manifest::CommitError::TooLarge { .. }) => {}
-            Err(_) => {
-                if let Some(state) = weak.upgrade() {
-                    state.fenced();
+                Ok(None) => {}
+                Err(_) => {
+                    if let Some(state) = weak.upgrade() {
+                        state.fenced();
+                    }
+                    return;
                 }
-                return;
             }
         }
     }

@@ -483,14 +483,22 @@ impl Tier {
         }
     }
 
+    /// Whether merging is behind: the manifest holds more than [`merge::MERGE_BACKLOG_OBJECTS`]
+    /// objects. Then a merge runs after every upload and does not give way to waiting producers
+    /// (they wait one merge longer; without it steady `durability=object` traffic starves
+    /// merging and the manifest grows by an object per produce).
+    pub fn merge_behind(&self) -> bool {
+        self.committed.borrow().manifest.objects.len() > merge::MERGE_BACKLOG_OBJECTS
+    }
+
     /// Why a merge must give way now, if it must: the slot is fenced, flushing for a hand-over
-    /// or shutdown, or a producer waits for an upload.
+    /// or shutdown, or a producer waits for an upload (unless merging is behind).
     fn merge_yields(&self) -> Option<&'static str> {
         if self.fenced.get() {
             Some("fenced")
         } else if self.flushing.get() {
             Some("flushing")
-        } else if self.urgent.get() {
+        } else if self.urgent.get() && !self.merge_behind() {
             Some("a producer waits for an upload")
         } else {
             None

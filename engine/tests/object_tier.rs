@@ -745,3 +745,63 @@ async fn retention_bytes_never_drops_below_the_limit() {
     }
     assert_eq!(b.terminate(), Some(0));
 }
+
+/// Steady `durability=object` traffic (every produce asks for an upload at once, as every
+/// offset commit does) still lets merges run: the manifest stays bounded. Merges used to run
+/// only on a tick with nothing to upload, so they never did and it grew by an object per produce.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merging_keeps_up_with_steady_durability_object_traffic() {
+    const PRODUCE_FOR: Duration = Duration::from_secs(12);
+    let bound = 2 * ringtail_engine::merge::MERGE_BACKLOG_OBJECTS;
+    let data = tempfile::tempdir().unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let mut args = tier_args(&format!("file://{}", objects.path().display()));
+    // A long age: only the waiting producers make the shard seal.
+    assert_eq!(args[8], "--object-age-max-ms");
+    args[9] = "60000".into();
+    let b = start(data.path(), &args);
+    common::create_topic(
+        &b.bootstrap(),
+        "safe",
+        PARTITIONS,
+        &[("durability", "object")],
+    )
+    .await;
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .set("acks", "all")
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    let start_at = Instant::now();
+    let mut acked = 0usize;
+    let mut largest = 0usize;
+    while start_at.elapsed() < PRODUCE_FOR {
+        p.send(
+            FutureRecord::<(), [u8]>::to("safe")
+                .partition((acked % PARTITIONS as usize) as i32)
+                .payload(b"steady"),
+            TIMEOUT,
+        )
+        .await
+        .expect("ack");
+        acked += 1;
+        if acked % 20 == 0 {
+            largest = largest.max(manifest_at(objects.path()).objects.len());
+        }
+    }
+    let uploads = rto_bytes(objects.path()).0;
+    let merges = b.log_count("merged small objects");
+    eprintln!(
+        "{acked} produces, {uploads} objects on disk, {merges} merges, manifest at most {largest} objects"
+    );
+    assert!(
+        acked > bound + 100,
+        "{acked} produces: too few to show the manifest's bound"
+    );
+    assert!(
+        largest <= bound,
+        "the manifest grew to {largest} objects ({acked} produces, {merges} merges)"
+    );
+    assert_eq!(b.terminate(), Some(0));
+}
