@@ -454,21 +454,21 @@ impl Tier {
                         .borrow_mut()
                         .extend(run.iter().map(|o| (due, o.key.clone())));
                     tracing::info!(%key, bytes = size, replaced = run.len(), ms = t.elapsed().as_millis() as u64, "merged small objects");
-                    return Ok(Some(Merged {
+                    Ok(Some(Merged {
                         key,
                         spans: merged.spans,
                         replaced: run.len(),
-                    }));
+                    }))
                 }
                 Err(e @ CommitError::Fenced { .. }) | Err(e @ CommitError::Corrupt { .. }) => {
                     tracing::error!(error = %e, "object tier stops: this shard no longer owns its manifest");
                     self.fenced.set(true);
-                    return Err(e);
+                    Err(e)
                 }
                 Err(e @ CommitError::TooLarge { .. }) => {
                     // A merge only shrinks the manifest; never loop on it.
                     tracing::error!(error = %e, "manifest commit (merge) refused");
-                    return Ok(None);
+                    Ok(None)
                 }
                 Err(CommitError::Store(e)) => {
                     // Given up like a failed upload of the merged object.

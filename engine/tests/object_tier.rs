@@ -786,7 +786,7 @@ async fn merging_keeps_up_with_steady_durability_object_traffic() {
         .await
         .expect("ack");
         acked += 1;
-        if acked % 20 == 0 {
+        if acked.is_multiple_of(20) {
             largest = largest.max(manifest_at(objects.path()).objects.len());
         }
     }
