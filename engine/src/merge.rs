@@ -8,7 +8,8 @@
 //!   [`MERGE_FANIN_MAX`] objects and [`MERGE_OBJECT_BYTES_MAX`] bytes, at least
 //!   [`MERGE_FANIN_MIN`] objects;
 //! * every partition's spans in the run continue each other (offset after offset), so the merged
-//!   object holds one span per partition with the same offsets and the same bytes;
+//!   object holds each partition's bytes back to back with the same offsets, in spans of at most
+//!   [`MERGE_SPAN_BYTES_MAX`] (cut at input span boundaries) that the span cache can hold;
 //! * a run starts only at an object no larger than the rest of the run together (size tiers: a
 //!   byte is rewritten a logarithmic number of times, not at every merge).
 
@@ -27,11 +28,21 @@ pub const MERGE_OBJECT_BYTES_MAX: u64 = 32 << 20;
 pub const MERGE_FANIN_MIN: usize = 8;
 /// ...and at most this many.
 pub const MERGE_FANIN_MAX: usize = 64;
+/// A merged partition's bytes are cut into spans of at most this (at input span boundaries), so
+/// the span cache can hold them and a cold read GETs no more than this for a fetch.
+pub const MERGE_SPAN_BYTES_MAX: u64 = 4 << 20;
+const _: () = assert!(MERGE_SPAN_BYTES_MAX as usize <= crate::span_cache::SPAN_CACHE_BYTES_MAX / 4);
 /// Objects a merge replaced are deleted this long after its commit (cold reads planned on them
 /// finish first).
 pub const MERGE_RETIRE_DELAY: Duration = Duration::from_secs(30);
 /// At most one merge starts per interval (uploads go first).
 pub const MERGE_INTERVAL: Duration = Duration::from_secs(1);
+/// A manifest holding more objects than this is behind on merging: a merge runs after every
+/// upload (rather than only on a tick with nothing to upload, which steady `durability=object`
+/// traffic never leaves) and does not give way to producers waiting for an upload.
+pub const MERGE_BACKLOG_OBJECTS: usize = 2 * MERGE_FANIN_MAX;
+/// While behind, merges are planned at most this often (planning scans the manifest).
+pub const MERGE_BACKLOG_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A partition in an object: (topic id, partition index).
 type StreamKey = ([u8; 16], i32);
@@ -91,16 +102,17 @@ pub fn plan_merge(objects: &[ObjectRef]) -> Option<Range<usize>> {
 fn continuous_prefix(run: &[ObjectRef]) -> usize {
     let mut ends: HashMap<StreamKey, i64> = HashMap::new();
     for (i, o) in run.iter().enumerate() {
-        let continues = o.spans.iter().all(|s| {
-            ends.get(&(s.topic_id, s.partition))
-                .is_none_or(|&last| s.base_offset == last + 1)
-        });
-        if !continues {
-            return i;
-        }
+        // A merged object may hold several spans of a partition, each continuing the last.
+        let mut seen: HashMap<StreamKey, i64> = HashMap::new();
         for s in &o.spans {
-            ends.insert((s.topic_id, s.partition), s.last_offset);
+            let key = (s.topic_id, s.partition);
+            let last = seen.get(&key).or(ends.get(&key));
+            if last.is_some_and(|&last| s.base_offset != last + 1) {
+                return i;
+            }
+            seen.insert(key, s.last_offset);
         }
+        ends.extend(seen);
     }
     run.len()
 }
@@ -113,7 +125,9 @@ pub struct MergeLayout {
     pub pieces: Vec<Vec<(usize, Range<u64>)>>,
 }
 
-/// Lays a run out as one object: each partition's spans back to back, in offset order.
+/// Lays a run out as one object: each partition's spans back to back, in offset order, cut
+/// into output spans of at most [`MERGE_SPAN_BYTES_MAX`] at input span boundaries (an input
+/// span bigger than that is one output span).
 /// Panics if a partition's spans do not continue each other ([`plan_merge`] only picks runs
 /// where they do).
 pub fn layout(run: &[ObjectRef]) -> MergeLayout {
@@ -143,27 +157,37 @@ pub fn layout(run: &[ObjectRef]) -> MergeLayout {
                 "a merged partition's spans continue each other"
             );
         }
-        let byte_len: u64 = parts.iter().map(|(_, s)| s.byte_len).sum();
-        spans.push(Span {
-            topic_id,
-            partition,
-            base_offset: parts[0].1.base_offset,
-            last_offset: parts.last().expect("non-empty").1.last_offset,
-            byte_start: at,
-            byte_len,
-            max_timestamp: parts
-                .iter()
-                .map(|(_, s)| s.max_timestamp)
-                .max()
-                .unwrap_or(-1),
-        });
-        pieces.push(
-            parts
-                .iter()
-                .map(|&(i, s)| (i, s.byte_start..s.byte_start + s.byte_len))
-                .collect(),
-        );
-        at += byte_len;
+        // Cut where the next input span would take the output span past the cap.
+        let mut cuts: Vec<&[(usize, &Span)]> = Vec::new();
+        let mut from = 0;
+        let mut bytes = 0u64;
+        for (k, (_, s)) in parts.iter().enumerate() {
+            if k > from && bytes + s.byte_len > MERGE_SPAN_BYTES_MAX {
+                cuts.push(&parts[from..k]);
+                from = k;
+                bytes = 0;
+            }
+            bytes += s.byte_len;
+        }
+        cuts.push(&parts[from..]);
+        for cut in cuts {
+            let byte_len: u64 = cut.iter().map(|(_, s)| s.byte_len).sum();
+            spans.push(Span {
+                topic_id,
+                partition,
+                base_offset: cut[0].1.base_offset,
+                last_offset: cut.last().expect("non-empty").1.last_offset,
+                byte_start: at,
+                byte_len,
+                max_timestamp: cut.iter().map(|(_, s)| s.max_timestamp).max().unwrap_or(-1),
+            });
+            pieces.push(
+                cut.iter()
+                    .map(|&(i, s)| (i, s.byte_start..s.byte_start + s.byte_len))
+                    .collect(),
+            );
+            at += byte_len;
+        }
     }
     MergeLayout { spans, pieces }
 }
@@ -267,6 +291,80 @@ mod tests {
         assert_eq!((l.spans[1].byte_start, l.spans[1].byte_len), (100, 150));
         assert_eq!(l.pieces[1], vec![(0, 50..100), (1, 50..100), (2, 50..100)]);
         assert_eq!(l.spans[2].max_timestamp, 20);
+    }
+
+    /// A merged partition's bytes are cut into output spans of at most
+    /// [`MERGE_SPAN_BYTES_MAX`] (at input span boundaries; an input span bigger than that stays
+    /// whole), so the span cache, which refuses spans over 16 MiB, can hold them: a single
+    /// 32 MiB span was GET again, whole, for every 1 MiB fetch.
+    #[test]
+    fn a_layout_cuts_a_partitions_bytes_into_cacheable_spans() {
+        const MIB: u64 = 1 << 20;
+        let mut next = vec![0; 2];
+        let mut run: Vec<ObjectRef> = (0..10)
+            .map(|k| object(k, 1, 2, MIB, k as i64, &mut next))
+            .collect();
+        // Partition 1's spans of objects 3..: 6 MiB, more than a cut holds.
+        for o in &mut run[3..] {
+            o.spans[1].byte_len = 6 * MIB;
+        }
+        let l = layout(&run);
+        let p0: Vec<(i64, i64, u64, u64)> = l
+            .spans
+            .iter()
+            .filter(|s| s.partition == 0)
+            .map(|s| (s.base_offset, s.last_offset, s.byte_start, s.byte_len))
+            .collect();
+        assert_eq!(
+            p0,
+            vec![
+                (0, 39, 0, 4 * MIB),
+                (40, 79, 4 * MIB, 4 * MIB),
+                (80, 99, 8 * MIB, 2 * MIB)
+            ]
+        );
+        assert_eq!(l.pieces[0], (0..4).map(|k| (k, 0..MIB)).collect::<Vec<_>>());
+        assert_eq!(l.spans[2].max_timestamp, 9);
+        let p1: Vec<(i64, i64, u64)> = l
+            .spans
+            .iter()
+            .filter(|s| s.partition == 1)
+            .map(|s| (s.base_offset, s.last_offset, s.byte_len))
+            .collect();
+        let mut want = vec![(0, 29, 3 * MIB)];
+        want.extend((3..10).map(|k| (k * 10, k * 10 + 9, 6 * MIB)));
+        assert_eq!(p1, want);
+        // Back to back, each span no longer than the cap unless one input span was.
+        let mut at = 0;
+        for (s, pieces) in l.spans.iter().zip(&l.pieces) {
+            assert_eq!(s.byte_start, at);
+            assert!(s.byte_len <= MERGE_SPAN_BYTES_MAX || pieces.len() == 1);
+            at += s.byte_len;
+        }
+        // A merged object with several spans per partition merges again.
+        assert_eq!(
+            continuous_prefix(&[
+                run[0].clone(),
+                ObjectRef {
+                    spans: l.spans.clone(),
+                    ..run[0].clone()
+                }
+            ]),
+            1,
+            "offsets restart: not a continuation"
+        );
+        let mut next = vec![0; 2];
+        let first = object(100, 1, 2, MIB, 0, &mut next);
+        let mut following = layout(&run).spans;
+        for s in &mut following {
+            s.base_offset += 10;
+            s.last_offset += 10;
+        }
+        let merged = ObjectRef {
+            spans: following,
+            ..run[0].clone()
+        };
+        assert_eq!(continuous_prefix(&[first, merged]), 2);
     }
 
     /// One shard, 100 partitions, an object every 60 s of simulated time (each partition

@@ -130,6 +130,9 @@ pub struct ShardStats {
     /// Upload and manifest-commit attempts that failed with a permanent store error (403,
     /// NoSuchBucket: retrying alone does not cure them).
     pub upload_permanent_errors: AtomicU64,
+    /// Manifest commits whose producer snapshot held more than
+    /// [`crate::producers::PRODUCER_SNAPSHOT_WARN_ENTRIES`] producers (none is dropped).
+    pub producer_snapshots_large: AtomicU64,
     /// Slots whose uploads fail permanently now, with the last error: `/ready` answers 503
     /// while any is set.
     pub upload_failures: Mutex<std::collections::BTreeMap<u32, String>>,
@@ -170,6 +173,7 @@ impl ShardStats {
             object_upload_latency: Histogram::latency(),
             upload_pending_bytes: AtomicU64::new(0),
             upload_permanent_errors: AtomicU64::new(0),
+            producer_snapshots_large: AtomicU64::new(0),
             upload_failures: Mutex::default(),
             wal_failure: Mutex::default(),
             offsets: Mutex::new(OffsetsSnapshot::default()),
@@ -427,6 +431,7 @@ pub fn render(src: &Sources) -> String {
         ("ringtail_slow_requests_total", "counter", "Requests slower than --slow-request-ms (each is logged).", |s| s.slow_requests.load(Relaxed)),
         ("ringtail_upload_pending_bytes", "gauge", "Record bytes in the WAL not yet in a committed object (the uploader's backlog).", |s| s.upload_pending_bytes.load(Relaxed)),
         ("ringtail_upload_permanent_errors_total", "counter", "Upload and manifest-commit attempts refused with a permanent store error (403, NoSuchBucket); each is retried.", |s| s.upload_permanent_errors.load(Relaxed)),
+        ("ringtail_producer_snapshots_large_total", "counter", "Manifest commits whose producer snapshot held more than 100,000 producers (each ~100 bytes of every commit; none is dropped before its expiry).", |s| s.producer_snapshots_large.load(Relaxed)),
         ("ringtail_wal_failed", "gauge", "1 once a WAL write of this shard failed: the broker hands its slots over and stops (exit code 1).", |s| u64::from(s.wal_failure.lock().unwrap().is_some())),
         ("ringtail_uploads_failing", "gauge", "Slots whose uploads fail with a permanent store error now (/ready answers 503 meanwhile).", |s| s.upload_failures.lock().unwrap().len() as u64),
     ];

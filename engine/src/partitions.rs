@@ -360,8 +360,8 @@ impl ShardState {
         }
     }
 
-    /// Every partition's idempotent producers, for the next manifest commit (bounded:
-    /// [`Producers::snapshot`]).
+    /// Every partition's idempotent producers, for the next manifest commit (those within the
+    /// expiry window: [`Producers::snapshot`]); a large one is logged and counted.
     fn producer_snapshot(&self) -> Vec<ProducerSnapshot> {
         let parts = self.partitions.borrow();
         let now = now_ms();
@@ -379,6 +379,22 @@ impl ShardState {
                         .map(|w| (w.first_seq, w.last_seq, w.base_offset))
                         .collect(),
                 });
+            }
+        }
+        if out.len() > crate::producers::PRODUCER_SNAPSHOT_WARN_ENTRIES {
+            self.stats
+                .producer_snapshots_large
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Logged at most once a minute per process.
+            static LOGGED_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+            let last = LOGGED_MS.load(std::sync::atomic::Ordering::Relaxed);
+            if now - last >= 60_000 {
+                LOGGED_MS.store(now, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    producers = out.len(),
+                    "large producer snapshot (idempotent producers active within the expiry \
+                     window): every manifest commit carries about 100 bytes each"
+                );
             }
         }
         out
@@ -1411,6 +1427,14 @@ const OBJECT_RETENTION_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a shard retries deleting garbage whose delete failed.
 const GARBAGE_RETRY_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Whether `retention.bytes` drops a partition's oldest span (`span_bytes` of the `total` it
+/// holds): Kafka's rule for segments, only if what stays still holds at least `retention_bytes`
+/// (a merged span holds up to 32 MiB: dropping it whenever the partition is one byte over
+/// would cut the log far below the limit). Negative: no limit.
+fn drops_for_bytes(total: i64, span_bytes: i64, retention_bytes: i64) -> bool {
+    retention_bytes >= 0 && total - span_bytes >= retention_bytes
+}
+
 /// What one retention pass deletes.
 #[derive(Default)]
 struct Deletion {
@@ -1452,7 +1476,7 @@ impl ShardState {
             for (&base, (_, span)) in &p.cold {
                 let deleted = span.last_offset < below;
                 let old = cfg.retention_ms >= 0 && now - span.max_timestamp > cfg.retention_ms;
-                let over = cfg.retention_bytes >= 0 && total > cfg.retention_bytes;
+                let over = drops_for_bytes(total, span.byte_len as i64, cfg.retention_bytes);
                 if !(deleted || old || over) {
                     break;
                 }
@@ -1644,53 +1668,62 @@ async fn upload_loop(weak: Weak<ShardState>, tick: Duration) {
             return;
         }
         tier.delete_retired().await;
-        let Some(sealed) = tier.seal_if_due() else {
-            // Nothing to upload: merge small objects, at most one merge per interval.
-            if last_merge.elapsed() >= crate::merge::MERGE_INTERVAL {
-                last_merge = Instant::now();
-                drop(state);
-                tier.busy.set(true);
-                let merged = tier.merge().await;
-                tier.busy.set(false);
-                match merged {
-                    Ok(Some(m)) => {
-                        if let Some(state) = weak.upgrade() {
-                            state.on_merged(m);
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(_) => {
-                        if let Some(state) = weak.upgrade() {
-                            state.fenced();
-                        }
-                        return;
+        // Seal first, then merge: on a tick with nothing to upload, at most one merge per
+        // interval; when merging is behind, after every upload too (steady durability=object
+        // traffic asks for an upload on every produce, so it never leaves such a tick).
+        let sealed = tier.seal_if_due();
+        let nothing_sealed = sealed.is_none();
+        if let Some(sealed) = sealed {
+            drop(state);
+            let key: Arc<str> = sealed.key.as_str().into();
+            tier.busy.set(true);
+            let producers = weak
+                .upgrade()
+                .map(|s| s.producer_snapshot())
+                .unwrap_or_default();
+            let uploaded = tier.upload(sealed, producers).await;
+            tier.busy.set(false);
+            match uploaded {
+                Ok(spans) => {
+                    if let Some(state) = weak.upgrade() {
+                        state.on_uploaded(key, spans);
                     }
                 }
+                // Kept by the tier and retried after the deletion passes meanwhile.
+                Err(crate::manifest::CommitError::TooLarge { .. }) => {}
+                Err(_) => {
+                    if let Some(state) = weak.upgrade() {
+                        state.fenced();
+                    }
+                    return;
+                }
             }
-            continue;
+        } else {
+            drop(state);
+        }
+        let due = if tier.merge_behind() {
+            last_merge.elapsed() >= crate::merge::MERGE_BACKLOG_INTERVAL
+        } else {
+            nothing_sealed && last_merge.elapsed() >= crate::merge::MERGE_INTERVAL
         };
-        drop(state);
-        let key: Arc<str> = sealed.key.as_str().into();
-        tier.busy.set(true);
-        let producers = weak
-            .upgrade()
-            .map(|s| s.producer_snapshot())
-            .unwrap_or_default();
-        let uploaded = tier.upload(sealed, producers).await;
-        tier.busy.set(false);
-        match uploaded {
-            Ok(spans) => {
-                if let Some(state) = weak.upgrade() {
-                    state.on_uploaded(key, spans);
+        if due {
+            last_merge = Instant::now();
+            tier.busy.set(true);
+            let merged = tier.merge().await;
+            tier.busy.set(false);
+            match merged {
+                Ok(Some(m)) => {
+                    if let Some(state) = weak.upgrade() {
+                        state.on_merged(m);
+                    }
                 }
-            }
-            // Kept by the tier and retried after the deletion passes meanwhile.
-            Err(crate::manifest::CommitError::TooLarge { .. }) => {}
-            Err(_) => {
-                if let Some(state) = weak.upgrade() {
-                    state.fenced();
+                Ok(None) => {}
+                Err(_) => {
+                    if let Some(state) = weak.upgrade() {
+                        state.fenced();
+                    }
+                    return;
                 }
-                return;
             }
         }
     }
@@ -1776,5 +1809,39 @@ fn first_record_at_or_after(batch: &Bytes, target: i64, want_max: bool) -> ListO
             tracing::error!(error = %e, base_offset = header.base_offset, "stored batch does not decode");
             ListOutcome::error(ResponseError::CorruptMessage.code())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::drops_for_bytes;
+
+    /// How many of `spans` (oldest first) retention.bytes drops, as `plan_deletion` walks them.
+    fn dropped(spans: &[i64], memory: i64, retention_bytes: i64) -> usize {
+        let mut total = spans.iter().sum::<i64>() + memory;
+        let mut n = 0;
+        for &len in spans {
+            if !drops_for_bytes(total, len, retention_bytes) {
+                break;
+            }
+            total -= len;
+            n += 1;
+        }
+        n
+    }
+
+    /// Kafka's rule: the oldest span goes only if what stays is still at least the limit.
+    #[test]
+    fn retention_bytes_keeps_at_least_the_limit() {
+        const MIB: i64 = 1 << 20;
+        // One byte over, the oldest a 32 MiB merged span: it stays (it used to go, leaving
+        // 1 MiB of a 33 MiB limit).
+        assert_eq!(dropped(&[32 * MIB, MIB], 1, 33 * MIB), 0);
+        // Exactly the limit left without it: it goes.
+        assert_eq!(dropped(&[32 * MIB, MIB], 0, MIB), 1);
+        // Small spans go one by one until the next would cut below the limit.
+        assert_eq!(dropped(&[1000; 10], 0, 7500), 2);
+        assert_eq!(dropped(&[1000; 10], 0, 0), 10);
+        assert_eq!(dropped(&[1000; 10], 0, -1), 0, "no limit");
     }
 }

@@ -28,9 +28,11 @@ pub const RECENT_BATCHES: usize = 5;
 /// batch is accepted as from an unknown producer.
 pub const PRODUCER_EXPIRY_MS: i64 = 24 * 3600 * 1000;
 
-/// Producers a partition's manifest snapshot holds at most: the most recently active (one left
-/// out is, after a take-over, a producer whose state expired — Kafka's rule for those).
-pub const PRODUCER_SNAPSHOT_PER_PARTITION_MAX: usize = 64;
+/// A slot whose manifest snapshot holds more producers than this is logged and counted
+/// (`ringtail_producer_snapshots_large_total`): each costs ~100 bytes of every manifest commit.
+/// Nothing is dropped — a producer left out would, after a take-over, have a retried batch
+/// written twice; like Kafka, producers are forgotten only by time ([`PRODUCER_EXPIRY_MS`]).
+pub const PRODUCER_SNAPSHOT_WARN_ENTRIES: usize = 100_000;
 
 /// One written batch of a producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,9 +218,8 @@ impl Producers {
         });
     }
 
-    /// The producers a manifest snapshot holds, by id: those that wrote within
-    /// [`PRODUCER_EXPIRY_MS`] (a restored one counts as active now), at most
-    /// [`PRODUCER_SNAPSHOT_PER_PARTITION_MAX`], the most recently active.
+    /// The producers a manifest snapshot holds, by id: every one that wrote within
+    /// [`PRODUCER_EXPIRY_MS`] (a restored one counts as active now).
     pub fn snapshot(&self, now_ms: i64) -> Vec<(i64, &ProducerEntry)> {
         let active_ms = |e: &ProducerEntry| if e.last_ms == 0 { now_ms } else { e.last_ms };
         let mut v: Vec<(i64, &ProducerEntry)> = self
@@ -227,14 +228,7 @@ impl Producers {
             .filter(|(_, e)| now_ms - active_ms(e) < PRODUCER_EXPIRY_MS)
             .map(|(&id, e)| (id, e))
             .collect();
-        if v.len() > PRODUCER_SNAPSHOT_PER_PARTITION_MAX {
-            v.select_nth_unstable_by_key(PRODUCER_SNAPSHOT_PER_PARTITION_MAX - 1, |&(id, e)| {
-                (std::cmp::Reverse(active_ms(e)), id)
-            });
-            v.truncate(PRODUCER_SNAPSHOT_PER_PARTITION_MAX);
-        }
         v.sort_by_key(|&(id, _)| id);
-        assert!(v.len() <= PRODUCER_SNAPSHOT_PER_PARTITION_MAX);
         v
     }
 
@@ -253,11 +247,11 @@ impl Producers {
 mod tests {
     use super::*;
 
-    /// A partition written by many short-lived producers (a new producer id per process run)
-    /// snapshots only the most recently active ones that have not expired: the snapshot, part
-    /// of every manifest commit, used to hold every producer the partition knew.
+    /// A partition written by many producers snapshots every one that wrote within the expiry
+    /// window (it used to keep only the 64 most recently active: after a take-over a retried
+    /// batch of the 65th was written twice), and none idle past it.
     #[test]
-    fn a_snapshot_holds_the_most_recent_unexpired_producers_only() {
+    fn a_snapshot_holds_every_unexpired_producer() {
         let now = 10 * PRODUCER_EXPIRY_MS;
         let mut p = Producers::default();
         for id in 0..1000i64 {
@@ -265,18 +259,16 @@ mod tests {
             p.record(id, 0, 0, 1, id);
             p.by_id.get_mut(&id).unwrap().last_ms = now - PRODUCER_EXPIRY_MS - 500 + id;
         }
-        let snapshot = p.snapshot(now);
-        assert_eq!(snapshot.len(), PRODUCER_SNAPSHOT_PER_PARTITION_MAX);
-        let ids: Vec<i64> = snapshot.iter().map(|&(id, _)| id).collect();
-        let newest: Vec<i64> = (1000 - PRODUCER_SNAPSHOT_PER_PARTITION_MAX as i64..1000).collect();
-        assert_eq!(ids, newest, "the most recently active, by id");
-        // Idle past the expiry window: not in a snapshot even below the cap.
-        p.by_id.retain(|&id, _| id < 600);
         let ids: Vec<i64> = p.snapshot(now).iter().map(|&(id, _)| id).collect();
-        assert_eq!(
-            ids,
-            (501..600).collect::<Vec<_>>()[99 - PRODUCER_SNAPSHOT_PER_PARTITION_MAX..]
-        );
+        assert_eq!(ids, (501..1000).collect::<Vec<_>>(), "all unexpired, by id");
+        // Restored from the snapshot (a take-over), the oldest of them still knows its batch:
+        // a retry of it is a duplicate, not a second write.
+        let mut restored = Producers::default();
+        for (id, e) in p.snapshot(now) {
+            restored.by_id.insert(id, e.clone());
+        }
+        assert_eq!(restored.check(501, 0, 0, 1), Check::Duplicate(501));
+        assert_eq!(restored.check(999, 0, 0, 1), Check::Duplicate(999));
     }
 
     #[test]

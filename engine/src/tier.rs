@@ -345,12 +345,13 @@ impl Tier {
     /// their live bytes (one ranged GET each), uploads the merged object under the next
     /// generation's key, and commits the manifest with the run replaced — one conditional put,
     /// fenced like every commit. The replaced objects are deleted [`merge::MERGE_RETIRE_DELAY`]
-    /// later. `Ok(None)`: nothing to merge, or the store failed (the next interval tries again);
-    /// an error only when this shard was fenced. Runs on the uploader's task, never alongside an
+    /// later. `Ok(None)`: nothing to merge, the store failed (given up at once, through
+    /// `store_failed`: the next interval plans it again), or it gave way ([`Tier::merge_yields`],
+    /// checked before each GET and before the PUT); an error only when this shard was fenced. Runs on the uploader's task, never alongside an
     /// upload or a deletion pass.
     pub async fn merge(&self) -> Result<Option<Merged>, CommitError> {
         // A stalled upload holds the next generation's key, which a merge would take.
-        if self.fenced.get() || self.flushing.get() || self.stalled.borrow().is_some() {
+        if self.merge_yields().is_some() || self.stalled.borrow().is_some() {
             return Ok(None);
         }
         let (run, epoch, generation) = {
@@ -367,6 +368,10 @@ impl Tier {
         let layout = merge::layout(&run);
         let mut bodies = Vec::with_capacity(run.len());
         for o in &run {
+            if let Some(why) = self.merge_yields() {
+                tracing::debug!(why, "merge abandoned");
+                return Ok(None);
+            }
             let extent = merge::live_extent(o);
             assert!(o
                 .spans
@@ -405,18 +410,25 @@ impl Tier {
         let size: u64 = pieces.iter().map(|p| p.len() as u64).sum();
         let key = object_key(self.shard, epoch, generation + 1);
         let t = Instant::now();
-        retry(&format!("upload merged {key}"), || {
-            put_object(self.store.clone(), key.clone(), pieces.clone())
-        })
-        .await;
+        if let Some(why) = self.merge_yields() {
+            tracing::debug!(why, "merge abandoned before its upload");
+            return Ok(None);
+        }
+        // Never retried: a failed merge is given up (the next interval plans it again), so
+        // uploads, a hand-over's flush and shutdown never wait behind it. What the PUT may have
+        // left under `key` is overwritten by the next upload or merge, which takes the same
+        // generation's key (so it must not go to garbage collection).
+        if let Err(e) = put_object(self.store.clone(), key.clone(), pieces).await {
+            self.store_failed(&format!("upload merged {key}"), &e, merge::MERGE_INTERVAL);
+            return Ok(None);
+        }
         let merged = ObjectRef {
             key: key.clone(),
             size,
             spans: layout.spans,
             node: run[0].node,
         };
-        let mut delay = RETRY_DELAY_MIN;
-        loop {
+        {
             let current = self.committed.borrow().clone();
             let at = current
                 .manifest
@@ -436,33 +448,60 @@ impl Tier {
             match self.manifests.commit(Some(&current), next).await {
                 Ok(c) => {
                     *self.committed.borrow_mut() = c;
+                    self.store_recovered();
                     let due = Instant::now() + merge::MERGE_RETIRE_DELAY;
                     self.retired
                         .borrow_mut()
                         .extend(run.iter().map(|o| (due, o.key.clone())));
                     tracing::info!(%key, bytes = size, replaced = run.len(), ms = t.elapsed().as_millis() as u64, "merged small objects");
-                    return Ok(Some(Merged {
+                    Ok(Some(Merged {
                         key,
                         spans: merged.spans,
                         replaced: run.len(),
-                    }));
+                    }))
                 }
                 Err(e @ CommitError::Fenced { .. }) | Err(e @ CommitError::Corrupt { .. }) => {
                     tracing::error!(error = %e, "object tier stops: this shard no longer owns its manifest");
                     self.fenced.set(true);
-                    return Err(e);
+                    Err(e)
                 }
                 Err(e @ CommitError::TooLarge { .. }) => {
                     // A merge only shrinks the manifest; never loop on it.
                     tracing::error!(error = %e, "manifest commit (merge) refused");
-                    return Ok(None);
+                    Ok(None)
                 }
                 Err(CommitError::Store(e)) => {
-                    tracing::warn!(error = %e, "manifest commit (merge) failed; retrying");
-                    ringtail_shards::sleep(jitter(delay)).await;
-                    delay = (delay * 2).min(RETRY_DELAY_MAX);
+                    // Given up like a failed upload of the merged object.
+                    self.store_failed(
+                        &format!("manifest commit (merge {key})"),
+                        &e,
+                        merge::MERGE_INTERVAL,
+                    );
+                    Ok(None)
                 }
             }
+        }
+    }
+
+    /// Whether merging is behind: the manifest holds more than [`merge::MERGE_BACKLOG_OBJECTS`]
+    /// objects. Then a merge runs after every upload and does not give way to waiting producers
+    /// (they wait one merge longer; without it steady `durability=object` traffic starves
+    /// merging and the manifest grows by an object per produce).
+    pub fn merge_behind(&self) -> bool {
+        self.committed.borrow().manifest.objects.len() > merge::MERGE_BACKLOG_OBJECTS
+    }
+
+    /// Why a merge must give way now, if it must: the slot is fenced, flushing for a hand-over
+    /// or shutdown, or a producer waits for an upload (unless merging is behind).
+    fn merge_yields(&self) -> Option<&'static str> {
+        if self.fenced.get() {
+            Some("fenced")
+        } else if self.flushing.get() {
+            Some("flushing")
+        } else if self.urgent.get() && !self.merge_behind() {
+            Some("a producer waits for an upload")
+        } else {
+            None
         }
     }
 
@@ -660,23 +699,6 @@ fn next_log_starts(
     (log_starts, merged)
 }
 
-async fn retry<T>(
-    what: &str,
-    mut op: impl FnMut() -> futures::future::BoxFuture<'static, Result<T, StoreError>>,
-) -> T {
-    let mut delay = RETRY_DELAY_MIN;
-    loop {
-        match op().await {
-            Ok(v) => return v,
-            Err(e) => {
-                tracing::warn!(error = %e, "{what} failed; retrying in {delay:?}");
-                ringtail_shards::sleep(jitter(delay)).await;
-                delay = (delay * 2).min(RETRY_DELAY_MAX);
-            }
-        }
-    }
-}
-
 impl Tier {
     /// A store request of the upload path failed; it is retried after `delay`. A retryable
     /// error (503, 500, no connection) is a warning. A permanent one (403, NoSuchBucket: an
@@ -791,6 +813,7 @@ mod tests {
     use futures::executor::block_on;
     use kafka_protocol::records::Compression;
     use ringtail_netio::batch::{split_and_validate, testing};
+    use std::future::Future as _;
 
     fn batch(base: i64, n: i64) -> (ringtail_netio::batch::BatchHeader, Bytes) {
         let values = (0..n).map(|i| Some(Bytes::from(format!("value-{base}-{i}"))));
@@ -934,5 +957,175 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(loaded, taken);
+    }
+
+    /// A store whose PUTs of data objects (keys ending `.rto`) fail with 403 while `refuse` is
+    /// set; everything else reaches the local store.
+    struct RefusingPuts {
+        inner: Arc<dyn ObjectStore>,
+        refuse: std::sync::atomic::AtomicBool,
+    }
+
+    impl RefusingPuts {
+        fn refused(&self, key: &str) -> Option<StoreError> {
+            (key.ends_with(".rto") && self.refuse.load(std::sync::atomic::Ordering::SeqCst))
+                .then(|| StoreError::Fatal(format!("put {key}: 403 AccessDenied")))
+        }
+    }
+
+    impl ObjectStore for RefusingPuts {
+        fn put(
+            &self,
+            key: &str,
+            body: Bytes,
+            condition: Condition,
+        ) -> futures::future::BoxFuture<'static, ringtail_objstore::StoreResult<String>> {
+            match self.refused(key) {
+                Some(e) => Box::pin(async move { Err(e) }),
+                None => self.inner.put(key, body, condition),
+            }
+        }
+        fn get(
+            &self,
+            key: &str,
+            range: Option<std::ops::Range<u64>>,
+        ) -> futures::future::BoxFuture<'static, ringtail_objstore::StoreResult<Bytes>> {
+            self.inner.get(key, range)
+        }
+        fn head(
+            &self,
+            key: &str,
+        ) -> futures::future::BoxFuture<
+            'static,
+            ringtail_objstore::StoreResult<ringtail_objstore::ObjectMeta>,
+        > {
+            self.inner.head(key)
+        }
+        fn list(
+            &self,
+            prefix: &str,
+        ) -> futures::future::BoxFuture<
+            'static,
+            ringtail_objstore::StoreResult<Vec<ringtail_objstore::ObjectMeta>>,
+        > {
+            self.inner.list(prefix)
+        }
+        fn delete(
+            &self,
+            key: &str,
+        ) -> futures::future::BoxFuture<'static, ringtail_objstore::StoreResult<()>> {
+            self.inner.delete(key)
+        }
+        fn create_multipart(
+            &self,
+            key: &str,
+        ) -> futures::future::BoxFuture<'static, ringtail_objstore::StoreResult<String>> {
+            match self.refused(key) {
+                Some(e) => Box::pin(async move { Err(e) }),
+                None => self.inner.create_multipart(key),
+            }
+        }
+        fn upload_part(
+            &self,
+            key: &str,
+            upload_id: &str,
+            number: i32,
+            body: Bytes,
+        ) -> futures::future::BoxFuture<'static, ringtail_objstore::StoreResult<Part>> {
+            self.inner.upload_part(key, upload_id, number, body)
+        }
+        fn complete_multipart(
+            &self,
+            key: &str,
+            upload_id: &str,
+            parts: Vec<Part>,
+        ) -> futures::future::BoxFuture<'static, ringtail_objstore::StoreResult<String>> {
+            self.inner.complete_multipart(key, upload_id, parts)
+        }
+        fn abort_multipart(
+            &self,
+            key: &str,
+            upload_id: &str,
+        ) -> futures::future::BoxFuture<'static, ringtail_objstore::StoreResult<()>> {
+            self.inner.abort_multipart(key, upload_id)
+        }
+    }
+
+    /// A merge whose upload the store refuses (403) is given up at once — it never blocks the
+    /// uploader — and reported like a failed upload (`/ready` answers 503); once the store
+    /// accepts writes again, uploads and merges go on under the same keys.
+    #[test]
+    fn a_merge_the_store_refuses_is_given_up_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let local: Arc<dyn ObjectStore> =
+            Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+        let store = Arc::new(RefusingPuts {
+            inner: local,
+            refuse: std::sync::atomic::AtomicBool::new(false),
+        });
+        let (tier, _) = tier_with_objects(store.clone(), 9);
+        store
+            .refuse
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let given_up = futures::executor::block_on(async {
+            futures::future::select(
+                Box::pin(tier.merge()),
+                Box::pin(futures_timer(Duration::from_secs(10))),
+            )
+            .await
+        });
+        let futures::future::Either::Left((given_up, _)) = given_up else {
+            panic!("the merge still retries its refused upload after 10 s");
+        };
+        assert!(matches!(given_up, Ok(None)), "{given_up:?}");
+        assert_eq!(tier.committed_objects().len(), 9, "nothing committed");
+        assert!(!tier.is_fenced());
+        assert!(
+            tier.stats.upload_failures.lock().unwrap().contains_key(&0),
+            "/ready reports the permanent error"
+        );
+        store
+            .refuse
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let merged = block_on(tier.merge())
+            .unwrap()
+            .expect("merged once allowed");
+        assert_eq!(merged.replaced, 9);
+        assert!(tier.stats.upload_failures.lock().unwrap().is_empty());
+    }
+
+    /// A merge gives way between its reads when a flush starts (a hand-over or shutdown must
+    /// not wait for up to 64 GETs and a 32 MiB PUT): nothing is uploaded or committed.
+    #[test]
+    fn a_merge_gives_way_to_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+        let (tier, _) = tier_with_objects(store.clone(), 9);
+        let keys_before = block_on(store.list("")).unwrap().len();
+        let mut merge = Box::pin(tier.merge());
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        // The first poll sends the first GET (the local store answers on its own runtime).
+        assert!(merge.as_mut().poll(&mut cx).is_pending());
+        tier.start_flush();
+        let out = block_on(merge);
+        assert!(matches!(out, Ok(None)), "{out:?}");
+        assert_eq!(tier.committed_objects().len(), 9);
+        assert_eq!(
+            block_on(store.list("")).unwrap().len(),
+            keys_before,
+            "no merged object"
+        );
+    }
+
+    /// A timer for tests driven by `futures::executor` (no shard reactor).
+    async fn futures_timer(d: Duration) {
+        let (tx, rx) = futures::channel::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            std::thread::sleep(d);
+            let _ = tx.send(());
+        });
+        let _ = rx.await;
     }
 }

@@ -303,8 +303,7 @@ async fn retention_and_deletion_remove_objects() {
         let lows: Vec<i64> = (0..PARTITIONS)
             .map(|p| c.fetch_watermarks("tiered", p, TIMEOUT).unwrap().0)
             .collect();
-        let (_, bytes) = rto_bytes(objects.path());
-        if lows.iter().all(|&l| l > 0) && bytes < 1_500_000 {
+        if lows.iter().all(|&l| l > 0) {
             match &settled {
                 Some((before, since)) if *before == lows => {
                     if since.elapsed() >= Duration::from_millis(1500) {
@@ -316,7 +315,23 @@ async fn retention_and_deletion_remove_objects() {
         }
         assert!(
             Instant::now() < deadline,
-            "retention did not act: lows {lows:?}, {bytes} object bytes"
+            "retention did not act: lows {lows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Objects nobody references are deleted: those retention dropped at once, those a merge
+    // replaced after MERGE_RETIRE_DELAY.
+    let deadline = Instant::now() + ringtail_engine::merge::MERGE_RETIRE_DELAY + TIMEOUT;
+    loop {
+        let (on_disk, bytes) = rto_bytes(objects.path());
+        let referenced = manifest_at(objects.path()).objects.len();
+        if on_disk == referenced {
+            assert!(bytes < 1_500_000, "{bytes} bytes retained");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{on_disk} objects on disk, {referenced} referenced"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -643,5 +658,150 @@ async fn small_objects_are_merged_and_read_back() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(consume_all(&b), acked, "after a restart");
+    assert_eq!(b.terminate(), Some(0));
+}
+
+/// retention.bytes follows Kafka's rule for segments: the oldest span goes only if what stays
+/// still holds at least retention.bytes. A merged span holds up to 32 MiB of a partition; it
+/// used to be dropped whole as soon as the partition was one byte over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_bytes_never_drops_below_the_limit() {
+    let data = tempfile::tempdir().unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let b = start(
+        data.path(),
+        &tier_args(&format!("file://{}", objects.path().display())),
+    );
+    common::create_topic(&b.bootstrap(), "tiered", PARTITIONS, &[]).await;
+    produce(&b, 0, 300).await;
+    // Partition 0's spans once all 100 records are in objects and the first span is a merged
+    // one (more than a few records).
+    let spans = |m: &ringtail_engine::manifest::ShardManifest| -> Vec<(i64, i64, u64)> {
+        let mut v: Vec<(i64, i64, u64)> = m
+            .objects
+            .iter()
+            .flat_map(|o| o.spans.iter())
+            .filter(|s| s.partition == 0)
+            .map(|s| (s.base_offset, s.last_offset, s.byte_len))
+            .collect();
+        v.sort();
+        v
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (total, first) = loop {
+        let v = spans(&manifest_at(objects.path()));
+        if v.last().is_some_and(|s| s.1 == 99) && v[0].1 - v[0].0 >= 10 {
+            break (v.iter().map(|s| s.2).sum::<u64>(), v[0]);
+        }
+        assert!(Instant::now() < deadline, "not merged: {v:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .create()
+        .unwrap();
+    let set_retention = |bytes: u64| {
+        let admin = &admin;
+        async move {
+            let value = bytes.to_string();
+            let set = rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(
+                "tiered",
+            ))
+            .set("retention.bytes", &value);
+            admin
+                .alter_configs(&[set], &AdminOptions::new())
+                .await
+                .unwrap()[0]
+                .as_ref()
+                .expect("altered");
+        }
+    };
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .create()
+        .unwrap();
+    // Dropping the first span would leave less than the limit: it stays (a merge meanwhile
+    // only makes the first span bigger).
+    set_retention(total - first.2 / 2).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        c.fetch_watermarks("tiered", 0, TIMEOUT).unwrap(),
+        (0, 100),
+        "partition 0 ({total} bytes, first span {first:?}) kept at retention.bytes {}",
+        total - first.2 / 2
+    );
+    // What stays without it is exactly the limit: it goes.
+    let v = spans(&manifest_at(objects.path()));
+    set_retention(total - v[0].2).await;
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (low, high) = c.fetch_watermarks("tiered", 0, TIMEOUT).unwrap();
+        if low > 0 {
+            assert_eq!((low, high), (v[0].1 + 1, 100), "only the first span went");
+            break;
+        }
+        assert!(Instant::now() < deadline, "retention.bytes did not act");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(b.terminate(), Some(0));
+}
+
+/// Steady `durability=object` traffic (every produce asks for an upload at once, as every
+/// offset commit does) still lets merges run: the manifest stays bounded. Merges used to run
+/// only on a tick with nothing to upload, so they never did and it grew by an object per produce.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merging_keeps_up_with_steady_durability_object_traffic() {
+    const PRODUCE_FOR: Duration = Duration::from_secs(12);
+    let bound = 2 * ringtail_engine::merge::MERGE_BACKLOG_OBJECTS;
+    let data = tempfile::tempdir().unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let mut args = tier_args(&format!("file://{}", objects.path().display()));
+    // A long age: only the waiting producers make the shard seal.
+    assert_eq!(args[8], "--object-age-max-ms");
+    args[9] = "60000".into();
+    let b = start(data.path(), &args);
+    common::create_topic(
+        &b.bootstrap(),
+        "safe",
+        PARTITIONS,
+        &[("durability", "object")],
+    )
+    .await;
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .set("acks", "all")
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    let start_at = Instant::now();
+    let mut acked = 0usize;
+    let mut largest = 0usize;
+    while start_at.elapsed() < PRODUCE_FOR {
+        p.send(
+            FutureRecord::<(), [u8]>::to("safe")
+                .partition((acked % PARTITIONS as usize) as i32)
+                .payload(b"steady"),
+            TIMEOUT,
+        )
+        .await
+        .expect("ack");
+        acked += 1;
+        if acked.is_multiple_of(20) {
+            largest = largest.max(manifest_at(objects.path()).objects.len());
+        }
+    }
+    let uploads = rto_bytes(objects.path()).0;
+    let merges = b.log_count("merged small objects");
+    eprintln!(
+        "{acked} produces, {uploads} objects on disk, {merges} merges, manifest at most {largest} objects"
+    );
+    assert!(
+        acked > bound + 100,
+        "{acked} produces: too few to show the manifest's bound"
+    );
+    assert!(
+        largest <= bound,
+        "the manifest grew to {largest} objects ({acked} produces, {merges} merges)"
+    );
     assert_eq!(b.terminate(), Some(0));
 }
