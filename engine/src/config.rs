@@ -54,8 +54,9 @@ pub struct ServeArgs {
     /// connection is closed (a slowloris frame) [default: 30000].
     #[arg(long, env = "RINGTAIL_REQUEST_READ_TIMEOUT_MS")]
     pub request_read_timeout_ms: Option<u64>,
-    /// A response must be taken by the client within this long, or the connection is closed
-    /// (a client that stopped reading) [default: 30000].
+    /// A response being sent may stall this long (no byte taken by the client's socket), or
+    /// the connection is closed (a client that stopped reading); a slow but steady reader is
+    /// never cut [default: 30000].
     #[arg(long, env = "RINGTAIL_SEND_TIMEOUT_MS")]
     pub send_timeout_ms: Option<u64>,
     /// The broker's cap on a Fetch's max_bytes (fetch.max.bytes) [default: 57671680].
