@@ -317,6 +317,37 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
     );
 }
 
+/// Review of issue #17, finding 3: `--max-connections-per-ip` defaulted to 1,000, where Kafka's
+/// max.connections.per.ip is unbounded, so clients behind one NAT or proxy address were refused
+/// at 1,000. By default only the broker's total is bounded.
+#[test]
+fn by_default_one_address_may_hold_more_than_a_thousand_connections() {
+    const CONNECTIONS: usize = 1_100;
+    let nofile = raise_nofile();
+    assert!(
+        nofile >= 2 * CONNECTIONS as u64 + 600,
+        "the open-file hard limit {nofile} is too low for {CONNECTIONS} connections on both ends"
+    );
+    let broker = TestBroker::start(&["--max-connections", "1200"]);
+    let mut conns: Vec<TcpStream> = Vec::with_capacity(CONNECTIONS);
+    for i in 0..CONNECTIONS {
+        let mut s = connect_from("127.0.0.1", broker.addr);
+        assert!(
+            api_versions(&mut s),
+            "connection {i} from one address served"
+        );
+        conns.push(s);
+    }
+    assert_eq!(metric(&broker, "ringtail_connections"), CONNECTIONS as u64);
+    assert_eq!(
+        metric(
+            &broker,
+            "ringtail_connections_refused_total{reason=\"max_connections_per_ip\"}"
+        ),
+        0
+    );
+}
+
 fn create_topic(raw: &mut Raw, name: &str) {
     use kafka_protocol::messages::create_topics_request::CreatableTopic;
     let req = CreateTopicsRequest::default()
