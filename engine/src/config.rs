@@ -43,7 +43,8 @@ pub struct ServeArgs {
     /// as they arrive [default: 10000, lowered to what the open-file limit allows].
     #[arg(long, env = "RINGTAIL_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Most client connections from one IP address (max.connections.per.ip) [default: 1000].
+    /// Most client connections from one IP address (max.connections.per.ip) [default: no
+    /// per-address limit, as Kafka; only --max-connections bounds them].
     #[arg(long, env = "RINGTAIL_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<usize>,
     /// A connection that sends no request for this long is closed (connections.max.idle.ms)
@@ -54,8 +55,9 @@ pub struct ServeArgs {
     /// connection is closed (a slowloris frame) [default: 30000].
     #[arg(long, env = "RINGTAIL_REQUEST_READ_TIMEOUT_MS")]
     pub request_read_timeout_ms: Option<u64>,
-    /// A response must be taken by the client within this long, or the connection is closed
-    /// (a client that stopped reading) [default: 30000].
+    /// A response being sent may stall this long (no byte taken by the client's socket), or
+    /// the connection is closed (a client that stopped reading); a slow but steady reader is
+    /// never cut [default: 30000].
     #[arg(long, env = "RINGTAIL_SEND_TIMEOUT_MS")]
     pub send_timeout_ms: Option<u64>,
     /// The broker's cap on a Fetch's max_bytes (fetch.max.bytes) [default: 57671680].
@@ -194,7 +196,9 @@ pub struct Config {
     pub default_partitions: i32,
     pub request_bytes_max: usize,
     pub max_connections: usize,
-    pub max_connections_per_ip: usize,
+    /// None: no per-address limit (Kafka's default); clients behind one NAT or proxy address
+    /// share it.
+    pub max_connections_per_ip: Option<usize>,
     pub connections_max_idle: std::time::Duration,
     pub request_read_timeout: std::time::Duration,
     pub send_timeout: std::time::Duration,
@@ -267,9 +271,9 @@ impl std::str::FromStr for ObjectStoreUrl {
 
 pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
 
-/// Defaults of the connection limits (Kafka's are unbounded; a limit on everything is ours).
+/// Default of the connection limit (Kafka's is unbounded; a limit on everything is ours). The
+/// per-address limit has no default, as in Kafka: many clients may share one address.
 pub const MAX_CONNECTIONS_DEFAULT: usize = 10_000;
-pub const MAX_CONNECTIONS_PER_IP_DEFAULT: usize = 1_000;
 /// Kafka's connections.max.idle.ms.
 pub const CONNECTIONS_MAX_IDLE_MS_DEFAULT: u64 = 600_000;
 /// A client's own request.timeout.ms (30 s) has given up on a request by then.
@@ -342,11 +346,8 @@ impl Config {
             .max_connections
             .or(file.max_connections)
             .unwrap_or(MAX_CONNECTIONS_DEFAULT);
-        let max_connections_per_ip = args
-            .max_connections_per_ip
-            .or(file.max_connections_per_ip)
-            .unwrap_or(MAX_CONNECTIONS_PER_IP_DEFAULT);
-        if max_connections == 0 || max_connections_per_ip == 0 {
+        let max_connections_per_ip = args.max_connections_per_ip.or(file.max_connections_per_ip);
+        if max_connections == 0 || max_connections_per_ip == Some(0) {
             bail!("--max-connections and --max-connections-per-ip must be at least 1");
         }
         let fetch_bytes_max = args
@@ -628,6 +629,7 @@ mod tests {
         );
         // Connection limits: Kafka's defaults where they are bounded, and no zero limits.
         assert_eq!(c.max_connections, MAX_CONNECTIONS_DEFAULT);
+        assert_eq!(c.max_connections_per_ip, None, "unbounded, as Kafka's");
         assert_eq!(c.connections_max_idle.as_millis(), 600_000);
         assert_eq!(c.fetch_bytes_max, 57_671_680);
         for bad in [

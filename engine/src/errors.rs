@@ -15,7 +15,8 @@ pub fn batch_error_code(e: &BatchError) -> i16 {
         BatchError::Magic(_)
         | BatchError::CountMismatch { .. }
         | BatchError::Control
-        | BatchError::Sequence { .. } => ResponseError::InvalidRecord.code(),
+        | BatchError::Sequence { .. }
+        | BatchError::DecompressBudget { .. } => ResponseError::InvalidRecord.code(),
         BatchError::TooLarge { .. } => ResponseError::MessageTooLarge.code(),
         BatchError::Records(RecordsError::Codec(_) | RecordsError::Corrupt(_)) => {
             ResponseError::CorruptMessage.code()

@@ -187,9 +187,13 @@ fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(why) = lowered {
         tracing::warn!("{why}");
     }
+    // Without a per-address limit, an address may hold as many as the broker.
     let admission = Admission::new(
         connections_max,
-        config.max_connections_per_ip.min(connections_max),
+        config
+            .max_connections_per_ip
+            .unwrap_or(connections_max)
+            .min(connections_max),
     );
 
     // The metrics endpoint starts first: /ready says 503 until every shard serves.

@@ -13,7 +13,7 @@ use common::raw::{records, Raw};
 use common::TestBroker;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::{Decodable, HeaderVersion, StrBytes};
 
 /// An ApiVersions v0 request frame (header v1, null client id).
 const API_VERSIONS_V0: [u8; 14] = [0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 7, 0xff, 0xff];
@@ -317,6 +317,37 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
     );
 }
 
+/// Review of issue #17, finding 3: `--max-connections-per-ip` defaulted to 1,000, where Kafka's
+/// max.connections.per.ip is unbounded, so clients behind one NAT or proxy address were refused
+/// at 1,000. By default only the broker's total is bounded.
+#[test]
+fn by_default_one_address_may_hold_more_than_a_thousand_connections() {
+    const CONNECTIONS: usize = 1_100;
+    let nofile = raise_nofile();
+    assert!(
+        nofile >= 2 * CONNECTIONS as u64 + 600,
+        "the open-file hard limit {nofile} is too low for {CONNECTIONS} connections on both ends"
+    );
+    let broker = TestBroker::start(&["--max-connections", "1200"]);
+    let mut conns: Vec<TcpStream> = Vec::with_capacity(CONNECTIONS);
+    for i in 0..CONNECTIONS {
+        let mut s = connect_from("127.0.0.1", broker.addr);
+        assert!(
+            api_versions(&mut s),
+            "connection {i} from one address served"
+        );
+        conns.push(s);
+    }
+    assert_eq!(metric(&broker, "ringtail_connections"), CONNECTIONS as u64);
+    assert_eq!(
+        metric(
+            &broker,
+            "ringtail_connections_refused_total{reason=\"max_connections_per_ip\"}"
+        ),
+        0
+    );
+}
+
 fn create_topic(raw: &mut Raw, name: &str) {
     use kafka_protocol::messages::create_topics_request::CreatableTopic;
     let req = CreateTopicsRequest::default()
@@ -385,6 +416,85 @@ fn a_client_that_stops_reading_is_dropped_after_the_send_timeout() {
     // Others are served meanwhile and after.
     let r: FetchResponse = raw.call(ApiKey::Fetch, 11, &fetch_request("slow-reader", 1 << 20));
     assert_eq!(r.responses[0].partitions[0].error_code, 0);
+}
+
+/// Review of issue #17, finding 2: `--send-timeout-ms` bounded the whole answer, so a consumer
+/// on a link slower than answer / timeout (1.9 MB/s for a 55 MiB Fetch at 30 s) could never
+/// receive an answer whole: cut, fetch again, cut again. It now bounds a stall: the time with
+/// no byte taken by the socket. A client reading 8 MiB steadily at 2 MiB/s (4 s, with a 1 s
+/// send timeout) gets all of it; one that stops reading is still cut (test above).
+#[test]
+fn a_client_that_reads_slowly_but_steadily_gets_its_whole_answer() {
+    const ANSWER_BYTES: usize = 8 << 20;
+    const READ_BYTES_PER_S: f64 = (2 << 20) as f64;
+    let broker = TestBroker::start(&["--send-timeout-ms", "1000"]);
+    let mut raw = Raw::connect(broker.addr);
+    create_topic(&mut raw, "slow-steady");
+    fill(
+        &mut raw,
+        "slow-steady",
+        ANSWER_BYTES / (256 << 10),
+        256 << 10,
+    );
+    // A small receive buffer, so that the pace of the reads is the pace of the send.
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(64 << 10).unwrap();
+    s.connect(&broker.addr.into()).unwrap();
+    let stream: TcpStream = s.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut slow = Raw {
+        s: stream,
+        correlation: 0,
+    };
+    let frame = slow.encode(ApiKey::Fetch, 11, &fetch_request("slow-steady", 50 << 20));
+    slow.send_frame(&frame);
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut chunk = vec![0u8; 32 << 10];
+    let complete = loop {
+        if answer.len() >= 4
+            && answer.len() == 4 + u32::from_be_bytes(answer[..4].try_into().unwrap()) as usize
+        {
+            break true;
+        }
+        let n = match slow.s.read(&mut chunk) {
+            Ok(0) | Err(_) => break false,
+            Ok(n) => n,
+        };
+        answer.extend_from_slice(&chunk[..n]);
+        // Never ahead of the pace.
+        let due = Duration::from_secs_f64(answer.len() as f64 / READ_BYTES_PER_S);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    };
+    let took = started.elapsed();
+    println!("read {} bytes in {took:?}, whole: {complete}", answer.len());
+    assert!(
+        complete,
+        "the answer was cut after {} bytes and {took:?}",
+        answer.len()
+    );
+    assert!(
+        took > Duration::from_secs(2),
+        "the read was slower than the send timeout"
+    );
+    let mut body = Bytes::from(answer).slice(4..);
+    let header = ResponseHeader::decode(&mut body, FetchResponse::header_version(11)).unwrap();
+    assert_eq!(header.correlation_id, slow.correlation);
+    let r = FetchResponse::decode(&mut body, 11).unwrap();
+    let p = &r.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    assert!(p.records.as_ref().map_or(0, Bytes::len) >= ANSWER_BYTES);
+    assert_eq!(
+        metric(
+            &broker,
+            "ringtail_connections_closed_total{reason=\"send_timeout\"}"
+        ),
+        0
+    );
 }
 
 #[test]

@@ -521,6 +521,73 @@ fn compression_bombs_are_refused_and_large_batches_are_read_as_streams() {
     b.assert_alive();
 }
 
+/// Review of issue #17, finding 1: the decompression cap was per batch, and a valid batch can
+/// be tiny: a ~4 kB zstd batch holding one record of 127 MiB of zeros passes it. A produce of
+/// 250 of them (1 MiB, across two partitions) made one shard thread decompress 31 GiB before
+/// answering. A request now has a budget of decompressed bytes (128 MiB + 16 x its record
+/// bytes, at most 1 GiB): beyond it its remaining compressed batches are refused
+/// (INVALID_RECORD) without being read, so the request costs little CPU. Honest compressed
+/// produce within the budget is stored (see the test above and the client tests).
+#[test]
+fn a_request_of_many_small_compression_bombs_is_refused_within_its_budget() {
+    const INVALID_RECORD: i16 = 87;
+    const BOMBS_PER_PARTITION: usize = 125;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    let mut b = TestBroker::start(&["--shards", "1"]);
+    let mut raw = Raw::connect(b.addr);
+    create(&mut raw, "bombs", 2);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let bomb = zstd_zero_batch(now, &[127 << 20]);
+    let mut set = bytes::BytesMut::new();
+    for _ in 0..BOMBS_PER_PARTITION {
+        set.extend_from_slice(&bomb);
+    }
+    let set = set.freeze();
+    println!(
+        "{BOMBS_PER_PARTITION} bombs of {} bytes each (127 MiB of records): {} bytes per partition",
+        bomb.len(),
+        set.len()
+    );
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(30_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(name("bombs"))
+            .with_partition_data(
+                (0..2)
+                    .map(|p| {
+                        PartitionProduceData::default()
+                            .with_index(p)
+                            .with_records(Some(set.clone()))
+                    })
+                    .collect(),
+            )]);
+    let cpu_before = cpu_seconds(b.pid());
+    let started = Instant::now();
+    let resp: ProduceResponse = raw.call(ApiKey::Produce, 9, &req);
+    let took = started.elapsed();
+    let cpu = cpu_seconds(b.pid()) - cpu_before;
+    let codes: Vec<i16> = resp.responses[0]
+        .partition_responses
+        .iter()
+        .map(|p| p.error_code)
+        .collect();
+    println!("answered {codes:?} after {took:?}, broker CPU {cpu:.2} s");
+    assert_eq!(
+        codes,
+        [INVALID_RECORD, INVALID_RECORD],
+        "the bombs are refused"
+    );
+    assert!(cpu < 1.0, "the request cost {cpu:.2} s of broker CPU");
+    // Nothing was appended; one bomb alone (within the budget) is still accepted.
+    assert_eq!(raw.produce("bombs", 0, records(&[b"after"]), -1), (0, 0));
+    assert_eq!(raw.produce("bombs", 1, bomb, -1), (0, 0));
+    b.assert_alive();
+}
+
 /// A batch of one record with the given attributes, producer id, epoch and base sequence
 /// (CRC fixed up).
 fn producer_batch(attributes: i16, producer_id: i64, epoch: i16, sequence: i32) -> bytes::Bytes {

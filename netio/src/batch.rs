@@ -38,6 +38,8 @@ const MAGIC_OFFSET: usize = 16;
 const CRC_OFFSET: usize = 17;
 const CRC_START: usize = 21;
 const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
+/// The attribute bits naming the compression codec (0: none).
+const COMPRESSION_MASK: i16 = 0x07;
 
 /// Why a batch was refused. Each maps to one Kafka error code in the engine.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +58,12 @@ pub enum BatchError {
     CountMismatch { count: i32, last_offset_delta: i32 },
     #[error("record set holds no batch")]
     Empty,
+    #[error(
+        "the request's records expand beyond its decompression budget of {budget_bytes} bytes \
+         (128 MiB + 16 x its record bytes, at most 1 GiB); its remaining compressed batches \
+         are refused"
+    )]
+    DecompressBudget { budget_bytes: u64 },
     #[error(transparent)]
     Records(#[from] RecordsError),
     #[error("clients are not allowed to write control batches")]
@@ -176,78 +184,177 @@ impl ValidBatch {
     }
 }
 
+/// Bytes of records every produce request may decompress, whatever its size: one batch at
+/// the per-batch cap always fits.
+pub const REQUEST_DECOMPRESSED_BYTES_BASE: u64 = DECOMPRESSED_BATCH_BYTES_MAX as u64;
+/// Plus this many times the request's record bytes: real producers' data compresses 2-10x
+/// (text, JSON, logs), so 16x leaves room; a bomb expands 1000x and more.
+pub const REQUEST_DECOMPRESSION_RATIO: u64 = 16;
+/// The most one request may decompress: about 0.1 s of zstd and 1-2 s of gzip on one core,
+/// the longest validation may hold a shard thread for one request.
+pub const REQUEST_DECOMPRESSED_BYTES_MAX: u64 = 1 << 30;
+
+/// The bytes of records one produce request may still decompress to validate its compressed
+/// batches, shared by all its partitions. The per-batch cap
+/// ([`DECOMPRESSED_BATCH_BYTES_MAX`]) alone bounds memory, not CPU: a batch of a few kB can
+/// expand to 127 MiB, and a request can hold thousands of them. Uncompressed batches are not
+/// charged: walking them costs what their bytes, already received, cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecompressBudget {
+    total: u64,
+    spent: u64,
+}
+
+impl DecompressBudget {
+    /// The budget of a request carrying `record_bytes` bytes of record sets:
+    /// [`REQUEST_DECOMPRESSED_BYTES_BASE`] + [`REQUEST_DECOMPRESSION_RATIO`] x `record_bytes`,
+    /// at most [`REQUEST_DECOMPRESSED_BYTES_MAX`].
+    pub fn for_request(record_bytes: usize) -> DecompressBudget {
+        let total = (record_bytes as u64)
+            .saturating_mul(REQUEST_DECOMPRESSION_RATIO)
+            .saturating_add(REQUEST_DECOMPRESSED_BYTES_BASE)
+            .min(REQUEST_DECOMPRESSED_BYTES_MAX);
+        DecompressBudget { total, spent: 0 }
+    }
+
+    /// Bytes of records decompressed so far.
+    pub fn spent(&self) -> u64 {
+        self.spent
+    }
+
+    fn remaining(&self) -> u64 {
+        self.total - self.spent
+    }
+
+    fn charge(&mut self, bytes: u64) {
+        // A walk reads at most its cap, which is at most what remains.
+        debug_assert!(bytes <= self.remaining(), "walk read beyond its cap");
+        self.spent = self.spent.saturating_add(bytes).min(self.total);
+    }
+}
+
 /// Splits a produce record set into batches and validates each: magic 2, length within the
 /// record set, length at most `batch_bytes_max`, CRC-32C, record count consistent with
 /// `lastOffsetDelta`, not a control batch, a sequence when a producer id is set, and the
 /// records themselves as Kafka checks them: decompressed as a stream (at most
 /// [`DECOMPRESSED_BATCH_BYTES_MAX`] bytes), well-formed, offset deltas 0, 1, 2, ..., exactly
-/// the header's count. No bytes are copied: each batch is a disjoint
-/// part of `records`.
+/// the header's count. Compressed batches draw on a budget of their own,
+/// [`DecompressBudget::for_request`] of `records`' length; see [`split_and_validate_within`].
+/// No bytes are copied: each batch is a disjoint part of `records`.
 pub fn split_and_validate(
+    records: BytesMut,
+    batch_bytes_max: usize,
+) -> Result<Vec<ValidBatch>, BatchError> {
+    let mut budget = DecompressBudget::for_request(records.len());
+    split_and_validate_within(records, batch_bytes_max, &mut budget)
+}
+
+/// [`split_and_validate`] for one record set of a request: its compressed batches draw on the
+/// request's `budget`. Once it is spent, the batch that needs more is refused
+/// ([`BatchError::DecompressBudget`]), and a batch met with nothing left is refused unread.
+pub fn split_and_validate_within(
     mut records: BytesMut,
     batch_bytes_max: usize,
+    budget: &mut DecompressBudget,
 ) -> Result<Vec<ValidBatch>, BatchError> {
     let mut batches = Vec::new();
     while !records.is_empty() {
-        let header = BatchHeader::parse(&records)?;
-        if (header.batch_length as usize) < BATCH_HEADER_LEN - BATCH_LENGTH_PREFIX_LEN
-            || header.batch_length < 0
-        {
-            return Err(BatchError::LengthTooSmall(header.batch_length));
-        }
-        let size_bytes = header.size_bytes();
-        if header.magic != 2 {
-            return Err(BatchError::Magic(header.magic));
-        }
-        if size_bytes > records.len() {
-            return Err(BatchError::Truncated {
-                remaining: records.len(),
-                needed: size_bytes,
-            });
-        }
-        if size_bytes > batch_bytes_max {
-            return Err(BatchError::TooLarge {
-                size_bytes,
-                max_bytes: batch_bytes_max,
-            });
-        }
-        let bytes = records.split_to(size_bytes);
-        let actual = crc32c::crc32c(&bytes[CRC_START..]);
-        if actual != header.crc {
-            return Err(BatchError::Crc {
-                expected: header.crc,
-                actual,
-            });
-        }
-        if header.record_count <= 0
-            || header.last_offset_delta < 0
-            || header.record_count as i64 != header.last_offset_delta as i64 + 1
-        {
-            return Err(BatchError::CountMismatch {
-                count: header.record_count,
-                last_offset_delta: header.last_offset_delta,
-            });
-        }
-        // As Kafka's validation of a client's batch: no control batches (only a transaction
-        // coordinator writes them), and an idempotent batch carries a sequence.
-        if header.is_control() {
-            return Err(BatchError::Control);
-        }
-        if header.producer_id >= 0 && header.base_sequence < 0 {
-            return Err(BatchError::Sequence {
-                producer_id: header.producer_id,
-                base_sequence: header.base_sequence,
-            });
-        }
-        crate::records::walk(&bytes, DECOMPRESSED_BATCH_BYTES_MAX, |_| {
-            ControlFlow::Continue(())
-        })?;
-        batches.push(ValidBatch { header, bytes });
+        batches.push(split_and_validate_next(
+            &mut records,
+            batch_bytes_max,
+            budget,
+        )?);
     }
     if batches.is_empty() {
         return Err(BatchError::Empty);
     }
     Ok(batches)
+}
+
+/// One step of [`split_and_validate_within`], for a caller that lets other work run between
+/// batches: splits the first batch off `records` (not empty) and validates it.
+pub fn split_and_validate_next(
+    records: &mut BytesMut,
+    batch_bytes_max: usize,
+    budget: &mut DecompressBudget,
+) -> Result<ValidBatch, BatchError> {
+    assert!(!records.is_empty(), "no batch left to split off");
+    let header = BatchHeader::parse(records)?;
+    if (header.batch_length as usize) < BATCH_HEADER_LEN - BATCH_LENGTH_PREFIX_LEN
+        || header.batch_length < 0
+    {
+        return Err(BatchError::LengthTooSmall(header.batch_length));
+    }
+    let size_bytes = header.size_bytes();
+    if header.magic != 2 {
+        return Err(BatchError::Magic(header.magic));
+    }
+    if size_bytes > records.len() {
+        return Err(BatchError::Truncated {
+            remaining: records.len(),
+            needed: size_bytes,
+        });
+    }
+    if size_bytes > batch_bytes_max {
+        return Err(BatchError::TooLarge {
+            size_bytes,
+            max_bytes: batch_bytes_max,
+        });
+    }
+    let bytes = records.split_to(size_bytes);
+    let actual = crc32c::crc32c(&bytes[CRC_START..]);
+    if actual != header.crc {
+        return Err(BatchError::Crc {
+            expected: header.crc,
+            actual,
+        });
+    }
+    if header.record_count <= 0
+        || header.last_offset_delta < 0
+        || header.record_count as i64 != header.last_offset_delta as i64 + 1
+    {
+        return Err(BatchError::CountMismatch {
+            count: header.record_count,
+            last_offset_delta: header.last_offset_delta,
+        });
+    }
+    // As Kafka's validation of a client's batch: no control batches (only a transaction
+    // coordinator writes them), and an idempotent batch carries a sequence.
+    if header.is_control() {
+        return Err(BatchError::Control);
+    }
+    if header.producer_id >= 0 && header.base_sequence < 0 {
+        return Err(BatchError::Sequence {
+            producer_id: header.producer_id,
+            base_sequence: header.base_sequence,
+        });
+    }
+    if header.attributes & COMPRESSION_MASK == 0 {
+        crate::records::walk(&bytes, DECOMPRESSED_BATCH_BYTES_MAX, |_| {
+            ControlFlow::Continue(())
+        })?;
+    } else {
+        let over_budget = BatchError::DecompressBudget {
+            budget_bytes: budget.total,
+        };
+        let remaining = budget.remaining();
+        if remaining == 0 {
+            return Err(over_budget);
+        }
+        let cap = remaining.min(DECOMPRESSED_BATCH_BYTES_MAX as u64);
+        let mut read = 0;
+        let walked = crate::records::walk_metered(&bytes, cap as usize, &mut read, |_| {
+            ControlFlow::Continue(())
+        });
+        budget.charge(read);
+        match walked {
+            Err(RecordsError::TooLarge { .. }) if cap < DECOMPRESSED_BATCH_BYTES_MAX as u64 => {
+                return Err(over_budget)
+            }
+            other => other?,
+        }
+    }
+    Ok(ValidBatch { header, bytes })
 }
 
 fn be_i16(b: &[u8], at: usize) -> i16 {
@@ -527,6 +634,62 @@ mod tests {
         let buf = with_producer(sample(Compression::Zstd), 0x10 | 4, 7, 0);
         let batches = split_and_validate(buf, 1 << 20).unwrap();
         assert!(batches[0].header.is_transactional());
+    }
+
+    #[test]
+    fn a_requests_compressed_batches_share_one_decompression_budget() {
+        // Batches of 10 records of 1 MiB of zeros: ~1 kB compressed, ~10 MiB of records.
+        let zeros = vec![0u8; 1 << 20];
+        let records: Vec<Record> = (0..10).map(|i| record(i, Some(&zeros))).collect();
+        let bomb = encode(&records, Compression::Zstd);
+        let expanded = 10 * (1 << 20) as u64;
+        assert!(bomb.len() < 64 << 10, "{} bytes", bomb.len());
+        let set = |n: usize| {
+            let mut b = BytesMut::new();
+            for _ in 0..n {
+                b.extend_from_slice(&bomb);
+            }
+            b
+        };
+        // The budget of a small request is the base: 12 batches (~120 MiB) fit in it.
+        let mut budget = DecompressBudget::for_request(0);
+        let within = split_and_validate_within(set(12), 1 << 20, &mut budget).unwrap();
+        assert_eq!(within.len(), 12);
+        assert!(budget.spent() >= 12 * expanded && budget.spent() < 13 * expanded);
+        // The 13th batch, in the same record set or another of the request, no longer fits:
+        // it is refused after reading the records that fit what was left (less than one
+        // record of 1 MiB remains), and the next one unread.
+        let err = split_and_validate_within(set(2), 1 << 20, &mut budget).unwrap_err();
+        assert_eq!(
+            err,
+            BatchError::DecompressBudget {
+                budget_bytes: REQUEST_DECOMPRESSED_BYTES_BASE
+            }
+        );
+        let left = REQUEST_DECOMPRESSED_BYTES_BASE - budget.spent();
+        assert!(left < (1 << 20) + 64, "{left} bytes left");
+        assert_eq!(
+            split_and_validate_within(set(1), 1 << 20, &mut budget).unwrap_err(),
+            err
+        );
+        // Uncompressed batches cost their own bytes only and are not charged.
+        assert_eq!(
+            split_and_validate_within(sample(Compression::None), 1 << 20, &mut budget)
+                .unwrap()
+                .len(),
+            1
+        );
+        // The budget grows with the request's bytes, up to its cap.
+        let budget = |bytes: usize| DecompressBudget::for_request(bytes).remaining();
+        assert_eq!(budget(0), REQUEST_DECOMPRESSED_BYTES_BASE);
+        assert_eq!(
+            budget(1 << 20),
+            REQUEST_DECOMPRESSED_BYTES_BASE + REQUEST_DECOMPRESSION_RATIO * (1 << 20)
+        );
+        assert_eq!(budget(100 << 20), REQUEST_DECOMPRESSED_BYTES_MAX);
+        assert_eq!(budget(usize::MAX), REQUEST_DECOMPRESSED_BYTES_MAX);
+        // A single batch up to the per-batch cap always fits a request's budget.
+        assert!(REQUEST_DECOMPRESSED_BYTES_BASE >= DECOMPRESSED_BATCH_BYTES_MAX as u64);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The records inside a magic-2 batch, walked as a stream: compressed batches are decompressed
 //! through a small buffer, never whole, and at most [`DECOMPRESSED_BATCH_BYTES_MAX`] bytes of
 //! records are read, so a batch that expands to gigabytes (a compression bomb) costs a bounded
-//! amount of memory and CPU and is refused.
+//! amount of memory and CPU and is refused. Many small bombs in one request are bounded by
+//! the request's budget ([`crate::batch::DecompressBudget`], via [`walk_metered`]).
 //!
 //! Record layout (all lengths and deltas zig-zag varints):
 //! `length | attributes i8 | timestampDelta varlong | offsetDelta varint | keyLength | key |
@@ -65,6 +66,18 @@ pub struct RecordInfo {
 pub fn walk(
     batch: &[u8],
     decompressed_bytes_max: usize,
+    visit: impl FnMut(RecordInfo) -> ControlFlow<()>,
+) -> Result<(), RecordsError> {
+    let mut read = 0;
+    walk_metered(batch, decompressed_bytes_max, &mut read, visit)
+}
+
+/// [`walk`], adding to `read` the bytes of records it read, whether it succeeds or not: what
+/// the walk cost, for a budget shared by several batches.
+pub fn walk_metered(
+    batch: &[u8],
+    decompressed_bytes_max: usize,
+    read: &mut u64,
     mut visit: impl FnMut(RecordInfo) -> ControlFlow<()>,
 ) -> Result<(), RecordsError> {
     let header = BatchHeader::parse(batch).map_err(|e| RecordsError::Corrupt(e.to_string()))?;
@@ -72,27 +85,28 @@ pub fn walk(
     let cap = decompressed_bytes_max as u64;
     let count = header.record_count;
     match header.attributes & 0x07 {
-        CODEC_NONE => walk_stream(body, count, cap, &mut visit),
+        CODEC_NONE => walk_stream(body, count, cap, read, &mut visit),
         CODEC_GZIP => walk_stream(
             buffered(flate2::bufread::GzDecoder::new(body)),
             count,
             cap,
+            read,
             &mut visit,
         ),
-        CODEC_SNAPPY => walk_stream(Snappy::new(body, cap)?, count, cap, &mut visit),
+        CODEC_SNAPPY => walk_stream(Snappy::new(body, cap)?, count, cap, read, &mut visit),
         CODEC_LZ4 => {
             let decoder = lz4::Decoder::new(body).map_err(corrupt)?;
-            walk_stream(buffered(decoder), count, cap, &mut visit)
+            walk_stream(buffered(decoder), count, cap, read, &mut visit)
         }
         CODEC_ZSTD => ZSTD_CONTEXT.with(|cell| {
             // A context per thread, reused: creating one costs as much as decompressing a
             // small batch. One grown large by a big window is not kept.
             let Ok(mut slot) = cell.try_borrow_mut() else {
                 let mut ctx = zstd_context();
-                return walk_zstd(body, &mut ctx, count, cap, &mut visit);
+                return walk_zstd(body, &mut ctx, count, cap, read, &mut visit);
             };
             let ctx = slot.get_or_insert_with(zstd_context);
-            let walked = walk_zstd(body, ctx, count, cap, &mut visit);
+            let walked = walk_zstd(body, ctx, count, cap, read, &mut visit);
             if ctx.sizeof() > ZSTD_CONTEXT_KEPT_BYTES_MAX {
                 *slot = None;
             }
@@ -121,10 +135,11 @@ fn walk_zstd(
     ctx: &mut zstd::zstd_safe::DCtx<'static>,
     count: i32,
     cap: u64,
+    read: &mut u64,
     visit: &mut impl FnMut(RecordInfo) -> ControlFlow<()>,
 ) -> Result<(), RecordsError> {
     let decoder = zstd::stream::read::Decoder::with_context(body, ctx);
-    walk_stream(buffered(decoder), count, cap, visit)
+    walk_stream(buffered(decoder), count, cap, read, visit)
 }
 
 fn buffered<R: Read>(r: R) -> BufReader<R> {
@@ -139,6 +154,7 @@ fn walk_stream<R: BufRead>(
     reader: R,
     count: i32,
     cap: u64,
+    read: &mut u64,
     visit: &mut impl FnMut(RecordInfo) -> ControlFlow<()>,
 ) -> Result<(), RecordsError> {
     let mut input = Input {
@@ -146,6 +162,16 @@ fn walk_stream<R: BufRead>(
         consumed: 0,
         cap,
     };
+    let walked = walk_records(&mut input, count, visit);
+    *read = read.saturating_add(input.consumed);
+    walked
+}
+
+fn walk_records<R: BufRead>(
+    input: &mut Input<R>,
+    count: i32,
+    visit: &mut impl FnMut(RecordInfo) -> ControlFlow<()>,
+) -> Result<(), RecordsError> {
     let mut index: i32 = 0;
     loop {
         if input.at_end()? {

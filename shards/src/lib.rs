@@ -48,6 +48,13 @@ pub async fn sleep(duration: Duration) {
     glommio::timer::sleep(duration).await
 }
 
+/// Lets the shard's reactor and other tasks run if this task has held the thread for its
+/// share (glommio's preemption timer); returns at once otherwise, and off a shard. For long
+/// CPU-bound loops, called between steps.
+pub async fn yield_if_needed() {
+    glommio::yield_if_needed().await
+}
+
 thread_local! {
     /// Set on shard threads (see [`Runtime::start`]).
     static ON_SHARD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };

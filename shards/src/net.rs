@@ -2,6 +2,7 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::time::Duration;
 
 use futures::io::AsyncWriteExt;
 pub use glommio::net::{TcpListener, TcpStream};
@@ -13,10 +14,38 @@ const IOVECS_MAX: usize = 1024;
 /// buffer, so nothing is copied in user space however many buffers a response has. When the
 /// socket buffer is full, it waits for the socket through glommio (writing part of the next
 /// buffer the usual way once the socket is writable) and carries on vectored.
+///
+/// `None` if the socket took no byte for `stall` (a peer that stopped reading): the bound is
+/// on a stall, not on the whole write, so a slow but steady reader gets any size of answer.
 pub async fn write_all_vectored<B: AsRef<[u8]>>(
     stream: &mut TcpStream,
     bufs: &[B],
-) -> io::Result<()> {
+    stall: Duration,
+) -> Option<io::Result<()>> {
+    let written = write_all_vectored_or_stall(stream, bufs, stall).await;
+    match written {
+        Ok(()) => Some(Ok(())),
+        Err(Stalled::Stalled) => None,
+        Err(Stalled::Io(e)) => Some(Err(e)),
+    }
+}
+
+enum Stalled {
+    Stalled,
+    Io(io::Error),
+}
+
+impl From<io::Error> for Stalled {
+    fn from(e: io::Error) -> Stalled {
+        Stalled::Io(e)
+    }
+}
+
+async fn write_all_vectored_or_stall<B: AsRef<[u8]>>(
+    stream: &mut TcpStream,
+    bufs: &[B],
+    stall: Duration,
+) -> Result<(), Stalled> {
     let fd = stream.as_raw_fd();
     let mut first = 0; // index of the first buffer not fully written
     let mut skip = 0; // bytes of it already written
@@ -60,14 +89,18 @@ pub async fn write_all_vectored<B: AsRef<[u8]>>(
             match e.kind() {
                 io::ErrorKind::Interrupted => 0,
                 io::ErrorKind::WouldBlock => {
-                    // Full: let glommio wait for the socket, and write what fits.
-                    let n = stream.write(&bufs[first].as_ref()[skip..]).await?;
+                    // Full: let glommio wait for the socket, and write what fits; the only
+                    // wait, so the only place a stall is timed.
+                    let write = stream.write(&bufs[first].as_ref()[skip..]);
+                    let n = crate::timeout(stall, write)
+                        .await
+                        .ok_or(Stalled::Stalled)??;
                     if n == 0 {
-                        return Err(io::ErrorKind::WriteZero.into());
+                        return Err(io::Error::from(io::ErrorKind::WriteZero).into());
                     }
                     n
                 }
-                _ => return Err(e),
+                _ => return Err(e.into()),
             }
         };
         while advance > 0 {
@@ -102,7 +135,11 @@ mod tests {
             let addr = listener.local_addr().unwrap();
             let writer = crate::spawn(async move {
                 let mut s = TcpStream::connect(addr).await.unwrap();
-                write_all_vectored(&mut s, &bufs).await.unwrap();
+                let stall = std::time::Duration::from_secs(10);
+                write_all_vectored(&mut s, &bufs, stall)
+                    .await
+                    .unwrap()
+                    .unwrap();
                 s.close().await.unwrap();
             });
             let mut conn = listener.accept().await.unwrap();

@@ -2,11 +2,14 @@
 
 use std::time::Duration;
 
+use bytes::BytesMut;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use ringtail_netio::batch::{split_and_validate, BatchHeader};
+use ringtail_netio::batch::{
+    split_and_validate_next, BatchError, BatchHeader, DecompressBudget, ValidBatch,
+};
 use ringtail_netio::request::{Header, ProduceInput};
 
 use super::{respond, Reply};
@@ -32,6 +35,37 @@ pub fn upload_wait(timeout_ms: i32) -> Duration {
     Duration::from_millis(timeout_ms as u64).min(UPLOAD_WAIT_MAX)
 }
 
+/// Each time validation has decompressed this many more bytes (a few ms of CPU), the handler
+/// lets the shard's reactor and other tasks run if its time slice is up.
+const YIELD_AFTER_DECOMPRESSED_BYTES: u64 = 4 << 20;
+
+/// Splits and validates one record set batch by batch (`split_and_validate_within`), drawing
+/// on the request's `budget`, and yields every [`YIELD_AFTER_DECOMPRESSED_BYTES`] spent, so a
+/// request that decompresses up to its budget (1 GiB: 1-2 s of gzip) does not hold the shard.
+async fn validate(
+    mut records: BytesMut,
+    batch_bytes_max: usize,
+    budget: &mut DecompressBudget,
+) -> Result<Vec<ValidBatch>, BatchError> {
+    let mut batches = Vec::new();
+    let mut since_yield = budget.spent();
+    while !records.is_empty() {
+        batches.push(split_and_validate_next(
+            &mut records,
+            batch_bytes_max,
+            budget,
+        )?);
+        if budget.spent() - since_yield >= YIELD_AFTER_DECOMPRESSED_BYTES {
+            ringtail_shards::yield_if_needed().await;
+            since_yield = budget.spent();
+        }
+    }
+    if batches.is_empty() {
+        return Err(BatchError::Empty);
+    }
+    Ok(batches)
+}
+
 pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Reply {
     if input.copied_bytes > 0 {
         tracing::debug!(
@@ -42,6 +76,16 @@ pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Re
     let acks = input.acks;
     let upload_timeout = Some(upload_wait(input.timeout_ms));
     let snapshot = broker.catalog.snapshot();
+    // One budget of decompressed bytes for the whole request (a bomb is small: the per-batch
+    // cap bounds memory, this bounds CPU), and chances for the shard's other work to run
+    // while it is spent.
+    let record_bytes = input
+        .topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .map(|p| p.records.as_ref().map_or(0, |r| r.len()))
+        .sum();
+    let mut budget = DecompressBudget::for_request(record_bytes);
     // Per partition: the index of its item for the owner, or an immediate (error) outcome.
     let mut shape: Vec<(String, Vec<(i32, Slot)>)> = Vec::new();
     let mut items: Vec<(Route, ProduceItem)> = Vec::new();
@@ -63,7 +107,9 @@ pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Re
                     }
                     (Some(_), None) => Err(ResponseError::CorruptMessage.code()),
                     (Some(m), Some(records)) => {
-                        match split_and_validate(records, m.config.max_message_bytes) {
+                        let validated =
+                            validate(records, m.config.max_message_bytes, &mut budget).await;
+                        match validated {
                             Ok(batches) => {
                                 let key = PartitionKey {
                                     topic_id: m.id,
