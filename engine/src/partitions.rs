@@ -688,6 +688,20 @@ impl ShardState {
             .as_ref()
             .expect("the WAL is open before the shard serves");
         let mut parts = self.partitions.borrow_mut();
+        // A partition is created by its first produce only while the catalog has its topic: a
+        // produce checked against an older snapshot must not re-create a deleted partition at
+        // offset 0 while the deleted one's batches are still in flight (issue 27).
+        if !parts.contains_key(&item.key)
+            && self
+                .catalog
+                .snapshot()
+                .by_id(&item.key.topic_id)
+                .is_none_or(|t| item.key.partition >= t.partitions)
+        {
+            return Err(ProduceOutcome::error(
+                ResponseError::UnknownTopicOrPartition.code(),
+            ));
+        }
         let p = parts
             .entry(item.key)
             .or_insert_with(|| Partition::new(item.topic.clone()));

@@ -313,3 +313,71 @@ async fn a_broker_without_a_store_upgraded_from_a_legacy_catalog_keeps_starting(
     assert_eq!(records.len(), 3);
     assert!(!topics(&b.bootstrap()).iter().any(|n| n == "gone"));
 }
+
+/// Issue 27 item 1: produces racing a topic's deletion. A produce that arrived after the
+/// partition was dropped re-created it at offset 0 while batches of the deleted topic were still
+/// in flight (asserts fired on the shard: "a partition's batches are added densely"); since a
+/// panic ends the process, the broker died. A deleted partition is never re-created by a
+/// produce: it is answered UNKNOWN_TOPIC_OR_PARTITION, and the broker stays up.
+#[tokio::test(flavor = "multi_thread")]
+async fn produces_racing_a_topic_deletion_never_take_the_broker_down() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut b = TestBroker::start(&["--shards", "2"]);
+    let bootstrap = b.bootstrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    for round in 0..8 {
+        common::create_topic(&bootstrap, "racing", 4, &[]).await;
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", "3000")
+            .create()
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut senders = Vec::new();
+        for partition in 0..4 {
+            let (producer, stop) = (producer.clone(), stop.clone());
+            senders.push(tokio::spawn(async move {
+                let mut acked = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let record = FutureRecord::<(), _>::to("racing")
+                        .partition(partition)
+                        .payload("x");
+                    if let Ok(Ok(_)) = tokio::time::timeout(
+                        Duration::from_secs(4),
+                        producer.send(record, Duration::from_millis(100)),
+                    )
+                    .await
+                    {
+                        acked += 1;
+                    }
+                }
+                acked
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let deleted = admin
+            .delete_topics(&["racing"], &AdminOptions::new())
+            .await
+            .unwrap();
+        assert!(deleted[0].is_ok(), "round {round}: {deleted:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut acked = 0;
+        for s in senders {
+            acked += s.await.unwrap();
+        }
+        println!("round {round}: {acked} records acknowledged before the deletion");
+        b.assert_alive();
+        // Wait until the deletion reached every shard before the topic is created again.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(b.http_get("/ready").0, 200);
+}
