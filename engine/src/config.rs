@@ -108,6 +108,14 @@ pub struct ServeArgs {
     /// live offsets.
     #[arg(long, env = "RINGTAIL_OFFSETS_COMPACT_RECORDS")]
     pub offsets_compact_records: Option<u64>,
+    /// How often time and size retention are checked (log.retention.check.interval.ms)
+    /// [default: 300000].
+    #[arg(long, env = "RINGTAIL_LOG_RETENTION_CHECK_INTERVAL_MS")]
+    pub log_retention_check_interval_ms: Option<u64>,
+    /// Most incremental fetch sessions (KIP-227) the broker keeps at once
+    /// (max.incremental.fetch.session.cache.slots) [default: 1000; 0 turns sessions off].
+    #[arg(long, env = "RINGTAIL_FETCH_SESSION_CACHE_SLOTS")]
+    pub fetch_session_cache_slots: Option<usize>,
     /// Address of the Prometheus metrics endpoint (`/metrics`, `/health`, `/ready`); `none`
     /// turns it off.
     #[arg(long, env = "RINGTAIL_METRICS_LISTEN")]
@@ -180,6 +188,8 @@ struct FileConfig {
     slots: Option<u32>,
     group_initial_rebalance_delay_ms: Option<u64>,
     offsets_compact_records: Option<u64>,
+    log_retention_check_interval_ms: Option<u64>,
+    fetch_session_cache_slots: Option<usize>,
 }
 
 /// The settled configuration.
@@ -229,6 +239,8 @@ pub struct Config {
     pub slots: Option<u32>,
     pub group_initial_rebalance_delay_ms: u64,
     pub offsets_compact_records: u64,
+    pub retention_check_interval: std::time::Duration,
+    pub fetch_session_cache_slots: usize,
 }
 
 /// Where objects go.
@@ -281,6 +293,10 @@ pub const REQUEST_READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 pub const SEND_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// Kafka's fetch.max.bytes (55 MiB).
 pub const FETCH_BYTES_MAX_DEFAULT: usize = 55 << 20;
+/// Kafka's log.retention.check.interval.ms (5 minutes).
+pub const RETENTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 300_000;
+/// Kafka's max.incremental.fetch.session.cache.slots.
+pub const FETCH_SESSION_CACHE_SLOTS_DEFAULT: usize = 1000;
 
 /// A duration flag in milliseconds that must lie in `range`.
 fn millis(
@@ -377,6 +393,17 @@ impl Config {
             SEND_TIMEOUT_MS_DEFAULT,
             100..=1 << 40,
         )?;
+        let retention_check_interval = millis(
+            "log-retention-check-interval-ms",
+            args.log_retention_check_interval_ms
+                .or(file.log_retention_check_interval_ms),
+            RETENTION_CHECK_INTERVAL_MS_DEFAULT,
+            10..=1 << 40,
+        )?;
+        let fetch_session_cache_slots = args
+            .fetch_session_cache_slots
+            .or(file.fetch_session_cache_slots)
+            .unwrap_or(FETCH_SESSION_CACHE_SLOTS_DEFAULT);
         let data_dir = args
             .data_dir
             .or(file.data_dir)
@@ -515,6 +542,8 @@ impl Config {
             request_read_timeout,
             send_timeout,
             fetch_bytes_max,
+            retention_check_interval,
+            fetch_session_cache_slots,
         })
     }
 }

@@ -281,6 +281,9 @@ impl Group {
             req.member_id.clone()
         };
         self.pending_ids.remove(&member_id);
+        if let Some(r) = self.replace_static_member(now, &member_id, &req) {
+            return (Answer::Now(r), Vec::new());
+        }
         // Static membership: the instance id's previous member leaves in its favour.
         if let Some(instance) = &req.instance_id {
             let old: Vec<u64> = self
@@ -398,6 +401,59 @@ impl Group {
             protocol: Some(protocol),
             leader,
             member_id,
+        })
+    }
+
+    /// KIP-345: a static member restarting (its instance id known, a new member id) while the
+    /// group is Stable takes its previous incarnation's place — assignment, join order and
+    /// leadership — without a rebalance, unless its protocols would change the group's
+    /// protocol. As Kafka's `updateStaticMemberAndRebalance`, the answer names the leader as it
+    /// was (the old id when the member led), so that the member syncs as a follower and gets
+    /// the assignment it holds instead of computing one a Stable group would never hand out.
+    /// The old member id is fenced from now on. None: the join takes the ordinary path.
+    fn replace_static_member(
+        &mut self,
+        now: u64,
+        member_id: &str,
+        req: &JoinRequest,
+    ) -> Option<JoinResult> {
+        let instance = req.instance_id.as_ref()?;
+        if self.state != State::Stable {
+            return None;
+        }
+        let order = self
+            .members
+            .iter()
+            .find(|(_, m)| m.instance_id.as_ref() == Some(instance) && m.id != member_id)
+            .map(|(o, _)| *o)?;
+        let current = self.protocol.clone()?;
+        let old_protocols = std::mem::replace(
+            &mut self.members.get_mut(&order)?.protocols,
+            req.protocols.clone(),
+        );
+        if self.choose_protocol() != current {
+            self.members.get_mut(&order)?.protocols = old_protocols;
+            return None;
+        }
+        let leader_was = self.leader.clone()?;
+        let m = self.members.get_mut(&order)?;
+        if leader_was == m.id {
+            self.leader = Some(member_id.to_string());
+        }
+        m.id = member_id.to_string();
+        m.client_id = req.client_id.clone();
+        m.client_host = req.client_host.clone();
+        m.session_timeout_ms = req.session_timeout_ms;
+        m.rebalance_timeout_ms = req.rebalance_timeout_ms.max(req.session_timeout_ms);
+        m.last_seen_ms = now;
+        Some(JoinResult {
+            error: NONE,
+            generation: self.generation,
+            protocol_type: self.protocol_type.clone(),
+            protocol: Some(current),
+            leader: leader_was,
+            member_id: member_id.to_string(),
+            members: Vec::new(),
         })
     }
 
@@ -1106,6 +1162,69 @@ mod tests {
         r.protocols = vec![("range".into(), Bytes::from(m))];
         g.join(0, r);
         assert!(g.subscribed_to("orders") && !g.subscribed_to("other"));
+    }
+
+    /// Issue 27 (librdkafka 0102): a static member restarting while the group is Stable gets a
+    /// new member id, the current generation and its assignment at once; the others are not
+    /// disturbed (before: the join was held for the rebalance and the others told
+    /// REBALANCE_IN_PROGRESS). Its old id is fenced. A changed protocol still rebalances.
+    #[test]
+    fn a_static_member_restarting_in_a_stable_group_keeps_its_place() {
+        let mut g = Group::new("g", 0);
+        let static_join = |instance: &str, protocols: &[&str]| {
+            let mut r = join("", protocols);
+            r.instance_id = Some(instance.into());
+            r
+        };
+        let (Answer::Now(_), _) = g.join(0, static_join("host-a", &["range", "roundrobin"])) else {
+            panic!()
+        };
+        let (a_answer, _) = g.join(0, static_join("host-b", &["range", "roundrobin"]));
+        assert_eq!(a_answer, Answer::Later, "b's join waits for a to rejoin");
+        let a = g.members.values().next().unwrap().id.clone();
+        let b = g.members.values().nth(1).unwrap().id.clone();
+        let mut rejoin_a = join(&a, &["range", "roundrobin"]);
+        rejoin_a.instance_id = Some("host-a".into());
+        let (Answer::Now(ra), done) = g.join(1, rejoin_a) else {
+            panic!()
+        };
+        assert_eq!((ra.leader.as_str(), done.len()), (a.as_str(), 1));
+        let assignments = vec![
+            (a.clone(), Bytes::from("pa")),
+            (b.clone(), Bytes::from("pb")),
+        ];
+        g.sync(2, &b, ra.generation, vec![]);
+        g.sync(2, &a, ra.generation, assignments);
+        assert_eq!(g.state, State::Stable);
+        let generation = g.generation;
+
+        // The leader restarts: a new id, answered at once, the group stays Stable.
+        let (Answer::Now(r), done) = g.join(3, static_join("host-a", &["range", "roundrobin"]))
+        else {
+            panic!("answered at once")
+        };
+        assert!(done.is_empty(), "nobody else is answered: {done:?}");
+        assert_eq!(r.error, NONE);
+        assert_ne!(r.member_id, a);
+        assert_eq!((r.generation, g.state), (generation, State::Stable));
+        assert_eq!(
+            r.leader, a,
+            "the leader as it was: the new member syncs as a follower"
+        );
+        assert!(r.members.is_empty());
+        assert_eq!(g.leader.as_deref(), Some(r.member_id.as_str()));
+        assert_eq!(g.heartbeat(4, &b, generation), NONE, "b is not disturbed");
+        let (Answer::Now(s), _) = g.sync(4, &r.member_id, generation, vec![]) else {
+            panic!()
+        };
+        assert_eq!((s.error, &s.assignment[..]), (NONE, &b"pa"[..]));
+        assert_eq!(g.heartbeat(5, &a, generation), UNKNOWN_MEMBER_ID);
+        assert!(g.is_fenced(&a, Some("host-a")));
+
+        // A restart whose preferences change the group's protocol rebalances.
+        let (answer, _) = g.join(6, static_join("host-a", &["roundrobin", "range"]));
+        assert_eq!(answer, Answer::Later);
+        assert_eq!(g.state, State::PreparingRebalance);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::cluster::Membership;
 use crate::config::Config;
 use crate::coordinator::{Coordinator, OFFSETS_TOPIC};
 use crate::metrics::{OffsetsSnapshot, ShardStats};
-use crate::partitions::ShardState;
+use crate::partitions::{ShardLimits, ShardState};
 use crate::shard::{owner_shard, ErrorOutcome, ShardOp};
 use crate::tier::Tier;
 
@@ -300,7 +300,10 @@ impl SlotHost {
             recovery,
             env.catalog.clone(),
             tier,
-            env.config.hot_cache_bytes_per_shard,
+            ShardLimits {
+                hot_cache_bytes: env.config.hot_cache_bytes_per_shard,
+                retention_check_interval: env.config.retention_check_interval,
+            },
             env.stats.clone(),
             Coordinator::new(
                 env.config.group_initial_rebalance_delay_ms,

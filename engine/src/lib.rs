@@ -11,6 +11,7 @@ pub mod config;
 pub mod connections;
 pub mod coordinator;
 pub mod errors;
+pub mod fetch_sessions;
 pub mod group;
 pub mod host;
 pub mod lease;

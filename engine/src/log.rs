@@ -42,11 +42,11 @@ pub trait PartitionLog {
     fn batches_from_timestamp(&self, timestamp_ms: i64, max: usize) -> Vec<Bytes>;
     /// The batch with the largest max timestamp (earliest such), if any.
     fn batch_with_max_timestamp(&self) -> Option<Bytes>;
-    /// Removes batches beyond retention that end below `keep_from`; returns bytes freed. With
-    /// an object tier `keep_from` is the uploaded end: a batch not yet in a committed object is
-    /// kept whatever its timestamps or the log's size (a backfill with old timestamps is
-    /// uploaded before retention deletes it, as Kafka keeps its active segment).
-    fn enforce_retention(&mut self, now_ms: i64, config: &TopicConfig, keep_from: i64) -> u64;
+    /// Where time and size retention would start the log: past the whole batches at the front
+    /// whose max timestamp is older than `retention.ms`, or whose removal still leaves
+    /// `retention.bytes` (Kafka's rule for segments). The newest batch always stays. Judged
+    /// only when retention is checked (`log.retention.check.interval.ms`), never on append.
+    fn retention_start(&self, now_ms: i64, config: &TopicConfig) -> i64;
 }
 
 struct Entry {
@@ -194,29 +194,22 @@ impl PartitionLog for MemLog {
         best.map(|e| e.bytes.clone())
     }
 
-    fn enforce_retention(&mut self, now_ms: i64, config: &TopicConfig, keep_from: i64) -> u64 {
-        let mut freed = 0;
-        let expendable = |e: Option<&Entry>| e.is_some_and(|e| e.header.last_offset() < keep_from);
-        if config.retention_bytes >= 0 {
-            while self.size_bytes > config.retention_bytes as u64
-                && self.entries.len() > 1
-                && expendable(self.entries.front())
-            {
-                freed += self.pop_front();
+    fn retention_start(&self, now_ms: i64, config: &TopicConfig) -> i64 {
+        let mut start = self.log_start;
+        let mut left = self.size_bytes as i64;
+        let newest = self.entries.len().saturating_sub(1);
+        for e in self.entries.iter().take(newest) {
+            let old =
+                config.retention_ms >= 0 && now_ms - e.header.max_timestamp > config.retention_ms;
+            let len = e.bytes.len() as i64;
+            let over = config.retention_bytes >= 0 && left - len >= config.retention_bytes;
+            if !(old || over) {
+                break;
             }
+            left -= len;
+            start = e.header.last_offset() + 1;
         }
-        if config.retention_ms >= 0 {
-            while self.entries.len() > 1
-                && expendable(self.entries.front())
-                && self
-                    .entries
-                    .front()
-                    .is_some_and(|e| now_ms - e.header.max_timestamp > config.retention_ms)
-            {
-                freed += self.pop_front();
-            }
-        }
-        freed
+        start
     }
 }
 
@@ -281,52 +274,42 @@ mod tests {
     }
 
     #[test]
-    fn retention_trims_from_the_front() {
+    fn retention_starts_past_expired_or_surplus_batches_and_keeps_the_newest() {
         let mut log = MemLog::new();
-        let c = TopicConfig {
-            retention_bytes: 1,
-            ..TopicConfig::default()
-        };
-        append(&mut log, batch(3, 10));
-        append(&mut log, batch(2, 20));
-        assert!(log.enforce_retention(0, &c, i64::MAX) > 0);
-        assert_eq!(log.log_start_offset(), 3);
-        assert!(log.read(0, 100, true).is_err());
-        let c = TopicConfig {
-            retention_ms: 5,
-            ..TopicConfig::default()
-        };
-        append(&mut log, batch(1, 1000));
-        log.enforce_retention(1001, &c, i64::MAX);
-        assert_eq!(log.log_start_offset(), 5);
-    }
-
-    #[test]
-    fn retention_keeps_what_is_not_uploaded() {
-        let mut log = MemLog::new();
-        // Three batches of 2 records, timestamped long ago (a backfill): offsets 0..6.
-        for _ in 0..3 {
-            append(&mut log, batch(2, 10));
-        }
-        let by_time = TopicConfig {
-            retention_ms: 5,
-            ..TopicConfig::default()
-        };
+        append(&mut log, batch(3, 10)); // offsets 0..3, about 1.1 KB
+        append(&mut log, batch(2, 20)); // 3..5
+        append(&mut log, batch(1, 1000)); // 5
         let by_size = TopicConfig {
             retention_bytes: 1,
             ..TopicConfig::default()
         };
-        // Nothing uploaded: nothing goes, however old or large.
-        assert_eq!(log.enforce_retention(1_000_000, &by_time, 0), 0);
-        assert_eq!(log.enforce_retention(1_000_000, &by_size, 0), 0);
+        assert_eq!(
+            log.retention_start(0, &by_size),
+            5,
+            "the newest batch stays"
+        );
+        let by_time = TopicConfig {
+            retention_ms: 5,
+            ..TopicConfig::default()
+        };
+        assert_eq!(
+            log.retention_start(20, &by_time),
+            3,
+            "judged by each batch's max timestamp"
+        );
+        assert_eq!(log.retention_start(1_000_000, &by_time), 5);
+        assert_eq!(log.retention_start(0, &TopicConfig::default()), 0);
+        // Size: a batch goes only if what stays still holds retention.bytes.
+        let all = log.size_bytes() as i64;
+        let keep_most = TopicConfig {
+            retention_bytes: all - 10,
+            ..TopicConfig::default()
+        };
+        assert_eq!(log.retention_start(0, &keep_most), 0);
+        // Judging moves nothing: the partition applies it as a deletion.
         assert_eq!(log.log_start_offset(), 0);
-        // The first batch (offsets 0, 1) is in an object: only it goes.
-        assert!(log.enforce_retention(1_000_000, &by_time, 2) > 0);
-        assert_eq!(log.log_start_offset(), 2);
-        // Up to offset 3 uploaded; the rest stays.
-        assert!(log.enforce_retention(1_000_000, &by_size, 4) > 0);
-        assert_eq!(log.log_start_offset(), 4);
-        assert_eq!(log.enforce_retention(1_000_000, &by_time, 5), 0);
-        assert_eq!(log.log_start_offset(), 4);
+        log.evict_below(log.retention_start(1_000_000, &by_time));
+        assert_eq!(log.log_start_offset(), 5);
+        assert_eq!(log.retention_start(1_000_000, &by_time), 5);
     }
 }

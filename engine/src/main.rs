@@ -227,6 +227,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let shard_store = store.clone();
     let shard_accepting = accepting.clone();
     let follow = store.as_ref().map(|_| catalog.clone());
+    let fetch_sessions = Arc::new(std::sync::Mutex::new(
+        ringtail_engine::fetch_sessions::FetchSessions::new(config.fetch_session_cache_slots),
+    ));
     let runtime = Runtime::start(&runtime_config, move |ctx: ShardContext<ShardOp>| {
         let env = SlotEnv {
             config: shard_config.clone(),
@@ -239,6 +242,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let ready = ready_tx.clone();
         let cluster_id = cluster_id.clone();
         let producer_ids = producer_ids.clone();
+        let fetch_sessions = fetch_sessions.clone();
         let accepting = shard_accepting.clone();
         let admission = admission.clone();
         let (membership, catalog, config) = (
@@ -260,6 +264,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 config,
                 cluster_id,
                 producer_ids,
+                fetch_sessions,
             });
             shard_main(ctx, broker, bound, ready, accepting, admission).await
         }

@@ -93,6 +93,10 @@ pub struct ShardStats {
     /// were copied in user space to build the response.
     pub fetch_sent_record_bytes: AtomicU64,
     pub fetch_copied_record_bytes: AtomicU64,
+    /// Incremental fetches (KIP-227 sessions) answered, and the partitions they left out (no
+    /// news) that a sessionless fetch would have carried.
+    pub fetch_incremental: AtomicU64,
+    pub fetch_incremental_partitions_omitted: AtomicU64,
     /// Uploaded batches kept in memory now, and bytes evicted from there so far.
     pub hot_cache_bytes: AtomicU64,
     pub hot_cache_evicted_bytes: AtomicU64,
@@ -153,6 +157,8 @@ impl ShardStats {
             fetch_object_bytes: AtomicU64::new(0),
             fetch_sent_record_bytes: AtomicU64::new(0),
             fetch_copied_record_bytes: AtomicU64::new(0),
+            fetch_incremental: AtomicU64::new(0),
+            fetch_incremental_partitions_omitted: AtomicU64::new(0),
             hot_cache_bytes: AtomicU64::new(0),
             hot_cache_evicted_bytes: AtomicU64::new(0),
             wal_superseded_records: AtomicU64::new(0),
@@ -422,6 +428,8 @@ pub fn render(src: &Sources) -> String {
         ("ringtail_produce_bytes_total", "counter", "Record-batch bytes appended by produce requests.", |s| s.produce_bytes.load(Relaxed)),
         ("ringtail_fetch_sent_record_bytes_total", "counter", "Record bytes written to fetch responses on this shard's connections.", |s| s.fetch_sent_record_bytes.load(Relaxed)),
         ("ringtail_fetch_copied_record_bytes_total", "counter", "Of those, bytes copied in user space to build the response (0 when the vectored send carries the stored buffers).", |s| s.fetch_copied_record_bytes.load(Relaxed)),
+        ("ringtail_fetch_incremental_total", "counter", "Incremental fetches (KIP-227 fetch sessions) answered on this shard's connections.", |s| s.fetch_incremental.load(Relaxed)),
+        ("ringtail_fetch_incremental_partitions_omitted_total", "counter", "Partitions incremental fetches left out of their answers (nothing new) that a sessionless fetch would have carried.", |s| s.fetch_incremental_partitions_omitted.load(Relaxed)),
         ("ringtail_hot_cache_bytes", "gauge", "Uploaded batches kept in memory for tail consumers (the hot-tail cache).", |s| s.hot_cache_bytes.load(Relaxed)),
         ("ringtail_hot_cache_evicted_bytes_total", "counter", "Bytes that left the hot-tail cache (they are read from objects from then on).", |s| s.hot_cache_evicted_bytes.load(Relaxed)),
         ("ringtail_wal_superseded_records_total", "counter", "Records replayed from this broker's WAL that another owner's writes had superseded (lost; see the warning in the log).", |s| s.wal_superseded_records.load(Relaxed)),

@@ -71,21 +71,28 @@ struct Partition {
     delete_waiters: Vec<(i64, oneshot::Sender<()>)>,
     /// Idempotent producers' recent batches (dedupe, ordering, fencing).
     producers: Producers,
+    /// The highest log start reported (see [`Partition::log_start`]).
+    log_start_floor: Cell<i64>,
 }
 
 impl Partition {
-    /// Applies retention to the in-memory log. With an object tier (`tiered`) only batches
-    /// already in a committed object may go: memory and the WAL are their only copy until then.
-    fn enforce_retention(&mut self, now_ms: i64, tiered: bool) -> u64 {
-        let keep_from = if tiered { self.uploaded_end } else { i64::MAX };
-        self.log
-            .enforce_retention(now_ms, &self.topic.config, keep_from)
-    }
-
+    /// The first offset held. Invariant: it never decreases while the broker runs — once an
+    /// offset was reported out of range it is never served again (asserted in debug builds;
+    /// `log_start_floor` holds it in release builds).
     fn log_start(&self) -> i64 {
         let hot = self.log.log_start_offset();
         let stored = self.cold.keys().next().map_or(hot, |&cold| cold.min(hot));
-        stored.max(self.deleted_below)
+        let start = stored.max(self.deleted_below);
+        let floor = self.log_start_floor.get();
+        debug_assert!(
+            start >= floor,
+            "the log start of {}/{} went back from {floor} to {start}",
+            self.topic.name,
+            self.log.log_end_offset()
+        );
+        let start = start.max(floor);
+        self.log_start_floor.set(start);
+        start
     }
 
     /// Records below `offset` are gone: memory lets them go and the waiting deletes answer.
@@ -102,6 +109,14 @@ impl Partition {
     fn log_end(&self) -> i64 {
         self.log.log_end_offset().max(self.uploaded_end)
     }
+}
+
+/// A shard's settings from the broker's configuration.
+pub struct ShardLimits {
+    /// Uploaded batches kept in memory for tail fetches.
+    pub hot_cache_bytes: u64,
+    /// How often time and size retention are checked.
+    pub retention_check_interval: Duration,
 }
 
 /// The partitions this shard owns, and its WAL.
@@ -129,6 +144,8 @@ pub struct ShardState {
     on_fenced: RefCell<Option<Box<dyn FnOnce()>>>,
     /// The topics; data is deleted only for those its deletion records name.
     catalog: Arc<Catalog>,
+    /// Wakes the retention check early (no object tier: the WAL ring is full).
+    retention_kick: RefCell<Option<oneshot::Sender<()>>>,
 }
 
 fn add(counter: &AtomicU64, n: u64) {
@@ -143,7 +160,7 @@ impl ShardState {
         recovery: Recovery,
         catalog: Arc<Catalog>,
         tier: Option<Tier>,
-        hot_cache_bytes: u64,
+        limits: ShardLimits,
         stats: Arc<ShardStats>,
         coordinator: Coordinator,
     ) -> Result<Rc<ShardState>, WalError> {
@@ -156,13 +173,14 @@ impl ShardState {
             span_cache: Rc::new(SpanCache::default()),
             hot_uploaded: RefCell::new(VecDeque::new()),
             hot_uploaded_bytes: Cell::new(0),
-            hot_cache_bytes,
+            hot_cache_bytes: limits.hot_cache_bytes,
             stats,
             coordinator,
             closing: Cell::new(false),
             on_fenced: RefCell::new(None),
             wal_broken: Cell::new(false),
             catalog,
+            retention_kick: RefCell::new(None),
         });
         let snapshot = state.catalog.snapshot();
         let opened = match &state.tier {
@@ -193,10 +211,21 @@ impl ShardState {
         *state.wal.borrow_mut() = Some(wal);
         state.settle_recovered();
         state.trim_wal();
-        if let Some(tier) = &state.tier {
-            let tick =
-                (tier.age_max / 2).clamp(Duration::from_millis(5), Duration::from_millis(100));
-            ringtail_shards::spawn_detached(upload_loop(Rc::downgrade(&state), tick));
+        let retention_check = limits.retention_check_interval;
+        match &state.tier {
+            Some(tier) => {
+                let tick =
+                    (tier.age_max / 2).clamp(Duration::from_millis(5), Duration::from_millis(100));
+                ringtail_shards::spawn_detached(upload_loop(
+                    Rc::downgrade(&state),
+                    tick,
+                    retention_check,
+                ));
+            }
+            None => ringtail_shards::spawn_detached(memory_retention_loop(
+                Rc::downgrade(&state),
+                retention_check,
+            )),
         }
         Ok(state)
     }
@@ -503,7 +532,6 @@ impl ShardState {
         let mut entries = r.entries.iter();
         let mut live = Vec::with_capacity(r.chunks.len());
         let mut parts = self.partitions.borrow_mut();
-        let now = now_ms();
         let me = self.tier.as_ref().map(|t| t.node);
         let writers: HashMap<String, i32> = self
             .tier
@@ -611,9 +639,6 @@ impl ShardState {
                  this broker stopped or paused)"
             );
             add(&self.stats.wal_superseded_records, *records);
-        }
-        for p in parts.values_mut() {
-            p.enforce_retention(now, self.tier.is_some());
         }
         Ok(live)
     }
@@ -809,6 +834,13 @@ impl ShardState {
             WalError::TooLarge(_) => ResponseError::MessageTooLarge.code(),
             _ => ResponseError::KafkaStorageError.code(),
         };
+        if matches!(e, WalError::Full { .. }) {
+            // Without an object tier retention is what frees the ring: check it now rather
+            // than at the next interval (the refused producer retries).
+            if let Some(kick) = self.retention_kick.take() {
+                let _ = kick.send(());
+            }
+        }
         let quiet = self
             .last_full_warning
             .get()
@@ -940,7 +972,6 @@ impl ShardState {
                         tag.bytes.clone(),
                     );
                 }
-                p.enforce_retention(now, self.tier.is_some());
                 wake(p.waiters.drain(..));
             }
         }
@@ -1101,14 +1132,23 @@ impl ShardState {
         }
     }
 
-    /// New configs apply at once: a lowered retention trims the in-memory log now (objects
-    /// follow at the next retention pass).
+    /// New configs apply to the partitions at once; a changed retention at the next check.
     pub fn topic_changed(&self, topic: Arc<TopicMeta>) {
-        let now = now_ms();
         for (key, p) in self.partitions.borrow_mut().iter_mut() {
             if key.topic_id == topic.id {
                 p.topic = topic.clone();
-                p.enforce_retention(now, self.tier.is_some());
+            }
+        }
+    }
+
+    /// Time and size retention without an object tier: memory (and the WAL) is the only copy,
+    /// judged batch by batch; the new log starts are deletions like DeleteRecords'.
+    fn enforce_memory_retention(&self) {
+        let now = now_ms();
+        for p in self.partitions.borrow_mut().values_mut() {
+            let start = p.log.retention_start(now, &p.topic.config);
+            if start > p.deleted_below {
+                p.delete_below(start);
             }
         }
         self.trim_wal();
@@ -1200,6 +1240,7 @@ impl Partition {
             upload_waiters: Vec::new(),
             deleted_below: 0,
             delete_requested: 0,
+            log_start_floor: Cell::new(0),
             delete_waiters: Vec::new(),
             producers: Producers::default(),
         }
@@ -1436,8 +1477,9 @@ impl ColdRead {
     }
 }
 
-/// How often a shard applies retention to its committed objects.
-const OBJECT_RETENTION_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a shard applies DeleteRecords and topic deletions to its committed objects (time
+/// and size retention run at their own interval, `log.retention.check.interval.ms`).
+const DELETION_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a shard retries deleting garbage whose delete failed.
 const GARBAGE_RETRY_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -1470,9 +1512,12 @@ impl Deletion {
 }
 
 impl ShardState {
-    /// Spans to drop: those below a DeleteRecords offset, and the oldest ones beyond
-    /// `retention.ms` or `retention.bytes` (counting the in-memory log too).
-    fn plan_deletion(&self) -> Deletion {
+    /// Spans to drop: those below a DeleteRecords offset, and, when retention is checked
+    /// (`retention`), the oldest ones beyond `retention.ms` (judged by the span's largest
+    /// timestamp, as Kafka judges a segment) or `retention.bytes` (counting the in-memory log
+    /// too). The active tail stays: the span holding the log's last record is never dropped by
+    /// retention, so a partition keeps its newest data however old its timestamps.
+    fn plan_deletion(&self, retention: bool) -> Deletion {
         let now = now_ms();
         let parts = self.partitions.borrow();
         let mut d = Deletion {
@@ -1487,11 +1532,13 @@ impl ShardState {
             // Objects, plus what memory holds that is not in them yet.
             let mut total: i64 = p.cold.values().map(|(_, s)| s.byte_len as i64).sum::<i64>()
                 + p.log.bytes_from(p.uploaded_end) as i64;
+            let log_end = p.log_end();
             for (&base, (_, span)) in &p.cold {
                 let deleted = span.last_offset < below;
+                let tail = span.last_offset + 1 >= log_end;
                 let old = cfg.retention_ms >= 0 && now - span.max_timestamp > cfg.retention_ms;
                 let over = drops_for_bytes(total, span.byte_len as i64, cfg.retention_bytes);
-                if !(deleted || old || over) {
+                if !(deleted || (retention && !tail && (old || over))) {
                     break;
                 }
                 total -= span.byte_len as i64;
@@ -1509,8 +1556,8 @@ impl ShardState {
     /// Applies retention and DeleteRecords to the objects: one manifest commit forgets the
     /// dropped spans and records the new log starts, objects nobody references are deleted, and
     /// only then do the partitions' log starts move up and waiting DeleteRecords answer.
-    async fn enforce_deletion(self: &Rc<Self>, tier: &Tier) {
-        let d = self.plan_deletion();
+    async fn enforce_deletion(self: &Rc<Self>, tier: &Tier, retention: bool) {
+        let d = self.plan_deletion(retention);
         let drop = |s: &Span| {
             let key = PartitionKey {
                 topic_id: Uuid::from_bytes(s.topic_id),
@@ -1641,9 +1688,27 @@ impl ShardState {
     }
 }
 
+/// Checks time and size retention every `interval` while the shard lives (no object tier),
+/// and at once when the WAL ring refuses a write for lack of space.
+async fn memory_retention_loop(weak: Weak<ShardState>, interval: Duration) {
+    loop {
+        let (tx, rx) = oneshot::channel();
+        match weak.upgrade() {
+            Some(state) => *state.retention_kick.borrow_mut() = Some(tx),
+            None => return,
+        }
+        let _ = ringtail_shards::timeout(interval, rx).await;
+        match weak.upgrade() {
+            Some(state) => state.enforce_memory_retention(),
+            None => return,
+        }
+    }
+}
+
 /// Seals and uploads objects while the shard lives.
-async fn upload_loop(weak: Weak<ShardState>, tick: Duration) {
+async fn upload_loop(weak: Weak<ShardState>, tick: Duration, retention_check: Duration) {
     let mut last_retention = Instant::now();
+    let mut last_retention_check = Instant::now();
     let mut last_gc: Option<Instant> = None;
     let mut last_merge = Instant::now();
     loop {
@@ -1659,11 +1724,17 @@ async fn upload_loop(weak: Weak<ShardState>, tick: Duration) {
         }
         let Some(state) = weak.upgrade() else { return };
         if let Some(tier) = state.tier.clone() {
-            if last_retention.elapsed() >= OBJECT_RETENTION_INTERVAL || tier.take_deletion_request()
+            let check = last_retention_check.elapsed() >= retention_check;
+            if check
+                || last_retention.elapsed() >= DELETION_INTERVAL
+                || tier.take_deletion_request()
             {
                 last_retention = Instant::now();
+                if check {
+                    last_retention_check = last_retention;
+                }
                 tier.busy.set(true);
-                state.enforce_deletion(&tier).await;
+                state.enforce_deletion(&tier, check).await;
                 tier.busy.set(false);
             }
             if last_gc.is_none_or(|t| t.elapsed() >= GARBAGE_RETRY_INTERVAL) {

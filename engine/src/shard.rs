@@ -202,6 +202,9 @@ pub struct Broker {
     pub cluster_id: String,
     /// Producer id blocks in the bucket, when there is an object tier.
     pub producer_ids: Option<Arc<crate::producer_ids::ProducerIds>>,
+    /// The broker's incremental fetch sessions, shared by its shards: a client that reconnects
+    /// to another shard keeps its session.
+    pub fetch_sessions: Arc<std::sync::Mutex<crate::fetch_sessions::FetchSessions>>,
 }
 
 impl Broker {

@@ -331,7 +331,12 @@ async fn produces_racing_a_topic_deletion_never_take_the_broker_down() {
         .set("bootstrap.servers", &bootstrap)
         .create()
         .unwrap();
-    for round in 0..8 {
+    // 8 rounds in the suite; issue 27 asks for 200 by hand (`RINGTAIL_TEST_RACE_ROUNDS=200`).
+    let rounds: usize = std::env::var("RINGTAIL_TEST_RACE_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(8);
+    for round in 0..rounds {
         common::create_topic(&bootstrap, "racing", 4, &[]).await;
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)

@@ -721,3 +721,109 @@ async fn cooperative_sticky_members_rebalance_incrementally() {
     ledger.assert_once();
     assert_eq!(assignment(&c1).len(), PARTITIONS as usize);
 }
+
+/// Counts the rebalances a librdkafka consumer goes through.
+struct CountRebalances(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl rdkafka::ClientContext for CountRebalances {}
+
+impl rdkafka::consumer::ConsumerContext for CountRebalances {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &rdkafka::consumer::Rebalance<'_>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn static_member(
+    b: &TestBroker,
+    instance: &str,
+    rebalances: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> BaseConsumer<CountRebalances> {
+    let c: BaseConsumer<CountRebalances> = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .set("group.id", "static")
+        .set("group.instance.id", instance)
+        .set("client.id", instance)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "30000")
+        .set("heartbeat.interval.ms", "500")
+        .create_with_context(CountRebalances(rebalances.clone()))
+        .unwrap();
+    c.subscribe(&["grp"]).unwrap();
+    c
+}
+
+fn static_assignment(c: &BaseConsumer<CountRebalances>) -> BTreeSet<i32> {
+    c.assignment()
+        .unwrap()
+        .elements()
+        .iter()
+        .map(|e| e.partition())
+        .collect()
+}
+
+/// Issue 27 (librdkafka 0102, KIP-345): a static member that restarts within its session
+/// timeout gets its partitions back at once and the other members are not disturbed. Before,
+/// the broker held the restarted member's join for a rebalance (8 s in the suite) and told the
+/// others REBALANCE_IN_PROGRESS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_static_member_keeps_its_partitions_without_a_rebalance() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    let b = TestBroker::start(&["--shards", "2", "--group-initial-rebalance-delay-ms", "500"]);
+    common::create_topic(&b.bootstrap(), "grp", PARTITIONS, &[]).await;
+    let (r1, r2) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let c1 = static_member(&b, "host-1", &r1);
+    let c2 = static_member(&b, "host-2", &r2);
+    let deadline = Instant::now() + TIMEOUT;
+    let (a1, a2) = loop {
+        assert!(Instant::now() < deadline, "the two members never split");
+        let _ = c1.poll(Duration::from_millis(50));
+        let _ = c2.poll(Duration::from_millis(50));
+        let (a1, a2) = (static_assignment(&c1), static_assignment(&c2));
+        if a1.len() + a2.len() == PARTITIONS as usize && a1.is_disjoint(&a2) && !a1.is_empty() {
+            break (a1, a2);
+        }
+    };
+    // Settle: let c2 finish its own rebalance callbacks, then count from here.
+    for _ in 0..10 {
+        let _ = c2.poll(Duration::from_millis(50));
+    }
+    let before = r2.load(SeqCst);
+    // A static member's close leaves the group to its session timeout (no LeaveGroup).
+    drop(c1);
+    let restarted_at = Instant::now();
+    let r1b = Arc::new(AtomicUsize::new(0));
+    let c1 = static_member(&b, "host-1", &r1b);
+    loop {
+        assert!(
+            restarted_at.elapsed() < Duration::from_secs(20),
+            "the restarted member got no partitions"
+        );
+        let _ = c1.poll(Duration::from_millis(50));
+        let _ = c2.poll(Duration::from_millis(50));
+        if !static_assignment(&c1).is_empty() {
+            break;
+        }
+    }
+    let took = restarted_at.elapsed();
+    for _ in 0..40 {
+        let _ = c1.poll(Duration::from_millis(50));
+        let _ = c2.poll(Duration::from_millis(50));
+    }
+    assert_eq!(
+        static_assignment(&c1),
+        a1,
+        "the same partitions as before the restart"
+    );
+    assert_eq!(static_assignment(&c2), a2);
+    assert_eq!(
+        r2.load(SeqCst),
+        before,
+        "the other member went through a rebalance"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the restarted member waited {took:?} for its partitions"
+    );
+}

@@ -300,6 +300,14 @@ async fn full_ring_refuses_produce_until_space_is_freed() {
         .unwrap()[0]
         .as_ref()
         .expect("deleted");
+    // A full ring triggers the retention check at once; the refused produce is retried.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .set("acks", "all")
+        .set("message.timeout.ms", "30000")
+        .set("retry.backoff.ms", "50")
+        .create()
+        .unwrap();
     for i in 0..300 {
         producer
             .send(

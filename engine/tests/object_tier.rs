@@ -20,8 +20,8 @@ use rdkafka::{Offset, TopicPartitionList};
 const TIMEOUT: Duration = Duration::from_secs(30);
 const PARTITIONS: i32 = 3;
 
-/// One shard, a small ring, small objects uploaded within 50 ms.
-const TIER_FLAGS: [&str; 10] = [
+/// One shard, a small ring, small objects uploaded within 50 ms, retention checked every 200 ms.
+const TIER_FLAGS: [&str; 12] = [
     "--shards",
     "1",
     "--wal-size-per-shard",
@@ -32,6 +32,8 @@ const TIER_FLAGS: [&str; 10] = [
     "65536",
     "--object-age-max-ms",
     "50",
+    "--log-retention-check-interval-ms",
+    "200",
 ];
 
 fn tier_args(store: &str) -> Vec<String> {
@@ -484,14 +486,24 @@ async fn delete_records_moves_log_starts_durably() {
         beyond.elements()[0].error().is_err(),
         "beyond the high watermark is out of range"
     );
+    // Issue 27: `timeout_ms` 0 (librdkafka's operation_timeout 0, as its test 0081 sends) means
+    // "do not wait for followers", not "time out": the deletion is answered with its low
+    // watermark (before: REQUEST_TIMED_OUT and -1, although the records were deleted).
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("tiered", 2, Offset::Offset(10))
+        .unwrap();
+    let no_wait = AdminOptions::new().operation_timeout(Some(Duration::ZERO));
+    let done = admin.delete_records(&tpl, &no_wait).await.unwrap();
+    let e = &done.elements()[0];
+    assert_eq!((e.offset(), e.error()), (Offset::Offset(10), Ok(())));
     let remaining = |all: &BTreeMap<(i32, i64), Vec<u8>>| -> BTreeMap<(i32, i64), Vec<u8>> {
         all.iter()
-            .filter(|((p, o), _)| *p == 2 || (*p == 0 && *o >= 20))
+            .filter(|((p, o), _)| (*p == 2 && *o >= 10) || (*p == 0 && *o >= 20))
             .map(|(k, v)| (*k, v.clone()))
             .collect()
     };
     let (read, lows) = common::read_all(&b.bootstrap(), "tiered", PARTITIONS);
-    assert_eq!(lows, vec![20, 50, 0]);
+    assert_eq!(lows, vec![20, 50, 10]);
     assert_eq!(read, remaining(&acked));
     // Below the log start is out of range for a fetch.
     let c: BaseConsumer = ClientConfig::new()
@@ -522,7 +534,11 @@ async fn delete_records_moves_log_starts_durably() {
 
     b.kill9();
     let b = start(data.path(), &args);
-    assert_eq!(watermarks(&b), expect, "after kill -9");
+    assert_eq!(
+        watermarks(&b),
+        vec![(20, 50), (50, 50), (10, 50)],
+        "after kill -9"
+    );
     let more = produce(&b, 150, 6).await;
     assert!(
         more.keys().any(|&(p, o)| p == 1 && o == 50),
@@ -534,7 +550,7 @@ async fn delete_records_moves_log_starts_durably() {
     let b = start(data.path(), &args);
     assert_eq!(
         watermarks(&b),
-        vec![(20, 52), (50, 52), (0, 52)],
+        vec![(20, 52), (50, 52), (10, 52)],
         "from an empty data dir"
     );
     let mut all = acked;

@@ -16,6 +16,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -446,6 +447,29 @@ async fn unknown_topics_and_auto_create() {
     drop(b);
 
     let b = TestBroker::start(&["--auto-create-topics", "true", "--default-partitions", "3"]);
+    // Issue 27: like Kafka, the Metadata answer that creates a topic says LEADER_NOT_AVAILABLE
+    // and lists no partitions; the next one lists them.
+    let creating: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .set("allow.auto.create.topics", "true")
+        .create()
+        .unwrap();
+    let first = creating
+        .fetch_metadata(Some("by-metadata"), TIMEOUT)
+        .unwrap();
+    let t = &first.topics()[0];
+    assert_eq!(
+        (t.error(), t.partitions().len()),
+        (
+            Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE),
+            0
+        )
+    );
+    let again = creating
+        .fetch_metadata(Some("by-metadata"), TIMEOUT)
+        .unwrap();
+    let t = &again.topics()[0];
+    assert_eq!((t.error(), t.partitions().len()), (None, 3));
     let p: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", b.bootstrap())
         .create()
@@ -461,10 +485,16 @@ async fn unknown_topics_and_auto_create() {
 }
 
 /// AlterConfigs (librdkafka's admin uses the legacy, whole-set API) changes a topic's configs
-/// at once, on its partitions too: a lowered retention.bytes trims a WAL-only partition now.
+/// at once, on its partitions too: a lowered retention.bytes trims a WAL-only partition at the
+/// next retention check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alter_configs_take_effect() {
-    let b = TestBroker::start(&["--object-store", "none"]);
+    let b = TestBroker::start(&[
+        "--object-store",
+        "none",
+        "--log-retention-check-interval-ms",
+        "100",
+    ]);
     let a = admin(&b);
     common::create_topic(&b.bootstrap(), "alter-t", 1, &[("retention.ms", "3600000")]).await;
     let p = producer(&b, "none");
@@ -498,11 +528,18 @@ async fn alter_configs_take_effect() {
         resource.get("retention.ms").unwrap().is_default,
         "the legacy API replaces the whole set"
     );
-    let (low, high) = c.fetch_watermarks("alter-t", 0, TIMEOUT).unwrap();
-    assert!(
-        low >= 16 && high == 20,
-        "retention applied at once: {low}..{high}"
-    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (low, high) = c.fetch_watermarks("alter-t", 0, TIMEOUT).unwrap();
+        if low >= 16 && high == 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retention not applied: {low}..{high}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // Refused: a value that does not validate, durability=object without an object store, a
     // broker resource. rdkafka-rs drops per-resource error codes (kafka-python checks them), so
@@ -546,5 +583,94 @@ async fn alter_configs_take_effect() {
             .value
             .as_deref(),
         Some("30000")
+    );
+}
+
+/// Issue 27 (librdkafka 0054, 0059): records with old CreateTimes (1970) stay readable next to
+/// newer ones until retention is checked, and then only as whole units: Ringtail removed them
+/// when the next batch was appended, and the log start went 1 → 0 a second later, serving an
+/// offset it had reported out of range. Now retention runs at its check interval, judges a
+/// unit by its largest timestamp and keeps the active tail; the log start never decreases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_timestamps_stay_until_retention_is_checked_and_the_log_start_never_decreases() {
+    let b = TestBroker::start(&["--object-age-max-ms", "200"]);
+    common::create_topic(&b.bootstrap(), "old-ts", 1, &[]).await;
+    let p = producer(&b, "none");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for (i, ts) in [1234, 1235, now].into_iter().enumerate() {
+        let d = p
+            .send(
+                FutureRecord::<(), String>::to("old-ts")
+                    .partition(0)
+                    .timestamp(ts)
+                    .payload(&format!("v{i}")),
+                TIMEOUT,
+            )
+            .await
+            .expect("produce");
+        assert_eq!(d.offset, i as i64);
+    }
+    let c = consumer(&b);
+    // Watched for 3 s, through uploads: the log start stays 0 and offset 0 is served.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        assert_eq!(c.fetch_watermarks("old-ts", 0, TIMEOUT).unwrap(), (0, 3));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("old-ts", 0, Offset::Offset(1000))
+        .unwrap();
+    let found = c.offsets_for_times(tpl, TIMEOUT).unwrap();
+    assert_eq!(found.elements()[0].offset(), Offset::Offset(0));
+    let (read, lows) = common::read_all(&b.bootstrap(), "old-ts", 1);
+    assert_eq!((read.len(), lows), (3, vec![0]));
+    drop(b);
+
+    // With a short check interval and retention.ms, the log start moves in whole units, only
+    // forward, and the newest record stays.
+    let b = TestBroker::start(&[
+        "--object-age-max-ms",
+        "50",
+        "--log-retention-check-interval-ms",
+        "100",
+    ]);
+    common::create_topic(&b.bootstrap(), "expiring", 1, &[("retention.ms", "1000")]).await;
+    let p = producer(&b, "none");
+    for i in 0..20 {
+        let ts = if i < 19 { 1234 + i } else { now };
+        p.send(
+            FutureRecord::<(), String>::to("expiring")
+                .partition(0)
+                .timestamp(ts)
+                .payload(&format!("v{i}")),
+            TIMEOUT,
+        )
+        .await
+        .expect("produce");
+        // Uploaded on their own: the newest record's span holds nothing older.
+        std::thread::sleep(Duration::from_millis(if i == 18 { 400 } else { 60 }));
+    }
+    let c = consumer(&b);
+    let mut low = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while low < 19 {
+        assert!(
+            Instant::now() < deadline,
+            "retention never reached the tail: {low}"
+        );
+        let (l, h) = c.fetch_watermarks("expiring", 0, TIMEOUT).unwrap();
+        assert!(l >= low, "the log start went back from {low} to {l}");
+        assert_eq!(h, 20);
+        low = l;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(low, 19, "the newest record stays");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        c.fetch_watermarks("expiring", 0, TIMEOUT).unwrap(),
+        (19, 20)
     );
 }

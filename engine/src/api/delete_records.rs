@@ -13,6 +13,21 @@ use crate::shard::{Broker, DeleteItem, DeleteOutcome, ErrorOutcome, PartitionKey
 
 /// Longest a DeleteRecords waits for its commit, whatever the client asks.
 const TIMEOUT_MAX: Duration = Duration::from_secs(300);
+/// How long the owner's own commit may take when the client sets no timeout (`timeout_ms` 0 or
+/// negative): Kafka's default `request.timeout.ms`.
+const OWN_COMMIT_WAIT: Duration = Duration::from_secs(30);
+
+/// How long to wait for the new log starts' commit. Kafka's `timeout_ms` bounds the wait for
+/// *followers*; the leader's own deletion is done before it answers, so 0 means "do not wait
+/// for replicas", never "time out". Ringtail's own deletion is the manifest commit (the log
+/// lives in the bucket), so it is always awaited; a non-positive timeout gets the default bound.
+fn commit_wait(timeout_ms: i32) -> Duration {
+    if timeout_ms <= 0 {
+        OWN_COMMIT_WAIT
+    } else {
+        Duration::from_millis(timeout_ms as u64).min(TIMEOUT_MAX)
+    }
+}
 
 pub async fn handle(broker: &Broker, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
     let snapshot = broker.catalog.snapshot();
@@ -44,7 +59,7 @@ pub async fn handle(broker: &Broker, request: DeleteRecordsRequest) -> DeleteRec
             });
         }
     }
-    let timeout = Duration::from_millis(request.timeout_ms.max(0) as u64).min(TIMEOUT_MAX);
+    let timeout = commit_wait(request.timeout_ms);
     let n = items.len();
     let deleted = broker.scatter(items, |s, i| s.delete_records(i), ShardOp::DeleteRecords);
     // On time out the deletion still happens; the client learns it did not finish in time.
@@ -80,4 +95,17 @@ pub async fn handle(broker: &Broker, request: DeleteRecordsRequest) -> DeleteRec
         })
         .collect();
     DeleteRecordsResponse::default().with_topics(topics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_timeout_still_waits_for_the_owners_commit() {
+        assert_eq!(commit_wait(0), OWN_COMMIT_WAIT);
+        assert_eq!(commit_wait(-1), OWN_COMMIT_WAIT);
+        assert_eq!(commit_wait(1), Duration::from_millis(1));
+        assert_eq!(commit_wait(i32::MAX), TIMEOUT_MAX);
+    }
 }

@@ -8,6 +8,7 @@ use kafka_protocol::ResponseError;
 use ringtail_netio::fetch::{FetchPartition, FetchResponseParts, FetchTopic};
 use ringtail_netio::request::Header;
 
+use crate::fetch_sessions::{PartitionRef, Plan, Seen, Want};
 use crate::shard::{
     Broker, ErrorOutcome, FetchItem, FetchOutcome, PartitionKey, Route, ShardOp, LEADER_EPOCH,
 };
@@ -22,13 +23,58 @@ struct Target {
     max_bytes: usize,
 }
 
+/// The partitions a request names, in order, and those it asks its session to forget.
+fn requested(request: &FetchRequest) -> (Vec<(PartitionRef, Want)>, Vec<PartitionRef>) {
+    let named = request
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| {
+                (
+                    PartitionRef {
+                        topic_id: t.topic_id,
+                        topic: t.topic.clone(),
+                        partition: p.partition,
+                    },
+                    Want {
+                        fetch_offset: p.fetch_offset,
+                        max_bytes: p.partition_max_bytes,
+                        leader_epoch: p.current_leader_epoch,
+                    },
+                )
+            })
+        })
+        .collect();
+    let forgotten = request
+        .forgotten_topics_data
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|&partition| PartitionRef {
+                topic_id: t.topic_id,
+                topic: t.topic.clone(),
+                partition,
+            })
+        })
+        .collect();
+    (named, forgotten)
+}
+
 /// The response keeps each partition's batches as the stored buffers; the connection sends
-/// them with one vectored write.
+/// them with one vectored write. Fetch sessions (KIP-227): see [`crate::fetch_sessions`].
 pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> FetchResponseParts {
     let by_id = header.api_version >= 13;
-    if request.session_id != 0 {
+    let (named, forgotten) = requested(&request);
+    let (plan, fetch) = broker.fetch_sessions.lock().expect("not poisoned").begin(
+        crate::shard::now_ms() as u64,
+        request.session_id,
+        request.session_epoch,
+        by_id,
+        named,
+        &forgotten,
+    );
+    if let Plan::Error(code) = plan {
         return FetchResponseParts {
-            error_code: ResponseError::FetchSessionIdNotFound.code(),
+            error_code: code,
             ..FetchResponseParts::default()
         };
     }
@@ -39,38 +85,36 @@ pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> 
     let wait = Duration::from_millis(request.max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX) as u64);
     let deadline = Instant::now() + wait;
 
-    // Resolve every requested partition once: a target on its owner, or an error.
-    let mut slots: Vec<Result<Target, i16>> = Vec::new();
-    for topic in &request.topics {
-        let meta = if by_id {
-            snapshot.by_id(&topic.topic_id)
-        } else {
-            snapshot.by_name(&topic.topic)
-        };
-        for p in &topic.partitions {
-            let slot = match meta {
+    // Resolve every partition to fetch once: a target on its owner, or an error.
+    let slots: Vec<Result<Target, i16>> = fetch
+        .iter()
+        .map(|(r, want)| {
+            let meta = if by_id {
+                snapshot.by_id(&r.topic_id)
+            } else {
+                snapshot.by_name(&r.topic)
+            };
+            match meta {
                 None if by_id => Err(ResponseError::UnknownTopicId.code()),
                 None => Err(ResponseError::UnknownTopicOrPartition.code()),
-                Some(m) if p.partition < 0 || p.partition >= m.partitions => {
+                Some(m) if r.partition < 0 || r.partition >= m.partitions => {
                     Err(ResponseError::UnknownTopicOrPartition.code())
                 }
-                Some(_) if p.current_leader_epoch > LEADER_EPOCH => {
+                Some(_) if want.leader_epoch > LEADER_EPOCH => {
                     Err(ResponseError::UnknownLeaderEpoch.code())
                 }
                 Some(m) => Ok(Target {
-                    route: broker.owner(m, p.partition),
+                    route: broker.owner(m, r.partition),
                     key: PartitionKey {
                         topic_id: m.id,
-                        partition: p.partition,
+                        partition: r.partition,
                     },
-                    offset: p.fetch_offset,
-                    max_bytes: (p.partition_max_bytes.max(0) as usize).min(response_bytes_max),
+                    offset: want.fetch_offset,
+                    max_bytes: (want.max_bytes.max(0) as usize).min(response_bytes_max),
                 }),
-            };
-            slots.push(slot);
-        }
-    }
-
+            }
+        })
+        .collect();
     let outcomes = loop {
         let items = slots
             .iter()
@@ -126,34 +170,66 @@ pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> 
         outcomes.iter().map(|_| FetchOutcome::error(code)).collect()
     };
 
-    let mut outcomes = outcomes.into_iter();
-    let topics = request
-        .topics
+    let seen: Vec<Seen> = outcomes
         .iter()
-        .map(|topic| FetchTopic {
-            name: topic.topic.clone(),
-            topic_id: topic.topic_id,
-            partitions: topic
-                .partitions
-                .iter()
-                .map(|p| {
-                    let o = outcomes.next().expect("one outcome per partition");
-                    FetchPartition {
-                        partition_index: p.partition,
-                        error_code: o.error,
-                        high_watermark: o.high_watermark,
-                        last_stable_offset: o.high_watermark,
-                        log_start_offset: o.log_start_offset,
-                        batches: o.batches,
-                    }
-                })
-                .collect(),
+        .map(|o| Seen {
+            error: o.error,
+            high_watermark: o.high_watermark,
+            log_start: o.log_start_offset,
+            has_records: !o.batches.is_empty(),
         })
         .collect();
+    let include = broker
+        .fetch_sessions
+        .lock()
+        .expect("not poisoned")
+        .finish(plan, &fetch, &seen);
+    if let Plan::Incremental { .. } = plan {
+        use std::sync::atomic::Ordering::Relaxed;
+        let omitted = include.iter().filter(|i| !**i).count() as u64;
+        broker.stats.fetch_incremental.fetch_add(1, Relaxed);
+        broker
+            .stats
+            .fetch_incremental_partitions_omitted
+            .fetch_add(omitted, Relaxed);
+    }
     FetchResponseParts {
-        topics,
+        session_id: plan.session_id(),
+        topics: group_by_topic(fetch.into_iter().zip(outcomes).zip(include)),
         ..FetchResponseParts::default()
     }
+}
+
+/// The answered partitions, consecutive ones of a topic under one topic entry (a session's
+/// order may name a topic more than once, as Kafka's responses may).
+fn group_by_topic(
+    answered: impl Iterator<Item = (((PartitionRef, Want), FetchOutcome), bool)>,
+) -> Vec<FetchTopic> {
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    for (((r, _), o), included) in answered {
+        if !included {
+            continue;
+        }
+        let partition = FetchPartition {
+            partition_index: r.partition,
+            error_code: o.error,
+            high_watermark: o.high_watermark,
+            last_stable_offset: o.high_watermark,
+            log_start_offset: o.log_start_offset,
+            batches: o.batches,
+        };
+        match topics.last_mut() {
+            Some(t) if t.topic_id == r.topic_id && t.name == r.topic => {
+                t.partitions.push(partition)
+            }
+            _ => topics.push(FetchTopic {
+                name: r.topic,
+                topic_id: r.topic_id,
+                partitions: vec![partition],
+            }),
+        }
+    }
+    topics
 }
 
 /// Keeps whole batches, in request order, within `max_bytes`; the first batch of the response

@@ -117,13 +117,19 @@ async fn by_name(broker: &Broker, name: &str, allow_auto: bool) -> MetadataRespo
         )
         .await
     {
+        // Kafka's first answer for a topic it is creating: LEADER_NOT_AVAILABLE, no partitions;
+        // the client asks again (kafka-go reads a topic listed at once as one never deleted).
         Ok(t) => {
             tracing::info!(
                 topic = name,
                 partitions = t.partitions,
                 "auto-created topic"
             );
-            topic_entry(broker, &t)
+            error_entry(
+                Some(name),
+                Uuid::nil(),
+                ResponseError::LeaderNotAvailable.code(),
+            )
         }
         // Another connection created it first.
         Err(CatalogError::Exists(_)) => match broker.catalog.snapshot().by_name(name) {
