@@ -66,6 +66,9 @@ drain(lambda: True, paused=(0,))
 assert len(got[0]) < len(sent[0]), "partition 0 was read while paused"
 consumer.resume(tps[0])
 drain(complete)
+# Idle polls: incremental fetches with nothing to tell.
+idle_until = time.time() + 1.0
+drain(lambda: time.time() > idle_until)
 for p in range(partitions):
     assert got[p] == sent[p], "partition %d: %d of %d, in order: %s" % (
         p, len(got[p]), len(sent[p]), got[p][:3])
