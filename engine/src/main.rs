@@ -340,6 +340,12 @@ fn serve(config: Config) -> anyhow::Result<()> {
         }
         bail!("{e}");
     }
+    // Taken over before the broker says it listens: a SIGTERM sent by whoever saw that line must
+    // find the handler (the default action killed the process before its clean shutdown).
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
     accepting.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(probe);
     ready_flag.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -355,10 +361,6 @@ fn serve(config: Config) -> anyhow::Result<()> {
         config.shards
     );
 
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])?;
     if let Some(signal) = signals.forever().next() {
         tracing::info!(signal, "shutting down");
     }
