@@ -275,15 +275,9 @@ impl Coordinator {
         });
         match waiting {
             Ok(r) => r,
-            Err(rx) => rx.await.unwrap_or_else(|_| JoinResult {
-                error: crate::group::UNKNOWN_MEMBER_ID,
-                generation: -1,
-                protocol_type: None,
-                protocol: None,
-                leader: String::new(),
-                member_id: member,
-                members: Vec::new(),
-            }),
+            Err(rx) => rx
+                .await
+                .unwrap_or_else(|_| JoinResult::error(crate::group::UNKNOWN_MEMBER_ID, &member)),
         }
     }
 

@@ -23,6 +23,7 @@
 use std::collections::{HashMap, HashSet};
 
 use kafka_protocol::messages::TopicName;
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
@@ -30,8 +31,8 @@ pub const FINAL_EPOCH: i32 = -1;
 pub const INITIAL_EPOCH: i32 = 0;
 /// Kafka's `min.incremental.fetch.session.eviction.ms`.
 pub const EVICTION_MS: u64 = 120_000;
-/// Partitions cached by all sessions together (each costs about 100 bytes): what a client can
-/// make the cache hold is bounded whatever it asks.
+/// Partitions cached by all sessions together (each costs about 200 bytes: the key twice, the
+/// state, the map's slot): what a client can make the cache hold is bounded whatever it asks.
 pub const CACHED_PARTITIONS_MAX: usize = 1_000_000;
 
 /// A partition as a fetch names it: by topic id from Fetch v13 (the name is then empty), by
@@ -41,6 +42,19 @@ pub struct PartitionRef {
     pub topic_id: Uuid,
     pub topic: TopicName,
     pub partition: i32,
+}
+
+impl PartitionRef {
+    /// A copy for the cache: a decoded name is a slice of its request frame, which a cached
+    /// slice would keep alive for the session's life (a padded 100 MiB fetch, 1000 times over).
+    fn owned(&self) -> PartitionRef {
+        let name: &str = &self.topic;
+        PartitionRef {
+            topic_id: self.topic_id,
+            topic: TopicName(StrBytes::from_string(name.to_owned())),
+            partition: self.partition,
+        }
+    }
 }
 
 /// What the consumer asks of a partition.
@@ -166,6 +180,7 @@ impl FetchSessions {
             match s.parts.get_mut(&r) {
                 Some((w, _)) => *w = want,
                 None => {
+                    let r = r.owned();
                     s.parts.insert(r.clone(), (want, UNTOLD));
                     s.order.push(r);
                 }
@@ -262,19 +277,24 @@ impl FetchSessions {
         if self.slots == 0 || requested.is_empty() {
             return 0;
         }
+        // The partition bound is never met by evicting: a session too large for what is left
+        // goes without one (Kafka evicts at most one session, for a slot).
+        if self.cached + requested.len() > CACHED_PARTITIONS_MAX {
+            return 0;
+        }
+        if self.sessions.len() >= self.slots && !self.evict_for(now, requested.len()) {
+            return 0;
+        }
         let mut parts = HashMap::with_capacity(requested.len());
         let mut order = Vec::with_capacity(requested.len());
         for (r, want) in requested {
-            if parts.insert(r.clone(), (*want, UNTOLD)).is_none() {
+            let r = r.owned();
+            if !parts.contains_key(&r) {
                 order.push(r.clone());
+                parts.insert(r, (*want, UNTOLD));
             }
         }
         let size = parts.len();
-        while self.sessions.len() >= self.slots || self.cached + size > CACHED_PARTITIONS_MAX {
-            if !self.evict_for(now, size) {
-                return 0;
-            }
-        }
         let id = loop {
             let id = (Uuid::new_v4().as_u128() as u32 & i32::MAX as u32) as i32;
             if id != 0 && !self.sessions.contains_key(&id) {
@@ -341,8 +361,6 @@ fn next_epoch(epoch: i32) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::protocol::StrBytes;
-
     fn p(topic: &'static str, partition: i32) -> PartitionRef {
         PartitionRef {
             topic_id: Uuid::nil(),

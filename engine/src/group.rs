@@ -60,6 +60,8 @@ pub struct JoinRequest {
     pub protocols: Vec<(String, Bytes)>,
     /// JoinGroup v4+: a member without an id first gets one with MEMBER_ID_REQUIRED.
     pub require_known_member_id: bool,
+    /// JoinGroup v9+ (KIP-814): a leader can be told to skip computing an assignment.
+    pub supports_skip_assignment: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -72,10 +74,13 @@ pub struct JoinResult {
     pub member_id: String,
     /// Only for the leader: (member id, instance id, metadata for the chosen protocol).
     pub members: Vec<(String, Option<String>, Bytes)>,
+    /// KIP-814: the leader gets the members but must not compute an assignment (a restarted
+    /// static leader of a Stable group).
+    pub skip_assignment: bool,
 }
 
 impl JoinResult {
-    fn error(error: i16, member_id: &str) -> JoinResult {
+    pub fn error(error: i16, member_id: &str) -> JoinResult {
         JoinResult {
             error,
             generation: -1,
@@ -84,6 +89,7 @@ impl JoinResult {
             leader: String::new(),
             member_id: member_id.to_string(),
             members: Vec::new(),
+            skip_assignment: false,
         }
     }
 }
@@ -401,16 +407,19 @@ impl Group {
             protocol: Some(protocol),
             leader,
             member_id,
+            skip_assignment: false,
         })
     }
 
     /// KIP-345: a static member restarting (its instance id known, a new member id) while the
     /// group is Stable takes its previous incarnation's place — assignment, join order and
     /// leadership — without a rebalance, unless its protocols would change the group's
-    /// protocol. As Kafka's `updateStaticMemberAndRebalance`, the answer names the leader as it
-    /// was (the old id when the member led), so that the member syncs as a follower and gets
-    /// the assignment it holds instead of computing one a Stable group would never hand out.
-    /// The old member id is fenced from now on. None: the join takes the ordinary path.
+    /// protocol. As Kafka's `updateStaticMemberAndRebalance`: a restarted leader that speaks
+    /// JoinGroup v9 is told it leads, with the members, and to skip the assignment (KIP-814; it
+    /// keeps watching metadata as a leader must); an older one is told the leader as it was
+    /// (its old id), so that it syncs as a follower and gets the assignment it holds instead of
+    /// computing one a Stable group would never hand out. The old member id is fenced from now
+    /// on. None: the join takes the ordinary path.
     fn replace_static_member(
         &mut self,
         now: u64,
@@ -437,7 +446,8 @@ impl Group {
         }
         let leader_was = self.leader.clone()?;
         let m = self.members.get_mut(&order)?;
-        if leader_was == m.id {
+        let leads = leader_was == m.id;
+        if leads {
             self.leader = Some(member_id.to_string());
         }
         m.id = member_id.to_string();
@@ -446,14 +456,24 @@ impl Group {
         m.session_timeout_ms = req.session_timeout_ms;
         m.rebalance_timeout_ms = req.rebalance_timeout_ms.max(req.session_timeout_ms);
         m.last_seen_ms = now;
+        let skip_assignment = leads && req.supports_skip_assignment;
         Some(JoinResult {
             error: NONE,
             generation: self.generation,
             protocol_type: self.protocol_type.clone(),
+            members: if skip_assignment {
+                self.member_metadata(&current)
+            } else {
+                Vec::new()
+            },
             protocol: Some(current),
-            leader: leader_was,
+            leader: if skip_assignment {
+                member_id.to_string()
+            } else {
+                leader_was
+            },
             member_id: member_id.to_string(),
-            members: Vec::new(),
+            skip_assignment,
         })
     }
 
@@ -567,6 +587,7 @@ impl Group {
                     } else {
                         Vec::new()
                     },
+                    skip_assignment: false,
                 },
             ));
         }
@@ -841,6 +862,7 @@ mod tests {
                 .map(|p| (p.to_string(), Bytes::from(format!("meta-{p}"))))
                 .collect(),
             require_known_member_id: true,
+            supports_skip_assignment: false,
         }
     }
 
@@ -1220,6 +1242,26 @@ mod tests {
         assert_eq!((s.error, &s.assignment[..]), (NONE, &b"pa"[..]));
         assert_eq!(g.heartbeat(5, &a, generation), UNKNOWN_MEMBER_ID);
         assert!(g.is_fenced(&a, Some("host-a")));
+
+        // Restarted again, speaking JoinGroup v9 (KIP-814): told it leads, with the members,
+        // and to skip the assignment.
+        let mut v9 = static_join("host-a", &["range", "roundrobin"]);
+        v9.supports_skip_assignment = true;
+        let (Answer::Now(r9), done) = g.join(5, v9) else {
+            panic!("answered at once")
+        };
+        assert!(done.is_empty());
+        assert!(r9.skip_assignment);
+        assert_eq!(
+            (r9.leader.as_str(), r9.generation),
+            (r9.member_id.as_str(), generation)
+        );
+        assert_eq!(r9.members.len(), 2);
+        assert_eq!(g.state, State::Stable);
+        let (Answer::Now(s), _) = g.sync(5, &r9.member_id, generation, vec![]) else {
+            panic!()
+        };
+        assert_eq!(&s.assignment[..], &b"pa"[..]);
 
         // A restart whose preferences change the group's protocol rebalances.
         let (answer, _) = g.join(6, static_join("host-a", &["roundrobin", "range"]));

@@ -44,8 +44,9 @@ pub trait PartitionLog {
     fn batch_with_max_timestamp(&self) -> Option<Bytes>;
     /// Where time and size retention would start the log: past the whole batches at the front
     /// whose max timestamp is older than `retention.ms`, or whose removal still leaves
-    /// `retention.bytes` (Kafka's rule for segments). The newest batch always stays. Judged
-    /// only when retention is checked (`log.retention.check.interval.ms`), never on append.
+    /// `retention.bytes` (Kafka's rule for segments); an idle log whose every batch expired is
+    /// emptied (its start moves to its end). Judged only when retention is checked
+    /// (`log.retention.check.interval.ms`), never on append.
     fn retention_start(&self, now_ms: i64, config: &TopicConfig) -> i64;
 }
 
@@ -197,8 +198,7 @@ impl PartitionLog for MemLog {
     fn retention_start(&self, now_ms: i64, config: &TopicConfig) -> i64 {
         let mut start = self.log_start;
         let mut left = self.size_bytes as i64;
-        let newest = self.entries.len().saturating_sub(1);
-        for e in self.entries.iter().take(newest) {
+        for e in &self.entries {
             let old =
                 config.retention_ms >= 0 && now_ms - e.header.max_timestamp > config.retention_ms;
             let len = e.bytes.len() as i64;
@@ -274,7 +274,7 @@ mod tests {
     }
 
     #[test]
-    fn retention_starts_past_expired_or_surplus_batches_and_keeps_the_newest() {
+    fn retention_starts_past_expired_or_surplus_whole_batches() {
         let mut log = MemLog::new();
         append(&mut log, batch(3, 10)); // offsets 0..3, about 1.1 KB
         append(&mut log, batch(2, 20)); // 3..5
@@ -286,8 +286,13 @@ mod tests {
         assert_eq!(
             log.retention_start(0, &by_size),
             5,
-            "the newest batch stays"
+            "what stays holds retention.bytes"
         );
+        let none_left = TopicConfig {
+            retention_bytes: 0,
+            ..TopicConfig::default()
+        };
+        assert_eq!(log.retention_start(0, &none_left), 6);
         let by_time = TopicConfig {
             retention_ms: 5,
             ..TopicConfig::default()
@@ -297,7 +302,11 @@ mod tests {
             3,
             "judged by each batch's max timestamp"
         );
-        assert_eq!(log.retention_start(1_000_000, &by_time), 5);
+        assert_eq!(
+            log.retention_start(1_000_000, &by_time),
+            6,
+            "all expired: emptied"
+        );
         assert_eq!(log.retention_start(0, &TopicConfig::default()), 0);
         // Size: a batch goes only if what stays still holds retention.bytes.
         let all = log.size_bytes() as i64;
@@ -308,8 +317,10 @@ mod tests {
         assert_eq!(log.retention_start(0, &keep_most), 0);
         // Judging moves nothing: the partition applies it as a deletion.
         assert_eq!(log.log_start_offset(), 0);
-        log.evict_below(log.retention_start(1_000_000, &by_time));
+        log.evict_below(log.retention_start(1_000, &by_time));
         assert_eq!(log.log_start_offset(), 5);
-        assert_eq!(log.retention_start(1_000_000, &by_time), 5);
+        assert_eq!(log.retention_start(1_000, &by_time), 5);
+        log.evict_below(log.retention_start(1_000_000, &by_time));
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (6, 6));
     }
 }

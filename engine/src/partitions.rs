@@ -835,11 +835,7 @@ impl ShardState {
             _ => ResponseError::KafkaStorageError.code(),
         };
         if matches!(e, WalError::Full { .. }) {
-            // Without an object tier retention is what frees the ring: check it now rather
-            // than at the next interval (the refused producer retries).
-            if let Some(kick) = self.retention_kick.take() {
-                let _ = kick.send(());
-            }
+            self.kick_retention();
         }
         let quiet = self
             .last_full_warning
@@ -977,6 +973,16 @@ impl ShardState {
         }
         wake(self.unborn_waiters.borrow_mut().drain(..));
         self.trim_wal();
+        if self.tier.is_none() {
+            let filling = self
+                .wal
+                .borrow()
+                .as_ref()
+                .is_some_and(|w| w.used_bytes() * 4 > w.ring_bytes() * 3);
+            if filling {
+                self.kick_retention();
+            }
+        }
     }
 
     /// Frees WAL chunks whose every batch is gone from its partition (retention, deletion).
@@ -1138,6 +1144,14 @@ impl ShardState {
             if key.topic_id == topic.id {
                 p.topic = topic.clone();
             }
+        }
+    }
+
+    /// Without an object tier retention is what frees the WAL ring: a ring three quarters full
+    /// (or refusing a write) has retention checked now rather than at the next interval.
+    fn kick_retention(&self) {
+        if let Some(kick) = self.retention_kick.take() {
+            let _ = kick.send(());
         }
     }
 
@@ -1515,8 +1529,9 @@ impl ShardState {
     /// Spans to drop: those below a DeleteRecords offset, and, when retention is checked
     /// (`retention`), the oldest ones beyond `retention.ms` (judged by the span's largest
     /// timestamp, as Kafka judges a segment) or `retention.bytes` (counting the in-memory log
-    /// too). The active tail stays: the span holding the log's last record is never dropped by
-    /// retention, so a partition keeps its newest data however old its timestamps.
+    /// too). Only committed spans are judged: the active tail, not yet in an object, stays
+    /// whatever its timestamps; an idle partition whose every span expired is emptied, as Kafka
+    /// rolls and deletes an expired active segment.
     fn plan_deletion(&self, retention: bool) -> Deletion {
         let now = now_ms();
         let parts = self.partitions.borrow();
@@ -1532,13 +1547,11 @@ impl ShardState {
             // Objects, plus what memory holds that is not in them yet.
             let mut total: i64 = p.cold.values().map(|(_, s)| s.byte_len as i64).sum::<i64>()
                 + p.log.bytes_from(p.uploaded_end) as i64;
-            let log_end = p.log_end();
             for (&base, (_, span)) in &p.cold {
                 let deleted = span.last_offset < below;
-                let tail = span.last_offset + 1 >= log_end;
                 let old = cfg.retention_ms >= 0 && now - span.max_timestamp > cfg.retention_ms;
                 let over = drops_for_bytes(total, span.byte_len as i64, cfg.retention_bytes);
-                if !(deleted || (retention && !tail && (old || over))) {
+                if !(deleted || (retention && (old || over))) {
                     break;
                 }
                 total -= span.byte_len as i64;
@@ -1688,22 +1701,28 @@ impl ShardState {
     }
 }
 
-/// Checks time and size retention every `interval` while the shard lives (no object tier),
-/// and at once when the WAL ring refuses a write for lack of space.
+/// Checks time and size retention while the shard lives (no object tier): at start (a WAL
+/// replay brings back batches an earlier check dropped but the ring had not trimmed), every
+/// `interval`, and early when the ring fills up (see [`ShardState::kick_retention`]), at most
+/// once per [`RETENTION_KICK_GAP`].
 async fn memory_retention_loop(weak: Weak<ShardState>, interval: Duration) {
     loop {
+        match weak.upgrade() {
+            Some(state) => state.enforce_memory_retention(),
+            None => return,
+        }
+        ringtail_shards::sleep(RETENTION_KICK_GAP).await;
         let (tx, rx) = oneshot::channel();
         match weak.upgrade() {
             Some(state) => *state.retention_kick.borrow_mut() = Some(tx),
             None => return,
         }
-        let _ = ringtail_shards::timeout(interval, rx).await;
-        match weak.upgrade() {
-            Some(state) => state.enforce_memory_retention(),
-            None => return,
-        }
+        let _ = ringtail_shards::timeout(interval.saturating_sub(RETENTION_KICK_GAP), rx).await;
     }
 }
+
+/// Least time between two retention checks that a filling ring asks for.
+const RETENTION_KICK_GAP: Duration = Duration::from_millis(100);
 
 /// Seals and uploads objects while the shard lives.
 async fn upload_loop(weak: Weak<ShardState>, tick: Duration, retention_check: Duration) {

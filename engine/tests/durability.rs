@@ -326,5 +326,7 @@ async fn full_ring_refuses_produce_until_space_is_freed() {
         c.fetch_watermarks("rolling", 0, TIMEOUT).unwrap()
     };
     assert_eq!(high, 300);
-    assert!(low > 250, "retention moved the log start ({low})");
+    // Retention is checked when the ring fills up, not on every append: at most a ring's worth
+    // (1 MiB, about 100 records) is held between two checks.
+    assert!(low > 190, "retention moved the log start ({low})");
 }

@@ -591,7 +591,8 @@ async fn orphaned_objects_are_collected_at_start() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(foreign.exists());
-    assert_eq!(rto_bytes(objects.path()).0, committed - 1);
+    // The committed objects stay (a merge of them may have begun meanwhile: fewer, never more).
+    assert!(rto_bytes(objects.path()).0 < committed);
     assert_eq!(consume_all(&b), acked);
     assert!(b.log_contains("deleted unreferenced objects"));
     assert_eq!(b.terminate(), Some(0));

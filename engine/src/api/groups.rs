@@ -157,6 +157,7 @@ pub async fn join_group(
             .map(|p| (p.name.to_string(), p.metadata))
             .collect(),
         require_known_member_id: version >= 4,
+        supports_skip_assignment: version >= 9,
     };
     let g = group.clone();
     let result = on_coordinator(broker, &group, move |state, _| {
@@ -165,15 +166,7 @@ pub async fn join_group(
     .await;
     let r = match result {
         Ok(r) => r,
-        Err(code) => JoinResult {
-            error: code,
-            generation: -1,
-            protocol_type: None,
-            protocol: None,
-            leader: String::new(),
-            member_id: String::new(),
-            members: Vec::new(),
-        },
+        Err(code) => JoinResult::error(code, ""),
     };
     JoinGroupResponse::default()
         .with_error_code(r.error)
@@ -185,6 +178,7 @@ pub async fn join_group(
         })
         .with_protocol_name(r.protocol.map(text))
         .with_leader(text(r.leader))
+        .with_skip_assignment(r.skip_assignment)
         .with_member_id(text(r.member_id))
         .with_members(
             r.members
