@@ -109,6 +109,17 @@ impl Partition {
     fn log_end(&self) -> i64 {
         self.log.log_end_offset().max(self.uploaded_end)
     }
+
+    /// Bytes the partition holds: its spans in committed objects, plus what memory (the WAL)
+    /// holds that is not in them yet. Batches kept in memory after their upload (the hot-tail
+    /// cache) are counted once, as object bytes.
+    fn stored_bytes(&self) -> i64 {
+        self.cold
+            .values()
+            .map(|(_, s)| s.byte_len as i64)
+            .sum::<i64>()
+            + self.log.bytes_from(self.uploaded_end) as i64
+    }
 }
 
 /// A shard's settings from the broker's configuration.
@@ -387,6 +398,15 @@ impl ShardState {
             partitions,
             committed,
         }
+    }
+
+    /// The bytes each of `keys` holds (see [`Partition::stored_bytes`]); 0 for a partition no
+    /// record was written to yet (DescribeLogDirs).
+    pub fn stored_bytes(&self, keys: &[PartitionKey]) -> Vec<i64> {
+        let parts = self.partitions.borrow();
+        keys.iter()
+            .map(|k| parts.get(k).map_or(0, Partition::stored_bytes))
+            .collect()
     }
 
     /// Every partition's idempotent producers, for the next manifest commit (those within the
@@ -1544,9 +1564,7 @@ impl ShardState {
             let cfg = &p.topic.config;
             let below = p.deleted_below.max(p.delete_requested);
             let mut start = below;
-            // Objects, plus what memory holds that is not in them yet.
-            let mut total: i64 = p.cold.values().map(|(_, s)| s.byte_len as i64).sum::<i64>()
-                + p.log.bytes_from(p.uploaded_end) as i64;
+            let mut total = p.stored_bytes();
             for (&base, (_, span)) in &p.cold {
                 let deleted = span.last_offset < below;
                 let old = cfg.retention_ms >= 0 && now - span.max_timestamp > cfg.retention_ms;

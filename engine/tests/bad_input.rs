@@ -164,7 +164,7 @@ fn hostile_and_invalid_requests_get_errors_and_the_broker_keeps_serving() {
 
     // Random garbage bodies for every advertised API.
     let mut x: u32 = 12345;
-    for key in [0i16, 1, 2, 3, 18, 19, 20, 32, 37, 60] {
+    for key in [0i16, 1, 2, 3, 18, 19, 20, 32, 35, 37, 43, 45, 46, 60, 75] {
         for version in [0i16, 1, 4, 9, 12] {
             let mut c = Raw::connect(broker.addr);
             let mut frame = BytesMut::new();

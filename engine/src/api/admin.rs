@@ -28,7 +28,7 @@ use crate::errors::catalog_error_code;
 use crate::shard::Broker;
 use crate::topic_config::{apply_incremental, apply_replace, AlterOp, KNOWN};
 
-fn text(s: impl Into<String>) -> StrBytes {
+pub(super) fn text(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
 
@@ -162,7 +162,7 @@ async fn create_topic(
 
 /// Topics change only on the controller (cluster mode); elsewhere NOT_CONTROLLER, and the
 /// client asks the controller Metadata names.
-fn controller_only(broker: &Broker) -> Result<(), String> {
+pub(super) fn controller_only(broker: &Broker) -> Result<(), String> {
     let view = broker.view();
     if view.is_controller() {
         Ok(())

@@ -111,6 +111,33 @@ error_codes!(InitProducerIdResponse, |r, f| { f(r.error_code) });
 error_codes!(DeleteGroupsResponse, |r, f| {
     r.results.iter().for_each(|g| f(g.error_code))
 });
+error_codes!(DescribeTopicPartitionsResponse, |r, f| {
+    for t in &r.topics {
+        f(t.error_code);
+        t.partitions.iter().for_each(|p| f(p.error_code));
+    }
+});
+error_codes!(DescribeLogDirsResponse, |r, f| {
+    f(r.error_code);
+    r.results.iter().for_each(|d| f(d.error_code));
+});
+error_codes!(ElectLeadersResponse, |r, f| {
+    f(r.error_code);
+    r.replica_election_results
+        .iter()
+        .flat_map(|t| &t.partition_result)
+        .for_each(|p| f(p.error_code));
+});
+error_codes!(AlterPartitionReassignmentsResponse, |r, f| {
+    f(r.error_code);
+    r.responses
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .for_each(|p| f(p.error_code));
+});
+error_codes!(ListPartitionReassignmentsResponse, |r, f| {
+    f(r.error_code)
+});
 
 #[cfg(test)]
 mod tests {

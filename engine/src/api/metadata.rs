@@ -18,6 +18,7 @@ use ringtail_netio::request::Header;
 use uuid::Uuid;
 
 use crate::catalog::{validate_name, CatalogError, TopicMeta};
+use crate::cluster::View;
 use crate::shard::{Broker, LEADER_EPOCH};
 
 pub async fn metadata(
@@ -151,17 +152,29 @@ async fn by_name(broker: &Broker, name: &str, allow_auto: bool) -> MetadataRespo
     }
 }
 
+/// A partition's leader (the target owner of its slot) and the partition's error code:
+/// LEADER_NOT_AVAILABLE while no live broker owns the slot. Metadata and
+/// DescribeTopicPartitions report the same.
+pub(super) fn leader(
+    broker: &Broker,
+    view: &View,
+    t: &TopicMeta,
+    partition: i32,
+) -> (i16, BrokerId) {
+    let owner = view.owner(broker.owner(t, partition).slot);
+    let error = if owner < 0 {
+        ResponseError::LeaderNotAvailable.code()
+    } else {
+        0
+    };
+    (error, BrokerId(owner))
+}
+
 fn topic_entry(broker: &Broker, t: &Arc<TopicMeta>) -> MetadataResponseTopic {
     let view = broker.view();
     let partitions = (0..t.partitions)
         .map(|i| {
-            let owner = view.owner(broker.owner(t, i).slot);
-            let node = BrokerId(owner);
-            let error = if owner < 0 {
-                ResponseError::LeaderNotAvailable.code()
-            } else {
-                0
-            };
+            let (error, node) = leader(broker, &view, t, i);
             MetadataResponsePartition::default()
                 .with_error_code(error)
                 .with_partition_index(i)

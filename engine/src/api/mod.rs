@@ -6,13 +6,16 @@
 
 mod admin;
 mod delete_records;
+mod describe_topic_partitions;
 mod error_codes;
 mod fetch;
 mod groups;
 mod init_producer_id;
 mod list_offsets;
+mod log_dirs;
 mod metadata;
 mod produce;
+mod replicas;
 
 use bytes::Bytes;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
@@ -51,6 +54,11 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::DescribeLogDirs, 1, 4),
+    (ApiKey::ElectLeaders, 0, 2),
+    (ApiKey::AlterPartitionReassignments, 0, 1),
+    (ApiKey::ListPartitionReassignments, 0, 0),
+    (ApiKey::DescribeTopicPartitions, 0, 0),
 ];
 
 pub fn supported(api_key: ApiKey, version: i16) -> bool {
@@ -251,6 +259,29 @@ pub async fn handle(broker: &Broker, header: &Header, body: Body) -> Reply {
             broker,
             header,
             &admin::incremental_alter_configs(broker, r).await,
+        ),
+        RequestKind::DescribeTopicPartitions(r) => respond(
+            broker,
+            header,
+            &describe_topic_partitions::describe_topic_partitions(broker, r),
+        ),
+        RequestKind::DescribeLogDirs(r) => respond(
+            broker,
+            header,
+            &log_dirs::describe_log_dirs(broker, r).await,
+        ),
+        RequestKind::ElectLeaders(r) => {
+            respond(broker, header, &replicas::elect_leaders(broker, header, r))
+        }
+        RequestKind::AlterPartitionReassignments(r) => respond(
+            broker,
+            header,
+            &replicas::alter_partition_reassignments(broker, r),
+        ),
+        RequestKind::ListPartitionReassignments(r) => respond(
+            broker,
+            header,
+            &replicas::list_partition_reassignments(broker, r),
         ),
         other => Reply::Close(format!(
             "no handler for {:?}",
