@@ -133,7 +133,7 @@ fn poll(c: &BaseConsumer, who: &'static str, ledger: &mut Ledger) {
     }
 }
 
-fn assignment(c: &BaseConsumer) -> BTreeSet<i32> {
+fn assignment<C: rdkafka::consumer::ConsumerContext>(c: &BaseConsumer<C>) -> BTreeSet<i32> {
     c.assignment()
         .unwrap()
         .elements()
@@ -753,15 +753,6 @@ fn static_member(
     c
 }
 
-fn static_assignment(c: &BaseConsumer<CountRebalances>) -> BTreeSet<i32> {
-    c.assignment()
-        .unwrap()
-        .elements()
-        .iter()
-        .map(|e| e.partition())
-        .collect()
-}
-
 /// Issue 27 (librdkafka 0102, KIP-345): a static member that restarts within its session
 /// timeout gets its partitions back at once and the other members are not disturbed. Before,
 /// the broker held the restarted member's join for a rebalance (8 s in the suite) and told the
@@ -780,7 +771,7 @@ async fn a_restarted_static_member_keeps_its_partitions_without_a_rebalance() {
         assert!(Instant::now() < deadline, "the two members never split");
         let _ = c1.poll(Duration::from_millis(50));
         let _ = c2.poll(Duration::from_millis(50));
-        let (a1, a2) = (static_assignment(&c1), static_assignment(&c2));
+        let (a1, a2) = (assignment(&c1), assignment(&c2));
         if a1.len() + a2.len() == PARTITIONS as usize && a1.is_disjoint(&a2) && !a1.is_empty() {
             break (a1, a2);
         }
@@ -802,7 +793,7 @@ async fn a_restarted_static_member_keeps_its_partitions_without_a_rebalance() {
         );
         let _ = c1.poll(Duration::from_millis(50));
         let _ = c2.poll(Duration::from_millis(50));
-        if !static_assignment(&c1).is_empty() {
+        if !assignment(&c1).is_empty() {
             break;
         }
     }
@@ -812,11 +803,11 @@ async fn a_restarted_static_member_keeps_its_partitions_without_a_rebalance() {
         let _ = c2.poll(Duration::from_millis(50));
     }
     assert_eq!(
-        static_assignment(&c1),
+        assignment(&c1),
         a1,
         "the same partitions as before the restart"
     );
-    assert_eq!(static_assignment(&c2), a2);
+    assert_eq!(assignment(&c2), a2);
     assert_eq!(
         r2.load(SeqCst),
         before,
