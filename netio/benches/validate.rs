@@ -116,7 +116,7 @@ fn recompression(budget: Duration, seed: &mut u64) {
             Compression::Zstd,
             Target::new(Codec::Lz4, codec::LZ4_LEVEL_DEFAULT).unwrap(),
         ),
-        (Compression::Zstd, Target::new(Codec::Lz4, 1).unwrap()),
+        (Compression::Zstd, Target::new(Codec::Lz4, 12).unwrap()),
         (Compression::None, zstd),
     ];
     for (count, size) in [(16, 1000), (1000, 1000)] {
@@ -147,8 +147,9 @@ fn recompression(budget: Duration, seed: &mut u64) {
             })
             .saturating_sub(copy);
             println!(
-                "| {count} x {size} B | {from:?} -> {:?} | {} | {stored} | {:.1} µs | {:.1} µs | {:.0} |",
+                "| {count} x {size} B | {from:?} -> {:?} (level {}) | {} | {stored} | {:.1} µs | {:.1} µs | {:.0} |",
                 target.codec(),
+                target.level(),
                 batch.len(),
                 in_place.as_secs_f64() * 1e6,
                 recompressed.as_secs_f64() * 1e6,

@@ -929,7 +929,7 @@ mod tests {
         for _ in 0..6 {
             split_and_validate_next(&mut bomb.clone(), 1 << 20, &mut budget, lz4).unwrap();
         }
-        assert!(budget.spent() > 6 * 20 << 20);
+        assert!(budget.spent() > (6 * 20) << 20);
         assert_eq!(
             split_and_validate_next(&mut bomb.clone(), 1 << 20, &mut budget, lz4).unwrap_err(),
             BatchError::DecompressBudget {

@@ -107,6 +107,10 @@ impl Target {
         self.codec
     }
 
+    pub fn level(&self) -> i32 {
+        self.level
+    }
+
     /// Appends `records` (a batch's records, uncompressed) to `out`, compressed.
     pub fn compress(&self, records: &[u8], out: &mut BytesMut) -> Result<(), CompressError> {
         let failed = |reason: String| CompressError {
