@@ -26,6 +26,8 @@ pub fn batch_error_code(e: &BatchError) -> i16 {
             | RecordsError::Count { .. }
             | RecordsError::OffsetDelta { .. },
         ) => ResponseError::InvalidRecord.code(),
+        // A codec library failing on the broker's side, not the producer's input.
+        BatchError::Compress(_) => ResponseError::UnknownServerError.code(),
     }
 }
 

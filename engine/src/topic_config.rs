@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use ringtail_netio::codec::{self, Codec, Target};
+
 /// The configs that change what the broker does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicConfig {
@@ -16,6 +18,10 @@ pub struct TopicConfig {
     /// `durability=object`: a produce is acknowledged only once its batches are in a committed
     /// object (no local state at all); `wal` (default): once they are in the WAL ring.
     pub durability_object: bool,
+    /// `compression.type` naming a codec: batches in another codec are recompressed into it
+    /// at produce, at that codec's `compression.<codec>.level`. None: `producer` (stored as
+    /// sent).
+    pub compression: Option<Target>,
 }
 
 impl Default for TopicConfig {
@@ -26,6 +32,7 @@ impl Default for TopicConfig {
             retention_bytes: -1,
             log_append_time: false,
             durability_object: false,
+            compression: None,
         }
     }
 }
@@ -45,6 +52,9 @@ pub const KNOWN: &[(&str, &str, Support)] = &[
     ("cleanup.policy", "delete", Support::Honoured),
     ("durability", "wal", Support::Honoured),
     ("compression.type", "producer", Support::Honoured),
+    ("compression.gzip.level", "-1", Support::Honoured),
+    ("compression.lz4.level", "9", Support::Honoured),
+    ("compression.zstd.level", "3", Support::Honoured),
     ("max.message.bytes", "1048588", Support::Honoured),
     ("message.timestamp.type", "CreateTime", Support::Honoured),
     ("retention.bytes", "-1", Support::Honoured),
@@ -91,6 +101,13 @@ impl TopicConfig {
     /// Validates explicitly set configs and derives the effective settings.
     pub fn from_map(map: &BTreeMap<String, String>) -> Result<TopicConfig, String> {
         let mut c = TopicConfig::default();
+        // compression.type and the levels are read once all are known (names come sorted).
+        let mut codec = None;
+        let mut levels = [
+            (Codec::Gzip, codec::GZIP_LEVEL_DEFAULT),
+            (Codec::Lz4, codec::LZ4_LEVEL_DEFAULT),
+            (Codec::Zstd, codec::ZSTD_LEVEL_DEFAULT),
+        ];
         for (name, value) in map {
             if !KNOWN.iter().any(|(n, _, _)| n == name) {
                 return Err(format!("unknown topic config {name:?}"));
@@ -124,15 +141,35 @@ impl TopicConfig {
                     return Err(format!("{name}={value:?}: only \"delete\" is supported (no compaction)"))
                 }
                 "compression.type" if value != "producer" => {
-                    return Err(format!(
-                        "{name}={value:?}: only \"producer\" is supported (batches are stored as the producer compressed them)"
-                    ))
+                    codec = Some(Codec::from_config(value).ok_or_else(|| {
+                        format!(
+                            "{name}={value:?} must be producer, uncompressed, gzip, snappy, lz4 or zstd"
+                        )
+                    })?)
                 }
+                "compression.gzip.level" => levels[0].1 = level(name, value, Codec::Gzip)?,
+                "compression.lz4.level" => levels[1].1 = level(name, value, Codec::Lz4)?,
+                "compression.zstd.level" => levels[2].1 = level(name, value, Codec::Zstd)?,
                 _ => {}
             }
         }
+        c.compression = codec
+            .map(|codec| {
+                let level = levels.iter().find(|(c, _)| *c == codec).map_or(0, |l| l.1);
+                Target::new(codec, level)
+            })
+            .transpose()?;
         Ok(c)
     }
+}
+
+/// A `compression.<codec>.level` value, checked against Kafka's range for the codec.
+fn level(name: &str, value: &str, codec: Codec) -> Result<i32, String> {
+    let level = value
+        .parse::<i32>()
+        .map_err(|_| format!("{name}={value:?} must be an integer"))?;
+    codec::check_level(codec, level).map_err(|e| format!("{name}={value:?}: {e}"))?;
+    Ok(level)
 }
 
 /// IncrementalAlterConfigs operations (Kafka's `AlterConfigOp.OpType`).
@@ -261,7 +298,11 @@ mod tests {
     fn unsupported_values_are_refused() {
         for (k, v) in [
             ("cleanup.policy", "compact"),
-            ("compression.type", "zstd"),
+            ("compression.type", "brotli"),
+            ("compression.type", "ZSTD"),
+            ("compression.zstd.level", "23"),
+            ("compression.gzip.level", "0"),
+            ("compression.lz4.level", "fast"),
             ("retention.ms", "-2"),
             ("retention.ms", "soon"),
             ("message.timestamp.type", "Now"),
@@ -269,6 +310,52 @@ mod tests {
         ] {
             assert!(TopicConfig::from_map(&map(&[(k, v)])).is_err(), "{k}={v}");
         }
+    }
+
+    #[test]
+    fn compression_type_names_a_codec_at_its_level() {
+        let target =
+            |pairs: &[(&str, &str)]| TopicConfig::from_map(&map(pairs)).unwrap().compression;
+        assert_eq!(target(&[]), None);
+        assert_eq!(target(&[("compression.type", "producer")]), None);
+        assert_eq!(
+            target(&[("compression.type", "uncompressed")]),
+            Some(Target::new(Codec::None, 0).unwrap())
+        );
+        assert_eq!(
+            target(&[("compression.type", "snappy")]),
+            Some(Target::new(Codec::Snappy, 0).unwrap())
+        );
+        // Kafka's default level of the codec, or the codec's own level config; the others'
+        // levels are checked but do not matter.
+        assert_eq!(
+            target(&[("compression.type", "zstd")]),
+            Some(Target::new(Codec::Zstd, 3).unwrap())
+        );
+        assert_eq!(
+            target(&[
+                ("compression.type", "zstd"),
+                ("compression.zstd.level", "-7"),
+                ("compression.gzip.level", "9"),
+            ]),
+            Some(Target::new(Codec::Zstd, -7).unwrap())
+        );
+        assert_eq!(
+            target(&[
+                ("compression.type", "gzip"),
+                ("compression.gzip.level", "1")
+            ]),
+            Some(Target::new(Codec::Gzip, 1).unwrap())
+        );
+        assert_eq!(
+            target(&[("compression.type", "lz4")]),
+            Some(Target::new(Codec::Lz4, 9).unwrap())
+        );
+        assert!(TopicConfig::from_map(&map(&[
+            ("compression.type", "gzip"),
+            ("compression.lz4.level", "99")
+        ]))
+        .is_err());
     }
 
     fn op(name: &str, op: AlterOp, value: Option<&str>) -> (String, AlterOp, Option<String>) {

@@ -1,6 +1,8 @@
 //! What produce validation costs per batch: `split_and_validate` (header, CRC-32C, and the
 //! record walk, decompressing as a stream) against the CRC alone, for each codec, on
-//! JSON-like records. Reports numbers; asserts nothing about time.
+//! JSON-like records; then what recompressing into a topic's `compression.type` costs on top
+//! (`split_and_validate_next` with a target codec). Reports numbers; asserts nothing about
+//! time.
 //!
 //! `cargo bench -p ringtail-netio --bench validate`
 
@@ -10,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::Compression;
-use ringtail_netio::batch::{split_and_validate, testing};
+use ringtail_netio::batch::{
+    split_and_validate, split_and_validate_next, testing, DecompressBudget,
+};
+use ringtail_netio::codec::{self, Codec, Target};
 use ringtail_netio::records::{walk, DECOMPRESSED_BATCH_BYTES_MAX};
 
 /// `count` JSON-like values of about `size` bytes (compressible as real events are).
@@ -86,6 +91,69 @@ fn main() {
                 validate.as_secs_f64() * 1e6,
                 walked.as_secs_f64() * 1e6,
                 validate.as_secs_f64() / crc.as_secs_f64()
+            );
+        }
+    }
+    recompression(budget, &mut seed);
+}
+
+/// Validation with recompression into a topic's codec (Kafka's default levels) against
+/// validation in place, per batch and per MB of records.
+fn recompression(budget: Duration, seed: &mut u64) {
+    println!();
+    println!("| batch | producer -> topic codec | bytes in | bytes stored | validate in place | validate + recompress | records MB/s recompressed |");
+    println!("|---|---|---|---|---|---|---|");
+    let zstd = Target::new(Codec::Zstd, codec::ZSTD_LEVEL_DEFAULT).unwrap();
+    let pairs = [
+        (Compression::Lz4, zstd),
+        (
+            Compression::Lz4,
+            Target::new(Codec::Gzip, codec::GZIP_LEVEL_DEFAULT).unwrap(),
+        ),
+        (Compression::Lz4, Target::new(Codec::Snappy, 0).unwrap()),
+        (Compression::Lz4, Target::new(Codec::None, 0).unwrap()),
+        (
+            Compression::Zstd,
+            Target::new(Codec::Lz4, codec::LZ4_LEVEL_DEFAULT).unwrap(),
+        ),
+        (Compression::Zstd, Target::new(Codec::Lz4, 12).unwrap()),
+        (Compression::None, zstd),
+    ];
+    for (count, size) in [(16, 1000), (1000, 1000)] {
+        let records = values(count, size, seed);
+        let record_bytes: usize = records.iter().flatten().map(|v| v.len() + 8).sum();
+        for (from, target) in pairs {
+            let batch: Bytes = testing::encode(records.clone(), 1_800_000_000_000, from).freeze();
+            let run = |target: Option<Target>| {
+                let mut budget = DecompressBudget::for_request(batch.len());
+                split_and_validate_next(
+                    &mut BytesMut::from(&batch[..]),
+                    16 << 20,
+                    &mut budget,
+                    target,
+                )
+                .unwrap()
+            };
+            let stored = run(Some(target)).len();
+            let copy = time(budget, || {
+                black_box(BytesMut::from(&batch[..]));
+            });
+            let in_place = time(budget, || {
+                black_box(run(None));
+            })
+            .saturating_sub(copy);
+            let recompressed = time(budget, || {
+                black_box(run(Some(target)));
+            })
+            .saturating_sub(copy);
+            println!(
+                "| {count} x {size} B | {from:?} -> {:?} (level {}) | {} | {stored} | {:.1} µs | {:.1} µs | {:.0} |",
+                target.codec(),
+                target.level(),
+                batch.len(),
+                in_place.as_secs_f64() * 1e6,
+                recompressed.as_secs_f64() * 1e6,
+                record_bytes as f64 / recompressed.as_secs_f64() / 1e6,
             );
         }
     }

@@ -5,12 +5,14 @@
 //!   come out as un-copied, mutable parts of the receive buffer; response encoding.
 //! * [`batch`]: record batch (magic 2) validation and in-place offset assignment.
 //! * [`records`]: the records inside a batch, walked as a bounded stream (compressed or not).
+//! * [`codec`]: compressing records into a topic's `compression.type` at its level.
 //! * [`fetch`]: Fetch responses as segments for a vectored write, record batches uncopied.
 //!
 //! Architecture invariant: this crate knows the Kafka protocol and nothing of the broker: no
 //! partitions, no storage, no runtime. Everything here is plain functions over bytes.
 
 pub mod batch;
+pub mod codec;
 pub mod fetch;
 pub mod frame;
 pub mod records;

@@ -2,7 +2,9 @@
 //! through a small buffer, never whole, and at most [`DECOMPRESSED_BATCH_BYTES_MAX`] bytes of
 //! records are read, so a batch that expands to gigabytes (a compression bomb) costs a bounded
 //! amount of memory and CPU and is refused. Many small bombs in one request are bounded by
-//! the request's budget ([`crate::batch::DecompressBudget`], via [`walk_metered`]).
+//! the request's budget ([`crate::batch::DecompressBudget`], via [`walk_metered`]). A batch the
+//! broker recompresses is decompressed whole instead ([`decompress_metered`]), under the same
+//! bounds.
 //!
 //! Record layout (all lengths and deltas zig-zag varints):
 //! `length | attributes i8 | timestampDelta varlong | offsetDelta varint | keyLength | key |
@@ -80,37 +82,118 @@ pub fn walk_metered(
     read: &mut u64,
     mut visit: impl FnMut(RecordInfo) -> ControlFlow<()>,
 ) -> Result<(), RecordsError> {
-    let header = BatchHeader::parse(batch).map_err(|e| RecordsError::Corrupt(e.to_string()))?;
-    let body = &batch[BATCH_HEADER_LEN..];
+    let count = BatchHeader::parse(batch)
+        .map_err(|e| RecordsError::Corrupt(e.to_string()))?
+        .record_count;
     let cap = decompressed_bytes_max as u64;
-    let count = header.record_count;
-    match header.attributes & 0x07 {
-        CODEC_NONE => walk_stream(body, count, cap, read, &mut visit),
-        CODEC_GZIP => walk_stream(
-            buffered(flate2::bufread::GzDecoder::new(body)),
+    with_records(
+        batch,
+        cap,
+        Walk {
             count,
             cap,
             read,
-            &mut visit,
-        ),
-        CODEC_SNAPPY => walk_stream(Snappy::new(body, cap)?, count, cap, read, &mut visit),
+            visit: &mut visit,
+        },
+    )
+}
+
+/// Decompresses the records of `batch` (a whole, compressed batch whose header was checked)
+/// into `records`, then walks them as [`walk_metered`] does: at most `decompressed_bytes_max`
+/// bytes, adding what was decompressed to `read`. For a batch the broker stores in another
+/// codec: one decompression serves the check and the recompression.
+pub fn decompress_metered(
+    batch: &[u8],
+    decompressed_bytes_max: usize,
+    read: &mut u64,
+    records: &mut Vec<u8>,
+) -> Result<(), RecordsError> {
+    let count = BatchHeader::parse(batch)
+        .map_err(|e| RecordsError::Corrupt(e.to_string()))?
+        .record_count;
+    let cap = decompressed_bytes_max as u64;
+    let collected = with_records(
+        batch,
+        cap,
+        Collect {
+            cap,
+            records: &mut *records,
+        },
+    );
+    *read = read.saturating_add((records.len() as u64).min(cap));
+    collected?;
+    let mut walked = 0;
+    walk_stream(&records[..], count, cap, &mut walked, &mut |_| {
+        ControlFlow::Continue(())
+    })
+}
+
+/// What is done with a batch's records once its codec's decoder yields them as a stream.
+trait RecordsReader {
+    fn read<R: BufRead>(self, records: R) -> Result<(), RecordsError>;
+}
+
+/// The record walk of [`walk_metered`].
+struct Walk<'a, V> {
+    count: i32,
+    cap: u64,
+    read: &'a mut u64,
+    visit: &'a mut V,
+}
+
+impl<V: FnMut(RecordInfo) -> ControlFlow<()>> RecordsReader for Walk<'_, V> {
+    fn read<R: BufRead>(self, records: R) -> Result<(), RecordsError> {
+        walk_stream(records, self.count, self.cap, self.read, self.visit)
+    }
+}
+
+/// The copy of [`decompress_metered`]: reads one byte beyond the cap to tell a batch that
+/// ends at it from one that goes on.
+struct Collect<'a> {
+    cap: u64,
+    records: &'a mut Vec<u8>,
+}
+
+impl RecordsReader for Collect<'_> {
+    fn read<R: BufRead>(self, records: R) -> Result<(), RecordsError> {
+        records
+            .take(self.cap + 1)
+            .read_to_end(self.records)
+            .map_err(io_error)?;
+        if self.records.len() as u64 > self.cap {
+            return Err(RecordsError::TooLarge {
+                max_bytes: self.cap as usize,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Hands `reader` the records of `batch`, decompressed as a stream by the batch's codec.
+fn with_records(batch: &[u8], cap: u64, reader: impl RecordsReader) -> Result<(), RecordsError> {
+    let header = BatchHeader::parse(batch).map_err(|e| RecordsError::Corrupt(e.to_string()))?;
+    let body = &batch[BATCH_HEADER_LEN..];
+    match header.attributes & 0x07 {
+        CODEC_NONE => reader.read(body),
+        CODEC_GZIP => reader.read(buffered(flate2::bufread::GzDecoder::new(body))),
+        CODEC_SNAPPY => reader.read(Snappy::new(body, cap)?),
         CODEC_LZ4 => {
             let decoder = lz4::Decoder::new(body).map_err(corrupt)?;
-            walk_stream(buffered(decoder), count, cap, read, &mut visit)
+            reader.read(buffered(decoder))
         }
         CODEC_ZSTD => ZSTD_CONTEXT.with(|cell| {
             // A context per thread, reused: creating one costs as much as decompressing a
             // small batch. One grown large by a big window is not kept.
             let Ok(mut slot) = cell.try_borrow_mut() else {
                 let mut ctx = zstd_context();
-                return walk_zstd(body, &mut ctx, count, cap, read, &mut visit);
+                return read_zstd(body, &mut ctx, reader);
             };
             let ctx = slot.get_or_insert_with(zstd_context);
-            let walked = walk_zstd(body, ctx, count, cap, read, &mut visit);
+            let read = read_zstd(body, ctx, reader);
             if ctx.sizeof() > ZSTD_CONTEXT_KEPT_BYTES_MAX {
                 *slot = None;
             }
-            walked
+            read
         }),
         other => Err(RecordsError::Codec(other)),
     }
@@ -130,16 +213,13 @@ fn zstd_context() -> zstd::zstd_safe::DCtx<'static> {
     ctx
 }
 
-fn walk_zstd(
+fn read_zstd(
     body: &[u8],
     ctx: &mut zstd::zstd_safe::DCtx<'static>,
-    count: i32,
-    cap: u64,
-    read: &mut u64,
-    visit: &mut impl FnMut(RecordInfo) -> ControlFlow<()>,
+    reader: impl RecordsReader,
 ) -> Result<(), RecordsError> {
     let decoder = zstd::stream::read::Decoder::with_context(body, ctx);
-    walk_stream(buffered(decoder), count, cap, read, visit)
+    reader.read(buffered(decoder))
 }
 
 fn buffered<R: Read>(r: R) -> BufReader<R> {

@@ -12,7 +12,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::records::Compression;
 use proptest::prelude::*;
-use ringtail_netio::batch::{split_and_validate, testing};
+use ringtail_netio::batch::{
+    split_and_validate, split_and_validate_next, testing, DecompressBudget,
+};
+use ringtail_netio::codec::{Codec, Target};
 use ringtail_netio::request::{decode_body, decode_header};
 
 struct Counting;
@@ -185,5 +188,37 @@ proptest! {
             let _ = split_and_validate(BytesMut::from(&b[..]), 1 << 20);
         });
         prop_assert!(peak <= heap_bound(n), "{peak} bytes for a {n}-byte batch");
+    }
+
+    /// The same hostile batches recompressed into a topic's codec (a batch's records are
+    /// decompressed whole there): no panic, bounded heap, and what passes is a valid batch.
+    #[test]
+    fn mutated_batches_recompress_or_fail_within_bounds(
+        pick in 0usize..5,
+        into in 0usize..5,
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+    ) {
+        let mut b = valid_batches()[pick].to_vec();
+        for (at, value) in edits {
+            let at = 21 + at % (b.len() - 21);
+            b[at] = value;
+        }
+        fix_crc(&mut b);
+        let codec = [Codec::None, Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd][into];
+        let target = Target::new(codec, if matches!(codec, Codec::None | Codec::Snappy) { 0 } else { 1 })
+            .unwrap();
+        let n = b.len();
+        let mut stored = None;
+        let peak = peak_heap_bytes(|| {
+            let mut budget = DecompressBudget::for_request(n);
+            let mut records = BytesMut::from(&b[..]);
+            stored = split_and_validate_next(&mut records, 1 << 20, &mut budget, Some(target))
+                .ok()
+                .map(|batch| batch.assign(0, 0).1);
+        });
+        prop_assert!(peak <= heap_bound(n), "{peak} bytes for a {n}-byte batch");
+        if let Some(stored) = stored {
+            prop_assert!(split_and_validate(BytesMut::from(&stored[..]), 1 << 20).is_ok());
+        }
     }
 }

@@ -10,6 +10,7 @@ use kafka_protocol::ResponseError;
 use ringtail_netio::batch::{
     split_and_validate_next, BatchError, BatchHeader, DecompressBudget, ValidBatch,
 };
+use ringtail_netio::codec::Target;
 use ringtail_netio::request::{Header, ProduceInput};
 
 use super::{respond, Reply};
@@ -39,25 +40,35 @@ pub fn upload_wait(timeout_ms: i32) -> Duration {
 /// lets the shard's reactor and other tasks run if its time slice is up.
 const YIELD_AFTER_DECOMPRESSED_BYTES: u64 = 4 << 20;
 
-/// Splits and validates one record set batch by batch (`split_and_validate_within`), drawing
+/// Splits and validates one record set batch by batch (`split_and_validate_next`), drawing
 /// on the request's `budget`, and yields every [`YIELD_AFTER_DECOMPRESSED_BYTES`] spent, so a
 /// request that decompresses up to its budget (1 GiB: 1-2 s of gzip) does not hold the shard.
+/// Batches in another codec than the topic's `compression` are recompressed into it; that
+/// costs CPU for uncompressed batches too (which draw nothing on the budget), so their bytes
+/// count towards the next yield as well.
 async fn validate(
     mut records: BytesMut,
     batch_bytes_max: usize,
+    compression: Option<Target>,
     budget: &mut DecompressBudget,
 ) -> Result<Vec<ValidBatch>, BatchError> {
     let mut batches = Vec::new();
+    let mut work_bytes = 0;
     let mut since_yield = budget.spent();
     while !records.is_empty() {
+        let before = records.len();
         batches.push(split_and_validate_next(
             &mut records,
             batch_bytes_max,
             budget,
+            compression,
         )?);
-        if budget.spent() - since_yield >= YIELD_AFTER_DECOMPRESSED_BYTES {
+        if compression.is_some() {
+            work_bytes += (before - records.len()) as u64;
+        }
+        if budget.spent() + work_bytes - since_yield >= YIELD_AFTER_DECOMPRESSED_BYTES {
             ringtail_shards::yield_if_needed().await;
-            since_yield = budget.spent();
+            since_yield = budget.spent() + work_bytes;
         }
     }
     if batches.is_empty() {
@@ -107,8 +118,13 @@ pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Re
                     }
                     (Some(_), None) => Err(ResponseError::CorruptMessage.code()),
                     (Some(m), Some(records)) => {
-                        let validated =
-                            validate(records, m.config.max_message_bytes, &mut budget).await;
+                        let validated = validate(
+                            records,
+                            m.config.max_message_bytes,
+                            m.config.compression,
+                            &mut budget,
+                        )
+                        .await;
                         match validated {
                             Ok(batches) => {
                                 let key = PartitionKey {
