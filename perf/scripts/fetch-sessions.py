@@ -13,6 +13,7 @@ Needs kafka-python (scripts/test.sh installs it into .venv) for the topic's crea
 fetches are encoded here byte by byte, so the figures are the wire's.
 """
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -146,6 +147,7 @@ def main():
     finally:
         broker.terminate()
         broker.wait(30)
+        shutil.rmtree(data, ignore_errors=True)
 
 
 main()
