@@ -68,6 +68,18 @@ pub const KNOWN: &[(&str, &str, Support)] = &[
     ),
     ("flush.ms", "9223372036854775807", Support::AcceptedNoEffect),
     ("index.interval.bytes", "4096", Support::AcceptedNoEffect),
+    // Deprecated in Kafka 3.x (ignored there with record format v2), removed in 4.0; clients
+    // and tools of the 3.x era still set them (librdkafka's test 0092).
+    (
+        "message.downconversion.enable",
+        "true",
+        Support::AcceptedNoEffect,
+    ),
+    (
+        "message.format.version",
+        "3.0-IV1",
+        Support::AcceptedNoEffect,
+    ),
     (
         "message.timestamp.after.max.ms",
         "9223372036854775807",
@@ -147,6 +159,12 @@ impl TopicConfig {
                         )
                     })?)
                 }
+                "message.format.version" if !is_format_version(value) => {
+                    return Err(format!("{name}={value:?} is not a Kafka version (e.g. 0.10.0 or 3.0-IV1)"))
+                }
+                "message.downconversion.enable" if value != "true" && value != "false" => {
+                    return Err(format!("{name}={value:?} must be true or false"))
+                }
                 "compression.gzip.level" => levels[0].1 = level(name, value, Codec::Gzip)?,
                 "compression.lz4.level" => levels[1].1 = level(name, value, Codec::Lz4)?,
                 "compression.zstd.level" => levels[2].1 = level(name, value, Codec::Zstd)?,
@@ -161,6 +179,15 @@ impl TopicConfig {
             .transpose()?;
         Ok(c)
     }
+}
+
+/// A version as Kafka's `message.format.version` takes it: 2 to 4 dot-separated numbers,
+/// optionally with an `-IVn` suffix ("0.10.0.0", "2.8", "3.0-IV1").
+fn is_format_version(value: &str) -> bool {
+    let (numbers, suffix) = value.split_once("-IV").unwrap_or((value, "0"));
+    let parts: Vec<&str> = numbers.split('.').collect();
+    let number = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    (2..=4).contains(&parts.len()) && parts.iter().all(|p| number(p)) && number(suffix)
 }
 
 /// A `compression.<codec>.level` value, checked against Kafka's range for the codec.
@@ -424,5 +451,22 @@ mod tests {
             ("retention.ms".into(), Some("6".into()))
         ])
         .is_err());
+    }
+
+    /// librdkafka's test 0092 sets the deprecated `message.format.version`, which Kafka 3.x
+    /// accepts and ignores; it was refused as an unknown config.
+    #[test]
+    fn deprecated_format_configs_are_accepted_and_checked() {
+        let set = |name: &str, value: &str| {
+            TopicConfig::from_map(&[(name.to_string(), value.to_string())].into())
+        };
+        for v in ["0.10.0.0", "0.10.0", "2.8", "3.0-IV1"] {
+            assert!(set("message.format.version", v).is_ok(), "{v}");
+        }
+        for v in ["", "3", "x.y", "3.0-IV", "1.2.3.4.5"] {
+            assert!(set("message.format.version", v).is_err(), "{v:?}");
+        }
+        assert!(set("message.downconversion.enable", "false").is_ok());
+        assert!(set("message.downconversion.enable", "no").is_err());
     }
 }

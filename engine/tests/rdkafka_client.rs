@@ -583,6 +583,29 @@ async fn alter_configs_take_effect() {
             .as_deref(),
         Some("30000")
     );
+
+    // librdkafka's test 0092 sets the deprecated message.format.version, which Kafka 3.x
+    // accepts and ignores (issue 27: it was refused as an unknown config).
+    let old_format = rdkafka::admin::AlterConfig::new(ResourceSpecifier::Topic("alter-t"))
+        .set("message.format.version", "0.10.0.0");
+    let done = a
+        .alter_configs(&[old_format], &AdminOptions::new())
+        .await
+        .unwrap();
+    done[0].as_ref().expect("accepted");
+    let described = a
+        .describe_configs(&[ResourceSpecifier::Topic("alter-t")], &AdminOptions::new())
+        .await
+        .unwrap();
+    let resource = described[0].as_ref().unwrap();
+    assert_eq!(
+        resource
+            .get("message.format.version")
+            .unwrap()
+            .value
+            .as_deref(),
+        Some("0.10.0.0")
+    );
 }
 
 /// Issue 27 (librdkafka 0054, 0059): records with old CreateTimes (1970) stay readable next to
