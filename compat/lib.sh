@@ -44,6 +44,8 @@ stop_ringtail() {
     wait "$BROKER_PID" 2>/dev/null
     log "ringtail pid $BROKER_PID stopped"
     BROKER_PID=
+    # the WAL rings alone are 1 GiB a shard: runs would fill the disk (the logs stay)
+    rm -rf "$OUT/ringtail-data"
 }
 
 # Alive = the process runs, the port answers, no thread has panicked (a panicked shard leaves the
