@@ -281,17 +281,15 @@ pub fn apply_incremental(
 }
 
 /// AlterConfigs (the legacy API) replaces the whole set: configs it does not name go back to
-/// their defaults.
+/// their defaults. As Kafka reads it (a `Properties` filled in order): a config named twice
+/// takes its last value, and one without a value is left out. librdkafka's
+/// `test_AlterConfigs_simple` sends every described config back with the changed one appended
+/// (test 0092 was refused "appears twice" once `message.format.version` was described).
 pub fn apply_replace(ops: &[(String, Option<String>)]) -> Result<BTreeMap<String, String>, String> {
-    let mut next = BTreeMap::new();
-    for (name, value) in ops {
-        let value = value
-            .clone()
-            .ok_or_else(|| format!("config {name:?} has no value"))?;
-        if next.insert(name.clone(), value).is_some() {
-            return Err(format!("config {name:?} appears twice"));
-        }
-    }
+    let next: BTreeMap<String, String> = ops
+        .iter()
+        .filter_map(|(name, value)| Some((name.clone(), value.clone()?)))
+        .collect();
     TopicConfig::from_map(&next)?;
     Ok(next)
 }
@@ -445,12 +443,19 @@ mod tests {
     fn legacy_alter_replaces_the_whole_set() {
         let next = apply_replace(&[("retention.ms".into(), Some("5".into()))]).unwrap();
         assert_eq!(next, map(&[("retention.ms", "5")]));
-        assert!(apply_replace(&[("retention.ms".into(), None)]).is_err());
-        assert!(apply_replace(&[
-            ("retention.ms".into(), Some("5".into())),
-            ("retention.ms".into(), Some("6".into()))
-        ])
-        .is_err());
+        // As Kafka: no value leaves the config out, a config named twice takes its last value.
+        assert_eq!(
+            apply_replace(&[("retention.ms".into(), None)]),
+            Ok(map(&[]))
+        );
+        assert_eq!(
+            apply_replace(&[
+                ("retention.ms".into(), Some("5".into())),
+                ("retention.ms".into(), Some("6".into()))
+            ]),
+            Ok(map(&[("retention.ms", "6")]))
+        );
+        assert!(apply_replace(&[("retention.ms".into(), Some("-5".into()))]).is_err());
     }
 
     /// librdkafka's test 0092 sets the deprecated `message.format.version`, which Kafka 3.x
