@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use common::kcat;
 
 use common::raw::Raw;
 use common::TestBroker;
@@ -18,29 +17,6 @@ use rdkafka::types::RDKafkaErrorCode;
 use ringtail_netio::batch::BatchHeader;
 
 const INVALID_CONFIG: i16 = 40;
-
-fn kcat(args: &[&str], stdin: Option<&str>) -> String {
-    let mut child = Command::new("kcat")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kcat is installed (scripts/test.sh installs it)");
-    let mut input = child.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        input.write_all(s.as_bytes()).unwrap();
-    }
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "kcat {args:?} failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
 
 /// Produces `n` keyed records with a header to partition 0 of `topic` through kcat
 /// (librdkafka 2.0) compressing with `codec`; returns them as `kcat -f '%k|%s|%h'` prints them.
