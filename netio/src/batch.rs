@@ -42,7 +42,7 @@ const CRC_OFFSET: usize = 17;
 const CRC_START: usize = 21;
 const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
 /// The attribute bits naming the compression codec (0: none).
-const COMPRESSION_MASK: i16 = 0x07;
+pub(crate) const COMPRESSION_MASK: i16 = 0x07;
 
 /// Why a batch was refused. Each maps to one Kafka error code in the engine.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

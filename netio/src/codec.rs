@@ -27,6 +27,18 @@ impl Codec {
         self as i16
     }
 
+    /// The codec of a batch's codec id (its attribute bits); `None` for ids Kafka does not know.
+    pub fn from_id(id: i16) -> Option<Codec> {
+        Some(match id {
+            0 => Codec::None,
+            1 => Codec::Gzip,
+            2 => Codec::Snappy,
+            3 => Codec::Lz4,
+            4 => Codec::Zstd,
+            _ => return None,
+        })
+    }
+
     /// The codec a `compression.type` value names; `None` for `producer` and unknown values.
     pub fn from_config(value: &str) -> Option<Codec> {
         Some(match value {

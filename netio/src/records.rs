@@ -16,7 +16,8 @@
 use std::io::{self, BufRead, BufReader, Read};
 use std::ops::ControlFlow;
 
-use crate::batch::{BatchHeader, BATCH_HEADER_LEN};
+use crate::batch::{BatchHeader, BATCH_HEADER_LEN, COMPRESSION_MASK};
+use crate::codec::Codec;
 
 /// Most bytes of records one batch may expand to. Beyond it the batch is refused (produce) or
 /// the walk stops with an error (reads): the bound on what a compression bomb costs. Generous
@@ -33,12 +34,6 @@ const SNAPPY_EXPANSION_MAX: usize = 22;
 const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 /// A thread's reused zstd context is dropped after a batch that grew it beyond this.
 const ZSTD_CONTEXT_KEPT_BYTES_MAX: usize = 4 << 20;
-
-const CODEC_NONE: i16 = 0;
-const CODEC_GZIP: i16 = 1;
-const CODEC_SNAPPY: i16 = 2;
-const CODEC_LZ4: i16 = 3;
-const CODEC_ZSTD: i16 = 4;
 
 /// Why the records of a batch were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -173,15 +168,16 @@ impl RecordsReader for Collect<'_> {
 fn with_records(batch: &[u8], cap: u64, reader: impl RecordsReader) -> Result<(), RecordsError> {
     let header = BatchHeader::parse(batch).map_err(|e| RecordsError::Corrupt(e.to_string()))?;
     let body = &batch[BATCH_HEADER_LEN..];
-    match header.attributes & 0x07 {
-        CODEC_NONE => reader.read(body),
-        CODEC_GZIP => reader.read(buffered(flate2::bufread::GzDecoder::new(body))),
-        CODEC_SNAPPY => reader.read(Snappy::new(body, cap)?),
-        CODEC_LZ4 => {
+    let id = header.attributes & COMPRESSION_MASK;
+    match Codec::from_id(id).ok_or(RecordsError::Codec(id))? {
+        Codec::None => reader.read(body),
+        Codec::Gzip => reader.read(buffered(flate2::bufread::GzDecoder::new(body))),
+        Codec::Snappy => reader.read(Snappy::new(body, cap)?),
+        Codec::Lz4 => {
             let decoder = lz4::Decoder::new(body).map_err(corrupt)?;
             reader.read(buffered(decoder))
         }
-        CODEC_ZSTD => ZSTD_CONTEXT.with(|cell| {
+        Codec::Zstd => ZSTD_CONTEXT.with(|cell| {
             // A context per thread, reused: creating one costs as much as decompressing a
             // small batch. One grown large by a big window is not kept.
             let Ok(mut slot) = cell.try_borrow_mut() else {
@@ -195,7 +191,6 @@ fn with_records(batch: &[u8], cap: u64, reader: impl RecordsReader) -> Result<()
             }
             read
         }),
-        other => Err(RecordsError::Codec(other)),
     }
 }
 
@@ -618,7 +613,7 @@ mod tests {
         let block = [0x80, 0x80, 0x80, 0x32, 0x00, b'x'];
         let mut batch = testing::encode(values(1, 1), 1000, Compression::None);
         batch.truncate(BATCH_HEADER_LEN);
-        batch[21..23].copy_from_slice(&(CODEC_SNAPPY).to_be_bytes());
+        batch[21..23].copy_from_slice(&Codec::Snappy.id().to_be_bytes());
         batch.extend_from_slice(&block);
         assert!(matches!(
             walk(&batch, 1 << 30, |_| ControlFlow::Continue(())),
