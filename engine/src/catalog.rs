@@ -45,6 +45,9 @@ pub struct Snapshot {
     by_name: HashMap<String, Arc<TopicMeta>>,
     by_id: HashMap<Uuid, Arc<TopicMeta>>,
     deleted: HashMap<Uuid, DeletedTopic>,
+    /// Dynamic broker configs by scope: "" the cluster default, a node id one broker's own
+    /// (see `broker_config`).
+    broker_configs: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Snapshot {
@@ -60,6 +63,10 @@ impl Snapshot {
     /// it does not know counts as deleted.
     pub fn was_deleted(&self, id: &Uuid) -> bool {
         self.deleted.contains_key(id) || (self.generation == 0 && !self.by_id.contains_key(id))
+    }
+    /// The dynamic broker configs set at `scope` ("" or a node id).
+    pub fn broker_configs(&self, scope: &str) -> Option<&BTreeMap<String, String>> {
+        self.broker_configs.get(scope)
     }
     /// All topics, sorted by name.
     pub fn topics(&self) -> Vec<Arc<TopicMeta>> {
@@ -114,6 +121,9 @@ struct OnDisk {
     next_producer_id: i64,
     #[serde(default)]
     deleted: Vec<DeletedTopic>,
+    /// Added within format 2 (an older broker reads past it, and drops it when it next writes).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    broker_configs: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// 2: generations and deletion records. A broker of the version before refuses it (it would
@@ -211,11 +221,13 @@ impl Catalog {
             self.next_producer_id
                 .fetch_max(disk.next_producer_id, SeqCst);
         }
-        self.snapshot.store(Arc::new(build(
+        let mut snapshot = build(
             disk.generation,
             topics,
             disk.deleted.iter().map(|d| (d.id, d.clone())).collect(),
-        )));
+        );
+        snapshot.broker_configs = disk.broker_configs.clone();
+        self.snapshot.store(Arc::new(snapshot));
         Ok(())
     }
 
@@ -348,6 +360,7 @@ impl Catalog {
                 .producer_ids_reserved
                 .load(std::sync::atomic::Ordering::SeqCst),
             deleted,
+            broker_configs: s.broker_configs.clone(),
         }
     }
 
@@ -395,9 +408,15 @@ impl Catalog {
         deleted: Option<DeletedTopic>,
     ) -> Result<(), CatalogError> {
         let mut next = build(current.generation + 1, topics, current.deleted.clone());
+        next.broker_configs = current.broker_configs.clone();
         if let Some(d) = deleted {
             next.deleted.insert(d.id, d);
         }
+        self.commit_next(next).await
+    }
+
+    /// Commits `next` (built on the current generation): the bucket first, then here.
+    async fn commit_next(&self, next: Snapshot) -> Result<(), CatalogError> {
         match &self.mirror {
             Some(mirror) => self.push_and_install(mirror, &next).await,
             None => self.install(&self.to_disk(&next, next.generation)).await,
@@ -540,6 +559,40 @@ impl Catalog {
             self.commit(&current, topics, None).await?;
         }
         Ok(updated)
+    }
+
+    /// Replaces the dynamic broker configs of `scope` ("" or a node id) with `f(current)`,
+    /// checked by `broker_config::validate`; an empty set removes the scope.
+    pub async fn alter_broker_configs(
+        &self,
+        scope: &str,
+        f: impl FnOnce(&BTreeMap<String, String>) -> Result<BTreeMap<String, String>, String>,
+        validate_only: bool,
+    ) -> Result<(), CatalogError> {
+        let _w = self.writer.lock().await;
+        let current = self.snapshot();
+        let configs = f(current.broker_configs(scope).unwrap_or(&BTreeMap::new()))
+            .map_err(CatalogError::InvalidConfig)?;
+        crate::broker_config::validate(&configs).map_err(CatalogError::InvalidConfig)?;
+        let unchanged = match current.broker_configs(scope) {
+            Some(set) => *set == configs,
+            None => configs.is_empty(),
+        };
+        if validate_only || unchanged {
+            return Ok(());
+        }
+        let mut next = build(
+            current.generation + 1,
+            current.topics(),
+            current.deleted.clone(),
+        );
+        next.broker_configs = current.broker_configs.clone();
+        if configs.is_empty() {
+            next.broker_configs.remove(scope);
+        } else {
+            next.broker_configs.insert(scope.to_string(), configs);
+        }
+        self.commit_next(next).await
     }
 
     /// A producer id never handed out before, on this broker or (through the catalog's copy in

@@ -5,6 +5,7 @@
 //! ([`shard::owner_shard`]); other shards reach it with [`shard::ShardOp`] messages.
 
 pub mod api;
+pub mod broker_config;
 pub mod catalog;
 pub mod cluster;
 pub mod config;

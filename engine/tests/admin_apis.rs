@@ -285,3 +285,16 @@ async fn librdkafka_describe_topics_works_with_api_75_advertised() {
         "{metrics:?}"
     );
 }
+
+/// Dynamic broker configs (librdkafka's admin test 0081 sets one; `kafka-configs.sh
+/// --entity-type brokers` does): set on a broker and as the cluster default, described with
+/// their sources, static and unknown ones refused with INVALID_CONFIG, kept across a restart.
+#[test]
+fn dynamic_broker_configs_are_set_described_and_kept() {
+    let data = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start_at(data.path(), &[]);
+    script("broker-configs", &broker.bootstrap(), &[], Duration::from_secs(120));
+    broker.terminate();
+    let broker = TestBroker::start_at(data.path(), &[]);
+    script("broker-configs-kept", &broker.bootstrap(), &[], Duration::from_secs(60));
+}

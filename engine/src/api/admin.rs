@@ -23,7 +23,8 @@ use kafka_protocol::ResponseError;
 use ringtail_netio::request::Header;
 use uuid::Uuid;
 
-use crate::catalog::TopicMeta;
+use crate::broker_config::{self, Described};
+use crate::catalog::{CatalogError, TopicMeta};
 use crate::errors::catalog_error_code;
 use crate::shard::Broker;
 use crate::topic_config::{apply_incremental, apply_replace, AlterOp, KNOWN};
@@ -355,12 +356,13 @@ pub fn describe_configs(
             let result = DescribeConfigsResult::default()
                 .with_resource_type(r.resource_type)
                 .with_resource_name(r.resource_name.clone());
-            let entries: Vec<(String, String, i8, bool)> = match r.resource_type {
+            let entries: Vec<(String, Option<String>, i8, bool)> = match r.resource_type {
                 RESOURCE_TOPIC => match snapshot.by_name(r.resource_name.as_str()) {
                     Some(t) => topic_configs(t)
                         .into_iter()
                         .map(|(n, v, set)| {
-                            (n, v, if set { SOURCE_TOPIC } else { SOURCE_DEFAULT }, false)
+                            let source = if set { SOURCE_TOPIC } else { SOURCE_DEFAULT };
+                            (n, Some(v), source, false)
                         })
                         .collect(),
                     None => {
@@ -372,11 +374,17 @@ pub fn describe_configs(
                             ))))
                     }
                 },
+                RESOURCE_BROKER if r.resource_name.is_empty() => broker_config::describe(
+                    snapshot.broker_configs(""),
+                    Described::ClusterDefault,
+                )
+                .into_iter()
+                .map(|(n, v, source)| (n, v, source, false))
+                .collect(),
                 RESOURCE_BROKER
-                    if r.resource_name.is_empty()
-                        || r.resource_name.as_str() == broker.config.node_id.to_string() =>
+                    if r.resource_name.as_str() == broker.config.node_id.to_string() =>
                 {
-                    broker_configs(broker)
+                    broker_configs(broker, &snapshot)
                 }
                 RESOURCE_BROKER => {
                     return result
@@ -403,7 +411,7 @@ pub fn describe_configs(
                 .map(|(n, v, source, read_only)| {
                     DescribeConfigsResourceResult::default()
                         .with_name(text(n))
-                        .with_value(Some(text(v)))
+                        .with_value(v.map(text))
                         .with_read_only(read_only)
                         .with_config_source(source)
                 })
@@ -414,8 +422,16 @@ pub fn describe_configs(
     DescribeConfigsResponse::default().with_results(results)
 }
 
-fn broker_configs(broker: &Broker) -> Vec<(String, String, i8, bool)> {
+/// A broker's configs: its static settings (read-only), then the dynamic ones.
+fn broker_configs(
+    broker: &Broker,
+    snapshot: &crate::catalog::Snapshot,
+) -> Vec<(String, Option<String>, i8, bool)> {
     let c = &broker.config;
+    let own = snapshot.broker_configs(&c.node_id.to_string());
+    let dynamic = broker_config::describe(snapshot.broker_configs(""), Described::Broker(own))
+        .into_iter()
+        .map(|(n, v, source)| (n, v, source, false));
     [
         ("broker.id", c.node_id.to_string()),
         ("node.id", c.node_id.to_string()),
@@ -429,7 +445,8 @@ fn broker_configs(broker: &Broker) -> Vec<(String, String, i8, bool)> {
         ("default.replication.factor", "1".to_string()),
     ]
     .into_iter()
-    .map(|(n, v)| (n.to_string(), v, SOURCE_STATIC_BROKER, true))
+    .map(|(n, v)| (n.to_string(), Some(v), SOURCE_STATIC_BROKER, true))
+    .chain(dynamic)
     .collect()
 }
 
@@ -481,10 +498,10 @@ async fn alter_configs_of(
             }
             RESOURCE_TOPIC => {}
             RESOURCE_BROKER => {
-                out.push(fail(
-                    ResponseError::InvalidConfig,
-                    "broker configs are static in Ringtail: set them with flags, RINGTAIL_* environment variables or the config file".into(),
-                ));
+                out.push(match alter_broker_configs(broker, &name, &change, validate_only).await {
+                    Ok(()) => (kind, name, 0, None),
+                    Err(e) => (kind, name, catalog_error_code(&e), Some(text(e.to_string()))),
+                });
                 continue;
             }
             other => {
@@ -499,17 +516,7 @@ async fn alter_configs_of(
         let next = |current: &BTreeMap<String, String>| {
             let next = match &change {
                 Change::Replace(set) => apply_replace(set)?,
-                Change::Incremental(ops) => {
-                    let ops = ops
-                        .iter()
-                        .map(|(n, code, v)| {
-                            AlterOp::from_code(*code)
-                                .map(|op| (n.clone(), op, v.clone()))
-                                .ok_or_else(|| format!("config operation {code} is not one of SET, DELETE, APPEND, SUBTRACT"))
-                        })
-                        .collect::<Result<Vec<_>, String>>()?;
-                    apply_incremental(current, &ops)?
-                }
+                Change::Incremental(ops) => apply_incremental(current, &change_ops(ops)?)?,
             };
             if !has_store && next.get("durability").is_some_and(|v| v == "object") {
                 return Err("durability=object needs an object store (--object-store)".to_string());
@@ -537,6 +544,47 @@ async fn alter_configs_of(
         }
     }
     out
+}
+
+/// IncrementalAlterConfigs operation codes read, or the first unknown one refused.
+fn change_ops(
+    ops: &[(String, i8, Option<String>)],
+) -> Result<Vec<(String, AlterOp, Option<String>)>, String> {
+    ops.iter()
+        .map(|(n, code, v)| {
+            AlterOp::from_code(*code)
+                .map(|op| (n.clone(), op, v.clone()))
+                .ok_or_else(|| {
+                    format!("config operation {code} is not one of SET, DELETE, APPEND, SUBTRACT")
+                })
+        })
+        .collect()
+}
+
+/// A BROKER resource's change: the dynamic configs of the cluster default (`""`) or of one
+/// node, kept in the catalog (see `broker_config`).
+async fn alter_broker_configs(
+    broker: &Broker,
+    name: &str,
+    change: &Change,
+    validate_only: bool,
+) -> Result<(), CatalogError> {
+    let scope = broker_config::scope(name).map_err(CatalogError::InvalidConfig)?;
+    let next = |current: &BTreeMap<String, String>| match change {
+        Change::Replace(set) => Ok(set
+            .iter()
+            .filter_map(|(n, v)| Some((n.clone(), v.clone()?)))
+            .collect()),
+        Change::Incremental(ops) => broker_config::apply_incremental(current, &change_ops(ops)?),
+    };
+    broker
+        .catalog
+        .alter_broker_configs(&scope, next, validate_only)
+        .await?;
+    if !validate_only {
+        tracing::info!(broker = %name, "altered dynamic broker configs (accepted; no effect in Ringtail)");
+    }
+    Ok(())
 }
 
 pub async fn alter_configs(broker: &Broker, request: AlterConfigsRequest) -> AlterConfigsResponse {

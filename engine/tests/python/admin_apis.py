@@ -6,6 +6,8 @@ Usage: admin_apis.py MODE HOST:PORT [ARGS]
   log-dirs   HOST:PORT DATA_DIR         sizes as they grow and shrink; prints SIZES {json}
   replicas   HOST:PORT                  elections and reassignments on one broker
   cluster    HOST:PORT TOPIC            two brokers: controller requests, each broker's log dir
+  broker-configs HOST:PORT              dynamic broker configs: set, described, refused
+  broker-configs-kept HOST:PORT         after a restart: the values broker-configs left
 Requests kafka-python has no helper for (a null ElectLeaders list, a version pinned) are built
 with kafka-python's own protocol classes and sent on its connections. Raises on a failed check,
 prints OK MODE when every check passes.
@@ -15,17 +17,19 @@ import sys
 import time
 
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 import kafka.errors as Errors
 from kafka.protocol.admin import (
     AlterPartitionReassignmentsRequest,
+    DescribeConfigsRequest,
+    IncrementalAlterConfigsRequest,
     DescribeLogDirsRequest,
     ElectLeadersRequest,
     ListPartitionReassignmentsRequest,
 )
 
 NONE, UNKNOWN_TOPIC_OR_PARTITION, INVALID_TOPIC = 0, 3, 17
-NOT_CONTROLLER, INVALID_REQUEST = 41, 42
+NOT_CONTROLLER, INVALID_REQUEST, INVALID_CONFIG = 41, 42, 40
 INVALID_REPLICATION_FACTOR, INVALID_REPLICA_ASSIGNMENT = 38, 39
 ELECTION_NOT_NEEDED, NO_REASSIGNMENT_IN_PROGRESS = 84, 85
 
@@ -268,6 +272,94 @@ def cluster():
     print(f"leads {leads}", flush=True)
 
 
-{"describe": describe, "log-dirs": log_dirs, "replicas": replicas, "cluster": cluster}[mode]()
+def broker_resource(node, configs=None):
+    return ConfigResource(ConfigResourceType.BROKER, str(node), configs=configs)
+
+
+def broker_described(node, config_filter="all"):
+    """{name: (value, source, read_only)} as kafka-python's admin reports broker `node`."""
+    described = admin.describe_configs([broker_resource(node)], config_filter=config_filter)
+    return {name: (c["value"], c["config_source"], c["read_only"])
+            for name, c in described["broker"][str(node)].items()}
+
+
+def cluster_default():
+    """The "" resource (kafka-python's helpers take node ids only): {name: (value, source)}."""
+    r = send(DescribeConfigsRequest[1](resources=[DescribeConfigsRequest.DescribeConfigsResource(
+        resource_type=4, resource_name="", configuration_keys=None)], include_synonyms=False))
+    [result] = r.results
+    assert result.error_code == NONE, result
+    return {c.name: (c.value, c.config_source) for c in result.configs}
+
+
+def alter_cluster_default(ops):
+    """IncrementalAlterConfigs on the "" resource: ops is [(name, op, value)]."""
+    _Resource = IncrementalAlterConfigsRequest.AlterConfigsResource
+    r = send(IncrementalAlterConfigsRequest[0](resources=[_Resource(resource_type=4, resource_name="", configs=[
+        _Resource.AlterableConfig(name=n, config_operation=op, value=v) for n, op, v in ops])], validate_only=False))
+    [result] = r.responses
+    return result.error_code, result.error_message
+
+
+def broker_configs():
+    node = controller()
+    # librdkafka's admin test 0081 sets this with the legacy AlterConfigs.
+    r = admin.alter_configs([broker_resource(node, {"sasl.kerberos.min.time.before.relogin": "58000"})],
+                            incremental=False)
+    assert r == {"broker": {str(node): "OK"}}, r
+    d = broker_described(node)
+    assert d["sasl.kerberos.min.time.before.relogin"] == ("58000", "DYNAMIC_BROKER_CONFIG", False), d
+    assert d["num.io.threads"] == ("8", "DEFAULT_CONFIG", False), d
+    assert d["broker.id"] == (str(node), "STATIC_BROKER_CONFIG", True), d
+    # Only what is set shows as modified; dynamic names are the ones kafka-python may alter.
+    assert set(broker_described(node, "modified")) >= {"sasl.kerberos.min.time.before.relogin"}
+    assert "num.io.threads" in broker_described(node, "dynamic")
+    assert "num.partitions" not in broker_described(node, "dynamic")
+
+    # The cluster default, under a broker's own value.
+    assert alter_cluster_default([("num.io.threads", 0, "16"), ("background.threads", 0, "4")]) == (NONE, None)
+    assert cluster_default() == {"num.io.threads": ("16", 3), "background.threads": ("4", 3)}, cluster_default()
+    r = admin.alter_configs([broker_resource(node, {"num.io.threads": "12"})], incremental=True)
+    assert r == {"broker": {str(node): "OK"}}, r
+    d = broker_described(node)
+    assert d["num.io.threads"] == ("12", "DYNAMIC_BROKER_CONFIG", False), d
+    assert d["background.threads"] == ("4", "DYNAMIC_DEFAULT_BROKER_CONFIG", False), d
+    # APPEND on a list config starts from Kafka's default.
+    r = admin.alter_configs([broker_resource(node, {
+        "sasl.kerberos.principal.to.local.rules": ("APPEND", "RULE:[1:$1]")})], incremental=True)
+    assert r == {"broker": {str(node): "OK"}}, r
+    assert broker_described(node)["sasl.kerberos.principal.to.local.rules"][0] == "DEFAULT,RULE:[1:$1]"
+
+    # Refused, nothing changed: a static or unknown config, a bad value; validate_only keeps nothing.
+    for configs in ({"num.partitions": "3"}, {"log.retention.ms": "1000"}, {"num.io.threads": "0"},
+                    {"sasl.kerberos.ticket.renew.jitter": "often"}):
+        for incremental in (True, False):
+            r = admin.alter_configs([broker_resource(node, configs)], incremental=incremental,
+                                    raise_on_unknown=False)
+            assert r["broker"][str(node)].startswith("[Error 40] InvalidConfigurationError"), (configs, r)
+    code, message = alter_cluster_default([("auto.create.topics.enable", 0, "false")])
+    assert code == INVALID_CONFIG and "cannot update these broker configs dynamically: auto.create.topics.enable" in message, message
+    r = admin.alter_configs([broker_resource(node, {"num.network.threads": "9"})], validate_only=True)
+    assert r == {"broker": {str(node): "OK"}}, r
+    d = broker_described(node)
+    assert d["num.network.threads"] == ("3", "DEFAULT_CONFIG", False), d
+    assert d["num.io.threads"][0] == "12" and d["sasl.kerberos.min.time.before.relogin"][0] == "58000", d
+
+    # DELETE goes back to the cluster default.
+    r = admin.alter_configs([broker_resource(node, {"num.io.threads": ("DELETE", None)})], incremental=True)
+    assert r == {"broker": {str(node): "OK"}}, r
+    assert broker_described(node)["num.io.threads"] == ("16", "DYNAMIC_DEFAULT_BROKER_CONFIG", False)
+
+
+def broker_configs_kept():
+    node = controller()
+    d = broker_described(node)
+    assert d["sasl.kerberos.min.time.before.relogin"] == ("58000", "DYNAMIC_BROKER_CONFIG", False), d
+    assert d["num.io.threads"] == ("16", "DYNAMIC_DEFAULT_BROKER_CONFIG", False), d
+    assert cluster_default() == {"num.io.threads": ("16", 3), "background.threads": ("4", 3)}
+
+
+{"describe": describe, "log-dirs": log_dirs, "replicas": replicas, "cluster": cluster,
+ "broker-configs": broker_configs, "broker-configs-kept": broker_configs_kept}[mode]()
 admin.close()
 print(f"OK {mode}", flush=True)

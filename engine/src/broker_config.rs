@@ -1,0 +1,257 @@
+//! Dynamic broker configs: what AlterConfigs and IncrementalAlterConfigs may change on a BROKER
+//! resource, how each value is checked, and what DescribeConfigs reports.
+//!
+//! Ringtail's own broker settings (listeners, shards, WAL, object store, limits) are static:
+//! flags, `RINGTAIL_*` variables or the config file. What Kafka lets an operator change at run
+//! time and Ringtail has no machinery for — thread pools (a shard per core does the work),
+//! Kerberos logins (no GSSAPI), the log cleaner (no compaction yet) — is accepted, stored in
+//! the catalog (so every broker of a cluster and every restart sees it) and reported, with no
+//! effect, as a Kafka broker stores a Kerberos setting while no listener uses GSSAPI. Tools
+//! (`kafka-configs.sh --entity-type brokers`, librdkafka's admin test 0081) keep working.
+//! Anything else is refused with INVALID_CONFIG naming the configs, as Kafka refuses a
+//! non-dynamic one ("Cannot update these configs dynamically").
+
+use std::collections::BTreeMap;
+
+use crate::topic_config::AlterOp;
+
+/// How a dynamic broker config's value is checked (Kafka's `ConfigDef.Type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// An integer of at least this.
+    Int(i64),
+    Double,
+    Text,
+    /// Comma-separated; APPEND and SUBTRACT apply.
+    List,
+}
+
+/// Every dynamic broker config Ringtail accepts: name, check, Kafka's default (None: null).
+const DYNAMIC: &[(&str, Kind, Option<&str>)] = &[
+    ("background.threads", Kind::Int(1), Some("10")),
+    ("log.cleaner.backoff.ms", Kind::Int(0), Some("15000")),
+    ("log.cleaner.dedupe.buffer.size", Kind::Int(0), Some("134217728")),
+    ("log.cleaner.io.buffer.load.factor", Kind::Double, Some("0.9")),
+    ("log.cleaner.io.buffer.size", Kind::Int(0), Some("524288")),
+    (
+        "log.cleaner.io.max.bytes.per.second",
+        Kind::Double,
+        Some("1.7976931348623157E308"),
+    ),
+    ("log.cleaner.threads", Kind::Int(0), Some("1")),
+    ("num.io.threads", Kind::Int(1), Some("8")),
+    ("num.network.threads", Kind::Int(1), Some("3")),
+    ("num.recovery.threads.per.data.dir", Kind::Int(1), Some("1")),
+    ("num.replica.fetchers", Kind::Int(1), Some("1")),
+    ("sasl.kerberos.kinit.cmd", Kind::Text, Some("/usr/bin/kinit")),
+    ("sasl.kerberos.min.time.before.relogin", Kind::Int(0), Some("60000")),
+    ("sasl.kerberos.principal.to.local.rules", Kind::List, Some("DEFAULT")),
+    ("sasl.kerberos.service.name", Kind::Text, None),
+    ("sasl.kerberos.ticket.renew.jitter", Kind::Double, Some("0.05")),
+    ("sasl.kerberos.ticket.renew.window.factor", Kind::Double, Some("0.8")),
+];
+
+/// The scope a BROKER resource name names: "" is the cluster-wide default, a node id one
+/// broker. Anything else is not a broker.
+pub fn scope(resource_name: &str) -> Result<String, String> {
+    if resource_name.is_empty() {
+        return Ok(String::new());
+    }
+    match resource_name.parse::<i32>() {
+        Ok(id) if id >= 0 && id.to_string() == resource_name => Ok(resource_name.to_string()),
+        _ => Err(format!(
+            "broker resource name {resource_name:?} is neither a node id nor \"\" (the cluster default)"
+        )),
+    }
+}
+
+/// Checks a whole set of dynamic broker configs: every name dynamic, every value of its kind.
+pub fn validate(configs: &BTreeMap<String, String>) -> Result<(), String> {
+    let refused: Vec<&str> = configs
+        .keys()
+        .filter(|n| !DYNAMIC.iter().any(|(d, ..)| d == n))
+        .map(String::as_str)
+        .collect();
+    if !refused.is_empty() {
+        return Err(format!(
+            "cannot update these broker configs dynamically: {}. Ringtail's own broker settings \
+             are static (flags, RINGTAIL_* environment variables, the config file) and it has no \
+             broker-wide topic defaults (set them on each topic)",
+            refused.join(", ")
+        ));
+    }
+    for (name, value) in configs {
+        let (_, kind, _) = DYNAMIC.iter().find(|(d, ..)| d == name).expect("checked");
+        let ok = match kind {
+            Kind::Int(min) => value.parse::<i64>().is_ok_and(|v| v >= *min),
+            Kind::Double => value.parse::<f64>().is_ok_and(|v| v.is_finite() || v > 0.0),
+            Kind::Text | Kind::List => true,
+        };
+        if !ok {
+            return Err(match kind {
+                Kind::Int(min) => format!("{name}={value:?} must be an integer >= {min}"),
+                _ => format!("{name}={value:?} must be a number"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// IncrementalAlterConfigs on a broker scope: the operations applied to its current set.
+pub fn apply_incremental(
+    current: &BTreeMap<String, String>,
+    ops: &[(String, AlterOp, Option<String>)],
+) -> Result<BTreeMap<String, String>, String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut next = current.clone();
+    for (name, op, value) in ops {
+        if !seen.insert(name) {
+            return Err(format!("config {name:?} appears twice"));
+        }
+        let value = || {
+            value
+                .clone()
+                .ok_or_else(|| format!("config {name:?} has no value"))
+        };
+        match op {
+            AlterOp::Set => {
+                next.insert(name.clone(), value()?);
+            }
+            AlterOp::Delete => {
+                next.remove(name);
+            }
+            AlterOp::Append | AlterOp::Subtract => {
+                let Some((_, Kind::List, default)) = DYNAMIC.iter().find(|(d, ..)| d == name)
+                else {
+                    return Err(format!(
+                        "{name:?} is not a dynamic list config: APPEND/SUBTRACT do not apply"
+                    ));
+                };
+                let effective = next.get(name).map_or(default.unwrap_or(""), |v| v.as_str());
+                let mut items: Vec<String> = effective
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                for item in value()?.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    if *op == AlterOp::Append {
+                        if !items.iter().any(|i| i == item) {
+                            items.push(item.to_string());
+                        }
+                    } else {
+                        items.retain(|i| i != item);
+                    }
+                }
+                next.insert(name.clone(), items.join(","));
+            }
+        }
+    }
+    validate(&next)?;
+    Ok(next)
+}
+
+/// Where a described value comes from (Kafka's `ConfigSource`).
+pub const SOURCE_DYNAMIC_BROKER: i8 = 2;
+pub const SOURCE_DYNAMIC_DEFAULT_BROKER: i8 = 3;
+pub const SOURCE_DEFAULT: i8 = 5;
+
+/// Which broker resource DescribeConfigs asked for.
+#[derive(Debug, Clone, Copy)]
+pub enum Described<'a> {
+    /// The `""` resource: only what is set as the cluster default, as Kafka describes it.
+    ClusterDefault,
+    /// One broker, with its own dynamic configs (if any).
+    Broker(Option<&'a BTreeMap<String, String>>),
+}
+
+/// The dynamic configs as DescribeConfigs reports them: for a broker, its own value over the
+/// cluster default over Kafka's default, each with its source.
+pub fn describe(
+    default: Option<&BTreeMap<String, String>>,
+    resource: Described,
+) -> Vec<(String, Option<String>, i8)> {
+    let mut out = Vec::new();
+    for (name, _, kafka_default) in DYNAMIC {
+        let shared = default.and_then(|c| c.get(*name)).cloned();
+        let entry = match resource {
+            Described::ClusterDefault => shared.map(|v| (Some(v), SOURCE_DYNAMIC_DEFAULT_BROKER)),
+            Described::Broker(own) => Some(match (own.and_then(|c| c.get(*name)).cloned(), shared) {
+                (Some(v), _) => (Some(v), SOURCE_DYNAMIC_BROKER),
+                (None, Some(v)) => (Some(v), SOURCE_DYNAMIC_DEFAULT_BROKER),
+                (None, None) => (kafka_default.map(str::to_string), SOURCE_DEFAULT),
+            }),
+        };
+        if let Some((value, source)) = entry {
+            out.push((name.to_string(), value, source));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn only_dynamic_names_with_valid_values_pass() {
+        assert!(validate(&map(&[("sasl.kerberos.min.time.before.relogin", "58000")])).is_ok());
+        assert!(validate(&map(&[("num.io.threads", "16"), ("log.cleaner.io.buffer.load.factor", "0.5")])).is_ok());
+        let e = validate(&map(&[("num.partitions", "3"), ("log.retention.ms", "1")])).unwrap_err();
+        assert!(e.contains("log.retention.ms, num.partitions"), "{e}");
+        assert!(validate(&map(&[("num.io.threads", "0")])).is_err());
+        assert!(validate(&map(&[("num.io.threads", "many")])).is_err());
+        assert!(validate(&map(&[("sasl.kerberos.ticket.renew.jitter", "NaN")])).is_err());
+        assert!(validate(&map(&[("sasl.kerberos.ticket.renew.jitter", "x")])).is_err());
+    }
+
+    #[test]
+    fn scopes_are_the_cluster_default_or_a_node_id() {
+        assert_eq!(scope("").unwrap(), "");
+        assert_eq!(scope("7").unwrap(), "7");
+        for bad in ["-1", "07", "x", "1.0", " 1"] {
+            assert!(scope(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn incremental_operations_apply_in_order_and_validate_the_result() {
+        let current = map(&[("num.io.threads", "4")]);
+        let next = apply_incremental(
+            &current,
+            &[
+                ("num.io.threads".into(), AlterOp::Delete, None),
+                ("sasl.kerberos.principal.to.local.rules".into(), AlterOp::Append, Some("RULE:x".into())),
+            ],
+        )
+        .unwrap();
+        assert_eq!(next, map(&[("sasl.kerberos.principal.to.local.rules", "DEFAULT,RULE:x")]));
+        assert!(apply_incremental(&current, &[("num.io.threads".into(), AlterOp::Append, Some("1".into()))]).is_err());
+        assert!(apply_incremental(&current, &[("num.partitions".into(), AlterOp::Set, Some("1".into()))]).is_err());
+        assert!(apply_incremental(&current, &[("num.io.threads".into(), AlterOp::Set, None)]).is_err());
+        // Deleting what is not set is not an error (Kafka: a no-op).
+        assert_eq!(apply_incremental(&current, &[("background.threads".into(), AlterOp::Delete, None)]).unwrap(), current);
+    }
+
+    #[test]
+    fn a_brokers_own_value_wins_over_the_cluster_default() {
+        let default = map(&[("num.io.threads", "6"), ("background.threads", "2")]);
+        let own = map(&[("num.io.threads", "9")]);
+        let described = describe(Some(&default), Described::Broker(Some(&own)));
+        let get = |n: &str| described.iter().find(|(name, ..)| name == n).cloned().unwrap();
+        assert_eq!(get("num.io.threads"), ("num.io.threads".into(), Some("9".into()), SOURCE_DYNAMIC_BROKER));
+        assert_eq!(get("background.threads").2, SOURCE_DYNAMIC_DEFAULT_BROKER);
+        assert_eq!(get("num.network.threads"), ("num.network.threads".into(), Some("3".into()), SOURCE_DEFAULT));
+        assert_eq!(get("sasl.kerberos.service.name").1, None);
+        // The "" resource: what is set there, nothing else.
+        let cluster = describe(Some(&default), Described::ClusterDefault);
+        assert_eq!(cluster.len(), 2);
+        assert!(cluster.iter().all(|(.., s)| *s == SOURCE_DYNAMIC_DEFAULT_BROKER));
+    }
+}
