@@ -87,7 +87,7 @@ impl<S: ObjectStore> ObjectStore for Counting<S> {
 }
 
 /// A 16 KiB batch of 1 KiB records at `base`.
-fn batch(base: i64) -> (ringtail_netio::batch::BatchHeader, Bytes) {
+fn batch(base: i64) -> (ringtail_netio::header::BatchHeader, Bytes) {
     let values = (0..16).map(|_| Some(Bytes::from(vec![(base % 251) as u8; 1000])));
     let buf =
         ringtail_netio::batch::testing::encode(values, 1_800_000_000_000 + base, Compression::None);

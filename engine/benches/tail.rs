@@ -26,7 +26,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, HeaderVersion, StrBytes};
 use kafka_protocol::records::Compression;
-use ringtail_netio::batch::BatchHeader;
+use ringtail_netio::header::BatchHeader;
 
 const FETCH_BYTES: i32 = 8 << 20;
 /// Broker and baseline runs per setting, alternated.

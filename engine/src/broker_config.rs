@@ -30,8 +30,16 @@ enum Kind {
 const DYNAMIC: &[(&str, Kind, Option<&str>)] = &[
     ("background.threads", Kind::Int(1), Some("10")),
     ("log.cleaner.backoff.ms", Kind::Int(0), Some("15000")),
-    ("log.cleaner.dedupe.buffer.size", Kind::Int(0), Some("134217728")),
-    ("log.cleaner.io.buffer.load.factor", Kind::Double, Some("0.9")),
+    (
+        "log.cleaner.dedupe.buffer.size",
+        Kind::Int(0),
+        Some("134217728"),
+    ),
+    (
+        "log.cleaner.io.buffer.load.factor",
+        Kind::Double,
+        Some("0.9"),
+    ),
     ("log.cleaner.io.buffer.size", Kind::Int(0), Some("524288")),
     (
         "log.cleaner.io.max.bytes.per.second",
@@ -43,12 +51,32 @@ const DYNAMIC: &[(&str, Kind, Option<&str>)] = &[
     ("num.network.threads", Kind::Int(1), Some("3")),
     ("num.recovery.threads.per.data.dir", Kind::Int(1), Some("1")),
     ("num.replica.fetchers", Kind::Int(1), Some("1")),
-    ("sasl.kerberos.kinit.cmd", Kind::Text, Some("/usr/bin/kinit")),
-    ("sasl.kerberos.min.time.before.relogin", Kind::Int(0), Some("60000")),
-    ("sasl.kerberos.principal.to.local.rules", Kind::List, Some("DEFAULT")),
+    (
+        "sasl.kerberos.kinit.cmd",
+        Kind::Text,
+        Some("/usr/bin/kinit"),
+    ),
+    (
+        "sasl.kerberos.min.time.before.relogin",
+        Kind::Int(0),
+        Some("60000"),
+    ),
+    (
+        "sasl.kerberos.principal.to.local.rules",
+        Kind::List,
+        Some("DEFAULT"),
+    ),
     ("sasl.kerberos.service.name", Kind::Text, None),
-    ("sasl.kerberos.ticket.renew.jitter", Kind::Double, Some("0.05")),
-    ("sasl.kerberos.ticket.renew.window.factor", Kind::Double, Some("0.8")),
+    (
+        "sasl.kerberos.ticket.renew.jitter",
+        Kind::Double,
+        Some("0.05"),
+    ),
+    (
+        "sasl.kerberos.ticket.renew.window.factor",
+        Kind::Double,
+        Some("0.8"),
+    ),
 ];
 
 /// The scope a BROKER resource name names: "" is the cluster-wide default, a node id one
@@ -175,11 +203,13 @@ pub fn describe(
         let shared = default.and_then(|c| c.get(*name)).cloned();
         let entry = match resource {
             Described::ClusterDefault => shared.map(|v| (Some(v), SOURCE_DYNAMIC_DEFAULT_BROKER)),
-            Described::Broker(own) => Some(match (own.and_then(|c| c.get(*name)).cloned(), shared) {
-                (Some(v), _) => (Some(v), SOURCE_DYNAMIC_BROKER),
-                (None, Some(v)) => (Some(v), SOURCE_DYNAMIC_DEFAULT_BROKER),
-                (None, None) => (kafka_default.map(str::to_string), SOURCE_DEFAULT),
-            }),
+            Described::Broker(own) => {
+                Some(match (own.and_then(|c| c.get(*name)).cloned(), shared) {
+                    (Some(v), _) => (Some(v), SOURCE_DYNAMIC_BROKER),
+                    (None, Some(v)) => (Some(v), SOURCE_DYNAMIC_DEFAULT_BROKER),
+                    (None, None) => (kafka_default.map(str::to_string), SOURCE_DEFAULT),
+                })
+            }
         };
         if let Some((value, source)) = entry {
             out.push((name.to_string(), value, source));
@@ -202,7 +232,11 @@ mod tests {
     #[test]
     fn only_dynamic_names_with_valid_values_pass() {
         assert!(validate(&map(&[("sasl.kerberos.min.time.before.relogin", "58000")])).is_ok());
-        assert!(validate(&map(&[("num.io.threads", "16"), ("log.cleaner.io.buffer.load.factor", "0.5")])).is_ok());
+        assert!(validate(&map(&[
+            ("num.io.threads", "16"),
+            ("log.cleaner.io.buffer.load.factor", "0.5")
+        ]))
+        .is_ok());
         let e = validate(&map(&[("num.partitions", "3"), ("log.retention.ms", "1")])).unwrap_err();
         assert!(e.contains("log.retention.ms, num.partitions"), "{e}");
         assert!(validate(&map(&[("num.io.threads", "0")])).is_err());
@@ -227,16 +261,40 @@ mod tests {
             &current,
             &[
                 ("num.io.threads".into(), AlterOp::Delete, None),
-                ("sasl.kerberos.principal.to.local.rules".into(), AlterOp::Append, Some("RULE:x".into())),
+                (
+                    "sasl.kerberos.principal.to.local.rules".into(),
+                    AlterOp::Append,
+                    Some("RULE:x".into()),
+                ),
             ],
         )
         .unwrap();
-        assert_eq!(next, map(&[("sasl.kerberos.principal.to.local.rules", "DEFAULT,RULE:x")]));
-        assert!(apply_incremental(&current, &[("num.io.threads".into(), AlterOp::Append, Some("1".into()))]).is_err());
-        assert!(apply_incremental(&current, &[("num.partitions".into(), AlterOp::Set, Some("1".into()))]).is_err());
-        assert!(apply_incremental(&current, &[("num.io.threads".into(), AlterOp::Set, None)]).is_err());
+        assert_eq!(
+            next,
+            map(&[("sasl.kerberos.principal.to.local.rules", "DEFAULT,RULE:x")])
+        );
+        assert!(apply_incremental(
+            &current,
+            &[("num.io.threads".into(), AlterOp::Append, Some("1".into()))]
+        )
+        .is_err());
+        assert!(apply_incremental(
+            &current,
+            &[("num.partitions".into(), AlterOp::Set, Some("1".into()))]
+        )
+        .is_err());
+        assert!(
+            apply_incremental(&current, &[("num.io.threads".into(), AlterOp::Set, None)]).is_err()
+        );
         // Deleting what is not set is not an error (Kafka: a no-op).
-        assert_eq!(apply_incremental(&current, &[("background.threads".into(), AlterOp::Delete, None)]).unwrap(), current);
+        assert_eq!(
+            apply_incremental(
+                &current,
+                &[("background.threads".into(), AlterOp::Delete, None)]
+            )
+            .unwrap(),
+            current
+        );
     }
 
     #[test]
@@ -244,14 +302,36 @@ mod tests {
         let default = map(&[("num.io.threads", "6"), ("background.threads", "2")]);
         let own = map(&[("num.io.threads", "9")]);
         let described = describe(Some(&default), Described::Broker(Some(&own)));
-        let get = |n: &str| described.iter().find(|(name, ..)| name == n).cloned().unwrap();
-        assert_eq!(get("num.io.threads"), ("num.io.threads".into(), Some("9".into()), SOURCE_DYNAMIC_BROKER));
+        let get = |n: &str| {
+            described
+                .iter()
+                .find(|(name, ..)| name == n)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(
+            get("num.io.threads"),
+            (
+                "num.io.threads".into(),
+                Some("9".into()),
+                SOURCE_DYNAMIC_BROKER
+            )
+        );
         assert_eq!(get("background.threads").2, SOURCE_DYNAMIC_DEFAULT_BROKER);
-        assert_eq!(get("num.network.threads"), ("num.network.threads".into(), Some("3".into()), SOURCE_DEFAULT));
+        assert_eq!(
+            get("num.network.threads"),
+            (
+                "num.network.threads".into(),
+                Some("3".into()),
+                SOURCE_DEFAULT
+            )
+        );
         assert_eq!(get("sasl.kerberos.service.name").1, None);
         // The "" resource: what is set there, nothing else.
         let cluster = describe(Some(&default), Described::ClusterDefault);
         assert_eq!(cluster.len(), 2);
-        assert!(cluster.iter().all(|(.., s)| *s == SOURCE_DYNAMIC_DEFAULT_BROKER));
+        assert!(cluster
+            .iter()
+            .all(|(.., s)| *s == SOURCE_DYNAMIC_DEFAULT_BROKER));
     }
 }

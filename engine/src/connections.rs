@@ -1,11 +1,14 @@
 //! Connection admission (the broker's `max.connections` and `max.connections.per.ip`) and the
 //! rate limit on per-connection log lines. Both are plain state, tested without I/O.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::metrics::ShardStats;
 
 /// File descriptors kept for everything but client connections (WAL rings, objects of the
 /// local store, the metrics endpoint, the store's sockets, io_uring).
@@ -191,6 +194,44 @@ impl LogLimiter {
     /// Lines left out since the last summary (and resets the count).
     pub fn take_suppressed(&mut self) -> u64 {
         std::mem::take(&mut self.suppressed)
+    }
+}
+
+thread_local! {
+    /// The shard's budget of connection log lines.
+    static CONNECTION_LOG: RefCell<LogLimiter> = RefCell::new(LogLimiter::new(Instant::now()));
+}
+
+/// Whether a log line a client caused (a connection closed or refused, a request refused) may
+/// be written now. Beyond the shard's budget the line is counted instead, and one summary line
+/// says how many were left out.
+pub fn may_log(stats: &Arc<ShardStats>) -> bool {
+    match CONNECTION_LOG.with(|l| l.borrow_mut().line(Instant::now())) {
+        LogLine::Write { suppressed } => {
+            log_suppressed(suppressed);
+            true
+        }
+        LogLine::Suppress { first } => {
+            stats.log_lines_suppressed.fetch_add(1, Ordering::Relaxed);
+            if first {
+                ringtail_shards::spawn_detached(async {
+                    ringtail_shards::sleep(LOG_WINDOW).await;
+                    log_suppressed(CONNECTION_LOG.with(|l| l.borrow_mut().take_suppressed()));
+                });
+            }
+            false
+        }
+    }
+}
+
+fn log_suppressed(suppressed: u64) {
+    if suppressed > 0 {
+        tracing::warn!(
+            suppressed,
+            window_s = LOG_WINDOW.as_secs(),
+            "similar log lines suppressed (caused by clients: connections closed or refused, \
+             requests refused)"
+        );
     }
 }
 

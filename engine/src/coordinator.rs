@@ -792,7 +792,7 @@ pub async fn load_offsets(
                     Ok(set) => set,
                     Err(e) => {
                         tracing::error!(partition, error = %e, "a committed-offsets batch does not decode; skipped");
-                        if let Ok(h) = ringtail_netio::batch::BatchHeader::parse(batch) {
+                        if let Ok(h) = ringtail_netio::header::BatchHeader::parse(batch) {
                             offset = offset.max(h.last_offset() + 1);
                         }
                         continue;

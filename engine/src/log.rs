@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use ringtail_netio::batch::BatchHeader;
+use ringtail_netio::header::BatchHeader;
 
 use crate::topic_config::TopicConfig;
 

@@ -427,7 +427,7 @@ async fn shard_main(
                 Ok(stream) => ringtail_engine::server::accepted(&broker, &admission, stream),
                 Err(e) => {
                     // Out of file descriptors, this repeats every 10 ms: rate limited.
-                    if ringtail_engine::server::may_log(&broker.stats) {
+                    if ringtail_engine::connections::may_log(&broker.stats) {
                         tracing::warn!(shard = ctx.id, error = %e, "accept failed");
                     }
                     ringtail_shards::sleep(std::time::Duration::from_millis(10)).await;

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
-use ringtail_netio::batch::BatchHeader;
+use ringtail_netio::header::BatchHeader;
 
 pub const OBJECT_MAGIC: [u8; 8] = *b"RTOBJ001";
 pub const TRAILER_LEN: usize = 12;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::channel::oneshot;
 use kafka_protocol::ResponseError;
-use ringtail_netio::batch::BatchHeader;
+use ringtail_netio::header::BatchHeader;
 use ringtail_netio::records;
 use ringtail_wal::format::EntryMeta;
 use ringtail_wal::{Recovery, Wal, WalConfig, WalError};

@@ -7,7 +7,6 @@
 //! and in number (see
 //! [`accepted`]). Lines logged about connections are rate limited per shard.
 
-use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -21,7 +20,7 @@ use ringtail_netio::request::{decode_body, decode_header, Body, Header};
 use ringtail_shards::net::TcpStream;
 
 use crate::api::{self, Reply};
-use crate::connections::{Admission, LogLimiter, LogLine, Permit, Refused, LOG_WINDOW};
+use crate::connections::{may_log, Admission, Permit, Refused};
 use crate::metrics::ShardStats;
 use crate::shard::Broker;
 
@@ -42,44 +41,6 @@ impl Open {
 impl Drop for Open {
     fn drop(&mut self) {
         self.0.connections_open.fetch_sub(1, Relaxed);
-    }
-}
-
-thread_local! {
-    /// The shard's budget of connection log lines.
-    static CONNECTION_LOG: RefCell<LogLimiter> = RefCell::new(LogLimiter::new(Instant::now()));
-}
-
-/// Whether a log line a client caused (a connection closed or refused, a request refused) may
-/// be written now. Beyond the shard's budget the line is counted instead, and one summary line
-/// says how many were left out.
-pub fn may_log(stats: &Arc<ShardStats>) -> bool {
-    match CONNECTION_LOG.with(|l| l.borrow_mut().line(Instant::now())) {
-        LogLine::Write { suppressed } => {
-            log_suppressed(suppressed);
-            true
-        }
-        LogLine::Suppress { first } => {
-            stats.log_lines_suppressed.fetch_add(1, Relaxed);
-            if first {
-                ringtail_shards::spawn_detached(async {
-                    ringtail_shards::sleep(LOG_WINDOW).await;
-                    log_suppressed(CONNECTION_LOG.with(|l| l.borrow_mut().take_suppressed()));
-                });
-            }
-            false
-        }
-    }
-}
-
-fn log_suppressed(suppressed: u64) {
-    if suppressed > 0 {
-        tracing::warn!(
-            suppressed,
-            window_s = LOG_WINDOW.as_secs(),
-            "similar log lines suppressed (caused by clients: connections closed or refused, \
-             requests refused)"
-        );
     }
 }
 

@@ -154,7 +154,7 @@ impl Tier {
         &self,
         topic_id: [u8; 16],
         partition: i32,
-        header: ringtail_netio::batch::BatchHeader,
+        header: ringtail_netio::header::BatchHeader,
         bytes: Bytes,
     ) {
         let seq = self.next_seq.get();
@@ -815,7 +815,7 @@ mod tests {
     use ringtail_netio::batch::{split_and_validate, testing};
     use std::future::Future as _;
 
-    fn batch(base: i64, n: i64) -> (ringtail_netio::batch::BatchHeader, Bytes) {
+    fn batch(base: i64, n: i64) -> (ringtail_netio::header::BatchHeader, Bytes) {
         let values = (0..n).map(|i| Some(Bytes::from(format!("value-{base}-{i}"))));
         let buf = testing::encode(values, 1000 + base, Compression::None);
         split_and_validate(buf, 1 << 20)

@@ -293,8 +293,18 @@ async fn librdkafka_describe_topics_works_with_api_75_advertised() {
 fn dynamic_broker_configs_are_set_described_and_kept() {
     let data = tempfile::tempdir().unwrap();
     let broker = TestBroker::start_at(data.path(), &[]);
-    script("broker-configs", &broker.bootstrap(), &[], Duration::from_secs(120));
+    script(
+        "broker-configs",
+        &broker.bootstrap(),
+        &[],
+        Duration::from_secs(120),
+    );
     broker.terminate();
     let broker = TestBroker::start_at(data.path(), &[]);
-    script("broker-configs-kept", &broker.bootstrap(), &[], Duration::from_secs(60));
+    script(
+        "broker-configs-kept",
+        &broker.bootstrap(),
+        &[],
+        Duration::from_secs(60),
+    );
 }

@@ -14,7 +14,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, Top
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
-use ringtail_netio::batch::BatchHeader;
+use ringtail_netio::header::BatchHeader;
 
 const INVALID_CONFIG: i16 = 40;
 

@@ -7,42 +7,18 @@
 //! `compression.type` names a codec other than the batch's: its records are recompressed into
 //! that codec as Kafka does, every other header field kept and the CRC recomputed.
 //!
-//! Layout of the batch header (all big-endian):
-//!
-//! | bytes  | field                   | covered by CRC |
-//! |--------|-------------------------|----------------|
-//! | 0..8   | baseOffset              | no             |
-//! | 8..12  | batchLength             | no             |
-//! | 12..16 | partitionLeaderEpoch    | no             |
-//! | 16     | magic (2)               | no             |
-//! | 17..21 | crc (CRC-32C)           | no             |
-//! | 21..23 | attributes              | yes            |
-//! | 23..27 | lastOffsetDelta         | yes            |
-//! | 27..35 | baseTimestamp           | yes            |
-//! | 35..43 | maxTimestamp            | yes            |
-//! | 43..51 | producerId              | yes            |
-//! | 51..53 | producerEpoch           | yes            |
-//! | 53..57 | baseSequence            | yes            |
-//! | 57..61 | records count           | yes            |
-//! | 61..   | records                 | yes            |
+//! The header's layout and reader are in `header.rs`.
 
 use std::ops::ControlFlow;
 
 use bytes::{Bytes, BytesMut};
 
 use crate::codec::{CompressError, Target};
+use crate::header::{
+    BatchHeader, Truncated, ATTRIBUTE_LOG_APPEND_TIME, BATCH_HEADER_LEN, BATCH_LENGTH_PREFIX_LEN,
+    COMPRESSION_MASK, CRC_OFFSET, CRC_START,
+};
 use crate::records::{RecordsError, DECOMPRESSED_BATCH_BYTES_MAX};
-
-/// Size of the fixed record batch header.
-pub const BATCH_HEADER_LEN: usize = 61;
-/// Bytes before `batchLength` counts: baseOffset + batchLength itself.
-pub const BATCH_LENGTH_PREFIX_LEN: usize = 12;
-const MAGIC_OFFSET: usize = 16;
-const CRC_OFFSET: usize = 17;
-const CRC_START: usize = 21;
-const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
-/// The attribute bits naming the compression codec (0: none).
-pub(crate) const COMPRESSION_MASK: i16 = 0x07;
 
 /// Why a batch was refused. Each maps to one Kafka error code in the engine.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,66 +56,12 @@ pub enum BatchError {
     Compress(#[from] CompressError),
 }
 
-/// A read-only view of one batch header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchHeader {
-    pub base_offset: i64,
-    pub batch_length: i32,
-    pub partition_leader_epoch: i32,
-    pub magic: i8,
-    pub crc: u32,
-    pub attributes: i16,
-    pub last_offset_delta: i32,
-    pub base_timestamp: i64,
-    pub max_timestamp: i64,
-    pub producer_id: i64,
-    pub producer_epoch: i16,
-    pub base_sequence: i32,
-    pub record_count: i32,
-}
-
-impl BatchHeader {
-    /// Parses the fixed header. `bytes` must hold at least [`BATCH_HEADER_LEN`] bytes.
-    pub fn parse(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
-        if bytes.len() < BATCH_HEADER_LEN {
-            return Err(BatchError::Truncated {
-                remaining: bytes.len(),
-                needed: BATCH_HEADER_LEN,
-            });
+impl From<Truncated> for BatchError {
+    fn from(t: Truncated) -> BatchError {
+        BatchError::Truncated {
+            remaining: t.remaining,
+            needed: t.needed,
         }
-        Ok(BatchHeader {
-            base_offset: be_i64(bytes, 0),
-            batch_length: be_i32(bytes, 8),
-            partition_leader_epoch: be_i32(bytes, 12),
-            magic: bytes[MAGIC_OFFSET] as i8,
-            crc: be_i32(bytes, CRC_OFFSET) as u32,
-            attributes: be_i16(bytes, 21),
-            last_offset_delta: be_i32(bytes, 23),
-            base_timestamp: be_i64(bytes, 27),
-            max_timestamp: be_i64(bytes, 35),
-            producer_id: be_i64(bytes, 43),
-            producer_epoch: be_i16(bytes, 51),
-            base_sequence: be_i32(bytes, 53),
-            record_count: be_i32(bytes, 57),
-        })
-    }
-
-    /// Total size of the batch on the wire.
-    pub fn size_bytes(&self) -> usize {
-        self.batch_length as usize + BATCH_LENGTH_PREFIX_LEN
-    }
-
-    /// Offset of the last record once the batch sits at `base_offset`.
-    pub fn last_offset(&self) -> i64 {
-        self.base_offset + self.last_offset_delta as i64
-    }
-
-    pub fn is_transactional(&self) -> bool {
-        self.attributes & 0x10 != 0
-    }
-
-    pub fn is_control(&self) -> bool {
-        self.attributes & 0x20 != 0
     }
 }
 
@@ -445,22 +367,11 @@ pub fn recompress(
     Ok(ValidBatch { header, bytes: out })
 }
 
-fn be_i16(b: &[u8], at: usize) -> i16 {
-    i16::from_be_bytes([b[at], b[at + 1]])
-}
-
-fn be_i32(b: &[u8], at: usize) -> i32 {
-    i32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn be_i64(b: &[u8], at: usize) -> i64 {
-    i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::codec::Codec;
+    use crate::header::MAGIC_OFFSET;
     use kafka_protocol::records::{
         Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
         TimestampType,

@@ -16,8 +16,8 @@
 use std::io::{self, BufRead, BufReader, Read};
 use std::ops::ControlFlow;
 
-use crate::batch::{BatchHeader, BATCH_HEADER_LEN, COMPRESSION_MASK};
 use crate::codec::Codec;
+use crate::header::{BatchHeader, BATCH_HEADER_LEN, COMPRESSION_MASK};
 
 /// Most bytes of records one batch may expand to. Beyond it the batch is refused (produce) or
 /// the walk stops with an error (reads): the bound on what a compression bomb costs. Generous

@@ -16,5 +16,6 @@ pub mod librdkafka;
 pub mod native;
 pub mod report;
 pub mod run;
+pub mod shared;
 pub mod stats;
 pub mod workload;

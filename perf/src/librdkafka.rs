@@ -15,7 +15,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
 
-use crate::run::{unix_nanos, Shared};
+use crate::shared::{unix_nanos, Shared};
 use crate::stats::{due_offset, histogram, record};
 use crate::workload::Workload;
 

@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::check::{Item, Status};
 use crate::host::{selected, Host};
+use crate::item::{Item, Status};
 
 /// One write: where, what was there, what goes there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,9 +8,10 @@ use ringtail_perf::run::Driver;
 use ringtail_perf::workload::Workload;
 
 use crate::apply::{self, DEFAULT_STATE};
-use crate::check::{self, Status};
+use crate::check;
 use crate::experiment::{self, Experiment};
 use crate::host::Host;
+use crate::item::Status;
 
 #[derive(Parser)]
 #[command(

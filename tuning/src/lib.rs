@@ -15,4 +15,5 @@ pub mod check;
 pub mod cli;
 pub mod experiment;
 pub mod host;
+pub mod item;
 pub mod probe;

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use crate::check::{Item, Status, Write};
 use crate::host::{selected, Host};
+use crate::item::{Item, Status, Write};
 
 fn not_live(area: &'static str, name: &str) -> Item {
     let mut i = Item {

@@ -374,13 +374,12 @@ pub fn describe_configs(
                             ))))
                     }
                 },
-                RESOURCE_BROKER if r.resource_name.is_empty() => broker_config::describe(
-                    snapshot.broker_configs(""),
-                    Described::ClusterDefault,
-                )
-                .into_iter()
-                .map(|(n, v, source)| (n, v, source, false))
-                .collect(),
+                RESOURCE_BROKER if r.resource_name.is_empty() => {
+                    broker_config::describe(snapshot.broker_configs(""), Described::ClusterDefault)
+                        .into_iter()
+                        .map(|(n, v, source)| (n, v, source, false))
+                        .collect()
+                }
                 RESOURCE_BROKER
                     if r.resource_name.as_str() == broker.config.node_id.to_string() =>
                 {
@@ -498,10 +497,17 @@ async fn alter_configs_of(
             }
             RESOURCE_TOPIC => {}
             RESOURCE_BROKER => {
-                out.push(match alter_broker_configs(broker, &name, &change, validate_only).await {
-                    Ok(()) => (kind, name, 0, None),
-                    Err(e) => (kind, name, catalog_error_code(&e), Some(text(e.to_string()))),
-                });
+                out.push(
+                    match alter_broker_configs(broker, &name, &change, validate_only).await {
+                        Ok(()) => (kind, name, 0, None),
+                        Err(e) => (
+                            kind,
+                            name,
+                            catalog_error_code(&e),
+                            Some(text(e.to_string())),
+                        ),
+                    },
+                );
                 continue;
             }
             other => {

@@ -7,10 +7,9 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use ringtail_netio::batch::{
-    split_and_validate_next, BatchError, BatchHeader, DecompressBudget, ValidBatch,
-};
+use ringtail_netio::batch::{split_and_validate_next, BatchError, DecompressBudget, ValidBatch};
 use ringtail_netio::codec::Target;
+use ringtail_netio::header::BatchHeader;
 use ringtail_netio::request::{Header, ProduceInput};
 
 use super::{respond, Reply};

@@ -37,7 +37,7 @@ use tokio::sync::Semaphore;
 
 pub use cluster::Cluster;
 
-use crate::run::{unix_nanos, Shared};
+use crate::shared::{unix_nanos, Shared};
 use crate::stats::{due_offset, histogram, record};
 use crate::workload::Workload;
 
