@@ -9,9 +9,9 @@
 
 use std::time::Instant;
 
-use ringtail_engine::manifest::{ObjectRef, ShardManifest, MANIFEST_BYTES_MAX};
-use ringtail_engine::merge::{layout, plan_merge};
-use ringtail_engine::object_format::{object_key, Span};
+use ringtail_engine::tier::manifest::{ObjectRef, ShardManifest, MANIFEST_BYTES_MAX};
+use ringtail_engine::tier::merge::{layout, plan_merge};
+use ringtail_engine::tier::object_format::{object_key, Span};
 
 const PARTITIONS: i32 = 100;
 const EVERY_MS: i64 = 1000;

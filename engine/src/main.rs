@@ -9,14 +9,14 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
+use ringtail_engine::catalog::mirror::CatalogMirror;
 use ringtail_engine::catalog::{Catalog, TopicMeta};
-use ringtail_engine::cluster::{Member, Membership, View};
+use ringtail_engine::cluster::lease::{Lease, LeaseRecord};
+use ringtail_engine::cluster::membership::{Member, Membership, View};
 use ringtail_engine::config::{Config, ObjectStoreUrl, ServeArgs};
-use ringtail_engine::connections::{self, Admission};
-use ringtail_engine::host::{SlotEnv, SlotHost};
-use ringtail_engine::lease::{Lease, LeaseRecord};
+use ringtail_engine::conn::admission::{self, Admission};
 use ringtail_engine::metrics::{Metered, ShardStats, StoreMetrics};
-use ringtail_engine::mirror::CatalogMirror;
+use ringtail_engine::shard::host::{SlotEnv, SlotHost};
 use ringtail_engine::shard::{Broker, ShardOp};
 use ringtail_objstore::faulty::Faulty;
 use ringtail_objstore::local::LocalDir;
@@ -153,7 +153,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(store) = &store {
         // A drain request left from before this start is not for this incarnation.
         let _ = futures::executor::block_on(
-            store.delete(&ringtail_engine::lease::drain_key(config.node_id)),
+            store.delete(&ringtail_engine::cluster::lease::drain_key(config.node_id)),
         );
     }
     let rings = local_rings(&config);
@@ -174,7 +174,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let cluster_id = cluster_id(&config.data_dir, store.as_deref())?;
     let producer_ids = store
         .clone()
-        .map(|s| Arc::new(ringtail_engine::producer_ids::ProducerIds::new(s)));
+        .map(|s| Arc::new(ringtail_engine::cluster::producer_ids::ProducerIds::new(s)));
     // Registered memory for a few WAL writes, so that their buffers need no page faults.
     let io_memory_wanted = 4 * config.wal_max_write_bytes as usize;
     let io_memory_bytes =
@@ -183,7 +183,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let membership = Arc::new(Membership::new(View::alone(me.clone(), slots)));
     // Each connection is a file descriptor: the limit must fit the open-file limit.
     let (connections_max, lowered) =
-        connections::connections_max(config.max_connections, connections::raise_nofile());
+        admission::connections_max(config.max_connections, admission::raise_nofile());
     if let Some(why) = lowered {
         tracing::warn!("{why}");
     }
@@ -228,7 +228,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let shard_accepting = accepting.clone();
     let follow = store.as_ref().map(|_| catalog.clone());
     let fetch_sessions = Arc::new(std::sync::Mutex::new(
-        ringtail_engine::fetch_sessions::FetchSessions::new(config.fetch_session_cache_slots),
+        ringtail_engine::api::fetch_sessions::FetchSessions::new(config.fetch_session_cache_slots),
     ));
     let runtime = Runtime::start(&runtime_config, move |ctx: ShardContext<ShardOp>| {
         let env = SlotEnv {
@@ -288,7 +288,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     // placed here open before the first connection is accepted.
     let runner = match (lease, &store) {
         (Some(lease), Some(store)) => {
-            let mut r = ringtail_engine::cluster::Runner::new(
+            let mut r = ringtail_engine::cluster::membership::Runner::new(
                 lease,
                 store.clone(),
                 membership.clone(),
@@ -374,7 +374,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     if let (Some(cluster), Some(store)) = (cluster, &store) {
         cluster_stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = futures::executor::block_on(
-            store.delete(&ringtail_engine::lease::drain_key(config.node_id)),
+            store.delete(&ringtail_engine::cluster::lease::drain_key(config.node_id)),
         );
         if let Ok(lease) = cluster.join() {
             futures::executor::block_on(lease.release(store.as_ref()));
@@ -424,10 +424,10 @@ async fn shard_main(
     let accept = async {
         loop {
             match listener.accept().await {
-                Ok(stream) => ringtail_engine::server::accepted(&broker, &admission, stream),
+                Ok(stream) => ringtail_engine::conn::serve::accepted(&broker, &admission, stream),
                 Err(e) => {
                     // Out of file descriptors, this repeats every 10 ms: rate limited.
-                    if ringtail_engine::connections::may_log(&broker.stats) {
+                    if ringtail_engine::conn::admission::may_log(&broker.stats) {
                         tracing::warn!(shard = ctx.id, error = %e, "accept failed");
                     }
                     ringtail_shards::sleep(std::time::Duration::from_millis(10)).await;
@@ -450,7 +450,7 @@ fn offsets_topic(
     object_store: bool,
 ) -> anyhow::Result<Arc<TopicMeta>> {
     use ringtail_engine::catalog::CatalogError;
-    use ringtail_engine::coordinator::{
+    use ringtail_engine::group::coordinator::{
         offsets_topic_configs, offsets_topic_upgrade, OFFSETS_TOPIC,
     };
     // Brokers starting together race to create it: the loser adopts the winner's catalog.
@@ -561,7 +561,7 @@ fn object_store(config: &Config) -> anyhow::Result<Option<Arc<dyn ObjectStore>>>
 /// `ringtail admin drain NODE`: leaves a drain request next to the node's lease and waits for
 /// the lease to go (a drained broker deletes it when it stops).
 fn drain(config: &Config, node: i32, timeout: std::time::Duration) -> anyhow::Result<()> {
-    use ringtail_engine::lease::{drain_key, lease_key};
+    use ringtail_engine::cluster::lease::{drain_key, lease_key};
     let store = object_store(config)?
         .context("admin drain needs the brokers' object store (--object-store)")?;
     let lease = lease_key(node);
@@ -609,8 +609,11 @@ fn take_node_lease(config: &Config, me: &Member, store: &dyn ObjectStore) -> any
         open: Vec::new(),
         draining: false,
     };
-    let lease =
-        futures::executor::block_on(ringtail_engine::lease::acquire(store, record, config.lease))?;
+    let lease = futures::executor::block_on(ringtail_engine::cluster::lease::acquire(
+        store,
+        record,
+        config.lease,
+    ))?;
     tracing::info!(
         node_id = config.node_id,
         lease_ms = config.lease.as_millis() as u64,

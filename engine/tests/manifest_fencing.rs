@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use futures::executor::block_on;
-use ringtail_engine::manifest::{CommitError, ManifestStore, ObjectRef};
+use ringtail_engine::tier::manifest::{CommitError, ManifestStore, ObjectRef};
 use ringtail_objstore::local::LocalDir;
 use ringtail_objstore::testing::Seaweed;
 use ringtail_objstore::ObjectStore;
@@ -46,7 +46,7 @@ fn fencing(store: Arc<dyn ObjectStore>) {
         other => panic!("stale owner was not fenced: {other:?}"),
     }
     // A cannot sneak in a first version either.
-    let fresh = ringtail_engine::manifest::ShardManifest::empty(0, 1);
+    let fresh = ringtail_engine::tier::manifest::ShardManifest::empty(0, 1);
     assert!(matches!(
         block_on(a.commit(None, fresh)),
         Err(CommitError::Fenced { .. })

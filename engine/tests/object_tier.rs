@@ -323,7 +323,7 @@ async fn retention_and_deletion_remove_objects() {
     }
     // Objects nobody references are deleted: those retention dropped at once, those a merge
     // replaced after MERGE_RETIRE_DELAY.
-    let deadline = Instant::now() + ringtail_engine::merge::MERGE_RETIRE_DELAY + TIMEOUT;
+    let deadline = Instant::now() + ringtail_engine::tier::merge::MERGE_RETIRE_DELAY + TIMEOUT;
     loop {
         let (on_disk, bytes) = rto_bytes(objects.path());
         let referenced = manifest_at(objects.path()).objects.len();
@@ -402,7 +402,7 @@ async fn durability_object_acks_after_the_object_commit() {
             .expect("ack");
         // At the moment of the ack, the committed manifest covers the record.
         let bytes = std::fs::read(objects.path().join("shards/0000/manifest")).unwrap();
-        let m = ringtail_engine::manifest::ShardManifest::decode(&bytes).unwrap();
+        let m = ringtail_engine::tier::manifest::ShardManifest::decode(&bytes).unwrap();
         let covered =
             m.objects.iter().flat_map(|o| &o.spans).any(|s| {
                 s.partition == 0 && s.base_offset <= d.offset && d.offset <= s.last_offset
@@ -599,9 +599,9 @@ async fn orphaned_objects_are_collected_at_start() {
 }
 
 /// The shard's committed manifest in a local-directory bucket.
-fn manifest_at(objects: &std::path::Path) -> ringtail_engine::manifest::ShardManifest {
+fn manifest_at(objects: &std::path::Path) -> ringtail_engine::tier::manifest::ShardManifest {
     let bytes = std::fs::read(objects.join("shards/0000/manifest")).unwrap();
-    ringtail_engine::manifest::ShardManifest::decode(&bytes).unwrap()
+    ringtail_engine::tier::manifest::ShardManifest::decode(&bytes).unwrap()
 }
 
 /// Small objects are merged (issue 17: the manifest kept one entry per upload for good — with
@@ -645,7 +645,7 @@ async fn small_objects_are_merged_and_read_back() {
     // Each object's own index names exactly the spans the manifest holds for it.
     for o in manifest_at(objects.path()).objects {
         let bytes = std::fs::read(objects.path().join(&o.key)).unwrap();
-        let index = ringtail_engine::object_format::read_index(&bytes).unwrap();
+        let index = ringtail_engine::tier::object_format::read_index(&bytes).unwrap();
         assert_eq!(index.spans, o.spans, "{}", o.key);
     }
     assert_eq!(consume_all(&b), acked, "read back from merged objects");
@@ -693,7 +693,7 @@ async fn retention_bytes_never_drops_below_the_limit() {
     produce(&b, 0, 300).await;
     // Partition 0's spans once all 100 records are in objects and the first span is a merged
     // one (more than a few records).
-    let spans = |m: &ringtail_engine::manifest::ShardManifest| -> Vec<(i64, i64, u64)> {
+    let spans = |m: &ringtail_engine::tier::manifest::ShardManifest| -> Vec<(i64, i64, u64)> {
         let mut v: Vec<(i64, i64, u64)> = m
             .objects
             .iter()
@@ -769,7 +769,7 @@ async fn retention_bytes_never_drops_below_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merging_keeps_up_with_steady_durability_object_traffic() {
     const PRODUCE_FOR: Duration = Duration::from_secs(12);
-    let bound = 2 * ringtail_engine::merge::MERGE_BACKLOG_OBJECTS;
+    let bound = 2 * ringtail_engine::tier::merge::MERGE_BACKLOG_OBJECTS;
     let data = tempfile::tempdir().unwrap();
     let objects = tempfile::tempdir().unwrap();
     let mut args = tier_args(&format!("file://{}", objects.path().display()));

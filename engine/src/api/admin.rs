@@ -23,11 +23,11 @@ use kafka_protocol::ResponseError;
 use ringtail_netio::request::Header;
 use uuid::Uuid;
 
-use crate::broker_config::{self, Described};
+use crate::catalog::broker_config::{self, Described};
+use crate::catalog::topic_config::{apply_incremental, apply_replace, AlterOp, KNOWN};
 use crate::catalog::{CatalogError, TopicMeta};
 use crate::errors::catalog_error_code;
 use crate::shard::Broker;
-use crate::topic_config::{apply_incremental, apply_replace, AlterOp, KNOWN};
 
 pub(super) fn text(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
@@ -239,7 +239,7 @@ pub async fn delete_topics(
         }
         if found
             .as_ref()
-            .is_some_and(|t| t.name == crate::coordinator::OFFSETS_TOPIC)
+            .is_some_and(|t| t.name == crate::group::coordinator::OFFSETS_TOPIC)
         {
             responses.push(
                 result
@@ -310,7 +310,7 @@ pub async fn create_partitions(
                 ResponseError::InvalidReplicaAssignment,
                 format!("only broker {node} can hold partitions"),
             )
-        } else if t.name.as_str() == crate::coordinator::OFFSETS_TOPIC {
+        } else if t.name.as_str() == crate::group::coordinator::OFFSETS_TOPIC {
             // Groups map to its partitions by count: more partitions would move them.
             refused(
                 ResponseError::InvalidTopicException,
@@ -488,7 +488,7 @@ async fn alter_configs_of(
             continue;
         }
         match kind {
-            RESOURCE_TOPIC if name.as_str() == crate::coordinator::OFFSETS_TOPIC => {
+            RESOURCE_TOPIC if name.as_str() == crate::group::coordinator::OFFSETS_TOPIC => {
                 out.push(fail(
                     ResponseError::InvalidTopicException,
                     "the committed-offsets topic's configs are fixed".into(),

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::admin::text;
 use crate::catalog::{validate_name, TopicMeta};
-use crate::cluster::View;
+use crate::cluster::membership::View;
 use crate::shard::{Broker, LEADER_EPOCH};
 
 /// Most partitions one answer describes, whatever the request asks: Kafka's
@@ -153,7 +153,7 @@ fn topic_entry(
     DescribeTopicPartitionsResponseTopic::default()
         .with_name(Some(TopicName(text(t.name.clone()))))
         .with_topic_id(t.id)
-        .with_is_internal(t.name == crate::coordinator::OFFSETS_TOPIC)
+        .with_is_internal(t.name == crate::group::coordinator::OFFSETS_TOPIC)
         .with_partitions(partitions)
 }
 
@@ -166,7 +166,7 @@ fn missing(name: &str) -> DescribeTopicPartitionsResponseTopic {
         .with_error_code(error.code())
         .with_name(Some(TopicName(text(name))))
         .with_topic_id(Uuid::nil())
-        .with_is_internal(name == crate::coordinator::OFFSETS_TOPIC)
+        .with_is_internal(name == crate::group::coordinator::OFFSETS_TOPIC)
 }
 
 /// INVALID_REQUEST for every topic the request names (Kafka's answer to a bad cursor).

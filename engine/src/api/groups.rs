@@ -27,11 +27,11 @@ use kafka_protocol::ResponseError;
 use ringtail_netio::request::Header;
 
 use crate::catalog::TopicMeta;
-use crate::coordinator::{
+use crate::group::coordinator::{
     offsets_partition, write_offsets, Committed, OffsetChange, COORDINATOR_LOAD_IN_PROGRESS,
     COORDINATOR_NOT_AVAILABLE, INVALID_GROUP_ID, OFFSETS_TOPIC,
 };
-use crate::group::{JoinRequest, JoinResult, SyncResult, FENCED_INSTANCE_ID};
+use crate::group::state::{JoinRequest, JoinResult, SyncResult, FENCED_INSTANCE_ID};
 use crate::shard::{now_ms, Broker, Route};
 
 /// Longest committed-offset metadata string (Kafka's offset.metadata.max.bytes).
@@ -62,7 +62,7 @@ async fn on_coordinator<T: Send + 'static>(
     broker: &Broker,
     group: &str,
     f: impl FnOnce(
-            std::rc::Rc<crate::partitions::ShardState>,
+            std::rc::Rc<crate::partition::store::ShardState>,
             Arc<TopicMeta>,
         ) -> futures::future::LocalBoxFuture<'static, T>
         + Send

@@ -18,7 +18,7 @@ use ringtail_netio::request::Header;
 use uuid::Uuid;
 
 use crate::catalog::{validate_name, CatalogError, TopicMeta};
-use crate::cluster::View;
+use crate::cluster::membership::View;
 use crate::shard::{Broker, LEADER_EPOCH};
 
 pub async fn metadata(
@@ -187,7 +187,7 @@ fn topic_entry(broker: &Broker, t: &Arc<TopicMeta>) -> MetadataResponseTopic {
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(t.name.clone()))))
         .with_topic_id(t.id)
-        .with_is_internal(t.name == crate::coordinator::OFFSETS_TOPIC)
+        .with_is_internal(t.name == crate::group::coordinator::OFFSETS_TOPIC)
         .with_partitions(partitions)
 }
 

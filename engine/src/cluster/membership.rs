@@ -14,12 +14,12 @@ use ringtail_objstore::ObjectStore;
 use ringtail_shards::Mailboxes;
 
 use crate::catalog::Catalog;
-use crate::lease::{Lease, LeaseError, LeaseRecord, PeerWatch};
+use crate::cluster::lease::{Lease, LeaseError, LeaseRecord, PeerWatch};
 use crate::shard::ShardOp;
 
 use arc_swap::ArcSwap;
 
-use crate::placement::place;
+use crate::cluster::placement::place;
 
 /// A broker of the cluster as Metadata names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -495,7 +495,7 @@ impl Runner {
         );
         // A slot still opening is closed once it is open (a Close is sent only to a slot with
         // nothing pending).
-        let deadline = Instant::now() + crate::host::CLOSE_FLUSH_MAX;
+        let deadline = Instant::now() + crate::shard::host::CLOSE_FLUSH_MAX;
         while Instant::now() < deadline {
             let Some(open) = self.membership.busy() else {
                 break;

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use ringtail_netio::header::BatchHeader;
 
-use crate::topic_config::TopicConfig;
+use crate::catalog::topic_config::TopicConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("offset {offset} is outside the log [{log_start}, {log_end}]")]

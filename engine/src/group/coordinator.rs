@@ -20,8 +20,8 @@ use futures::channel::oneshot;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::TopicMeta;
-use crate::group::{Answer, Completed, Group, JoinRequest, JoinResult, SyncResult};
-use crate::partitions::ShardState;
+use crate::group::state::{Answer, Completed, Group, JoinRequest, JoinResult, SyncResult};
+use crate::partition::store::ShardState;
 use crate::shard::{now_ms, FetchItem, PartitionKey, ProduceItem};
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -275,9 +275,9 @@ impl Coordinator {
         });
         match waiting {
             Ok(r) => r,
-            Err(rx) => rx
-                .await
-                .unwrap_or_else(|_| JoinResult::error(crate::group::UNKNOWN_MEMBER_ID, &member)),
+            Err(rx) => rx.await.unwrap_or_else(|_| {
+                JoinResult::error(crate::group::state::UNKNOWN_MEMBER_ID, &member)
+            }),
         }
     }
 
@@ -307,7 +307,7 @@ impl Coordinator {
             Ok(r) => r,
             // A dropped sender: the member was removed while it waited.
             Err(rx) => rx.await.unwrap_or(SyncResult {
-                error: crate::group::UNKNOWN_MEMBER_ID,
+                error: crate::group::state::UNKNOWN_MEMBER_ID,
                 protocol_type: None,
                 protocol: None,
                 assignment: Bytes::new(),
@@ -833,7 +833,7 @@ mod tests {
         assert!(!offsets_topic_configs(false).contains_key("durability"));
         // Validates as a topic config.
         assert!(
-            crate::topic_config::TopicConfig::from_map(&with_store)
+            crate::catalog::topic_config::TopicConfig::from_map(&with_store)
                 .unwrap()
                 .durability_object
         );

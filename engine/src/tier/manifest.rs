@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ringtail_objstore::{Condition, ObjectStore, StoreError};
 
-use crate::object_format::Span;
+use crate::tier::object_format::Span;
 
 /// 2: adds `log_starts`. 3: adds `producers`. 4: adds each object's writer `node`.
 pub const MANIFEST_FORMAT_VERSION: u32 = 4;

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::topic_config::AlterOp;
+use crate::catalog::topic_config::AlterOp;
 
 /// How a dynamic broker config's value is checked (Kafka's `ConfigDef.Type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

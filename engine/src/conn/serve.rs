@@ -20,7 +20,7 @@ use ringtail_netio::request::{decode_body, decode_header, Body, Header};
 use ringtail_shards::net::TcpStream;
 
 use crate::api::{self, Reply};
-use crate::connections::{may_log, Admission, Permit, Refused};
+use crate::conn::admission::{may_log, Admission, Permit, Refused};
 use crate::metrics::ShardStats;
 use crate::shard::Broker;
 

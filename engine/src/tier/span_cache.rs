@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use ringtail_objstore::{ObjectStore, StoreError};
 
-use crate::object_format::Span;
+use crate::tier::object_format::Span;
 
 /// Spans held per shard at most, in bytes.
 pub const SPAN_CACHE_BYTES_MAX: usize = 64 << 20;

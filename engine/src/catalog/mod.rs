@@ -8,6 +8,10 @@
 //! adopts a generation older than its own (see ARCHITECTURE.md, "Catalog").
 //! Partition *data* is never here: it lives on the owning shard.
 
+pub mod broker_config;
+pub mod mirror;
+pub mod topic_config;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,8 +20,8 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::mirror::CatalogMirror;
-use crate::topic_config::TopicConfig;
+use crate::catalog::mirror::CatalogMirror;
+use crate::catalog::topic_config::TopicConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TopicMeta {
@@ -573,7 +577,7 @@ impl Catalog {
         let current = self.snapshot();
         let configs = f(current.broker_configs(scope).unwrap_or(&BTreeMap::new()))
             .map_err(CatalogError::InvalidConfig)?;
-        crate::broker_config::validate(&configs).map_err(CatalogError::InvalidConfig)?;
+        crate::catalog::broker_config::validate(&configs).map_err(CatalogError::InvalidConfig)?;
         let unchanged = match current.broker_configs(scope) {
             Some(set) => *set == configs,
             None => configs.is_empty(),

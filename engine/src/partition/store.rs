@@ -24,17 +24,17 @@ use ringtail_wal::{Recovery, Wal, WalConfig, WalError};
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, Snapshot, TopicMeta};
-use crate::coordinator::Coordinator;
-use crate::log::{MemLog, PartitionLog};
-use crate::manifest::ProducerSnapshot;
+use crate::group::coordinator::Coordinator;
 use crate::metrics::ShardStats;
-use crate::object_format::Span;
-use crate::producers::{Check, Producers, Written};
+use crate::partition::log::{MemLog, PartitionLog};
+use crate::partition::producers::{Check, Producers, Written};
 use crate::shard::{
     now_ms, DeleteItem, DeleteOutcome, ErrorOutcome, FetchItem, FetchOutcome, ListItem,
     ListOutcome, PartitionKey, ProduceItem, ProduceOutcome, ShardOp, LEADER_EPOCH,
 };
-use crate::span_cache::SpanCache;
+use crate::tier::manifest::ProducerSnapshot;
+use crate::tier::object_format::Span;
+use crate::tier::span_cache::SpanCache;
 use crate::tier::{StreamKey, Tier};
 
 type Waiter = Rc<RefCell<Option<oneshot::Sender<()>>>>;
@@ -165,7 +165,7 @@ fn add(counter: &AtomicU64, n: u64) {
 
 impl ShardState {
     /// Rebuilds every partition's log from the slot's recovered ring (see
-    /// [`crate::host::recover_ring`], which runs off the shard) and opens the ring for writes.
+    /// [`crate::shard::host::recover_ring`], which runs off the shard) and opens the ring for writes.
     pub async fn open(
         config: &WalConfig,
         recovery: Recovery,
@@ -243,7 +243,7 @@ impl ShardState {
 
     /// Clean shutdown: uploads and commits everything durable, waiting at most `limit`.
     /// Uploads and commits everything durable, waiting as long as the store needs (saying so
-    /// every [`crate::host::CLOSE_FLUSH_LOG_INTERVAL`]); returns early only if another owner
+    /// every [`crate::shard::host::CLOSE_FLUSH_LOG_INTERVAL`]); returns early only if another owner
     /// fenced the slot.
     pub async fn flush_to_objects(&self, slot: u32) {
         let Some(tier) = &self.tier else { return };
@@ -251,7 +251,7 @@ impl ShardState {
         let started = Instant::now();
         let mut logged = Instant::now();
         while !tier.is_idle() && !tier.is_fenced() {
-            if logged.elapsed() >= crate::host::CLOSE_FLUSH_LOG_INTERVAL {
+            if logged.elapsed() >= crate::shard::host::CLOSE_FLUSH_LOG_INTERVAL {
                 logged = Instant::now();
                 tracing::error!(
                     slot,
@@ -430,7 +430,7 @@ impl ShardState {
                 });
             }
         }
-        if out.len() > crate::producers::PRODUCER_SNAPSHOT_WARN_ENTRIES {
+        if out.len() > crate::partition::producers::PRODUCER_SNAPSHOT_WARN_ENTRIES {
             self.stats
                 .producer_snapshots_large
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1812,7 +1812,7 @@ async fn upload_loop(weak: Weak<ShardState>, tick: Duration, retention_check: Du
                     }
                 }
                 // Kept by the tier and retried after the deletion passes meanwhile.
-                Err(crate::manifest::CommitError::TooLarge { .. }) => {}
+                Err(crate::tier::manifest::CommitError::TooLarge { .. }) => {}
                 Err(_) => {
                     if let Some(state) = weak.upgrade() {
                         state.fenced();
@@ -1824,9 +1824,9 @@ async fn upload_loop(weak: Weak<ShardState>, tick: Duration, retention_check: Du
             drop(state);
         }
         let due = if tier.merge_behind() {
-            last_merge.elapsed() >= crate::merge::MERGE_BACKLOG_INTERVAL
+            last_merge.elapsed() >= crate::tier::merge::MERGE_BACKLOG_INTERVAL
         } else {
-            nothing_sealed && last_merge.elapsed() >= crate::merge::MERGE_INTERVAL
+            nothing_sealed && last_merge.elapsed() >= crate::tier::merge::MERGE_INTERVAL
         };
         if due {
             last_merge = Instant::now();

@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::time::Duration;
 
-use crate::manifest::ObjectRef;
-use crate::object_format::Span;
+use crate::tier::manifest::ObjectRef;
+use crate::tier::object_format::Span;
 
 /// Objects whose live extent is below this are merged.
 pub const MERGE_SMALL_BYTES: u64 = 8 << 20;
@@ -31,7 +31,8 @@ pub const MERGE_FANIN_MAX: usize = 64;
 /// A merged partition's bytes are cut into spans of at most this (at input span boundaries), so
 /// the span cache can hold them and a cold read GETs no more than this for a fetch.
 pub const MERGE_SPAN_BYTES_MAX: u64 = 4 << 20;
-const _: () = assert!(MERGE_SPAN_BYTES_MAX as usize <= crate::span_cache::SPAN_CACHE_BYTES_MAX / 4);
+const _: () =
+    assert!(MERGE_SPAN_BYTES_MAX as usize <= crate::tier::span_cache::SPAN_CACHE_BYTES_MAX / 4);
 /// Objects a merge replaced are deleted this long after its commit (cold reads planned on them
 /// finish first).
 pub const MERGE_RETIRE_DELAY: Duration = Duration::from_secs(30);
@@ -195,7 +196,7 @@ pub fn layout(run: &[ObjectRef]) -> MergeLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::ShardManifest;
+    use crate::tier::manifest::ShardManifest;
 
     fn span(p: i32, base: i64, n: i64, at: u64, len: u64, ts: i64) -> Span {
         Span {
@@ -234,7 +235,7 @@ mod tests {
             })
             .collect();
         ObjectRef {
-            key: crate::object_format::object_key(0, 1, key),
+            key: crate::tier::object_format::object_key(0, 1, key),
             size: partitions as u64 * span_bytes + 100,
             spans,
             node,
@@ -404,7 +405,7 @@ mod tests {
                 key += 1;
                 let size = l.spans.iter().map(|s| s.byte_len).sum::<u64>() + 100;
                 let into = ObjectRef {
-                    key: crate::object_format::object_key(0, 1, key),
+                    key: crate::tier::object_format::object_key(0, 1, key),
                     size,
                     spans: l.spans,
                     node: 1,

@@ -136,7 +136,7 @@ pub struct ShardStats {
     /// NoSuchBucket: retrying alone does not cure them).
     pub upload_permanent_errors: AtomicU64,
     /// Manifest commits whose producer snapshot held more than
-    /// [`crate::producers::PRODUCER_SNAPSHOT_WARN_ENTRIES`] producers (none is dropped).
+    /// [`crate::partition::producers::PRODUCER_SNAPSHOT_WARN_ENTRIES`] producers (none is dropped).
     pub producer_snapshots_large: AtomicU64,
     /// Slots whose uploads fail permanently now, with the last error: `/ready` answers 503
     /// while any is set.

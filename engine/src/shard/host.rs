@@ -14,11 +14,11 @@ use ringtail_objstore::ObjectStore;
 use ringtail_wal::{WalConfig, WalError};
 
 use crate::catalog::Catalog;
-use crate::cluster::Membership;
+use crate::cluster::membership::Membership;
 use crate::config::Config;
-use crate::coordinator::{Coordinator, OFFSETS_TOPIC};
+use crate::group::coordinator::{Coordinator, OFFSETS_TOPIC};
 use crate::metrics::{OffsetsSnapshot, ShardStats};
-use crate::partitions::{ShardLimits, ShardState};
+use crate::partition::store::{ShardLimits, ShardState};
 use crate::shard::{owner_shard, ErrorOutcome, ShardOp};
 use crate::tier::Tier;
 
@@ -323,7 +323,7 @@ impl SlotHost {
         let mine: Vec<i32> = (0..offsets.partitions)
             .filter(|&p| owner_shard(&offsets.name, p, self.env.slots as usize) == slot as usize)
             .collect();
-        ringtail_shards::spawn_detached(crate::coordinator::load_offsets(
+        ringtail_shards::spawn_detached(crate::group::coordinator::load_offsets(
             state.clone(),
             offsets.clone(),
             mine,
@@ -338,7 +338,7 @@ impl SlotHost {
                 // In a task of its own: the clock keeps ticking while a compaction waits.
                 let (s, o) = (state.clone(), offsets.clone());
                 ringtail_shards::spawn_detached(async move {
-                    crate::coordinator::compact_if_due(&s, &o).await
+                    crate::group::coordinator::compact_if_due(&s, &o).await
                 });
                 drop(state);
                 ringtail_shards::sleep(GROUP_TICK).await;

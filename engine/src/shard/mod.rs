@@ -5,6 +5,8 @@
 //! [`ShardOp`] in its mailbox and gets its answer back on a oneshot channel; a request for a
 //! local partition calls [`ShardState`] directly. [`Broker::scatter`] does both, in order.
 
+pub mod host;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::rc::Rc;
@@ -18,11 +20,11 @@ use ringtail_shards::Mailboxes;
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, TopicMeta};
-use crate::cluster::{Membership, View};
+use crate::cluster::membership::{Membership, View};
 use crate::config::Config;
-use crate::host::SlotHost;
 use crate::metrics::ShardStats;
-use crate::partitions::ShardState;
+use crate::partition::store::ShardState;
+use crate::shard::host::SlotHost;
 
 /// The leader epoch of every partition until fencing (failover) exists.
 pub const LEADER_EPOCH: i32 = 0;
@@ -201,10 +203,10 @@ pub struct Broker {
     pub config: Arc<Config>,
     pub cluster_id: String,
     /// Producer id blocks in the bucket, when there is an object tier.
-    pub producer_ids: Option<Arc<crate::producer_ids::ProducerIds>>,
+    pub producer_ids: Option<Arc<crate::cluster::producer_ids::ProducerIds>>,
     /// The broker's incremental fetch sessions, shared by its shards: a client that reconnects
     /// to another shard keeps its session.
-    pub fetch_sessions: Arc<std::sync::Mutex<crate::fetch_sessions::FetchSessions>>,
+    pub fetch_sessions: Arc<std::sync::Mutex<crate::api::fetch_sessions::FetchSessions>>,
 }
 
 impl Broker {

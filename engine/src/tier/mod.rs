@@ -1,6 +1,11 @@
 //! The shard's object tier: batches that are durable in the WAL are packed into objects,
 //! uploaded, and committed to the shard's manifest; only then may the WAL trim behind them.
 
+pub mod manifest;
+pub mod merge;
+pub mod object_format;
+pub mod span_cache;
+
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,12 +15,11 @@ use ringtail_objstore::{Condition, ObjectStore, Part, StoreError};
 
 use std::collections::HashMap;
 
-use crate::manifest::{
+use crate::metrics::ShardStats;
+use crate::tier::manifest::{
     CommitError, Committed, LogStart, ManifestStore, ObjectRef, ProducerSnapshot,
 };
-use crate::merge;
-use crate::metrics::ShardStats;
-use crate::object_format::{
+use crate::tier::object_format::{
     index_trailer, object_epoch, object_key, object_prefix, ObjectBuilder, ObjectIndex, Span,
     INDEX_FORMAT_VERSION,
 };

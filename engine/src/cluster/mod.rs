@@ -1,0 +1,8 @@
+//! Several brokers on one bucket: node leases (`lease`), which broker serves which slot
+//! (`placement`, pure), the membership runner that renews, reads and decides (`membership`),
+//! and producer-id blocks shared through the bucket (`producer_ids`).
+
+pub mod lease;
+pub mod membership;
+pub mod placement;
+pub mod producer_ids;

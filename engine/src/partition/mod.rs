@@ -1,0 +1,7 @@
+//! Partitions: a slot's partition state and the produce, fetch, list and delete paths
+//! (`store`), the in-memory index of a partition's batches (`log`), and idempotent producer
+//! state (`producers`).
+
+pub mod log;
+pub mod producers;
+pub mod store;
