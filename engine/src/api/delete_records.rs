@@ -9,7 +9,8 @@ use kafka_protocol::messages::delete_records_response::{
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 use kafka_protocol::ResponseError;
 
-use crate::shard::{Broker, DeleteItem, DeleteOutcome, ErrorOutcome, PartitionKey, ShardOp};
+use crate::partition::items::{DeleteItem, DeleteOutcome, ErrorOutcome, PartitionKey};
+use crate::shard::{Broker, ShardOp};
 
 /// Longest a DeleteRecords waits for its commit, whatever the client asks.
 const TIMEOUT_MAX: Duration = Duration::from_secs(300);

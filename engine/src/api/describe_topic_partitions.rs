@@ -18,7 +18,8 @@ use uuid::Uuid;
 use super::admin::text;
 use crate::catalog::{validate_name, TopicMeta};
 use crate::cluster::membership::View;
-use crate::shard::{Broker, LEADER_EPOCH};
+use crate::partition::items::LEADER_EPOCH;
+use crate::shard::Broker;
 
 /// Most partitions one answer describes, whatever the request asks: Kafka's
 /// `max.request.partition.size.limit` default.

@@ -9,9 +9,8 @@ use ringtail_netio::fetch::{FetchPartition, FetchResponseParts, FetchTopic};
 use ringtail_netio::request::Header;
 
 use crate::api::fetch_sessions::{PartitionRef, Plan, Seen, Want};
-use crate::shard::{
-    Broker, ErrorOutcome, FetchItem, FetchOutcome, PartitionKey, Route, ShardOp, LEADER_EPOCH,
-};
+use crate::partition::items::{ErrorOutcome, FetchItem, FetchOutcome, PartitionKey, LEADER_EPOCH};
+use crate::shard::{Broker, Route, ShardOp};
 
 /// Longest a fetch may wait for data, whatever the client asks.
 const FETCH_WAIT_MS_MAX: i32 = 300_000;
@@ -65,7 +64,7 @@ pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> 
     let by_id = header.api_version >= 13;
     let (named, forgotten) = requested(&request);
     let (plan, fetch) = broker.fetch_sessions.lock().expect("not poisoned").begin(
-        crate::shard::now_ms() as u64,
+        crate::partition::items::now_ms() as u64,
         request.session_id,
         request.session_epoch,
         by_id,

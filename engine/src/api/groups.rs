@@ -32,7 +32,8 @@ use crate::group::coordinator::{
     COORDINATOR_NOT_AVAILABLE, INVALID_GROUP_ID, OFFSETS_TOPIC,
 };
 use crate::group::state::{JoinRequest, JoinResult, SyncResult, FENCED_INSTANCE_ID};
-use crate::shard::{now_ms, Broker, Route};
+use crate::partition::items::now_ms;
+use crate::shard::{Broker, Route};
 
 /// Longest committed-offset metadata string (Kafka's offset.metadata.max.bytes).
 const OFFSET_METADATA_BYTES_MAX: usize = 4096;

@@ -6,9 +6,8 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 
-use crate::shard::{
-    Broker, ErrorOutcome, ListItem, ListOutcome, PartitionKey, ShardOp, LEADER_EPOCH,
-};
+use crate::partition::items::{ErrorOutcome, ListItem, ListOutcome, PartitionKey, LEADER_EPOCH};
+use crate::shard::{Broker, ShardOp};
 
 pub async fn handle(
     broker: &Broker,

@@ -17,7 +17,8 @@ use kafka_protocol::messages::{DescribeLogDirsRequest, DescribeLogDirsResponse, 
 
 use super::admin::text;
 use crate::catalog::{Snapshot, TopicMeta};
-use crate::shard::{Broker, PartitionKey, Route};
+use crate::partition::items::PartitionKey;
+use crate::shard::{Broker, Route};
 
 pub async fn describe_log_dirs(
     broker: &Broker,

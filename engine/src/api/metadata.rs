@@ -19,7 +19,8 @@ use uuid::Uuid;
 
 use crate::catalog::{validate_name, CatalogError, TopicMeta};
 use crate::cluster::membership::View;
-use crate::shard::{Broker, LEADER_EPOCH};
+use crate::partition::items::LEADER_EPOCH;
+use crate::shard::Broker;
 
 pub async fn metadata(
     broker: &Broker,

@@ -14,9 +14,8 @@ use ringtail_netio::request::{Header, ProduceInput};
 
 use super::{respond, Reply};
 use crate::errors::batch_error_code;
-use crate::shard::{
-    Broker, ErrorOutcome, PartitionKey, ProduceItem, ProduceOutcome, Route, ShardOp,
-};
+use crate::partition::items::{ErrorOutcome, PartitionKey, ProduceItem, ProduceOutcome};
+use crate::shard::{Broker, Route, ShardOp};
 
 type Slot = Result<usize, ProduceOutcome>;
 

@@ -21,6 +21,12 @@ use arc_swap::ArcSwap;
 
 use crate::cluster::placement::place;
 
+/// How long a lapsed lease's closing waits for its slots before it renews. A slot
+/// itself is never let go with acknowledged records not uploaded: closing waits for them.
+pub const CLOSE_FLUSH_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+/// While a closing slot waits for its last uploads, it says so at this interval.
+pub const CLOSE_FLUSH_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A broker of the cluster as Metadata names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -495,7 +501,7 @@ impl Runner {
         );
         // A slot still opening is closed once it is open (a Close is sent only to a slot with
         // nothing pending).
-        let deadline = Instant::now() + crate::shard::host::CLOSE_FLUSH_MAX;
+        let deadline = Instant::now() + CLOSE_FLUSH_MAX;
         while Instant::now() < deadline {
             let Some(open) = self.membership.busy() else {
                 break;

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::TopicMeta;
 use crate::group::state::{Answer, Completed, Group, JoinRequest, JoinResult, SyncResult};
+use crate::partition::items::{now_ms, FetchItem, PartitionKey, ProduceItem};
 use crate::partition::store::ShardState;
-use crate::shard::{now_ms, FetchItem, PartitionKey, ProduceItem};
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// How long an offset commit waits for its record to be durable as the offsets topic demands
@@ -694,7 +694,10 @@ pub async fn compact_if_due(state: &Rc<ShardState>, offsets_topic: &Arc<TopicMet
         partition,
     };
     let end = state
-        .list_offsets(vec![crate::shard::ListItem { key, timestamp: -1 }])
+        .list_offsets(vec![crate::partition::items::ListItem {
+            key,
+            timestamp: -1,
+        }])
         .await[0]
         .offset;
     let mut ok = true;
@@ -716,7 +719,10 @@ pub async fn compact_if_due(state: &Rc<ShardState>, offsets_topic: &Arc<TopicMet
     coordinator.compacting.set(false);
     if ok && end > 0 {
         let deleted = state
-            .delete_records(vec![crate::shard::DeleteItem { key, offset: end }])
+            .delete_records(vec![crate::partition::items::DeleteItem {
+                key,
+                offset: end,
+            }])
             .await;
         ok = deleted[0].error == 0;
     }

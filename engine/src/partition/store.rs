@@ -26,12 +26,12 @@ use uuid::Uuid;
 use crate::catalog::{Catalog, Snapshot, TopicMeta};
 use crate::group::coordinator::Coordinator;
 use crate::metrics::ShardStats;
+use crate::partition::items::{
+    now_ms, DeleteItem, DeleteOutcome, ErrorOutcome, FetchItem, FetchOutcome, ListItem,
+    ListOutcome, PartitionKey, ProduceItem, ProduceOutcome, LEADER_EPOCH,
+};
 use crate::partition::log::{MemLog, PartitionLog};
 use crate::partition::producers::{Check, Producers, Written};
-use crate::shard::{
-    now_ms, DeleteItem, DeleteOutcome, ErrorOutcome, FetchItem, FetchOutcome, ListItem,
-    ListOutcome, PartitionKey, ProduceItem, ProduceOutcome, ShardOp, LEADER_EPOCH,
-};
 use crate::tier::manifest::ProducerSnapshot;
 use crate::tier::object_format::Span;
 use crate::tier::span_cache::SpanCache;
@@ -243,7 +243,7 @@ impl ShardState {
 
     /// Clean shutdown: uploads and commits everything durable, waiting at most `limit`.
     /// Uploads and commits everything durable, waiting as long as the store needs (saying so
-    /// every [`crate::shard::host::CLOSE_FLUSH_LOG_INTERVAL`]); returns early only if another owner
+    /// every [`crate::cluster::membership::CLOSE_FLUSH_LOG_INTERVAL`]); returns early only if another owner
     /// fenced the slot.
     pub async fn flush_to_objects(&self, slot: u32) {
         let Some(tier) = &self.tier else { return };
@@ -251,7 +251,7 @@ impl ShardState {
         let started = Instant::now();
         let mut logged = Instant::now();
         while !tier.is_idle() && !tier.is_fenced() {
-            if logged.elapsed() >= crate::shard::host::CLOSE_FLUSH_LOG_INTERVAL {
+            if logged.elapsed() >= crate::cluster::membership::CLOSE_FLUSH_LOG_INTERVAL {
                 logged = Instant::now();
                 tracing::error!(
                     slot,
@@ -661,42 +661,6 @@ impl ShardState {
             add(&self.stats.wal_superseded_records, *records);
         }
         Ok(live)
-    }
-
-    pub fn handle(self: &Rc<Self>, op: ShardOp) {
-        match op {
-            ShardOp::Produce(_, items, reply) => {
-                let done = self.produce(items);
-                ringtail_shards::spawn_detached(async move {
-                    let _ = reply.send(done.await);
-                });
-            }
-            ShardOp::Fetch(_, items, reply) => {
-                let done = self.fetch(items);
-                ringtail_shards::spawn_detached(async move {
-                    let _ = reply.send(done.await);
-                });
-            }
-            ShardOp::ListOffsets(_, items, reply) => {
-                let done = self.list_offsets(items);
-                ringtail_shards::spawn_detached(async move {
-                    let _ = reply.send(done.await);
-                });
-            }
-            ShardOp::Watch(_, items, reply) => self.watch(items, reply),
-            ShardOp::DropTopic(id) => self.drop_topic(id),
-            ShardOp::TopicChanged(topic) => self.topic_changed(topic),
-            ShardOp::Run(_, f) => f(self),
-            ShardOp::Open(_) | ShardOp::Close(_) | ShardOp::MakeSpare => {
-                unreachable!("handled by the host")
-            }
-            ShardOp::DeleteRecords(_, items, reply) => {
-                let done = self.delete_records(items);
-                ringtail_shards::spawn_detached(async move {
-                    let _ = reply.send(done.await);
-                });
-            }
-        }
     }
 
     /// Assigns offsets and queues the batches in the WAL now; the returned future resolves when

@@ -9,27 +9,23 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::channel::oneshot;
 use kafka_protocol::ResponseError;
 use ringtail_objstore::ObjectStore;
 use ringtail_wal::{WalConfig, WalError};
 
 use crate::catalog::Catalog;
-use crate::cluster::membership::Membership;
+use crate::cluster::membership::{Membership, CLOSE_FLUSH_MAX};
 use crate::config::Config;
 use crate::group::coordinator::{Coordinator, OFFSETS_TOPIC};
 use crate::metrics::{OffsetsSnapshot, ShardStats};
+use crate::partition::items::ErrorOutcome;
 use crate::partition::store::{ShardLimits, ShardState};
-use crate::shard::{owner_shard, ErrorOutcome, ShardOp};
+use crate::shard::{owner_shard, ShardOp};
 use crate::tier::Tier;
 
 /// How often groups check session timeouts and rebalance deadlines.
 const GROUP_TICK: Duration = Duration::from_millis(100);
-/// How long a lapsed lease's closing waits for its slots before it renews (cluster.rs). A slot
-/// itself is never let go with acknowledged records not uploaded: closing waits for them.
-pub const CLOSE_FLUSH_MAX: Duration = Duration::from_secs(30);
-/// While a closing slot waits for its last uploads, it says so at this interval.
-pub const CLOSE_FLUSH_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
 /// What opening a slot needs.
 pub struct SlotEnv {
     pub config: Arc<Config>,
@@ -152,9 +148,15 @@ impl SlotHost {
                 self.make_spare();
                 return;
             }
-            ShardOp::DropTopic(_) | ShardOp::TopicChanged(_) => {
+            ShardOp::DropTopic(id) => {
                 for state in self.all() {
-                    state.handle(op.clone_broadcast());
+                    state.drop_topic(*id);
+                }
+                return;
+            }
+            ShardOp::TopicChanged(topic) => {
+                for state in self.all() {
+                    state.topic_changed(topic.clone());
                 }
                 return;
             }
@@ -166,7 +168,7 @@ impl SlotHost {
             | ShardOp::Run(slot, ..) => *slot,
         };
         match self.get(slot) {
-            Some(state) => state.handle(op),
+            Some(state) => on_slot(&state, op),
             None => not_here(op),
         }
     }
@@ -404,4 +406,32 @@ fn not_here(op: ShardOp) {
             unreachable!("handled by the host")
         }
     }
+}
+
+/// Runs a message meant for one slot on that slot's state; the answer goes back on the
+/// message's channel once it is ready.
+fn on_slot(state: &Rc<ShardState>, op: ShardOp) {
+    match op {
+        ShardOp::Produce(_, items, reply) => answer(reply, state.produce(items)),
+        ShardOp::Fetch(_, items, reply) => answer(reply, state.fetch(items)),
+        ShardOp::ListOffsets(_, items, reply) => answer(reply, state.list_offsets(items)),
+        ShardOp::DeleteRecords(_, items, reply) => answer(reply, state.delete_records(items)),
+        ShardOp::Watch(_, items, reply) => state.watch(items, reply),
+        ShardOp::Run(_, f) => f(state),
+        ShardOp::Open(_)
+        | ShardOp::Close(_)
+        | ShardOp::MakeSpare
+        | ShardOp::DropTopic(_)
+        | ShardOp::TopicChanged(_) => unreachable!("handled by SlotHost::handle"),
+    }
+}
+
+/// Sends `done`'s output on `reply` once it is ready (a requester that went away is no error).
+fn answer<T: 'static>(
+    reply: oneshot::Sender<T>,
+    done: impl std::future::Future<Output = T> + 'static,
+) {
+    ringtail_shards::spawn_detached(async move {
+        let _ = reply.send(done.await);
+    });
 }
