@@ -292,8 +292,10 @@ fn serve(config: Config) -> anyhow::Result<()> {
                 lease,
                 store.clone(),
                 membership.clone(),
-                mailboxes.clone(),
-                config.shards,
+                Box::new(ringtail_engine::shard::ShardSlots {
+                    mailboxes: mailboxes.clone(),
+                    shards: config.shards,
+                }),
                 slots,
                 me,
             );

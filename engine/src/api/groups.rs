@@ -57,13 +57,13 @@ fn route(broker: &Broker, group: &str) -> Option<(Arc<TopicMeta>, Route)> {
     Some((offsets, shard))
 }
 
-/// Runs `f` with the coordinating shard's state once its offsets are loaded; otherwise the
+/// Runs `f` with the coordinating slot's groups once its offsets are loaded; otherwise the
 /// error code to answer.
 async fn on_coordinator<T: Send + 'static>(
     broker: &Broker,
     group: &str,
     f: impl FnOnce(
-            std::rc::Rc<crate::partition::store::ShardState>,
+            std::rc::Rc<crate::group::coordinator::Coordinator>,
             Arc<TopicMeta>,
         ) -> futures::future::LocalBoxFuture<'static, T>
         + Send
@@ -76,12 +76,13 @@ async fn on_coordinator<T: Send + 'static>(
         return Err(COORDINATOR_NOT_AVAILABLE);
     };
     broker
-        .on_slot(shard, move |state| {
+        .on_slot(shard, move |slot| {
+            let groups = slot.coordinator.clone();
             Box::pin(async move {
-                if !state.coordinator.loaded.get() {
+                if !groups.loaded.get() {
                     return Err(COORDINATOR_LOAD_IN_PROGRESS);
                 }
-                Ok(f(state, offsets).await)
+                Ok(f(groups, offsets).await)
             })
         })
         .await
@@ -161,8 +162,8 @@ pub async fn join_group(
         supports_skip_assignment: version >= 9,
     };
     let g = group.clone();
-    let result = on_coordinator(broker, &group, move |state, _| {
-        Box::pin(async move { state.coordinator.join(&g, req).await })
+    let result = on_coordinator(broker, &group, move |groups, _| {
+        Box::pin(async move { groups.join(&g, req).await })
     })
     .await;
     let r = match result {
@@ -213,9 +214,9 @@ pub async fn sync_group(
         .map(|a| (a.member_id.to_string(), a.assignment))
         .collect();
     let g = group.clone();
-    let r = on_coordinator(broker, &group, move |state, _| {
+    let r = on_coordinator(broker, &group, move |groups, _| {
         Box::pin(async move {
-            if state.coordinator.fenced(&g, &member, instance.as_deref()) {
+            if groups.fenced(&g, &member, instance.as_deref()) {
                 return SyncResult {
                     error: FENCED_INSTANCE_ID,
                     protocol_type: None,
@@ -223,10 +224,7 @@ pub async fn sync_group(
                     assignment: Bytes::new(),
                 };
             }
-            state
-                .coordinator
-                .sync(&g, &member, generation, assignments)
-                .await
+            groups.sync(&g, &member, generation, assignments).await
         })
     })
     .await
@@ -250,12 +248,12 @@ pub async fn heartbeat(broker: &Broker, request: HeartbeatRequest) -> HeartbeatR
     let instance = request.group_instance_id.as_ref().map(|s| s.to_string());
     let generation = request.generation_id;
     let g = group.clone();
-    let code = on_coordinator(broker, &group, move |state, _| {
+    let code = on_coordinator(broker, &group, move |groups, _| {
         Box::pin(async move {
-            if state.coordinator.fenced(&g, &member, instance.as_deref()) {
+            if groups.fenced(&g, &member, instance.as_deref()) {
                 return FENCED_INSTANCE_ID;
             }
-            state.coordinator.heartbeat(&g, &member, generation)
+            groups.heartbeat(&g, &member, generation)
         })
     })
     .await
@@ -285,17 +283,13 @@ pub async fn leave_group(
     };
     let ids = identities.clone();
     let g = group.clone();
-    let codes = on_coordinator(broker, &group, move |state, _| {
+    let codes = on_coordinator(broker, &group, move |groups, _| {
         Box::pin(async move {
             let members: Vec<String> = ids
                 .iter()
-                .map(|(id, instance)| {
-                    state
-                        .coordinator
-                        .resolve_member(&g, id, instance.as_deref())
-                })
+                .map(|(id, instance)| groups.resolve_member(&g, id, instance.as_deref()))
                 .collect();
-            state.coordinator.leave(&g, &members)
+            groups.leave(&g, &members)
         })
     })
     .await;
@@ -362,12 +356,12 @@ pub async fn offset_commit(broker: &Broker, request: OffsetCommitRequest) -> Off
     let instance = request.group_instance_id.as_ref().map(|s| s.to_string());
     let generation = request.generation_id_or_member_epoch;
     let g = group.clone();
-    let code = on_coordinator(broker, &group, move |state, offsets| {
+    let code = on_coordinator(broker, &group, move |groups, offsets| {
         Box::pin(async move {
-            if state.coordinator.fenced(&g, &member, instance.as_deref()) {
+            if groups.fenced(&g, &member, instance.as_deref()) {
                 return FENCED_INSTANCE_ID;
             }
-            write_offsets(&state, &offsets, &g, Some((&member, generation)), changes).await
+            write_offsets(&groups, &offsets, &g, Some((&member, generation)), changes).await
         })
     })
     .await
@@ -400,8 +394,8 @@ async fn fetch_group_offsets(
     wanted: Option<Vec<(String, Vec<i32>)>>,
 ) -> Result<Vec<(String, i32, Option<Committed>)>, i16> {
     let g = group.clone();
-    on_coordinator(broker, &group, move |state, _| {
-        Box::pin(async move { state.coordinator.offsets(&g, wanted) })
+    on_coordinator(broker, &group, move |groups, _| {
+        Box::pin(async move { groups.offsets(&g, wanted) })
     })
     .await
 }
@@ -523,8 +517,8 @@ pub async fn describe_groups(
     let mut groups = Vec::new();
     for id in request.groups {
         let g = id.to_string();
-        let view = on_coordinator(broker, &id, move |state, _| {
-            Box::pin(async move { state.coordinator.describe(&g) })
+        let view = on_coordinator(broker, &id, move |groups, _| {
+            Box::pin(async move { groups.describe(&g) })
         })
         .await;
         let described = DescribedGroup::default().with_group_id(id.clone());
@@ -570,8 +564,8 @@ pub async fn list_groups(
             slot,
         };
         let listed = broker
-            .on_slot(route, |state| {
-                Box::pin(async move { state.coordinator.list() })
+            .on_slot(route, |slot| {
+                Box::pin(async move { slot.coordinator.list() })
             })
             .await
             .unwrap_or_default();
@@ -604,15 +598,15 @@ pub async fn delete_groups(broker: &Broker, request: DeleteGroupsRequest) -> Del
     let mut results = Vec::new();
     for id in request.groups_names {
         let g = id.to_string();
-        let code = on_coordinator(broker, &id, move |state, offsets| {
+        let code = on_coordinator(broker, &id, move |groups, offsets| {
             Box::pin(async move {
-                match state.coordinator.deletable(&g) {
+                match groups.deletable(&g) {
                     Err(code) => code,
                     Ok(held) => {
                         let tombstones = held.iter().map(|(t, p)| (t.clone(), *p, None)).collect();
-                        let code = write_offsets(&state, &offsets, &g, None, tombstones).await;
+                        let code = write_offsets(&groups, &offsets, &g, None, tombstones).await;
                         if code == 0 {
-                            state.coordinator.forget(&g, &held);
+                            groups.forget(&g, &held);
                         }
                         code
                     }
@@ -647,17 +641,17 @@ pub async fn offset_delete(broker: &Broker, request: OffsetDeleteRequest) -> Off
         .collect();
     let wanted = topics.clone();
     let g = group.clone();
-    let result = on_coordinator(broker, &group, move |state, offsets| {
+    let result = on_coordinator(broker, &group, move |groups, offsets| {
         Box::pin(async move {
             let names: Vec<String> = wanted.iter().map(|(t, _)| t.clone()).collect();
-            let codes = state.coordinator.offsets_deletable(&g, &names)?;
+            let codes = groups.offsets_deletable(&g, &names)?;
             let tombstones: Vec<OffsetChange> = wanted
                 .iter()
                 .zip(&codes)
                 .filter(|(_, code)| **code == 0)
                 .flat_map(|((t, ps), _)| ps.iter().map(move |p| (t.clone(), *p, None)))
                 .collect();
-            match write_offsets(&state, &offsets, &g, None, tombstones).await {
+            match write_offsets(&groups, &offsets, &g, None, tombstones).await {
                 0 => Ok(codes),
                 e => Err(e),
             }

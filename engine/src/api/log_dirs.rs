@@ -101,8 +101,8 @@ async fn sizes(
     let asked = by_route.into_iter().map(|(route, partitions)| async move {
         let keys: Vec<PartitionKey> = partitions.iter().map(|(_, k)| *k).collect();
         let bytes = broker
-            .on_slot(route, move |state| {
-                Box::pin(async move { state.stored_bytes(&keys) })
+            .on_slot(route, move |slot| {
+                Box::pin(async move { slot.partitions.stored_bytes(&keys) })
             })
             .await;
         // None: the slot is not served here (another broker's, or on its way).

@@ -11,11 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ringtail_objstore::ObjectStore;
-use ringtail_shards::Mailboxes;
 
 use crate::catalog::Catalog;
 use crate::cluster::lease::{Lease, LeaseError, LeaseRecord, PeerWatch};
-use crate::shard::ShardOp;
 
 use arc_swap::ArcSwap;
 
@@ -292,14 +290,29 @@ pub fn decide(
     d
 }
 
+/// What the membership runner asks of the shards that host slots, implemented by the shard
+/// layer (membership knows slots, not shards or their messages). Each call queues the work and
+/// returns; a slot's opening or closing is reported back through [`Membership`].
+pub trait SlotControl: Send {
+    /// Queue "take `slot` over and serve it"; false if its shard is gone.
+    fn open(&self, slot: u32) -> bool;
+    /// Queue "hand `slot` over"; false if its shard is gone.
+    fn close(&self, slot: u32) -> bool;
+    /// Every shard writes a spare WAL ring if it has none (takeovers may come).
+    fn make_spares(&self);
+    /// The catalog adopted from the bucket no longer has this topic.
+    fn drop_topic(&self, id: uuid::Uuid);
+    /// The catalog adopted from the bucket changed this topic's configs or partitions.
+    fn topic_changed(&self, topic: Arc<crate::catalog::TopicMeta>);
+}
+
 /// The membership thread's work: renew this broker's lease (announcing its open slots), read
 /// the others, decide, publish the view and ask the shards to open or close slots.
 pub struct Runner {
     pub lease: Lease,
     pub store: Arc<dyn ObjectStore>,
     pub membership: Arc<Membership>,
-    pub mailboxes: Mailboxes<ShardOp>,
-    pub shards: usize,
+    pub control: Box<dyn SlotControl>,
     pub slots: u32,
     pub me: Member,
     /// Set on SIGTERM: hand every slot over, then stop.
@@ -317,8 +330,7 @@ impl Runner {
         lease: Lease,
         store: Arc<dyn ObjectStore>,
         membership: Arc<Membership>,
-        mailboxes: Mailboxes<ShardOp>,
-        shards: usize,
+        control: Box<dyn SlotControl>,
         slots: u32,
         me: Member,
     ) -> Runner {
@@ -328,8 +340,7 @@ impl Runner {
             lease,
             store,
             membership,
-            mailboxes,
-            shards,
+            control,
             slots,
             me,
             draining: Arc::new(AtomicBool::new(false)),
@@ -392,13 +403,13 @@ impl Runner {
         }));
         if !peers.is_empty() && !self.spares {
             self.spares = true;
-            self.broadcast(|| ShardOp::MakeSpare);
+            self.control.make_spares();
         }
         for &slot in &d.open {
-            self.send(slot, ShardOp::Open(slot));
+            self.request(slot, |c| c.open(slot));
         }
         for &slot in &d.close {
-            self.send(slot, ShardOp::Close(slot));
+            self.request(slot, |c| c.close(slot));
         }
         if complete {
             self.membership.rounds.fetch_add(1, Ordering::Relaxed);
@@ -507,7 +518,7 @@ impl Runner {
                 break;
             };
             for &slot in &open {
-                self.send(slot, ShardOp::Close(slot));
+                self.request(slot, |c| c.close(slot));
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
@@ -528,10 +539,10 @@ impl Runner {
                     "adopted the controller's topic catalog"
                 );
                 for &id in &adopted.dropped {
-                    self.broadcast(|| ShardOp::DropTopic(id));
+                    self.control.drop_topic(id);
                 }
                 for t in &adopted.changed {
-                    self.broadcast(|| ShardOp::TopicChanged(t.clone()));
+                    self.control.topic_changed(t.clone());
                 }
                 true
             }
@@ -542,19 +553,10 @@ impl Runner {
         }
     }
 
-    /// Queues a message for every shard (a gone shard is skipped: the process is stopping).
-    fn broadcast(&self, op: impl Fn() -> ShardOp) {
-        for shard in 0..self.shards {
-            let _ = futures::executor::block_on(self.mailboxes.send(shard, op()));
-        }
-    }
-
-    fn send(&self, slot: u32, op: ShardOp) {
-        if self.membership.request(slot) {
-            let shard = slot as usize % self.shards;
-            if futures::executor::block_on(self.mailboxes.send(shard, op)).is_err() {
-                self.membership.failed(slot, "shard gone".into());
-            }
+    /// Asks for a slot's opening or closing unless one is already under way for it.
+    fn request(&self, slot: u32, ask: impl FnOnce(&dyn SlotControl) -> bool) {
+        if self.membership.request(slot) && !ask(self.control.as_ref()) {
+            self.membership.failed(slot, "shard gone".into());
         }
     }
 

@@ -167,7 +167,10 @@ pub struct GroupView {
     pub members: Vec<(String, Option<String>, String, String, Bytes, Bytes)>,
 }
 
+/// The groups one slot coordinates, over that slot's partitions (which hold the offsets
+/// topic's partitions the slot owns).
 pub struct Coordinator {
+    pub partitions: Rc<ShardState>,
     groups: RefCell<HashMap<String, Entry>>,
     /// The shard's offsets partitions have been replayed.
     pub loaded: Cell<bool>,
@@ -184,8 +187,13 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    pub fn new(initial_delay_ms: u64, compact_after_records: u64) -> Coordinator {
+    pub fn new(
+        partitions: Rc<ShardState>,
+        initial_delay_ms: u64,
+        compact_after_records: u64,
+    ) -> Coordinator {
         Coordinator {
+            partitions,
             groups: RefCell::new(HashMap::new()),
             loaded: Cell::new(false),
             initial_delay_ms,
@@ -565,13 +573,12 @@ fn offset_batches(
 /// no wait in between, so that a member that lost its generation meanwhile cannot commit.
 /// Returns 0 or the error every partition of the commit gets.
 pub async fn write_offsets(
-    state: &Rc<ShardState>,
+    coordinator: &Coordinator,
     offsets_topic: &Arc<TopicMeta>,
     group: &str,
     member: Option<(&str, i32)>,
     changes: Vec<OffsetChange>,
 ) -> i16 {
-    let coordinator = &state.coordinator;
     while coordinator.compacting.get() {
         ringtail_shards::sleep(std::time::Duration::from_millis(2)).await;
     }
@@ -596,7 +603,15 @@ pub async fn write_offsets(
     coordinator
         .commits_in_flight
         .set(coordinator.commits_in_flight.get() + 1);
-    let done = produce_changes(state, offsets_topic, partition, group, changes, batches).await;
+    let done = produce_changes(
+        coordinator,
+        offsets_topic,
+        partition,
+        group,
+        changes,
+        batches,
+    )
+    .await;
     coordinator
         .commits_in_flight
         .set(coordinator.commits_in_flight.get() - 1);
@@ -604,7 +619,7 @@ pub async fn write_offsets(
 }
 
 async fn produce_changes(
-    state: &Rc<ShardState>,
+    coordinator: &Coordinator,
     offsets_topic: &Arc<TopicMeta>,
     partition: i32,
     group: &str,
@@ -612,7 +627,7 @@ async fn produce_changes(
     batches: Vec<ringtail_netio::batch::ValidBatch>,
 ) -> i16 {
     produce_all(
-        state,
+        coordinator,
         offsets_topic,
         partition,
         vec![(group.to_string(), changes, batches)],
@@ -623,7 +638,7 @@ async fn produce_changes(
 /// Writes the offset changes of several groups in one produce (one upload to wait for with
 /// `durability=object`), and applies them once durable.
 async fn produce_all(
-    state: &Rc<ShardState>,
+    coordinator: &Coordinator,
     offsets_topic: &Arc<TopicMeta>,
     partition: i32,
     groups: Vec<(
@@ -647,11 +662,11 @@ async fn produce_all(
         batches,
         upload_timeout: Some(OFFSETS_COMMIT_TIMEOUT),
     };
-    let outcome = state.produce(vec![item]).await;
+    let outcome = coordinator.partitions.produce(vec![item]).await;
     match outcome.first() {
         Some(o) if o.error == 0 => {
             for (group, changes) in applied {
-                state.coordinator.apply(&group, changes);
+                coordinator.apply(&group, changes);
             }
             0
         }
@@ -671,8 +686,7 @@ async fn produce_all(
 /// its groups (commits wait meanwhile, so this is the latest state), then deletes the records
 /// before the rewrite (DeleteRecords: memory, WAL and objects let them go). Replay after a
 /// restart reads the rewrite and what followed; the last record of each key still wins.
-pub async fn compact_if_due(state: &Rc<ShardState>, offsets_topic: &Arc<TopicMeta>) {
-    let coordinator = &state.coordinator;
+pub async fn compact_if_due(coordinator: &Coordinator, offsets_topic: &Arc<TopicMeta>) {
     if !coordinator.loaded.get()
         || coordinator.compacting.get()
         || coordinator
@@ -693,7 +707,8 @@ pub async fn compact_if_due(state: &Rc<ShardState>, offsets_topic: &Arc<TopicMet
         topic_id: offsets_topic.id,
         partition,
     };
-    let end = state
+    let end = coordinator
+        .partitions
         .list_offsets(vec![crate::partition::items::ListItem {
             key,
             timestamp: -1,
@@ -713,12 +728,13 @@ pub async fn compact_if_due(state: &Rc<ShardState>, offsets_topic: &Arc<TopicMet
         groups.push((group, changes, batches));
     }
     if ok && !groups.is_empty() {
-        ok = produce_all(state, offsets_topic, partition, groups).await == 0;
+        ok = produce_all(coordinator, offsets_topic, partition, groups).await == 0;
     }
     // The rewrite is durable: later commits land after it, whatever the deletion below does.
     coordinator.compacting.set(false);
     if ok && end > 0 {
-        let deleted = state
+        let deleted = coordinator
+            .partitions
             .delete_records(vec![crate::partition::items::DeleteItem {
                 key,
                 offset: end,
@@ -752,7 +768,7 @@ pub async fn compact_if_due(state: &Rc<ShardState>, offsets_topic: &Arc<TopicMet
 /// Replays the offsets partitions this shard owns (start-up), then marks the coordinator
 /// loaded.
 pub async fn load_offsets(
-    state: Rc<ShardState>,
+    coordinator: Rc<Coordinator>,
     offsets_topic: Arc<TopicMeta>,
     partitions: Vec<i32>,
 ) {
@@ -764,7 +780,8 @@ pub async fn load_offsets(
         };
         let mut offset = 0i64;
         loop {
-            let out = state
+            let out = coordinator
+                .partitions
                 .fetch(vec![FetchItem {
                     key,
                     offset,
@@ -809,8 +826,8 @@ pub async fn load_offsets(
                     let Some(key) = r.key else { continue };
                     match decode_change(&key, r.value.as_deref()) {
                         Some((group, change)) => {
-                            state.coordinator.apply(&group, vec![change]);
-                            state.coordinator.count_records(partition, 1);
+                            coordinator.apply(&group, vec![change]);
+                            coordinator.count_records(partition, 1);
                             records += 1;
                         }
                         None => tracing::warn!(
@@ -824,7 +841,7 @@ pub async fn load_offsets(
         }
     }
     tracing::info!(records, "committed offsets loaded");
-    state.coordinator.loaded.set(true);
+    coordinator.loaded.set(true);
 }
 
 #[cfg(test)]

@@ -24,7 +24,6 @@ use ringtail_wal::{Recovery, Wal, WalConfig, WalError};
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, Snapshot, TopicMeta};
-use crate::group::coordinator::Coordinator;
 use crate::metrics::ShardStats;
 use crate::partition::items::{
     now_ms, DeleteItem, DeleteOutcome, ErrorOutcome, FetchItem, FetchOutcome, ListItem,
@@ -145,8 +144,6 @@ pub struct ShardState {
     hot_uploaded_bytes: Cell<u64>,
     hot_cache_bytes: u64,
     pub stats: Arc<ShardStats>,
-    /// The consumer groups this shard coordinates.
-    pub coordinator: Coordinator,
     /// Being handed over: no new writes.
     closing: Cell<bool>,
     /// A WAL write failed: the ring takes no more writes (see [`Self::wal_failed`]).
@@ -173,7 +170,6 @@ impl ShardState {
         tier: Option<Tier>,
         limits: ShardLimits,
         stats: Arc<ShardStats>,
-        coordinator: Coordinator,
     ) -> Result<Rc<ShardState>, WalError> {
         let state = Rc::new(ShardState {
             partitions: RefCell::new(HashMap::new()),
@@ -186,7 +182,6 @@ impl ShardState {
             hot_uploaded_bytes: Cell::new(0),
             hot_cache_bytes: limits.hot_cache_bytes,
             stats,
-            coordinator,
             closing: Cell::new(false),
             on_fenced: RefCell::new(None),
             wal_broken: Cell::new(false),
@@ -377,11 +372,9 @@ impl ShardState {
                 .any(|p| p.next_offset > p.log_end())
     }
 
-    /// Every partition's offsets and the committed offsets of the groups this slot
-    /// coordinates (at most `limit` of each), for the metrics endpoint.
-    pub fn offsets(&self, limit: usize) -> crate::metrics::OffsetsSnapshot {
-        let partitions = self
-            .partitions
+    /// Every partition's offsets (at most `limit`), for the metrics endpoint.
+    pub fn offsets(&self, limit: usize) -> Vec<crate::metrics::PartitionOffsets> {
+        self.partitions
             .borrow()
             .iter()
             .take(limit)
@@ -392,12 +385,7 @@ impl ShardState {
                 log_end: p.next_offset,
                 high_watermark: p.log_end(),
             })
-            .collect();
-        let committed = self.coordinator.all_committed(limit);
-        crate::metrics::OffsetsSnapshot {
-            partitions,
-            committed,
-        }
+            .collect()
     }
 
     /// The bytes each of `keys` holds (see [`Partition::stored_bytes`]); 0 for a partition no

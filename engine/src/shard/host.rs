@@ -36,9 +36,16 @@ pub struct SlotEnv {
     pub slots: u32,
 }
 
+/// A slot this shard serves: its partitions and the consumer groups it coordinates (whose
+/// committed offsets live in those partitions).
+pub struct Slot {
+    pub partitions: Rc<ShardState>,
+    pub coordinator: Rc<Coordinator>,
+}
+
 pub struct SlotHost {
     pub shard: usize,
-    slots: RefCell<HashMap<u32, Rc<ShardState>>>,
+    slots: RefCell<HashMap<u32, Rc<Slot>>>,
     busy: RefCell<HashSet<u32>>,
     env: SlotEnv,
     /// A spare ring is being written.
@@ -112,20 +119,19 @@ impl SlotHost {
         &self.env.stats
     }
 
-    pub fn get(&self, slot: u32) -> Option<Rc<ShardState>> {
+    pub fn get(&self, slot: u32) -> Option<Rc<Slot>> {
         self.slots.borrow().get(&slot).cloned()
     }
 
-    pub fn all(&self) -> Vec<Rc<ShardState>> {
+    pub fn all(&self) -> Vec<Rc<Slot>> {
         self.slots.borrow().values().cloned().collect()
     }
 
     fn publish_offsets(&self, limit: usize) {
         let mut all = OffsetsSnapshot::default();
-        for state in self.all() {
-            let s = state.offsets(limit);
-            all.partitions.extend(s.partitions);
-            all.committed.extend(s.committed);
+        for slot in self.all() {
+            all.partitions.extend(slot.partitions.offsets(limit));
+            all.committed.extend(slot.coordinator.all_committed(limit));
         }
         all.partitions.truncate(limit);
         all.committed.truncate(limit);
@@ -149,14 +155,14 @@ impl SlotHost {
                 return;
             }
             ShardOp::DropTopic(id) => {
-                for state in self.all() {
-                    state.drop_topic(*id);
+                for slot in self.all() {
+                    slot.partitions.drop_topic(*id);
                 }
                 return;
             }
             ShardOp::TopicChanged(topic) => {
-                for state in self.all() {
-                    state.topic_changed(topic.clone());
+                for slot in self.all() {
+                    slot.partitions.topic_changed(topic.clone());
                 }
                 return;
             }
@@ -209,17 +215,26 @@ impl SlotHost {
                     if host
                         .get(slot)
                         .zip(me.upgrade())
-                        .is_some_and(|(s, me)| Rc::ptr_eq(&s, &me))
+                        .is_some_and(|(s, me)| Rc::ptr_eq(&s.partitions, &me))
                     {
                         ringtail_shards::spawn_detached(async move { host.close(slot).await });
                     }
                 });
-                self.slots.borrow_mut().insert(slot, state.clone());
                 if let Some(wal) = state.wal_metrics() {
                     self.env.stats.wal.lock().unwrap().insert(slot, wal);
                 }
+                let coordinator = Rc::new(Coordinator::new(
+                    state.clone(),
+                    self.env.config.group_initial_rebalance_delay_ms,
+                    self.env.config.offsets_compact_records,
+                ));
+                self.start_groups(slot, &coordinator);
+                let served = Slot {
+                    partitions: state,
+                    coordinator,
+                };
+                self.slots.borrow_mut().insert(slot, Rc::new(served));
                 self.env.membership.opened(slot);
-                self.start_groups(slot, &state);
                 if self.env.membership.view.load().members.len() > 1 {
                     // A takeover may have used the spare: write the next one.
                     self.make_spare();
@@ -307,10 +322,6 @@ impl SlotHost {
                 retention_check_interval: env.config.retention_check_interval,
             },
             env.stats.clone(),
-            Coordinator::new(
-                env.config.group_initial_rebalance_delay_ms,
-                env.config.offsets_compact_records,
-            ),
         )
         .await
         .map_err(|e| e.to_string())
@@ -318,7 +329,7 @@ impl SlotHost {
 
     /// Group coordination of the slot: replay its committed offsets, and run the groups' clocks
     /// (session timeouts, rebalance deadlines) while the slot is open.
-    fn start_groups(&self, slot: u32, state: &Rc<ShardState>) {
+    fn start_groups(&self, slot: u32, coordinator: &Rc<Coordinator>) {
         let Some(offsets) = self.env.catalog.snapshot().by_name(OFFSETS_TOPIC).cloned() else {
             return;
         };
@@ -326,23 +337,23 @@ impl SlotHost {
             .filter(|&p| owner_shard(&offsets.name, p, self.env.slots as usize) == slot as usize)
             .collect();
         ringtail_shards::spawn_detached(crate::group::coordinator::load_offsets(
-            state.clone(),
+            coordinator.clone(),
             offsets.clone(),
             mine,
         ));
-        let clock = Rc::downgrade(state);
+        let clock = Rc::downgrade(coordinator);
         ringtail_shards::spawn_detached(async move {
-            while let Some(state) = clock.upgrade() {
-                if state.is_closing() {
+            while let Some(coordinator) = clock.upgrade() {
+                if coordinator.partitions.is_closing() {
                     return;
                 }
-                state.coordinator.tick();
+                coordinator.tick();
                 // In a task of its own: the clock keeps ticking while a compaction waits.
-                let (s, o) = (state.clone(), offsets.clone());
+                let (c, o) = (coordinator.clone(), offsets.clone());
                 ringtail_shards::spawn_detached(async move {
-                    crate::group::coordinator::compact_if_due(&s, &o).await
+                    crate::group::coordinator::compact_if_due(&c, &o).await
                 });
-                drop(state);
+                drop(coordinator);
                 ringtail_shards::sleep(GROUP_TICK).await;
             }
         });
@@ -356,8 +367,8 @@ impl SlotHost {
         if !self.busy.borrow_mut().insert(slot) {
             return;
         }
-        let state = self.slots.borrow_mut().remove(&slot);
-        if let Some(state) = state {
+        let served = self.slots.borrow_mut().remove(&slot);
+        if let Some(state) = served.map(|s| s.partitions.clone()) {
             let started = Instant::now();
             state.start_closing();
             let deadline = Instant::now() + CLOSE_FLUSH_MAX;
@@ -410,14 +421,15 @@ fn not_here(op: ShardOp) {
 
 /// Runs a message meant for one slot on that slot's state; the answer goes back on the
 /// message's channel once it is ready.
-fn on_slot(state: &Rc<ShardState>, op: ShardOp) {
+fn on_slot(slot: &Rc<Slot>, op: ShardOp) {
+    let state = &slot.partitions;
     match op {
         ShardOp::Produce(_, items, reply) => answer(reply, state.produce(items)),
         ShardOp::Fetch(_, items, reply) => answer(reply, state.fetch(items)),
         ShardOp::ListOffsets(_, items, reply) => answer(reply, state.list_offsets(items)),
         ShardOp::DeleteRecords(_, items, reply) => answer(reply, state.delete_records(items)),
         ShardOp::Watch(_, items, reply) => state.watch(items, reply),
-        ShardOp::Run(_, f) => f(state),
+        ShardOp::Run(_, f) => f(slot),
         ShardOp::Open(_)
         | ShardOp::Close(_)
         | ShardOp::MakeSpare

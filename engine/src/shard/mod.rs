@@ -18,7 +18,7 @@ use ringtail_shards::Mailboxes;
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, TopicMeta};
-use crate::cluster::membership::{Membership, View};
+use crate::cluster::membership::{Membership, SlotControl, View};
 use crate::config::Config;
 use crate::metrics::ShardStats;
 use crate::partition::items::{
@@ -26,7 +26,7 @@ use crate::partition::items::{
     PartitionKey, ProduceItem, ProduceOutcome,
 };
 use crate::partition::store::ShardState;
-use crate::shard::host::SlotHost;
+use crate::shard::host::{Slot, SlotHost};
 
 /// The shard that owns a partition: deterministic, stable across restarts (by topic name), and
 /// spreading a topic's partitions round-robin over the shards.
@@ -40,7 +40,7 @@ pub fn owner_shard(topic_name: &str, partition: i32, shards: usize) -> usize {
 }
 
 /// Work to run on a particular shard.
-pub type OnShard = Box<dyn FnOnce(&Rc<ShardState>) + Send>;
+pub type OnShard = Box<dyn FnOnce(&Rc<Slot>) + Send>;
 
 /// Work for a shard: most of it for one slot the shard hosts (the first field).
 pub enum ShardOp {
@@ -71,6 +71,44 @@ impl ShardOp {
             ShardOp::TopicChanged(t) => ShardOp::TopicChanged(t.clone()),
             _ => unreachable!("only topic changes are broadcast"),
         }
+    }
+}
+
+/// The membership runner's hold on the shards: its requests become [`ShardOp`]s queued in the
+/// mailbox of the shard hosting the slot (a slot lives on shard `slot % shards`).
+pub struct ShardSlots {
+    pub mailboxes: Mailboxes<ShardOp>,
+    pub shards: usize,
+}
+
+impl ShardSlots {
+    fn queue(&self, shard: usize, op: ShardOp) -> bool {
+        futures::executor::block_on(self.mailboxes.send(shard, op)).is_ok()
+    }
+
+    /// Queues a message for every shard (a gone shard is skipped: the process is stopping).
+    fn broadcast(&self, op: impl Fn() -> ShardOp) {
+        for shard in 0..self.shards {
+            self.queue(shard, op());
+        }
+    }
+}
+
+impl SlotControl for ShardSlots {
+    fn open(&self, slot: u32) -> bool {
+        self.queue(slot as usize % self.shards, ShardOp::Open(slot))
+    }
+    fn close(&self, slot: u32) -> bool {
+        self.queue(slot as usize % self.shards, ShardOp::Close(slot))
+    }
+    fn make_spares(&self) {
+        self.broadcast(|| ShardOp::MakeSpare);
+    }
+    fn drop_topic(&self, id: Uuid) {
+        self.broadcast(|| ShardOp::DropTopic(id));
+    }
+    fn topic_changed(&self, topic: Arc<TopicMeta>) {
+        self.broadcast(|| ShardOp::TopicChanged(topic.clone()));
     }
 }
 
@@ -138,7 +176,7 @@ impl Broker {
             if route.shard == self.shard {
                 match self.host.get(route.slot) {
                     // Starts now (offsets are assigned in arrival order); finishes below.
-                    Some(state) => local_done.push((positions, local(&state, items))),
+                    Some(slot) => local_done.push((positions, local(&slot.partitions, items))),
                     None => {
                         for pos in positions {
                             out[pos] = Some(O::error(not_leader));
@@ -194,7 +232,7 @@ impl Broker {
             let (tx, rx) = oneshot::channel();
             if route.shard == self.shard {
                 match self.host.get(route.slot) {
-                    Some(state) => state.watch(items, tx),
+                    Some(slot) => slot.partitions.watch(items, tx),
                     // Not served here: the fetch re-reads at once and answers the error.
                     None => drop(tx),
                 }
@@ -220,17 +258,17 @@ impl Broker {
     pub async fn on_slot<T: Send + 'static>(
         &self,
         route: Route,
-        f: impl FnOnce(Rc<ShardState>) -> futures::future::LocalBoxFuture<'static, T> + Send + 'static,
+        f: impl FnOnce(Rc<Slot>) -> futures::future::LocalBoxFuture<'static, T> + Send + 'static,
     ) -> Option<T> {
         if route.shard == self.shard {
-            let state = self.host.get(route.slot)?;
-            return Some(f(state).await);
+            let slot = self.host.get(route.slot)?;
+            return Some(f(slot).await);
         }
         let (tx, rx) = oneshot::channel();
         let op = ShardOp::Run(
             route.slot,
-            Box::new(move |state: &Rc<ShardState>| {
-                let done = f(state.clone());
+            Box::new(move |slot: &Rc<Slot>| {
+                let done = f(slot.clone());
                 ringtail_shards::spawn_detached(async move {
                     let _ = tx.send(done.await);
                 });
