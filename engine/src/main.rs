@@ -228,7 +228,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let shard_accepting = accepting.clone();
     let follow = store.as_ref().map(|_| catalog.clone());
     let fetch_sessions = Arc::new(std::sync::Mutex::new(
-        ringtail_engine::api::fetch_sessions::FetchSessions::new(config.fetch_session_cache_slots),
+        ringtail_engine::partition::fetch_sessions::FetchSessions::new(
+            config.fetch_session_cache_slots,
+        ),
     ));
     let runtime = Runtime::start(&runtime_config, move |ctx: ShardContext<ShardOp>| {
         let env = SlotEnv {
@@ -429,7 +431,7 @@ async fn shard_main(
                 Ok(stream) => ringtail_engine::conn::serve::accepted(&broker, &admission, stream),
                 Err(e) => {
                     // Out of file descriptors, this repeats every 10 ms: rate limited.
-                    if ringtail_engine::conn::admission::may_log(&broker.stats) {
+                    if ringtail_engine::metrics::client_log::may_log(&broker.stats) {
                         tracing::warn!(shard = ctx.id, error = %e, "accept failed");
                     }
                     ringtail_shards::sleep(std::time::Duration::from_millis(10)).await;

@@ -8,7 +8,7 @@ use kafka_protocol::ResponseError;
 use ringtail_netio::fetch::{FetchPartition, FetchResponseParts, FetchTopic};
 use ringtail_netio::request::Header;
 
-use crate::api::fetch_sessions::{PartitionRef, Plan, Seen, Want};
+use crate::partition::fetch_sessions::{PartitionRef, Plan, Seen, Want};
 use crate::partition::items::{ErrorOutcome, FetchItem, FetchOutcome, PartitionKey, LEADER_EPOCH};
 use crate::shard::{Broker, Route, ShardOp};
 
@@ -59,7 +59,7 @@ fn requested(request: &FetchRequest) -> (Vec<(PartitionRef, Want)>, Vec<Partitio
 }
 
 /// The response keeps each partition's batches as the stored buffers; the connection sends
-/// them with one vectored write. Fetch sessions (KIP-227): see [`crate::api::fetch_sessions`].
+/// them with one vectored write. Fetch sessions (KIP-227): see [`crate::partition::fetch_sessions`].
 pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> FetchResponseParts {
     let by_id = header.api_version >= 13;
     let (named, forgotten) = requested(&request);

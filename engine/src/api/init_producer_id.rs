@@ -18,7 +18,7 @@ pub async fn handle(broker: &Broker, request: InitProducerIdRequest) -> InitProd
     };
     if request.transactional_id.is_some() {
         // A client may ask again and again: the shard's budget of client-caused lines.
-        if crate::conn::admission::may_log(&broker.stats) {
+        if crate::metrics::client_log::may_log(&broker.stats) {
             tracing::warn!(
                 "InitProducerId for a transactional producer: transactions are not supported"
             );

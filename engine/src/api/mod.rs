@@ -9,7 +9,6 @@ mod delete_records;
 mod describe_topic_partitions;
 mod error_codes;
 mod fetch;
-pub mod fetch_sessions;
 mod groups;
 mod init_producer_id;
 mod list_offsets;

@@ -20,7 +20,8 @@ use ringtail_netio::request::{decode_body, decode_header, Body, Header};
 use ringtail_shards::net::TcpStream;
 
 use crate::api::{self, Reply};
-use crate::conn::admission::{may_log, Admission, Permit, Refused};
+use crate::conn::admission::{Admission, Permit, Refused};
+use crate::metrics::client_log::may_log;
 use crate::metrics::ShardStats;
 use crate::shard::Broker;
 

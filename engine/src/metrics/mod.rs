@@ -9,6 +9,8 @@
 //! recovered and accepts connections, and 503 before that, once shutdown began, and while a
 //! slot's uploads fail with a permanent store error (the body says which and why).
 
+pub mod client_log;
+
 use std::fmt::Write;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};

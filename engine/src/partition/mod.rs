@@ -2,6 +2,7 @@
 //! (`store`), the in-memory index of a partition's batches (`log`), and idempotent producer
 //! state (`producers`).
 
+pub mod fetch_sessions;
 pub mod items;
 pub mod log;
 pub mod producers;

@@ -136,7 +136,7 @@ pub struct Broker {
     pub producer_ids: Option<Arc<crate::cluster::producer_ids::ProducerIds>>,
     /// The broker's incremental fetch sessions, shared by its shards: a client that reconnects
     /// to another shard keeps its session.
-    pub fetch_sessions: Arc<std::sync::Mutex<crate::api::fetch_sessions::FetchSessions>>,
+    pub fetch_sessions: Arc<std::sync::Mutex<crate::partition::fetch_sessions::FetchSessions>>,
 }
 
 impl Broker {
