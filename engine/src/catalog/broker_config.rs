@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::catalog::topic_config::AlterOp;
+use crate::catalog::topic_config::{apply_ops, AlterOp};
 
 /// How a dynamic broker config's value is checked (Kafka's `ConfigDef.Type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,50 +130,12 @@ pub fn apply_incremental(
     current: &BTreeMap<String, String>,
     ops: &[(String, AlterOp, Option<String>)],
 ) -> Result<BTreeMap<String, String>, String> {
-    let mut seen = std::collections::HashSet::new();
-    let mut next = current.clone();
-    for (name, op, value) in ops {
-        if !seen.insert(name) {
-            return Err(format!("config {name:?} appears twice"));
-        }
-        let value = || {
-            value
-                .clone()
-                .ok_or_else(|| format!("config {name:?} has no value"))
-        };
-        match op {
-            AlterOp::Set => {
-                next.insert(name.clone(), value()?);
-            }
-            AlterOp::Delete => {
-                next.remove(name);
-            }
-            AlterOp::Append | AlterOp::Subtract => {
-                let Some((_, Kind::List, default)) = DYNAMIC.iter().find(|(d, ..)| d == name)
-                else {
-                    return Err(format!(
-                        "{name:?} is not a dynamic list config: APPEND/SUBTRACT do not apply"
-                    ));
-                };
-                let effective = next.get(name).map_or(default.unwrap_or(""), |v| v.as_str());
-                let mut items: Vec<String> = effective
-                    .split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect();
-                for item in value()?.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                    if *op == AlterOp::Append {
-                        if !items.iter().any(|i| i == item) {
-                            items.push(item.to_string());
-                        }
-                    } else {
-                        items.retain(|i| i != item);
-                    }
-                }
-                next.insert(name.clone(), items.join(","));
-            }
-        }
-    }
+    let next = apply_ops(current, ops, |name| {
+        DYNAMIC
+            .iter()
+            .find(|(n, kind, _)| *n == name && *kind == Kind::List)
+            .map(|(.., default)| default.unwrap_or(""))
+    })?;
     validate(&next)?;
     Ok(next)
 }

@@ -230,15 +230,37 @@ pub fn apply_incremental(
     current: &BTreeMap<String, String>,
     ops: &[(String, AlterOp, Option<String>)],
 ) -> Result<BTreeMap<String, String>, String> {
+    if let Some((name, ..)) = ops
+        .iter()
+        .find(|(n, ..)| !KNOWN.iter().any(|(k, ..)| k == n))
+    {
+        return Err(format!("unknown topic config {name:?}"));
+    }
+    let next = apply_ops(current, ops, |name| {
+        LIST_CONFIGS
+            .contains(&name)
+            .then(|| KNOWN.iter().find(|(n, ..)| *n == name).map(|(_, d, _)| *d))
+            .flatten()
+    })?;
+    TopicConfig::from_map(&next)?;
+    Ok(next)
+}
+
+/// IncrementalAlterConfigs operations applied in order to a set of configs (a topic's or a
+/// broker's), not yet validated. `list_default(name)` is the default of a list config, which
+/// APPEND and SUBTRACT start from when it is not set; None for other configs. A config named
+/// twice, an operation without its value or APPEND/SUBTRACT on a non-list config fail.
+pub fn apply_ops(
+    current: &BTreeMap<String, String>,
+    ops: &[(String, AlterOp, Option<String>)],
+    list_default: impl Fn(&str) -> Option<&'static str>,
+) -> Result<BTreeMap<String, String>, String> {
     let mut seen = std::collections::HashSet::new();
     let mut next = current.clone();
     for (name, op, value) in ops {
         if !seen.insert(name) {
             return Err(format!("config {name:?} appears twice"));
         }
-        let Some((_, default, _)) = KNOWN.iter().find(|(n, _, _)| n == name) else {
-            return Err(format!("unknown topic config {name:?}"));
-        };
         let value = || {
             value
                 .clone()
@@ -252,12 +274,12 @@ pub fn apply_incremental(
                 next.remove(name);
             }
             AlterOp::Append | AlterOp::Subtract => {
-                if !LIST_CONFIGS.contains(&name.as_str()) {
+                let Some(default) = list_default(name) else {
                     return Err(format!(
                         "{name:?} is not a list config: APPEND/SUBTRACT do not apply"
                     ));
-                }
-                let effective = next.get(name).map_or(*default, |v| v.as_str()).to_string();
+                };
+                let effective = next.get(name).map_or(default, |v| v.as_str());
                 let mut items: Vec<String> = effective
                     .split(',')
                     .map(|s| s.trim().to_string())
@@ -276,7 +298,6 @@ pub fn apply_incremental(
             }
         }
     }
-    TopicConfig::from_map(&next)?;
     Ok(next)
 }
 

@@ -1,9 +1,10 @@
-//! Per-shard partition state and the messages that reach it.
+//! The shard layer: where a partition lives ([`owner_shard`], [`Route`]), the messages between
+//! shards ([`ShardOp`]), and [`Broker`], what a connection's handlers see on their shard.
 //!
-//! A partition is owned by exactly one shard ([`owner_shard`]); its log and its waiters are only
-//! touched on that shard. A request that arrives on another shard reaches the owner as a
-//! [`ShardOp`] in its mailbox and gets its answer back on a oneshot channel; a request for a
-//! local partition calls [`ShardState`] directly. [`Broker::scatter`] does both, in order.
+//! A partition is owned by exactly one shard; its log and its waiters are only touched on that
+//! shard. A request that arrives on another shard reaches the owner as a [`ShardOp`] in its
+//! mailbox and gets its answer back on a oneshot channel; a request for a local partition calls
+//! the slot's state directly. [`Broker::scatter`] does both, in order.
 
 pub mod host;
 
