@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use hdrhistogram::Histogram;
 use kafka_protocol::records::Compression;
-use ringtail_engine::partition::store::READ_AHEAD_SPANS;
+use ringtail_engine::partition::reads::READ_AHEAD_SPANS;
 use ringtail_engine::tier::object_format::Span;
 use ringtail_engine::tier::span_cache::SpanCache;
 use ringtail_engine::tier::Tier;

@@ -6,4 +6,8 @@ pub mod fetch_sessions;
 pub mod items;
 pub mod log;
 pub mod producers;
+pub mod reads;
+pub mod recovery;
+pub mod retention;
+pub mod state;
 pub mod store;

@@ -6,9 +6,8 @@
 //! only then do the producers get their answers. The high watermark is the durable log end.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::ops::ControlFlow;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,107 +17,37 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use kafka_protocol::ResponseError;
 use ringtail_netio::header::BatchHeader;
-use ringtail_netio::records;
 use ringtail_wal::format::EntryMeta;
 use ringtail_wal::{Recovery, Wal, WalConfig, WalError};
 use uuid::Uuid;
 
-use crate::catalog::{Catalog, Snapshot, TopicMeta};
+use crate::catalog::{Catalog, TopicMeta};
 use crate::metrics::ShardStats;
 use crate::partition::items::{
-    now_ms, DeleteItem, DeleteOutcome, ErrorOutcome, FetchItem, FetchOutcome, ListItem,
-    ListOutcome, PartitionKey, ProduceItem, ProduceOutcome, LEADER_EPOCH,
+    now_ms, ErrorOutcome, FetchItem, FetchOutcome, ListItem, ListOutcome, PartitionKey,
+    ProduceItem, ProduceOutcome, LEADER_EPOCH,
 };
 use crate::partition::log::{MemLog, PartitionLog};
-use crate::partition::producers::{Check, Producers, Written};
+use crate::partition::producers::Check;
+use crate::partition::reads::{
+    cold_list_offset, empty_partition_fetch, list_offset, plan_fetch, plan_list, FetchPlan,
+    ListPlan,
+};
+use crate::partition::retention::{memory_retention_loop, upload_loop};
 use crate::tier::manifest::ProducerSnapshot;
 use crate::tier::object_format::Span;
 use crate::tier::span_cache::SpanCache;
-use crate::tier::{StreamKey, Tier};
+use crate::tier::Tier;
 
-type Waiter = Rc<RefCell<Option<oneshot::Sender<()>>>>;
-
+use crate::partition::state::{wake, Partition, Waiter};
 /// What the WAL keeps with each entry, and hands back once it is durable.
 #[derive(Clone)]
 pub struct WalTag {
-    key: PartitionKey,
-    header: BatchHeader,
-    bytes: Bytes,
+    pub(super) key: PartitionKey,
+    pub(super) header: BatchHeader,
+    pub(super) bytes: Bytes,
     /// A recovered batch that another owner's writes superseded: never served, free to trim.
-    superseded: bool,
-}
-
-struct Partition {
-    /// The batches in the WAL ring (not yet uploaded, or not yet evicted).
-    log: MemLog,
-    /// Offset the next produced record gets; ahead of the log end while writes are in flight.
-    next_offset: i64,
-    topic: Arc<TopicMeta>,
-    waiters: Vec<Waiter>,
-    /// Committed objects holding older batches: span base offset -> (object key, span).
-    cold: BTreeMap<i64, (Arc<str>, Span)>,
-    /// Offsets below this are in committed objects (0 without an object tier).
-    uploaded_end: i64,
-    /// Produces of `durability=object` topics waiting for an offset to be in a committed object.
-    upload_waiters: Vec<(i64, oneshot::Sender<()>)>,
-    /// Records below this were deleted (DeleteRecords, retention); committed to the manifest
-    /// when there is an object tier. It may fall inside a batch, as in Kafka.
-    deleted_below: i64,
-    /// DeleteRecords asked for this, waiting for the manifest commit.
-    delete_requested: i64,
-    /// DeleteRecords calls waiting for `deleted_below` to reach their offset.
-    delete_waiters: Vec<(i64, oneshot::Sender<()>)>,
-    /// Idempotent producers' recent batches (dedupe, ordering, fencing).
-    producers: Producers,
-    /// The highest log start reported (see [`Partition::log_start`]).
-    log_start_floor: Cell<i64>,
-}
-
-impl Partition {
-    /// The first offset held. Invariant: it never decreases while the broker runs — once an
-    /// offset was reported out of range it is never served again (asserted in debug builds;
-    /// `log_start_floor` holds it in release builds).
-    fn log_start(&self) -> i64 {
-        let hot = self.log.log_start_offset();
-        let stored = self.cold.keys().next().map_or(hot, |&cold| cold.min(hot));
-        let start = stored.max(self.deleted_below);
-        let floor = self.log_start_floor.get();
-        debug_assert!(
-            start >= floor,
-            "the log start of {}/{} went back from {floor} to {start}",
-            self.topic.name,
-            self.log.log_end_offset()
-        );
-        let start = start.max(floor);
-        self.log_start_floor.set(start);
-        start
-    }
-
-    /// Records below `offset` are gone: memory lets them go and the waiting deletes answer.
-    fn delete_below(&mut self, offset: i64) {
-        self.deleted_below = self.deleted_below.max(offset);
-        self.log.evict_below(self.deleted_below);
-        self.producers.trim(self.deleted_below);
-        let below = self.deleted_below;
-        for (_, tx) in self.delete_waiters.extract_if(.., |(o, _)| *o <= below) {
-            let _ = tx.send(());
-        }
-    }
-
-    fn log_end(&self) -> i64 {
-        self.log.log_end_offset().max(self.uploaded_end)
-    }
-
-    /// Bytes the partition holds: its spans in committed objects, plus what memory (the WAL)
-    /// holds that is not in them yet. Batches kept in memory after their upload (the hot-tail
-    /// cache) are counted once, as object bytes.
-    fn stored_bytes(&self) -> i64 {
-        self.cold
-            .values()
-            .map(|(_, s)| s.byte_len as i64)
-            .sum::<i64>()
-            + self.log.bytes_from(self.uploaded_end) as i64
-    }
+    pub(super) superseded: bool,
 }
 
 /// A shard's settings from the broker's configuration.
@@ -131,32 +60,32 @@ pub struct ShardLimits {
 
 /// The partitions this shard owns, and its WAL.
 pub struct ShardState {
-    partitions: RefCell<HashMap<PartitionKey, Partition>>,
-    wal: RefCell<Option<Wal<WalTag>>>,
+    pub(super) partitions: RefCell<HashMap<PartitionKey, Partition>>,
+    pub(super) wal: RefCell<Option<Wal<WalTag>>>,
     /// Long-polls on partitions that hold no data yet: woken by the shard's next durable write.
-    unborn_waiters: RefCell<Vec<Waiter>>,
-    last_full_warning: Cell<Option<Instant>>,
-    tier: Option<Rc<Tier>>,
-    span_cache: Rc<SpanCache>,
+    pub(super) unborn_waiters: RefCell<Vec<Waiter>>,
+    pub(super) last_full_warning: Cell<Option<Instant>>,
+    pub(super) tier: Option<Rc<Tier>>,
+    pub(super) span_cache: Rc<SpanCache>,
     /// Uploaded batches still in memory (the hot-tail cache), oldest first:
     /// (partition, last offset of the span, bytes).
-    hot_uploaded: RefCell<VecDeque<(PartitionKey, i64, u64)>>,
-    hot_uploaded_bytes: Cell<u64>,
-    hot_cache_bytes: u64,
+    pub(super) hot_uploaded: RefCell<VecDeque<(PartitionKey, i64, u64)>>,
+    pub(super) hot_uploaded_bytes: Cell<u64>,
+    pub(super) hot_cache_bytes: u64,
     pub stats: Arc<ShardStats>,
     /// Being handed over: no new writes.
-    closing: Cell<bool>,
+    pub(super) closing: Cell<bool>,
     /// A WAL write failed: the ring takes no more writes (see [`Self::wal_failed`]).
-    wal_broken: Cell<bool>,
+    pub(super) wal_broken: Cell<bool>,
     /// Called once if another broker takes the slot's manifest over (see [`Self::fenced`]).
-    on_fenced: RefCell<Option<Box<dyn FnOnce()>>>,
+    pub(super) on_fenced: RefCell<Option<Box<dyn FnOnce()>>>,
     /// The topics; data is deleted only for those its deletion records name.
-    catalog: Arc<Catalog>,
+    pub(super) catalog: Arc<Catalog>,
     /// Wakes the retention check early (no object tier: the WAL ring is full).
-    retention_kick: RefCell<Option<oneshot::Sender<()>>>,
+    pub(super) retention_kick: RefCell<Option<oneshot::Sender<()>>>,
 }
 
-fn add(counter: &AtomicU64, n: u64) {
+pub(super) fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
 
@@ -259,59 +188,13 @@ impl ShardState {
         }
     }
 
-    /// Partitions learn which committed objects hold their older batches, where their logs
-    /// start when older data was deleted, and their idempotent producers as of the last commit
-    /// (the WAL replay adds what followed).
-    fn load_committed(&self, tier: &Tier, snapshot: &Snapshot) -> Result<(), String> {
-        let mut parts = self.partitions.borrow_mut();
-        let parts = &mut *parts;
-        for start in tier.committed_log_starts() {
-            if let Some(p) = named_partition(parts, snapshot, start.topic_id, start.partition)? {
-                p.deleted_below = start.offset;
-                // Everything below is gone for good: the log continues at or after it.
-                p.uploaded_end = p.uploaded_end.max(start.offset);
-            }
-        }
-        for object in tier.committed_objects() {
-            let key: Arc<str> = object.key.as_str().into();
-            for span in object.spans {
-                if let Some(p) = named_partition(parts, snapshot, span.topic_id, span.partition)? {
-                    p.uploaded_end = p.uploaded_end.max(span.last_offset + 1);
-                    p.cold.insert(span.base_offset, (key.clone(), span));
-                }
-            }
-        }
-        for s in tier.committed_producers() {
-            if let Some(p) = named_partition(parts, snapshot, s.topic_id, s.partition)? {
-                let entry = p.producers.by_id.entry(s.producer_id).or_default();
-                entry.epoch = s.epoch;
-                // The snapshot also names batches that were only in the committing broker's WAL:
-                // those are in the bucket only below the uploaded end. Beyond it, this broker's
-                // own WAL replay adds them back (a restart); after a takeover they do not exist,
-                // and a producer's retry of one must be written anew, not waited for.
-                let uploaded_end = p.uploaded_end;
-                entry.recent = s
-                    .recent
-                    .into_iter()
-                    .filter(|&(_, _, base_offset)| base_offset < uploaded_end)
-                    .map(|(first_seq, last_seq, base_offset)| Written {
-                        first_seq,
-                        last_seq,
-                        base_offset,
-                    })
-                    .collect();
-            }
-        }
-        Ok(())
-    }
-
     /// What to do when another broker takes the slot's manifest over (the host closes it).
     /// A WAL write failed: the ring's tail is uncertain and it takes no more writes. Rather
     /// than keep the slot owned and read-only, the broker stops: `/ready` and
     /// `ringtail_wal_failed` say so at once, then SIGTERM runs the usual hand-over (everything
     /// durable is uploaded first, so nothing acknowledged is lost; producers get retriable
     /// errors meanwhile) and the process ends with exit code 1.
-    fn wal_failed(&self, reason: &str) {
+    pub(super) fn wal_failed(&self, reason: &str) {
         self.wal_broken.set(true);
         self.stats
             .wal_failure
@@ -336,7 +219,7 @@ impl ShardState {
     /// Another broker committed the slot's manifest: nothing more is committed here. Writes stop
     /// at once (answered NOT_LEADER_OR_FOLLOWER), writes waiting for an upload get errors, and
     /// the host lets the slot go.
-    fn fenced(&self) {
+    pub(super) fn fenced(&self) {
         self.start_closing();
         for p in self.partitions.borrow_mut().values_mut() {
             p.upload_waiters.clear();
@@ -399,7 +282,7 @@ impl ShardState {
 
     /// Every partition's idempotent producers, for the next manifest commit (those within the
     /// expiry window: [`Producers::snapshot`]); a large one is logged and counted.
-    fn producer_snapshot(&self) -> Vec<ProducerSnapshot> {
+    pub(super) fn producer_snapshot(&self) -> Vec<ProducerSnapshot> {
         let parts = self.partitions.borrow();
         let now = now_ms();
         let mut out = Vec::new();
@@ -437,23 +320,10 @@ impl ShardState {
         out
     }
 
-    /// After recovery: logs with only uploaded data continue at the uploaded end, recovered
-    /// batches already uploaded leave memory, and the rest queues for upload.
-    fn settle_recovered(&self) {
-        let mut parts = self.partitions.borrow_mut();
-        for p in parts.values_mut() {
-            if p.log.is_empty_log() && p.uploaded_end > 0 {
-                p.log.reset_to(p.uploaded_end);
-            }
-            p.log.evict_below(p.uploaded_end);
-            p.next_offset = p.log_end();
-        }
-    }
-
     /// An object is committed: its batches stay in memory while the hot-tail cache has room
     /// (oldest uploaded leave first), cold reads can find them in the object, and the WAL may
     /// trim behind them.
-    fn on_uploaded(&self, key: Arc<str>, spans: Vec<Span>) {
+    pub(super) fn on_uploaded(&self, key: Arc<str>, spans: Vec<Span>) {
         {
             let mut parts = self.partitions.borrow_mut();
             let mut hot = self.hot_uploaded.borrow_mut();
@@ -498,7 +368,7 @@ impl ShardState {
 
     /// A merge committed: cold reads of its offsets go to the merged object (its spans cover
     /// exactly the spans it replaced, partition by partition).
-    fn on_merged(&self, merged: crate::tier::Merged) {
+    pub(super) fn on_merged(&self, merged: crate::tier::Merged) {
         let key: Arc<str> = merged.key.as_str().into();
         let mut parts = self.partitions.borrow_mut();
         for span in merged.spans {
@@ -525,132 +395,6 @@ impl ShardState {
         }
     }
 
-    /// Appends recovered batches to their partitions; returns each live chunk's tags.
-    ///
-    /// With an object tier, a batch is kept only while it agrees with the bucket: a batch below
-    /// the uploaded end is skipped when an object of this broker's holds its offsets, and
-    /// counted as superseded when another owner's object does; a batch beyond it must continue
-    /// the log. Once one batch of a partition is superseded, the partition's later batches are
-    /// too (they followed it). A discontinuity with no other owner involved is damage: refuse.
-    fn rebuild(
-        &self,
-        r: &Recovery,
-        snapshot: &Snapshot,
-    ) -> Result<Vec<(ringtail_wal::scan::ChunkRef, Vec<WalTag>)>, String> {
-        let mut entries = r.entries.iter();
-        let mut live = Vec::with_capacity(r.chunks.len());
-        let mut parts = self.partitions.borrow_mut();
-        let me = self.tier.as_ref().map(|t| t.node);
-        let writers: HashMap<String, i32> = self
-            .tier
-            .as_ref()
-            .map(|t| {
-                t.committed_objects()
-                    .into_iter()
-                    .map(|o| (o.key, o.node))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let foreign = |key: &Arc<str>| writers.get(&**key).is_some_and(|&n| Some(n) != me);
-        // Partition -> (records superseded, first superseded offset).
-        let mut superseded: HashMap<PartitionKey, (u64, i64)> = HashMap::new();
-        for chunk in &r.chunks {
-            let mut tags = Vec::with_capacity(chunk.entry_count as usize);
-            for (h, payload) in entries.by_ref().take(chunk.entry_count as usize) {
-                let key = PartitionKey {
-                    topic_id: Uuid::from_bytes(h.meta.stream_id),
-                    partition: h.meta.stream_index,
-                };
-                let header =
-                    BatchHeader::parse(payload).map_err(|e| format!("entry {}: {e}", h.seq))?;
-                if header.base_offset != h.meta.base_offset
-                    || header.record_count != h.meta.record_count
-                {
-                    return Err(format!("entry {} disagrees with the batch it holds", h.seq));
-                }
-                let topic = known_topic(snapshot, &key, self.tier.is_none())?;
-                let mut is_superseded = false;
-                if let Some(topic) = topic {
-                    let p = parts.entry(key).or_insert_with(|| Partition::new(topic));
-                    let covering = p
-                        .cold
-                        .range(..=header.base_offset)
-                        .next_back()
-                        .filter(|(_, (_, span))| span.last_offset >= header.base_offset)
-                        .map(|(_, (object, _))| object.clone());
-                    let another_owner = covering.as_ref().is_some_and(&foreign)
-                        || (covering.is_none() && p.cold.values().any(|(o, _)| foreign(o)));
-                    let continues =
-                        p.log.is_empty_log() || header.base_offset == p.log.log_end_offset();
-                    let expected = if p.log.is_empty_log() {
-                        p.uploaded_end
-                    } else {
-                        p.log.log_end_offset()
-                    };
-                    if superseded.contains_key(&key)
-                        || (another_owner && header.base_offset != expected)
-                    {
-                        is_superseded = true;
-                        let s = superseded.entry(key).or_insert((0, header.base_offset));
-                        s.0 += header.record_count as u64;
-                    } else if header.last_offset() >= p.uploaded_end {
-                        // Batches already in committed objects stay there; the rest is the hot
-                        // log and still has to be uploaded.
-                        if !continues {
-                            return Err(format!(
-                                "partition {}/{}: recovered batch at offset {} does not follow the log end {}",
-                                p.topic.name,
-                                key.partition,
-                                header.base_offset,
-                                p.log.log_end_offset()
-                            ));
-                        }
-                        p.log.append(header, payload.clone());
-                        p.producers.record(
-                            header.producer_id,
-                            header.producer_epoch,
-                            header.base_sequence,
-                            header.record_count,
-                            header.base_offset,
-                        );
-                        if let Some(tier) = &self.tier {
-                            tier.add(
-                                *key.topic_id.as_bytes(),
-                                key.partition,
-                                header,
-                                payload.clone(),
-                            );
-                        }
-                    }
-                }
-                tags.push(WalTag {
-                    key,
-                    header,
-                    bytes: payload.clone(),
-                    superseded: is_superseded,
-                });
-            }
-            live.push((*chunk, tags));
-        }
-        for (key, (records, from)) in &superseded {
-            let topic = parts
-                .get(key)
-                .map(|p| p.topic.name.clone())
-                .unwrap_or_default();
-            tracing::warn!(
-                topic = %topic,
-                partition = key.partition,
-                records,
-                from_offset = from,
-                "records in this broker's WAL were superseded by another owner's writes and are \
-                 dropped: lost if they were acknowledged (durability=wal, not uploaded before \
-                 this broker stopped or paused)"
-            );
-            add(&self.stats.wal_superseded_records, *records);
-        }
-        Ok(live)
-    }
-
     /// Assigns offsets and queues the batches in the WAL now; the returned future resolves when
     /// they are durable (and visible).
     pub fn produce(
@@ -674,7 +418,7 @@ impl ShardState {
         }
     }
 
-    fn start_produce(&self, item: ProduceItem) -> Result<Started, ProduceOutcome> {
+    pub(super) fn start_produce(&self, item: ProduceItem) -> Result<Started, ProduceOutcome> {
         if self.closing.get() {
             return Err(ProduceOutcome::error(
                 ResponseError::NotLeaderOrFollower.code(),
@@ -801,7 +545,12 @@ impl ShardState {
         })
     }
 
-    fn append_error(&self, topic: &TopicMeta, partition: i32, e: WalError) -> ProduceOutcome {
+    pub(super) fn append_error(
+        &self,
+        topic: &TopicMeta,
+        partition: i32,
+        e: WalError,
+    ) -> ProduceOutcome {
         let code = match e {
             WalError::TooLarge(_) => ResponseError::MessageTooLarge.code(),
             _ => ResponseError::KafkaStorageError.code(),
@@ -820,7 +569,7 @@ impl ShardState {
         ProduceOutcome::error(code)
     }
 
-    async fn finish_produce(&self, s: Started) -> ProduceOutcome {
+    pub(super) async fn finish_produce(&self, s: Started) -> ProduceOutcome {
         let mut failed = false;
         for (t, producer_id, base_offset) in s.tickets {
             let ok = match t.await {
@@ -911,7 +660,7 @@ impl ShardState {
     }
 
     /// Durable batches become visible, in ring order.
-    fn on_durable(&self, tags: &[WalTag]) {
+    pub(super) fn on_durable(&self, tags: &[WalTag]) {
         let now = now_ms();
         {
             let mut parts = self.partitions.borrow_mut();
@@ -958,7 +707,7 @@ impl ShardState {
     }
 
     /// Frees WAL chunks whose every batch is gone from its partition (retention, deletion).
-    fn trim_wal(&self) {
+    pub(super) fn trim_wal(&self) {
         let parts = self.partitions.borrow();
         let snapshot = self.catalog.snapshot();
         if let Some(wal) = self.wal.borrow().as_ref() {
@@ -979,7 +728,7 @@ impl ShardState {
         }
     }
 
-    fn with_partition<T>(
+    pub(super) fn with_partition<T>(
         &self,
         key: PartitionKey,
         f: impl FnOnce(&mut Partition) -> T,
@@ -1121,7 +870,7 @@ impl ShardState {
 
     /// Without an object tier retention is what frees the WAL ring: a ring three quarters full
     /// (or refusing a write) has retention checked now rather than at the next interval.
-    fn kick_retention(&self) {
+    pub(super) fn kick_retention(&self) {
         if let Some(kick) = self.retention_kick.take() {
             let _ = kick.send(());
         }
@@ -1129,7 +878,7 @@ impl ShardState {
 
     /// Time and size retention without an object tier: memory (and the WAL) is the only copy,
     /// judged batch by batch; the new log starts are deletions like DeleteRecords'.
-    fn enforce_memory_retention(&self) {
+    pub(super) fn enforce_memory_retention(&self) {
         let now = now_ms();
         for p in self.partitions.borrow_mut().values_mut() {
             let start = p.log.retention_start(now, &p.topic.config);
@@ -1148,774 +897,21 @@ impl ShardState {
     }
 }
 
-/// The partition of a live topic that a manifest entry names, created if new; None for
-/// entries of deleted topics (the next deletion pass drops them).
-fn named_partition<'a>(
-    parts: &'a mut HashMap<PartitionKey, Partition>,
-    snapshot: &Snapshot,
-    topic_id: [u8; 16],
-    index: i32,
-) -> Result<Option<&'a mut Partition>, String> {
-    let pk = PartitionKey {
-        topic_id: Uuid::from_bytes(topic_id),
-        partition: index,
-    };
-    Ok(known_topic(snapshot, &pk, false)?
-        .map(|topic| parts.entry(pk).or_insert_with(|| Partition::new(topic))))
-}
-
-/// The topic of a partition that the slot's data names: None if the topic was deleted; an
-/// error if the catalog does not know it (or not that many partitions) and has no record of
-/// its deletion: the catalog is older than the data, and the slot must not open on it — its
-/// data would be neither served nor kept (issue 17: data of topics merely missing from a
-/// catalog was deleted). Without an object store (`local_catalog`) the broker's own catalog is
-/// the only one, no newer one can come, and (as before deletions were recorded) a topic it does
-/// not know was deleted.
-fn known_topic(
-    snapshot: &Snapshot,
-    key: &PartitionKey,
-    local_catalog: bool,
-) -> Result<Option<Arc<TopicMeta>>, String> {
-    match snapshot.by_id(&key.topic_id) {
-        Some(t) if key.partition < t.partitions => Ok(Some(t.clone())),
-        None if local_catalog || snapshot.was_deleted(&key.topic_id) => Ok(None),
-        _ => Err(format!(
-            "the slot holds data of topic id {} partition {}, which the topic catalog (generation \
-             {}) neither has nor records as deleted: waiting for a newer catalog",
-            key.topic_id, key.partition, snapshot.generation
-        )),
-    }
-}
-
-fn wake(waiters: impl Iterator<Item = Waiter>) {
-    for w in waiters {
-        if let Some(tx) = w.borrow_mut().take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
 /// Resolves once a WAL append is durable (or failed).
-type WalTicket = oneshot::Receiver<Result<(), WalError>>;
+pub(super) type WalTicket = oneshot::Receiver<Result<(), WalError>>;
 
-struct Started {
+pub(super) struct Started {
     /// Each batch's WAL ticket, with its producer id and base offset.
-    tickets: Vec<(WalTicket, i64, i64)>,
+    pub(super) tickets: Vec<(WalTicket, i64, i64)>,
     /// A duplicate answered with the original: (producer id, original base offset).
-    duplicate_of: Vec<(i64, i64)>,
+    pub(super) duplicate_of: Vec<(i64, i64)>,
     /// `durability=object`: resolves once the last offset is in a committed object.
-    uploaded: Option<oneshot::Receiver<()>>,
+    pub(super) uploaded: Option<oneshot::Receiver<()>>,
     /// Until when to wait for `uploaded` (see [`ProduceItem::upload_timeout`]).
-    upload_deadline: Option<Instant>,
-    base_offset: i64,
+    pub(super) upload_deadline: Option<Instant>,
+    pub(super) base_offset: i64,
     /// Answer only once the log is durable through here (covers duplicates' originals).
-    last_offset: i64,
-    log_append_time_ms: i64,
-    key: PartitionKey,
-}
-
-impl Partition {
-    fn new(topic: Arc<TopicMeta>) -> Partition {
-        Partition {
-            log: MemLog::new(),
-            next_offset: 0,
-            topic,
-            waiters: Vec::new(),
-            cold: BTreeMap::new(),
-            uploaded_end: 0,
-            upload_waiters: Vec::new(),
-            deleted_below: 0,
-            delete_requested: 0,
-            log_start_floor: Cell::new(0),
-            delete_waiters: Vec::new(),
-            producers: Producers::default(),
-        }
-    }
-}
-
-enum ListPlan {
-    Ready(ListOutcome),
-    Cold {
-        key: Arc<str>,
-        span: Span,
-        target: i64,
-        want_max: bool,
-    },
-}
-
-fn plan_list(p: &Partition, timestamp: i64) -> ListPlan {
-    let hot_start = p.log.log_start_offset();
-    let cold_before_hot = || {
-        p.cold
-            .values()
-            .filter(|(_, s)| s.base_offset < hot_start && s.last_offset >= p.deleted_below)
-    };
-    match timestamp {
-        -1 => ListPlan::Ready(ListOutcome {
-            error: 0,
-            offset: p.log_end(),
-            timestamp: -1,
-        }),
-        -2 | -4 => ListPlan::Ready(ListOutcome {
-            error: 0,
-            offset: p.log_start(),
-            timestamp: -1,
-        }),
-        -3 => {
-            // The span holding the largest timestamp, if it beats the in-memory log's.
-            let hot_max = p
-                .log
-                .batch_with_max_timestamp()
-                .and_then(|b| BatchHeader::parse(&b).ok())
-                .map(|h| h.max_timestamp);
-            let cold = cold_before_hot()
-                .max_by_key(|(_, s)| (s.max_timestamp, std::cmp::Reverse(s.base_offset)));
-            match cold {
-                Some((key, span)) if hot_max.is_none_or(|h| span.max_timestamp > h) => {
-                    ListPlan::Cold {
-                        key: key.clone(),
-                        span: span.clone(),
-                        target: span.max_timestamp,
-                        want_max: true,
-                    }
-                }
-                _ => ListPlan::Ready(list_offset(&p.log, -3)),
-            }
-        }
-        t if t >= 0 => match cold_before_hot().find(|(_, s)| s.max_timestamp >= t) {
-            Some((key, span)) => ListPlan::Cold {
-                key: key.clone(),
-                span: span.clone(),
-                target: t,
-                want_max: false,
-            },
-            None => ListPlan::Ready(list_offset(&p.log, t)),
-        },
-        _ => ListPlan::Ready(list_offset(&p.log, timestamp)),
-    }
-}
-
-/// Reads a span and finds the first record at or after `target` (or with the span's largest
-/// timestamp) in it.
-async fn cold_list_offset(
-    store: &dyn ringtail_objstore::ObjectStore,
-    key: &str,
-    span: &Span,
-    target: i64,
-    want_max: bool,
-) -> ListOutcome {
-    let range = span.byte_start..span.byte_start + span.byte_len;
-    let bytes = match store.get(key, Some(range)).await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(%key, error = %e, "cold offset lookup failed");
-            return ListOutcome::error(ResponseError::KafkaStorageError.code());
-        }
-    };
-    let mut at = 0usize;
-    while at < bytes.len() {
-        let Ok(h) = BatchHeader::parse(&bytes[at..]) else {
-            break;
-        };
-        let size = h.size_bytes();
-        if at + size > bytes.len() {
-            break;
-        }
-        let hit = if want_max {
-            h.max_timestamp == target
-        } else {
-            h.max_timestamp >= target
-        };
-        if hit {
-            return first_record_at_or_after(&bytes.slice(at..at + size), target, want_max);
-        }
-        at += size;
-    }
-    ListOutcome {
-        error: 0,
-        offset: -1,
-        timestamp: -1,
-    }
-}
-
-enum FetchPlan {
-    Ready(FetchOutcome),
-    Cold(ColdRead),
-}
-
-/// Spans read ahead of a consumer replaying from objects, so that GETs overlap with the
-/// consumer's fetches (measured in `benches/objects.rs`: 4 beat 2 by 1.2x on SeaweedFS), and
-/// at most this many bytes of them beyond the first, so cold consumers do not crowd each other
-/// out of the span cache.
-pub const READ_AHEAD_SPANS: usize = 4;
-pub const READ_AHEAD_BYTES: u64 = 8 << 20;
-
-/// A read of one partition's span in one committed object.
-struct ColdRead {
-    key: Arc<str>,
-    span: Span,
-    /// The partition's next spans, to read ahead.
-    ahead: Vec<(Arc<str>, Span)>,
-    offset: i64,
-    max_bytes: usize,
-    first_batch_always: bool,
-    high_watermark: i64,
-    log_start_offset: i64,
-}
-
-fn plan_fetch(p: &Partition, item: &FetchItem) -> FetchPlan {
-    let (start, end) = (p.log_start(), p.log_end());
-    let out_of_range = FetchOutcome {
-        error: ResponseError::OffsetOutOfRange.code(),
-        high_watermark: end,
-        log_start_offset: start,
-        batches: Vec::new(),
-    };
-    if item.offset < start || item.offset > end {
-        return FetchPlan::Ready(out_of_range);
-    }
-    if item.offset >= p.log.log_start_offset() {
-        return FetchPlan::Ready(
-            match p
-                .log
-                .read(item.offset, item.max_bytes, item.first_batch_always)
-            {
-                Ok(batches) => FetchOutcome {
-                    error: 0,
-                    high_watermark: end,
-                    log_start_offset: start,
-                    batches,
-                },
-                Err(_) => out_of_range,
-            },
-        );
-    }
-    match p.cold.range(..=item.offset).next_back() {
-        Some((_, (key, span))) if item.offset <= span.last_offset => FetchPlan::Cold(ColdRead {
-            key: key.clone(),
-            span: span.clone(),
-            ahead: p
-                .cold
-                .range(span.base_offset + 1..)
-                .map(|(_, s)| s)
-                .take_while(|(_, s)| s.base_offset < p.log.log_start_offset())
-                .take(READ_AHEAD_SPANS)
-                .scan(0u64, |bytes, (key, s)| {
-                    let first = *bytes == 0;
-                    *bytes += s.byte_len;
-                    (first || *bytes <= READ_AHEAD_BYTES).then(|| (key.clone(), s.clone()))
-                })
-                .collect(),
-            offset: item.offset,
-            max_bytes: item.max_bytes,
-            first_batch_always: item.first_batch_always,
-            high_watermark: end,
-            log_start_offset: start,
-        }),
-        _ => FetchPlan::Ready(out_of_range),
-    }
-}
-
-impl ColdRead {
-    async fn read(
-        self,
-        store: &dyn ringtail_objstore::ObjectStore,
-        cache: &Rc<SpanCache>,
-    ) -> FetchOutcome {
-        let bytes = match cache.get(store, &self.key, &self.span).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(key = %self.key, error = %e, "cold read failed");
-                return FetchOutcome::error(ResponseError::KafkaStorageError.code());
-            }
-        };
-        let mut batches = Vec::new();
-        let mut taken = 0usize;
-        let mut at = 0usize;
-        while at < bytes.len() {
-            let Ok(h) = BatchHeader::parse(&bytes[at..]) else {
-                break;
-            };
-            let size = h.size_bytes();
-            if at + size > bytes.len() {
-                tracing::error!(key = %self.key, at, "object span ends inside a batch");
-                break;
-            }
-            if h.last_offset() >= self.offset {
-                let fits = taken + size <= self.max_bytes;
-                if !(fits || batches.is_empty() && self.first_batch_always) {
-                    break;
-                }
-                taken += size;
-                batches.push(bytes.slice(at..at + size));
-                if !fits {
-                    break;
-                }
-            }
-            at += size;
-        }
-        FetchOutcome {
-            error: 0,
-            high_watermark: self.high_watermark,
-            log_start_offset: self.log_start_offset,
-            batches,
-        }
-    }
-}
-
-/// How often a shard applies DeleteRecords and topic deletions to its committed objects (time
-/// and size retention run at their own interval, `log.retention.check.interval.ms`).
-const DELETION_INTERVAL: Duration = Duration::from_secs(1);
-/// How often a shard retries deleting garbage whose delete failed.
-const GARBAGE_RETRY_INTERVAL: Duration = Duration::from_secs(60);
-
-/// Whether `retention.bytes` drops a partition's oldest span (`span_bytes` of the `total` it
-/// holds): Kafka's rule for segments, only if what stays still holds at least `retention_bytes`
-/// (a merged span holds up to 32 MiB: dropping it whenever the partition is one byte over
-/// would cut the log far below the limit). Negative: no limit.
-fn drops_for_bytes(total: i64, span_bytes: i64, retention_bytes: i64) -> bool {
-    retention_bytes >= 0 && total - span_bytes >= retention_bytes
-}
-
-/// What one retention pass deletes.
-#[derive(Default)]
-struct Deletion {
-    /// (partition, span base offset) of the spans to drop.
-    spans: HashSet<(PartitionKey, i64)>,
-    /// New log starts: DeleteRecords' offsets, and the ends of the spans retention drops.
-    starts: HashMap<StreamKey, i64>,
-    live: HashSet<PartitionKey>,
-    /// The catalog as the pass began: data of partitions not live is dropped only when it
-    /// records their topic's deletion.
-    catalog: Arc<Snapshot>,
-}
-
-impl Deletion {
-    /// Whether the pass may forget everything of partition `key`: its topic was deleted.
-    fn forgets(&self, key: &PartitionKey) -> bool {
-        !self.live.contains(key) && self.catalog.was_deleted(&key.topic_id)
-    }
-}
-
-impl ShardState {
-    /// Spans to drop: those below a DeleteRecords offset, and, when retention is checked
-    /// (`retention`), the oldest ones beyond `retention.ms` (judged by the span's largest
-    /// timestamp, as Kafka judges a segment) or `retention.bytes` (counting the in-memory log
-    /// too). Only committed spans are judged: the active tail, not yet in an object, stays
-    /// whatever its timestamps; an idle partition whose every span expired is emptied, as Kafka
-    /// rolls and deletes an expired active segment.
-    fn plan_deletion(&self, retention: bool) -> Deletion {
-        let now = now_ms();
-        let parts = self.partitions.borrow();
-        let mut d = Deletion {
-            live: parts.keys().copied().collect(),
-            catalog: self.catalog.snapshot(),
-            ..Deletion::default()
-        };
-        for (key, p) in parts.iter() {
-            let cfg = &p.topic.config;
-            let below = p.deleted_below.max(p.delete_requested);
-            let mut start = below;
-            let mut total = p.stored_bytes();
-            for (&base, (_, span)) in &p.cold {
-                let deleted = span.last_offset < below;
-                let old = cfg.retention_ms >= 0 && now - span.max_timestamp > cfg.retention_ms;
-                let over = drops_for_bytes(total, span.byte_len as i64, cfg.retention_bytes);
-                if !(deleted || (retention && (old || over))) {
-                    break;
-                }
-                total -= span.byte_len as i64;
-                d.spans.insert((*key, base));
-                start = start.max(span.last_offset + 1);
-            }
-            if start > p.deleted_below {
-                d.starts
-                    .insert((*key.topic_id.as_bytes(), key.partition), start);
-            }
-        }
-        d
-    }
-
-    /// Applies retention and DeleteRecords to the objects: one manifest commit forgets the
-    /// dropped spans and records the new log starts, objects nobody references are deleted, and
-    /// only then do the partitions' log starts move up and waiting DeleteRecords answer.
-    async fn enforce_deletion(self: &Rc<Self>, tier: &Tier, retention: bool) {
-        let d = self.plan_deletion(retention);
-        let drop = |s: &Span| {
-            let key = PartitionKey {
-                topic_id: Uuid::from_bytes(s.topic_id),
-                partition: s.partition,
-            };
-            d.forgets(&key) || d.spans.contains(&(key, s.base_offset))
-        };
-        let live = |k: &StreamKey| {
-            !d.forgets(&PartitionKey {
-                topic_id: Uuid::from_bytes(k.0),
-                partition: k.1,
-            })
-        };
-        let Ok((dropped, starts)) = tier.delete_data(drop, &d.starts, live).await else {
-            return;
-        };
-        {
-            let mut parts = self.partitions.borrow_mut();
-            for span in dropped {
-                let key = PartitionKey {
-                    topic_id: Uuid::from_bytes(span.topic_id),
-                    partition: span.partition,
-                };
-                if let Some(p) = parts.get_mut(&key) {
-                    p.cold.remove(&span.base_offset);
-                }
-            }
-            for p in parts.values_mut() {
-                p.producers.expire(now_ms());
-            }
-            for ((topic_id, partition), offset) in starts {
-                let key = PartitionKey {
-                    topic_id: Uuid::from_bytes(topic_id),
-                    partition,
-                };
-                if let Some(p) = parts.get_mut(&key) {
-                    p.delete_below(offset);
-                }
-            }
-        }
-        self.trim_wal();
-    }
-
-    /// DeleteRecords: answers once the new log start is committed (at once without an object
-    /// tier, where it holds until restart). `offset` -1 means the high watermark.
-    pub fn delete_records(
-        self: &Rc<Self>,
-        items: Vec<DeleteItem>,
-    ) -> impl Future<Output = Vec<DeleteOutcome>> + 'static {
-        let mut waits = Vec::with_capacity(items.len());
-        {
-            let mut parts = self.partitions.borrow_mut();
-            for item in items {
-                let Some(p) = parts.get_mut(&item.key) else {
-                    // Never produced to: only offset 0 (or -1, the high watermark) is in range.
-                    let ok = item.offset == 0 || item.offset == -1;
-                    waits.push(Err(DeleteOutcome {
-                        error: if ok {
-                            0
-                        } else {
-                            ResponseError::OffsetOutOfRange.code()
-                        },
-                        low_watermark: if ok { 0 } else { -1 },
-                    }));
-                    continue;
-                };
-                let end = p.log_end();
-                let offset = if item.offset == -1 { end } else { item.offset };
-                if offset < 0 || offset > end {
-                    waits.push(Err(DeleteOutcome {
-                        error: ResponseError::OffsetOutOfRange.code(),
-                        low_watermark: -1,
-                    }));
-                    continue;
-                }
-                if offset <= p.log_start() {
-                    waits.push(Err(DeleteOutcome {
-                        error: 0,
-                        low_watermark: p.log_start(),
-                    }));
-                    continue;
-                }
-                match &self.tier {
-                    None => {
-                        p.delete_below(offset);
-                        waits.push(Err(DeleteOutcome {
-                            error: 0,
-                            low_watermark: p.log_start(),
-                        }));
-                    }
-                    Some(tier) => {
-                        let (tx, rx) = oneshot::channel();
-                        p.delete_requested = p.delete_requested.max(offset);
-                        p.delete_waiters.push((offset, tx));
-                        tier.request_deletion();
-                        waits.push(Ok((item.key, rx)));
-                    }
-                }
-            }
-        }
-        if self.tier.is_none() {
-            self.trim_wal();
-        }
-        let weak = Rc::downgrade(self);
-        async move {
-            let mut out = Vec::with_capacity(waits.len());
-            for w in waits {
-                out.push(match w {
-                    Err(done) => done,
-                    Ok((key, rx)) => match rx.await {
-                        Ok(()) => DeleteOutcome {
-                            error: 0,
-                            low_watermark: weak
-                                .upgrade()
-                                .and_then(|s| s.with_partition(key, |p| p.log_start()))
-                                .unwrap_or(-1),
-                        },
-                        // Fenced, or the topic was deleted meanwhile.
-                        Err(_) => DeleteOutcome {
-                            error: ResponseError::KafkaStorageError.code(),
-                            low_watermark: -1,
-                        },
-                    },
-                });
-            }
-            out
-        }
-    }
-}
-
-/// Checks time and size retention while the shard lives (no object tier): at start (a WAL
-/// replay brings back batches an earlier check dropped but the ring had not trimmed), every
-/// `interval`, and early when the ring fills up (see [`ShardState::kick_retention`]), at most
-/// once per [`RETENTION_KICK_GAP`].
-async fn memory_retention_loop(weak: Weak<ShardState>, interval: Duration) {
-    loop {
-        match weak.upgrade() {
-            Some(state) => state.enforce_memory_retention(),
-            None => return,
-        }
-        ringtail_shards::sleep(RETENTION_KICK_GAP).await;
-        let (tx, rx) = oneshot::channel();
-        match weak.upgrade() {
-            Some(state) => *state.retention_kick.borrow_mut() = Some(tx),
-            None => return,
-        }
-        let _ = ringtail_shards::timeout(interval.saturating_sub(RETENTION_KICK_GAP), rx).await;
-    }
-}
-
-/// Least time between two retention checks that a filling ring asks for.
-const RETENTION_KICK_GAP: Duration = Duration::from_millis(100);
-
-/// Seals and uploads objects while the shard lives.
-async fn upload_loop(weak: Weak<ShardState>, tick: Duration, retention_check: Duration) {
-    let mut last_retention = Instant::now();
-    let mut last_retention_check = Instant::now();
-    let mut last_gc: Option<Instant> = None;
-    let mut last_merge = Instant::now();
-    loop {
-        let requested = weak
-            .upgrade()
-            .and_then(|s| s.tier.as_ref().map(|t| t.seal_requested()));
-        match requested {
-            // A waiting producer wakes the loop at once (the bound is the tick).
-            Some(rx) => {
-                let _ = ringtail_shards::timeout(tick, rx).await;
-            }
-            None => return,
-        }
-        let Some(state) = weak.upgrade() else { return };
-        if let Some(tier) = state.tier.clone() {
-            let check = last_retention_check.elapsed() >= retention_check;
-            if check
-                || last_retention.elapsed() >= DELETION_INTERVAL
-                || tier.take_deletion_request()
-            {
-                last_retention = Instant::now();
-                if check {
-                    last_retention_check = last_retention;
-                }
-                tier.busy.set(true);
-                state.enforce_deletion(&tier, check).await;
-                tier.busy.set(false);
-            }
-            if last_gc.is_none_or(|t| t.elapsed() >= GARBAGE_RETRY_INTERVAL) {
-                let sweep = last_gc.is_none();
-                last_gc = Some(Instant::now());
-                tier.busy.set(true);
-                tier.collect_garbage(sweep).await;
-                tier.busy.set(false);
-            }
-        }
-        let Some(tier) = state.tier.clone() else {
-            return;
-        };
-        if tier.is_fenced() {
-            state.fenced();
-            return;
-        }
-        tier.delete_retired().await;
-        // Seal first, then merge: on a tick with nothing to upload, at most one merge per
-        // interval; when merging is behind, after every upload too (steady durability=object
-        // traffic asks for an upload on every produce, so it never leaves such a tick).
-        let sealed = tier.seal_if_due();
-        let nothing_sealed = sealed.is_none();
-        if let Some(sealed) = sealed {
-            drop(state);
-            let key: Arc<str> = sealed.key.as_str().into();
-            tier.busy.set(true);
-            let producers = weak
-                .upgrade()
-                .map(|s| s.producer_snapshot())
-                .unwrap_or_default();
-            let uploaded = tier.upload(sealed, producers).await;
-            tier.busy.set(false);
-            match uploaded {
-                Ok(spans) => {
-                    if let Some(state) = weak.upgrade() {
-                        state.on_uploaded(key, spans);
-                    }
-                }
-                // Kept by the tier and retried after the deletion passes meanwhile.
-                Err(crate::tier::manifest::CommitError::TooLarge { .. }) => {}
-                Err(_) => {
-                    if let Some(state) = weak.upgrade() {
-                        state.fenced();
-                    }
-                    return;
-                }
-            }
-        } else {
-            drop(state);
-        }
-        let due = if tier.merge_behind() {
-            last_merge.elapsed() >= crate::tier::merge::MERGE_BACKLOG_INTERVAL
-        } else {
-            nothing_sealed && last_merge.elapsed() >= crate::tier::merge::MERGE_INTERVAL
-        };
-        if due {
-            last_merge = Instant::now();
-            tier.busy.set(true);
-            let merged = tier.merge().await;
-            tier.busy.set(false);
-            match merged {
-                Ok(Some(m)) => {
-                    if let Some(state) = weak.upgrade() {
-                        state.on_merged(m);
-                    }
-                }
-                Ok(None) => {}
-                Err(_) => {
-                    if let Some(state) = weak.upgrade() {
-                        state.fenced();
-                    }
-                    return;
-                }
-            }
-        }
-    }
-}
-
-fn empty_partition_fetch(offset: i64) -> FetchOutcome {
-    if offset == 0 {
-        FetchOutcome {
-            error: 0,
-            high_watermark: 0,
-            log_start_offset: 0,
-            batches: Vec::new(),
-        }
-    } else {
-        FetchOutcome {
-            error: ResponseError::OffsetOutOfRange.code(),
-            high_watermark: 0,
-            log_start_offset: 0,
-            batches: Vec::new(),
-        }
-    }
-}
-fn list_offset(log: &dyn PartitionLog, timestamp: i64) -> ListOutcome {
-    let ok = |offset, timestamp| ListOutcome {
-        error: 0,
-        offset,
-        timestamp,
-    };
-    match timestamp {
-        -1 => ok(log.log_end_offset(), -1),
-        -2 | -4 => ok(log.log_start_offset(), -1),
-        -3 => match log.batch_with_max_timestamp() {
-            Some(batch) => first_record_at_or_after(&batch, i64::MIN, true),
-            None => ok(-1, -1),
-        },
-        t if t >= 0 => match log.batches_from_timestamp(t, 1).into_iter().next() {
-            Some(batch) => first_record_at_or_after(&batch, t, false),
-            None => ok(-1, -1),
-        },
-        _ => ListOutcome::error(ResponseError::InvalidRequest.code()),
-    }
-}
-
-/// Walks one batch's records as a stream (this is the ListOffsets path, never produce or
-/// fetch; a compressed batch is never expanded whole, and at most
-/// `DECOMPRESSED_BATCH_BYTES_MAX` of it is read) to find the first record with a timestamp
-/// >= `target`, or the first one with the batch's max timestamp.
-fn first_record_at_or_after(batch: &Bytes, target: i64, want_max: bool) -> ListOutcome {
-    let header = BatchHeader::parse(batch).expect("stored batches were validated");
-    if header.attributes & 0x08 != 0 {
-        // LogAppendTime: every record carries the batch's max timestamp.
-        return ListOutcome {
-            error: 0,
-            offset: header.base_offset,
-            timestamp: header.max_timestamp,
-        };
-    }
-    let target = if want_max {
-        header.max_timestamp
-    } else {
-        target
-    };
-    let mut found = None;
-    let walked = records::walk(batch, records::DECOMPRESSED_BATCH_BYTES_MAX, |r| {
-        let timestamp = header.base_timestamp.wrapping_add(r.timestamp_delta);
-        if timestamp >= target {
-            found = Some(ListOutcome {
-                error: 0,
-                offset: header.base_offset + r.offset_delta as i64,
-                timestamp,
-            });
-            return ControlFlow::Break(());
-        }
-        ControlFlow::Continue(())
-    });
-    match walked {
-        Ok(()) => found.unwrap_or(ListOutcome {
-            error: 0,
-            offset: header.base_offset,
-            timestamp: header.max_timestamp,
-        }),
-        Err(e) => {
-            tracing::error!(error = %e, base_offset = header.base_offset, "stored batch does not decode");
-            ListOutcome::error(ResponseError::CorruptMessage.code())
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::drops_for_bytes;
-
-    /// How many of `spans` (oldest first) retention.bytes drops, as `plan_deletion` walks them.
-    fn dropped(spans: &[i64], memory: i64, retention_bytes: i64) -> usize {
-        let mut total = spans.iter().sum::<i64>() + memory;
-        let mut n = 0;
-        for &len in spans {
-            if !drops_for_bytes(total, len, retention_bytes) {
-                break;
-            }
-            total -= len;
-            n += 1;
-        }
-        n
-    }
-
-    /// Kafka's rule: the oldest span goes only if what stays is still at least the limit.
-    #[test]
-    fn retention_bytes_keeps_at_least_the_limit() {
-        const MIB: i64 = 1 << 20;
-        // One byte over, the oldest a 32 MiB merged span: it stays (it used to go, leaving
-        // 1 MiB of a 33 MiB limit).
-        assert_eq!(dropped(&[32 * MIB, MIB], 1, 33 * MIB), 0);
-        // Exactly the limit left without it: it goes.
-        assert_eq!(dropped(&[32 * MIB, MIB], 0, MIB), 1);
-        // Small spans go one by one until the next would cut below the limit.
-        assert_eq!(dropped(&[1000; 10], 0, 7500), 2);
-        assert_eq!(dropped(&[1000; 10], 0, 0), 10);
-        assert_eq!(dropped(&[1000; 10], 0, -1), 0, "no limit");
-    }
+    pub(super) last_offset: i64,
+    pub(super) log_append_time_ms: i64,
+    pub(super) key: PartitionKey,
 }

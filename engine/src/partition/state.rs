@@ -1,0 +1,116 @@
+//! One partition as its slot holds it: its batches in memory, offsets, long-poll waiters,
+//! cold spans in objects, and its idempotent producers.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures::channel::oneshot;
+
+use crate::catalog::TopicMeta;
+use crate::partition::log::{MemLog, PartitionLog};
+use crate::partition::producers::Producers;
+use crate::tier::object_format::Span;
+
+pub(super) type Waiter = Rc<RefCell<Option<oneshot::Sender<()>>>>;
+
+pub(super) struct Partition {
+    /// The batches in the WAL ring (not yet uploaded, or not yet evicted).
+    pub(super) log: MemLog,
+    /// Offset the next produced record gets; ahead of the log end while writes are in flight.
+    pub(super) next_offset: i64,
+    pub(super) topic: Arc<TopicMeta>,
+    pub(super) waiters: Vec<Waiter>,
+    /// Committed objects holding older batches: span base offset -> (object key, span).
+    pub(super) cold: BTreeMap<i64, (Arc<str>, Span)>,
+    /// Offsets below this are in committed objects (0 without an object tier).
+    pub(super) uploaded_end: i64,
+    /// Produces of `durability=object` topics waiting for an offset to be in a committed object.
+    pub(super) upload_waiters: Vec<(i64, oneshot::Sender<()>)>,
+    /// Records below this were deleted (DeleteRecords, retention); committed to the manifest
+    /// when there is an object tier. It may fall inside a batch, as in Kafka.
+    pub(super) deleted_below: i64,
+    /// DeleteRecords asked for this, waiting for the manifest commit.
+    pub(super) delete_requested: i64,
+    /// DeleteRecords calls waiting for `deleted_below` to reach their offset.
+    pub(super) delete_waiters: Vec<(i64, oneshot::Sender<()>)>,
+    /// Idempotent producers' recent batches (dedupe, ordering, fencing).
+    pub(super) producers: Producers,
+    /// The highest log start reported (see [`Partition::log_start`]).
+    pub(super) log_start_floor: Cell<i64>,
+}
+
+impl Partition {
+    /// The first offset held. Invariant: it never decreases while the broker runs — once an
+    /// offset was reported out of range it is never served again (asserted in debug builds;
+    /// `log_start_floor` holds it in release builds).
+    pub(super) fn log_start(&self) -> i64 {
+        let hot = self.log.log_start_offset();
+        let stored = self.cold.keys().next().map_or(hot, |&cold| cold.min(hot));
+        let start = stored.max(self.deleted_below);
+        let floor = self.log_start_floor.get();
+        debug_assert!(
+            start >= floor,
+            "the log start of {}/{} went back from {floor} to {start}",
+            self.topic.name,
+            self.log.log_end_offset()
+        );
+        let start = start.max(floor);
+        self.log_start_floor.set(start);
+        start
+    }
+
+    /// Records below `offset` are gone: memory lets them go and the waiting deletes answer.
+    pub(super) fn delete_below(&mut self, offset: i64) {
+        self.deleted_below = self.deleted_below.max(offset);
+        self.log.evict_below(self.deleted_below);
+        self.producers.trim(self.deleted_below);
+        let below = self.deleted_below;
+        for (_, tx) in self.delete_waiters.extract_if(.., |(o, _)| *o <= below) {
+            let _ = tx.send(());
+        }
+    }
+
+    pub(super) fn log_end(&self) -> i64 {
+        self.log.log_end_offset().max(self.uploaded_end)
+    }
+
+    /// Bytes the partition holds: its spans in committed objects, plus what memory (the WAL)
+    /// holds that is not in them yet. Batches kept in memory after their upload (the hot-tail
+    /// cache) are counted once, as object bytes.
+    pub(super) fn stored_bytes(&self) -> i64 {
+        self.cold
+            .values()
+            .map(|(_, s)| s.byte_len as i64)
+            .sum::<i64>()
+            + self.log.bytes_from(self.uploaded_end) as i64
+    }
+}
+
+impl Partition {
+    pub(super) fn new(topic: Arc<TopicMeta>) -> Partition {
+        Partition {
+            log: MemLog::new(),
+            next_offset: 0,
+            topic,
+            waiters: Vec::new(),
+            cold: BTreeMap::new(),
+            uploaded_end: 0,
+            upload_waiters: Vec::new(),
+            deleted_below: 0,
+            delete_requested: 0,
+            log_start_floor: Cell::new(0),
+            delete_waiters: Vec::new(),
+            producers: Producers::default(),
+        }
+    }
+}
+
+pub(super) fn wake(waiters: impl Iterator<Item = Waiter>) {
+    for w in waiters {
+        if let Some(tx) = w.borrow_mut().take() {
+            let _ = tx.send(());
+        }
+    }
+}
