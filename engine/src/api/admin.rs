@@ -476,9 +476,13 @@ async fn alter_configs_of(
         let fail = |code: ResponseError, message: String| {
             (kind, name.clone(), code.code(), Some(text(message)))
         };
-        if let Err(message) = controller_only(broker) {
-            out.push(fail(ResponseError::NotController, message));
-            continue;
+        // Broker configs are altered on any broker, as clients send them (a node's own to that
+        // node): the catalog's compare-and-swap keeps a stale writer from overwriting anything.
+        if kind != RESOURCE_BROKER {
+            if let Err(message) = controller_only(broker) {
+                out.push(fail(ResponseError::NotController, message));
+                continue;
+            }
         }
         if duplicates.contains(&(kind, name.to_string())) {
             out.push(fail(
@@ -497,8 +501,15 @@ async fn alter_configs_of(
             }
             RESOURCE_TOPIC => {}
             RESOURCE_BROKER => {
+                let Ok(scope) = broker_config::scope(&name) else {
+                    out.push(fail(
+                        ResponseError::InvalidRequest,
+                        format!("broker id must be an integer or \"\" (the cluster default), not {name:?}"),
+                    ));
+                    continue;
+                };
                 out.push(
-                    match alter_broker_configs(broker, &name, &change, validate_only).await {
+                    match alter_broker_configs(broker, &scope, &change, validate_only).await {
                         Ok(()) => (kind, name, 0, None),
                         Err(e) => (
                             kind,
@@ -571,11 +582,10 @@ fn change_ops(
 /// node, kept in the catalog (see `broker_config`).
 async fn alter_broker_configs(
     broker: &Broker,
-    name: &str,
+    scope: &str,
     change: &Change,
     validate_only: bool,
 ) -> Result<(), CatalogError> {
-    let scope = broker_config::scope(name).map_err(CatalogError::InvalidConfig)?;
     let next = |current: &BTreeMap<String, String>| match change {
         Change::Replace(set) => Ok(set
             .iter()
@@ -585,10 +595,10 @@ async fn alter_broker_configs(
     };
     broker
         .catalog
-        .alter_broker_configs(&scope, next, validate_only)
+        .alter_broker_configs(scope, next, validate_only)
         .await?;
     if !validate_only {
-        tracing::info!(broker = %name, "altered dynamic broker configs (accepted; no effect in Ringtail)");
+        tracing::info!(broker = %scope, "altered dynamic broker configs (accepted; no effect in Ringtail)");
     }
     Ok(())
 }

@@ -18,8 +18,10 @@ use crate::catalog::topic_config::{apply_ops, AlterOp};
 /// How a dynamic broker config's value is checked (Kafka's `ConfigDef.Type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// An integer of at least this.
-    Int(i64),
+    /// A 32-bit integer of at least this (Kafka's INT).
+    Int(i32),
+    /// A 64-bit integer of at least this (Kafka's LONG).
+    Long(i64),
     Double,
     Text,
     /// Comma-separated; APPEND and SUBTRACT apply.
@@ -29,10 +31,10 @@ enum Kind {
 /// Every dynamic broker config Ringtail accepts: name, check, Kafka's default (None: null).
 const DYNAMIC: &[(&str, Kind, Option<&str>)] = &[
     ("background.threads", Kind::Int(1), Some("10")),
-    ("log.cleaner.backoff.ms", Kind::Int(0), Some("15000")),
+    ("log.cleaner.backoff.ms", Kind::Long(0), Some("15000")),
     (
         "log.cleaner.dedupe.buffer.size",
-        Kind::Int(0),
+        Kind::Long(0),
         Some("134217728"),
     ),
     (
@@ -58,7 +60,7 @@ const DYNAMIC: &[(&str, Kind, Option<&str>)] = &[
     ),
     (
         "sasl.kerberos.min.time.before.relogin",
-        Kind::Int(0),
+        Kind::Long(0),
         Some("60000"),
     ),
     (
@@ -111,13 +113,15 @@ pub fn validate(configs: &BTreeMap<String, String>) -> Result<(), String> {
     for (name, value) in configs {
         let (_, kind, _) = DYNAMIC.iter().find(|(d, ..)| d == name).expect("checked");
         let ok = match kind {
-            Kind::Int(min) => value.parse::<i64>().is_ok_and(|v| v >= *min),
-            Kind::Double => value.parse::<f64>().is_ok_and(|v| v.is_finite() || v > 0.0),
+            Kind::Int(min) => value.parse::<i32>().is_ok_and(|v| v >= *min),
+            Kind::Long(min) => value.parse::<i64>().is_ok_and(|v| v >= *min),
+            Kind::Double => value.parse::<f64>().is_ok_and(f64::is_finite),
             Kind::Text | Kind::List => true,
         };
         if !ok {
             return Err(match kind {
-                Kind::Int(min) => format!("{name}={value:?} must be an integer >= {min}"),
+                Kind::Int(min) => format!("{name}={value:?} must be a 32-bit integer >= {min}"),
+                Kind::Long(min) => format!("{name}={value:?} must be an integer >= {min}"),
                 _ => format!("{name}={value:?} must be a number"),
             });
         }
@@ -130,6 +134,15 @@ pub fn apply_incremental(
     current: &BTreeMap<String, String>,
     ops: &[(String, AlterOp, Option<String>)],
 ) -> Result<BTreeMap<String, String>, String> {
+    // Named up front, as for topics: a DELETE of a config that cannot be set is refused too.
+    let named: BTreeMap<String, String> = ops
+        .iter()
+        .map(|(n, ..)| (n.clone(), String::new()))
+        .filter(|(n, _)| !DYNAMIC.iter().any(|(d, ..)| d == n))
+        .collect();
+    if !named.is_empty() {
+        validate(&named)?;
+    }
     let next = apply_ops(current, ops, |name| {
         DYNAMIC
             .iter()
@@ -203,6 +216,15 @@ mod tests {
         assert!(e.contains("log.retention.ms, num.partitions"), "{e}");
         assert!(validate(&map(&[("num.io.threads", "0")])).is_err());
         assert!(validate(&map(&[("num.io.threads", "many")])).is_err());
+        assert!(
+            validate(&map(&[("num.io.threads", "99999999999")])).is_err(),
+            "an INT"
+        );
+        assert!(
+            validate(&map(&[("log.cleaner.backoff.ms", "99999999999")])).is_ok(),
+            "a LONG"
+        );
+        assert!(validate(&map(&[("log.cleaner.io.buffer.load.factor", "inf")])).is_err());
         assert!(validate(&map(&[("sasl.kerberos.ticket.renew.jitter", "NaN")])).is_err());
         assert!(validate(&map(&[("sasl.kerberos.ticket.renew.jitter", "x")])).is_err());
     }
@@ -243,6 +265,11 @@ mod tests {
         assert!(apply_incremental(
             &current,
             &[("num.partitions".into(), AlterOp::Set, Some("1".into()))]
+        )
+        .is_err());
+        assert!(apply_incremental(
+            &current,
+            &[("log.retention.ms".into(), AlterOp::Delete, None)]
         )
         .is_err());
         assert!(

@@ -329,3 +329,153 @@ pub(super) fn first_record_at_or_after(batch: &Bytes, target: i64, want_max: boo
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::topic_config::TopicConfig;
+    use crate::catalog::TopicMeta;
+    use crate::partition::items::PartitionKey;
+    use kafka_protocol::records::Compression;
+    use ringtail_netio::batch::{split_and_validate, testing};
+
+    /// A partition whose offsets 0..=49 (timestamps up to 1000) and 50..=99 (up to 2000) are in
+    /// committed objects and 100..110 (timestamp 3000) in memory.
+    fn partition() -> Partition {
+        let topic = Arc::new(TopicMeta {
+            name: "t".into(),
+            id: uuid::Uuid::new_v4(),
+            partitions: 1,
+            configs: Default::default(),
+            config: TopicConfig::default(),
+        });
+        let mut p = Partition::new(topic);
+        for (base, last, ts) in [(0, 49, 1000), (50, 99, 2000)] {
+            let span = Span {
+                topic_id: [0; 16],
+                partition: 0,
+                base_offset: base,
+                last_offset: last,
+                byte_start: 0,
+                byte_len: 1000,
+                max_timestamp: ts,
+            };
+            p.cold
+                .insert(base, (Arc::from(format!("object-{base}")), span));
+        }
+        p.uploaded_end = 100;
+        p.log.reset_to(100);
+        let values = (0..10).map(|_| Some(Bytes::from(vec![7u8; 100])));
+        let encoded = testing::encode(values, 3000, Compression::None);
+        for b in split_and_validate(encoded, 1 << 20).unwrap() {
+            let (header, bytes) = b.assign(p.log.log_end_offset(), 0);
+            p.log.append(header, bytes);
+        }
+        p.next_offset = p.log_end();
+        p
+    }
+
+    fn fetch(offset: i64) -> FetchItem {
+        let key = PartitionKey {
+            topic_id: uuid::Uuid::nil(),
+            partition: 0,
+        };
+        FetchItem {
+            key,
+            offset,
+            max_bytes: 1 << 20,
+            first_batch_always: true,
+        }
+    }
+
+    #[test]
+    fn fetches_are_answered_from_memory_from_objects_or_out_of_range() {
+        let p = partition();
+        assert_eq!((p.log_start(), p.log_end()), (0, 110));
+        match plan_fetch(&p, &fetch(105)) {
+            FetchPlan::Ready(o) => {
+                assert_eq!((o.error, o.high_watermark, o.batches.len()), (0, 110, 1))
+            }
+            FetchPlan::Cold(_) => panic!("offset 105 is in memory"),
+        }
+        match plan_fetch(&p, &fetch(60)) {
+            FetchPlan::Cold(c) => {
+                assert_eq!((c.span.base_offset, c.offset), (50, 60));
+                assert!(c.ahead.is_empty(), "no span after it below memory");
+            }
+            FetchPlan::Ready(_) => panic!("offset 60 is in an object"),
+        }
+        match plan_fetch(&p, &fetch(0)) {
+            FetchPlan::Cold(c) => {
+                assert_eq!(c.span.base_offset, 0);
+                assert_eq!(
+                    c.ahead
+                        .iter()
+                        .map(|(_, s)| s.base_offset)
+                        .collect::<Vec<_>>(),
+                    [50]
+                );
+            }
+            FetchPlan::Ready(_) => panic!("offset 0 is in an object"),
+        }
+        // At the end: an empty answer; beyond it or before the start: out of range.
+        match plan_fetch(&p, &fetch(110)) {
+            FetchPlan::Ready(o) => assert_eq!((o.error, o.batches.len()), (0, 0)),
+            FetchPlan::Cold(_) => panic!(),
+        }
+        let out_of_range = ResponseError::OffsetOutOfRange.code();
+        for offset in [111, -1] {
+            match plan_fetch(&p, &fetch(offset)) {
+                FetchPlan::Ready(o) => assert_eq!(o.error, out_of_range, "offset {offset}"),
+                FetchPlan::Cold(_) => panic!(),
+            }
+        }
+    }
+
+    #[test]
+    fn deleted_records_move_the_start_and_are_not_read_from_objects() {
+        let mut p = partition();
+        p.deleted_below = 70;
+        assert_eq!(p.log_start(), 70);
+        let out_of_range = ResponseError::OffsetOutOfRange.code();
+        match plan_fetch(&p, &fetch(10)) {
+            FetchPlan::Ready(o) => assert_eq!((o.error, o.log_start_offset), (out_of_range, 70)),
+            FetchPlan::Cold(_) => panic!("deleted records are not read"),
+        }
+        // A timestamp only the deleted span holds is looked up past it.
+        match plan_list(&p, 500) {
+            ListPlan::Cold { span, .. } => assert_eq!(span.base_offset, 50),
+            ListPlan::Ready(o) => panic!("expected the second object, got {o:?}"),
+        }
+    }
+
+    #[test]
+    fn list_offsets_by_timestamp_pick_the_first_span_that_reaches_it() {
+        let p = partition();
+        let ready = |plan| match plan {
+            ListPlan::Ready(o) => o,
+            ListPlan::Cold { .. } => panic!("expected an answer from memory"),
+        };
+        assert_eq!(ready(plan_list(&p, -1)).offset, 110, "latest");
+        assert_eq!(ready(plan_list(&p, -2)).offset, 0, "earliest");
+        match plan_list(&p, 1500) {
+            ListPlan::Cold {
+                span,
+                target,
+                want_max,
+                ..
+            } => {
+                assert_eq!((span.base_offset, target, want_max), (50, 1500, false))
+            }
+            ListPlan::Ready(_) => panic!("timestamp 1500 is in the second object"),
+        }
+        // Beyond every object: memory answers (the first batch there reaches 3000).
+        assert_eq!(ready(plan_list(&p, 2500)).offset, 100);
+        // Beyond everything: no offset.
+        assert_eq!(ready(plan_list(&p, 4000)).offset, -1);
+        // The largest timestamp lives in memory (the batch of records stamped from 3000 beats
+        // the objects' 2000).
+        let max = ready(plan_list(&p, -3));
+        assert!(max.offset >= 100 && max.timestamp >= 3000, "{max:?}");
+    }
+}

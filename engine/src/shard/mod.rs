@@ -64,17 +64,6 @@ pub enum ShardOp {
     MakeSpare,
 }
 
-impl ShardOp {
-    /// A copy of a message meant for every slot.
-    pub fn clone_broadcast(&self) -> ShardOp {
-        match self {
-            ShardOp::DropTopic(id) => ShardOp::DropTopic(*id),
-            ShardOp::TopicChanged(t) => ShardOp::TopicChanged(t.clone()),
-            _ => unreachable!("only topic changes are broadcast"),
-        }
-    }
-}
-
 /// The membership runner's hold on the shards: its requests become [`ShardOp`]s queued in the
 /// mailbox of the shard hosting the slot (a slot lives on shard `slot % shards`).
 pub struct ShardSlots {

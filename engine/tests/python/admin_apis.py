@@ -271,6 +271,12 @@ def cluster():
         time.sleep(0.2)
     print(f"leads {leads}", flush=True)
 
+    # A broker's own configs are altered on that broker, controller or not (clients send them
+    # there), and described there.
+    r = admin.alter_configs([broker_resource(other, {"num.io.threads": "5"})], incremental=True)
+    assert r == {"broker": {str(other): "OK"}}, r
+    assert broker_described(other)["num.io.threads"] == ("5", "DYNAMIC_BROKER_CONFIG", False)
+
 
 def broker_resource(node, configs=None):
     return ConfigResource(ConfigResourceType.BROKER, str(node), configs=configs)
@@ -292,10 +298,10 @@ def cluster_default():
     return {c.name: (c.value, c.config_source) for c in result.configs}
 
 
-def alter_cluster_default(ops):
-    """IncrementalAlterConfigs on the "" resource: ops is [(name, op, value)]."""
+def alter_cluster_default(ops, name=""):
+    """IncrementalAlterConfigs on the "" resource (or broker `name`): ops is [(name, op, value)]."""
     _Resource = IncrementalAlterConfigsRequest.AlterConfigsResource
-    r = send(IncrementalAlterConfigsRequest[0](resources=[_Resource(resource_type=4, resource_name="", configs=[
+    r = send(IncrementalAlterConfigsRequest[0](resources=[_Resource(resource_type=4, resource_name=name, configs=[
         _Resource.AlterableConfig(name=n, config_operation=op, value=v) for n, op, v in ops])], validate_only=False))
     [result] = r.responses
     return result.error_code, result.error_message
@@ -337,6 +343,10 @@ def broker_configs():
             r = admin.alter_configs([broker_resource(node, configs)], incremental=incremental,
                                     raise_on_unknown=False)
             assert r["broker"][str(node)].startswith("[Error 40] InvalidConfigurationError"), (configs, r)
+    code, message = alter_cluster_default([("num.io.threads", 0, "4")], name="broker-1")
+    assert code == INVALID_REQUEST and "broker id must be an integer" in message, (code, message)
+    code, message = alter_cluster_default([("log.retention.ms", 1, None)])
+    assert code == INVALID_CONFIG, (code, message)
     code, message = alter_cluster_default([("auto.create.topics.enable", 0, "false")])
     assert code == INVALID_CONFIG and "cannot update these broker configs dynamically: auto.create.topics.enable" in message, message
     r = admin.alter_configs([broker_resource(node, {"num.network.threads": "9"})], validate_only=True)
