@@ -36,13 +36,6 @@ fn topic() -> TopicName {
     TopicName(StrBytes::from_static_str("tail"))
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 fn produce(raw: &mut Raw, partition: i32, batch: Bytes) {
     let req = ProduceRequest::default()
         .with_acks(1)
@@ -209,7 +202,7 @@ fn throughput(record_bytes: usize, consumers: usize, mib_per_consumer: usize) {
     let value = Bytes::from(vec![42u8; record_bytes]);
     let batch = ringtail_netio::batch::testing::encode(
         (0..per_batch).map(|_| Some(value.clone())),
-        now_ms(),
+        ringtail_shards::now_ms(),
         Compression::None,
     )
     .freeze();
@@ -291,7 +284,7 @@ fn latency(rate: u64, seconds: u64) {
         v.resize(1024, 0);
         let batch = ringtail_netio::batch::testing::encode(
             [Some(Bytes::from(v))],
-            now_ms(),
+            ringtail_shards::now_ms(),
             Compression::None,
         )
         .freeze();

@@ -577,7 +577,7 @@ fn drain(config: &Config, node: i32, timeout: std::time::Duration) -> anyhow::Re
     retry_blocking("writing the drain request", || {
         store.put(
             &drain_key(node),
-            bytes::Bytes::from(format!("{}", ringtail_engine::partition::items::now_ms())),
+            bytes::Bytes::from(format!("{}", ringtail_shards::now_ms())),
             Condition::None,
         )
     })

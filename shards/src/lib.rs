@@ -33,6 +33,15 @@ pub type Task<T> = glommio::Task<T>;
 /// Bound on messages queued to one shard before senders wait.
 pub const MAILBOX_MESSAGES_MAX: usize = 1024;
 
+/// The wall clock in milliseconds since the Unix epoch (Kafka's timestamps); 0 if the clock
+/// reads before 1970.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// Spawns a future on the current shard.
 pub fn spawn<T: 'static>(future: impl Future<Output = T> + 'static) -> Task<T> {
     glommio::spawn_local(future)

@@ -64,7 +64,7 @@ pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> 
     let by_id = header.api_version >= 13;
     let (named, forgotten) = requested(&request);
     let (plan, fetch) = broker.fetch_sessions.lock().expect("not poisoned").begin(
-        crate::partition::items::now_ms() as u64,
+        ringtail_shards::now_ms() as u64,
         request.session_id,
         request.session_epoch,
         by_id,

@@ -32,8 +32,8 @@ use crate::group::coordinator::{
     COORDINATOR_NOT_AVAILABLE, INVALID_GROUP_ID, OFFSETS_TOPIC,
 };
 use crate::group::state::{JoinRequest, JoinResult, SyncResult, FENCED_INSTANCE_ID};
-use crate::partition::items::now_ms;
 use crate::shard::{Broker, Route};
+use ringtail_shards::now_ms;
 
 /// Longest committed-offset metadata string (Kafka's offset.metadata.max.bytes).
 const OFFSET_METADATA_BYTES_MAX: usize = 4096;

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use ringtail_shards::now_ms;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -638,13 +639,6 @@ impl Catalog {
 
 /// Attempts at writing the local catalog over a bucket that keeps changing, at start.
 const PUSH_RACES_MAX: u32 = 16;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 fn build(
     generation: u64,

@@ -21,8 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::TopicMeta;
 use crate::group::state::{Answer, Completed, Group, JoinRequest, JoinResult, SyncResult};
-use crate::partition::items::{now_ms, FetchItem, PartitionKey, ProduceItem};
+use crate::partition::items::{FetchItem, PartitionKey, ProduceItem};
 use crate::partition::store::ShardState;
+use ringtail_shards::now_ms;
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// How long an offset commit waits for its record to be durable as the offsets topic demands

@@ -12,10 +12,11 @@ use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
 use crate::catalog::Snapshot;
-use crate::partition::items::{now_ms, DeleteItem, DeleteOutcome, PartitionKey};
+use crate::partition::items::{DeleteItem, DeleteOutcome, PartitionKey};
 use crate::partition::store::ShardState;
 use crate::tier::object_format::Span;
 use crate::tier::{StreamKey, Tier};
+use ringtail_shards::now_ms;
 
 /// How often a shard applies DeleteRecords and topic deletions to its committed objects (time
 /// and size retention run at their own interval, `log.retention.check.interval.ms`).

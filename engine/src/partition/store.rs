@@ -24,8 +24,8 @@ use uuid::Uuid;
 use crate::catalog::{Catalog, TopicMeta};
 use crate::metrics::ShardStats;
 use crate::partition::items::{
-    now_ms, ErrorOutcome, FetchItem, FetchOutcome, ListItem, ListOutcome, PartitionKey,
-    ProduceItem, ProduceOutcome, LEADER_EPOCH,
+    ErrorOutcome, FetchItem, FetchOutcome, ListItem, ListOutcome, PartitionKey, ProduceItem,
+    ProduceOutcome, LEADER_EPOCH,
 };
 use crate::partition::log::{MemLog, PartitionLog};
 use crate::partition::producers::Check;
@@ -38,6 +38,7 @@ use crate::tier::manifest::ProducerSnapshot;
 use crate::tier::object_format::Span;
 use crate::tier::span_cache::SpanCache;
 use crate::tier::Tier;
+use ringtail_shards::now_ms;
 
 use crate::partition::state::{wake, Partition, Waiter};
 /// What the WAL keeps with each entry, and hands back once it is durable.
