@@ -226,11 +226,28 @@ impl ShardState {
     }
 }
 
+impl ShardState {
+    /// Starts what trims the slot while it lives: with an object tier the upload loop (which
+    /// also applies retention, DeleteRecords and deletions to objects), else the in-memory
+    /// retention loop.
+    pub(super) fn start_retention(self: &Rc<Self>, retention_check: Duration) {
+        let weak = Rc::downgrade(self);
+        match &self.tier {
+            Some(tier) => {
+                let tick =
+                    (tier.age_max / 2).clamp(Duration::from_millis(5), Duration::from_millis(100));
+                ringtail_shards::spawn_detached(upload_loop(weak, tick, retention_check));
+            }
+            None => ringtail_shards::spawn_detached(memory_retention_loop(weak, retention_check)),
+        }
+    }
+}
+
 /// Checks time and size retention while the shard lives (no object tier): at start (a WAL
 /// replay brings back batches an earlier check dropped but the ring had not trimmed), every
 /// `interval`, and early when the ring fills up (see [`ShardState::kick_retention`]), at most
 /// once per [`RETENTION_KICK_GAP`].
-pub(super) async fn memory_retention_loop(weak: Weak<ShardState>, interval: Duration) {
+async fn memory_retention_loop(weak: Weak<ShardState>, interval: Duration) {
     loop {
         match weak.upgrade() {
             Some(state) => state.enforce_memory_retention(),
@@ -250,7 +267,7 @@ pub(super) async fn memory_retention_loop(weak: Weak<ShardState>, interval: Dura
 pub(super) const RETENTION_KICK_GAP: Duration = Duration::from_millis(100);
 
 /// Seals and uploads objects while the shard lives.
-pub(super) async fn upload_loop(weak: Weak<ShardState>, tick: Duration, retention_check: Duration) {
+async fn upload_loop(weak: Weak<ShardState>, tick: Duration, retention_check: Duration) {
     let mut last_retention = Instant::now();
     let mut last_retention_check = Instant::now();
     let mut last_gc: Option<Instant> = None;

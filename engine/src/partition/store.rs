@@ -33,7 +33,6 @@ use crate::partition::reads::{
     cold_list_offset, empty_partition_fetch, list_offset, plan_fetch, plan_list, FetchPlan,
     ListPlan,
 };
-use crate::partition::retention::{memory_retention_loop, upload_loop};
 use crate::tier::manifest::ProducerSnapshot;
 use crate::tier::object_format::Span;
 use crate::tier::span_cache::SpanCache;
@@ -147,22 +146,7 @@ impl ShardState {
         *state.wal.borrow_mut() = Some(wal);
         state.settle_recovered();
         state.trim_wal();
-        let retention_check = limits.retention_check_interval;
-        match &state.tier {
-            Some(tier) => {
-                let tick =
-                    (tier.age_max / 2).clamp(Duration::from_millis(5), Duration::from_millis(100));
-                ringtail_shards::spawn_detached(upload_loop(
-                    Rc::downgrade(&state),
-                    tick,
-                    retention_check,
-                ));
-            }
-            None => ringtail_shards::spawn_detached(memory_retention_loop(
-                Rc::downgrade(&state),
-                retention_check,
-            )),
-        }
+        state.start_retention(limits.retention_check_interval);
         Ok(state)
     }
 
