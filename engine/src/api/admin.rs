@@ -23,8 +23,10 @@ use kafka_protocol::ResponseError;
 use ringtail_netio::request::Header;
 use uuid::Uuid;
 
-use crate::catalog::broker_config::{self, Described};
-use crate::catalog::topic_config::{apply_incremental, apply_replace, AlterOp, KNOWN};
+use crate::catalog::broker_config::{self, source, Described};
+use crate::catalog::topic_config::{
+    apply_incremental, apply_replace, replaced_set, AlterOp, KNOWN,
+};
 use crate::catalog::{CatalogError, TopicMeta};
 use crate::errors::catalog_error_code;
 use crate::shard::Broker;
@@ -337,9 +339,6 @@ pub async fn create_partitions(
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
-const SOURCE_TOPIC: i8 = 1;
-const SOURCE_STATIC_BROKER: i8 = 4;
-const SOURCE_DEFAULT: i8 = 5;
 
 pub fn describe_configs(
     broker: &Broker,
@@ -361,8 +360,8 @@ pub fn describe_configs(
                     Some(t) => topic_configs(t)
                         .into_iter()
                         .map(|(n, v, set)| {
-                            let source = if set { SOURCE_TOPIC } else { SOURCE_DEFAULT };
-                            (n, Some(v), source, false)
+                            let from = if set { source::TOPIC } else { source::DEFAULT };
+                            (n, Some(v), from, false)
                         })
                         .collect(),
                     None => {
@@ -444,7 +443,7 @@ fn broker_configs(
         ("default.replication.factor", "1".to_string()),
     ]
     .into_iter()
-    .map(|(n, v)| (n.to_string(), Some(v), SOURCE_STATIC_BROKER, true))
+    .map(|(n, v)| (n.to_string(), Some(v), source::STATIC_BROKER, true))
     .chain(dynamic)
     .collect()
 }
@@ -587,10 +586,7 @@ async fn alter_broker_configs(
     validate_only: bool,
 ) -> Result<(), CatalogError> {
     let next = |current: &BTreeMap<String, String>| match change {
-        Change::Replace(set) => Ok(set
-            .iter()
-            .filter_map(|(n, v)| Some((n.clone(), v.clone()?)))
-            .collect()),
+        Change::Replace(set) => Ok(replaced_set(set)),
         Change::Incremental(ops) => broker_config::apply_incremental(current, &change_ops(ops)?),
     };
     broker

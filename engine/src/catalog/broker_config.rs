@@ -95,13 +95,17 @@ pub fn scope(resource_name: &str) -> Result<String, String> {
     }
 }
 
-/// Checks a whole set of dynamic broker configs: every name dynamic, every value of its kind.
-pub fn validate(configs: &BTreeMap<String, String>) -> Result<(), String> {
-    let refused: Vec<&str> = configs
-        .keys()
-        .filter(|n| !DYNAMIC.iter().any(|(d, ..)| d == n))
-        .map(String::as_str)
-        .collect();
+/// The dynamic broker config `name`: its check and Kafka's default.
+fn dynamic(name: &str) -> Option<(Kind, Option<&'static str>)> {
+    DYNAMIC
+        .iter()
+        .find(|(n, ..)| *n == name)
+        .map(|(_, kind, default)| (*kind, *default))
+}
+
+/// Refuses, naming them all, the configs among `names` that cannot be set at run time.
+fn refuse_static<'a>(names: impl Iterator<Item = &'a str>) -> Result<(), String> {
+    let refused: Vec<&str> = names.filter(|n| dynamic(n).is_none()).collect();
     if !refused.is_empty() {
         return Err(format!(
             "cannot update these broker configs dynamically: {}. Ringtail's own broker settings \
@@ -110,11 +114,17 @@ pub fn validate(configs: &BTreeMap<String, String>) -> Result<(), String> {
             refused.join(", ")
         ));
     }
+    Ok(())
+}
+
+/// Checks a whole set of dynamic broker configs: every name dynamic, every value of its kind.
+pub fn validate(configs: &BTreeMap<String, String>) -> Result<(), String> {
+    refuse_static(configs.keys().map(String::as_str))?;
     for (name, value) in configs {
-        let (_, kind, _) = DYNAMIC.iter().find(|(d, ..)| d == name).expect("checked");
+        let (kind, _) = dynamic(name).expect("checked");
         let ok = match kind {
-            Kind::Int(min) => value.parse::<i32>().is_ok_and(|v| v >= *min),
-            Kind::Long(min) => value.parse::<i64>().is_ok_and(|v| v >= *min),
+            Kind::Int(min) => value.parse::<i32>().is_ok_and(|v| v >= min),
+            Kind::Long(min) => value.parse::<i64>().is_ok_and(|v| v >= min),
             Kind::Double => value.parse::<f64>().is_ok_and(f64::is_finite),
             Kind::Text | Kind::List => true,
         };
@@ -135,28 +145,23 @@ pub fn apply_incremental(
     ops: &[(String, AlterOp, Option<String>)],
 ) -> Result<BTreeMap<String, String>, String> {
     // Named up front, as for topics: a DELETE of a config that cannot be set is refused too.
-    let named: BTreeMap<String, String> = ops
-        .iter()
-        .map(|(n, ..)| (n.clone(), String::new()))
-        .filter(|(n, _)| !DYNAMIC.iter().any(|(d, ..)| d == n))
-        .collect();
-    if !named.is_empty() {
-        validate(&named)?;
-    }
-    let next = apply_ops(current, ops, |name| {
-        DYNAMIC
-            .iter()
-            .find(|(n, kind, _)| *n == name && *kind == Kind::List)
-            .map(|(.., default)| default.unwrap_or(""))
+    refuse_static(ops.iter().map(|(n, ..)| n.as_str()))?;
+    let next = apply_ops(current, ops, |name| match dynamic(name) {
+        Some((Kind::List, default)) => Some(default.unwrap_or("")),
+        _ => None,
     })?;
     validate(&next)?;
     Ok(next)
 }
 
-/// Where a described value comes from (Kafka's `ConfigSource`).
-pub const SOURCE_DYNAMIC_BROKER: i8 = 2;
-pub const SOURCE_DYNAMIC_DEFAULT_BROKER: i8 = 3;
-pub const SOURCE_DEFAULT: i8 = 5;
+/// Where a described value comes from (Kafka's `ConfigSource`), for topics and brokers.
+pub mod source {
+    pub const TOPIC: i8 = 1;
+    pub const DYNAMIC_BROKER: i8 = 2;
+    pub const DYNAMIC_DEFAULT_BROKER: i8 = 3;
+    pub const STATIC_BROKER: i8 = 4;
+    pub const DEFAULT: i8 = 5;
+}
 
 /// Which broker resource DescribeConfigs asked for.
 #[derive(Debug, Clone, Copy)]
@@ -177,12 +182,12 @@ pub fn describe(
     for (name, _, kafka_default) in DYNAMIC {
         let shared = default.and_then(|c| c.get(*name)).cloned();
         let entry = match resource {
-            Described::ClusterDefault => shared.map(|v| (Some(v), SOURCE_DYNAMIC_DEFAULT_BROKER)),
+            Described::ClusterDefault => shared.map(|v| (Some(v), source::DYNAMIC_DEFAULT_BROKER)),
             Described::Broker(own) => {
                 Some(match (own.and_then(|c| c.get(*name)).cloned(), shared) {
-                    (Some(v), _) => (Some(v), SOURCE_DYNAMIC_BROKER),
-                    (None, Some(v)) => (Some(v), SOURCE_DYNAMIC_DEFAULT_BROKER),
-                    (None, None) => (kafka_default.map(str::to_string), SOURCE_DEFAULT),
+                    (Some(v), _) => (Some(v), source::DYNAMIC_BROKER),
+                    (None, Some(v)) => (Some(v), source::DYNAMIC_DEFAULT_BROKER),
+                    (None, None) => (kafka_default.map(str::to_string), source::DEFAULT),
                 })
             }
         };
@@ -303,16 +308,16 @@ mod tests {
             (
                 "num.io.threads".into(),
                 Some("9".into()),
-                SOURCE_DYNAMIC_BROKER
+                source::DYNAMIC_BROKER
             )
         );
-        assert_eq!(get("background.threads").2, SOURCE_DYNAMIC_DEFAULT_BROKER);
+        assert_eq!(get("background.threads").2, source::DYNAMIC_DEFAULT_BROKER);
         assert_eq!(
             get("num.network.threads"),
             (
                 "num.network.threads".into(),
                 Some("3".into()),
-                SOURCE_DEFAULT
+                source::DEFAULT
             )
         );
         assert_eq!(get("sasl.kerberos.service.name").1, None);
@@ -321,6 +326,6 @@ mod tests {
         assert_eq!(cluster.len(), 2);
         assert!(cluster
             .iter()
-            .all(|(.., s)| *s == SOURCE_DYNAMIC_DEFAULT_BROKER));
+            .all(|(.., s)| *s == source::DYNAMIC_DEFAULT_BROKER));
     }
 }

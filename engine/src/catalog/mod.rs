@@ -226,13 +226,12 @@ impl Catalog {
             self.next_producer_id
                 .fetch_max(disk.next_producer_id, SeqCst);
         }
-        let mut snapshot = build(
+        self.snapshot.store(Arc::new(build(
             disk.generation,
             topics,
             disk.deleted.iter().map(|d| (d.id, d.clone())).collect(),
-        );
-        snapshot.broker_configs = disk.broker_configs.clone();
-        self.snapshot.store(Arc::new(snapshot));
+            disk.broker_configs.clone(),
+        )));
         Ok(())
     }
 
@@ -271,7 +270,7 @@ impl Catalog {
                              broker's has: writing the union as generation 1"
                         );
                         union.extend(ours);
-                        let next = build(1, union, HashMap::new());
+                        let next = build(1, union, HashMap::new(), BTreeMap::new());
                         match self.push_and_install(mirror, &next).await {
                             Err(CatalogError::Stale) => continue,
                             other => return other.map_err(|e| anyhow::anyhow!("{e}")),
@@ -412,8 +411,12 @@ impl Catalog {
         topics: Vec<Arc<TopicMeta>>,
         deleted: Option<DeletedTopic>,
     ) -> Result<(), CatalogError> {
-        let mut next = build(current.generation + 1, topics, current.deleted.clone());
-        next.broker_configs = current.broker_configs.clone();
+        let mut next = build(
+            current.generation + 1,
+            topics,
+            current.deleted.clone(),
+            current.broker_configs.clone(),
+        );
         if let Some(d) = deleted {
             next.deleted.insert(d.id, d);
         }
@@ -586,18 +589,19 @@ impl Catalog {
         if validate_only || unchanged {
             return Ok(());
         }
-        let mut next = build(
+        let mut broker_configs = current.broker_configs.clone();
+        if configs.is_empty() {
+            broker_configs.remove(scope);
+        } else {
+            broker_configs.insert(scope.to_string(), configs);
+        }
+        self.commit_next(build(
             current.generation + 1,
             current.topics(),
             current.deleted.clone(),
-        );
-        next.broker_configs = current.broker_configs.clone();
-        if configs.is_empty() {
-            next.broker_configs.remove(scope);
-        } else {
-            next.broker_configs.insert(scope.to_string(), configs);
-        }
-        self.commit_next(next).await
+            broker_configs,
+        ))
+        .await
     }
 
     /// A producer id never handed out before, on this broker or (through the catalog's copy in
@@ -644,10 +648,12 @@ fn build(
     generation: u64,
     topics: Vec<Arc<TopicMeta>>,
     deleted: HashMap<Uuid, DeletedTopic>,
+    broker_configs: BTreeMap<String, BTreeMap<String, String>>,
 ) -> Snapshot {
     let mut s = Snapshot {
         generation,
         deleted,
+        broker_configs,
         ..Snapshot::default()
     };
     for t in topics {

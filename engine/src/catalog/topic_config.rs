@@ -307,12 +307,18 @@ pub fn apply_ops(
 /// `test_AlterConfigs_simple` sends every described config back with the changed one appended
 /// (test 0092 was refused "appears twice" once `message.format.version` was described).
 pub fn apply_replace(ops: &[(String, Option<String>)]) -> Result<BTreeMap<String, String>, String> {
-    let next: BTreeMap<String, String> = ops
-        .iter()
-        .filter_map(|(name, value)| Some((name.clone(), value.clone()?)))
-        .collect();
+    let next = replaced_set(ops);
     TopicConfig::from_map(&next)?;
     Ok(next)
+}
+
+/// The set a legacy AlterConfigs names (a topic's or a broker's), read as Kafka fills a
+/// `Properties`: in order, so a config named twice takes its last value; one without a value is
+/// left out. Not validated.
+pub fn replaced_set(ops: &[(String, Option<String>)]) -> BTreeMap<String, String> {
+    ops.iter()
+        .filter_map(|(name, value)| Some((name.clone(), value.clone()?)))
+        .collect()
 }
 
 #[cfg(test)]
