@@ -293,10 +293,13 @@ impl<T: Clone + 'static> Wal<T> {
             })
             .collect();
         let trim_pos = chunks.front().map(|c| c.pos).unwrap_or(recovery.head);
-        let used_bytes = if chunks.is_empty() {
-            0
-        } else {
-            distance(trim_pos, recovery.head, ring_bytes)
+        // Live chunks from the trim position up to the head. The head back at the trim
+        // position with chunks live is a ring filled exactly to the byte (a write may take the
+        // last byte free), not an empty one: counting it 0 made the first trim underflow.
+        let used_bytes = match distance(trim_pos, recovery.head, ring_bytes) {
+            _ if chunks.is_empty() => 0,
+            0 => ring_bytes,
+            d => d,
         };
         let state = Rc::new(RefCell::new(State {
             pending: VecDeque::new(),
