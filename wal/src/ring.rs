@@ -719,3 +719,72 @@ fn injected_write_failure() -> Option<String> {
         .filter(|p| p.exists())
         .map(|p| format!("injected write failure (EIO) while {} exists", p.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{CHUNK_HEADER_LEN, ENTRY_HEADER_LEN};
+    use crate::scan::tests::{MemRing, BS};
+
+    /// A ring filled to the last byte (the head came back to the trim position) recovers as
+    /// full: its chunks are counted, trimming frees them one by one, and nothing underflows.
+    #[test]
+    fn a_ring_filled_to_the_byte_recovers_full_and_trims() {
+        let mut ring = MemRing::new(16 * BS);
+        ring.sb.chunk_bytes_max = BS as u32;
+        ring.write_superblock();
+        let one_block = BS - CHUNK_HEADER_LEN - ENTRY_HEADER_LEN;
+        for i in 0..14u8 {
+            ring.append(&[vec![i; one_block]]);
+        }
+        assert_eq!(
+            ring.head, ring.sb.trim_pos,
+            "14 one-block chunks fill the 14 data blocks"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("full.wal");
+        std::fs::write(&path, &ring.region).unwrap();
+        let config = WalConfig {
+            path: path.clone(),
+            region_bytes: ring.region.len() as u64,
+            chunk_bytes_max: BS as u32,
+            max_delay: Duration::ZERO,
+            sync: SyncMode::Fdatasync,
+        };
+        let recovery = recover(&path).unwrap();
+        assert_eq!((recovery.chunks.len(), recovery.head), (14, ring.head));
+        let used = ringtail_shards::block_on(1 << 20, move || async move {
+            let live = recovery
+                .chunks
+                .iter()
+                .map(|c| (*c, vec![c.first_seq]))
+                .collect();
+            let wal: Wal<u64> = Wal::open(&config, &recovery, live, |_: &[u64]| {})
+                .await
+                .unwrap();
+            let mut used = vec![wal.used_bytes()];
+            assert!(matches!(
+                wal.append(meta(), Bytes::from_static(b"x"), 0),
+                Err(WalError::Full { .. })
+            ));
+            wal.trim(|&seq| seq < 8); // the first 7 chunks (sequence numbers 1..=7)
+            used.push(wal.used_bytes());
+            wal.trim(|_| true);
+            used.push(wal.used_bytes());
+            used
+        })
+        .unwrap();
+        let bs = BS as u64;
+        assert_eq!(used, vec![14 * bs, 7 * bs, 0]);
+    }
+
+    fn meta() -> EntryMeta {
+        EntryMeta {
+            stream_id: [1; 16],
+            stream_index: 0,
+            base_offset: 0,
+            record_count: 1,
+            leader_epoch: 0,
+        }
+    }
+}
