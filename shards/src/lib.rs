@@ -18,9 +18,15 @@ use futures::channel::{mpsc, oneshot};
 use futures::SinkExt;
 
 pub mod memlock;
-pub mod stats;
-
 pub mod net;
+pub mod retry;
+pub mod scatter;
+pub mod stats;
+pub mod wait;
+
+pub use retry::Backoff;
+pub use scatter::scatter;
+pub use wait::{every, WaitList};
 
 /// Direct-I/O files of the shard runtime (O_DIRECT through io_uring).
 pub mod fs {
@@ -153,6 +159,35 @@ impl<M: Send + 'static> Mailboxes<M> {
             .send(message)
             .await
             .map_err(|_| ShardError::Gone(shard))
+    }
+
+    /// Request/reply: sends the message `make` builds around a reply channel to `shard` and
+    /// waits for the answer. `Gone` if the shard is gone or dropped the request unanswered.
+    pub async fn call<T>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(oneshot::Sender<T>) -> M,
+    ) -> Result<T, ShardError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(shard, make(tx)).await?;
+        rx.await.map_err(|_| ShardError::Gone(shard))
+    }
+
+    /// Queues the message `make` builds for every shard but `except` (a gone shard is skipped:
+    /// the process is stopping).
+    pub async fn broadcast(&self, except: Option<usize>, make: impl Fn() -> M) {
+        for shard in (0..self.senders.len()).filter(|&s| Some(s) != except) {
+            let _ = self.send(shard, make()).await;
+        }
+    }
+
+    /// Number of shards.
+    pub fn len(&self) -> usize {
+        self.senders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.senders.is_empty()
     }
 }
 
