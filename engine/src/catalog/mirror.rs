@@ -38,7 +38,7 @@ impl CatalogMirror {
             Some(etag) => Condition::IfMatch(etag),
             None => Condition::IfNoneMatch,
         };
-        let mut attempt = 1;
+        let mut backoff = catalog_backoff();
         loop {
             match self
                 .store
@@ -59,10 +59,9 @@ impl CatalogMirror {
                     }
                     return Err(StoreError::PreconditionFailed(why));
                 }
-                Err(e) if e.is_retryable() && attempt < ATTEMPTS_MAX => {
-                    tracing::warn!(error = %e, attempt, "catalog write failed; retrying");
-                    ringtail_shards::pause(backoff(attempt)).await;
-                    attempt += 1;
+                Err(e) if e.is_retryable() && backoff.may_retry() => {
+                    tracing::warn!(error = %e, "catalog write failed; retrying");
+                    backoff.wait().await;
                 }
                 Err(e) => return Err(e),
             }
@@ -89,13 +88,12 @@ impl CatalogMirror {
 
     /// The bucket's catalog, if any (start-up; retryable errors are retried).
     pub async fn read(&self) -> Result<Option<Bytes>, StoreError> {
-        let mut attempt = 1;
+        let mut backoff = catalog_backoff();
         loop {
             match self.changed_or_current().await {
-                Err(e) if e.is_retryable() && attempt < ATTEMPTS_MAX => {
-                    tracing::warn!(error = %e, attempt, "reading the catalog failed; retrying");
-                    ringtail_shards::pause(backoff(attempt)).await;
-                    attempt += 1;
+                Err(e) if e.is_retryable() && backoff.may_retry() => {
+                    tracing::warn!(error = %e, "reading the catalog failed; retrying");
+                    backoff.wait().await;
                 }
                 other => return other,
             }
@@ -108,6 +106,9 @@ impl CatalogMirror {
     }
 }
 
-fn backoff(attempt: u32) -> Duration {
-    (Duration::from_millis(50) * 2u32.pow(attempt.min(6))).min(Duration::from_secs(2))
+/// Catalog reads and writes retry a failing store [`ATTEMPTS_MAX`] times in all, from 100 ms
+/// doubling up to 2 s: a controller request is waiting.
+fn catalog_backoff() -> ringtail_shards::Backoff {
+    ringtail_shards::Backoff::new(Duration::from_millis(100), Duration::from_secs(2))
+        .retries(ATTEMPTS_MAX - 1)
 }

@@ -294,16 +294,12 @@ async fn upload_loop(weak: Weak<ShardState>, tick: Duration, retention_check: Du
                 if check {
                     last_retention_check = last_retention;
                 }
-                tier.busy.set(true);
-                state.enforce_deletion(&tier, check).await;
-                tier.busy.set(false);
+                tier.busy_while(state.enforce_deletion(&tier, check)).await;
             }
             if last_gc.is_none_or(|t| t.elapsed() >= GARBAGE_RETRY_INTERVAL) {
                 let sweep = last_gc.is_none();
                 last_gc = Some(Instant::now());
-                tier.busy.set(true);
-                tier.collect_garbage(sweep).await;
-                tier.busy.set(false);
+                tier.busy_while(tier.collect_garbage(sweep)).await;
             }
         }
         let Some(tier) = state.tier.clone() else {
@@ -322,13 +318,11 @@ async fn upload_loop(weak: Weak<ShardState>, tick: Duration, retention_check: Du
         if let Some(sealed) = sealed {
             drop(state);
             let key: Arc<str> = sealed.key.as_str().into();
-            tier.busy.set(true);
             let producers = weak
                 .upgrade()
                 .map(|s| s.producer_snapshot())
                 .unwrap_or_default();
-            let uploaded = tier.upload(sealed, producers).await;
-            tier.busy.set(false);
+            let uploaded = tier.busy_while(tier.upload(sealed, producers)).await;
             match uploaded {
                 Ok(spans) => {
                     if let Some(state) = weak.upgrade() {
@@ -354,9 +348,7 @@ async fn upload_loop(weak: Weak<ShardState>, tick: Duration, retention_check: Du
         };
         if due {
             last_merge = Instant::now();
-            tier.busy.set(true);
-            let merged = tier.merge().await;
-            tier.busy.set(false);
+            let merged = tier.busy_while(tier.merge()).await;
             match merged {
                 Ok(Some(m)) => {
                     if let Some(state) = weak.upgrade() {

@@ -77,6 +77,8 @@ pub struct ShardState {
     pub(super) closing: Cell<bool>,
     /// A WAL write failed: the ring takes no more writes (see [`Self::wal_failed`]).
     pub(super) wal_broken: Cell<bool>,
+    /// Told when writes in flight may have finished (see [`Self::writes_settled`]).
+    pub(super) writes_done: ringtail_shards::WaitList,
     /// Called once if another broker takes the slot's manifest over (see [`Self::fenced`]).
     pub(super) on_fenced: RefCell<Option<Box<dyn FnOnce()>>>,
     /// The topics; data is deleted only for those its deletion records name.
@@ -114,6 +116,7 @@ impl ShardState {
             closing: Cell::new(false),
             on_fenced: RefCell::new(None),
             wal_broken: Cell::new(false),
+            writes_done: ringtail_shards::WaitList::new(),
             catalog,
             retention_kick: RefCell::new(None),
         });
@@ -158,18 +161,16 @@ impl ShardState {
         let Some(tier) = &self.tier else { return };
         tier.start_flush();
         let started = Instant::now();
-        let mut logged = Instant::now();
-        while !tier.is_idle() && !tier.is_fenced() {
-            if logged.elapsed() >= crate::cluster::membership::CLOSE_FLUSH_LOG_INTERVAL {
-                logged = Instant::now();
-                tracing::error!(
-                    slot,
-                    waited_s = started.elapsed().as_secs(),
-                    "slot hand-over waits for the upload of acknowledged records (the store \
-                     fails, see above): the slot stays claimed until they are in the bucket"
-                );
-            }
-            ringtail_shards::sleep(Duration::from_millis(10)).await;
+        while !tier
+            .settle(crate::cluster::membership::CLOSE_FLUSH_LOG_INTERVAL)
+            .await
+        {
+            tracing::error!(
+                slot,
+                waited_s = started.elapsed().as_secs(),
+                "slot hand-over waits for the upload of acknowledged records (the store \
+                 fails, see above): the slot stays claimed until they are in the bucket"
+            );
         }
     }
 
@@ -181,6 +182,7 @@ impl ShardState {
     /// errors meanwhile) and the process ends with exit code 1.
     pub(super) fn wal_failed(&self, reason: &str) {
         self.wal_broken.set(true);
+        self.writes_done.notify_all();
         self.stats
             .wal_failure
             .lock()
@@ -227,6 +229,13 @@ impl ShardState {
 
     pub fn is_closing(&self) -> bool {
         self.closing.get()
+    }
+
+    /// Resolves once no write is in flight (true), or at `deadline` (false).
+    pub async fn writes_settled(&self, deadline: Instant) -> bool {
+        self.writes_done
+            .wait_until_deadline(deadline, || !self.writes_in_flight())
+            .await
     }
 
     /// Whether some partition has writes whose WAL write has not finished.
@@ -678,6 +687,7 @@ impl ShardState {
             }
         }
         wake(self.unborn_waiters.borrow_mut().drain(..));
+        self.writes_done.notify_all();
         self.trim_wal();
         if self.tier.is_none() {
             let filling = self
@@ -878,6 +888,7 @@ impl ShardState {
         self.partitions
             .borrow_mut()
             .retain(|k, _| k.topic_id != topic_id);
+        self.writes_done.notify_all();
         self.trim_wal();
     }
 }

@@ -3,7 +3,7 @@
 //! in flight, uploads what is durable and lets it go. Messages for a slot this shard does not
 //! host are answered NOT_LEADER_OR_FOLLOWER (or dropped, for waits and group work).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -49,7 +49,7 @@ pub struct SlotHost {
     busy: RefCell<HashSet<u32>>,
     env: SlotEnv,
     /// A spare ring is being written.
-    making_spare: Arc<std::sync::atomic::AtomicBool>,
+    making_spare: Rc<Cell<bool>>,
 }
 
 /// Creates the slot's ring if there is none and recovers it, on a thread of its own: both read
@@ -99,18 +99,12 @@ impl SlotHost {
             slots: RefCell::new(HashMap::new()),
             busy: RefCell::new(HashSet::new()),
             env,
-            making_spare: Arc::default(),
+            making_spare: Rc::default(),
         });
         let limit = host.env.config.metrics_partition_limit;
         if limit > 0 && host.env.config.metrics_listen.is_some() {
-            let weak = Rc::downgrade(&host);
-            ringtail_shards::spawn_detached(async move {
-                while let Some(host) = weak.upgrade() {
-                    host.publish_offsets(limit);
-                    drop(host);
-                    ringtail_shards::sleep(crate::metrics::OFFSETS_PUBLISH_INTERVAL).await;
-                }
-            });
+            let every = crate::metrics::OFFSETS_PUBLISH_INTERVAL;
+            ringtail_shards::every(&host, every, move |host| host.publish_offsets(limit));
         }
         host
     }
@@ -262,23 +256,23 @@ impl SlotHost {
     /// Writes the shard's spare ring if it has none, on a thread of its own. Only once another
     /// broker shares the bucket: a broker alone never takes a slot over.
     fn make_spare(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.env.store.is_none() || self.making_spare.swap(true, Relaxed) {
+        if self.env.store.is_none() || self.making_spare.replace(true) {
             return;
         }
         let config = spare_config(&self.env.config, self.shard);
         let busy = self.making_spare.clone();
-        let spawned = std::thread::Builder::new()
-            .name("ringtail-spare".into())
-            .spawn(move || {
-                if let Err(e) = ringtail_wal::create_or_check(&config) {
-                    tracing::warn!(error = %e, "could not write a spare WAL ring");
-                }
-                busy.store(false, Relaxed);
-            });
-        if spawned.is_err() {
-            self.making_spare.store(false, Relaxed);
-        }
+        ringtail_shards::spawn_detached(async move {
+            let written = ringtail_shards::off_thread("ringtail-spare", move || {
+                ringtail_wal::create_or_check(&config)
+            })
+            .await;
+            match written {
+                Some(Ok(())) => {}
+                Some(Err(e)) => tracing::warn!(error = %e, "could not write a spare WAL ring"),
+                None => tracing::warn!("could not start a thread to write a spare WAL ring"),
+            }
+            busy.set(false);
+        });
     }
 
     async fn open_state(
@@ -341,21 +335,16 @@ impl SlotHost {
             offsets.clone(),
             mine,
         ));
-        let clock = Rc::downgrade(coordinator);
-        ringtail_shards::spawn_detached(async move {
-            while let Some(coordinator) = clock.upgrade() {
-                if coordinator.partitions.is_closing() {
-                    return;
-                }
-                coordinator.tick();
-                // In a task of its own: the clock keeps ticking while a compaction waits.
-                let (c, o) = (coordinator.clone(), offsets.clone());
-                ringtail_shards::spawn_detached(async move {
-                    crate::group::coordinator::compact_if_due(&c, &o).await
-                });
-                drop(coordinator);
-                ringtail_shards::sleep(GROUP_TICK).await;
+        ringtail_shards::every(coordinator, GROUP_TICK, move |coordinator| {
+            if coordinator.partitions.is_closing() {
+                return;
             }
+            coordinator.tick();
+            // In a task of its own: the clock keeps ticking while a compaction waits.
+            let (c, o) = (coordinator.clone(), offsets.clone());
+            ringtail_shards::spawn_detached(async move {
+                crate::group::coordinator::compact_if_due(&c, &o).await
+            });
         });
     }
 
@@ -371,10 +360,7 @@ impl SlotHost {
         if let Some(state) = served.map(|s| s.partitions.clone()) {
             let started = Instant::now();
             state.start_closing();
-            let deadline = Instant::now() + CLOSE_FLUSH_MAX;
-            while state.writes_in_flight() && Instant::now() < deadline {
-                ringtail_shards::sleep(Duration::from_millis(2)).await;
-            }
+            state.writes_settled(started + CLOSE_FLUSH_MAX).await;
             // Acknowledged records not in the bucket yet are only in this broker's WAL: the
             // slot stays claimed until they are uploaded (or another owner fenced it).
             state.flush_to_objects(slot).await;

@@ -14,6 +14,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use futures::channel::oneshot;
+use futures::future::LocalBoxFuture;
+use futures::FutureExt;
 use kafka_protocol::ResponseError;
 use ringtail_shards::Mailboxes;
 use uuid::Uuid;
@@ -76,11 +78,8 @@ impl ShardSlots {
         futures::executor::block_on(self.mailboxes.send(shard, op)).is_ok()
     }
 
-    /// Queues a message for every shard (a gone shard is skipped: the process is stopping).
     fn broadcast(&self, op: impl Fn() -> ShardOp) {
-        for shard in 0..self.shards {
-            self.queue(shard, op());
-        }
+        futures::executor::block_on(self.mailboxes.broadcast(None, op))
     }
 }
 
@@ -145,102 +144,75 @@ impl Broker {
 
     /// Runs `items` on their slots (locally or by message) and returns the outcomes in the
     /// order of `items`. Items for a slot not served here are answered NOT_LEADER_OR_FOLLOWER.
-    pub async fn scatter<I, O: ErrorOutcome, F: Future<Output = Vec<O>>>(
+    /// Local slots start their work in route order before anything is awaited (offsets are
+    /// assigned in arrival order).
+    pub async fn scatter<I: Send + 'static, O: ErrorOutcome + Send + 'static, F>(
         &self,
         items: Vec<(Route, I)>,
         local: impl Fn(&Rc<ShardState>, Vec<I>) -> F,
         op: impl Fn(u32, Vec<I>, oneshot::Sender<Vec<O>>) -> ShardOp,
-    ) -> Vec<O> {
-        let n = items.len();
-        let mut by_route: BTreeMap<Route, (Vec<usize>, Vec<I>)> = BTreeMap::new();
-        for (i, (route, item)) in items.into_iter().enumerate() {
-            let e = by_route.entry(route).or_default();
-            e.0.push(i);
-            e.1.push(item);
-        }
-        let mut pending = Vec::new();
-        let mut local_done = Vec::new();
-        let mut out: Vec<Option<O>> = (0..n).map(|_| None).collect();
-        let not_leader = ResponseError::NotLeaderOrFollower.code();
-        for (route, (positions, items)) in by_route {
+    ) -> Vec<O>
+    where
+        F: Future<Output = Vec<O>> + 'static,
+    {
+        let op = &op;
+        ringtail_shards::scatter(items, |route, items| -> LocalBoxFuture<'_, Vec<O>> {
+            let n = items.len();
+            let errors = move |code: i16| (0..n).map(|_| O::error(code)).collect();
             if route.shard == self.shard {
-                match self.host.get(route.slot) {
-                    // Starts now (offsets are assigned in arrival order); finishes below.
-                    Some(slot) => local_done.push((positions, local(&slot.partitions, items))),
+                return match self.host.get(route.slot) {
+                    Some(slot) => local(&slot.partitions, items).boxed_local(),
                     None => {
-                        for pos in positions {
-                            out[pos] = Some(O::error(not_leader));
-                        }
+                        futures::future::ready(errors(ResponseError::NotLeaderOrFollower.code()))
+                            .boxed_local()
                     }
-                }
-            } else {
-                let (tx, rx) = oneshot::channel();
-                let sent = self
-                    .mailboxes
-                    .send(route.shard, op(route.slot, items, tx))
-                    .await;
-                pending.push((positions, sent.ok().map(|_| rx)));
+                };
             }
-        }
-        for (positions, done) in local_done {
-            for (pos, o) in positions.into_iter().zip(done.await) {
-                out[pos] = Some(o);
+            let slot = route.slot;
+            let call = self
+                .mailboxes
+                .call(route.shard, move |tx| op(slot, items, tx));
+            async move {
+                call.await.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "owner shard did not answer");
+                    errors(ResponseError::UnknownServerError.code())
+                })
             }
-        }
-        for (positions, rx) in pending {
-            let outcomes = match rx {
-                Some(rx) => rx.await.ok(),
-                None => None,
-            };
-            match outcomes {
-                Some(outcomes) => {
-                    for (pos, o) in positions.into_iter().zip(outcomes) {
-                        out[pos] = Some(o);
-                    }
-                }
-                None => {
-                    tracing::error!("owner shard did not answer");
-                    for pos in positions {
-                        out[pos] = Some(O::error(ResponseError::UnknownServerError.code()));
-                    }
-                }
-            }
-        }
-        out.into_iter()
-            .map(|o| o.expect("every item answered"))
-            .collect()
+            .boxed_local()
+        })
+        .await
     }
 
     /// Resolves once any of the partitions has data beyond its offset (or never, if none does).
     pub async fn watch(&self, items: Vec<(Route, (PartitionKey, i64))>) {
-        let mut receivers = Vec::new();
         let mut by_route: BTreeMap<Route, Vec<(PartitionKey, i64)>> = BTreeMap::new();
         for (route, item) in items {
             by_route.entry(route).or_default().push(item);
         }
+        let mut wakes = Vec::new();
         for (route, items) in by_route {
-            let (tx, rx) = oneshot::channel();
-            if route.shard == self.shard {
-                match self.host.get(route.slot) {
-                    Some(slot) => slot.partitions.watch(items, tx),
-                    // Not served here: the fetch re-reads at once and answers the error.
-                    None => drop(tx),
-                }
-            } else if self
-                .mailboxes
-                .send(route.shard, ShardOp::Watch(route.slot, items, tx))
-                .await
-                .is_err()
-            {
+            if route.shard != self.shard {
+                let slot = route.slot;
+                let call = self
+                    .mailboxes
+                    .call(route.shard, move |tx| ShardOp::Watch(slot, items, tx));
+                wakes.push(call.map(|_| ()).boxed_local());
                 continue;
             }
-            receivers.push(rx);
+            let (tx, rx) = oneshot::channel();
+            match self.host.get(route.slot) {
+                Some(slot) => slot.partitions.watch(items, tx),
+                // Not served here: the fetch re-reads at once and answers the error.
+                None => drop(tx),
+            }
+            wakes.push(rx.map(|_| ()).boxed_local());
         }
-        if receivers.is_empty() {
+        if wakes.is_empty() {
             return futures::future::pending().await;
         }
-        // A dropped sender (topic deleted, slot moved) also wakes the fetch, which re-reads.
-        let _ = futures::future::select_all(receivers).await;
+        // A dropped sender (topic deleted, slot moved, shard gone) also wakes the fetch, which
+        // re-reads.
+        let _ = futures::future::select_all(wakes).await;
     }
 
     /// Runs `f` on the slot's state (here, or on its shard by message) and returns its result;
@@ -248,24 +220,24 @@ impl Broker {
     pub async fn on_slot<T: Send + 'static>(
         &self,
         route: Route,
-        f: impl FnOnce(Rc<Slot>) -> futures::future::LocalBoxFuture<'static, T> + Send + 'static,
+        f: impl FnOnce(Rc<Slot>) -> LocalBoxFuture<'static, T> + Send + 'static,
     ) -> Option<T> {
         if route.shard == self.shard {
             let slot = self.host.get(route.slot)?;
             return Some(f(slot).await);
         }
-        let (tx, rx) = oneshot::channel();
-        let op = ShardOp::Run(
-            route.slot,
-            Box::new(move |slot: &Rc<Slot>| {
-                let done = f(slot.clone());
-                ringtail_shards::spawn_detached(async move {
-                    let _ = tx.send(done.await);
-                });
-            }),
-        );
-        self.mailboxes.send(route.shard, op).await.ok()?;
-        rx.await.ok()
+        let run = |tx: oneshot::Sender<T>| {
+            ShardOp::Run(
+                route.slot,
+                Box::new(move |slot: &Rc<Slot>| {
+                    let done = f(slot.clone());
+                    ringtail_shards::spawn_detached(async move {
+                        let _ = tx.send(done.await);
+                    });
+                }),
+            )
+        };
+        self.mailboxes.call(route.shard, run).await.ok()
     }
 
     /// Tells every shard to forget a deleted topic's partitions.
@@ -279,14 +251,10 @@ impl Broker {
             .await
     }
 
+    /// Runs `op` here and queues it for every other shard.
     async fn broadcast(&self, op: impl Fn() -> ShardOp) {
-        for shard in 0..self.shards {
-            if shard == self.shard {
-                self.host.handle(op());
-            } else {
-                let _ = self.mailboxes.send(shard, op()).await;
-            }
-        }
+        self.host.handle(op());
+        self.mailboxes.broadcast(Some(self.shard), op).await
     }
 }
 

@@ -49,8 +49,10 @@ pub struct Tier {
     fenced: Cell<bool>,
     /// Seal whatever is pending, however small (clean shutdown).
     flushing: Cell<bool>,
-    /// An object is being uploaded or committed.
-    pub busy: Cell<bool>,
+    /// An object is being uploaded or committed (see [`Tier::busy_while`]).
+    busy: Cell<bool>,
+    /// Told each time the tier stops being busy: a hand-over waits there for it to go idle.
+    settled: ringtail_shards::WaitList,
     urgent: Cell<bool>,
     /// DeleteRecords is waiting: run the deletion pass at the next tick.
     deletion: Cell<bool>,
@@ -95,15 +97,13 @@ impl Tier {
     ) -> Result<Tier, CommitError> {
         let manifests = ManifestStore::new(store.clone(), shard);
         // Start-up rides out a flaky store for a while rather than failing at the first 503.
-        let deadline = Instant::now() + STARTUP_RETRY_MAX;
-        let mut delay = RETRY_DELAY_MIN;
+        let mut backoff = store_backoff().for_at_most(STARTUP_RETRY_MAX);
         let committed = loop {
             match manifests.take_over(may_take).await {
                 Ok(c) => break c,
-                Err(CommitError::Store(e)) if e.is_retryable() && Instant::now() < deadline => {
+                Err(CommitError::Store(e)) if e.is_retryable() && backoff.may_retry() => {
                     tracing::warn!(shard, error = %e, "taking over the manifest failed; retrying");
-                    ringtail_shards::sleep(jitter(delay)).await;
-                    delay = (delay * 2).min(RETRY_DELAY_MAX);
+                    backoff.wait().await;
                 }
                 Err(e) => return Err(e),
             }
@@ -128,6 +128,7 @@ impl Tier {
             fenced: Cell::new(false),
             flushing: Cell::new(false),
             busy: Cell::new(false),
+            settled: ringtail_shards::WaitList::new(),
             urgent: Cell::new(false),
             deletion: Cell::new(false),
             garbage: RefCell::new(Vec::new()),
@@ -221,6 +222,24 @@ impl Tier {
         self.builder.borrow().is_empty() && !self.busy.get() && self.stalled.borrow().is_none()
     }
 
+    /// Runs `work` (an upload, a commit, a deletion or merge pass) with the tier marked busy,
+    /// then tells whoever waits for the tier to settle.
+    pub async fn busy_while<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        self.busy.set(true);
+        let out = work.await;
+        self.busy.set(false);
+        self.settled.notify_all();
+        out
+    }
+
+    /// Resolves once the tier is idle or fenced (true), or after `limit` (false).
+    pub async fn settle(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        self.settled
+            .wait_until_deadline(deadline, || self.is_idle() || self.is_fenced())
+            .await
+    }
+
     /// The pending object, if it is big or old enough; first, a stalled one whose retry is due.
     pub fn seal_if_due(&self) -> Option<Sealed> {
         let stalled_due = self
@@ -273,7 +292,7 @@ impl Tier {
         let size: u64 = sealed.pieces.iter().map(|p| p.len() as u64).sum();
         let data_bytes: u64 = sealed.index.spans.iter().map(|s| s.byte_len).sum();
         let t = Instant::now();
-        let mut delay = RETRY_DELAY_MIN;
+        let mut backoff = store_backoff();
         while let Err(e) = put_object(
             self.store.clone(),
             sealed.key.clone(),
@@ -281,9 +300,8 @@ impl Tier {
         )
         .await
         {
-            self.store_failed(&format!("upload {}", sealed.key), &e, delay);
-            ringtail_shards::sleep(jitter(delay)).await;
-            delay = (delay * 2).min(RETRY_DELAY_MAX);
+            self.store_failed(&format!("upload {}", sealed.key), &e, backoff.delay());
+            backoff.wait().await;
         }
         let upload_ms = t.elapsed().as_millis();
         let object = ObjectRef {
@@ -292,7 +310,7 @@ impl Tier {
             spans: sealed.index.spans.clone(),
             node: self.node,
         };
-        let mut delay = RETRY_DELAY_MIN;
+        let mut backoff = store_backoff();
         loop {
             let current = self.committed.borrow().clone();
             let mut next = current.manifest.clone();
@@ -317,9 +335,9 @@ impl Tier {
                     return Err(e);
                 }
                 Err(CommitError::Store(e)) => {
-                    self.store_failed(&format!("manifest commit of {}", sealed.key), &e, delay);
-                    ringtail_shards::sleep(jitter(delay)).await;
-                    delay = (delay * 2).min(RETRY_DELAY_MAX);
+                    let what = format!("manifest commit of {}", sealed.key);
+                    self.store_failed(&what, &e, backoff.delay());
+                    backoff.wait().await;
                 }
             }
         }
@@ -605,7 +623,7 @@ impl Tier {
         starts: &HashMap<StreamKey, i64>,
         live: impl Fn(&StreamKey) -> bool,
     ) -> Result<(Vec<Span>, HashMap<StreamKey, i64>), CommitError> {
-        let mut delay = RETRY_DELAY_MIN;
+        let mut backoff = store_backoff();
         loop {
             // Once a second with nothing due: a scan of the committed manifest, not a copy.
             let (log_starts, merged, due) = {
@@ -666,9 +684,8 @@ impl Tier {
                     return Err(e);
                 }
                 Err(CommitError::Store(e)) => {
-                    self.store_failed("manifest commit (deletion)", &e, delay);
-                    ringtail_shards::sleep(jitter(delay)).await;
-                    delay = (delay * 2).min(RETRY_DELAY_MAX);
+                    self.store_failed("manifest commit (deletion)", &e, backoff.delay());
+                    backoff.wait().await;
                 }
             }
         }
@@ -767,12 +784,9 @@ impl Drop for Tier {
     }
 }
 
-fn jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|t| t.subsec_nanos())
-        .unwrap_or(0);
-    d + d.mul_f64((nanos % 1000) as f64 / 2000.0)
+/// How the upload path retries a failing store: from 50 ms, doubling up to 5 s.
+pub fn store_backoff() -> ringtail_shards::Backoff {
+    ringtail_shards::Backoff::new(RETRY_DELAY_MIN, RETRY_DELAY_MAX)
 }
 
 /// One PUT for a small object; multipart (8 MiB parts) for a large one, aborted on failure.
