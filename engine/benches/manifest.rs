@@ -9,9 +9,10 @@
 
 use std::time::Instant;
 
+use ringtail_engine::layout::object as object_key;
 use ringtail_engine::tier::manifest::{ObjectRef, ShardManifest, MANIFEST_BYTES_MAX};
 use ringtail_engine::tier::merge::{layout, plan_merge};
-use ringtail_engine::tier::object_format::{object_key, Span};
+use ringtail_engine::tier::object_format::Span;
 
 const PARTITIONS: i32 = 100;
 const EVERY_MS: i64 = 1000;

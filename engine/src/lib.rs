@@ -5,12 +5,14 @@
 //! ([`shard::owner_shard`]); other shards reach it with [`shard::ShardOp`] messages.
 
 pub mod api;
+pub mod boot;
 pub mod catalog;
 pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod errors;
 pub mod group;
+pub mod layout;
 pub mod metrics;
 pub mod partition;
 pub mod shard;

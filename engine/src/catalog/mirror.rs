@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ringtail_objstore::{Condition, ObjectStore, StoreError};
 
-pub const CATALOG_KEY: &str = "catalog.json";
+use crate::layout::CATALOG as CATALOG_KEY;
 /// Attempts at one write or read before giving up (the caller reports the error).
 const ATTEMPTS_MAX: u32 = 8;
 

@@ -26,15 +26,9 @@ use std::time::{Duration, Instant};
 use ringtail_objstore::{Condition, ObjectStore, StoreError};
 use serde::{Deserialize, Serialize};
 
-pub fn lease_key(node_id: i32) -> String {
-    format!("cluster/brokers/{node_id}")
-}
-
-/// Asks node `node_id` to hand its slots over and stop (`ringtail admin drain`); the broker
-/// sees it in its membership round and deletes it when it has stopped.
-pub fn drain_key(node_id: i32) -> String {
-    format!("cluster/brokers/{node_id}.drain")
-}
+/// A drain request (`ringtail admin drain`) asks the node to hand its slots over and stop; the
+/// broker sees it in its membership round and deletes it when it has stopped.
+pub use crate::layout::{drain as drain_key, lease as lease_key};
 
 /// What a lease object holds (JSON): who holds it, for humans and for refusals.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,7 +266,7 @@ impl PeerWatch {
         let due = self.listed_at.is_none_or(|t| t.elapsed() >= self.duration);
         let keys: Vec<String> = if list || due {
             let listed: Vec<String> = store
-                .list("cluster/brokers/")
+                .list(crate::layout::BROKERS)
                 .await?
                 .into_iter()
                 .map(|m| m.key)
@@ -281,7 +275,7 @@ impl PeerWatch {
             self.drain_requested = listed.contains(&drain_key(self.me));
             let keys: Vec<String> = listed
                 .into_iter()
-                .filter(|k| k != &lease_key(self.me) && !k.ends_with(".drain"))
+                .filter(|k| k != &lease_key(self.me) && !crate::layout::is_drain(k))
                 .collect();
             self.peers.retain(|k, _| keys.contains(k));
             keys

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ringtail_objstore::{Condition, ObjectStore, StoreError};
 
-pub const KEY: &str = "cluster/producer-ids";
+use crate::layout::PRODUCER_IDS as KEY;
 /// Ids per claim.
 pub const BLOCK: i64 = 1000;
 const CLAIM_ATTEMPTS_MAX: u32 = 20;

@@ -76,7 +76,7 @@ pub async fn recover_ring(
 /// A shard's spare ring (cluster mode): an empty ring written out ahead of a takeover.
 fn spare_config(config: &Config, shard: usize) -> WalConfig {
     WalConfig {
-        path: config.wal_dir.join(format!("spare-{shard}.wal")),
+        path: config.wal_dir.join(crate::layout::spare_ring(shard)),
         ..wal_config(config, 0)
     }
 }
@@ -84,7 +84,7 @@ fn spare_config(config: &Config, shard: usize) -> WalConfig {
 /// The WAL ring of a slot on this broker.
 pub fn wal_config(config: &Config, slot: u32) -> WalConfig {
     WalConfig {
-        path: config.wal_dir.join(format!("shard-{slot}.wal")),
+        path: config.wal_dir.join(crate::layout::wal_ring(slot)),
         region_bytes: config.wal_size_per_shard,
         chunk_bytes_max: config.wal_max_write_bytes,
         max_delay: config.wal_max_delay,

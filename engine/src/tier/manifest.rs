@@ -169,7 +169,7 @@ impl ManifestStore {
     }
 
     pub fn key(&self) -> String {
-        format!("shards/{:04}/manifest", self.shard)
+        crate::layout::manifest(self.shard)
     }
 
     /// The current version, if any.

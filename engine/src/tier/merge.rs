@@ -235,7 +235,7 @@ mod tests {
             })
             .collect();
         ObjectRef {
-            key: crate::tier::object_format::object_key(0, 1, key),
+            key: crate::layout::object(0, 1, key),
             size: partitions as u64 * span_bytes + 100,
             spans,
             node,
@@ -405,7 +405,7 @@ mod tests {
                 key += 1;
                 let size = l.spans.iter().map(|s| s.byte_len).sum::<u64>() + 100;
                 let into = ObjectRef {
-                    key: crate::tier::object_format::object_key(0, 1, key),
+                    key: crate::layout::object(0, 1, key),
                     size,
                     spans: l.spans,
                     node: 1,

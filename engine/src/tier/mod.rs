@@ -20,8 +20,7 @@ use crate::tier::manifest::{
     CommitError, Committed, LogStart, ManifestStore, ObjectRef, ProducerSnapshot,
 };
 use crate::tier::object_format::{
-    index_trailer, object_epoch, object_key, object_prefix, ObjectBuilder, ObjectIndex, Span,
-    INDEX_FORMAT_VERSION,
+    index_trailer, ObjectBuilder, ObjectIndex, Span, INDEX_FORMAT_VERSION,
 };
 
 /// Multipart part size for objects larger than one part.
@@ -275,7 +274,7 @@ impl Tier {
             let c = self.committed.borrow();
             (c.manifest.epoch, c.manifest.generation)
         };
-        let key = object_key(self.shard, epoch, generation + 1);
+        let key = crate::layout::object(self.shard, epoch, generation + 1);
         let (pieces, index) = builder.finish(self.shard, epoch);
         Some(Sealed { key, pieces, index })
     }
@@ -430,7 +429,7 @@ impl Tier {
         };
         pieces.push(index_trailer(&index));
         let size: u64 = pieces.iter().map(|p| p.len() as u64).sum();
-        let key = object_key(self.shard, epoch, generation + 1);
+        let key = crate::layout::object(self.shard, epoch, generation + 1);
         let t = Instant::now();
         if let Some(why) = self.merge_yields() {
             tracing::debug!(why, "merge abandoned before its upload");
@@ -561,7 +560,7 @@ impl Tier {
     pub async fn collect_garbage(&self, sweep: bool) -> usize {
         let mut keys = std::mem::take(&mut *self.garbage.borrow_mut());
         if sweep {
-            let prefix = object_prefix(self.shard);
+            let prefix = crate::layout::objects(self.shard);
             match self.store.list(&prefix).await {
                 Ok(objects) => {
                     let (epoch, referenced): (u64, std::collections::HashSet<String>) = {
@@ -572,7 +571,8 @@ impl Tier {
                         )
                     };
                     keys.extend(objects.into_iter().map(|o| o.key).filter(|k| {
-                        !referenced.contains(k) && object_epoch(k).is_some_and(|e| e < epoch)
+                        !referenced.contains(k)
+                            && crate::layout::object_epoch(k).is_some_and(|e| e < epoch)
                     }));
                 }
                 Err(e) => {

@@ -61,29 +61,6 @@ pub enum ObjectFormatError {
     Version(u32),
 }
 
-/// The object key for a shard's upload.
-pub fn object_key(shard: u32, epoch: u64, first_wal_seq: u64) -> String {
-    format!(
-        "{}{epoch:010}-{first_wal_seq:020}.rto",
-        object_prefix(shard)
-    )
-}
-
-/// Where a shard's objects live.
-pub fn object_prefix(shard: u32) -> String {
-    format!("shards/{shard:04}/objects/")
-}
-
-/// The epoch an object was written under, from its key (None: not an object key of ours).
-pub fn object_epoch(key: &str) -> Option<u64> {
-    let name = key.rsplit('/').next()?.strip_suffix(".rto")?;
-    let (epoch, seq) = name.split_once('-')?;
-    if epoch.len() != 10 || seq.len() != 20 || !seq.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    epoch.parse().ok()
-}
-
 /// Collects durable batches of many partitions into one object.
 /// A partition in an object: (topic id, partition index).
 type StreamKey = ([u8; 16], i32);
@@ -249,21 +226,6 @@ mod tests {
     }
 
     #[test]
-    fn object_keys_name_their_epoch() {
-        let key = object_key(3, 42, 7);
-        assert!(key.starts_with(&object_prefix(3)));
-        assert_eq!(object_epoch(&key), Some(42));
-        for other in [
-            "shards/0003/manifest",
-            "shards/0003/objects/42-7.rto",
-            "shards/0003/objects/0000000042-0000000000000000000x.rto",
-            "shards/0003/objects/0000000042-00000000000000000007.tmp",
-        ] {
-            assert_eq!(object_epoch(other), None, "{other}");
-        }
-    }
-
-    #[test]
     fn an_object_groups_partitions_and_its_index_finds_them() {
         let (a, b) = ([1u8; 16], [2u8; 16]);
         let mut builder = ObjectBuilder::default();
@@ -342,15 +304,5 @@ mod tests {
             bad[at] = bad[at].wrapping_add(0x5b);
             let _ = read_index(&bad);
         }
-    }
-
-    #[test]
-    fn keys_sort_by_epoch_then_wal_order() {
-        assert!(object_key(1, 2, 99) < object_key(1, 2, 100));
-        assert!(object_key(1, 2, u64::MAX) < object_key(1, 3, 0));
-        assert_eq!(
-            object_key(1, 2, 3),
-            "shards/0001/objects/0000000002-00000000000000000003.rto"
-        );
     }
 }
