@@ -1,0 +1,208 @@
+//! The uploader's merges: small committed objects read back, merged into one object and
+//! committed in their place (the plan is [`super::merge`]'s), and the replaced objects deleted
+//! once no reader can still be on them.
+
+use std::time::Instant;
+
+use ringtail_objstore::{ObjectStore, StoreError};
+
+use crate::tier::manifest::{CommitError, ObjectRef};
+use crate::tier::object_format::{index_trailer, ObjectIndex, Span, INDEX_FORMAT_VERSION};
+use crate::tier::{merge, put_object, Tier};
+
+/// A committed merge: the object that replaced a run of small ones.
+#[derive(Debug)]
+pub struct Merged {
+    pub key: String,
+    pub spans: Vec<Span>,
+    /// How many objects it replaced.
+    pub replaced: usize,
+}
+
+impl Tier {
+    /// Merges the next run of small committed objects ([`merge::plan_merge`]) into one: reads
+    /// their live bytes (one ranged GET each), uploads the merged object under the next
+    /// generation's key, and commits the manifest with the run replaced — one conditional put,
+    /// fenced like every commit. The replaced objects are deleted [`merge::MERGE_RETIRE_DELAY`]
+    /// later. `Ok(None)`: nothing to merge, the store failed (given up at once, through
+    /// `store_failed`: the next interval plans it again), or it gave way ([`Tier::merge_yields`],
+    /// checked before each GET and before the PUT); an error only when this shard was fenced. Runs on the uploader's task, never alongside an
+    /// upload or a deletion pass.
+    pub async fn merge(&self) -> Result<Option<Merged>, CommitError> {
+        // A stalled upload holds the next generation's key, which a merge would take.
+        if self.merge_yields().is_some() || self.stalled.borrow().is_some() {
+            return Ok(None);
+        }
+        let (run, epoch, generation) = {
+            let c = self.committed.borrow();
+            let Some(r) = merge::plan_merge(&c.manifest.objects) else {
+                return Ok(None);
+            };
+            (
+                c.manifest.objects[r].to_vec(),
+                c.manifest.epoch,
+                c.manifest.generation,
+            )
+        };
+        let layout = merge::layout(&run);
+        let mut bodies = Vec::with_capacity(run.len());
+        for o in &run {
+            if let Some(why) = self.merge_yields() {
+                tracing::debug!(why, "merge abandoned");
+                return Ok(None);
+            }
+            let extent = merge::live_extent(o);
+            assert!(o
+                .spans
+                .iter()
+                .all(|s| s.byte_start >= extent.start && s.byte_start + s.byte_len <= extent.end));
+            match self.store.get(&o.key, Some(extent.clone())).await {
+                Ok(body) if body.len() as u64 == extent.end - extent.start => {
+                    bodies.push((extent.start, body))
+                }
+                Ok(body) => {
+                    tracing::warn!(key = %o.key, got = body.len(), wanted = ?extent, "merge: short read; not merged");
+                    return Ok(None);
+                }
+                Err(e) => {
+                    tracing::warn!(key = %o.key, error = %e, "merge: reading an object failed; retrying later");
+                    return Ok(None);
+                }
+            }
+        }
+        let mut pieces = Vec::new();
+        for span_pieces in &layout.pieces {
+            for (i, range) in span_pieces {
+                let (at, body) = &bodies[*i];
+                pieces.push(body.slice((range.start - at) as usize..(range.end - at) as usize));
+            }
+        }
+        let index = ObjectIndex {
+            format_version: INDEX_FORMAT_VERSION,
+            shard: self.shard,
+            epoch,
+            first_wal_seq: 0,
+            last_wal_seq: 0,
+            spans: layout.spans.clone(),
+        };
+        pieces.push(index_trailer(&index));
+        let size: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+        let key = crate::layout::object(self.shard, epoch, generation + 1);
+        let t = Instant::now();
+        if let Some(why) = self.merge_yields() {
+            tracing::debug!(why, "merge abandoned before its upload");
+            return Ok(None);
+        }
+        // Never retried: a failed merge is given up (the next interval plans it again), so
+        // uploads, a hand-over's flush and shutdown never wait behind it. What the PUT may have
+        // left under `key` is overwritten by the next upload or merge, which takes the same
+        // generation's key (so it must not go to garbage collection).
+        if let Err(e) = put_object(self.store.clone(), key.clone(), pieces).await {
+            self.store_failed(&format!("upload merged {key}"), &e, merge::MERGE_INTERVAL);
+            return Ok(None);
+        }
+        let merged = ObjectRef {
+            key: key.clone(),
+            size,
+            spans: layout.spans,
+            node: run[0].node,
+        };
+        {
+            let current = self.committed.borrow().clone();
+            let at = current
+                .manifest
+                .objects
+                .iter()
+                .position(|o| o.key == run[0].key);
+            let Some(at) =
+                at.filter(|&at| current.manifest.objects.get(at..at + run.len()) == Some(&run[..]))
+            else {
+                // Only this task commits, so the run cannot have changed; if it did, the
+                // merged object is left unreferenced (the next owner's sweep deletes it).
+                tracing::error!(%key, "merge: the run changed before its commit; not merged");
+                return Ok(None);
+            };
+            let mut next = current.manifest.clone();
+            next.objects.splice(at..at + run.len(), [merged.clone()]);
+            match self.manifests.commit(Some(&current), next).await {
+                Ok(c) => {
+                    *self.committed.borrow_mut() = c;
+                    self.store_recovered();
+                    let due = Instant::now() + merge::MERGE_RETIRE_DELAY;
+                    self.retired
+                        .borrow_mut()
+                        .extend(run.iter().map(|o| (due, o.key.clone())));
+                    tracing::info!(%key, bytes = size, replaced = run.len(), ms = t.elapsed().as_millis() as u64, "merged small objects");
+                    Ok(Some(Merged {
+                        key,
+                        spans: merged.spans,
+                        replaced: run.len(),
+                    }))
+                }
+                Err(e @ CommitError::Fenced { .. }) | Err(e @ CommitError::Corrupt { .. }) => {
+                    tracing::error!(error = %e, "object tier stops: this shard no longer owns its manifest");
+                    self.fenced.set(true);
+                    Err(e)
+                }
+                Err(e @ CommitError::TooLarge { .. }) => {
+                    // A merge only shrinks the manifest; never loop on it.
+                    tracing::error!(error = %e, "manifest commit (merge) refused");
+                    Ok(None)
+                }
+                Err(CommitError::Store(e)) => {
+                    // Given up like a failed upload of the merged object.
+                    self.store_failed(
+                        &format!("manifest commit (merge {key})"),
+                        &e,
+                        merge::MERGE_INTERVAL,
+                    );
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    /// Whether merging is behind: the manifest holds more than [`merge::MERGE_BACKLOG_OBJECTS`]
+    /// objects. Then a merge runs after every upload and does not give way to waiting producers
+    /// (they wait one merge longer; without it steady `durability=object` traffic starves
+    /// merging and the manifest grows by an object per produce).
+    pub fn merge_behind(&self) -> bool {
+        self.committed.borrow().manifest.objects.len() > merge::MERGE_BACKLOG_OBJECTS
+    }
+
+    /// Why a merge must give way now, if it must: the slot is fenced, flushing for a hand-over
+    /// or shutdown, or a producer waits for an upload (unless merging is behind).
+    fn merge_yields(&self) -> Option<&'static str> {
+        if self.fenced.get() {
+            Some("fenced")
+        } else if self.flushing.get() {
+            Some("flushing")
+        } else if self.urgent.get() && !self.merge_behind() {
+            Some("a producer waits for an upload")
+        } else {
+            None
+        }
+    }
+
+    /// Deletes the objects merges replaced whose delay has passed (failures go to garbage
+    /// collection).
+    pub async fn delete_retired(&self) {
+        loop {
+            let key = {
+                let mut retired = self.retired.borrow_mut();
+                match retired.front() {
+                    Some((due, _)) if *due <= Instant::now() => retired.pop_front().map(|r| r.1),
+                    _ => None,
+                }
+            };
+            let Some(key) = key else { return };
+            match self.store.delete(&key).await {
+                Ok(()) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "could not delete a merged object; retrying later");
+                    self.garbage.borrow_mut().push(key);
+                }
+            }
+        }
+    }
+}
