@@ -1,10 +1,13 @@
-//! Partitions: the vocabulary of keys, work items and outcomes (`items`), a slot's partition state and the produce, fetch, list and delete paths
-//! (`store`), the in-memory index of a partition's batches (`log`), and idempotent producer
-//! state (`producers`).
+//! Partitions: the vocabulary of keys, work items and outcomes (`items`); a slot's partition
+//! state (`store`: open, reads, hand-over) and its write path (`produce`); the pure planners of
+//! reads (`reads`), rebuilding from the WAL (`recovery`), retention and the upload loop
+//! (`retention`); the in-memory index of a partition's batches (`log`), idempotent producer
+//! state (`producers`) and incremental fetch sessions (`fetch_sessions`).
 
 pub mod fetch_sessions;
 pub mod items;
 pub mod log;
+pub mod produce;
 pub mod producers;
 pub mod reads;
 pub mod recovery;
