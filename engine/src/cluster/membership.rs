@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use ringtail_objstore::ObjectStore;
@@ -78,12 +78,16 @@ struct Slots {
     opening: BTreeSet<u32>,
     /// Asked to open or close and not done yet.
     pending: BTreeSet<u32>,
+    /// Counts openings, closings and failures (see [`Membership::wait_for_change`]).
+    changes: u64,
 }
 
 /// Shared between the membership thread and the shards.
 pub struct Membership {
     pub view: ArcSwap<View>,
     slots: Mutex<Slots>,
+    /// Notified when a slot opens, closes or fails here.
+    changed: Condvar,
     /// Slots that could not open, and why (start-up refuses to serve with one).
     failures: Mutex<Vec<(u32, String)>>,
     /// Until when this broker's lease is certainly its own (nanoseconds after `base`; no
@@ -101,6 +105,7 @@ impl Membership {
         Membership {
             view: ArcSwap::from_pointee(view),
             slots: Mutex::default(),
+            changed: Condvar::new(),
             failures: Mutex::new(Vec::new()),
             valid_until: AtomicU64::new(u64::MAX),
             base: Instant::now(),
@@ -147,17 +152,21 @@ impl Membership {
     }
 
     pub fn opened(&self, slot: u32) {
-        let mut s = self.slots.lock().unwrap();
-        s.open.insert(slot);
-        s.opening.remove(&slot);
-        s.pending.remove(&slot);
+        self.settle(slot, |s| s.open.insert(slot));
     }
 
     pub fn closed(&self, slot: u32) {
+        self.settle(slot, |s| s.open.remove(&slot));
+    }
+
+    /// A slot's opening or closing ended (`change` records how); wakes the waiters.
+    fn settle(&self, slot: u32, change: impl FnOnce(&mut Slots) -> bool) {
         let mut s = self.slots.lock().unwrap();
-        s.open.remove(&slot);
+        change(&mut s);
         s.opening.remove(&slot);
         s.pending.remove(&slot);
+        s.changes += 1;
+        self.changed.notify_all();
     }
 
     /// Claims `slot` for this broker (it is announced from the next lease write on).
@@ -183,9 +192,8 @@ impl Membership {
         if failures.len() < 16 {
             failures.push((slot, reason));
         }
-        let mut s = self.slots.lock().unwrap();
-        s.opening.remove(&slot);
-        s.pending.remove(&slot);
+        drop(failures);
+        self.settle(slot, |_| false);
     }
 
     /// The failures since the last call.
@@ -197,15 +205,29 @@ impl Membership {
     /// last uploads take (a slot is not let go with acknowledged records only in this
     /// broker's WAL).
     pub fn wait_all_closed(&self) {
-        while self.busy().is_some() {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        let s = self.slots.lock().unwrap();
+        let _idle = self
+            .changed
+            .wait_while(s, |s| !s.open.is_empty() || !s.pending.is_empty())
+            .unwrap();
     }
 
-    /// The open slots, if any slot is open or asked to open or close (one consistent reading).
-    fn busy(&self) -> Option<BTreeSet<u32>> {
+    /// The open slots, if any slot is open or asked to open or close (one consistent reading),
+    /// with the change count to wait on.
+    fn busy(&self) -> Option<(BTreeSet<u32>, u64)> {
         let s = self.slots.lock().unwrap();
-        (!s.open.is_empty() || !s.pending.is_empty()).then(|| s.open.clone())
+        (!s.open.is_empty() || !s.pending.is_empty()).then(|| (s.open.clone(), s.changes))
+    }
+
+    /// Blocks until a slot opened, closed or failed here since the change count was `seen`, or
+    /// until `deadline`.
+    fn wait_for_change(&self, seen: u64, deadline: Instant) {
+        let s = self.slots.lock().unwrap();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = self
+            .changed
+            .wait_timeout_while(s, left, |s| s.changes == seen)
+            .unwrap();
     }
 
     pub fn open_slots(&self) -> BTreeSet<u32> {
@@ -514,13 +536,13 @@ impl Runner {
         // nothing pending).
         let deadline = Instant::now() + CLOSE_FLUSH_MAX;
         while Instant::now() < deadline {
-            let Some(open) = self.membership.busy() else {
+            let Some((open, seen)) = self.membership.busy() else {
                 break;
             };
             for &slot in &open {
                 self.request(slot, |c| c.close(slot));
             }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            self.membership.wait_for_change(seen, deadline);
         }
     }
 
@@ -688,5 +710,100 @@ mod tests {
         let d = decide(2, 1, true, &[0, 1].into(), &[]);
         assert_eq!(d.owners, vec![-1, -1]);
         assert_eq!(d.close, vec![0, 1]);
+    }
+
+    fn member(node: i32) -> Member {
+        peer(node, &[], false).member
+    }
+
+    #[test]
+    fn slots_move_from_pending_to_open_or_closed_and_failures_are_kept_for_start_up() {
+        let m = Membership::new(View::alone(member(1), 4));
+        assert!(
+            m.request(0) && !m.request(0),
+            "one request at a time per slot"
+        );
+        m.claim(0);
+        assert_eq!(
+            m.announced(),
+            [0].into(),
+            "a claim is announced before it opens"
+        );
+        assert!(m.is_pending() && m.busy().is_some());
+        m.opened(0);
+        assert!(!m.is_pending());
+        assert_eq!((m.open_slots(), m.announced()), ([0].into(), [0].into()));
+        assert!(m.request(1));
+        m.claim(1);
+        m.failed(1, "disk".into());
+        assert_eq!(
+            m.announced(),
+            [0].into(),
+            "a failed opening is no longer claimed"
+        );
+        assert_eq!(m.take_failures(), vec![(1, "disk".to_string())]);
+        assert!(m.take_failures().is_empty());
+        for _ in 0..20 {
+            m.failed(2, "again".into());
+        }
+        assert_eq!(m.take_failures().len(), 16, "bounded");
+        assert!(m.request(0));
+        m.closed(0);
+        assert!(m.open_slots().is_empty() && m.busy().is_none());
+        m.wait_all_closed(); // returns at once
+    }
+
+    #[test]
+    fn waiting_for_the_slots_to_close_wakes_on_the_last_close() {
+        let m = Arc::new(Membership::new(View::alone(member(1), 2)));
+        m.opened(0);
+        m.opened(1);
+        let (_, seen) = m.busy().unwrap();
+        let closer = m.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            closer.closed(0);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            closer.closed(1);
+        });
+        let started = Instant::now();
+        m.wait_for_change(seen, started + std::time::Duration::from_secs(10));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "woken by the change"
+        );
+        m.wait_all_closed();
+        assert!(m.busy().is_none());
+        t.join().unwrap();
+        // Nothing changes: the wait ends at its deadline.
+        m.opened(0);
+        let (_, seen) = m.busy().unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_millis(10);
+        m.wait_for_change(seen, deadline);
+        assert!(Instant::now() >= deadline);
+    }
+
+    #[test]
+    fn the_lease_is_valid_until_its_margin_or_while_no_other_broker_is_seen() {
+        let d = std::time::Duration::from_secs(10);
+        let m = Membership::new(View::alone(member(1), 2));
+        assert!(m.lease_valid(), "no lease written yet: valid");
+        m.lease_written(Instant::now(), d);
+        assert!(m.lease_valid());
+        // Written a lease ago (less a tenth of margin): lapsed...
+        m.lease_written(Instant::now() - d + d / 20, d);
+        assert!(
+            m.lease_valid(),
+            "...but a lone broker keeps serving from its WAL"
+        );
+        let mut two = View::alone(member(1), 2);
+        two.members.push(member(2));
+        m.view.store(Arc::new(two));
+        assert!(
+            !m.lease_valid(),
+            "with another broker on the bucket it stops"
+        );
+        m.lease_written(Instant::now(), d);
+        assert!(m.lease_valid(), "renewed");
     }
 }
