@@ -155,3 +155,23 @@ mod tests {
         assert!(got == expected, "bytes arrive in order");
     }
 }
+
+/// Accepts connections for as long as the future lives, handing each to `accepted`. A failed
+/// accept (out of file descriptors, say) goes to `failed` and is retried after `retry`, so that
+/// an exhausted process does not spin.
+pub async fn accept_loop(
+    listener: &TcpListener,
+    mut accepted: impl FnMut(TcpStream),
+    mut failed: impl FnMut(io::Error),
+    retry: Duration,
+) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => accepted(stream),
+            Err(e) => {
+                failed(e.into());
+                crate::sleep(retry).await;
+            }
+        }
+    }
+}

@@ -409,20 +409,17 @@ async fn shard_main(
         broker.host.close_all().await;
         return;
     }
-    let accept = async {
-        loop {
-            match listener.accept().await {
-                Ok(stream) => crate::conn::serve::accepted(&broker, &admission, stream),
-                Err(e) => {
-                    // Out of file descriptors, this repeats every 10 ms: rate limited.
-                    if crate::metrics::client_log::may_log(&broker.stats) {
-                        tracing::warn!(shard = ctx.id, error = %e, "accept failed");
-                    }
-                    ringtail_shards::sleep(std::time::Duration::from_millis(10)).await;
-                }
+    let accept = ringtail_shards::net::accept_loop(
+        &listener,
+        |stream| crate::conn::serve::accepted(&broker, &admission, stream),
+        |e| {
+            // Out of file descriptors, this repeats every 10 ms: rate limited.
+            if crate::metrics::client_log::may_log(&broker.stats) {
+                tracing::warn!(shard = ctx.id, error = %e, "accept failed");
             }
-        }
-    };
+        },
+        std::time::Duration::from_millis(10),
+    );
     futures::pin_mut!(accept);
     let _ = futures::future::select(accept, &mut ctx.stop).await;
     broker.host.close_all().await;

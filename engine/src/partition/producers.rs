@@ -11,10 +11,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use kafka_protocol::ResponseError;
 use ringtail_shards::now_ms;
-
-pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
-pub const INVALID_PRODUCER_EPOCH: i16 = 47;
 
 /// Batches remembered per producer (Kafka's max.in.flight.requests.per.connection bound).
 pub const RECENT_BATCHES: usize = 5;
@@ -106,13 +104,13 @@ impl Producers {
             return Check::Write;
         };
         if epoch < entry.epoch {
-            return Check::Refuse(INVALID_PRODUCER_EPOCH);
+            return Check::Refuse(ResponseError::InvalidProducerEpoch.code());
         }
         if epoch > entry.epoch {
             return if first_seq == 0 {
                 Check::Write
             } else {
-                Check::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+                Check::Refuse(ResponseError::OutOfOrderSequenceNumber.code())
             };
         }
         let last_seq = last_sequence(first_seq, record_count);
@@ -121,7 +119,7 @@ impl Producers {
         }
         match entry.latest() {
             Some(last) if first_seq != next_sequence(last.last_seq) => {
-                Check::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+                Check::Refuse(ResponseError::OutOfOrderSequenceNumber.code())
             }
             _ => Check::Write,
         }
@@ -280,21 +278,27 @@ mod tests {
         // A gap, or an overlap that is not a retry, is refused.
         assert_eq!(
             p.check(7, 0, 16, 1),
-            Check::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+            Check::Refuse(ResponseError::OutOfOrderSequenceNumber.code())
         );
         assert_eq!(
             p.check(7, 0, 12, 3),
-            Check::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+            Check::Refuse(ResponseError::OutOfOrderSequenceNumber.code())
         );
         // Epochs: an older one is fenced; a newer one starts at 0.
-        assert_eq!(p.check(7, -1, 15, 1), Check::Refuse(INVALID_PRODUCER_EPOCH));
+        assert_eq!(
+            p.check(7, -1, 15, 1),
+            Check::Refuse(ResponseError::InvalidProducerEpoch.code())
+        );
         assert_eq!(
             p.check(7, 1, 15, 1),
-            Check::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+            Check::Refuse(ResponseError::OutOfOrderSequenceNumber.code())
         );
         assert_eq!(p.check(7, 1, 0, 1), Check::Write);
         p.record(7, 1, 0, 1, 115);
-        assert_eq!(p.check(7, 0, 15, 1), Check::Refuse(INVALID_PRODUCER_EPOCH));
+        assert_eq!(
+            p.check(7, 0, 15, 1),
+            Check::Refuse(ResponseError::InvalidProducerEpoch.code())
+        );
         // Another producer is independent, and may start anywhere.
         assert_eq!(p.check(8, 3, 500, 2), Check::Write);
         // Recording a batch twice (snapshot, then WAL replay) keeps one entry.
@@ -341,7 +345,7 @@ mod tests {
         // Too old to tell: refused as out of order rather than written twice.
         assert_eq!(
             p.check(1, 0, 0, 2),
-            Check::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+            Check::Refuse(ResponseError::OutOfOrderSequenceNumber.code())
         );
         assert_eq!(last_sequence(i32::MAX - 1, 3), 0);
         let mut w = Producers::default();
