@@ -25,8 +25,6 @@ pub trait PartitionLog {
     fn log_start_offset(&self) -> i64;
     /// Offset the next record gets; also the high watermark (no replication).
     fn log_end_offset(&self) -> i64;
-    /// Bytes held.
-    fn size_bytes(&self) -> u64;
     /// Appends a durable batch whose offsets were assigned: it must start at the log end (or, in
     /// an empty log, anywhere: the log then starts there).
     fn append(&mut self, header: BatchHeader, bytes: Bytes);
@@ -119,10 +117,6 @@ impl PartitionLog for MemLog {
 
     fn log_end_offset(&self) -> i64 {
         self.log_end
-    }
-
-    fn size_bytes(&self) -> u64 {
-        self.size_bytes
     }
 
     fn append(&mut self, header: BatchHeader, bytes: Bytes) {
@@ -309,7 +303,7 @@ mod tests {
         );
         assert_eq!(log.retention_start(0, &TopicConfig::default()), 0);
         // Size: a batch goes only if what stays still holds retention.bytes.
-        let all = log.size_bytes() as i64;
+        let all = log.size_bytes as i64;
         let keep_most = TopicConfig {
             retention_bytes: all - 10,
             ..TopicConfig::default()
