@@ -136,13 +136,7 @@ impl ShardState {
                     p.next_offset = header.last_offset() + 1;
                     base_offset.get_or_insert(header.base_offset);
                     last_offset = header.last_offset();
-                    p.producers.start(
-                        header.producer_id,
-                        header.producer_epoch,
-                        header.base_sequence,
-                        header.record_count,
-                        header.base_offset,
-                    );
+                    p.producers.start((&header).into());
                     tickets.push((ticket, header.producer_id, header.base_offset));
                 }
                 // Batches already queued for this partition still land; the producer sees an
@@ -299,13 +293,7 @@ impl ShardState {
                     continue;
                 };
                 p.log.append(tag.header, tag.bytes.clone());
-                p.producers.record(
-                    tag.header.producer_id,
-                    tag.header.producer_epoch,
-                    tag.header.base_sequence,
-                    tag.header.record_count,
-                    tag.header.base_offset,
-                );
+                p.producers.record((&tag.header).into());
                 // Amortised: a partition with many producers looks for idle ones now and then.
                 if p.producers.by_id.len() > 64 && tag.header.base_offset % 64 == 0 {
                     p.producers.expire(now);

@@ -12,7 +12,40 @@
 use std::collections::{HashMap, VecDeque};
 
 use kafka_protocol::ResponseError;
+use ringtail_netio::header::BatchHeader;
 use ringtail_shards::now_ms;
+
+/// What producer state keeps of a batch: whose it is, its sequence numbers and its offset.
+#[derive(Debug, Clone, Copy)]
+pub struct ProducerBatch {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub first_seq: i32,
+    pub record_count: i32,
+    pub base_offset: i64,
+}
+
+impl ProducerBatch {
+    fn written(&self) -> Written {
+        Written {
+            first_seq: self.first_seq,
+            last_seq: last_sequence(self.first_seq, self.record_count),
+            base_offset: self.base_offset,
+        }
+    }
+}
+
+impl From<&BatchHeader> for ProducerBatch {
+    fn from(h: &BatchHeader) -> ProducerBatch {
+        ProducerBatch {
+            producer_id: h.producer_id,
+            epoch: h.producer_epoch,
+            first_seq: h.base_sequence,
+            record_count: h.record_count,
+            base_offset: h.base_offset,
+        }
+    }
+}
 
 /// Batches remembered per producer (Kafka's max.in.flight.requests.per.connection bound).
 pub const RECENT_BATCHES: usize = 5;
@@ -136,46 +169,24 @@ impl Producers {
         entry
     }
 
-    /// Records a batch accepted for writing at `base_offset` (not durable yet).
-    pub fn start(
-        &mut self,
-        producer_id: i64,
-        epoch: i16,
-        first_seq: i32,
-        record_count: i32,
-        base_offset: i64,
-    ) {
-        if producer_id < 0 {
+    /// Records a batch accepted for writing (not durable yet).
+    pub fn start(&mut self, batch: ProducerBatch) {
+        if batch.producer_id < 0 {
             return;
         }
-        let entry = self.entry_at(producer_id, epoch);
+        let entry = self.entry_at(batch.producer_id, batch.epoch);
         entry.last_ms = now_ms();
-        entry.in_flight.push_back(Written {
-            first_seq,
-            last_seq: last_sequence(first_seq, record_count),
-            base_offset,
-        });
+        entry.in_flight.push_back(batch.written());
     }
 
     /// A batch is durable (written, or replayed from the WAL at start): it joins the batches a
     /// retry is checked against and a snapshot holds.
-    pub fn record(
-        &mut self,
-        producer_id: i64,
-        epoch: i16,
-        first_seq: i32,
-        record_count: i32,
-        base_offset: i64,
-    ) {
-        if producer_id < 0 {
+    pub fn record(&mut self, batch: ProducerBatch) {
+        if batch.producer_id < 0 {
             return;
         }
-        let entry = self.entry_at(producer_id, epoch);
-        let written = Written {
-            first_seq,
-            last_seq: last_sequence(first_seq, record_count),
-            base_offset,
-        };
+        let entry = self.entry_at(batch.producer_id, batch.epoch);
+        let written = batch.written();
         entry.in_flight.retain(|w| *w != written);
         // Replaying the WAL over a restored snapshot meets batches it already knows.
         if entry.recent.contains(&written) {
@@ -240,6 +251,16 @@ impl Producers {
 mod tests {
     use super::*;
 
+    fn batch(producer_id: i64, epoch: i16, first_seq: i32, count: i32, base: i64) -> ProducerBatch {
+        ProducerBatch {
+            producer_id,
+            epoch,
+            first_seq,
+            record_count: count,
+            base_offset: base,
+        }
+    }
+
     /// A partition written by many producers snapshots every one that wrote within the expiry
     /// window (it used to keep only the 64 most recently active: after a take-over a retried
     /// batch of the 65th was written twice), and none idle past it.
@@ -248,8 +269,8 @@ mod tests {
         let now = 10 * PRODUCER_EXPIRY_MS;
         let mut p = Producers::default();
         for id in 0..1000i64 {
-            p.start(id, 0, 0, 1, id);
-            p.record(id, 0, 0, 1, id);
+            p.start(batch(id, 0, 0, 1, id));
+            p.record(batch(id, 0, 0, 1, id));
             p.by_id.get_mut(&id).unwrap().last_ms = now - PRODUCER_EXPIRY_MS - 500 + id;
         }
         let ids: Vec<i64> = p.snapshot(now).iter().map(|&(id, _)| id).collect();
@@ -269,9 +290,9 @@ mod tests {
         let mut p = Producers::default();
         assert_eq!(p.check(-1, 0, 0, 10), Check::Write, "not idempotent");
         assert_eq!(p.check(7, 0, 0, 10), Check::Write);
-        p.record(7, 0, 0, 10, 100);
+        p.record(batch(7, 0, 0, 10, 100));
         assert_eq!(p.check(7, 0, 10, 5), Check::Write);
-        p.record(7, 0, 10, 5, 110);
+        p.record(batch(7, 0, 10, 5, 110));
         // A retry of either batch gets its offset back.
         assert_eq!(p.check(7, 0, 0, 10), Check::Duplicate(100));
         assert_eq!(p.check(7, 0, 10, 5), Check::Duplicate(110));
@@ -294,7 +315,7 @@ mod tests {
             Check::Refuse(ResponseError::OutOfOrderSequenceNumber.code())
         );
         assert_eq!(p.check(7, 1, 0, 1), Check::Write);
-        p.record(7, 1, 0, 1, 115);
+        p.record(batch(7, 1, 0, 1, 115));
         assert_eq!(
             p.check(7, 0, 15, 1),
             Check::Refuse(ResponseError::InvalidProducerEpoch.code())
@@ -303,14 +324,14 @@ mod tests {
         assert_eq!(p.check(8, 3, 500, 2), Check::Write);
         // Recording a batch twice (snapshot, then WAL replay) keeps one entry.
         let before = p.clone();
-        p.record(7, 1, 0, 1, 115);
+        p.record(batch(7, 1, 0, 1, 115));
         assert_eq!(p, before);
     }
 
     #[test]
     fn in_flight_batches_count_for_order_and_retries_but_not_for_snapshots() {
         let mut p = Producers::default();
-        p.start(3, 0, 0, 2, 10);
+        p.start(batch(3, 0, 0, 2, 10));
         assert_eq!(
             p.check(3, 0, 0, 2),
             Check::Duplicate(10),
@@ -327,8 +348,8 @@ mod tests {
         p.abandon(3, 10);
         assert!(!p.is_in_flight(3, 10));
         assert_eq!(p.check(3, 0, 0, 2), Check::Write);
-        p.start(3, 0, 0, 2, 12);
-        p.record(3, 0, 0, 2, 12);
+        p.start(batch(3, 0, 0, 2, 12));
+        p.record(batch(3, 0, 0, 2, 12));
         assert_eq!(p.by_id[&3].recent.len(), 1);
         assert!(p.by_id[&3].in_flight.is_empty());
         assert_eq!(p.check(3, 0, 0, 2), Check::Duplicate(12));
@@ -338,7 +359,7 @@ mod tests {
     fn only_the_last_five_batches_are_remembered_and_sequences_wrap() {
         let mut p = Producers::default();
         for i in 0..7 {
-            p.record(1, 0, i * 2, 2, 10 * i as i64);
+            p.record(batch(1, 0, i * 2, 2, 10 * i as i64));
         }
         assert_eq!(p.by_id[&1].recent.len(), RECENT_BATCHES);
         assert_eq!(p.check(1, 0, 12, 2), Check::Duplicate(60));
@@ -349,7 +370,7 @@ mod tests {
         );
         assert_eq!(last_sequence(i32::MAX - 1, 3), 0);
         let mut w = Producers::default();
-        w.record(2, 0, i32::MAX - 1, 3, 0);
+        w.record(batch(2, 0, i32::MAX - 1, 3, 0));
         assert_eq!(
             w.check(2, 0, 1, 1),
             Check::Write,
@@ -361,7 +382,7 @@ mod tests {
         assert!(p.by_id.is_empty());
         // Idle producers expire; restored ones (no time yet) start their clock.
         let mut e = Producers::default();
-        e.record(4, 0, 0, 1, 0);
+        e.record(batch(4, 0, 0, 1, 0));
         e.by_id.get_mut(&4).unwrap().last_ms = 0;
         e.expire(1_000);
         assert_eq!(e.by_id[&4].last_ms, 1_000);

@@ -158,13 +158,7 @@ impl ShardState {
                             ));
                         }
                         p.log.append(header, payload.clone());
-                        p.producers.record(
-                            header.producer_id,
-                            header.producer_epoch,
-                            header.base_sequence,
-                            header.record_count,
-                            header.base_offset,
-                        );
+                        p.producers.record((&header).into());
                         if let Some(tier) = &self.tier {
                             tier.add(
                                 *key.topic_id.as_bytes(),
