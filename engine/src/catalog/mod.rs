@@ -27,4 +27,4 @@ pub mod topic_config;
 pub use error::CatalogError;
 pub use generations::{Adopted, Catalog};
 pub use snapshot::Snapshot;
-pub use topic::{validate_name, DeletedTopic, TopicMeta};
+pub use topic::{is_internal_topic, validate_name, DeletedTopic, TopicMeta, OFFSETS_TOPIC};

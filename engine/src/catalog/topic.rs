@@ -8,6 +8,10 @@ use uuid::Uuid;
 use crate::catalog::error::CatalogError;
 use crate::catalog::topic_config::TopicConfig;
 
+/// The topic of consumer groups' committed offsets, written only by their coordinator
+/// (`group::coordinator`).
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TopicMeta {
     pub name: String,
@@ -25,6 +29,20 @@ pub struct DeletedTopic {
     pub id: Uuid,
     pub name: String,
     pub deleted_at_ms: i64,
+}
+
+impl TopicMeta {
+    /// Whether this is an internal topic ([`is_internal_topic`]).
+    pub fn is_internal(&self) -> bool {
+        is_internal_topic(&self.name)
+    }
+}
+
+/// Whether `name` is an internal topic, as Kafka's `Topic.isInternal`: the committed offsets'
+/// ([`OFFSETS_TOPIC`]), the only one Ringtail has. Metadata flags it internal; clients may not
+/// produce to it, delete it or its records, add partitions to it or alter its configs.
+pub fn is_internal_topic(name: &str) -> bool {
+    name == OFFSETS_TOPIC
 }
 
 /// Kafka's rules: 1..=249 characters of [a-zA-Z0-9._-], not "." or "..".
@@ -56,4 +74,26 @@ pub(super) fn validate_partitions(count: i32) -> Result<(), CatalogError> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_committed_offsets_topic_is_internal() {
+        assert!(is_internal_topic("__consumer_offsets"));
+        for name in ["orders", "__consumer_offsets_", "__transaction_state", ""] {
+            assert!(!is_internal_topic(name), "{name:?}");
+        }
+        let topic = |name: &str| TopicMeta {
+            name: name.to_string(),
+            id: Uuid::new_v4(),
+            partitions: 1,
+            configs: BTreeMap::new(),
+            config: TopicConfig::default(),
+        };
+        assert!(topic(OFFSETS_TOPIC).is_internal());
+        assert!(!topic("orders").is_internal());
+    }
 }
