@@ -117,6 +117,26 @@ async fn write_all_vectored_or_stall<B: AsRef<[u8]>>(
     }
 }
 
+/// Accepts connections for as long as the future lives, handing each to `accepted`. A failed
+/// accept (out of file descriptors, say) goes to `failed` and is retried after `retry`, so that
+/// an exhausted process does not spin.
+pub async fn accept_loop(
+    listener: &TcpListener,
+    mut accepted: impl FnMut(TcpStream),
+    mut failed: impl FnMut(io::Error),
+    retry: Duration,
+) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => accepted(stream),
+            Err(e) => {
+                failed(e.into());
+                crate::sleep(retry).await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,25 +173,5 @@ mod tests {
         .unwrap();
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "bytes arrive in order");
-    }
-}
-
-/// Accepts connections for as long as the future lives, handing each to `accepted`. A failed
-/// accept (out of file descriptors, say) goes to `failed` and is retried after `retry`, so that
-/// an exhausted process does not spin.
-pub async fn accept_loop(
-    listener: &TcpListener,
-    mut accepted: impl FnMut(TcpStream),
-    mut failed: impl FnMut(io::Error),
-    retry: Duration,
-) {
-    loop {
-        match listener.accept().await {
-            Ok(stream) => accepted(stream),
-            Err(e) => {
-                failed(e.into());
-                crate::sleep(retry).await;
-            }
-        }
     }
 }

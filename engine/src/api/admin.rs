@@ -27,7 +27,7 @@ use crate::catalog::broker_config::{self, source, Described};
 use crate::catalog::topic_config::{
     apply_incremental, apply_replace, replaced_set, AlterOp, KNOWN,
 };
-use crate::catalog::{CatalogError, TopicMeta};
+use crate::catalog::{is_internal_topic, CatalogError, TopicMeta};
 use crate::errors::catalog_error_code;
 use crate::shard::Broker;
 
@@ -239,10 +239,7 @@ pub async fn delete_topics(
             );
             continue;
         }
-        if found
-            .as_ref()
-            .is_some_and(|t| t.name == crate::group::coordinator::OFFSETS_TOPIC)
-        {
+        if found.as_ref().is_some_and(|t| t.is_internal()) {
             responses.push(
                 result
                     .with_error_code(ResponseError::InvalidTopicException.code())
@@ -312,7 +309,7 @@ pub async fn create_partitions(
                 ResponseError::InvalidReplicaAssignment,
                 format!("only broker {node} can hold partitions"),
             )
-        } else if t.name.as_str() == crate::group::coordinator::OFFSETS_TOPIC {
+        } else if is_internal_topic(t.name.as_str()) {
             // Groups map to its partitions by count: more partitions would move them.
             refused(
                 ResponseError::InvalidTopicException,
@@ -491,7 +488,7 @@ async fn alter_configs_of(
             continue;
         }
         match kind {
-            RESOURCE_TOPIC if name.as_str() == crate::group::coordinator::OFFSETS_TOPIC => {
+            RESOURCE_TOPIC if is_internal_topic(name.as_str()) => {
                 out.push(fail(
                     ResponseError::InvalidTopicException,
                     "the committed-offsets topic's configs are fixed".into(),

@@ -39,9 +39,7 @@ pub async fn handle(broker: &Broker, request: DeleteRecordsRequest) -> DeleteRec
         for p in &topic.partitions {
             slots.push(match meta {
                 // Only the coordinator deletes committed offsets (compaction).
-                Some(m) if m.name == crate::group::coordinator::OFFSETS_TOPIC => {
-                    Err(ResponseError::InvalidTopicException.code())
-                }
+                Some(m) if m.is_internal() => Err(ResponseError::InvalidTopicException.code()),
                 Some(m) if (0..m.partitions).contains(&p.partition_index) => {
                     let key = PartitionKey {
                         topic_id: m.id,

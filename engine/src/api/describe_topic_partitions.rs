@@ -16,7 +16,7 @@ use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
 use super::admin::text;
-use crate::catalog::{validate_name, TopicMeta};
+use crate::catalog::{is_internal_topic, validate_name, TopicMeta};
 use crate::cluster::membership::View;
 use crate::partition::items::LEADER_EPOCH;
 use crate::shard::Broker;
@@ -154,7 +154,7 @@ fn topic_entry(
     DescribeTopicPartitionsResponseTopic::default()
         .with_name(Some(TopicName(text(t.name.clone()))))
         .with_topic_id(t.id)
-        .with_is_internal(t.name == crate::group::coordinator::OFFSETS_TOPIC)
+        .with_is_internal(t.is_internal())
         .with_partitions(partitions)
 }
 
@@ -167,7 +167,7 @@ fn missing(name: &str) -> DescribeTopicPartitionsResponseTopic {
         .with_error_code(error.code())
         .with_name(Some(TopicName(text(name))))
         .with_topic_id(Uuid::nil())
-        .with_is_internal(name == crate::group::coordinator::OFFSETS_TOPIC)
+        .with_is_internal(is_internal_topic(name))
 }
 
 /// INVALID_REQUEST for every topic the request names (Kafka's answer to a bad cursor).

@@ -26,10 +26,10 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use ringtail_netio::request::Header;
 
-use crate::catalog::TopicMeta;
+use crate::catalog::{TopicMeta, OFFSETS_TOPIC};
 use crate::group::coordinator::{
     offsets_partition, write_offsets, Committed, OffsetChange, COORDINATOR_LOAD_IN_PROGRESS,
-    COORDINATOR_NOT_AVAILABLE, INVALID_GROUP_ID, OFFSETS_TOPIC,
+    COORDINATOR_NOT_AVAILABLE, INVALID_GROUP_ID,
 };
 use crate::group::state::{JoinRequest, JoinResult, SyncResult, FENCED_INSTANCE_ID};
 use crate::shard::{Broker, Route};

@@ -188,7 +188,7 @@ fn topic_entry(broker: &Broker, t: &Arc<TopicMeta>) -> MetadataResponseTopic {
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(t.name.clone()))))
         .with_topic_id(t.id)
-        .with_is_internal(t.name == crate::group::coordinator::OFFSETS_TOPIC)
+        .with_is_internal(t.is_internal())
         .with_partitions(partitions)
 }
 

@@ -111,7 +111,7 @@ pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Re
                     }
                     (None, _) => Err(ResponseError::UnknownTopicOrPartition.code()),
                     // Only the coordinator writes committed offsets.
-                    (Some(m), _) if m.name == crate::group::coordinator::OFFSETS_TOPIC => {
+                    (Some(m), _) if m.is_internal() => {
                         Err(ResponseError::InvalidTopicException.code())
                     }
                     (Some(_), None) => Err(ResponseError::CorruptMessage.code()),

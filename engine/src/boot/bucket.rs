@@ -167,7 +167,8 @@ pub fn offsets_topic(
     object_store: bool,
 ) -> anyhow::Result<Arc<TopicMeta>> {
     use crate::catalog::CatalogError;
-    use crate::group::coordinator::{offsets_topic_configs, offsets_topic_upgrade, OFFSETS_TOPIC};
+    use crate::catalog::OFFSETS_TOPIC;
+    use crate::group::coordinator::{offsets_topic_configs, offsets_topic_upgrade};
     // Brokers starting together race to create it: the loser adopts the winner's catalog.
     for _ in 0..OFFSETS_TOPIC_RACES_MAX {
         if let Some(t) = catalog.snapshot().by_name(OFFSETS_TOPIC).cloned() {

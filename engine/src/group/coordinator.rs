@@ -25,7 +25,6 @@ use crate::partition::items::{FetchItem, PartitionKey, ProduceItem};
 use crate::partition::store::ShardState;
 use ringtail_shards::now_ms;
 
-pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// How long an offset commit waits for its record to be durable as the offsets topic demands
 /// (with an object store: uploaded), then answers COORDINATOR_NOT_AVAILABLE (retriable), as
 /// Kafka does after `offsets.commit.timeout.ms` (the same 5 s default).

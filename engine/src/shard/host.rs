@@ -14,10 +14,10 @@ use kafka_protocol::ResponseError;
 use ringtail_objstore::ObjectStore;
 use ringtail_wal::{WalConfig, WalError};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, OFFSETS_TOPIC};
 use crate::cluster::membership::{Membership, CLOSE_FLUSH_MAX};
 use crate::config::Config;
-use crate::group::coordinator::{Coordinator, OFFSETS_TOPIC};
+use crate::group::coordinator::Coordinator;
 use crate::metrics::{OffsetsSnapshot, ShardStats};
 use crate::partition::items::ErrorOutcome;
 use crate::partition::store::{ShardLimits, ShardState};
