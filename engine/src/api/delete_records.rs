@@ -9,7 +9,7 @@ use kafka_protocol::messages::delete_records_response::{
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 use kafka_protocol::ResponseError;
 
-use crate::partition::items::{DeleteItem, DeleteOutcome, ErrorOutcome, PartitionKey};
+use crate::partition::items::{DeleteItem, DeleteOutcome, ErrorOutcome};
 use crate::shard::{Broker, ShardOp};
 
 /// Longest a DeleteRecords waits for its commit, whatever the client asks.
@@ -37,25 +37,17 @@ pub async fn handle(broker: &Broker, request: DeleteRecordsRequest) -> DeleteRec
     for topic in &request.topics {
         let meta = snapshot.by_name(&topic.name);
         for p in &topic.partitions {
-            slots.push(match meta {
-                // Only the coordinator deletes committed offsets (compaction).
-                Some(m) if m.is_internal() => Err(ResponseError::InvalidTopicException.code()),
-                Some(m) if (0..m.partitions).contains(&p.partition_index) => {
-                    let key = PartitionKey {
-                        topic_id: m.id,
-                        partition: p.partition_index,
-                    };
-                    items.push((
-                        broker.owner(m, p.partition_index),
-                        DeleteItem {
-                            key,
-                            offset: p.offset,
-                        },
-                    ));
-                    Ok(())
-                }
-                _ => Err(ResponseError::UnknownTopicOrPartition.code()),
-            });
+            let resolved = super::resolve::resolve_for_write(broker, meta, p.partition_index);
+            slots.push(resolved.map(|to| {
+                let offset = p.offset;
+                items.push((
+                    to.route,
+                    DeleteItem {
+                        key: to.key,
+                        offset,
+                    },
+                ));
+            }));
         }
     }
     let timeout = commit_wait(request.timeout_ms);

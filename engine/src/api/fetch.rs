@@ -9,7 +9,7 @@ use ringtail_netio::fetch::{FetchPartition, FetchResponseParts, FetchTopic};
 use ringtail_netio::request::Header;
 
 use crate::partition::fetch_sessions::{PartitionRef, Plan, Seen, Want};
-use crate::partition::items::{ErrorOutcome, FetchItem, FetchOutcome, PartitionKey, LEADER_EPOCH};
+use crate::partition::items::{ErrorOutcome, FetchItem, FetchOutcome, PartitionKey};
 use crate::shard::{Broker, Route, ShardOp};
 
 /// Longest a fetch may wait for data, whatever the client asks.
@@ -93,25 +93,17 @@ pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> 
             } else {
                 snapshot.by_name(&r.topic)
             };
-            match meta {
-                None if by_id => Err(ResponseError::UnknownTopicId.code()),
-                None => Err(ResponseError::UnknownTopicOrPartition.code()),
-                Some(m) if r.partition < 0 || r.partition >= m.partitions => {
-                    Err(ResponseError::UnknownTopicOrPartition.code())
-                }
-                Some(_) if want.leader_epoch > LEADER_EPOCH => {
-                    Err(ResponseError::UnknownLeaderEpoch.code())
-                }
-                Some(m) => Ok(Target {
-                    route: broker.owner(m, r.partition),
-                    key: PartitionKey {
-                        topic_id: m.id,
-                        partition: r.partition,
-                    },
-                    offset: want.fetch_offset,
-                    max_bytes: (want.max_bytes.max(0) as usize).min(response_bytes_max),
-                }),
+            if by_id && meta.is_none() {
+                return Err(ResponseError::UnknownTopicId.code());
             }
+            let to = super::resolve::resolve(broker, meta, r.partition)?;
+            super::resolve::check_leader_epoch(want.leader_epoch)?;
+            Ok(Target {
+                route: to.route,
+                key: to.key,
+                offset: want.fetch_offset,
+                max_bytes: (want.max_bytes.max(0) as usize).min(response_bytes_max),
+            })
         })
         .collect();
     let outcomes = loop {

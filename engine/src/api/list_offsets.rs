@@ -6,7 +6,7 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 
-use crate::partition::items::{ErrorOutcome, ListItem, ListOutcome, PartitionKey, LEADER_EPOCH};
+use crate::partition::items::{ErrorOutcome, ListItem, ListOutcome, LEADER_EPOCH};
 use crate::shard::{Broker, ShardOp};
 
 pub async fn handle(
@@ -28,30 +28,16 @@ pub async fn handle(
     for topic in &request.topics {
         let meta = snapshot.by_name(&topic.name);
         for p in &topic.partitions {
-            let slot = match meta {
-                _ if duplicate.contains(&(topic.name.as_str(), p.partition_index)) => {
-                    Err(ResponseError::InvalidRequest.code())
-                }
-                Some(m) if (0..m.partitions).contains(&p.partition_index) => {
-                    if p.current_leader_epoch > LEADER_EPOCH {
-                        Err(ResponseError::UnknownLeaderEpoch.code())
-                    } else {
-                        tracing::debug!(topic = %m.name, partition = p.partition_index, timestamp = p.timestamp, "list offsets");
-                        let key = PartitionKey {
-                            topic_id: m.id,
-                            partition: p.partition_index,
-                        };
-                        items.push((
-                            broker.owner(m, p.partition_index),
-                            ListItem {
-                                key,
-                                timestamp: p.timestamp,
-                            },
-                        ));
-                        Ok(())
-                    }
-                }
-                _ => Err(ResponseError::UnknownTopicOrPartition.code()),
+            let slot = if duplicate.contains(&(topic.name.as_str(), p.partition_index)) {
+                Err(ResponseError::InvalidRequest.code())
+            } else {
+                super::resolve::resolve(broker, meta, p.partition_index).and_then(|to| {
+                    super::resolve::check_leader_epoch(p.current_leader_epoch)?;
+                    tracing::debug!(topic = %to.topic.name, partition = p.partition_index, timestamp = p.timestamp, "list offsets");
+                    let timestamp = p.timestamp;
+                    items.push((to.route, ListItem { key: to.key, timestamp }));
+                    Ok(())
+                })
             };
             slots.push(slot);
         }

@@ -16,6 +16,7 @@ mod log_dirs;
 mod metadata;
 mod produce;
 mod replicas;
+mod resolve;
 
 use bytes::Bytes;
 use kafka_protocol::messages::api_versions_response::ApiVersion;

@@ -14,7 +14,7 @@ use ringtail_netio::request::{Header, ProduceInput};
 
 use super::{respond, Reply};
 use crate::errors::batch_error_code;
-use crate::partition::items::{ErrorOutcome, PartitionKey, ProduceItem, ProduceOutcome};
+use crate::partition::items::{ErrorOutcome, ProduceItem, ProduceOutcome};
 use crate::shard::{Broker, Route, ShardOp};
 
 type Slot = Result<usize, ProduceOutcome>;
@@ -105,17 +105,14 @@ pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Re
             let outcome = if !matches!(acks, -1..=1) {
                 Err(ResponseError::InvalidRequiredAcks.code())
             } else {
-                match (&meta, p.records) {
-                    (Some(m), _) if p.index < 0 || p.index >= m.partitions => {
-                        Err(ResponseError::UnknownTopicOrPartition.code())
-                    }
-                    (None, _) => Err(ResponseError::UnknownTopicOrPartition.code()),
-                    // Only the coordinator writes committed offsets.
-                    (Some(m), _) if m.is_internal() => {
-                        Err(ResponseError::InvalidTopicException.code())
-                    }
-                    (Some(_), None) => Err(ResponseError::CorruptMessage.code()),
-                    (Some(m), Some(records)) => {
+                match (
+                    super::resolve::resolve_for_write(broker, meta.as_ref(), p.index),
+                    p.records,
+                ) {
+                    (Err(code), _) => Err(code),
+                    (Ok(_), None) => Err(ResponseError::CorruptMessage.code()),
+                    (Ok(to), Some(records)) => {
+                        let m = to.topic;
                         let validated = validate(
                             records,
                             m.config.max_message_bytes,
@@ -125,14 +122,10 @@ pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Re
                         .await;
                         match validated {
                             Ok(batches) => {
-                                let key = PartitionKey {
-                                    topic_id: m.id,
-                                    partition: p.index,
-                                };
                                 items.push((
-                                    broker.owner(m, p.index),
+                                    to.route,
                                     ProduceItem {
-                                        key,
+                                        key: to.key,
                                         topic: m.clone(),
                                         batches,
                                         upload_timeout,
