@@ -20,6 +20,10 @@ use futures::channel::oneshot;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::TopicMeta;
+use crate::errors::{
+    COORDINATOR_NOT_AVAILABLE, GROUP_ID_NOT_FOUND, GROUP_SUBSCRIBED_TO_TOPIC, NONE,
+    NON_EMPTY_GROUP, UNKNOWN_MEMBER_ID,
+};
 use crate::group::state::{Answer, Completed, Group, JoinRequest, JoinResult, SyncResult};
 use crate::partition::items::{FetchItem, PartitionKey, ProduceItem};
 use crate::partition::store::ShardState;
@@ -63,13 +67,6 @@ pub fn offsets_topic_upgrade(
 
 /// How long a failed compaction waits before the next attempt.
 const COMPACTION_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
-
-pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
-pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
-pub const NON_EMPTY_GROUP: i16 = 68;
-pub const GROUP_ID_NOT_FOUND: i16 = 69;
-pub const INVALID_GROUP_ID: i16 = 24;
-pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
 
 /// The offsets partition a group's records go to; the shard owning it coordinates the group.
 pub fn offsets_partition(group: &str, partitions: i32) -> i32 {
@@ -284,9 +281,9 @@ impl Coordinator {
         });
         match waiting {
             Ok(r) => r,
-            Err(rx) => rx.await.unwrap_or_else(|_| {
-                JoinResult::error(crate::group::state::UNKNOWN_MEMBER_ID, &member)
-            }),
+            Err(rx) => rx
+                .await
+                .unwrap_or_else(|_| JoinResult::error(UNKNOWN_MEMBER_ID, &member)),
         }
     }
 
@@ -316,7 +313,7 @@ impl Coordinator {
             Ok(r) => r,
             // A dropped sender: the member was removed while it waited.
             Err(rx) => rx.await.unwrap_or(SyncResult {
-                error: crate::group::state::UNKNOWN_MEMBER_ID,
+                error: UNKNOWN_MEMBER_ID,
                 protocol_type: None,
                 protocol: None,
                 assignment: Bytes::new(),
@@ -510,7 +507,7 @@ impl Coordinator {
                 if !e.group.members.is_empty() && e.group.subscribed_to(t) {
                     GROUP_SUBSCRIBED_TO_TOPIC
                 } else {
-                    0
+                    NONE
                 }
             })
             .collect())
@@ -572,7 +569,7 @@ fn offset_batches(
 /// Writes offset changes of `group` to its offsets partition and applies them once durable.
 /// `member` (member id, generation) is checked against the group right before the write, with
 /// no wait in between, so that a member that lost its generation meanwhile cannot commit.
-/// Returns 0 or the error every partition of the commit gets.
+/// Returns NONE or the error every partition of the commit gets.
 pub async fn write_offsets(
     coordinator: &Coordinator,
     offsets_topic: &Arc<TopicMeta>,
@@ -585,12 +582,12 @@ pub async fn write_offsets(
     }
     if let Some((member, generation)) = member {
         let check = coordinator.check_commit(group, member, generation);
-        if check != 0 {
+        if check != NONE {
             return check;
         }
     }
     if changes.is_empty() {
-        return 0;
+        return NONE;
     }
     let batches = match offset_batches(group, &changes) {
         Ok(b) => b,
@@ -665,11 +662,11 @@ async fn produce_all(
     };
     let outcome = coordinator.partitions.produce(vec![item]).await;
     match outcome.first() {
-        Some(o) if o.error == 0 => {
+        Some(o) if o.error == NONE => {
             for (group, changes) in applied {
                 coordinator.apply(&group, changes);
             }
-            0
+            NONE
         }
         Some(o) => {
             tracing::warn!(
@@ -729,7 +726,7 @@ pub async fn compact_if_due(coordinator: &Coordinator, offsets_topic: &Arc<Topic
         groups.push((group, changes, batches));
     }
     if ok && !groups.is_empty() {
-        ok = produce_all(coordinator, offsets_topic, partition, groups).await == 0;
+        ok = produce_all(coordinator, offsets_topic, partition, groups).await == NONE;
     }
     // The rewrite is durable: later commits land after it, whatever the deletion below does.
     coordinator.compacting.set(false);
@@ -741,7 +738,7 @@ pub async fn compact_if_due(coordinator: &Coordinator, offsets_topic: &Arc<Topic
                 offset: end,
             }])
             .await;
-        ok = deleted[0].error == 0;
+        ok = deleted[0].error == NONE;
     }
     if ok {
         coordinator
@@ -797,7 +794,7 @@ pub async fn load_offsets(
                 offset = o.log_start_offset;
                 continue;
             }
-            if o.error != 0 {
+            if o.error != NONE {
                 tracing::error!(
                     partition,
                     offset,
