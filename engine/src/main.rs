@@ -454,9 +454,8 @@ fn offsets_topic(
     object_store: bool,
 ) -> anyhow::Result<Arc<TopicMeta>> {
     use ringtail_engine::catalog::CatalogError;
-    use ringtail_engine::group::coordinator::{
-        offsets_topic_configs, offsets_topic_upgrade, OFFSETS_TOPIC,
-    };
+    use ringtail_engine::group::coordinator::OFFSETS_TOPIC;
+    use ringtail_engine::group::offsets_log::{offsets_topic_configs, offsets_topic_upgrade};
     // Brokers starting together race to create it: the loser adopts the winner's catalog.
     for _ in 0..OFFSETS_TOPIC_RACES_MAX {
         if let Some(t) = catalog.snapshot().by_name(OFFSETS_TOPIC).cloned() {

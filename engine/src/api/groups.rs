@@ -30,9 +30,8 @@ use crate::catalog::TopicMeta;
 use crate::errors::{
     COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, FENCED_INSTANCE_ID, INVALID_GROUP_ID,
 };
-use crate::group::coordinator::{
-    offsets_partition, write_offsets, Committed, OffsetChange, OFFSETS_TOPIC,
-};
+use crate::group::coordinator::{offsets_partition, Committed, OffsetChange, OFFSETS_TOPIC};
+use crate::group::offsets_log::write_offsets;
 use crate::group::state::{JoinRequest, JoinResult, SyncResult};
 use crate::shard::{Broker, Route};
 use ringtail_shards::now_ms;

@@ -1,0 +1,111 @@
+//! When an offsets partition's log is compacted, and how commits and a compaction take turns:
+//! the offsets log's bookkeeping, without I/O (`offsets_log.rs` writes, replays and compacts).
+//!
+//! A compaction rewrites every live offset, so its rewrite must be the latest state: it starts
+//! once the commits in flight are done, and new commits wait until its rewrite is durable.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// How long a failed compaction waits before the next attempt.
+const COMPACTION_RETRY: Duration = Duration::from_secs(60);
+
+/// The compaction bookkeeping of one coordinator's offsets partitions.
+pub struct Compaction {
+    /// Records written to (or replayed from) each offsets partition since its last compaction.
+    records_since: RefCell<HashMap<i32, u64>>,
+    /// Compact a partition once it has this many records beyond the live offsets.
+    after_records: u64,
+    /// A compaction is running: new commits wait (so that its rewrite is the latest state).
+    running: Cell<bool>,
+    commits_in_flight: Cell<usize>,
+    /// After a failed compaction, not before then.
+    retry_at: Cell<Option<Instant>>,
+}
+
+impl Compaction {
+    pub fn new(after_records: u64) -> Compaction {
+        Compaction {
+            records_since: RefCell::new(HashMap::new()),
+            after_records: after_records.max(1),
+            running: Cell::new(false),
+            commits_in_flight: Cell::new(0),
+            retry_at: Cell::new(None),
+        }
+    }
+
+    /// `n` more records in `partition`'s log.
+    pub fn count_records(&self, partition: i32, n: u64) {
+        *self
+            .records_since
+            .borrow_mut()
+            .entry(partition)
+            .or_default() += n;
+    }
+
+    /// The offsets partition to compact now, if any: one whose log has grown more than the
+    /// threshold beyond the `live_offsets` of all groups — not while a compaction runs, nor
+    /// before a failed one's retry time.
+    pub fn due(&self, live_offsets: u64, now: Instant) -> Option<i32> {
+        if self.running.get() || self.retry_at.get().is_some_and(|t| now < t) {
+            return None;
+        }
+        self.records_since
+            .borrow()
+            .iter()
+            .find(|(_, n)| **n > self.after_records + live_offsets)
+            .map(|(p, _)| *p)
+    }
+
+    /// `partition` was compacted: its log holds the `rewritten` records of the rewrite.
+    pub fn compacted(&self, partition: i32, rewritten: u64) {
+        self.records_since.borrow_mut().insert(partition, rewritten);
+    }
+
+    /// A compaction failed: the next one waits [`COMPACTION_RETRY`].
+    pub fn failed(&self, now: Instant) {
+        self.retry_at.set(Some(now + COMPACTION_RETRY));
+    }
+
+    /// A commit's turn: waits while a compaction runs; the commit is in flight (a compaction
+    /// waits for it) until the turn is dropped.
+    pub async fn commit_turn(&self) -> CommitTurn<'_> {
+        while self.running.get() {
+            ringtail_shards::sleep(Duration::from_millis(2)).await;
+        }
+        self.commits_in_flight.set(self.commits_in_flight.get() + 1);
+        CommitTurn(self)
+    }
+
+    /// A compaction's turn: new commits wait from now on; resolves once the commits in flight
+    /// are done. Commits go on when the turn is dropped.
+    pub async fn compaction_turn(&self) -> CompactionTurn<'_> {
+        let already = self.running.replace(true);
+        debug_assert!(!already, "one compaction at a time");
+        let turn = CompactionTurn(self);
+        while self.commits_in_flight.get() > 0 {
+            ringtail_shards::sleep(Duration::from_millis(2)).await;
+        }
+        turn
+    }
+}
+
+/// A commit in flight (see [`Compaction::commit_turn`]).
+pub struct CommitTurn<'a>(&'a Compaction);
+
+impl Drop for CommitTurn<'_> {
+    fn drop(&mut self) {
+        let c = self.0;
+        c.commits_in_flight.set(c.commits_in_flight.get() - 1);
+    }
+}
+
+/// A running compaction (see [`Compaction::compaction_turn`]).
+pub struct CompactionTurn<'a>(&'a Compaction);
+
+impl Drop for CompactionTurn<'_> {
+    fn drop(&mut self) {
+        self.0.running.set(false);
+    }
+}
