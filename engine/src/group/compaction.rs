@@ -8,6 +8,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use ringtail_shards::WaitList;
+
 /// How long a failed compaction waits before the next attempt.
 const COMPACTION_RETRY: Duration = Duration::from_secs(60);
 
@@ -20,6 +22,8 @@ pub struct Compaction {
     /// A compaction is running: new commits wait (so that its rewrite is the latest state).
     running: Cell<bool>,
     commits_in_flight: Cell<usize>,
+    /// Notified whenever `running` or `commits_in_flight` changes.
+    turns: WaitList,
     /// After a failed compaction, not before then.
     retry_at: Cell<Option<Instant>>,
 }
@@ -31,6 +35,7 @@ impl Compaction {
             after_records: after_records.max(1),
             running: Cell::new(false),
             commits_in_flight: Cell::new(0),
+            turns: WaitList::new(),
             retry_at: Cell::new(None),
         }
     }
@@ -71,9 +76,7 @@ impl Compaction {
     /// A commit's turn: waits while a compaction runs; the commit is in flight (a compaction
     /// waits for it) until the turn is dropped.
     pub async fn commit_turn(&self) -> CommitTurn<'_> {
-        while self.running.get() {
-            ringtail_shards::sleep(Duration::from_millis(2)).await;
-        }
+        self.turns.wait_until(|| !self.running.get()).await;
         self.commits_in_flight.set(self.commits_in_flight.get() + 1);
         CommitTurn(self)
     }
@@ -84,9 +87,9 @@ impl Compaction {
         let already = self.running.replace(true);
         debug_assert!(!already, "one compaction at a time");
         let turn = CompactionTurn(self);
-        while self.commits_in_flight.get() > 0 {
-            ringtail_shards::sleep(Duration::from_millis(2)).await;
-        }
+        self.turns
+            .wait_until(|| self.commits_in_flight.get() == 0)
+            .await;
         turn
     }
 }
@@ -98,6 +101,7 @@ impl Drop for CommitTurn<'_> {
     fn drop(&mut self) {
         let c = self.0;
         c.commits_in_flight.set(c.commits_in_flight.get() - 1);
+        c.turns.notify_all();
     }
 }
 
@@ -107,5 +111,6 @@ pub struct CompactionTurn<'a>(&'a Compaction);
 impl Drop for CompactionTurn<'_> {
     fn drop(&mut self) {
         self.0.running.set(false);
+        self.0.turns.notify_all();
     }
 }
