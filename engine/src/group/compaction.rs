@@ -114,3 +114,110 @@ impl Drop for CompactionTurn<'_> {
         self.0.turns.notify_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::task::Poll;
+
+    use futures::executor::block_on;
+    use futures::poll;
+
+    use super::*;
+
+    #[test]
+    fn a_partition_is_due_once_its_log_outgrows_the_live_offsets_by_the_threshold() {
+        let c = Compaction::new(20);
+        let now = Instant::now();
+        assert_eq!(c.due(0, now), None, "nothing written");
+        c.count_records(3, 25);
+        c.count_records(3, 5);
+        c.count_records(1, 10);
+        assert_eq!(
+            c.due(10, now),
+            None,
+            "30 records, 10 live: 20 beyond, not more"
+        );
+        c.count_records(3, 1);
+        assert_eq!(c.due(10, now), Some(3));
+        assert_eq!(c.due(11, now), None, "the live offsets of all groups count");
+        // Compacted, the log holds its rewrite only.
+        c.compacted(3, 10);
+        assert_eq!(c.due(10, now), None);
+        c.count_records(3, 21);
+        assert_eq!(c.due(10, now), Some(3));
+        // A threshold of 0 is 1: a log is not rewritten for every commit.
+        let eager = Compaction::new(0);
+        eager.count_records(0, 1);
+        assert_eq!(eager.due(0, now), None);
+        eager.count_records(0, 1);
+        assert_eq!(eager.due(0, now), Some(0));
+    }
+
+    #[test]
+    fn a_failed_compaction_is_retried_after_a_minute() {
+        let c = Compaction::new(1);
+        c.count_records(0, 5);
+        let now = Instant::now();
+        c.failed(now);
+        assert_eq!(c.due(0, now), None);
+        let almost = now + COMPACTION_RETRY - Duration::from_millis(1);
+        assert_eq!(c.due(0, almost), None);
+        assert_eq!(c.due(0, now + COMPACTION_RETRY), Some(0));
+    }
+
+    #[test]
+    fn commits_and_a_compaction_take_turns() {
+        let c = Compaction::new(1);
+        c.count_records(0, 5);
+        block_on(async {
+            let commit = c.commit_turn().await;
+            let mut compaction = Box::pin(c.compaction_turn());
+            assert!(
+                poll!(compaction.as_mut()).is_pending(),
+                "waits for the commit in flight"
+            );
+            assert_eq!(c.due(0, Instant::now()), None, "one compaction at a time");
+            let mut late = Box::pin(c.commit_turn());
+            assert!(
+                poll!(late.as_mut()).is_pending(),
+                "a new commit waits for the compaction"
+            );
+            drop(commit);
+            let Poll::Ready(turn) = poll!(compaction.as_mut()) else {
+                panic!("woken once the commit in flight was done")
+            };
+            assert!(poll!(late.as_mut()).is_pending());
+            drop(turn);
+            let Poll::Ready(_late) = poll!(late.as_mut()) else {
+                panic!("woken once the compaction was over")
+            };
+            assert_eq!(c.commits_in_flight.get(), 1);
+        });
+        assert_eq!(c.commits_in_flight.get(), 0);
+        assert_eq!(
+            c.due(0, Instant::now()),
+            Some(0),
+            "the next compaction may start"
+        );
+    }
+
+    #[test]
+    fn a_compaction_given_up_while_it_waits_lets_commits_go_on() {
+        let c = Compaction::new(1);
+        block_on(async {
+            let commit = c.commit_turn().await;
+            let mut compaction = Box::pin(c.compaction_turn());
+            assert!(poll!(compaction.as_mut()).is_pending());
+            let mut late = Box::pin(c.commit_turn());
+            assert!(poll!(late.as_mut()).is_pending());
+            drop(compaction);
+            assert!(
+                poll!(late.as_mut()).is_ready(),
+                "woken: the compaction is over"
+            );
+            drop(commit);
+        });
+        assert!(!c.running.get());
+        assert_eq!(c.commits_in_flight.get(), 0);
+    }
+}

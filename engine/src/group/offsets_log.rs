@@ -405,6 +405,8 @@ pub async fn load_offsets(
 
 #[cfg(test)]
 mod tests {
+    use ringtail_netio::header::BATCH_HEADER_LEN;
+
     use super::*;
 
     #[test]
@@ -425,6 +427,147 @@ mod tests {
         assert_eq!(offsets_topic_upgrade(&with_store, true), None);
         assert_eq!(offsets_topic_upgrade(&old, false), None);
         assert_eq!(offsets_topic_upgrade(&with_store, false), Some(old));
+    }
+
+    fn commit(offset: i64, metadata: Option<&str>) -> Option<Committed> {
+        Some(Committed {
+            offset,
+            leader_epoch: (offset % 3) as i32 - 1,
+            metadata: metadata.map(str::to_string),
+            commit_ms: 1_700_000_000_000 + offset,
+        })
+    }
+
+    /// What replay reads of `batches` once the log has given them consecutive offsets.
+    fn replayed(batches: Vec<ValidBatch>) -> Vec<(i64, LogRecord)> {
+        let mut next = 0;
+        let mut records = Vec::new();
+        for batch in batches {
+            let (header, bytes) = batch.assign(next, 0);
+            next = header.last_offset() + 1;
+            records.extend(decode_batch(&bytes).expect("a batch we wrote decodes"));
+        }
+        records
+    }
+
+    #[test]
+    fn the_record_format_is_kept() {
+        // The bytes logs written so far hold: replay must keep reading them.
+        let (k, v) = encode_change("g1", &("orders".into(), 3, commit(42, Some("m"))));
+        assert_eq!(&k[..], br#"{"g":"g1","t":"orders","p":3}"#);
+        assert_eq!(
+            v.as_deref(),
+            Some(&br#"{"o":42,"e":-1,"m":"m","ts":1700000000042}"#[..])
+        );
+        let (_, v) = encode_change("g1", &("orders".into(), 3, None));
+        assert_eq!(v, None, "a deleted offset is a record without value");
+        assert_eq!(
+            decode_change(
+                br#"{"g":"g","t":"t","p":0}"#,
+                Some(br#"{"o":7,"e":-1,"m":null,"ts":1}"#)
+            ),
+            Some((
+                "g".into(),
+                (
+                    "t".into(),
+                    0,
+                    Some(Committed {
+                        offset: 7,
+                        leader_epoch: -1,
+                        metadata: None,
+                        commit_ms: 1
+                    })
+                )
+            ))
+        );
+    }
+
+    #[test]
+    fn a_commit_of_many_partitions_round_trips_through_its_batches() {
+        let metadata = [
+            "",
+            "m",
+            "quote \" backslash \\ ünïcödé ✓",
+            "{\"json\": [1]}",
+        ];
+        let changes: Vec<OffsetChange> = (0..40)
+            .flat_map(|t| (0..50).map(move |p| (t, p)))
+            .map(|(t, p)| {
+                let n = t * 50 + p;
+                let value = match n % 7 {
+                    0 => None, // deleted
+                    1 => commit(n as i64, None),
+                    _ => commit(n as i64 * 1_000, Some(metadata[n % metadata.len()])),
+                };
+                (format!("topic-{t}"), p as i32, value)
+            })
+            .collect();
+        let group = "group ✓";
+        let batches = offset_batches(group, &changes).unwrap();
+        assert!(batches.len() > 1, "2000 records fill more than one batch");
+        for b in &batches {
+            assert!(
+                b.len() <= OFFSET_BATCH_BYTES + BATCH_HEADER_LEN,
+                "{}",
+                b.len()
+            );
+        }
+        let records = replayed(batches);
+        let offsets: Vec<i64> = records.iter().map(|(at, _)| *at).collect();
+        assert_eq!(offsets, (0..changes.len() as i64).collect::<Vec<_>>());
+        let read: Vec<LogRecord> = records.into_iter().map(|(_, r)| r).collect();
+        let written: Vec<LogRecord> = changes
+            .into_iter()
+            .map(|c| LogRecord::Change(group.into(), c))
+            .collect();
+        assert_eq!(read, written);
+    }
+
+    #[test]
+    fn no_changes_no_batches_and_an_oversized_record_travels_alone() {
+        assert!(offset_batches("g", &[]).unwrap().is_empty());
+        let big = "x".repeat(OFFSET_BATCH_BYTES);
+        let changes: Vec<OffsetChange> = vec![
+            ("t".into(), 0, commit(1, None)),
+            ("t".into(), 1, commit(2, Some(&big))),
+            ("t".into(), 2, None),
+        ];
+        let batches = offset_batches("g", &changes).unwrap();
+        let counts: Vec<i32> = batches.iter().map(|b| b.header.record_count).collect();
+        assert_eq!(counts, vec![1, 1, 1]);
+        let read: Vec<LogRecord> = replayed(batches).into_iter().map(|(_, r)| r).collect();
+        let written: Vec<LogRecord> = changes
+            .into_iter()
+            .map(|c| LogRecord::Change("g".into(), c))
+            .collect();
+        assert_eq!(read, written);
+    }
+
+    #[test]
+    fn replay_skips_what_is_not_an_offset_change() {
+        let records = vec![
+            (None, Some(Bytes::from_static(b"{}"))),
+            (Some(Bytes::from_static(b"not json")), None),
+            (
+                Some(Bytes::from_static(br#"{"g":"g","t":"t","p":0}"#)),
+                Some(Bytes::from_static(b"{")),
+            ),
+            (
+                Some(Bytes::from_static(br#"{"g":"g","t":"t","p":1}"#)),
+                None,
+            ),
+        ];
+        let batch = ringtail_netio::batch::encode_records(records, 0).freeze();
+        assert_eq!(
+            decode_batch(&batch).unwrap(),
+            vec![
+                (0, LogRecord::Keyless),
+                (1, LogRecord::Unreadable),
+                (2, LogRecord::Unreadable),
+                (3, LogRecord::Change("g".into(), ("t".into(), 1, None))),
+            ]
+        );
+        assert!(decode_batch(&Bytes::from_static(b"not a batch")).is_err());
     }
 
     #[test]
