@@ -44,6 +44,24 @@ pub fn catalog_error_code(e: &CatalogError) -> i16 {
     }
 }
 
+/// Success: Kafka's `NONE` (no `ResponseError` names it).
+pub const NONE: i16 = 0;
+
+// The codes consumer groups answer, by their Kafka names.
+pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = ResponseError::CoordinatorLoadInProgress.code();
+pub const COORDINATOR_NOT_AVAILABLE: i16 = ResponseError::CoordinatorNotAvailable.code();
+pub const ILLEGAL_GENERATION: i16 = ResponseError::IllegalGeneration.code();
+pub const INCONSISTENT_GROUP_PROTOCOL: i16 = ResponseError::InconsistentGroupProtocol.code();
+pub const INVALID_GROUP_ID: i16 = ResponseError::InvalidGroupId.code();
+pub const UNKNOWN_MEMBER_ID: i16 = ResponseError::UnknownMemberId.code();
+pub const INVALID_SESSION_TIMEOUT: i16 = ResponseError::InvalidSessionTimeout.code();
+pub const REBALANCE_IN_PROGRESS: i16 = ResponseError::RebalanceInProgress.code();
+pub const NON_EMPTY_GROUP: i16 = ResponseError::NonEmptyGroup.code();
+pub const GROUP_ID_NOT_FOUND: i16 = ResponseError::GroupIdNotFound.code();
+pub const MEMBER_ID_REQUIRED: i16 = ResponseError::MemberIdRequired.code();
+pub const FENCED_INSTANCE_ID: i16 = ResponseError::FencedInstanceId.code();
+pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = ResponseError::GroupSubscribedToTopic.code();
+
 /// Test only: `RINGTAIL_TEST_PANIC_ON_CREATE=<topic>` makes creating that topic panic on the
 /// shard that handles it (how a test shows what a shard panic does to the process).
 pub fn failpoint_panic_on_create(topic: &str) {
@@ -93,5 +111,25 @@ mod tests {
             catalog_error_code(&CatalogError::InvalidPartitions("x".into())),
             37
         );
+    }
+
+    #[test]
+    fn group_codes_are_kafkas_numbers() {
+        let codes = [
+            COORDINATOR_LOAD_IN_PROGRESS,
+            COORDINATOR_NOT_AVAILABLE,
+            ILLEGAL_GENERATION,
+            INCONSISTENT_GROUP_PROTOCOL,
+            INVALID_GROUP_ID,
+            UNKNOWN_MEMBER_ID,
+            INVALID_SESSION_TIMEOUT,
+            REBALANCE_IN_PROGRESS,
+            NON_EMPTY_GROUP,
+            GROUP_ID_NOT_FOUND,
+            MEMBER_ID_REQUIRED,
+            FENCED_INSTANCE_ID,
+            GROUP_SUBSCRIBED_TO_TOPIC,
+        ];
+        assert_eq!(codes, [14, 15, 22, 23, 24, 25, 26, 27, 68, 69, 79, 82, 86]);
     }
 }

@@ -27,11 +27,12 @@ use kafka_protocol::ResponseError;
 use ringtail_netio::request::Header;
 
 use crate::catalog::{TopicMeta, OFFSETS_TOPIC};
-use crate::group::coordinator::{
-    offsets_partition, write_offsets, Committed, OffsetChange, COORDINATOR_LOAD_IN_PROGRESS,
-    COORDINATOR_NOT_AVAILABLE, INVALID_GROUP_ID,
+use crate::errors::{
+    COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, FENCED_INSTANCE_ID, INVALID_GROUP_ID,
 };
-use crate::group::state::{JoinRequest, JoinResult, SyncResult, FENCED_INSTANCE_ID};
+use crate::group::coordinator::{offsets_partition, Committed, OffsetChange};
+use crate::group::offsets_log::write_offsets;
+use crate::group::state::{JoinRequest, JoinResult, SyncResult};
 use crate::shard::{Broker, Route};
 use ringtail_shards::now_ms;
 

@@ -168,7 +168,7 @@ pub fn offsets_topic(
 ) -> anyhow::Result<Arc<TopicMeta>> {
     use crate::catalog::CatalogError;
     use crate::catalog::OFFSETS_TOPIC;
-    use crate::group::coordinator::{offsets_topic_configs, offsets_topic_upgrade};
+    use crate::group::offsets_log::{offsets_topic_configs, offsets_topic_upgrade};
     // Brokers starting together race to create it: the loser adopts the winner's catalog.
     for _ in 0..OFFSETS_TOPIC_RACES_MAX {
         if let Some(t) = catalog.snapshot().by_name(OFFSETS_TOPIC).cloned() {

@@ -330,7 +330,7 @@ impl SlotHost {
         let mine: Vec<i32> = (0..offsets.partitions)
             .filter(|&p| owner_shard(&offsets.name, p, self.env.slots as usize) == slot as usize)
             .collect();
-        ringtail_shards::spawn_detached(crate::group::coordinator::load_offsets(
+        ringtail_shards::spawn_detached(crate::group::offsets_log::load_offsets(
             coordinator.clone(),
             offsets.clone(),
             mine,
@@ -343,7 +343,7 @@ impl SlotHost {
             // In a task of its own: the clock keeps ticking while a compaction waits.
             let (c, o) = (coordinator.clone(), offsets.clone());
             ringtail_shards::spawn_detached(async move {
-                crate::group::coordinator::compact_if_due(&c, &o).await
+                crate::group::offsets_log::compact_if_due(&c, &o).await
             });
         });
     }
