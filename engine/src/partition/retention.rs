@@ -15,7 +15,8 @@ use crate::catalog::Snapshot;
 use crate::partition::items::{DeleteItem, DeleteOutcome, PartitionKey};
 use crate::partition::store::ShardState;
 use crate::tier::object_format::Span;
-use crate::tier::{StreamKey, Tier};
+use crate::tier::object_format::StreamKey;
+use crate::tier::Tier;
 use ringtail_shards::now_ms;
 
 /// How often a shard applies DeleteRecords and topic deletions to its committed objects (time

@@ -357,7 +357,7 @@ impl ShardState {
 
     /// A merge committed: cold reads of its offsets go to the merged object (its spans cover
     /// exactly the spans it replaced, partition by partition).
-    pub(super) fn on_merged(&self, merged: crate::tier::Merged) {
+    pub(super) fn on_merged(&self, merged: crate::tier::merging::Merged) {
         let key: Arc<str> = merged.key.as_str().into();
         let mut parts = self.partitions.borrow_mut();
         for span in merged.spans {

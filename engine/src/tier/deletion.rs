@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use ringtail_objstore::{ObjectStore, StoreError};
 
 use crate::tier::manifest::{CommitError, LogStart, ObjectRef, ProducerSnapshot};
-use crate::tier::object_format::Span;
+use crate::tier::object_format::{Span, StreamKey};
 use crate::tier::{store_backoff, Tier};
 
 impl Tier {
@@ -59,9 +59,6 @@ impl Tier {
         deleted
     }
 }
-
-/// A partition in a manifest: (topic id, partition index).
-pub type StreamKey = ([u8; 16], i32);
 
 impl Tier {
     /// The committed log starts (partitions that deleted data).

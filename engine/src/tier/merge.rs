@@ -18,7 +18,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 use crate::tier::manifest::ObjectRef;
-use crate::tier::object_format::Span;
+use crate::tier::object_format::{Span, StreamKey};
 
 /// Objects whose live extent is below this are merged.
 pub const MERGE_SMALL_BYTES: u64 = 8 << 20;
@@ -46,7 +46,6 @@ pub const MERGE_BACKLOG_OBJECTS: usize = 2 * MERGE_FANIN_MAX;
 pub const MERGE_BACKLOG_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A partition in an object: (topic id, partition index).
-type StreamKey = ([u8; 16], i32);
 
 /// The bytes of `o` that spans still reference: from the first span's start to the last one's
 /// end (retention may have dropped the others). Spans are in byte order (an object is written

@@ -1,15 +1,12 @@
 //! The shard's object tier: batches that are durable in the WAL are packed into objects,
 //! uploaded, and committed to the shard's manifest; only then may the WAL trim behind them.
 
-mod deletion;
+pub mod deletion;
 pub mod manifest;
 pub mod merge;
-mod merging;
+pub mod merging;
 pub mod object_format;
 pub mod span_cache;
-
-pub use deletion::StreamKey;
-pub use merging::Merged;
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;

@@ -61,10 +61,10 @@ pub enum ObjectFormatError {
     Version(u32),
 }
 
-/// Collects durable batches of many partitions into one object.
-/// A partition in an object: (topic id, partition index).
-type StreamKey = ([u8; 16], i32);
+/// A partition in an object or a manifest: (topic id, partition index).
+pub type StreamKey = ([u8; 16], i32);
 
+/// Collects durable batches of many partitions into one object.
 #[derive(Default)]
 pub struct ObjectBuilder {
     partitions: BTreeMap<StreamKey, Vec<(BatchHeader, Bytes)>>,
