@@ -626,34 +626,39 @@ pub fn render(src: &Sources) -> String {
                 );
             }
         }
+        let committed = &committed[..committed.len().min(src.partition_limit)];
+        let labels = |c: &CommittedOffset| {
+            format!(
+                "group=\"{}\",topic=\"{}\",partition=\"{}\"",
+                escape(&c.group),
+                escape(&c.topic),
+                c.partition
+            )
+        };
         o.family(
             "ringtail_group_lag",
             "gauge",
             "Records between a group's committed offset and the partition's high watermark.",
         );
-        o.family(
-            "ringtail_group_committed_offset",
-            "gauge",
-            "A group's committed offset.",
-        );
-        for c in committed.iter().take(src.partition_limit) {
-            let labels = format!(
-                "group=\"{}\",topic=\"{}\",partition=\"{}\"",
-                escape(&c.group),
-                escape(&c.topic),
-                c.partition
-            );
-            o.value("ringtail_group_committed_offset", &labels, c.offset);
+        for c in committed {
             if let Some(p) = partitions
                 .iter()
                 .find(|p| p.topic == c.topic && p.partition == c.partition)
             {
                 o.value(
                     "ringtail_group_lag",
-                    &labels,
+                    &labels(c),
                     (p.high_watermark - c.offset).max(0),
                 );
             }
+        }
+        o.family(
+            "ringtail_group_committed_offset",
+            "gauge",
+            "A group's committed offset.",
+        );
+        for c in committed {
+            o.value("ringtail_group_committed_offset", &labels(c), c.offset);
         }
     }
     o.family(
@@ -835,11 +840,24 @@ mod tests {
                 "{line}"
             );
         }
-        // Families are declared once each.
+        // Families are declared once each, and a family's series follow its TYPE line together.
         let mut types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
         let n = types.len();
+        types.sort();
         types.dedup();
         assert_eq!(types.len(), n);
+        let mut family = "";
+        for line in text.lines() {
+            if let Some(t) = line.strip_prefix("# TYPE ") {
+                family = t.split(' ').next().unwrap();
+            } else if !line.starts_with('#') {
+                let name = line.split('{').next().unwrap();
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|b| *b == family));
+                assert_eq!(base.unwrap_or(name), family, "{line}");
+            }
+        }
     }
 
     #[test]
