@@ -208,7 +208,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             partition_limit: config.metrics_partition_limit,
             ready: ready_flag.clone(),
         };
-        let bound = ringtail_engine::metrics::serve(addr, sources)
+        let bound = ringtail_engine::metrics::endpoint::serve(addr, sources)
             .map_err(|e| e.context("set --metrics-listen to a free address, or to none"))?;
         tracing::info!("metrics on http://{bound}/metrics");
     }
