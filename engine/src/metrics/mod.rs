@@ -82,6 +82,21 @@ pub struct OffsetsSnapshot {
     pub committed: Vec<CommittedOffset>,
 }
 
+/// The span caches of a shard's slots (`tier::span_cache`), counted together.
+#[derive(Debug, Default)]
+pub struct SpanCacheStats {
+    /// Cold reads answered from spans held in memory, and those that were not (they joined a
+    /// GET under way or started one).
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    /// Ranged GETs started, for fetches and read-ahead, and of them the read-ahead ones.
+    pub gets: AtomicU64,
+    pub read_ahead_gets: AtomicU64,
+    /// Span bytes held now, and bytes evicted (least recently used first) so far.
+    pub bytes: AtomicU64,
+    pub evicted_bytes: AtomicU64,
+}
+
 /// A shard's counters: written only by the shard (relaxed atomics, no lock), read by anyone.
 pub struct ShardStats {
     pub shard: usize,
@@ -102,6 +117,8 @@ pub struct ShardStats {
     /// Uploaded batches kept in memory now, and bytes evicted from there so far.
     pub hot_cache_bytes: AtomicU64,
     pub hot_cache_evicted_bytes: AtomicU64,
+    /// Cold reads through the span caches of the slots open on this shard.
+    pub span_cache: SpanCacheStats,
     /// Records a returning broker found in its WAL at offsets another owner wrote meanwhile
     /// (acknowledged with durability=wal, not uploaded before a crash or pause): lost.
     pub wal_superseded_records: AtomicU64,
@@ -163,6 +180,7 @@ impl ShardStats {
             fetch_incremental_partitions_omitted: AtomicU64::new(0),
             hot_cache_bytes: AtomicU64::new(0),
             hot_cache_evicted_bytes: AtomicU64::new(0),
+            span_cache: SpanCacheStats::default(),
             wal_superseded_records: AtomicU64::new(0),
             produce_records: AtomicU64::new(0),
             produce_bytes: AtomicU64::new(0),

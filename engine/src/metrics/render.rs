@@ -1,6 +1,6 @@
 //! The Prometheus text exposition of [`Sources`]: one renderer per family of metrics — the
 //! shards' counters, connections and fetches by label, requests by API, the WAL rings, the
-//! object tier, object-store requests, partition and group offsets, readiness — over a few
+//! object tier, the span cache, object-store requests, partition and group offsets, readiness — over a few
 //! shapes (a series per shard, per shard and label, per API, per WAL ring).
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -29,6 +29,9 @@ pub fn render(src: &Sources) -> String {
     requests(&mut o, shards);
     wal(&mut o, shards);
     object_tier(&mut o, shards);
+    for (family, value) in SPAN_CACHE_SERIES {
+        per_shard(&mut o, shards, family, value);
+    }
     if let Some(store) = &src.store {
         store_requests(&mut o, store);
     }
@@ -441,6 +444,53 @@ fn object_tier(o: &mut Out, shards: &[Arc<ShardStats>]) {
     );
 }
 
+/// Cold reads through the span caches of each shard's slots.
+const SPAN_CACHE_SERIES: &[ShardSeries] = &[
+    (
+        counter(
+            "ringtail_span_cache_hits_total",
+            "Cold reads answered from spans the span cache held (no GET).",
+        ),
+        |s| s.span_cache.hits.load(Relaxed),
+    ),
+    (
+        counter(
+            "ringtail_span_cache_misses_total",
+            "Cold reads of spans the span cache did not hold: they joined a GET under way (a \
+             read-ahead's or another reader's) or started one.",
+        ),
+        |s| s.span_cache.misses.load(Relaxed),
+    ),
+    (
+        counter(
+            "ringtail_span_cache_gets_total",
+            "Ranged GETs of spans the span cache started, for cold reads and read-ahead.",
+        ),
+        |s| s.span_cache.gets.load(Relaxed),
+    ),
+    (
+        counter(
+            "ringtail_span_cache_read_ahead_gets_total",
+            "Of those, read-ahead GETs: a partition's next spans, started by a cold read.",
+        ),
+        |s| s.span_cache.read_ahead_gets.load(Relaxed),
+    ),
+    (
+        gauge(
+            "ringtail_span_cache_bytes",
+            "Bytes of object spans held in memory for cold reads (the span cache).",
+        ),
+        |s| s.span_cache.bytes.load(Relaxed),
+    ),
+    (
+        counter(
+            "ringtail_span_cache_evicted_bytes_total",
+            "Bytes that left the span cache, least recently used first.",
+        ),
+        |s| s.span_cache.evicted_bytes.load(Relaxed),
+    ),
+];
+
 /// Object-store requests of the process, by operation.
 fn store_requests(o: &mut Out, store: &StoreMetrics) {
     let by_op = |value: fn(&OpStats) -> u64| {
@@ -631,7 +681,7 @@ mod tests {
     }
 
     /// A few families' exact text, from stats built by hand: by shard and label, by WAL ring,
-    /// by API (only APIs that saw a request), by group.
+    /// by API (only APIs that saw a request), by shard (the span cache), by group.
     #[test]
     fn families_render_exactly() {
         let a = Arc::new(ShardStats::new(0));
@@ -646,6 +696,8 @@ mod tests {
         }
         b.request(ApiKey::Metadata as i16, Duration::from_millis(1));
         b.request(ApiKey::Metadata as i16, Duration::from_millis(1));
+        a.span_cache.hits.store(5, Relaxed);
+        b.span_cache.bytes.store(4096, Relaxed);
         a.offsets.lock().unwrap().partitions.push(PartitionOffsets {
             topic: "t".into(),
             partition: 0,
@@ -687,6 +739,22 @@ ringtail_wal_writes_total{shard="0",slot="4"} 7
             r#"# HELP ringtail_requests_total Requests handled, by API.
 # TYPE ringtail_requests_total counter
 ringtail_requests_total{shard="1",api="Metadata"} 2
+"#
+        );
+        assert_eq!(
+            family(&text, "ringtail_span_cache_hits_total"),
+            r#"# HELP ringtail_span_cache_hits_total Cold reads answered from spans the span cache held (no GET).
+# TYPE ringtail_span_cache_hits_total counter
+ringtail_span_cache_hits_total{shard="0"} 5
+ringtail_span_cache_hits_total{shard="1"} 0
+"#
+        );
+        assert_eq!(
+            family(&text, "ringtail_span_cache_bytes"),
+            r#"# HELP ringtail_span_cache_bytes Bytes of object spans held in memory for cold reads (the span cache).
+# TYPE ringtail_span_cache_bytes gauge
+ringtail_span_cache_bytes{shard="0"} 0
+ringtail_span_cache_bytes{shard="1"} 4096
 "#
         );
         assert_eq!(
