@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use hdrhistogram::Histogram;
 use kafka_protocol::records::Compression;
+use ringtail_engine::metrics::ShardStats;
 use ringtail_engine::partition::reads::READ_AHEAD_SPANS;
 use ringtail_engine::tier::object_format::Span;
 use ringtail_engine::tier::span_cache::SpanCache;
@@ -101,7 +102,7 @@ fn batch(base: i64) -> (ringtail_netio::header::BatchHeader, Bytes) {
 
 async fn run(label: &str, store: Arc<Counting<Arc<dyn ObjectStore>>>, total_mb: usize) {
     let object_bytes = 8 << 20;
-    let stats = Arc::new(ringtail_engine::metrics::ShardStats::new(0));
+    let stats = Arc::new(ShardStats::new(0));
     let tier = Tier::open(
         store.clone(),
         0,
@@ -169,7 +170,7 @@ async fn run(label: &str, store: Arc<Counting<Arc<dyn ObjectStore>>>, total_mb: 
         by_partition[s.partition as usize].push((key.as_str().into(), s.clone()));
     }
     let sequential = |ahead: usize| {
-        let cache = Rc::new(SpanCache::default());
+        let cache = Rc::new(SpanCache::new(Arc::new(ShardStats::new(0))));
         let store: Arc<dyn ObjectStore> = store.clone();
         let by_partition = by_partition.clone();
         async move {

@@ -1,6 +1,6 @@
 //! The metrics endpoint after real traffic: counters and histograms moved by exactly what the
-//! test caused; partition offsets and group lag; /health and /ready; the slow-request log in
-//! JSON.
+//! test caused; partition offsets and group lag; the span cache after cold reads; /health and
+//! /ready; the slow-request log in JSON.
 
 mod common;
 
@@ -30,6 +30,15 @@ fn batch(n: usize) -> Bytes {
 fn produce(raw: &mut Raw, topic: &str, records: Bytes) -> i16 {
     raw.produce(topic, 0, records, -1).0
 }
+
+const SPAN_CACHE_FAMILIES: [&str; 6] = [
+    "ringtail_span_cache_hits_total",
+    "ringtail_span_cache_misses_total",
+    "ringtail_span_cache_gets_total",
+    "ringtail_span_cache_read_ahead_gets_total",
+    "ringtail_span_cache_bytes",
+    "ringtail_span_cache_evicted_bytes_total",
+];
 
 /// Scrapes until `ok` holds for the metrics (they are published up to a second late).
 fn wait_for(
@@ -92,6 +101,9 @@ async fn counters_move_by_what_the_clients_did() {
     assert_eq!(m["ringtail_connections"], 1, "the raw connection is open");
     assert!(m["ringtail_connections_accepted_total"] >= 2);
     assert_eq!(m["ringtail_ready"], 1);
+    for name in SPAN_CACHE_FAMILIES {
+        assert_eq!(m.get(name), Some(&0), "{name}: no cold read yet");
+    }
 
     // Consumption: every record byte comes back, from memory (the hot tail).
     let (read, _) = common::read_all(&b.bootstrap(), "m", 1);
@@ -152,6 +164,56 @@ async fn counters_move_by_what_the_clients_did() {
     );
     drop(raw);
     wait_for(&b, "connection closed", |m| m["ringtail_connections"] == 0);
+}
+
+/// Without a hot-tail cache, uploaded batches leave memory at once: a consumer reads them from
+/// their object through the span cache (a miss and a GET), and a second consumer finds the spans
+/// held (hits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_reads_move_the_span_cache_series() {
+    let b = TestBroker::start(&[
+        "--shards",
+        "2",
+        "--hot-cache-bytes-per-shard",
+        "0",
+        "--object-age-max-ms",
+        "50",
+    ]);
+    common::create_topic(&b.bootstrap(), "cold", 1, &[]).await;
+    let mut raw = Raw::connect(b.addr);
+    let one = batch(10);
+    for _ in 0..3 {
+        assert_eq!(produce(&mut raw, "cold", one.clone()), 0);
+    }
+    let before = wait_for(&b, "uploaded and out of memory", |m| {
+        m.get("ringtail_object_size_bytes_count")
+            .copied()
+            .unwrap_or(0)
+            >= 1
+            && m["ringtail_upload_pending_bytes"] == 0
+            && m["ringtail_hot_cache_bytes"] == 0
+    });
+    let (read, _) = common::read_all(&b.bootstrap(), "cold", 1);
+    assert_eq!(read.len(), 30);
+    let first = b.metrics();
+    let moved = |m: &std::collections::BTreeMap<String, u64>, k: &str| m[k] - before[k];
+    assert!(
+        moved(&first, "ringtail_fetch_reads_total{source=\"object\"}") >= 1,
+        "{first:#?}"
+    );
+    assert!(moved(&first, "ringtail_span_cache_misses_total") >= 1);
+    assert!(moved(&first, "ringtail_span_cache_gets_total") >= 1);
+    assert!(first["ringtail_span_cache_bytes"] >= 3 * one.len() as u64);
+    assert_eq!(first["ringtail_span_cache_evicted_bytes_total"], 0);
+
+    let (again, _) = common::read_all(&b.bootstrap(), "cold", 1);
+    assert_eq!(again, read);
+    let second = b.metrics();
+    assert!(
+        moved(&second, "ringtail_span_cache_hits_total")
+            > moved(&first, "ringtail_span_cache_hits_total"),
+        "the second reader found the spans held: {second:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,7 +70,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             partition_limit: config.metrics_partition_limit,
             ready: ready.clone(),
         };
-        let bound = crate::metrics::serve(addr, sources)
+        let bound = crate::metrics::endpoint::serve(addr, sources)
             .map_err(|e| e.context("set --metrics-listen to a free address, or to none"))?;
         tracing::info!("metrics on http://{bound}/metrics");
     }

@@ -103,7 +103,7 @@ impl ShardState {
             unborn_waiters: RefCell::new(Vec::new()),
             last_full_warning: Cell::new(None),
             tier: tier.map(Rc::new),
-            span_cache: Rc::new(SpanCache::default()),
+            span_cache: Rc::new(SpanCache::new(stats.clone())),
             hot_uploaded: RefCell::new(VecDeque::new()),
             hot_uploaded_bytes: Cell::new(0),
             hot_cache_bytes: limits.hot_cache_bytes,

@@ -45,8 +45,6 @@ pub const MERGE_BACKLOG_OBJECTS: usize = 2 * MERGE_FANIN_MAX;
 /// While behind, merges are planned at most this often (planning scans the manifest).
 pub const MERGE_BACKLOG_INTERVAL: Duration = Duration::from_millis(100);
 
-/// A partition in an object: (topic id, partition index).
-
 /// The bytes of `o` that spans still reference: from the first span's start to the last one's
 /// end (retention may have dropped the others). Spans are in byte order (an object is written
 /// partition after partition, and dropping spans keeps the order), so this is O(1); a merge

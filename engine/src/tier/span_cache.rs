@@ -1,16 +1,20 @@
 //! A shard's cache of partition spans read from committed objects: a consumer replaying a span
 //! fetch by fetch reads it from the store once, and concurrent readers of the same span share
-//! one GET. Bounded by bytes; least recently used spans leave first.
+//! one GET. Bounded by bytes; least recently used spans leave first. There is one per slot (a
+//! shard hosting several slots has several); they count together in the shard's
+//! [`SpanCacheStats`] (`ringtail_span_cache_*`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use ringtail_objstore::{ObjectStore, StoreError};
 
+use crate::metrics::{ShardStats, SpanCacheStats};
 use crate::tier::object_format::Span;
 
 /// Spans held per shard at most, in bytes.
@@ -24,7 +28,6 @@ pub const READ_AHEAD_INFLIGHT_BYTES_MAX: u64 = SPAN_CACHE_BYTES_MAX as u64 / 2;
 type Key = (Arc<str>, u64);
 type Pending = Shared<BoxFuture<'static, Result<Bytes, StoreError>>>;
 
-#[derive(Default)]
 pub struct SpanCache {
     /// Most recently used at the back.
     entries: RefCell<VecDeque<(Key, Bytes)>>,
@@ -32,13 +35,25 @@ pub struct SpanCache {
     inflight: RefCell<HashMap<Key, Pending>>,
     /// Read-ahead GETs under way, and their bytes.
     ahead_gets: Rc<Cell<(usize, u64)>>,
-    /// Counters: spans served from memory, GETs issued, read-aheads started.
-    pub hits: Cell<u64>,
-    pub gets: Cell<u64>,
-    pub prefetches: Cell<u64>,
+    /// The shard's counters (shared with the caches of its other slots).
+    stats: Arc<ShardStats>,
 }
 
 impl SpanCache {
+    pub fn new(stats: Arc<ShardStats>) -> SpanCache {
+        SpanCache {
+            entries: RefCell::default(),
+            bytes: Cell::new(0),
+            inflight: RefCell::default(),
+            ahead_gets: Rc::default(),
+            stats,
+        }
+    }
+
+    fn counters(&self) -> &SpanCacheStats {
+        &self.stats.span_cache
+    }
+
     /// The span's bytes: from memory, from a GET already under way, or from a new ranged GET.
     pub async fn get(
         self: &Rc<Self>,
@@ -48,9 +63,10 @@ impl SpanCache {
     ) -> Result<Bytes, StoreError> {
         let key: Key = (object.clone(), span.byte_start);
         if let Some(bytes) = self.touch(&key) {
-            self.hits.set(self.hits.get() + 1);
+            self.counters().hits.fetch_add(1, Relaxed);
             return Ok(bytes);
         }
+        self.counters().misses.fetch_add(1, Relaxed);
         let pending = self.pending(store, &key, span);
         self.finish(key, pending).await
     }
@@ -76,7 +92,7 @@ impl SpanCache {
             return None;
         }
         let slot = AheadSlot::take(&self.ahead_gets, span.byte_len);
-        self.prefetches.set(self.prefetches.get() + 1);
+        self.counters().read_ahead_gets.fetch_add(1, Relaxed);
         let pending = self.pending(store, &key, span);
         let cache = self.clone();
         Some(async move {
@@ -93,7 +109,7 @@ impl SpanCache {
         if let Some(p) = inflight.get(key) {
             return p.clone();
         }
-        self.gets.set(self.gets.get() + 1);
+        self.counters().gets.fetch_add(1, Relaxed);
         let p = store
             .get(
                 &key.0,
@@ -140,11 +156,28 @@ impl SpanCache {
             return;
         }
         self.bytes.set(self.bytes.get() + bytes.len());
+        self.counters().bytes.fetch_add(bytes.len() as u64, Relaxed);
         entries.push_back((key, bytes));
         while self.bytes.get() > SPAN_CACHE_BYTES_MAX {
             let (_, old) = entries.pop_front().expect("over budget means non-empty");
             self.bytes.set(self.bytes.get() - old.len());
+            self.counters().bytes.fetch_sub(old.len() as u64, Relaxed);
+            self.counters()
+                .evicted_bytes
+                .fetch_add(old.len() as u64, Relaxed);
         }
+    }
+}
+
+impl Drop for SpanCache {
+    /// The slot is let go: its spans no longer count in the shard's.
+    fn drop(&mut self) {
+        let held = self.bytes.get() as u64;
+        let before = self.counters().bytes.fetch_sub(held, Relaxed);
+        debug_assert!(
+            before >= held,
+            "the shard's span bytes include this cache's"
+        );
     }
 }
 
@@ -198,7 +231,9 @@ mod tests {
         let store = LocalDir::open(dir.path()).unwrap();
         let body = Bytes::from((0..4096u32).map(|i| i as u8).collect::<Vec<u8>>());
         block_on(store.put("o", body.clone(), Condition::None)).unwrap();
-        let cache = Rc::new(SpanCache::default());
+        let stats = Arc::new(ShardStats::new(0));
+        let c = &stats.span_cache;
+        let cache = Rc::new(SpanCache::new(stats.clone()));
         let key: Arc<str> = "o".into();
         let s = span(100, 50);
         let (a, b) = block_on(futures::future::join(
@@ -209,13 +244,15 @@ mod tests {
         assert_eq!(b.unwrap(), body.slice(100..150));
         // The second reader shared the GET in flight, or (if the store answered before it
         // asked) found the span cached: never a second GET.
-        assert_eq!(cache.gets.get(), 1, "concurrent readers shared one GET");
-        let hits = cache.hits.get();
+        assert_eq!(c.gets.load(Relaxed), 1, "concurrent readers shared one GET");
+        let hits = c.hits.load(Relaxed);
+        assert_eq!(hits + c.misses.load(Relaxed), 2);
+        assert_eq!(c.bytes.load(Relaxed), 50);
         assert_eq!(
             block_on(cache.get(&store, &key, &s)).unwrap(),
             body.slice(100..150)
         );
-        assert_eq!((cache.gets.get(), cache.hits.get()), (1, hits + 1));
+        assert_eq!((c.gets.load(Relaxed), c.hits.load(Relaxed)), (1, hits + 1));
         assert!(matches!(
             block_on(cache.get(&store, &"missing".into(), &s)),
             Err(StoreError::NotFound(_))
@@ -228,16 +265,16 @@ mod tests {
             cache.prefetch(&store, &key, &next).is_none(),
             "already under way"
         );
-        let gets = cache.gets.get();
+        let gets = c.gets.load(Relaxed);
         let (read, ()) = block_on(futures::future::join(cache.get(&store, &key, &next), ahead));
         assert_eq!(read.unwrap(), body.slice(200..250));
         assert_eq!(
-            cache.gets.get(),
+            c.gets.load(Relaxed),
             gets,
             "the fetch shared the read-ahead's GET"
         );
         assert!(cache.prefetch(&store, &key, &next).is_none(), "cached now");
-        assert_eq!(cache.prefetches.get(), 1);
+        assert_eq!(c.read_ahead_gets.load(Relaxed), 1);
         // Read-ahead is bounded in GETs under way and in their bytes.
         let started: Vec<_> = (0..100u64)
             .filter_map(|i| cache.prefetch(&store, &key, &span(i * 10, 10)))
@@ -270,5 +307,24 @@ mod tests {
             cache.insert(("x".into(), i), Bytes::from(vec![0u8; 100_000]));
             assert!(cache.bytes.get() <= SPAN_CACHE_BYTES_MAX);
         }
+        // The shard's counters follow: bytes held now, bytes evicted, and nothing held once the
+        // slot's cache is gone.
+        let held = c.bytes.load(Relaxed);
+        assert_eq!(held, cache.bytes.get() as u64);
+        assert!(held > SPAN_CACHE_BYTES_MAX as u64 - 100_000);
+        assert!(c.evicted_bytes.load(Relaxed) >= 2000 * 100_000 - held);
+        drop(cache);
+        assert_eq!(c.bytes.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn the_caches_of_a_shards_slots_count_together() {
+        let stats = Arc::new(ShardStats::new(0));
+        let (a, b) = (SpanCache::new(stats.clone()), SpanCache::new(stats.clone()));
+        a.insert(("x".into(), 0), Bytes::from_static(b"abc"));
+        b.insert(("x".into(), 0), Bytes::from_static(b"de"));
+        assert_eq!(stats.span_cache.bytes.load(Relaxed), 5);
+        drop(a);
+        assert_eq!(stats.span_cache.bytes.load(Relaxed), 2, "a slot let go");
     }
 }
