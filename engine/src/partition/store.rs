@@ -313,6 +313,7 @@ impl ShardState {
     /// (oldest uploaded leave first), cold reads can find them in the object, and the WAL may
     /// trim behind them.
     pub(super) fn on_uploaded(&self, key: Arc<str>, spans: Vec<Span>) {
+        let held_before = self.hot_uploaded_bytes.get();
         {
             let mut parts = self.partitions.borrow_mut();
             let mut hot = self.hot_uploaded.borrow_mut();
@@ -348,10 +349,12 @@ impl ShardState {
                     );
                 }
             }
-            self.stats
-                .hot_cache_bytes
-                .store(self.hot_uploaded_bytes.get(), Ordering::Relaxed);
         }
+        // The shard's gauge counts the hot caches of all its slots: this one's change only.
+        let held = self.hot_uploaded_bytes.get();
+        self.stats
+            .hot_cache_bytes
+            .fetch_add(held.wrapping_sub(held_before), Ordering::Relaxed);
         self.trim_wal();
     }
 
@@ -573,5 +576,14 @@ impl ShardState {
             .retain(|k, _| k.topic_id != topic_id);
         self.writes_done.notify_all();
         self.trim_wal();
+    }
+}
+
+impl Drop for ShardState {
+    /// The slot is let go: its hot cache no longer counts in the shard's.
+    fn drop(&mut self) {
+        self.stats
+            .hot_cache_bytes
+            .fetch_sub(self.hot_uploaded_bytes.get(), Ordering::Relaxed);
     }
 }
