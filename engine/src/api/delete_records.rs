@@ -57,8 +57,7 @@ pub async fn handle(broker: &Broker, request: DeleteRecordsRequest) -> DeleteRec
     let outcomes = ringtail_shards::timeout(timeout, deleted)
         .await
         .unwrap_or_else(|| vec![DeleteOutcome::error(ResponseError::RequestTimedOut.code()); n]);
-    let mut outcomes = outcomes.into_iter();
-    let mut slots = slots.into_iter();
+    let mut outcomes = super::resolve::in_request_order(slots, outcomes);
     let topics = request
         .topics
         .iter()
@@ -67,10 +66,7 @@ pub async fn handle(broker: &Broker, request: DeleteRecordsRequest) -> DeleteRec
                 .partitions
                 .iter()
                 .map(|p| {
-                    let o = match slots.next().expect("slot per partition") {
-                        Ok(()) => outcomes.next().expect("outcome per item"),
-                        Err(code) => DeleteOutcome::error(code),
-                    };
+                    let o = outcomes.next().expect("an outcome per partition");
                     if o.error == 0 {
                         tracing::info!(topic = %topic.name.as_str(), partition = p.partition_index, low_watermark = o.low_watermark, "deleted records");
                     }

@@ -6,7 +6,7 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 
-use crate::partition::items::{ErrorOutcome, ListItem, ListOutcome, LEADER_EPOCH};
+use crate::partition::items::{ListItem, LEADER_EPOCH};
 use crate::shard::{Broker, ShardOp};
 
 pub async fn handle(
@@ -42,11 +42,10 @@ pub async fn handle(
             slots.push(slot);
         }
     }
-    let mut listed = broker
+    let listed = broker
         .scatter(items, |s, i| s.list_offsets(i), ShardOp::ListOffsets)
-        .await
-        .into_iter();
-    let mut slots = slots.into_iter();
+        .await;
+    let mut listed = super::resolve::in_request_order(slots, listed);
     let topics = request
         .topics
         .iter()
@@ -55,10 +54,7 @@ pub async fn handle(
                 .partitions
                 .iter()
                 .map(|p| {
-                    let o = match slots.next().expect("slot per partition") {
-                        Ok(()) => listed.next().expect("outcome per item"),
-                        Err(code) => ListOutcome::error(code),
-                    };
+                    let o = listed.next().expect("an outcome per partition");
                     ListOffsetsPartitionResponse::default()
                         .with_partition_index(p.partition_index)
                         .with_error_code(o.error)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use kafka_protocol::ResponseError;
 
 use crate::catalog::TopicMeta;
-use crate::partition::items::{PartitionKey, LEADER_EPOCH};
+use crate::partition::items::{ErrorOutcome, PartitionKey, LEADER_EPOCH};
 use crate::shard::{Broker, Route};
 
 /// A partition a request names, found: its topic, where it lives, its key.
@@ -59,4 +59,18 @@ pub fn check_leader_epoch(current: i32) -> Result<(), i16> {
     } else {
         Ok(())
     }
+}
+
+/// Every partition's outcome in request order: `slots` holds, per partition, Ok if it was sent
+/// to its owner (its outcome is the next of `outcomes`, which are in the order they were sent)
+/// or its error.
+pub fn in_request_order<O: ErrorOutcome>(
+    slots: Vec<Result<(), i16>>,
+    outcomes: Vec<O>,
+) -> impl Iterator<Item = O> {
+    let mut outcomes = outcomes.into_iter();
+    slots.into_iter().map(move |slot| match slot {
+        Ok(()) => outcomes.next().expect("an outcome per item sent"),
+        Err(code) => O::error(code),
+    })
 }
