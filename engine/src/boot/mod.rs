@@ -323,19 +323,7 @@ fn open_slots(
                 .map_err(|e| e.to_string())?;
         }
     }
-    let deadline = Instant::now() + crate::tier::STARTUP_RETRY_MAX;
-    loop {
-        if let Some((slot, e)) = membership.take_failures().into_iter().next() {
-            return Err(format!("a shard could not start: slot {slot}: {e}"));
-        }
-        if (!cluster || membership.rounds() > 0) && !membership.is_pending() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err("could not join the cluster: the object store does not answer".into());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    membership.wait_started(cluster, Instant::now() + crate::tier::STARTUP_RETRY_MAX)
 }
 
 /// The membership runner's thread (cluster mode: this broker shares the bucket).

@@ -78,7 +78,7 @@ struct Slots {
     opening: BTreeSet<u32>,
     /// Asked to open or close and not done yet.
     pending: BTreeSet<u32>,
-    /// Counts openings, closings and failures (see [`Membership::wait_for_change`]).
+    /// Counts openings, closings, failures and rounds (see [`Membership::wait_for_change`]).
     changes: u64,
 }
 
@@ -219,8 +219,37 @@ impl Membership {
         (!s.open.is_empty() || !s.pending.is_empty()).then(|| (s.open.clone(), s.changes))
     }
 
-    /// Blocks until a slot opened, closed or failed here since the change count was `seen`, or
-    /// until `deadline`.
+    /// A membership round completed (start-up waits for the first).
+    fn round_done(&self) {
+        let mut s = self.slots.lock().unwrap();
+        self.rounds.fetch_add(1, Ordering::Relaxed);
+        s.changes += 1;
+        self.changed.notify_all();
+    }
+
+    /// Start-up: blocks until the slots placed here serve — none pending and, in a cluster, a
+    /// first round completed. An error for the first slot that failed to open, or at `deadline`.
+    pub fn wait_started(&self, cluster: bool, deadline: Instant) -> Result<(), String> {
+        loop {
+            if let Some((slot, e)) = self.take_failures().into_iter().next() {
+                return Err(format!("a shard could not start: slot {slot}: {e}"));
+            }
+            let seen = {
+                let s = self.slots.lock().unwrap();
+                if (!cluster || self.rounds() > 0) && s.pending.is_empty() {
+                    return Ok(());
+                }
+                s.changes
+            };
+            if Instant::now() > deadline {
+                return Err("could not join the cluster: the object store does not answer".into());
+            }
+            self.wait_for_change(seen, deadline);
+        }
+    }
+
+    /// Blocks until a slot opened, closed or failed here (or a round completed) since the
+    /// change count was `seen`, or until `deadline`.
     fn wait_for_change(&self, seen: u64, deadline: Instant) {
         let s = self.slots.lock().unwrap();
         let left = deadline.saturating_duration_since(Instant::now());
@@ -434,7 +463,7 @@ impl Runner {
             self.request(slot, |c| c.close(slot));
         }
         if complete {
-            self.membership.rounds.fetch_add(1, Ordering::Relaxed);
+            self.membership.round_done();
         }
         Ok(d)
     }
