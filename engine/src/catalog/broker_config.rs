@@ -201,37 +201,39 @@ pub fn describe(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::catalog::topic_config::config_map;
 
     #[test]
     fn only_dynamic_names_with_valid_values_pass() {
-        assert!(validate(&map(&[("sasl.kerberos.min.time.before.relogin", "58000")])).is_ok());
-        assert!(validate(&map(&[
+        assert!(validate(&config_map(&[(
+            "sasl.kerberos.min.time.before.relogin",
+            "58000"
+        )]))
+        .is_ok());
+        assert!(validate(&config_map(&[
             ("num.io.threads", "16"),
             ("log.cleaner.io.buffer.load.factor", "0.5")
         ]))
         .is_ok());
-        let e = validate(&map(&[("num.partitions", "3"), ("log.retention.ms", "1")])).unwrap_err();
+        let e = validate(&config_map(&[
+            ("num.partitions", "3"),
+            ("log.retention.ms", "1"),
+        ]))
+        .unwrap_err();
         assert!(e.contains("log.retention.ms, num.partitions"), "{e}");
-        assert!(validate(&map(&[("num.io.threads", "0")])).is_err());
-        assert!(validate(&map(&[("num.io.threads", "many")])).is_err());
+        assert!(validate(&config_map(&[("num.io.threads", "0")])).is_err());
+        assert!(validate(&config_map(&[("num.io.threads", "many")])).is_err());
         assert!(
-            validate(&map(&[("num.io.threads", "99999999999")])).is_err(),
+            validate(&config_map(&[("num.io.threads", "99999999999")])).is_err(),
             "an INT"
         );
         assert!(
-            validate(&map(&[("log.cleaner.backoff.ms", "99999999999")])).is_ok(),
+            validate(&config_map(&[("log.cleaner.backoff.ms", "99999999999")])).is_ok(),
             "a LONG"
         );
-        assert!(validate(&map(&[("log.cleaner.io.buffer.load.factor", "inf")])).is_err());
-        assert!(validate(&map(&[("sasl.kerberos.ticket.renew.jitter", "NaN")])).is_err());
-        assert!(validate(&map(&[("sasl.kerberos.ticket.renew.jitter", "x")])).is_err());
+        assert!(validate(&config_map(&[("log.cleaner.io.buffer.load.factor", "inf")])).is_err());
+        assert!(validate(&config_map(&[("sasl.kerberos.ticket.renew.jitter", "NaN")])).is_err());
+        assert!(validate(&config_map(&[("sasl.kerberos.ticket.renew.jitter", "x")])).is_err());
     }
 
     #[test]
@@ -245,7 +247,7 @@ mod tests {
 
     #[test]
     fn incremental_operations_apply_in_order_and_validate_the_result() {
-        let current = map(&[("num.io.threads", "4")]);
+        let current = config_map(&[("num.io.threads", "4")]);
         let next = apply_incremental(
             &current,
             &[
@@ -260,7 +262,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             next,
-            map(&[("sasl.kerberos.principal.to.local.rules", "DEFAULT,RULE:x")])
+            config_map(&[("sasl.kerberos.principal.to.local.rules", "DEFAULT,RULE:x")])
         );
         assert!(apply_incremental(
             &current,
@@ -293,8 +295,8 @@ mod tests {
 
     #[test]
     fn a_brokers_own_value_wins_over_the_cluster_default() {
-        let default = map(&[("num.io.threads", "6"), ("background.threads", "2")]);
-        let own = map(&[("num.io.threads", "9")]);
+        let default = config_map(&[("num.io.threads", "6"), ("background.threads", "2")]);
+        let own = config_map(&[("num.io.threads", "9")]);
         let described = describe(Some(&default), Described::Broker(Some(&own)));
         let get = |n: &str| {
             described

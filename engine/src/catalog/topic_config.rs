@@ -321,20 +321,21 @@ pub fn replaced_set(ops: &[(String, Option<String>)]) -> BTreeMap<String, String
         .collect()
 }
 
+/// A config map from name/value pairs (the offsets topic's fixed configs, tests).
+pub fn config_map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
     #[test]
     fn honoured_configs_take_effect() {
-        let c = TopicConfig::from_map(&map(&[
+        let c = TopicConfig::from_map(&config_map(&[
             ("max.message.bytes", "2097152"),
             ("retention.bytes", "1000"),
             ("message.timestamp.type", "LogAppendTime"),
@@ -360,14 +361,20 @@ mod tests {
             ("message.timestamp.type", "Now"),
             ("nope", "1"),
         ] {
-            assert!(TopicConfig::from_map(&map(&[(k, v)])).is_err(), "{k}={v}");
+            assert!(
+                TopicConfig::from_map(&config_map(&[(k, v)])).is_err(),
+                "{k}={v}"
+            );
         }
     }
 
     #[test]
     fn compression_type_names_a_codec_at_its_level() {
-        let target =
-            |pairs: &[(&str, &str)]| TopicConfig::from_map(&map(pairs)).unwrap().compression;
+        let target = |pairs: &[(&str, &str)]| {
+            TopicConfig::from_map(&config_map(pairs))
+                .unwrap()
+                .compression
+        };
         assert_eq!(target(&[]), None);
         assert_eq!(target(&[("compression.type", "producer")]), None);
         assert_eq!(
@@ -403,7 +410,7 @@ mod tests {
             target(&[("compression.type", "lz4")]),
             Some(Target::new(Codec::Lz4, 9).unwrap())
         );
-        assert!(TopicConfig::from_map(&map(&[
+        assert!(TopicConfig::from_map(&config_map(&[
             ("compression.type", "gzip"),
             ("compression.lz4.level", "99")
         ]))
@@ -416,7 +423,7 @@ mod tests {
 
     #[test]
     fn incremental_alter_sets_deletes_and_validates_atomically() {
-        let current = map(&[("retention.ms", "1000"), ("segment.bytes", "5")]);
+        let current = config_map(&[("retention.ms", "1000"), ("segment.bytes", "5")]);
         let next = apply_incremental(
             &current,
             &[
@@ -427,7 +434,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             next,
-            map(&[("retention.bytes", "4096"), ("retention.ms", "1000")])
+            config_map(&[("retention.bytes", "4096"), ("retention.ms", "1000")])
         );
         // Deleting a config that is not set is fine (it is already the default).
         assert_eq!(
@@ -437,11 +444,11 @@ mod tests {
         // Appending what is there is a no-op; anything but "delete" does not validate.
         assert_eq!(
             apply_incremental(
-                &map(&[]),
+                &config_map(&[]),
                 &[op("cleanup.policy", AlterOp::Append, Some("delete"))]
             )
             .unwrap(),
-            map(&[("cleanup.policy", "delete")])
+            config_map(&[("cleanup.policy", "delete")])
         );
         for bad in [
             vec![op("cleanup.policy", AlterOp::Append, Some("compact"))],
@@ -469,18 +476,18 @@ mod tests {
     #[test]
     fn legacy_alter_replaces_the_whole_set() {
         let next = apply_replace(&[("retention.ms".into(), Some("5".into()))]).unwrap();
-        assert_eq!(next, map(&[("retention.ms", "5")]));
+        assert_eq!(next, config_map(&[("retention.ms", "5")]));
         // As Kafka: no value leaves the config out, a config named twice takes its last value.
         assert_eq!(
             apply_replace(&[("retention.ms".into(), None)]),
-            Ok(map(&[]))
+            Ok(config_map(&[]))
         );
         assert_eq!(
             apply_replace(&[
                 ("retention.ms".into(), Some("5".into())),
                 ("retention.ms".into(), Some("6".into()))
             ]),
-            Ok(map(&[("retention.ms", "6")]))
+            Ok(config_map(&[("retention.ms", "6")]))
         );
         assert!(apply_replace(&[("retention.ms".into(), Some("-5".into()))]).is_err());
     }

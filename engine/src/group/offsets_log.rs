@@ -33,10 +33,10 @@ pub const OFFSETS_COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::fro
 /// object store `durability=object` (a commit is answered once it is in the bucket: no machine
 /// loss loses it), without one the WAL.
 pub fn offsets_topic_configs(object_store: bool) -> BTreeMap<String, String> {
-    let mut c: BTreeMap<String, String> = [("retention.ms", "-1"), ("retention.bytes", "-1")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let mut c = crate::catalog::topic_config::config_map(&[
+        ("retention.ms", "-1"),
+        ("retention.bytes", "-1"),
+    ]);
     if object_store {
         c.insert("durability".into(), "object".into());
     }
