@@ -327,6 +327,8 @@ impl Config {
             }
             None => FileConfig::default(),
         };
+        let limits = Limits::resolve(&args, &file)?;
+        let (wal_sync, wal_max_write_bytes, wal_size_per_shard) = wal_settings(&args, &file)?;
         let listen = args
             .listen
             .or(file.listen)
@@ -344,92 +346,10 @@ impl Config {
         if shards == 0 || shards > 1024 {
             bail!("--shards must be between 1 and 1024, got {shards}");
         }
-        let default_partitions = args
-            .default_partitions
-            .or(file.default_partitions)
-            .unwrap_or(1);
-        if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&default_partitions) {
-            bail!("--default-partitions must be between 1 and {PARTITIONS_PER_TOPIC_MAX}");
-        }
-        let request_bytes_max = args
-            .request_bytes_max
-            .or(file.request_bytes_max)
-            .unwrap_or(ringtail_netio::frame::REQUEST_BYTES_MAX_DEFAULT);
-        if !(1024..=1 << 30).contains(&request_bytes_max) {
-            bail!("--request-bytes-max must be between 1 KiB and 1 GiB");
-        }
-        let max_connections = args
-            .max_connections
-            .or(file.max_connections)
-            .unwrap_or(MAX_CONNECTIONS_DEFAULT);
-        let max_connections_per_ip = args.max_connections_per_ip.or(file.max_connections_per_ip);
-        if max_connections == 0 || max_connections_per_ip == Some(0) {
-            bail!("--max-connections and --max-connections-per-ip must be at least 1");
-        }
-        let fetch_bytes_max = args
-            .fetch_bytes_max
-            .or(file.fetch_bytes_max)
-            .unwrap_or(FETCH_BYTES_MAX_DEFAULT);
-        if !(1024..=i32::MAX as usize).contains(&fetch_bytes_max) {
-            bail!("--fetch-bytes-max must be between 1 KiB and 2 GiB");
-        }
-        let connections_max_idle = millis(
-            "connections-max-idle-ms",
-            args.connections_max_idle_ms
-                .or(file.connections_max_idle_ms),
-            CONNECTIONS_MAX_IDLE_MS_DEFAULT,
-            100..=1 << 40,
-        )?;
-        let request_read_timeout = millis(
-            "request-read-timeout-ms",
-            args.request_read_timeout_ms
-                .or(file.request_read_timeout_ms),
-            REQUEST_READ_TIMEOUT_MS_DEFAULT,
-            100..=1 << 40,
-        )?;
-        let send_timeout = millis(
-            "send-timeout-ms",
-            args.send_timeout_ms.or(file.send_timeout_ms),
-            SEND_TIMEOUT_MS_DEFAULT,
-            100..=1 << 40,
-        )?;
-        let retention_check_interval = millis(
-            "log-retention-check-interval-ms",
-            args.log_retention_check_interval_ms
-                .or(file.log_retention_check_interval_ms),
-            RETENTION_CHECK_INTERVAL_MS_DEFAULT,
-            10..=1 << 40,
-        )?;
-        let fetch_session_cache_slots = args
-            .fetch_session_cache_slots
-            .or(file.fetch_session_cache_slots)
-            .unwrap_or(FETCH_SESSION_CACHE_SLOTS_DEFAULT);
         let data_dir = args
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("./ringtail-data"));
-        let wal_sync = match args.wal_sync.or(file.wal_sync).as_deref() {
-            // O_DSYNC measured faster than write + fdatasync (docs/benchmarks.md).
-            None | Some("dsync") => ringtail_wal::SyncMode::ODsync,
-            Some("fdatasync") => ringtail_wal::SyncMode::Fdatasync,
-            Some(other) => bail!("--wal-sync must be fdatasync or dsync, got {other:?}"),
-        };
-        let wal_max_write_bytes = args
-            .wal_max_write_bytes
-            .or(file.wal_max_write_bytes)
-            .unwrap_or(2 << 20);
-        let wal_size_per_shard = args
-            .wal_size_per_shard
-            .or(file.wal_size_per_shard)
-            .unwrap_or(1 << 30);
-        if !wal_max_write_bytes.is_multiple_of(4096) || wal_max_write_bytes < 64 << 10 {
-            bail!("--wal-max-write-bytes must be a multiple of 4096 and at least 64 KiB");
-        }
-        if !wal_size_per_shard.is_multiple_of(4096)
-            || wal_size_per_shard < 8192 + 4 * wal_max_write_bytes as u64
-        {
-            bail!("--wal-size-per-shard must be a multiple of 4096 and hold at least four maximum writes (--wal-max-write-bytes)");
-        }
         Ok(Config {
             wal_dir: args
                 .wal_dir
@@ -441,14 +361,7 @@ impl Config {
                 args.wal_max_delay_us.or(file.wal_max_delay_us).unwrap_or(0),
             ),
             wal_sync,
-            object_store: match args.object_store.or(file.object_store).as_deref() {
-                Some("none") => None,
-                Some(url) => Some(url.parse()?),
-                // The embedded default: a directory next to the WAL.
-                None => Some(ObjectStoreUrl::Dir(
-                    std::path::absolute(&data_dir)?.join("objects"),
-                )),
-            },
+            object_store: object_store_url(args.object_store.or(file.object_store), &data_dir)?,
             s3_endpoint: args.s3_endpoint.or(file.s3_endpoint),
             s3_region: args
                 .s3_region
@@ -534,16 +447,16 @@ impl Config {
                 .auto_create_topics
                 .or(file.auto_create_topics)
                 .unwrap_or(false),
-            default_partitions,
-            request_bytes_max,
-            max_connections,
-            max_connections_per_ip,
-            connections_max_idle,
-            request_read_timeout,
-            send_timeout,
-            fetch_bytes_max,
-            retention_check_interval,
-            fetch_session_cache_slots,
+            default_partitions: limits.default_partitions,
+            request_bytes_max: limits.request_bytes_max,
+            max_connections: limits.max_connections,
+            max_connections_per_ip: limits.max_connections_per_ip,
+            connections_max_idle: limits.connections_max_idle,
+            request_read_timeout: limits.request_read_timeout,
+            send_timeout: limits.send_timeout,
+            fetch_bytes_max: limits.fetch_bytes_max,
+            retention_check_interval: limits.retention_check_interval,
+            fetch_session_cache_slots: limits.fetch_session_cache_slots,
         })
     }
 }
@@ -558,6 +471,142 @@ fn physical_memory_bytes() -> u64 {
             Some(kib * 1024)
         })
         .unwrap_or(1 << 30)
+}
+
+/// `--object-store`: `none`, a URL, or by default (the embedded store) a directory in the data
+/// directory.
+fn object_store_url(
+    flag: Option<String>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Option<ObjectStoreUrl>> {
+    Ok(match flag.as_deref() {
+        Some("none") => None,
+        Some(url) => Some(url.parse()?),
+        None => Some(ObjectStoreUrl::Dir(
+            std::path::absolute(data_dir)?.join("objects"),
+        )),
+    })
+}
+
+/// The limits a client meets (sizes, counts, timeouts), from the flags over the file.
+struct Limits {
+    default_partitions: i32,
+    request_bytes_max: usize,
+    max_connections: usize,
+    max_connections_per_ip: Option<usize>,
+    fetch_bytes_max: usize,
+    connections_max_idle: std::time::Duration,
+    request_read_timeout: std::time::Duration,
+    send_timeout: std::time::Duration,
+    retention_check_interval: std::time::Duration,
+    fetch_session_cache_slots: usize,
+}
+
+impl Limits {
+    fn resolve(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Limits> {
+        let default_partitions = args
+            .default_partitions
+            .or(file.default_partitions)
+            .unwrap_or(1);
+        if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&default_partitions) {
+            bail!("--default-partitions must be between 1 and {PARTITIONS_PER_TOPIC_MAX}");
+        }
+        let request_bytes_max = args
+            .request_bytes_max
+            .or(file.request_bytes_max)
+            .unwrap_or(ringtail_netio::frame::REQUEST_BYTES_MAX_DEFAULT);
+        if !(1024..=1 << 30).contains(&request_bytes_max) {
+            bail!("--request-bytes-max must be between 1 KiB and 1 GiB");
+        }
+        let max_connections = args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(MAX_CONNECTIONS_DEFAULT);
+        let max_connections_per_ip = args.max_connections_per_ip.or(file.max_connections_per_ip);
+        if max_connections == 0 || max_connections_per_ip == Some(0) {
+            bail!("--max-connections and --max-connections-per-ip must be at least 1");
+        }
+        let fetch_bytes_max = args
+            .fetch_bytes_max
+            .or(file.fetch_bytes_max)
+            .unwrap_or(FETCH_BYTES_MAX_DEFAULT);
+        if !(1024..=i32::MAX as usize).contains(&fetch_bytes_max) {
+            bail!("--fetch-bytes-max must be between 1 KiB and 2 GiB");
+        }
+        let connections_max_idle = millis(
+            "connections-max-idle-ms",
+            args.connections_max_idle_ms
+                .or(file.connections_max_idle_ms),
+            CONNECTIONS_MAX_IDLE_MS_DEFAULT,
+            100..=1 << 40,
+        )?;
+        let request_read_timeout = millis(
+            "request-read-timeout-ms",
+            args.request_read_timeout_ms
+                .or(file.request_read_timeout_ms),
+            REQUEST_READ_TIMEOUT_MS_DEFAULT,
+            100..=1 << 40,
+        )?;
+        let send_timeout = millis(
+            "send-timeout-ms",
+            args.send_timeout_ms.or(file.send_timeout_ms),
+            SEND_TIMEOUT_MS_DEFAULT,
+            100..=1 << 40,
+        )?;
+        let retention_check_interval = millis(
+            "log-retention-check-interval-ms",
+            args.log_retention_check_interval_ms
+                .or(file.log_retention_check_interval_ms),
+            RETENTION_CHECK_INTERVAL_MS_DEFAULT,
+            10..=1 << 40,
+        )?;
+        let fetch_session_cache_slots = args
+            .fetch_session_cache_slots
+            .or(file.fetch_session_cache_slots)
+            .unwrap_or(FETCH_SESSION_CACHE_SLOTS_DEFAULT);
+        Ok(Limits {
+            default_partitions,
+            request_bytes_max,
+            max_connections,
+            max_connections_per_ip,
+            fetch_bytes_max,
+            connections_max_idle,
+            request_read_timeout,
+            send_timeout,
+            retention_check_interval,
+            fetch_session_cache_slots,
+        })
+    }
+}
+
+/// The WAL's sync mode, largest write and ring size, from the flags over the file, checked.
+fn wal_settings(
+    args: &ServeArgs,
+    file: &FileConfig,
+) -> anyhow::Result<(ringtail_wal::SyncMode, u32, u64)> {
+    let wal_sync = match args.wal_sync.as_deref().or(file.wal_sync.as_deref()) {
+        // O_DSYNC measured faster than write + fdatasync (docs/benchmarks.md).
+        None | Some("dsync") => ringtail_wal::SyncMode::ODsync,
+        Some("fdatasync") => ringtail_wal::SyncMode::Fdatasync,
+        Some(other) => bail!("--wal-sync must be fdatasync or dsync, got {other:?}"),
+    };
+    let wal_max_write_bytes = args
+        .wal_max_write_bytes
+        .or(file.wal_max_write_bytes)
+        .unwrap_or(2 << 20);
+    let wal_size_per_shard = args
+        .wal_size_per_shard
+        .or(file.wal_size_per_shard)
+        .unwrap_or(1 << 30);
+    if !wal_max_write_bytes.is_multiple_of(4096) || wal_max_write_bytes < 64 << 10 {
+        bail!("--wal-max-write-bytes must be a multiple of 4096 and at least 64 KiB");
+    }
+    if !wal_size_per_shard.is_multiple_of(4096)
+        || wal_size_per_shard < 8192 + 4 * wal_max_write_bytes as u64
+    {
+        bail!("--wal-size-per-shard must be a multiple of 4096 and hold at least four maximum writes (--wal-max-write-bytes)");
+    }
+    Ok((wal_sync, wal_max_write_bytes, wal_size_per_shard))
 }
 
 fn parse_host_port(s: &str) -> anyhow::Result<(String, Option<u16>)> {

@@ -90,6 +90,8 @@ pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Task = Box<dyn FnOnce() -> anyhow::Result<()> + Send>;
 
+type Handles = Vec<tokio::task::JoinHandle<anyhow::Result<()>>>;
+
 pub async fn run(workload: &Workload, opts: &RunOptions) -> anyhow::Result<RunResult> {
     workload.validate()?;
     anyhow::ensure!(
@@ -101,21 +103,7 @@ pub async fn run(workload: &Workload, opts: &RunOptions) -> anyhow::Result<RunRe
         .duration
         .unwrap_or(Duration::from_secs(workload.duration_s));
     let warmup = Duration::from_secs(workload.warmup_s).min(duration / 2);
-    let ready = match opts.driver {
-        Driver::Librdkafka => {
-            librdkafka::ensure_topic(workload, &opts.bootstrap, &opts.client_config).await
-        }
-        Driver::Native => native::ensure_topic(workload, &opts.bootstrap, opts.stall_timeout).await,
-    };
-    if let Err(e) = ready {
-        let text = format!("{e:#}");
-        let hint = if text.contains("closed") || text.contains("Transport") {
-            " (if the broker requires TLS or SASL: --driver librdkafka with --client-config)"
-        } else {
-            ""
-        };
-        anyhow::bail!("{text}{hint}");
-    }
+    ensure_topic(workload, opts).await?;
     let shared = Arc::new(Shared::new(opts.stall_timeout));
     // However the run ends (an error included), consumers stop: a blocking librdkafka consumer
     // left polling would keep the runtime from shutting down.
@@ -130,150 +118,22 @@ pub async fn run(workload: &Workload, opts: &RunOptions) -> anyhow::Result<RunRe
     let client_cpu_before = process_cpu_seconds(std::process::id());
 
     // Consumers first, so that they are in place when the first message arrives.
-    // A fresh group per run: no committed offsets from an earlier run to resume from.
-    let group = format!(
-        "ringtail-perf-{}-{}",
-        workload.name,
-        uuid::Uuid::new_v4().simple()
-    );
-    let mut consumers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>> = Vec::new();
-    for i in 0..workload.consumers {
-        let shared = shared.clone();
-        consumers.push(match opts.driver {
-            Driver::Librdkafka => {
-                let c = librdkafka::consumer(
-                    workload,
-                    &opts.bootstrap,
-                    &opts.client_config,
-                    &group,
-                    i,
-                )?;
-                let task: Task = Box::new(move || {
-                    librdkafka::consume(c, &shared);
-                    Ok(())
-                });
-                tokio::task::spawn_blocking(task)
-            }
-            Driver::Native => tokio::spawn(native::consume(
-                workload.clone(),
-                opts.bootstrap.clone(),
-                group.clone(),
-                i,
-                shared,
-            )),
-        });
-    }
-    let mut failure: Option<String> = None;
-    // Consumers start at the end of the log: wait until every one holds its partitions (a
-    // group may take a while to form), or messages sent meanwhile would be missed.
-    let deadline = Instant::now() + CONSUMERS_READY_MAX;
-    while shared.consumers_ready.load(Ordering::Relaxed) < workload.consumers as u64 {
-        if let Some(done) = consumers.iter_mut().find(|c| c.is_finished()) {
-            let why = match done.await {
-                Ok(Err(e)) => format!("{e:#}"),
-                _ => "a consumer stopped".to_string(),
-            };
-            shared.stop();
-            anyhow::bail!("consumer failed before the run started: {why}");
-        }
-        if Instant::now() > deadline {
-            shared.stop();
-            anyhow::bail!("consumers did not get their partitions within {CONSUMERS_READY_MAX:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut consumers = start_consumers(workload, opts, &shared)?;
+    consumers_ready(workload, &shared, &mut consumers).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let start = Instant::now();
     let base_nanos = unix_nanos() - start.elapsed().as_nanos() as u64;
-    let mut producers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>> = Vec::new();
-    for i in 0..workload.producers {
-        let (w, shared) = (workload.clone(), shared.clone());
-        producers.push(match opts.driver {
-            Driver::Librdkafka => {
-                let p = librdkafka::producer(
-                    workload,
-                    &opts.bootstrap,
-                    &opts.client_config,
-                    opts.stall_timeout,
-                )?;
-                tokio::spawn(librdkafka::produce(p, w, i, start, base_nanos, shared))
-            }
-            Driver::Native => tokio::spawn(native::produce(
-                w,
-                opts.bootstrap.clone(),
-                i,
-                start,
-                base_nanos,
-                shared,
-            )),
-        });
-    }
-    let mut series = Vec::new();
-    let mut last = 0u64;
-    let mut last_ack = Instant::now();
-    let mut measured_since = None;
-    while start.elapsed() < duration {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        if start.elapsed() >= warmup && measured_since.is_none() {
-            shared.measuring.store(true, Ordering::Relaxed);
-            measured_since = Some((Instant::now(), shared.produced.load(Ordering::Relaxed)));
-        }
-        let now = shared.produced.load(Ordering::Relaxed);
-        series.push((now - last) as f64);
-        if now > last {
-            last_ack = Instant::now();
-        }
-        last = now;
-        if opts.progress {
-            let stalled = if last_ack.elapsed() >= STALL_WARNING {
-                format!(
-                    "; nothing acknowledged for {:.0} s (broker stalled?)",
-                    last_ack.elapsed().as_secs_f64()
-                )
-            } else {
-                String::new()
-            };
-            eprintln!(
-                "[{:>4.0}s] produced {now} ({} msg/s), consumed {}, errors {}{stalled}",
-                start.elapsed().as_secs_f64(),
-                series.last().copied().unwrap_or(0.0),
-                shared.consumed.load(Ordering::Relaxed),
-                shared.errors.load(Ordering::Relaxed),
-            );
-        }
-        if let Some(p) = producers.iter().find(|p| p.is_finished()) {
-            let _ = p;
-            break; // a producer gave up: its error is collected below
-        }
-    }
+    let producers = start_producers(workload, opts, &shared, start, base_nanos)?;
+    let (series, measured_since) = drive(opts, &shared, &producers, start, duration, warmup).await;
     shared.stop_producing.store(true, Ordering::Relaxed);
     let measured = measured_since.map_or(start.elapsed(), |(t, _)| t.elapsed());
-    for p in producers {
-        match p.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                failure.get_or_insert(format!("producer: {e:#}"));
-            }
-            Err(e) => {
-                failure.get_or_insert(format!("producer task: {e}"));
-            }
-        }
-    }
+    let mut failure = join_all(producers, "producer").await;
     shared.producers_done.store(true, Ordering::Relaxed);
     let produced = shared.produced.load(Ordering::Relaxed);
     // Consumers stop once producing stopped and they caught up (or the drain gave up).
-    for c in consumers {
-        match c.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                failure.get_or_insert(format!("consumer: {e:#}"));
-            }
-            Err(e) => {
-                failure.get_or_insert(format!("consumer task: {e}"));
-            }
-        }
-    }
+    let consumer_failure = join_all(consumers, "consumer").await;
+    failure = failure.or(consumer_failure);
     shared.measuring.store(false, Ordering::Relaxed);
     let cpu_after = opts.broker_pid.and_then(process_cpu_seconds);
     let client_cpu_after = process_cpu_seconds(std::process::id());
@@ -338,6 +198,197 @@ pub async fn run(workload: &Workload, opts: &RunOptions) -> anyhow::Result<RunRe
         client_cpu_s: client_cpu_before.zip(client_cpu_after).map(|(a, b)| b - a),
         broker_peak_rss_mib: opts.broker_pid.and_then(peak_rss_mib),
     })
+}
+
+/// Creates the workload's topic if needed; a failure that looks like a secured listener says
+/// how to reach it.
+async fn ensure_topic(workload: &Workload, opts: &RunOptions) -> anyhow::Result<()> {
+    let ready = match opts.driver {
+        Driver::Librdkafka => {
+            librdkafka::ensure_topic(workload, &opts.bootstrap, &opts.client_config).await
+        }
+        Driver::Native => native::ensure_topic(workload, &opts.bootstrap, opts.stall_timeout).await,
+    };
+    if let Err(e) = ready {
+        let text = format!("{e:#}");
+        let hint = if text.contains("closed") || text.contains("Transport") {
+            " (if the broker requires TLS or SASL: --driver librdkafka with --client-config)"
+        } else {
+            ""
+        };
+        anyhow::bail!("{text}{hint}");
+    }
+    Ok(())
+}
+
+/// Starts the workload's consumers, in a fresh group (no committed offsets from an earlier run
+/// to resume from).
+fn start_consumers(
+    workload: &Workload,
+    opts: &RunOptions,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<Handles> {
+    let group = format!(
+        "ringtail-perf-{}-{}",
+        workload.name,
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut consumers: Handles = Vec::new();
+    for i in 0..workload.consumers {
+        let shared = shared.clone();
+        consumers.push(match opts.driver {
+            Driver::Librdkafka => {
+                let c = librdkafka::consumer(
+                    workload,
+                    &opts.bootstrap,
+                    &opts.client_config,
+                    &group,
+                    i,
+                )?;
+                let task: Task = Box::new(move || {
+                    librdkafka::consume(c, &shared);
+                    Ok(())
+                });
+                tokio::task::spawn_blocking(task)
+            }
+            Driver::Native => tokio::spawn(native::consume(
+                workload.clone(),
+                opts.bootstrap.clone(),
+                group.clone(),
+                i,
+                shared,
+            )),
+        });
+    }
+    Ok(consumers)
+}
+
+/// Consumers start at the end of the log: waits until every one holds its partitions (a group
+/// may take a while to form), or messages sent meanwhile would be missed.
+async fn consumers_ready(
+    workload: &Workload,
+    shared: &Shared,
+    consumers: &mut Handles,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + CONSUMERS_READY_MAX;
+    while shared.consumers_ready.load(Ordering::Relaxed) < workload.consumers as u64 {
+        if let Some(done) = consumers.iter_mut().find(|c| c.is_finished()) {
+            let why = match done.await {
+                Ok(Err(e)) => format!("{e:#}"),
+                _ => "a consumer stopped".to_string(),
+            };
+            shared.stop();
+            anyhow::bail!("consumer failed before the run started: {why}");
+        }
+        if Instant::now() > deadline {
+            shared.stop();
+            anyhow::bail!("consumers did not get their partitions within {CONSUMERS_READY_MAX:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn start_producers(
+    workload: &Workload,
+    opts: &RunOptions,
+    shared: &Arc<Shared>,
+    start: Instant,
+    base_nanos: u64,
+) -> anyhow::Result<Handles> {
+    let mut producers: Handles = Vec::new();
+    for i in 0..workload.producers {
+        let (w, shared) = (workload.clone(), shared.clone());
+        producers.push(match opts.driver {
+            Driver::Librdkafka => {
+                let p = librdkafka::producer(
+                    workload,
+                    &opts.bootstrap,
+                    &opts.client_config,
+                    opts.stall_timeout,
+                )?;
+                tokio::spawn(librdkafka::produce(p, w, i, start, base_nanos, shared))
+            }
+            Driver::Native => tokio::spawn(native::produce(
+                w,
+                opts.bootstrap.clone(),
+                i,
+                start,
+                base_nanos,
+                shared,
+            )),
+        });
+    }
+    Ok(producers)
+}
+
+/// The run's clock: once a second, the messages acknowledged in that second (the series) and,
+/// with `--progress`, a line; measuring starts after the warm-up. Ends after `duration`, or when
+/// a producer gave up (its error is collected by the caller). Returns the series and when
+/// measuring started, with the count produced by then.
+async fn drive(
+    opts: &RunOptions,
+    shared: &Shared,
+    producers: &Handles,
+    start: Instant,
+    duration: Duration,
+    warmup: Duration,
+) -> (Vec<f64>, Option<(Instant, u64)>) {
+    let mut series = Vec::new();
+    let mut last = 0u64;
+    let mut last_ack = Instant::now();
+    let mut measured_since = None;
+    while start.elapsed() < duration {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if start.elapsed() >= warmup && measured_since.is_none() {
+            shared.measuring.store(true, Ordering::Relaxed);
+            measured_since = Some((Instant::now(), shared.produced.load(Ordering::Relaxed)));
+        }
+        let now = shared.produced.load(Ordering::Relaxed);
+        series.push((now - last) as f64);
+        if now > last {
+            last_ack = Instant::now();
+        }
+        last = now;
+        if opts.progress {
+            let stalled = if last_ack.elapsed() >= STALL_WARNING {
+                format!(
+                    "; nothing acknowledged for {:.0} s (broker stalled?)",
+                    last_ack.elapsed().as_secs_f64()
+                )
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "[{:>4.0}s] produced {now} ({} msg/s), consumed {}, errors {}{stalled}",
+                start.elapsed().as_secs_f64(),
+                series.last().copied().unwrap_or(0.0),
+                shared.consumed.load(Ordering::Relaxed),
+                shared.errors.load(Ordering::Relaxed),
+            );
+        }
+        if producers.iter().any(|p| p.is_finished()) {
+            break; // a producer gave up: its error is collected by the caller
+        }
+    }
+    (series, measured_since)
+}
+
+/// Waits for every task; the first failure, named by `what`.
+async fn join_all(tasks: Handles, what: &str) -> Option<String> {
+    let mut failure = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failure.get_or_insert(format!("{what}: {e:#}"));
+            }
+            Err(e) => {
+                failure.get_or_insert(format!("{what} task: {e}"));
+            }
+        }
+    }
+    failure
 }
 
 /// CPU seconds a process has used (Linux /proc).
