@@ -32,7 +32,10 @@ impl WaitList {
     /// Resolves at the next [`WaitList::notify_all`] (or when the list is dropped).
     pub fn wait(&self) -> impl Future<Output = ()> {
         let (tx, rx) = oneshot::channel();
-        self.waiters.borrow_mut().push(tx);
+        let mut waiters = self.waiters.borrow_mut();
+        // Waits given up (a deadline passed, the task was dropped) leave nothing behind.
+        waiters.retain(|w| !w.is_canceled());
+        waiters.push(tx);
         async move {
             let _ = rx.await;
         }

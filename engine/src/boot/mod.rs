@@ -105,6 +105,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         _ => None,
     };
     if let Err(e) = open_slots(&shards, &membership, cluster.is_some(), slots) {
+        // The runner stops first: it would go on asking the stopping shards to open slots.
+        if let Some(cluster) = &cluster {
+            cluster.stop.store(true, Relaxed);
+        }
         shards.runtime.stop_and_join();
         if let Some(cluster) = cluster {
             cluster.leave();

@@ -237,7 +237,13 @@ impl Membership {
             let seen = {
                 let s = self.slots.lock().unwrap();
                 if (!cluster || self.rounds() > 0) && s.pending.is_empty() {
-                    return Ok(());
+                    // A failure recorded just before its slot left `pending`.
+                    return match self.take_failures().into_iter().next() {
+                        Some((slot, e)) => {
+                            Err(format!("a shard could not start: slot {slot}: {e}"))
+                        }
+                        None => Ok(()),
+                    };
                 }
                 s.changes
             };
