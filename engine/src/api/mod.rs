@@ -27,6 +27,7 @@ use ringtail_netio::request::{encode_response, Body, Header};
 
 use crate::shard::Broker;
 use error_codes::ErrorCodes;
+use std::rc::Rc;
 
 /// (api, min version, max version) advertised in ApiVersions.
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
@@ -154,8 +155,40 @@ fn count_fetch_copies(
     stats.fetch_copied_record_bytes.fetch_add(copied, Relaxed);
 }
 
+/// Whether a connection may read and dispatch the requests after this one before it is
+/// answered (ARCHITECTURE.md, "Pipelined connections"); the others are barriers.
+pub fn pipelined(api: ApiKey) -> bool {
+    matches!(
+        api,
+        ApiKey::Produce
+            | ApiKey::Fetch
+            | ApiKey::Metadata
+            | ApiKey::ListOffsets
+            | ApiKey::ApiVersions
+            | ApiKey::DescribeCluster
+            | ApiKey::DescribeTopicPartitions
+    )
+}
+
+/// Stage one of a pipelined request (a produce hands its batches to their owners; the others
+/// have nothing to fix in advance); the completion resolves to the answer.
+pub async fn dispatch(
+    broker: &Rc<Broker>,
+    header: Header,
+    body: Body,
+) -> futures::future::LocalBoxFuture<'static, Reply> {
+    use futures::FutureExt;
+    match body {
+        Body::Produce(input) => produce::dispatch(broker, &header, input).await,
+        body => {
+            let broker = broker.clone();
+            async move { handle(&broker, &header, body).await }.boxed_local()
+        }
+    }
+}
+
 /// Handles one decoded request on the connection's shard.
-pub async fn handle(broker: &Broker, header: &Header, body: Body) -> Reply {
+pub async fn handle(broker: &Rc<Broker>, header: &Header, body: Body) -> Reply {
     let request = match body {
         Body::Produce(input) => return produce::handle(broker, header, input).await,
         Body::Other(request) => request,

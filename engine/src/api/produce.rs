@@ -1,8 +1,11 @@
 //! Produce: validate batches on the receiving shard, append on the owner, answer per partition.
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures::future::LocalBoxFuture;
+use futures::FutureExt;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
@@ -75,7 +78,19 @@ async fn validate(
     Ok(batches)
 }
 
-pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Reply {
+/// A dispatched produce's answer: resolves once its batches are durable (or refused).
+pub type Completion = LocalBoxFuture<'static, Reply>;
+
+/// A produce, both stages one after the other.
+pub async fn handle(broker: &Rc<Broker>, header: &Header, input: ProduceInput) -> Reply {
+    dispatch(broker, header, input).await.await
+}
+
+/// Stage one (ARCHITECTURE.md, "Pipelined connections"): validates the batches, checks their
+/// producer ids and hands them to their owners — local slots assign offsets now, remote items
+/// are queued in their owners' mailboxes — so that whatever the connection dispatches next
+/// takes effect after this. Returns stage two: the wait for durability and the answer.
+pub async fn dispatch(broker: &Rc<Broker>, header: &Header, input: ProduceInput) -> Completion {
     if input.copied_bytes > 0 {
         tracing::debug!(
             bytes = input.copied_bytes,
@@ -168,9 +183,29 @@ pub async fn handle(broker: &Broker, header: &Header, input: ProduceInput) -> Re
             }
         }
     }
-    let mut outcomes = broker
-        .scatter(items, |s, i| s.produce(i), ShardOp::Produce)
-        .await;
+    let (broker, header) = (broker.clone(), header.clone());
+    let mut done = Box::pin(async move {
+        let outcomes = broker
+            .scatter(items, |s, i| s.produce(i), ShardOp::Produce)
+            .await;
+        answer(&broker, &header, acks, shape, outcomes)
+    });
+    // The first poll starts the local slots and queues the remote items (each sender has a
+    // guaranteed slot in a mailbox: it never waits).
+    match futures::poll!(done.as_mut()) {
+        std::task::Poll::Ready(reply) => futures::future::ready(reply).boxed_local(),
+        std::task::Poll::Pending => done,
+    }
+}
+
+/// The answer to a produce, from its items' outcomes.
+fn answer(
+    broker: &Broker,
+    header: &Header,
+    acks: i16,
+    shape: Vec<(String, Vec<(i32, Slot)>)>,
+    mut outcomes: Vec<ProduceOutcome>,
+) -> Reply {
     if !broker.membership.lease_valid() {
         // Self-fencing: another broker may own these slots by now (ARCHITECTURE.md).
         for o in outcomes.iter_mut().filter(|o| o.error == 0) {

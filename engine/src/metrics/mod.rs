@@ -135,6 +135,8 @@ pub struct ShardStats {
     /// received whole within `--request-read-timeout-ms`, a response not taken within
     /// `--send-timeout-ms`.
     pub connections_closed_idle: AtomicU64,
+    /// Requests dispatched while earlier ones of their connection were still unanswered.
+    pub requests_pipelined: AtomicU64,
     pub connections_closed_read_timeout: AtomicU64,
     pub connections_closed_send_timeout: AtomicU64,
     /// Connection log lines left out by the per-shard rate limit.
@@ -189,6 +191,7 @@ impl ShardStats {
             connections_refused_total: AtomicU64::new(0),
             connections_refused_per_ip: AtomicU64::new(0),
             connections_closed_idle: AtomicU64::new(0),
+            requests_pipelined: AtomicU64::new(0),
             connections_closed_read_timeout: AtomicU64::new(0),
             connections_closed_send_timeout: AtomicU64::new(0),
             log_lines_suppressed: AtomicU64::new(0),

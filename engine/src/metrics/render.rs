@@ -141,6 +141,13 @@ const SHARD_SERIES: &[ShardSeries] = &[
     ),
     (
         counter(
+            "ringtail_requests_pipelined_total",
+            "Requests read and dispatched while earlier requests of the same connection were still unanswered (pipelined connections).",
+        ),
+        |s| s.requests_pipelined.load(Relaxed),
+    ),
+    (
+        counter(
             "ringtail_fetch_incremental_total",
             "Incremental fetches (KIP-227 fetch sessions) answered on this shard's connections.",
         ),
