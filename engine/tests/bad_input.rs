@@ -9,7 +9,6 @@ use std::net::Shutdown;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use common::raw::Raw;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, StrBytes};
 
@@ -20,15 +19,7 @@ fn produce(raw: &mut Raw, topic: &str, partition: i32, records: Bytes, acks: i16
 }
 
 fn fetch(raw: &mut Raw, topic: &str, offset: i64) -> (i16, i64) {
-    let req = FetchRequest::default()
-        .with_max_wait_ms(0)
-        .with_max_bytes(1 << 20)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
-            .with_partitions(vec![FetchPartition::default()
-                .with_partition(0)
-                .with_fetch_offset(offset)
-                .with_partition_max_bytes(1 << 20)])]);
+    let req = common::raw::fetch_request(topic, offset);
     let resp: FetchResponse = raw.call(ApiKey::Fetch, 11, &req);
     let p = &resp.responses[0].partitions[0];
     (p.error_code, p.high_watermark)

@@ -5,9 +5,8 @@
 mod common;
 
 use bytes::{Buf, Bytes};
-use common::raw::{produce_request, records, Raw};
+use common::raw::{fetch_request, produce_request, records, Raw};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, HeaderVersion, StrBytes};
 
@@ -30,18 +29,6 @@ fn create(raw: &mut Raw, name: &str, configs: &[(&str, &str)]) {
             )]);
     let created: CreateTopicsResponse = raw.call(ApiKey::CreateTopics, 7, &create);
     assert_eq!(created.topics[0].error_code, 0);
-}
-
-fn fetch_request(topic: &str) -> FetchRequest {
-    FetchRequest::default()
-        .with_max_wait_ms(0)
-        .with_max_bytes(1 << 20)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
-            .with_partitions(vec![FetchPartition::default()
-                .with_partition(0)
-                .with_fetch_offset(0)
-                .with_partition_max_bytes(1 << 20)])])
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -70,7 +57,7 @@ fn pipeline(raw: &mut Raw, topic: &str, n: usize) {
         let (kind, frame) = if i % 5 == 4 {
             (
                 Sent::Fetch,
-                raw.encode(ApiKey::Fetch, 11, &fetch_request(topic)),
+                raw.encode(ApiKey::Fetch, 11, &fetch_request(topic, 0)),
             )
         } else if i % 7 == 6 {
             let req = MetadataRequest::default()

@@ -111,6 +111,21 @@ pub fn records(values: &[&[u8]]) -> Bytes {
         .freeze()
 }
 
+/// A Fetch (v4+) of partition 0 of `topic` from `offset`, answered at once (no long-poll).
+pub fn fetch_request(topic: &str, offset: i64) -> kafka_protocol::messages::FetchRequest {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{FetchRequest, TopicName};
+    FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20)])])
+}
+
 /// A Produce request of `records` to one partition.
 pub fn produce_request(
     topic: &str,
