@@ -368,22 +368,37 @@ async fn a_paused_broker_is_fenced_and_its_late_write_never_appears() {
         |l| l.len() == 3,
     )
     .await;
-    assert!(b3.log_contains("lease lapsed"));
-    // Its upload of the late write was refused by the manifest epoch, and the slot let go.
-    assert!(b3.log_contains("fenced"));
-    assert!(b3.log_contains("another broker took this slot over"));
+    assert!(
+        b3.log_contains("lease lapsed"),
+        "node 3 never saw its lease lapse"
+    );
+    // Two orders are legal on waking, and both must keep the late write out of the log. If the
+    // produce reached its slot before the lapse closed it, the write was appended (and refused
+    // in the answer): its upload is then refused by the manifest epoch and the slot let go. If
+    // the close came first, the produce found no slot and nothing was appended.
+    if b3.log_contains("fenced") {
+        println!("the late write was appended on node 3; its upload was fenced");
+        assert!(
+            b3.log_contains("another broker took this slot over"),
+            "a fenced upload must close its slot"
+        );
+    } else {
+        println!("node 3 closed its slots before the late write reached one");
+    }
     wait_serving(&bootstrap, "zombie").await;
     let (records, _) = common::read_all(&bootstrap, "zombie", PARTITIONS);
     assert!(
         records.values().all(|v| v.as_slice() != b"zombie-late"),
         "the paused broker's unacknowledged write became visible"
     );
+    let warm_ups = records
+        .values()
+        .filter(|v| v.as_slice() == b"warm-up")
+        .count();
     assert!(
-        records
-            .values()
-            .filter(|v| v.as_slice() == b"warm-up")
-            .count()
-            >= 3 * PARTITIONS as usize
+        warm_ups >= 3 * PARTITIONS as usize,
+        "{warm_ups} of the {} acknowledged warm-up records read back",
+        3 * PARTITIONS
     );
 }
 
