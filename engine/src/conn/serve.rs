@@ -179,6 +179,7 @@ pub async fn serve_connection(broker: Rc<Broker>, stream: TcpStream, _permit: Pe
                         // In its place: the answers before it are written first.
                         in_flight_bytes += frame_bytes;
                         in_flight.push_back(futures::future::ready((meta, reply)).boxed_local());
+                        stats.requests_in_flight.observe(in_flight.len() as f64);
                         continue;
                     }
                 };
@@ -216,8 +217,10 @@ pub async fn serve_connection(broker: Rc<Broker>, stream: TcpStream, _permit: Pe
                     in_flight_bytes += frame_bytes;
                     produces_in_flight += produce as usize;
                     in_flight.push_back(completion.map(move |reply| (meta, reply)).boxed_local());
+                    stats.requests_in_flight.observe(in_flight.len() as f64);
                     continue;
                 }
+                stats.requests_in_flight.observe(1.0);
                 let reply = api::handle(&broker, &header, body).await;
                 if !send(&broker, &mut stream, &peer, meta, reply).await {
                     break;

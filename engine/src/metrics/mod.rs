@@ -137,6 +137,11 @@ pub struct ShardStats {
     pub connections_closed_idle: AtomicU64,
     /// Requests dispatched while earlier ones of their connection were still unanswered.
     pub requests_pipelined: AtomicU64,
+    /// Per request read: its connection's unanswered requests, itself included.
+    pub requests_in_flight: Histogram,
+    /// Seconds from a produce's dispatch on its shard to its acknowledgement, by durability
+    /// mode ([`Durability::index`]).
+    pub produce_ack_wait: [Histogram; Durability::COUNT],
     pub connections_closed_read_timeout: AtomicU64,
     pub connections_closed_send_timeout: AtomicU64,
     /// Connection log lines left out by the per-shard rate limit.
@@ -150,6 +155,8 @@ pub struct ShardStats {
     /// the manifest (PUT retries and commit included).
     pub object_size: Histogram,
     pub object_upload_latency: Histogram,
+    /// Objects being uploaded (PUT and manifest commit) now.
+    pub uploads_in_flight: AtomicU64,
     /// Record bytes held in the WAL that are not in a committed object yet.
     pub upload_pending_bytes: AtomicU64,
     /// Upload and manifest-commit attempts that failed with a permanent store error (403,
@@ -192,6 +199,8 @@ impl ShardStats {
             connections_refused_per_ip: AtomicU64::new(0),
             connections_closed_idle: AtomicU64::new(0),
             requests_pipelined: AtomicU64::new(0),
+            requests_in_flight: Histogram::new(IN_FLIGHT_BOUNDS),
+            produce_ack_wait: std::array::from_fn(|_| Histogram::latency()),
             connections_closed_read_timeout: AtomicU64::new(0),
             connections_closed_send_timeout: AtomicU64::new(0),
             log_lines_suppressed: AtomicU64::new(0),
@@ -200,6 +209,7 @@ impl ShardStats {
             wal: Mutex::default(),
             object_size: Histogram::sizes(),
             object_upload_latency: Histogram::latency(),
+            uploads_in_flight: AtomicU64::new(0),
             upload_pending_bytes: AtomicU64::new(0),
             upload_permanent_errors: AtomicU64::new(0),
             producer_snapshots_large: AtomicU64::new(0),
@@ -228,6 +238,35 @@ impl ShardStats {
                 .filter(|s| *s < ERROR_SLOTS - 1)
                 .unwrap_or(ERROR_SLOTS - 1);
             add(&a.errors[slot], 1);
+        }
+    }
+}
+
+/// Bounds of the requests-in-flight histogram (the bound per connection is 32).
+const IN_FLIGHT_BOUNDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0];
+
+/// What a produce waits for before it is acknowledged (the topic's `durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The owner's WAL write.
+    Wal,
+    /// The upload of an object holding it, committed in the manifest.
+    Object,
+}
+
+impl Durability {
+    pub const COUNT: usize = 2;
+    pub const ALL: [Durability; Durability::COUNT] = [Durability::Wal, Durability::Object];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// As the topic config spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::Wal => "wal",
+            Durability::Object => "object",
         }
     }
 }

@@ -13,7 +13,8 @@ use ringtail_wal::WalMetrics;
 use super::metered::{OpStats, StoreMetrics, ERROR_KINDS};
 use super::text::{counter, escape, gauge, histogram, Family, Out, Sample};
 use super::{
-    readiness, ApiStats, CommittedOffset, PartitionOffsets, ShardStats, Sources, ERROR_SLOTS,
+    readiness, ApiStats, CommittedOffset, Durability, PartitionOffsets, ShardStats, Sources,
+    ERROR_SLOTS,
 };
 
 /// The Prometheus text exposition.
@@ -29,6 +30,7 @@ pub fn render(src: &Sources) -> String {
     requests(&mut o, shards);
     wal(&mut o, shards);
     object_tier(&mut o, shards);
+    acknowledgements(&mut o, shards);
     for (family, value) in SPAN_CACHE_SERIES {
         per_shard(&mut o, shards, family, value);
     }
@@ -215,6 +217,13 @@ const SHARD_SERIES: &[ShardSeries] = &[
             "Record bytes in the WAL not yet in a committed object (the uploader's backlog).",
         ),
         |s| s.upload_pending_bytes.load(Relaxed),
+    ),
+    (
+        gauge(
+            "ringtail_uploads_in_flight",
+            "Objects this shard is uploading now (PUT and manifest commit).",
+        ),
+        |s| s.uploads_in_flight.load(Relaxed),
     ),
     (
         counter(
@@ -448,6 +457,34 @@ fn object_tier(o: &mut Out, shards: &[Arc<ShardStats>]) {
             "Seconds from a sealed object to its commit in the manifest (PUT retries included).",
         ),
         |s| s.object_upload_latency.snapshot(),
+    );
+}
+
+/// How long produces wait for their acknowledgement, and how deep connections pipeline.
+fn acknowledgements(o: &mut Out, shards: &[Arc<ShardStats>]) {
+    let by_mode = shards.iter().flat_map(|s| {
+        Durability::ALL.into_iter().map(move |d| {
+            let labels = format!("{},durability=\"{}\"", shard_label(s), d.name());
+            (labels, s.produce_ack_wait[d.index()].snapshot())
+        })
+    });
+    o.family(
+        &histogram(
+            "ringtail_produce_ack_wait_seconds",
+            "Seconds from a produce's dispatch on its partition's shard to its acknowledgement, \
+             by the topic's durability (wal: the WAL write; object: the upload).",
+        ),
+        by_mode,
+    );
+    per_shard(
+        o,
+        shards,
+        &histogram(
+            "ringtail_connection_requests_in_flight",
+            "Per request read: its connection's unanswered requests, itself included (at most \
+             32: pipelined connections).",
+        ),
+        |s| s.requests_in_flight.snapshot(),
     );
 }
 

@@ -14,6 +14,7 @@ use ringtail_wal::format::EntryMeta;
 use ringtail_wal::WalError;
 
 use crate::catalog::TopicMeta;
+use crate::metrics::Durability;
 use crate::partition::items::{
     ErrorOutcome, PartitionKey, ProduceItem, ProduceOutcome, LEADER_EPOCH,
 };
@@ -157,6 +158,12 @@ impl ShardState {
             rx
         });
         Ok(Started {
+            dispatched: Instant::now(),
+            durability: if item.topic.config.durability_object {
+                Durability::Object
+            } else {
+                Durability::Wal
+            },
             tickets,
             duplicate_of: duplicates,
             uploaded,
@@ -274,6 +281,7 @@ impl ShardState {
             .get(&s.key)
             .map(|p| p.log_start())
             .unwrap_or(-1);
+        self.stats.produce_ack_wait[s.durability.index()].observe_duration(s.dispatched.elapsed());
         ProduceOutcome {
             error: 0,
             base_offset: s.base_offset,
@@ -326,6 +334,9 @@ impl ShardState {
 }
 
 pub(super) struct Started {
+    /// When its batches were handed to the WAL, and what its acknowledgement waits for.
+    pub(super) dispatched: Instant,
+    pub(super) durability: Durability,
     /// Each batch's WAL ticket, with its producer id and base offset.
     pub(super) tickets: Vec<(WalTicket, i64, i64)>,
     /// A duplicate answered with the original: (producer id, original base offset).

@@ -287,6 +287,7 @@ impl Tier {
         let size: u64 = sealed.pieces.iter().map(|p| p.len() as u64).sum();
         let data_bytes: u64 = sealed.index.spans.iter().map(|s| s.byte_len).sum();
         let t = Instant::now();
+        let _uploading = Gauged::enter(&self.stats.uploads_in_flight);
         let mut backoff = store_backoff();
         while let Err(e) = put_object(
             self.store.clone(),
@@ -455,3 +456,19 @@ fn put_object(
 
 #[cfg(test)]
 mod tests;
+
+/// Counts one in a gauge while it lives (every way out of an upload, cancellation included).
+struct Gauged<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> Gauged<'a> {
+    fn enter(gauge: &'a std::sync::atomic::AtomicU64) -> Gauged<'a> {
+        gauge.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Gauged(gauge)
+    }
+}
+
+impl Drop for Gauged<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
