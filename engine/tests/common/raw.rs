@@ -97,6 +97,79 @@ impl Raw {
         let p = &r.responses[0].partition_responses[0];
         (p.error_code, p.base_offset)
     }
+
+    /// InitProducerId for an idempotent producer (no transactional id): (id, epoch).
+    pub fn init_producer_id(&mut self) -> (i64, i16) {
+        use kafka_protocol::messages::*;
+        let init: InitProducerIdResponse = self.call(
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        );
+        assert_eq!(init.error_code, 0);
+        (init.producer_id.0, init.producer_epoch)
+    }
+
+    /// Fetches partition 0 of `topic` from `offset` (Fetch v11, no long-poll): its high
+    /// watermark and the records of the answer.
+    pub fn fetch_records(
+        &mut self,
+        topic: &str,
+        offset: i64,
+    ) -> (i64, Vec<kafka_protocol::records::Record>) {
+        use kafka_protocol::records::RecordBatchDecoder;
+        let r: kafka_protocol::messages::FetchResponse =
+            self.call(ApiKey::Fetch, 11, &fetch_request(topic, offset));
+        let p = &r.responses[0].partitions[0];
+        assert_eq!(p.error_code, 0, "fetch {topic} from {offset}");
+        let mut bytes = p.records.clone().unwrap_or_default();
+        let sets = RecordBatchDecoder::decode_all(&mut bytes).expect("record batches");
+        let records = sets.into_iter().flat_map(|s| s.records).collect();
+        (p.high_watermark, records)
+    }
+}
+
+/// One idempotent record batch of `values` from `producer_id`/`epoch`, its first record at
+/// `sequence`, timestamped now.
+pub fn idempotent_records(producer_id: i64, epoch: i16, sequence: i32, values: &[&[u8]]) -> Bytes {
+    use kafka_protocol::records::*;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id,
+            producer_epoch: epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: sequence + i as i32,
+            timestamp: now,
+            key: None,
+            value: Some(Bytes::copy_from_slice(v)),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    buf.freeze()
 }
 
 /// One record batch of `values`, timestamped now (an old timestamp would fall to the 7-day
