@@ -102,7 +102,8 @@ enum Next {
     /// Bytes of a request are there.
     Readable,
     Answer(Meta, Reply),
-    /// The client sent its last request (it may still read the answers).
+    /// The client closed its side. As Kafka does, the connection closes: requests in flight
+    /// complete, their answers are dropped (P5; a half-close is not told apart from a close).
     End,
     Stop,
 }
@@ -150,15 +151,7 @@ pub async fn serve_connection(broker: Rc<Broker>, stream: TcpStream, _permit: Pe
             }
         };
         match next {
-            Next::Stop => break,
-            Next::End => {
-                while let Some((meta, reply)) = in_flight.next().await {
-                    if !send(&broker, &mut stream, &peer, meta, reply).await {
-                        break;
-                    }
-                }
-                break;
-            }
+            Next::Stop | Next::End => break,
             Next::Answer(meta, reply) => {
                 in_flight_bytes -= meta.frame_bytes;
                 produces_in_flight -= meta.produce as usize;
