@@ -36,6 +36,9 @@ const _: () =
 /// Objects a merge replaced are deleted this long after its commit (cold reads planned on them
 /// finish first).
 pub const MERGE_RETIRE_DELAY: Duration = Duration::from_secs(30);
+/// A merge reads its run with at most this many GETs at once (its memory is the merged
+/// object's either way: [`MERGE_OBJECT_BYTES_MAX`]).
+pub const MERGE_GETS_IN_FLIGHT: usize = 8;
 /// At most one merge starts per interval (uploads go first).
 pub const MERGE_INTERVAL: Duration = Duration::from_secs(1);
 /// A manifest holding more objects than this is behind on merging: a merge runs after every

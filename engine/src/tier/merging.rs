@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use futures::StreamExt;
+
 use ringtail_objstore::{ObjectStore, StoreError};
 
 use crate::tier::manifest::{CommitError, ObjectRef};
@@ -45,31 +47,48 @@ impl Tier {
             )
         };
         let layout = merge::layout(&run);
-        let mut bodies = Vec::with_capacity(run.len());
-        for o in &run {
-            if let Some(why) = self.merge_yields() {
-                tracing::debug!(why, "merge abandoned");
-                return Ok(None);
-            }
+        // The run's live bytes, [`merge::MERGE_GETS_IN_FLIGHT`] GETs at a time, in run order
+        // (one GET after another made a merge of 64 small objects on S3 hold the uploader, and
+        // the producers waiting for it, for 64 round trips).
+        let gets = run.iter().map(|o| {
             let extent = merge::live_extent(o);
             assert!(o
                 .spans
                 .iter()
                 .all(|s| s.byte_start >= extent.start && s.byte_start + s.byte_len <= extent.end));
-            match self.store.get(&o.key, Some(extent.clone())).await {
-                Ok(body) if body.len() as u64 == extent.end - extent.start => {
+            let why = self.merge_yields();
+            let get = why
+                .is_none()
+                .then(|| self.store.get(&o.key, Some(extent.clone())));
+            async move {
+                match get {
+                    Some(get) => (o, extent, Ok(get.await)),
+                    None => (o, extent, Err(why.unwrap_or_default())),
+                }
+            }
+        });
+        let mut gets = futures::stream::iter(gets).buffered(merge::MERGE_GETS_IN_FLIGHT);
+        let mut bodies = Vec::with_capacity(run.len());
+        while let Some((o, extent, got)) = gets.next().await {
+            match got {
+                Err(why) => {
+                    tracing::debug!(why, "merge abandoned");
+                    return Ok(None);
+                }
+                Ok(Ok(body)) if body.len() as u64 == extent.end - extent.start => {
                     bodies.push((extent.start, body))
                 }
-                Ok(body) => {
+                Ok(Ok(body)) => {
                     tracing::warn!(key = %o.key, got = body.len(), wanted = ?extent, "merge: short read; not merged");
                     return Ok(None);
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(key = %o.key, error = %e, "merge: reading an object failed; retrying later");
                     return Ok(None);
                 }
             }
         }
+        drop(gets);
         let mut pieces = Vec::new();
         for span_pieces in &layout.pieces {
             for (i, range) in span_pieces {
