@@ -10,7 +10,7 @@
 //!   cluster/brokers/{node}                           the broker's node lease
 //!   cluster/brokers/{node}.drain                     `ringtail admin drain`
 //!   shards/{slot:04}/manifest                        the slot's owner (CAS, epoch-fenced)
-//!   shards/{slot:04}/objects/{epoch:010}-{wal seq:020}.rto   the slot's objects
+//!   shards/{slot:04}/objects/{epoch:010}-{n:020}.rto         the slot's objects
 //! data directory: catalog.json, cluster_id
 //! WAL directory:  shard-{slot}.wal (a slot's ring), spare-{shard}.wal (written ahead of a takeover)
 //! ```
@@ -63,10 +63,10 @@ pub fn objects(slot: u32) -> String {
     format!("{SLOTS_DIR}{slot:04}/objects/")
 }
 
-/// The object a slot's owner uploads under `epoch`, starting at WAL sequence `first_wal_seq`.
-/// Keys sort by epoch, then WAL order.
-pub fn object(slot: u32, epoch: u64, first_wal_seq: u64) -> String {
-    format!("{}{epoch:010}-{first_wal_seq:020}.rto", objects(slot))
+/// The `number`th object a slot's owner writes under `epoch` (an upload or a merge; numbers are
+/// never reused within an epoch). Keys sort by epoch, then by the order they were written in.
+pub fn object(slot: u32, epoch: u64, number: u64) -> String {
+    format!("{}{epoch:010}-{number:020}.rto", objects(slot))
 }
 
 /// The epoch an object was written under, from its key (None: not an object key of ours).

@@ -267,8 +267,16 @@ async fn memory_retention_loop(weak: Weak<ShardState>, interval: Duration) {
 /// Least time between two retention checks that a filling ring asks for.
 pub(super) const RETENTION_KICK_GAP: Duration = Duration::from_millis(100);
 
-/// Seals and uploads objects while the shard lives.
+/// Seals and uploads objects while the shard lives; then lets the PUTs still under way stop.
 async fn upload_loop(weak: Weak<ShardState>, tick: Duration, retention_check: Duration) {
+    let Some(tier) = weak.upgrade().and_then(|s| s.tier.clone()) else {
+        return;
+    };
+    run_uploads(weak, tick, retention_check).await;
+    tier.stop_uploads();
+}
+
+async fn run_uploads(weak: Weak<ShardState>, tick: Duration, retention_check: Duration) {
     let mut last_retention = Instant::now();
     let mut last_retention_check = Instant::now();
     let mut last_gc: Option<Instant> = None;
@@ -311,37 +319,39 @@ async fn upload_loop(weak: Weak<ShardState>, tick: Duration, retention_check: Du
             return;
         }
         tier.delete_retired().await;
-        // Seal first, then merge: on a tick with nothing to upload, at most one merge per
-        // interval; when merging is behind, after every upload too (steady durability=object
-        // traffic asks for an upload on every produce, so it never leaves such a tick).
+        drop(state);
+        // Commit what is uploaded, in seal order (one manifest commit for every upload whose
+        // PUT is done), then seal and start the next upload if one is due: PUTs overlap each
+        // other and the commits (ARCHITECTURE.md, "Event-driven object commits").
+        match tier.busy_while(tier.commit_uploads()).await {
+            Ok(committed) => {
+                if let Some(state) = weak.upgrade() {
+                    for (key, spans) in committed {
+                        state.on_uploaded(key.as_str().into(), spans);
+                    }
+                }
+            }
+            // Kept by the tier and retried after the deletion passes meanwhile.
+            Err(crate::tier::manifest::CommitError::TooLarge { .. }) => {}
+            Err(_) => {
+                if let Some(state) = weak.upgrade() {
+                    state.fenced();
+                }
+                return;
+            }
+        }
         let sealed = tier.seal_if_due();
-        let nothing_sealed = sealed.is_none();
         if let Some(sealed) = sealed {
-            drop(state);
-            let key: Arc<str> = sealed.key.as_str().into();
             let producers = weak
                 .upgrade()
                 .map(|s| s.producer_snapshot())
                 .unwrap_or_default();
-            let uploaded = tier.busy_while(tier.upload(sealed, producers)).await;
-            match uploaded {
-                Ok(spans) => {
-                    if let Some(state) = weak.upgrade() {
-                        state.on_uploaded(key, spans);
-                    }
-                }
-                // Kept by the tier and retried after the deletion passes meanwhile.
-                Err(crate::tier::manifest::CommitError::TooLarge { .. }) => {}
-                Err(_) => {
-                    if let Some(state) = weak.upgrade() {
-                        state.fenced();
-                    }
-                    return;
-                }
-            }
-        } else {
-            drop(state);
+            tier.start_upload(sealed, producers);
         }
+        // Then merge: on a tick with nothing to upload, at most one merge per interval; when
+        // merging is behind, after every upload too (steady durability=object traffic asks for
+        // an upload on every produce, so it never leaves such a tick).
+        let nothing_sealed = !tier.has_uploads();
         let due = if tier.merge_behind() {
             last_merge.elapsed() >= crate::tier::merge::MERGE_BACKLOG_INTERVAL
         } else {

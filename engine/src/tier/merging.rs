@@ -31,20 +31,16 @@ impl Tier {
     /// checked before each GET and before the PUT); an error only when this shard was fenced. Runs on the uploader's task, never alongside an
     /// upload or a deletion pass.
     pub async fn merge(&self) -> Result<Option<Merged>, CommitError> {
-        // A stalled upload holds the next generation's key, which a merge would take.
+        // While a commit is stalled the manifest is full: the deletion pass makes room first.
         if self.merge_yields().is_some() || self.stalled.borrow().is_some() {
             return Ok(None);
         }
-        let (run, epoch, generation) = {
+        let (run, epoch) = {
             let c = self.committed.borrow();
             let Some(r) = merge::plan_merge(&c.manifest.objects) else {
                 return Ok(None);
             };
-            (
-                c.manifest.objects[r].to_vec(),
-                c.manifest.epoch,
-                c.manifest.generation,
-            )
+            (c.manifest.objects[r].to_vec(), c.manifest.epoch)
         };
         let layout = merge::layout(&run);
         // The run's live bytes, [`merge::MERGE_GETS_IN_FLIGHT`] GETs at a time, in run order
@@ -106,18 +102,19 @@ impl Tier {
         };
         pieces.push(index_trailer(&index));
         let size: u64 = pieces.iter().map(|p| p.len() as u64).sum();
-        let key = crate::layout::object(self.shard, epoch, generation + 1);
         let t = Instant::now();
         if let Some(why) = self.merge_yields() {
             tracing::debug!(why, "merge abandoned before its upload");
             return Ok(None);
         }
+        let key = self.next_object_key(epoch);
         // Never retried: a failed merge is given up (the next interval plans it again), so
         // uploads, a hand-over's flush and shutdown never wait behind it. What the PUT may have
-        // left under `key` is overwritten by the next upload or merge, which takes the same
-        // generation's key (so it must not go to garbage collection).
+        // left under `key` (a key no other object of this epoch takes) is never committed:
+        // garbage collection deletes it.
         if let Err(e) = put_object(self.store.clone(), key.clone(), pieces).await {
             self.store_failed(&format!("upload merged {key}"), &e, merge::MERGE_INTERVAL);
+            self.garbage.borrow_mut().push(key);
             return Ok(None);
         }
         let merged = ObjectRef {
@@ -137,8 +134,9 @@ impl Tier {
                 at.filter(|&at| current.manifest.objects.get(at..at + run.len()) == Some(&run[..]))
             else {
                 // Only this task commits, so the run cannot have changed; if it did, the
-                // merged object is left unreferenced (the next owner's sweep deletes it).
+                // merged object is never committed: garbage.
                 tracing::error!(%key, "merge: the run changed before its commit; not merged");
+                self.garbage.borrow_mut().push(key);
                 return Ok(None);
             };
             let mut next = current.manifest.clone();
@@ -164,8 +162,9 @@ impl Tier {
                     Err(e)
                 }
                 Err(e @ CommitError::TooLarge { .. }) => {
-                    // A merge only shrinks the manifest; never loop on it.
+                    // A merge only shrinks the manifest; never loop on it. Nothing was written.
                     tracing::error!(error = %e, "manifest commit (merge) refused");
+                    self.garbage.borrow_mut().push(key);
                     Ok(None)
                 }
                 Err(CommitError::Store(e)) => {

@@ -9,6 +9,7 @@ pub mod object_format;
 pub mod span_cache;
 
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,11 +57,18 @@ pub struct Tier {
     /// Objects a merge replaced, deleted once their time comes (cold reads planned on them
     /// finish first), oldest first.
     retired: RefCell<std::collections::VecDeque<(Instant, String)>>,
-    /// An uploaded object whose commit the manifest's size limit refused, and when to retry it.
-    /// While it waits nothing else is sealed or merged (a merge would take its key), and
-    /// deletion passes run (they can make room).
-    stalled: RefCell<Option<(Instant, Sealed)>>,
-    /// Record bytes sealed into the object being uploaded (not committed yet).
+    /// Uploaded objects whose commit the manifest's size limit refused, and when to retry it.
+    /// While they wait nothing else is sealed or merged, and deletion passes run (they can make
+    /// room).
+    stalled: RefCell<Option<(Instant, Vec<Uploaded>)>>,
+    /// Sealed objects not committed yet, in seal order: their PUTs run concurrently (at most
+    /// [`UPLOADS_IN_FLIGHT_MAX`]), their commits go in this order.
+    uploads: RefCell<std::collections::VecDeque<Rc<RefCell<PutState>>>>,
+    /// The number in this epoch's next object key ([`Tier::next_object_key`]).
+    next_object: Cell<u64>,
+    /// The upload loop ended: PUTs under way stop retrying.
+    stopped: Cell<bool>,
+    /// Record bytes sealed into objects not committed yet.
     in_flight_bytes: Cell<u64>,
     /// Since when uploads fail with a permanent store error, and when that was last logged.
     failing_since: Cell<Option<Instant>>,
@@ -75,6 +83,28 @@ pub struct Sealed {
     pub key: String,
     pub pieces: Vec<Bytes>,
     pub index: ObjectIndex,
+    /// When it was sealed (its upload's duration counts from here).
+    pub sealed_at: Instant,
+}
+
+/// Objects sealed and not yet committed, per slot: their PUTs overlap each other and the
+/// commit of the ones before them; commits stay in seal order (ARCHITECTURE.md, "Event-driven
+/// object commits").
+pub const UPLOADS_IN_FLIGHT_MAX: usize = 4;
+
+/// An object in the store, waiting for its commit.
+pub struct Uploaded {
+    sealed: Sealed,
+    /// The producers' state when it was sealed, committed with it.
+    producers: Vec<ProducerSnapshot>,
+}
+
+/// Where an upload's PUT is.
+enum PutState {
+    Putting,
+    Done(Uploaded),
+    /// Fenced or stopped before the PUT succeeded: never committed.
+    GaveUp,
 }
 
 impl Tier {
@@ -109,6 +139,8 @@ impl Tier {
             objects = committed.manifest.objects.len(),
             "took over the shard's manifest"
         );
+        // Keys of earlier epochs carry their own epoch: numbering may start anywhere.
+        let first_object = committed.manifest.generation + 1;
         Ok(Tier {
             store,
             manifests,
@@ -129,6 +161,9 @@ impl Tier {
             garbage: RefCell::new(Vec::new()),
             retired: RefCell::new(std::collections::VecDeque::new()),
             stalled: RefCell::new(None),
+            uploads: RefCell::new(std::collections::VecDeque::new()),
+            next_object: Cell::new(first_object),
+            stopped: Cell::new(false),
             in_flight_bytes: Cell::new(0),
             failing_since: Cell::new(None),
             failure_logged: Cell::new(None),
@@ -179,18 +214,19 @@ impl Tier {
     /// is waiting for it).
     pub fn request_seal(&self) {
         self.urgent.set(true);
-        if let Some(tx) = self.wake.borrow_mut().take() {
-            let _ = tx.send(());
-        }
+        self.poke();
     }
 
-    /// Resolves when a seal is requested and there is something to seal (at once if so
-    /// already): the upload loop waits on it with its tick as the bound, so a waiting producer
+    /// Resolves when the upload loop has work (at once if it has already): a seal is requested,
+    /// there is something to seal and room for another upload, or uploads are ready to commit.
+    /// The loop waits on it with its tick as the bound, so a waiting producer
     /// (`durability=object`, an offset commit) does not also wait for the tick.
     pub fn seal_requested(&self) -> futures::channel::oneshot::Receiver<()> {
         let (tx, rx) = futures::channel::oneshot::channel();
         // Only with something to seal: a producer asks before its batch is durable (and added).
-        if self.urgent.get() && !self.builder.borrow().is_empty() {
+        let seal =
+            self.urgent.get() && !self.builder.borrow().is_empty() && self.may_start_upload();
+        if seal || self.commit_ready() {
             let _ = tx.send(());
         } else {
             *self.wake.borrow_mut() = Some(tx);
@@ -214,7 +250,10 @@ impl Tier {
 
     /// Nothing pending and nothing in flight.
     pub fn is_idle(&self) -> bool {
-        self.builder.borrow().is_empty() && !self.busy.get() && self.stalled.borrow().is_none()
+        self.builder.borrow().is_empty()
+            && !self.busy.get()
+            && self.stalled.borrow().is_none()
+            && self.uploads.borrow().is_empty()
     }
 
     /// Runs `work` (an upload, a commit, a deletion or merge pass) with the tier marked busy,
@@ -235,17 +274,12 @@ impl Tier {
             .await
     }
 
-    /// The pending object, if it is big or old enough; first, a stalled one whose retry is due.
+    /// The pending object, if it is big or old enough and there is room for another upload
+    /// ([`UPLOADS_IN_FLIGHT_MAX`]; none while a commit is stalled). Its key takes the epoch's
+    /// next object number.
     pub fn seal_if_due(&self) -> Option<Sealed> {
-        let stalled_due = self
-            .stalled
-            .borrow()
-            .as_ref()
-            .map(|(at, _)| *at <= Instant::now());
-        match stalled_due {
-            Some(true) => return self.stalled.borrow_mut().take().map(|(_, s)| s),
-            Some(false) => return None,
-            None => {}
+        if !self.may_start_upload() {
+            return None;
         }
         let due = {
             let b = self.builder.borrow();
@@ -266,51 +300,158 @@ impl Tier {
             .set(self.in_flight_bytes.get() + builder.data_bytes());
         self.oldest.set(None);
         self.urgent.set(false);
-        let (epoch, generation) = {
-            let c = self.committed.borrow();
-            (c.manifest.epoch, c.manifest.generation)
-        };
-        let key = crate::layout::object(self.shard, epoch, generation + 1);
+        let epoch = self.committed.borrow().manifest.epoch;
+        let key = self.next_object_key(epoch);
         let (pieces, index) = builder.finish(self.shard, epoch);
-        Some(Sealed { key, pieces, index })
+        Some(Sealed {
+            key,
+            pieces,
+            index,
+            sealed_at: Instant::now(),
+        })
     }
 
-    /// Uploads and commits an object, retrying store errors with backoff until it succeeds;
-    /// returns its spans, or an error if this shard has been fenced, or
-    /// [`CommitError::TooLarge`] when the manifest has no room (the object is then kept and
-    /// returned by a later [`Tier::seal_if_due`]).
-    pub async fn upload(
-        &self,
-        sealed: Sealed,
-        producers: Vec<ProducerSnapshot>,
-    ) -> Result<Vec<Span>, CommitError> {
-        let size: u64 = sealed.pieces.iter().map(|p| p.len() as u64).sum();
-        let data_bytes: u64 = sealed.index.spans.iter().map(|s| s.byte_len).sum();
-        let t = Instant::now();
+    /// The key of this epoch's next object (an upload's or a merge's): never used twice within
+    /// an epoch, so uploads in flight and a merge never write over each other.
+    fn next_object_key(&self, epoch: u64) -> String {
+        let n = self.next_object.get();
+        self.next_object.set(n + 1);
+        crate::layout::object(self.shard, epoch, n)
+    }
+
+    /// Whether another object may be sealed and uploaded now: fewer than
+    /// [`UPLOADS_IN_FLIGHT_MAX`] are uncommitted, and no commit is stalled.
+    pub fn may_start_upload(&self) -> bool {
+        self.stalled.borrow().is_none() && self.uploads.borrow().len() < UPLOADS_IN_FLIGHT_MAX
+    }
+
+    /// Starts the PUT of `sealed` on its own task (retried with backoff until it succeeds, or
+    /// until the tier is fenced or stopped); [`Tier::commit_uploads`] commits it in seal order
+    /// once its PUT and those of the objects sealed before it are done. Wakes the upload loop
+    /// when the PUT ends.
+    pub fn start_upload(self: &Rc<Self>, sealed: Sealed, producers: Vec<ProducerSnapshot>) {
+        let slot = Rc::new(RefCell::new(PutState::Putting));
+        self.uploads.borrow_mut().push_back(slot.clone());
+        let tier = self.clone();
+        ringtail_shards::spawn_detached(async move {
+            let done = if tier.put_sealed(&sealed).await {
+                PutState::Done(Uploaded { sealed, producers })
+            } else {
+                PutState::GaveUp
+            };
+            *slot.borrow_mut() = done;
+            tier.poke();
+        });
+    }
+
+    /// PUTs an object, retrying store errors with backoff; false if the tier was fenced or
+    /// stopped meanwhile (nothing will commit it: an orphan of this epoch).
+    async fn put_sealed(&self, sealed: &Sealed) -> bool {
         let _uploading = Gauged::enter(&self.stats.uploads_in_flight);
         let mut backoff = store_backoff();
-        while let Err(e) = put_object(
-            self.store.clone(),
-            sealed.key.clone(),
-            sealed.pieces.clone(),
-        )
-        .await
-        {
-            self.store_failed(&format!("upload {}", sealed.key), &e, backoff.delay());
-            backoff.wait().await;
+        loop {
+            if self.fenced.get() || self.stopped.get() {
+                return false;
+            }
+            let put = put_object(
+                self.store.clone(),
+                sealed.key.clone(),
+                sealed.pieces.clone(),
+            );
+            match put.await {
+                Ok(()) => return true,
+                Err(e) => {
+                    self.store_failed(&format!("upload {}", sealed.key), &e, backoff.delay());
+                    backoff.wait().await;
+                }
+            }
         }
-        let upload_ms = t.elapsed().as_millis();
-        let object = ObjectRef {
-            key: sealed.key.clone(),
-            size,
-            spans: sealed.index.spans.clone(),
-            node: self.node,
-        };
+    }
+
+    /// Objects sealed and not committed yet (PUT under way, done, or stalled).
+    pub fn has_uploads(&self) -> bool {
+        !self.uploads.borrow().is_empty() || self.stalled.borrow().is_some()
+    }
+
+    /// No further PUT is retried (the slot's upload loop ended).
+    pub fn stop_uploads(&self) {
+        self.stopped.set(true);
+    }
+
+    /// Wakes the upload loop if it waits (see [`Tier::seal_requested`]).
+    fn poke(&self) {
+        if let Some(tx) = self.wake.borrow_mut().take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Uploads ready to commit, in seal order: a stalled batch once its retry is due, else the
+    /// uploads at the head of the queue whose PUTs are done (stopping at the first still under
+    /// way: commits never overtake).
+    fn take_ready(&self) -> Vec<Uploaded> {
+        let stalled_due = self
+            .stalled
+            .borrow()
+            .as_ref()
+            .map(|(at, _)| *at <= Instant::now());
+        match stalled_due {
+            Some(true) => return self.stalled.borrow_mut().take().map(|(_, s)| s).unwrap(),
+            Some(false) => return Vec::new(),
+            None => {}
+        }
+        let mut ready = Vec::new();
+        let mut uploads = self.uploads.borrow_mut();
+        while let Some(head) = uploads.front() {
+            if !matches!(*head.borrow(), PutState::Done(_)) {
+                break;
+            }
+            let head = uploads.pop_front().unwrap();
+            let PutState::Done(u) = head.replace(PutState::GaveUp) else {
+                unreachable!()
+            };
+            ready.push(u);
+        }
+        ready
+    }
+
+    /// Whether [`Tier::commit_uploads`] has something to do now.
+    fn commit_ready(&self) -> bool {
+        match self.stalled.borrow().as_ref() {
+            Some((at, _)) => *at <= Instant::now(),
+            None => self
+                .uploads
+                .borrow()
+                .front()
+                .is_some_and(|h| matches!(*h.borrow(), PutState::Done(_))),
+        }
+    }
+
+    /// Commits every upload ready ([`Tier::take_ready`]) in one manifest commit, retrying store
+    /// errors with backoff until it succeeds; returns each object's key and spans in seal order
+    /// (empty: nothing ready), or an error if this shard has been fenced, or
+    /// [`CommitError::TooLarge`] when the manifest has no room (the objects are then kept and
+    /// committed again [`RETRY_DELAY_MAX`] later; nothing else is sealed meanwhile).
+    pub async fn commit_uploads(&self) -> Result<Vec<(String, Vec<Span>)>, CommitError> {
+        let ready = self.take_ready();
+        if ready.is_empty() {
+            return Ok(Vec::new());
+        }
+        let objects: Vec<ObjectRef> = ready
+            .iter()
+            .map(|u| ObjectRef {
+                key: u.sealed.key.clone(),
+                size: u.sealed.pieces.iter().map(|p| p.len() as u64).sum(),
+                spans: u.sealed.index.spans.clone(),
+                node: self.node,
+            })
+            .collect();
+        // The newest snapshot: it covers what the objects before it hold.
+        let producers = &ready.last().expect("not empty").producers;
         let mut backoff = store_backoff();
         loop {
             let current = self.committed.borrow().clone();
             let mut next = current.manifest.clone();
-            next.objects.push(object.clone());
+            next.objects.extend(objects.iter().cloned());
             next.producers = producers.clone();
             match self.manifests.commit(Some(&current), next).await {
                 Ok(c) => {
@@ -325,27 +466,47 @@ impl Tier {
                 }
                 Err(e @ CommitError::TooLarge { .. }) => {
                     // Uploads stop (the WAL keeps the data) until a deletion pass makes room —
-                    // never an unreadable manifest. The object is retried later.
-                    tracing::error!(error = %e, key = %sealed.key, "manifest commit refused: uploads are stopped; retrying in {RETRY_DELAY_MAX:?}");
-                    *self.stalled.borrow_mut() = Some((Instant::now() + RETRY_DELAY_MAX, sealed));
+                    // never an unreadable manifest. The objects are committed again later.
+                    tracing::error!(error = %e, key = %objects[0].key, objects = objects.len(), "manifest commit refused: uploads are stopped; retrying in {RETRY_DELAY_MAX:?}");
+                    *self.stalled.borrow_mut() = Some((Instant::now() + RETRY_DELAY_MAX, ready));
                     return Err(e);
                 }
                 Err(CommitError::Store(e)) => {
-                    let what = format!("manifest commit of {}", sealed.key);
+                    let what = format!("manifest commit of {}", objects[0].key);
                     self.store_failed(&what, &e, backoff.delay());
                     backoff.wait().await;
                 }
             }
         }
-        self.stats.object_size.observe(size as f64);
-        self.stats
-            .object_upload_latency
-            .observe_duration(t.elapsed());
-        self.in_flight_bytes
-            .set(self.in_flight_bytes.get().saturating_sub(data_bytes));
+        let mut committed = Vec::with_capacity(ready.len());
+        for (u, object) in ready.into_iter().zip(objects) {
+            let data_bytes: u64 = object.spans.iter().map(|s| s.byte_len).sum();
+            self.stats.object_size.observe(object.size as f64);
+            self.stats
+                .object_upload_latency
+                .observe_duration(u.sealed.sealed_at.elapsed());
+            self.in_flight_bytes
+                .set(self.in_flight_bytes.get().saturating_sub(data_bytes));
+            tracing::debug!(key = %object.key, bytes = object.size, spans = object.spans.len(), "committed object");
+            committed.push((object.key, object.spans));
+        }
         self.publish_pending();
-        tracing::debug!(key = %sealed.key, bytes = size, spans = object.spans.len(), upload_ms, "committed object");
-        Ok(object.spans)
+        Ok(committed)
+    }
+
+    /// Uploads and commits one object with no other upload in flight (tests and benchmarks;
+    /// the upload loop uses [`Tier::start_upload`]): PUT here, then committed like
+    /// [`Tier::commit_uploads`].
+    pub async fn upload(
+        &self,
+        sealed: Sealed,
+        producers: Vec<ProducerSnapshot>,
+    ) -> Result<Vec<Span>, CommitError> {
+        assert!(self.put_sealed(&sealed).await, "fenced before the upload");
+        let slot = Rc::new(RefCell::new(PutState::Done(Uploaded { sealed, producers })));
+        self.uploads.borrow_mut().push_back(slot);
+        let mut committed = self.commit_uploads().await?;
+        Ok(committed.pop().expect("one object committed").1)
     }
 }
 

@@ -109,16 +109,16 @@ fn an_object_refused_for_the_manifests_size_waits_for_room() {
     assert!(tier.seal_if_due().is_none(), "not retried before its time");
     assert!(
         block_on(tier.merge()).unwrap().is_none(),
-        "no merge takes its key"
+        "no merge while a commit is stalled"
     );
     // Retention drops the oldest object: room for one more.
     let (dropped, _) =
         block_on(tier.delete_data(|s| s.base_offset == 0, &HashMap::new(), |_| true)).unwrap();
     assert_eq!(dropped.len(), 2);
     tier.stalled.borrow_mut().as_mut().unwrap().0 = Instant::now();
-    let again = tier.seal_if_due().expect("the stalled object, due now");
-    assert_eq!(again.key, key);
-    block_on(tier.upload(again, Vec::new())).unwrap();
+    let again = block_on(tier.commit_uploads()).unwrap();
+    assert_eq!(again.len(), 1, "the stalled object, due now");
+    assert_eq!(again[0].0, key);
     assert!(tier.is_idle());
     let loaded = block_on(ManifestStore::new(store, 0).load())
         .unwrap()
@@ -316,4 +316,86 @@ async fn futures_timer(d: Duration) {
         let _ = tx.send(());
     });
     let _ = rx.await;
+}
+
+/// Uploads in flight commit in seal order and never overtake: uploads whose PUTs are done wait
+/// for the one sealed before them, then all commit in one manifest commit; every object of the
+/// epoch has its own key.
+#[test]
+fn uploads_commit_in_seal_order_and_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    let (tier, _) = tier_with_objects(store.clone(), 1);
+    let generation = tier.committed.borrow().manifest.generation;
+    let mut sealed = Vec::new();
+    for k in 1..4 {
+        let (header, bytes) = batch(k * 3, 3);
+        tier.add([9; 16], 0, header, bytes);
+        tier.request_seal();
+        let s = tier.seal_if_due().expect("room for another upload");
+        let slot = Rc::new(RefCell::new(PutState::Putting));
+        tier.uploads.borrow_mut().push_back(slot.clone());
+        sealed.push((s, slot));
+    }
+    let keys: Vec<String> = sealed.iter().map(|(s, _)| s.key.clone()).collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, keys, "distinct keys, in seal order");
+    // The second and third PUTs finish first: nothing commits before the first.
+    let mut sealed = sealed.into_iter();
+    let (first, first_slot) = sealed.next().unwrap();
+    for (s, slot) in sealed {
+        assert!(block_on(tier.put_sealed(&s)));
+        *slot.borrow_mut() = PutState::Done(Uploaded {
+            sealed: s,
+            producers: Vec::new(),
+        });
+    }
+    assert!(!tier.commit_ready());
+    assert!(block_on(tier.commit_uploads()).unwrap().is_empty());
+    assert!(!tier.is_idle());
+    assert!(block_on(tier.put_sealed(&first)));
+    *first_slot.borrow_mut() = PutState::Done(Uploaded {
+        sealed: first,
+        producers: Vec::new(),
+    });
+    assert!(tier.commit_ready());
+    let committed = block_on(tier.commit_uploads()).unwrap();
+    let committed_keys: Vec<String> = committed.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(committed_keys, keys);
+    assert!(tier.is_idle());
+    let loaded = block_on(ManifestStore::new(store, 0).load())
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.manifest.generation, generation + 1, "one commit");
+    let tail: Vec<String> = loaded.manifest.objects[1..]
+        .iter()
+        .map(|o| o.key.clone())
+        .collect();
+    assert_eq!(tail, keys);
+}
+
+/// At most [`UPLOADS_IN_FLIGHT_MAX`] objects are sealed and not committed.
+#[test]
+fn sealing_stops_at_the_uploads_in_flight_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    let (tier, _) = tier_with_objects(store, 0);
+    for k in 0..=UPLOADS_IN_FLIGHT_MAX as i64 {
+        let (header, bytes) = batch(k * 3, 3);
+        tier.add([9; 16], 0, header, bytes);
+        tier.request_seal();
+        match tier.seal_if_due() {
+            Some(_) => {
+                assert!((k as usize) < UPLOADS_IN_FLIGHT_MAX);
+                let slot = Rc::new(RefCell::new(PutState::Putting));
+                tier.uploads.borrow_mut().push_back(slot);
+            }
+            None => assert_eq!(k as usize, UPLOADS_IN_FLIGHT_MAX, "sealed past the bound"),
+        }
+    }
+    assert!(!tier.may_start_upload());
 }
