@@ -320,10 +320,18 @@ async fn run_uploads(weak: Weak<ShardState>, tick: Duration, retention_check: Du
         }
         tier.delete_retired().await;
         drop(state);
-        // Commit what is uploaded, in seal order (one manifest commit for every upload whose
-        // PUT is done), then seal and start the next upload if one is due: PUTs overlap each
+        // Seal and start the next upload if one is due, then commit what is uploaded, in seal
+        // order (one manifest commit for every upload whose PUT is done): PUTs overlap each
         // other and the commits (ARCHITECTURE.md, "Event-driven object commits").
-        match tier.busy_while(tier.commit_uploads()).await {
+        let producers_now = || {
+            weak.upgrade()
+                .map(|s| s.producer_snapshot())
+                .unwrap_or_default()
+        };
+        if let Some(sealed) = tier.seal_if_due() {
+            tier.start_upload(sealed, producers_now());
+        }
+        match tier.busy_while(tier.commit_uploads(producers_now)).await {
             Ok(committed) => {
                 if let Some(state) = weak.upgrade() {
                     for (key, spans) in committed {
@@ -339,14 +347,6 @@ async fn run_uploads(weak: Weak<ShardState>, tick: Duration, retention_check: Du
                 }
                 return;
             }
-        }
-        let sealed = tier.seal_if_due();
-        if let Some(sealed) = sealed {
-            let producers = weak
-                .upgrade()
-                .map(|s| s.producer_snapshot())
-                .unwrap_or_default();
-            tier.start_upload(sealed, producers);
         }
         // Then merge: on a tick with nothing to upload, at most one merge per interval; when
         // merging is behind, after every upload too (steady durability=object traffic asks for

@@ -23,13 +23,14 @@ pub struct Merged {
 
 impl Tier {
     /// Merges the next run of small committed objects ([`merge::plan_merge`]) into one: reads
-    /// their live bytes (one ranged GET each), uploads the merged object under the next
-    /// generation's key, and commits the manifest with the run replaced — one conditional put,
-    /// fenced like every commit. The replaced objects are deleted [`merge::MERGE_RETIRE_DELAY`]
-    /// later. `Ok(None)`: nothing to merge, the store failed (given up at once, through
-    /// `store_failed`: the next interval plans it again), or it gave way ([`Tier::merge_yields`],
-    /// checked before each GET and before the PUT); an error only when this shard was fenced. Runs on the uploader's task, never alongside an
-    /// upload or a deletion pass.
+    /// their live bytes (ranged GETs, [`merge::MERGE_GETS_IN_FLIGHT`] at a time), uploads the
+    /// merged object under the epoch's next object key, and commits the manifest with the run
+    /// replaced — one conditional put, fenced like every commit. The replaced objects are
+    /// deleted [`merge::MERGE_RETIRE_DELAY`] later. `Ok(None)`: nothing to merge, the store
+    /// failed (given up at once, through `store_failed`: the next interval plans it again), or
+    /// it gave way ([`Tier::merge_yields`], checked before each GET and before the PUT); an
+    /// error only when this shard was fenced. Runs on the uploader's task, so its commit never
+    /// races an upload's commit or a deletion pass (uploads' PUTs may be under way meanwhile).
     pub async fn merge(&self) -> Result<Option<Merged>, CommitError> {
         // While a commit is stalled the manifest is full: the deletion pass makes room first.
         if self.merge_yields().is_some() || self.stalled.borrow().is_some() {

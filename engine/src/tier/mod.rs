@@ -57,7 +57,7 @@ pub struct Tier {
     /// Objects a merge replaced, deleted once their time comes (cold reads planned on them
     /// finish first), oldest first.
     retired: RefCell<std::collections::VecDeque<(Instant, String)>>,
-    /// Uploaded objects whose commit the manifest's size limit refused, and when to retry it.
+    /// Uploaded objects whose commit the manifest's size limit refused, and when to retry them.
     /// While they wait nothing else is sealed or merged, and deletion passes run (they can make
     /// room).
     stalled: RefCell<Option<(Instant, Vec<Uploaded>)>>,
@@ -334,9 +334,13 @@ impl Tier {
         self.uploads.borrow_mut().push_back(slot.clone());
         let tier = self.clone();
         ringtail_shards::spawn_detached(async move {
-            let done = if tier.put_sealed(&sealed).await {
+            let put = tier.put_sealed(&sealed).await;
+            let done = if put && !tier.fenced.get() && !tier.stopped.get() {
                 PutState::Done(Uploaded { sealed, producers })
             } else {
+                // Nothing will commit it (only the upload loop commits, and it has ended): what
+                // the PUT wrote is this epoch's garbage, which no sweep of this owner deletes.
+                let _ = tier.store.delete(&sealed.key).await;
                 PutState::GaveUp
             };
             *slot.borrow_mut() = done;
@@ -388,15 +392,15 @@ impl Tier {
     /// Uploads ready to commit, in seal order: a stalled batch once its retry is due, else the
     /// uploads at the head of the queue whose PUTs are done (stopping at the first still under
     /// way: commits never overtake).
-    fn take_ready(&self) -> Vec<Uploaded> {
+    fn take_ready(&self) -> (Vec<Uploaded>, bool) {
         let stalled_due = self
             .stalled
             .borrow()
             .as_ref()
             .map(|(at, _)| *at <= Instant::now());
         match stalled_due {
-            Some(true) => return self.stalled.borrow_mut().take().map(|(_, s)| s).unwrap(),
-            Some(false) => return Vec::new(),
+            Some(true) => return (self.stalled.borrow_mut().take().unwrap().1, true),
+            Some(false) => return (Vec::new(), false),
             None => {}
         }
         let mut ready = Vec::new();
@@ -411,7 +415,7 @@ impl Tier {
             };
             ready.push(u);
         }
-        ready
+        (ready, false)
     }
 
     /// Whether [`Tier::commit_uploads`] has something to do now.
@@ -429,10 +433,16 @@ impl Tier {
     /// Commits every upload ready ([`Tier::take_ready`]) in one manifest commit, retrying store
     /// errors with backoff until it succeeds; returns each object's key and spans in seal order
     /// (empty: nothing ready), or an error if this shard has been fenced, or
-    /// [`CommitError::TooLarge`] when the manifest has no room (the objects are then kept and
-    /// committed again [`RETRY_DELAY_MAX`] later; nothing else is sealed meanwhile).
-    pub async fn commit_uploads(&self) -> Result<Vec<(String, Vec<Span>)>, CommitError> {
-        let ready = self.take_ready();
+    /// [`CommitError::TooLarge`] when the manifest has no room even for the first of them (the
+    /// objects are then kept and committed again [`RETRY_DELAY_MAX`] later; nothing else is
+    /// sealed meanwhile). When only some fit, those commit and the rest wait the same way.
+    /// A stalled batch commits with a fresh producer snapshot (`producers_now`): snapshots
+    /// shrink as producers expire, which can be what makes room.
+    pub async fn commit_uploads(
+        &self,
+        producers_now: impl Fn() -> Vec<ProducerSnapshot>,
+    ) -> Result<Vec<(String, Vec<Span>)>, CommitError> {
+        let (mut ready, retry) = self.take_ready();
         if ready.is_empty() {
             return Ok(Vec::new());
         }
@@ -445,14 +455,19 @@ impl Tier {
                 node: self.node,
             })
             .collect();
-        // The newest snapshot: it covers what the objects before it hold.
-        let producers = &ready.last().expect("not empty").producers;
+        let fresh = retry.then(&producers_now);
+        // How many of them this commit takes (fewer when the manifest has no room for all).
+        let mut n = objects.len();
         let mut backoff = store_backoff();
         loop {
             let current = self.committed.borrow().clone();
             let mut next = current.manifest.clone();
-            next.objects.extend(objects.iter().cloned());
-            next.producers = producers.clone();
+            next.objects.extend(objects[..n].iter().cloned());
+            // The snapshot taken at the newest object's seal: it covers what they all hold.
+            next.producers = match &fresh {
+                Some(p) => p.clone(),
+                None => ready[n - 1].producers.clone(),
+            };
             match self.manifests.commit(Some(&current), next).await {
                 Ok(c) => {
                     *self.committed.borrow_mut() = c;
@@ -464,6 +479,8 @@ impl Tier {
                     self.fenced.set(true);
                     return Err(e);
                 }
+                // Refused before anything is written: try fewer.
+                Err(CommitError::TooLarge { .. }) if n > 1 => n -= 1,
                 Err(e @ CommitError::TooLarge { .. }) => {
                     // Uploads stop (the WAL keeps the data) until a deletion pass makes room —
                     // never an unreadable manifest. The objects are committed again later.
@@ -477,6 +494,11 @@ impl Tier {
                     backoff.wait().await;
                 }
             }
+        }
+        if n < ready.len() {
+            let rest = ready.split_off(n);
+            tracing::error!(objects = rest.len(), "manifest full: the rest of the uploads wait for room; retrying in {RETRY_DELAY_MAX:?}");
+            *self.stalled.borrow_mut() = Some((Instant::now() + RETRY_DELAY_MAX, rest));
         }
         let mut committed = Vec::with_capacity(ready.len());
         for (u, object) in ready.into_iter().zip(objects) {
@@ -505,7 +527,7 @@ impl Tier {
         assert!(self.put_sealed(&sealed).await, "fenced before the upload");
         let slot = Rc::new(RefCell::new(PutState::Done(Uploaded { sealed, producers })));
         self.uploads.borrow_mut().push_back(slot);
-        let mut committed = self.commit_uploads().await?;
+        let mut committed = self.commit_uploads(Vec::new).await?;
         Ok(committed.pop().expect("one object committed").1)
     }
 }

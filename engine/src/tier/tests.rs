@@ -116,7 +116,7 @@ fn an_object_refused_for_the_manifests_size_waits_for_room() {
         block_on(tier.delete_data(|s| s.base_offset == 0, &HashMap::new(), |_| true)).unwrap();
     assert_eq!(dropped.len(), 2);
     tier.stalled.borrow_mut().as_mut().unwrap().0 = Instant::now();
-    let again = block_on(tier.commit_uploads()).unwrap();
+    let again = block_on(tier.commit_uploads(Vec::new)).unwrap();
     assert_eq!(again.len(), 1, "the stalled object, due now");
     assert_eq!(again[0].0, key);
     assert!(tier.is_idle());
@@ -354,7 +354,7 @@ fn uploads_commit_in_seal_order_and_together() {
         });
     }
     assert!(!tier.commit_ready());
-    assert!(block_on(tier.commit_uploads()).unwrap().is_empty());
+    assert!(block_on(tier.commit_uploads(Vec::new)).unwrap().is_empty());
     assert!(!tier.is_idle());
     assert!(block_on(tier.put_sealed(&first)));
     *first_slot.borrow_mut() = PutState::Done(Uploaded {
@@ -362,7 +362,7 @@ fn uploads_commit_in_seal_order_and_together() {
         producers: Vec::new(),
     });
     assert!(tier.commit_ready());
-    let committed = block_on(tier.commit_uploads()).unwrap();
+    let committed = block_on(tier.commit_uploads(Vec::new)).unwrap();
     let committed_keys: Vec<String> = committed.into_iter().map(|(k, _)| k).collect();
     assert_eq!(committed_keys, keys);
     assert!(tier.is_idle());
@@ -398,4 +398,62 @@ fn sealing_stops_at_the_uploads_in_flight_bound() {
         }
     }
     assert!(!tier.may_start_upload());
+}
+
+/// When the manifest has room for only some of the uploads ready, those commit and the rest
+/// wait, in order, for room.
+#[test]
+fn uploads_the_manifest_has_room_for_commit_and_the_rest_wait() {
+    let size = |objects| {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+        let (tier, _) = tier_with_objects(store, objects);
+        let len = tier.committed.borrow().manifest.encode().len();
+        len
+    };
+    let per_object = size(3) - size(2);
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    let (mut tier, _) = tier_with_objects(store.clone(), 2);
+    let limit = tier.committed.borrow().manifest.encode().len() + per_object + per_object / 2;
+    tier.manifests = ManifestStore::with_bytes_max(store.clone(), 0, limit);
+    let mut keys = Vec::new();
+    for k in 2..4 {
+        for partition in 0..2 {
+            let (header, bytes) = batch(k * 3, 3);
+            tier.add([9; 16], partition, header, bytes);
+        }
+        tier.request_seal();
+        let s = tier.seal_if_due().unwrap();
+        keys.push(s.key.clone());
+        assert!(block_on(tier.put_sealed(&s)));
+        tier.uploads
+            .borrow_mut()
+            .push_back(Rc::new(RefCell::new(PutState::Done(Uploaded {
+                sealed: s,
+                producers: Vec::new(),
+            }))));
+    }
+    let first = block_on(tier.commit_uploads(Vec::new)).unwrap();
+    assert_eq!(first.len(), 1, "room for one");
+    assert_eq!(first[0].0, keys[0]);
+    assert!(tier.has_uploads() && !tier.may_start_upload(), "the other waits");
+    assert!(block_on(tier.commit_uploads(Vec::new)).unwrap().is_empty());
+    // Room again: the rest commits at its retry.
+    tier.manifests = ManifestStore::new(store.clone(), 0);
+    tier.stalled.borrow_mut().as_mut().unwrap().0 = Instant::now();
+    let rest = block_on(tier.commit_uploads(Vec::new)).unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].0, keys[1]);
+    assert!(tier.is_idle());
+    let loaded = block_on(ManifestStore::new(store, 0).load())
+        .unwrap()
+        .unwrap();
+    let tail: Vec<String> = loaded.manifest.objects[2..]
+        .iter()
+        .map(|o| o.key.clone())
+        .collect();
+    assert_eq!(tail, keys);
 }
