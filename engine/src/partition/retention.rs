@@ -350,30 +350,31 @@ async fn run_uploads(weak: Weak<ShardState>, tick: Duration, retention_check: Du
         }
         // Then merge: on a tick with nothing to upload, at most one merge per interval; when
         // merging is behind, after every upload too (steady durability=object traffic asks for
-        // an upload on every produce, so it never leaves such a tick).
+        // an upload on every produce, so it never leaves such a tick). One at a time.
         let nothing_sealed = !tier.has_uploads();
+        // A merge is read and written off this loop; only its commit is here.
+        match tier.busy_while(tier.finish_merge()).await {
+            Ok(Some(m)) => {
+                if let Some(state) = weak.upgrade() {
+                    state.on_merged(m);
+                }
+            }
+            Ok(None) => {}
+            Err(_) => {
+                if let Some(state) = weak.upgrade() {
+                    state.fenced();
+                }
+                return;
+            }
+        }
         let due = if tier.merge_behind() {
             last_merge.elapsed() >= crate::tier::merge::MERGE_BACKLOG_INTERVAL
         } else {
             nothing_sealed && last_merge.elapsed() >= crate::tier::merge::MERGE_INTERVAL
         };
-        if due {
+        if due && !tier.merge_running() {
             last_merge = Instant::now();
-            let merged = tier.busy_while(tier.merge()).await;
-            match merged {
-                Ok(Some(m)) => {
-                    if let Some(state) = weak.upgrade() {
-                        state.on_merged(m);
-                    }
-                }
-                Ok(None) => {}
-                Err(_) => {
-                    if let Some(state) = weak.upgrade() {
-                        state.fenced();
-                    }
-                    return;
-                }
-            }
+            tier.start_merge();
         }
     }
 }

@@ -12,6 +12,21 @@ use crate::tier::manifest::{CommitError, ObjectRef};
 use crate::tier::object_format::{index_trailer, ObjectIndex, Span, INDEX_FORMAT_VERSION};
 use crate::tier::{merge, put_object, Tier};
 
+/// A merge read and uploaded, waiting for its commit.
+pub struct PreparedMerge {
+    run: Vec<ObjectRef>,
+    merged: ObjectRef,
+    started: Instant,
+}
+
+/// Where the slot's merge is.
+pub(super) enum MergeState {
+    Idle,
+    Preparing,
+    /// Prepared (None: nothing to merge, or given up), for the upload loop to commit.
+    Ready(Option<PreparedMerge>),
+}
+
 /// A committed merge: the object that replaced a run of small ones.
 #[derive(Debug)]
 pub struct Merged {
@@ -32,18 +47,26 @@ impl Tier {
     /// error only when this shard was fenced. Runs on the uploader's task, so its commit never
     /// races an upload's commit or a deletion pass (uploads' PUTs may be under way meanwhile).
     pub async fn merge(&self) -> Result<Option<Merged>, CommitError> {
+        match self.prepare_merge().await {
+            Some(prepared) => self.commit_merge(prepared).await,
+            None => Ok(None),
+        }
+    }
+
+    /// A merge's reads and its PUT, without its commit ([`Tier::merge`]); None: nothing to
+    /// merge, given up or gave way. Runs off the upload loop ([`Tier::start_merge`]).
+    pub async fn prepare_merge(&self) -> Option<PreparedMerge> {
         // While a commit is stalled the manifest is full: the deletion pass makes room first.
         if self.merge_yields().is_some() || self.stalled.borrow().is_some() {
-            return Ok(None);
+            return None;
         }
         let (run, epoch) = {
             let c = self.committed.borrow();
-            let Some(r) = merge::plan_merge(&c.manifest.objects) else {
-                return Ok(None);
-            };
+            let r = merge::plan_merge(&c.manifest.objects)?;
             (c.manifest.objects[r].to_vec(), c.manifest.epoch)
         };
         let layout = merge::layout(&run);
+        let run_node = run[0].node;
         // The run's live bytes, [`merge::MERGE_GETS_IN_FLIGHT`] GETs at a time, in run order
         // (one GET after another made a merge of 64 small objects on S3 hold the uploader, and
         // the producers waiting for it, for 64 round trips).
@@ -70,18 +93,18 @@ impl Tier {
             match got {
                 Err(why) => {
                     tracing::debug!(why, "merge abandoned");
-                    return Ok(None);
+                    return None;
                 }
                 Ok(Ok(body)) if body.len() as u64 == extent.end - extent.start => {
                     bodies.push((extent.start, body))
                 }
                 Ok(Ok(body)) => {
                     tracing::warn!(key = %o.key, got = body.len(), wanted = ?extent, "merge: short read; not merged");
-                    return Ok(None);
+                    return None;
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(key = %o.key, error = %e, "merge: reading an object failed; retrying later");
-                    return Ok(None);
+                    return None;
                 }
             }
         }
@@ -106,7 +129,7 @@ impl Tier {
         let t = Instant::now();
         if let Some(why) = self.merge_yields() {
             tracing::debug!(why, "merge abandoned before its upload");
-            return Ok(None);
+            return None;
         }
         let key = self.next_object_key(epoch);
         // Never retried: a failed merge is given up (the next interval plans it again), so
@@ -116,14 +139,31 @@ impl Tier {
         if let Err(e) = put_object(self.store.clone(), key.clone(), pieces).await {
             self.store_failed(&format!("upload merged {key}"), &e, merge::MERGE_INTERVAL);
             self.garbage.borrow_mut().push(key);
-            return Ok(None);
+            return None;
         }
-        let merged = ObjectRef {
-            key: key.clone(),
-            size,
-            spans: layout.spans,
-            node: run[0].node,
-        };
+        Some(PreparedMerge {
+            run,
+            merged: ObjectRef {
+                key,
+                size,
+                spans: layout.spans,
+                node: run_node,
+            },
+            started: t,
+        })
+    }
+
+    /// Commits a prepared merge: the manifest with its run replaced by the merged object, if
+    /// the run is still there as it was read (a deletion pass may have changed it meanwhile:
+    /// then the merged object is garbage). An error only when this shard was fenced.
+    pub async fn commit_merge(&self, p: PreparedMerge) -> Result<Option<Merged>, CommitError> {
+        let PreparedMerge {
+            run,
+            merged,
+            started: t,
+        } = p;
+        let key = merged.key.clone();
+        let size = merged.size;
         {
             let current = self.committed.borrow().clone();
             let at = current
@@ -134,9 +174,9 @@ impl Tier {
             let Some(at) =
                 at.filter(|&at| current.manifest.objects.get(at..at + run.len()) == Some(&run[..]))
             else {
-                // Only this task commits, so the run cannot have changed; if it did, the
-                // merged object is never committed: garbage.
-                tracing::error!(%key, "merge: the run changed before its commit; not merged");
+                // A deletion pass changed the run while the merge read it: the merged object
+                // is never committed, so it is garbage.
+                tracing::info!(%key, "merge: the run changed before its commit; not merged");
                 self.garbage.borrow_mut().push(key);
                 return Ok(None);
             };
@@ -182,24 +222,61 @@ impl Tier {
     }
 
     /// Whether merging is behind: the manifest holds more than [`merge::MERGE_BACKLOG_OBJECTS`]
-    /// objects. Then a merge runs after every upload and does not give way to waiting producers
-    /// (they wait one merge longer; without it steady `durability=object` traffic starves
-    /// merging and the manifest grows by an object per produce).
+    /// objects. Then a merge starts after every upload (without it steady `durability=object`
+    /// traffic starves merging and the manifest grows by an object per produce).
     pub fn merge_behind(&self) -> bool {
         self.committed.borrow().manifest.objects.len() > merge::MERGE_BACKLOG_OBJECTS
     }
 
     /// Why a merge must give way now, if it must: the slot is fenced, flushing for a hand-over
-    /// or shutdown, or a producer waits for an upload (unless merging is behind).
+    /// or shutdown, or its upload loop ended. (It no longer gives way to waiting producers: it
+    /// reads and writes off the upload loop, which only commits it.)
     fn merge_yields(&self) -> Option<&'static str> {
         if self.fenced.get() {
             Some("fenced")
         } else if self.flushing.get() {
             Some("flushing")
-        } else if self.urgent.get() && !self.merge_behind() {
-            Some("a producer waits for an upload")
+        } else if self.stopped.get() {
+            Some("stopped")
         } else {
             None
+        }
+    }
+
+    /// Starts preparing a merge on its own task ([`Tier::prepare_merge`]); the upload loop
+    /// commits it once ready ([`Tier::finish_merge`]), so uploads and their commits go on
+    /// meanwhile. At most one at a time.
+    pub fn start_merge(self: &std::rc::Rc<Self>) {
+        *self.merging.borrow_mut() = MergeState::Preparing;
+        let tier = self.clone();
+        ringtail_shards::spawn_detached(async move {
+            let mut prepared = tier.prepare_merge().await;
+            if let Some(p) = prepared.take_if(|_| tier.fenced.get() || tier.stopped.get()) {
+                // Nothing will commit it.
+                let _ = tier.store.delete(&p.merged.key).await;
+            }
+            *tier.merging.borrow_mut() = MergeState::Ready(prepared);
+            tier.poke();
+        });
+    }
+
+    /// Whether a merge is being prepared or waits for its commit.
+    pub fn merge_running(&self) -> bool {
+        !matches!(*self.merging.borrow(), MergeState::Idle)
+    }
+
+    /// Commits the merge [`Tier::start_merge`] prepared, if it is ready.
+    pub async fn finish_merge(&self) -> Result<Option<Merged>, CommitError> {
+        let ready = matches!(*self.merging.borrow(), MergeState::Ready(_));
+        if !ready {
+            return Ok(None);
+        }
+        let MergeState::Ready(prepared) = self.merging.replace(MergeState::Idle) else {
+            unreachable!()
+        };
+        match prepared {
+            Some(p) => self.commit_merge(p).await,
+            None => Ok(None),
         }
     }
 

@@ -68,6 +68,8 @@ pub struct Tier {
     next_object: Cell<u64>,
     /// The upload loop ended: PUTs under way stop retrying.
     stopped: Cell<bool>,
+    /// The merge being prepared off the upload loop, or ready for its commit.
+    merging: RefCell<merging::MergeState>,
     /// Record bytes sealed into objects not committed yet.
     in_flight_bytes: Cell<u64>,
     /// Since when uploads fail with a permanent store error, and when that was last logged.
@@ -164,6 +166,7 @@ impl Tier {
             uploads: RefCell::new(std::collections::VecDeque::new()),
             next_object: Cell::new(first_object),
             stopped: Cell::new(false),
+            merging: RefCell::new(merging::MergeState::Idle),
             in_flight_bytes: Cell::new(0),
             failing_since: Cell::new(None),
             failure_logged: Cell::new(None),
@@ -254,6 +257,7 @@ impl Tier {
             && !self.busy.get()
             && self.stalled.borrow().is_none()
             && self.uploads.borrow().is_empty()
+            && !self.merge_running()
     }
 
     /// Runs `work` (an upload, a commit, a deletion or merge pass) with the tier marked busy,
@@ -420,6 +424,9 @@ impl Tier {
 
     /// Whether [`Tier::commit_uploads`] has something to do now.
     fn commit_ready(&self) -> bool {
+        if matches!(*self.merging.borrow(), merging::MergeState::Ready(_)) {
+            return true;
+        }
         match self.stalled.borrow().as_ref() {
             Some((at, _)) => *at <= Instant::now(),
             None => self

@@ -439,7 +439,10 @@ fn uploads_the_manifest_has_room_for_commit_and_the_rest_wait() {
     let first = block_on(tier.commit_uploads(Vec::new)).unwrap();
     assert_eq!(first.len(), 1, "room for one");
     assert_eq!(first[0].0, keys[0]);
-    assert!(tier.has_uploads() && !tier.may_start_upload(), "the other waits");
+    assert!(
+        tier.has_uploads() && !tier.may_start_upload(),
+        "the other waits"
+    );
     assert!(block_on(tier.commit_uploads(Vec::new)).unwrap().is_empty());
     // Room again: the rest commits at its retry.
     tier.manifests = ManifestStore::new(store.clone(), 0);
