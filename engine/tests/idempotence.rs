@@ -148,39 +148,9 @@ async fn retried_batches_land_exactly_once_through_connection_cuts() {
 
 /// One idempotent batch of `n` records from `producer_id`/`epoch` starting at `sequence`.
 fn idempotent_batch(producer_id: i64, epoch: i16, sequence: i32, n: i32) -> bytes::Bytes {
-    use kafka_protocol::records::*;
-    let records: Vec<Record> = (0..n)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id,
-            producer_epoch: epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: sequence + i,
-            // Now: an old timestamp would fall to the 7-day retention.ms default.
-            timestamp: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as i64,
-            key: None,
-            value: Some(bytes::Bytes::from(format!("{sequence}+{i}"))),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = bytes::BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+    let values: Vec<String> = (0..n).map(|i| format!("{sequence}+{i}")).collect();
+    let values: Vec<&[u8]> = values.iter().map(|v| v.as_bytes()).collect();
+    common::raw::idempotent_records(producer_id, epoch, sequence, &values)
 }
 
 /// One acks=all Produce of `batch` to partition 0 of `topic`: (error code, base offset).
@@ -191,17 +161,7 @@ fn produce_to(raw: &mut common::raw::Raw, topic: &str, batch: bytes::Bytes) -> (
 /// InitProducerId for an idempotent producer: a fresh id for (-1, -1), else the epoch bump of
 /// `id`/`epoch` (KIP-360). Returns (id, epoch).
 fn init_producer_id(raw: &mut common::raw::Raw, id: i64, epoch: i16) -> (i64, i16) {
-    use kafka_protocol::messages::*;
-    let init: InitProducerIdResponse = raw.call(
-        ApiKey::InitProducerId,
-        4,
-        &InitProducerIdRequest::default()
-            .with_transactional_id(None)
-            .with_producer_id(ProducerId(id))
-            .with_producer_epoch(epoch),
-    );
-    assert_eq!(init.error_code, 0);
-    (init.producer_id.0, init.producer_epoch)
+    raw.init_producer_id_from(id, epoch)
 }
 
 /// durability=object: a retry of a batch that is in the bucket already is answered at once

@@ -341,37 +341,8 @@ fn a_retried_idempotent_batch_is_deduplicated_after_recompression() {
 
 /// One lz4 batch of `n` records from `producer_id`/`epoch` starting at `sequence`.
 fn idempotent_lz4_batch(producer_id: i64, epoch: i16, sequence: i32, n: i32) -> bytes::Bytes {
-    use kafka_protocol::records::*;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let records: Vec<Record> = (0..n)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id,
-            producer_epoch: epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: sequence + i,
-            timestamp: now_ms,
-            key: None,
-            value: Some(bytes::Bytes::from(format!("seq-{}", sequence + i))),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = bytes::BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::Lz4,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+    let values: Vec<String> = (0..n).map(|i| format!("seq-{}", sequence + i)).collect();
+    let values: Vec<&[u8]> = values.iter().map(|v| v.as_bytes()).collect();
+    let lz4 = kafka_protocol::records::Compression::Lz4;
+    common::raw::idempotent_batch(producer_id, epoch, sequence, &values, lz4)
 }

@@ -98,16 +98,22 @@ impl Raw {
         (p.error_code, p.base_offset)
     }
 
-    /// InitProducerId for an idempotent producer (no transactional id): (id, epoch).
+    /// InitProducerId for a new idempotent producer (no transactional id): (id, epoch).
     pub fn init_producer_id(&mut self) -> (i64, i16) {
+        self.init_producer_id_from(-1, -1)
+    }
+
+    /// InitProducerId for an idempotent producer: a fresh id for (-1, -1), else the epoch bump
+    /// of `id`/`epoch` (KIP-360). Returns (id, epoch).
+    pub fn init_producer_id_from(&mut self, id: i64, epoch: i16) -> (i64, i16) {
         use kafka_protocol::messages::*;
         let init: InitProducerIdResponse = self.call(
             ApiKey::InitProducerId,
             4,
             &InitProducerIdRequest::default()
                 .with_transactional_id(None)
-                .with_producer_id(ProducerId(-1))
-                .with_producer_epoch(-1),
+                .with_producer_id(ProducerId(id))
+                .with_producer_epoch(epoch),
         );
         assert_eq!(init.error_code, 0);
         (init.producer_id.0, init.producer_epoch)
@@ -135,6 +141,18 @@ impl Raw {
 /// One idempotent record batch of `values` from `producer_id`/`epoch`, its first record at
 /// `sequence`, timestamped now.
 pub fn idempotent_records(producer_id: i64, epoch: i16, sequence: i32, values: &[&[u8]]) -> Bytes {
+    let none = kafka_protocol::records::Compression::None;
+    idempotent_batch(producer_id, epoch, sequence, values, none)
+}
+
+/// [`idempotent_records`] in `compression`.
+pub fn idempotent_batch(
+    producer_id: i64,
+    epoch: i16,
+    sequence: i32,
+    values: &[&[u8]],
+    compression: kafka_protocol::records::Compression,
+) -> Bytes {
     use kafka_protocol::records::*;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -165,7 +183,7 @@ pub fn idempotent_records(producer_id: i64, epoch: i16, sequence: i32, values: &
         &records,
         &RecordEncodeOptions {
             version: 2,
-            compression: Compression::None,
+            compression,
         },
     )
     .unwrap();
