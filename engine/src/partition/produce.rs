@@ -318,6 +318,14 @@ impl ShardState {
             }
         }
         wake(self.unborn_waiters.borrow_mut().drain(..));
+        // An object due now (a `durability=object` produce waits for it) is sealed and its PUT
+        // started at once, overlapping the commit the upload loop may be making; the loop
+        // commits it in seal order (ARCHITECTURE.md, "Event-driven object commits").
+        if let Some(tier) = &self.tier {
+            if let Some(sealed) = tier.seal_if_due() {
+                tier.start_upload(sealed, self.producer_snapshot());
+            }
+        }
         self.writes_done.notify_all();
         self.trim_wal();
         if self.tier.is_none() {
