@@ -5,12 +5,13 @@
 //! scrape never waits on a shard and is at most that old.
 //!
 //! `render.rs` writes the Prometheus text, one renderer per family, in the format `text.rs`
-//! knows; `metered.rs` counts object-store requests; `client_log.rs` rate-limits the log lines
+//! knows (`offsets.rs`: the per-partition and group families); `metered.rs` counts object-store requests; `client_log.rs` rate-limits the log lines
 //! clients cause.
 
 pub mod client_log;
 pub mod endpoint;
 pub mod metered;
+mod offsets;
 mod render;
 mod text;
 
