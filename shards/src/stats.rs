@@ -105,6 +105,22 @@ impl HistogramSnapshot {
     }
 }
 
+/// Counts one in a gauge while it lives (every way out of the scope, cancellation included).
+pub struct Held<'a>(&'a AtomicU64);
+
+impl<'a> Held<'a> {
+    pub fn enter(gauge: &'a AtomicU64) -> Held<'a> {
+        gauge.fetch_add(1, Relaxed);
+        Held(gauge)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

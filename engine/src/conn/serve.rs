@@ -34,23 +34,6 @@ use crate::shard::Broker;
 /// Read buffer per connection.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
-/// Counts a connection open for as long as it lives (also when its task is dropped).
-struct Open(std::sync::Arc<ShardStats>);
-
-impl Open {
-    fn new(stats: std::sync::Arc<ShardStats>) -> Open {
-        stats.connections_accepted.fetch_add(1, Relaxed);
-        stats.connections_open.fetch_add(1, Relaxed);
-        Open(stats)
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.connections_open.fetch_sub(1, Relaxed);
-    }
-}
-
 /// A connection the shard accepted: served if the broker's limits leave room for it, else
 /// closed at once (Kafka's max.connections and max.connections.per.ip).
 pub fn accepted(broker: &Rc<Broker>, admission: &Arc<Admission>, stream: TcpStream) {
@@ -112,8 +95,9 @@ enum Next {
 /// Pipelined requests are dispatched as they arrive, within the in-flight bounds; answers are
 /// written in request order (ARCHITECTURE.md, "Pipelined connections").
 pub async fn serve_connection(broker: Rc<Broker>, stream: TcpStream, _permit: Permit) {
-    let _open = Open::new(broker.stats.clone());
     let stats = broker.stats.clone();
+    stats.connections_accepted.fetch_add(1, Relaxed);
+    let _open = ringtail_shards::stats::Held::enter(&stats.connections_open);
     let config = broker.config.clone();
     let peer = stream
         .peer_addr()

@@ -355,7 +355,7 @@ impl Tier {
     /// PUTs an object, retrying store errors with backoff; false if the tier was fenced or
     /// stopped meanwhile (nothing will commit it: an orphan of this epoch).
     async fn put_sealed(&self, sealed: &Sealed) -> bool {
-        let _uploading = Gauged::enter(&self.stats.uploads_in_flight);
+        let _uploading = ringtail_shards::stats::Held::enter(&self.stats.uploads_in_flight);
         let mut backoff = store_backoff();
         loop {
             if self.fenced.get() || self.stopped.get() {
@@ -646,19 +646,3 @@ fn put_object(
 
 #[cfg(test)]
 mod tests;
-
-/// Counts one in a gauge while it lives (every way out of an upload, cancellation included).
-struct Gauged<'a>(&'a std::sync::atomic::AtomicU64);
-
-impl<'a> Gauged<'a> {
-    fn enter(gauge: &'a std::sync::atomic::AtomicU64) -> Gauged<'a> {
-        gauge.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Gauged(gauge)
-    }
-}
-
-impl Drop for Gauged<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
