@@ -318,14 +318,9 @@ impl ShardState {
             }
         }
         wake(self.unborn_waiters.borrow_mut().drain(..));
-        // An object due now (a `durability=object` produce waits for it) is sealed and its PUT
-        // started at once, overlapping the commit the upload loop may be making; the loop
-        // commits it in seal order (ARCHITECTURE.md, "Event-driven object commits").
-        if let Some(tier) = &self.tier {
-            if let Some(sealed) = tier.seal_if_due() {
-                tier.start_upload(sealed, self.producer_snapshot());
-            }
-        }
+        // An object due now (a `durability=object` produce waits for it) starts its upload at
+        // once, overlapping the commit the upload loop may be making.
+        self.start_due_upload();
         self.writes_done.notify_all();
         self.trim_wal();
         if self.tier.is_none() {
@@ -336,6 +331,19 @@ impl ShardState {
                 .is_some_and(|w| w.used_bytes() * 4 > w.ring_bytes() * 3);
             if filling {
                 self.kick_retention();
+            }
+        }
+    }
+}
+
+impl ShardState {
+    /// Seals the pending object if it is due and there is room, and starts its PUT with the
+    /// producers' state now; the upload loop commits it in seal order (ARCHITECTURE.md,
+    /// "Event-driven object commits").
+    pub(super) fn start_due_upload(&self) {
+        if let Some(tier) = &self.tier {
+            if let Some(sealed) = tier.seal_if_due() {
+                tier.start_upload(sealed, self.producer_snapshot());
             }
         }
     }

@@ -319,18 +319,16 @@ async fn run_uploads(weak: Weak<ShardState>, tick: Duration, retention_check: Du
             return;
         }
         tier.delete_retired().await;
-        drop(state);
         // Seal and start the next upload if one is due, then commit what is uploaded, in seal
         // order (one manifest commit for every upload whose PUT is done): PUTs overlap each
         // other and the commits (ARCHITECTURE.md, "Event-driven object commits").
+        state.start_due_upload();
+        drop(state);
         let producers_now = || {
             weak.upgrade()
                 .map(|s| s.producer_snapshot())
                 .unwrap_or_default()
         };
-        if let Some(sealed) = tier.seal_if_due() {
-            tier.start_upload(sealed, producers_now());
-        }
         match tier.busy_while(tier.commit_uploads(producers_now)).await {
             Ok(committed) => {
                 if let Some(state) = weak.upgrade() {
