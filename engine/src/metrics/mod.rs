@@ -5,8 +5,8 @@
 //! scrape never waits on a shard and is at most that old.
 //!
 //! `render.rs` writes the Prometheus text, one renderer per family, in the format `text.rs`
-//! knows (`offsets.rs`: the per-partition and group families); `metered.rs` counts object-store requests; `client_log.rs` rate-limits the log lines
-//! clients cause.
+//! knows (`offsets.rs`: the per-partition and group families); `metered.rs` counts object-store
+//! requests; `client_log.rs` rate-limits the log lines clients cause.
 
 pub mod client_log;
 pub mod endpoint;
@@ -156,7 +156,7 @@ pub struct ShardStats {
     /// the manifest (PUT retries and commit included).
     pub object_size: Histogram,
     pub object_upload_latency: Histogram,
-    /// Objects being uploaded (PUT and manifest commit) now.
+    /// Object PUTs under way now (an upload's; its manifest commit is not counted).
     pub uploads_in_flight: AtomicU64,
     /// Record bytes held in the WAL that are not in a committed object yet.
     pub upload_pending_bytes: AtomicU64,

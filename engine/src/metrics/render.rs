@@ -218,7 +218,7 @@ const SHARD_SERIES: &[ShardSeries] = &[
     (
         gauge(
             "ringtail_uploads_in_flight",
-            "Objects this shard is uploading now (PUT and manifest commit).",
+            "Object PUTs this shard has under way now (uploads; their manifest commits are not counted).",
         ),
         |s| s.uploads_in_flight.load(Relaxed),
     ),
