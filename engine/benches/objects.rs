@@ -128,10 +128,10 @@ async fn run(label: &str, store: Arc<Counting<Arc<dyn ObjectStore>>>, total_mb: 
         let (h, b) = batch(next[p]);
         next[p] = h.last_offset() + 1;
         tier.add([7; 16], p as i32, h, b);
-        if let Some(sealed) = tier.seal_if_due() {
+        if let Some(sealed) = tier.seal_if_due(Vec::new) {
             let key = sealed.key.clone();
             let t = Instant::now();
-            let spans = tier.upload(sealed, Vec::new()).await.unwrap();
+            let spans = tier.upload(sealed).await.unwrap();
             commit_ms
                 .record(t.elapsed().as_millis().max(1) as u64)
                 .unwrap();

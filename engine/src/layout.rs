@@ -10,7 +10,8 @@
 //!   cluster/brokers/{node}                           the broker's node lease
 //!   cluster/brokers/{node}.drain                     `ringtail admin drain`
 //!   shards/{slot:04}/manifest                        the slot's owner (CAS, epoch-fenced)
-//!   shards/{slot:04}/objects/{epoch:010}-{n:020}.rto         the slot's objects
+//!   shards/{slot:04}/objects/{epoch:010}-{n:020}.rto         the slot's merged objects
+//!   shards/{slot:04}/log/{n:020}.rto                 the slot's uploads, numbered (create-only)
 //! data directory: catalog.json, cluster_id
 //! WAL directory:  shard-{slot}.wal (a slot's ring), spare-{shard}.wal (written ahead of a takeover)
 //! ```
@@ -79,6 +80,31 @@ pub fn object_epoch(key: &str) -> Option<u64> {
     epoch.parse().ok()
 }
 
+/// Where a slot's numbered uploads live (its log of objects; ARCHITECTURE.md, "One PUT per
+/// acknowledgement").
+pub fn log_objects(slot: u32) -> String {
+    format!("{SLOTS_DIR}{slot:04}/log/")
+}
+
+/// The slot's `number`th upload (or the fence at that number). Keys sort by number; they carry
+/// no epoch, so that every owner of the slot writes at the same numbers and the first wins.
+pub fn log_object(slot: u32, number: u64) -> String {
+    format!("{}{number:020}.rto", log_objects(slot))
+}
+
+/// The number of a log object, from its key (None: not a log object key).
+pub fn log_number(key: &str) -> Option<u64> {
+    let (dir, name) = key.rsplit_once('/')?;
+    if !dir.ends_with("/log") {
+        return None;
+    }
+    let n = name.strip_suffix(".rto")?;
+    if n.len() != 20 || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
+}
+
 /// A slot's WAL ring, in the WAL directory.
 pub fn wal_ring(slot: u32) -> String {
     format!("shard-{slot}.wal")
@@ -100,6 +126,25 @@ pub fn spare_ring(shard: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_keys_name_their_number_and_sort_by_it() {
+        let key = log_object(3, 7);
+        assert_eq!(key, "shards/0003/log/00000000000000000007.rto");
+        assert!(key.starts_with(&log_objects(3)));
+        assert!(log_object(3, 9) < log_object(3, 10));
+        assert_eq!(log_number(&key), Some(7));
+        assert_eq!(object_epoch(&key), None, "not a merged object's key");
+        for other in [
+            "shards/0003/manifest",
+            "shards/0003/log/7.rto",
+            "shards/0003/objects/00000000000000000007.rto",
+            "shards/0003/log/0000000000000000000x.rto",
+            &object(3, 1, 7),
+        ] {
+            assert_eq!(log_number(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn object_keys_name_their_epoch_and_sort_by_epoch_then_wal_order() {

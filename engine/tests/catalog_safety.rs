@@ -67,19 +67,7 @@ async fn produce(bootstrap: &str, topic: &str, n: usize) {
 
 /// Objects in the bucket holding data (not manifests or leases).
 fn object_count(bucket: &std::path::Path) -> usize {
-    fn walk(dir: &std::path::Path, n: &mut usize) {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, n);
-            } else if p.extension().is_some_and(|x| x == "rto") {
-                *n += 1;
-            }
-        }
-    }
-    let mut n = 0;
-    walk(bucket, &mut n);
-    n
+    common::data_objects(bucket).len()
 }
 
 /// Issue 17 item 1: node 1 is stopped; node 0 (the controller) creates and fills a topic; node 1
@@ -143,7 +131,7 @@ async fn data_of_a_topic_missing_from_the_catalog_is_kept() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(b.terminate(), Some(0));
-    let objects = object_count(bucket.path());
+    let objects = common::data_objects(bucket.path());
 
     // The bucket's catalog loses the topic, as a newer generation with no deletion record.
     let path = bucket.path().join("catalog.json");
@@ -183,7 +171,11 @@ async fn data_of_a_topic_missing_from_the_catalog_is_kept() {
     let out = out.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     println!("{err}");
-    assert_eq!(object_count(bucket.path()), objects, "objects were deleted");
+    assert_eq!(
+        common::data_objects(bucket.path()),
+        objects,
+        "objects were deleted"
+    );
     assert!(
         err.contains("neither has nor records as deleted"),
         "says why the slot does not open"

@@ -173,22 +173,9 @@ async fn backfilled_records_are_kept_until_uploaded_then_retention_deletes_them(
     }
 }
 
-/// Data objects (`.rto`) under a local-directory bucket.
+/// Data objects under a local-directory bucket.
 fn count_objects(dir: &std::path::Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| {
-            let path = e.path();
-            if path.is_dir() {
-                count_objects(&path)
-            } else {
-                usize::from(path.to_string_lossy().ends_with(".rto"))
-            }
-        })
-        .sum()
+    common::data_objects(dir).len()
 }
 
 /// Waits until `f` holds, or panics with `what` after `limit`.

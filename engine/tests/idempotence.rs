@@ -223,10 +223,11 @@ fn producer_state_survives_a_restart_through_the_manifest() {
         produce(&mut raw, idempotent_batch(pid, epoch, 3, 2)),
         (0, 3)
     );
-    // Uploaded and committed (the manifest now holds the producer's state).
-    let objects = data.path().join("objects/shards/0000/objects");
+    // Uploaded and committed (the object holds the producer's state; the restart's take-over
+    // folds it into the manifest).
+    let objects = data.path().join("objects");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::fs::read_dir(&objects).map_or(0, |d| d.count()) == 0 {
+    while common::data_objects(&objects).is_empty() {
         assert!(std::time::Instant::now() < deadline, "nothing uploaded");
         std::thread::sleep(Duration::from_millis(20));
     }

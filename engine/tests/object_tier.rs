@@ -257,11 +257,29 @@ async fn a_produce_waiting_on_a_down_store_times_out_and_lands_later() {
     assert_eq!(values, [&b"before"[..], b"during", b"after"]);
 }
 
+/// The spans of slot 0's committed objects in a local-directory bucket: the manifest's, then
+/// the log's from `log_next` up to its first missing number (passing over fences).
+fn committed_spans(bucket: &std::path::Path) -> Vec<ringtail_engine::tier::object_format::Span> {
+    use ringtail_engine::tier::object_format::read_index;
+    let bytes = std::fs::read(bucket.join("shards/0000/manifest")).unwrap();
+    let m = ringtail_engine::tier::manifest::ShardManifest::decode(&bytes).unwrap();
+    let mut spans: Vec<_> = m.objects.into_iter().flat_map(|o| o.spans).collect();
+    let mut n = m.log_next;
+    while let Ok(bytes) = std::fs::read(bucket.join(format!("shards/0000/log/{n:020}.rto"))) {
+        let index = read_index(&bytes).unwrap();
+        if index.is_fence() {
+            n = index.resume;
+        } else {
+            spans.extend(index.spans);
+            n += 1;
+        }
+    }
+    spans
+}
+
+/// How many data objects (not fences) the bucket holds, and their bytes.
 fn rto_bytes(dir: &std::path::Path) -> (usize, u64) {
-    let files: Vec<String> = walk(dir)
-        .into_iter()
-        .filter(|p| p.ends_with(".rto"))
-        .collect();
+    let files = common::data_objects(dir);
     let bytes = files
         .iter()
         .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
@@ -400,13 +418,12 @@ async fn durability_object_acks_after_the_object_commit() {
             )
             .await
             .expect("ack");
-        // At the moment of the ack, the committed manifest covers the record.
-        let bytes = std::fs::read(objects.path().join("shards/0000/manifest")).unwrap();
-        let m = ringtail_engine::tier::manifest::ShardManifest::decode(&bytes).unwrap();
-        let covered =
-            m.objects.iter().flat_map(|o| &o.spans).any(|s| {
-                s.partition == 0 && s.base_offset <= d.offset && d.offset <= s.last_offset
-            });
+        // At the moment of the ack, a committed object covers the record: one the manifest
+        // names, or one of the slot's log from the manifest's `log_next` on, with every number
+        // before it written (what a take-over folds).
+        let covered = committed_spans(objects.path())
+            .iter()
+            .any(|s| s.partition == 0 && s.base_offset <= d.offset && d.offset <= s.last_offset);
         assert!(
             covered,
             "record {i} at offset {} acked before its object was committed",
@@ -578,19 +595,31 @@ async fn orphaned_objects_are_collected_at_start() {
     let acked = produce(&b, 0, 60).await;
     assert_eq!(b.terminate(), Some(0));
     let dir = objects.path().join("shards/0000/objects");
+    std::fs::create_dir_all(&dir).unwrap();
     let orphan = dir.join("0000000001-00000000000000999999.rto");
     let foreign = dir.join("README.txt");
     std::fs::write(&orphan, b"an upload nobody committed").unwrap();
+    // An old owner's upload that landed past a fence: in the numbers the take-over skipped
+    // (the first start fenced the log at 1 and resumed at 1 + FENCE_GAP).
+    let past_fence = objects
+        .path()
+        .join("shards/0000/log/00000000000000000002.rto");
+    std::fs::write(&past_fence, b"a late upload").unwrap();
+    let fence = objects
+        .path()
+        .join("shards/0000/log/00000000000000000001.rto");
+    assert!(fence.exists(), "the first start's fence");
     std::fs::write(&foreign, b"not an object key").unwrap();
     let (committed, _) = rto_bytes(objects.path());
 
     let b = start(data.path(), &args);
     let deadline = Instant::now() + TIMEOUT;
-    while orphan.exists() {
-        assert!(Instant::now() < deadline, "the orphan was not collected");
+    while orphan.exists() || past_fence.exists() {
+        assert!(Instant::now() < deadline, "the orphans were not collected");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(foreign.exists());
+    assert!(fence.exists(), "fences stay");
     // The committed objects stay (a merge of them may have begun meanwhile: fewer, never more).
     assert!(rto_bytes(objects.path()).0 < committed);
     assert_eq!(consume_all(&b), acked);

@@ -337,13 +337,12 @@ impl ShardState {
 }
 
 impl ShardState {
-    /// Seals the pending object if it is due and there is room, and starts its PUT with the
-    /// producers' state now; the upload loop commits it in seal order (ARCHITECTURE.md,
-    /// "Event-driven object commits").
+    /// Seals the pending object if it is due and there is room, with the producers' state now,
+    /// and starts its PUT, which commits it (ARCHITECTURE.md, "Event-driven object commits").
     pub(super) fn start_due_upload(&self) {
         if let Some(tier) = &self.tier {
-            if let Some(sealed) = tier.seal_if_due() {
-                tier.start_upload(sealed, self.producer_snapshot());
+            if let Some(sealed) = tier.seal_if_due(|| self.producer_snapshot()) {
+                tier.start_upload(sealed);
             }
         }
     }

@@ -319,9 +319,8 @@ async fn run_uploads(weak: Weak<ShardState>, tick: Duration, retention_check: Du
             return;
         }
         tier.delete_retired().await;
-        // Seal and start the next upload if one is due, then commit what is uploaded, in seal
-        // order (one manifest commit for every upload whose PUT is done): PUTs overlap each
-        // other and the commits (ARCHITECTURE.md, "Event-driven object commits").
+        // Seal and start the next upload if one is due (its PUT commits it, ARCHITECTURE.md,
+        // "Event-driven object commits"), then fold what is committed into the manifest if due.
         state.start_due_upload();
         drop(state);
         let producers_now = || {
@@ -329,16 +328,9 @@ async fn run_uploads(weak: Weak<ShardState>, tick: Duration, retention_check: Du
                 .map(|s| s.producer_snapshot())
                 .unwrap_or_default()
         };
-        match tier.busy_while(tier.commit_uploads(producers_now)).await {
-            Ok(committed) => {
-                if let Some(state) = weak.upgrade() {
-                    for (key, spans) in committed {
-                        state.on_uploaded(key.as_str().into(), spans);
-                    }
-                }
-            }
-            // Kept by the tier and retried after the deletion passes meanwhile.
-            Err(crate::tier::manifest::CommitError::TooLarge { .. }) => {}
+        match tier.busy_while(tier.fold(false, producers_now)).await {
+            // Refused for size: retried after the deletion passes meanwhile.
+            Ok(_) | Err(crate::tier::manifest::CommitError::TooLarge { .. }) => {}
             Err(_) => {
                 if let Some(state) = weak.upgrade() {
                     state.fenced();

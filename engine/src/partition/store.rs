@@ -127,6 +127,14 @@ impl ShardState {
                 reason,
             })?;
         let weak: Weak<ShardState> = Rc::downgrade(&state);
+        if let Some(tier) = &state.tier {
+            let weak = weak.clone();
+            tier.set_on_committed(move |key, spans| {
+                if let Some(state) = weak.upgrade() {
+                    state.on_uploaded(key.as_str().into(), spans);
+                }
+            });
+        }
         let wal = Wal::open(config, &recovery, live, move |tags: &[WalTag]| {
             if let Some(state) = weak.upgrade() {
                 state.on_durable(tags);

@@ -12,32 +12,56 @@ use crate::tier::{store_backoff, Tier};
 
 impl Tier {
     /// Deletes objects that no committed manifest references and none ever will. With `sweep`
-    /// (at start) it lists the shard's objects and deletes those written under an older epoch
-    /// that the manifest does not name: uploads of an owner that crashed or was fenced before
-    /// committing, and deletes that failed before a restart. An older epoch's writer can never
-    /// commit again (taking over changed the manifest under it), so these are certain garbage;
-    /// objects of the current epoch are never swept (one may be uploading right now). Always
-    /// retries the deletes that failed since. Returns how many objects it deleted.
+    /// (at start) it lists the shard's objects and deletes those the manifest does not name
+    /// and no writer can commit any more:
+    /// * merged objects written under an older epoch: merges of an owner that crashed or was
+    ///   fenced before committing, and deletes that failed before a restart (an older epoch's
+    ///   writer can never commit again: taking over changed the manifest under it; objects of
+    ///   the current epoch are never swept, one may be uploading right now);
+    /// * log objects numbered below the manifest's `log_next` (L5): an old owner's PUTs that
+    ///   landed past a fence, uploads merged away whose delete failed — never a fence (the
+    ///   manifest lists them). From `log_next` on they are this owner's, committed or under
+    ///   way.
+    ///
+    /// Always retries the deletes that failed since. Returns how many objects it deleted.
     pub async fn collect_garbage(&self, sweep: bool) -> usize {
         let mut keys = std::mem::take(&mut *self.garbage.borrow_mut());
         if sweep {
-            let prefix = crate::layout::objects(self.shard);
-            match self.store.list(&prefix).await {
-                Ok(objects) => {
-                    let (epoch, referenced): (u64, std::collections::HashSet<String>) = {
-                        let c = self.committed.borrow();
-                        (
-                            c.manifest.epoch,
-                            c.manifest.objects.iter().map(|o| o.key.clone()).collect(),
-                        )
-                    };
-                    keys.extend(objects.into_iter().map(|o| o.key).filter(|k| {
-                        !referenced.contains(k)
-                            && crate::layout::object_epoch(k).is_some_and(|e| e < epoch)
-                    }));
-                }
-                Err(e) => {
-                    tracing::warn!(shard = self.shard, error = %e, "listing objects for garbage collection failed; the next start retries")
+            let (epoch, log_next, referenced): (u64, u64, std::collections::HashSet<String>) = {
+                let c = self.committed.borrow();
+                let fences = c
+                    .manifest
+                    .fences
+                    .iter()
+                    .map(|&n| crate::layout::log_object(self.shard, n));
+                (
+                    c.manifest.epoch,
+                    c.manifest.log_next,
+                    // Objects a merge replaced wait for their readers (`Tier::delete_retired`).
+                    c.manifest
+                        .objects
+                        .iter()
+                        .map(|o| o.key.clone())
+                        .chain(self.retired.borrow().iter().map(|(_, k)| k.clone()))
+                        .chain(fences)
+                        .collect(),
+                )
+            };
+            for prefix in [
+                crate::layout::objects(self.shard),
+                crate::layout::log_objects(self.shard),
+            ] {
+                match self.store.list(&prefix).await {
+                    Ok(objects) => {
+                        keys.extend(objects.into_iter().map(|o| o.key).filter(|k| {
+                            !referenced.contains(k)
+                                && (crate::layout::object_epoch(k).is_some_and(|e| e < epoch)
+                                    || crate::layout::log_number(k).is_some_and(|n| n < log_next))
+                        }));
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard = self.shard, error = %e, "listing objects for garbage collection failed; the next start retries")
+                    }
                 }
             }
         }

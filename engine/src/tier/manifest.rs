@@ -13,10 +13,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ringtail_objstore::{Condition, ObjectStore, StoreError};
 
+pub use crate::tier::object_format::ProducerSnapshot;
 use crate::tier::object_format::Span;
 
-/// 2: adds `log_starts`. 3: adds `producers`. 4: adds each object's writer `node`.
-pub const MANIFEST_FORMAT_VERSION: u32 = 4;
+/// 2: adds `log_starts`. 3: adds `producers`. 4: adds each object's writer `node`. 5: adds
+/// `log_next` (uploads are committed by their own PUT into the slot's log of objects; format 4
+/// is read as a manifest with an empty log).
+pub const MANIFEST_FORMAT_VERSION: u32 = 5;
 /// Bounds what a corrupt or hostile manifest can make us allocate.
 pub const MANIFEST_BYTES_MAX: usize = 256 << 20;
 
@@ -40,18 +43,6 @@ pub struct LogStart {
     pub offset: i64,
 }
 
-/// An idempotent producer's recent batches on one partition, so that a retry reaching a
-/// restarted broker is still recognised after its batch left the WAL.
-#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub struct ProducerSnapshot {
-    pub topic_id: [u8; 16],
-    pub partition: i32,
-    pub producer_id: i64,
-    pub epoch: i16,
-    /// (first sequence, last sequence, base offset), oldest first.
-    pub recent: Vec<(i32, i32, i64)>,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ShardManifest {
     pub format_version: u32,
@@ -66,7 +57,30 @@ pub struct ShardManifest {
     pub log_starts: Vec<LogStart>,
     /// Idempotent producers' state as of this commit (a superset of what its objects hold).
     pub producers: Vec<ProducerSnapshot>,
+    /// The first number of the slot's log of objects not folded into this manifest: below it,
+    /// a log object is named here or is garbage; from it on, the log's objects are committed by
+    /// their own PUT (ARCHITECTURE.md, "One PUT per acknowledgement").
+    pub log_next: u64,
+    /// The log numbers of the fences take-overs wrote (L3). Kept for good: a deleted fence
+    /// would let a fenced owner that is still running write at its number and acknowledge what
+    /// no later owner reads.
+    pub fences: Vec<u64>,
 }
+
+/// Format 4, read once when a bucket written before format 5 opens.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct ShardManifestV4 {
+    format_version: u32,
+    shard: u32,
+    epoch: u64,
+    generation: u64,
+    objects: Vec<ObjectRef>,
+    log_starts: Vec<LogStart>,
+    producers: Vec<ProducerSnapshot>,
+}
+
+/// The first number of a log that has never been written.
+pub const LOG_FIRST: u64 = 1;
 
 impl ShardManifest {
     pub fn empty(shard: u32, epoch: u64) -> ShardManifest {
@@ -78,6 +92,8 @@ impl ShardManifest {
             objects: Vec::new(),
             log_starts: Vec::new(),
             producers: Vec::new(),
+            log_next: LOG_FIRST,
+            fences: Vec::new(),
         }
     }
 
@@ -103,14 +119,35 @@ impl ShardManifest {
         }
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
-        let m = rkyv::from_bytes::<ShardManifest, rkyv::rancor::Error>(&aligned)
-            .map_err(|e| e.to_string())?;
-        if m.format_version != MANIFEST_FORMAT_VERSION {
-            return Err(format!(
-                "manifest format {} is not supported",
-                m.format_version
-            ));
-        }
+        // The current format first; a format-4 manifest does not validate as one (its root
+        // is shorter by the last field) or names its own version, and is read as what it is.
+        let current = rkyv::from_bytes::<ShardManifest, rkyv::rancor::Error>(&aligned);
+        let m = match current {
+            Ok(m) if m.format_version == MANIFEST_FORMAT_VERSION => m,
+            current => match rkyv::from_bytes::<ShardManifestV4, rkyv::rancor::Error>(&aligned) {
+                Ok(old) if old.format_version == 4 => ShardManifest {
+                    format_version: MANIFEST_FORMAT_VERSION,
+                    shard: old.shard,
+                    epoch: old.epoch,
+                    generation: old.generation,
+                    objects: old.objects,
+                    log_starts: old.log_starts,
+                    producers: old.producers,
+                    log_next: LOG_FIRST,
+                    fences: Vec::new(),
+                },
+                _ => match current {
+                    Ok(m) => {
+                        return Err(format!(
+                            "manifest format {} is not supported (this broker reads 4 and \
+                             {MANIFEST_FORMAT_VERSION}): written by a newer Ringtail?",
+                            m.format_version
+                        ))
+                    }
+                    Err(e) => return Err(e.to_string()),
+                },
+            },
+        };
         Ok(m)
     }
 }
@@ -170,6 +207,10 @@ impl ManifestStore {
 
     pub fn key(&self) -> String {
         crate::layout::manifest(self.shard)
+    }
+
+    pub fn shard(&self) -> u32 {
+        self.shard
     }
 
     /// The current version, if any.
@@ -252,9 +293,11 @@ impl ManifestStore {
         }
     }
 
-    /// Becomes the shard's owner under an epoch above any committed one, fencing the previous
-    /// owner, if `may_take()` still holds once the current version is read (just before the
-    /// compare-and-swap). Returns the committed version to continue from.
+    /// Becomes the manifest's owner under an epoch above any committed one, fencing the previous
+    /// owner's manifest commits, if `may_take()` still holds once the current version is read
+    /// (just before the compare-and-swap). Returns the committed version to continue from.
+    /// The manifest alone: a slot is taken over by [`crate::tier::log::take_over`], which also
+    /// fences the slot's log of objects and folds its tail in.
     pub async fn take_over(&self, may_take: &dyn Fn() -> bool) -> Result<Committed, CommitError> {
         let current = self.load().await?;
         if !may_take() {
@@ -313,6 +356,38 @@ mod tests {
         assert_eq!(ShardManifest::decode(&bytes).unwrap(), m);
         assert!(ShardManifest::decode(&bytes[..bytes.len() / 2]).is_err());
         assert!(ShardManifest::decode(b"garbage").is_err());
+    }
+
+    /// A bucket written before format 5 opens: its manifest reads as one with an empty log.
+    #[test]
+    fn a_format_4_manifest_reads_with_an_empty_log() {
+        let old = ShardManifestV4 {
+            format_version: 4,
+            shard: 2,
+            epoch: 7,
+            generation: 40,
+            objects: vec![ObjectRef {
+                key: crate::layout::object(2, 7, 39),
+                size: 10,
+                node: 1,
+                spans: Vec::new(),
+            }],
+            log_starts: Vec::new(),
+            producers: Vec::new(),
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&old).unwrap();
+        let m = ShardManifest::decode(&bytes).unwrap();
+        assert_eq!(
+            (m.format_version, m.shard, m.epoch, m.generation, m.log_next),
+            (MANIFEST_FORMAT_VERSION, 2, 7, 40, LOG_FIRST)
+        );
+        assert_eq!(m.objects, old.objects);
+        let newer = ShardManifest {
+            format_version: MANIFEST_FORMAT_VERSION + 1,
+            ..ShardManifest::empty(2, 1)
+        };
+        let refused = ShardManifest::decode(&newer.encode()).unwrap_err();
+        assert!(refused.contains("newer"), "{refused}");
     }
 
     /// A commit that would write a manifest larger than a reader accepts is refused before

@@ -56,8 +56,8 @@ impl Tier {
     /// A merge's reads and its PUT, without its commit ([`Tier::merge`]); None: nothing to
     /// merge, given up or gave way. Runs off the upload loop ([`Tier::start_merge`]).
     pub async fn prepare_merge(&self) -> Option<PreparedMerge> {
-        // While a commit is stalled the manifest is full: the deletion pass makes room first.
-        if self.merge_yields().is_some() || self.stalled.borrow().is_some() {
+        // While a fold is refused the manifest is full: the deletion pass makes room first.
+        if self.merge_yields().is_some() || self.fold_refused_until.get().is_some() {
             return None;
         }
         let (run, epoch) = {
@@ -123,6 +123,10 @@ impl Tier {
             first_wal_seq: 0,
             last_wal_seq: 0,
             spans: layout.spans.clone(),
+            node: run_node,
+            writer: 0,
+            producers: Vec::new(),
+            resume: 0,
         };
         pieces.push(index_trailer(&index));
         let size: u64 = pieces.iter().map(|p| p.len() as u64).sum();
@@ -265,10 +269,14 @@ impl Tier {
         !matches!(*self.merging.borrow(), MergeState::Idle)
     }
 
+    /// Whether a prepared merge waits for its commit.
+    pub(super) fn merge_ready(&self) -> bool {
+        matches!(*self.merging.borrow(), MergeState::Ready(_))
+    }
+
     /// Commits the merge [`Tier::start_merge`] prepared, if it is ready.
     pub async fn finish_merge(&self) -> Result<Option<Merged>, CommitError> {
-        let ready = matches!(*self.merging.borrow(), MergeState::Ready(_));
-        if !ready {
+        if !self.merge_ready() {
             return Ok(None);
         }
         let MergeState::Ready(prepared) = self.merging.replace(MergeState::Idle) else {

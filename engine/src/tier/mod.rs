@@ -2,6 +2,7 @@
 //! uploaded, and committed to the shard's manifest; only then may the WAL trim behind them.
 
 pub mod deletion;
+pub mod log;
 pub mod manifest;
 pub mod merge;
 pub mod merging;
@@ -18,7 +19,7 @@ use ringtail_objstore::{Condition, ObjectStore, Part, StoreError};
 
 use crate::metrics::ShardStats;
 use crate::tier::manifest::{CommitError, Committed, ManifestStore, ObjectRef, ProducerSnapshot};
-use crate::tier::object_format::{ObjectBuilder, ObjectIndex, Span};
+use crate::tier::object_format::{ObjectBuilder, ObjectIndex, Span, Stamp};
 
 /// Multipart part size for objects larger than one part.
 pub const PART_BYTES: usize = 8 << 20;
@@ -37,6 +38,9 @@ pub struct Tier {
     shard: u32,
     /// This broker's node id, stamped on every object it commits.
     pub node: i32,
+    /// This opening's writer id (random), stamped on its uploads: a create-only PUT refused
+    /// because its number is taken tells its own earlier attempt from a newer owner's fence.
+    writer: u64,
     builder: RefCell<ObjectBuilder>,
     next_seq: Cell<u64>,
     oldest: Cell<Option<Instant>>,
@@ -45,9 +49,9 @@ pub struct Tier {
     fenced: Cell<bool>,
     /// Seal whatever is pending, however small (clean shutdown).
     flushing: Cell<bool>,
-    /// An object is being uploaded or committed (see [`Tier::busy_while`]).
+    /// A commit, deletion or merge pass is under way (see [`Tier::busy_while`]).
     busy: Cell<bool>,
-    /// Told each time the tier stops being busy: a hand-over waits there for it to go idle.
+    /// Told each time the tier may have become idle: a hand-over waits there for it.
     settled: ringtail_shards::WaitList,
     urgent: Cell<bool>,
     /// DeleteRecords is waiting: run the deletion pass at the next tick.
@@ -57,14 +61,17 @@ pub struct Tier {
     /// Objects a merge replaced, deleted once their time comes (cold reads planned on them
     /// finish first), oldest first.
     retired: RefCell<std::collections::VecDeque<(Instant, String)>>,
-    /// Uploaded objects whose commit the manifest's size limit refused, and when to retry them.
-    /// While they wait nothing else is sealed or merged, and deletion passes run (they can make
-    /// room).
-    stalled: RefCell<Option<(Instant, Vec<Uploaded>)>>,
-    /// Sealed objects not committed yet, in seal order: their PUTs run concurrently (at most
-    /// [`UPLOADS_IN_FLIGHT_MAX`]), their commits go in this order.
+    /// Sealed objects not committed yet, in log order: their PUTs run concurrently (at most
+    /// [`UPLOADS_IN_FLIGHT_MAX`]); they commit in this order (L1).
     uploads: RefCell<std::collections::VecDeque<Rc<RefCell<PutState>>>>,
-    /// The number in this epoch's next object key ([`Tier::next_object_key`]).
+    /// Committed objects the manifest does not name yet, in log order (L4).
+    unfolded: RefCell<std::collections::VecDeque<Unfolded>>,
+    /// The manifest had no room for a fold: none is tried again before then (nothing else is
+    /// merged meanwhile; deletion passes can make room).
+    fold_refused_until: Cell<Option<Instant>>,
+    /// The log number of the next upload.
+    next_log: Cell<u64>,
+    /// The number in this epoch's next merged object's key ([`Tier::next_object_key`]).
     next_object: Cell<u64>,
     /// The upload loop ended: PUTs under way stop retrying.
     stopped: Cell<bool>,
@@ -77,42 +84,64 @@ pub struct Tier {
     failure_logged: Cell<Option<Instant>>,
     /// Wakes the upload loop out of its tick when a producer waits for an upload.
     wake: RefCell<Option<futures::channel::oneshot::Sender<()>>>,
+    /// Told of every committed object, at its commit ([`Tier::set_on_committed`]).
+    on_committed: RefCell<Option<Rc<OnCommitted>>>,
     stats: Arc<ShardStats>,
 }
 
-/// An object ready to upload.
+/// Told of an object (its key and spans) as it commits.
+type OnCommitted = dyn Fn(String, Vec<Span>);
+
+/// An object ready to upload: the slot's next log object.
 pub struct Sealed {
     pub key: String,
+    /// Its number in the slot's log.
+    pub number: u64,
     pub pieces: Vec<Bytes>,
     pub index: ObjectIndex,
     /// When it was sealed (its upload's duration counts from here).
     pub sealed_at: Instant,
 }
 
-/// Objects sealed and not yet committed, per slot: their PUTs overlap each other and the
-/// commit of the ones before them; commits stay in seal order (ARCHITECTURE.md, "Event-driven
-/// object commits").
+/// Objects sealed and not yet committed, per slot: their PUTs overlap; they commit in log
+/// order (ARCHITECTURE.md, "Event-driven object commits").
 pub const UPLOADS_IN_FLIGHT_MAX: usize = 4;
+/// Committed objects the manifest may leave unfolded (L7): beyond, nothing more is sealed.
+pub const UNFOLDED_MAX: usize = 256;
+/// A fold is due with this many objects unfolded, or when the oldest is [`FOLD_AGE`] old.
+pub const FOLD_OBJECTS: usize = 32;
+pub const FOLD_AGE: Duration = Duration::from_secs(1);
 
-/// An object in the store, waiting for its commit.
-pub struct Uploaded {
-    sealed: Sealed,
-    /// The producers' state when it was sealed, committed with it.
+/// A committed object the manifest does not name yet.
+struct Unfolded {
+    number: u64,
+    object: ObjectRef,
     producers: Vec<ProducerSnapshot>,
+    committed_at: Instant,
 }
 
 /// Where an upload's PUT is.
 enum PutState {
     Putting,
-    Done(Uploaded),
-    /// Fenced or stopped before the PUT succeeded: never committed.
+    Written(Sealed),
+    /// Fenced or stopped before the PUT succeeded: never committed by this opening.
     GaveUp,
 }
 
+/// How an upload's PUT ended.
+enum PutEnd {
+    Written,
+    /// A newer owner's fence holds the number (L2).
+    Fenced,
+    /// The upload loop ended first.
+    Stopped,
+}
+
 impl Tier {
-    /// Takes the shard over (fencing any previous owner) and returns the tier and the committed
-    /// manifest to rebuild from. Each attempt commits only while `may_take()` holds (cluster
-    /// mode: this broker's claim is still good — its lease has not lapsed since).
+    /// Takes the shard over (fencing any previous owner: its manifest and its log of objects,
+    /// L3) and returns the tier, whose committed manifest is what to rebuild from. Each attempt
+    /// fences and commits only while `may_take()` holds (cluster mode: this broker's claim is
+    /// still good — its lease has not lapsed since).
     pub async fn open(
         store: Arc<dyn ObjectStore>,
         shard: u32,
@@ -123,10 +152,16 @@ impl Tier {
         may_take: &dyn Fn() -> bool,
     ) -> Result<Tier, CommitError> {
         let manifests = ManifestStore::new(store.clone(), shard);
+        let writer = loop {
+            let w = uuid::Uuid::new_v4().as_u64_pair().0;
+            if w != 0 {
+                break w;
+            }
+        };
         // Start-up rides out a flaky store for a while rather than failing at the first 503.
         let mut backoff = store_backoff().for_at_most(STARTUP_RETRY_MAX);
         let committed = loop {
-            match manifests.take_over(may_take).await {
+            match log::take_over(&manifests, &store, node, writer, may_take).await {
                 Ok(c) => break c,
                 Err(CommitError::Store(e)) if e.is_retryable() && backoff.may_retry() => {
                     tracing::warn!(shard, error = %e, "taking over the manifest failed; retrying");
@@ -141,14 +176,17 @@ impl Tier {
             objects = committed.manifest.objects.len(),
             "took over the shard's manifest"
         );
-        // Keys of earlier epochs carry their own epoch: numbering may start anywhere.
+        // Merged objects' keys of earlier epochs carry their own epoch: numbering may start
+        // anywhere.
         let first_object = committed.manifest.generation + 1;
+        let first_log = committed.manifest.log_next;
         Ok(Tier {
             store,
             manifests,
             committed: RefCell::new(committed),
             shard,
             node,
+            writer,
             builder: RefCell::new(ObjectBuilder::default()),
             next_seq: Cell::new(1),
             oldest: Cell::new(None),
@@ -162,8 +200,10 @@ impl Tier {
             deletion: Cell::new(false),
             garbage: RefCell::new(Vec::new()),
             retired: RefCell::new(std::collections::VecDeque::new()),
-            stalled: RefCell::new(None),
             uploads: RefCell::new(std::collections::VecDeque::new()),
+            unfolded: RefCell::new(std::collections::VecDeque::new()),
+            fold_refused_until: Cell::new(None),
+            next_log: Cell::new(first_log),
             next_object: Cell::new(first_object),
             stopped: Cell::new(false),
             merging: RefCell::new(merging::MergeState::Idle),
@@ -171,6 +211,7 @@ impl Tier {
             failing_since: Cell::new(None),
             failure_logged: Cell::new(None),
             wake: RefCell::new(None),
+            on_committed: RefCell::new(None),
             stats,
         })
     }
@@ -183,8 +224,17 @@ impl Tier {
             .store(pending, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Every committed object: those the manifest names, then the unfolded ones in log order.
     pub fn committed_objects(&self) -> Vec<ObjectRef> {
-        self.committed.borrow().manifest.objects.clone()
+        let mut objects = self.committed.borrow().manifest.objects.clone();
+        objects.extend(self.unfolded.borrow().iter().map(|u| u.object.clone()));
+        objects
+    }
+
+    /// Who hears of each object as it commits (the slot's partitions: waiting producers are
+    /// answered, the WAL trims behind it).
+    pub fn set_on_committed(&self, f: impl Fn(String, Vec<Span>) + 'static) {
+        *self.on_committed.borrow_mut() = Some(Rc::new(f));
     }
 
     /// Queues a durable batch for the next object.
@@ -221,15 +271,15 @@ impl Tier {
     }
 
     /// Resolves when the upload loop has work (at once if it has already): a seal is requested,
-    /// there is something to seal and room for another upload, or uploads are ready to commit.
-    /// The loop waits on it with its tick as the bound, so a waiting producer
+    /// there is something to seal and room for another upload, a fold is due, or a merge is
+    /// ready to commit. The loop waits on it with its tick as the bound, so a waiting producer
     /// (`durability=object`, an offset commit) does not also wait for the tick.
     pub fn seal_requested(&self) -> futures::channel::oneshot::Receiver<()> {
         let (tx, rx) = futures::channel::oneshot::channel();
         // Only with something to seal: a producer asks before its batch is durable (and added).
         let seal =
             self.urgent.get() && !self.builder.borrow().is_empty() && self.may_start_upload();
-        if seal || self.commit_ready() {
+        if seal || self.fold_due() || self.merge_ready() {
             let _ = tx.send(());
         } else {
             *self.wake.borrow_mut() = Some(tx);
@@ -251,17 +301,17 @@ impl Tier {
         self.flushing.set(true);
     }
 
-    /// Nothing pending and nothing in flight.
+    /// Nothing pending and nothing in flight: every durable batch is in a committed object
+    /// (unfolded ones included: the next owner's take-over folds them).
     pub fn is_idle(&self) -> bool {
         self.builder.borrow().is_empty()
             && !self.busy.get()
-            && self.stalled.borrow().is_none()
             && self.uploads.borrow().is_empty()
             && !self.merge_running()
     }
 
-    /// Runs `work` (an upload, a commit, a deletion or merge pass) with the tier marked busy,
-    /// then tells whoever waits for the tier to settle.
+    /// Runs `work` (a fold, a deletion or merge pass) with the tier marked busy, then tells
+    /// whoever waits for the tier to settle.
     pub async fn busy_while<T>(&self, work: impl std::future::Future<Output = T>) -> T {
         self.busy.set(true);
         let out = work.await;
@@ -279,9 +329,9 @@ impl Tier {
     }
 
     /// The pending object, if it is big or old enough and there is room for another upload
-    /// ([`UPLOADS_IN_FLIGHT_MAX`]; none while a commit is stalled). Its key takes the epoch's
-    /// next object number.
-    pub fn seal_if_due(&self) -> Option<Sealed> {
+    /// ([`Tier::may_start_upload`]), sealed with the producers' state `producers()` gives. It
+    /// takes the log's next number.
+    pub fn seal_if_due(&self, producers: impl FnOnce() -> Vec<ProducerSnapshot>) -> Option<Sealed> {
         if !self.may_start_upload() {
             return None;
         }
@@ -304,19 +354,28 @@ impl Tier {
             .set(self.in_flight_bytes.get() + builder.data_bytes());
         self.oldest.set(None);
         self.urgent.set(false);
+        let number = self.next_log.get();
+        self.next_log.set(number + 1);
         let epoch = self.committed.borrow().manifest.epoch;
-        let key = self.next_object_key(epoch);
-        let (pieces, index) = builder.finish(self.shard, epoch);
+        let stamp = Stamp {
+            shard: self.shard,
+            epoch,
+            node: self.node,
+            writer: self.writer,
+            producers: producers(),
+        };
+        let (pieces, index) = builder.finish(stamp);
         Some(Sealed {
-            key,
+            key: crate::layout::log_object(self.shard, number),
+            number,
             pieces,
             index,
             sealed_at: Instant::now(),
         })
     }
 
-    /// The key of this epoch's next object (an upload's or a merge's): never used twice within
-    /// an epoch, so uploads in flight and a merge never write over each other.
+    /// The key of this epoch's next merged object: never used twice within an epoch, so that
+    /// merges never write over each other.
     fn next_object_key(&self, epoch: u64) -> String {
         let n = self.next_object.get();
         self.next_object.set(n + 1);
@@ -324,61 +383,137 @@ impl Tier {
     }
 
     /// Whether another object may be sealed and uploaded now: fewer than
-    /// [`UPLOADS_IN_FLIGHT_MAX`] are uncommitted, and no commit is stalled.
+    /// [`UPLOADS_IN_FLIGHT_MAX`] are uncommitted and fewer than [`UNFOLDED_MAX`] unfolded.
     pub fn may_start_upload(&self) -> bool {
-        self.stalled.borrow().is_none() && self.uploads.borrow().len() < UPLOADS_IN_FLIGHT_MAX
+        self.uploads.borrow().len() < UPLOADS_IN_FLIGHT_MAX
+            && self.unfolded.borrow().len() < UNFOLDED_MAX
     }
 
-    /// Starts the PUT of `sealed` on its own task (retried with backoff until it succeeds, or
-    /// until the tier is fenced or stopped); [`Tier::commit_uploads`] commits it in seal order
-    /// once its PUT and those of the objects sealed before it are done. Wakes the upload loop
-    /// when the PUT ends.
-    pub fn start_upload(self: &Rc<Self>, sealed: Sealed, producers: Vec<ProducerSnapshot>) {
+    /// Starts the PUT of `sealed` on its own task (create-only at its log number, retried with
+    /// backoff until it succeeds, or until the tier is fenced or stopped). The PUT that
+    /// completes a prefix of the log commits it ([`Tier::advance`], L1).
+    pub fn start_upload(self: &Rc<Self>, sealed: Sealed) {
         let slot = Rc::new(RefCell::new(PutState::Putting));
         self.uploads.borrow_mut().push_back(slot.clone());
         let tier = self.clone();
         ringtail_shards::spawn_detached(async move {
-            let put = tier.put_sealed(&sealed).await;
-            let done = if put && !tier.fenced.get() && !tier.stopped.get() {
-                PutState::Done(Uploaded { sealed, producers })
-            } else {
-                // Nothing will commit it (only the upload loop commits, and it has ended): what
-                // the PUT wrote is this epoch's garbage, which no sweep of this owner deletes.
-                let _ = tier.store.delete(&sealed.key).await;
-                PutState::GaveUp
+            let end = tier.put_sealed(&sealed).await;
+            *slot.borrow_mut() = match end {
+                PutEnd::Written => PutState::Written(sealed),
+                // Kept even if written meanwhile (L5): a later opening folds it if it
+                // completes the log's prefix, and sweeps it if not.
+                PutEnd::Fenced | PutEnd::Stopped => PutState::GaveUp,
             };
-            *slot.borrow_mut() = done;
+            tier.advance();
             tier.poke();
         });
     }
 
-    /// PUTs an object, retrying store errors with backoff; false if the tier was fenced or
-    /// stopped meanwhile (nothing will commit it: an orphan of this epoch).
-    async fn put_sealed(&self, sealed: &Sealed) -> bool {
+    /// PUTs an object create-only at its log number, retrying store errors with backoff.
+    async fn put_sealed(&self, sealed: &Sealed) -> PutEnd {
         let _uploading = ringtail_shards::stats::Held::enter(&self.stats.uploads_in_flight);
         let mut backoff = store_backoff();
+        let total: usize = sealed.pieces.iter().map(|p| p.len()).sum();
+        let mut whole = BytesMut::with_capacity(total);
+        for p in &sealed.pieces {
+            whole.extend_from_slice(p);
+        }
+        let whole = whole.freeze();
         loop {
-            if self.fenced.get() || self.stopped.get() {
-                return false;
+            if self.fenced.get() {
+                return PutEnd::Fenced;
             }
-            let put = put_object(
-                self.store.clone(),
-                sealed.key.clone(),
-                sealed.pieces.clone(),
-            );
-            match put.await {
-                Ok(()) => return true,
-                Err(e) => {
+            if self.stopped.get() {
+                return PutEnd::Stopped;
+            }
+            let put = self
+                .store
+                .put(&sealed.key, whole.clone(), Condition::IfNoneMatch);
+            let refused = match put.await {
+                Ok(_) => return PutEnd::Written,
+                Err(StoreError::PreconditionFailed(_)) => {
+                    log::is_own(&*self.store, self.shard, &sealed.key, self.writer).await
+                }
+                Err(e) => Err(e.into()),
+            };
+            match refused {
+                Ok(true) => return PutEnd::Written,
+                Ok(false) => {
+                    tracing::error!(key = %sealed.key, "object tier stops: another owner fenced this slot's log");
+                    self.fenced.set(true);
+                    self.settled.notify_all();
+                    return PutEnd::Fenced;
+                }
+                Err(CommitError::Store(e)) => {
                     self.store_failed(&format!("upload {}", sealed.key), &e, backoff.delay());
                     backoff.wait().await;
+                }
+                Err(e) => {
+                    tracing::error!(key = %sealed.key, error = %e, "object tier stops: the object at this upload's number is damaged");
+                    self.fenced.set(true);
+                    self.settled.notify_all();
+                    return PutEnd::Fenced;
                 }
             }
         }
     }
 
-    /// Objects sealed and not committed yet (PUT under way, done, or stalled).
+    /// Commits the uploads at the head of the queue whose PUTs are done, in log order (stopping
+    /// at the first still under way: commits never overtake), and tells
+    /// [`Tier::set_on_committed`]'s listener of each.
+    fn advance(&self) {
+        let mut committed = Vec::new();
+        {
+            let mut uploads = self.uploads.borrow_mut();
+            let mut unfolded = self.unfolded.borrow_mut();
+            while let Some(head) = uploads.front() {
+                if !matches!(*head.borrow(), PutState::Written(_)) {
+                    break;
+                }
+                let head = uploads.pop_front().unwrap();
+                let PutState::Written(sealed) = head.replace(PutState::GaveUp) else {
+                    unreachable!()
+                };
+                let object = ObjectRef {
+                    key: sealed.key.clone(),
+                    size: sealed.pieces.iter().map(|p| p.len() as u64).sum(),
+                    spans: sealed.index.spans.clone(),
+                    node: self.node,
+                };
+                let data_bytes: u64 = object.spans.iter().map(|s| s.byte_len).sum();
+                self.stats.object_size.observe(object.size as f64);
+                self.stats
+                    .object_upload_latency
+                    .observe_duration(sealed.sealed_at.elapsed());
+                self.in_flight_bytes
+                    .set(self.in_flight_bytes.get().saturating_sub(data_bytes));
+                tracing::debug!(key = %object.key, bytes = object.size, spans = object.spans.len(), "committed object");
+                committed.push((object.key.clone(), object.spans.clone()));
+                unfolded.push_back(Unfolded {
+                    number: sealed.number,
+                    object,
+                    producers: sealed.index.producers,
+                    committed_at: Instant::now(),
+                });
+            }
+        }
+        if committed.is_empty() {
+            return;
+        }
+        self.store_recovered();
+        self.publish_pending();
+        let listener = self.on_committed.borrow().clone();
+        if let Some(listener) = listener {
+            for (key, spans) in committed {
+                listener(key, spans);
+            }
+        }
+        self.settled.notify_all();
+    }
+
+    /// Objects sealed and not committed yet (PUT under way).
     pub fn has_uploads(&self) -> bool {
-        !self.uploads.borrow().is_empty() || self.stalled.borrow().is_some()
+        !self.uploads.borrow().is_empty()
     }
 
     /// No further PUT is retried (the slot's upload loop ended).
@@ -393,93 +528,60 @@ impl Tier {
         }
     }
 
-    /// Uploads ready to commit, in seal order: a stalled batch once its retry is due, else the
-    /// uploads at the head of the queue whose PUTs are done (stopping at the first still under
-    /// way: commits never overtake).
-    fn take_ready(&self) -> (Vec<Uploaded>, bool) {
-        let stalled_due = self
-            .stalled
-            .borrow()
-            .as_ref()
-            .map(|(at, _)| *at <= Instant::now());
-        match stalled_due {
-            Some(true) => return (self.stalled.borrow_mut().take().unwrap().1, true),
-            Some(false) => return (Vec::new(), false),
-            None => {}
+    /// Whether a fold is due (L4): [`FOLD_OBJECTS`] unfolded, or the oldest [`FOLD_AGE`] old,
+    /// or the tier is flushing; never while a refused fold waits for its retry.
+    fn fold_due(&self) -> bool {
+        if self
+            .fold_refused_until
+            .get()
+            .is_some_and(|t| Instant::now() < t)
+        {
+            return false;
         }
-        let mut ready = Vec::new();
-        let mut uploads = self.uploads.borrow_mut();
-        while let Some(head) = uploads.front() {
-            if !matches!(*head.borrow(), PutState::Done(_)) {
-                break;
-            }
-            let head = uploads.pop_front().unwrap();
-            let PutState::Done(u) = head.replace(PutState::GaveUp) else {
-                unreachable!()
-            };
-            ready.push(u);
-        }
-        (ready, false)
-    }
-
-    /// Whether [`Tier::commit_uploads`] has something to do now.
-    fn commit_ready(&self) -> bool {
-        if matches!(*self.merging.borrow(), merging::MergeState::Ready(_)) {
-            return true;
-        }
-        match self.stalled.borrow().as_ref() {
-            Some((at, _)) => *at <= Instant::now(),
-            None => self
-                .uploads
-                .borrow()
+        let unfolded = self.unfolded.borrow();
+        unfolded.len() >= FOLD_OBJECTS
+            || unfolded
                 .front()
-                .is_some_and(|h| matches!(*h.borrow(), PutState::Done(_))),
-        }
+                .is_some_and(|u| self.flushing.get() || u.committed_at.elapsed() >= FOLD_AGE)
     }
 
-    /// Commits every upload ready ([`Tier::take_ready`]) in one manifest commit, retrying store
-    /// errors with backoff until it succeeds; returns each object's key and spans in seal order
-    /// (empty: nothing ready), or an error if this shard has been fenced, or
-    /// [`CommitError::TooLarge`] when the manifest has no room even for the first of them (the
-    /// objects are then kept and committed again [`RETRY_DELAY_MAX`] later; nothing else is
-    /// sealed meanwhile). When only some fit, those commit and the rest wait the same way.
-    /// A stalled batch commits with a fresh producer snapshot (`producers_now`): snapshots
-    /// shrink as producers expire, which can be what makes room.
-    pub async fn commit_uploads(
+    /// Folds the committed objects the manifest does not name yet into it, if due
+    /// ([`Tier::fold_due`]) or `force`d, in one manifest commit retried on store errors until
+    /// it succeeds (L4); returns how many it folded. With the producer snapshot of the newest
+    /// folded object (L6), or `producers_now()` after a refusal for size (snapshots shrink as
+    /// producers expire, which can be what makes room). When the manifest has no room, fewer
+    /// are folded; when it has none even for one, [`CommitError::TooLarge`] and no fold is
+    /// tried for [`RETRY_DELAY_MAX`] (sealing stops at [`UNFOLDED_MAX`]; the WAL holds the
+    /// data). Any other error: this shard was fenced.
+    pub async fn fold(
         &self,
+        force: bool,
         producers_now: impl Fn() -> Vec<ProducerSnapshot>,
-    ) -> Result<Vec<(String, Vec<Span>)>, CommitError> {
-        let (mut ready, retry) = self.take_ready();
-        if ready.is_empty() {
-            return Ok(Vec::new());
+    ) -> Result<usize, CommitError> {
+        if self.unfolded.borrow().is_empty() || !(force || self.fold_due()) {
+            return Ok(0);
         }
-        let objects: Vec<ObjectRef> = ready
-            .iter()
-            .map(|u| ObjectRef {
-                key: u.sealed.key.clone(),
-                size: u.sealed.pieces.iter().map(|p| p.len() as u64).sum(),
-                spans: u.sealed.index.spans.clone(),
-                node: self.node,
-            })
-            .collect();
-        let fresh = retry.then(&producers_now);
-        // How many of them this commit takes (fewer when the manifest has no room for all).
-        let mut n = objects.len();
+        let fresh = self.fold_refused_until.get().is_some().then(&producers_now);
+        let mut n = self.unfolded.borrow().len();
         let mut backoff = store_backoff();
         loop {
             let current = self.committed.borrow().clone();
             let mut next = current.manifest.clone();
-            next.objects.extend(objects[..n].iter().cloned());
-            // The snapshot taken at the newest object's seal: it covers what they all hold.
-            next.producers = match &fresh {
-                Some(p) => p.clone(),
-                None => ready[n - 1].producers.clone(),
-            };
+            {
+                let unfolded = self.unfolded.borrow();
+                let batch = unfolded.range(..n);
+                next.objects.extend(batch.map(|u| u.object.clone()));
+                let newest = &unfolded[n - 1];
+                next.log_next = newest.number + 1;
+                next.producers = fresh.clone().unwrap_or_else(|| newest.producers.clone());
+            }
             match self.manifests.commit(Some(&current), next).await {
                 Ok(c) => {
                     *self.committed.borrow_mut() = c;
+                    self.unfolded.borrow_mut().drain(..n);
+                    self.fold_refused_until.set(None);
                     self.store_recovered();
-                    break;
+                    return Ok(n);
                 }
                 Err(e @ CommitError::Fenced { .. }) | Err(e @ CommitError::Corrupt { .. }) => {
                     tracing::error!(error = %e, "object tier stops: this shard no longer owns its manifest");
@@ -487,55 +589,43 @@ impl Tier {
                     return Err(e);
                 }
                 // Refused before anything is written: try fewer.
-                Err(CommitError::TooLarge { .. }) if n > 1 => n -= 1,
+                Err(CommitError::TooLarge { .. }) if n > 1 => n /= 2,
                 Err(e @ CommitError::TooLarge { .. }) => {
-                    // Uploads stop (the WAL keeps the data) until a deletion pass makes room —
-                    // never an unreadable manifest. The objects are committed again later.
-                    tracing::error!(error = %e, key = %objects[0].key, objects = objects.len(), "manifest commit refused: uploads are stopped; retrying in {RETRY_DELAY_MAX:?}");
-                    *self.stalled.borrow_mut() = Some((Instant::now() + RETRY_DELAY_MAX, ready));
+                    tracing::error!(error = %e, unfolded = self.unfolded.borrow().len(), "manifest full: committed objects stay unfolded (sealing stops at {UNFOLDED_MAX}); retrying in {RETRY_DELAY_MAX:?}");
+                    self.fold_refused_until
+                        .set(Some(Instant::now() + RETRY_DELAY_MAX));
                     return Err(e);
                 }
                 Err(CommitError::Store(e)) => {
-                    let what = format!("manifest commit of {}", objects[0].key);
-                    self.store_failed(&what, &e, backoff.delay());
+                    self.store_failed("manifest commit (fold)", &e, backoff.delay());
                     backoff.wait().await;
                 }
             }
         }
-        if n < ready.len() {
-            let rest = ready.split_off(n);
-            tracing::error!(objects = rest.len(), "manifest full: the rest of the uploads wait for room; retrying in {RETRY_DELAY_MAX:?}");
-            *self.stalled.borrow_mut() = Some((Instant::now() + RETRY_DELAY_MAX, rest));
-        }
-        let mut committed = Vec::with_capacity(ready.len());
-        for (u, object) in ready.into_iter().zip(objects) {
-            let data_bytes: u64 = object.spans.iter().map(|s| s.byte_len).sum();
-            self.stats.object_size.observe(object.size as f64);
-            self.stats
-                .object_upload_latency
-                .observe_duration(u.sealed.sealed_at.elapsed());
-            self.in_flight_bytes
-                .set(self.in_flight_bytes.get().saturating_sub(data_bytes));
-            tracing::debug!(key = %object.key, bytes = object.size, spans = object.spans.len(), "committed object");
-            committed.push((object.key, object.spans));
-        }
-        self.publish_pending();
-        Ok(committed)
     }
 
     /// Uploads and commits one object with no other upload in flight (tests and benchmarks;
-    /// the upload loop uses [`Tier::start_upload`]): PUT here, then committed like
-    /// [`Tier::commit_uploads`].
-    pub async fn upload(
-        &self,
-        sealed: Sealed,
-        producers: Vec<ProducerSnapshot>,
-    ) -> Result<Vec<Span>, CommitError> {
-        assert!(self.put_sealed(&sealed).await, "fenced before the upload");
-        let slot = Rc::new(RefCell::new(PutState::Done(Uploaded { sealed, producers })));
+    /// the slot uses [`Tier::start_upload`]): the PUT here, then committed as the PUT task
+    /// does, then folded into the manifest.
+    pub async fn upload(&self, sealed: Sealed) -> Result<Vec<Span>, CommitError> {
+        assert!(self.uploads.borrow().is_empty(), "no upload in flight");
+        let spans = sealed.index.spans.clone();
+        match self.put_sealed(&sealed).await {
+            PutEnd::Written => {}
+            PutEnd::Fenced => {
+                return Err(CommitError::Fenced {
+                    shard: self.shard,
+                    epoch: self.committed.borrow().manifest.epoch,
+                    newer_epoch: None,
+                })
+            }
+            PutEnd::Stopped => panic!("stopped during an upload"),
+        }
+        let slot = Rc::new(RefCell::new(PutState::Written(sealed)));
         self.uploads.borrow_mut().push_back(slot);
-        let mut committed = self.commit_uploads(Vec::new).await?;
-        Ok(committed.pop().expect("one object committed").1)
+        self.advance();
+        self.fold(true, Vec::new).await?;
+        Ok(spans)
     }
 }
 
@@ -608,7 +698,8 @@ pub fn store_backoff() -> ringtail_shards::Backoff {
     ringtail_shards::Backoff::new(RETRY_DELAY_MIN, RETRY_DELAY_MAX)
 }
 
-/// One PUT for a small object; multipart (8 MiB parts) for a large one, aborted on failure.
+/// One PUT for a small object; multipart (8 MiB parts) for a large one, aborted on failure
+/// (merged objects; uploads are one create-only PUT, whatever their size).
 fn put_object(
     store: Arc<dyn ObjectStore>,
     key: String,

@@ -3,22 +3,27 @@
 //!
 //! ```text
 //! object:  | batches of partition A, offset order | batches of partition B | ... | index | trailer |
-//! trailer: | index length: u32 LE | magic "RTOBJ001" |            (12 bytes, at the very end)
-//! index:   rkyv-archived `ObjectIndex`: per partition, its offset range and byte range
+//! trailer: | index length: u32 LE | magic "RTOBJ002" |            (12 bytes, at the very end)
+//! index:   rkyv-archived `ObjectIndex`: per partition, its offset range and byte range; and
+//!          what commits an upload (its writer, the producer snapshot, or a fence's resume)
 //! ```
 //!
 //! Batches are the exact bytes the WAL holds (offsets already assigned), grouped by partition so
-//! that one ranged GET reads one partition's span. An object is immutable once uploaded; its key
-//! names the shard, the epoch and the first WAL sequence number it holds, so it is never reused.
+//! that one ranged GET reads one partition's span. An object is immutable once uploaded, and its
+//! key is never reused (ARCHITECTURE.md, "One PUT per acknowledgement").
+//!
+//! Format 1 (magic `RTOBJ001`) had no writer, producers or resume. Its objects are still read
+//! (cold reads and merges use the manifest's spans, never an object's index); only an index of
+//! the current format is decoded, which only the log's objects need (they are all format 2).
 
 use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
 use ringtail_netio::header::BatchHeader;
 
-pub const OBJECT_MAGIC: [u8; 8] = *b"RTOBJ001";
+pub const OBJECT_MAGIC: [u8; 8] = *b"RTOBJ002";
 pub const TRAILER_LEN: usize = 12;
-pub const INDEX_FORMAT_VERSION: u32 = 1;
+pub const INDEX_FORMAT_VERSION: u32 = 2;
 /// Largest index accepted when reading an object (bounds a corrupt trailer's claim).
 pub const INDEX_BYTES_MAX: usize = 64 << 20;
 
@@ -34,6 +39,18 @@ pub struct Span {
     pub max_timestamp: i64,
 }
 
+/// An idempotent producer's recent batches on one partition, so that a retry reaching a
+/// restarted broker is still recognised after its batch left the WAL.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ProducerSnapshot {
+    pub topic_id: [u8; 16],
+    pub partition: i32,
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// (first sequence, last sequence, base offset), oldest first.
+    pub recent: Vec<(i32, i32, i64)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ObjectIndex {
     pub format_version: u32,
@@ -45,6 +62,49 @@ pub struct ObjectIndex {
     pub first_wal_seq: u64,
     pub last_wal_seq: u64,
     pub spans: Vec<Span>,
+    /// The node id of the broker that wrote it.
+    pub node: i32,
+    /// The opening of the slot that wrote it (random; 0 in a merged object): a PUT refused
+    /// because the key exists tells its own earlier write from a newer owner's.
+    pub writer: u64,
+    /// The idempotent producers' state when it was sealed (an upload), covering every batch it
+    /// holds; empty in a merged object.
+    pub producers: Vec<ProducerSnapshot>,
+    /// Nonzero only in a fence: the log number at which the slot's log continues.
+    pub resume: u64,
+}
+
+/// Who seals an object: stamped into its index.
+#[derive(Debug, Clone, Default)]
+pub struct Stamp {
+    pub shard: u32,
+    pub epoch: u64,
+    pub node: i32,
+    pub writer: u64,
+    pub producers: Vec<ProducerSnapshot>,
+}
+
+impl ObjectIndex {
+    /// The index of a fence: no data, the log continues at `resume`.
+    pub fn fence(stamp: Stamp, resume: u64) -> ObjectIndex {
+        assert!(resume > 0, "a fence resumes somewhere");
+        ObjectIndex {
+            format_version: INDEX_FORMAT_VERSION,
+            shard: stamp.shard,
+            epoch: stamp.epoch,
+            first_wal_seq: 0,
+            last_wal_seq: 0,
+            spans: Vec::new(),
+            node: stamp.node,
+            writer: stamp.writer,
+            producers: Vec::new(),
+            resume,
+        }
+    }
+
+    pub fn is_fence(&self) -> bool {
+        self.resume != 0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,7 +172,7 @@ impl ObjectBuilder {
     }
 
     /// The object's bytes as pieces (batch data is not copied), and its index.
-    pub fn finish(self, shard: u32, epoch: u64) -> (Vec<Bytes>, ObjectIndex) {
+    pub fn finish(self, stamp: Stamp) -> (Vec<Bytes>, ObjectIndex) {
         let mut pieces = Vec::new();
         let mut spans = Vec::with_capacity(self.partitions.len());
         let mut at = 0u64;
@@ -141,11 +201,15 @@ impl ObjectBuilder {
         }
         let index = ObjectIndex {
             format_version: INDEX_FORMAT_VERSION,
-            shard,
-            epoch,
+            shard: stamp.shard,
+            epoch: stamp.epoch,
             first_wal_seq: self.first_wal_seq.unwrap_or(0),
             last_wal_seq: self.last_wal_seq,
             spans,
+            node: stamp.node,
+            writer: stamp.writer,
+            producers: stamp.producers,
+            resume: 0,
         };
         pieces.push(index_trailer(&index));
         (pieces, index)
@@ -245,7 +309,20 @@ mod tests {
             builder.add(seq, topic, partition, h, bytes);
         }
         let data = builder.data_bytes();
-        let (pieces, index) = builder.finish(3, 7);
+        let stamp = Stamp {
+            shard: 3,
+            epoch: 7,
+            node: 2,
+            writer: 99,
+            producers: vec![ProducerSnapshot {
+                topic_id: a,
+                partition: 1,
+                producer_id: 5,
+                epoch: 0,
+                recent: vec![(0, 2, 100)],
+            }],
+        };
+        let (pieces, index) = builder.finish(stamp.clone());
         let object = join(&pieces);
         assert_eq!(read_index(&object).unwrap(), index);
         assert_eq!(
@@ -257,6 +334,13 @@ mod tests {
             ),
             (3, 7, 10, 14)
         );
+        assert_eq!((index.node, index.writer), (2, 99));
+        assert_eq!(index.producers, stamp.producers);
+        assert!(!index.is_fence());
+        let fence = ObjectIndex::fence(stamp, 40);
+        let fenced = join(&[index_trailer(&fence)]);
+        assert_eq!(read_index(&fenced).unwrap(), fence);
+        assert!(fence.is_fence() && fence.spans.is_empty());
         assert_eq!(index.spans.iter().map(|s| s.byte_len).sum::<u64>(), data);
         for span in &index.spans {
             let bytes =
@@ -282,7 +366,7 @@ mod tests {
         let mut builder = ObjectBuilder::default();
         let (h, bytes) = batch(0, 2, 5);
         builder.add(1, [9; 16], 0, h, bytes);
-        let object = join(&builder.finish(0, 1).0);
+        let object = join(&builder.finish(Stamp::default()).0);
         assert_eq!(
             read_index(&object[..5]),
             Err(ObjectFormatError::TooShort(5))

@@ -43,10 +43,48 @@ fn tier_with_objects(store: Arc<dyn ObjectStore>, objects: i64) -> (Tier, HashMa
             tier.add([9; 16], partition, header, bytes);
         }
         tier.request_seal();
-        let sealed = tier.seal_if_due().expect("a seal was requested");
-        block_on(tier.upload(sealed, Vec::new())).unwrap();
+        let sealed = tier.seal_if_due(Vec::new).expect("a seal was requested");
+        block_on(tier.upload(sealed)).unwrap();
     }
     (tier, written)
+}
+
+fn open_tier(store: Arc<dyn ObjectStore>, node: i32) -> Tier {
+    let stats = Arc::new(ShardStats::new(0));
+    block_on(Tier::open(
+        store,
+        0,
+        node,
+        1 << 20,
+        Duration::from_secs(60),
+        stats,
+        &|| true,
+    ))
+    .unwrap()
+}
+
+/// Seals one object of one batch at offset `base` (not uploaded).
+fn seal_one(tier: &Tier, base: i64) -> Sealed {
+    let (header, bytes) = batch(base, 3);
+    tier.add([9; 16], 0, header, bytes);
+    tier.request_seal();
+    tier.seal_if_due(Vec::new).expect("room for another upload")
+}
+
+/// Marks `sealed` as written (its PUT done) in the tier's queue of uploads.
+fn written(tier: &Tier, slot: &Rc<RefCell<PutState>>, sealed: Sealed) {
+    assert!(matches!(
+        block_on(tier.put_sealed(&sealed)),
+        PutEnd::Written
+    ));
+    *slot.borrow_mut() = PutState::Written(sealed);
+    tier.advance();
+}
+
+fn queued(tier: &Tier) -> Rc<RefCell<PutState>> {
+    let slot = Rc::new(RefCell::new(PutState::Putting));
+    tier.uploads.borrow_mut().push_back(slot.clone());
+    slot
 }
 
 #[test]
@@ -84,46 +122,43 @@ fn a_merge_keeps_offsets_and_bytes_in_one_commit() {
     );
 }
 
-/// A commit refused for the manifest's size stops uploads without losing the object or
-/// blocking the deletion pass: once a deletion makes room, the same object is committed.
+/// A fold refused for the manifest's size loses nothing and blocks nothing: the object stays
+/// committed (acknowledged, in the log), merges wait, and once a deletion pass makes room the
+/// fold lands.
 #[test]
-fn an_object_refused_for_the_manifests_size_waits_for_room() {
+fn a_fold_refused_for_the_manifests_size_waits_for_room() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> =
         Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
     let (mut tier, _) = tier_with_objects(store.clone(), 2);
     let limit = tier.committed.borrow().manifest.encode().len() + 16;
     tier.manifests = ManifestStore::with_bytes_max(store.clone(), 0, limit);
-    let (header, bytes) = batch(6, 3);
-    tier.add([9; 16], 0, header, bytes);
-    tier.request_seal();
-    let sealed = tier.seal_if_due().unwrap();
+    let sealed = seal_one(&tier, 6);
     let key = sealed.key.clone();
-    let refused = block_on(tier.upload(sealed, Vec::new()));
+    let refused = block_on(tier.upload(sealed));
     assert!(
         matches!(refused, Err(CommitError::TooLarge { .. })),
         "{refused:?}"
     );
     assert!(!tier.is_fenced());
-    assert!(!tier.is_idle(), "a shutdown flush waits for it");
-    assert!(tier.seal_if_due().is_none(), "not retried before its time");
+    assert!(tier.is_idle(), "committed: a shutdown flush need not wait");
+    assert_eq!(tier.committed_objects().last().unwrap().key, key);
+    assert!(!tier.fold_due(), "not retried before its time");
     assert!(
         block_on(tier.merge()).unwrap().is_none(),
-        "no merge while a commit is stalled"
+        "no merge while the manifest is full"
     );
     // Retention drops the oldest object: room for one more.
     let (dropped, _) =
         block_on(tier.delete_data(|s| s.base_offset == 0, &HashMap::new(), |_| true)).unwrap();
     assert_eq!(dropped.len(), 2);
-    tier.stalled.borrow_mut().as_mut().unwrap().0 = Instant::now();
-    let again = block_on(tier.commit_uploads(Vec::new)).unwrap();
-    assert_eq!(again.len(), 1, "the stalled object, due now");
-    assert_eq!(again[0].0, key);
-    assert!(tier.is_idle());
+    tier.fold_refused_until.set(Some(Instant::now()));
+    assert_eq!(block_on(tier.fold(true, Vec::new)).unwrap(), 1);
     let loaded = block_on(ManifestStore::new(store, 0).load())
         .unwrap()
         .unwrap();
     assert_eq!(loaded.manifest.objects.last().unwrap().key, key);
+    assert!(tier.unfolded.borrow().is_empty());
 }
 
 /// A merge is a manifest commit like any other: an owner fenced by a take-over never lands
@@ -318,63 +353,159 @@ async fn futures_timer(d: Duration) {
     let _ = rx.await;
 }
 
-/// Uploads in flight commit in seal order and never overtake: uploads whose PUTs are done wait
-/// for the one sealed before them, then all commit in one manifest commit; every object of the
-/// epoch has its own key.
+/// Uploads in flight commit in log order, each by its own PUT, and never overtake: uploads
+/// whose PUTs are done wait for the one sealed before it, then all commit together — with no
+/// manifest commit. The next owner's take-over folds them, in order.
 #[test]
-fn uploads_commit_in_seal_order_and_together() {
+fn uploads_commit_in_log_order_by_their_own_put() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> =
         Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
     let (tier, _) = tier_with_objects(store.clone(), 1);
+    let heard = Rc::new(RefCell::new(Vec::new()));
+    let h = heard.clone();
+    tier.set_on_committed(move |key, _| h.borrow_mut().push(key));
     let generation = tier.committed.borrow().manifest.generation;
-    let mut sealed = Vec::new();
-    for k in 1..4 {
-        let (header, bytes) = batch(k * 3, 3);
-        tier.add([9; 16], 0, header, bytes);
-        tier.request_seal();
-        let s = tier.seal_if_due().expect("room for another upload");
-        let slot = Rc::new(RefCell::new(PutState::Putting));
-        tier.uploads.borrow_mut().push_back(slot.clone());
-        sealed.push((s, slot));
-    }
+    let sealed: Vec<(Sealed, Rc<RefCell<PutState>>)> = (1..4)
+        .map(|k| (seal_one(&tier, k * 3), queued(&tier)))
+        .collect();
     let keys: Vec<String> = sealed.iter().map(|(s, _)| s.key.clone()).collect();
-    let mut sorted = keys.clone();
-    sorted.sort();
-    sorted.dedup();
-    assert_eq!(sorted, keys, "distinct keys, in seal order");
+    let numbers: Vec<u64> = sealed.iter().map(|(s, _)| s.number).collect();
+    assert_eq!(numbers, vec![numbers[0], numbers[0] + 1, numbers[0] + 2]);
     // The second and third PUTs finish first: nothing commits before the first.
     let mut sealed = sealed.into_iter();
     let (first, first_slot) = sealed.next().unwrap();
     for (s, slot) in sealed {
-        assert!(block_on(tier.put_sealed(&s)));
-        *slot.borrow_mut() = PutState::Done(Uploaded {
-            sealed: s,
-            producers: Vec::new(),
-        });
+        written(&tier, &slot, s);
     }
-    assert!(!tier.commit_ready());
-    assert!(block_on(tier.commit_uploads(Vec::new)).unwrap().is_empty());
+    assert!(heard.borrow().is_empty());
     assert!(!tier.is_idle());
-    assert!(block_on(tier.put_sealed(&first)));
-    *first_slot.borrow_mut() = PutState::Done(Uploaded {
-        sealed: first,
-        producers: Vec::new(),
-    });
-    assert!(tier.commit_ready());
-    let committed = block_on(tier.commit_uploads(Vec::new)).unwrap();
-    let committed_keys: Vec<String> = committed.into_iter().map(|(k, _)| k).collect();
-    assert_eq!(committed_keys, keys);
+    written(&tier, &first_slot, first);
+    assert_eq!(*heard.borrow(), keys, "all three, in log order");
     assert!(tier.is_idle());
-    let loaded = block_on(ManifestStore::new(store, 0).load())
-        .unwrap()
-        .unwrap();
-    assert_eq!(loaded.manifest.generation, generation + 1, "one commit");
-    let tail: Vec<String> = loaded.manifest.objects[1..]
+    let committed: Vec<String> = tier.committed_objects()[1..]
         .iter()
         .map(|o| o.key.clone())
         .collect();
-    assert_eq!(tail, keys);
+    assert_eq!(committed, keys);
+    let loaded = block_on(ManifestStore::new(store.clone(), 0).load())
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.manifest.generation, generation, "no manifest commit");
+    // A take-over (this broker restarting, or another) folds them.
+    let next = open_tier(store, 2);
+    let folded: Vec<(String, i32)> = next.committed_objects()[1..]
+        .iter()
+        .map(|o| (o.key.clone(), o.node))
+        .collect();
+    assert_eq!(
+        folded,
+        keys.iter().map(|k| (k.clone(), 1)).collect::<Vec<_>>(),
+        "folded in order, with their writer's node"
+    );
+    let m = &next.committed.borrow().manifest;
+    assert_eq!(m.log_next, numbers[2] + 1 + log::FENCE_GAP);
+    assert_eq!(next.next_log.get(), m.log_next);
+}
+
+/// A take-over racing the old owner (L3): the old owner's PUT that lands first is folded; its
+/// PUT at the fenced number is refused and stops it; what it wrote past the fence was never
+/// committed, is never folded, and is swept.
+#[test]
+fn a_take_over_fences_the_old_owners_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    let (old, _) = tier_with_objects(store.clone(), 1);
+    let (won, lost, late) = (seal_one(&old, 3), seal_one(&old, 6), seal_one(&old, 9));
+    let (won_slot, lost_slot, late_slot) = (queued(&old), queued(&old), queued(&old));
+    written(&old, &won_slot, won);
+    // `late` lands before the take-over, `lost` after it: a gap at `lost`.
+    assert!(matches!(block_on(old.put_sealed(&late)), PutEnd::Written));
+    let late_key = late.key.clone();
+    *late_slot.borrow_mut() = PutState::Written(late);
+    let new = open_tier(store.clone(), 2);
+    let keys: Vec<String> = new
+        .committed_objects()
+        .iter()
+        .map(|o| o.key.clone())
+        .collect();
+    assert_eq!(keys.len(), 2, "the first object and `won`: {keys:?}");
+    assert!(!keys.contains(&late_key));
+    assert!(matches!(block_on(old.put_sealed(&lost)), PutEnd::Fenced));
+    assert!(old.is_fenced());
+    *lost_slot.borrow_mut() = PutState::GaveUp;
+    old.advance();
+    assert_eq!(old.committed_objects().len(), 2, "`late` never commits");
+    // The new owner writes past the fence, and sweeps the fence and `late`.
+    let fence = crate::layout::log_object(0, lost.number);
+    assert!(block_on(store.head(&fence)).is_ok());
+    assert_eq!(new.next_log.get(), lost.number + log::FENCE_GAP);
+    assert_eq!(block_on(new.collect_garbage(true)), 1);
+    assert!(block_on(store.head(&late_key)).is_err());
+    assert!(block_on(store.head(&fence)).is_ok(), "fences stay");
+    // An old owner still running cannot write at the fenced number after the sweep either.
+    let again = block_on(store.put(&fence, Bytes::from_static(b"x"), Condition::IfNoneMatch));
+    assert!(
+        matches!(again, Err(StoreError::PreconditionFailed(_))),
+        "{again:?}"
+    );
+    let sealed = seal_one(&new, 6);
+    block_on(new.upload(sealed)).unwrap();
+    // A third owner finds all of it, and nothing of the old owner's past the fence.
+    let third = open_tier(store, 3);
+    let nodes: Vec<i32> = third.committed_objects().iter().map(|o| o.node).collect();
+    assert_eq!(nodes, vec![1, 1, 2]);
+}
+
+/// A PUT whose answer was lost is retried: the number is taken — by this writer's own object
+/// (L2), which is not a fence.
+#[test]
+fn a_retried_put_finds_its_own_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    let (tier, _) = tier_with_objects(store.clone(), 0);
+    let sealed = seal_one(&tier, 0);
+    assert!(matches!(
+        block_on(tier.put_sealed(&sealed)),
+        PutEnd::Written
+    ));
+    assert!(matches!(
+        block_on(tier.put_sealed(&sealed)),
+        PutEnd::Written
+    ));
+    assert!(!tier.is_fenced());
+    // Another opening of the same broker is another writer.
+    let other = open_tier(store.clone(), 1);
+    let late = seal_one(&tier, 3);
+    let taken = crate::layout::log_object(0, other.next_log.get());
+    let impostor = Sealed {
+        key: taken,
+        number: other.next_log.get(),
+        ..late
+    };
+    block_on(other.upload(seal_one(&other, 3))).unwrap();
+    assert!(matches!(
+        block_on(tier.put_sealed(&impostor)),
+        PutEnd::Fenced
+    ));
+}
+
+/// The sweep at start never deletes the log's unfolded tail: committed objects the manifest
+/// does not name yet.
+#[test]
+fn the_sweep_spares_the_unfolded_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    let (tier, _) = tier_with_objects(store.clone(), 1);
+    let sealed = seal_one(&tier, 3);
+    let key = sealed.key.clone();
+    written(&tier, &queued(&tier), sealed);
+    assert_eq!(tier.unfolded.borrow().len(), 1);
+    assert_eq!(block_on(tier.collect_garbage(true)), 0);
+    assert!(block_on(store.head(&key)).is_ok());
 }
 
 /// At most [`UPLOADS_IN_FLIGHT_MAX`] objects are sealed and not committed.
@@ -388,7 +519,7 @@ fn sealing_stops_at_the_uploads_in_flight_bound() {
         let (header, bytes) = batch(k * 3, 3);
         tier.add([9; 16], 0, header, bytes);
         tier.request_seal();
-        match tier.seal_if_due() {
+        match tier.seal_if_due(Vec::new) {
             Some(_) => {
                 assert!((k as usize) < UPLOADS_IN_FLIGHT_MAX);
                 let slot = Rc::new(RefCell::new(PutState::Putting));
@@ -400,10 +531,10 @@ fn sealing_stops_at_the_uploads_in_flight_bound() {
     assert!(!tier.may_start_upload());
 }
 
-/// When the manifest has room for only some of the uploads ready, those commit and the rest
-/// wait, in order, for room.
+/// When the manifest has room for only some of the unfolded objects, a fold takes those and
+/// the rest wait, in order, for room.
 #[test]
-fn uploads_the_manifest_has_room_for_commit_and_the_rest_wait() {
+fn a_fold_takes_what_the_manifest_has_room_for() {
     let size = |objects| {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn ObjectStore> =
@@ -426,31 +557,24 @@ fn uploads_the_manifest_has_room_for_commit_and_the_rest_wait() {
             tier.add([9; 16], partition, header, bytes);
         }
         tier.request_seal();
-        let s = tier.seal_if_due().unwrap();
-        keys.push(s.key.clone());
-        assert!(block_on(tier.put_sealed(&s)));
-        tier.uploads
-            .borrow_mut()
-            .push_back(Rc::new(RefCell::new(PutState::Done(Uploaded {
-                sealed: s,
-                producers: Vec::new(),
-            }))));
+        let s = tier.seal_if_due(Vec::new).unwrap();
+        keys.push((s.key.clone(), s.number));
+        written(&tier, &queued(&tier), s);
     }
-    let first = block_on(tier.commit_uploads(Vec::new)).unwrap();
-    assert_eq!(first.len(), 1, "room for one");
-    assert_eq!(first[0].0, keys[0]);
-    assert!(
-        tier.has_uploads() && !tier.may_start_upload(),
-        "the other waits"
+    assert_eq!(
+        block_on(tier.fold(true, Vec::new)).unwrap(),
+        1,
+        "room for one"
     );
-    assert!(block_on(tier.commit_uploads(Vec::new)).unwrap().is_empty());
-    // Room again: the rest commits at its retry.
+    let loaded = block_on(ManifestStore::new(store.clone(), 0).load())
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.manifest.objects.last().unwrap().key, keys[0].0);
+    assert_eq!(loaded.manifest.log_next, keys[0].1 + 1);
+    assert_eq!(tier.unfolded.borrow().len(), 1, "the other waits");
+    // Room again: the rest folds.
     tier.manifests = ManifestStore::new(store.clone(), 0);
-    tier.stalled.borrow_mut().as_mut().unwrap().0 = Instant::now();
-    let rest = block_on(tier.commit_uploads(Vec::new)).unwrap();
-    assert_eq!(rest.len(), 1);
-    assert_eq!(rest[0].0, keys[1]);
-    assert!(tier.is_idle());
+    assert_eq!(block_on(tier.fold(true, Vec::new)).unwrap(), 1);
     let loaded = block_on(ManifestStore::new(store, 0).load())
         .unwrap()
         .unwrap();
@@ -458,5 +582,46 @@ fn uploads_the_manifest_has_room_for_commit_and_the_rest_wait() {
         .iter()
         .map(|o| o.key.clone())
         .collect();
-    assert_eq!(tail, keys);
+    assert_eq!(tail, keys.into_iter().map(|k| k.0).collect::<Vec<_>>());
+    assert_eq!(loaded.manifest.log_next, tier.next_log.get());
+}
+
+/// A take-over that wrote its fence and then failed (its lease lapsed before the commit) leaves
+/// a fence the next take-over passes over, lists, and never sweeps: the owner it fenced may
+/// still be retrying at that number.
+#[test]
+fn a_failed_take_overs_fence_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    let (old, _) = tier_with_objects(store.clone(), 1);
+    let stray = old.next_log.get();
+    let calls = Cell::new(0);
+    let lapses = || {
+        calls.set(calls.get() + 1);
+        calls.get() < 2
+    };
+    let manifests = ManifestStore::new(store.clone(), 0);
+    let failed = block_on(log::take_over(&manifests, &store, 5, 77, &lapses));
+    assert!(matches!(failed, Err(CommitError::Store(_))), "{failed:?}");
+    let stray_key = crate::layout::log_object(0, stray);
+    assert!(
+        block_on(store.head(&stray_key)).is_ok(),
+        "its fence was written"
+    );
+    assert!(matches!(
+        block_on(old.put_sealed(&seal_one(&old, 3))),
+        PutEnd::Fenced
+    ));
+    let next = open_tier(store.clone(), 2);
+    let fences = next.committed.borrow().manifest.fences.clone();
+    assert_eq!(
+        fences.len(),
+        3,
+        "the first opening's, the stray one, its own: {fences:?}"
+    );
+    assert!(fences.contains(&stray));
+    assert_eq!(block_on(next.collect_garbage(true)), 0);
+    assert!(block_on(store.head(&stray_key)).is_ok());
+    assert_eq!(next.committed_objects().len(), 1);
 }

@@ -483,3 +483,41 @@ pub fn kcat(args: &[&str], stdin: Option<&str>) -> String {
     );
     stdout
 }
+
+/// The data objects under a local-directory bucket — uploads and merged objects, not the
+/// fences a slot's take-over writes in its log — as paths, sorted.
+#[allow(dead_code)]
+pub fn data_objects(dir: &std::path::Path) -> Vec<String> {
+    use ringtail_engine::tier::object_format::{index_len, TRAILER_LEN};
+    use std::io::{Read, Seek, SeekFrom};
+    fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rto") {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    // A fence is an index and a trailer and nothing before them; every upload holds a batch.
+    let is_fence = |path: &str| {
+        let Ok(mut f) = std::fs::File::open(path) else {
+            return false; // deleted meanwhile
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut trailer = [0u8; TRAILER_LEN];
+        if len < TRAILER_LEN as u64
+            || f.seek(SeekFrom::End(-(TRAILER_LEN as i64))).is_err()
+            || f.read_exact(&mut trailer).is_err()
+        {
+            return false;
+        }
+        index_len(&trailer, len as usize).is_ok_and(|n| (n + TRAILER_LEN) as u64 == len)
+    };
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out.retain(|p| !is_fence(p));
+    out.sort();
+    out
+}

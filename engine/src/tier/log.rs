@@ -1,0 +1,255 @@
+//! A slot's log of objects: uploads are numbered and written create-only, so that one PUT
+//! commits one (ARCHITECTURE.md, "One PUT per acknowledgement", invariants L1–L7). This module
+//! reads the log (an opening, a PUT refused because its number is taken) and fences it (an
+//! opening); the tier writes it.
+
+use std::sync::Arc;
+
+use ringtail_objstore::{Condition, ObjectStore, StoreError};
+
+use crate::tier::manifest::{CommitError, Committed, ManifestStore, ObjectRef, ShardManifest};
+use crate::tier::object_format::{
+    decode_index, index_len, index_trailer, ObjectIndex, Stamp, TRAILER_LEN,
+};
+
+/// How far past the first missing number an opening's fence sends the log (L3): further than
+/// the previous owner's PUTs still under way can reach.
+pub const FENCE_GAP: u64 = 16;
+const _: () = assert!(FENCE_GAP > super::UPLOADS_IN_FLIGHT_MAX as u64);
+
+/// How much of an object's tail one GET reads for its index (most indexes fit).
+const INDEX_READ: u64 = 64 << 10;
+
+/// A request of a take-over that fails with a retryable error is tried again this many times
+/// (from 20 ms, doubling) before the whole take-over is (`Tier::open` retries it for a minute):
+/// a take-over makes a few requests per unfolded object, and starting over at every 503 would
+/// rarely finish on a throttling store.
+const STEP_ATTEMPTS: u32 = 6;
+
+/// Runs `op` until it succeeds, fails with an error that is not retryable, or
+/// [`STEP_ATTEMPTS`] are made.
+async fn retrying<T, F>(mut op: impl FnMut() -> F) -> Result<T, StoreError>
+where
+    F: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = std::time::Duration::from_millis(20);
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(e) if e.is_retryable() && attempt < STEP_ATTEMPTS => {
+                ringtail_shards::pause(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            out => return out,
+        }
+    }
+}
+
+/// An object of the log, as read back.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub number: u64,
+    pub key: String,
+    pub size: u64,
+    pub index: ObjectIndex,
+}
+
+impl Found {
+    /// What the manifest names it by.
+    pub fn object_ref(&self) -> ObjectRef {
+        ObjectRef {
+            key: self.key.clone(),
+            size: self.size,
+            spans: self.index.spans.clone(),
+            node: self.index.node,
+        }
+    }
+}
+
+/// The index of the object at `key` and its size (None: there is none). A damaged object is
+/// [`CommitError::Corrupt`]: a log object is written whole or not at all, so damage is not a
+/// torn write but something an operator must look at.
+pub async fn read_index_at(
+    store: &dyn ObjectStore,
+    shard: u32,
+    key: &str,
+) -> Result<Option<(ObjectIndex, u64)>, CommitError> {
+    let size = match retrying(|| store.head(key)).await {
+        Ok(m) => m.size,
+        Err(StoreError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let corrupt = |reason: String| CommitError::Corrupt {
+        shard,
+        reason: format!("{key}: {reason}"),
+    };
+    let tail_len = size.min(INDEX_READ);
+    let tail = match retrying(|| store.get(key, Some(size - tail_len..size))).await {
+        Ok(b) => b,
+        // Deleted between the two requests: as if never there (garbage collection of a number
+        // below the manifest's `log_next`, which a later read does not look at).
+        Err(StoreError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if tail.len() as u64 != tail_len || tail.len() < TRAILER_LEN {
+        return Err(corrupt(format!("{} bytes read of {size}", tail.len())));
+    }
+    let len = index_len(&tail[tail.len() - TRAILER_LEN..], size as usize)
+        .map_err(|e| corrupt(e.to_string()))?;
+    let end = tail.len() - TRAILER_LEN;
+    let index = if len <= end {
+        decode_index(&tail[end - len..end])
+    } else {
+        let at = size - TRAILER_LEN as u64 - len as u64;
+        let bytes = retrying(|| store.get(key, Some(at..size - TRAILER_LEN as u64)))
+            .await
+            .map_err(CommitError::from)?;
+        decode_index(&bytes)
+    }
+    .map_err(|e| corrupt(e.to_string()))?;
+    if index.shard != shard {
+        return Err(corrupt(format!("it belongs to slot {}", index.shard)));
+    }
+    Ok(Some((index, size)))
+}
+
+/// What [`read_log`] found: the objects in number order, the fences it passed over, and the
+/// first missing number.
+#[derive(Debug, Default)]
+pub struct LogRead {
+    pub found: Vec<Found>,
+    pub fences: Vec<u64>,
+    pub gap: u64,
+}
+
+/// Reads the log from number `from` on, passing over fences, up to the first missing number.
+pub async fn read_log(
+    store: &dyn ObjectStore,
+    shard: u32,
+    from: u64,
+) -> Result<LogRead, CommitError> {
+    let mut read = LogRead::default();
+    let mut n = from;
+    loop {
+        let key = crate::layout::log_object(shard, n);
+        match read_index_at(store, shard, &key).await? {
+            None => {
+                read.gap = n;
+                return Ok(read);
+            }
+            Some((index, _)) if index.is_fence() => {
+                if index.resume <= n {
+                    return Err(CommitError::Corrupt {
+                        shard,
+                        reason: format!("{key}: a fence that resumes at {}", index.resume),
+                    });
+                }
+                read.fences.push(n);
+                n = index.resume;
+            }
+            Some((index, size)) => {
+                read.found.push(Found {
+                    number: n,
+                    key,
+                    size,
+                    index,
+                });
+                n += 1;
+            }
+        }
+    }
+}
+
+/// Takes the slot over (L3): reads the manifest and the log's unfolded objects, fences the log
+/// at its first missing number, and commits the manifest under the next epoch with those
+/// objects folded in and `log_next` past the fence. `may_take()` is checked before the fence
+/// and before the commit (cluster mode: this broker's claim still holds). Returns the committed
+/// version, whose `log_next` is where this owner writes its first upload.
+pub async fn take_over(
+    manifests: &ManifestStore,
+    store: &Arc<dyn ObjectStore>,
+    node: i32,
+    writer: u64,
+    may_take: &dyn Fn() -> bool,
+) -> Result<Committed, CommitError> {
+    let shard = manifests.shard();
+    let lapsed = || {
+        CommitError::Store(StoreError::Fatal(
+            "not taken over: this broker's lease lapsed meanwhile".into(),
+        ))
+    };
+    let current = manifests.load().await?;
+    let mut next = match &current {
+        Some(c) => c.manifest.clone(),
+        None => ShardManifest::empty(shard, 0),
+    };
+    next.epoch += 1;
+    let mut found = Vec::new();
+    let mut at = next.log_next;
+    let resume = loop {
+        let read = read_log(&**store, shard, at).await?;
+        found.extend(read.found);
+        // Every fence stays listed (never swept), this opening's own and those of take-overs
+        // that wrote one and then failed: a fenced owner may still be retrying at its number.
+        next.fences.extend(read.fences);
+        let gap = read.gap;
+        if !may_take() {
+            return Err(lapsed());
+        }
+        let resume = gap + FENCE_GAP;
+        let stamp = Stamp {
+            shard,
+            epoch: next.epoch,
+            node,
+            writer,
+            producers: Vec::new(),
+        };
+        let fence = index_trailer(&ObjectIndex::fence(stamp, resume));
+        let key = crate::layout::log_object(shard, gap);
+        // A retried PUT whose first attempt landed meets its own fence: read on from it.
+        match retrying(|| store.put(&key, fence.clone(), Condition::IfNoneMatch)).await {
+            Ok(_) => {
+                next.fences.push(gap);
+                break resume;
+            }
+            // Written meanwhile (the previous owner's PUT won, or our own fence whose answer
+            // was lost): read on from it.
+            Err(StoreError::PreconditionFailed(_)) => at = gap,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if let Some(newest) = found.last() {
+        next.producers = newest.index.producers.clone();
+    }
+    next.objects.extend(found.iter().map(Found::object_ref));
+    next.log_next = resume;
+    next.fences.sort_unstable();
+    next.fences.dedup();
+    if !may_take() {
+        return Err(lapsed());
+    }
+    let folded = found.len();
+    let committed = manifests.commit(current.as_ref(), next).await?;
+    tracing::info!(
+        shard,
+        epoch = committed.manifest.epoch,
+        folded,
+        log_next = resume,
+        "fenced the slot's log of objects"
+    );
+    Ok(committed)
+}
+
+/// Whether the object at `key`, whose create-only PUT was refused, is this opening's own (an
+/// earlier attempt whose answer was lost, L2). False: someone else's — a newer owner's fence.
+pub async fn is_own(
+    store: &dyn ObjectStore,
+    shard: u32,
+    key: &str,
+    writer: u64,
+) -> Result<bool, CommitError> {
+    Ok(read_index_at(store, shard, key)
+        .await?
+        .is_some_and(|(index, _)| index.writer == writer && !index.is_fence()))
+}
