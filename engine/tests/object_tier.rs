@@ -448,6 +448,59 @@ async fn durability_object_acks_after_the_object_commit() {
     );
 }
 
+/// An acknowledged `durability=object` record survives the loss of its broker's machine while
+/// its object is only in the slot's log, not yet folded into the manifest: after kill -9, a
+/// broker with an empty data directory (and so no WAL) on the same bucket takes the slot over,
+/// folds the log's tail and serves every acknowledged record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_records_in_the_logs_unfolded_tail_survive_losing_the_broker() {
+    let data = tempfile::tempdir().unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let mut args = tier_args(&format!("file://{}", objects.path().display()));
+    assert_eq!(args[8], "--object-age-max-ms");
+    args[9] = "60000".into();
+    let b = start(data.path(), &args);
+    common::create_topic(&b.bootstrap(), "safe", 1, &[("durability", "object")]).await;
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .set("acks", "all")
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    let mut acked: BTreeMap<(i32, i64), Vec<u8>> = BTreeMap::new();
+    loop {
+        let v = format!("record-{}", acked.len()).into_bytes();
+        let d = p
+            .send(FutureRecord::<(), [u8]>::to("safe").payload(&v), TIMEOUT)
+            .await
+            .expect("ack");
+        acked.insert((d.partition, d.offset), v);
+        // Lose the broker as soon as the newest acknowledged record is in no object the
+        // manifest names (a fold takes 32 objects, or any a second old).
+        let folded = manifest_at(objects.path())
+            .objects
+            .iter()
+            .flat_map(|o| &o.spans)
+            .any(|s| s.last_offset >= d.offset);
+        if acked.len() >= 10 && !folded {
+            break;
+        }
+        assert!(
+            acked.len() < 1000,
+            "every acknowledgement waited for a fold"
+        );
+    }
+    b.kill9();
+    drop(data);
+    let fresh = tempfile::tempdir().unwrap();
+    let b = start(fresh.path(), &args);
+    let (read, lows) = common::read_all(&b.bootstrap(), "safe", 1);
+    assert_eq!(lows, [0]);
+    assert_eq!(read, acked, "every acknowledged record, at its offset");
+    assert!(b.log_contains("fenced the slot's log of objects"));
+    assert_eq!(b.terminate(), Some(0));
+}
+
 fn watermarks(b: &TestBroker) -> Vec<(i64, i64)> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", b.bootstrap())

@@ -337,11 +337,13 @@ impl ShardState {
 }
 
 impl ShardState {
-    /// Seals the pending object if it is due and there is room, with the producers' state now,
-    /// and starts its PUT, which commits it (ARCHITECTURE.md, "Event-driven object commits").
+    /// Seals the pending objects that are due while there is room, with the producers' state
+    /// now, and starts their PUTs, which commit them (ARCHITECTURE.md, "Event-driven object
+    /// commits").
     pub(super) fn start_due_upload(&self) {
         if let Some(tier) = &self.tier {
-            if let Some(sealed) = tier.seal_if_due(|| self.producer_snapshot()) {
+            // Several when pending objects reached their size bound while uploads were full.
+            while let Some(sealed) = tier.seal_if_due(|| self.producer_snapshot()) {
                 tier.start_upload(sealed);
             }
         }

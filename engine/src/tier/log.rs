@@ -161,18 +161,29 @@ pub async fn read_log(
     }
 }
 
+/// A slot taken over ([`take_over`]).
+#[derive(Debug)]
+pub struct TakenOver {
+    pub committed: Committed,
+    /// The number of this owner's first upload: past its fence.
+    pub resume: u64,
+    /// Objects found in the log that the manifest had no room for, in number order: committed
+    /// all the same, folded later like this owner's own uploads.
+    pub unfolded: Vec<Found>,
+}
+
 /// Takes the slot over (L3): reads the manifest and the log's unfolded objects, fences the log
 /// at its first missing number, and commits the manifest under the next epoch with those
-/// objects folded in and `log_next` past the fence. `may_take()` is checked before the fence
-/// and before the commit (cluster mode: this broker's claim still holds). Returns the committed
-/// version, whose `log_next` is where this owner writes its first upload.
+/// objects folded in (as many as it has room for: the rest stay unfolded, L7) and `log_next`
+/// past them. `may_take()` is checked before the fence and before the commit (cluster mode:
+/// this broker's claim still holds).
 pub async fn take_over(
     manifests: &ManifestStore,
     store: &Arc<dyn ObjectStore>,
     node: i32,
     writer: u64,
     may_take: &dyn Fn() -> bool,
-) -> Result<Committed, CommitError> {
+) -> Result<TakenOver, CommitError> {
     let shard = manifests.shard();
     let lapsed = || {
         CommitError::Store(StoreError::Fatal(
@@ -185,8 +196,11 @@ pub async fn take_over(
         None => ShardManifest::empty(shard, 0),
     };
     next.epoch += 1;
-    let mut found = Vec::new();
+    let mut found: Vec<Found> = Vec::new();
     let mut at = next.log_next;
+    // A create-only PUT refused while nothing is there yet: a conditional write to that key is
+    // still under way (S3 answers 409). Read again after a pause, longer each time.
+    let mut contended: Option<(u64, u32)> = None;
     let resume = loop {
         let read = read_log(&**store, shard, at).await?;
         found.extend(read.found);
@@ -194,6 +208,10 @@ pub async fn take_over(
         // that wrote one and then failed: a fenced owner may still be retrying at its number.
         next.fences.extend(read.fences);
         let gap = read.gap;
+        if let Some((at, n)) = contended.filter(|&(at, _)| at == gap) {
+            ringtail_shards::pause(std::time::Duration::from_millis(20 << n.min(8))).await;
+            contended = Some((at, n + 1));
+        }
         if !may_take() {
             return Err(lapsed());
         }
@@ -214,42 +232,74 @@ pub async fn take_over(
                 break resume;
             }
             // Written meanwhile (the previous owner's PUT won, or our own fence whose answer
-            // was lost): read on from it.
-            Err(StoreError::PreconditionFailed(_)) => at = gap,
+            // was lost), or being written: read on from it.
+            Err(StoreError::PreconditionFailed(_)) => {
+                at = gap;
+                contended.get_or_insert((gap, 0));
+            }
             Err(e) => return Err(e.into()),
         }
     };
-    if let Some(newest) = found.last() {
-        next.producers = newest.index.producers.clone();
-    }
-    next.objects.extend(found.iter().map(Found::object_ref));
-    next.log_next = resume;
     next.fences.sort_unstable();
     next.fences.dedup();
-    if !may_take() {
-        return Err(lapsed());
-    }
-    let folded = found.len();
-    let committed = manifests.commit(current.as_ref(), next).await?;
+    // As many of the objects found as the manifest has room for (a refusal writes nothing).
+    let mut n = found.len();
+    let committed = loop {
+        let mut attempt = next.clone();
+        attempt
+            .objects
+            .extend(found[..n].iter().map(Found::object_ref));
+        if n > 0 {
+            attempt.producers = found[n - 1].index.producers.clone();
+        }
+        attempt.log_next = found.get(n).map_or(resume, |f| f.number);
+        if !may_take() {
+            return Err(lapsed());
+        }
+        match manifests.commit(current.as_ref(), attempt).await {
+            Ok(c) => break c,
+            Err(CommitError::TooLarge { .. }) if n > 0 => n /= 2,
+            Err(e) => return Err(e),
+        }
+    };
+    let unfolded = found.split_off(n);
     tracing::info!(
         shard,
         epoch = committed.manifest.epoch,
-        folded,
-        log_next = resume,
+        folded = n,
+        unfolded = unfolded.len(),
+        resume,
         "fenced the slot's log of objects"
     );
-    Ok(committed)
+    Ok(TakenOver {
+        committed,
+        resume,
+        unfolded,
+    })
 }
 
-/// Whether the object at `key`, whose create-only PUT was refused, is this opening's own (an
-/// earlier attempt whose answer was lost, L2). False: someone else's — a newer owner's fence.
-pub async fn is_own(
+/// Who holds a log number whose create-only PUT was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// Nothing is there (yet): a conditional write to it is under way; ask again later.
+    Nobody,
+    /// This opening's own upload (an earlier attempt whose answer was lost, L2).
+    Own,
+    /// A fence or another writer's upload: a newer owner fenced this one.
+    Other,
+}
+
+/// Who holds the log number at `key`, for the writer `writer` whose create-only PUT there was
+/// refused.
+pub async fn holder(
     store: &dyn ObjectStore,
     shard: u32,
     key: &str,
     writer: u64,
-) -> Result<bool, CommitError> {
-    Ok(read_index_at(store, shard, key)
-        .await?
-        .is_some_and(|(index, _)| index.writer == writer && !index.is_fence()))
+) -> Result<Holder, CommitError> {
+    Ok(match read_index_at(store, shard, key).await? {
+        None => Holder::Nobody,
+        Some((index, _)) if index.writer == writer && !index.is_fence() => Holder::Own,
+        Some(_) => Holder::Other,
+    })
 }

@@ -122,9 +122,17 @@ impl ShardManifest {
         // The current format first; a format-4 manifest does not validate as one (its root
         // is shorter by the last field) or names its own version, and is read as what it is.
         let current = rkyv::from_bytes::<ShardManifest, rkyv::rancor::Error>(&aligned);
+        let old = || rkyv::from_bytes::<ShardManifestV4, rkyv::rancor::Error>(&aligned);
         let m = match current {
-            Ok(m) if m.format_version == MANIFEST_FORMAT_VERSION => m,
-            current => match rkyv::from_bytes::<ShardManifestV4, rkyv::rancor::Error>(&aligned) {
+            // rkyv's root is at the end, so either format may validate as the other by chance:
+            // only one that validates as its own version is read.
+            Ok(m) if m.format_version == MANIFEST_FORMAT_VERSION => {
+                if old().is_ok_and(|o| o.format_version == 4) {
+                    return Err("manifest reads as both format 4 and 5".into());
+                }
+                m
+            }
+            current => match old() {
                 Ok(old) if old.format_version == 4 => ShardManifest {
                     format_version: MANIFEST_FORMAT_VERSION,
                     shard: old.shard,

@@ -42,6 +42,11 @@ pub struct Tier {
     /// because its number is taken tells its own earlier attempt from a newer owner's fence.
     writer: u64,
     builder: RefCell<ObjectBuilder>,
+    /// Pending objects that reached [`Tier::object_bytes_max`] while no upload could start,
+    /// oldest first: sealed before `builder`, so that no upload is one unbounded PUT.
+    full: RefCell<std::collections::VecDeque<ObjectBuilder>>,
+    /// Record bytes in `full`.
+    full_bytes: Cell<u64>,
     next_seq: Cell<u64>,
     oldest: Cell<Option<Instant>>,
     pub bytes_target: u64,
@@ -108,6 +113,8 @@ pub struct Sealed {
 pub const UPLOADS_IN_FLIGHT_MAX: usize = 4;
 /// Committed objects the manifest may leave unfolded (L7): beyond, nothing more is sealed.
 pub const UNFOLDED_MAX: usize = 256;
+/// [`Tier::object_bytes_max`] is twice the object size target, and at least this.
+pub const OBJECT_BYTES_MAX_FLOOR: u64 = 16 << 20;
 /// A fold is due with this many objects unfolded, or when the oldest is [`FOLD_AGE`] old.
 pub const FOLD_OBJECTS: usize = 32;
 pub const FOLD_AGE: Duration = Duration::from_secs(1);
@@ -160,9 +167,9 @@ impl Tier {
         };
         // Start-up rides out a flaky store for a while rather than failing at the first 503.
         let mut backoff = store_backoff().for_at_most(STARTUP_RETRY_MAX);
-        let committed = loop {
+        let taken = loop {
             match log::take_over(&manifests, &store, node, writer, may_take).await {
-                Ok(c) => break c,
+                Ok(t) => break t,
                 Err(CommitError::Store(e)) if e.is_retryable() && backoff.may_retry() => {
                     tracing::warn!(shard, error = %e, "taking over the manifest failed; retrying");
                     backoff.wait().await;
@@ -170,6 +177,7 @@ impl Tier {
                 Err(e) => return Err(e),
             }
         };
+        let committed = taken.committed;
         tracing::info!(
             shard,
             epoch = committed.manifest.epoch,
@@ -179,7 +187,16 @@ impl Tier {
         // Merged objects' keys of earlier epochs carry their own epoch: numbering may start
         // anywhere.
         let first_object = committed.manifest.generation + 1;
-        let first_log = committed.manifest.log_next;
+        let unfolded = taken
+            .unfolded
+            .into_iter()
+            .map(|f| Unfolded {
+                number: f.number,
+                object: f.object_ref(),
+                producers: f.index.producers,
+                committed_at: Instant::now(),
+            })
+            .collect();
         Ok(Tier {
             store,
             manifests,
@@ -188,6 +205,8 @@ impl Tier {
             node,
             writer,
             builder: RefCell::new(ObjectBuilder::default()),
+            full: RefCell::new(std::collections::VecDeque::new()),
+            full_bytes: Cell::new(0),
             next_seq: Cell::new(1),
             oldest: Cell::new(None),
             bytes_target,
@@ -201,9 +220,9 @@ impl Tier {
             garbage: RefCell::new(Vec::new()),
             retired: RefCell::new(std::collections::VecDeque::new()),
             uploads: RefCell::new(std::collections::VecDeque::new()),
-            unfolded: RefCell::new(std::collections::VecDeque::new()),
+            unfolded: RefCell::new(unfolded),
             fold_refused_until: Cell::new(None),
-            next_log: Cell::new(first_log),
+            next_log: Cell::new(taken.resume),
             next_object: Cell::new(first_object),
             stopped: Cell::new(false),
             merging: RefCell::new(merging::MergeState::Idle),
@@ -218,7 +237,8 @@ impl Tier {
 
     /// Publishes the uploader's backlog: pending plus in-flight record bytes.
     fn publish_pending(&self) {
-        let pending = self.builder.borrow().data_bytes() + self.in_flight_bytes.get();
+        let pending =
+            self.builder.borrow().data_bytes() + self.full_bytes.get() + self.in_flight_bytes.get();
         self.stats
             .upload_pending_bytes
             .store(pending, std::sync::atomic::Ordering::Relaxed);
@@ -253,6 +273,14 @@ impl Tier {
         if self.oldest.get().is_none() {
             self.oldest.set(Some(Instant::now()));
         }
+        if self.builder.borrow().data_bytes() >= self.object_bytes_max() {
+            let full = std::mem::take(&mut *self.builder.borrow_mut());
+            self.full_bytes
+                .set(self.full_bytes.get() + full.data_bytes());
+            self.full.borrow_mut().push_back(full);
+            self.oldest.set(None);
+            self.poke();
+        }
         self.publish_pending();
         if self.urgent.get() {
             self.request_seal();
@@ -277,8 +305,9 @@ impl Tier {
     pub fn seal_requested(&self) -> futures::channel::oneshot::Receiver<()> {
         let (tx, rx) = futures::channel::oneshot::channel();
         // Only with something to seal: a producer asks before its batch is durable (and added).
-        let seal =
-            self.urgent.get() && !self.builder.borrow().is_empty() && self.may_start_upload();
+        let seal = (self.urgent.get() && !self.builder.borrow().is_empty()
+            || !self.full.borrow().is_empty())
+            && self.may_start_upload();
         if seal || self.fold_due() || self.merge_ready() {
             let _ = tx.send(());
         } else {
@@ -303,11 +332,18 @@ impl Tier {
 
     /// Nothing pending and nothing in flight: every durable batch is in a committed object
     /// (unfolded ones included: the next owner's take-over folds them).
+    /// While flushing (a hand-over, a shutdown) also nothing unfolded, unless the manifest has
+    /// no room for it: the next owner's take-over then need not read it, and no fold of this
+    /// owner's lands under the next owner's first commit.
     pub fn is_idle(&self) -> bool {
         self.builder.borrow().is_empty()
+            && self.full.borrow().is_empty()
             && !self.busy.get()
             && self.uploads.borrow().is_empty()
             && !self.merge_running()
+            && (!self.flushing.get()
+                || self.unfolded.borrow().is_empty()
+                || self.fold_refused_until.get().is_some())
     }
 
     /// Runs `work` (a fold, a deletion or merge pass) with the tier marked busy, then tells
@@ -332,8 +368,14 @@ impl Tier {
     /// ([`Tier::may_start_upload`]), sealed with the producers' state `producers()` gives. It
     /// takes the log's next number.
     pub fn seal_if_due(&self, producers: impl FnOnce() -> Vec<ProducerSnapshot>) -> Option<Sealed> {
-        if !self.may_start_upload() {
+        if !self.may_start_upload() || self.fenced.get() {
             return None;
+        }
+        let full = self.full.borrow_mut().pop_front();
+        if let Some(full) = full {
+            self.full_bytes
+                .set(self.full_bytes.get() - full.data_bytes());
+            return Some(self.seal(full, producers));
         }
         let due = {
             let b = self.builder.borrow();
@@ -346,14 +388,28 @@ impl Tier {
                         .get()
                         .is_some_and(|t| t.elapsed() >= self.age_max))
         };
-        if !due || self.fenced.get() {
+        if !due {
             return None;
         }
         let builder = std::mem::take(&mut *self.builder.borrow_mut());
-        self.in_flight_bytes
-            .set(self.in_flight_bytes.get() + builder.data_bytes());
         self.oldest.set(None);
         self.urgent.set(false);
+        Some(self.seal(builder, producers))
+    }
+
+    /// The largest pending object: beyond, it waits whole (in `full`) and the next begins.
+    pub fn object_bytes_max(&self) -> u64 {
+        (2 * self.bytes_target).max(OBJECT_BYTES_MAX_FLOOR)
+    }
+
+    /// Seals `builder` as the log's next object.
+    fn seal(
+        &self,
+        builder: ObjectBuilder,
+        producers: impl FnOnce() -> Vec<ProducerSnapshot>,
+    ) -> Sealed {
+        self.in_flight_bytes
+            .set(self.in_flight_bytes.get() + builder.data_bytes());
         let number = self.next_log.get();
         self.next_log.set(number + 1);
         let epoch = self.committed.borrow().manifest.epoch;
@@ -365,13 +421,13 @@ impl Tier {
             producers: producers(),
         };
         let (pieces, index) = builder.finish(stamp);
-        Some(Sealed {
+        Sealed {
             key: crate::layout::log_object(self.shard, number),
             number,
             pieces,
             index,
             sealed_at: Instant::now(),
-        })
+        }
     }
 
     /// The key of this epoch's next merged object: never used twice within an epoch, so that
@@ -432,13 +488,18 @@ impl Tier {
             let refused = match put.await {
                 Ok(_) => return PutEnd::Written,
                 Err(StoreError::PreconditionFailed(_)) => {
-                    log::is_own(&*self.store, self.shard, &sealed.key, self.writer).await
+                    log::holder(&*self.store, self.shard, &sealed.key, self.writer).await
                 }
                 Err(e) => Err(e.into()),
             };
             match refused {
-                Ok(true) => return PutEnd::Written,
-                Ok(false) => {
+                Ok(log::Holder::Own) => return PutEnd::Written,
+                // A conditional write there is still under way (this one's own earlier
+                // attempt, retried by the client, or another owner's fence): ask again.
+                Ok(log::Holder::Nobody) => {
+                    backoff.wait().await;
+                }
+                Ok(log::Holder::Other) => {
                     tracing::error!(key = %sealed.key, "object tier stops: another owner fenced this slot's log");
                     self.fenced.set(true);
                     self.settled.notify_all();

@@ -24,8 +24,9 @@ use ringtail_netio::header::BatchHeader;
 pub const OBJECT_MAGIC: [u8; 8] = *b"RTOBJ002";
 pub const TRAILER_LEN: usize = 12;
 pub const INDEX_FORMAT_VERSION: u32 = 2;
-/// Largest index accepted when reading an object (bounds a corrupt trailer's claim).
-pub const INDEX_BYTES_MAX: usize = 64 << 20;
+/// Largest index accepted when reading an object (bounds a corrupt trailer's claim). As large
+/// as a manifest may be: an upload's index carries the producer snapshot a manifest did.
+pub const INDEX_BYTES_MAX: usize = 256 << 20;
 
 /// One partition's bytes in an object.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

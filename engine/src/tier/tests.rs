@@ -625,3 +625,82 @@ fn a_failed_take_overs_fence_is_kept() {
     assert!(block_on(store.head(&stray_key)).is_ok());
     assert_eq!(next.committed_objects().len(), 1);
 }
+
+/// A take-over whose manifest has no room for everything the log holds folds what fits and
+/// keeps the rest committed and unfolded (the slot opens; it used to be refused for good);
+/// the next take-over reads on from the manifest's `log_next` and finds the rest.
+#[test]
+fn a_take_over_folds_what_the_manifest_has_room_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    let (old, _) = tier_with_objects(store.clone(), 2);
+    let per_object = {
+        let m = old.committed.borrow().manifest.clone();
+        let mut one_less = m.clone();
+        one_less.objects.pop();
+        m.encode().len() - one_less.encode().len()
+    };
+    for k in 2..6 {
+        written(&old, &queued(&old), seal_one(&old, k * 3));
+    }
+    assert_eq!(old.unfolded.borrow().len(), 4);
+    let limit = old.committed.borrow().manifest.encode().len() + per_object * 3 / 2 + 64;
+    let manifests = ManifestStore::with_bytes_max(store.clone(), 0, limit);
+    let taken = block_on(log::take_over(&manifests, &store, 2, 7, &|| true)).unwrap();
+    let folded = taken.committed.manifest.objects.len();
+    assert!((3..6).contains(&folded), "{folded} folded");
+    assert_eq!(folded + taken.unfolded.len(), 6);
+    assert_eq!(
+        taken.committed.manifest.log_next, taken.unfolded[0].number,
+        "the rest is read again from there"
+    );
+    let third = open_tier(store, 3);
+    assert_eq!(third.committed_objects().len(), 6);
+    assert_eq!(third.committed.borrow().manifest.objects.len(), 6);
+}
+
+/// While no upload can start, the pending object grows only to its bound: then it waits whole
+/// and the next begins, so that no upload is one unbounded PUT.
+#[test]
+fn pending_objects_are_bounded_while_uploads_are_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    let (tier, _) = tier_with_objects(store, 0);
+    let slots: Vec<_> = (0..UPLOADS_IN_FLIGHT_MAX).map(|_| queued(&tier)).collect();
+    let big = |base: i64| {
+        let values = [Some(Bytes::from(vec![7u8; 512 << 10]))];
+        let buf = testing::encode(values, 1000, Compression::None);
+        split_and_validate(buf, 1 << 20)
+            .unwrap()
+            .into_iter()
+            .next()
+            .unwrap()
+            .assign(base, 0)
+    };
+    let max = tier.object_bytes_max();
+    let batch_len = big(0).1.len() as u64;
+    let n = (max / batch_len) as i64 + 8;
+    for base in 0..n {
+        let (header, bytes) = big(base);
+        tier.add([9; 16], 0, header, bytes);
+    }
+    tier.request_seal();
+    assert!(tier.seal_if_due(Vec::new).is_none(), "no room");
+    assert_eq!(tier.full.borrow().len(), 1);
+    drop(slots);
+    tier.uploads.borrow_mut().clear();
+    let first = tier.seal_if_due(Vec::new).unwrap();
+    let size = |s: &Sealed| s.index.spans.iter().map(|s| s.byte_len).sum::<u64>();
+    assert!(size(&first) >= max && size(&first) < max + batch_len);
+    assert_eq!(first.index.spans[0].base_offset, 0);
+    let second = tier
+        .seal_if_due(Vec::new)
+        .expect("the rest, a seal was requested");
+    assert_eq!(
+        second.index.spans[0].base_offset,
+        first.index.spans[0].last_offset + 1
+    );
+    assert!(tier.seal_if_due(Vec::new).is_none());
+}
