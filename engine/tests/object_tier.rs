@@ -394,22 +394,32 @@ async fn retention_and_deletion_remove_objects() {
     }
 }
 
-/// durability=object: the acknowledgement comes only once the batch is in a committed object.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn durability_object_acks_after_the_object_commit() {
-    let data = tempfile::tempdir().unwrap();
-    let objects = tempfile::tempdir().unwrap();
-    let mut args = tier_args(&format!("file://{}", objects.path().display()));
-    // A long age: only the waiting producer makes the shard seal early.
+/// A broker on `data` and the bucket `objects` with the one-partition `durability=object` topic
+/// "safe" (and a long age bound: only a waiting producer makes the shard seal early), an
+/// acks=all producer (`linger.ms=0`), and the broker's arguments.
+async fn safe_topic(
+    data: &std::path::Path,
+    objects: &std::path::Path,
+) -> (TestBroker, FutureProducer, Vec<String>) {
+    let mut args = tier_args(&format!("file://{}", objects.display()));
     assert_eq!(args[8], "--object-age-max-ms");
     args[9] = "60000".into();
-    let b = start(data.path(), &args);
+    let b = start(data, &args);
     common::create_topic(&b.bootstrap(), "safe", 1, &[("durability", "object")]).await;
     let p: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", b.bootstrap())
         .set("acks", "all")
+        .set("linger.ms", "0")
         .create()
         .unwrap();
+    (b, p, args)
+}
+
+/// durability=object: the acknowledgement comes only once the batch is in a committed object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durability_object_acks_after_the_object_commit() {
+    let (data, objects) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (b, p, _) = safe_topic(data.path(), objects.path()).await;
     for i in 0..3i64 {
         let d = p
             .send(
@@ -454,19 +464,8 @@ async fn durability_object_acks_after_the_object_commit() {
 /// folds the log's tail and serves every acknowledged record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_records_in_the_logs_unfolded_tail_survive_losing_the_broker() {
-    let data = tempfile::tempdir().unwrap();
-    let objects = tempfile::tempdir().unwrap();
-    let mut args = tier_args(&format!("file://{}", objects.path().display()));
-    assert_eq!(args[8], "--object-age-max-ms");
-    args[9] = "60000".into();
-    let b = start(data.path(), &args);
-    common::create_topic(&b.bootstrap(), "safe", 1, &[("durability", "object")]).await;
-    let p: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", b.bootstrap())
-        .set("acks", "all")
-        .set("linger.ms", "0")
-        .create()
-        .unwrap();
+    let (data, objects) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (b, p, args) = safe_topic(data.path(), objects.path()).await;
     let mut acked: BTreeMap<(i32, i64), Vec<u8>> = BTreeMap::new();
     loop {
         let v = format!("record-{}", acked.len()).into_bytes();

@@ -8,7 +8,17 @@ use std::collections::HashMap;
 use std::future::Future as _;
 
 fn batch(base: i64, n: i64) -> (ringtail_netio::header::BatchHeader, Bytes) {
-    let values = (0..n).map(|i| Some(Bytes::from(format!("value-{base}-{i}"))));
+    batch_of(
+        base,
+        (0..n).map(|i| Some(Bytes::from(format!("value-{base}-{i}")))),
+    )
+}
+
+/// A batch of `values` at offset `base`.
+fn batch_of(
+    base: i64,
+    values: impl IntoIterator<Item = Option<Bytes>>,
+) -> (ringtail_netio::header::BatchHeader, Bytes) {
     let buf = testing::encode(values, 1000 + base, Compression::None);
     split_and_validate(buf, 1 << 20)
         .unwrap()
@@ -47,6 +57,13 @@ fn tier_with_objects(store: Arc<dyn ObjectStore>, objects: i64) -> (Tier, HashMa
         block_on(tier.upload(sealed)).unwrap();
     }
     (tier, written)
+}
+
+/// A local-directory store in a directory of its own (kept while the guard lives).
+fn local_store() -> (tempfile::TempDir, Arc<dyn ObjectStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    (dir, store)
 }
 
 fn open_tier(store: Arc<dyn ObjectStore>, node: i32) -> Tier {
@@ -89,9 +106,7 @@ fn queued(tier: &Tier) -> Rc<RefCell<PutState>> {
 
 #[test]
 fn a_merge_keeps_offsets_and_bytes_in_one_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    let (_dir, store) = local_store();
     let (tier, written) = tier_with_objects(store.clone(), 9);
     let before = tier.committed_objects();
     assert_eq!(before.len(), 9);
@@ -127,9 +142,7 @@ fn a_merge_keeps_offsets_and_bytes_in_one_commit() {
 /// fold lands.
 #[test]
 fn a_fold_refused_for_the_manifests_size_waits_for_room() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    let (_dir, store) = local_store();
     let (mut tier, _) = tier_with_objects(store.clone(), 2);
     let limit = tier.committed.borrow().manifest.encode().len() + 16;
     tier.manifests = ManifestStore::with_bytes_max(store.clone(), 0, limit);
@@ -165,9 +178,7 @@ fn a_fold_refused_for_the_manifests_size_waits_for_room() {
 /// one, and the new owner's manifest keeps every object.
 #[test]
 fn a_fenced_owner_never_commits_a_merge() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    let (_dir, store) = local_store();
     let (tier, _) = tier_with_objects(store.clone(), 9);
     let taken = block_on(ManifestStore::new(store.clone(), 0).take_over(&|| true)).unwrap();
     assert_eq!(taken.manifest.objects.len(), 9);
@@ -322,9 +333,7 @@ fn a_merge_the_store_refuses_is_given_up_and_reported() {
 /// not wait for up to 64 GETs and a 32 MiB PUT): nothing is uploaded or committed.
 #[test]
 fn a_merge_gives_way_to_a_flush() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    let (_dir, store) = local_store();
     let (tier, _) = tier_with_objects(store.clone(), 9);
     let keys_before = block_on(store.list("")).unwrap().len();
     let mut merge = Box::pin(tier.merge());
@@ -358,9 +367,7 @@ async fn futures_timer(d: Duration) {
 /// manifest commit. The next owner's take-over folds them, in order.
 #[test]
 fn uploads_commit_in_log_order_by_their_own_put() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    let (_dir, store) = local_store();
     let (tier, _) = tier_with_objects(store.clone(), 1);
     let heard = Rc::new(RefCell::new(Vec::new()));
     let h = heard.clone();
@@ -413,9 +420,7 @@ fn uploads_commit_in_log_order_by_their_own_put() {
 /// committed, is never folded, and is swept.
 #[test]
 fn a_take_over_fences_the_old_owners_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    let (_dir, store) = local_store();
     let (old, _) = tier_with_objects(store.clone(), 1);
     let (won, lost, late) = (seal_one(&old, 3), seal_one(&old, 6), seal_one(&old, 9));
     let (won_slot, lost_slot, late_slot) = (queued(&old), queued(&old), queued(&old));
@@ -462,9 +467,7 @@ fn a_take_over_fences_the_old_owners_log() {
 /// (L2), which is not a fence.
 #[test]
 fn a_retried_put_finds_its_own_object() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    let (_dir, store) = local_store();
     let (tier, _) = tier_with_objects(store.clone(), 0);
     let sealed = seal_one(&tier, 0);
     assert!(matches!(
@@ -496,9 +499,7 @@ fn a_retried_put_finds_its_own_object() {
 /// does not name yet.
 #[test]
 fn the_sweep_spares_the_unfolded_tail() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    let (_dir, store) = local_store();
     let (tier, _) = tier_with_objects(store.clone(), 1);
     let sealed = seal_one(&tier, 3);
     let key = sealed.key.clone();
@@ -511,9 +512,7 @@ fn the_sweep_spares_the_unfolded_tail() {
 /// At most [`UPLOADS_IN_FLIGHT_MAX`] objects are sealed and not committed.
 #[test]
 fn sealing_stops_at_the_uploads_in_flight_bound() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    let (_dir, store) = local_store();
     let (tier, _) = tier_with_objects(store, 0);
     for k in 0..=UPLOADS_IN_FLIGHT_MAX as i64 {
         let (header, bytes) = batch(k * 3, 3);
@@ -544,9 +543,7 @@ fn a_fold_takes_what_the_manifest_has_room_for() {
         len
     };
     let per_object = size(3) - size(2);
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    let (_dir, store) = local_store();
     let (mut tier, _) = tier_with_objects(store.clone(), 2);
     let limit = tier.committed.borrow().manifest.encode().len() + per_object + per_object / 2;
     tier.manifests = ManifestStore::with_bytes_max(store.clone(), 0, limit);
@@ -591,9 +588,7 @@ fn a_fold_takes_what_the_manifest_has_room_for() {
 /// still be retrying at that number.
 #[test]
 fn a_failed_take_overs_fence_is_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    let (_dir, store) = local_store();
     let (old, _) = tier_with_objects(store.clone(), 1);
     let stray = old.next_log.get();
     let calls = Cell::new(0);
@@ -631,9 +626,7 @@ fn a_failed_take_overs_fence_is_kept() {
 /// the next take-over reads on from the manifest's `log_next` and finds the rest.
 #[test]
 fn a_take_over_folds_what_the_manifest_has_room_for() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    let (_dir, store) = local_store();
     let (old, _) = tier_with_objects(store.clone(), 2);
     let per_object = {
         let m = old.committed.borrow().manifest.clone();
@@ -664,21 +657,10 @@ fn a_take_over_folds_what_the_manifest_has_room_for() {
 /// and the next begins, so that no upload is one unbounded PUT.
 #[test]
 fn pending_objects_are_bounded_while_uploads_are_full() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(ringtail_objstore::local::LocalDir::open(dir.path()).unwrap());
+    let (_dir, store) = local_store();
     let (tier, _) = tier_with_objects(store, 0);
     let slots: Vec<_> = (0..UPLOADS_IN_FLIGHT_MAX).map(|_| queued(&tier)).collect();
-    let big = |base: i64| {
-        let values = [Some(Bytes::from(vec![7u8; 512 << 10]))];
-        let buf = testing::encode(values, 1000, Compression::None);
-        split_and_validate(buf, 1 << 20)
-            .unwrap()
-            .into_iter()
-            .next()
-            .unwrap()
-            .assign(base, 0)
-    };
+    let big = |base: i64| batch_of(base, [Some(Bytes::from(vec![7u8; 512 << 10]))]);
     let max = tier.object_bytes_max();
     let batch_len = big(0).1.len() as u64;
     let n = (max / batch_len) as i64 + 8;
