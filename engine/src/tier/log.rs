@@ -123,7 +123,14 @@ pub struct LogRead {
     pub gap: u64,
 }
 
+/// How many numbers of the log [`read_log`] reads at once (a take-over after a crash under load
+/// reads up to [`super::UNFOLDED_MAX`] objects, two requests each).
+const READ_AHEAD: u64 = 8;
+
 /// Reads the log from number `from` on, passing over fences, up to the first missing number.
+/// Reads [`READ_AHEAD`] numbers at once and takes their answers in number order, so the result
+/// is what reading one after another would give: every number below the gap was found (a
+/// number past it may have been written since; the create-only fence at the gap decides).
 pub async fn read_log(
     store: &dyn ObjectStore,
     shard: u32,
@@ -131,33 +138,39 @@ pub async fn read_log(
 ) -> Result<LogRead, CommitError> {
     let mut read = LogRead::default();
     let mut n = from;
-    loop {
-        let key = crate::layout::log_object(shard, n);
-        match read_index_at(store, shard, &key).await? {
-            None => {
-                read.gap = n;
-                return Ok(read);
-            }
-            Some((index, _)) if index.is_fence() => {
-                if index.resume <= n {
-                    return Err(CommitError::Corrupt {
-                        shard,
-                        reason: format!("{key}: a fence that resumes at {}", index.resume),
-                    });
+    'window: loop {
+        let keys: Vec<String> = (n..n + READ_AHEAD)
+            .map(|k| crate::layout::log_object(shard, k))
+            .collect();
+        let answers =
+            futures::future::join_all(keys.iter().map(|key| read_index_at(store, shard, key)))
+                .await;
+        for ((k, key), answer) in (n..).zip(keys).zip(answers) {
+            match answer? {
+                None => {
+                    read.gap = k;
+                    return Ok(read);
                 }
-                read.fences.push(n);
-                n = index.resume;
-            }
-            Some((index, size)) => {
-                read.found.push(Found {
-                    number: n,
+                Some((index, _)) if index.is_fence() => {
+                    if index.resume <= k {
+                        return Err(CommitError::Corrupt {
+                            shard,
+                            reason: format!("{key}: a fence that resumes at {}", index.resume),
+                        });
+                    }
+                    read.fences.push(k);
+                    n = index.resume;
+                    continue 'window;
+                }
+                Some((index, size)) => read.found.push(Found {
+                    number: k,
                     key,
                     size,
                     index,
-                });
-                n += 1;
+                }),
             }
         }
+        n += READ_AHEAD;
     }
 }
 

@@ -56,8 +56,9 @@ impl Tier {
     /// A merge's reads and its PUT, without its commit ([`Tier::merge`]); None: nothing to
     /// merge, given up or gave way. Runs off the upload loop ([`Tier::start_merge`]).
     pub async fn prepare_merge(&self) -> Option<PreparedMerge> {
-        // While a fold is refused the manifest is full: the deletion pass makes room first.
-        if self.merge_yields().is_some() || self.fold_refused_until.get().is_some() {
+        // Also while a fold is refused for the manifest's size: a merge only shrinks it, and
+        // without retention it is what makes room.
+        if self.merge_yields().is_some() {
             return None;
         }
         let (run, epoch) = {
