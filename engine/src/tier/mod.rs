@@ -71,8 +71,8 @@ pub struct Tier {
     uploads: RefCell<std::collections::VecDeque<Rc<RefCell<PutState>>>>,
     /// Committed objects the manifest does not name yet, in log order (L4).
     unfolded: RefCell<std::collections::VecDeque<Unfolded>>,
-    /// The manifest had no room for a fold: none is tried again before then (nothing else is
-    /// merged meanwhile; deletion passes can make room).
+    /// The manifest had no room for a fold: none is tried again before then (deletion passes
+    /// and merges can make room meanwhile).
     fold_refused_until: Cell<Option<Instant>>,
     /// The log number of the next upload.
     next_log: Cell<u64>,

@@ -138,8 +138,7 @@ fn a_merge_keeps_offsets_and_bytes_in_one_commit() {
 }
 
 /// A fold refused for the manifest's size loses nothing and blocks nothing: the object stays
-/// committed (acknowledged, in the log), merges wait, and once a deletion pass makes room the
-/// fold lands.
+/// committed (acknowledged, in the log), and once a deletion pass makes room the fold lands.
 #[test]
 fn a_fold_refused_for_the_manifests_size_waits_for_room() {
     let (_dir, store) = local_store();
