@@ -174,8 +174,11 @@ impl Broker {
                 .call(route.shard, move |tx| op(slot, items, tx));
             async move {
                 call.await.unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "owner shard did not answer");
-                    errors(ResponseError::UnknownServerError.code())
+                    // The owner shard stopped (a shutdown under way, or a crash): the slot is
+                    // not served here any more. A retriable answer: the client refreshes its
+                    // metadata and retries (UNKNOWN_SERVER_ERROR failed produces for good).
+                    tracing::warn!(error = %e, "owner shard did not answer: NOT_LEADER_OR_FOLLOWER");
+                    errors(ResponseError::NotLeaderOrFollower.code())
                 })
             }
             .boxed_local()
