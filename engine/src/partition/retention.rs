@@ -328,34 +328,26 @@ async fn run_uploads(weak: Weak<ShardState>, tick: Duration, retention_check: Du
                 .map(|s| s.producer_snapshot())
                 .unwrap_or_default()
         };
-        match tier.busy_while(tier.fold(false, producers_now)).await {
-            // Refused for size: retried after the deletion passes meanwhile.
-            Ok(_) | Err(crate::tier::manifest::CommitError::TooLarge { .. }) => {}
-            Err(_) => {
-                if let Some(state) = weak.upgrade() {
-                    state.fenced();
-                }
-                return;
-            }
-        }
+        // A fold refused for size is retried after the deletion passes meanwhile. Its other
+        // errors, and a merge commit's, mean the tier was fenced: checked once, below.
+        let _ = tier.busy_while(tier.fold(false, producers_now)).await;
         // Then merge: on a tick with nothing to upload, at most one merge per interval; when
         // merging is behind, after every upload too (steady durability=object traffic asks for
         // an upload on every produce, so it never leaves such a tick). One at a time.
         let nothing_sealed = !tier.has_uploads();
         // A merge is read and written off this loop; only its commit is here.
-        match tier.busy_while(tier.finish_merge()).await {
-            Ok(Some(m)) => {
+        if !tier.is_fenced() {
+            if let Ok(Some(m)) = tier.busy_while(tier.finish_merge()).await {
                 if let Some(state) = weak.upgrade() {
                     state.on_merged(m);
                 }
             }
-            Ok(None) => {}
-            Err(_) => {
-                if let Some(state) = weak.upgrade() {
-                    state.fenced();
-                }
-                return;
+        }
+        if tier.is_fenced() {
+            if let Some(state) = weak.upgrade() {
+                state.fenced();
             }
+            return;
         }
         let due = if tier.merge_behind() {
             last_merge.elapsed() >= crate::tier::merge::MERGE_BACKLOG_INTERVAL

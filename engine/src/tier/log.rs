@@ -58,12 +58,7 @@ pub struct Found {
 impl Found {
     /// What the manifest names it by.
     pub fn object_ref(&self) -> ObjectRef {
-        ObjectRef {
-            key: self.key.clone(),
-            size: self.size,
-            spans: self.index.spans.clone(),
-            node: self.index.node,
-        }
+        ObjectRef::of(self.key.clone(), self.size, &self.index)
     }
 }
 

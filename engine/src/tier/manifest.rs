@@ -14,7 +14,7 @@ use bytes::Bytes;
 use ringtail_objstore::{Condition, ObjectStore, StoreError};
 
 pub use crate::tier::object_format::ProducerSnapshot;
-use crate::tier::object_format::Span;
+use crate::tier::object_format::{ObjectIndex, Span};
 
 /// 2: adds `log_starts`. 3: adds `producers`. 4: adds each object's writer `node`. 5: adds
 /// `log_next` (uploads are committed by their own PUT into the slot's log of objects; format 4
@@ -31,6 +31,19 @@ pub struct ObjectRef {
     /// The node id of the broker that uploaded it: a broker replaying its WAL into a slot tells
     /// its own uploads from another owner's writes at the same offsets.
     pub node: i32,
+}
+
+impl ObjectRef {
+    /// How the manifest names the object at `key`, of `size` bytes, with `index`: its spans
+    /// and the node that wrote it.
+    pub fn of(key: String, size: u64, index: &ObjectIndex) -> ObjectRef {
+        ObjectRef {
+            key,
+            size,
+            spans: index.spans.clone(),
+            node: index.node,
+        }
+    }
 }
 
 /// A partition's log start offset once data below it was deleted (retention, DeleteRecords).

@@ -67,7 +67,6 @@ impl Tier {
             (c.manifest.objects[r].to_vec(), c.manifest.epoch)
         };
         let layout = merge::layout(&run);
-        let run_node = run[0].node;
         // The run's live bytes, [`merge::MERGE_GETS_IN_FLIGHT`] GETs at a time, in run order
         // (one GET after another made a merge of 64 small objects on S3 hold the uploader, and
         // the producers waiting for it, for 64 round trips).
@@ -124,7 +123,8 @@ impl Tier {
             first_wal_seq: 0,
             last_wal_seq: 0,
             spans: layout.spans.clone(),
-            node: run_node,
+            // The run's writer: the WAL-replay rule "own object or another node's" holds.
+            node: run[0].node,
             writer: 0,
             producers: Vec::new(),
             resume: 0,
@@ -148,12 +148,7 @@ impl Tier {
         }
         Some(PreparedMerge {
             run,
-            merged: ObjectRef {
-                key,
-                size,
-                spans: layout.spans,
-                node: run_node,
-            },
+            merged: ObjectRef::of(key, size, &index),
             started: t,
         })
     }

@@ -469,12 +469,7 @@ impl Tier {
     async fn put_sealed(&self, sealed: &Sealed) -> PutEnd {
         let _uploading = ringtail_shards::stats::Held::enter(&self.stats.uploads_in_flight);
         let mut backoff = store_backoff();
-        let total: usize = sealed.pieces.iter().map(|p| p.len()).sum();
-        let mut whole = BytesMut::with_capacity(total);
-        for p in &sealed.pieces {
-            whole.extend_from_slice(p);
-        }
-        let whole = whole.freeze();
+        let whole = joined(&sealed.pieces);
         loop {
             if self.fenced.get() {
                 return PutEnd::Fenced;
@@ -492,30 +487,26 @@ impl Tier {
                 }
                 Err(e) => Err(e.into()),
             };
-            match refused {
+            let why = match refused {
                 Ok(log::Holder::Own) => return PutEnd::Written,
                 // A conditional write there is still under way (this one's own earlier
                 // attempt, retried by the client, or another owner's fence): ask again.
                 Ok(log::Holder::Nobody) => {
                     backoff.wait().await;
-                }
-                Ok(log::Holder::Other) => {
-                    tracing::error!(key = %sealed.key, "object tier stops: another owner fenced this slot's log");
-                    self.fenced.set(true);
-                    self.settled.notify_all();
-                    return PutEnd::Fenced;
+                    continue;
                 }
                 Err(CommitError::Store(e)) => {
                     self.store_failed(&format!("upload {}", sealed.key), &e, backoff.delay());
                     backoff.wait().await;
+                    continue;
                 }
-                Err(e) => {
-                    tracing::error!(key = %sealed.key, error = %e, "object tier stops: the object at this upload's number is damaged");
-                    self.fenced.set(true);
-                    self.settled.notify_all();
-                    return PutEnd::Fenced;
-                }
-            }
+                Ok(log::Holder::Other) => "another owner fenced this slot's log".to_string(),
+                Err(e) => format!("the object at this upload's number is damaged: {e}"),
+            };
+            tracing::error!(key = %sealed.key, "object tier stops: {why}");
+            self.fenced.set(true);
+            self.settled.notify_all();
+            return PutEnd::Fenced;
         }
     }
 
@@ -535,12 +526,8 @@ impl Tier {
                 let PutState::Written(sealed) = head.replace(PutState::GaveUp) else {
                     unreachable!()
                 };
-                let object = ObjectRef {
-                    key: sealed.key.clone(),
-                    size: sealed.pieces.iter().map(|p| p.len() as u64).sum(),
-                    spans: sealed.index.spans.clone(),
-                    node: self.node,
-                };
+                let size = sealed.pieces.iter().map(|p| p.len() as u64).sum();
+                let object = ObjectRef::of(sealed.key.clone(), size, &sealed.index);
                 let data_bytes: u64 = object.spans.iter().map(|s| s.byte_len).sum();
                 self.stats.object_size.observe(object.size as f64);
                 self.stats
@@ -759,6 +746,15 @@ pub fn store_backoff() -> ringtail_shards::Backoff {
     ringtail_shards::Backoff::new(RETRY_DELAY_MIN, RETRY_DELAY_MAX)
 }
 
+/// An object's pieces as one buffer (a PUT's body).
+fn joined(pieces: &[Bytes]) -> Bytes {
+    let mut whole = BytesMut::with_capacity(pieces.iter().map(|p| p.len()).sum());
+    for p in pieces {
+        whole.extend_from_slice(p);
+    }
+    whole.freeze()
+}
+
 /// One PUT for a small object; multipart (8 MiB parts) for a large one, aborted on failure
 /// (merged objects; uploads are one create-only PUT, whatever their size).
 fn put_object(
@@ -767,12 +763,8 @@ fn put_object(
     pieces: Vec<Bytes>,
 ) -> futures::future::BoxFuture<'static, Result<(), StoreError>> {
     Box::pin(async move {
-        let total: usize = pieces.iter().map(|p| p.len()).sum();
-        let mut whole = BytesMut::with_capacity(total);
-        for p in &pieces {
-            whole.extend_from_slice(p);
-        }
-        let whole = whole.freeze();
+        let whole = joined(&pieces);
+        let total = whole.len();
         if total <= PART_BYTES {
             return store.put(&key, whole, Condition::None).await.map(|_| ());
         }
