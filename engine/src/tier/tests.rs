@@ -137,21 +137,28 @@ fn a_merge_keeps_offsets_and_bytes_in_one_commit() {
     );
 }
 
-/// A fold refused for the manifest's size loses nothing and blocks nothing: the object stays
-/// committed (acknowledged, in the log), and once a deletion pass makes room the fold lands.
-#[test]
-fn a_fold_refused_for_the_manifests_size_waits_for_room() {
-    let (_dir, store) = local_store();
-    let (mut tier, _) = tier_with_objects(store.clone(), 2);
+/// A tier of `objects` committed objects whose manifest then has no room for one more: the next
+/// upload commits, its fold is refused. Returns the tier and that upload's key.
+fn tier_whose_fold_is_refused(store: Arc<dyn ObjectStore>, objects: i64) -> (Tier, String) {
+    let (mut tier, _) = tier_with_objects(store.clone(), objects);
     let limit = tier.committed.borrow().manifest.encode().len() + 16;
-    tier.manifests = ManifestStore::with_bytes_max(store.clone(), 0, limit);
-    let sealed = seal_one(&tier, 6);
+    tier.manifests = ManifestStore::with_bytes_max(store, 0, limit);
+    let sealed = seal_one(&tier, objects * 3);
     let key = sealed.key.clone();
     let refused = block_on(tier.upload(sealed));
     assert!(
         matches!(refused, Err(CommitError::TooLarge { .. })),
         "{refused:?}"
     );
+    (tier, key)
+}
+
+/// A fold refused for the manifest's size loses nothing and blocks nothing: the object stays
+/// committed (acknowledged, in the log), and once a deletion pass makes room the fold lands.
+#[test]
+fn a_fold_refused_for_the_manifests_size_waits_for_room() {
+    let (_dir, store) = local_store();
+    let (tier, key) = tier_whose_fold_is_refused(store.clone(), 2);
     assert!(!tier.is_fenced());
     assert!(tier.is_idle(), "committed: a shutdown flush need not wait");
     assert_eq!(tier.committed_objects().last().unwrap().key, key);
@@ -691,15 +698,7 @@ fn pending_objects_are_bounded_while_uploads_are_full() {
 #[test]
 fn a_merge_makes_room_for_a_refused_fold() {
     let (_dir, store) = local_store();
-    let (mut tier, _) = tier_with_objects(store.clone(), 9);
-    let limit = tier.committed.borrow().manifest.encode().len() + 16;
-    tier.manifests = ManifestStore::with_bytes_max(store.clone(), 0, limit);
-    let sealed = seal_one(&tier, 27);
-    let refused = block_on(tier.upload(sealed));
-    assert!(
-        matches!(refused, Err(CommitError::TooLarge { .. })),
-        "{refused:?}"
-    );
+    let (tier, _) = tier_whose_fold_is_refused(store, 9);
     let merged = block_on(tier.merge())
         .unwrap()
         .expect("9 small objects merge");
