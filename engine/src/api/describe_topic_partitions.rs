@@ -18,7 +18,6 @@ use uuid::Uuid;
 use super::admin::text;
 use crate::catalog::{is_internal_topic, validate_name, TopicMeta};
 use crate::cluster::membership::View;
-use crate::partition::items::LEADER_EPOCH;
 use crate::shard::Broker;
 
 /// Most partitions one answer describes, whatever the request asks: Kafka's
@@ -139,14 +138,14 @@ fn topic_entry(
 ) -> DescribeTopicPartitionsResponseTopic {
     let partitions = partitions
         .map(|i| {
-            let (error, node) = super::metadata::leader(broker, view, t, i);
+            let leader = super::metadata::leader(broker, view, t, i);
             DescribeTopicPartitionsResponsePartition::default()
-                .with_error_code(error)
+                .with_error_code(leader.error)
                 .with_partition_index(i)
-                .with_leader_id(node)
-                .with_leader_epoch(LEADER_EPOCH)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+                .with_leader_id(leader.node)
+                .with_leader_epoch(leader.epoch)
+                .with_replica_nodes(vec![leader.node])
+                .with_isr_nodes(vec![leader.node])
                 .with_eligible_leader_replicas(Some(Vec::new()))
                 .with_last_known_elr(Some(Vec::new()))
         })

@@ -41,6 +41,12 @@ error_codes!(ListOffsetsResponse, |r, f| {
         .flat_map(|t| &t.partitions)
         .for_each(|p| f(p.error_code))
 });
+error_codes!(OffsetForLeaderEpochResponse, |r, f| {
+    r.topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .for_each(|p| f(p.error_code))
+});
 error_codes!(CreateTopicsResponse, |r, f| {
     r.topics.iter().for_each(|t| f(t.error_code))
 });

@@ -97,7 +97,7 @@ pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> 
                 return Err(ResponseError::UnknownTopicId.code());
             }
             let to = super::resolve::resolve(broker, meta, r.partition)?;
-            super::resolve::check_leader_epoch(want.leader_epoch)?;
+            super::resolve::check_leader_epoch(want.leader_epoch, broker.leader_epoch(to.route))?;
             Ok(Target {
                 route: to.route,
                 key: to.key,

@@ -6,7 +6,7 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 
-use crate::partition::items::{ListItem, LEADER_EPOCH};
+use crate::partition::items::ListItem;
 use crate::shard::{Broker, ShardOp};
 
 pub async fn handle(
@@ -32,7 +32,10 @@ pub async fn handle(
                 Err(ResponseError::InvalidRequest.code())
             } else {
                 super::resolve::resolve(broker, meta, p.partition_index).and_then(|to| {
-                    super::resolve::check_leader_epoch(p.current_leader_epoch)?;
+                    super::resolve::check_leader_epoch(
+                        p.current_leader_epoch,
+                        broker.leader_epoch(to.route),
+                    )?;
                     tracing::debug!(topic = %to.topic.name, partition = p.partition_index, timestamp = p.timestamp, "list offsets");
                     let timestamp = p.timestamp;
                     items.push((to.route, ListItem { key: to.key, timestamp }));
@@ -62,7 +65,7 @@ pub async fn handle(
                         .with_timestamp(o.timestamp)
                         // leader_epoch exists from v4 on; the codec refuses it set below that.
                         .with_leader_epoch(if o.error == 0 && version >= 4 {
-                            LEADER_EPOCH
+                            o.leader_epoch
                         } else {
                             -1
                         })

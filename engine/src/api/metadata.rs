@@ -19,7 +19,6 @@ use uuid::Uuid;
 
 use crate::catalog::{validate_name, CatalogError, TopicMeta};
 use crate::cluster::membership::View;
-use crate::partition::items::LEADER_EPOCH;
 use crate::shard::Broker;
 
 pub async fn metadata(
@@ -153,36 +152,43 @@ async fn by_name(broker: &Broker, name: &str, allow_auto: bool) -> MetadataRespo
     }
 }
 
-/// A partition's leader (the target owner of its slot) and the partition's error code:
-/// LEADER_NOT_AVAILABLE while no live broker owns the slot. Metadata and
-/// DescribeTopicPartitions report the same.
-pub(super) fn leader(
-    broker: &Broker,
-    view: &View,
-    t: &TopicMeta,
-    partition: i32,
-) -> (i16, BrokerId) {
-    let owner = view.owner(broker.owner(t, partition).slot);
+/// A partition's leader as Metadata and DescribeTopicPartitions report it.
+pub(super) struct Leader {
+    /// LEADER_NOT_AVAILABLE while no live broker owns the slot.
+    pub error: i16,
+    /// The target owner of its slot.
+    pub node: BrokerId,
+    /// Its slot's ownership epoch as known here (never lower than one reported before).
+    pub epoch: i32,
+}
+
+pub(super) fn leader(broker: &Broker, view: &View, t: &TopicMeta, partition: i32) -> Leader {
+    let route = broker.owner(t, partition);
+    let owner = view.owner(route.slot);
     let error = if owner < 0 {
         ResponseError::LeaderNotAvailable.code()
     } else {
         0
     };
-    (error, BrokerId(owner))
+    Leader {
+        error,
+        node: BrokerId(owner),
+        epoch: broker.leader_epoch(route),
+    }
 }
 
 fn topic_entry(broker: &Broker, t: &Arc<TopicMeta>) -> MetadataResponseTopic {
     let view = broker.view();
     let partitions = (0..t.partitions)
         .map(|i| {
-            let (error, node) = leader(broker, &view, t, i);
+            let leader = leader(broker, &view, t, i);
             MetadataResponsePartition::default()
-                .with_error_code(error)
+                .with_error_code(leader.error)
                 .with_partition_index(i)
-                .with_leader_id(node)
-                .with_leader_epoch(LEADER_EPOCH)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+                .with_leader_id(leader.node)
+                .with_leader_epoch(leader.epoch)
+                .with_replica_nodes(vec![leader.node])
+                .with_isr_nodes(vec![leader.node])
         })
         .collect();
     MetadataResponseTopic::default()

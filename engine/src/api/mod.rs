@@ -14,6 +14,7 @@ mod init_producer_id;
 mod list_offsets;
 mod log_dirs;
 mod metadata;
+mod offset_for_leader_epoch;
 mod produce;
 mod replicas;
 mod resolve;
@@ -61,6 +62,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AlterPartitionReassignments, 0, 1),
     (ApiKey::ListPartitionReassignments, 0, 0),
     (ApiKey::DescribeTopicPartitions, 0, 0),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
 ];
 
 pub fn supported(api_key: ApiKey, version: i16) -> bool {
@@ -164,6 +166,7 @@ pub fn pipelined(api: ApiKey) -> bool {
             | ApiKey::Fetch
             | ApiKey::Metadata
             | ApiKey::ListOffsets
+            | ApiKey::OffsetForLeaderEpoch
             | ApiKey::ApiVersions
             | ApiKey::DescribeCluster
             | ApiKey::DescribeTopicPartitions
@@ -224,6 +227,11 @@ pub async fn handle(broker: &Rc<Broker>, header: &Header, body: Body) -> Reply {
             broker,
             header,
             &list_offsets::handle(broker, header.api_version, r).await,
+        ),
+        RequestKind::OffsetForLeaderEpoch(r) => respond(
+            broker,
+            header,
+            &offset_for_leader_epoch::handle(broker, r).await,
         ),
         RequestKind::CreateTopics(r) => respond(
             broker,

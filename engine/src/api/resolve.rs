@@ -7,7 +7,7 @@ use std::sync::Arc;
 use kafka_protocol::ResponseError;
 
 use crate::catalog::TopicMeta;
-use crate::partition::items::{ErrorOutcome, PartitionKey, LEADER_EPOCH};
+use crate::partition::items::{ErrorOutcome, PartitionKey};
 use crate::shard::{Broker, Route};
 
 /// A partition a request names, found: its topic, where it lives, its key.
@@ -51,13 +51,16 @@ pub fn resolve_for_write<'a>(
     Ok(resolved)
 }
 
-/// A request's `current_leader_epoch` for a partition: one newer than this broker knows is
-/// UNKNOWN_LEADER_EPOCH (-1, "no check", and older ones pass).
-pub fn check_leader_epoch(current: i32) -> Result<(), i16> {
-    if current > LEADER_EPOCH {
-        Err(ResponseError::UnknownLeaderEpoch.code())
-    } else {
-        Ok(())
+/// A request's `current_leader_epoch` for a partition against the epoch this broker knows for
+/// it (KIP-320): an older one is FENCED_LEADER_EPOCH (the client's metadata is stale), a newer
+/// one UNKNOWN_LEADER_EPOCH (this broker's is); -1 asks for no check. Both are retriable: the
+/// client refreshes its metadata.
+pub fn check_leader_epoch(current: i32, known: i32) -> Result<(), i16> {
+    match current {
+        -1 => Ok(()),
+        c if c < known => Err(ResponseError::FencedLeaderEpoch.code()),
+        c if c > known => Err(ResponseError::UnknownLeaderEpoch.code()),
+        _ => Ok(()),
     }
 }
 

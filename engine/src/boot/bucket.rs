@@ -26,6 +26,7 @@ pub fn take_node_lease(
         renewals: 0,
         open: Vec::new(),
         draining: false,
+        epochs: Default::default(),
     };
     let lease =
         futures::executor::block_on(crate::cluster::lease::acquire(store, record, config.lease))?;

@@ -46,6 +46,10 @@ pub struct LeaseRecord {
     /// Handing everything over before it stops.
     #[serde(default)]
     pub draining: bool,
+    /// The ownership epoch of each slot open here: its partitions' leader epoch, which every
+    /// broker's Metadata names.
+    #[serde(default)]
+    pub epochs: std::collections::BTreeMap<u32, u64>,
 }
 
 /// A lease someone else holds, as watched from here.
@@ -425,6 +429,7 @@ mod tests {
             renewals: 0,
             open: Vec::new(),
             draining: false,
+            epochs: Default::default(),
         }
     }
 

@@ -98,11 +98,15 @@ pub struct Membership {
     rounds: AtomicU64,
     /// Lease lapses seen (each closes every slot).
     lapses: AtomicU64,
+    /// Every slot's ownership epoch as known here.
+    pub epochs: crate::cluster::epochs::SlotEpochs,
 }
 
 impl Membership {
     pub fn new(view: View) -> Membership {
+        let slots = view.owners.len();
         Membership {
+            epochs: crate::cluster::epochs::SlotEpochs::new(slots),
             view: ArcSwap::from_pointee(view),
             slots: Mutex::default(),
             changed: Condvar::new(),
@@ -263,6 +267,12 @@ impl Membership {
             .changed
             .wait_timeout_while(s, left, |s| s.changes == seen)
             .unwrap();
+    }
+
+    /// The epochs of the slots open here (the lease lists them).
+    pub fn open_epochs(&self) -> std::collections::BTreeMap<u32, u64> {
+        let open = self.slots.lock().unwrap().open.clone();
+        open.into_iter().map(|s| (s, self.epochs.get(s))).collect()
     }
 
     pub fn open_slots(&self) -> BTreeSet<u32> {
@@ -478,10 +488,14 @@ impl Runner {
     /// tick and work add to it: a third would do on an idle machine).
     fn announce(&mut self, draining: bool) -> Result<(), LeaseError> {
         let open: Vec<u32> = self.membership.announced().into_iter().collect();
-        let changed = open != self.lease.record.open || draining != self.lease.record.draining;
+        let epochs = self.membership.open_epochs();
+        let changed = open != self.lease.record.open
+            || draining != self.lease.record.draining
+            || epochs != self.lease.record.epochs;
         if changed || self.last_renewal.elapsed() >= self.lease.duration / 4 {
             self.lease.record.open = open;
             self.lease.record.draining = draining;
+            self.lease.record.epochs = epochs;
             futures::executor::block_on(self.lease.renew(self.store.as_ref()))?;
             // The lease lapsed before this write was answered: others may have judged it
             // expired. Every slot closes before the renewal makes acknowledgements valid again.
@@ -498,6 +512,9 @@ impl Runner {
     /// The other live brokers; `list`: list the leases now (see [`PeerWatch::poll`]).
     fn peers(&mut self, list: bool) -> Result<Vec<Peer>, LeaseError> {
         let records = futures::executor::block_on(self.watch.poll(self.store.as_ref(), list))?;
+        for r in &records {
+            self.membership.epochs.raise_all(&r.epochs);
+        }
         Ok(records
             .into_iter()
             .map(|r| Peer {

@@ -1,5 +1,5 @@
 //! The partition vocabulary every layer speaks: a partition's key, and the work items and
-//! outcomes of produce, fetch, list-offsets and delete-records, whichever shard runs them.
+//! outcomes of produce, fetch, list-offsets, offset-for-leader-epoch and delete-records, whichever shard runs them.
 
 use std::sync::Arc;
 
@@ -8,9 +8,6 @@ use ringtail_netio::batch::ValidBatch;
 use uuid::Uuid;
 
 use crate::catalog::TopicMeta;
-
-/// The leader epoch of every partition until fencing (failover) exists.
-pub const LEADER_EPOCH: i32 = 0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PartitionKey {
@@ -61,6 +58,21 @@ pub struct ListOutcome {
     pub error: i16,
     pub offset: i64,
     pub timestamp: i64,
+    /// The leader epoch of the batch holding `offset` (the newest one for the log end).
+    pub leader_epoch: i32,
+}
+
+/// OffsetForLeaderEpoch for one partition: where `epoch` ends.
+pub struct EpochItem {
+    pub key: PartitionKey,
+    pub epoch: i32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct EpochOutcome {
+    pub error: i16,
+    pub leader_epoch: i32,
+    pub end_offset: i64,
 }
 
 pub struct DeleteItem {
@@ -106,6 +118,17 @@ impl ErrorOutcome for ListOutcome {
             error: code,
             offset: -1,
             timestamp: -1,
+            leader_epoch: -1,
+        }
+    }
+}
+
+impl ErrorOutcome for EpochOutcome {
+    fn error(code: i16) -> Self {
+        EpochOutcome {
+            error: code,
+            leader_epoch: -1,
+            end_offset: -1,
         }
     }
 }

@@ -2,8 +2,10 @@
 //! state (`store`: open, reads, hand-over) and its write path (`produce`); the pure planners of
 //! reads (`reads`), rebuilding from the WAL (`recovery`), retention and the upload loop
 //! (`retention`); the in-memory index of a partition's batches (`log`), idempotent producer
-//! state (`producers`) and incremental fetch sessions (`fetch_sessions`).
+//! state (`producers`), leader epochs (`epochs`) and incremental fetch sessions
+//! (`fetch_sessions`).
 
+pub mod epochs;
 pub mod fetch_sessions;
 pub mod items;
 pub mod log;

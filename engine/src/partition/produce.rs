@@ -15,9 +15,7 @@ use ringtail_wal::WalError;
 
 use crate::catalog::TopicMeta;
 use crate::metrics::Durability;
-use crate::partition::items::{
-    ErrorOutcome, PartitionKey, ProduceItem, ProduceOutcome, LEADER_EPOCH,
-};
+use crate::partition::items::{ErrorOutcome, PartitionKey, ProduceItem, ProduceOutcome};
 use crate::partition::log::PartitionLog;
 use crate::partition::producers::Check;
 use crate::partition::state::{wake, Partition};
@@ -83,6 +81,7 @@ impl ShardState {
             ));
         }
         let now = now_ms();
+        let leader_epoch = self.leader_epoch();
         let log_append_time = item.topic.config.log_append_time;
         let mut base_offset = None;
         // The last offset the answer waits for (a duplicate's original may still be in flight).
@@ -113,13 +112,13 @@ impl ShardState {
             if log_append_time {
                 batch.set_log_append_time(now);
             }
-            let (header, bytes) = batch.assign(p.next_offset, LEADER_EPOCH);
+            let (header, bytes) = batch.assign(p.next_offset, leader_epoch);
             let meta = EntryMeta {
                 stream_id: *item.key.topic_id.as_bytes(),
                 stream_index: item.key.partition,
                 base_offset: header.base_offset,
                 record_count: header.record_count,
-                leader_epoch: LEADER_EPOCH,
+                leader_epoch,
             };
             match wal.append(
                 meta,
@@ -138,6 +137,7 @@ impl ShardState {
                     base_offset.get_or_insert(header.base_offset);
                     last_offset = header.last_offset();
                     p.producers.start((&header).into());
+                    p.epochs.note(leader_epoch, header.base_offset);
                     tickets.push((ticket, header.producer_id, header.base_offset));
                 }
                 // Batches already queued for this partition still land; the producer sees an

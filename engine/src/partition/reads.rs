@@ -39,11 +39,13 @@ pub(super) fn plan_list(p: &Partition, timestamp: i64) -> ListPlan {
             error: 0,
             offset: p.log_end(),
             timestamp: -1,
+            leader_epoch: -1,
         }),
         -2 | -4 => ListPlan::Ready(ListOutcome {
             error: 0,
             offset: p.log_start(),
             timestamp: -1,
+            leader_epoch: -1,
         }),
         -3 => {
             // The span holding the largest timestamp, if it beats the in-memory log's.
@@ -119,6 +121,7 @@ pub(super) async fn cold_list_offset(
         error: 0,
         offset: -1,
         timestamp: -1,
+        leader_epoch: -1,
     }
 }
 
@@ -269,6 +272,7 @@ pub(super) fn list_offset(log: &dyn PartitionLog, timestamp: i64) -> ListOutcome
         error: 0,
         offset,
         timestamp,
+        leader_epoch: -1,
     };
     match timestamp {
         -1 => ok(log.log_end_offset(), -1),
@@ -297,6 +301,7 @@ pub(super) fn first_record_at_or_after(batch: &Bytes, target: i64, want_max: boo
             error: 0,
             offset: header.base_offset,
             timestamp: header.max_timestamp,
+            leader_epoch: -1,
         };
     }
     let target = if want_max {
@@ -312,6 +317,7 @@ pub(super) fn first_record_at_or_after(batch: &Bytes, target: i64, want_max: boo
                 error: 0,
                 offset: header.base_offset + r.offset_delta as i64,
                 timestamp,
+                leader_epoch: -1,
             });
             return ControlFlow::Break(());
         }
@@ -322,6 +328,7 @@ pub(super) fn first_record_at_or_after(batch: &Bytes, target: i64, want_max: boo
             error: 0,
             offset: header.base_offset,
             timestamp: header.max_timestamp,
+            leader_epoch: -1,
         }),
         Err(e) => {
             tracing::error!(error = %e, base_offset = header.base_offset, "stored batch does not decode");

@@ -19,8 +19,8 @@ use crate::partition::state::Partition;
 
 impl ShardState {
     /// Partitions learn which committed objects hold their older batches, where their logs
-    /// start when older data was deleted, and their idempotent producers as of the last commit
-    /// (the WAL replay adds what followed).
+    /// start when older data was deleted, their leader epochs and their idempotent producers as
+    /// of the last commit (the WAL replay adds what followed).
     pub(super) fn load_committed(&self, tier: &Tier, snapshot: &Snapshot) -> Result<(), String> {
         let mut parts = self.partitions.borrow_mut();
         let parts = &mut *parts;
@@ -38,6 +38,11 @@ impl ShardState {
                     p.uploaded_end = p.uploaded_end.max(span.last_offset + 1);
                     p.cold.insert(span.base_offset, (key.clone(), span));
                 }
+            }
+        }
+        for e in tier.committed_epochs() {
+            if let Some(p) = named_partition(parts, snapshot, e.topic_id, e.partition)? {
+                p.epochs.note(e.epoch, e.offset);
             }
         }
         for s in tier.committed_producers() {
@@ -159,6 +164,8 @@ impl ShardState {
                         }
                         p.log.append(header, payload.clone());
                         p.producers.record((&header).into());
+                        p.epochs
+                            .note(header.partition_leader_epoch, header.base_offset);
                         if let Some(tier) = &self.tier {
                             tier.add(
                                 *key.topic_id.as_bytes(),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures::channel::oneshot;
 
 use crate::catalog::TopicMeta;
+use crate::partition::epochs::EpochStarts;
 use crate::partition::log::{MemLog, PartitionLog};
 use crate::partition::producers::Producers;
 use crate::tier::object_format::Span;
@@ -39,6 +40,8 @@ pub(super) struct Partition {
     pub(super) producers: Producers,
     /// The highest log start reported (see [`Partition::log_start`]).
     pub(super) log_start_floor: Cell<i64>,
+    /// Where each leader epoch's batches start.
+    pub(super) epochs: EpochStarts,
 }
 
 impl Partition {
@@ -66,6 +69,7 @@ impl Partition {
         self.deleted_below = self.deleted_below.max(offset);
         self.log.evict_below(self.deleted_below);
         self.producers.trim(self.deleted_below);
+        self.epochs.trim_below(self.deleted_below);
         let below = self.deleted_below;
         for (_, tx) in self.delete_waiters.extract_if(.., |(o, _)| *o <= below) {
             let _ = tx.send(());
@@ -103,6 +107,7 @@ impl Partition {
             log_start_floor: Cell::new(0),
             delete_waiters: Vec::new(),
             producers: Producers::default(),
+            epochs: EpochStarts::default(),
         }
     }
 }

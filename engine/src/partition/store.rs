@@ -20,8 +20,10 @@ use uuid::Uuid;
 
 use crate::catalog::{Catalog, TopicMeta};
 use crate::metrics::ShardStats;
+use crate::partition::epochs::EpochStarts;
 use crate::partition::items::{
-    ErrorOutcome, FetchItem, FetchOutcome, ListItem, ListOutcome, PartitionKey,
+    EpochItem, EpochOutcome, ErrorOutcome, FetchItem, FetchOutcome, ListItem, ListOutcome,
+    PartitionKey,
 };
 use crate::partition::log::{MemLog, PartitionLog};
 use crate::partition::reads::{
@@ -480,22 +482,30 @@ impl ShardState {
         &self,
         items: Vec<ListItem>,
     ) -> impl Future<Output = Vec<ListOutcome>> + 'static {
-        let plans: Vec<(ListPlan, i64)> = items
+        let current = self.leader_epoch();
+        let plans: Vec<(ListPlan, i64, EpochStarts)> = items
             .into_iter()
             .map(|item| {
-                self.with_partition(item.key, |p| (plan_list(p, item.timestamp), p.log_start()))
-                    .unwrap_or_else(|| {
-                        (
-                            ListPlan::Ready(list_offset(&MemLog::new(), item.timestamp)),
-                            0,
-                        )
-                    })
+                self.with_partition(item.key, |p| {
+                    (
+                        plan_list(p, item.timestamp),
+                        p.log_start(),
+                        p.epochs.clone(),
+                    )
+                })
+                .unwrap_or_else(|| {
+                    (
+                        ListPlan::Ready(list_offset(&MemLog::new(), item.timestamp)),
+                        0,
+                        EpochStarts::default(),
+                    )
+                })
             })
             .collect();
         let store = self.tier.as_ref().map(|t| t.store.clone());
         async move {
             let mut out = Vec::with_capacity(plans.len());
-            for (plan, log_start) in plans {
+            for (plan, log_start, epochs) in plans {
                 let mut o = match (plan, &store) {
                     (ListPlan::Ready(o), _) => o,
                     (
@@ -515,10 +525,47 @@ impl ShardState {
                 if o.error == 0 && o.offset >= 0 && o.offset < log_start {
                     o.offset = log_start;
                 }
+                if o.error == 0 {
+                    o.leader_epoch = epochs.epoch_at(o.offset.max(0)).unwrap_or(current);
+                }
                 out.push(o);
             }
             out
         }
+    }
+
+    /// The slot's ownership epoch: the one its opening took over at (0 without an object
+    /// tier: a broker alone on its disk is the only owner there ever is).
+    pub fn epoch(&self) -> u64 {
+        self.tier.as_ref().map_or(0, |t| t.epoch())
+    }
+
+    /// The slot's ownership epoch as its partitions' leader epoch.
+    pub fn leader_epoch(&self) -> i32 {
+        crate::cluster::epochs::leader_epoch(self.epoch())
+    }
+
+    /// OffsetForLeaderEpoch: where each asked epoch ends in its partition, by the durable log
+    /// end (a partition never written to has no epochs and ends at 0).
+    pub fn leader_epochs(&self, items: Vec<EpochItem>) -> Vec<EpochOutcome> {
+        let current = self.leader_epoch();
+        items
+            .into_iter()
+            .map(|item| {
+                let (leader_epoch, end_offset) = self
+                    .with_partition(item.key, |p| {
+                        p.epochs.end_offset_for(item.epoch, current, p.log_end())
+                    })
+                    .unwrap_or_else(|| {
+                        EpochStarts::default().end_offset_for(item.epoch, current, 0)
+                    });
+                EpochOutcome {
+                    error: 0,
+                    leader_epoch,
+                    end_offset,
+                }
+            })
+            .collect()
     }
 
     pub fn watch(&self, items: Vec<(PartitionKey, i64)>, reply: oneshot::Sender<()>) {

@@ -163,6 +163,7 @@ impl SlotHost {
             ShardOp::Produce(slot, ..)
             | ShardOp::Fetch(slot, ..)
             | ShardOp::ListOffsets(slot, ..)
+            | ShardOp::LeaderEpochs(slot, ..)
             | ShardOp::Watch(slot, ..)
             | ShardOp::DeleteRecords(slot, ..)
             | ShardOp::Run(slot, ..) => *slot,
@@ -227,6 +228,9 @@ impl SlotHost {
                     partitions: state,
                     coordinator,
                 };
+                // Before it serves: requests are checked against the epoch it took over at.
+                let epoch = served.partitions.epoch();
+                self.env.membership.epochs.raise(slot, epoch);
                 self.slots.borrow_mut().insert(slot, Rc::new(served));
                 self.env.membership.opened(slot);
                 if self.env.membership.view.load().members.len() > 1 {
@@ -392,6 +396,7 @@ fn not_here(op: ShardOp) {
         ShardOp::Produce(_, items, reply) => drop(reply.send(all(items.len(), code))),
         ShardOp::Fetch(_, items, reply) => drop(reply.send(all(items.len(), code))),
         ShardOp::ListOffsets(_, items, reply) => drop(reply.send(all(items.len(), code))),
+        ShardOp::LeaderEpochs(_, items, reply) => drop(reply.send(all(items.len(), code))),
         ShardOp::DeleteRecords(_, items, reply) => drop(reply.send(all(items.len(), code))),
         // Dropped: a waiting fetch wakes and re-reads; group work answers NOT_COORDINATOR.
         ShardOp::Watch(..) | ShardOp::Run(..) => {}
@@ -413,6 +418,7 @@ fn on_slot(slot: &Rc<Slot>, op: ShardOp) {
         ShardOp::Produce(_, items, reply) => answer(reply, state.produce(items)),
         ShardOp::Fetch(_, items, reply) => answer(reply, state.fetch(items)),
         ShardOp::ListOffsets(_, items, reply) => answer(reply, state.list_offsets(items)),
+        ShardOp::LeaderEpochs(_, items, reply) => drop(reply.send(state.leader_epochs(items))),
         ShardOp::DeleteRecords(_, items, reply) => answer(reply, state.delete_records(items)),
         ShardOp::Watch(_, items, reply) => state.watch(items, reply),
         ShardOp::Run(_, f) => f(slot),

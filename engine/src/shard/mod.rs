@@ -25,8 +25,8 @@ use crate::cluster::membership::{Membership, SlotControl, View};
 use crate::config::Config;
 use crate::metrics::ShardStats;
 use crate::partition::items::{
-    DeleteItem, DeleteOutcome, ErrorOutcome, FetchItem, FetchOutcome, ListItem, ListOutcome,
-    PartitionKey, ProduceItem, ProduceOutcome,
+    DeleteItem, DeleteOutcome, EpochItem, EpochOutcome, ErrorOutcome, FetchItem, FetchOutcome,
+    ListItem, ListOutcome, PartitionKey, ProduceItem, ProduceOutcome,
 };
 use crate::partition::store::ShardState;
 use crate::shard::host::{Slot, SlotHost};
@@ -50,6 +50,7 @@ pub enum ShardOp {
     Produce(u32, Vec<ProduceItem>, oneshot::Sender<Vec<ProduceOutcome>>),
     Fetch(u32, Vec<FetchItem>, oneshot::Sender<Vec<FetchOutcome>>),
     ListOffsets(u32, Vec<ListItem>, oneshot::Sender<Vec<ListOutcome>>),
+    LeaderEpochs(u32, Vec<EpochItem>, oneshot::Sender<Vec<EpochOutcome>>),
     /// Answer once any of these partitions has data at or beyond the given offset.
     Watch(u32, Vec<(PartitionKey, i64)>, oneshot::Sender<()>),
     DeleteRecords(u32, Vec<DeleteItem>, oneshot::Sender<Vec<DeleteOutcome>>),
@@ -135,6 +136,11 @@ impl Broker {
             shard: slot as usize % self.shards,
             slot,
         }
+    }
+
+    /// A partition's leader epoch as this broker knows it: its slot's ownership epoch.
+    pub fn leader_epoch(&self, route: Route) -> i32 {
+        self.membership.epochs.leader_epoch(route.slot)
     }
 
     /// The cluster as this broker sees it now.

@@ -142,6 +142,7 @@ impl Tier {
                 })
                 .collect();
             next.log_starts = log_starts;
+            next.trim_epochs(&merged, &live);
             match self.manifests.commit(Some(&current), next).await {
                 Ok(c) => {
                     *self.committed.borrow_mut() = c;

@@ -90,17 +90,17 @@ pub async fn read_index_at(
     if tail.len() as u64 != tail_len || tail.len() < TRAILER_LEN {
         return Err(corrupt(format!("{} bytes read of {size}", tail.len())));
     }
-    let len = index_len(&tail[tail.len() - TRAILER_LEN..], size as usize)
+    let at = index_len(&tail[tail.len() - TRAILER_LEN..], size as usize)
         .map_err(|e| corrupt(e.to_string()))?;
     let end = tail.len() - TRAILER_LEN;
-    let index = if len <= end {
-        decode_index(&tail[end - len..end])
+    let index = if at.len <= end {
+        decode_index(&tail[end - at.len..end], at.format)
     } else {
-        let at = size - TRAILER_LEN as u64 - len as u64;
-        let bytes = retrying(|| store.get(key, Some(at..size - TRAILER_LEN as u64)))
+        let from = size - TRAILER_LEN as u64 - at.len as u64;
+        let bytes = retrying(|| store.get(key, Some(from..size - TRAILER_LEN as u64)))
             .await
             .map_err(CommitError::from)?;
-        decode_index(&bytes)
+        decode_index(&bytes, at.format)
     }
     .map_err(|e| corrupt(e.to_string()))?;
     if index.shard != shard {
@@ -257,6 +257,7 @@ pub async fn take_over(
         attempt
             .objects
             .extend(found[..n].iter().map(Found::object_ref));
+        attempt.add_epochs(found[..n].iter().flat_map(|f| &f.index.epochs));
         if n > 0 {
             attempt.producers = found[n - 1].index.producers.clone();
         }

@@ -13,13 +13,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ringtail_objstore::{Condition, ObjectStore, StoreError};
 
-pub use crate::tier::object_format::ProducerSnapshot;
-use crate::tier::object_format::{ObjectIndex, Span};
+pub use crate::tier::object_format::{EpochStart, ProducerSnapshot};
+use crate::tier::object_format::{ObjectIndex, Span, StreamKey};
 
 /// 2: adds `log_starts`. 3: adds `producers`. 4: adds each object's writer `node`. 5: adds
 /// `log_next` (uploads are committed by their own PUT into the slot's log of objects; format 4
-/// is read as a manifest with an empty log).
-pub const MANIFEST_FORMAT_VERSION: u32 = 5;
+/// is read as a manifest with an empty log). 6: adds the partitions' leader `epochs` (formats
+/// 4 and 5 read as manifests without any).
+pub const MANIFEST_FORMAT_VERSION: u32 = 6;
 /// Bounds what a corrupt or hostile manifest can make us allocate.
 pub const MANIFEST_BYTES_MAX: usize = 256 << 20;
 
@@ -78,6 +79,24 @@ pub struct ShardManifest {
     /// would let a fenced owner that is still running write at its number and acknowledge what
     /// no later owner reads.
     pub fences: Vec<u64>,
+    /// Per partition, the first offset of each leader epoch that wrote to its committed data,
+    /// sorted by partition then epoch, at most [`crate::tier::object_format::EPOCHS_MAX`] per
+    /// partition (ARCHITECTURE.md, "Leader epochs").
+    pub epochs: Vec<EpochStart>,
+}
+
+/// Format 5, read when a bucket written before format 6 opens.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct ShardManifestV5 {
+    format_version: u32,
+    shard: u32,
+    epoch: u64,
+    generation: u64,
+    objects: Vec<ObjectRef>,
+    log_starts: Vec<LogStart>,
+    producers: Vec<ProducerSnapshot>,
+    log_next: u64,
+    fences: Vec<u64>,
 }
 
 /// Format 4, read once when a bucket written before format 5 opens.
@@ -107,6 +126,34 @@ impl ShardManifest {
             producers: Vec::new(),
             log_next: LOG_FIRST,
             fences: Vec::new(),
+            epochs: Vec::new(),
+        }
+    }
+
+    /// Adds the epoch starts of newly committed objects (in log order): see [`add_epochs`].
+    pub fn add_epochs<'a>(&mut self, starts: impl IntoIterator<Item = &'a EpochStart>) {
+        add_epochs(&mut self.epochs, starts)
+    }
+
+    /// Forgets the epochs of partitions `live` rejects, and those that end at or below a
+    /// partition's log start in `starts` (their data is deleted).
+    pub fn trim_epochs(
+        &mut self,
+        starts: &std::collections::HashMap<StreamKey, i64>,
+        live: impl Fn(&StreamKey) -> bool,
+    ) {
+        let epochs = std::mem::take(&mut self.epochs);
+        for (i, e) in epochs.iter().enumerate() {
+            let key = (e.topic_id, e.partition);
+            let next_start = epochs
+                .get(i + 1)
+                .filter(|n| (n.topic_id, n.partition) == key)
+                .map(|n| n.offset);
+            let deleted =
+                next_start.is_some_and(|next| starts.get(&key).is_some_and(|&start| next <= start));
+            if live(&key) && !deleted {
+                self.epochs.push(*e);
+            }
         }
     }
 
@@ -132,45 +179,91 @@ impl ShardManifest {
         }
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
-        // The current format first; a format-4 manifest does not validate as one (its root
-        // is shorter by the last field) or names its own version, and is read as what it is.
-        let current = rkyv::from_bytes::<ShardManifest, rkyv::rancor::Error>(&aligned);
-        let old = || rkyv::from_bytes::<ShardManifestV4, rkyv::rancor::Error>(&aligned);
-        let m = match current {
-            // rkyv's root is at the end, so either format may validate as the other by chance:
-            // only one that validates as its own version is read.
-            Ok(m) if m.format_version == MANIFEST_FORMAT_VERSION => {
-                if old().is_ok_and(|o| o.format_version == 4) {
-                    return Err("manifest reads as both format 4 and 5".into());
-                }
-                m
-            }
-            current => match old() {
-                Ok(old) if old.format_version == 4 => ShardManifest {
-                    format_version: MANIFEST_FORMAT_VERSION,
-                    shard: old.shard,
-                    epoch: old.epoch,
-                    generation: old.generation,
-                    objects: old.objects,
-                    log_starts: old.log_starts,
-                    producers: old.producers,
-                    log_next: LOG_FIRST,
-                    fences: Vec::new(),
-                },
-                _ => match current {
-                    Ok(m) => {
-                        return Err(format!(
-                            "manifest format {} is not supported (this broker reads 4 and \
-                             {MANIFEST_FORMAT_VERSION}): written by a newer Ringtail?",
-                            m.format_version
-                        ))
-                    }
-                    Err(e) => return Err(e.to_string()),
-                },
-            },
+        // rkyv's root is at the end, so one format may validate as another by chance: only one
+        // that validates as its own version is read, and bytes that read as two are refused.
+        let (v6, other) = match rkyv::from_bytes::<ShardManifest, rkyv::rancor::Error>(&aligned) {
+            Ok(m) if m.format_version == MANIFEST_FORMAT_VERSION => (Some(m), Ok(0)),
+            Ok(m) => (None, Ok(m.format_version)),
+            Err(e) => (None, Err(e.to_string())),
         };
-        Ok(m)
+        let v5 = rkyv::from_bytes::<ShardManifestV5, rkyv::rancor::Error>(&aligned)
+            .ok()
+            .filter(|m| m.format_version == 5)
+            .map(|old| ShardManifest {
+                format_version: MANIFEST_FORMAT_VERSION,
+                shard: old.shard,
+                epoch: old.epoch,
+                generation: old.generation,
+                objects: old.objects,
+                log_starts: old.log_starts,
+                producers: old.producers,
+                log_next: old.log_next,
+                fences: old.fences,
+                epochs: Vec::new(),
+            });
+        let v4 = rkyv::from_bytes::<ShardManifestV4, rkyv::rancor::Error>(&aligned)
+            .ok()
+            .filter(|m| m.format_version == 4)
+            .map(|old| ShardManifest {
+                format_version: MANIFEST_FORMAT_VERSION,
+                shard: old.shard,
+                epoch: old.epoch,
+                generation: old.generation,
+                objects: old.objects,
+                log_starts: old.log_starts,
+                producers: old.producers,
+                log_next: LOG_FIRST,
+                fences: Vec::new(),
+                epochs: Vec::new(),
+            });
+        let mut read = [v6, v5, v4].into_iter().flatten();
+        match (read.next(), read.next()) {
+            (Some(m), None) => Ok(m),
+            (Some(_), Some(_)) => Err("manifest reads as two formats".into()),
+            (None, _) => match other {
+                Ok(version) => Err(format!(
+                    "manifest format {version} is not supported (this broker reads 4 to \
+                     {MANIFEST_FORMAT_VERSION}): written by a newer Ringtail?"
+                )),
+                Err(e) => Err(e),
+            },
+        }
     }
+}
+
+/// Adds to a manifest's `epochs` the epoch starts of newly committed objects (in log order):
+/// those of an epoch newer than the partition's last. Each partition keeps its newest
+/// [`crate::tier::object_format::EPOCHS_MAX`].
+pub fn add_epochs<'a>(
+    epochs: &mut Vec<EpochStart>,
+    starts: impl IntoIterator<Item = &'a EpochStart>,
+) {
+    let mut latest: std::collections::HashMap<StreamKey, i32> = std::collections::HashMap::new();
+    for e in epochs.iter() {
+        let l = latest.entry((e.topic_id, e.partition)).or_insert(e.epoch);
+        *l = (*l).max(e.epoch);
+    }
+    let before = epochs.len();
+    for s in starts {
+        let l = latest.entry((s.topic_id, s.partition)).or_insert(-1);
+        if s.epoch > *l {
+            *l = s.epoch;
+            epochs.push(*s);
+        }
+    }
+    if epochs.len() == before {
+        return;
+    }
+    epochs.sort_by_key(|e| (e.topic_id, e.partition, e.epoch));
+    // Newest first within a partition after reversing: keep the first EPOCHS_MAX of each.
+    let mut kept: std::collections::HashMap<StreamKey, usize> = std::collections::HashMap::new();
+    epochs.reverse();
+    epochs.retain(|e| {
+        let n = kept.entry((e.topic_id, e.partition)).or_insert(0);
+        *n += 1;
+        *n <= crate::tier::object_format::EPOCHS_MAX
+    });
+    epochs.reverse();
 }
 
 /// A manifest version as read or committed, with the ETag that the next commit must match.
@@ -409,6 +502,68 @@ mod tests {
         };
         let refused = ShardManifest::decode(&newer.encode()).unwrap_err();
         assert!(refused.contains("newer"), "{refused}");
+    }
+
+    /// A bucket written before format 6 opens: its manifest keeps its log and has no epochs.
+    #[test]
+    fn a_format_5_manifest_reads_without_epochs() {
+        let old = ShardManifestV5 {
+            format_version: 5,
+            shard: 2,
+            epoch: 7,
+            generation: 40,
+            objects: Vec::new(),
+            log_starts: Vec::new(),
+            producers: Vec::new(),
+            log_next: 33,
+            fences: vec![12],
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&old).unwrap();
+        let m = ShardManifest::decode(&bytes).unwrap();
+        assert_eq!(
+            (m.format_version, m.epoch, m.log_next, m.fences.clone()),
+            (MANIFEST_FORMAT_VERSION, 7, 33, vec![12])
+        );
+        assert!(m.epochs.is_empty());
+    }
+
+    fn start(partition: i32, epoch: i32, offset: i64) -> EpochStart {
+        EpochStart {
+            topic_id: [5; 16],
+            partition,
+            epoch,
+            offset,
+        }
+    }
+
+    /// Folded objects add only epochs newer than a partition's last; deletion forgets the
+    /// epochs wholly below a log start and those of dropped partitions.
+    #[test]
+    fn epochs_fold_in_order_and_trim_with_the_log() {
+        let mut m = ShardManifest::empty(0, 1);
+        m.add_epochs(&[start(0, 3, 0), start(1, 3, 0)]);
+        // A later object: partition 0 still in epoch 3, then 5; partition 1 in 5.
+        m.add_epochs(&[start(0, 3, 40), start(0, 5, 50), start(1, 5, 7)]);
+        m.add_epochs(&[start(0, 4, 60)]);
+        assert_eq!(
+            m.epochs,
+            vec![
+                start(0, 3, 0),
+                start(0, 5, 50),
+                start(1, 3, 0),
+                start(1, 5, 7)
+            ]
+        );
+        let starts = std::collections::HashMap::from([(([5; 16], 0), 50), (([5; 16], 1), 6)]);
+        m.trim_epochs(&starts, |_| true);
+        assert_eq!(
+            m.epochs,
+            vec![start(0, 5, 50), start(1, 3, 0), start(1, 5, 7)]
+        );
+        m.trim_epochs(&starts, |k| k.1 != 1);
+        assert_eq!(m.epochs, vec![start(0, 5, 50)]);
+        let bytes = m.encode();
+        assert_eq!(ShardManifest::decode(&bytes).unwrap(), m);
     }
 
     /// A commit that would write a manifest larger than a reader accepts is refused before

@@ -128,6 +128,8 @@ impl Tier {
             writer: 0,
             producers: Vec::new(),
             resume: 0,
+            // The manifest holds the partitions' epochs; a merged object is never folded.
+            epochs: Vec::new(),
         };
         pieces.push(index_trailer(&index));
         let size: u64 = pieces.iter().map(|p| p.len() as u64).sum();

@@ -18,7 +18,9 @@ use bytes::{Bytes, BytesMut};
 use ringtail_objstore::{Condition, ObjectStore, Part, StoreError};
 
 use crate::metrics::ShardStats;
-use crate::tier::manifest::{CommitError, Committed, ManifestStore, ObjectRef, ProducerSnapshot};
+use crate::tier::manifest::{
+    CommitError, Committed, EpochStart, ManifestStore, ObjectRef, ProducerSnapshot,
+};
 use crate::tier::object_format::{ObjectBuilder, ObjectIndex, Span, Stamp};
 
 /// Multipart part size for objects larger than one part.
@@ -124,6 +126,7 @@ struct Unfolded {
     number: u64,
     object: ObjectRef,
     producers: Vec<ProducerSnapshot>,
+    epochs: Vec<EpochStart>,
     committed_at: Instant,
 }
 
@@ -194,6 +197,7 @@ impl Tier {
                 number: f.number,
                 object: f.object_ref(),
                 producers: f.index.producers,
+                epochs: f.index.epochs,
                 committed_at: Instant::now(),
             })
             .collect();
@@ -251,6 +255,17 @@ impl Tier {
         objects
     }
 
+    /// The partitions' leader epochs in the committed data: the manifest's, and those of the
+    /// unfolded objects as a fold would add them.
+    pub fn committed_epochs(&self) -> Vec<EpochStart> {
+        let mut epochs = self.committed.borrow().manifest.epochs.clone();
+        manifest::add_epochs(
+            &mut epochs,
+            self.unfolded.borrow().iter().flat_map(|u| &u.epochs),
+        );
+        epochs
+    }
+
     /// Who hears of each object as it commits (the slot's partitions: waiting producers are
     /// answered, the WAL trims behind it).
     pub fn set_on_committed(&self, f: impl Fn(String, Vec<Span>) + 'static) {
@@ -285,6 +300,11 @@ impl Tier {
         if self.urgent.get() {
             self.request_seal();
         }
+    }
+
+    /// The ownership epoch this opening took the slot over at: its partitions' leader epoch.
+    pub fn epoch(&self) -> u64 {
+        self.committed.borrow().manifest.epoch
     }
 
     pub fn is_fenced(&self) -> bool {
@@ -541,6 +561,7 @@ impl Tier {
                     number: sealed.number,
                     object,
                     producers: sealed.index.producers,
+                    epochs: sealed.index.epochs,
                     committed_at: Instant::now(),
                 });
             }
@@ -618,7 +639,8 @@ impl Tier {
             {
                 let unfolded = self.unfolded.borrow();
                 let batch = unfolded.range(..n);
-                next.objects.extend(batch.map(|u| u.object.clone()));
+                next.objects.extend(batch.clone().map(|u| u.object.clone()));
+                next.add_epochs(batch.flat_map(|u| &u.epochs));
                 let newest = &unfolded[n - 1];
                 next.log_next = newest.number + 1;
                 next.producers = fresh.clone().unwrap_or_else(|| newest.producers.clone());

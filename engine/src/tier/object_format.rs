@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! object:  | batches of partition A, offset order | batches of partition B | ... | index | trailer |
-//! trailer: | index length: u32 LE | magic "RTOBJ002" |            (12 bytes, at the very end)
+//! trailer: | index length: u32 LE | magic "RTOBJ003" |            (12 bytes, at the very end)
 //! index:   rkyv-archived `ObjectIndex`: per partition, its offset range and byte range; and
 //!          what commits an upload (its writer, the producer snapshot, or a fence's resume)
 //! ```
@@ -13,17 +13,21 @@
 //! key is never reused (ARCHITECTURE.md, "One PUT per acknowledgement").
 //!
 //! Format 1 (magic `RTOBJ001`) had no writer, producers or resume. Its objects are still read
-//! (cold reads and merges use the manifest's spans, never an object's index); only an index of
-//! the current format is decoded, which only the log's objects need (they are all format 2).
+//! (cold reads and merges use the manifest's spans, never an object's index); only indexes of
+//! formats 2 and 3 are decoded, which only the log's objects need. Format 3 adds the leader
+//! epochs of the batches (a format-2 index reads as one with none: its batches carry epoch 0).
 
 use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
 use ringtail_netio::header::BatchHeader;
 
-pub const OBJECT_MAGIC: [u8; 8] = *b"RTOBJ002";
+pub const OBJECT_MAGIC: [u8; 8] = *b"RTOBJ003";
+/// The previous format's magic: its indexes are still decoded (the log's unfolded objects of a
+/// broker stopped before an upgrade).
+const OBJECT_MAGIC_V2: [u8; 8] = *b"RTOBJ002";
 pub const TRAILER_LEN: usize = 12;
-pub const INDEX_FORMAT_VERSION: u32 = 2;
+pub const INDEX_FORMAT_VERSION: u32 = 3;
 /// Largest index accepted when reading an object (bounds a corrupt trailer's claim). As large
 /// as a manifest may be: an upload's index carries the producer snapshot a manifest did.
 pub const INDEX_BYTES_MAX: usize = 256 << 20;
@@ -52,6 +56,22 @@ pub struct ProducerSnapshot {
     pub recent: Vec<(i32, i32, i64)>,
 }
 
+/// Where a leader epoch's batches start in a partition: in an object, the epoch of each span's
+/// first batch and of every batch whose epoch differs from the one before; in the manifest,
+/// each epoch's first offset in the partition (ARCHITECTURE.md, "Leader epochs").
+/// How many epochs a partition keeps (the oldest go first): one per ownership change that wrote
+/// to it, so only a slot taken over this often without its data ever expiring reaches it. An
+/// epoch forgotten is answered as Kafka answers one below the oldest it knows.
+pub const EPOCHS_MAX: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct EpochStart {
+    pub topic_id: [u8; 16],
+    pub partition: i32,
+    pub epoch: i32,
+    pub offset: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ObjectIndex {
     pub format_version: u32,
@@ -73,6 +93,23 @@ pub struct ObjectIndex {
     pub producers: Vec<ProducerSnapshot>,
     /// Nonzero only in a fence: the log number at which the slot's log continues.
     pub resume: u64,
+    /// The leader epochs of its batches, per span in offset order (empty in a merged object).
+    pub epochs: Vec<EpochStart>,
+}
+
+/// Format 2: no `epochs`.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct ObjectIndexV2 {
+    format_version: u32,
+    shard: u32,
+    epoch: u64,
+    first_wal_seq: u64,
+    last_wal_seq: u64,
+    spans: Vec<Span>,
+    node: i32,
+    writer: u64,
+    producers: Vec<ProducerSnapshot>,
+    resume: u64,
 }
 
 /// Who seals an object: stamped into its index.
@@ -100,6 +137,7 @@ impl ObjectIndex {
             writer: stamp.writer,
             producers: Vec::new(),
             resume,
+            epochs: Vec::new(),
         }
     }
 
@@ -176,6 +214,7 @@ impl ObjectBuilder {
     pub fn finish(self, stamp: Stamp) -> (Vec<Bytes>, ObjectIndex) {
         let mut pieces = Vec::new();
         let mut spans = Vec::with_capacity(self.partitions.len());
+        let mut epochs = Vec::with_capacity(self.partitions.len());
         let mut at = 0u64;
         for ((topic_id, partition), batches) in self.partitions {
             let start = at;
@@ -186,7 +225,17 @@ impl ObjectBuilder {
                 .map(|(h, _)| h.max_timestamp)
                 .max()
                 .unwrap_or(-1);
-            for (_, b) in batches {
+            let mut epoch = None;
+            for (h, b) in batches {
+                if epoch != Some(h.partition_leader_epoch) {
+                    epoch = Some(h.partition_leader_epoch);
+                    epochs.push(EpochStart {
+                        topic_id,
+                        partition,
+                        epoch: h.partition_leader_epoch,
+                        offset: h.base_offset,
+                    });
+                }
                 at += b.len() as u64;
                 pieces.push(b);
             }
@@ -211,6 +260,7 @@ impl ObjectBuilder {
             writer: stamp.writer,
             producers: stamp.producers,
             resume: 0,
+            epochs,
         };
         pieces.push(index_trailer(&index));
         (pieces, index)
@@ -231,29 +281,62 @@ pub fn index_trailer(index: &ObjectIndex) -> Bytes {
     tail.freeze()
 }
 
-/// Reads the index length from an object's last [`TRAILER_LEN`] bytes, checking it against the
-/// object's size.
-pub fn index_len(trailer: &[u8], object_len: usize) -> Result<usize, ObjectFormatError> {
+/// Where an object's index is: its length and format, read from the object's last
+/// [`TRAILER_LEN`] bytes and checked against the object's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexAt {
+    pub len: usize,
+    pub format: u32,
+}
+
+pub fn index_len(trailer: &[u8], object_len: usize) -> Result<IndexAt, ObjectFormatError> {
     if trailer.len() != TRAILER_LEN || object_len < TRAILER_LEN {
         return Err(ObjectFormatError::TooShort(object_len));
     }
-    if trailer[4..] != OBJECT_MAGIC {
+    let format = if trailer[4..] == OBJECT_MAGIC {
+        INDEX_FORMAT_VERSION
+    } else if trailer[4..] == OBJECT_MAGIC_V2 {
+        2
+    } else {
         return Err(ObjectFormatError::Magic);
-    }
+    };
     let len = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes")) as usize;
     if len > INDEX_BYTES_MAX || len + TRAILER_LEN > object_len {
         return Err(ObjectFormatError::IndexLength(len));
     }
-    Ok(len)
+    Ok(IndexAt { len, format })
 }
 
-/// Validates and decodes an index (the bytes before the trailer).
-pub fn decode_index(bytes: &[u8]) -> Result<ObjectIndex, ObjectFormatError> {
+/// Validates and decodes an index (the bytes before the trailer) of the `format` its trailer
+/// names; a format-2 index reads as one without epochs.
+pub fn decode_index(bytes: &[u8], format: u32) -> Result<ObjectIndex, ObjectFormatError> {
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
     aligned.extend_from_slice(bytes);
-    let index = rkyv::from_bytes::<ObjectIndex, rkyv::rancor::Error>(&aligned)
-        .map_err(|e| ObjectFormatError::Index(e.to_string()))?;
-    if index.format_version != INDEX_FORMAT_VERSION {
+    let invalid = |e: rkyv::rancor::Error| ObjectFormatError::Index(e.to_string());
+    let index = match format {
+        INDEX_FORMAT_VERSION => {
+            rkyv::from_bytes::<ObjectIndex, rkyv::rancor::Error>(&aligned).map_err(invalid)?
+        }
+        2 => {
+            let v2 = rkyv::from_bytes::<ObjectIndexV2, rkyv::rancor::Error>(&aligned)
+                .map_err(invalid)?;
+            ObjectIndex {
+                format_version: v2.format_version,
+                shard: v2.shard,
+                epoch: v2.epoch,
+                first_wal_seq: v2.first_wal_seq,
+                last_wal_seq: v2.last_wal_seq,
+                spans: v2.spans,
+                node: v2.node,
+                writer: v2.writer,
+                producers: v2.producers,
+                resume: v2.resume,
+                epochs: Vec::new(),
+            }
+        }
+        other => return Err(ObjectFormatError::Version(other)),
+    };
+    if index.format_version != format {
         return Err(ObjectFormatError::Version(index.format_version));
     }
     Ok(index)
@@ -264,9 +347,9 @@ pub fn read_index(object: &[u8]) -> Result<ObjectIndex, ObjectFormatError> {
     if object.len() < TRAILER_LEN {
         return Err(ObjectFormatError::TooShort(object.len()));
     }
-    let len = index_len(&object[object.len() - TRAILER_LEN..], object.len())?;
+    let at = index_len(&object[object.len() - TRAILER_LEN..], object.len())?;
     let end = object.len() - TRAILER_LEN;
-    decode_index(&object[end - len..end])
+    decode_index(&object[end - at.len..end], at.format)
 }
 
 #[cfg(test)]
@@ -362,6 +445,78 @@ mod tests {
         assert_eq!((a1.base_offset, a1.last_offset), (100, 102));
     }
 
+    /// Each span names the epoch of its first batch and every change after it.
+    #[test]
+    fn an_index_names_where_each_leader_epoch_starts() {
+        let (a, b) = ([1u8; 16], [2u8; 16]);
+        let mut builder = ObjectBuilder::default();
+        for (seq, (topic, base, epoch)) in (1u64..).zip([
+            (a, 0, 4),
+            (b, 10, 5),
+            (a, 2, 4),
+            (a, 4, 6),
+            (a, 6, 6),
+            (b, 12, 5),
+        ]) {
+            let (h, bytes) = batch(base, 2, 1);
+            let mut bytes = bytes.to_vec();
+            bytes[12..16].copy_from_slice(&i32::to_be_bytes(epoch));
+            let h = BatchHeader {
+                partition_leader_epoch: epoch,
+                ..h
+            };
+            builder.add(seq, topic, 0, h, Bytes::from(bytes));
+        }
+        let (pieces, index) = builder.finish(Stamp::default());
+        let start = |topic, epoch, offset| EpochStart {
+            topic_id: topic,
+            partition: 0,
+            epoch,
+            offset,
+        };
+        assert_eq!(
+            index.epochs,
+            vec![start(a, 4, 0), start(a, 6, 4), start(b, 5, 10)]
+        );
+        assert_eq!(read_index(&join(&pieces)).unwrap().epochs, index.epochs);
+    }
+
+    /// A log object of the previous format (left unfolded by a broker stopped before an
+    /// upgrade) reads as one whose batches name no epochs.
+    #[test]
+    fn a_format_2_index_reads_without_epochs() {
+        let old = ObjectIndexV2 {
+            format_version: 2,
+            shard: 1,
+            epoch: 3,
+            first_wal_seq: 1,
+            last_wal_seq: 2,
+            spans: Vec::new(),
+            node: 7,
+            writer: 9,
+            producers: Vec::new(),
+            resume: 0,
+        };
+        let encoded = rkyv::to_bytes::<rkyv::rancor::Error>(&old).unwrap();
+        let mut object = encoded.to_vec();
+        object.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+        object.extend_from_slice(&OBJECT_MAGIC_V2);
+        let index = read_index(&object).unwrap();
+        assert_eq!(
+            (
+                index.format_version,
+                index.node,
+                index.writer,
+                index.epochs.len()
+            ),
+            (2, 7, 9, 0)
+        );
+        // The same bytes under the current magic are refused, not misread.
+        let n = object.len();
+        object[n - 8..].copy_from_slice(&OBJECT_MAGIC);
+        assert!(read_index(&object).is_err());
+    }
+
     #[test]
     fn damaged_objects_are_errors_not_panics() {
         let mut builder = ObjectBuilder::default();
@@ -374,7 +529,8 @@ mod tests {
         );
         let mut bad = object.clone();
         let n = bad.len();
-        bad[n - 1] ^= 1;
+        // (Not a bit flip of the last byte: "RTOBJ002" is the previous format's magic.)
+        bad[n - 1] = b'x';
         assert_eq!(read_index(&bad), Err(ObjectFormatError::Magic));
         let mut bad = object.clone();
         bad[n - TRAILER_LEN..n - 8].copy_from_slice(&u32::MAX.to_le_bytes());

@@ -732,3 +732,54 @@ fn a_take_over_reads_a_long_tail_in_order() {
         .collect();
     assert_eq!(found, keys);
 }
+
+/// The leader epochs of committed data reach the manifest by the owner's fold and by a
+/// take-over's fold of the old owner's unfolded objects (from their indexes).
+#[test]
+fn leader_epochs_are_folded_by_the_owner_and_by_a_take_over() {
+    let (_dir, store) = local_store();
+    let add = |tier: &Tier, base: i64, epoch: i32| {
+        let (header, bytes) = batch(base, 3);
+        let (header, bytes) = stamped(header, bytes, epoch);
+        tier.add([9; 16], 0, header, bytes);
+        tier.request_seal();
+        tier.seal_if_due(Vec::new).expect("room for another upload")
+    };
+    let old = open_tier(store.clone(), 1);
+    assert_eq!(old.epoch(), 1);
+    block_on(old.upload(add(&old, 0, 1))).unwrap();
+    // Committed by its PUT, not folded: the next owner finds it in the log.
+    let unfolded = add(&old, 3, 1);
+    written(&old, &queued(&old), unfolded);
+    let start = |epoch, offset| EpochStart {
+        topic_id: [9; 16],
+        partition: 0,
+        epoch,
+        offset,
+    };
+    assert_eq!(old.committed_epochs(), vec![start(1, 0)]);
+    let new = open_tier(store.clone(), 2);
+    assert_eq!(new.epoch(), 2);
+    assert_eq!(new.committed_epochs(), vec![start(1, 0)]);
+    block_on(new.upload(add(&new, 6, 2))).unwrap();
+    assert_eq!(new.committed_epochs(), vec![start(1, 0), start(2, 6)]);
+    let third = open_tier(store, 3);
+    assert_eq!(third.committed_epochs(), vec![start(1, 0), start(2, 6)]);
+}
+
+/// `header` and `bytes` of a batch re-stamped with leader epoch `epoch` (as an append does).
+fn stamped(
+    header: ringtail_netio::header::BatchHeader,
+    bytes: Bytes,
+    epoch: i32,
+) -> (ringtail_netio::header::BatchHeader, Bytes) {
+    let mut b = bytes.to_vec();
+    b[12..16].copy_from_slice(&epoch.to_be_bytes());
+    (
+        ringtail_netio::header::BatchHeader {
+            partition_leader_epoch: epoch,
+            ..header
+        },
+        Bytes::from(b),
+    )
+}

@@ -513,7 +513,7 @@ pub fn data_objects(dir: &std::path::Path) -> Vec<String> {
         {
             return false;
         }
-        index_len(&trailer, len as usize).is_ok_and(|n| (n + TRAILER_LEN) as u64 == len)
+        index_len(&trailer, len as usize).is_ok_and(|at| (at.len + TRAILER_LEN) as u64 == len)
     };
     let mut out = Vec::new();
     walk(dir, &mut out);
