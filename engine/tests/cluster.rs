@@ -457,6 +457,10 @@ async fn a_restarted_broker_replays_its_wal_tail_or_reports_it_lost() {
     produce_to(&b2.bootstrap(), "tail", written, 7, "old").await;
     let kept_offsets = produce_to(&b2.bootstrap(), "tail", kept, 5, "kept").await;
     assert_eq!(kept_offsets, (0..5).collect::<Vec<_>>());
+    // A librdkafka consumer reads node 2's records of `written` (epoch E): they will be lost.
+    let reader = truncation_reader(&bootstrap, "tail", written);
+    let (old, _) = poll_values(&reader, 7, SETTLE);
+    assert_eq!(old, (0..7).map(|i| format!("old-{i}")).collect::<Vec<_>>());
     b2.kill9();
 
     // Node 1 takes the slots over (nothing of them is in the bucket) and writes to one.
@@ -474,6 +478,30 @@ async fn a_restarted_broker_replays_its_wal_tail_or_reports_it_lost() {
         vec![0, 1, 2],
         "the new owner starts where the bucket ends"
     );
+    // The reader's position (7, epoch E) is past where epoch E ends on the new owner
+    // (OffsetForLeaderEpoch: 0): librdkafka detects the truncation (KIP-320) and stops with an
+    // error instead of reading offsets 0..2 anew as if they were what it had read.
+    let stopped = |e: &rdkafka::error::KafkaError| {
+        e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AutoOffsetReset)
+    };
+    let (after, errors) = poll_until(&reader, SETTLE, |_, errors| errors.iter().any(stopped));
+    assert!(
+        after.is_empty(),
+        "nothing read past the lost records: {after:?}"
+    );
+    let detected = || {
+        reader
+            .context()
+            .lines()
+            .into_iter()
+            .find(|l| l.contains("Partition log truncation detected"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while detected().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let line = detected().unwrap_or_else(|| panic!("no truncation detected: {errors:?}"));
+    assert!(line.contains("broker end offset is 0"), "{line}");
 
     // Node 2 comes back on the same WAL and gets its slots back through the hand-over.
     let b2 = cluster.start_at(2, dir2.path(), &lazy);
@@ -513,6 +541,76 @@ async fn a_restarted_broker_replays_its_wal_tail_or_reports_it_lost() {
         Some(7),
         "exactly node 2's records at offsets node 1 wrote"
     );
+}
+
+/// librdkafka's log lines, kept for the test to read.
+#[derive(Clone, Default)]
+struct LogLines(Arc<Mutex<Vec<String>>>);
+
+impl LogLines {
+    fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl rdkafka::client::ClientContext for LogLines {
+    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, fac: &str, line: &str) {
+        self.0.lock().unwrap().push(format!("{fac}: {line}"));
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LogLines {}
+
+/// A consumer of `partition` of `topic` from its start, that validates its position when the
+/// leader epoch grows (librdkafka's KIP-320 handling) and stops at a truncation
+/// (`auto.offset.reset=error`; with a reset policy librdkafka moves on silently). Its log
+/// (debug `topic`) says why.
+fn truncation_reader(bootstrap: &str, topic: &str, partition: i32) -> BaseConsumer<LogLines> {
+    let c: BaseConsumer<LogLines> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "truncation-reader")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "error")
+        .set("fetch.wait.max.ms", "100")
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .set("debug", "topic")
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug)
+        .create_with_context(LogLines::default())
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, rdkafka::Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    c
+}
+
+/// Polls until `n` values have arrived or `within` passed: the values and the errors seen.
+fn poll_values<C: rdkafka::consumer::ConsumerContext>(
+    c: &BaseConsumer<C>,
+    n: usize,
+    within: Duration,
+) -> (Vec<String>, Vec<rdkafka::error::KafkaError>) {
+    poll_until(c, within, |values, _| values.len() >= n)
+}
+
+/// Polls until `done` holds for the values and errors seen so far, or `within` passed.
+fn poll_until<C: rdkafka::consumer::ConsumerContext>(
+    c: &BaseConsumer<C>,
+    within: Duration,
+    done: impl Fn(&[String], &[rdkafka::error::KafkaError]) -> bool,
+) -> (Vec<String>, Vec<rdkafka::error::KafkaError>) {
+    let deadline = Instant::now() + within;
+    let (mut values, mut errors) = (Vec::new(), Vec::new());
+    while !done(&values, &errors) && Instant::now() < deadline {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                values.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string())
+            }
+            Some(Err(e)) => errors.push(e),
+            None => {}
+        }
+    }
+    (values, errors)
 }
 
 /// Waits until a produce to each of `partitions` succeeds.

@@ -69,8 +69,12 @@ impl TestBroker {
         if !extra.contains(&"--metrics-listen") {
             command.args(["--metrics-listen", "127.0.0.1:0"]);
         }
+        // A test restarting a broker at the address its clients know passes its own.
+        if !extra.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         let mut child = command
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
             .env(
