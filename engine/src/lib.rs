@@ -15,5 +15,6 @@ pub mod group;
 pub mod layout;
 pub mod metrics;
 pub mod partition;
+pub mod replication;
 pub mod shard;
 pub mod tier;

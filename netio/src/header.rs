@@ -99,6 +99,14 @@ impl BatchHeader {
     pub fn is_control(&self) -> bool {
         self.attributes & 0x20 != 0
     }
+
+    /// Whether `bytes`, this whole batch, checksum to its CRC-32C (what the CRC covers: from
+    /// the attributes to the end; the base offset and leader epoch are outside it).
+    pub fn crc_matches(&self, bytes: &[u8]) -> bool {
+        bytes.len() == self.size_bytes()
+            && bytes.len() >= CRC_START
+            && crc32c::crc32c(&bytes[CRC_START..]) == self.crc
+    }
 }
 
 pub(crate) fn be_i16(b: &[u8], at: usize) -> i16 {

@@ -64,9 +64,91 @@ pub fn place(slots: u32, nodes: &[i32]) -> Vec<i32> {
     owners
 }
 
+/// The followers of `slot` owned by `owner` (the replicated WAL, issue 19): up to `n` of the
+/// other live `nodes` (node id, rack), in the slot's rendezvous order, racks spread first —
+/// a node on a rack neither the owner nor an earlier follower is on goes before one that is
+/// (Kafka's `broker.rack`); nodes without a rack count as each on a rack of their own.
+pub fn followers(slot: u32, owner: i32, nodes: &[(i32, Option<&str>)], n: usize) -> Vec<i32> {
+    let mut ranked: Vec<(u64, i32, Option<&str>)> = nodes
+        .iter()
+        .filter(|(node, _)| *node != owner)
+        .map(|&(node, rack)| (score(slot, node), node, rack))
+        .collect();
+    ranked.sort_unstable_by(|a, b| b.cmp(a));
+    ranked.dedup_by_key(|(_, node, _)| *node);
+    let owner_rack = nodes
+        .iter()
+        .find(|(node, _)| *node == owner)
+        .and_then(|(_, r)| *r);
+    let mut racks: Vec<&str> = owner_rack.into_iter().collect();
+    let mut chosen: Vec<i32> = Vec::with_capacity(n);
+    for (_, node, rack) in &ranked {
+        if chosen.len() == n {
+            break;
+        }
+        if rack.is_none_or(|r| !racks.contains(&r)) {
+            chosen.push(*node);
+            racks.extend(*rack);
+        }
+    }
+    for (_, node, _) in &ranked {
+        if chosen.len() == n {
+            break;
+        }
+        if !chosen.contains(node) {
+            chosen.push(*node);
+        }
+    }
+    // Rendezvous order among the chosen: the first follower is the slot's best-ranked.
+    chosen.sort_by_key(|node| std::cmp::Reverse(score(slot, *node)));
+    chosen
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn followers_are_other_brokers_in_rendezvous_order_racks_spread_first() {
+        let plain: Vec<(i32, Option<&str>)> = (1..=5).map(|n| (n, None)).collect();
+        for slot in 0..16 {
+            let f = followers(slot, 1, &plain, 2);
+            assert_eq!(f.len(), 2);
+            assert!(!f.contains(&1));
+            assert_ne!(f[0], f[1]);
+            let order: Vec<i32> = {
+                let mut o: Vec<i32> = (2..=5).collect();
+                o.sort_by_key(|n| std::cmp::Reverse(score(slot, *n)));
+                o
+            };
+            assert_eq!(f, order[..2].to_vec(), "the best-ranked others");
+            // Deterministic whatever the order the nodes are listed in.
+            let mut reversed = plain.clone();
+            reversed.reverse();
+            assert_eq!(followers(slot, 1, &reversed, 2), f);
+        }
+        // Fewer other brokers than asked: all of them.
+        assert_eq!(followers(0, 1, &[(1, None), (2, None)], 2), vec![2]);
+        assert!(followers(0, 1, &[(1, None)], 2).is_empty());
+        // Racks: owner on a; 2 and 3 on a, 4 on b, 5 on c: followers are 4 and 5.
+        let racked = [
+            (1, Some("a")),
+            (2, Some("a")),
+            (3, Some("a")),
+            (4, Some("b")),
+            (5, Some("c")),
+        ];
+        for slot in 0..16 {
+            let mut f = followers(slot, 1, &racked, 2);
+            f.sort();
+            assert_eq!(f, vec![4, 5], "slot {slot}");
+        }
+        // Only one other rack: one follower there, the other from the owner's rack.
+        let two_racks = [(1, Some("a")), (2, Some("a")), (3, Some("b"))];
+        let mut f = followers(3, 1, &two_racks, 2);
+        f.sort();
+        assert_eq!(f, vec![2, 3]);
+    }
 
     fn loads(owners: &[i32], nodes: &[i32]) -> Vec<usize> {
         nodes
