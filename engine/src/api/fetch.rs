@@ -20,6 +20,7 @@ struct Target {
     key: PartitionKey,
     offset: i64,
     max_bytes: usize,
+    current_leader_epoch: i32,
 }
 
 /// The partitions a request names, in order, and those it asks its session to forget.
@@ -103,6 +104,7 @@ pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> 
                 key: to.key,
                 offset: want.fetch_offset,
                 max_bytes: (want.max_bytes.max(0) as usize).min(response_bytes_max),
+                current_leader_epoch: want.leader_epoch,
             })
         })
         .collect();
@@ -118,6 +120,7 @@ pub async fn handle(broker: &Broker, header: &Header, request: FetchRequest) -> 
                         offset: t.offset,
                         max_bytes: t.max_bytes,
                         first_batch_always: true,
+                        current_leader_epoch: t.current_leader_epoch,
                     },
                 )
             })

@@ -37,8 +37,14 @@ pub async fn handle(
                         broker.leader_epoch(to.route),
                     )?;
                     tracing::debug!(topic = %to.topic.name, partition = p.partition_index, timestamp = p.timestamp, "list offsets");
-                    let timestamp = p.timestamp;
-                    items.push((to.route, ListItem { key: to.key, timestamp }));
+                    items.push((
+                        to.route,
+                        ListItem {
+                            key: to.key,
+                            timestamp: p.timestamp,
+                            current_leader_epoch: p.current_leader_epoch,
+                        },
+                    ));
                     Ok(())
                 })
             };

@@ -33,8 +33,14 @@ pub async fn handle(
                         p.current_leader_epoch,
                         broker.leader_epoch(to.route),
                     )?;
-                    let epoch = p.leader_epoch;
-                    items.push((to.route, EpochItem { key: to.key, epoch }));
+                    items.push((
+                        to.route,
+                        EpochItem {
+                            key: to.key,
+                            epoch: p.leader_epoch,
+                            current_leader_epoch: p.current_leader_epoch,
+                        },
+                    ));
                     Ok(())
                 })
             };

@@ -51,16 +51,16 @@ pub fn resolve_for_write<'a>(
     Ok(resolved)
 }
 
-/// A request's `current_leader_epoch` for a partition against the epoch this broker knows for
-/// it (KIP-320): an older one is FENCED_LEADER_EPOCH (the client's metadata is stale), a newer
-/// one UNKNOWN_LEADER_EPOCH (this broker's is); -1 asks for no check. Both are retriable: the
-/// client refreshes its metadata.
+/// A request's `current_leader_epoch` for a partition against the highest epoch this broker
+/// has seen for its slot (KIP-320): an older one is FENCED_LEADER_EPOCH, the client's metadata
+/// is stale (retriable: it refreshes). Checked before the partition's owner, which also refuses
+/// a newer epoch than its own (a stale owner is never served to a client that knows better):
+/// [`crate::partition::epochs::check_current`].
 pub fn check_leader_epoch(current: i32, known: i32) -> Result<(), i16> {
-    match current {
-        -1 => Ok(()),
-        c if c < known => Err(ResponseError::FencedLeaderEpoch.code()),
-        c if c > known => Err(ResponseError::UnknownLeaderEpoch.code()),
-        _ => Ok(()),
+    if current >= 0 && current < known {
+        Err(ResponseError::FencedLeaderEpoch.code())
+    } else {
+        Ok(())
     }
 }
 

@@ -247,7 +247,11 @@ pub async fn compact_if_due(coordinator: &Coordinator, offsets_topic: &Arc<Topic
     };
     let end = coordinator
         .partitions
-        .list_offsets(vec![ListItem { key, timestamp: -1 }])
+        .list_offsets(vec![ListItem {
+            key,
+            timestamp: -1,
+            current_leader_epoch: -1,
+        }])
         .await[0]
         .offset;
     let mut ok = true;
@@ -347,6 +351,7 @@ pub async fn load_offsets(
                     offset,
                     max_bytes: 8 << 20,
                     first_batch_always: true,
+                    current_leader_epoch: -1,
                 }])
                 .await;
             let o = &out[0];

@@ -9,6 +9,20 @@ pub struct EpochStarts {
     entries: Vec<(i32, i64)>,
 }
 
+/// A request's `current_leader_epoch` against the epoch of the slot serving the partition
+/// (KIP-320): older is FENCED_LEADER_EPOCH (the client's metadata is stale), newer
+/// UNKNOWN_LEADER_EPOCH (this owner is: another broker took the slot over); -1 is not checked.
+/// Both are retriable: the client refreshes its metadata.
+pub fn check_current(current: i32, serving: i32) -> Result<(), i16> {
+    use kafka_protocol::ResponseError;
+    match current {
+        c if c < 0 => Ok(()),
+        c if c < serving => Err(ResponseError::FencedLeaderEpoch.code()),
+        c if c > serving => Err(ResponseError::UnknownLeaderEpoch.code()),
+        _ => Ok(()),
+    }
+}
+
 /// Kafka's "no epoch" and "no offset" in an OffsetForLeaderEpoch answer.
 pub const UNDEFINED_EPOCH: i32 = -1;
 pub const UNDEFINED_OFFSET: i64 = -1;
@@ -177,6 +191,22 @@ mod tests {
         // consumer that read up to 28 under epoch 5 asks for 5: told 20, it detects truncation.
         let e = starts(&[(3, 0), (6, 20)]);
         assert_eq!(e.end_offset_for(5, 6, 25), (3, 20));
+    }
+
+    #[test]
+    fn a_requests_epoch_must_be_the_serving_slots() {
+        use kafka_protocol::ResponseError;
+        assert_eq!(check_current(-1, 5), Ok(()));
+        assert_eq!(check_current(5, 5), Ok(()));
+        assert_eq!(
+            check_current(4, 5),
+            Err(ResponseError::FencedLeaderEpoch.code())
+        );
+        assert_eq!(
+            check_current(6, 5),
+            Err(ResponseError::UnknownLeaderEpoch.code()),
+            "a client that knows a newer owner is not served by this one"
+        );
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct FetchItem {
     pub offset: i64,
     pub max_bytes: usize,
     pub first_batch_always: bool,
+    /// The request's `current_leader_epoch` (-1: not checked).
+    pub current_leader_epoch: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +53,8 @@ pub struct FetchOutcome {
 pub struct ListItem {
     pub key: PartitionKey,
     pub timestamp: i64,
+    /// The request's `current_leader_epoch` (-1: not checked).
+    pub current_leader_epoch: i32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +70,8 @@ pub struct ListOutcome {
 pub struct EpochItem {
     pub key: PartitionKey,
     pub epoch: i32,
+    /// The request's `current_leader_epoch` (-1: not checked).
+    pub current_leader_epoch: i32,
 }
 
 #[derive(Debug, Clone, Copy)]

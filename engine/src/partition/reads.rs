@@ -392,6 +392,7 @@ mod tests {
             offset,
             max_bytes: 1 << 20,
             first_batch_always: true,
+            current_leader_epoch: -1,
         }
     }
 

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::catalog::{Catalog, TopicMeta};
 use crate::metrics::ShardStats;
-use crate::partition::epochs::EpochStarts;
+use crate::partition::epochs::{check_current, EpochStarts};
 use crate::partition::items::{
     EpochItem, EpochOutcome, ErrorOutcome, FetchItem, FetchOutcome, ListItem, ListOutcome,
     PartitionKey,
@@ -432,9 +432,13 @@ impl ShardState {
         &self,
         items: Vec<FetchItem>,
     ) -> impl Future<Output = Vec<FetchOutcome>> + 'static {
+        let serving = self.leader_epoch();
         let plans: Vec<FetchPlan> = items
             .into_iter()
             .map(|item| {
+                if let Err(code) = check_current(item.current_leader_epoch, serving) {
+                    return FetchPlan::Ready(FetchOutcome::error(code));
+                }
                 self.with_partition(item.key, |p| plan_fetch(p, &item))
                     .unwrap_or_else(|| FetchPlan::Ready(empty_partition_fetch(item.offset)))
             })
@@ -486,6 +490,13 @@ impl ShardState {
         let plans: Vec<(ListPlan, i64, EpochStarts)> = items
             .into_iter()
             .map(|item| {
+                if let Err(code) = check_current(item.current_leader_epoch, current) {
+                    return (
+                        ListPlan::Ready(ListOutcome::error(code)),
+                        0,
+                        EpochStarts::default(),
+                    );
+                }
                 self.with_partition(item.key, |p| {
                     (
                         plan_list(p, item.timestamp),
@@ -525,8 +536,9 @@ impl ShardState {
                 if o.error == 0 && o.offset >= 0 && o.offset < log_start {
                     o.offset = log_start;
                 }
-                if o.error == 0 {
-                    o.leader_epoch = epochs.epoch_at(o.offset.max(0)).unwrap_or(current);
+                if o.error == 0 && o.offset >= 0 {
+                    // As Kafka: the epoch of the batch holding it, -1 if none is known.
+                    o.leader_epoch = epochs.epoch_at(o.offset).unwrap_or(-1);
                 }
                 out.push(o);
             }
@@ -552,6 +564,9 @@ impl ShardState {
         items
             .into_iter()
             .map(|item| {
+                if let Err(code) = check_current(item.current_leader_epoch, current) {
+                    return EpochOutcome::error(code);
+                }
                 let (leader_epoch, end_offset) = self
                     .with_partition(item.key, |p| {
                         p.epochs.end_offset_for(item.epoch, current, p.log_end())

@@ -44,12 +44,12 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// A slot whose ring holds, after recovery, entries up to `last_seq` of `epoch` (0 and 0:
-    /// none).
+    /// A slot whose ring holds, after recovery, entries up to `last_seq` of `epoch`, its
+    /// highest (0: none of it — the owner's next `Start` of that epoch says where it resumes).
     pub fn recovered(epoch: u64, last_seq: u64) -> Replica {
         Replica {
             epoch,
-            next_seq: last_seq + 1,
+            next_seq: if last_seq == 0 { 0 } else { last_seq + 1 },
             durable_seq: last_seq,
             frozen: false,
         }
@@ -89,13 +89,12 @@ impl Replica {
             };
             return Ok(Started::Fresh);
         }
-        // The owner resends what it still holds from `first_seq` on: it must not have let go
-        // of anything this follower lacks.
+        // The owner resends what it still holds from `first_seq` on. What it let go of was
+        // acknowledged here (so it is in this ring) or is in a committed object: numbers it no
+        // longer has that this ring lacks are in the bucket, and the stream jumps them.
         if first_seq > self.next_seq {
-            return Err(Refusal::Sequence {
-                expected: self.next_seq,
-                got: first_seq,
-            });
+            self.next_seq = first_seq;
+            self.durable_seq = self.durable_seq.max(first_seq - 1);
         }
         Ok(Started::Resume {
             next_seq: self.next_seq,
@@ -104,6 +103,13 @@ impl Replica {
 
     /// Batch `seq` of `epoch` may be appended (and is counted as appended).
     pub fn accept(&mut self, epoch: u64, seq: u64) -> Result<(), Refusal> {
+        self.check(epoch, seq)?;
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// Whether batch `seq` of `epoch` may be appended (nothing changes).
+    pub fn check(&self, epoch: u64, seq: u64) -> Result<(), Refusal> {
         if self.frozen {
             return Err(Refusal::Frozen);
         }
@@ -125,7 +131,6 @@ impl Replica {
                 got: seq,
             });
         }
-        self.next_seq += 1;
         Ok(())
     }
 
@@ -222,15 +227,26 @@ mod tests {
         assert_eq!(r.durable_seq(), 1);
         // A reconnect within the epoch resumes after what was appended.
         assert_eq!(r.start(3, 2), Ok(Started::Resume { next_seq: 3 }));
-        assert_eq!(
-            r.start(3, 4),
-            Err(Refusal::Sequence {
-                expected: 3,
-                got: 4
-            }),
-            "the owner let go of what this follower lacks"
-        );
         assert_eq!(r.accept(3, 3), Ok(()));
+        // The owner let go of 4..5 (committed in the bucket meanwhile): the stream jumps them.
+        assert_eq!(r.start(3, 6), Ok(Started::Resume { next_seq: 6 }));
+        assert_eq!(r.durable_seq(), 5);
+        assert_eq!(r.accept(3, 6), Ok(()));
+    }
+
+    #[test]
+    fn a_ring_with_nothing_of_its_epoch_resumes_where_the_owner_says() {
+        let mut r = Replica::recovered(4, 0);
+        assert_eq!(
+            r.accept(4, 1),
+            Err(Refusal::NotStarted { epoch: 4, known: 4 })
+        );
+        assert_eq!(
+            r.start(3, 1),
+            Err(Refusal::StaleEpoch { epoch: 3, known: 4 })
+        );
+        assert_eq!(r.start(4, 30), Ok(Started::Resume { next_seq: 30 }));
+        assert_eq!(r.accept(4, 30), Ok(()));
     }
 
     #[test]
