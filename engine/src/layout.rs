@@ -110,6 +110,16 @@ pub fn wal_ring(slot: u32) -> String {
     format!("shard-{slot}.wal")
 }
 
+/// A follower's replica ring of `slot` in the WAL directory (the replicated WAL, issue 19).
+pub fn replica_ring(slot: u32) -> String {
+    format!("replica-{slot}.wal")
+}
+
+/// The highest epoch a follower accepted for `slot`, next to its replica ring.
+pub fn replica_epoch(slot: u32) -> String {
+    format!("replica-{slot}.epoch")
+}
+
 /// The slot whose ring the WAL directory's file `name` is (None: not a ring).
 pub fn wal_ring_slot(name: &str) -> Option<u32> {
     name.strip_prefix("shard-")?

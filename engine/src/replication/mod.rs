@@ -1,9 +1,10 @@
 //! The replicated WAL (issue 19; ARCHITECTURE.md, "Replicated WAL"): a slot's owner streams the
 //! batches of replicated topics to its followers, which keep them in a replica ring until the
 //! owner's uploads commit them. Step 2's pure cores so far: the wire frames (`frame`), what a
-//! follower accepts (`follower`) and when an owner may acknowledge (`owner`); the listener,
-//! the replica rings and the streams' I/O come next.
+//! follower accepts (`follower`) and when an owner may acknowledge (`owner`); and a follower's
+//! replica ring (`ring`). The listener and the streams' I/O come next.
 
 pub mod follower;
 pub mod frame;
 pub mod owner;
+pub mod ring;
