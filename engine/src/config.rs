@@ -131,6 +131,11 @@ pub struct ServeArgs {
     /// `text` (default) or `json` (one JSON object per line).
     #[arg(long, env = "RINGTAIL_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// The replicated WAL's broker-to-broker listener (`host:port`; shard `i` listens on
+    /// `port + i`, or on a port of its own with port 0), published in the node's lease. Needs an
+    /// object store. Unset: this broker holds no replica [default: unset].
+    #[arg(long, env = "RINGTAIL_REPLICATION_LISTEN")]
+    pub replication_listen: Option<String>,
     /// Microseconds an idle shard keeps polling before it sleeps (0: sleep at once). Spinning
     /// saves the wake-up cost on the next request at the price of a busy core [default: 0].
     #[arg(long, env = "RINGTAIL_SPIN_BEFORE_PARK_US")]
@@ -183,6 +188,7 @@ struct FileConfig {
     metrics_partition_limit: Option<usize>,
     slow_request_ms: Option<u64>,
     log_format: Option<String>,
+    replication_listen: Option<String>,
     spin_before_park_us: Option<u64>,
     lease_ms: Option<u64>,
     slots: Option<u32>,
@@ -233,6 +239,8 @@ pub struct Config {
     /// None: the slow-request log is off.
     pub slow_request: Option<std::time::Duration>,
     pub log_json: bool,
+    /// The replication listener's address (None: off).
+    pub replication_listen: Option<SocketAddr>,
     pub spin_before_park: std::time::Duration,
     pub lease: std::time::Duration,
     /// None: the bucket's, or the shard count for a new one.
@@ -403,6 +411,13 @@ impl Config {
             {
                 0 => None,
                 ms => Some(std::time::Duration::from_millis(ms)),
+            },
+            replication_listen: match args.replication_listen.or(file.replication_listen) {
+                Some(addr) => Some(
+                    addr.parse()
+                        .with_context(|| format!("--replication-listen {addr:?} is not ip:port"))?,
+                ),
+                None => None,
             },
             spin_before_park: std::time::Duration::from_micros(
                 args.spin_before_park_us

@@ -27,6 +27,7 @@ pub fn take_node_lease(
         open: Vec::new(),
         draining: false,
         epochs: Default::default(),
+        replication: me.replication.clone(),
     };
     let lease =
         futures::executor::block_on(crate::cluster::lease::acquire(store, record, config.lease))?;

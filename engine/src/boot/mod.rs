@@ -49,10 +49,34 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let probe =
         reserve_port(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let bound = probe.local_addr()?;
+    // The replication listener: one port per shard, reserved as the Kafka port is.
+    let replication_probes = match config.replication_listen {
+        Some(_) if store.is_none() => bail!("--replication-listen needs an object store"),
+        Some(addr) => (0..config.shards)
+            .map(|i| {
+                let port = if addr.port() == 0 {
+                    0
+                } else {
+                    addr.port() + i as u16
+                };
+                let at = SocketAddr::new(addr.ip(), port);
+                reserve_port(at).with_context(|| format!("binding {at} (--replication-listen)"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        None => Vec::new(),
+    };
+    let replication = replication_probes
+        .iter()
+        .map(|p| p.local_addr())
+        .collect::<std::io::Result<Vec<SocketAddr>>>()?;
     let me = Member {
         node_id: config.node_id,
         host: config.advertised_host.clone(),
         port: config.advertised_port.unwrap_or(bound.port()) as i32,
+        replication: replication
+            .iter()
+            .map(|a| format!("{}:{}", config.advertised_host, a.port()))
+            .collect(),
     };
     let advertised = format!("{}:{}", me.host, me.port);
     let bucket = Bucket::open(&config, &me, store.clone())?;
@@ -85,6 +109,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         producer_ids: bucket.producer_ids,
         slots,
         bound,
+        replication: replication.clone(),
     })?;
     let cluster = match (lease, &store) {
         (Some(lease), Some(store)) => {
@@ -125,6 +150,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         let _ = gate.send(());
     }
     drop(probe);
+    drop(replication_probes);
     ready.store(true, Relaxed);
     tracing::info!(
         listen = %bound,
@@ -219,6 +245,8 @@ struct ShardsEnv {
     slots: u32,
     /// The listening address every shard binds (SO_REUSEPORT).
     bound: SocketAddr,
+    /// Each shard's replication listener (empty: none).
+    replication: Vec<SocketAddr>,
 }
 
 /// The running shards.
@@ -289,7 +317,8 @@ fn start_shards(env: ShardsEnv) -> anyhow::Result<Shards> {
                 producer_ids: env.producer_ids.clone(),
                 fetch_sessions,
             });
-            shard_main(ctx, broker, env.bound, ready, gate, admission).await
+            let replication = env.replication.get(broker.shard).copied();
+            shard_main(ctx, broker, env.bound, replication, ready, gate, admission).await
         }
     })?;
     let mut mailboxes = None;
@@ -372,6 +401,7 @@ async fn shard_main(
     mut ctx: ShardContext<ShardOp>,
     broker: Rc<Broker>,
     addr: SocketAddr,
+    replication: Option<SocketAddr>,
     ready: std::sync::mpsc::Sender<Result<Mailboxes<ShardOp>, String>>,
     accept: oneshot::Receiver<()>,
     admission: Arc<Admission>,
@@ -380,6 +410,14 @@ async fn shard_main(
         Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err(format!("listening on {addr}: {e}")));
+            return;
+        }
+    };
+    let replication = match replication.map(TcpListener::bind) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            let _ = ready.send(Err(format!("replication listener: {e}")));
             return;
         }
     };
@@ -401,6 +439,30 @@ async fn shard_main(
         broker.host.close_all().await;
         return;
     }
+    let _replication = replication.map(|listener| {
+        let broker = broker.clone();
+        let replicas = Rc::new(crate::replication::serve::Replicas::default());
+        if let Ok(at) = listener.local_addr() {
+            tracing::info!(shard = broker.shard, "replication listening on {at}");
+        }
+        ringtail_shards::spawn(async move {
+            ringtail_shards::net::accept_loop(
+                &listener,
+                |stream| {
+                    let serving =
+                        crate::replication::serve::serve(broker.clone(), replicas.clone(), stream);
+                    ringtail_shards::spawn_detached(serving)
+                },
+                |e| {
+                    if crate::metrics::client_log::may_log(&broker.stats) {
+                        tracing::warn!(shard = broker.shard, error = %e, "replication accept failed");
+                    }
+                },
+                std::time::Duration::from_millis(10),
+            )
+            .await
+        })
+    });
     let accept = ringtail_shards::net::accept_loop(
         &listener,
         |stream| crate::conn::serve::accepted(&broker, &admission, stream),

@@ -50,6 +50,9 @@ pub struct LeaseRecord {
     /// broker's Metadata names.
     #[serde(default)]
     pub epochs: std::collections::BTreeMap<u32, u64>,
+    /// The replicated WAL's listener, one `host:port` per shard (empty: no replicas here).
+    #[serde(default)]
+    pub replication: Vec<String>,
 }
 
 /// A lease someone else holds, as watched from here.
@@ -430,6 +433,7 @@ mod tests {
             open: Vec::new(),
             draining: false,
             epochs: Default::default(),
+            replication: Vec::new(),
         }
     }
 

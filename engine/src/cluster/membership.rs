@@ -31,6 +31,8 @@ pub struct Member {
     pub node_id: i32,
     pub host: String,
     pub port: i32,
+    /// Its replication listener, one address per shard (empty: it holds no replica).
+    pub replication: Vec<String>,
 }
 
 /// What the shards route by: the target owner of every slot and the live brokers.
@@ -678,6 +680,7 @@ fn member_of(r: &LeaseRecord) -> Member {
         node_id: r.node_id,
         host,
         port,
+        replication: r.replication.clone(),
     }
 }
 
@@ -691,6 +694,7 @@ mod tests {
                 node_id: node,
                 host: "h".into(),
                 port: 9000 + node,
+                replication: Vec::new(),
             },
             open: open.iter().copied().collect(),
             draining,

@@ -123,6 +123,11 @@ pub struct ShardStats {
     /// Records a returning broker found in its WAL at offsets another owner wrote meanwhile
     /// (acknowledged with durability=wal, not uploaded before a crash or pause): lost.
     pub wal_superseded_records: AtomicU64,
+    /// Batches and bytes this broker appended to its replica rings as a follower, and the
+    /// replication frames it refused (a non-member, a stale epoch, a gap, a damaged batch).
+    pub replica_appended_batches: AtomicU64,
+    pub replica_appended_bytes: AtomicU64,
+    pub replica_refused: AtomicU64,
     /// Records and record-batch bytes appended by produce requests.
     pub produce_records: AtomicU64,
     pub produce_bytes: AtomicU64,
@@ -192,6 +197,9 @@ impl ShardStats {
             hot_cache_evicted_bytes: AtomicU64::new(0),
             span_cache: SpanCacheStats::default(),
             wal_superseded_records: AtomicU64::new(0),
+            replica_appended_batches: AtomicU64::new(0),
+            replica_appended_bytes: AtomicU64::new(0),
+            replica_refused: AtomicU64::new(0),
             produce_records: AtomicU64::new(0),
             produce_bytes: AtomicU64::new(0),
             connections_accepted: AtomicU64::new(0),

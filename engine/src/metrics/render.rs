@@ -182,6 +182,27 @@ const SHARD_SERIES: &[ShardSeries] = &[
     ),
     (
         counter(
+            "ringtail_replica_appended_batches_total",
+            "Batches appended to this broker's replica rings as a follower.",
+        ),
+        |s| s.replica_appended_batches.load(Relaxed),
+    ),
+    (
+        counter(
+            "ringtail_replica_appended_bytes_total",
+            "Bytes appended to this broker's replica rings as a follower.",
+        ),
+        |s| s.replica_appended_bytes.load(Relaxed),
+    ),
+    (
+        counter(
+            "ringtail_replica_refused_total",
+            "Replication frames refused (see the warnings in the log); nothing of them appended.",
+        ),
+        |s| s.replica_refused.load(Relaxed),
+    ),
+    (
+        counter(
             "ringtail_connections_accepted_total",
             "Client connections accepted.",
         ),

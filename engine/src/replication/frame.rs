@@ -41,6 +41,12 @@ pub enum Header {
     },
     /// Owner → follower: every batch up to `seq` is in a committed object (trim behind it).
     Committed { slot: u32, epoch: u64, seq: u64 },
+    /// Follower → owner: the `Start` is taken; send from `next_seq` on.
+    Started {
+        slot: u32,
+        epoch: u64,
+        next_seq: u64,
+    },
     /// Follower → owner: every batch up to `durable_seq` is durable in the replica ring.
     Acked {
         slot: u32,

@@ -2,9 +2,11 @@
 //! batches of replicated topics to its followers, which keep them in a replica ring until the
 //! owner's uploads commit them. Step 2's pure cores so far: the wire frames (`frame`), what a
 //! follower accepts (`follower`) and when an owner may acknowledge (`owner`); and a follower's
-//! replica ring (`ring`). The listener and the streams' I/O come next.
+//! replica ring (`ring`) and the follower's side of the connections (`serve`). The owner's
+//! streams come next.
 
 pub mod follower;
 pub mod frame;
 pub mod owner;
 pub mod ring;
+pub mod serve;

@@ -1,0 +1,280 @@
+//! The follower side of replication connections (ARCHITECTURE.md, "Replicated WAL", step 2):
+//! each shard listens on its own port; an owner's connection streams the slots this shard
+//! hosts. A `Start` is taken only from a live member of this cluster, for a slot this shard
+//! hosts and this broker does not own; its batches go to the slot's replica ring, and the
+//! ring's durable progress goes back as `Acked`. Anything refused is logged with its reason,
+//! answered `Refused`, and nothing of it is appended.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::{Bytes, BytesMut};
+use futures::channel::mpsc;
+use futures::io::{AsyncReadExt, AsyncWriteExt};
+use futures::StreamExt;
+use ringtail_shards::net::TcpStream;
+
+use crate::replication::follower::{Claimed, Refusal, Started};
+use crate::replication::frame::{self, Header};
+use crate::replication::ring::{self, AppendError, ReplicaRing};
+use crate::shard::Broker;
+
+/// Read buffer growth per read.
+const READ_BYTES: usize = 256 << 10;
+
+type Sink = Rc<RefCell<Option<mpsc::UnboundedSender<Bytes>>>>;
+
+/// One slot's replica on this shard: its ring, and the connection its acknowledgements go to.
+struct SlotReplica {
+    ring: ReplicaRing,
+    sink: Sink,
+}
+
+/// The replica rings this shard holds, opened at the first `Start` for their slot.
+#[derive(Default)]
+pub struct Replicas {
+    slots: RefCell<HashMap<u32, Rc<SlotReplica>>>,
+}
+
+impl Replicas {
+    /// The slot's replica, its ring opened (created if new) on first use.
+    async fn open(&self, broker: &Broker, slot: u32) -> Result<Rc<SlotReplica>, String> {
+        if let Some(r) = self.slots.borrow().get(&slot) {
+            return Ok(r.clone());
+        }
+        let config = crate::shard::host::wal_config(&broker.config, slot);
+        let config = ringtail_wal::WalConfig {
+            path: broker
+                .config
+                .wal_dir
+                .join(crate::layout::replica_ring(slot)),
+            ..config
+        };
+        let epoch_path = broker
+            .config
+            .wal_dir
+            .join(crate::layout::replica_epoch(slot));
+        let (cfg, epath) = (config.clone(), epoch_path.clone());
+        let opened = ringtail_shards::off_thread("replica-open", move || {
+            ringtail_wal::create_or_check(&cfg).map_err(|e| e.to_string())?;
+            let recovery = ringtail_wal::recover(&cfg.path).map_err(|e| e.to_string())?;
+            let floor = ring::read_epoch(&epath)?;
+            Ok::<_, String>((recovery, floor))
+        })
+        .await
+        .ok_or("the replica ring's opening thread did not run")??;
+        let (recovery, floor) = opened;
+        // Opened meanwhile by another connection's Start.
+        if let Some(r) = self.slots.borrow().get(&slot) {
+            return Ok(r.clone());
+        }
+        let sink: Sink = Rc::new(RefCell::new(None));
+        let acks = sink.clone();
+        let ring = ReplicaRing::open(&config, &recovery, floor, epoch_path, move |epoch, seq| {
+            let mut out = BytesMut::new();
+            let acked = Header::Acked {
+                slot,
+                epoch,
+                durable_seq: seq,
+            };
+            frame::encode(&acked, &[], &mut out);
+            if let Some(tx) = acks.borrow().as_ref() {
+                let _ = tx.unbounded_send(out.freeze());
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        tracing::info!(
+            slot,
+            epoch = ring.epoch(),
+            durable_seq = ring.durable_seq(),
+            "opened the slot's replica ring"
+        );
+        let replica = Rc::new(SlotReplica { ring, sink });
+        self.slots.borrow_mut().insert(slot, replica.clone());
+        Ok(replica)
+    }
+}
+
+/// Serves one owner's replication connection until it closes or breaks the protocol.
+pub async fn serve(broker: Rc<Broker>, replicas: Rc<Replicas>, stream: TcpStream) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let (mut reader, mut writer) = stream.split();
+    let (tx, mut rx) = mpsc::unbounded::<Bytes>();
+    let _writer = ringtail_shards::spawn(async move {
+        while let Some(b) = rx.next().await {
+            if writer.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = BytesMut::new();
+    // The slots this connection streams (their acknowledgements come here).
+    let mut streaming: Vec<u32> = Vec::new();
+    'read: loop {
+        let len = buf.len();
+        buf.resize(len + READ_BYTES, 0);
+        let n = match reader.read(&mut buf[len..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.truncate(len + n);
+        loop {
+            let (header, payload) = match frame::decode(&mut buf) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "replication connection closed: a broken frame");
+                    break 'read;
+                }
+            };
+            let answer = match header {
+                Header::Start {
+                    cluster_id,
+                    node,
+                    slot,
+                    epoch,
+                    first_seq,
+                } => {
+                    let started = start(
+                        &broker,
+                        &replicas,
+                        &cluster_id,
+                        node,
+                        slot,
+                        epoch,
+                        first_seq,
+                    )
+                    .await;
+                    match started {
+                        Ok((replica, next_seq)) => {
+                            *replica.sink.borrow_mut() = Some(tx.clone());
+                            if !streaming.contains(&slot) {
+                                streaming.push(slot);
+                            }
+                            Header::Started {
+                                slot,
+                                epoch,
+                                next_seq,
+                            }
+                        }
+                        Err(reason) => refuse(&broker, &peer, slot, epoch, reason),
+                    }
+                }
+                Header::Append {
+                    slot,
+                    epoch,
+                    seq,
+                    topic_id,
+                    partition,
+                    base_offset,
+                    record_count,
+                    leader_epoch,
+                } => {
+                    let claimed = Claimed {
+                        base_offset,
+                        record_count,
+                        leader_epoch,
+                    };
+                    let len = payload.len() as u64;
+                    let appended = match replicas.slots.borrow().get(&slot) {
+                        Some(r) if streaming.contains(&slot) => r
+                            .ring
+                            .append(epoch, seq, topic_id, partition, claimed, payload)
+                            .map_err(|e| e.to_string()),
+                        _ => Err(Refusal::NotStarted { epoch, known: 0 }.to_string()),
+                    };
+                    match appended {
+                        Ok(()) => {
+                            broker.stats.replica_appended_batches.fetch_add(1, Relaxed);
+                            broker.stats.replica_appended_bytes.fetch_add(len, Relaxed);
+                            continue;
+                        }
+                        Err(reason) => refuse(&broker, &peer, slot, epoch, reason),
+                    }
+                }
+                Header::Committed { slot, epoch, seq } => {
+                    if let Some(r) = replicas.slots.borrow().get(&slot) {
+                        r.ring.committed(epoch, seq);
+                    }
+                    continue;
+                }
+                other => {
+                    tracing::warn!(%peer, frame = ?other, "replication connection closed: a follower's frame from an owner");
+                    break 'read;
+                }
+            };
+            let mut out = BytesMut::new();
+            frame::encode(&answer, &[], &mut out);
+            if tx.unbounded_send(out.freeze()).is_err() {
+                break 'read;
+            }
+        }
+    }
+    // Acknowledgements of this connection's slots have nowhere to go until the next Start.
+    for slot in streaming {
+        if let Some(r) = replicas.slots.borrow().get(&slot) {
+            let mine = r
+                .sink
+                .borrow()
+                .as_ref()
+                .is_some_and(|s| s.same_receiver(&tx));
+            if mine {
+                *r.sink.borrow_mut() = None;
+            }
+        }
+    }
+}
+
+/// Takes a `Start`: the slot's replica and where the stream goes on.
+async fn start(
+    broker: &Broker,
+    replicas: &Replicas,
+    cluster_id: &str,
+    node: i32,
+    slot: u32,
+    epoch: u64,
+    first_seq: u64,
+) -> Result<(Rc<SlotReplica>, u64), String> {
+    if cluster_id != broker.cluster_id {
+        return Err(format!(
+            "cluster {cluster_id:?} is not this broker's ({:?})",
+            broker.cluster_id
+        ));
+    }
+    let view = broker.view();
+    if node == view.me || view.member(node).is_none() {
+        return Err(format!("node {node} holds no live lease of this cluster"));
+    }
+    if slot >= broker.slots || slot as usize % broker.shards != broker.shard {
+        return Err(format!("slot {slot} is not hosted on this shard"));
+    }
+    if broker.host.get(slot).is_some() {
+        return Err(format!("slot {slot} is owned here"));
+    }
+    let replica = replicas.open(broker, slot).await?;
+    match replica.ring.start(epoch, first_seq).await {
+        Ok(Started::Fresh) => Ok((replica, first_seq)),
+        Ok(Started::Resume { next_seq }) => Ok((replica, next_seq)),
+        Err(AppendError::Refused(r)) => Err(r.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Logs a refusal (rate limited) and counts it; the answer to send.
+fn refuse(broker: &Broker, peer: &str, slot: u32, epoch: u64, reason: String) -> Header {
+    broker.stats.replica_refused.fetch_add(1, Relaxed);
+    if crate::metrics::client_log::may_log(&broker.stats) {
+        tracing::warn!(%peer, slot, epoch, %reason, "replication frame refused, nothing appended");
+    }
+    Header::Refused {
+        slot,
+        epoch,
+        reason,
+    }
+}

@@ -1,0 +1,300 @@
+//! The replicated WAL's follower side (issue 19, step 2) on real brokers: two brokers share a
+//! SeaweedFS bucket, each with its replication listener; the test plays an owner streaming to
+//! broker 1. What a follower takes lands in its replica ring and is acknowledged once durable;
+//! a frame from a non-member, of another cluster, of a stale epoch, out of sequence or with a
+//! damaged batch is refused with a logged reason and nothing appended. (The frames are the
+//! brokers' own protocol, so the test speaks it with the engine's codec.)
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use common::TestBroker;
+use kafka_protocol::records::Compression;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use ringtail_engine::replication::frame::{decode, encode, Header};
+use ringtail_netio::batch::{split_and_validate, testing};
+
+const SLOTS: u32 = 4;
+
+fn start(
+    weed: &ringtail_objstore::testing::Seaweed,
+    node: i32,
+    dir: &std::path::Path,
+) -> TestBroker {
+    let mut args = weed.broker_args("replication");
+    args.extend(
+        [
+            "--shards",
+            "1",
+            "--slots",
+            "4",
+            "--node-id",
+            &node.to_string(),
+            "--replication-listen",
+            "127.0.0.1:0",
+        ]
+        .map(String::from),
+    );
+    TestBroker::start_at(dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// The address broker `b` said its (only) shard's replication listener is on.
+fn replication_addr(b: &TestBroker) -> String {
+    b.log_lines()
+        .iter()
+        .find_map(|l| l.split("replication listening on ").nth(1))
+        .map(|rest| rest.split_whitespace().next().unwrap().to_string())
+        .expect("the broker logs its replication listener")
+}
+
+/// An owner's end of a replication connection.
+struct Owner {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Owner {
+    fn connect(addr: &str) -> Owner {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Owner {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    fn send(&mut self, header: Header, payload: &[u8]) {
+        let mut out = BytesMut::new();
+        encode(&header, payload, &mut out);
+        self.stream.write_all(&out).unwrap();
+    }
+
+    fn next(&mut self) -> Header {
+        loop {
+            if let Some((h, _)) = decode(&mut self.buf).unwrap() {
+                return h;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).expect("an answer in time");
+            assert!(n > 0, "the follower closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn start(&mut self, cluster_id: &str, node: i32, slot: u32, epoch: u64) -> Header {
+        self.send(
+            Header::Start {
+                cluster_id: cluster_id.into(),
+                node,
+                slot,
+                epoch,
+                first_seq: 1,
+            },
+            &[],
+        );
+        self.next()
+    }
+
+    fn append(&mut self, slot: u32, epoch: u64, seq: u64, batch: &Bytes) {
+        let h = ringtail_netio::header::BatchHeader::parse(batch).unwrap();
+        self.send(
+            Header::Append {
+                slot,
+                epoch,
+                seq,
+                topic_id: [7; 16],
+                partition: 0,
+                base_offset: h.base_offset,
+                record_count: h.record_count,
+                leader_epoch: h.partition_leader_epoch,
+            },
+            batch,
+        );
+    }
+}
+
+/// A stored batch of 3 records at `base` under leader epoch `epoch`.
+fn batch(base: i64, epoch: i32) -> Bytes {
+    let values = (0..3).map(|i| Some(Bytes::from(format!("r{base}-{i}"))));
+    split_and_validate(testing::encode(values, 1_000, Compression::None), 1 << 20)
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap()
+        .assign(base, epoch)
+        .1
+}
+
+fn refused(h: &Header) -> Option<&str> {
+    match h {
+        Header::Refused { reason, .. } => Some(reason),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_follower_takes_a_members_stream_and_refuses_bad_frames() {
+    let weed = ringtail_objstore::testing::Seaweed::start();
+    let (dir1, dir2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let b1 = start(&weed, 1, dir1.path());
+    let b2 = start(&weed, 2, dir2.path());
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", b1.bootstrap())
+        .create()
+        .unwrap();
+    let cluster_id = client
+        .client()
+        .fetch_cluster_id(Duration::from_secs(10))
+        .expect("a cluster id");
+    let addr = replication_addr(&b1);
+
+    // Until broker 2 has its half of the slots, broker 1 owns them all: every Start is
+    // refused as "owned here"; then exactly the two slots broker 2 serves are taken.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mine, theirs) = loop {
+        let mut owner = Owner::connect(&addr);
+        let answers: Vec<(u32, Header)> = (0..SLOTS)
+            .map(|slot| (slot, owner.start(&cluster_id, 2, slot, 5)))
+            .collect();
+        let theirs: Vec<u32> = answers
+            .iter()
+            .filter(|(_, h)| matches!(h, Header::Started { .. }))
+            .map(|(s, _)| *s)
+            .collect();
+        let mine: Vec<u32> = answers
+            .iter()
+            .filter(|(_, h)| refused(h).is_some_and(|r| r.contains("owned here")))
+            .map(|(s, _)| *s)
+            .collect();
+        if theirs.len() == 2 && mine.len() == 2 {
+            break (mine, theirs);
+        }
+        assert!(Instant::now() < deadline, "slots never spread: {answers:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let slot = theirs[0];
+
+    let mut owner = Owner::connect(&addr);
+    assert_eq!(
+        owner.start(&cluster_id, 2, slot, 5),
+        Header::Started {
+            slot,
+            epoch: 5,
+            next_seq: 1
+        },
+        "the same epoch again resumes where the stream is"
+    );
+    // Batch 1: appended, acknowledged once durable.
+    owner.append(slot, 5, 1, &batch(0, 5));
+    assert_eq!(
+        owner.next(),
+        Header::Acked {
+            slot,
+            epoch: 5,
+            durable_seq: 1
+        }
+    );
+    // Refused, nothing appended: a gap; a damaged batch; a batch whose leader epoch is not
+    // its stream's.
+    owner.append(slot, 5, 3, &batch(3, 5));
+    let gap = owner.next();
+    assert!(
+        refused(&gap).is_some_and(|r| r.contains("sequence 3 where 2")),
+        "{gap:?}"
+    );
+    let mut damaged = batch(3, 5).to_vec();
+    let n = damaged.len();
+    damaged[n - 2] ^= 0x20;
+    owner.append(slot, 5, 2, &Bytes::from(damaged));
+    let crc = owner.next();
+    assert!(refused(&crc).is_some_and(|r| r.contains("CRC")), "{crc:?}");
+    owner.append(slot, 5, 2, &batch(3, 4));
+    let epoch = owner.next();
+    assert!(
+        refused(&epoch).is_some_and(|r| r.contains("leader epoch 4")),
+        "{epoch:?}"
+    );
+    // The stream goes on where it was.
+    owner.append(slot, 5, 2, &batch(3, 5));
+    assert_eq!(
+        owner.next(),
+        Header::Acked {
+            slot,
+            epoch: 5,
+            durable_seq: 2
+        }
+    );
+
+    // Starts refused: another cluster, a node without a lease, a stale epoch, a slot this
+    // broker owns.
+    let mut other = Owner::connect(&addr);
+    let wrong_cluster = other.start("another-cluster", 2, slot, 6);
+    assert!(
+        refused(&wrong_cluster).is_some_and(|r| r.contains("cluster")),
+        "{wrong_cluster:?}"
+    );
+    let stranger = other.start(&cluster_id, 9, slot, 6);
+    assert!(
+        refused(&stranger).is_some_and(|r| r.contains("node 9")),
+        "{stranger:?}"
+    );
+    let stale = other.start(&cluster_id, 2, slot, 4);
+    assert!(
+        refused(&stale).is_some_and(|r| r.contains("older")),
+        "{stale:?}"
+    );
+    let owned = other.start(&cluster_id, 2, mine[0], 6);
+    assert!(
+        refused(&owned).is_some_and(|r| r.contains("owned here")),
+        "{owned:?}"
+    );
+    // An append on a connection that started nothing.
+    other.append(slot, 5, 3, &batch(6, 5));
+    let unstarted = other.next();
+    assert!(refused(&unstarted).is_some(), "{unstarted:?}");
+
+    let m = b1.metrics();
+    assert_eq!(m.get("ringtail_replica_appended_batches_total"), Some(&2));
+    assert!(m["ringtail_replica_appended_bytes_total"] > 0);
+    assert!(
+        b1.log_contains("replication frame refused, nothing appended"),
+        "refusals are logged"
+    );
+    // A restarted follower still holds the stream: epoch 5 resumes after 2.
+    drop(owner);
+    drop(other);
+    assert_eq!(b1.terminate(), Some(0));
+    let b1 = start(&weed, 1, dir1.path());
+    let mut owner = Owner::connect(&replication_addr(&b1));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let resumed = loop {
+        match owner.start(&cluster_id, 2, slot, 5) {
+            // Broker 2 held every slot while broker 1 was away and hands them back.
+            h if refused(&h).is_some_and(|r| r.contains("node 2")) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            h => break h,
+        }
+    };
+    assert_eq!(
+        resumed,
+        Header::Started {
+            slot,
+            epoch: 5,
+            next_seq: 3
+        }
+    );
+    let stale = owner.start(&cluster_id, 2, slot, 4);
+    assert!(
+        refused(&stale).is_some_and(|r| r.contains("older")),
+        "{stale:?}"
+    );
+    drop(b2);
+}
