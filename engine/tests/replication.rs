@@ -26,6 +26,16 @@ fn start(
     node: i32,
     dir: &std::path::Path,
 ) -> TestBroker {
+    start_on(weed, node, dir, "127.0.0.1:0")
+}
+
+/// As [`start`], with the replication listener at `replication`.
+fn start_on(
+    weed: &ringtail_objstore::testing::Seaweed,
+    node: i32,
+    dir: &std::path::Path,
+    replication: &str,
+) -> TestBroker {
     let mut args = weed.broker_args("replication");
     args.extend(
         [
@@ -36,7 +46,7 @@ fn start(
             "--node-id",
             &node.to_string(),
             "--replication-listen",
-            "127.0.0.1:0",
+            replication,
         ]
         .map(String::from),
     );
@@ -49,7 +59,7 @@ fn replication_addr(b: &TestBroker) -> String {
         .iter()
         .find_map(|l| l.split("replication listening on ").nth(1))
         .map(|rest| rest.split_whitespace().next().unwrap().to_string())
-        .expect("the broker logs its replication listener")
+        .expect("the broker logs its replication listener before it says it listens")
 }
 
 /// An owner's end of a replication connection.
@@ -297,4 +307,132 @@ fn a_follower_takes_a_members_stream_and_refuses_bad_frames() {
         "{stale:?}"
     );
     drop(b2);
+}
+
+/// The first slot of `SLOTS` whose Start from node 2 broker at `addr` takes (broker 2 owns it),
+/// waiting for the slots to spread.
+fn their_slot(addr: &str, cluster_id: &str) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut owner = Owner::connect(addr);
+        for slot in 0..SLOTS {
+            if matches!(owner.start(cluster_id, 2, slot, 1), Header::Started { .. }) {
+                return slot;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no slot of broker 2's seen from {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The owner's link streams batches to a real follower, pipelined; a follower restart breaks
+/// the connection, and the link reconnects, resends what was not acknowledged, and goes on.
+#[test]
+fn an_owners_link_streams_and_resumes_across_a_follower_restart() {
+    use ringtail_engine::replication::link::{Batch, Link, LinkConfig};
+    let weed = ringtail_objstore::testing::Seaweed::start();
+    let (dir1, dir2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let b1 = start_on(&weed, 1, dir1.path(), &listen);
+    let _b2 = start(&weed, 2, dir2.path());
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", b1.bootstrap())
+        .create()
+        .unwrap();
+    let cluster_id = client
+        .client()
+        .fetch_cluster_id(Duration::from_secs(10))
+        .expect("a cluster id");
+    let slot = their_slot(&listen, &cluster_id);
+    let config = LinkConfig {
+        cluster_id,
+        node: 2,
+        slot,
+        epoch: 3,
+        addr: listen.clone(),
+        unacked_bytes_max: 64 << 20,
+    };
+    let batch_of = |seq: u64| Batch {
+        seq,
+        topic_id: [7; 16],
+        partition: 1,
+        base_offset: seq as i64 * 3,
+        record_count: 3,
+        leader_epoch: 3,
+        bytes: batch(seq as i64 * 3, 3),
+    };
+    // The link lives on a shard runtime of the test's own; the broker is stopped and started
+    // from here while it runs.
+    let (acked_tx, acked_rx) = std::sync::mpsc::channel::<()>();
+    let (stopped_tx, stopped_rx) = std::sync::mpsc::channel::<()>();
+    let (restarted_tx, restarted_rx) = std::sync::mpsc::channel::<()>();
+    let runner = std::thread::spawn(move || {
+        ringtail_shards::block_on(1 << 20, move || async move {
+            let link = Link::open(config, |_| {});
+            for seq in 1..=50 {
+                assert!(link.push(batch_of(seq)));
+            }
+            let wait_acked = |n: u64| {
+                let link = &link;
+                async move {
+                    for _ in 0..3000 {
+                        if link.acked_seq() >= n {
+                            return true;
+                        }
+                        ringtail_shards::sleep(Duration::from_millis(10)).await;
+                    }
+                    false
+                }
+            };
+            let until = |rx: &std::sync::mpsc::Receiver<()>| {
+                let ready = rx.try_recv().is_ok();
+                async move { ready }
+            };
+            assert!(
+                wait_acked(50).await,
+                "50 acknowledged: {:?}",
+                link.last_error()
+            );
+            assert_eq!(link.queued_bytes(), 0, "acknowledged batches are let go");
+            acked_tx.send(()).unwrap();
+            while !until(&stopped_rx).await {
+                ringtail_shards::sleep(Duration::from_millis(20)).await;
+            }
+            // Pushed while the follower is away: held, then sent once it is back.
+            for seq in 51..=80 {
+                assert!(link.push(batch_of(seq)));
+            }
+            while !until(&restarted_rx).await {
+                ringtail_shards::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(
+                wait_acked(80).await,
+                "80 acknowledged after the restart: {:?}",
+                link.last_error()
+            );
+            link.acked_seq()
+        })
+        .unwrap()
+    });
+    acked_rx.recv().unwrap();
+    assert_eq!(b1.metrics()["ringtail_replica_appended_batches_total"], 50);
+    assert_eq!(b1.terminate(), Some(0));
+    stopped_tx.send(()).unwrap();
+    let b1 = start_on(&weed, 1, dir1.path(), &listen);
+    restarted_tx.send(()).unwrap();
+    assert_eq!(runner.join().unwrap(), 80);
+    // The restarted follower took exactly the batches it lacked.
+    assert_eq!(b1.metrics()["ringtail_replica_appended_batches_total"], 30);
 }

@@ -149,6 +149,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     for gate in shards.accept {
         let _ = gate.send(());
     }
+    for (shard, at) in replication.iter().enumerate() {
+        tracing::info!(shard, "replication listening on {at}");
+    }
     drop(probe);
     drop(replication_probes);
     ready.store(true, Relaxed);
@@ -442,9 +445,6 @@ async fn shard_main(
     let _replication = replication.map(|listener| {
         let broker = broker.clone();
         let replicas = Rc::new(crate::replication::serve::Replicas::default());
-        if let Ok(at) = listener.local_addr() {
-            tracing::info!(shard = broker.shard, "replication listening on {at}");
-        }
         ringtail_shards::spawn(async move {
             ringtail_shards::net::accept_loop(
                 &listener,

@@ -101,6 +101,19 @@ pub fn encode(header: &Header, payload: &[u8], out: &mut BytesMut) {
     out.extend_from_slice(payload);
 }
 
+/// A frame's bytes up to its payload (`payload_len` bytes follow, sent from their own buffer:
+/// an owner writes a batch without copying it).
+pub fn encode_prefix(header: &Header, payload_len: usize) -> Bytes {
+    let encoded = rkyv::to_bytes::<rkyv::rancor::Error>(header).expect("a header serialises");
+    let frame_len = 4 + encoded.len() + payload_len;
+    assert!(frame_len <= FRAME_BYTES_MAX, "a frame a reader accepts");
+    let mut out = BytesMut::with_capacity(8 + encoded.len());
+    out.put_u32_le(frame_len as u32);
+    out.put_u32_le(encoded.len() as u32);
+    out.extend_from_slice(&encoded);
+    out.freeze()
+}
+
 /// Takes the next whole frame off the front of `buf`: None while it is incomplete. A frame
 /// that breaks the format is an error (the connection is closed; nothing of it is used).
 pub fn decode(buf: &mut BytesMut) -> Result<Option<(Header, Bytes)>, FrameError> {
@@ -198,6 +211,17 @@ mod tests {
             ]
         );
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_prefix_and_its_payload_are_one_frame() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&encode_prefix(&append(4), 5));
+        buf.extend_from_slice(b"hello");
+        assert_eq!(
+            decode(&mut buf).unwrap(),
+            Some((append(4), Bytes::from_static(b"hello")))
+        );
     }
 
     #[test]

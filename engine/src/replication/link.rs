@@ -1,0 +1,297 @@
+//! An owner's link to one follower of one slot (ARCHITECTURE.md, "Replicated WAL", step 2):
+//! the batches sent and not acknowledged yet, and the connection that streams them. It
+//! connects, `Start`s at the oldest batch it still holds, resends from where the follower
+//! says, streams what is pushed as it comes (header and batch from their own buffers: the
+//! batch is not copied), reports acknowledgements, and reconnects with backoff when the
+//! connection breaks or the follower refuses (a refusal is logged; the stream starts again).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use ringtail_shards::net::TcpStream;
+use ringtail_shards::{Task, WaitList};
+
+use crate::replication::frame::{self, Header};
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Read buffer growth per read.
+const READ_BYTES: usize = 16 << 10;
+
+/// One batch of the stream.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub seq: u64,
+    pub topic_id: [u8; 16],
+    pub partition: i32,
+    pub base_offset: i64,
+    pub record_count: i32,
+    pub leader_epoch: i32,
+    pub bytes: Bytes,
+}
+
+/// Who streams what to whom.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    pub cluster_id: String,
+    /// The owner's node id.
+    pub node: i32,
+    pub slot: u32,
+    pub epoch: u64,
+    /// The follower's replication listener for the slot's shard.
+    pub addr: String,
+    /// Most bytes held unacknowledged: beyond, pushes are refused (the follower lags).
+    pub unacked_bytes_max: u64,
+}
+
+struct LinkState {
+    /// Pushed and not acknowledged (nor committed), in sequence order.
+    queue: VecDeque<Batch>,
+    queued_bytes: u64,
+    acked: u64,
+    /// The next sequence a push must carry.
+    next_seq: u64,
+    bytes_max: u64,
+    /// The follower's last refusal or connection failure, for the log and the owner.
+    last_error: Option<String>,
+    stopped: bool,
+}
+
+/// The link; dropping it stops its connection.
+pub struct Link {
+    state: Rc<RefCell<LinkState>>,
+    changed: Rc<WaitList>,
+    _task: Task<()>,
+}
+
+impl Link {
+    /// Opens the link (connecting in the background); `on_acked(seq)` hears each time the
+    /// follower has more of the stream durable.
+    pub fn open(config: LinkConfig, on_acked: impl Fn(u64) + 'static) -> Link {
+        let state = Rc::new(RefCell::new(LinkState {
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            acked: 0,
+            next_seq: 1,
+            bytes_max: config.unacked_bytes_max,
+            last_error: None,
+            stopped: false,
+        }));
+        let changed = Rc::new(WaitList::new());
+        let task = ringtail_shards::spawn(run(
+            config,
+            state.clone(),
+            changed.clone(),
+            Rc::new(on_acked),
+        ));
+        Link {
+            state,
+            changed,
+            _task: task,
+        }
+    }
+
+    /// Queues `batch` for the follower; false (not queued) if its sequence is not the next or
+    /// the follower lags by more than the bound.
+    pub fn push(&self, batch: Batch) -> bool {
+        {
+            let mut s = self.state.borrow_mut();
+            if batch.seq != s.next_seq || s.queued_bytes + batch.bytes.len() as u64 > s.bytes_max {
+                return false;
+            }
+            s.next_seq += 1;
+            s.queued_bytes += batch.bytes.len() as u64;
+            s.queue.push_back(batch);
+        }
+        self.changed.notify_all();
+        true
+    }
+
+    /// Everything up to `seq` is in the bucket: no need to keep or resend it.
+    pub fn committed(&self, seq: u64) {
+        let mut s = self.state.borrow_mut();
+        release(&mut s, seq);
+    }
+
+    pub fn acked_seq(&self) -> u64 {
+        self.state.borrow().acked
+    }
+
+    pub fn queued_bytes(&self) -> u64 {
+        self.state.borrow().queued_bytes
+    }
+
+    /// The last refusal or connection failure, if any since the last acknowledgement.
+    pub fn last_error(&self) -> Option<String> {
+        self.state.borrow().last_error.clone()
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.state.borrow_mut().stopped = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Drops the queued batches up to `seq`.
+fn release(s: &mut LinkState, seq: u64) {
+    while s.queue.front().is_some_and(|b| b.seq <= seq) {
+        let b = s.queue.pop_front().expect("front exists");
+        s.queued_bytes -= b.bytes.len() as u64;
+    }
+}
+
+async fn run(
+    config: LinkConfig,
+    state: Rc<RefCell<LinkState>>,
+    changed: Rc<WaitList>,
+    on_acked: Rc<dyn Fn(u64)>,
+) {
+    let mut backoff =
+        ringtail_shards::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    while !state.borrow().stopped {
+        let outcome = connection(&config, &state, &changed, &on_acked).await;
+        if state.borrow().stopped {
+            return;
+        }
+        let reason = match outcome {
+            Ok(()) => "the follower closed the connection".to_string(),
+            Err(e) => e,
+        };
+        tracing::warn!(slot = config.slot, follower = %config.addr, %reason, "replication link down; reconnecting");
+        state.borrow_mut().last_error = Some(reason);
+        backoff.wait().await;
+    }
+}
+
+/// One connection: Start, resend, stream; returns when it breaks.
+async fn connection(
+    config: &LinkConfig,
+    state: &Rc<RefCell<LinkState>>,
+    changed: &Rc<WaitList>,
+    on_acked: &Rc<dyn Fn(u64)>,
+) -> Result<(), String> {
+    let connect = TcpStream::connect(config.addr.as_str());
+    let stream = ringtail_shards::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .ok_or("connecting timed out")?
+        .map_err(|e| format!("connecting: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.split();
+    let first_seq = {
+        let s = state.borrow();
+        s.queue.front().map_or(s.next_seq, |b| b.seq)
+    };
+    let start = Header::Start {
+        cluster_id: config.cluster_id.clone(),
+        node: config.node,
+        slot: config.slot,
+        epoch: config.epoch,
+        first_seq,
+    };
+    let mut out = BytesMut::new();
+    frame::encode(&start, &[], &mut out);
+    writer.write_all(&out).await.map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::new();
+    let next_seq = match read_frame(&mut reader, &mut buf).await? {
+        Header::Started { next_seq, .. } => next_seq,
+        Header::Refused { reason, .. } => return Err(format!("Start refused: {reason}")),
+        other => return Err(format!("unexpected answer to Start: {other:?}")),
+    };
+    let sending = send(config, state, changed, writer, next_seq);
+    let reading = async {
+        loop {
+            match read_frame(&mut reader, &mut buf).await? {
+                Header::Acked { durable_seq, .. } => {
+                    {
+                        let mut s = state.borrow_mut();
+                        s.acked = s.acked.max(durable_seq);
+                        s.last_error = None;
+                        release(&mut s, durable_seq);
+                    }
+                    on_acked(durable_seq);
+                }
+                Header::Refused { reason, .. } => return Err(format!("refused: {reason}")),
+                other => return Err(format!("unexpected frame: {other:?}")),
+            }
+        }
+    };
+    futures::pin_mut!(sending, reading);
+    match futures::future::select(sending, reading).await {
+        futures::future::Either::Left((r, _)) | futures::future::Either::Right((r, _)) => r,
+    }
+}
+
+/// Streams the queued batches from `from` on, then each as it is pushed.
+async fn send(
+    config: &LinkConfig,
+    state: &Rc<RefCell<LinkState>>,
+    changed: &Rc<WaitList>,
+    mut writer: WriteHalf<TcpStream>,
+    mut from: u64,
+) -> Result<(), String> {
+    loop {
+        changed
+            .wait_until(|| {
+                let s = state.borrow();
+                s.stopped || s.next_seq > from
+            })
+            .await;
+        let batches: Vec<Batch> = {
+            let s = state.borrow();
+            if s.stopped {
+                return Ok(());
+            }
+            s.queue.iter().filter(|b| b.seq >= from).cloned().collect()
+        };
+        for b in batches {
+            let header = Header::Append {
+                slot: config.slot,
+                epoch: config.epoch,
+                seq: b.seq,
+                topic_id: b.topic_id,
+                partition: b.partition,
+                base_offset: b.base_offset,
+                record_count: b.record_count,
+                leader_epoch: b.leader_epoch,
+            };
+            let prefix = frame::encode_prefix(&header, b.bytes.len());
+            writer.write_all(&prefix).await.map_err(|e| e.to_string())?;
+            writer
+                .write_all(&b.bytes)
+                .await
+                .map_err(|e| e.to_string())?;
+            from = b.seq + 1;
+        }
+        // Released meanwhile (committed): the stream goes on after it.
+        from = from.max(state.borrow().queue.front().map_or(from, |b| b.seq));
+        writer.flush().await.map_err(|e| e.to_string())?;
+    }
+}
+
+/// Reads the next whole frame.
+async fn read_frame(
+    reader: &mut ReadHalf<TcpStream>,
+    buf: &mut BytesMut,
+) -> Result<Header, String> {
+    loop {
+        if let Some((header, _)) = frame::decode(buf).map_err(|e| e.to_string())? {
+            return Ok(header);
+        }
+        let len = buf.len();
+        buf.resize(len + READ_BYTES, 0);
+        let n = reader
+            .read(&mut buf[len..])
+            .await
+            .map_err(|e| e.to_string())?;
+        buf.truncate(len + n);
+        if n == 0 {
+            return Err("the follower closed the connection".into());
+        }
+    }
+}
