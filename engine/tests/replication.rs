@@ -265,10 +265,27 @@ fn a_follower_takes_a_members_stream_and_refuses_bad_frames() {
         refused(&owned).is_some_and(|r| r.contains("owned here")),
         "{owned:?}"
     );
-    // An append on a connection that started nothing.
+    // An append or a commit on a connection that does not stream the slot.
     other.append(slot, 5, 3, &batch(6, 5));
     let unstarted = other.next();
     assert!(refused(&unstarted).is_some(), "{unstarted:?}");
+    other.send(
+        Header::Committed {
+            slot,
+            epoch: 5,
+            seq: u64::MAX,
+        },
+        &[],
+    );
+    let trim = other.next();
+    assert!(
+        refused(&trim).is_some_and(|r| r.contains("Committed")),
+        "{trim:?}"
+    );
+    assert!(
+        b1.metrics()["ringtail_replica_ring_bytes"] > 0,
+        "nothing trimmed"
+    );
 
     let m = b1.metrics();
     assert_eq!(m.get("ringtail_replica_appended_batches_total"), Some(&2));
@@ -299,6 +316,16 @@ fn a_follower_takes_a_members_stream_and_refuses_bad_frames() {
             slot,
             epoch: 5,
             next_seq: 3
+        }
+    );
+    // What is durable is acknowledged again at every Start: an acknowledgement lost with the
+    // old connection is not waited for forever.
+    assert_eq!(
+        owner.next(),
+        Header::Acked {
+            slot,
+            epoch: 5,
+            durable_seq: 2
         }
     );
     let stale = owner.start(&cluster_id, 2, slot, 4);
@@ -378,6 +405,7 @@ fn an_owners_link_streams_and_resumes_across_a_follower_restart() {
     let (acked_tx, acked_rx) = std::sync::mpsc::channel::<()>();
     let (stopped_tx, stopped_rx) = std::sync::mpsc::channel::<()>();
     let (restarted_tx, restarted_rx) = std::sync::mpsc::channel::<()>();
+    let (trimmed_tx, trimmed_rx) = std::sync::mpsc::channel::<()>();
     let runner = std::thread::spawn(move || {
         ringtail_shards::block_on(1 << 20, move || async move {
             let link = Link::open(config, |_| {});
@@ -422,6 +450,12 @@ fn an_owners_link_streams_and_resumes_across_a_follower_restart() {
                 "80 acknowledged after the restart: {:?}",
                 link.last_error()
             );
+            // Everything is in the bucket: the follower trims its ring (the link lives on until
+            // the test has seen it).
+            link.committed(80);
+            while !until(&trimmed_rx).await {
+                ringtail_shards::sleep(Duration::from_millis(20)).await;
+            }
             link.acked_seq()
         })
         .unwrap()
@@ -432,7 +466,18 @@ fn an_owners_link_streams_and_resumes_across_a_follower_restart() {
     stopped_tx.send(()).unwrap();
     let b1 = start_on(&weed, 1, dir1.path(), &listen);
     restarted_tx.send(()).unwrap();
+    // The restarted follower takes exactly the batches it lacked, and trims them all once told
+    // they are committed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while b1.metrics()["ringtail_replica_appended_batches_total"] < 30 && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    while b1.metrics()["ringtail_replica_ring_bytes"] > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(b1.metrics()["ringtail_replica_ring_bytes"], 0, "trimmed");
+    trimmed_tx.send(()).unwrap();
     assert_eq!(runner.join().unwrap(), 80);
-    // The restarted follower took exactly the batches it lacked.
     assert_eq!(b1.metrics()["ringtail_replica_appended_batches_total"], 30);
 }

@@ -54,11 +54,11 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         Some(_) if store.is_none() => bail!("--replication-listen needs an object store"),
         Some(addr) => (0..config.shards)
             .map(|i| {
-                let port = if addr.port() == 0 {
-                    0
-                } else {
-                    addr.port() + i as u16
-                };
+                let port = match addr.port() {
+                    0 => Some(0),
+                    p => p.checked_add(i as u16),
+                }
+                .with_context(|| format!("--replication-listen {addr}: no port for shard {i}"))?;
                 let at = SocketAddr::new(addr.ip(), port);
                 reserve_port(at).with_context(|| format!("binding {at} (--replication-listen)"))
             })

@@ -128,6 +128,8 @@ pub struct ShardStats {
     pub replica_appended_batches: AtomicU64,
     pub replica_appended_bytes: AtomicU64,
     pub replica_refused: AtomicU64,
+    /// Bytes this shard's replica rings hold (not trimmed yet).
+    pub replica_ring_bytes: AtomicU64,
     /// Records and record-batch bytes appended by produce requests.
     pub produce_records: AtomicU64,
     pub produce_bytes: AtomicU64,
@@ -200,6 +202,7 @@ impl ShardStats {
             replica_appended_batches: AtomicU64::new(0),
             replica_appended_bytes: AtomicU64::new(0),
             replica_refused: AtomicU64::new(0),
+            replica_ring_bytes: AtomicU64::new(0),
             produce_records: AtomicU64::new(0),
             produce_bytes: AtomicU64::new(0),
             connections_accepted: AtomicU64::new(0),

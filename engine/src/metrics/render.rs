@@ -202,6 +202,13 @@ const SHARD_SERIES: &[ShardSeries] = &[
         |s| s.replica_refused.load(Relaxed),
     ),
     (
+        gauge(
+            "ringtail_replica_ring_bytes",
+            "Bytes this broker's replica rings hold, not trimmed behind their owners' uploads yet.",
+        ),
+        |s| s.replica_ring_bytes.load(Relaxed),
+    ),
+    (
         counter(
             "ringtail_connections_accepted_total",
             "Client connections accepted.",

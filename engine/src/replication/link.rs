@@ -19,8 +19,9 @@ use crate::replication::frame::{self, Header};
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Read buffer growth per read.
-const READ_BYTES: usize = 16 << 10;
+/// A connection with batches unacknowledged and no answer for this long is given up (a
+/// half-open connection, a follower that stopped): the link reconnects.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One batch of the stream.
 #[derive(Debug, Clone)]
@@ -56,6 +57,8 @@ struct LinkState {
     /// The next sequence a push must carry.
     next_seq: u64,
     bytes_max: u64,
+    /// Everything up to it is in the bucket (sent on as `Committed`).
+    committed: u64,
     /// The follower's last refusal or connection failure, for the log and the owner.
     last_error: Option<String>,
     stopped: bool,
@@ -78,6 +81,7 @@ impl Link {
             acked: 0,
             next_seq: 1,
             bytes_max: config.unacked_bytes_max,
+            committed: 0,
             last_error: None,
             stopped: false,
         }));
@@ -95,12 +99,16 @@ impl Link {
         }
     }
 
-    /// Queues `batch` for the follower; false (not queued) if its sequence is not the next or
-    /// the follower lags by more than the bound.
+    /// Queues `batch` for the follower; false (not queued) if its sequence is not the next,
+    /// the follower lags by more than the bound, or the batch is larger than a frame.
     pub fn push(&self, batch: Batch) -> bool {
         {
             let mut s = self.state.borrow_mut();
-            if batch.seq != s.next_seq || s.queued_bytes + batch.bytes.len() as u64 > s.bytes_max {
+            let len = batch.bytes.len();
+            if batch.seq != s.next_seq
+                || s.queued_bytes + len as u64 > s.bytes_max
+                || len + frame::HEADER_BYTES_MAX > frame::FRAME_BYTES_MAX
+            {
                 return false;
             }
             s.next_seq += 1;
@@ -111,10 +119,15 @@ impl Link {
         true
     }
 
-    /// Everything up to `seq` is in the bucket: no need to keep or resend it.
+    /// Everything up to `seq` is in the bucket: no need to keep or resend it, and the follower
+    /// may trim it.
     pub fn committed(&self, seq: u64) {
-        let mut s = self.state.borrow_mut();
-        release(&mut s, seq);
+        {
+            let mut s = self.state.borrow_mut();
+            s.committed = s.committed.max(seq);
+            release(&mut s, seq);
+        }
+        self.changed.notify_all();
     }
 
     pub fn acked_seq(&self) -> u64 {
@@ -198,7 +211,10 @@ async fn connection(
     frame::encode(&start, &[], &mut out);
     writer.write_all(&out).await.map_err(|e| e.to_string())?;
     let mut buf = BytesMut::new();
-    let next_seq = match read_frame(&mut reader, &mut buf).await? {
+    let next_seq = match ringtail_shards::timeout(ANSWER_TIMEOUT, read_frame(&mut reader, &mut buf))
+        .await
+        .ok_or("no answer to Start")??
+    {
         Header::Started { next_seq, .. } => next_seq,
         Header::Refused { reason, .. } => return Err(format!("Start refused: {reason}")),
         other => return Err(format!("unexpected answer to Start: {other:?}")),
@@ -206,7 +222,19 @@ async fn connection(
     let sending = send(config, state, changed, writer, next_seq);
     let reading = async {
         loop {
-            match read_frame(&mut reader, &mut buf).await? {
+            let answer =
+                ringtail_shards::timeout(ANSWER_TIMEOUT, read_frame(&mut reader, &mut buf)).await;
+            let Some(answer) = answer else {
+                if state.borrow().queue.is_empty() {
+                    continue;
+                }
+                return Err(format!(
+                    "no answer for {ANSWER_TIMEOUT:?} with batches unacknowledged"
+                ));
+            };
+            match answer? {
+                // The answer to a Start sent mid-stream (after a commit freed batches unsent).
+                Header::Started { .. } => {}
                 Header::Acked { durable_seq, .. } => {
                     {
                         let mut s = state.borrow_mut();
@@ -227,7 +255,8 @@ async fn connection(
     }
 }
 
-/// Streams the queued batches from `from` on, then each as it is pushed.
+/// Streams the queued batches from `from` on, then each as it is pushed, and the committed
+/// sequence as it moves.
 async fn send(
     config: &LinkConfig,
     state: &Rc<RefCell<LinkState>>,
@@ -235,20 +264,41 @@ async fn send(
     mut writer: WriteHalf<TcpStream>,
     mut from: u64,
 ) -> Result<(), String> {
+    let mut committed_sent = 0;
     loop {
         changed
             .wait_until(|| {
                 let s = state.borrow();
-                s.stopped || s.next_seq > from
+                s.stopped || s.next_seq > from || s.committed > committed_sent
             })
             .await;
-        let batches: Vec<Batch> = {
+        // What to write, decided without awaiting: batches from `from` on (the queue is
+        // contiguous in sequence), or first a new Start if a commit freed some before they were
+        // sent (the follower jumps them: they are in the bucket); and the committed sequence.
+        let (restart, batches, committed) = {
             let s = state.borrow();
             if s.stopped {
                 return Ok(());
             }
-            s.queue.iter().filter(|b| b.seq >= from).cloned().collect()
+            let front = s.queue.front().map_or(s.next_seq, |b| b.seq);
+            let restart = (from < front).then_some(front);
+            let skip = (from.max(front) - front) as usize;
+            let batches: Vec<Batch> = s.queue.iter().skip(skip).cloned().collect();
+            (restart, batches, s.committed)
         };
+        let mut out = BytesMut::new();
+        if let Some(first_seq) = restart {
+            let start = Header::Start {
+                cluster_id: config.cluster_id.clone(),
+                node: config.node,
+                slot: config.slot,
+                epoch: config.epoch,
+                first_seq,
+            };
+            frame::encode(&start, &[], &mut out);
+            writer.write_all(&out).await.map_err(|e| e.to_string())?;
+            from = first_seq;
+        }
         for b in batches {
             let header = Header::Append {
                 slot: config.slot,
@@ -268,30 +318,36 @@ async fn send(
                 .map_err(|e| e.to_string())?;
             from = b.seq + 1;
         }
-        // Released meanwhile (committed): the stream goes on after it.
-        from = from.max(state.borrow().queue.front().map_or(from, |b| b.seq));
+        if committed > committed_sent {
+            let trim = Header::Committed {
+                slot: config.slot,
+                epoch: config.epoch,
+                seq: committed,
+            };
+            out.clear();
+            frame::encode(&trim, &[], &mut out);
+            writer.write_all(&out).await.map_err(|e| e.to_string())?;
+            committed_sent = committed;
+        }
         writer.flush().await.map_err(|e| e.to_string())?;
     }
 }
 
-/// Reads the next whole frame.
+/// Reads the next whole frame; `buf` holds what was read past it. Dropped while it waits, it
+/// loses nothing (a read lands in `buf` only once it returned).
 async fn read_frame(
     reader: &mut ReadHalf<TcpStream>,
     buf: &mut BytesMut,
 ) -> Result<Header, String> {
+    let mut chunk = [0u8; 4096];
     loop {
         if let Some((header, _)) = frame::decode(buf).map_err(|e| e.to_string())? {
             return Ok(header);
         }
-        let len = buf.len();
-        buf.resize(len + READ_BYTES, 0);
-        let n = reader
-            .read(&mut buf[len..])
-            .await
-            .map_err(|e| e.to_string())?;
-        buf.truncate(len + n);
+        let n = reader.read(&mut chunk).await.map_err(|e| e.to_string())?;
         if n == 0 {
             return Err("the follower closed the connection".into());
         }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }

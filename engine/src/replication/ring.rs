@@ -67,7 +67,7 @@ pub fn write_epoch(path: &Path, epoch: u64) -> std::io::Result<()> {
     use std::io::Write;
     let mut bytes = epoch.to_le_bytes().to_vec();
     bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
-    let tmp = path.with_extension("epoch.tmp");
+    let tmp = path.with_extension(format!("epoch.tmp-{epoch}"));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(&bytes)?;
     f.sync_all()?;
@@ -89,6 +89,8 @@ pub struct ReplicaRing {
     wal: Wal<ReplicaTag>,
     state: Rc<RefCell<RingState>>,
     epoch_path: PathBuf,
+    /// Epoch-file writes, one at a time (each reads, compares and replaces the file).
+    recording: futures::lock::Mutex<()>,
 }
 
 impl ReplicaRing {
@@ -152,6 +154,7 @@ impl ReplicaRing {
             wal,
             state,
             epoch_path,
+            recording: futures::lock::Mutex::new(()),
         };
         ring.trim();
         Ok(ring)
@@ -249,6 +252,7 @@ impl ReplicaRing {
 
     /// Records `epoch` in the epoch file (if higher than what it holds), off the shard.
     async fn record_epoch(&self, epoch: u64) -> Result<(), AppendError> {
+        let _one_at_a_time = self.recording.lock().await;
         let path = self.epoch_path.clone();
         let written = ringtail_shards::off_thread("replica-epoch", move || {
             if read_epoch(&path).unwrap_or(0) >= epoch {

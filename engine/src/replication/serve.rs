@@ -21,8 +21,16 @@ use crate::replication::frame::{self, Header};
 use crate::replication::ring::{self, AppendError, ReplicaRing};
 use crate::shard::Broker;
 
+/// Followers per slot (a topic of replication factor r uses the first r − 1).
+pub const FOLLOWERS_MAX: usize = 2;
+
 /// Read buffer growth per read.
 const READ_BYTES: usize = 256 << 10;
+/// Answers a connection may have waiting to be written: a peer that does not read them is
+/// dropped rather than let them pile up.
+const ANSWERS_QUEUED_MAX: usize = 4096;
+/// Bytes buffered on a connection that has started no slot: a `Start` is small.
+const UNSTARTED_BYTES_MAX: usize = frame::HEADER_BYTES_MAX + 8;
 
 type Sink = Rc<RefCell<Option<mpsc::UnboundedSender<Bytes>>>>;
 
@@ -36,11 +44,28 @@ struct SlotReplica {
 #[derive(Default)]
 pub struct Replicas {
     slots: RefCell<HashMap<u32, Rc<SlotReplica>>>,
+    /// Held while a ring opens: two `Start`s for one slot never open its file twice.
+    opening: futures::lock::Mutex<()>,
 }
 
 impl Replicas {
+    /// Publishes the bytes the shard's rings hold.
+    fn publish(&self, broker: &Broker) {
+        let bytes = self
+            .slots
+            .borrow()
+            .values()
+            .map(|r| r.ring.used_bytes())
+            .sum();
+        broker.stats.replica_ring_bytes.store(bytes, Relaxed);
+    }
+
     /// The slot's replica, its ring opened (created if new) on first use.
     async fn open(&self, broker: &Broker, slot: u32) -> Result<Rc<SlotReplica>, String> {
+        if let Some(r) = self.slots.borrow().get(&slot) {
+            return Ok(r.clone());
+        }
+        let _opening = self.opening.lock().await;
         if let Some(r) = self.slots.borrow().get(&slot) {
             return Ok(r.clone());
         }
@@ -66,10 +91,6 @@ impl Replicas {
         .await
         .ok_or("the replica ring's opening thread did not run")??;
         let (recovery, floor) = opened;
-        // Opened meanwhile by another connection's Start.
-        if let Some(r) = self.slots.borrow().get(&slot) {
-            return Ok(r.clone());
-        }
         let sink: Sink = Rc::new(RefCell::new(None));
         let acks = sink.clone();
         let ring = ReplicaRing::open(&config, &recovery, floor, epoch_path, move |epoch, seq| {
@@ -106,8 +127,11 @@ pub async fn serve(broker: Rc<Broker>, replicas: Rc<Replicas>, stream: TcpStream
         .unwrap_or_default();
     let (mut reader, mut writer) = stream.split();
     let (tx, mut rx) = mpsc::unbounded::<Bytes>();
+    let queued = Rc::new(std::cell::Cell::new(0usize));
+    let written = queued.clone();
     let _writer = ringtail_shards::spawn(async move {
         while let Some(b) = rx.next().await {
+            written.set(written.get().saturating_sub(1));
             if writer.write_all(&b).await.is_err() {
                 break;
             }
@@ -124,6 +148,14 @@ pub async fn serve(broker: Rc<Broker>, replicas: Rc<Replicas>, stream: TcpStream
             Ok(n) => n,
         };
         buf.truncate(len + n);
+        if streaming.is_empty() && buf.len() > UNSTARTED_BYTES_MAX {
+            tracing::warn!(%peer, "replication connection closed: a large frame before any Start");
+            break;
+        }
+        if queued.get() > ANSWERS_QUEUED_MAX {
+            tracing::warn!(%peer, "replication connection closed: the peer does not read its answers");
+            break;
+        }
         loop {
             let (header, payload) = match frame::decode(&mut buf) {
                 Ok(Some(f)) => f,
@@ -157,6 +189,30 @@ pub async fn serve(broker: Rc<Broker>, replicas: Rc<Replicas>, stream: TcpStream
                             if !streaming.contains(&slot) {
                                 streaming.push(slot);
                             }
+                            // What is durable already is acknowledged again: an
+                            // acknowledgement lost with the previous connection is not waited
+                            // for forever.
+                            let durable = replica.ring.durable_seq();
+                            if durable > 0 {
+                                let mut out = BytesMut::new();
+                                let started = Header::Started {
+                                    slot,
+                                    epoch,
+                                    next_seq,
+                                };
+                                frame::encode(&started, &[], &mut out);
+                                let acked = Header::Acked {
+                                    slot,
+                                    epoch,
+                                    durable_seq: durable,
+                                };
+                                frame::encode(&acked, &[], &mut out);
+                                queued.set(queued.get() + 1);
+                                if tx.unbounded_send(out.freeze()).is_err() {
+                                    break 'read;
+                                }
+                                continue;
+                            }
                             Header::Started {
                                 slot,
                                 epoch,
@@ -183,7 +239,7 @@ pub async fn serve(broker: Rc<Broker>, replicas: Rc<Replicas>, stream: TcpStream
                     };
                     let len = payload.len() as u64;
                     let appended = match replicas.slots.borrow().get(&slot) {
-                        Some(r) if streaming.contains(&slot) => r
+                        Some(r) if streams_here(r, &tx) => r
                             .ring
                             .append(epoch, seq, topic_id, partition, claimed, payload)
                             .map_err(|e| e.to_string()),
@@ -193,16 +249,29 @@ pub async fn serve(broker: Rc<Broker>, replicas: Rc<Replicas>, stream: TcpStream
                         Ok(()) => {
                             broker.stats.replica_appended_batches.fetch_add(1, Relaxed);
                             broker.stats.replica_appended_bytes.fetch_add(len, Relaxed);
+                            replicas.publish(&broker);
                             continue;
                         }
                         Err(reason) => refuse(&broker, &peer, slot, epoch, reason),
                     }
                 }
                 Header::Committed { slot, epoch, seq } => {
-                    if let Some(r) = replicas.slots.borrow().get(&slot) {
-                        r.ring.committed(epoch, seq);
+                    // Only from the connection that streams the slot now: trimming is what
+                    // lets the ring forget acknowledged batches.
+                    match replicas.slots.borrow().get(&slot) {
+                        Some(r) if streams_here(r, &tx) => {
+                            r.ring.committed(epoch, seq);
+                            replicas.publish(&broker);
+                            continue;
+                        }
+                        _ => refuse(
+                            &broker,
+                            &peer,
+                            slot,
+                            epoch,
+                            "Committed on a connection that does not stream the slot".into(),
+                        ),
                     }
-                    continue;
                 }
                 other => {
                     tracing::warn!(%peer, frame = ?other, "replication connection closed: a follower's frame from an owner");
@@ -211,6 +280,7 @@ pub async fn serve(broker: Rc<Broker>, replicas: Rc<Replicas>, stream: TcpStream
             };
             let mut out = BytesMut::new();
             frame::encode(&answer, &[], &mut out);
+            queued.set(queued.get() + 1);
             if tx.unbounded_send(out.freeze()).is_err() {
                 break 'read;
             }
@@ -229,6 +299,16 @@ pub async fn serve(broker: Rc<Broker>, replicas: Rc<Replicas>, stream: TcpStream
             }
         }
     }
+}
+
+/// Whether the connection answering on `tx` is the one streaming `replica`'s slot now (the last
+/// whose `Start` it took).
+fn streams_here(replica: &SlotReplica, tx: &mpsc::UnboundedSender<Bytes>) -> bool {
+    replica
+        .sink
+        .borrow()
+        .as_ref()
+        .is_some_and(|s| s.same_receiver(tx))
 }
 
 /// Takes a `Start`: the slot's replica and where the stream goes on.
@@ -256,6 +336,19 @@ async fn start(
     }
     if broker.host.get(slot).is_some() {
         return Err(format!("slot {slot} is owned here"));
+    }
+    // Only a follower of the slot as placement has it (a ring is a full-size file).
+    let members: Vec<(i32, Option<&str>)> = view
+        .members
+        .iter()
+        .filter(|m| !m.replication.is_empty())
+        .map(|m| (m.node_id, None))
+        .collect();
+    let followers = crate::cluster::placement::followers(slot, node, &members, FOLLOWERS_MAX);
+    if !followers.contains(&view.me) {
+        return Err(format!(
+            "this broker is not a follower of slot {slot} owned by node {node} (followers {followers:?})"
+        ));
     }
     let replica = replicas.open(broker, slot).await?;
     match replica.ring.start(epoch, first_seq).await {

@@ -77,7 +77,7 @@ fn outcome(r: Result<Started, AppendError>) -> Result<Started, Option<Refusal>> 
 }
 
 async fn settle(ring: &ReplicaRing, seq: u64) {
-    for _ in 0..500 {
+    for _ in 0..5000 {
         if ring.durable_seq() >= seq {
             return;
         }
