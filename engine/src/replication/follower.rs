@@ -63,6 +63,10 @@ impl Replica {
         self.durable_seq
     }
 
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
+    }
+
     /// The owner of `epoch` starts (or resumes) streaming at `first_seq`.
     pub fn start(&mut self, epoch: u64, first_seq: u64) -> Result<Started, Refusal> {
         if self.frozen {

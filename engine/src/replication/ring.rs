@@ -36,6 +36,15 @@ pub enum AppendError {
     Ring(#[from] WalError),
 }
 
+/// A batch of the replica ring, as a successor re-appends it (R4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailEntry {
+    pub topic_id: [u8; 16],
+    pub partition: i32,
+    pub seq: u64,
+    pub bytes: Bytes,
+}
+
 /// The epoch file's bytes: the epoch (u64 LE) and its CRC-32C (u32 LE).
 const EPOCH_FILE_LEN: usize = 12;
 
@@ -243,6 +252,49 @@ impl ReplicaRing {
     pub async fn freeze(&self, epoch: u64) -> Result<(), AppendError> {
         self.state.borrow_mut().replica.freeze();
         self.record_epoch(epoch).await
+    }
+
+    /// The stream this ring holds of the epoch it was frozen at, not known to be committed, in
+    /// sequence order: what a successor re-appends to its own WAL (R4). Read back from the ring
+    /// file (a scan, off the shard); only a frozen ring, which takes no more writes, is read.
+    pub async fn tail(&self, ring_path: &Path) -> Result<Vec<TailEntry>, String> {
+        let (epoch, committed, durable) = {
+            let s = self.state.borrow();
+            if !s.replica.is_frozen() {
+                return Err("the replica ring is read back only once frozen".into());
+            }
+            (s.replica.epoch(), s.committed_seq, s.replica.durable_seq())
+        };
+        let path = ring_path.to_path_buf();
+        let recovery = ringtail_shards::off_thread("replica-tail", move || {
+            ringtail_wal::recover(&path).map_err(|e| e.to_string())
+        })
+        .await
+        .ok_or("the replica ring's reading thread did not run")??;
+        let tail: Vec<TailEntry> = recovery
+            .entries
+            .into_iter()
+            .filter(|(h, _)| {
+                let seq = h.meta.base_offset.max(0) as u64;
+                h.meta.leader_epoch.max(0) as u64 == epoch && seq > committed && seq <= durable
+            })
+            .map(|(h, bytes)| TailEntry {
+                topic_id: h.meta.stream_id,
+                partition: h.meta.stream_index,
+                seq: h.meta.base_offset as u64,
+                bytes,
+            })
+            .collect();
+        // The ring holds the stream in order: a gap would be damage, not a stream.
+        for w in tail.windows(2) {
+            if w[1].seq != w[0].seq + 1 {
+                return Err(format!(
+                    "the replica ring skips from {} to {}",
+                    w[0].seq, w[1].seq
+                ));
+            }
+        }
+        Ok(tail)
     }
 
     /// Bytes of the ring holding entries not trimmed.
