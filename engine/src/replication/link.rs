@@ -49,6 +49,19 @@ pub struct LinkConfig {
     pub unacked_bytes_max: u64,
 }
 
+impl LinkConfig {
+    /// The `Start` of this stream at `first_seq`.
+    fn start(&self, first_seq: u64) -> Header {
+        Header::Start {
+            cluster_id: self.cluster_id.clone(),
+            node: self.node,
+            slot: self.slot,
+            epoch: self.epoch,
+            first_seq,
+        }
+    }
+}
+
 struct LinkState {
     /// Pushed and not acknowledged (nor committed), in sequence order.
     queue: VecDeque<Batch>,
@@ -200,13 +213,7 @@ async fn connection(
         let s = state.borrow();
         s.queue.front().map_or(s.next_seq, |b| b.seq)
     };
-    let start = Header::Start {
-        cluster_id: config.cluster_id.clone(),
-        node: config.node,
-        slot: config.slot,
-        epoch: config.epoch,
-        first_seq,
-    };
+    let start = config.start(first_seq);
     let mut out = BytesMut::new();
     frame::encode(&start, &[], &mut out);
     writer.write_all(&out).await.map_err(|e| e.to_string())?;
@@ -288,14 +295,7 @@ async fn send(
         };
         let mut out = BytesMut::new();
         if let Some(first_seq) = restart {
-            let start = Header::Start {
-                cluster_id: config.cluster_id.clone(),
-                node: config.node,
-                slot: config.slot,
-                epoch: config.epoch,
-                first_seq,
-            };
-            frame::encode(&start, &[], &mut out);
+            frame::encode(&config.start(first_seq), &[], &mut out);
             writer.write_all(&out).await.map_err(|e| e.to_string())?;
             from = first_seq;
         }

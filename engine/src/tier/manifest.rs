@@ -99,6 +99,24 @@ struct ShardManifestV5 {
     fences: Vec<u64>,
 }
 
+impl ShardManifestV5 {
+    /// As the current format: no epochs known.
+    fn upgraded(self) -> ShardManifest {
+        ShardManifest {
+            format_version: MANIFEST_FORMAT_VERSION,
+            shard: self.shard,
+            epoch: self.epoch,
+            generation: self.generation,
+            objects: self.objects,
+            log_starts: self.log_starts,
+            producers: self.producers,
+            log_next: self.log_next,
+            fences: self.fences,
+            epochs: Vec::new(),
+        }
+    }
+}
+
 /// Format 4, read once when a bucket written before format 5 opens.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct ShardManifestV4 {
@@ -189,32 +207,23 @@ impl ShardManifest {
         let v5 = rkyv::from_bytes::<ShardManifestV5, rkyv::rancor::Error>(&aligned)
             .ok()
             .filter(|m| m.format_version == 5)
-            .map(|old| ShardManifest {
-                format_version: MANIFEST_FORMAT_VERSION,
-                shard: old.shard,
-                epoch: old.epoch,
-                generation: old.generation,
-                objects: old.objects,
-                log_starts: old.log_starts,
-                producers: old.producers,
-                log_next: old.log_next,
-                fences: old.fences,
-                epochs: Vec::new(),
-            });
+            .map(ShardManifestV5::upgraded);
         let v4 = rkyv::from_bytes::<ShardManifestV4, rkyv::rancor::Error>(&aligned)
             .ok()
             .filter(|m| m.format_version == 4)
-            .map(|old| ShardManifest {
-                format_version: MANIFEST_FORMAT_VERSION,
-                shard: old.shard,
-                epoch: old.epoch,
-                generation: old.generation,
-                objects: old.objects,
-                log_starts: old.log_starts,
-                producers: old.producers,
-                log_next: LOG_FIRST,
-                fences: Vec::new(),
-                epochs: Vec::new(),
+            .map(|old| {
+                ShardManifestV5 {
+                    format_version: 5,
+                    shard: old.shard,
+                    epoch: old.epoch,
+                    generation: old.generation,
+                    objects: old.objects,
+                    log_starts: old.log_starts,
+                    producers: old.producers,
+                    log_next: LOG_FIRST,
+                    fences: Vec::new(),
+                }
+                .upgraded()
             });
         let mut read = [v6, v5, v4].into_iter().flatten();
         match (read.next(), read.next()) {
