@@ -481,3 +481,164 @@ fn an_owners_link_streams_and_resumes_across_a_follower_restart() {
     assert_eq!(runner.join().unwrap(), 80);
     assert_eq!(b1.metrics()["ringtail_replica_appended_batches_total"], 30);
 }
+
+/// p50, p99 and p99.9 of `samples` in microseconds.
+fn percentiles(samples: &mut [u64]) -> (u64, u64, u64) {
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    (at(0.5), at(0.99), at(0.999))
+}
+
+/// Benchmark (prints figures; `cargo test --test replication -- --ignored --nocapture`): 1 KiB
+/// batches through an owner's link to a real follower on loopback (its replica ring: direct
+/// I/O, fdatasync), against the baseline of the same batches appended to a WAL ring in the
+/// test's own process on the same disk — one at a time (latency) and pipelined (throughput).
+#[test]
+#[ignore]
+fn bench_link_against_a_local_wal() {
+    use ringtail_engine::replication::link::{Batch, Link, LinkConfig};
+    use ringtail_wal::format::EntryMeta;
+    let weed = ringtail_objstore::testing::Seaweed::start();
+    let (dir1, dir2, local) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let listen = format!("127.0.0.1:{}", free_port());
+    let b1 = start_on(&weed, 1, dir1.path(), &listen);
+    let _b2 = start(&weed, 2, dir2.path());
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", b1.bootstrap())
+        .create()
+        .unwrap();
+    let cluster_id = client
+        .client()
+        .fetch_cluster_id(Duration::from_secs(10))
+        .expect("a cluster id");
+    let slot = their_slot(&listen, &cluster_id);
+    let config = LinkConfig {
+        cluster_id,
+        node: 2,
+        slot,
+        epoch: 3,
+        addr: listen,
+        unacked_bytes_max: 1 << 30,
+    };
+    const ONE_BY_ONE: u64 = 2000;
+    const PIPELINED: u64 = 20_000;
+    // A 1 KiB batch (one record of 1000 bytes).
+    let payload = |seq: u64| {
+        let value = Bytes::from(vec![b'x'; 1000]);
+        split_and_validate(
+            testing::encode([Some(value)], 1_000, Compression::None),
+            1 << 20,
+        )
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap()
+        .assign(seq as i64, 3)
+        .1
+    };
+    let wal_cfg = ringtail_wal::WalConfig {
+        path: local.path().join("local.wal"),
+        region_bytes: 256 << 20,
+        chunk_bytes_max: 1 << 20,
+        max_delay: Duration::ZERO,
+        sync: ringtail_wal::SyncMode::Fdatasync,
+    };
+    ringtail_wal::create_or_check(&wal_cfg).unwrap();
+    let report = ringtail_shards::block_on(1 << 20, move || async move {
+        // Baseline: the local WAL.
+        let recovery = ringtail_wal::recover(&wal_cfg.path).unwrap();
+        let wal: ringtail_wal::Wal<u64> =
+            ringtail_wal::Wal::open(&wal_cfg, &recovery, Vec::new(), |_| {})
+                .await
+                .unwrap();
+        let meta = |seq: u64| EntryMeta {
+            stream_id: [7; 16],
+            stream_index: 0,
+            base_offset: seq as i64,
+            record_count: 1,
+            leader_epoch: 3,
+        };
+        let mut wal_lat = Vec::new();
+        for seq in 1..=ONE_BY_ONE {
+            let t = Instant::now();
+            wal.append(meta(seq), payload(seq), seq)
+                .unwrap()
+                .await
+                .unwrap()
+                .unwrap();
+            wal_lat.push(t.elapsed().as_micros() as u64);
+        }
+        let t = Instant::now();
+        let mut tickets = Vec::new();
+        for seq in ONE_BY_ONE + 1..=ONE_BY_ONE + PIPELINED {
+            tickets.push(wal.append(meta(seq), payload(seq), seq).unwrap());
+        }
+        for ticket in tickets {
+            ticket.await.unwrap().unwrap();
+        }
+        let wal_secs = t.elapsed().as_secs_f64();
+        // The link to the follower.
+        let acked = std::rc::Rc::new(ringtail_shards::WaitList::new());
+        let told = acked.clone();
+        let link = Link::open(config, move |_| told.notify_all());
+        let batch_of = |seq: u64| Batch {
+            seq,
+            topic_id: [7; 16],
+            partition: 0,
+            base_offset: seq as i64,
+            record_count: 1,
+            leader_epoch: 3,
+            bytes: payload(seq),
+        };
+        let wait_acked = |n: u64| {
+            let (link, acked) = (&link, &acked);
+            async move { acked.wait_until(|| link.acked_seq() >= n).await }
+        };
+        // Connected and warm.
+        assert!(link.push(batch_of(1)));
+        wait_acked(1).await;
+        let mut link_lat = Vec::new();
+        for seq in 2..=ONE_BY_ONE {
+            let t = Instant::now();
+            assert!(link.push(batch_of(seq)));
+            wait_acked(seq).await;
+            link_lat.push(t.elapsed().as_micros() as u64);
+        }
+        let t = Instant::now();
+        for seq in ONE_BY_ONE + 1..=ONE_BY_ONE + PIPELINED {
+            assert!(link.push(batch_of(seq)));
+            if seq % 1000 == 0 {
+                link.committed(seq - 1000);
+                ringtail_shards::yield_if_needed().await;
+            }
+        }
+        wait_acked(ONE_BY_ONE + PIPELINED).await;
+        let link_secs = t.elapsed().as_secs_f64();
+        (
+            percentiles(&mut wal_lat),
+            wal_secs,
+            percentiles(&mut link_lat),
+            link_secs,
+        )
+    })
+    .unwrap();
+    let ((w50, w99, w999), wal_secs, (l50, l99, l999), link_secs) = report;
+    let mb = PIPELINED as f64 * 1061.0 / 1e6;
+    println!("one at a time ({ONE_BY_ONE} batches of 1 KiB), µs p50/p99/p99.9:");
+    println!("  local WAL (baseline)     {w50} / {w99} / {w999}");
+    println!("  link to a follower       {l50} / {l99} / {l999}");
+    println!(
+        "  ratio link/WAL           {:.2} / {:.2} / {:.2}",
+        l50 as f64 / w50 as f64,
+        l99 as f64 / w99 as f64,
+        l999 as f64 / w999 as f64
+    );
+    println!("pipelined ({PIPELINED} batches of 1 KiB):");
+    println!("  local WAL (baseline)     {:.1} MB/s", mb / wal_secs);
+    println!("  link to a follower       {:.1} MB/s", mb / link_secs);
+    println!("  ratio link/WAL           {:.2}", wal_secs / link_secs);
+}
