@@ -62,6 +62,18 @@ fn replication_addr(b: &TestBroker) -> String {
         .expect("the broker logs its replication listener before it says it listens")
 }
 
+/// The cluster id broker `b` gives librdkafka.
+fn cluster_id(b: &TestBroker) -> String {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", b.bootstrap())
+        .create()
+        .unwrap();
+    client
+        .client()
+        .fetch_cluster_id(Duration::from_secs(10))
+        .expect("a cluster id")
+}
+
 /// An owner's end of a replication connection.
 struct Owner {
     stream: TcpStream,
@@ -155,14 +167,7 @@ fn a_follower_takes_a_members_stream_and_refuses_bad_frames() {
     let (dir1, dir2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let b1 = start(&weed, 1, dir1.path());
     let b2 = start(&weed, 2, dir2.path());
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", b1.bootstrap())
-        .create()
-        .unwrap();
-    let cluster_id = client
-        .client()
-        .fetch_cluster_id(Duration::from_secs(10))
-        .expect("a cluster id");
+    let cluster_id = cluster_id(&b1);
     let addr = replication_addr(&b1);
 
     // Until broker 2 has its half of the slots, broker 1 owns them all: every Start is
@@ -374,14 +379,7 @@ fn an_owners_link_streams_and_resumes_across_a_follower_restart() {
     let listen = format!("127.0.0.1:{port}");
     let b1 = start_on(&weed, 1, dir1.path(), &listen);
     let _b2 = start(&weed, 2, dir2.path());
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", b1.bootstrap())
-        .create()
-        .unwrap();
-    let cluster_id = client
-        .client()
-        .fetch_cluster_id(Duration::from_secs(10))
-        .expect("a cluster id");
+    let cluster_id = cluster_id(&b1);
     let slot = their_slot(&listen, &cluster_id);
     let config = LinkConfig {
         cluster_id,
@@ -507,14 +505,7 @@ fn bench_link_against_a_local_wal() {
     let listen = format!("127.0.0.1:{}", free_port());
     let b1 = start_on(&weed, 1, dir1.path(), &listen);
     let _b2 = start(&weed, 2, dir2.path());
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", b1.bootstrap())
-        .create()
-        .unwrap();
-    let cluster_id = client
-        .client()
-        .fetch_cluster_id(Duration::from_secs(10))
-        .expect("a cluster id");
+    let cluster_id = cluster_id(&b1);
     let slot = their_slot(&listen, &cluster_id);
     let config = LinkConfig {
         cluster_id,

@@ -273,8 +273,10 @@ impl Membership {
 
     /// The epochs of the slots open here (the lease lists them).
     pub fn open_epochs(&self) -> std::collections::BTreeMap<u32, u64> {
-        let open = self.slots.lock().unwrap().open.clone();
-        open.into_iter().map(|s| (s, self.epochs.get(s))).collect()
+        self.open_slots()
+            .into_iter()
+            .map(|s| (s, self.epochs.get(s)))
+            .collect()
     }
 
     pub fn open_slots(&self) -> BTreeSet<u32> {

@@ -165,7 +165,7 @@ pub async fn serve(broker: Rc<Broker>, replicas: Rc<Replicas>, stream: TcpStream
                     break 'read;
                 }
             };
-            let answer = match header {
+            let answers = match header {
                 Header::Start {
                     cluster_id,
                     node,
@@ -189,37 +189,25 @@ pub async fn serve(broker: Rc<Broker>, replicas: Rc<Replicas>, stream: TcpStream
                             if !streaming.contains(&slot) {
                                 streaming.push(slot);
                             }
-                            // What is durable already is acknowledged again: an
-                            // acknowledgement lost with the previous connection is not waited
-                            // for forever.
-                            let durable = replica.ring.durable_seq();
-                            if durable > 0 {
-                                let mut out = BytesMut::new();
-                                let started = Header::Started {
-                                    slot,
-                                    epoch,
-                                    next_seq,
-                                };
-                                frame::encode(&started, &[], &mut out);
-                                let acked = Header::Acked {
-                                    slot,
-                                    epoch,
-                                    durable_seq: durable,
-                                };
-                                frame::encode(&acked, &[], &mut out);
-                                queued.set(queued.get() + 1);
-                                if tx.unbounded_send(out.freeze()).is_err() {
-                                    break 'read;
-                                }
-                                continue;
-                            }
-                            Header::Started {
+                            let mut answers = vec![Header::Started {
                                 slot,
                                 epoch,
                                 next_seq,
+                            }];
+                            // What is durable already is acknowledged again: an
+                            // acknowledgement lost with the previous connection is not waited
+                            // for forever.
+                            let durable_seq = replica.ring.durable_seq();
+                            if durable_seq > 0 {
+                                answers.push(Header::Acked {
+                                    slot,
+                                    epoch,
+                                    durable_seq,
+                                });
                             }
+                            answers
                         }
-                        Err(reason) => refuse(&broker, &peer, slot, epoch, reason),
+                        Err(reason) => vec![refuse(&broker, &peer, slot, epoch, reason)],
                     }
                 }
                 Header::Append {
@@ -252,7 +240,7 @@ pub async fn serve(broker: Rc<Broker>, replicas: Rc<Replicas>, stream: TcpStream
                             replicas.publish(&broker);
                             continue;
                         }
-                        Err(reason) => refuse(&broker, &peer, slot, epoch, reason),
+                        Err(reason) => vec![refuse(&broker, &peer, slot, epoch, reason)],
                     }
                 }
                 Header::Committed { slot, epoch, seq } => {
@@ -264,13 +252,13 @@ pub async fn serve(broker: Rc<Broker>, replicas: Rc<Replicas>, stream: TcpStream
                             replicas.publish(&broker);
                             continue;
                         }
-                        _ => refuse(
+                        _ => vec![refuse(
                             &broker,
                             &peer,
                             slot,
                             epoch,
                             "Committed on a connection that does not stream the slot".into(),
-                        ),
+                        )],
                     }
                 }
                 other => {
@@ -279,7 +267,9 @@ pub async fn serve(broker: Rc<Broker>, replicas: Rc<Replicas>, stream: TcpStream
                 }
             };
             let mut out = BytesMut::new();
-            frame::encode(&answer, &[], &mut out);
+            for answer in &answers {
+                frame::encode(answer, &[], &mut out);
+            }
             queued.set(queued.get() + 1);
             if tx.unbounded_send(out.freeze()).is_err() {
                 break 'read;
@@ -289,12 +279,7 @@ pub async fn serve(broker: Rc<Broker>, replicas: Rc<Replicas>, stream: TcpStream
     // Acknowledgements of this connection's slots have nowhere to go until the next Start.
     for slot in streaming {
         if let Some(r) = replicas.slots.borrow().get(&slot) {
-            let mine = r
-                .sink
-                .borrow()
-                .as_ref()
-                .is_some_and(|s| s.same_receiver(&tx));
-            if mine {
+            if streams_here(r, &tx) {
                 *r.sink.borrow_mut() = None;
             }
         }
