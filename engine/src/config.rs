@@ -136,6 +136,11 @@ pub struct ServeArgs {
     /// object store. Unset: this broker holds no replica [default: unset].
     #[arg(long, env = "RINGTAIL_REPLICATION_LISTEN")]
     pub replication_listen: Option<String>,
+    /// Copies of a `durability=replicated` topic created with replication factor -1 (or
+    /// auto-created), the owner's included: 1 to 3 [default: min(3, live brokers with a
+    /// replication listener)].
+    #[arg(long, env = "RINGTAIL_DEFAULT_REPLICATION_FACTOR")]
+    pub default_replication_factor: Option<i16>,
     /// Microseconds an idle shard keeps polling before it sleeps (0: sleep at once). Spinning
     /// saves the wake-up cost on the next request at the price of a busy core [default: 0].
     #[arg(long, env = "RINGTAIL_SPIN_BEFORE_PARK_US")]
@@ -189,6 +194,7 @@ struct FileConfig {
     slow_request_ms: Option<u64>,
     log_format: Option<String>,
     replication_listen: Option<String>,
+    default_replication_factor: Option<i16>,
     spin_before_park_us: Option<u64>,
     lease_ms: Option<u64>,
     slots: Option<u32>,
@@ -241,6 +247,8 @@ pub struct Config {
     pub log_json: bool,
     /// The replication listener's address (None: off).
     pub replication_listen: Option<SocketAddr>,
+    /// None: min(3, live brokers with a replication listener) at each creation.
+    pub default_replication_factor: Option<i16>,
     pub spin_before_park: std::time::Duration,
     pub lease: std::time::Duration,
     /// None: the bucket's, or the shard count for a new one.
@@ -418,6 +426,15 @@ impl Config {
                         .with_context(|| format!("--replication-listen {addr:?} is not ip:port"))?,
                 ),
                 None => None,
+            },
+            default_replication_factor: match args
+                .default_replication_factor
+                .or(file.default_replication_factor)
+            {
+                Some(n) if !(1..=3).contains(&n) => {
+                    anyhow::bail!("--default-replication-factor {n} must be 1, 2 or 3")
+                }
+                n => n,
             },
             spin_before_park: std::time::Duration::from_micros(
                 args.spin_before_park_us

@@ -129,20 +129,34 @@ async fn create_topic(
             "durability=object needs an object store (--object-store)".into(),
         );
     }
+    let replication_factor = match super::replication_factor::resolve(
+        &mut configs,
+        t.replication_factor,
+        super::replication_factor::Replicating::of(broker),
+    ) {
+        Ok(n) => n,
+        Err((code, message)) => return fail(code.code(), message),
+    };
     crate::errors::failpoint_panic_on_create(&name);
     match broker
         .catalog
-        .create(&name, partitions, configs, validate_only)
+        .create(
+            &name,
+            partitions,
+            replication_factor,
+            configs,
+            validate_only,
+        )
         .await
     {
         Ok(topic) => {
             if !validate_only {
-                tracing::info!(topic = %name, partitions, id = %topic.id, "created topic");
+                tracing::info!(topic = %name, partitions, replication_factor, durability = topic.config.durability.name(), id = %topic.id, "created topic");
             }
             let mut r = CreatableTopicResult::default()
                 .with_name(t.name.clone())
                 .with_num_partitions(partitions)
-                .with_replication_factor(1)
+                .with_replication_factor(replication_factor)
                 .with_configs(Some(
                     topic_configs(&topic)
                         .into_iter()
@@ -437,7 +451,10 @@ fn broker_configs(
         ("num.partitions", c.default_partitions.to_string()),
         ("socket.request.max.bytes", c.request_bytes_max.to_string()),
         ("message.max.bytes", "1048588".to_string()),
-        ("default.replication.factor", "1".to_string()),
+        (
+            "default.replication.factor",
+            super::replication_factor::default_factor(broker).to_string(),
+        ),
     ]
     .into_iter()
     .map(|(n, v)| (n.to_string(), Some(v), source::STATIC_BROKER, true))
@@ -533,6 +550,15 @@ async fn alter_configs_of(
             };
             if !has_store && next.get("durability").is_some_and(|v| v == "object") {
                 return Err("durability=object needs an object store (--object-store)".to_string());
+            }
+            let replicated = |c: &BTreeMap<String, String>| {
+                c.get("durability").is_some_and(|v| v == "replicated")
+            };
+            if replicated(&next) && !replicated(current) {
+                return Err(
+                    "durability=replicated is chosen at creation, with the replication factor"
+                        .to_string(),
+                );
             }
             Ok(next)
         };

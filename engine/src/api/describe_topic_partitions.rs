@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::admin::text;
 use crate::catalog::{is_internal_topic, validate_name, TopicMeta};
-use crate::cluster::membership::View;
+use crate::cluster::view::View;
 use crate::shard::Broker;
 
 /// Most partitions one answer describes, whatever the request asks: Kafka's
@@ -144,8 +144,8 @@ fn topic_entry(
                 .with_partition_index(i)
                 .with_leader_id(leader.node)
                 .with_leader_epoch(leader.epoch)
-                .with_replica_nodes(vec![leader.node])
-                .with_isr_nodes(vec![leader.node])
+                .with_replica_nodes(leader.replicas)
+                .with_isr_nodes(leader.isr)
                 .with_eligible_leader_replicas(Some(Vec::new()))
                 .with_last_known_elr(Some(Vec::new()))
         })

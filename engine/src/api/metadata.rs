@@ -17,8 +17,9 @@ use kafka_protocol::ResponseError;
 use ringtail_netio::request::Header;
 use uuid::Uuid;
 
+use crate::catalog::topic_config::Durability;
 use crate::catalog::{validate_name, CatalogError, TopicMeta};
-use crate::cluster::membership::View;
+use crate::cluster::view::View;
 use crate::shard::Broker;
 
 pub async fn metadata(
@@ -108,12 +109,20 @@ async fn by_name(broker: &Broker, name: &str, allow_auto: bool) -> MetadataRespo
             ResponseError::LeaderNotAvailable.code(),
         );
     }
+    let mut configs = BTreeMap::new();
+    let replication = super::replication_factor::Replicating::of(broker);
+    let replication_factor = match super::replication_factor::resolve(&mut configs, -1, replication)
+    {
+        Ok(n) => n,
+        Err((code, _)) => return error_entry(Some(name), Uuid::nil(), code.code()),
+    };
     match broker
         .catalog
         .create(
             name,
             broker.config.default_partitions,
-            BTreeMap::new(),
+            replication_factor,
+            configs,
             false,
         )
         .await
@@ -160,6 +169,10 @@ pub(super) struct Leader {
     pub node: BrokerId,
     /// Its slot's ownership epoch as known here (never lower than one reported before).
     pub epoch: i32,
+    /// The brokers holding a copy of its tail, the owner first, and those in sync: the owner
+    /// alone unless the topic is replicated and its owner streams to followers.
+    pub replicas: Vec<BrokerId>,
+    pub isr: Vec<BrokerId>,
 }
 
 pub(super) fn leader(broker: &Broker, view: &View, t: &TopicMeta, partition: i32) -> Leader {
@@ -170,10 +183,23 @@ pub(super) fn leader(broker: &Broker, view: &View, t: &TopicMeta, partition: i32
     } else {
         0
     };
+    let factor = match t.config.durability {
+        Durability::Replicated => t.replication_factor.max(1) as usize,
+        _ => 1,
+    };
+    let (replicas, isr) = broker
+        .membership
+        .replica_sets
+        .of(route.slot, owner)
+        .unwrap_or_default()
+        .of_topic(owner, factor);
+    let ids = |nodes: Vec<i32>| nodes.into_iter().map(BrokerId).collect();
     Leader {
         error,
         node: BrokerId(owner),
         epoch: broker.leader_epoch(route),
+        replicas: ids(replicas),
+        isr: ids(isr),
     }
 }
 
@@ -187,8 +213,8 @@ fn topic_entry(broker: &Broker, t: &Arc<TopicMeta>) -> MetadataResponseTopic {
                 .with_partition_index(i)
                 .with_leader_id(leader.node)
                 .with_leader_epoch(leader.epoch)
-                .with_replica_nodes(vec![leader.node])
-                .with_isr_nodes(vec![leader.node])
+                .with_replica_nodes(leader.replicas)
+                .with_isr_nodes(leader.isr)
         })
         .collect();
     MetadataResponseTopic::default()

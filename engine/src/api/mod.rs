@@ -17,6 +17,7 @@ mod metadata;
 mod offset_for_leader_epoch;
 mod produce;
 mod replicas;
+mod replication_factor;
 mod resolve;
 
 use bytes::Bytes;

@@ -22,19 +22,19 @@ use crate::shard::{Broker, Route, ShardOp};
 
 type Slot = Result<usize, ProduceOutcome>;
 
-/// The longest a `durability=object` produce waits for its upload, whatever its `timeout_ms`
-/// asks (a negative one asks for no bound; the answer still comes, REQUEST_TIMED_OUT if the
-/// store has been down that long).
-pub const UPLOAD_WAIT_MAX: Duration = Duration::from_secs(300);
+/// The longest a produce waits for its upload (`durability=object`) or its followers
+/// (`replicated`), whatever its `timeout_ms` asks (a negative one asks for no bound; the answer
+/// still comes, REQUEST_TIMED_OUT if the store or the followers have been down that long).
+pub const ACK_WAIT_MAX: Duration = Duration::from_secs(300);
 
-/// How long a produce waits for its upload: `timeout_ms` as Kafka reads it (the longest wait
-/// for the acknowledgement; 0 answers at once), capped at [`UPLOAD_WAIT_MAX`]; a negative
+/// How long a produce waits for its upload or followers: `timeout_ms` as Kafka reads it (the longest wait
+/// for the acknowledgement; 0 answers at once), capped at [`ACK_WAIT_MAX`]; a negative
 /// timeout gets the cap.
-pub fn upload_wait(timeout_ms: i32) -> Duration {
+pub fn ack_wait(timeout_ms: i32) -> Duration {
     if timeout_ms < 0 {
-        return UPLOAD_WAIT_MAX;
+        return ACK_WAIT_MAX;
     }
-    Duration::from_millis(timeout_ms as u64).min(UPLOAD_WAIT_MAX)
+    Duration::from_millis(timeout_ms as u64).min(ACK_WAIT_MAX)
 }
 
 /// Each time validation has decompressed this many more bytes (a few ms of CPU), the handler
@@ -98,7 +98,7 @@ pub async fn dispatch(broker: &Rc<Broker>, header: &Header, input: ProduceInput)
         );
     }
     let acks = input.acks;
-    let upload_timeout = Some(upload_wait(input.timeout_ms));
+    let ack_timeout = Some(ack_wait(input.timeout_ms));
     let snapshot = broker.catalog.snapshot();
     // One budget of decompressed bytes for the whole request (a bomb is small: the per-batch
     // cap bounds memory, this bounds CPU), and chances for the shard's other work to run
@@ -143,7 +143,8 @@ pub async fn dispatch(broker: &Rc<Broker>, header: &Header, input: ProduceInput)
                                         key: to.key,
                                         topic: m.clone(),
                                         batches,
-                                        upload_timeout,
+                                        acks_all: acks == -1,
+                                        ack_timeout,
                                     },
                                 ));
                                 Ok(items.len() - 1)
@@ -301,11 +302,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn upload_wait_follows_timeout_ms_within_the_cap() {
-        assert_eq!(upload_wait(0), Duration::ZERO);
-        assert_eq!(upload_wait(1500), Duration::from_millis(1500));
-        assert_eq!(upload_wait(-1), UPLOAD_WAIT_MAX);
-        assert_eq!(upload_wait(i32::MIN), UPLOAD_WAIT_MAX);
-        assert_eq!(upload_wait(i32::MAX), UPLOAD_WAIT_MAX);
+    fn ack_wait_follows_timeout_ms_within_the_cap() {
+        assert_eq!(ack_wait(0), Duration::ZERO);
+        assert_eq!(ack_wait(1500), Duration::from_millis(1500));
+        assert_eq!(ack_wait(-1), ACK_WAIT_MAX);
+        assert_eq!(ack_wait(i32::MIN), ACK_WAIT_MAX);
+        assert_eq!(ack_wait(i32::MAX), ACK_WAIT_MAX);
     }
 }

@@ -10,7 +10,7 @@ use ringtail_objstore::{Condition, ObjectStore, StoreError};
 
 use crate::catalog::{Catalog, TopicMeta};
 use crate::cluster::lease::{Lease, LeaseRecord};
-use crate::cluster::membership::Member;
+use crate::cluster::view::Member;
 use crate::config::Config;
 
 /// Takes this node's lease in the object store (waiting out a dead holder's lease).
@@ -27,6 +27,7 @@ pub fn take_node_lease(
         open: Vec::new(),
         draining: false,
         epochs: Default::default(),
+        replicas: Default::default(),
         replication: me.replication.clone(),
     };
     let lease =
@@ -199,6 +200,7 @@ pub fn offsets_topic(
         match futures::executor::block_on(catalog.create(
             OFFSETS_TOPIC,
             slots as i32,
+            1,
             offsets_topic_configs(object_store),
             false,
         )) {

@@ -26,8 +26,9 @@ use ringtail_shards::{Mailboxes, Runtime, RuntimeConfig, ShardContext};
 use crate::catalog::mirror::CatalogMirror;
 use crate::catalog::Catalog;
 use crate::cluster::lease::{drain_key, Lease};
-use crate::cluster::membership::{Member, Membership, Runner, View};
+use crate::cluster::membership::{Membership, Runner};
 use crate::cluster::producer_ids::ProducerIds;
+use crate::cluster::view::{Member, View};
 use crate::config::Config;
 use crate::conn::admission::{self, Admission};
 use crate::metrics::{Metered, ShardStats, StoreMetrics};
@@ -298,6 +299,7 @@ fn start_shards(env: ShardsEnv) -> anyhow::Result<Shards> {
             stats: env.stats[ctx.id].clone(),
             membership: env.membership.clone(),
             slots: env.slots,
+            cluster_id: env.cluster_id.clone(),
         };
         let gate = gates.lock().unwrap()[ctx.id]
             .take()
@@ -444,13 +446,13 @@ async fn shard_main(
     }
     let _replication = replication.map(|listener| {
         let broker = broker.clone();
-        let replicas = Rc::new(crate::replication::serve::Replicas::default());
+        let replicas = Rc::new(crate::shard::replicas::Replicas::default());
         ringtail_shards::spawn(async move {
             ringtail_shards::net::accept_loop(
                 &listener,
                 |stream| {
                     let serving =
-                        crate::replication::serve::serve(broker.clone(), replicas.clone(), stream);
+                        crate::shard::replicas::serve(broker.clone(), replicas.clone(), stream);
                     ringtail_shards::spawn_detached(serving)
                 },
                 |e| {

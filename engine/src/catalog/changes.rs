@@ -22,6 +22,7 @@ impl Catalog {
         &self,
         name: &str,
         partitions: i32,
+        replication_factor: i16,
         configs: BTreeMap<String, String>,
         validate_only: bool,
     ) -> Result<Arc<TopicMeta>, CatalogError> {
@@ -37,6 +38,7 @@ impl Catalog {
             name: name.to_string(),
             id: Uuid::new_v4(),
             partitions,
+            replication_factor,
             configs,
             config,
         });
@@ -227,14 +229,14 @@ mod tests {
         let c = Catalog::open(dir.path(), None).unwrap();
         let mut cfg = BTreeMap::new();
         cfg.insert("retention.ms".to_string(), "1000".to_string());
-        let t = c.create("orders", 3, cfg, false).await.unwrap();
+        let t = c.create("orders", 3, 1, cfg, false).await.unwrap();
         assert_eq!(
-            c.create("orders", 1, BTreeMap::new(), false)
+            c.create("orders", 1, 1, BTreeMap::new(), false)
                 .await
                 .unwrap_err(),
             CatalogError::Exists("orders".into())
         );
-        c.create("dry", 1, BTreeMap::new(), true).await.unwrap();
+        c.create("dry", 1, 1, BTreeMap::new(), true).await.unwrap();
         assert!(c.snapshot().by_name("dry").is_none());
         c.add_partitions("orders", 5, false).await.unwrap();
         assert!(c.add_partitions("orders", 4, false).await.is_err());
@@ -297,7 +299,7 @@ mod tests {
     fn names_partitions_and_configs_are_validated() {
         let c = Catalog::in_memory();
         let create = |name: &str, partitions, configs| {
-            futures::executor::block_on(c.create(name, partitions, configs, false))
+            futures::executor::block_on(c.create(name, partitions, 1, configs, false))
         };
         for bad in ["", ".", "..", "a b", "x/y", &"a".repeat(250)] {
             assert!(

@@ -341,7 +341,7 @@ mod tests {
             let store = bucket(b.path());
             let controller = broker_catalog(d0.path(), &store).await;
             controller
-                .create("a", 1, BTreeMap::new(), false)
+                .create("a", 1, 1, BTreeMap::new(), false)
                 .await
                 .unwrap();
             let away = broker_catalog(d1.path(), &store).await;
@@ -349,11 +349,11 @@ mod tests {
             drop(away);
             // While it is away, the controller creates and deletes.
             let b_topic = controller
-                .create("b", 1, BTreeMap::new(), false)
+                .create("b", 1, 1, BTreeMap::new(), false)
                 .await
                 .unwrap();
             controller
-                .create("c", 1, BTreeMap::new(), false)
+                .create("c", 1, 1, BTreeMap::new(), false)
                 .await
                 .unwrap();
             controller.delete("c").await.unwrap();
@@ -376,12 +376,12 @@ mod tests {
             // and nothing of it is seen, here or in the bucket.
             let stale = broker_catalog(d1.path(), &store).await;
             controller
-                .create("d", 1, BTreeMap::new(), false)
+                .create("d", 1, 1, BTreeMap::new(), false)
                 .await
                 .unwrap();
             assert_eq!(
                 stale
-                    .create("e", 1, BTreeMap::new(), false)
+                    .create("e", 1, 1, BTreeMap::new(), false)
                     .await
                     .unwrap_err(),
                 CatalogError::Stale
@@ -404,14 +404,14 @@ mod tests {
             let (b, d0) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
             let store = bucket(b.path());
             let c = broker_catalog(d0.path(), &store).await;
-            c.create("a", 1, BTreeMap::new(), false).await.unwrap();
+            c.create("a", 1, 1, BTreeMap::new(), false).await.unwrap();
             // The local write fails: its temporary file's name is taken by a directory.
             let blocker = d0.path().join("catalog.json.tmp");
             std::fs::create_dir(&blocker).unwrap();
-            let x = c.create("x", 1, BTreeMap::new(), false).await.unwrap();
+            let x = c.create("x", 1, 1, BTreeMap::new(), false).await.unwrap();
             assert!(c.snapshot().by_name("x").is_some());
             std::fs::remove_dir(&blocker).unwrap();
-            c.create("y", 1, BTreeMap::new(), false).await.unwrap();
+            c.create("y", 1, 1, BTreeMap::new(), false).await.unwrap();
             let fresh = tempfile::tempdir().unwrap();
             let other = broker_catalog(fresh.path(), &store).await;
             let s = other.snapshot();
@@ -471,7 +471,10 @@ mod tests {
         futures::executor::block_on(async {
             let (b, d0) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
             let local = Catalog::open(d0.path(), None).unwrap();
-            local.create("x", 2, BTreeMap::new(), false).await.unwrap();
+            local
+                .create("x", 2, 1, BTreeMap::new(), false)
+                .await
+                .unwrap();
             drop(local);
             let store = bucket(b.path());
             let c = broker_catalog(d0.path(), &store).await;

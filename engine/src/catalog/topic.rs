@@ -17,10 +17,22 @@ pub struct TopicMeta {
     pub name: String,
     pub id: Uuid,
     pub partitions: i32,
+    /// Copies of each partition's tail not yet in the bucket, the owner's included (CreateTopics'
+    /// `replication_factor`): more than 1 only for `durability=replicated` topics.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub replication_factor: i16,
     /// Configs set explicitly on the topic (defaults are not stored).
     pub configs: BTreeMap<String, String>,
     #[serde(skip)]
     pub config: TopicConfig,
+}
+
+fn one() -> i16 {
+    1
+}
+
+fn is_one(n: &i16) -> bool {
+    *n == 1
 }
 
 /// The record that a topic was deleted: the only thing that lets a shard delete its data.
@@ -90,6 +102,7 @@ mod tests {
             name: name.to_string(),
             id: Uuid::new_v4(),
             partitions: 1,
+            replication_factor: 1,
             configs: BTreeMap::new(),
             config: TopicConfig::default(),
         };

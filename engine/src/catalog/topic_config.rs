@@ -15,9 +15,11 @@ pub struct TopicConfig {
     pub retention_bytes: i64,
     /// true: the broker stamps each batch with its append time (LogAppendTime).
     pub log_append_time: bool,
-    /// `durability=object`: a produce is acknowledged only once its batches are in a committed
-    /// object (no local state at all); `wal` (default): once they are in the WAL ring.
-    pub durability_object: bool,
+    /// What a produce's acknowledgement waits for (`durability`).
+    pub durability: Durability,
+    /// `min.insync.replicas`: copies (the owner's included) an `acks=all` produce to a
+    /// `durability=replicated` topic needs in sync; no effect on the other modes.
+    pub min_insync_replicas: usize,
     /// `compression.type` naming a codec: batches in another codec are recompressed into it
     /// at produce, at that codec's `compression.<codec>.level`. None: `producer` (stored as
     /// sent).
@@ -31,11 +33,50 @@ impl Default for TopicConfig {
             retention_ms: 7 * 24 * 3600 * 1000,
             retention_bytes: -1,
             log_append_time: false,
-            durability_object: false,
+            durability: Durability::Wal,
+            min_insync_replicas: MIN_INSYNC_REPLICAS_DEFAULT,
             compression: None,
         }
     }
 }
+
+/// `durability`: what a produce's acknowledgement waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `wal` (default): the batches are in the owner's WAL ring.
+    Wal,
+    /// `object`: the batches are in a committed object (no local state at all).
+    Object,
+    /// `replicated`: the batches are in the owner's WAL ring and in the replica rings of the
+    /// in-sync followers (`acks=all`; ARCHITECTURE.md, "Replicated WAL", R1).
+    Replicated,
+}
+
+impl Durability {
+    pub const COUNT: usize = 3;
+    pub const ALL: [Durability; Durability::COUNT] =
+        [Durability::Wal, Durability::Object, Durability::Replicated];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// As the topic config spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::Wal => "wal",
+            Durability::Object => "object",
+            Durability::Replicated => "replicated",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Durability> {
+        Durability::ALL.into_iter().find(|d| d.name() == name)
+    }
+}
+
+/// `min.insync.replicas` unless a topic sets it (the broker default of issue 19).
+pub const MIN_INSYNC_REPLICAS_DEFAULT: usize = 2;
 
 /// How the broker treats a config name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +137,7 @@ pub const KNOWN: &[(&str, &str, Support)] = &[
         Support::AcceptedNoEffect,
     ),
     ("min.compaction.lag.ms", "0", Support::AcceptedNoEffect),
-    ("min.insync.replicas", "1", Support::AcceptedNoEffect),
+    ("min.insync.replicas", "2", Support::Honoured),
     ("preallocate", "false", Support::AcceptedNoEffect),
     ("segment.bytes", "1073741824", Support::AcceptedNoEffect),
     ("segment.index.bytes", "10485760", Support::AcceptedNoEffect),
@@ -136,12 +177,11 @@ impl TopicConfig {
                 "retention.ms" => c.retention_ms = int(-1)?,
                 "retention.bytes" => c.retention_bytes = int(-1)?,
                 "durability" => {
-                    c.durability_object = match value.as_str() {
-                        "wal" => false,
-                        "object" => true,
-                        _ => return Err(format!("{name}={value:?} must be wal or object")),
-                    }
+                    c.durability = Durability::from_name(value).ok_or_else(|| {
+                        format!("{name}={value:?} must be wal, object or replicated")
+                    })?
                 }
+                "min.insync.replicas" => c.min_insync_replicas = int(1)?.min(i32::MAX as i64) as usize,
                 "message.timestamp.type" => {
                     c.log_append_time = match value.as_str() {
                         "CreateTime" => false,

@@ -53,6 +53,9 @@ pub struct LeaseRecord {
     /// The replicated WAL's listener, one `host:port` per shard (empty: no replicas here).
     #[serde(default)]
     pub replication: Vec<String>,
+    /// The followers and ISR of each slot open here that streams to followers.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub replicas: std::collections::BTreeMap<u32, crate::cluster::replica_sets::ReplicaSet>,
 }
 
 /// A lease someone else holds, as watched from here.
@@ -433,6 +436,7 @@ mod tests {
             open: Vec::new(),
             draining: false,
             epochs: Default::default(),
+            replicas: Default::default(),
             replication: Vec::new(),
         }
     }

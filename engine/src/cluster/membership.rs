@@ -18,57 +18,13 @@ use crate::cluster::lease::{Lease, LeaseError, LeaseRecord, PeerWatch};
 use arc_swap::ArcSwap;
 
 use crate::cluster::placement::place;
+use crate::cluster::view::{Member, View};
 
 /// How long a lapsed lease's closing waits for its slots before it renews. A slot
 /// itself is never let go with acknowledged records not uploaded: closing waits for them.
 pub const CLOSE_FLUSH_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 /// While a closing slot waits for its last uploads, it says so at this interval.
 pub const CLOSE_FLUSH_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// A broker of the cluster as Metadata names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    pub node_id: i32,
-    pub host: String,
-    pub port: i32,
-    /// Its replication listener, one address per shard (empty: it holds no replica).
-    pub replication: Vec<String>,
-}
-
-/// What the shards route by: the target owner of every slot and the live brokers.
-#[derive(Debug, Clone)]
-pub struct View {
-    pub me: i32,
-    /// Target owner node of each slot (`-1`: no live broker).
-    pub owners: Vec<i32>,
-    /// Live brokers, this one included, by node id.
-    pub members: Vec<Member>,
-    pub controller: i32,
-}
-
-impl View {
-    /// A single broker owning every slot (no object store, or before the first membership round).
-    pub fn alone(me: Member, slots: u32) -> View {
-        View {
-            me: me.node_id,
-            owners: vec![me.node_id; slots as usize],
-            controller: me.node_id,
-            members: vec![me],
-        }
-    }
-
-    pub fn owner(&self, slot: u32) -> i32 {
-        self.owners.get(slot as usize).copied().unwrap_or(-1)
-    }
-
-    pub fn member(&self, node: i32) -> Option<&Member> {
-        self.members.iter().find(|m| m.node_id == node)
-    }
-
-    pub fn is_controller(&self) -> bool {
-        self.controller == self.me
-    }
-}
 
 /// This broker's slots, changed under one lock (a reader never sees a slot between two sets).
 #[derive(Default)]
@@ -102,6 +58,8 @@ pub struct Membership {
     lapses: AtomicU64,
     /// Every slot's ownership epoch as known here.
     pub epochs: crate::cluster::epochs::SlotEpochs,
+    /// Every replicating slot's followers and ISR as known here.
+    pub replica_sets: crate::cluster::replica_sets::SlotReplicaSets,
 }
 
 impl Membership {
@@ -109,6 +67,7 @@ impl Membership {
         let slots = view.owners.len();
         Membership {
             epochs: crate::cluster::epochs::SlotEpochs::new(slots),
+            replica_sets: Default::default(),
             view: ArcSwap::from_pointee(view),
             slots: Mutex::default(),
             changed: Condvar::new(),
@@ -493,13 +452,19 @@ impl Runner {
     fn announce(&mut self, draining: bool) -> Result<(), LeaseError> {
         let open: Vec<u32> = self.membership.announced().into_iter().collect();
         let epochs = self.membership.open_epochs();
+        let replicas = self
+            .membership
+            .replica_sets
+            .published_by(self.lease.record.node_id);
         let changed = open != self.lease.record.open
             || draining != self.lease.record.draining
-            || epochs != self.lease.record.epochs;
+            || epochs != self.lease.record.epochs
+            || replicas != self.lease.record.replicas;
         if changed || self.last_renewal.elapsed() >= self.lease.duration / 4 {
             self.lease.record.open = open;
             self.lease.record.draining = draining;
             self.lease.record.epochs = epochs;
+            self.lease.record.replicas = replicas;
             futures::executor::block_on(self.lease.renew(self.store.as_ref()))?;
             // The lease lapsed before this write was answered: others may have judged it
             // expired. Every slot closes before the renewal makes acknowledgements valid again.
@@ -518,6 +483,9 @@ impl Runner {
         let records = futures::executor::block_on(self.watch.poll(self.store.as_ref(), list))?;
         for r in &records {
             self.membership.epochs.raise_all(&r.epochs);
+            if r.node_id != self.lease.record.node_id {
+                self.membership.replica_sets.learn(r.node_id, &r.replicas);
+            }
         }
         Ok(records
             .into_iter()

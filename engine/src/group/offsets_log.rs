@@ -206,7 +206,8 @@ async fn produce_all(
         },
         topic: offsets_topic.clone(),
         batches,
-        upload_timeout: Some(OFFSETS_COMMIT_TIMEOUT),
+        acks_all: true,
+        ack_timeout: Some(OFFSETS_COMMIT_TIMEOUT),
     };
     let outcome = coordinator.partitions.produce(vec![item]).await;
     match outcome.first() {
@@ -421,10 +422,11 @@ mod tests {
         assert_eq!(with_store["retention.ms"], "-1");
         assert!(!offsets_topic_configs(false).contains_key("durability"));
         // Validates as a topic config.
-        assert!(
+        assert_eq!(
             crate::catalog::topic_config::TopicConfig::from_map(&with_store)
                 .unwrap()
-                .durability_object
+                .durability,
+            crate::catalog::topic_config::Durability::Object
         );
         // An offsets topic created before it took durability=object is moved to it, once.
         let old = offsets_topic_configs(false);

@@ -25,6 +25,8 @@ use ringtail_wal::WalMetrics;
 
 pub use metered::{Metered, StoreMetrics};
 
+use crate::catalog::topic_config::Durability;
+
 /// API keys with their own series (every key Ringtail answers is below this; the highest is
 /// DescribeTopicPartitions, 75).
 const API_SLOTS: usize = 76;
@@ -256,32 +258,6 @@ impl ShardStats {
 
 /// Bounds of the requests-in-flight histogram (the bound per connection is 32).
 const IN_FLIGHT_BOUNDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0];
-
-/// What a produce waits for before it is acknowledged (the topic's `durability`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// The owner's WAL write.
-    Wal,
-    /// The upload of an object holding it, committed in the manifest.
-    Object,
-}
-
-impl Durability {
-    pub const COUNT: usize = 2;
-    pub const ALL: [Durability; Durability::COUNT] = [Durability::Wal, Durability::Object];
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// As the topic config spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Durability::Wal => "wal",
-            Durability::Object => "object",
-        }
-    }
-}
 
 /// Everything the endpoint renders.
 pub struct Sources {

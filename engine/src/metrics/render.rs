@@ -12,7 +12,8 @@ use ringtail_wal::WalMetrics;
 
 use super::metered::{OpStats, StoreMetrics, ERROR_KINDS};
 use super::text::{counter, gauge, histogram, Family, Out, Sample};
-use super::{readiness, ApiStats, Durability, ShardStats, Sources, ERROR_SLOTS};
+use super::{readiness, ApiStats, ShardStats, Sources, ERROR_SLOTS};
+use crate::catalog::topic_config::Durability;
 
 /// The Prometheus text exposition.
 pub fn render(src: &Sources) -> String {

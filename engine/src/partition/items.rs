@@ -19,10 +19,14 @@ pub struct ProduceItem {
     pub key: PartitionKey,
     pub topic: Arc<TopicMeta>,
     pub batches: Vec<ValidBatch>,
-    /// How long the answer may wait for the upload (`durability=object`): the request's
-    /// `timeout_ms` (0: not at all; capped, see `api::produce::upload_wait`); then
-    /// REQUEST_TIMED_OUT (retriable; the batches stay written). None: as long as it takes.
-    pub upload_timeout: Option<std::time::Duration>,
+    /// `acks=all`: the answer waits for the topic's durability; otherwise (`acks=1`, `acks=0`)
+    /// for the owner's WAL only when the topic is `replicated`.
+    pub acks_all: bool,
+    /// How long the answer may wait for the upload (`durability=object`) or the followers
+    /// (`durability=replicated`): the request's `timeout_ms` (0: not at all; capped, see
+    /// `api::produce::ack_wait`); then REQUEST_TIMED_OUT (retriable; the batches stay
+    /// written). None: as long as it takes.
+    pub ack_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -1,5 +1,6 @@
 //! Partitions: the vocabulary of keys, work items and outcomes (`items`); a slot's partition
-//! state (`store`: open, reads, hand-over) and its write path (`produce`); the pure planners of
+//! state (`store`: open, reads, hand-over), its write path (`produce`) and its streams to
+//! followers (`replicated`); the pure planners of
 //! reads (`reads`), rebuilding from the WAL (`recovery`), retention and the upload loop
 //! (`retention`); the in-memory index of a partition's batches (`log`), idempotent producer
 //! state (`producers`), leader epochs (`epochs`) and incremental fetch sessions
@@ -13,6 +14,7 @@ pub mod produce;
 pub mod producers;
 pub mod reads;
 pub mod recovery;
+pub mod replicated;
 pub mod retention;
 pub mod state;
 pub mod store;

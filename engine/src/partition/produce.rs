@@ -13,8 +13,8 @@ use kafka_protocol::ResponseError;
 use ringtail_wal::format::EntryMeta;
 use ringtail_wal::WalError;
 
+use crate::catalog::topic_config::Durability;
 use crate::catalog::TopicMeta;
-use crate::metrics::Durability;
 use crate::partition::items::{ErrorOutcome, PartitionKey, ProduceItem, ProduceOutcome};
 use crate::partition::log::PartitionLog;
 use crate::partition::producers::Check;
@@ -74,10 +74,22 @@ impl ShardState {
         let p = parts
             .entry(item.key)
             .or_insert_with(|| Partition::new(item.topic.clone()));
-        if item.topic.config.durability_object && self.tier.is_none() {
+        let durability = item.topic.config.durability;
+        if durability == Durability::Object && self.tier.is_none() {
             tracing::warn!(topic = %item.topic.name, "durability=object needs --object-store");
             return Err(ProduceOutcome::error(
                 ResponseError::KafkaStorageError.code(),
+            ));
+        }
+        let factor = item.topic.replication_factor.max(1) as usize;
+        let min_insync = item.topic.config.min_insync_replicas;
+        let replicated = durability == Durability::Replicated;
+        // Kafka's rule: acks=all is refused before anything is written while fewer copies
+        // than min.insync.replicas are in sync (acks=1 is taken).
+        if replicated && item.acks_all && !self.may_append_replicated(factor, min_insync) {
+            tracing::debug!(topic = %item.topic.name, partition = item.key.partition, in_sync = self.in_sync_copies(factor), min_insync, "produce refused: not enough replicas in sync");
+            return Err(ProduceOutcome::error(
+                ResponseError::NotEnoughReplicas.code(),
             ));
         }
         let now = now_ms();
@@ -126,7 +138,7 @@ impl ShardState {
                 WalTag {
                     key: item.key,
                     header,
-                    bytes,
+                    bytes: bytes.clone(),
                     superseded: false,
                 },
             ) {
@@ -138,6 +150,9 @@ impl ShardState {
                     last_offset = header.last_offset();
                     p.producers.start((&header).into());
                     p.epochs.note(leader_epoch, header.base_offset);
+                    if replicated {
+                        self.send_replicated(p, item.key, &header, &bytes, factor);
+                    }
                     tickets.push((ticket, header.producer_id, header.base_offset));
                 }
                 // Batches already queued for this partition still land; the producer sees an
@@ -148,7 +163,7 @@ impl ShardState {
         }
         // Waits for the upload of everything up to the partition's end, unless that is in the
         // bucket already (a retry of an uploaded batch): nothing would be uploaded to wake it.
-        let wait_upload = item.topic.config.durability_object && p.next_offset > p.uploaded_end;
+        let wait_upload = durability == Durability::Object && p.next_offset > p.uploaded_end;
         let uploaded = wait_upload.then(|| {
             let (tx, rx) = oneshot::channel();
             p.upload_waiters.push((p.next_offset - 1, tx));
@@ -159,15 +174,15 @@ impl ShardState {
         });
         Ok(Started {
             dispatched: Instant::now(),
-            durability: if item.topic.config.durability_object {
-                Durability::Object
-            } else {
-                Durability::Wal
+            durability: match durability {
+                Durability::Replicated if !item.acks_all => Durability::Wal,
+                d => d,
             },
+            replicas: (replicated && item.acks_all).then_some((factor, min_insync)),
             tickets,
             duplicate_of: duplicates,
             uploaded,
-            upload_deadline: item.upload_timeout.map(|t| Instant::now() + t),
+            deadline: item.ack_timeout.map(|t| Instant::now() + t),
             base_offset: base_offset.unwrap_or(p.next_offset),
             last_offset,
             log_append_time_ms: if log_append_time { now } else { -1 },
@@ -225,13 +240,7 @@ impl ShardState {
             return ProduceOutcome::error(ResponseError::KafkaStorageError.code());
         }
         if let Some(uploaded) = s.uploaded {
-            let uploaded = match s.upload_deadline {
-                Some(at) => {
-                    let left = at.saturating_duration_since(Instant::now());
-                    ringtail_shards::timeout(left, uploaded).await
-                }
-                None => Some(uploaded.await),
-            };
+            let uploaded = until(s.deadline, uploaded).await;
             match uploaded {
                 Some(Ok(())) => {}
                 Some(Err(_)) => {
@@ -250,11 +259,17 @@ impl ShardState {
         }
         // A duplicate whose original is still being written waits for it; if the original's
         // write failed, so does the duplicate (the producer retries it, and it is written anew).
+        // Replicated (acks=all): the batches, or the duplicates' originals, wait for the high
+        // watermark, which passes them once every in-sync follower has them (R1).
         loop {
             let (durable, abandoned) = match self.partitions.borrow().get(&s.key) {
                 None => (true, false),
                 Some(p) => (
-                    p.log.log_end_offset().max(p.uploaded_end) > s.last_offset,
+                    if s.replicas.is_some() {
+                        p.log_end() > s.last_offset
+                    } else {
+                        p.durable_end() > s.last_offset
+                    },
                     s.duplicate_of.iter().any(|&(pid, base)| {
                         !p.producers.is_in_flight(pid, base)
                             && !p
@@ -273,7 +288,29 @@ impl ShardState {
             }
             let (tx, rx) = oneshot::channel();
             self.watch(vec![(s.key, s.last_offset)], tx);
-            let _ = rx.await;
+            if s.replicas.is_none() {
+                let _ = rx.await;
+            } else if until(s.deadline, rx).await.is_none() {
+                // Durable here, not yet on every in-sync follower: the producer retries, and an
+                // idempotent retry is answered once they have it.
+                tracing::debug!(
+                    partition = s.key.partition,
+                    "produce timed out waiting for the followers"
+                );
+                return ProduceOutcome::error(ResponseError::RequestTimedOut.code());
+            }
+        }
+        if let Some((factor, min_insync)) = s.replicas {
+            // The ISR shrank below min.insync.replicas while it waited (Kafka's answer: the
+            // batches are written, not acknowledged as safe), unless they reached the bucket.
+            let uploaded = self
+                .partitions
+                .borrow()
+                .get(&s.key)
+                .is_none_or(|p| p.uploaded_end > s.last_offset);
+            if !uploaded && self.in_sync_copies(factor) < min_insync {
+                return ProduceOutcome::error(ResponseError::NotEnoughReplicasAfterAppend.code());
+            }
         }
         let log_start_offset = self
             .partitions
@@ -354,19 +391,32 @@ pub(super) struct Started {
     /// When its batches were handed to the WAL, and what its acknowledgement waits for.
     pub(super) dispatched: Instant,
     pub(super) durability: Durability,
+    /// `durability=replicated` with `acks=all`: (replication factor, min.insync.replicas).
+    pub(super) replicas: Option<(usize, usize)>,
     /// Each batch's WAL ticket, with its producer id and base offset.
     pub(super) tickets: Vec<(WalTicket, i64, i64)>,
     /// A duplicate answered with the original: (producer id, original base offset).
     pub(super) duplicate_of: Vec<(i64, i64)>,
     /// `durability=object`: resolves once the last offset is in a committed object.
     pub(super) uploaded: Option<oneshot::Receiver<()>>,
-    /// Until when to wait for `uploaded` (see [`ProduceItem::upload_timeout`]).
-    pub(super) upload_deadline: Option<Instant>,
+    /// Until when to wait for `uploaded` or the followers (see [`ProduceItem::ack_timeout`]).
+    pub(super) deadline: Option<Instant>,
     pub(super) base_offset: i64,
     /// Answer only once the log is durable through here (covers duplicates' originals).
     pub(super) last_offset: i64,
     pub(super) log_append_time_ms: i64,
     pub(super) key: PartitionKey,
+}
+
+/// `wait`'s output, or None if `deadline` passed first.
+async fn until<T>(deadline: Option<Instant>, wait: impl Future<Output = T>) -> Option<T> {
+    match deadline {
+        Some(at) => {
+            let left = at.saturating_duration_since(Instant::now());
+            ringtail_shards::timeout(left, wait).await
+        }
+        None => Some(wait.await),
+    }
 }
 
 /// Resolves once a WAL append is durable (or failed).

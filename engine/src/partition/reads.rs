@@ -167,12 +167,19 @@ pub(super) fn plan_fetch(p: &Partition, item: &FetchItem) -> FetchPlan {
                 .log
                 .read(item.offset, item.max_bytes, item.first_batch_always)
             {
-                Ok(batches) => FetchOutcome {
-                    error: 0,
-                    high_watermark: end,
-                    log_start_offset: start,
-                    batches,
-                },
+                Ok(mut batches) => {
+                    // Durable here but not yet on every in-sync follower: not served.
+                    if end < p.log.log_end_offset() {
+                        batches
+                            .retain(|b| BatchHeader::parse(b).is_ok_and(|h| h.base_offset < end));
+                    }
+                    FetchOutcome {
+                        error: 0,
+                        high_watermark: end,
+                        log_start_offset: start,
+                        batches,
+                    }
+                }
                 Err(_) => out_of_range,
             },
         );
@@ -353,6 +360,7 @@ mod tests {
             name: "t".into(),
             id: uuid::Uuid::new_v4(),
             partitions: 1,
+            replication_factor: 1,
             configs: Default::default(),
             config: TopicConfig::default(),
         });

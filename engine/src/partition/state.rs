@@ -42,6 +42,11 @@ pub(super) struct Partition {
     pub(super) log_start_floor: Cell<i64>,
     /// Where each leader epoch's batches start.
     pub(super) epochs: EpochStarts,
+    /// Batches sent to followers whose in-sync copies are not all durable yet (a replicated
+    /// topic), and the first offset of the oldest of them (`i64::MAX`: none). The high
+    /// watermark stays below it (see [`Partition::log_end`]).
+    pub(super) awaiting_replicas: usize,
+    pub(super) replicated_end: i64,
 }
 
 impl Partition {
@@ -76,7 +81,17 @@ impl Partition {
         }
     }
 
+    /// The high watermark: durable here, and on every in-sync follower if the topic is
+    /// replicated (as Kafka's is the ISR's) — or in the bucket.
     pub(super) fn log_end(&self) -> i64 {
+        self.log
+            .log_end_offset()
+            .min(self.replicated_end)
+            .max(self.uploaded_end)
+    }
+
+    /// The end of what is durable here (the WAL) or in the bucket.
+    pub(super) fn durable_end(&self) -> i64 {
         self.log.log_end_offset().max(self.uploaded_end)
     }
 
@@ -108,6 +123,8 @@ impl Partition {
             delete_waiters: Vec::new(),
             producers: Producers::default(),
             epochs: EpochStarts::default(),
+            awaiting_replicas: 0,
+            replicated_end: i64::MAX,
         }
     }
 }

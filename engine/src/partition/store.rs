@@ -36,7 +36,7 @@ use crate::tier::span_cache::SpanCache;
 use crate::tier::Tier;
 use ringtail_shards::now_ms;
 
-use crate::partition::state::{Partition, Waiter};
+use crate::partition::state::{wake, Partition, Waiter};
 /// What the WAL keeps with each entry, and hands back once it is durable.
 #[derive(Clone)]
 pub struct WalTag {
@@ -82,6 +82,10 @@ pub struct ShardState {
     pub(super) catalog: Arc<Catalog>,
     /// Wakes the retention check early (no object tier: the WAL ring is full).
     pub(super) retention_kick: RefCell<Option<oneshot::Sender<()>>>,
+    /// The streams to the slot's followers (None: it replicates nothing), and what was sent
+    /// and is not in the bucket yet (`replicated.rs`).
+    pub(super) outbound: RefCell<Option<crate::replication::outbound::Outbound>>,
+    pub(super) sent_queue: RefCell<crate::partition::replicated::SentQueue>,
 }
 
 pub(super) fn add(counter: &AtomicU64, n: u64) {
@@ -116,6 +120,8 @@ impl ShardState {
             writes_done: ringtail_shards::WaitList::new(),
             catalog,
             retention_kick: RefCell::new(None),
+            outbound: RefCell::new(None),
+            sent_queue: RefCell::default(),
         });
         let snapshot = state.catalog.snapshot();
         let opened = match &state.tier {
@@ -251,7 +257,7 @@ impl ShardState {
                 .partitions
                 .borrow()
                 .values()
-                .any(|p| p.next_offset > p.log_end())
+                .any(|p| p.next_offset > p.durable_end())
     }
 
     /// Every partition's offsets (at most `limit`), for the metrics endpoint.
@@ -336,6 +342,10 @@ impl ShardState {
                     continue;
                 };
                 p.uploaded_end = p.uploaded_end.max(span.last_offset + 1);
+                if p.awaiting_replicas > 0 {
+                    // In the bucket before every follower has it: visible now.
+                    wake(p.waiters.drain(..));
+                }
                 hot.push_back((pk, span.last_offset, span.byte_len));
                 self.hot_uploaded_bytes
                     .set(self.hot_uploaded_bytes.get() + span.byte_len);
@@ -366,6 +376,7 @@ impl ShardState {
             .hot_cache_bytes
             .fetch_add(held.wrapping_sub(held_before), Ordering::Relaxed);
         self.trim_wal();
+        self.advance_replicated();
     }
 
     /// A merge committed: cold reads of its offsets go to the merged object (its spans cover

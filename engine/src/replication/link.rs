@@ -143,6 +143,19 @@ impl Link {
         self.changed.notify_all();
     }
 
+    /// Drops every batch held and streams on from `seq` (the follower lagged by more than the
+    /// link holds): a new `Start` tells it the batches before are not coming, so what it lacks
+    /// must be in the bucket before it is counted in sync again.
+    pub fn restart_at(&self, seq: u64) {
+        {
+            let mut s = self.state.borrow_mut();
+            s.queue.clear();
+            s.queued_bytes = 0;
+            s.next_seq = seq;
+        }
+        self.changed.notify_all();
+    }
+
     pub fn acked_seq(&self) -> u64 {
         self.state.borrow().acked
     }

@@ -21,11 +21,16 @@ use crate::group::coordinator::Coordinator;
 use crate::metrics::{OffsetsSnapshot, ShardStats};
 use crate::partition::items::ErrorOutcome;
 use crate::partition::store::{ShardLimits, ShardState};
+use crate::replication::outbound::{Follower, OutboundConfig};
 use crate::shard::{owner_shard, ShardOp};
 use crate::tier::Tier;
 
 /// How often groups check session timeouts and rebalance deadlines.
 const GROUP_TICK: Duration = Duration::from_millis(100);
+/// How often an owner checks its followers (placement, lag: the ISR's rules).
+const ISR_TICK: Duration = Duration::from_millis(100);
+/// Most bytes an owner holds for one follower unacknowledged (at most half the WAL ring).
+const LINK_BYTES_MAX: u64 = 64 << 20;
 /// What opening a slot needs.
 pub struct SlotEnv {
     pub config: Arc<Config>,
@@ -34,6 +39,7 @@ pub struct SlotEnv {
     pub stats: Arc<ShardStats>,
     pub membership: Arc<Membership>,
     pub slots: u32,
+    pub cluster_id: String,
 }
 
 /// A slot this shard serves: its partitions and the consumer groups it coordinates (whose
@@ -228,6 +234,7 @@ impl SlotHost {
                     partitions: state,
                     coordinator,
                 };
+                self.replicate(slot, &served.partitions);
                 // Before it serves: requests are checked against the epoch it took over at.
                 let epoch = served.partitions.epoch();
                 self.env.membership.epochs.raise(slot, epoch);
@@ -255,6 +262,45 @@ impl SlotHost {
             }
         }
         self.busy.borrow_mut().remove(&slot);
+    }
+
+    /// Streams the slot's replicated topics to its followers (a broker with a replication
+    /// listener and an object store), and applies the ISR's rules while the slot is open.
+    fn replicate(&self, slot: u32, state: &Rc<ShardState>) {
+        let env = &self.env;
+        if env.config.replication_listen.is_none() || env.store.is_none() {
+            return;
+        }
+        let (membership, me) = (env.membership.clone(), env.config.node_id);
+        let followers = move || -> Vec<Follower> {
+            let view = membership.view.load();
+            view.followers(slot, view.me)
+                .into_iter()
+                .filter_map(|node| {
+                    let addr = view.replication_addr(node, slot)?.to_string();
+                    Some(Follower { node, addr })
+                })
+                .collect()
+        };
+        let config = OutboundConfig {
+            cluster_id: env.cluster_id.clone(),
+            node: env.config.node_id,
+            slot,
+            epoch: state.epoch(),
+            unacked_bytes_max: LINK_BYTES_MAX.min(env.config.wal_size_per_shard / 2),
+        };
+        let first = followers();
+        tracing::info!(slot, followers = ?first.iter().map(|f| f.node).collect::<Vec<_>>(), "streaming the slot's replicated topics");
+        state.replicate_to(config, &first);
+        let lag_max = 2 * env.config.lease;
+        let membership = env.membership.clone();
+        ringtail_shards::every(state, ISR_TICK, move |state| {
+            state.check_isr(&followers(), lag_max);
+            // Metadata's replicas and ISR, here and, through the lease, everywhere.
+            if let Some(set) = state.replica_set().filter(|_| !state.is_closing()) {
+                membership.replica_sets.set(slot, me, set);
+            }
+        });
     }
 
     /// Writes the shard's spare ring if it has none, on a thread of its own. Only once another
@@ -375,6 +421,10 @@ impl SlotHost {
             );
             self.env.stats.wal.lock().unwrap().remove(&slot);
         }
+        self.env
+            .membership
+            .replica_sets
+            .forget(slot, self.env.config.node_id);
         self.env.membership.closed(slot);
         self.busy.borrow_mut().remove(&slot);
     }

@@ -1,5 +1,6 @@
 //! The shard layer: where a partition lives ([`owner_shard`], [`Route`]), the messages between
-//! shards ([`ShardOp`]), and [`Broker`], what a connection's handlers see on their shard.
+//! shards ([`ShardOp`]), and [`Broker`], what a connection's handlers see on their shard; the
+//! slots a shard serves (`host`) and the replica rings it keeps for other owners (`replicas`).
 //!
 //! A partition is owned by exactly one shard; its log and its waiters are only touched on that
 //! shard. A request that arrives on another shard reaches the owner as a [`ShardOp`] in its
@@ -7,6 +8,7 @@
 //! the slot's state directly. [`Broker::scatter`] does both, in order.
 
 pub mod host;
+pub mod replicas;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -21,7 +23,8 @@ use ringtail_shards::Mailboxes;
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, TopicMeta};
-use crate::cluster::membership::{Membership, SlotControl, View};
+use crate::cluster::membership::{Membership, SlotControl};
+use crate::cluster::view::View;
 use crate::config::Config;
 use crate::metrics::ShardStats;
 use crate::partition::items::{

@@ -21,9 +21,6 @@ use crate::replication::frame::{self, Header};
 use crate::replication::ring::{self, AppendError, ReplicaRing};
 use crate::shard::Broker;
 
-/// Followers per slot (a topic of replication factor r uses the first r − 1).
-pub const FOLLOWERS_MAX: usize = 2;
-
 /// Read buffer growth per read.
 const READ_BYTES: usize = 256 << 10;
 /// Answers a connection may have waiting to be written: a peer that does not read them is
@@ -323,13 +320,7 @@ async fn start(
         return Err(format!("slot {slot} is owned here"));
     }
     // Only a follower of the slot as placement has it (a ring is a full-size file).
-    let members: Vec<(i32, Option<&str>)> = view
-        .members
-        .iter()
-        .filter(|m| !m.replication.is_empty())
-        .map(|m| (m.node_id, None))
-        .collect();
-    let followers = crate::cluster::placement::followers(slot, node, &members, FOLLOWERS_MAX);
+    let followers = view.followers(slot, node);
     if !followers.contains(&view.me) {
         return Err(format!(
             "this broker is not a follower of slot {slot} owned by node {node} (followers {followers:?})"

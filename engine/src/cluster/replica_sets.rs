@@ -1,0 +1,122 @@
+//! Who holds a copy of each slot's tail not yet in the bucket, as this broker knows it (the
+//! replicated WAL, issue 19): the owner's followers in placement order, and those in its ISR.
+//! The owner sets the sets of its open slots; the other brokers learn them from its lease.
+//! Metadata names them as a partition's `replicas` and `isr`.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// A slot's followers (placement order) and those of them in sync.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaSet {
+    pub followers: Vec<i32>,
+    pub in_sync: Vec<i32>,
+}
+
+impl ReplicaSet {
+    /// A topic of replication factor `factor` on a slot owned by `owner`: (replicas, isr), the
+    /// owner first.
+    pub fn of_topic(&self, owner: i32, factor: usize) -> (Vec<i32>, Vec<i32>) {
+        let followers = self.followers.iter().take(factor.saturating_sub(1));
+        let replicas: Vec<i32> = std::iter::once(owner).chain(followers.copied()).collect();
+        let isr = replicas
+            .iter()
+            .copied()
+            .filter(|n| *n == owner || self.in_sync.contains(n))
+            .collect();
+        (replicas, isr)
+    }
+}
+
+/// Every slot's set, with the owner that published it.
+#[derive(Default)]
+pub struct SlotReplicaSets {
+    sets: Mutex<BTreeMap<u32, (i32, ReplicaSet)>>,
+}
+
+impl SlotReplicaSets {
+    /// `owner` (this broker) has `set` for `slot` now.
+    pub fn set(&self, slot: u32, owner: i32, set: ReplicaSet) {
+        self.sets.lock().unwrap().insert(slot, (owner, set));
+    }
+
+    /// `owner` let `slot` go.
+    pub fn forget(&self, slot: u32, owner: i32) {
+        let mut sets = self.sets.lock().unwrap();
+        if sets.get(&slot).is_some_and(|(o, _)| *o == owner) {
+            sets.remove(&slot);
+        }
+    }
+
+    /// The set `owner` published for `slot` (another owner's is stale: the slot moved).
+    pub fn of(&self, slot: u32, owner: i32) -> Option<ReplicaSet> {
+        match self.sets.lock().unwrap().get(&slot) {
+            Some((o, set)) if *o == owner => Some(set.clone()),
+            _ => None,
+        }
+    }
+
+    /// What `owner`'s lease lists: its sets replace the ones it published before.
+    pub fn learn(&self, owner: i32, listed: &BTreeMap<u32, ReplicaSet>) {
+        let mut sets = self.sets.lock().unwrap();
+        sets.retain(|slot, (o, _)| *o != owner || listed.contains_key(slot));
+        for (&slot, set) in listed {
+            sets.insert(slot, (owner, set.clone()));
+        }
+    }
+
+    /// The sets `owner` (this broker) published, for its lease.
+    pub fn published_by(&self, owner: i32) -> BTreeMap<u32, ReplicaSet> {
+        self.sets
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, (o, _))| *o == owner)
+            .map(|(&slot, (_, set))| (slot, set.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(followers: &[i32], in_sync: &[i32]) -> ReplicaSet {
+        ReplicaSet {
+            followers: followers.to_vec(),
+            in_sync: in_sync.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_topic_names_its_owner_and_first_followers() {
+        let s = set(&[3, 2], &[2]);
+        assert_eq!(s.of_topic(1, 3), (vec![1, 3, 2], vec![1, 2]));
+        assert_eq!(s.of_topic(1, 2), (vec![1, 3], vec![1]));
+        assert_eq!(s.of_topic(1, 1), (vec![1], vec![1]));
+    }
+
+    #[test]
+    fn only_the_current_owners_set_counts() {
+        let sets = SlotReplicaSets::default();
+        sets.set(0, 1, set(&[2, 3], &[2, 3]));
+        assert_eq!(
+            sets.of(0, 2),
+            None,
+            "slot 0 moved to node 2: node 1's set is stale"
+        );
+        assert!(sets.of(0, 1).is_some());
+        // Node 2's lease lists slot 1 only; then nothing: its sets go.
+        sets.learn(2, &BTreeMap::from([(1, set(&[1], &[]))]));
+        assert_eq!(sets.of(1, 2), Some(set(&[1], &[])));
+        assert_eq!(sets.published_by(1).len(), 1);
+        sets.learn(2, &BTreeMap::new());
+        assert_eq!(sets.of(1, 2), None);
+        sets.forget(0, 2);
+        assert!(sets.of(0, 1).is_some(), "only its owner forgets it");
+        sets.forget(0, 1);
+        assert_eq!(sets.of(0, 1), None);
+    }
+}

@@ -1,0 +1,248 @@
+//! The slot's side of the replicated WAL (ARCHITECTURE.md, "Replicated WAL", R1): the batches
+//! of `durability=replicated` topics go to the slot's followers as they are appended; a
+//! partition's high watermark passes a batch once every in-sync follower has it durable (or it
+//! is in the bucket), and the followers hear what the bucket holds, to trim their copies.
+//!
+//! The batches sent wait in one queue in append order: a prefix of it is visible (replicated
+//! or uploaded), and its front leaves once in the bucket.
+//!
+//! The ISR (R2, kept in memory until take-overs read it: step 3): a follower leaves it when its
+//! oldest unacknowledged batch is older than the lag bound, when its link could not hold a
+//! batch (it then lacks it), or when placement drops it (its lease lapsed). It joins — or a new
+//! follower first joins — once every batch it may lack is in the bucket and it has every batch
+//! already visible: from then on no batch becomes visible or acknowledged without it (R3).
+
+use std::collections::VecDeque;
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ringtail_netio::header::BatchHeader;
+
+use crate::cluster::replica_sets::ReplicaSet;
+use crate::partition::items::PartitionKey;
+use crate::partition::state::{wake, Partition};
+use crate::partition::store::ShardState;
+use crate::replication::outbound::{Follower, Outbound, OutboundConfig, Outgoing};
+use crate::replication::owner::Sent;
+
+/// A batch sent to followers.
+struct Pending {
+    key: PartitionKey,
+    last_offset: i64,
+    sent: Sent,
+    at: Instant,
+}
+
+/// The batches sent and not yet in the bucket; the first `visible` are past the high watermark.
+#[derive(Default)]
+pub(super) struct SentQueue {
+    entries: VecDeque<Pending>,
+    visible: usize,
+    /// Batches ever sent, and ever left (in the bucket): the marks of [`Stream::join_mark`].
+    ///
+    /// [`Stream::join_mark`]: crate::replication::owner::Stream::join_mark
+    pushed: u64,
+    popped: u64,
+}
+
+impl ShardState {
+    /// Streams the slot's replicated topics to `followers` from now on (its opening, before it
+    /// serves).
+    pub fn replicate_to(self: &Rc<Self>, config: OutboundConfig, followers: &[Follower]) {
+        let weak: Weak<ShardState> = Rc::downgrade(self);
+        let outbound = Outbound::open(config, followers, move || {
+            if let Some(state) = weak.upgrade() {
+                state.advance_replicated();
+            }
+        });
+        *self.outbound.borrow_mut() = Some(outbound);
+    }
+
+    /// The slot's followers (placement order) and those in sync (None: it replicates nothing).
+    pub fn replica_set(&self) -> Option<ReplicaSet> {
+        let outbound = self.outbound.borrow();
+        let streams = outbound.as_ref()?.streams();
+        let mut placed: Vec<_> = streams
+            .streams()
+            .iter()
+            .filter_map(|s| s.rank.map(|r| (r, s.node, s.in_sync)))
+            .collect();
+        placed.sort_unstable();
+        Some(ReplicaSet {
+            followers: placed.iter().map(|p| p.1).collect(),
+            in_sync: placed.iter().filter(|p| p.2).map(|p| p.1).collect(),
+        })
+    }
+
+    /// In-sync copies a topic of `factor` has now, the owner's included.
+    pub(super) fn in_sync_copies(&self, factor: usize) -> usize {
+        self.outbound
+            .borrow()
+            .as_ref()
+            .map_or(1, |o| o.in_sync_copies(factor))
+    }
+
+    /// Whether an `acks=all` produce to a topic of `factor` and `min_insync` may be appended.
+    pub(super) fn may_append_replicated(&self, factor: usize, min_insync: usize) -> bool {
+        match self.outbound.borrow().as_ref() {
+            Some(o) => o.may_append(factor, min_insync),
+            None => min_insync <= 1,
+        }
+    }
+
+    /// Sends a batch just appended to `p` (queued in the WAL) to its topic's followers; the
+    /// partition's high watermark waits for them.
+    pub(super) fn send_replicated(
+        &self,
+        p: &mut Partition,
+        key: PartitionKey,
+        header: &BatchHeader,
+        bytes: &Bytes,
+        factor: usize,
+    ) {
+        let outbound = self.outbound.borrow();
+        let Some(outbound) = outbound.as_ref() else {
+            return;
+        };
+        let (sent, refused) = outbound.send(
+            factor,
+            Outgoing {
+                topic_id: *key.topic_id.as_bytes(),
+                partition: key.partition,
+                base_offset: header.base_offset,
+                record_count: header.record_count,
+                leader_epoch: header.partition_leader_epoch,
+                bytes: bytes.clone(),
+            },
+        );
+        if sent.seqs.is_empty() {
+            return;
+        }
+        p.awaiting_replicas += 1;
+        if p.awaiting_replicas == 1 {
+            p.replicated_end = header.base_offset;
+        }
+        let mut queue = self.sent_queue.borrow_mut();
+        queue.entries.push_back(Pending {
+            key,
+            last_offset: header.last_offset(),
+            sent,
+            at: Instant::now(),
+        });
+        queue.pushed += 1;
+        for i in refused {
+            // It lacks this batch: out of the ISR until the bucket has everything sent so far.
+            let node = outbound.streams().streams()[i].node;
+            if outbound.streams().streams()[i].in_sync {
+                tracing::warn!(
+                    slot = outbound.slot(),
+                    follower = node,
+                    "follower left the ISR: it lags by more than its link holds"
+                );
+            }
+            outbound.set_in_sync(i, false, queue.pushed);
+        }
+    }
+
+    /// Moves the high watermarks past the batches now on every in-sync follower or in the
+    /// bucket (in append order), wakes what waits on them, and tells the followers what the
+    /// bucket holds.
+    pub(super) fn advance_replicated(&self) {
+        let outbound = self.outbound.borrow();
+        let Some(outbound) = outbound.as_ref() else {
+            return;
+        };
+        let mut parts = self.partitions.borrow_mut();
+        let mut queue = self.sent_queue.borrow_mut();
+        let queue = &mut *queue;
+        let uploaded = |parts: &std::collections::HashMap<PartitionKey, Partition>, e: &Pending| {
+            parts
+                .get(&e.key)
+                .is_none_or(|p| p.uploaded_end > e.last_offset)
+        };
+        while let Some(e) = queue.entries.get(queue.visible) {
+            if !(uploaded(&parts, e) || outbound.on_in_sync(&e.sent)) {
+                break;
+            }
+            if let Some(p) = parts.get_mut(&e.key) {
+                p.awaiting_replicas -= 1;
+                p.replicated_end = if p.awaiting_replicas == 0 {
+                    i64::MAX
+                } else {
+                    e.last_offset + 1
+                };
+                wake(p.waiters.drain(..));
+            }
+            queue.visible += 1;
+        }
+        let mut committed: Option<Sent> = None;
+        while queue.visible > 0 && queue.entries.front().is_some_and(|e| uploaded(&parts, e)) {
+            let e = queue.entries.pop_front().expect("front exists");
+            queue.visible -= 1;
+            queue.popped += 1;
+            let upto = committed.get_or_insert_with(Sent::default);
+            for (i, seq) in e.sent.seqs {
+                match upto.seqs.iter_mut().find(|(j, _)| *j == i) {
+                    Some((_, s)) => *s = (*s).max(seq),
+                    None => upto.seqs.push((i, seq)),
+                }
+            }
+        }
+        if let Some(upto) = committed {
+            outbound.committed(&upto);
+        }
+    }
+
+    /// The ISR's rules, at a regular tick: `followers` is placement's choice now, `lag_max`
+    /// how long a follower may leave a batch unacknowledged and stay in sync.
+    pub fn check_isr(&self, followers: &[Follower], lag_max: Duration) {
+        let outbound = self.outbound.borrow();
+        let Some(outbound) = outbound.as_ref() else {
+            return;
+        };
+        let mut changed = false;
+        {
+            let queue = self.sent_queue.borrow();
+            outbound.place(followers, queue.pushed);
+            let now = Instant::now();
+            let count = outbound.streams().streams().len();
+            for i in 0..count {
+                let s = outbound.streams().streams()[i].clone();
+                // Its batches in the queue, oldest first: (sequence, sent at, visible).
+                let mine = queue.entries.iter().enumerate().filter_map(|(at, e)| {
+                    let seq = e.sent.seqs.iter().find(|(j, _)| *j == i)?.1;
+                    Some((seq, e.at, at < queue.visible))
+                });
+                if s.in_sync {
+                    let lagging = mine
+                        .clone()
+                        .find(|(seq, ..)| *seq > s.acked_seq)
+                        .is_some_and(|(_, at, _)| now.duration_since(at) > lag_max);
+                    if lagging {
+                        tracing::warn!(slot = outbound.slot(), follower = s.node, lag_ms = lag_max.as_millis() as u64, error = ?outbound.last_error(i), "follower left the ISR: a batch unacknowledged for longer than the lag bound");
+                        outbound.set_in_sync(i, false, 0);
+                        changed = true;
+                    }
+                } else if s.rank.is_some() && queue.popped >= s.join_mark {
+                    let has_visible = mine
+                        .filter(|(.., visible)| *visible)
+                        .all(|(seq, ..)| seq <= s.acked_seq);
+                    if has_visible {
+                        tracing::info!(
+                            slot = outbound.slot(),
+                            follower = s.node,
+                            "follower joined the ISR"
+                        );
+                        outbound.set_in_sync(i, true, 0);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if changed {
+            // Batches that waited for a follower that left may be visible now.
+            self.advance_replicated();
+        }
+    }
+}

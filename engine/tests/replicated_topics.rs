@@ -1,0 +1,354 @@
+//! `durability=replicated` topics (issue 19, R1–R3) on real brokers: three brokers share a
+//! SeaweedFS bucket, each with its replication listener. A topic created with replication
+//! factor -1 is replicated to 3 copies; librdkafka's acks=all produce is acknowledged once the
+//! followers hold the batches, and reads back whole. With one follower down produce goes on
+//! (2 of 3 in sync, min.insync.replicas 2); with both down acks=all is refused
+//! NOT_ENOUGH_REPLICAS (acks=1 is taken), and service resumes when a follower comes back.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::raw::Raw;
+use common::TestBroker;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+const NOT_ENOUGH_REPLICAS: i16 = 19;
+
+fn start(
+    weed: &ringtail_objstore::testing::Seaweed,
+    node: i32,
+    dir: &std::path::Path,
+) -> TestBroker {
+    let mut args = weed.broker_args("replicated");
+    args.extend(
+        [
+            "--shards",
+            "1",
+            "--slots",
+            "4",
+            "--node-id",
+            &node.to_string(),
+            "--replication-listen",
+            "127.0.0.1:0",
+        ]
+        .map(String::from),
+    );
+    TestBroker::start_at(dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn bootstrap(brokers: &[&TestBroker]) -> String {
+    brokers
+        .iter()
+        .map(|b| b.bootstrap())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Waits until every broker's own Metadata names all of them (each has read the others'
+/// leases: a topic created with replication factor -1 gets a copy on each).
+fn wait_members(brokers: &[&TestBroker]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for b in brokers {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", b.bootstrap())
+            .create()
+            .unwrap();
+        loop {
+            let md = c.fetch_metadata(None, Duration::from_secs(5));
+            if md.is_ok_and(|md| md.brokers().len() == brokers.len()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the brokers never all joined");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Creates `name` with `replication` copies and `configs`, and returns the replication factor
+/// CreateTopics answered (librdkafka does not show it: the test asks Metadata's replica count
+/// elsewhere), asserting it was created.
+async fn create(
+    bootstrap: &str,
+    name: &str,
+    partitions: i32,
+    replication: i32,
+    configs: &[(&str, &str)],
+) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+        for (k, v) in configs {
+            topic = topic.set(k, v);
+        }
+        let r = admin
+            .create_topics(&[topic], &AdminOptions::new())
+            .await
+            .unwrap();
+        match &r[0] {
+            Ok(_) => return,
+            // The controller may not have seen every broker's lease yet: Kafka's answer for
+            // more copies than live brokers.
+            Err((
+                _,
+                rdkafka::types::RDKafkaErrorCode::NotController
+                | rdkafka::types::RDKafkaErrorCode::InvalidReplicationFactor,
+            )) => {}
+            Err(e) => panic!("creating {name}: {e:?}"),
+        }
+        assert!(Instant::now() < deadline, "no controller answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The node Metadata names as `topic`/`partition`'s leader, once it names one.
+fn leader(bootstrap: &str, topic: &str, partition: i32) -> i32 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let leader = md.topics()[0]
+            .partitions()
+            .get(partition as usize)
+            .map_or(-1, |p| p.leader());
+        if leader >= 0 {
+            return leader;
+        }
+        assert!(Instant::now() < deadline, "{topic} has no leader");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until Metadata through `bootstrap` names, for every partition of `topic`, replicas
+/// and an ISR that `ok` accepts: (leader, replicas, isr).
+fn wait_replicas(bootstrap: &str, topic: &str, ok: impl Fn(i32, &[i32], &[i32]) -> bool) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let parts: Vec<(i32, Vec<i32>, Vec<i32>)> = md.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| (p.leader(), p.replicas().to_vec(), p.isr().to_vec()))
+            .collect();
+        if !parts.is_empty() && parts.iter().all(|(l, r, i)| ok(*l, r, i)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: (leader, replicas, isr) {parts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn metric(b: &TestBroker, name: &str) -> u64 {
+    b.metrics().get(name).copied().unwrap_or(0)
+}
+
+/// Answers to produces of unique values: (value, error code).
+type Answers = Vec<(String, i16)>;
+
+/// Produces `name-1`, `name-2`, ... with `acks` on `raw` until one is answered `want` (other
+/// answers are the retriable ones of a cluster changing: timeouts, not enough replicas after
+/// the append, ...); every answer goes to `answers`.
+fn produce_until(
+    raw: &mut Raw,
+    answers: &mut Answers,
+    name: &str,
+    acks: i16,
+    want: i16,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    for attempt in 1.. {
+        let value = format!("{name}-{attempt}");
+        let (code, _) = raw.produce("ledger", 0, common::raw::records(&[value.as_bytes()]), acks);
+        println!("{value}: {code}");
+        answers.push((value, code));
+        if code == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name}: never answered {want}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_topics_acknowledged_records_are_on_its_followers() {
+    let weed = ringtail_objstore::testing::Seaweed::start();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let brokers: Vec<TestBroker> = (0..3)
+        .map(|i| start(&weed, i as i32 + 1, dirs[i].path()))
+        .collect();
+    let all = bootstrap(&brokers.iter().collect::<Vec<_>>());
+    wait_members(&brokers.iter().collect::<Vec<_>>());
+    // Replication factor -1 in a cluster of three replicating brokers: replicated, 3 copies.
+    create(&all, "orders", 4, -1, &[]).await;
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &all)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    // Metadata tells the truth: three copies, the leader first, all in sync.
+    wait_replicas(&all, "orders", |leader, replicas, isr| {
+        replicas.len() == 3 && replicas[0] == leader && isr.len() == 3
+    });
+    let mut acked = BTreeMap::new();
+    for i in 0..400 {
+        let value = format!("order-{i}");
+        let key = format!("k{}", i % 16);
+        let d = producer
+            .send(
+                FutureRecord::to("orders").key(&key).payload(&value),
+                Duration::from_secs(60),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("acknowledged");
+        let (p, o) = (d.partition, d.offset);
+        acked.insert(value, (p, o));
+    }
+    // Every broker follows the slots the others own: each appended batches to its replica
+    // rings; every batch written has a follower copy, two once both followers are placed.
+    let sum = |name: &str| -> Vec<u64> { brokers.iter().map(|b| metric(b, name)).collect() };
+    let appended = sum("ringtail_replica_appended_batches_total");
+    let (copied, produced) = (
+        sum("ringtail_replica_appended_bytes_total")
+            .iter()
+            .sum::<u64>(),
+        sum("ringtail_produce_bytes_total").iter().sum::<u64>(),
+    );
+    println!("batches appended to replica rings per broker: {appended:?}; follower bytes {copied} for {produced} produced");
+    assert!(
+        appended.iter().all(|&n| n > 0),
+        "every broker follows: {appended:?}"
+    );
+    assert!(
+        copied >= produced && copied <= 2 * produced,
+        "{copied} bytes copied for {produced}"
+    );
+    let (records, _) = common::read_all(&all, "orders", 4);
+    for (value, (p, o)) in &acked {
+        assert_eq!(
+            records
+                .get(&(*p, *o))
+                .map(|v| String::from_utf8_lossy(v).to_string())
+                .as_deref(),
+            Some(value.as_str()),
+            "acknowledged at {p}/{o}"
+        );
+    }
+    assert_eq!(records.len(), acked.len(), "no duplicates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_all_needs_min_insync_replicas_and_resumes_when_a_follower_returns() {
+    let weed = ringtail_objstore::testing::Seaweed::start();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut brokers: BTreeMap<i32, TestBroker> = (1..=3)
+        .map(|n| (n, start(&weed, n, dirs[n as usize - 1].path())))
+        .collect();
+    let all = bootstrap(&brokers.values().collect::<Vec<_>>());
+    wait_members(&brokers.values().collect::<Vec<_>>());
+    create(&all, "ledger", 1, 3, &[("min.insync.replicas", "2")]).await;
+    let owner = leader(&all, "ledger", 0);
+    let followers: Vec<i32> = (1..=3).filter(|&n| n != owner).collect();
+    let mut raw = Raw::connect(brokers[&owner].bootstrap().parse().unwrap());
+    let mut answers = Answers::new();
+    let within = Duration::from_secs(30);
+    produce_until(&mut raw, &mut answers, "all-three", -1, 0, within);
+
+    // One follower down: two copies in sync remain, enough.
+    brokers.remove(&followers[0]).unwrap().kill9();
+    produce_until(&mut raw, &mut answers, "one-down", -1, 0, within);
+
+    // Both down: once the owner knows, acks=all is refused before anything is written; acks=1
+    // is taken.
+    brokers.remove(&followers[1]).unwrap().kill9();
+    produce_until(
+        &mut raw,
+        &mut answers,
+        "both-down",
+        -1,
+        NOT_ENOUGH_REPLICAS,
+        within,
+    );
+    produce_until(&mut raw, &mut answers, "owner-only", 1, 0, within);
+    wait_replicas(&brokers[&owner].bootstrap(), "ledger", |_, _, isr| {
+        isr == [owner]
+    });
+    produce_until(
+        &mut raw,
+        &mut answers,
+        "still-refused",
+        -1,
+        NOT_ENOUGH_REPLICAS,
+        within,
+    );
+
+    // A follower comes back with its disk: it catches up, joins the ISR, acks=all resumes.
+    let back = followers[0];
+    brokers.insert(back, start(&weed, back, dirs[back as usize - 1].path()));
+    produce_until(
+        &mut raw,
+        &mut answers,
+        "resumed",
+        -1,
+        0,
+        Duration::from_secs(60),
+    );
+    wait_replicas(
+        &brokers[&owner].bootstrap(),
+        "ledger",
+        |leader, replicas, isr| {
+            leader == owner && replicas.contains(&back) && isr.len() == 2 && isr.contains(&back)
+        },
+    );
+    assert!(brokers[&owner].log_contains("follower joined the ISR"));
+    assert!(brokers[&owner].log_contains("follower left the ISR"));
+
+    let bootstrap_now = bootstrap(&brokers.values().collect::<Vec<_>>());
+    let (records, _) = common::read_all(&bootstrap_now, "ledger", 1);
+    let values: Vec<String> = records
+        .values()
+        .map(|v| String::from_utf8_lossy(v).to_string())
+        .collect();
+    for (value, code) in &answers {
+        match *code {
+            0 => assert!(
+                values.contains(value),
+                "{value} acknowledged, not read back: {values:?}"
+            ),
+            NOT_ENOUGH_REPLICAS => {
+                assert!(!values.contains(value), "{value} was refused, yet written")
+            }
+            _ => {}
+        }
+    }
+    let unique: std::collections::BTreeSet<&String> = values.iter().collect();
+    assert_eq!(unique.len(), values.len(), "no record twice: {values:?}");
+}
