@@ -446,7 +446,7 @@ async fn shard_main(
     }
     let _replication = replication.map(|listener| {
         let broker = broker.clone();
-        let replicas = Rc::new(crate::shard::replicas::Replicas::default());
+        let replicas = broker.host.replicas.clone();
         ringtail_shards::spawn(async move {
             ringtail_shards::net::accept_loop(
                 &listener,

@@ -12,19 +12,23 @@
 //! follower first joins — once every batch it may lack is in the bucket and it has every batch
 //! already visible: from then on no batch becomes visible or acknowledged without it (R3).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::channel::oneshot;
 use ringtail_netio::header::BatchHeader;
+use ringtail_wal::format::EntryMeta;
+use uuid::Uuid;
 
 use crate::cluster::replica_sets::ReplicaSet;
 use crate::partition::items::PartitionKey;
 use crate::partition::state::{wake, Partition};
-use crate::partition::store::ShardState;
+use crate::partition::store::{ShardState, WalTag};
 use crate::replication::outbound::{Follower, Outbound, OutboundConfig, Outgoing};
 use crate::replication::owner::Sent;
+use crate::replication::ring::TailEntry;
 
 /// A batch sent to followers.
 struct Pending {
@@ -244,5 +248,106 @@ impl ShardState {
             // Batches that waited for a follower that left may be visible now.
             self.advance_replicated();
         }
+    }
+
+    /// A take-over's recovery from this broker's replica ring (R4): the replaced owner's batches
+    /// that continue their partitions where this opening left them (the bucket's end, or this
+    /// broker's own WAL) are appended again at their offsets, keeping their epoch and their
+    /// producers' sequences (a retry of one is a duplicate), and uploaded; resolves once they
+    /// are in a committed object, before the slot takes a write. A batch past a gap in its
+    /// partition (a copy that missed batches, which were to be in the bucket) stops that
+    /// partition there, logged.
+    pub async fn adopt_replica_tail(&self, slot: u32, tail: Vec<TailEntry>) -> Result<(), String> {
+        if tail.is_empty() {
+            return Ok(());
+        }
+        let snapshot = self.catalog.snapshot();
+        let mut tickets = Vec::new();
+        let mut uploads = Vec::new();
+        let (mut batches, mut records) = (0usize, 0i64);
+        {
+            let wal = self.wal.borrow();
+            let wal = wal
+                .as_ref()
+                .expect("the WAL is open before the tail is adopted");
+            let mut parts = self.partitions.borrow_mut();
+            let mut stopped: HashSet<PartitionKey> = HashSet::new();
+            let mut adopted: HashSet<PartitionKey> = HashSet::new();
+            for e in tail {
+                let key = PartitionKey {
+                    topic_id: Uuid::from_bytes(e.topic_id),
+                    partition: e.partition,
+                };
+                let Some(topic) = snapshot
+                    .by_id(&key.topic_id)
+                    .filter(|t| key.partition < t.partitions)
+                else {
+                    continue; // deleted meanwhile
+                };
+                let header = BatchHeader::parse(&e.bytes)
+                    .map_err(|err| format!("replica ring entry {}: {err}", e.seq))?;
+                let p = parts
+                    .entry(key)
+                    .or_insert_with(|| Partition::new(topic.clone()));
+                if stopped.contains(&key) || header.base_offset < p.next_offset {
+                    continue; // in the bucket or this broker's WAL already
+                }
+                if header.base_offset > p.next_offset {
+                    tracing::error!(slot, topic = %topic.name, partition = key.partition, at = p.next_offset, next_copied = header.base_offset, "the replica copy misses batches of this partition: it is recovered up to the gap");
+                    stopped.insert(key);
+                    continue;
+                }
+                let meta = EntryMeta {
+                    stream_id: e.topic_id,
+                    stream_index: e.partition,
+                    base_offset: header.base_offset,
+                    record_count: header.record_count,
+                    leader_epoch: header.partition_leader_epoch,
+                };
+                let tag = WalTag {
+                    key,
+                    header,
+                    bytes: e.bytes.clone(),
+                    superseded: false,
+                };
+                let ticket = wal
+                    .append(meta, e.bytes, tag)
+                    .map_err(|err| format!("re-appending the replica tail: {err}"))?;
+                tickets.push(ticket);
+                p.next_offset = header.last_offset() + 1;
+                p.producers.start((&header).into());
+                p.epochs
+                    .note(header.partition_leader_epoch, header.base_offset);
+                adopted.insert(key);
+                batches += 1;
+                records += header.record_count as i64;
+            }
+            for key in adopted {
+                let p = parts.get_mut(&key).expect("adopted into");
+                let (tx, rx) = oneshot::channel();
+                p.upload_waiters.push((p.next_offset - 1, tx));
+                uploads.push((key, rx));
+            }
+        }
+        for t in tickets {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => return Err(format!("re-appending the replica tail: {err}")),
+                Err(_) => return Err("re-appending the replica tail: the WAL closed".into()),
+            }
+        }
+        if let Some(tier) = &self.tier {
+            tier.request_seal();
+        }
+        for (key, rx) in uploads {
+            if rx.await.is_err() {
+                return Err(format!(
+                    "the recovered tail of partition {} was not uploaded (the slot was fenced)",
+                    key.partition
+                ));
+            }
+        }
+        tracing::info!(slot, batches, records, "recovered the replaced owner's tail from this broker's replica ring: re-appended at its offsets and uploaded");
+        Ok(())
     }
 }

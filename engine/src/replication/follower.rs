@@ -40,7 +40,9 @@ pub struct Replica {
     /// The sequence the next append must carry.
     next_seq: u64,
     durable_seq: u64,
-    frozen: bool,
+    /// This broker takes (or took) the slot over at this epoch: nothing of an owner at or
+    /// below it is accepted.
+    frozen: Option<u64>,
 }
 
 impl Replica {
@@ -51,7 +53,7 @@ impl Replica {
             epoch,
             next_seq: if last_seq == 0 { 0 } else { last_seq + 1 },
             durable_seq: last_seq,
-            frozen: false,
+            frozen: None,
         }
     }
 
@@ -64,12 +66,12 @@ impl Replica {
     }
 
     pub fn is_frozen(&self) -> bool {
-        self.frozen
+        self.frozen.is_some()
     }
 
     /// The owner of `epoch` starts (or resumes) streaming at `first_seq`.
     pub fn start(&mut self, epoch: u64, first_seq: u64) -> Result<Started, Refusal> {
-        if self.frozen {
+        if self.frozen.is_some_and(|at| epoch <= at) {
             return Err(Refusal::Frozen);
         }
         if epoch < self.epoch {
@@ -85,11 +87,12 @@ impl Replica {
             });
         }
         if epoch > self.epoch {
+            // A newer owner than the take-over this broker froze the slot for.
             *self = Replica {
                 epoch,
                 next_seq: first_seq,
                 durable_seq: first_seq - 1,
-                frozen: false,
+                frozen: None,
             };
             return Ok(Started::Fresh);
         }
@@ -114,7 +117,7 @@ impl Replica {
 
     /// Whether batch `seq` of `epoch` may be appended (nothing changes).
     pub fn check(&self, epoch: u64, seq: u64) -> Result<(), Refusal> {
-        if self.frozen {
+        if self.frozen.is_some() {
             return Err(Refusal::Frozen);
         }
         if epoch < self.epoch {
@@ -147,10 +150,12 @@ impl Replica {
         self.durable_seq = self.durable_seq.max(seq);
     }
 
-    /// This broker takes the slot over (R4): from now on nothing of the owner it replaces is
-    /// accepted, before it reads its own copy.
-    pub fn freeze(&mut self) {
-        self.frozen = true;
+    /// This broker takes the slot over at epoch `at` (R4): from now on nothing of an owner at
+    /// or below it is accepted — the owner it replaces — before it reads its own copy; a newer
+    /// owner's `Start` takes the slot afresh. (`u64::MAX`: while the take-over's epoch is not
+    /// known yet, nothing at all.)
+    pub fn freeze(&mut self, at: u64) {
+        self.frozen = Some(at);
     }
 }
 
@@ -277,9 +282,15 @@ mod tests {
     #[test]
     fn a_frozen_slot_accepts_nothing() {
         let mut r = Replica::recovered(4, 2);
-        r.freeze();
+        r.freeze(u64::MAX);
         assert_eq!(r.accept(4, 3), Err(Refusal::Frozen));
         assert_eq!(r.start(9, 1), Err(Refusal::Frozen));
+        // The take-over's epoch known: owners up to it are refused, a newer one starts afresh.
+        r.freeze(5);
+        assert_eq!(r.start(5, 3), Err(Refusal::Frozen));
+        assert_eq!(r.start(6, 1), Ok(Started::Fresh));
+        assert!(!r.is_frozen());
+        assert_eq!(r.accept(6, 1), Ok(()));
     }
 
     fn stored_batch(base: i64, epoch: i32) -> (BatchHeader, Bytes) {

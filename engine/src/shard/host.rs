@@ -22,6 +22,7 @@ use crate::metrics::{OffsetsSnapshot, ShardStats};
 use crate::partition::items::ErrorOutcome;
 use crate::partition::store::{ShardLimits, ShardState};
 use crate::replication::outbound::{Follower, OutboundConfig};
+use crate::shard::replicas::Replicas;
 use crate::shard::{owner_shard, ShardOp};
 use crate::tier::Tier;
 
@@ -56,6 +57,8 @@ pub struct SlotHost {
     env: SlotEnv,
     /// A spare ring is being written.
     making_spare: Rc<Cell<bool>>,
+    /// The replica rings this shard keeps of other owners' slots (the replicated WAL).
+    pub replicas: Rc<Replicas>,
 }
 
 /// Creates the slot's ring if there is none and recovers it, on a thread of its own: both read
@@ -106,6 +109,7 @@ impl SlotHost {
             busy: RefCell::new(HashSet::new()),
             env,
             making_spare: Rc::default(),
+            replicas: Rc::default(),
         });
         let limit = host.env.config.metrics_partition_limit;
         if limit > 0 && host.env.config.metrics_listen.is_some() {
@@ -354,21 +358,40 @@ impl SlotHost {
                 .map_err(|e| format!("object store: {e}")),
             }
         };
-        let (tier, recovery) = futures::join!(tier, recover_ring(wal.clone(), spare));
-        let (tier, recovery) = (tier?, recovery.map_err(|e| e.to_string())?);
-        ShardState::open(
-            &wal,
-            recovery,
-            env.catalog.clone(),
-            tier,
-            ShardLimits {
-                hot_cache_bytes: env.config.hot_cache_bytes_per_shard,
-                retention_check_interval: env.config.retention_check_interval,
-            },
-            env.stats.clone(),
-        )
-        .await
-        .map_err(|e| e.to_string())
+        // A copy of the slot's stream here takes nothing more before the manifest is taken.
+        let frozen = match (&env.store, env.config.replication_listen) {
+            (Some(_), Some(_)) => self.replicas.freeze(&env.config, slot).await?,
+            _ => None,
+        };
+        let opened = async {
+            let (tier, recovery) = futures::join!(tier, recover_ring(wal.clone(), spare));
+            let (tier, recovery) = (tier?, recovery.map_err(|e| e.to_string())?);
+            let state = ShardState::open(
+                &wal,
+                recovery,
+                env.catalog.clone(),
+                tier,
+                ShardLimits {
+                    hot_cache_bytes: env.config.hot_cache_bytes_per_shard,
+                    retention_check_interval: env.config.retention_check_interval,
+                },
+                env.stats.clone(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            if let Some(frozen) = &frozen {
+                // The replaced owner's tail this broker holds, back at its offsets and in the
+                // bucket before the slot takes a write (R4).
+                let tail = frozen.tail(state.epoch()).await?;
+                state.adopt_replica_tail(slot, tail).await?;
+            }
+            Ok(state)
+        }
+        .await;
+        if let (Err(_), Some(frozen)) = (&opened, &frozen) {
+            frozen.thaw();
+        }
+        opened
     }
 
     /// Group coordination of the slot: replay its committed offsets, and run the groups' clocks

@@ -16,9 +16,10 @@ use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::StreamExt;
 use ringtail_shards::net::TcpStream;
 
+use crate::config::Config;
 use crate::replication::follower::{Claimed, Refusal, Started};
 use crate::replication::frame::{self, Header};
-use crate::replication::ring::{self, AppendError, ReplicaRing};
+use crate::replication::ring::{self, AppendError, ReplicaRing, TailEntry};
 use crate::shard::Broker;
 
 /// Read buffer growth per read.
@@ -58,7 +59,7 @@ impl Replicas {
     }
 
     /// The slot's replica, its ring opened (created if new) on first use.
-    async fn open(&self, broker: &Broker, slot: u32) -> Result<Rc<SlotReplica>, String> {
+    async fn open(&self, config: &Config, slot: u32) -> Result<Rc<SlotReplica>, String> {
         if let Some(r) = self.slots.borrow().get(&slot) {
             return Ok(r.clone());
         }
@@ -66,18 +67,8 @@ impl Replicas {
         if let Some(r) = self.slots.borrow().get(&slot) {
             return Ok(r.clone());
         }
-        let config = crate::shard::host::wal_config(&broker.config, slot);
-        let config = ringtail_wal::WalConfig {
-            path: broker
-                .config
-                .wal_dir
-                .join(crate::layout::replica_ring(slot)),
-            ..config
-        };
-        let epoch_path = broker
-            .config
-            .wal_dir
-            .join(crate::layout::replica_epoch(slot));
+        let epoch_path = config.wal_dir.join(crate::layout::replica_epoch(slot));
+        let config = ring_config(config, slot);
         let (cfg, epath) = (config.clone(), epoch_path.clone());
         let opened = ringtail_shards::off_thread("replica-open", move || {
             ringtail_wal::create_or_check(&cfg).map_err(|e| e.to_string())?;
@@ -113,6 +104,64 @@ impl Replicas {
         let replica = Rc::new(SlotReplica { ring, sink });
         self.slots.borrow_mut().insert(slot, replica.clone());
         Ok(replica)
+    }
+}
+
+impl Replicas {
+    /// This broker is taking `slot` over: if it holds a copy of the slot's stream, the copy
+    /// takes nothing more from now on (R4–R5: before the manifest is taken, so whatever the
+    /// replaced owner had acknowledged with this copy is in it).
+    pub async fn freeze(&self, config: &Config, slot: u32) -> Result<Option<Frozen>, String> {
+        let ring_config = ring_config(config, slot);
+        if !self.slots.borrow().contains_key(&slot) && !ring_config.path.exists() {
+            return Ok(None);
+        }
+        let replica = self.open(config, slot).await?;
+        replica.ring.freeze_all();
+        // The replaced owner's connection hears no more acknowledgements.
+        *replica.sink.borrow_mut() = None;
+        Ok(Some(Frozen {
+            replica,
+            path: ring_config.path,
+        }))
+    }
+}
+
+/// A replica ring frozen for this broker's take-over of its slot.
+pub struct Frozen {
+    replica: Rc<SlotReplica>,
+    path: std::path::PathBuf,
+}
+
+impl Frozen {
+    /// The take-over committed `epoch`: recorded in the ring (a restart refuses the replaced
+    /// owner too), and the copy read back if it is the stream of the owner replaced (epoch −
+    /// 1): the batches to re-append, in the order they were sent.
+    pub async fn tail(&self, epoch: u64) -> Result<Vec<TailEntry>, String> {
+        let ring = &self.replica.ring;
+        ring.freeze(epoch).await.map_err(|e| e.to_string())?;
+        if ring.epoch() + 1 != epoch {
+            tracing::info!(
+                epoch,
+                copy_epoch = ring.epoch(),
+                "the replica ring holds no copy of the replaced owner's stream"
+            );
+            return Ok(Vec::new());
+        }
+        ring.tail(&self.path).await
+    }
+
+    /// The take-over did not happen.
+    pub fn thaw(&self) {
+        self.replica.ring.thaw();
+    }
+}
+
+/// The replica ring of `slot` on a broker of `config`: the WAL ring's settings, its own file.
+pub fn ring_config(config: &Config, slot: u32) -> ringtail_wal::WalConfig {
+    ringtail_wal::WalConfig {
+        path: config.wal_dir.join(crate::layout::replica_ring(slot)),
+        ..crate::shard::host::wal_config(config, slot)
     }
 }
 
@@ -326,7 +375,7 @@ async fn start(
             "this broker is not a follower of slot {slot} owned by node {node} (followers {followers:?})"
         ));
     }
-    let replica = replicas.open(broker, slot).await?;
+    let replica = replicas.open(&broker.config, slot).await?;
     match replica.ring.start(epoch, first_seq).await {
         Ok(Started::Fresh) => Ok((replica, first_seq)),
         Ok(Started::Resume { next_seq }) => Ok((replica, next_seq)),
