@@ -213,8 +213,10 @@ async fn a_replicated_topics_acknowledged_records_are_on_its_followers() {
         .collect();
     let all = bootstrap(&brokers.iter().collect::<Vec<_>>());
     wait_members(&brokers.iter().collect::<Vec<_>>());
-    // Replication factor -1 in a cluster of three replicating brokers: replicated, 3 copies.
-    create(&all, "orders", 4, -1, &[]).await;
+    // No durability named, 3 copies asked for, three replicating brokers: replicated. (-1
+    // resolves to the same, unit-tested: a lease judged lapsed for a moment on a loaded
+    // machine would make it 2 here.)
+    create(&all, "orders", 4, 3, &[]).await;
 
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &all)
@@ -340,7 +342,7 @@ async fn acks_all_needs_min_insync_replicas_and_resumes_when_a_follower_returns(
         },
     );
     assert!(brokers[&owner].log_contains("follower joined the ISR"));
-    assert!(brokers[&owner].log_contains("follower left the ISR"));
+    assert!(brokers[&owner].log_contains("left the ISR"));
 
     let bootstrap_now = bootstrap(&brokers.values().collect::<Vec<_>>());
     let (records, _) = common::read_all(&bootstrap_now, "ledger", 1);

@@ -48,8 +48,8 @@ pub fn default_factor(broker: &Broker) -> i16 {
 }
 
 /// Resolves a new topic's replication: `configs` gains `durability=replicated` when it names no
-/// durability, two or more brokers replicate (a single broker keeps `wal`) and the request
-/// does not ask for one copy (replication factor 1 keeps `wal`); returns the
+/// durability, two or more brokers replicate (a single broker keeps `wal`) and the factor is
+/// not 1 (one copy asked for, or the broker default: `wal`); returns the
 /// replication factor to store — the request's, or the default for -1 — checked against the
 /// live brokers (Kafka's INVALID_REPLICATION_FACTOR) and `min.insync.replicas`. Topics of the
 /// other modes keep one copy of their tail (the bucket is their durable copy): their factor is
@@ -59,8 +59,12 @@ pub fn resolve(
     requested: i16,
     cluster: Replicating,
 ) -> Result<i16, (ResponseError, String)> {
-    if !configs.contains_key("durability") && cluster.here && cluster.brokers >= 2 && requested != 1
-    {
+    let most = cluster.brokers.min(1 + FOLLOWERS_MAX) as i16;
+    let factor = match requested {
+        -1 => cluster.default_factor.unwrap_or(most),
+        n => n,
+    };
+    if !configs.contains_key("durability") && cluster.here && cluster.brokers >= 2 && factor != 1 {
         configs.insert("durability".into(), Durability::Replicated.name().into());
     }
     if configs.get("durability").map(String::as_str) != Some(Durability::Replicated.name()) {
@@ -73,11 +77,6 @@ pub fn resolve(
                 .into(),
         ));
     }
-    let most = cluster.brokers.min(1 + FOLLOWERS_MAX) as i16;
-    let factor = match requested {
-        -1 => cluster.default_factor.unwrap_or(most),
-        n => n,
-    };
     if factor < 1 || factor > most {
         return Err((
             ResponseError::InvalidReplicationFactor,
@@ -183,6 +182,14 @@ mod tests {
             ..cluster(3)
         };
         assert_eq!(resolve(&mut replicated(), -1, with_default), Ok(2));
+        // A default of one copy keeps new topics `wal` (review finding: it made them fail).
+        let one = Replicating {
+            default_factor: Some(1),
+            ..cluster(3)
+        };
+        let mut c = configs(&[]);
+        assert_eq!(resolve(&mut c, -1, one), Ok(1));
+        assert!(!c.contains_key("durability"));
         // A broker that does not replicate refuses the mode.
         let off = Replicating {
             here: false,

@@ -5,7 +5,7 @@
 //! [`decide`] is pure; [`Runner`] is the thread that renews the lease, reads the other leases
 //! and carries the decisions out.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
@@ -17,7 +17,7 @@ use crate::cluster::lease::{Lease, LeaseError, LeaseRecord, PeerWatch};
 
 use arc_swap::ArcSwap;
 
-use crate::cluster::placement::place;
+use crate::cluster::hand_over::{decide, Decision, Peer};
 use crate::cluster::view::{Member, View};
 
 /// How long a lapsed lease's closing waits for its slots before it renews. A slot
@@ -243,83 +243,6 @@ impl Membership {
     }
 }
 
-/// Another live broker, as its lease describes it.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    pub member: Member,
-    pub open: BTreeSet<u32>,
-    pub draining: bool,
-}
-
-/// One membership round's outcome.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Decision {
-    pub owners: Vec<i32>,
-    pub controller: i32,
-    /// Slots targeted here that no live lease lists and that are not open or claimed here.
-    pub open: Vec<u32>,
-    /// Slots open here that are targeted elsewhere.
-    pub close: Vec<u32>,
-    /// Slots targeted here but still listed by another live broker (waiting for its hand-over).
-    pub waiting: Vec<u32>,
-}
-
-/// The hand-over protocol's decision for this broker (`me`, draining or not, with `mine` open)
-/// given the live peers.
-pub fn decide(
-    slots: u32,
-    me: i32,
-    draining: bool,
-    mine: &BTreeSet<u32>,
-    peers: &[Peer],
-) -> Decision {
-    let mut candidates: Vec<i32> = peers
-        .iter()
-        .filter(|p| !p.draining)
-        .map(|p| p.member.node_id)
-        .collect();
-    if !draining {
-        candidates.push(me);
-    }
-    let owners = place(slots, &candidates);
-    let owners = if owners.is_empty() {
-        vec![-1; slots as usize]
-    } else {
-        owners
-    };
-    let held_elsewhere: BTreeMap<u32, i32> = peers
-        .iter()
-        .flat_map(|p| p.open.iter().map(move |&s| (s, p.member.node_id)))
-        .collect();
-    let mut d = Decision {
-        controller: peers
-            .iter()
-            .map(|p| p.member.node_id)
-            .chain([me])
-            .min()
-            .expect("at least this broker"),
-        open: Vec::new(),
-        close: Vec::new(),
-        waiting: Vec::new(),
-        owners: Vec::new(),
-    };
-    for (slot, &owner) in owners.iter().enumerate() {
-        let slot = slot as u32;
-        let here = mine.contains(&slot);
-        if owner == me {
-            if held_elsewhere.contains_key(&slot) {
-                d.waiting.push(slot);
-            } else if !here {
-                d.open.push(slot);
-            }
-        } else if here {
-            d.close.push(slot);
-        }
-    }
-    d.owners = owners;
-    d
-}
-
 /// What the membership runner asks of the shards that host slots, implemented by the shard
 /// layer (membership knows slots, not shards or their messages). Each call queues the work and
 /// returns; a slot's opening or closing is reported back through [`Membership`].
@@ -353,6 +276,8 @@ pub struct Runner {
     /// The catalog, which every broker follows from the bucket.
     pub catalog: Option<Arc<Catalog>>,
     last_renewal: Instant,
+    /// Slots left closed: their dead owner's in-sync followers are all down (logged once).
+    closed_for_copies: BTreeSet<u32>,
 }
 
 impl Runner {
@@ -378,6 +303,7 @@ impl Runner {
             spares: false,
             catalog: None,
             last_renewal: Instant::now(),
+            closed_for_copies: BTreeSet::new(),
         }
     }
 
@@ -404,7 +330,29 @@ impl Runner {
         // not know topics whose data it holds.
         let catalog_read = self.follow_catalog();
         let mine = self.membership.announced();
-        let mut d = decide(self.slots, self.me.node_id, draining, &mine, &peers);
+        let live: Vec<i32> = peers
+            .iter()
+            .map(|p| p.member.node_id)
+            .chain([self.me.node_id])
+            .collect();
+        let successors = self.membership.replica_sets.successors(&live);
+        let mut d = decide(
+            self.slots,
+            self.me.node_id,
+            draining,
+            &mine,
+            &peers,
+            &successors,
+        );
+        let closed: BTreeSet<u32> = successors
+            .keys()
+            .copied()
+            .filter(|&s| d.owners.get(s as usize) == Some(&-1))
+            .collect();
+        for slot in closed.difference(&self.closed_for_copies) {
+            tracing::error!(slot, in_sync = ?successors[slot], "slot left closed: its owner died and every follower in its ISR is down (opening it elsewhere would lose acknowledged records); it opens when one of them is back");
+        }
+        self.closed_for_copies = closed;
         // A round whose claims failed is not counted (start-up waits for a complete one).
         let mut complete = catalog_read;
         if !catalog_read {
@@ -466,6 +414,10 @@ impl Runner {
             self.lease.record.epochs = epochs;
             self.lease.record.replicas = replicas;
             futures::executor::block_on(self.lease.renew(self.store.as_ref()))?;
+            // Followers leaving an ISR stop being waited for only once this is written.
+            self.membership
+                .replica_sets
+                .written(&self.lease.record.replicas);
             // The lease lapsed before this write was answered: others may have judged it
             // expired. Every slot closes before the renewal makes acknowledgements valid again.
             if !self.membership.lease_valid() {
@@ -658,88 +610,13 @@ fn member_of(r: &LeaseRecord) -> Member {
 mod tests {
     use super::*;
 
-    fn peer(node: i32, open: &[u32], draining: bool) -> Peer {
-        Peer {
-            member: Member {
-                node_id: node,
-                host: "h".into(),
-                port: 9000 + node,
-                replication: Vec::new(),
-            },
-            open: open.iter().copied().collect(),
-            draining,
-        }
-    }
-
-    #[test]
-    fn a_lone_broker_opens_every_slot() {
-        let d = decide(4, 1, false, &BTreeSet::new(), &[]);
-        assert_eq!(d.owners, vec![1; 4]);
-        assert_eq!(d.open, vec![0, 1, 2, 3]);
-        assert!(d.close.is_empty() && d.waiting.is_empty());
-        assert_eq!(d.controller, 1);
-    }
-
-    #[test]
-    fn a_joining_broker_waits_for_the_hand_over() {
-        // Node 1 holds everything; node 2 joins.
-        let all: BTreeSet<u32> = (0..6).collect();
-        let d2 = decide(
-            6,
-            2,
-            false,
-            &BTreeSet::new(),
-            &[peer(1, &[0, 1, 2, 3, 4, 5], false)],
-        );
-        assert!(d2.open.is_empty(), "nothing opens while node 1 lists it");
-        assert_eq!(d2.waiting.len(), 3);
-        // Node 1 sees node 2 and closes what is now targeted there.
-        let d1 = decide(6, 1, false, &all, &[peer(2, &[], false)]);
-        assert_eq!(d1.close, d2.waiting);
-        assert_eq!(d1.owners, d2.owners, "both compute the same placement");
-        assert_eq!(d1.controller, 1);
-        // Once node 1 announces the smaller set, node 2 opens.
-        let kept: Vec<u32> = (0..6).filter(|s| !d1.close.contains(s)).collect();
-        let d2 = decide(6, 2, false, &BTreeSet::new(), &[peer(1, &kept, false)]);
-        assert_eq!(d2.open, d1.close);
-        assert!(d2.waiting.is_empty());
-    }
-
-    #[test]
-    fn a_dead_brokers_slots_are_opened_by_the_survivors() {
-        // Three brokers, node 3's lease expired: it is not a peer any more.
-        let d1 = decide(6, 1, false, &[0, 1].into(), &[peer(2, &[2, 3], false)]);
-        let d2 = decide(6, 2, false, &[2, 3].into(), &[peer(1, &[0, 1], false)]);
-        let opened: BTreeSet<u32> = d1.open.iter().chain(&d2.open).copied().collect();
-        assert_eq!(opened, [4, 5].into());
-        assert_eq!(d1.owners, d2.owners);
-    }
-
-    #[test]
-    fn a_draining_broker_gives_everything_away_and_is_given_nothing() {
-        let d = decide(4, 1, true, &[0, 1, 2, 3].into(), &[peer(2, &[], false)]);
-        assert_eq!(d.close, vec![0, 1, 2, 3]);
-        assert_eq!(d.owners, vec![2; 4]);
-        let d2 = decide(
-            4,
-            2,
-            false,
-            &BTreeSet::new(),
-            &[peer(1, &[0, 1, 2, 3], true)],
-        );
-        assert_eq!(
-            d2.waiting,
-            vec![0, 1, 2, 3],
-            "waits for the drain to hand over"
-        );
-        // Draining alone: nobody to hand to, every slot closes (the uploads already ran).
-        let d = decide(2, 1, true, &[0, 1].into(), &[]);
-        assert_eq!(d.owners, vec![-1, -1]);
-        assert_eq!(d.close, vec![0, 1]);
-    }
-
     fn member(node: i32) -> Member {
-        peer(node, &[], false).member
+        Member {
+            node_id: node,
+            host: "h".into(),
+            port: 9000 + node,
+            replication: Vec::new(),
+        }
     }
 
     #[test]

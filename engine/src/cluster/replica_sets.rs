@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaSet {
     pub followers: Vec<i32>,
-    pub in_sync: Vec<i32>,
+    /// (node, rank): in sync for the topics of replication factor above `rank + 1` (a
+    /// follower that moved up a rank is not yet a copy of the smaller factors' recent batches).
+    pub in_sync: Vec<(i32, usize)>,
 }
 
 impl ReplicaSet {
@@ -24,16 +26,23 @@ impl ReplicaSet {
         let isr = replicas
             .iter()
             .copied()
-            .filter(|n| *n == owner || self.in_sync.contains(n))
+            .filter(|n| {
+                *n == owner
+                    || self
+                        .in_sync
+                        .iter()
+                        .any(|&(node, rank)| node == *n && rank + 1 < factor)
+            })
             .collect();
         (replicas, isr)
     }
 }
 
-/// Every slot's set, with the owner that published it.
+/// Every slot's set, with the owner that published it; and what this broker's lease carries.
 #[derive(Default)]
 pub struct SlotReplicaSets {
     sets: Mutex<BTreeMap<u32, (i32, ReplicaSet)>>,
+    written: Mutex<BTreeMap<u32, ReplicaSet>>,
 }
 
 impl SlotReplicaSets {
@@ -67,6 +76,37 @@ impl SlotReplicaSets {
         }
     }
 
+    /// This broker's lease was written with `sets`.
+    pub fn written(&self, sets: &BTreeMap<u32, ReplicaSet>) {
+        *self.written.lock().unwrap() = sets.clone();
+    }
+
+    /// The set of `slot` this broker's lease carries now.
+    pub fn in_lease(&self, slot: u32) -> Option<ReplicaSet> {
+        self.written.lock().unwrap().get(&slot).cloned()
+    }
+
+    /// For each slot whose owner (the last to publish its set) is not `live`: the followers
+    /// that were in its ISR, in rank order (the candidates to succeed it, R4).
+    pub fn successors(&self, live: &[i32]) -> BTreeMap<u32, Vec<i32>> {
+        self.sets
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, (owner, _))| !live.contains(owner))
+            .map(|(&slot, (_, set))| {
+                let isr = set
+                    .followers
+                    .iter()
+                    .copied()
+                    .filter(|n| set.in_sync.iter().any(|(m, _)| m == n))
+                    .collect();
+                (slot, isr)
+            })
+            .filter(|(_, isr): &(u32, Vec<i32>)| !isr.is_empty())
+            .collect()
+    }
+
     /// The sets `owner` (this broker) published, for its lease.
     pub fn published_by(&self, owner: i32) -> BTreeMap<u32, ReplicaSet> {
         self.sets
@@ -83,7 +123,7 @@ impl SlotReplicaSets {
 mod tests {
     use super::*;
 
-    fn set(followers: &[i32], in_sync: &[i32]) -> ReplicaSet {
+    fn set(followers: &[i32], in_sync: &[(i32, usize)]) -> ReplicaSet {
         ReplicaSet {
             followers: followers.to_vec(),
             in_sync: in_sync.to_vec(),
@@ -92,16 +132,20 @@ mod tests {
 
     #[test]
     fn a_topic_names_its_owner_and_first_followers() {
-        let s = set(&[3, 2], &[2]);
+        let s = set(&[3, 2], &[(2, 1)]);
         assert_eq!(s.of_topic(1, 3), (vec![1, 3, 2], vec![1, 2]));
         assert_eq!(s.of_topic(1, 2), (vec![1, 3], vec![1]));
         assert_eq!(s.of_topic(1, 1), (vec![1], vec![1]));
+        // Node 3 moved up to rank 0 and is not yet a copy of factor 2's recent batches.
+        let s = set(&[3], &[(3, 1)]);
+        assert_eq!(s.of_topic(1, 2), (vec![1, 3], vec![1]));
+        assert_eq!(s.of_topic(1, 3), (vec![1, 3], vec![1, 3]));
     }
 
     #[test]
     fn only_the_current_owners_set_counts() {
         let sets = SlotReplicaSets::default();
-        sets.set(0, 1, set(&[2, 3], &[2, 3]));
+        sets.set(0, 1, set(&[2, 3], &[(2, 0), (3, 1)]));
         assert_eq!(
             sets.of(0, 2),
             None,

@@ -99,6 +99,7 @@ impl ShardState {
         // The last offset the answer waits for (a duplicate's original may still be in flight).
         let mut last_offset = p.next_offset - 1;
         let mut tickets = Vec::with_capacity(item.batches.len());
+        let mut sent = Vec::new();
         let mut duplicates = Vec::new();
         for mut batch in item.batches {
             let h = batch.header;
@@ -151,7 +152,7 @@ impl ShardState {
                     p.producers.start((&header).into());
                     p.epochs.note(leader_epoch, header.base_offset);
                     if replicated {
-                        self.send_replicated(p, item.key, &header, &bytes, factor);
+                        sent.push(self.send_replicated(p, item.key, &header, &bytes, factor));
                     }
                     tickets.push((ticket, header.producer_id, header.base_offset));
                 }
@@ -178,7 +179,8 @@ impl ShardState {
                 Durability::Replicated if !item.acks_all => Durability::Wal,
                 d => d,
             },
-            replicas: (replicated && item.acks_all).then_some((factor, min_insync)),
+            replicas: (replicated && item.acks_all).then_some(min_insync),
+            sent,
             tickets,
             duplicate_of: duplicates,
             uploaded,
@@ -300,15 +302,16 @@ impl ShardState {
                 return ProduceOutcome::error(ResponseError::RequestTimedOut.code());
             }
         }
-        if let Some((factor, min_insync)) = s.replicas {
-            // The ISR shrank below min.insync.replicas while it waited (Kafka's answer: the
-            // batches are written, not acknowledged as safe), unless they reached the bucket.
+        if let Some(min_insync) = s.replicas {
+            // Each batch is on its in-sync recipients now; fewer than min.insync.replicas
+            // copies (followers left the ISR while it waited) is Kafka's
+            // NOT_ENOUGH_REPLICAS_AFTER_APPEND — unless the batches reached the bucket.
             let uploaded = self
                 .partitions
                 .borrow()
                 .get(&s.key)
                 .is_none_or(|p| p.uploaded_end > s.last_offset);
-            if !uploaded && self.in_sync_copies(factor) < min_insync {
+            if !uploaded && s.sent.iter().any(|sent| self.copies(sent) < min_insync) {
                 return ProduceOutcome::error(ResponseError::NotEnoughReplicasAfterAppend.code());
             }
         }
@@ -391,8 +394,10 @@ pub(super) struct Started {
     /// When its batches were handed to the WAL, and what its acknowledgement waits for.
     pub(super) dispatched: Instant,
     pub(super) durability: Durability,
-    /// `durability=replicated` with `acks=all`: (replication factor, min.insync.replicas).
-    pub(super) replicas: Option<(usize, usize)>,
+    /// `durability=replicated` with `acks=all`: its `min.insync.replicas`.
+    pub(super) replicas: Option<usize>,
+    /// Where each of its batches went (`durability=replicated`).
+    pub(super) sent: Vec<crate::replication::owner::Sent>,
     /// Each batch's WAL ticket, with its producer id and base offset.
     pub(super) tickets: Vec<(WalTicket, i64, i64)>,
     /// A duplicate answered with the original: (producer id, original base offset).

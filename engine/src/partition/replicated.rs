@@ -14,7 +14,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::rc::{Rc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::channel::oneshot;
@@ -35,7 +35,6 @@ struct Pending {
     key: PartitionKey,
     last_offset: i64,
     sent: Sent,
-    at: Instant,
 }
 
 /// The batches sent and not yet in the bucket; the first `visible` are past the high watermark.
@@ -70,12 +69,16 @@ impl ShardState {
         let mut placed: Vec<_> = streams
             .streams()
             .iter()
-            .filter_map(|s| s.rank.map(|r| (r, s.node, s.in_sync)))
+            .filter_map(|s| s.rank.map(|r| (r, s)))
             .collect();
-        placed.sort_unstable();
+        placed.sort_unstable_by_key(|(r, _)| *r);
         Some(ReplicaSet {
-            followers: placed.iter().map(|p| p.1).collect(),
-            in_sync: placed.iter().filter(|p| p.2).map(|p| p.1).collect(),
+            followers: placed.iter().map(|(_, s)| s.node).collect(),
+            in_sync: placed
+                .iter()
+                .filter(|(_, s)| s.counted())
+                .map(|(_, s)| (s.node, s.sync_rank))
+                .collect(),
         })
     }
 
@@ -96,7 +99,7 @@ impl ShardState {
     }
 
     /// Sends a batch just appended to `p` (queued in the WAL) to its topic's followers; the
-    /// partition's high watermark waits for them.
+    /// partition's high watermark waits for them. Returns where it went.
     pub(super) fn send_replicated(
         &self,
         p: &mut Partition,
@@ -104,10 +107,10 @@ impl ShardState {
         header: &BatchHeader,
         bytes: &Bytes,
         factor: usize,
-    ) {
+    ) -> Sent {
         let outbound = self.outbound.borrow();
         let Some(outbound) = outbound.as_ref() else {
-            return;
+            return Sent::default();
         };
         let (sent, refused) = outbound.send(
             factor,
@@ -121,7 +124,7 @@ impl ShardState {
             },
         );
         if sent.seqs.is_empty() {
-            return;
+            return sent;
         }
         p.awaiting_replicas += 1;
         if p.awaiting_replicas == 1 {
@@ -131,22 +134,30 @@ impl ShardState {
         queue.entries.push_back(Pending {
             key,
             last_offset: header.last_offset(),
-            sent,
-            at: Instant::now(),
+            sent: sent.clone(),
         });
         queue.pushed += 1;
         for i in refused {
             // It lacks this batch: out of the ISR until the bucket has everything sent so far.
-            let node = outbound.streams().streams()[i].node;
-            if outbound.streams().streams()[i].in_sync {
+            let s = outbound.streams().streams()[i].clone();
+            if s.counted() {
                 tracing::warn!(
                     slot = outbound.slot(),
-                    follower = node,
-                    "follower left the ISR: it lags by more than its link holds"
+                    follower = s.node,
+                    "follower leaving the ISR: it lags by more than its link holds"
                 );
             }
-            outbound.set_in_sync(i, false, queue.pushed);
+            outbound.start_leaving(i, true, queue.pushed);
         }
+        sent
+    }
+
+    /// The copies of `sent` an acknowledgement may count, the owner's included.
+    pub(super) fn copies(&self, sent: &Sent) -> usize {
+        self.outbound
+            .borrow()
+            .as_ref()
+            .map_or(1, |o| o.copies(sent))
     }
 
     /// Moves the high watermarks past the batches now on every in-sync follower or in the
@@ -199,62 +210,77 @@ impl ShardState {
     }
 
     /// The ISR's rules, at a regular tick: `followers` is placement's choice now, `lag_max`
-    /// how long a follower may leave a batch unacknowledged and stay in sync.
-    pub fn check_isr(&self, followers: &[Follower], lag_max: Duration) {
-        let outbound = self.outbound.borrow();
-        let Some(outbound) = outbound.as_ref() else {
-            return;
-        };
-        let mut changed = false;
+    /// how long a follower may go without having everything it was sent and stay in sync,
+    /// `in_lease` the ISR the owner's lease carries now. Returns the followers and ISR to
+    /// publish; followers leaving it stop being waited for once the lease carries that.
+    pub fn check_isr(
+        &self,
+        followers: &[Follower],
+        lag_max: Duration,
+        in_lease: Option<&ReplicaSet>,
+    ) -> Option<ReplicaSet> {
         {
+            let outbound = self.outbound.borrow();
+            let outbound = outbound.as_ref()?;
             let queue = self.sent_queue.borrow();
             outbound.place(followers, queue.pushed);
-            let now = Instant::now();
+            outbound.settle_ranks(queue.popped);
             let count = outbound.streams().streams().len();
             for i in 0..count {
                 let s = outbound.streams().streams()[i].clone();
-                // Its batches in the queue, oldest first: (sequence, sent at, visible).
-                let mine = queue.entries.iter().enumerate().filter_map(|(at, e)| {
-                    let seq = e.sent.seqs.iter().find(|(j, _)| *j == i)?.1;
-                    Some((seq, e.at, at < queue.visible))
-                });
                 if s.in_sync {
-                    let lagging = mine
-                        .clone()
-                        .find(|(seq, ..)| *seq > s.acked_seq)
-                        .is_some_and(|(_, at, _)| now.duration_since(at) > lag_max);
-                    if lagging {
-                        tracing::warn!(slot = outbound.slot(), follower = s.node, lag_ms = lag_max.as_millis() as u64, error = ?outbound.last_error(i), "follower left the ISR: a batch unacknowledged for longer than the lag bound");
-                        outbound.set_in_sync(i, false, 0);
-                        changed = true;
+                    if outbound.lagging(i, lag_max) {
+                        tracing::warn!(slot = outbound.slot(), follower = s.node, lag_ms = lag_max.as_millis() as u64, error = ?outbound.last_error(i), "follower leaving the ISR: it has not had everything it was sent for longer than the lag bound");
+                        outbound.start_leaving(i, false, queue.pushed);
                     }
-                } else if s.rank.is_some() && queue.popped >= s.join_mark {
-                    let has_visible = mine
-                        .filter(|(.., visible)| *visible)
-                        .all(|(seq, ..)| seq <= s.acked_seq);
-                    if has_visible {
-                        tracing::info!(
-                            slot = outbound.slot(),
-                            follower = s.node,
-                            "follower joined the ISR"
-                        );
-                        outbound.set_in_sync(i, true, 0);
-                        changed = true;
-                    }
+                    continue;
+                }
+                // Joins once it takes its stream, every batch it may lack is in the bucket,
+                // and it has every batch of its stream already visible.
+                let has_visible = queue
+                    .entries
+                    .iter()
+                    .take(queue.visible)
+                    .filter_map(|e| e.sent.seqs.iter().find(|(j, _)| *j == i))
+                    .all(|&(_, seq)| seq <= s.acked_seq);
+                if s.rank.is_some()
+                    && queue.popped >= s.join_mark
+                    && outbound.is_streaming(i)
+                    && has_visible
+                {
+                    tracing::info!(
+                        slot = outbound.slot(),
+                        follower = s.node,
+                        "follower joined the ISR"
+                    );
+                    outbound.join(i);
                 }
             }
         }
-        if changed {
+        let publish = self.replica_set()?;
+        let left = {
+            let outbound = self.outbound.borrow();
+            let outbound = outbound.as_ref()?;
+            let leaving = outbound.streams().any_leaving();
+            if leaving && in_lease == Some(&publish) {
+                // The lease says they are out: no successor picks them, nothing waits for them.
+                tracing::warn!(slot = outbound.slot(), isr = ?publish.in_sync, "followers left the ISR (the lease says so)");
+                outbound.leave(self.sent_queue.borrow().pushed);
+            }
+            leaving && in_lease == Some(&publish)
+        };
+        if left {
             // Batches that waited for a follower that left may be visible now.
             self.advance_replicated();
         }
+        Some(publish)
     }
 
     /// A take-over's recovery from this broker's replica ring (R4): the replaced owner's batches
     /// that continue their partitions where this opening left them (the bucket's end, or this
     /// broker's own WAL) are appended again at their offsets, keeping their epoch and their
-    /// producers' sequences (a retry of one is a duplicate), and uploaded; resolves once they
-    /// are in a committed object, before the slot takes a write. A batch past a gap in its
+    /// producers' sequences (a retry of one is a duplicate); resolves once they are durable
+    /// (then [`ShardState::upload_all`] puts them in the bucket). A batch past a gap in its
     /// partition (a copy that missed batches, which were to be in the bucket) stops that
     /// partition there, logged.
     pub async fn adopt_replica_tail(&self, slot: u32, tail: Vec<TailEntry>) -> Result<(), String> {
@@ -263,7 +289,6 @@ impl ShardState {
         }
         let snapshot = self.catalog.snapshot();
         let mut tickets = Vec::new();
-        let mut uploads = Vec::new();
         let (mut batches, mut records) = (0usize, 0i64);
         {
             let wal = self.wal.borrow();
@@ -272,7 +297,6 @@ impl ShardState {
                 .expect("the WAL is open before the tail is adopted");
             let mut parts = self.partitions.borrow_mut();
             let mut stopped: HashSet<PartitionKey> = HashSet::new();
-            let mut adopted: HashSet<PartitionKey> = HashSet::new();
             for e in tail {
                 let key = PartitionKey {
                     topic_id: Uuid::from_bytes(e.topic_id),
@@ -318,15 +342,8 @@ impl ShardState {
                 p.producers.start((&header).into());
                 p.epochs
                     .note(header.partition_leader_epoch, header.base_offset);
-                adopted.insert(key);
                 batches += 1;
                 records += header.record_count as i64;
-            }
-            for key in adopted {
-                let p = parts.get_mut(&key).expect("adopted into");
-                let (tx, rx) = oneshot::channel();
-                p.upload_waiters.push((p.next_offset - 1, tx));
-                uploads.push((key, rx));
             }
         }
         for t in tickets {
@@ -336,10 +353,32 @@ impl ShardState {
                 Err(_) => return Err("re-appending the replica tail: the WAL closed".into()),
             }
         }
+        tracing::info!(slot, batches, records, "recovered the replaced owner's tail from this broker's replica ring: re-appended at its offsets");
+        Ok(())
+    }
+
+    /// Uploads everything the slot holds that is not in the bucket, and resolves once it is
+    /// committed: an opening that streams to followers does so before it takes a write, since
+    /// its followers start the new epoch empty — a successor recovers this epoch's stream
+    /// alone, so the tail this opening recovered (its own WAL's, a replica ring's) must be in
+    /// the bucket first.
+    pub async fn upload_all(&self, slot: u32) -> Result<(), String> {
+        let mut uploads = Vec::new();
+        for (key, p) in self.partitions.borrow_mut().iter_mut() {
+            if p.next_offset > p.uploaded_end {
+                let (tx, rx) = oneshot::channel();
+                p.upload_waiters.push((p.next_offset - 1, tx));
+                uploads.push((*key, p.next_offset - p.uploaded_end, rx));
+            }
+        }
+        if uploads.is_empty() {
+            return Ok(());
+        }
         if let Some(tier) = &self.tier {
             tier.request_seal();
         }
-        for (key, rx) in uploads {
+        let records: i64 = uploads.iter().map(|(_, n, _)| n).sum();
+        for (key, _, rx) in uploads {
             if rx.await.is_err() {
                 return Err(format!(
                     "the recovered tail of partition {} was not uploaded (the slot was fenced)",
@@ -347,7 +386,11 @@ impl ShardState {
                 ));
             }
         }
-        tracing::info!(slot, batches, records, "recovered the replaced owner's tail from this broker's replica ring: re-appended at its offsets and uploaded");
+        tracing::info!(
+            slot,
+            records,
+            "uploaded the recovered tail before taking writes"
+        );
         Ok(())
     }
 }

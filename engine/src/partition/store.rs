@@ -657,6 +657,8 @@ impl ShardState {
             .retain(|k, _| k.topic_id != topic_id);
         self.writes_done.notify_all();
         self.trim_wal();
+        // Its batches waiting for followers no longer hold the others' high watermarks back.
+        self.advance_replicated();
     }
 }
 

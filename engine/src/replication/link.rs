@@ -74,6 +74,8 @@ struct LinkState {
     committed: u64,
     /// The follower's last refusal or connection failure, for the log and the owner.
     last_error: Option<String>,
+    /// The follower took this connection's `Start`: it is streaming.
+    streaming: bool,
     stopped: bool,
 }
 
@@ -96,6 +98,7 @@ impl Link {
             bytes_max: config.unacked_bytes_max,
             committed: 0,
             last_error: None,
+            streaming: false,
             stopped: false,
         }));
         let changed = Rc::new(WaitList::new());
@@ -168,6 +171,11 @@ impl Link {
     pub fn last_error(&self) -> Option<String> {
         self.state.borrow().last_error.clone()
     }
+
+    /// Whether the follower is taking the stream now (it answered the connection's `Start`).
+    pub fn is_streaming(&self) -> bool {
+        self.state.borrow().streaming
+    }
 }
 
 impl Drop for Link {
@@ -195,6 +203,7 @@ async fn run(
         ringtail_shards::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     while !state.borrow().stopped {
         let outcome = connection(&config, &state, &changed, &on_acked).await;
+        state.borrow_mut().streaming = false;
         if state.borrow().stopped {
             return;
         }
@@ -235,7 +244,10 @@ async fn connection(
         .await
         .ok_or("no answer to Start")??
     {
-        Header::Started { next_seq, .. } => next_seq,
+        Header::Started { next_seq, .. } => {
+            state.borrow_mut().streaming = true;
+            next_seq
+        }
         Header::Refused { reason, .. } => return Err(format!("Start refused: {reason}")),
         other => return Err(format!("unexpected answer to Start: {other:?}")),
     };

@@ -6,6 +6,7 @@
 
 use std::cell::{Ref, RefCell};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -44,8 +45,8 @@ pub struct Outgoing {
 pub struct Outbound {
     config: OutboundConfig,
     streams: Rc<RefCell<Streams>>,
-    /// One per stream, same index.
-    links: RefCell<Vec<Link>>,
+    /// One per stream, same index, with the address it streams to.
+    links: RefCell<Vec<(Link, String)>>,
     on_acked: Rc<dyn Fn()>,
 }
 
@@ -60,20 +61,21 @@ impl Outbound {
         let nodes: Vec<i32> = followers.iter().map(|f| f.node).collect();
         let out = Outbound {
             config,
-            streams: Rc::new(RefCell::new(Streams::new(&nodes))),
+            streams: Rc::new(RefCell::new(Streams::new(&nodes, Instant::now()))),
             links: RefCell::new(Vec::new()),
             on_acked: Rc::new(on_acked),
         };
-        for f in followers {
-            out.open_link(&f.addr);
+        for (i, f) in followers.iter().enumerate() {
+            let link = out.link(i, &f.addr);
+            out.links.borrow_mut().push((link, f.addr.clone()));
         }
         out
     }
 
-    fn open_link(&self, addr: &str) {
-        let i = self.links.borrow().len();
+    /// A link for stream `i` to `addr`.
+    fn link(&self, i: usize, addr: &str) -> Link {
         let (streams, on_acked) = (self.streams.clone(), self.on_acked.clone());
-        let link = Link::open(
+        Link::open(
             LinkConfig {
                 cluster_id: self.config.cluster_id.clone(),
                 node: self.config.node,
@@ -83,49 +85,52 @@ impl Outbound {
                 unacked_bytes_max: self.config.unacked_bytes_max,
             },
             move |seq| {
-                streams.borrow_mut().acked(i, seq);
+                streams.borrow_mut().acked(i, seq, Instant::now());
                 on_acked();
             },
-        );
-        self.links.borrow_mut().push(link);
+        )
     }
 
     /// Placement's followers now (`mark`: the slot's count of batches sent so far): new ones
-    /// get a stream and a link, out of the ISR (see [`Streams::place`]).
-    pub fn place(&self, followers: &[Follower], mark: u64) {
+    /// get a stream and a link, out of the ISR (see [`Streams::place`]); one whose listener
+    /// moved (it restarted elsewhere) gets a new link, restarted past what it was sent, and
+    /// leaves the ISR. Returns whether a follower left the ISR.
+    pub fn place(&self, followers: &[Follower], mark: u64) -> bool {
         let nodes: Vec<i32> = followers.iter().map(|f| f.node).collect();
-        let in_sync = |streams: &Streams| -> Vec<i32> {
-            streams
-                .streams()
-                .iter()
-                .filter(|s| s.in_sync)
-                .map(|s| s.node)
-                .collect()
-        };
-        let before = in_sync(&self.streams.borrow());
-        let added = self.streams.borrow_mut().place(&nodes, mark);
-        let after = in_sync(&self.streams.borrow());
-        for node in before.iter().filter(|n| !after.contains(n)) {
-            tracing::warn!(
-                slot = self.config.slot,
-                follower = node,
-                "follower left the ISR: it is no longer a live follower (its lease lapsed)"
-            );
+        let (added, mut left) = self
+            .streams
+            .borrow_mut()
+            .place(&nodes, mark, Instant::now());
+        if left {
+            tracing::warn!(slot = self.config.slot, followers = ?nodes, "a follower is leaving the ISR: it is no longer a live follower (its lease lapsed)");
         }
-        for i in added {
-            let node = self.streams.borrow().streams()[i].node;
-            let addr = &followers
-                .iter()
-                .find(|f| f.node == node)
-                .expect("placed")
-                .addr;
-            tracing::info!(
-                slot = self.config.slot,
-                follower = node,
-                "new follower: streaming to it, out of the ISR until it has caught up"
-            );
-            self.open_link(addr);
+        for f in followers {
+            let i = self.index_of(f.node).expect("placed");
+            if added.contains(&i) {
+                tracing::info!(
+                    slot = self.config.slot,
+                    follower = f.node,
+                    "new follower: streaming to it, out of the ISR until it has caught up"
+                );
+                let link = self.link(i, &f.addr);
+                self.links.borrow_mut().push((link, f.addr.clone()));
+            } else if self.links.borrow()[i].1 != f.addr {
+                // It restarted elsewhere: a new link, once it is out of the ISR.
+                tracing::info!(slot = self.config.slot, follower = f.node, addr = %f.addr, "the follower's replication listener moved: streaming to it anew once it is out of the ISR");
+                self.links.borrow_mut()[i].1 = f.addr.clone();
+                left |= self.streams.borrow().streams()[i].counted();
+                self.start_leaving(i, true, mark);
+            }
         }
+        left
+    }
+
+    fn index_of(&self, node: i32) -> Option<usize> {
+        self.streams
+            .borrow()
+            .streams()
+            .iter()
+            .position(|s| s.node == node)
     }
 
     pub fn slot(&self) -> u32 {
@@ -136,11 +141,60 @@ impl Outbound {
         self.streams.borrow()
     }
 
-    /// Follower `index` joins or leaves the ISR (see [`Streams::set_in_sync`]).
-    pub fn set_in_sync(&self, index: usize, in_sync: bool, join_mark: u64) {
-        self.streams
+    /// Follower `index` joins the ISR (see [`Streams::join`]).
+    pub fn join(&self, index: usize) {
+        self.streams.borrow_mut().join(index, Instant::now());
+    }
+
+    /// Follower `index` starts leaving the ISR (see [`Streams::start_leaving`]); `restart`:
+    /// its link is to stream anew past what it lacks (to the address placement gives now).
+    pub fn start_leaving(&self, index: usize, restart: bool, mark: u64) {
+        let now = self
+            .streams
             .borrow_mut()
-            .set_in_sync(index, in_sync, join_mark);
+            .start_leaving(index, restart, mark);
+        if now {
+            self.restart(index);
+        }
+    }
+
+    /// The owner's lease carries the ISR without the leaving followers: they leave (see
+    /// [`Streams::leave`]).
+    pub fn leave(&self, mark: u64) {
+        let restart = self.streams.borrow_mut().leave(mark);
+        for i in restart {
+            self.restart(i);
+        }
+    }
+
+    /// A new link for stream `index`, to its address, streaming from its next sequence: the
+    /// follower skips what it was not sent (its stream is marked to lack it).
+    fn restart(&self, index: usize) {
+        let next_seq = self.streams.borrow().streams()[index].next_seq;
+        let addr = self.links.borrow()[index].1.clone();
+        let link = self.link(index, &addr);
+        link.restart_at(next_seq);
+        self.links.borrow_mut()[index].0 = link;
+    }
+
+    /// Whether follower `index` lags by more than `lag_max` (see [`Streams::lagging`]).
+    pub fn lagging(&self, index: usize, lag_max: Duration) -> bool {
+        self.streams
+            .borrow()
+            .lagging(index, Instant::now(), lag_max)
+    }
+
+    /// Every batch queued before `popped` is in the bucket (see [`Streams::settle_ranks`]).
+    pub fn settle_ranks(&self, popped: u64) {
+        self.streams.borrow_mut().settle_ranks(popped);
+    }
+
+    /// Whether follower `index` takes its stream now (its link is connected and started).
+    pub fn is_streaming(&self, index: usize) -> bool {
+        self.links
+            .borrow()
+            .get(index)
+            .is_some_and(|(l, _)| l.is_streaming())
     }
 
     /// Whether a produce to a topic of `factor` and `min_insync` may be appended (else Kafka's
@@ -151,13 +205,15 @@ impl Outbound {
 
     /// Numbers `batch` on the streams of its topic's followers and queues it on their links.
     /// Returns the numbers, and the streams whose link refused it (the follower lags by more
-    /// than its link holds): those links start again after it, and the follower lacks it.
+    /// than its link holds): it lacks the batch, and is to leave the ISR with its link
+    /// restarted ([`Outbound::start_leaving`]).
     pub fn send(&self, factor: usize, batch: Outgoing) -> (Sent, Vec<usize>) {
-        let sent = self.streams.borrow_mut().send(factor);
+        let sent = self.streams.borrow_mut().send(factor, Instant::now());
         let links = self.links.borrow();
         let mut refused = Vec::new();
         for &(i, seq) in &sent.seqs {
-            let queued = links[i].push(Batch {
+            let link = &links[i].0;
+            let queued = link.push(Batch {
                 seq,
                 topic_id: batch.topic_id,
                 partition: batch.partition,
@@ -167,7 +223,6 @@ impl Outbound {
                 bytes: batch.bytes.clone(),
             });
             if !queued {
-                links[i].restart_at(seq + 1);
                 refused.push(i);
             }
         }
@@ -184,16 +239,24 @@ impl Outbound {
         self.streams.borrow().in_sync_copies(factor)
     }
 
+    /// The copies of `sent` an acknowledgement may count (see [`Streams::copies`]).
+    pub fn copies(&self, sent: &Sent) -> usize {
+        self.streams.borrow().copies(sent)
+    }
+
     /// Everything up to each follower's sequence in `upto` is in the bucket.
     pub fn committed(&self, upto: &Sent) {
         let links = self.links.borrow();
         for &(i, seq) in &upto.seqs {
-            links[i].committed(seq);
+            links[i].0.committed(seq);
         }
     }
 
     /// The follower's last refusal or connection failure, if any since its last acknowledgement.
     pub fn last_error(&self, index: usize) -> Option<String> {
-        self.links.borrow().get(index).and_then(Link::last_error)
+        self.links
+            .borrow()
+            .get(index)
+            .and_then(|(l, _)| l.last_error())
     }
 }

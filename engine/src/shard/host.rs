@@ -299,9 +299,11 @@ impl SlotHost {
         let lag_max = 2 * env.config.lease;
         let membership = env.membership.clone();
         ringtail_shards::every(state, ISR_TICK, move |state| {
-            state.check_isr(&followers(), lag_max);
-            // Metadata's replicas and ISR, here and, through the lease, everywhere.
-            if let Some(set) = state.replica_set().filter(|_| !state.is_closing()) {
+            let in_lease = membership.replica_sets.in_lease(slot);
+            let set = state.check_isr(&followers(), lag_max, in_lease.as_ref());
+            // Published in the lease: Metadata's replicas and ISR everywhere, and who may
+            // succeed this owner.
+            if let Some(set) = set.filter(|_| !state.is_closing()) {
                 membership.replica_sets.set(slot, me, set);
             }
         });
@@ -359,9 +361,10 @@ impl SlotHost {
             }
         };
         // A copy of the slot's stream here takes nothing more before the manifest is taken.
-        let frozen = match (&env.store, env.config.replication_listen) {
-            (Some(_), Some(_)) => self.replicas.freeze(&env.config, slot).await?,
-            _ => None,
+        let replicating = env.store.is_some() && env.config.replication_listen.is_some();
+        let frozen = match replicating {
+            true => self.replicas.freeze(&env.config, slot).await?,
+            false => None,
         };
         let opened = async {
             let (tier, recovery) = futures::join!(tier, recover_ring(wal.clone(), spare));
@@ -380,10 +383,14 @@ impl SlotHost {
             .await
             .map_err(|e| e.to_string())?;
             if let Some(frozen) = &frozen {
-                // The replaced owner's tail this broker holds, back at its offsets and in the
-                // bucket before the slot takes a write (R4).
+                // The replaced owner's tail this broker holds, back at its offsets (R4).
                 let tail = frozen.tail(state.epoch()).await?;
                 state.adopt_replica_tail(slot, tail).await?;
+            }
+            if replicating {
+                // In the bucket before the slot takes a write: the followers start this epoch
+                // empty.
+                state.upload_all(slot).await?;
             }
             Ok(state)
         }
