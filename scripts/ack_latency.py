@@ -2,8 +2,10 @@
 """Acknowledgement latency and throughput of one confluent-kafka producer.
 
     ack_latency.py BOOTSTRAP TOPIC DURABILITY [--rate 200] [--seconds 15] [--linger-ms 0]
+                   [--replication-factor 1] [--config NAME=VALUE ...]
 
-Creates TOPIC (4 partitions, durability=DURABILITY), sends 1 KiB values with acks=all for
+Creates TOPIC (4 partitions, durability=DURABILITY, the replication factor and configs given),
+sends 1 KiB values with acks=all for
 SECONDS at RATE messages/s (0: as fast as the producer's queue takes them), and prints one line:
 acknowledged/failed counts, latency percentiles measured from each message's intended send time
 (from its enqueueing when RATE is 0), and the acknowledged throughput. Exits 1 if any message
@@ -24,12 +26,15 @@ ap.add_argument("--rate", type=int, default=200)
 ap.add_argument("--seconds", type=float, default=15)
 ap.add_argument("--linger-ms", type=int, default=0)
 ap.add_argument("--size", type=int, default=1024)
+ap.add_argument("--replication-factor", type=int, default=1)
+ap.add_argument("--config", action="append", default=[])
 args = ap.parse_args()
 
+config = {"durability": args.durability}
+config.update(kv.split("=", 1) for kv in args.config)
 admin = AdminClient({"bootstrap.servers": args.bootstrap})
-admin.create_topics([NewTopic(args.topic, 4, 1, config={"durability": args.durability})])[
-    args.topic
-].result()
+topic = NewTopic(args.topic, 4, args.replication_factor, config=config)
+admin.create_topics([topic])[args.topic].result()
 time.sleep(1)
 p = Producer(
     {

@@ -344,6 +344,28 @@ async fn acks_all_needs_min_insync_replicas_and_resumes_when_a_follower_returns(
     assert!(brokers[&owner].log_contains("follower joined the ISR"));
     assert!(brokers[&owner].log_contains("left the ISR"));
 
+    // The same follower again, its disk wiped this time: with its peer down acks=all is
+    // refused until it is back and has caught up from nothing.
+    brokers.remove(&back).unwrap().kill9();
+    produce_until(
+        &mut raw,
+        &mut answers,
+        "wiped-away",
+        -1,
+        NOT_ENOUGH_REPLICAS,
+        within,
+    );
+    let wiped = tempfile::tempdir().unwrap();
+    brokers.insert(back, start(&weed, back, wiped.path()));
+    produce_until(
+        &mut raw,
+        &mut answers,
+        "after-wipe",
+        -1,
+        0,
+        Duration::from_secs(60),
+    );
+
     let bootstrap_now = bootstrap(&brokers.values().collect::<Vec<_>>());
     let (records, _) = common::read_all(&bootstrap_now, "ledger", 1);
     let values: Vec<String> = records
@@ -387,6 +409,44 @@ async fn an_owners_machine_lost_loses_no_acknowledged_record() {
     });
     let victim = leader(&all, "payments", 0);
 
+    // A librdkafka consumer reads along across the take-over (validating its position by
+    // leader epoch when the epoch grows, KIP-320).
+    type Seen = Vec<(i32, i64, String)>;
+    let read: std::sync::Arc<std::sync::Mutex<Seen>> = Default::default();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (read, stop, all) = (read.clone(), stop.clone(), all.clone());
+        std::thread::spawn(move || {
+            use rdkafka::message::Message;
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &all)
+                .set("group.id", "along")
+                .set("enable.auto.commit", "false")
+                .set("fetch.wait.max.ms", "50")
+                .set("topic.metadata.refresh.interval.ms", "500")
+                .create()
+                .unwrap();
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            for p in 0..2 {
+                tpl.add_partition_offset("payments", p, rdkafka::Offset::Beginning)
+                    .unwrap();
+            }
+            c.assign(&tpl).unwrap();
+            let mut errors = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match c.poll(Duration::from_millis(100)) {
+                    Some(Ok(m)) => read.lock().unwrap().push((
+                        m.partition(),
+                        m.offset(),
+                        String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string(),
+                    )),
+                    Some(Err(e)) => errors.push(e.to_string()),
+                    None => {}
+                }
+            }
+            errors
+        })
+    };
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &all)
         .set("enable.idempotence", "true")
@@ -478,4 +538,133 @@ async fn an_owners_machine_lost_loses_no_acknowledged_record() {
             "acknowledged at {p}/{o}"
         );
     }
+    // The reader reads on to the end, every record in offset order, none skipped: what it
+    // read before the kill is what the successor serves at those offsets.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read.lock().unwrap().len() < records.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let errors = reader.join().unwrap();
+    let read = read.lock().unwrap().clone();
+    println!(
+        "the reader read {} records across the take-over; errors {errors:?}",
+        seen.len()
+    );
+    assert!(
+        !errors.iter().any(|e| e.contains("runcat")),
+        "truncation reported: {errors:?}"
+    );
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    for (p, o, v) in &read {
+        let expected = next.entry(*p).or_insert(0);
+        assert!(
+            *o <= *expected,
+            "partition {p}: offset {o} read at {expected}: skipped"
+        );
+        *expected = (*expected).max(o + 1);
+        assert_eq!(
+            records
+                .get(&(*p, *o))
+                .map(|r| String::from_utf8_lossy(r).to_string())
+                .as_ref(),
+            Some(v),
+            "read at {p}/{o}; the log differs there now"
+        );
+    }
+    assert_eq!(
+        next.values().sum::<i64>() as usize,
+        records.len(),
+        "the reader reached the end of every partition"
+    );
+}
+
+/// A zombie owner: SIGSTOP past its lease while a follower took the slot over from its copy,
+/// then SIGCONT. A produce it received while paused is never acknowledged nor visible; the
+/// records it acknowledged before the pause (held back from the bucket) are served by the
+/// successor. Followers refuse its epoch (counted, logged) if it streams again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_gets_no_acknowledgement_and_its_late_write_never_appears() {
+    let weed = ringtail_objstore::testing::Seaweed::start();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let slow_uploads = ["--object-age-max-ms", "4000"];
+    let brokers: BTreeMap<i32, TestBroker> = (1..=3)
+        .map(|n| {
+            let dir = dirs[n as usize - 1].path();
+            (n, start_with(&weed, n, dir, &slow_uploads))
+        })
+        .collect();
+    let all = bootstrap(&brokers.values().collect::<Vec<_>>());
+    wait_members(&brokers.values().collect::<Vec<_>>());
+    create(&all, "ledger", 1, 3, &[("min.insync.replicas", "2")]).await;
+    wait_replicas(&all, "ledger", |_, replicas, isr| {
+        replicas.len() == 3 && isr.len() == 3
+    });
+    let owner = leader(&all, "ledger", 0);
+    let survivors: Vec<&TestBroker> = brokers
+        .iter()
+        .filter(|(&n, _)| n != owner)
+        .map(|(_, b)| b)
+        .collect();
+    let survivors = bootstrap(&survivors);
+    let mut raw = Raw::connect(brokers[&owner].bootstrap().parse().unwrap());
+    let mut answers = Answers::new();
+    let within = Duration::from_secs(30);
+    produce_until(&mut raw, &mut answers, "before-pause", -1, 0, within);
+
+    common::signal(brokers[&owner].pid(), "-STOP");
+    let paused = Instant::now();
+    // A follower takes the slot over from its copy and serves it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let successor = loop {
+        let now = leader(&survivors, "ledger", 0);
+        if now != owner {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "the slot never moved");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "partition served by node {successor} {:?} after SIGSTOP of node {owner}",
+        paused.elapsed()
+    );
+
+    // A write reaches the paused owner; it wakes up with a lapsed lease.
+    let late =
+        common::raw::produce_request("ledger", 0, common::raw::records(&[b"zombie-late"]), -1);
+    let frame = raw.encode(kafka_protocol::messages::ApiKey::Produce, 9, &late);
+    raw.send_frame(&frame);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    common::signal(brokers[&owner].pid(), "-CONT");
+    let resp: kafka_protocol::messages::ProduceResponse = raw.answer(9);
+    let code = resp.responses[0].partition_responses[0].error_code;
+    assert_eq!(code, 6, "NOT_LEADER_OR_FOLLOWER, not an acknowledgement");
+    println!("the paused owner's answer to the late write: {code}");
+
+    let (records, _) = common::read_all(&survivors, "ledger", 1);
+    let values: Vec<String> = records
+        .values()
+        .map(|v| String::from_utf8_lossy(v).to_string())
+        .collect();
+    for (value, code) in &answers {
+        if *code == 0 {
+            assert!(
+                values.contains(value),
+                "{value} acknowledged before the pause, lost"
+            );
+        }
+    }
+    assert!(
+        !values.iter().any(|v| v == "zombie-late"),
+        "the paused owner's write became visible: {values:?}"
+    );
+    assert!(
+        brokers[&successor].log_contains("recovered the replaced owner's tail"),
+        "the successor recovered the tail from its copy"
+    );
+    let refused: u64 = brokers
+        .values()
+        .map(|b| metric(b, "ringtail_replica_refused_total"))
+        .sum();
+    println!("replication frames refused across the brokers: {refused}");
 }

@@ -285,6 +285,10 @@ impl ShardState {
             if abandoned && !durable {
                 return ProduceOutcome::error(ResponseError::KafkaStorageError.code());
             }
+            if !durable && s.replicas.is_some() && self.is_fenced() {
+                // A successor owns the slot: its followers take nothing more from this one.
+                return ProduceOutcome::error(ResponseError::NotLeaderOrFollower.code());
+            }
             if durable {
                 break;
             }

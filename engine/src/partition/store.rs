@@ -222,6 +222,8 @@ impl ShardState {
         for p in self.partitions.borrow_mut().values_mut() {
             p.upload_waiters.clear();
             p.delete_waiters.clear();
+            // Produces waiting for followers learn it at once (see `finish_produce`).
+            wake(p.waiters.drain(..));
         }
         if let Some(f) = self.on_fenced.borrow_mut().take() {
             f();
@@ -240,6 +242,11 @@ impl ShardState {
 
     pub fn is_closing(&self) -> bool {
         self.closing.get()
+    }
+
+    /// Another broker took the slot's manifest over.
+    pub fn is_fenced(&self) -> bool {
+        self.tier.as_ref().is_some_and(|t| t.is_fenced())
     }
 
     /// Resolves once no write is in flight (true), or at `deadline` (false).
