@@ -157,8 +157,15 @@ impl Tier {
 
     /// Commits a prepared merge: the manifest with its run replaced by the merged object, if
     /// the run is still there as it was read (a deletion pass may have changed it meanwhile:
-    /// then the merged object is garbage). An error only when this shard was fenced.
+    /// then the merged object is garbage), and the merge need not give way (see
+    /// [`Tier::merge_yields`]). An error only when this shard was fenced.
     pub async fn commit_merge(&self, p: PreparedMerge) -> Result<Option<Merged>, CommitError> {
+        // A flush (hand-over, shutdown) that began while the merge ran wins: its object is left
+        // uncommitted (collected at the next start) rather than hold the hand-over up.
+        if let Some(why) = self.merge_yields() {
+            tracing::debug!(why, "merge abandoned before its commit");
+            return Ok(None);
+        }
         let PreparedMerge {
             run,
             merged,

@@ -351,10 +351,12 @@ fn a_merge_gives_way_to_a_flush() {
     let out = block_on(merge);
     assert!(matches!(out, Ok(None)), "{out:?}");
     assert_eq!(tier.committed_objects().len(), 9);
-    assert_eq!(
-        block_on(store.list("")).unwrap().len(),
-        keys_before,
-        "no merged object"
+    // Its object, if its PUT went out before the flush began (the first poll may get that far
+    // on a loaded machine), is left uncommitted: garbage the next start collects.
+    let keys_after = block_on(store.list("")).unwrap().len();
+    assert!(
+        keys_after <= keys_before + 1,
+        "{keys_after} keys after, {keys_before} before"
     );
 }
 
