@@ -333,6 +333,17 @@ fn millis(
 }
 
 impl Config {
+    /// A WAL ring of this broker at `path` (a slot's ring, a spare, a replica ring).
+    pub fn wal_ring(&self, path: PathBuf) -> ringtail_wal::WalConfig {
+        ringtail_wal::WalConfig {
+            path,
+            region_bytes: self.wal_size_per_shard,
+            chunk_bytes_max: self.wal_max_write_bytes,
+            max_delay: self.wal_max_delay,
+            sync: self.wal_sync,
+        }
+    }
+
     pub fn resolve(args: ServeArgs) -> anyhow::Result<Config> {
         let file: FileConfig = match &args.config {
             Some(path) => {

@@ -12,7 +12,7 @@
 //! follower first joins — once every batch it may lack is in the bucket and it has every batch
 //! already visible: from then on no batch becomes visible or acknowledged without it (R3).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
@@ -24,30 +24,11 @@ use uuid::Uuid;
 
 use crate::cluster::replica_sets::ReplicaSet;
 use crate::partition::items::PartitionKey;
-use crate::partition::state::{wake, Partition};
+use crate::partition::state::{wake, Partition, Pending};
 use crate::partition::store::{ShardState, WalTag};
 use crate::replication::outbound::{Follower, Outbound, OutboundConfig, Outgoing};
 use crate::replication::owner::Sent;
 use crate::replication::ring::TailEntry;
-
-/// A batch sent to followers.
-struct Pending {
-    key: PartitionKey,
-    last_offset: i64,
-    sent: Sent,
-}
-
-/// The batches sent and not yet in the bucket; the first `visible` are past the high watermark.
-#[derive(Default)]
-pub(super) struct SentQueue {
-    entries: VecDeque<Pending>,
-    visible: usize,
-    /// Batches ever sent, and ever left (in the bucket): the marks of [`Stream::join_mark`].
-    ///
-    /// [`Stream::join_mark`]: crate::replication::owner::Stream::join_mark
-    pushed: u64,
-    popped: u64,
-}
 
 impl ShardState {
     /// Streams the slot's replicated topics to `followers` from now on (its opening, before it

@@ -1,8 +1,9 @@
 //! One partition as its slot holds it: its batches in memory, offsets, long-poll waiters,
-//! cold spans in objects, and its idempotent producers.
+//! cold spans in objects, and its idempotent producers; and the slot's queue of batches sent to
+//! followers.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -10,8 +11,10 @@ use futures::channel::oneshot;
 
 use crate::catalog::TopicMeta;
 use crate::partition::epochs::EpochStarts;
+use crate::partition::items::PartitionKey;
 use crate::partition::log::{MemLog, PartitionLog};
 use crate::partition::producers::Producers;
+use crate::replication::owner::Sent;
 use crate::tier::object_format::Span;
 
 pub(super) type Waiter = Rc<RefCell<Option<oneshot::Sender<()>>>>;
@@ -135,4 +138,24 @@ pub(super) fn wake(waiters: impl Iterator<Item = Waiter>) {
             let _ = tx.send(());
         }
     }
+}
+
+/// A batch sent to followers (`replicated.rs`).
+pub(super) struct Pending {
+    pub(super) key: PartitionKey,
+    pub(super) last_offset: i64,
+    pub(super) sent: Sent,
+}
+
+/// The slot's batches sent to followers and not yet in the bucket, in append order; the first
+/// `visible` are past their partitions' high watermarks (`replicated.rs`).
+#[derive(Default)]
+pub(super) struct SentQueue {
+    pub(super) entries: VecDeque<Pending>,
+    pub(super) visible: usize,
+    /// Batches ever sent, and ever left (in the bucket): the marks of [`Stream::join_mark`].
+    ///
+    /// [`Stream::join_mark`]: crate::replication::owner::Stream::join_mark
+    pub(super) pushed: u64,
+    pub(super) popped: u64,
 }

@@ -85,7 +85,7 @@ pub struct ShardState {
     /// The streams to the slot's followers (None: it replicates nothing), and what was sent
     /// and is not in the bucket yet (`replicated.rs`).
     pub(super) outbound: RefCell<Option<crate::replication::outbound::Outbound>>,
-    pub(super) sent_queue: RefCell<crate::partition::replicated::SentQueue>,
+    pub(super) sent_queue: RefCell<crate::partition::state::SentQueue>,
 }
 
 pub(super) fn add(counter: &AtomicU64, n: u64) {

@@ -92,13 +92,7 @@ fn spare_config(config: &Config, shard: usize) -> WalConfig {
 
 /// The WAL ring of a slot on this broker.
 pub fn wal_config(config: &Config, slot: u32) -> WalConfig {
-    WalConfig {
-        path: config.wal_dir.join(crate::layout::wal_ring(slot)),
-        region_bytes: config.wal_size_per_shard,
-        chunk_bytes_max: config.wal_max_write_bytes,
-        max_delay: config.wal_max_delay,
-        sync: config.wal_sync,
-    }
+    config.wal_ring(config.wal_dir.join(crate::layout::wal_ring(slot)))
 }
 
 impl SlotHost {

@@ -159,10 +159,7 @@ impl Frozen {
 
 /// The replica ring of `slot` on a broker of `config`: the WAL ring's settings, its own file.
 pub fn ring_config(config: &Config, slot: u32) -> ringtail_wal::WalConfig {
-    ringtail_wal::WalConfig {
-        path: config.wal_dir.join(crate::layout::replica_ring(slot)),
-        ..crate::shard::host::wal_config(config, slot)
-    }
+    config.wal_ring(config.wal_dir.join(crate::layout::replica_ring(slot)))
 }
 
 /// Serves one owner's replication connection until it closes or breaks the protocol.
