@@ -141,6 +141,10 @@ pub struct ServeArgs {
     /// replication listener)].
     #[arg(long, env = "RINGTAIL_DEFAULT_REPLICATION_FACTOR")]
     pub default_replication_factor: Option<i16>,
+    /// This broker's rack (Kafka's `broker.rack`): placement puts a slot's followers on racks
+    /// other than its owner's first, and Metadata names it [default: unset].
+    #[arg(long, env = "RINGTAIL_RACK")]
+    pub rack: Option<String>,
     /// Microseconds an idle shard keeps polling before it sleeps (0: sleep at once). Spinning
     /// saves the wake-up cost on the next request at the price of a busy core [default: 0].
     #[arg(long, env = "RINGTAIL_SPIN_BEFORE_PARK_US")]
@@ -195,6 +199,7 @@ struct FileConfig {
     log_format: Option<String>,
     replication_listen: Option<String>,
     default_replication_factor: Option<i16>,
+    rack: Option<String>,
     spin_before_park_us: Option<u64>,
     lease_ms: Option<u64>,
     slots: Option<u32>,
@@ -249,6 +254,7 @@ pub struct Config {
     pub replication_listen: Option<SocketAddr>,
     /// None: min(3, live brokers with a replication listener) at each creation.
     pub default_replication_factor: Option<i16>,
+    pub rack: Option<String>,
     pub spin_before_park: std::time::Duration,
     pub lease: std::time::Duration,
     /// None: the bucket's, or the shard count for a new one.
@@ -447,6 +453,7 @@ impl Config {
                 }
                 n => n,
             },
+            rack: args.rack.or(file.rack).filter(|r| !r.is_empty()),
             spin_before_park: std::time::Duration::from_micros(
                 args.spin_before_park_us
                     .or(file.spin_before_park_us)

@@ -74,6 +74,7 @@ pub async fn metadata(
                         .with_node_id(BrokerId(m.node_id))
                         .with_host(StrBytes::from_string(m.host.clone()))
                         .with_port(m.port)
+                        .with_rack(m.rack.clone().map(StrBytes::from_string))
                 })
                 .collect(),
         )
@@ -247,6 +248,7 @@ pub fn describe_cluster(
                         .with_broker_id(BrokerId(m.node_id))
                         .with_host(StrBytes::from_string(m.host.clone()))
                         .with_port(m.port)
+                        .with_rack(m.rack.clone().map(StrBytes::from_string))
                 })
                 .collect(),
         )

@@ -29,6 +29,7 @@ pub fn take_node_lease(
         epochs: Default::default(),
         replicas: Default::default(),
         replication: me.replication.clone(),
+        rack: me.rack.clone(),
     };
     let lease =
         futures::executor::block_on(crate::cluster::lease::acquire(store, record, config.lease))?;

@@ -78,6 +78,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             .iter()
             .map(|a| format!("{}:{}", config.advertised_host, a.port()))
             .collect(),
+        rack: config.rack.clone(),
     };
     let advertised = format!("{}:{}", me.host, me.port);
     let bucket = Bucket::open(&config, &me, store.clone())?;

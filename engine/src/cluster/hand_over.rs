@@ -147,6 +147,7 @@ mod tests {
                 host: "h".into(),
                 port: 9000 + node,
                 replication: Vec::new(),
+                rack: None,
             },
             open: open.iter().copied().collect(),
             draining,

@@ -53,6 +53,9 @@ pub struct LeaseRecord {
     /// The replicated WAL's listener, one `host:port` per shard (empty: no replicas here).
     #[serde(default)]
     pub replication: Vec<String>,
+    /// The holder's rack (`--rack`), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rack: Option<String>,
     /// The followers and ISR of each slot open here that streams to followers.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub replicas: std::collections::BTreeMap<u32, crate::cluster::replica_sets::ReplicaSet>,
@@ -438,6 +441,7 @@ mod tests {
             epochs: Default::default(),
             replicas: Default::default(),
             replication: Vec::new(),
+            rack: None,
         }
     }
 

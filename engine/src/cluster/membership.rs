@@ -603,6 +603,7 @@ fn member_of(r: &LeaseRecord) -> Member {
         host,
         port,
         replication: r.replication.clone(),
+        rack: r.rack.clone(),
     }
 }
 
@@ -616,6 +617,7 @@ mod tests {
             host: "h".into(),
             port: 9000 + node,
             replication: Vec::new(),
+            rack: None,
         }
     }
 

@@ -67,7 +67,8 @@ pub fn place(slots: u32, nodes: &[i32]) -> Vec<i32> {
 /// The followers of `slot` owned by `owner` (the replicated WAL, issue 19): up to `n` of the
 /// other live `nodes` (node id, rack), in the slot's rendezvous order, racks spread first —
 /// a node on a rack neither the owner nor an earlier follower is on goes before one that is
-/// (Kafka's `broker.rack`); nodes without a rack count as each on a rack of their own.
+/// (Kafka's `broker.rack`), in choice and in rank; nodes without a rack count as each on a rack
+/// of their own.
 pub fn followers(slot: u32, owner: i32, nodes: &[(i32, Option<&str>)], n: usize) -> Vec<i32> {
     let mut ranked: Vec<(u64, i32, Option<&str>)> = nodes
         .iter()
@@ -99,8 +100,8 @@ pub fn followers(slot: u32, owner: i32, nodes: &[(i32, Option<&str>)], n: usize)
             chosen.push(*node);
         }
     }
-    // Rendezvous order among the chosen: the first follower is the slot's best-ranked.
-    chosen.sort_by_key(|node| std::cmp::Reverse(score(slot, *node)));
+    // In the order chosen: a topic of factor 2 uses the first follower only, which is then on
+    // another rack than its owner when there is one.
     chosen
 }
 

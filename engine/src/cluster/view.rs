@@ -14,6 +14,8 @@ pub struct Member {
     pub port: i32,
     /// Its replication listener, one address per shard (empty: it holds no replica).
     pub replication: Vec<String>,
+    /// Its rack (`--rack`), if it has one.
+    pub rack: Option<String>,
 }
 
 /// What the shards route by: the target owner of every slot and the live brokers.
@@ -57,7 +59,7 @@ impl View {
             .members
             .iter()
             .filter(|m| !m.replication.is_empty())
-            .map(|m| (m.node_id, None))
+            .map(|m| (m.node_id, m.rack.as_deref()))
             .collect();
         placement::followers(slot, owner, &members, FOLLOWERS_MAX)
     }
@@ -66,5 +68,37 @@ impl View {
     pub fn replication_addr(&self, node: i32, slot: u32) -> Option<&str> {
         let listeners = &self.member(node)?.replication;
         (!listeners.is_empty()).then(|| listeners[slot as usize % listeners.len()].as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(node: i32, rack: Option<&str>) -> Member {
+        Member {
+            node_id: node,
+            host: "h".into(),
+            port: 9000 + node,
+            replication: vec![format!("h:{}", 9100 + node)],
+            rack: rack.map(String::from),
+        }
+    }
+
+    /// `--rack`: a slot's first follower is on another rack than its owner, whatever the
+    /// slot's rendezvous order says.
+    #[test]
+    fn followers_go_to_other_racks_first() {
+        let mut view = View::alone(member(1, Some("a")), 8);
+        view.members.push(member(2, Some("a")));
+        view.members.push(member(3, Some("b")));
+        for slot in 0..8 {
+            assert_eq!(view.followers(slot, 1), vec![3, 2], "slot {slot}");
+        }
+        // Brokers without a replication listener hold no replica.
+        view.members[2].replication.clear();
+        assert_eq!(view.followers(0, 1), vec![2]);
+        assert_eq!(view.replication_addr(2, 5), Some("h:9102"));
+        assert_eq!(view.replication_addr(3, 5), None);
     }
 }
