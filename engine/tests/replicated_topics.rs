@@ -37,6 +37,9 @@ fn start_with(
 ) -> TestBroker {
     let mut args = weed.broker_args("replicated");
     args.extend(extra.iter().map(|s| s.to_string()));
+    if !extra.contains(&"--replication-listen") {
+        args.extend(["--replication-listen".to_string(), "127.0.0.1:0".into()]);
+    }
     args.extend(
         [
             "--shards",
@@ -45,12 +48,19 @@ fn start_with(
             "4",
             "--node-id",
             &node.to_string(),
-            "--replication-listen",
-            "127.0.0.1:0",
         ]
         .map(String::from),
     );
     TestBroker::start_at(dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// A free loopback port (for a broker that must come back at the same address).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn bootstrap(brokers: &[&TestBroker]) -> String {
@@ -282,8 +292,13 @@ async fn a_replicated_topics_acknowledged_records_are_on_its_followers() {
 async fn acks_all_needs_min_insync_replicas_and_resumes_when_a_follower_returns() {
     let weed = ringtail_objstore::testing::Seaweed::start();
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Fixed replication listeners: a broker restarted comes back at the same address.
+    let listeners: BTreeMap<i32, String> = (1..=3)
+        .map(|n| (n, format!("127.0.0.1:{}", free_port())))
+        .collect();
+    let at = |n: i32| ["--replication-listen", listeners[&n].as_str()];
     let mut brokers: BTreeMap<i32, TestBroker> = (1..=3)
-        .map(|n| (n, start(&weed, n, dirs[n as usize - 1].path())))
+        .map(|n| (n, start_with(&weed, n, dirs[n as usize - 1].path(), &at(n))))
         .collect();
     let all = bootstrap(&brokers.values().collect::<Vec<_>>());
     wait_members(&brokers.values().collect::<Vec<_>>());
@@ -325,7 +340,10 @@ async fn acks_all_needs_min_insync_replicas_and_resumes_when_a_follower_returns(
 
     // A follower comes back with its disk: it catches up, joins the ISR, acks=all resumes.
     let back = followers[0];
-    brokers.insert(back, start(&weed, back, dirs[back as usize - 1].path()));
+    brokers.insert(
+        back,
+        start_with(&weed, back, dirs[back as usize - 1].path(), &at(back)),
+    );
     produce_until(
         &mut raw,
         &mut answers,
@@ -356,7 +374,7 @@ async fn acks_all_needs_min_insync_replicas_and_resumes_when_a_follower_returns(
         within,
     );
     let wiped = tempfile::tempdir().unwrap();
-    brokers.insert(back, start(&weed, back, wiped.path()));
+    brokers.insert(back, start_with(&weed, back, wiped.path(), &at(back)));
     produce_until(
         &mut raw,
         &mut answers,

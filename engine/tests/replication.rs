@@ -202,7 +202,8 @@ fn a_follower_takes_a_members_stream_and_refuses_bad_frames() {
         Header::Started {
             slot,
             epoch: 5,
-            next_seq: 1
+            next_seq: 1,
+            fresh: false
         },
         "the same epoch again resumes where the stream is"
     );
@@ -320,7 +321,8 @@ fn a_follower_takes_a_members_stream_and_refuses_bad_frames() {
         Header::Started {
             slot,
             epoch: 5,
-            next_seq: 3
+            next_seq: 3,
+            fresh: false
         }
     );
     // What is durable is acknowledged again at every Start: an acknowledgement lost with the

@@ -335,6 +335,9 @@ impl Runner {
             .map(|p| p.member.node_id)
             .chain([self.me.node_id])
             .collect();
+        for &slot in &mine {
+            self.membership.replica_sets.held(slot, self.me.node_id);
+        }
         let successors = self.membership.replica_sets.successors(&live);
         let mut d = decide(
             self.slots,
@@ -413,6 +416,7 @@ impl Runner {
             self.lease.record.draining = draining;
             self.lease.record.epochs = epochs;
             self.lease.record.replicas = replicas;
+            self.membership.replica_sets.writing();
             futures::executor::block_on(self.lease.renew(self.store.as_ref()))?;
             // Followers leaving an ISR stop being waited for only once this is written.
             self.membership
@@ -437,6 +441,9 @@ impl Runner {
             self.membership.epochs.raise_all(&r.epochs);
             if r.node_id != self.lease.record.node_id {
                 self.membership.replica_sets.learn(r.node_id, &r.replicas);
+                for &slot in &r.open {
+                    self.membership.replica_sets.held(slot, r.node_id);
+                }
             }
         }
         Ok(records

@@ -76,6 +76,21 @@ impl SlotReplicaSets {
         }
     }
 
+    /// This broker's lease is being written: until a write is known to have landed, no set
+    /// counts as in it (a failed write may have landed or not).
+    pub fn writing(&self) {
+        self.written.lock().unwrap().clear();
+    }
+
+    /// `holder`, alive, holds `slot` (open or claimed): a set another broker published for it
+    /// is stale (it would make a successor of one of that owner's followers).
+    pub fn held(&self, slot: u32, holder: i32) {
+        let mut sets = self.sets.lock().unwrap();
+        if sets.get(&slot).is_some_and(|(o, _)| *o != holder) {
+            sets.remove(&slot);
+        }
+    }
+
     /// This broker's lease was written with `sets`.
     pub fn written(&self, sets: &BTreeMap<u32, ReplicaSet>) {
         *self.written.lock().unwrap() = sets.clone();
@@ -162,5 +177,24 @@ mod tests {
         assert!(sets.of(0, 1).is_some(), "only its owner forgets it");
         sets.forget(0, 1);
         assert_eq!(sets.of(0, 1), None);
+    }
+
+    /// Review finding: a dead owner's set outlived the slot's take-over on a broker that never
+    /// read the successor's lease, and kept the slot closed; any live holder drops it.
+    #[test]
+    fn a_live_holder_drops_a_dead_owners_set_and_the_lease_counts_once_written() {
+        let sets = SlotReplicaSets::default();
+        sets.set(3, 9, set(&[1, 2], &[(1, 0), (2, 1)]));
+        assert_eq!(sets.successors(&[1, 2]), BTreeMap::from([(3, vec![1, 2])]));
+        sets.held(3, 9);
+        assert!(sets.of(3, 9).is_some(), "its own holder keeps it");
+        sets.held(3, 1);
+        assert!(sets.successors(&[1, 2]).is_empty());
+        // What the lease carries counts only once a write landed.
+        let written = BTreeMap::from([(5, set(&[2], &[(2, 0)]))]);
+        sets.written(&written);
+        assert_eq!(sets.in_lease(5), Some(set(&[2], &[(2, 0)])));
+        sets.writing();
+        assert_eq!(sets.in_lease(5), None);
     }
 }

@@ -209,6 +209,13 @@ impl ShardState {
             let count = outbound.streams().streams().len();
             for i in 0..count {
                 let s = outbound.streams().streams()[i].clone();
+                if outbound.lost_copy(i) && !s.restart {
+                    if s.counted() {
+                        tracing::warn!(slot = outbound.slot(), follower = s.node, "follower lost its copy (it restarted empty): leaving the ISR, to be streamed to anew");
+                    }
+                    outbound.start_leaving(i, true, queue.pushed);
+                    continue;
+                }
                 if s.in_sync {
                     if outbound.lagging(i, lag_max) {
                         tracing::warn!(slot = outbound.slot(), follower = s.node, lag_ms = lag_max.as_millis() as u64, error = ?outbound.last_error(i), "follower leaving the ISR: it has not had everything it was sent for longer than the lag bound");
@@ -296,6 +303,14 @@ impl ShardState {
                     .or_insert_with(|| Partition::new(topic.clone()));
                 if stopped.contains(&key) || header.base_offset < p.next_offset {
                     continue; // in the bucket or this broker's WAL already
+                }
+                if p.epochs
+                    .latest()
+                    .is_some_and(|e| header.partition_leader_epoch < e)
+                {
+                    // A newer owner wrote this partition since: the copy is stale here.
+                    stopped.insert(key);
+                    continue;
                 }
                 if header.base_offset > p.next_offset {
                     tracing::error!(slot, topic = %topic.name, partition = key.partition, at = p.next_offset, next_copied = header.base_offset, "the replica copy misses batches of this partition: it is recovered up to the gap");

@@ -41,11 +41,13 @@ pub enum Header {
     },
     /// Owner → follower: every batch up to `seq` is in a committed object (trim behind it).
     Committed { slot: u32, epoch: u64, seq: u64 },
-    /// Follower → owner: the `Start` is taken; send from `next_seq` on.
+    /// Follower → owner: the `Start` is taken; send from `next_seq` on. `fresh`: the slot's
+    /// copy here begins at this `Start` (nothing of the epoch was held before).
     Started {
         slot: u32,
         epoch: u64,
         next_seq: u64,
+        fresh: bool,
     },
     /// Follower → owner: every batch up to `durable_seq` is durable in the replica ring.
     Acked {

@@ -76,6 +76,10 @@ struct LinkState {
     last_error: Option<String>,
     /// The follower took this connection's `Start`: it is streaming.
     streaming: bool,
+    /// The follower answered a `Start` afresh after it had acknowledged batches: it lost its
+    /// copy (restarted empty). Its acknowledgements are not reported any more: they would
+    /// claim what it lacks.
+    lost_copy: bool,
     stopped: bool,
 }
 
@@ -99,6 +103,7 @@ impl Link {
             committed: 0,
             last_error: None,
             streaming: false,
+            lost_copy: false,
             stopped: false,
         }));
         let changed = Rc::new(WaitList::new());
@@ -176,6 +181,11 @@ impl Link {
     pub fn is_streaming(&self) -> bool {
         self.state.borrow().streaming
     }
+
+    /// Whether the follower lost its copy (see `LinkState::lost_copy`).
+    pub fn lost_copy(&self) -> bool {
+        self.state.borrow().lost_copy
+    }
 }
 
 impl Drop for Link {
@@ -244,8 +254,12 @@ async fn connection(
         .await
         .ok_or("no answer to Start")??
     {
-        Header::Started { next_seq, .. } => {
-            state.borrow_mut().streaming = true;
+        Header::Started {
+            next_seq, fresh, ..
+        } => {
+            let mut s = state.borrow_mut();
+            s.streaming = true;
+            s.lost_copy |= fresh && s.acked > 0;
             next_seq
         }
         Header::Refused { reason, .. } => return Err(format!("Start refused: {reason}")),
@@ -266,15 +280,21 @@ async fn connection(
             };
             match answer? {
                 // The answer to a Start sent mid-stream (after a commit freed batches unsent).
-                Header::Started { .. } => {}
+                Header::Started { fresh, .. } => {
+                    let mut s = state.borrow_mut();
+                    s.lost_copy |= fresh && s.acked > 0;
+                }
                 Header::Acked { durable_seq, .. } => {
-                    {
+                    let lost_copy = {
                         let mut s = state.borrow_mut();
                         s.acked = s.acked.max(durable_seq);
                         s.last_error = None;
                         release(&mut s, durable_seq);
+                        s.lost_copy
+                    };
+                    if !lost_copy {
+                        on_acked(durable_seq);
                     }
-                    on_acked(durable_seq);
                 }
                 Header::Refused { reason, .. } => return Err(format!("refused: {reason}")),
                 other => return Err(format!("unexpected frame: {other:?}")),

@@ -189,6 +189,15 @@ impl Outbound {
         self.streams.borrow_mut().settle_ranks(popped);
     }
 
+    /// Whether follower `index` lost its copy (it restarted empty): it must leave the ISR and
+    /// be streamed to anew.
+    pub fn lost_copy(&self, index: usize) -> bool {
+        self.links
+            .borrow()
+            .get(index)
+            .is_some_and(|(l, _)| l.lost_copy())
+    }
+
     /// Whether follower `index` takes its stream now (its link is connected and started).
     pub fn is_streaming(&self, index: usize) -> bool {
         self.links

@@ -386,6 +386,9 @@ impl SlotHost {
                 // empty.
                 state.upload_all(slot).await?;
             }
+            if let Some(frozen) = &frozen {
+                frozen.record(state.epoch()).await?;
+            }
             Ok(state)
         }
         .await;

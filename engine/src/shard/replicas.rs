@@ -134,21 +134,32 @@ pub struct Frozen {
 }
 
 impl Frozen {
-    /// The take-over committed `epoch`: recorded in the ring (a restart refuses the replaced
-    /// owner too), and the copy read back if it is the stream of the owner replaced (epoch −
-    /// 1): the batches to re-append, in the order they were sent.
+    /// The copy's durable, uncommitted tail, in the order it was sent, if it is of an owner
+    /// before the take-over's `epoch`: the batches to re-append. (Which of them continue their
+    /// partitions is for the re-append to judge: a copy of an older owner than the last one to
+    /// write a partition is stale there.) Read while the ring takes nothing.
     pub async fn tail(&self, epoch: u64) -> Result<Vec<TailEntry>, String> {
         let ring = &self.replica.ring;
-        ring.freeze(epoch).await.map_err(|e| e.to_string())?;
-        if ring.epoch() + 1 != epoch {
+        if ring.epoch() >= epoch || ring.epoch() == 0 {
             tracing::info!(
                 epoch,
                 copy_epoch = ring.epoch(),
-                "the replica ring holds no copy of the replaced owner's stream"
+                "the replica ring holds no copy of an owner before this one"
             );
             return Ok(Vec::new());
         }
         ring.tail(&self.path).await
+    }
+
+    /// The take-over at `epoch` is done (the tail re-appended and uploaded): recorded in the
+    /// ring, so that a restart refuses the owners it replaced too. Only now: recorded earlier,
+    /// a restart before the tail was safe would trim the copy as an older epoch's.
+    pub async fn record(&self, epoch: u64) -> Result<(), String> {
+        self.replica
+            .ring
+            .freeze(epoch)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// The take-over did not happen.
@@ -227,7 +238,7 @@ pub async fn serve(broker: Rc<Broker>, replicas: Rc<Replicas>, stream: TcpStream
                     )
                     .await;
                     match started {
-                        Ok((replica, next_seq)) => {
+                        Ok((replica, next_seq, fresh)) => {
                             *replica.sink.borrow_mut() = Some(tx.clone());
                             if !streaming.contains(&slot) {
                                 streaming.push(slot);
@@ -236,6 +247,7 @@ pub async fn serve(broker: Rc<Broker>, replicas: Rc<Replicas>, stream: TcpStream
                                 slot,
                                 epoch,
                                 next_seq,
+                                fresh,
                             }];
                             // What is durable already is acknowledged again: an
                             // acknowledgement lost with the previous connection is not waited
@@ -348,7 +360,7 @@ async fn start(
     slot: u32,
     epoch: u64,
     first_seq: u64,
-) -> Result<(Rc<SlotReplica>, u64), String> {
+) -> Result<(Rc<SlotReplica>, u64, bool), String> {
     if cluster_id != broker.cluster_id {
         return Err(format!(
             "cluster {cluster_id:?} is not this broker's ({:?})",
@@ -374,8 +386,8 @@ async fn start(
     }
     let replica = replicas.open(&broker.config, slot).await?;
     match replica.ring.start(epoch, first_seq).await {
-        Ok(Started::Fresh) => Ok((replica, first_seq)),
-        Ok(Started::Resume { next_seq }) => Ok((replica, next_seq)),
+        Ok(Started::Fresh) => Ok((replica, first_seq, true)),
+        Ok(Started::Resume { next_seq }) => Ok((replica, next_seq, false)),
         Err(AppendError::Refused(r)) => Err(r.to_string()),
         Err(e) => Err(e.to_string()),
     }
