@@ -102,7 +102,8 @@ impl SlotReplicaSets {
     }
 
     /// For each slot whose owner (the last to publish its set) is not `live`: the followers
-    /// that were in its ISR, in rank order (the candidates to succeed it, R4).
+    /// that were in its ISR, those in sync for the most topics first, then in rank order (the
+    /// candidates to succeed it, R4).
     pub fn successors(&self, live: &[i32]) -> BTreeMap<u32, Vec<i32>> {
         self.sets
             .lock()
@@ -110,13 +111,19 @@ impl SlotReplicaSets {
             .iter()
             .filter(|(_, (owner, _))| !live.contains(owner))
             .map(|(&slot, (_, set))| {
-                let isr = set
+                // Those in sync for the most topics first (a follower that moved up a rank is
+                // not yet a copy of the smaller factors'), then by rank.
+                let mut isr: Vec<(usize, usize, i32)> = set
                     .followers
                     .iter()
-                    .copied()
-                    .filter(|n| set.in_sync.iter().any(|(m, _)| m == n))
+                    .enumerate()
+                    .filter_map(|(rank, n)| {
+                        let (_, sync_rank) = set.in_sync.iter().find(|(m, _)| m == n)?;
+                        Some((*sync_rank, rank, *n))
+                    })
                     .collect();
-                (slot, isr)
+                isr.sort_unstable();
+                (slot, isr.into_iter().map(|(_, _, n)| n).collect())
             })
             .filter(|(_, isr): &(u32, Vec<i32>)| !isr.is_empty())
             .collect()
@@ -186,10 +193,15 @@ mod tests {
         let sets = SlotReplicaSets::default();
         sets.set(3, 9, set(&[1, 2], &[(1, 0), (2, 1)]));
         assert_eq!(sets.successors(&[1, 2]), BTreeMap::from([(3, vec![1, 2])]));
+        // Node 4 moved up to rank 0 but is in sync for factor 3 only: node 2 goes first.
+        sets.set(4, 9, set(&[4, 2], &[(4, 1), (2, 1)]));
+        sets.set(6, 9, set(&[4, 2], &[(4, 1), (2, 0)]));
+        assert_eq!(sets.successors(&[2, 4])[&6], vec![2, 4]);
+        assert_eq!(sets.successors(&[2, 4])[&4], vec![4, 2]);
         sets.held(3, 9);
         assert!(sets.of(3, 9).is_some(), "its own holder keeps it");
         sets.held(3, 1);
-        assert!(sets.successors(&[1, 2]).is_empty());
+        assert!(!sets.successors(&[1, 2]).contains_key(&3));
         // What the lease carries counts only once a write landed.
         let written = BTreeMap::from([(5, set(&[2], &[(2, 0)]))]);
         sets.written(&written);

@@ -179,7 +179,7 @@ impl ShardState {
                 Durability::Replicated if !item.acks_all => Durability::Wal,
                 d => d,
             },
-            replicas: (replicated && item.acks_all).then_some(min_insync),
+            replicas: (replicated && item.acks_all).then_some((factor, min_insync)),
             sent,
             tickets,
             duplicate_of: duplicates,
@@ -306,7 +306,7 @@ impl ShardState {
                 return ProduceOutcome::error(ResponseError::RequestTimedOut.code());
             }
         }
-        if let Some(min_insync) = s.replicas {
+        if let Some((factor, min_insync)) = s.replicas {
             // Each batch is on its in-sync recipients now; fewer than min.insync.replicas
             // copies (followers left the ISR while it waited) is Kafka's
             // NOT_ENOUGH_REPLICAS_AFTER_APPEND — unless the batches reached the bucket.
@@ -315,7 +315,11 @@ impl ShardState {
                 .borrow()
                 .get(&s.key)
                 .is_none_or(|p| p.uploaded_end > s.last_offset);
-            if !uploaded && s.sent.iter().any(|sent| self.copies(sent) < min_insync) {
+            // A duplicate's original is on every follower in sync now (it is visible: R3), so
+            // the ISR's size is its copies.
+            let few = s.sent.iter().any(|sent| self.copies(sent) < min_insync)
+                || (!s.duplicate_of.is_empty() && self.in_sync_copies(factor) < min_insync);
+            if !uploaded && few {
                 return ProduceOutcome::error(ResponseError::NotEnoughReplicasAfterAppend.code());
             }
         }
@@ -398,8 +402,8 @@ pub(super) struct Started {
     /// When its batches were handed to the WAL, and what its acknowledgement waits for.
     pub(super) dispatched: Instant,
     pub(super) durability: Durability,
-    /// `durability=replicated` with `acks=all`: its `min.insync.replicas`.
-    pub(super) replicas: Option<usize>,
+    /// `durability=replicated` with `acks=all`: (replication factor, `min.insync.replicas`).
+    pub(super) replicas: Option<(usize, usize)>,
     /// Where each of its batches went (`durability=replicated`).
     pub(super) sent: Vec<crate::replication::owner::Sent>,
     /// Each batch's WAL ticket, with its producer id and base offset.
