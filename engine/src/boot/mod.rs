@@ -448,6 +448,10 @@ async fn shard_main(
     let _replication = replication.map(|listener| {
         let broker = broker.clone();
         let replicas = broker.host.replicas.clone();
+        let preparer = broker.clone();
+        ringtail_shards::every(&replicas, std::time::Duration::from_secs(1), move |r| {
+            crate::shard::replicas::prepare_rings(&preparer, r)
+        });
         ringtail_shards::spawn(async move {
             ringtail_shards::net::accept_loop(
                 &listener,

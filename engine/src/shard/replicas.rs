@@ -44,6 +44,8 @@ pub struct Replicas {
     slots: RefCell<HashMap<u32, Rc<SlotReplica>>>,
     /// Held while a ring opens: two `Start`s for one slot never open its file twice.
     opening: futures::lock::Mutex<()>,
+    /// A ring is being prepared ahead of its stream (see [`prepare_rings`]).
+    preparing: std::cell::Cell<bool>,
 }
 
 impl Replicas {
@@ -166,6 +168,37 @@ impl Frozen {
     pub fn thaw(&self) {
         self.replica.ring.thaw();
     }
+}
+
+/// Opens (creating if new) the replica ring of a slot this shard hosts and this broker now
+/// follows, ahead of its owner's first `Start`: writing out a full-size ring takes seconds, which
+/// the owner's stream (and its producers) would otherwise wait for. One ring at a time.
+pub fn prepare_rings(broker: &Rc<Broker>, replicas: &Rc<Replicas>) {
+    if replicas.preparing.get() {
+        return;
+    }
+    let view = broker.view();
+    let next = (broker.shard as u32..broker.slots)
+        .step_by(broker.shards.max(1))
+        .find(|&slot| {
+            let owner = view.owner(slot);
+            owner >= 0
+                && owner != view.me
+                && broker.host.get(slot).is_none()
+                && !replicas.slots.borrow().contains_key(&slot)
+                && view.followers(slot, owner).contains(&view.me)
+        });
+    let Some(slot) = next else { return };
+    replicas.preparing.set(true);
+    let (broker, replicas) = (broker.clone(), replicas.clone());
+    ringtail_shards::spawn_detached(async move {
+        if let Err(e) = replicas.open(&broker.config, slot).await {
+            if crate::metrics::client_log::may_log(&broker.stats) {
+                tracing::warn!(slot, error = %e, "could not prepare the slot's replica ring");
+            }
+        }
+        replicas.preparing.set(false);
+    });
 }
 
 /// The replica ring of `slot` on a broker of `config`: the WAL ring's settings, its own file.
