@@ -511,8 +511,21 @@ async fn a_restarted_broker_replays_its_wal_tail_or_reports_it_lost() {
     while detected().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let line = detected().unwrap_or_else(|| panic!("no truncation detected: {errors:?}"));
-    assert!(line.contains("broker end offset is 0"), "{line}");
+    // Two ways librdkafka stops here, both without reading the new records as the old: it
+    // validates its position by leader epoch and detects the truncation (KIP-320), or — when
+    // the Metadata it read named the new owner before its new epoch (the table is raised at the
+    // opening; seen under CI load) — it fetches at 7, gets OFFSET_OUT_OF_RANGE and, with no
+    // reset policy, stops. What it must never do is read offsets 0..2 anew (asserted above).
+    match detected() {
+        Some(line) => assert!(line.contains("broker end offset is 0"), "{line}"),
+        None => {
+            assert!(
+                errors.iter().any(stopped),
+                "neither truncation nor reset: {errors:?}"
+            );
+            println!("librdkafka stopped on OFFSET_OUT_OF_RANGE before validating the epoch");
+        }
+    }
 
     // Node 2 comes back on the same WAL and gets its slots back through the hand-over.
     let b2 = cluster.start_at(2, dir2.path(), &lazy);
