@@ -200,10 +200,23 @@ fn produce_until(
     want: i16,
     within: Duration,
 ) {
+    produce_to(raw, "ledger", answers, name, acks, want, within)
+}
+
+/// As [`produce_until`], to `topic`.
+fn produce_to(
+    raw: &mut Raw,
+    topic: &str,
+    answers: &mut Answers,
+    name: &str,
+    acks: i16,
+    want: i16,
+    within: Duration,
+) {
     let deadline = Instant::now() + within;
     for attempt in 1.. {
         let value = format!("{name}-{attempt}");
-        let (code, _) = raw.produce("ledger", 0, common::raw::records(&[value.as_bytes()]), acks);
+        let (code, _) = raw.produce(topic, 0, common::raw::records(&[value.as_bytes()]), acks);
         println!("{value}: {code}");
         answers.push((value, code));
         if code == want {
@@ -685,4 +698,124 @@ async fn a_paused_owner_gets_no_acknowledgement_and_its_late_write_never_appears
         .map(|b| metric(b, "ringtail_replica_refused_total"))
         .sum();
     println!("replication frames refused across the brokers: {refused}");
+}
+
+/// A successor's own WAL may hold a batch it wrote as an earlier owner and never got
+/// acknowledged (its followers paused, then it died before the upload). The owner after it
+/// wrote other records at those offsets, acknowledged them, and streamed them to this broker's
+/// replica ring. When this broker takes the slot over again, the copy (the newer epoch) wins:
+/// the acknowledged records are served, the never-acknowledged one is not.
+///
+/// Node ids are chosen so that the slot is placed on `a` while a, b and c live, and on `b`
+/// while only a and b do: `a` comes back as `b`'s follower instead of taking its slot home.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successors_own_unacknowledged_batch_gives_way_to_the_newer_copy() {
+    use ringtail_engine::cluster::placement::place;
+    let nodes = || {
+        (1..8)
+            .flat_map(|a| (1..8).flat_map(move |b| (1..8).map(move |c| (a, b, c))))
+            .filter(|&(a, b, c)| a != b && b != c && a != c)
+    };
+    let (topic, slot, (a, b, c)) = (0..100)
+        .map(|i| format!("ledger-{i}"))
+        .find_map(|topic| {
+            let slot = ringtail_engine::shard::owner_shard(&topic, 0, 4);
+            let placed = nodes().find(|&(a, b, c)| {
+                place(4, &[a, b, c])[slot] == a && place(4, &[a, b])[slot] == b
+            })?;
+            Some((topic, slot, placed))
+        })
+        .expect("a topic and node ids with that placement");
+    let topic = topic.as_str();
+    let weed = ringtail_objstore::testing::Seaweed::start();
+    let dirs: BTreeMap<i32, tempfile::TempDir> = [a, b, c]
+        .into_iter()
+        .map(|n| (n, tempfile::tempdir().unwrap()))
+        .collect();
+    let listeners: BTreeMap<i32, String> = [a, b, c]
+        .into_iter()
+        .map(|n| (n, format!("127.0.0.1:{}", free_port())))
+        .collect();
+    // Uploads 3 s after a batch arrives: each owner here dies before its writes are uploaded.
+    let flags = |n: i32| {
+        [
+            "--replication-listen",
+            listeners[&n].as_str(),
+            "--object-age-max-ms",
+            "3000",
+        ]
+    };
+    let run = |n: i32| start_with(&weed, n, dirs[&n].path(), &flags(n));
+    let mut brokers: BTreeMap<i32, TestBroker> =
+        [a, b, c].into_iter().map(|n| (n, run(n))).collect();
+    let all = bootstrap(&brokers.values().collect::<Vec<_>>());
+    wait_members(&brokers.values().collect::<Vec<_>>());
+    create(&all, topic, 1, 3, &[("min.insync.replicas", "2")]).await;
+    wait_replicas(&all, topic, |l, replicas, isr| {
+        l == a && replicas.len() == 3 && isr.len() == 3
+    });
+    let mut raw = Raw::connect(brokers[&a].bootstrap().parse().unwrap());
+    let mut answers = Answers::new();
+    let within = Duration::from_secs(30);
+    // `a` appends the partition's first batch, which no follower takes: they are paused, and
+    // die with it before reading it from their sockets. `a` never uploads it.
+    for n in [b, c] {
+        common::signal(brokers[&n].pid(), "-STOP");
+    }
+    let stale =
+        common::raw::produce_request(topic, 0, common::raw::records(&[b"never-acknowledged"]), -1);
+    let frame = raw.encode(kafka_protocol::messages::ApiKey::Produce, 9, &stale);
+    raw.send_frame(&frame);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in [a, b, c] {
+        brokers.remove(&n).unwrap().kill9();
+    }
+    // b comes back with its disk (c stays down): the slot's ISR names it, it takes the slot
+    // over from its copy (which lacks the batch).
+    brokers.insert(b, run(b));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leader(&brokers[&b].bootstrap(), topic, 0) != b {
+        assert!(Instant::now() < deadline, "b never took the slot");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // `a` comes back with its disk and follows b, which writes at the offsets `a`'s WAL holds
+    // its unacknowledged batch at.
+    brokers.insert(a, run(a));
+    wait_replicas(&brokers[&b].bootstrap(), topic, |l, _, isr| {
+        l == b && isr.len() == 2
+    });
+    let mut raw = Raw::connect(brokers[&b].bootstrap().parse().unwrap());
+    produce_to(&mut raw, topic, &mut answers, "fresh", -1, 0, within);
+    produce_to(&mut raw, topic, &mut answers, "fresher", -1, 0, within);
+    assert!(
+        metric(&brokers[&b], "ringtail_upload_pending_bytes") > 0,
+        "b's writes are in no object yet"
+    );
+
+    // b dies before uploading them: `a` takes the slot over from its copy of b's stream.
+    brokers.remove(&b).unwrap().kill9();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leader(&brokers[&a].bootstrap(), topic, 0) != a {
+        assert!(Instant::now() < deadline, "a never took the slot back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (records, _) = common::read_all(&brokers[&a].bootstrap(), topic, 1);
+    let values: Vec<String> = records
+        .values()
+        .map(|v| String::from_utf8_lossy(v).to_string())
+        .collect();
+    println!("nodes a={a} b={b} c={c}, slot {slot}; read back: {values:?}");
+    for (value, code) in &answers {
+        if *code == 0 {
+            assert!(
+                values.contains(value),
+                "{value} acknowledged, lost: {values:?}"
+            );
+        }
+    }
+    assert!(
+        !values.iter().any(|v| v == "never-acknowledged"),
+        "the unacknowledged batch of an older owner came back: {values:?}"
+    );
 }

@@ -12,6 +12,7 @@ use crate::catalog::{Snapshot, TopicMeta};
 use crate::partition::items::PartitionKey;
 use crate::partition::log::PartitionLog;
 use crate::partition::producers::Written;
+use crate::partition::replicated::CopyStarts;
 use crate::partition::store::{add, ShardState, WalTag};
 use crate::tier::Tier;
 
@@ -88,10 +89,13 @@ impl ShardState {
     /// the uploaded end is skipped when an object of this broker's holds its offsets, and
     /// counted as superseded when another owner's object does; a batch beyond it must continue
     /// the log. Once one batch of a partition is superseded, the partition's later batches are
-    /// too (they followed it). A discontinuity with no other owner involved is damage: refuse.
+    /// too (they followed it). So are batches an owner after this broker's wrote anew, which a
+    /// replica copy this take-over adopts holds (`copies`). A discontinuity with no other owner
+    /// involved is damage: refuse.
     pub(super) fn rebuild(
         &self,
         r: &Recovery,
+        copies: &CopyStarts,
         snapshot: &Snapshot,
     ) -> Result<Vec<(ringtail_wal::scan::ChunkRef, Vec<WalTag>)>, String> {
         let mut entries = r.entries.iter();
@@ -146,6 +150,7 @@ impl ShardState {
                     };
                     if superseded.contains_key(&key)
                         || (another_owner && header.base_offset != expected)
+                        || copies.supersedes(&key, &header)
                     {
                         is_superseded = true;
                         let s = superseded.entry(key).or_insert((0, header.base_offset));

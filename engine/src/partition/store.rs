@@ -36,6 +36,7 @@ use crate::tier::span_cache::SpanCache;
 use crate::tier::Tier;
 use ringtail_shards::now_ms;
 
+use crate::partition::replicated::CopyStarts;
 use crate::partition::state::{wake, Partition, Waiter};
 /// What the WAL keeps with each entry, and hands back once it is durable.
 #[derive(Clone)]
@@ -95,9 +96,11 @@ pub(super) fn add(counter: &AtomicU64, n: u64) {
 impl ShardState {
     /// Rebuilds every partition's log from the slot's recovered ring (see
     /// [`crate::shard::host::recover_ring`], which runs off the shard) and opens the ring for writes.
+    /// Own batches that a replica copy this opening adopts wrote anew give way to it (`copies`).
     pub async fn open(
         config: &WalConfig,
         recovery: Recovery,
+        copies: &CopyStarts,
         catalog: Arc<Catalog>,
         tier: Option<Tier>,
         limits: ShardLimits,
@@ -129,7 +132,7 @@ impl ShardState {
             None => Ok(()),
         };
         let live = opened
-            .and_then(|()| state.rebuild(&recovery, &snapshot))
+            .and_then(|()| state.rebuild(&recovery, copies, &snapshot))
             .map_err(|reason| WalError::Open {
                 path: config.path.display().to_string(),
                 reason,

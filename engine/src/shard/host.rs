@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::group::coordinator::Coordinator;
 use crate::metrics::{OffsetsSnapshot, ShardStats};
 use crate::partition::items::ErrorOutcome;
+use crate::partition::replicated::CopyStarts;
 use crate::partition::store::{ShardLimits, ShardState};
 use crate::replication::outbound::{Follower, OutboundConfig};
 use crate::shard::replicas::Replicas;
@@ -363,9 +364,16 @@ impl SlotHost {
         let opened = async {
             let (tier, recovery) = futures::join!(tier, recover_ring(wal.clone(), spare));
             let (tier, recovery) = (tier?, recovery.map_err(|e| e.to_string())?);
+            // The replaced owner's tail this broker holds (R4), read before the WAL's replay:
+            // it gives way to the copy where this broker's own batches are of an older owner.
+            let tail = match (&frozen, &tier) {
+                (Some(frozen), Some(tier)) => frozen.tail(tier.epoch()).await?,
+                _ => Vec::new(),
+            };
             let state = ShardState::open(
                 &wal,
                 recovery,
+                &CopyStarts::of(&tail),
                 env.catalog.clone(),
                 tier,
                 ShardLimits {
@@ -376,11 +384,8 @@ impl SlotHost {
             )
             .await
             .map_err(|e| e.to_string())?;
-            if let Some(frozen) = &frozen {
-                // The replaced owner's tail this broker holds, back at its offsets (R4).
-                let tail = frozen.tail(state.epoch()).await?;
-                state.adopt_replica_tail(slot, tail).await?;
-            }
+            // Back at its offsets.
+            state.adopt_replica_tail(slot, tail).await?;
             if replicating {
                 // In the bucket before the slot takes a write: the followers start this epoch
                 // empty.

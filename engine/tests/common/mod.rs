@@ -322,7 +322,7 @@ fn watermarks(
         match c.fetch_watermarks(topic, partition, timeout) {
             Ok(w) => return w,
             Err(KafkaError::MetadataFetch(
-                Code::NotLeaderForPartition | Code::LeaderNotAvailable,
+                Code::NotLeaderForPartition | Code::LeaderNotAvailable | Code::DestroyBroker,
             )) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
             Err(e) => panic!("watermarks of {topic}/{partition}: {e}"),
         }
@@ -363,7 +363,12 @@ pub fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> (Records, Vec<
             out.len()
         );
         if let Some(m) = c.poll(Duration::from_millis(100)) {
-            let m = m.unwrap();
+            use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
+            let m = match m {
+                // A connection to a broker that just died: librdkafka's own retry follows.
+                Err(KafkaError::MessageConsumption(Code::BrokerTransportFailure)) => continue,
+                m => m.unwrap(),
+            };
             out.insert(
                 (m.partition(), m.offset()),
                 m.payload().unwrap_or_default().to_vec(),
