@@ -43,24 +43,50 @@ impl ShardState {
         *self.outbound.borrow_mut() = Some(outbound);
     }
 
-    /// The slot's followers (placement order) and those in sync (None: it replicates nothing).
-    pub fn replica_set(&self) -> Option<ReplicaSet> {
+    /// The slot's followers (placement order) and those in sync (None: it replicates nothing),
+    /// leaving followers among them while they alone hold batches not in the bucket
+    /// (`holding`, stream indices). One placement dropped (its lease lapsed) is not: it is not
+    /// sent the batches acknowledged since, so it is no successor; its batches are uploaded at
+    /// once instead (`sole_holders`), and the followers staying take them over from the bucket.
+    fn replica_set(&self, holding: &[usize]) -> Option<ReplicaSet> {
         let outbound = self.outbound.borrow();
         let streams = outbound.as_ref()?.streams();
         let mut placed: Vec<_> = streams
             .streams()
             .iter()
-            .filter_map(|s| s.rank.map(|r| (r, s)))
+            .enumerate()
+            .filter_map(|(i, s)| s.rank.map(|r| (r, i, s)))
             .collect();
-        placed.sort_unstable_by_key(|(r, _)| *r);
+        placed.sort_unstable_by_key(|(r, _, _)| *r);
         Some(ReplicaSet {
-            followers: placed.iter().map(|(_, s)| s.node).collect(),
+            followers: placed.iter().map(|(_, _, s)| s.node).collect(),
             in_sync: placed
                 .iter()
-                .filter(|(_, s)| s.counted())
-                .map(|(_, s)| (s.node, s.sync_rank))
+                .filter(|(_, i, s)| s.counted() || holding.contains(i))
+                .map(|(_, _, s)| (s.node, s.sync_rank))
                 .collect(),
         })
+    }
+
+    /// The leaving followers that alone hold batches not in the bucket (`Streams::sole_holders`):
+    /// still published as in sync, and the upload of those batches asked for now.
+    fn sole_holders(&self) -> Vec<usize> {
+        let outbound = self.outbound.borrow();
+        let Some(outbound) = outbound.as_ref().filter(|o| o.streams().any_leaving()) else {
+            return Vec::new();
+        };
+        let parts = self.partitions.borrow();
+        let queue = self.sent_queue.borrow();
+        let unuploaded = queue.entries.iter().filter(|e| {
+            parts
+                .get(&e.key)
+                .is_some_and(|p| p.uploaded_end <= e.last_offset)
+        });
+        let holding = outbound.streams().sole_holders(unuploaded.map(|e| &e.sent));
+        if let (false, Some(tier)) = (holding.is_empty(), &self.tier) {
+            tier.request_seal();
+        }
+        holding
     }
 
     /// In-sync copies a topic of `factor` has now, the owner's included.
@@ -245,17 +271,21 @@ impl ShardState {
                 }
             }
         }
-        let publish = self.replica_set()?;
+        let holding = self.sole_holders();
+        let publish = self.replica_set(&holding)?;
         let left = {
             let outbound = self.outbound.borrow();
             let outbound = outbound.as_ref()?;
-            let leaving = outbound.streams().any_leaving();
-            if leaving && in_lease == Some(&publish) {
-                // The lease says they are out: no successor picks them, nothing waits for them.
+            // Once the lease says they are out (none still published as the only holder of a
+            // batch), no successor picks them and nothing waits for them.
+            let left = outbound.streams().any_leaving()
+                && holding.is_empty()
+                && in_lease == Some(&publish);
+            if left {
                 tracing::warn!(slot = outbound.slot(), isr = ?publish.in_sync, "followers left the ISR (the lease says so)");
                 outbound.leave(self.sent_queue.borrow().pushed);
             }
-            leaving && in_lease == Some(&publish)
+            left
         };
         if left {
             // Batches that waited for a follower that left may be visible now.

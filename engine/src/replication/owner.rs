@@ -12,7 +12,10 @@
 //! A follower leaves the ISR in two steps (R2): first it is *leaving* — no longer counted as
 //! a copy, no longer in the ISR the owner publishes, but still waited for — and only once the
 //! owner's lease carries the ISR without it does it stop being waited for. So every follower a
-//! successor may pick from the owner's last lease has every acknowledged batch.
+//! successor may pick from the owner's last lease has every acknowledged batch. A leaving
+//! follower that alone holds batches not in the bucket (the staying ones were not sent them)
+//! stays in the published ISR until they are in the bucket (`sole_holders`): else a successor
+//! picked from the lease would lack them.
 
 use std::time::{Duration, Instant};
 
@@ -223,6 +226,26 @@ impl Streams {
         self.streams.iter().any(|s| s.leaving)
     }
 
+    /// The leaving followers that hold a batch of `unuploaded` (batches not in the bucket) which
+    /// no follower staying in the ISR was sent — a factor-2 topic's batches go to the rank-0
+    /// follower alone. They stay in the published ISR until those are in the bucket: a
+    /// successor picked from the lease meanwhile must hold every acknowledged batch (R3), and
+    /// the followers staying in sync lack these.
+    pub fn sole_holders<'a>(&self, unuploaded: impl IntoIterator<Item = &'a Sent>) -> Vec<usize> {
+        let mut holders = Vec::new();
+        for sent in unuploaded {
+            if sent.seqs.iter().any(|&(i, _)| self.streams[i].counted()) {
+                continue;
+            }
+            for &(i, _) in &sent.seqs {
+                if self.streams[i].leaving && !holders.contains(&i) {
+                    holders.push(i);
+                }
+            }
+        }
+        holders
+    }
+
     /// Every batch queued before `popped` is in the bucket: followers that moved up a rank
     /// are in sync for the smaller factors from now on.
     pub fn settle_ranks(&mut self, popped: u64) {
@@ -302,6 +325,32 @@ mod tests {
         assert!(d.seqs.is_empty());
         assert!(s.on_in_sync(&d));
         assert_eq!(s.copies(&d), 1);
+    }
+
+    #[test]
+    fn a_leaving_follower_alone_holding_batches_stays_published_until_they_are_uploaded() {
+        let now = at();
+        let mut s = Streams::new(&[2, 3], now);
+        let wide = s.send(3, now); // to nodes 2 and 3
+        let narrow = s.send(2, now); // to node 2 alone
+        s.acked(0, 2, now);
+        s.acked(1, 1, now);
+        assert!(s.sole_holders([&wide, &narrow]).is_empty(), "nobody leaves");
+        // Node 2 lags out: it alone holds the factor-2 batch.
+        s.start_leaving(0, false, 2);
+        assert_eq!(s.sole_holders([&wide, &narrow]), vec![0]);
+        assert_eq!(
+            s.sole_holders([&wide]),
+            Vec::<usize>::new(),
+            "node 3 holds that one"
+        );
+        assert!(
+            s.sole_holders(Vec::<&Sent>::new()).is_empty(),
+            "all in the bucket"
+        );
+        // Node 3 leaves too: each holds what it was sent, and no one stays to hold it.
+        s.start_leaving(1, false, 2);
+        assert_eq!(s.sole_holders([&wide, &narrow]), vec![0, 1]);
     }
 
     #[test]
