@@ -16,6 +16,17 @@
 //! WAL directory:  shard-{slot}.wal (a slot's ring), spare-{shard}.wal (written ahead of a takeover)
 //! ```
 
+/// The slot (or shard) that holds a partition: deterministic, stable across restarts (by topic
+/// name), and spreading a topic's partitions round-robin over the slots.
+pub fn owner_shard(topic_name: &str, partition: i32, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in topic_name.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    ((h % shards as u64) as usize + partition as usize) % shards
+}
+
 /// The topic catalog: a key of the bucket and a file of the data directory.
 pub const CATALOG: &str = "catalog.json";
 /// The cluster id: a key of the bucket and a file of the data directory.

@@ -819,3 +819,107 @@ async fn a_successors_own_unacknowledged_batch_gives_way_to_the_newer_copy() {
         "the unacknowledged batch of an older owner came back: {values:?}"
     );
 }
+
+/// `unclean.leader.election.enable`: the owner of a factor-2 topic's partition and its one
+/// in-sync follower die together. The partition stays offline (the third broker holds no copy:
+/// opening it there would lose acknowledged records) until the topic permits an unclean
+/// election; then the third broker serves it, with every record the bucket holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_whose_copies_are_all_down_waits_for_an_unclean_election() {
+    let weed = ringtail_objstore::testing::Seaweed::start();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut brokers: BTreeMap<i32, TestBroker> = (1..=3)
+        .map(|n| (n, start(&weed, n, dirs[n as usize - 1].path())))
+        .collect();
+    let all = bootstrap(&brokers.values().collect::<Vec<_>>());
+    wait_members(&brokers.values().collect::<Vec<_>>());
+    create(&all, "ledger", 1, 2, &[("min.insync.replicas", "2")]).await;
+    wait_replicas(&all, "ledger", |_, replicas, isr| {
+        replicas.len() == 2 && isr.len() == 2
+    });
+    let owner = leader(&all, "ledger", 0);
+    let mut raw = Raw::connect(brokers[&owner].bootstrap().parse().unwrap());
+    let mut answers = Answers::new();
+    produce_until(
+        &mut raw,
+        &mut answers,
+        "kept",
+        -1,
+        0,
+        Duration::from_secs(30),
+    );
+    // In the bucket before the copies go.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&brokers[&owner], "ringtail_upload_pending_bytes") > 0 {
+        assert!(Instant::now() < deadline, "never uploaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &all)
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some("ledger"), Duration::from_secs(10))
+        .unwrap();
+    let copies = md.topics()[0].partitions()[0].replicas().to_vec();
+    let third = (1..=3).find(|n| !copies.contains(n)).unwrap();
+    for n in &copies {
+        brokers.remove(n).unwrap().kill9();
+    }
+    let survivor = brokers[&third].bootstrap();
+    // Offline: no leader, for longer than a take-over takes.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &survivor)
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some("ledger"), Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(
+        md.topics()[0].partitions()[0].leader(),
+        -1,
+        "served without a copy"
+    );
+    assert!(brokers[&third].log_contains("slot left closed"));
+
+    // The operator permits an unclean election: the survivor serves the partition.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &survivor)
+        .create()
+        .unwrap();
+    let alter =
+        rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic("ledger"))
+            .set("unclean.leader.election.enable", "true")
+            .set("min.insync.replicas", "1");
+    let r = admin
+        .alter_configs(&[alter], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(r[0].is_ok(), "{:?}", r[0]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leader(&survivor, "ledger", 0) != third {
+        assert!(Instant::now() < deadline, "never elected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(brokers[&third].log_contains("unclean leader election"));
+    let mut raw = Raw::connect(survivor.parse().unwrap());
+    produce_until(
+        &mut raw,
+        &mut answers,
+        "after",
+        -1,
+        0,
+        Duration::from_secs(30),
+    );
+    let (records, _) = common::read_all(&survivor, "ledger", 1);
+    let values: Vec<String> = records
+        .values()
+        .map(|v| String::from_utf8_lossy(v).to_string())
+        .collect();
+    for (value, code) in &answers {
+        if *code == 0 {
+            assert!(values.contains(value), "{value} lost: {values:?}");
+        }
+    }
+}

@@ -20,6 +20,10 @@ pub struct TopicConfig {
     /// `min.insync.replicas`: copies (the owner's included) an `acks=all` produce to a
     /// `durability=replicated` topic needs in sync; no effect on the other modes.
     pub min_insync_replicas: usize,
+    /// `unclean.leader.election.enable`: a `durability=replicated` partition whose owner died
+    /// with every in-sync follower down may open on another broker, losing what only those
+    /// copies held (its slot opens so once every replicated partition on it permits it).
+    pub unclean_leader_election: bool,
     /// `compression.type` naming a codec: batches in another codec are recompressed into it
     /// at produce, at that codec's `compression.<codec>.level`. None: `producer` (stored as
     /// sent).
@@ -35,6 +39,7 @@ impl Default for TopicConfig {
             log_append_time: false,
             durability: Durability::Wal,
             min_insync_replicas: MIN_INSYNC_REPLICAS_DEFAULT,
+            unclean_leader_election: false,
             compression: None,
         }
     }
@@ -143,11 +148,7 @@ pub const KNOWN: &[(&str, &str, Support)] = &[
     ("segment.index.bytes", "10485760", Support::AcceptedNoEffect),
     ("segment.jitter.ms", "0", Support::AcceptedNoEffect),
     ("segment.ms", "604800000", Support::AcceptedNoEffect),
-    (
-        "unclean.leader.election.enable",
-        "false",
-        Support::AcceptedNoEffect,
-    ),
+    ("unclean.leader.election.enable", "false", Support::Honoured),
 ];
 
 impl TopicConfig {
@@ -182,6 +183,13 @@ impl TopicConfig {
                     })?
                 }
                 "min.insync.replicas" => c.min_insync_replicas = int(1)?.min(i32::MAX as i64) as usize,
+                "unclean.leader.election.enable" => {
+                    c.unclean_leader_election = match value.trim().to_ascii_lowercase().as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(format!("{name}={value:?} must be true or false")),
+                    }
+                }
                 "message.timestamp.type" => {
                     c.log_append_time = match value.as_str() {
                         "CreateTime" => false,

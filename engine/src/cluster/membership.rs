@@ -5,15 +5,17 @@
 //! [`decide`] is pure; [`Runner`] is the thread that renews the lease, reads the other leases
 //! and carries the decisions out.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use ringtail_objstore::ObjectStore;
 
-use crate::catalog::Catalog;
+use crate::catalog::topic_config::Durability;
+use crate::catalog::{Catalog, TopicMeta};
 use crate::cluster::lease::{Lease, LeaseError, LeaseRecord, PeerWatch};
+use crate::layout::owner_shard;
 
 use arc_swap::ArcSwap;
 
@@ -278,6 +280,8 @@ pub struct Runner {
     last_renewal: Instant,
     /// Slots left closed: their dead owner's in-sync followers are all down (logged once).
     closed_for_copies: BTreeSet<u32>,
+    /// Slots in that state opened anyway by an unclean election (logged once).
+    opened_unclean: BTreeSet<u32>,
 }
 
 impl Runner {
@@ -304,6 +308,7 @@ impl Runner {
             catalog: None,
             last_renewal: Instant::now(),
             closed_for_copies: BTreeSet::new(),
+            opened_unclean: BTreeSet::new(),
         }
     }
 
@@ -338,7 +343,8 @@ impl Runner {
         for &slot in &mine {
             self.membership.replica_sets.held(slot, self.me.node_id);
         }
-        let successors = self.membership.replica_sets.successors(&live);
+        let mut successors = self.membership.replica_sets.successors(&live);
+        self.elect_unclean(&mut successors, &peers, draining);
         let mut d = decide(
             self.slots,
             self.me.node_id,
@@ -531,6 +537,42 @@ impl Runner {
 
     /// Adopts a newer catalog another broker (the controller) pushed, and tells every shard
     /// about the topics it dropped or changed. False if the bucket's catalog could not be read.
+    /// `unclean.leader.election.enable` (Kafka's): a dead owner's slot whose in-sync followers
+    /// are all down stays closed — unless every `durability=replicated` partition on it permits
+    /// an unclean election. Then it goes where placement puts it (dropped from `successors`),
+    /// and what only the down copies held (acknowledged, not yet in the bucket) is lost.
+    fn elect_unclean(
+        &mut self,
+        successors: &mut BTreeMap<u32, Vec<i32>>,
+        peers: &[Peer],
+        draining: bool,
+    ) {
+        let candidates: Vec<i32> = peers
+            .iter()
+            .filter(|p| !p.draining)
+            .map(|p| p.member.node_id)
+            .chain((!draining).then_some(self.me.node_id))
+            .collect();
+        let stuck: Vec<u32> = successors
+            .iter()
+            .filter(|(_, isr)| !isr.iter().any(|n| candidates.contains(n)))
+            .map(|(&slot, _)| slot)
+            .collect();
+        let Some(catalog) = &self.catalog else {
+            return;
+        };
+        let topics = catalog.snapshot().topics();
+        let unclean: BTreeSet<u32> = stuck
+            .into_iter()
+            .filter(|&slot| unclean_allowed(&topics, slot, self.slots))
+            .collect();
+        for slot in unclean.difference(&self.opened_unclean) {
+            tracing::warn!(slot, in_sync = ?successors[slot], "unclean leader election: the slot's owner died and every follower in its ISR is down; its replicated topics permit it (unclean.leader.election.enable=true), so it opens where placement puts it — records acknowledged and not yet in the bucket are lost");
+        }
+        successors.retain(|slot, _| !unclean.contains(slot));
+        self.opened_unclean = unclean;
+    }
+
     fn follow_catalog(&self) -> bool {
         let Some(catalog) = &self.catalog else {
             return true;
@@ -614,6 +656,19 @@ fn member_of(r: &LeaseRecord) -> Member {
     }
 }
 
+/// Whether every `durability=replicated` partition of `topics` on `slot` (of `slots`) permits
+/// an unclean election (`unclean.leader.election.enable=true`); true when none is there
+/// (nothing acknowledged can be lost).
+pub fn unclean_allowed(topics: &[Arc<TopicMeta>], slot: u32, slots: u32) -> bool {
+    topics
+        .iter()
+        .filter(|t| t.config.durability == Durability::Replicated)
+        .all(|t| {
+            t.config.unclean_leader_election
+                || (0..t.partitions).all(|p| owner_shard(&t.name, p, slots as usize) as u32 != slot)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -626,6 +681,56 @@ mod tests {
             replication: Vec::new(),
             rack: None,
         }
+    }
+
+    fn topic(name: &str, partitions: i32, configs: &[(&str, &str)]) -> Arc<TopicMeta> {
+        let configs: std::collections::BTreeMap<String, String> = configs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Arc::new(TopicMeta {
+            name: name.into(),
+            id: uuid::Uuid::new_v4(),
+            partitions,
+            replication_factor: 3,
+            config: crate::catalog::topic_config::TopicConfig::from_map(&configs).unwrap(),
+            configs,
+        })
+    }
+
+    #[test]
+    fn an_unclean_election_needs_every_replicated_partition_on_the_slot_to_permit_it() {
+        let slot_of = |name: &str, p: i32| owner_shard(name, p, 8) as u32;
+        let lax = topic(
+            "lax",
+            1,
+            &[
+                ("durability", "replicated"),
+                ("unclean.leader.election.enable", "TRUE"),
+            ],
+        );
+        let strict = topic("strict", 8, &[("durability", "replicated")]);
+        let wal = topic("plain", 8, &[]);
+        let slot = slot_of("lax", 0);
+        // Alone on its slot, the permitting topic opens it; a wal topic has no ISR to wait for.
+        assert!(unclean_allowed(&[lax.clone(), wal.clone()], slot, 8));
+        // A strict replicated topic with a partition there (8 partitions: one on every slot)
+        // keeps it closed.
+        assert!(!unclean_allowed(&[lax.clone(), strict.clone()], slot, 8));
+        // A slot without replicated partitions has nothing to lose.
+        assert!(unclean_allowed(&[wal], slot, 8));
+        let one = topic("strict-one", 1, &[("durability", "replicated")]);
+        let elsewhere = (0..8).find(|&s| s != slot_of("strict-one", 0)).unwrap();
+        assert!(unclean_allowed(&[one.clone()], elsewhere, 8));
+        assert!(!unclean_allowed(&[one], slot_of("strict-one", 0), 8));
+        assert!(crate::catalog::topic_config::TopicConfig::from_map(
+            &[(
+                "unclean.leader.election.enable".to_string(),
+                "yes".to_string()
+            )]
+            .into()
+        )
+        .is_err());
     }
 
     #[test]

@@ -34,16 +34,7 @@ use crate::partition::items::{
 use crate::partition::store::ShardState;
 use crate::shard::host::{Slot, SlotHost};
 
-/// The shard that owns a partition: deterministic, stable across restarts (by topic name), and
-/// spreading a topic's partitions round-robin over the shards.
-pub fn owner_shard(topic_name: &str, partition: i32, shards: usize) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in topic_name.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    ((h % shards as u64) as usize + partition as usize) % shards
-}
+pub use crate::layout::owner_shard;
 
 /// Work to run on a particular shard.
 pub type OnShard = Box<dyn FnOnce(&Rc<Slot>) + Send>;
