@@ -99,13 +99,7 @@ fn assert_acked_present(records: &common::Records, acked: &BTreeMap<String, (i32
 
 /// node id -> partitions it leads, from librdkafka's view of `topic` through `bootstrap`.
 fn leaders(bootstrap: &str, topic: &str) -> BTreeMap<i32, Vec<i32>> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
+    let md = common::metadata(bootstrap, topic);
     let mut out: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
     for t in md.topics() {
         for p in t.partitions() {

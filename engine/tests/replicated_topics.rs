@@ -227,6 +227,39 @@ fn produce_to(
     }
 }
 
+/// Partition 0 of `topic` as Metadata through `bootstrap` names it: (leader, replicas).
+fn partition_zero(bootstrap: &str, topic: &str) -> (i32, Vec<i32>) {
+    let md = common::metadata(bootstrap, topic);
+    let p = &md.topics()[0].partitions()[0];
+    (p.leader(), p.replicas().to_vec())
+}
+
+/// Every value of `topic`'s one partition, read back through `bootstrap` in offset order.
+fn values_of(bootstrap: &str, topic: &str) -> Vec<String> {
+    let (records, _) = common::read_all(bootstrap, topic, 1);
+    records
+        .values()
+        .map(|v| String::from_utf8_lossy(v).to_string())
+        .collect()
+}
+
+/// Every produce answered 0 is among `values`; every one refused NOT_ENOUGH_REPLICAS is not.
+fn assert_answers_kept(answers: &Answers, values: &[String]) {
+    for (value, code) in answers {
+        match *code {
+            0 => assert!(
+                values.iter().any(|v| v == value),
+                "{value} acknowledged, not read back: {values:?}"
+            ),
+            NOT_ENOUGH_REPLICAS => assert!(
+                !values.iter().any(|v| v == value),
+                "{value} was refused, yet written"
+            ),
+            _ => {}
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replicated_topics_acknowledged_records_are_on_its_followers() {
     let weed = ringtail_objstore::testing::Seaweed::start();
@@ -398,23 +431,8 @@ async fn acks_all_needs_min_insync_replicas_and_resumes_when_a_follower_returns(
     );
 
     let bootstrap_now = bootstrap(&brokers.values().collect::<Vec<_>>());
-    let (records, _) = common::read_all(&bootstrap_now, "ledger", 1);
-    let values: Vec<String> = records
-        .values()
-        .map(|v| String::from_utf8_lossy(v).to_string())
-        .collect();
-    for (value, code) in &answers {
-        match *code {
-            0 => assert!(
-                values.contains(value),
-                "{value} acknowledged, not read back: {values:?}"
-            ),
-            NOT_ENOUGH_REPLICAS => {
-                assert!(!values.contains(value), "{value} was refused, yet written")
-            }
-            _ => {}
-        }
-    }
+    let values = values_of(&bootstrap_now, "ledger");
+    assert_answers_kept(&answers, &values);
     let unique: std::collections::BTreeSet<&String> = values.iter().collect();
     assert_eq!(unique.len(), values.len(), "no record twice: {values:?}");
 }
@@ -672,19 +690,8 @@ async fn a_paused_owner_gets_no_acknowledgement_and_its_late_write_never_appears
     assert_eq!(code, 6, "NOT_LEADER_OR_FOLLOWER, not an acknowledgement");
     println!("the paused owner's answer to the late write: {code}");
 
-    let (records, _) = common::read_all(&survivors, "ledger", 1);
-    let values: Vec<String> = records
-        .values()
-        .map(|v| String::from_utf8_lossy(v).to_string())
-        .collect();
-    for (value, code) in &answers {
-        if *code == 0 {
-            assert!(
-                values.contains(value),
-                "{value} acknowledged before the pause, lost"
-            );
-        }
-    }
+    let values = values_of(&survivors, "ledger");
+    assert_answers_kept(&answers, &values);
     assert!(
         !values.iter().any(|v| v == "zombie-late"),
         "the paused owner's write became visible: {values:?}"
@@ -800,20 +807,9 @@ async fn a_successors_own_unacknowledged_batch_gives_way_to_the_newer_copy() {
         assert!(Instant::now() < deadline, "a never took the slot back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (records, _) = common::read_all(&brokers[&a].bootstrap(), topic, 1);
-    let values: Vec<String> = records
-        .values()
-        .map(|v| String::from_utf8_lossy(v).to_string())
-        .collect();
+    let values = values_of(&brokers[&a].bootstrap(), topic);
     println!("nodes a={a} b={b} c={c}, slot {slot}; read back: {values:?}");
-    for (value, code) in &answers {
-        if *code == 0 {
-            assert!(
-                values.contains(value),
-                "{value} acknowledged, lost: {values:?}"
-            );
-        }
-    }
+    assert_answers_kept(&answers, &values);
     assert!(
         !values.iter().any(|v| v == "never-acknowledged"),
         "the unacknowledged batch of an older owner came back: {values:?}"
@@ -854,14 +850,7 @@ async fn a_partition_whose_copies_are_all_down_waits_for_an_unclean_election() {
         assert!(Instant::now() < deadline, "never uploaded");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &all)
-        .create()
-        .unwrap();
-    let md = c
-        .fetch_metadata(Some("ledger"), Duration::from_secs(10))
-        .unwrap();
-    let copies = md.topics()[0].partitions()[0].replicas().to_vec();
+    let (_, copies) = partition_zero(&all, "ledger");
     let third = (1..=3).find(|n| !copies.contains(n)).unwrap();
     for n in &copies {
         brokers.remove(n).unwrap().kill9();
@@ -869,15 +858,8 @@ async fn a_partition_whose_copies_are_all_down_waits_for_an_unclean_election() {
     let survivor = brokers[&third].bootstrap();
     // Offline: no leader, for longer than a take-over takes.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &survivor)
-        .create()
-        .unwrap();
-    let md = c
-        .fetch_metadata(Some("ledger"), Duration::from_secs(10))
-        .unwrap();
     assert_eq!(
-        md.topics()[0].partitions()[0].leader(),
+        partition_zero(&survivor, "ledger").0,
         -1,
         "served without a copy"
     );
@@ -912,14 +894,6 @@ async fn a_partition_whose_copies_are_all_down_waits_for_an_unclean_election() {
         0,
         Duration::from_secs(30),
     );
-    let (records, _) = common::read_all(&survivor, "ledger", 1);
-    let values: Vec<String> = records
-        .values()
-        .map(|v| String::from_utf8_lossy(v).to_string())
-        .collect();
-    for (value, code) in &answers {
-        if *code == 0 {
-            assert!(values.contains(value), "{value} lost: {values:?}");
-        }
-    }
+    let values = values_of(&survivor, "ledger");
+    assert_answers_kept(&answers, &values);
 }

@@ -184,6 +184,18 @@ pub async fn dispatch(broker: &Rc<Broker>, header: &Header, input: ProduceInput)
             }
         }
     }
+    if !broker.membership.lease_valid() {
+        // Self-fencing before anything is appended, not only in the answer: a replicated
+        // topic's followers would take a lapsed owner's write (their copies take anything of
+        // the current epoch until a successor opens), and a successor would then serve it.
+        items.clear();
+        let fenced = ProduceOutcome::error(ResponseError::NotLeaderOrFollower.code());
+        for (_, parts) in shape.iter_mut() {
+            for (_, slot) in parts.iter_mut().filter(|(_, s)| s.is_ok()) {
+                *slot = Err(fenced);
+            }
+        }
+    }
     let (broker, header) = (broker.clone(), header.clone());
     let mut done = Box::pin(async move {
         let outcomes = broker

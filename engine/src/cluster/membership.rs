@@ -343,8 +343,16 @@ impl Runner {
         for &slot in &mine {
             self.membership.replica_sets.held(slot, self.me.node_id);
         }
-        let mut successors = self.membership.replica_sets.successors(&live);
-        self.elect_unclean(&mut successors, &peers, draining);
+        let topics = self
+            .catalog
+            .as_ref()
+            .map(|c| c.snapshot().topics())
+            .unwrap_or_default();
+        let mut successors = self
+            .membership
+            .replica_sets
+            .successors(&live, |slot| min_factor(&topics, slot, self.slots));
+        self.elect_unclean(&mut successors, &topics, &peers, draining);
         let mut d = decide(
             self.slots,
             self.me.node_id,
@@ -359,7 +367,7 @@ impl Runner {
             .filter(|&s| d.owners.get(s as usize) == Some(&-1))
             .collect();
         for slot in closed.difference(&self.closed_for_copies) {
-            tracing::error!(slot, in_sync = ?successors[slot], "slot left closed: its owner died and every follower in its ISR is down (opening it elsewhere would lose acknowledged records); it opens when one of them is back");
+            tracing::error!(slot, in_sync = ?successors[slot], "slot left closed: its owner died and every follower in its ISR that holds all its topics' batches is down (opening it elsewhere would lose acknowledged records); it opens when one of them is back, or by an unclean leader election");
         }
         self.closed_for_copies = closed;
         // A round whose claims failed is not counted (start-up waits for a complete one).
@@ -544,6 +552,7 @@ impl Runner {
     fn elect_unclean(
         &mut self,
         successors: &mut BTreeMap<u32, Vec<i32>>,
+        topics: &[Arc<TopicMeta>],
         peers: &[Peer],
         draining: bool,
     ) {
@@ -558,13 +567,12 @@ impl Runner {
             .filter(|(_, isr)| !isr.iter().any(|n| candidates.contains(n)))
             .map(|(&slot, _)| slot)
             .collect();
-        let Some(catalog) = &self.catalog else {
+        if self.catalog.is_none() {
             return;
-        };
-        let topics = catalog.snapshot().topics();
+        }
         let unclean: BTreeSet<u32> = stuck
             .into_iter()
-            .filter(|&slot| unclean_allowed(&topics, slot, self.slots))
+            .filter(|&slot| unclean_allowed(topics, slot, self.slots))
             .collect();
         for slot in unclean.difference(&self.opened_unclean) {
             tracing::warn!(slot, in_sync = ?successors[slot], "unclean leader election: the slot's owner died and every follower in its ISR is down; its replicated topics permit it (unclean.leader.election.enable=true), so it opens where placement puts it — records acknowledged and not yet in the bucket are lost");
@@ -656,6 +664,21 @@ fn member_of(r: &LeaseRecord) -> Member {
     }
 }
 
+/// The smallest replication factor of the `durability=replicated` partitions of `topics` on
+/// `slot` (of `slots`) that have followers: a successor must be in sync for it (usize::MAX:
+/// none is there).
+pub fn min_factor(topics: &[Arc<TopicMeta>], slot: u32, slots: u32) -> usize {
+    topics
+        .iter()
+        .filter(|t| t.config.durability == Durability::Replicated && t.replication_factor > 1)
+        .filter(|t| {
+            (0..t.partitions).any(|p| owner_shard(&t.name, p, slots as usize) as u32 == slot)
+        })
+        .map(|t| t.replication_factor as usize)
+        .min()
+        .unwrap_or(usize::MAX)
+}
+
 /// Whether every `durability=replicated` partition of `topics` on `slot` (of `slots`) permits
 /// an unclean election (`unclean.leader.election.enable=true`); true when none is there
 /// (nothing acknowledged can be lost).
@@ -699,6 +722,40 @@ mod tests {
     }
 
     #[test]
+    fn a_successor_must_hold_the_copies_of_the_slots_smallest_replication_factor() {
+        let with_factor = |name: &str, factor: i16| {
+            let t = topic(name, 1, &[("durability", "replicated")]);
+            Arc::new(TopicMeta {
+                replication_factor: factor,
+                ..(*t).clone()
+            })
+        };
+        let slot = |name: &str| owner_shard(name, 0, 64) as u32;
+        let (two, three, one) = (
+            with_factor("two", 2),
+            with_factor("three", 3),
+            with_factor("one", 1),
+        );
+        let topics = [
+            two.clone(),
+            three.clone(),
+            one.clone(),
+            topic("plain", 1, &[]),
+        ];
+        assert_eq!(min_factor(&topics, slot("three"), 64), 3);
+        assert_eq!(min_factor(&topics, slot("two"), 64), 2);
+        // One copy (no follower) or not replicated: no constraint.
+        assert_eq!(
+            min_factor(std::slice::from_ref(&one), slot("one"), 64),
+            usize::MAX
+        );
+        let empty = (0..64)
+            .find(|&s| s != slot("two") && s != slot("three"))
+            .unwrap();
+        assert_eq!(min_factor(&topics, empty, 64), usize::MAX);
+    }
+
+    #[test]
     fn an_unclean_election_needs_every_replicated_partition_on_the_slot_to_permit_it() {
         let slot_of = |name: &str, p: i32| owner_shard(name, p, 8) as u32;
         let lax = topic(
@@ -721,7 +778,7 @@ mod tests {
         assert!(unclean_allowed(&[wal], slot, 8));
         let one = topic("strict-one", 1, &[("durability", "replicated")]);
         let elsewhere = (0..8).find(|&s| s != slot_of("strict-one", 0)).unwrap();
-        assert!(unclean_allowed(&[one.clone()], elsewhere, 8));
+        assert!(unclean_allowed(std::slice::from_ref(&one), elsewhere, 8));
         assert!(!unclean_allowed(&[one], slot_of("strict-one", 0), 8));
         assert!(crate::catalog::topic_config::TopicConfig::from_map(
             &[(

@@ -101,10 +101,16 @@ impl SlotReplicaSets {
         self.written.lock().unwrap().get(&slot).cloned()
     }
 
-    /// For each slot whose owner (the last to publish its set) is not `live`: the followers
-    /// that were in its ISR, those in sync for the most topics first, then in rank order (the
-    /// candidates to succeed it, R4).
-    pub fn successors(&self, live: &[i32]) -> BTreeMap<u32, Vec<i32>> {
+    /// For each slot whose owner (the last to publish its set) is not `live` and whose ISR had
+    /// followers: those of them in sync for every replicated topic on the slot — whose
+    /// smallest replication factor is `min_factor(slot)` (a follower ranked too low for it was
+    /// never sent its batches) — those in sync for the most topics first, then in rank order
+    /// (the candidates to succeed it, R4). Empty: the slot stays closed.
+    pub fn successors(
+        &self,
+        live: &[i32],
+        min_factor: impl Fn(u32) -> usize,
+    ) -> BTreeMap<u32, Vec<i32>> {
         self.sets
             .lock()
             .unwrap()
@@ -123,9 +129,17 @@ impl SlotReplicaSets {
                     })
                     .collect();
                 isr.sort_unstable();
-                (slot, isr.into_iter().map(|(_, _, n)| n).collect())
+                (slot, isr)
             })
-            .filter(|(_, isr): &(u32, Vec<i32>)| !isr.is_empty())
+            .filter(|(_, isr)| !isr.is_empty())
+            .map(|(slot, isr)| {
+                let factor = min_factor(slot);
+                let copies = isr
+                    .into_iter()
+                    .filter(|&(sync_rank, _, _)| sync_rank + 1 < factor)
+                    .map(|(_, _, n)| n);
+                (slot, copies.collect())
+            })
             .collect()
     }
 
@@ -191,17 +205,26 @@ mod tests {
     #[test]
     fn a_live_holder_drops_a_dead_owners_set_and_the_lease_counts_once_written() {
         let sets = SlotReplicaSets::default();
+        let any = |_| usize::MAX;
         sets.set(3, 9, set(&[1, 2], &[(1, 0), (2, 1)]));
-        assert_eq!(sets.successors(&[1, 2]), BTreeMap::from([(3, vec![1, 2])]));
+        assert_eq!(
+            sets.successors(&[1, 2], any),
+            BTreeMap::from([(3, vec![1, 2])])
+        );
         // Node 4 moved up to rank 0 but is in sync for factor 3 only: node 2 goes first.
         sets.set(4, 9, set(&[4, 2], &[(4, 1), (2, 1)]));
         sets.set(6, 9, set(&[4, 2], &[(4, 1), (2, 0)]));
-        assert_eq!(sets.successors(&[2, 4])[&6], vec![2, 4]);
-        assert_eq!(sets.successors(&[2, 4])[&4], vec![4, 2]);
+        assert_eq!(sets.successors(&[2, 4], any)[&6], vec![2, 4]);
+        assert_eq!(sets.successors(&[2, 4], any)[&4], vec![4, 2]);
+        // A factor-2 topic on slot 6: only node 2 (rank 0) was sent its batches; on slot 4
+        // neither was (both moved up): it stays closed.
+        let two = |slot: u32| if slot == 3 { usize::MAX } else { 2 };
+        assert_eq!(sets.successors(&[2, 4], two)[&6], vec![2]);
+        assert_eq!(sets.successors(&[2, 4], two)[&4], Vec::<i32>::new());
         sets.held(3, 9);
         assert!(sets.of(3, 9).is_some(), "its own holder keeps it");
         sets.held(3, 1);
-        assert!(!sets.successors(&[1, 2]).contains_key(&3));
+        assert!(!sets.successors(&[1, 2], any).contains_key(&3));
         // What the lease carries counts only once a write landed.
         let written = BTreeMap::from([(5, set(&[2], &[(2, 0)]))]);
         sets.written(&written);

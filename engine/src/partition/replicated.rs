@@ -232,6 +232,7 @@ impl ShardState {
             let queue = self.sent_queue.borrow();
             outbound.place(followers, queue.pushed);
             outbound.settle_ranks(queue.popped);
+            outbound.published(in_lease.map_or(&[][..], |set| &set.in_sync[..]));
             let count = outbound.streams().streams().len();
             for i in 0..count {
                 let s = outbound.streams().streams()[i].clone();

@@ -177,6 +177,11 @@ impl Outbound {
         self.links.borrow_mut()[index].0 = link;
     }
 
+    /// The owner's lease as last written names `in_sync` (see [`Streams::published`]).
+    pub fn published(&self, in_sync: &[(i32, usize)]) {
+        self.streams.borrow_mut().published(in_sync);
+    }
+
     /// Whether follower `index` lags by more than `lag_max` (see [`Streams::lagging`]).
     pub fn lagging(&self, index: usize, lag_max: Duration) -> bool {
         self.streams

@@ -30,6 +30,10 @@ pub struct Stream {
     pub in_sync: bool,
     /// Leaving the ISR: still waited for, no longer counted or published (see the module).
     pub leaving: bool,
+    /// The owner's lease carries it in the ISR. Only then does it count as a copy: a successor
+    /// is picked from the lease, so a copy it does not name would be lost with the owner (as
+    /// Kafka counts the committed ISR for `min.insync.replicas`).
+    pub published: bool,
     /// Its link could not hold a batch: once out of the ISR, the link restarts past it.
     pub restart: bool,
     /// Placement's rank among the slot's followers (None: not a follower now).
@@ -55,6 +59,7 @@ impl Stream {
             acked_seq: 0,
             in_sync,
             leaving: false,
+            published: false,
             restart: false,
             rank: Some(rank),
             sync_rank: rank,
@@ -69,9 +74,14 @@ impl Stream {
         self.in_sync && !self.leaving
     }
 
+    /// In the ISR, staying, and named so in the owner's lease: a copy a successor has.
+    fn copy(&self) -> bool {
+        self.counted() && self.published
+    }
+
     /// Whether it counts as an in-sync copy of a topic of `factor`.
     fn copy_of(&self, factor: usize) -> bool {
-        self.counted() && self.rank.is_some() && self.sync_rank + 1 < factor
+        self.copy() && self.rank.is_some() && self.sync_rank + 1 < factor
     }
 }
 
@@ -212,6 +222,7 @@ impl Streams {
             if s.leaving {
                 s.in_sync = false;
                 s.leaving = false;
+                s.published = false;
                 if std::mem::take(&mut s.restart) {
                     s.join_mark = s.join_mark.max(mark);
                     restart.push(i);
@@ -219,6 +230,14 @@ impl Streams {
             }
         }
         restart
+    }
+
+    /// The owner's lease, as last written, carries `in_sync` (node, rank): those count as
+    /// copies from now on.
+    pub fn published(&mut self, in_sync: &[(i32, usize)]) {
+        for s in &mut self.streams {
+            s.published = in_sync.iter().any(|&(n, _)| n == s.node);
+        }
     }
 
     /// Whether a follower is leaving.
@@ -234,7 +253,7 @@ impl Streams {
     pub fn sole_holders<'a>(&self, unuploaded: impl IntoIterator<Item = &'a Sent>) -> Vec<usize> {
         let mut holders = Vec::new();
         for sent in unuploaded {
-            if sent.seqs.iter().any(|&(i, _)| self.streams[i].counted()) {
+            if sent.seqs.iter().any(|&(i, _)| self.streams[i].copy()) {
                 continue;
             }
             for &(i, _) in &sent.seqs {
@@ -278,12 +297,13 @@ impl Streams {
     }
 
     /// The copies of `sent` an acknowledgement may count: the owner's and those of the
-    /// followers it went to that are in the ISR and staying (a visible batch: each has it).
+    /// followers it went to that are in the ISR, staying, and named so in the owner's lease
+    /// (a visible batch: each has it).
     pub fn copies(&self, sent: &Sent) -> usize {
         1 + sent
             .seqs
             .iter()
-            .filter(|&&(i, _)| self.streams[i].counted())
+            .filter(|&&(i, _)| self.streams[i].copy())
             .count()
     }
 }
@@ -296,10 +316,22 @@ mod tests {
         Instant::now()
     }
 
+    /// The owner's lease is written with the ISR as it is now.
+    fn lease(s: &mut Streams) {
+        let isr: Vec<(i32, usize)> = s
+            .streams()
+            .iter()
+            .filter(|f| f.counted())
+            .map(|f| (f.node, f.sync_rank))
+            .collect();
+        s.published(&isr);
+    }
+
     #[test]
     fn a_batch_waits_for_every_in_sync_follower_of_its_topic() {
         let now = at();
         let mut s = Streams::new(&[2, 3], now);
+        lease(&mut s);
         // Replication factor 3: both followers; 2: only the first.
         let a = s.send(3, now);
         let b = s.send(2, now);
@@ -327,10 +359,34 @@ mod tests {
         assert_eq!(s.copies(&d), 1);
     }
 
+    /// Review of issue 19 (R3): a follower counted as a copy before the owner's lease named it
+    /// in the ISR; the owner dying then, the successor was picked from a lease without it (or
+    /// none, and the slot opened from the bucket), and records acknowledged with it were lost.
+    #[test]
+    fn a_follower_counts_as_a_copy_only_once_the_owners_lease_names_it() {
+        let now = at();
+        let mut s = Streams::new(&[2], now);
+        assert!(
+            !s.may_append(2, 2),
+            "a new epoch's ISR is not in its lease yet"
+        );
+        let a = s.send(2, now);
+        s.acked(0, 1, now);
+        assert!(s.on_in_sync(&a));
+        assert_eq!(s.copies(&a), 1, "had, not counted");
+        s.published(&[(2, 0)]);
+        assert!(s.may_append(2, 2));
+        assert_eq!(s.copies(&a), 2);
+        // A lease written without it (it left): no longer a copy.
+        s.published(&[]);
+        assert!(!s.may_append(2, 2));
+    }
+
     #[test]
     fn a_leaving_follower_alone_holding_batches_stays_published_until_they_are_uploaded() {
         let now = at();
         let mut s = Streams::new(&[2, 3], now);
+        lease(&mut s);
         let wide = s.send(3, now); // to nodes 2 and 3
         let narrow = s.send(2, now); // to node 2 alone
         s.acked(0, 2, now);
@@ -357,6 +413,7 @@ mod tests {
     fn a_follower_out_of_the_isr_is_not_waited_for_nor_counted() {
         let now = at();
         let mut s = Streams::new(&[2, 3], now);
+        lease(&mut s);
         let a = s.send(3, now);
         s.acked(0, 1, now);
         assert!(!s.on_in_sync(&a));
@@ -380,6 +437,7 @@ mod tests {
     fn placement_adds_followers_out_of_sync_and_drops_gone_ones() {
         let now = at();
         let mut s = Streams::new(&[2], now);
+        lease(&mut s);
         let a = s.send(3, now);
         assert_eq!(a.seqs, vec![(0, 1)]);
         // Node 3 joins as the first follower: a factor-2 topic now uses it, out of sync.
@@ -392,6 +450,7 @@ mod tests {
         assert!(!s.may_append(2, 2));
         assert!(s.may_append(3, 2), "node 2 is still in sync");
         s.join(1, now);
+        lease(&mut s);
         assert!(s.may_append(2, 2));
         // Node 2 leaves the view: leaving the ISR; back later, it lacks what was sent
         // meanwhile.
@@ -412,6 +471,7 @@ mod tests {
     fn a_follower_moved_up_counts_for_smaller_factors_once_the_bucket_has_what_it_missed() {
         let now = at();
         let mut s = Streams::new(&[2, 3], now);
+        lease(&mut s);
         let b = s.send(2, now); // factor 2: node 2 only
         assert_eq!(b.seqs, vec![(0, 1)]);
         // Node 2 dies: node 3 moves up to rank 0, still in sync for factor 3 only.
@@ -437,6 +497,7 @@ mod tests {
     fn a_full_link_restarts_only_once_its_follower_has_left() {
         let now = at();
         let mut s = Streams::new(&[2], now);
+        lease(&mut s);
         let a = s.send(2, now);
         assert!(!s.start_leaving(0, true, 1), "in the ISR: no restart yet");
         assert!(!s.on_in_sync(&a));
@@ -453,6 +514,7 @@ mod tests {
         let t0 = at();
         let lag = Duration::from_secs(3);
         let mut s = Streams::new(&[2], t0);
+        lease(&mut s);
         s.send(2, t0);
         assert!(!s.lagging(0, t0 + Duration::from_secs(2), lag));
         assert!(s.lagging(0, t0 + Duration::from_secs(4), lag));
@@ -470,6 +532,7 @@ mod tests {
         // One other broker alive: a factor-3 topic has at most 2 copies.
         let now = at();
         let mut s = Streams::new(&[2], now);
+        lease(&mut s);
         assert_eq!(s.in_sync_copies(3), 2);
         assert!(s.may_append(3, 2));
         assert!(!s.may_append(3, 3));

@@ -304,6 +304,18 @@ pub fn python() -> String {
     "python3".to_string()
 }
 
+/// Metadata of `topic` as librdkafka fetches it through `bootstrap`.
+pub fn metadata(bootstrap: &str, topic: &str) -> rdkafka::metadata::Metadata {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    c.fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap()
+}
+
 /// Records read back: (partition, offset) -> payload.
 pub type Records = std::collections::BTreeMap<(i32, i64), Vec<u8>>;
 
