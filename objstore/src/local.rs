@@ -8,7 +8,8 @@
 //! file in an extended attribute (`user.ringtail.etag`, set before the file gets its name), so a
 //! HEAD or a LIST does not read the objects (a LIST of a slot's objects at start used to read all of
 //! them); a file without the attribute has its content read. A LIST walks only the prefix's
-//! directory. Multipart parts are files in `.multipart/<id>/`.
+//! directory. Multipart parts are files in `.multipart/<id>/`. Files are written with O_DIRECT
+//! where the file system takes it (through an aligned bounce buffer, not the page cache).
 
 use std::io::Write;
 use std::ops::Range;
@@ -81,6 +82,88 @@ fn io_error(path: &Path, e: std::io::Error) -> StoreError {
     }
 }
 
+/// Alignment of O_DIRECT writes (offsets, lengths, buffer addresses): the largest logical
+/// block size in common use.
+const DIRECT_ALIGN: usize = 4096;
+
+/// Bytes copied into the bounce buffer and written per O_DIRECT write.
+const DIRECT_CHUNK: usize = 1 << 20;
+
+/// A `DIRECT_CHUNK`-byte buffer aligned for O_DIRECT, one per writing thread.
+struct Bounce(std::ptr::NonNull<u8>);
+
+impl Bounce {
+    fn layout() -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(DIRECT_CHUNK, DIRECT_ALIGN).expect("valid layout")
+    }
+
+    fn new() -> Bounce {
+        // SAFETY: a non-zero size; zeroed, so every byte is initialised.
+        let ptr = unsafe { std::alloc::alloc_zeroed(Self::layout()) };
+        Bounce(
+            std::ptr::NonNull::new(ptr)
+                .unwrap_or_else(|| std::alloc::handle_alloc_error(Self::layout())),
+        )
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: DIRECT_CHUNK initialised bytes, borrowed mutably through `self` only.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_ptr(), DIRECT_CHUNK) }
+    }
+}
+
+impl Drop for Bounce {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.0.as_ptr(), Self::layout()) }
+    }
+}
+
+thread_local! {
+    static BOUNCE: std::cell::RefCell<Option<Bounce>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Creates `path` holding `bytes`. With O_DIRECT where the file system takes it: the bytes go
+/// to the disk from an aligned bounce buffer, a copy at memory speed, instead of through the
+/// page cache — buffered writes of the embedded store were the broker's largest produce cost
+/// (issue 23: 43 % of its CPU samples, in `copy_folio_from_iter_atomic`). Elsewhere (tmpfs)
+/// buffered writes. Not synced.
+fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let direct = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path);
+    let f = match direct {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let mut f = std::fs::File::create(path)?;
+            f.write_all(bytes)?;
+            return Ok(f);
+        }
+        Err(e) => return Err(e),
+    };
+    BOUNCE.with(|b| {
+        let mut b = b.borrow_mut();
+        let buf = b.get_or_insert_with(Bounce::new).bytes();
+        let mut at = 0;
+        while at < bytes.len() {
+            let n = (bytes.len() - at).min(DIRECT_CHUNK);
+            buf[..n].copy_from_slice(&bytes[at..at + n]);
+            let padded = n.next_multiple_of(DIRECT_ALIGN);
+            buf[n..padded].fill(0);
+            f.write_all_at(&buf[..padded], at as u64)?;
+            at += n;
+        }
+        std::io::Result::Ok(())
+    })?;
+    // The last block was written whole: the file ends where the bytes do.
+    f.set_len(bytes.len() as u64)?;
+    Ok(f)
+}
+
 fn etag(bytes: &[u8]) -> String {
     format!("{:08x}-{:x}", crc32c::crc32c(bytes), bytes.len())
 }
@@ -144,22 +227,22 @@ impl Inner {
         Ok(self.root.join(key))
     }
 
-    /// Writes `bytes` to a synced temporary file next to `path`.
-    fn write_tmp(&self, path: &Path, bytes: &[u8]) -> StoreResult<PathBuf> {
+    /// Writes `bytes` to a synced temporary file next to `path`; returns it and its ETag.
+    fn write_tmp(&self, path: &Path, bytes: &[u8]) -> StoreResult<(PathBuf, String)> {
         let dir = path.parent().expect("keys have a parent");
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io_error(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| io_error(&tmp, e))?;
-        set_etag_xattr(&f, &etag(bytes));
+        let f = write_file(&tmp, bytes).map_err(|e| io_error(&tmp, e))?;
+        let tag = etag(bytes);
+        set_etag_xattr(&f, &tag);
         f.sync_all().map_err(|e| io_error(&tmp, e))?;
-        Ok(tmp)
+        Ok((tmp, tag))
     }
 
     fn put(&self, key: &str, bytes: &[u8], condition: &Condition) -> StoreResult<String> {
         let path = self.path(key)?;
-        let tmp = self.write_tmp(&path, bytes)?;
+        let (tmp, tag) = self.write_tmp(&path, bytes)?;
         let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
         let _flock = match condition {
             Condition::IfMatch(_) => Some(self.lock_across_processes()?),
@@ -188,7 +271,7 @@ impl Inner {
         let _ = std::fs::remove_file(&tmp);
         result?;
         sync_dir(path.parent().expect("parent"))?;
-        Ok(etag(bytes))
+        Ok(tag)
     }
 
     /// An exclusive `flock` on `<root>/.lock`, released when the file is dropped.
@@ -386,12 +469,9 @@ impl ObjectStore for LocalDir {
                 )));
             }
             let path = dir.join(format!("{number:05}"));
-            let tmp = s.write_tmp(&path, &body)?;
+            let (tmp, etag) = s.write_tmp(&path, &body)?;
             std::fs::rename(&tmp, &path).map_err(|e| io_error(&path, e))?;
-            Ok(Part {
-                number,
-                etag: etag(&body),
-            })
+            Ok(Part { number, etag })
         })
     }
 
@@ -432,5 +512,38 @@ impl ObjectStore for LocalDir {
             let _ = std::fs::remove_dir_all(&dir);
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Any length goes through the aligned bounce buffer whole: padded to a block, truncated
+    /// back; the file holds exactly the bytes (and buffered writes where O_DIRECT is refused).
+    #[test]
+    fn files_hold_exactly_their_bytes_at_any_length() {
+        let dir = tempfile::tempdir().unwrap();
+        for len in [
+            0,
+            1,
+            4095,
+            4096,
+            4097,
+            DIRECT_CHUNK,
+            DIRECT_CHUNK + 5,
+            3 * DIRECT_CHUNK - 1,
+        ] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let path = dir.path().join(format!("f{len}"));
+            let f = write_file(&path, &bytes).unwrap();
+            f.sync_all().unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), bytes, "length {len}");
+        }
+        // A second write of the same name replaces it (a retried temporary file).
+        let path = dir.path().join("again");
+        write_file(&path, &[1u8; 9000]).unwrap();
+        write_file(&path, b"short").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"short");
     }
 }

