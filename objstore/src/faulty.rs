@@ -201,6 +201,14 @@ impl<S: ObjectStore> ObjectStore for Faulty<S> {
     ) -> BoxFuture<'static, StoreResult<String>> {
         self.upload("put", key, || self.inner.put(key, body, condition))
     }
+    fn put_pieces(
+        &self,
+        key: &str,
+        pieces: Vec<Bytes>,
+        condition: Condition,
+    ) -> BoxFuture<'static, StoreResult<String>> {
+        self.upload("put", key, || self.inner.put_pieces(key, pieces, condition))
+    }
     fn get(&self, key: &str, range: Option<Range<u64>>) -> BoxFuture<'static, StoreResult<Bytes>> {
         self.wrap("get", || self.inner.get(key, range))
     }

@@ -33,6 +33,12 @@ fn conformance(store: &dyn ObjectStore) {
     );
     let meta = block_on(store.head("a/b/one")).unwrap();
     assert_eq!((meta.size, meta.etag.clone()), (100_000, etag.clone()));
+    // A body in pieces is the same object as the pieces joined.
+    let pieces = vec![body.slice(..7), body.slice(7..70_000), body.slice(70_000..)];
+    let tag = block_on(store.put_pieces("a/b/pieces", pieces, Condition::IfNoneMatch)).unwrap();
+    assert_eq!(block_on(store.get("a/b/pieces", None)).unwrap(), body);
+    assert_eq!(block_on(store.head("a/b/pieces")).unwrap().etag, tag);
+    block_on(store.delete("a/b/pieces")).unwrap();
     assert!(matches!(
         block_on(store.get("a/b/missing", None)),
         Err(StoreError::NotFound(_))

@@ -121,6 +121,15 @@ impl<S: ObjectStore> ObjectStore for Metered<S> {
         let n = body.len() as u64;
         self.track(0, n, none, self.inner.put(key, body, condition))
     }
+    fn put_pieces(
+        &self,
+        key: &str,
+        pieces: Vec<Bytes>,
+        condition: Condition,
+    ) -> BoxFuture<'static, StoreResult<String>> {
+        let n = pieces.iter().map(|p| p.len() as u64).sum();
+        self.track(0, n, none, self.inner.put_pieces(key, pieces, condition))
+    }
     fn get(&self, key: &str, range: Option<Range<u64>>) -> BoxFuture<'static, StoreResult<Bytes>> {
         self.track(1, 0, |b: &Bytes| b.len() as u64, self.inner.get(key, range))
     }

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use ringtail_objstore::{Condition, ObjectStore, Part, StoreError};
 
 use crate::metrics::ShardStats;
@@ -489,7 +489,6 @@ impl Tier {
     async fn put_sealed(&self, sealed: &Sealed) -> PutEnd {
         let _uploading = ringtail_shards::stats::Held::enter(&self.stats.uploads_in_flight);
         let mut backoff = store_backoff();
-        let whole = joined(&sealed.pieces);
         loop {
             if self.fenced.get() {
                 return PutEnd::Fenced;
@@ -497,9 +496,10 @@ impl Tier {
             if self.stopped.get() {
                 return PutEnd::Stopped;
             }
-            let put = self
-                .store
-                .put(&sealed.key, whole.clone(), Condition::IfNoneMatch);
+            // The pieces as they are (no joining copy where the store copies anyway).
+            let put =
+                self.store
+                    .put_pieces(&sealed.key, sealed.pieces.clone(), Condition::IfNoneMatch);
             let refused = match put.await {
                 Ok(_) => return PutEnd::Written,
                 Err(StoreError::PreconditionFailed(_)) => {
@@ -768,15 +768,6 @@ pub fn store_backoff() -> ringtail_shards::Backoff {
     ringtail_shards::Backoff::new(RETRY_DELAY_MIN, RETRY_DELAY_MAX)
 }
 
-/// An object's pieces as one buffer (a PUT's body).
-fn joined(pieces: &[Bytes]) -> Bytes {
-    let mut whole = BytesMut::with_capacity(pieces.iter().map(|p| p.len()).sum());
-    for p in pieces {
-        whole.extend_from_slice(p);
-    }
-    whole.freeze()
-}
-
 /// One PUT for a small object; multipart (8 MiB parts) for a large one, aborted on failure
 /// (merged objects; uploads are one create-only PUT, whatever their size).
 fn put_object(
@@ -785,11 +776,14 @@ fn put_object(
     pieces: Vec<Bytes>,
 ) -> futures::future::BoxFuture<'static, Result<(), StoreError>> {
     Box::pin(async move {
-        let whole = joined(&pieces);
-        let total = whole.len();
+        let total: usize = pieces.iter().map(|p| p.len()).sum();
         if total <= PART_BYTES {
-            return store.put(&key, whole, Condition::None).await.map(|_| ());
+            return store
+                .put_pieces(&key, pieces, Condition::None)
+                .await
+                .map(|_| ());
         }
+        let whole = ringtail_objstore::join(&pieces);
         let id = store.create_multipart(&key).await?;
         let mut parts: Vec<Part> = Vec::new();
         for (i, at) in (0..total).step_by(PART_BYTES).enumerate() {
