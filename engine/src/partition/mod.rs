@@ -6,6 +6,7 @@
 //! state (`producers`), leader epochs (`epochs`) and incremental fetch sessions
 //! (`fetch_sessions`).
 
+pub mod copy_starts;
 pub mod epochs;
 pub mod fetch_sessions;
 pub mod items;

@@ -9,10 +9,10 @@ use ringtail_wal::Recovery;
 use uuid::Uuid;
 
 use crate::catalog::{Snapshot, TopicMeta};
+use crate::partition::copy_starts::CopyStarts;
 use crate::partition::items::PartitionKey;
 use crate::partition::log::PartitionLog;
 use crate::partition::producers::Written;
-use crate::partition::replicated::CopyStarts;
 use crate::partition::store::{add, ShardState, WalTag};
 use crate::tier::Tier;
 

@@ -36,7 +36,7 @@ use crate::tier::span_cache::SpanCache;
 use crate::tier::Tier;
 use ringtail_shards::now_ms;
 
-use crate::partition::replicated::CopyStarts;
+use crate::partition::copy_starts::CopyStarts;
 use crate::partition::state::{wake, Partition, Waiter};
 /// What the WAL keeps with each entry, and hands back once it is durable.
 #[derive(Clone)]
