@@ -27,9 +27,11 @@ pub const FRAME_BUFFER_FIRST_BYTES: usize = 8 * 1024;
 
 /// Up to this size a frame's buffer is reserved whole up front (address space, not memory: its
 /// pages are touched only as the buffer grows), so growing it never copies what arrived — a
-/// copy of every produced byte, a sixth of the broker's produce CPU (issue 23). Beyond it the
-/// buffer is reallocated as it doubles.
-pub const FRAME_RESERVE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// copy of every produced byte (issue 23). Beyond it the buffer is reallocated as it doubles.
+/// The size of a client's usual produce request (librdkafka's `message.max.bytes` is 1 MB);
+/// small enough that a swarm of connections declaring huge frames maps little (200 of them:
+/// 200 MiB of address space at most).
+pub const FRAME_RESERVE_BYTES_MAX: usize = 1024 * 1024;
 
 /// Reads one frame. `Ok(None)` is a clean end of stream between frames. The frame's capacity
 /// is its size exactly, so the zero-copy pieces carved out of it pin nothing else.
