@@ -29,6 +29,17 @@ pub struct Decision {
     pub waiting: Vec<u32>,
 }
 
+/// The brokers that may own slots: the live peers not draining, and this one (`me`) unless it
+/// is draining.
+pub fn candidates(me: i32, draining: bool, peers: &[Peer]) -> Vec<i32> {
+    peers
+        .iter()
+        .filter(|p| !p.draining)
+        .map(|p| p.member.node_id)
+        .chain((!draining).then_some(me))
+        .collect()
+}
+
 /// The hand-over protocol's decision for this broker (`me`, draining or not, with `mine` open)
 /// given the live peers, and for slots whose owner died (held by no live broker), the
 /// followers that were in its ISR (`successors`, from its last lease): the first of them alive
@@ -42,14 +53,7 @@ pub fn decide(
     peers: &[Peer],
     successors: &BTreeMap<u32, Vec<i32>>,
 ) -> Decision {
-    let mut candidates: Vec<i32> = peers
-        .iter()
-        .filter(|p| !p.draining)
-        .map(|p| p.member.node_id)
-        .collect();
-    if !draining {
-        candidates.push(me);
-    }
+    let candidates = candidates(me, draining, peers);
     let owners = place(slots, &candidates);
     let mut owners = if owners.is_empty() {
         vec![-1; slots as usize]

@@ -19,7 +19,7 @@ use crate::layout::owner_shard;
 
 use arc_swap::ArcSwap;
 
-use crate::cluster::hand_over::{decide, Decision, Peer};
+use crate::cluster::hand_over::{candidates, decide, Decision, Peer};
 use crate::cluster::view::{Member, View};
 
 /// How long a lapsed lease's closing waits for its slots before it renews. A slot
@@ -343,16 +343,18 @@ impl Runner {
         for &slot in &mine {
             self.membership.replica_sets.held(slot, self.me.node_id);
         }
-        let topics = self
-            .catalog
-            .as_ref()
-            .map(|c| c.snapshot().topics())
-            .unwrap_or_default();
+        // The catalog's topics, read only for a dead owner's slot (rare), once per round.
+        let snapshot = self.catalog.as_ref().map(|c| c.snapshot());
+        let topics = std::cell::OnceCell::new();
+        let topics = || -> &[Arc<TopicMeta>] {
+            topics.get_or_init(|| snapshot.as_ref().map_or_else(Vec::new, |s| s.topics()))
+        };
+        let slots = self.slots;
         let mut successors = self
             .membership
             .replica_sets
-            .successors(&live, |slot| min_factor(&topics, slot, self.slots));
-        self.elect_unclean(&mut successors, &topics, &peers, draining);
+            .successors(&live, |slot| min_factor(topics(), slot, slots));
+        self.elect_unclean(&mut successors, topics, &peers, draining);
         let mut d = decide(
             self.slots,
             self.me.node_id,
@@ -543,36 +545,26 @@ impl Runner {
         }
     }
 
-    /// Adopts a newer catalog another broker (the controller) pushed, and tells every shard
-    /// about the topics it dropped or changed. False if the bucket's catalog could not be read.
     /// `unclean.leader.election.enable` (Kafka's): a dead owner's slot whose in-sync followers
     /// are all down stays closed — unless every `durability=replicated` partition on it permits
     /// an unclean election. Then it goes where placement puts it (dropped from `successors`),
     /// and what only the down copies held (acknowledged, not yet in the bucket) is lost.
-    fn elect_unclean(
+    fn elect_unclean<'t>(
         &mut self,
         successors: &mut BTreeMap<u32, Vec<i32>>,
-        topics: &[Arc<TopicMeta>],
+        topics: impl Fn() -> &'t [Arc<TopicMeta>],
         peers: &[Peer],
         draining: bool,
     ) {
-        let candidates: Vec<i32> = peers
-            .iter()
-            .filter(|p| !p.draining)
-            .map(|p| p.member.node_id)
-            .chain((!draining).then_some(self.me.node_id))
-            .collect();
-        let stuck: Vec<u32> = successors
-            .iter()
-            .filter(|(_, isr)| !isr.iter().any(|n| candidates.contains(n)))
-            .map(|(&slot, _)| slot)
-            .collect();
         if self.catalog.is_none() {
             return;
         }
-        let unclean: BTreeSet<u32> = stuck
-            .into_iter()
-            .filter(|&slot| unclean_allowed(topics, slot, self.slots))
+        let candidates = candidates(self.me.node_id, draining, peers);
+        let unclean: BTreeSet<u32> = successors
+            .iter()
+            .filter(|(_, isr)| !isr.iter().any(|n| candidates.contains(n)))
+            .map(|(&slot, _)| slot)
+            .filter(|&slot| unclean_allowed(topics(), slot, self.slots))
             .collect();
         for slot in unclean.difference(&self.opened_unclean) {
             tracing::warn!(slot, in_sync = ?successors[slot], "unclean leader election: the slot's owner died and every follower in its ISR is down; its replicated topics permit it (unclean.leader.election.enable=true), so it opens where placement puts it — records acknowledged and not yet in the bucket are lost");
@@ -581,6 +573,8 @@ impl Runner {
         self.opened_unclean = unclean;
     }
 
+    /// Adopts a newer catalog another broker (the controller) pushed, and tells every shard
+    /// about the topics it dropped or changed. False if the bucket's catalog could not be read.
     fn follow_catalog(&self) -> bool {
         let Some(catalog) = &self.catalog else {
             return true;
@@ -671,9 +665,7 @@ pub fn min_factor(topics: &[Arc<TopicMeta>], slot: u32, slots: u32) -> usize {
     topics
         .iter()
         .filter(|t| t.config.durability == Durability::Replicated && t.replication_factor > 1)
-        .filter(|t| {
-            (0..t.partitions).any(|p| owner_shard(&t.name, p, slots as usize) as u32 == slot)
-        })
+        .filter(|t| on_slot(t, slot, slots))
         .map(|t| t.replication_factor as usize)
         .min()
         .unwrap_or(usize::MAX)
@@ -686,10 +678,12 @@ pub fn unclean_allowed(topics: &[Arc<TopicMeta>], slot: u32, slots: u32) -> bool
     topics
         .iter()
         .filter(|t| t.config.durability == Durability::Replicated)
-        .all(|t| {
-            t.config.unclean_leader_election
-                || (0..t.partitions).all(|p| owner_shard(&t.name, p, slots as usize) as u32 != slot)
-        })
+        .all(|t| t.config.unclean_leader_election || !on_slot(t, slot, slots))
+}
+
+/// Whether a partition of `t` is on `slot` (of `slots`).
+fn on_slot(t: &TopicMeta, slot: u32, slots: u32) -> bool {
+    (0..t.partitions).any(|p| owner_shard(&t.name, p, slots as usize) as u32 == slot)
 }
 
 #[cfg(test)]
