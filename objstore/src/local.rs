@@ -177,16 +177,12 @@ fn write_file(path: &Path, pieces: &[Bytes]) -> std::io::Result<std::fs::File> {
     Ok(f)
 }
 
-fn etag(bytes: &[u8]) -> String {
-    format!("{:08x}-{:x}", crc32c::crc32c(bytes), bytes.len())
-}
-
-/// The ETag of the concatenation of `pieces`.
-fn etag_of(pieces: &[Bytes]) -> String {
+/// The ETag of the concatenation of `pieces`: the hex CRC-32C and length of the content.
+fn etag<B: AsRef<[u8]>>(pieces: &[B]) -> String {
     let crc = pieces
         .iter()
-        .fold(0, |crc, p| crc32c::crc32c_append(crc, p));
-    let len: usize = pieces.iter().map(|p| p.len()).sum();
+        .fold(0, |crc, p| crc32c::crc32c_append(crc, p.as_ref()));
+    let len: usize = pieces.iter().map(|p| p.as_ref().len()).sum();
     format!("{crc:08x}-{len:x}")
 }
 
@@ -257,7 +253,7 @@ impl Inner {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
         let f = write_file(&tmp, pieces).map_err(|e| io_error(&tmp, e))?;
-        let tag = etag_of(pieces);
+        let tag = etag(pieces);
         set_etag_xattr(&f, &tag);
         f.sync_all().map_err(|e| io_error(&tmp, e))?;
         Ok((tmp, tag))
@@ -280,7 +276,7 @@ impl Inner {
                 Err(e) => Err(io_error(&path, e)),
             },
             Condition::IfMatch(expected) => match std::fs::read(&path) {
-                Ok(current) if &etag(&current) == expected => {
+                Ok(current) if &etag(&[&current]) == expected => {
                     std::fs::rename(&tmp, &path).map_err(|e| io_error(&path, e))
                 }
                 Ok(_) => Err(StoreError::PreconditionFailed(key.to_string())),
@@ -354,7 +350,7 @@ impl Inner {
         Ok(ObjectMeta {
             key: key.to_string(),
             size: bytes.len() as u64,
-            etag: etag(&bytes),
+            etag: etag(&[&bytes]),
         })
     }
 
@@ -524,7 +520,7 @@ impl ObjectStore for LocalDir {
                 }
                 let path = dir.join(format!("{:05}", part.number));
                 let bytes = std::fs::read(&path).map_err(|e| io_error(&path, e))?;
-                if etag(&bytes) != part.etag {
+                if etag(&[&bytes]) != part.etag {
                     return Err(StoreError::Fatal(format!(
                         "part {} does not match its etag",
                         part.number
