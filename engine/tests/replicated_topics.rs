@@ -54,15 +54,6 @@ fn start_with(
     TestBroker::start_at(dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
-/// A free loopback port (for a broker that must come back at the same address).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn bootstrap(brokers: &[&TestBroker]) -> String {
     brokers
         .iter()
@@ -340,7 +331,7 @@ async fn acks_all_needs_min_insync_replicas_and_resumes_when_a_follower_returns(
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     // Fixed replication listeners: a broker restarted comes back at the same address.
     let listeners: BTreeMap<i32, String> = (1..=3)
-        .map(|n| (n, format!("127.0.0.1:{}", free_port())))
+        .map(|n| (n, format!("127.0.0.1:{}", common::free_port())))
         .collect();
     let at = |n: i32| ["--replication-listen", listeners[&n].as_str()];
     let mut brokers: BTreeMap<i32, TestBroker> = (1..=3)
@@ -741,7 +732,7 @@ async fn a_successors_own_unacknowledged_batch_gives_way_to_the_newer_copy() {
         .collect();
     let listeners: BTreeMap<i32, String> = [a, b, c]
         .into_iter()
-        .map(|n| (n, format!("127.0.0.1:{}", free_port())))
+        .map(|n| (n, format!("127.0.0.1:{}", common::free_port())))
         .collect();
     // Uploads 3 s after a batch arrives: each owner here dies before its writes are uploaded.
     let flags = |n: i32| {

@@ -362,14 +362,6 @@ fn their_slot(addr: &str, cluster_id: &str) -> u32 {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The owner's link streams batches to a real follower, pipelined; a follower restart breaks
 /// the connection, and the link reconnects, resends what was not acknowledged, and goes on.
 #[test]
@@ -377,7 +369,7 @@ fn an_owners_link_streams_and_resumes_across_a_follower_restart() {
     use ringtail_engine::replication::link::{Batch, Link, LinkConfig};
     let weed = ringtail_objstore::testing::Seaweed::start();
     let (dir1, dir2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let port = free_port();
+    let port = common::free_port();
     let listen = format!("127.0.0.1:{port}");
     let b1 = start_on(&weed, 1, dir1.path(), &listen);
     let _b2 = start(&weed, 2, dir2.path());
@@ -504,7 +496,7 @@ fn bench_link_against_a_local_wal() {
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
     );
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = format!("127.0.0.1:{}", common::free_port());
     let b1 = start_on(&weed, 1, dir1.path(), &listen);
     let _b2 = start(&weed, 2, dir2.path());
     let cluster_id = cluster_id(&b1);

@@ -304,6 +304,15 @@ pub fn python() -> String {
     "python3".to_string()
 }
 
+/// A free loopback port (for a broker or listener that must come back at the same address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Metadata of `topic` as librdkafka fetches it through `bootstrap`.
 pub fn metadata(bootstrap: &str, topic: &str) -> rdkafka::metadata::Metadata {
     use rdkafka::config::ClientConfig;
